@@ -1,0 +1,13 @@
+//! Shared types of Updraft: the function manifest (`updraft.toml`), function kinds,
+//! limits and their defaults, deployed versions and log entries.
+//!
+//! This crate does no I/O; every other crate speaks in these types, so the
+//! gateway, the scheduler, the sandbox and the state layer agree on one meaning.
+
+pub mod log;
+pub mod manifest;
+pub mod version;
+
+pub use log::{LogEntry, LogStream};
+pub use manifest::{FunctionKind, Limits, Manifest, ManifestError, Route};
+pub use version::{Digest, VersionRecord};

@@ -1,0 +1,390 @@
+//! The function manifest, `updraft.toml`: what a function is called, where its
+//! Wasm is, how it is reached and what it may use.
+//!
+//! Parsing is strict: an unknown key is an error that names the key, so a typo
+//! never silently falls back to a default.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Default memory limit of one instance (the guest's linear memories together).
+pub const MEMORY_MB_DEFAULT: u32 = 128;
+/// Upper bound for `memory_mb`; the pooling allocator reserves address space for it.
+pub const MEMORY_MB_MAX: u32 = 4096;
+/// Default wall-clock limit of one invocation.
+pub const TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Upper bound for `timeout_ms` (15 minutes, like Lambda's).
+pub const TIMEOUT_MS_MAX: u64 = 15 * 60 * 1000;
+/// Default request body limit; Lambda's synchronous payload limit is 6 MB, we allow a bit more.
+pub const REQUEST_BODY_BYTES_MAX_DEFAULT: u64 = 10 * 1024 * 1024;
+/// Default response body limit.
+pub const RESPONSE_BODY_BYTES_MAX_DEFAULT: u64 = 10 * 1024 * 1024;
+/// Hard ceiling for either body limit.
+pub const BODY_BYTES_MAX_CEILING: u64 = 1024 * 1024 * 1024;
+/// Longest accepted function name.
+pub const NAME_LEN_MAX: usize = 63;
+/// Most environment variables a manifest may set.
+pub const ENV_VARS_MAX: usize = 256;
+
+/// How a function is invoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionKind {
+    /// A component of the `wasi:http/proxy` world: gets the HTTP request, returns a response.
+    Http,
+    /// A WASI command (component or core module with `_start`): request body on
+    /// stdin, stdout is the response body, stderr goes to the logs.
+    Command,
+}
+
+impl fmt::Display for FunctionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FunctionKind::Http => "http",
+            FunctionKind::Command => "command",
+        })
+    }
+}
+
+/// The manifest as written by the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Function name: lowercase letters, digits and `-`, starting with a letter.
+    #[serde(default)]
+    pub name: String,
+    /// Path of the `.wasm` file, relative to the manifest. Used by the CLI only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `http` or `command`; detected from the binary when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FunctionKind>,
+    /// Public HTTP route: `/hello` (exact) or `/api/...` (the prefix and everything under it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body_bytes_max: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_body_bytes_max: Option<u64>,
+    /// Environment variables visible to the guest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Why a manifest was rejected. Maps to HTTP 400.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ManifestError {
+    #[error("updraft.toml is not valid: {0}")]
+    Syntax(String),
+    #[error(
+        "invalid function name {0:?}: use 1-{NAME_LEN_MAX} lowercase letters, digits or '-', starting with a letter"
+    )]
+    Name(String),
+    #[error("invalid route {route:?}: {reason}")]
+    Route { route: String, reason: String },
+    #[error("invalid {field} = {value}: {reason}")]
+    Limit {
+        field: &'static str,
+        value: u64,
+        reason: String,
+    },
+    #[error("invalid env: {0}")]
+    Env(String),
+}
+
+impl Manifest {
+    /// Parses `updraft.toml` text. Unknown keys are rejected by name.
+    pub fn from_toml(text: &str) -> Result<Self, ManifestError> {
+        toml::from_str(text).map_err(|e| ManifestError::Syntax(e.message().to_string()))
+    }
+
+    /// Checks every field and returns the effective limits.
+    pub fn validate(&self) -> Result<Limits, ManifestError> {
+        validate_name(&self.name)?;
+        if let Some(route) = &self.route {
+            Route::parse(route)?;
+        }
+        if self.env.len() > ENV_VARS_MAX {
+            return Err(ManifestError::Env(format!(
+                "{} variables set, at most {ENV_VARS_MAX} are allowed",
+                self.env.len()
+            )));
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(ManifestError::Env(format!(
+                    "variable name {key:?} must be non-empty and contain no '=' or NUL"
+                )));
+            }
+        }
+        self.limits()
+    }
+
+    /// Effective limits: the manifest's values over the documented defaults.
+    pub fn limits(&self) -> Result<Limits, ManifestError> {
+        let memory_mb = self.memory_mb.unwrap_or(MEMORY_MB_DEFAULT);
+        check_range("memory_mb", memory_mb.into(), 1, MEMORY_MB_MAX.into())?;
+        let timeout_ms = self.timeout_ms.unwrap_or(TIMEOUT_MS_DEFAULT);
+        check_range("timeout_ms", timeout_ms, 1, TIMEOUT_MS_MAX)?;
+        let request_body_bytes_max = self
+            .request_body_bytes_max
+            .unwrap_or(REQUEST_BODY_BYTES_MAX_DEFAULT);
+        check_range(
+            "request_body_bytes_max",
+            request_body_bytes_max,
+            0,
+            BODY_BYTES_MAX_CEILING,
+        )?;
+        let response_body_bytes_max = self
+            .response_body_bytes_max
+            .unwrap_or(RESPONSE_BODY_BYTES_MAX_DEFAULT);
+        check_range(
+            "response_body_bytes_max",
+            response_body_bytes_max,
+            0,
+            BODY_BYTES_MAX_CEILING,
+        )?;
+        Ok(Limits {
+            memory_mb,
+            timeout_ms,
+            request_body_bytes_max,
+            response_body_bytes_max,
+        })
+    }
+
+    /// The parsed route, if the manifest has one.
+    pub fn parsed_route(&self) -> Result<Option<Route>, ManifestError> {
+        self.route.as_deref().map(Route::parse).transpose()
+    }
+}
+
+fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), ManifestError> {
+    if value < min || value > max {
+        return Err(ManifestError::Limit {
+            field,
+            value,
+            reason: format!("must be between {min} and {max}"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a function name: it appears in URLs and file names, so keep it plain.
+pub fn validate_name(name: &str) -> Result<(), ManifestError> {
+    let ok = !name.is_empty()
+        && name.len() <= NAME_LEN_MAX
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ManifestError::Name(name.to_string()))
+    }
+}
+
+/// Effective limits of one function version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_mb: u32,
+    pub timeout_ms: u64,
+    pub request_body_bytes_max: u64,
+    pub response_body_bytes_max: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: MEMORY_MB_DEFAULT,
+            timeout_ms: TIMEOUT_MS_DEFAULT,
+            request_body_bytes_max: REQUEST_BODY_BYTES_MAX_DEFAULT,
+            response_body_bytes_max: RESPONSE_BODY_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+impl Limits {
+    pub fn memory_bytes(&self) -> usize {
+        (self.memory_mb as usize) << 20
+    }
+}
+
+/// Paths the platform itself serves; functions may not take them.
+const RESERVED_PREFIXES: &[&str] = &["/v1", "/healthz"];
+
+/// A public HTTP route of a function.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Route {
+    /// Only this exact path.
+    Exact(String),
+    /// This path and everything below it (`/api/...` → prefix `/api`).
+    Prefix(String),
+}
+
+impl Route {
+    pub fn parse(route: &str) -> Result<Route, ManifestError> {
+        let err = |reason: &str| ManifestError::Route {
+            route: route.to_string(),
+            reason: reason.to_string(),
+        };
+        if !route.starts_with('/') {
+            return Err(err(
+                "a route starts with '/', e.g. \"/hello\" or \"/api/...\"",
+            ));
+        }
+        if route.contains(['?', '#', ' ', '*']) || route.contains("//") {
+            return Err(err(
+                "use a plain path; write a prefix wildcard as \"/api/...\"",
+            ));
+        }
+        let parsed = match route.strip_suffix("/...") {
+            Some("") => Route::Prefix("/".to_string()),
+            Some(prefix) => Route::Prefix(prefix.to_string()),
+            None if route.contains("...") => {
+                return Err(err(
+                    "\"...\" is only allowed at the end, as \"/prefix/...\"",
+                ));
+            }
+            None if route.len() > 1 && route.ends_with('/') => {
+                Route::Exact(route.trim_end_matches('/').to_string())
+            }
+            None => Route::Exact(route.to_string()),
+        };
+        let path = parsed.path();
+        if RESERVED_PREFIXES
+            .iter()
+            .any(|r| path == *r || path.starts_with(&format!("{r}/")))
+        {
+            return Err(err("/v1 and /healthz are reserved for the Updraft API"));
+        }
+        Ok(parsed)
+    }
+
+    pub fn path(&self) -> &str {
+        match self {
+            Route::Exact(p) | Route::Prefix(p) => p,
+        }
+    }
+
+    /// Does this route serve `path`?
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Route::Exact(p) => path == p || path.strip_suffix('/') == Some(p.as_str()),
+            Route::Prefix(p) if p == "/" => true,
+            Route::Prefix(p) => {
+                path == p
+                    || path
+                        .strip_prefix(p.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+            }
+        }
+    }
+
+    /// How specific the route is; the most specific match wins.
+    pub fn specificity(&self) -> (usize, bool) {
+        (self.path().len(), matches!(self, Route::Exact(_)))
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Route::Exact(p) => f.write_str(p),
+            Route::Prefix(p) if p == "/" => f.write_str("/..."),
+            Route::Prefix(p) => write!(f, "{p}/..."),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_manifest() {
+        let m = Manifest::from_toml(
+            r#"
+            name = "hello"
+            source = "hello.wasm"
+            kind = "http"
+            route = "/api/..."
+            memory_mb = 64
+            timeout_ms = 500
+            [env]
+            GREETING = "hi"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.kind, Some(FunctionKind::Http));
+        assert_eq!(
+            m.parsed_route().unwrap(),
+            Some(Route::Prefix("/api".into()))
+        );
+        let limits = m.validate().unwrap();
+        assert_eq!(limits.memory_mb, 64);
+        assert_eq!(limits.timeout_ms, 500);
+        assert_eq!(
+            limits.request_body_bytes_max,
+            REQUEST_BODY_BYTES_MAX_DEFAULT
+        );
+        assert_eq!(m.env["GREETING"], "hi");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Manifest::from_toml("name = \"a\"\nmemory = 5\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `memory`"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_and_limits() {
+        for name in ["", "Hello", "1abc", "a_b", &"a".repeat(64)] {
+            assert!(validate_name(name).is_err(), "{name}");
+        }
+        let m = Manifest {
+            name: "ok".into(),
+            memory_mb: Some(0),
+            ..Manifest::default()
+        };
+        assert!(matches!(
+            m.validate(),
+            Err(ManifestError::Limit {
+                field: "memory_mb",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            Route::parse("/hello").unwrap(),
+            Route::Exact("/hello".into())
+        );
+        assert_eq!(
+            Route::parse("/hello/").unwrap(),
+            Route::Exact("/hello".into())
+        );
+        assert_eq!(Route::parse("/...").unwrap(), Route::Prefix("/".into()));
+        assert!(Route::parse("hello").is_err());
+        assert!(Route::parse("/v1/x").is_err());
+        assert!(Route::parse("/healthz").is_err());
+        assert!(Route::parse("/a/.../b").is_err());
+        let api = Route::parse("/api/...").unwrap();
+        assert!(api.matches("/api"));
+        assert!(api.matches("/api/x/y"));
+        assert!(!api.matches("/apix"));
+        let exact = Route::Exact("/hello".into());
+        assert!(exact.matches("/hello") && exact.matches("/hello/"));
+        assert!(!exact.matches("/hello/x"));
+        assert_eq!(api.to_string(), "/api/...");
+    }
+}

@@ -1,0 +1,347 @@
+//! The management API: deploy, list, info, delete, rollback, logs, health.
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use updraft_core::{FunctionKind, LogEntry, Manifest};
+use updraft_scheduler::{Loaded, Platform, PlatformError};
+
+use crate::error::ApiError;
+
+type Shared = State<Arc<Platform>>;
+
+/// Default and largest number of log lines returned at once.
+const LOG_TAIL_DEFAULT: usize = 100;
+const LOG_TAIL_MAX: usize = 10_000;
+
+pub(crate) fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+pub(crate) async fn health(State(platform): Shared) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "functions": platform.function_count(),
+        "compiles": platform.compiles(),
+    }))
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such API endpoint: see docs/api.md for the /v1 endpoints",
+    )
+}
+
+pub(crate) async fn list(State(platform): Shared) -> Result<Json<Value>, ApiError> {
+    let functions: Vec<Value> = platform
+        .list()?
+        .into_iter()
+        .map(|(record, version)| {
+            json!({
+                "name": record.name,
+                "kind": version.kind,
+                "route": version.manifest.route,
+                "version": version.version,
+                "versions": record.next_version.saturating_sub(1),
+                "wasm_bytes": version.wasm_bytes,
+                "updated_at": rfc3339(record.updated_at_ms),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "functions": functions })))
+}
+
+fn loaded_json(loaded: &Loaded) -> Value {
+    let v = &loaded.version;
+    json!({
+        "name": &*loaded.name,
+        "kind": v.kind,
+        "route": v.manifest.route,
+        "version": v.version,
+        "digest": v.digest,
+        "limits": v.limits,
+        "env_keys": v.manifest.env.keys().collect::<Vec<_>>(),
+        "artifact": {
+            "loaded_from": loaded.prepared.loaded_from,
+            "compile_ms": loaded.prepared.prepare_ms,
+            "compiled_bytes": loaded.prepared.compiled_bytes,
+        },
+    })
+}
+
+fn details_json(platform: &Platform, name: &str) -> Result<Value, ApiError> {
+    let details = platform.details(name)?;
+    let mut out = match &details.loaded {
+        Some(loaded) => loaded_json(loaded),
+        None => json!({ "name": name }),
+    };
+    let versions: Vec<Value> = details
+        .versions
+        .iter()
+        .rev()
+        .map(|v| {
+            json!({
+                "version": v.version,
+                "digest": v.digest,
+                "kind": v.kind,
+                "wasm_bytes": v.wasm_bytes,
+                "route": v.manifest.route,
+                "limits": v.limits,
+                "created_at": rfc3339(v.created_at_ms),
+            })
+        })
+        .collect();
+    if let Value::Object(map) = &mut out {
+        map.insert("aliases".into(), json!(details.record.aliases));
+        map.insert("versions".into(), json!(versions));
+        map.insert("usage".into(), json!(details.usage));
+        map.insert(
+            "created_at".into(),
+            json!(rfc3339(details.record.created_at_ms)),
+        );
+        map.insert(
+            "updated_at".into(),
+            json!(rfc3339(details.record.updated_at_ms)),
+        );
+    }
+    Ok(out)
+}
+
+pub(crate) async fn info(
+    State(platform): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(details_json(&platform, &name)?))
+}
+
+pub(crate) async fn delete(
+    State(platform): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    platform.delete(&name).await?;
+    Ok(Json(json!({ "deleted": name })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RollbackBody {
+    version: Option<u64>,
+}
+
+pub(crate) async fn rollback(
+    State(platform): Shared,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: RollbackBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "bad_request",
+                format!("rollback body must be JSON like {{\"version\": 2}} or empty: {e}"),
+            )
+        })?
+    };
+    platform.rollback(&name, body.version).await?;
+    Ok(Json(details_json(&platform, &name)?))
+}
+
+/// Query of a raw (non-multipart) deploy: the body is the Wasm.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeployQuery {
+    route: Option<String>,
+    kind: Option<String>,
+}
+
+/// `PUT /v1/functions/{name}`: multipart with `manifest` (TOML) and `wasm`
+/// parts, or a raw `application/wasm` body with `?route=&kind=`.
+pub(crate) async fn deploy(
+    State(platform): Shared,
+    Path(name): Path<String>,
+    Query(query): Query<DeployQuery>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let (mut manifest, wasm) = if is_multipart {
+        read_multipart(request).await?
+    } else {
+        let wasm = Bytes::from_request(request, &())
+            .await
+            .map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
+        let kind = match query.kind.as_deref() {
+            None => None,
+            Some("http") => Some(FunctionKind::Http),
+            Some("command") => Some(FunctionKind::Command),
+            Some(other) => {
+                return Err(ApiError::bad_request(
+                    "invalid_manifest",
+                    format!("kind {other:?} is not known: use \"http\" or \"command\""),
+                ));
+            }
+        };
+        let manifest = Manifest {
+            route: query.route,
+            kind,
+            ..Manifest::default()
+        };
+        (manifest, wasm)
+    };
+    if manifest.name.is_empty() {
+        manifest.name = name.clone();
+    } else if manifest.name != name {
+        return Err(ApiError::bad_request(
+            "name_mismatch",
+            format!(
+                "the manifest names the function {:?} but the URL says {name:?}: make them agree",
+                manifest.name
+            ),
+        ));
+    }
+    if wasm.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_wasm",
+            "no Wasm was uploaded: send it as the `wasm` part of a multipart body, or as the raw body",
+        ));
+    }
+    let deployed = platform.deploy(manifest, wasm).await?;
+    let mut body = details_json(&platform, &name)?;
+    if let Value::Object(map) = &mut body {
+        map.insert("compiled".into(), json!(deployed.compiled));
+    }
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn read_multipart(request: Request) -> Result<(Manifest, Bytes), ApiError> {
+    let mut multipart = Multipart::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?;
+    let mut manifest = None;
+    let mut wasm = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?
+    {
+        let field_name = field.name().unwrap_or_default().to_string();
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?;
+        match field_name.as_str() {
+            "manifest" => {
+                let text = std::str::from_utf8(&bytes).map_err(|_| {
+                    ApiError::bad_request("invalid_manifest", "the manifest must be UTF-8 TOML")
+                })?;
+                manifest = Some(Manifest::from_toml(text).map_err(PlatformError::from)?);
+            }
+            "wasm" => wasm = Some(bytes),
+            other => {
+                return Err(ApiError::bad_request(
+                    "bad_multipart",
+                    format!("unknown part {other:?}: send `manifest` and `wasm`"),
+                ));
+            }
+        }
+    }
+    Ok((manifest.unwrap_or_default(), wasm.unwrap_or_default()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogsQuery {
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+#[derive(Serialize)]
+struct LogLine<'a> {
+    ts: String,
+    invocation_id: &'a str,
+    stream: updraft_core::LogStream,
+    message: &'a str,
+}
+
+fn log_line(entry: &LogEntry) -> Bytes {
+    let mut line = serde_json::to_vec(&LogLine {
+        ts: rfc3339(entry.ts_ms),
+        invocation_id: &entry.invocation_id,
+        stream: entry.stream,
+        message: &entry.message,
+    })
+    .unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// `GET /v1/functions/{name}/logs?tail=N&follow=true`: NDJSON, one entry a line.
+pub(crate) async fn logs(
+    State(platform): Shared,
+    Path(name): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let tail = query.tail.unwrap_or(LOG_TAIL_DEFAULT).min(LOG_TAIL_MAX);
+    // Subscribe before reading the tail so no line falls in between.
+    let live = query.follow.then(|| platform.follow_logs());
+    let entries = platform.logs_tail(&name, tail).await?;
+    let head: Vec<Result<Bytes, std::io::Error>> =
+        entries.iter().map(|e| Ok(log_line(e))).collect();
+    let body = match live {
+        None => Body::from(
+            head.into_iter()
+                .filter_map(Result::ok)
+                .collect::<Vec<_>>()
+                .concat(),
+        ),
+        Some(receiver) => {
+            let last_ts = entries
+                .last()
+                .map(|e| (e.ts_ms, e.invocation_id.clone(), e.message.clone()));
+            let name: Arc<str> = Arc::from(name.as_str());
+            let live = futures::stream::unfold(receiver, move |mut rx| {
+                let name = name.clone();
+                async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok((from, entry)) if from == name => return Some((entry, rx)),
+                            Ok(_) => continue,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                        }
+                    }
+                }
+            })
+            // Lines already in the tail may also arrive live; skip those.
+            .filter(move |entry| {
+                let duplicate = last_ts.as_ref().is_some_and(|(ts, id, msg)| {
+                    entry.ts_ms < *ts
+                        || (entry.ts_ms == *ts
+                            && &entry.invocation_id == id
+                            && &entry.message == msg)
+                });
+                futures::future::ready(!duplicate)
+            })
+            .map(|entry| Ok::<_, std::io::Error>(log_line(&entry)));
+            Body::from_stream(futures::stream::iter(head).chain(live))
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}

@@ -1,0 +1,97 @@
+//! Platform errors → HTTP statuses and `{"error":{"code","message"}}` bodies.
+//! This is the only place that decides a status.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use updraft_sandbox::{InvokeError, PrepareError};
+use updraft_scheduler::PlatformError;
+use updraft_state::StateError;
+
+/// An error as the API client sees it.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": { "code": self.code, "message": self.message }
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<PlatformError> for ApiError {
+    fn from(e: PlatformError) -> ApiError {
+        use StatusCode as S;
+        let message = e.to_string();
+        let (status, code) = match &e {
+            PlatformError::Manifest(_) => (S::BAD_REQUEST, "invalid_manifest"),
+            PlatformError::BadRequest(_) => (S::BAD_REQUEST, "bad_request"),
+            PlatformError::Busy(_) => (S::SERVICE_UNAVAILABLE, "busy"),
+            PlatformError::Prepare(p) => match p {
+                PrepareError::NotWasm => (S::BAD_REQUEST, "not_wasm"),
+                PrepareError::Invalid(_) => (S::BAD_REQUEST, "invalid_wasm"),
+                PrepareError::UnknownWorld
+                | PrepareError::NoStart
+                | PrepareError::KindMismatch { .. } => (S::BAD_REQUEST, "wrong_world"),
+                PrepareError::Link(_) => (S::BAD_REQUEST, "link_error"),
+                _ => (S::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            PlatformError::State(s) => match s {
+                StateError::FunctionNotFound(_) => (S::NOT_FOUND, "function_not_found"),
+                StateError::VersionNotFound { .. } => (S::NOT_FOUND, "version_not_found"),
+                StateError::RouteConflict { .. } => (S::CONFLICT, "route_conflict"),
+                StateError::Invalid(_) => (S::BAD_REQUEST, "bad_request"),
+                _ => (S::INTERNAL_SERVER_ERROR, "storage"),
+            },
+            PlatformError::Invoke(i) => match i {
+                InvokeError::Timeout { .. } => (S::GATEWAY_TIMEOUT, "timeout"),
+                InvokeError::MemoryLimit { .. } => (S::INTERNAL_SERVER_ERROR, "memory_limit"),
+                InvokeError::Trap { .. } => (S::INTERNAL_SERVER_ERROR, "trap"),
+                InvokeError::Exit { .. } => (S::INTERNAL_SERVER_ERROR, "exit_code"),
+                InvokeError::NoResponse | InvokeError::Guest(_) => {
+                    (S::INTERNAL_SERVER_ERROR, "function_error")
+                }
+                InvokeError::RequestTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "request_too_large"),
+                InvokeError::ResponseTooLarge { .. } => {
+                    (S::INTERNAL_SERVER_ERROR, "response_too_large")
+                }
+                InvokeError::Instantiate(_) => (S::SERVICE_UNAVAILABLE, "instantiate_failed"),
+                _ => (S::INTERNAL_SERVER_ERROR, "internal"),
+            },
+            _ => (S::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
+/// Adds "see the logs" to invocation failures, which is where the detail is.
+pub(crate) fn invocation_error(e: PlatformError, name: &str, invocation_id: &str) -> ApiError {
+    let mut error = ApiError::from(e);
+    if error.status.is_server_error() {
+        error.message = format!(
+            "{} (invocation {invocation_id}; details: `updraft logs {name}`)",
+            error.message
+        );
+    }
+    error
+}

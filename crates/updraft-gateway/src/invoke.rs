@@ -1,0 +1,98 @@
+//! Invocations over HTTP: a function's public route, and
+//! `POST /v1/functions/{name}/invoke`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, Uri};
+use updraft_core::FunctionKind;
+use updraft_scheduler::{InvokeError, Loaded, Platform, PlatformError};
+
+use crate::error::{ApiError, invocation_error};
+
+/// Response header carrying the invocation id (also in the logs).
+pub const INVOCATION_ID_HEADER: &str = "updraft-invocation-id";
+
+/// Any path that is not the API: the function whose route matches serves it.
+pub(crate) async fn invoke_route(
+    State(platform): State<Arc<Platform>>,
+    request: Request,
+) -> Response {
+    let path = request.uri().path().to_string();
+    match platform.route(&path) {
+        Some(loaded) => invoke(platform, loaded, request).await,
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            format!("no function serves {path}: deploy one with `route = \"{path}\"` in its updraft.toml, or see `updraft ls`"),
+        )
+        .into_response(),
+    }
+}
+
+/// `POST /v1/functions/{name}/invoke`: the body goes to the function as is;
+/// an http function sees a request for `/` (with the query string kept).
+pub(crate) async fn invoke_api(
+    State(platform): State<Arc<Platform>>,
+    Path(name): Path<String>,
+    mut request: Request,
+) -> Response {
+    let Some(loaded) = platform.get(&name) else {
+        return ApiError::from(PlatformError::State(
+            updraft_state::StateError::FunctionNotFound(name),
+        ))
+        .into_response();
+    };
+    let path_and_query = match request.uri().query() {
+        Some(q) => format!("/?{q}"),
+        None => "/".to_string(),
+    };
+    if let Ok(uri) = path_and_query.parse::<Uri>() {
+        *request.uri_mut() = uri;
+    }
+    invoke(platform, loaded, request).await
+}
+
+async fn invoke(platform: Arc<Platform>, loaded: Arc<Loaded>, request: Request) -> Response {
+    let (id, response) = match loaded.version.kind {
+        FunctionKind::Http => {
+            let request = with_host(request);
+            let (id, result) = platform.invoke_http(&loaded, request).await;
+            (id, result.map(|r| r.map(Body::new)))
+        }
+        FunctionKind::Command => {
+            let limit = loaded.version.limits.request_body_bytes_max;
+            let body = match axum::body::to_bytes(request.into_body(), limit as usize).await {
+                Ok(body) => body,
+                Err(_) => {
+                    return ApiError::from(PlatformError::Invoke(InvokeError::RequestTooLarge {
+                        limit,
+                    }))
+                    .into_response();
+                }
+            };
+            let (id, result) = platform.invoke_command(&loaded, body).await;
+            (id, result.map(|stdout| Response::new(Body::from(stdout))))
+        }
+    };
+    let mut response = match response {
+        Ok(response) => response,
+        Err(e) => invocation_error(e, &loaded.name, &id).into_response(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(INVOCATION_ID_HEADER, value);
+    }
+    response
+}
+
+/// wasi:http needs an authority; HTTP/1.0 clients may not send `Host`.
+fn with_host(mut request: Request) -> Request {
+    if request.uri().authority().is_none() && !request.headers().contains_key(http::header::HOST) {
+        request
+            .headers_mut()
+            .insert(http::header::HOST, HeaderValue::from_static("localhost"));
+    }
+    request
+}

@@ -1,0 +1,63 @@
+//! The HTTP face of Updraft: the management API under `/v1`, `/healthz`, and
+//! every function's public route.
+//!
+//! The gateway only translates HTTP to platform calls and platform errors to
+//! HTTP (in [`error`], in one place); what runs and where is the scheduler's job.
+
+mod api;
+mod error;
+mod invoke;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use updraft_scheduler::Platform;
+
+pub use error::ApiError;
+
+/// Largest upload accepted by deploy (the Wasm plus the manifest). Python and
+/// JavaScript components are 13–20 MB; leave room for bigger runtimes.
+pub const DEPLOY_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// The whole router: API, health, and the function routes as the fallback.
+pub fn router(platform: Arc<Platform>) -> Router {
+    let api = Router::new()
+        .route("/functions", get(api::list))
+        .route(
+            "/functions/{name}",
+            get(api::info)
+                .delete(api::delete)
+                .put(api::deploy)
+                .layer(DefaultBodyLimit::max(DEPLOY_BYTES_MAX)),
+        )
+        .route(
+            "/functions/{name}/invoke",
+            post(invoke::invoke_api).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/functions/{name}/logs", get(api::logs))
+        .route("/functions/{name}/rollback", post(api::rollback))
+        .fallback(api::not_found);
+    Router::new()
+        .route("/healthz", get(api::health))
+        .nest("/v1", api)
+        .fallback(invoke::invoke_route)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(platform)
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    platform: Arc<Platform>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(platform.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    platform.shutdown().await;
+    Ok(())
+}

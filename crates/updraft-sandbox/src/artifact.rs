@@ -1,0 +1,220 @@
+//! Deploy-time work: turn uploaded bytes into a [`Prepared`] function.
+//!
+//! Core wasip1 modules are wrapped into components with the WASI command
+//! adapter; components are compiled ahead of time and the artifact is kept in
+//! the cache directory as `<wasm sha256>-<engine hash>.cwasm`, so a restart
+//! maps it back in with `deserialize_file` instead of compiling again.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use updraft_core::{Digest, FunctionKind, Limits};
+use wasmtime::component::Component;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::engine::Sandbox;
+use crate::error::PrepareError;
+use crate::host::Host;
+
+/// Where a prepared function's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadedFrom {
+    /// Compiled by this process.
+    Compile,
+    /// Mapped from the on-disk artifact cache.
+    Cache,
+}
+
+pub(crate) enum Pre {
+    Http(ProxyPre<Host>),
+    Command(CommandPre<Host>),
+}
+
+/// A deployed version, ready to instantiate: the per-version half of the work.
+pub struct Prepared {
+    pub name: String,
+    pub kind: FunctionKind,
+    pub wasm_digest: Digest,
+    pub limits: Limits,
+    pub loaded_from: LoadedFrom,
+    /// Time spent compiling or loading.
+    pub prepare_ms: u64,
+    pub compiled_bytes: u64,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) pre: Pre,
+}
+
+/// What [`Sandbox::prepare`] needs to know about the version.
+pub struct PrepareSpec<'a> {
+    pub name: &'a str,
+    pub wasm: &'a [u8],
+    pub wasm_digest: Digest,
+    pub kind: Option<FunctionKind>,
+    pub limits: Limits,
+    pub env: Vec<(String, String)>,
+}
+
+impl Sandbox {
+    /// Compiles (or loads from the cache) and links one version. CPU-heavy:
+    /// call it from a blocking thread.
+    pub fn prepare(&self, spec: PrepareSpec<'_>) -> Result<Prepared, PrepareError> {
+        let started = Instant::now();
+        let (component, loaded_from, compiled_bytes) =
+            self.load_or_compile(spec.wasm, &spec.wasm_digest)?;
+        let detected = self.detect_kind(&component)?;
+        if let Some(stated) = spec.kind
+            && stated != detected
+        {
+            return Err(PrepareError::KindMismatch { stated, detected });
+        }
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| PrepareError::Link(link_message(&e)))?;
+        let pre = match detected {
+            FunctionKind::Http => Pre::Http(
+                ProxyPre::new(instance_pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?,
+            ),
+            FunctionKind::Command => Pre::Command(
+                CommandPre::new(instance_pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?,
+            ),
+        };
+        Ok(Prepared {
+            name: spec.name.to_string(),
+            kind: detected,
+            wasm_digest: spec.wasm_digest,
+            limits: spec.limits,
+            loaded_from,
+            prepare_ms: started.elapsed().as_millis() as u64,
+            compiled_bytes,
+            env: spec.env,
+            pre,
+        })
+    }
+
+    /// Only checks that the bytes are Wasm of a shape Updraft runs; cheap.
+    pub fn check_bytes(wasm: &[u8]) -> Result<(), PrepareError> {
+        if wasmparser::Parser::is_component(wasm) || wasmparser::Parser::is_core_wasm(wasm) {
+            Ok(())
+        } else {
+            Err(PrepareError::NotWasm)
+        }
+    }
+
+    fn artifact_path(&self, digest: &Digest) -> PathBuf {
+        self.cache_dir
+            .join(format!("{}-{}.cwasm", digest.hex(), self.engine_hash))
+    }
+
+    /// Whether the compiled artifact of this Wasm is in the cache.
+    pub fn is_cached(&self, digest: &Digest) -> bool {
+        self.artifact_path(digest).is_file()
+    }
+
+    /// Removes a cached artifact (when no version uses the Wasm any more).
+    pub fn evict(&self, digest: &Digest) {
+        let _ = std::fs::remove_file(self.artifact_path(digest));
+    }
+
+    fn load_or_compile(
+        &self,
+        wasm: &[u8],
+        digest: &Digest,
+    ) -> Result<(Component, LoadedFrom, u64), PrepareError> {
+        Self::check_bytes(wasm)?;
+        let path = self.artifact_path(digest);
+        if path.is_file() {
+            match self.load_artifact(&path) {
+                Ok(component) => {
+                    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    return Ok((component, LoadedFrom::Cache, size));
+                }
+                // A torn or stale artifact is only a cache miss: compile again.
+                Err(e) => tracing::warn!(
+                    "recompiling {}: cached artifact unusable: {e}",
+                    path.display()
+                ),
+            }
+        }
+        let component_bytes = if wasmparser::Parser::is_core_wasm(wasm) {
+            wrap_command_module(wasm)?
+        } else {
+            wasm.to_vec()
+        };
+        let compiled = self
+            .engine
+            .precompile_component(&component_bytes)
+            .map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
+        self.count_compile();
+        updraft_state::registry::write_atomically(&path, &compiled)
+            .map_err(|e| PrepareError::Internal(format!("writing {}: {e}", path.display())))?;
+        let component = self
+            .load_artifact(&path)
+            .map_err(|e| PrepareError::Internal(format!("loading fresh artifact: {e:#}")))?;
+        Ok((component, LoadedFrom::Compile, compiled.len() as u64))
+    }
+
+    #[allow(unsafe_code)]
+    fn load_artifact(&self, path: &Path) -> wasmtime::Result<Component> {
+        // SAFETY: the file was written by `precompile_component` of an engine
+        // with the same compatibility hash (it is in the file name), into a
+        // directory only Updraft writes, via write-then-rename so it is never
+        // seen half-written; wasmtime also checks the header and engine flags.
+        unsafe { Component::deserialize_file(&self.engine, path) }
+    }
+
+    fn detect_kind(&self, component: &Component) -> Result<FunctionKind, PrepareError> {
+        let ty = component.component_type();
+        let mut http = false;
+        let mut command = false;
+        for (name, _) in ty.exports(&self.engine) {
+            http |= name.starts_with("wasi:http/incoming-handler@0.2");
+            command |= name.starts_with("wasi:cli/run@0.2");
+        }
+        match (http, command) {
+            (true, _) => Ok(FunctionKind::Http),
+            (false, true) => Ok(FunctionKind::Command),
+            (false, false) => Err(PrepareError::UnknownWorld),
+        }
+    }
+}
+
+/// Turns a wasip1 command module into a component with the command adapter.
+fn wrap_command_module(wasm: &[u8]) -> Result<Vec<u8>, PrepareError> {
+    let mut has_start = false;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload {
+            Ok(wasmparser::Payload::ExportSection(exports)) => {
+                for export in exports.into_iter().flatten() {
+                    has_start |= export.name == "_start";
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return Err(PrepareError::Invalid(e.to_string())),
+        }
+    }
+    if !has_start {
+        return Err(PrepareError::NoStart);
+    }
+    wit_component::ComponentEncoder::default()
+        .module(wasm)
+        .and_then(|enc| {
+            enc.adapter(
+                "wasi_snapshot_preview1",
+                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+            )
+        })
+        .and_then(|enc| enc.validate(true).encode())
+        .map_err(|e| {
+            PrepareError::Link(format!("cannot adapt the wasip1 module to WASI 0.2: {e:#}"))
+        })
+}
+
+/// Shortens Wasmtime's link errors to the missing import, which is what the user can act on.
+fn link_message(e: &wasmtime::Error) -> String {
+    format!(
+        "{e:#}; Updraft provides WASI 0.2 (wasi:cli, wasi:clocks, wasi:random, wasi:io, wasi:filesystem, wasi:sockets) and wasi:http 0.2"
+    )
+}

@@ -1,0 +1,144 @@
+//! The process-wide engine: pooling allocator with copy-on-write memory images,
+//! epoch interruption driven by a ticker thread, and the one linker that every
+//! function is linked against.
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::error::PrepareError;
+use crate::host::Host;
+
+/// Default number of instances that may exist at once (pool slots).
+pub const INSTANCES_MAX_DEFAULT: u32 = 1000;
+/// Core instances one component may contain; componentize-py links a dozen modules.
+const CORE_INSTANCES_PER_COMPONENT_MAX: u32 = 64;
+/// Pool slots of core instances, memories and tables per component slot, on average.
+const CORE_INSTANCES_PER_SLOT: u32 = 8;
+const MEMORIES_PER_SLOT: u32 = 2;
+const TABLES_PER_SLOT: u32 = 4;
+/// Largest table a guest may have; language runtimes (StarlingMonkey) use big ones.
+pub(crate) const TABLE_ELEMENTS_MAX: usize = 100_000;
+/// Size of the VM context of a core or component instance; big runtimes need more than the 1 MiB default.
+const INSTANCE_SIZE_MAX: usize = 8 << 20;
+/// How often the epoch advances: the granularity of timeouts and of yields to the runtime.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Process-wide sandbox settings.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Where compiled artifacts are kept, keyed by Wasm digest and engine hash.
+    pub cache_dir: PathBuf,
+    /// Instances that may exist at once; the pool reserves address space for each.
+    pub instances_max: u32,
+}
+
+impl SandboxConfig {
+    pub fn new(cache_dir: PathBuf) -> SandboxConfig {
+        SandboxConfig {
+            cache_dir,
+            instances_max: INSTANCES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// The engine, linker and compile cache of one process. Cheap to share (`Arc`).
+pub struct Sandbox {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<Host>,
+    pub(crate) cache_dir: PathBuf,
+    /// Hex of the engine's compatibility hash; part of every artifact's file name.
+    pub(crate) engine_hash: String,
+    pub(crate) instances_max: u32,
+    /// Functions compiled by this process (not loaded from the cache).
+    compiles: AtomicU64,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Arc<Sandbox>, PrepareError> {
+        let engine = build_engine(&config)?;
+        let mut linker = Linker::new(&engine);
+        // The whole of WASI 0.2 (cli, clocks, random, io, filesystem without
+        // preopens, sockets denied by default) plus wasi:http: HTTP components
+        // built by componentize-js/py import wasi:cli, commands import it all.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+            .map_err(|e| PrepareError::Internal(format!("linker: {e}")))?;
+        std::fs::create_dir_all(&config.cache_dir).map_err(|e| {
+            PrepareError::Internal(format!(
+                "cannot create the compile cache at {}: {e}",
+                config.cache_dir.display()
+            ))
+        })?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_hash = format!("{:016x}", hasher.finish());
+        start_epoch_ticker(&engine);
+        Ok(Arc::new(Sandbox {
+            engine,
+            linker,
+            cache_dir: config.cache_dir,
+            engine_hash,
+            instances_max: config.instances_max,
+            compiles: AtomicU64::new(0),
+        }))
+    }
+
+    /// How many functions this process compiled (cache misses).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_compile(&self) {
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Instances that may run at once; the scheduler admits no more than this.
+    pub fn instances_max(&self) -> u32 {
+        self.instances_max
+    }
+}
+
+fn build_engine(config: &SandboxConfig) -> Result<Engine, PrepareError> {
+    let n = config.instances_max.max(1);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(n)
+        .total_core_instances(n * CORE_INSTANCES_PER_SLOT)
+        .total_memories(n * MEMORIES_PER_SLOT)
+        .total_tables(n * TABLES_PER_SLOT)
+        .total_stacks(n)
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT_MAX)
+        .max_memories_per_component(CORE_INSTANCES_PER_COMPONENT_MAX)
+        .max_tables_per_component(CORE_INSTANCES_PER_COMPONENT_MAX)
+        .max_memory_size((updraft_core::manifest::MEMORY_MB_MAX as usize) << 20)
+        .table_elements(TABLE_ELEMENTS_MAX)
+        .max_core_instance_size(INSTANCE_SIZE_MAX)
+        .max_component_instance_size(INSTANCE_SIZE_MAX);
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true)
+        .epoch_interruption(true)
+        .memory_init_cow(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&cfg).map_err(|e| PrepareError::Internal(format!("engine: {e}")))
+}
+
+/// Advances the epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("updraft-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| tracing::error!("cannot start the epoch ticker: {e}"));
+}

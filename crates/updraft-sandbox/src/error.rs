@@ -1,0 +1,80 @@
+//! Errors of the sandbox: why a Wasm binary could not be prepared, and why an
+//! invocation failed. Messages are written for the function's author.
+
+use updraft_core::FunctionKind;
+
+/// Why a binary was rejected at deploy. Every variant maps to HTTP 400 except
+/// [`PrepareError::Internal`] (500).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PrepareError {
+    #[error(
+        "the upload is not a WebAssembly binary (it does not start with \\0asm): upload the .wasm file your toolchain produced"
+    )]
+    NotWasm,
+    #[error("the WebAssembly binary is invalid: {0}")]
+    Invalid(String),
+    #[error(
+        "the binary exports neither wasi:http/incoming-handler (an HTTP function, world wasi:http/proxy) nor wasi:cli/run (a command); build it for one of those worlds"
+    )]
+    UnknownWorld,
+    #[error(
+        "the manifest says kind = \"{stated}\" but the binary is a {detected} function: fix `kind` in updraft.toml or leave it out"
+    )]
+    KindMismatch {
+        stated: FunctionKind,
+        detected: FunctionKind,
+    },
+    #[error(
+        "this core module has no `_start` export: build a WASI command (a wasm32-wasip1 binary with main), or a wasi:http component"
+    )]
+    NoStart,
+    #[error("the function cannot be linked: {0}")]
+    Link(String),
+    #[error("internal error while preparing the function: {0}")]
+    Internal(String),
+}
+
+/// Why an invocation failed. The gateway maps each to a status.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvokeError {
+    /// 504: the invocation ran past `timeout_ms`.
+    #[error(
+        "the function did not finish within its timeout of {timeout_ms} ms (raise timeout_ms in updraft.toml if it needs longer)"
+    )]
+    Timeout { timeout_ms: u64 },
+    /// 500: the guest tried to grow its memory past `memory_mb`.
+    #[error(
+        "the function exceeded its memory limit of {memory_mb} MiB (raise memory_mb in updraft.toml, or use less memory)"
+    )]
+    MemoryLimit { memory_mb: u32 },
+    /// 500: the guest trapped (panic, unreachable, out-of-bounds access…).
+    #[error("the function trapped: {message}")]
+    Trap { message: String },
+    /// 500: a command exited with a non-zero code.
+    #[error("the function exited with code {code}")]
+    Exit { code: i32 },
+    /// 500: an http function returned without setting a response.
+    #[error("the function returned without sending a response")]
+    NoResponse,
+    /// 500: an http function answered with a wasi:http error code.
+    #[error("the function answered with an error: {0}")]
+    Guest(String),
+    /// 413: the request body is larger than `request_body_bytes_max`.
+    #[error(
+        "the request body is larger than this function's limit of {limit} bytes (request_body_bytes_max)"
+    )]
+    RequestTooLarge { limit: u64 },
+    /// 500: the response body is larger than `response_body_bytes_max`.
+    #[error(
+        "the function's response is larger than its limit of {limit} bytes (response_body_bytes_max)"
+    )]
+    ResponseTooLarge { limit: u64 },
+    /// 503: every instance slot is in use.
+    #[error("instance could not be created: {0}")]
+    Instantiate(String),
+    /// 500.
+    #[error("internal error: {0}")]
+    Internal(String),
+}

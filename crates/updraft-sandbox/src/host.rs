@@ -1,0 +1,87 @@
+//! Per-invocation host state: the WASI and wasi:http contexts, the resource
+//! table and the memory limiter, gathered in one store-data struct.
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::engine::TABLE_ELEMENTS_MAX;
+
+pub(crate) struct Host {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}
+
+/// Caps the sum of all linear memories of one instance at `memory_mb`, and
+/// remembers that the cap was hit so the failure can name the limit.
+pub(crate) struct MemoryLimiter {
+    pub(crate) bytes_max: usize,
+    pub(crate) bytes_now: usize,
+    pub(crate) bytes_peak: usize,
+    pub(crate) hit: bool,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(bytes_max: usize) -> MemoryLimiter {
+        MemoryLimiter {
+            bytes_max,
+            bytes_now: 0,
+            bytes_peak: 0,
+            hit: false,
+        }
+    }
+}
+
+/// Returned (as a trap) when a guest grows past its memory limit.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit of {0} bytes exceeded")]
+pub(crate) struct MemoryLimitExceeded(pub(crate) usize);
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let after = self.bytes_now - current.min(self.bytes_now) + desired;
+        if after > self.bytes_max {
+            self.hit = true;
+            return Err(wasmtime::Error::new(MemoryLimitExceeded(self.bytes_max)));
+        }
+        self.bytes_now = after;
+        self.bytes_peak = self.bytes_peak.max(after);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= TABLE_ELEMENTS_MAX)
+    }
+}

@@ -1,0 +1,441 @@
+//! One invocation: a fresh `Store` and instance from the pool, the request in,
+//! the response out, and a [`Report`] of what happened (logs, outcome, time,
+//! memory) once the guest is done.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::task::JoinHandle;
+use updraft_core::LogStream;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi_http::WasiHttpCtx;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use crate::artifact::{Pre, Prepared};
+use crate::engine::Sandbox;
+use crate::error::InvokeError;
+use crate::host::{Host, MemoryLimiter};
+
+/// Guest stdout/stderr kept per invocation for the logs; the rest is dropped.
+pub const LOG_CAPTURE_BYTES_MAX: usize = 256 * 1024;
+
+/// Response body handed to the gateway.
+pub type ResponseBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Who is being invoked, for the logs.
+#[derive(Debug, Clone)]
+pub struct InvocationCtx {
+    pub invocation_id: String,
+}
+
+/// What happened during one invocation, known once the guest has finished.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub invocation_id: String,
+    pub outcome: Result<(), InvokeError>,
+    /// Guest output, line by line, plus platform notes (traps, limits).
+    pub logs: Vec<(LogStream, String)>,
+    pub duration: Duration,
+    pub memory_peak_bytes: u64,
+}
+
+/// A report that may still be in the making (an http guest keeps running
+/// while its response body streams out).
+pub enum ReportHandle {
+    Pending(JoinHandle<Report>),
+    Ready(Box<Report>),
+}
+
+impl ReportHandle {
+    pub async fn wait(self) -> Option<Report> {
+        match self {
+            ReportHandle::Pending(handle) => handle.await.ok(),
+            ReportHandle::Ready(report) => Some(*report),
+        }
+    }
+}
+
+/// Result of an http invocation: the response as soon as the guest sets it.
+pub struct HttpInvocation {
+    pub response: Result<http::Response<ResponseBody>, InvokeError>,
+    pub report: ReportHandle,
+}
+
+/// Result of a command invocation.
+pub struct CommandOutput {
+    pub stdout: Result<Bytes, InvokeError>,
+    pub report: Report,
+}
+
+/// Trap payload of the epoch callback once the deadline has passed.
+#[derive(Debug, thiserror::Error)]
+#[error("deadline reached")]
+struct DeadlineReached;
+
+struct Pipes {
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+}
+
+impl Sandbox {
+    fn new_store(
+        &self,
+        prepared: &Prepared,
+        stdin: Option<Bytes>,
+        stdout_bytes_max: usize,
+        deadline: Instant,
+    ) -> (Store<Host>, Pipes) {
+        let pipes = Pipes {
+            stdout: MemoryOutputPipe::new(stdout_bytes_max),
+            stderr: MemoryOutputPipe::new(LOG_CAPTURE_BYTES_MAX),
+        };
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&[&prepared.name])
+            .envs(&prepared.env)
+            .stdout(pipes.stdout.clone())
+            .stderr(pipes.stderr.clone());
+        if let Some(stdin) = stdin {
+            wasi.stdin(MemoryInputPipe::new(stdin));
+        }
+        let host = Host {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(prepared.limits.memory_bytes()),
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|host| &mut host.limiter);
+        // Every tick the guest yields to the runtime (long CPU work cannot
+        // starve other requests); past the deadline it is stopped.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(wasmtime::Error::new(DeadlineReached))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        (store, pipes)
+    }
+
+    /// Runs an http function on `request`. Returns once the guest has set its
+    /// response (or failed); the body then streams while the guest runs on.
+    pub async fn invoke_http<B>(
+        self: &Arc<Self>,
+        prepared: &Arc<Prepared>,
+        request: http::Request<B>,
+        ctx: InvocationCtx,
+    ) -> HttpInvocation
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let limits = prepared.limits;
+        let deadline = started + Duration::from_millis(limits.timeout_ms);
+        let early_failure = |error: InvokeError| HttpInvocation {
+            response: Err(error.clone()),
+            report: ReportHandle::Ready(Box::new(Report {
+                invocation_id: ctx.invocation_id.clone(),
+                outcome: Err(error),
+                logs: Vec::new(),
+                duration: started.elapsed(),
+                memory_peak_bytes: 0,
+            })),
+        };
+        let Pre::Http(pre) = &prepared.pre else {
+            return early_failure(InvokeError::Internal("not an http function".into()));
+        };
+        let request_limit = limits.request_body_bytes_max;
+        if content_length(request.headers()).is_some_and(|len| len > request_limit) {
+            return early_failure(InvokeError::RequestTooLarge {
+                limit: request_limit,
+            });
+        }
+        let request_too_large = Arc::new(AtomicBool::new(false));
+        let flag = request_too_large.clone();
+        let request = request.map(move |body| {
+            Limited::new(body, request_limit as usize).map_err(move |e| {
+                if e.is::<LengthLimitError>() {
+                    flag.store(true, Ordering::Relaxed);
+                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(request_limit))
+                } else {
+                    wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
+                }
+            })
+        });
+
+        let (mut store, pipes) = self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let resources = {
+            let mut http = store.data_mut().http();
+            http.new_incoming_request(Scheme::Http, request)
+                .and_then(|req| Ok((req, http.new_response_outparam(sender)?)))
+        };
+        let (req, out) = match resources {
+            Ok(pair) => pair,
+            Err(e) => return early_failure(InvokeError::Internal(format!("{e:#}"))),
+        };
+        let pre = pre.clone();
+        let invocation_id = ctx.invocation_id.clone();
+        let task = tokio::spawn(async move {
+            let run = async {
+                let proxy = pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(Failure::Instantiate)?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+                    .map_err(Failure::Run)
+            };
+            let result = tokio::time::timeout_at(deadline.into(), run).await;
+            finish(store, pipes, result, started, deadline, invocation_id, None).0
+        });
+
+        let response = match tokio::time::timeout_at(deadline.into(), receiver).await {
+            Ok(Ok(Ok(response))) => {
+                let limit = limits.response_body_bytes_max;
+                Ok(response.map(|body| {
+                    Limited::new(body, limit as usize)
+                        .map_err(move |e| {
+                            if e.is::<LengthLimitError>() {
+                                format!(
+                                    "response body exceeded response_body_bytes_max ({limit} bytes)"
+                                )
+                                .into()
+                            } else {
+                                e
+                            }
+                        })
+                        .boxed_unsync()
+                }))
+            }
+            Ok(Ok(Err(code))) => Err(InvokeError::Guest(format!("{code:?}"))),
+            Ok(Err(_)) => {
+                // The guest dropped the response outparam: it finished or failed
+                // without answering. Its report says why.
+                let report = task.await.ok();
+                let error = report
+                    .as_ref()
+                    .and_then(|r| r.outcome.clone().err())
+                    .unwrap_or(InvokeError::NoResponse);
+                let error = if request_too_large.load(Ordering::Relaxed) {
+                    InvokeError::RequestTooLarge {
+                        limit: request_limit,
+                    }
+                } else {
+                    error
+                };
+                return HttpInvocation {
+                    response: Err(error),
+                    report: match report {
+                        Some(report) => ReportHandle::Ready(Box::new(report)),
+                        None => ReportHandle::Ready(Box::new(Report {
+                            invocation_id: ctx.invocation_id,
+                            outcome: Err(InvokeError::Internal("invocation task panicked".into())),
+                            logs: Vec::new(),
+                            duration: started.elapsed(),
+                            memory_peak_bytes: 0,
+                        })),
+                    },
+                };
+            }
+            Err(_) => Err(InvokeError::Timeout {
+                timeout_ms: limits.timeout_ms,
+            }),
+        };
+        let response = if request_too_large.load(Ordering::Relaxed) {
+            Err(InvokeError::RequestTooLarge {
+                limit: request_limit,
+            })
+        } else {
+            response
+        };
+        HttpInvocation {
+            response,
+            report: ReportHandle::Pending(task),
+        }
+    }
+
+    /// Runs a command function: `stdin` in, stdout out.
+    pub async fn invoke_command(
+        &self,
+        prepared: &Prepared,
+        stdin: Bytes,
+        ctx: InvocationCtx,
+    ) -> CommandOutput {
+        let started = Instant::now();
+        let limits = prepared.limits;
+        let deadline = started + Duration::from_millis(limits.timeout_ms);
+        let fail = |error: InvokeError| CommandOutput {
+            stdout: Err(error.clone()),
+            report: Report {
+                invocation_id: ctx.invocation_id.clone(),
+                outcome: Err(error),
+                logs: Vec::new(),
+                duration: started.elapsed(),
+                memory_peak_bytes: 0,
+            },
+        };
+        let Pre::Command(pre) = &prepared.pre else {
+            return fail(InvokeError::Internal("not a command function".into()));
+        };
+        if stdin.len() as u64 > limits.request_body_bytes_max {
+            return fail(InvokeError::RequestTooLarge {
+                limit: limits.request_body_bytes_max,
+            });
+        }
+        // One byte over the limit tells "exactly at the limit" from "cut off".
+        let stdout_max = (limits.response_body_bytes_max as usize).saturating_add(1);
+        let (mut store, pipes) = self.new_store(prepared, Some(stdin), stdout_max, deadline);
+        let stdout = pipes.stdout.clone();
+        let run = async {
+            let command = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(Failure::Instantiate)?;
+            match command.wasi_cli_run().call_run(&mut store).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(())) => Err(Failure::ExitCode(1)),
+                Err(e) => Err(Failure::Run(e)),
+            }
+        };
+        let result = tokio::time::timeout_at(deadline.into(), run).await;
+        let (report, _) = finish(
+            store,
+            pipes,
+            result,
+            started,
+            deadline,
+            ctx.invocation_id,
+            Some(limits.response_body_bytes_max),
+        );
+        let output = stdout.contents();
+        let stdout = match &report.outcome {
+            Ok(()) if output.len() as u64 > limits.response_body_bytes_max => {
+                Err(InvokeError::ResponseTooLarge {
+                    limit: limits.response_body_bytes_max,
+                })
+            }
+            Ok(()) => Ok(output),
+            Err(e) => Err(e.clone()),
+        };
+        CommandOutput { stdout, report }
+    }
+}
+
+/// How the guest's run ended, before classification.
+enum Failure {
+    Instantiate(wasmtime::Error),
+    Run(wasmtime::Error),
+    ExitCode(i32),
+}
+
+/// Classifies the end of a run and gathers the logs into a [`Report`].
+fn finish(
+    store: Store<Host>,
+    pipes: Pipes,
+    result: Result<Result<(), Failure>, tokio::time::error::Elapsed>,
+    started: Instant,
+    deadline: Instant,
+    invocation_id: String,
+    stdout_is_response: Option<u64>,
+) -> (Report, ()) {
+    let limiter = &store.data().limiter;
+    let timeout_ms = deadline.duration_since(started).as_millis() as u64;
+    let memory_mb = (limiter.bytes_max >> 20) as u32;
+    let mut notes = Vec::new();
+    let outcome = match result {
+        Err(_elapsed) => Err(InvokeError::Timeout { timeout_ms }),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(Failure::ExitCode(code))) => Err(InvokeError::Exit { code }),
+        Ok(Err(Failure::Instantiate(e))) if limiter.hit => {
+            notes.push(format!("instantiation failed: {e:#}"));
+            Err(InvokeError::MemoryLimit { memory_mb })
+        }
+        Ok(Err(Failure::Instantiate(e))) => Err(InvokeError::Instantiate(format!("{e:#}"))),
+        Ok(Err(Failure::Run(e))) => {
+            if limiter.hit {
+                Err(InvokeError::MemoryLimit { memory_mb })
+            } else if e.is::<DeadlineReached>() || Instant::now() >= deadline {
+                Err(InvokeError::Timeout { timeout_ms })
+            } else if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                if exit.0 == 0 {
+                    Ok(())
+                } else {
+                    Err(InvokeError::Exit { code: exit.0 })
+                }
+            } else {
+                notes.push(format!("{e:?}"));
+                Err(InvokeError::Trap {
+                    message: trap_summary(&e),
+                })
+            }
+        }
+    };
+    let memory_peak_bytes = limiter.bytes_peak as u64;
+    drop(store);
+    let mut logs = Vec::new();
+    if stdout_is_response.is_none() {
+        push_lines(&mut logs, LogStream::Stdout, &pipes.stdout.contents());
+    }
+    push_lines(&mut logs, LogStream::Stderr, &pipes.stderr.contents());
+    if pipes.stderr.contents().len() >= LOG_CAPTURE_BYTES_MAX {
+        logs.push((
+            LogStream::Platform,
+            format!("log output cut at {LOG_CAPTURE_BYTES_MAX} bytes"),
+        ));
+    }
+    if let Err(error) = &outcome {
+        logs.push((LogStream::Platform, error.to_string()));
+    }
+    for note in notes {
+        logs.push((LogStream::Platform, note));
+    }
+    (
+        Report {
+            invocation_id,
+            outcome,
+            logs,
+            duration: started.elapsed(),
+            memory_peak_bytes,
+        },
+        (),
+    )
+}
+
+/// The line of a trap that names the cause, without the backtrace.
+fn trap_summary(e: &wasmtime::Error) -> String {
+    let root = e.root_cause().to_string();
+    let first = root.lines().next().unwrap_or("unknown trap").trim();
+    first.to_string()
+}
+
+fn push_lines(logs: &mut Vec<(LogStream, String)>, stream: LogStream, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let text = String::from_utf8_lossy(bytes);
+    for line in text.lines() {
+        logs.push((stream, line.to_string()));
+    }
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}

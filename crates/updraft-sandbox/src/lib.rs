@@ -1,0 +1,25 @@
+//! Everything Wasmtime: the one engine of the process, compiling and caching
+//! functions, the per-invocation store with its limits and WASI contexts, and
+//! running one invocation of an `http` or a `command` function.
+//!
+//! Lifecycle: [`Sandbox::new`] once per process (engine, linker, epoch ticker);
+//! [`Sandbox::prepare`] once per deployed version (compile or load the cached
+//! artifact, detect the kind, build the `InstancePre`); then
+//! [`Sandbox::invoke_http`] / [`Sandbox::invoke_command`] per invocation, which
+//! only creates a `Store` and instantiates from the pool.
+//!
+//! The sandbox knows nothing about routes, registries or tenants: the scheduler
+//! hands it a prepared function and a request, and gets a response plus a report.
+
+mod artifact;
+mod engine;
+mod error;
+mod host;
+mod invoke;
+
+pub use artifact::{LoadedFrom, PrepareSpec, Prepared};
+pub use engine::{Sandbox, SandboxConfig};
+pub use error::{InvokeError, PrepareError};
+pub use invoke::{
+    CommandOutput, HttpInvocation, InvocationCtx, Report, ReportHandle, ResponseBody,
+};

@@ -1,0 +1,15 @@
+//! The scheduler: the control plane (deploy, rollback, delete: registry +
+//! sandbox kept in step) and the data plane's admission (which version runs,
+//! how many instances at once, logs and usage of each run).
+//!
+//! It sits between the gateway (HTTP) and the sandbox (Wasmtime) and the state
+//! layer (registry, logs); the gateway never talks to those directly.
+//! Triggers, retries and placement across nodes belong here too in later work.
+
+mod error;
+mod logs;
+mod platform;
+
+pub use error::PlatformError;
+pub use platform::{Deployed, FunctionDetails, Loaded, Platform, PlatformConfig};
+pub use updraft_sandbox::{InvokeError, LoadedFrom, ResponseBody};

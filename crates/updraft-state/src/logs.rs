@@ -1,0 +1,149 @@
+//! Function logs: a bounded, durable tail per function in `logs.redb`.
+//!
+//! Logs live in their own database so that a burst of log writes never waits
+//! behind (or poisons) registry transactions. Callers batch entries: one
+//! transaction per batch, not per line.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use updraft_core::LogEntry;
+
+use crate::error::StateError;
+
+const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
+
+/// Entries kept per function; older ones are dropped.
+pub const LOG_ENTRIES_PER_FUNCTION_MAX: u64 = 2000;
+
+/// Durable per-function log tails.
+pub struct LogStore {
+    db: Database,
+    /// Next sequence number per function (loaded lazily from the table).
+    next_seq: Mutex<HashMap<String, u64>>,
+}
+
+impl LogStore {
+    pub fn open(data_dir: &Path) -> Result<LogStore, StateError> {
+        std::fs::create_dir_all(data_dir)?;
+        let db = Database::create(data_dir.join("logs.redb"))?;
+        let txn = db.begin_write()?;
+        txn.open_table(LOGS)?;
+        txn.commit()?;
+        Ok(LogStore {
+            db,
+            next_seq: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Appends a batch of `(function, entry)` in one transaction and trims
+    /// each touched function to [`LOG_ENTRIES_PER_FUNCTION_MAX`].
+    pub fn append(&self, batch: &[(String, LogEntry)]) -> Result<(), StateError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut next_seq = self
+            .next_seq
+            .lock()
+            .map_err(|_| StateError::Storage("log sequence lock poisoned".into()))?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(LOGS)?;
+            let mut touched: HashMap<&str, (u64, u64)> = HashMap::new();
+            for (name, entry) in batch {
+                let seq = match next_seq.get(name) {
+                    Some(seq) => *seq,
+                    None => last_seq(&table, name)?.map_or(0, |s| s + 1),
+                };
+                table.insert((name.as_str(), seq), serde_json::to_vec(entry)?.as_slice())?;
+                next_seq.insert(name.clone(), seq + 1);
+                touched.entry(name.as_str()).or_insert((seq, seq)).1 = seq;
+            }
+            for (name, (first_new, last)) in touched {
+                let keep_from = (last + 1).saturating_sub(LOG_ENTRIES_PER_FUNCTION_MAX);
+                // Entries before `first_new` - MAX were trimmed by earlier batches.
+                let from = first_new.saturating_sub(LOG_ENTRIES_PER_FUNCTION_MAX);
+                for seq in from..keep_from {
+                    table.remove((name, seq))?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The last `n` entries of a function, oldest first.
+    pub fn tail(&self, name: &str, n: usize) -> Result<Vec<LogEntry>, StateError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LOGS)?;
+        let mut out = Vec::new();
+        for entry in table.range((name, 0)..=(name, u64::MAX))?.rev().take(n) {
+            let (_, value) = entry?;
+            out.push(serde_json::from_slice(value.value())?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Drops every entry of a function.
+    pub fn delete_function(&self, name: &str) -> Result<(), StateError> {
+        let mut next_seq = self
+            .next_seq
+            .lock()
+            .map_err(|_| StateError::Storage("log sequence lock poisoned".into()))?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(LOGS)?;
+            table.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;
+        }
+        txn.commit()?;
+        next_seq.remove(name);
+        Ok(())
+    }
+}
+
+fn last_seq(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    name: &str,
+) -> Result<Option<u64>, StateError> {
+    Ok(table
+        .range((name, 0)..=(name, u64::MAX))?
+        .next_back()
+        .transpose()?
+        .map(|(key, _)| key.value().1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use updraft_core::LogStream;
+
+    fn entry(i: u64) -> LogEntry {
+        LogEntry::new(i, "inv", LogStream::Stderr, &format!("line {i}"))
+    }
+
+    #[test]
+    fn bounded_and_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let logs = LogStore::open(dir.path()).unwrap();
+            let batch: Vec<_> = (0..LOG_ENTRIES_PER_FUNCTION_MAX + 10)
+                .map(|i| ("f".to_string(), entry(i)))
+                .collect();
+            logs.append(&batch).unwrap();
+            logs.append(&[("g".to_string(), entry(7))]).unwrap();
+        }
+        let logs = LogStore::open(dir.path()).unwrap();
+        logs.append(&[("f".to_string(), entry(99_999))]).unwrap();
+        let all = logs.tail("f", usize::MAX).unwrap();
+        assert_eq!(all.len() as u64, LOG_ENTRIES_PER_FUNCTION_MAX);
+        assert_eq!(all.last().unwrap().message, "line 99999");
+        assert_eq!(all.first().unwrap().message, "line 11");
+        assert_eq!(logs.tail("g", 5).unwrap().len(), 1);
+        logs.delete_function("f").unwrap();
+        assert!(logs.tail("f", 5).unwrap().is_empty());
+        assert_eq!(logs.tail("g", 5).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,445 @@
+//! The function registry: functions, their immutable versions and aliases, in
+//! one redb database (`registry.redb`), with the uploaded Wasm kept as
+//! content-addressed files (`wasm/<sha256>.wasm`).
+//!
+//! Every change is one redb write transaction committed with immediate
+//! durability: a deploy is either fully there after a crash or not at all.
+//! Wasm files are written (and fsynced) before the transaction that refers to
+//! them, so a committed version never points at a missing file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use updraft_core::{Digest, FunctionKind, Limits, Manifest, Route, VersionRecord};
+
+use crate::error::StateError;
+
+const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
+const VERSIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("versions");
+
+/// The alias that every deploy moves.
+pub const LATEST: &str = "latest";
+
+/// A function: its name, aliases and version counter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    pub name: String,
+    /// Alias → version number. `latest` is what routes and invokes use.
+    pub aliases: BTreeMap<String, u64>,
+    /// The number the next new version gets.
+    pub next_version: u64,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+}
+
+impl FunctionRecord {
+    pub fn latest(&self) -> Option<u64> {
+        self.aliases.get(LATEST).copied()
+    }
+}
+
+/// What a deploy adds.
+#[derive(Debug, Clone)]
+pub struct NewVersion {
+    pub manifest: Manifest,
+    pub wasm_digest: Digest,
+    pub wasm_bytes: u64,
+    pub kind: FunctionKind,
+    pub limits: Limits,
+}
+
+/// The durable registry.
+pub struct Registry {
+    db: Database,
+    wasm_dir: PathBuf,
+    /// Set when a write failed in a way that may have left the disk unsure;
+    /// from then on writes are refused (fjall's rule: never pretend).
+    poisoned: AtomicBool,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Registry {
+    /// Opens (or creates) the registry under `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Registry, StateError> {
+        let wasm_dir = data_dir.join("wasm");
+        std::fs::create_dir_all(&wasm_dir)?;
+        let db = Database::create(data_dir.join("registry.redb"))?;
+        let txn = db.begin_write()?;
+        txn.open_table(FUNCTIONS)?;
+        txn.open_table(VERSIONS)?;
+        txn.commit()?;
+        Ok(Registry {
+            db,
+            wasm_dir,
+            poisoned: AtomicBool::new(false),
+        })
+    }
+
+    fn check_writable(&self) -> Result<(), StateError> {
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(StateError::Storage(
+                "an earlier write failed; restart Updraft to recover the registry".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn poison<T>(&self, e: impl Into<StateError>) -> Result<T, StateError> {
+        self.poisoned.store(true, Ordering::Relaxed);
+        Err(e.into())
+    }
+
+    fn wasm_path(&self, digest: &Digest) -> PathBuf {
+        self.wasm_dir.join(format!("{}.wasm", digest.hex()))
+    }
+
+    /// Stores uploaded Wasm under its digest (no-op if already there).
+    pub fn store_wasm(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StateError> {
+        let path = self.wasm_path(digest);
+        if path.is_file() {
+            return Ok(());
+        }
+        write_atomically(&path, bytes)?;
+        Ok(())
+    }
+
+    /// Reads stored Wasm.
+    pub fn load_wasm(&self, digest: &Digest) -> Result<Vec<u8>, StateError> {
+        std::fs::read(self.wasm_path(digest)).map_err(|e| {
+            StateError::Storage(format!("wasm {digest} missing from the data dir: {e}"))
+        })
+    }
+
+    /// Refuses a route another function already serves (cheap pre-check;
+    /// [`Registry::deploy`] checks again inside its transaction).
+    pub fn check_route(&self, name: &str, route: Option<&Route>) -> Result<(), StateError> {
+        let Some(route) = route else { return Ok(()) };
+        let txn = self.db.begin_read()?;
+        let functions = txn.open_table(FUNCTIONS)?;
+        let versions = txn.open_table(VERSIONS)?;
+        route_owner(&functions, &versions, name, route)
+    }
+
+    /// Adds a version (or reuses an identical earlier one) and moves `latest` to it.
+    pub fn deploy(&self, new: NewVersion) -> Result<(FunctionRecord, VersionRecord), StateError> {
+        self.check_writable()?;
+        let name = new.manifest.name.clone();
+        let route = new
+            .manifest
+            .parsed_route()
+            .map_err(|e| StateError::Invalid(e.to_string()))?;
+        let digest = VersionRecord::digest_of(&new.wasm_digest, &new.manifest);
+        let now = now_ms();
+        let txn = self.db.begin_write()?;
+        let result = {
+            let mut functions = txn.open_table(FUNCTIONS)?;
+            let mut versions = txn.open_table(VERSIONS)?;
+            if let Some(route) = &route {
+                route_owner(&functions, &versions, &name, route)?;
+            }
+            let mut record = match functions.get(name.as_str())? {
+                Some(bytes) => serde_json::from_slice::<FunctionRecord>(bytes.value())?,
+                None => FunctionRecord {
+                    name: name.clone(),
+                    aliases: BTreeMap::new(),
+                    next_version: 1,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                },
+            };
+            let mut existing = None;
+            for entry in versions.range((name.as_str(), 0)..=(name.as_str(), u64::MAX))? {
+                let (_, value) = entry?;
+                let version: VersionRecord = serde_json::from_slice(value.value())?;
+                if version.digest == digest {
+                    existing = Some(version);
+                }
+            }
+            let version = match existing {
+                Some(version) => version,
+                None => {
+                    let version = VersionRecord {
+                        version: record.next_version,
+                        digest,
+                        wasm_digest: new.wasm_digest,
+                        wasm_bytes: new.wasm_bytes,
+                        kind: new.kind,
+                        manifest: new.manifest,
+                        limits: new.limits,
+                        created_at_ms: now,
+                    };
+                    record.next_version += 1;
+                    versions.insert(
+                        (name.as_str(), version.version),
+                        serde_json::to_vec(&version)?.as_slice(),
+                    )?;
+                    version
+                }
+            };
+            record.aliases.insert(LATEST.to_string(), version.version);
+            record.updated_at_ms = now;
+            functions.insert(name.as_str(), serde_json::to_vec(&record)?.as_slice())?;
+            (record, version)
+        };
+        match txn.commit() {
+            Ok(()) => Ok(result),
+            Err(e) => self.poison(e),
+        }
+    }
+
+    /// Every function with the version its `latest` alias points at.
+    pub fn list(&self) -> Result<Vec<(FunctionRecord, VersionRecord)>, StateError> {
+        let txn = self.db.begin_read()?;
+        let functions = txn.open_table(FUNCTIONS)?;
+        let versions = txn.open_table(VERSIONS)?;
+        let mut out = Vec::new();
+        for entry in functions.iter()? {
+            let (_, value) = entry?;
+            let record: FunctionRecord = serde_json::from_slice(value.value())?;
+            let Some(latest) = record.latest() else {
+                continue;
+            };
+            if let Some(v) = versions.get((record.name.as_str(), latest))? {
+                let version: VersionRecord = serde_json::from_slice(v.value())?;
+                out.push((record, version));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A function and all its versions, oldest first.
+    pub fn get(&self, name: &str) -> Result<(FunctionRecord, Vec<VersionRecord>), StateError> {
+        let txn = self.db.begin_read()?;
+        let functions = txn.open_table(FUNCTIONS)?;
+        let versions = txn.open_table(VERSIONS)?;
+        let record: FunctionRecord = match functions.get(name)? {
+            Some(bytes) => serde_json::from_slice(bytes.value())?,
+            None => return Err(StateError::FunctionNotFound(name.to_string())),
+        };
+        let mut all = Vec::new();
+        for entry in versions.range((name, 0)..=(name, u64::MAX))? {
+            let (_, value) = entry?;
+            all.push(serde_json::from_slice(value.value())?);
+        }
+        Ok((record, all))
+    }
+
+    /// Points `latest` at `version`, or at the version before the current one.
+    pub fn rollback(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<(FunctionRecord, VersionRecord), StateError> {
+        self.check_writable()?;
+        let txn = self.db.begin_write()?;
+        let result = {
+            let mut functions = txn.open_table(FUNCTIONS)?;
+            let versions = txn.open_table(VERSIONS)?;
+            let mut record: FunctionRecord = match functions.get(name)? {
+                Some(bytes) => serde_json::from_slice(bytes.value())?,
+                None => return Err(StateError::FunctionNotFound(name.to_string())),
+            };
+            let current = record.latest().unwrap_or(0);
+            let target = match version {
+                Some(v) => v,
+                None => {
+                    let mut previous = None;
+                    for entry in versions.range((name, 0)..(name, current))? {
+                        let (key, _) = entry?;
+                        previous = Some(key.value().1);
+                    }
+                    previous.ok_or_else(|| {
+                        StateError::Invalid(format!(
+                            "function {name:?} has no version before {current} to roll back to"
+                        ))
+                    })?
+                }
+            };
+            let version: VersionRecord = match versions.get((name, target))? {
+                Some(bytes) => serde_json::from_slice(bytes.value())?,
+                None => {
+                    return Err(StateError::VersionNotFound {
+                        name: name.to_string(),
+                        version: target,
+                    });
+                }
+            };
+            if let Some(route) = version
+                .manifest
+                .parsed_route()
+                .map_err(|e| StateError::Invalid(e.to_string()))?
+            {
+                route_owner(&functions, &versions, name, &route)?;
+            }
+            record.aliases.insert(LATEST.to_string(), target);
+            record.updated_at_ms = now_ms();
+            functions.insert(name, serde_json::to_vec(&record)?.as_slice())?;
+            (record, version)
+        };
+        match txn.commit() {
+            Ok(()) => Ok(result),
+            Err(e) => self.poison(e),
+        }
+    }
+
+    /// Removes a function and its versions. Returns the Wasm digests no
+    /// remaining version uses (their files are deleted here; the caller drops
+    /// their compiled artifacts).
+    pub fn delete(&self, name: &str) -> Result<Vec<Digest>, StateError> {
+        self.check_writable()?;
+        let txn = self.db.begin_write()?;
+        let orphans = {
+            let mut functions = txn.open_table(FUNCTIONS)?;
+            let mut versions = txn.open_table(VERSIONS)?;
+            if functions.remove(name)?.is_none() {
+                return Err(StateError::FunctionNotFound(name.to_string()));
+            }
+            let mut removed = BTreeSet::new();
+            let mut keys = Vec::new();
+            for entry in versions.range((name, 0)..=(name, u64::MAX))? {
+                let (key, value) = entry?;
+                let version: VersionRecord = serde_json::from_slice(value.value())?;
+                removed.insert(version.wasm_digest);
+                keys.push(key.value().1);
+            }
+            for key in keys {
+                versions.remove((name, key))?;
+            }
+            for entry in versions.iter()? {
+                let (_, value) = entry?;
+                let version: VersionRecord = serde_json::from_slice(value.value())?;
+                removed.remove(&version.wasm_digest);
+            }
+            removed.into_iter().collect::<Vec<_>>()
+        };
+        if let Err(e) = txn.commit() {
+            return self.poison(e);
+        }
+        for digest in &orphans {
+            let _ = std::fs::remove_file(self.wasm_path(digest));
+        }
+        Ok(orphans)
+    }
+}
+
+/// Fails with [`StateError::RouteConflict`] if a function other than `name`
+/// serves exactly `route` with its `latest` version.
+fn route_owner(
+    functions: &impl ReadableTable<&'static str, &'static [u8]>,
+    versions: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    name: &str,
+    route: &Route,
+) -> Result<(), StateError> {
+    for entry in functions.iter()? {
+        let (key, value) = entry?;
+        let owner = key.value();
+        if owner == name {
+            continue;
+        }
+        let record: FunctionRecord = serde_json::from_slice(value.value())?;
+        let Some(latest) = record.latest() else {
+            continue;
+        };
+        let Some(bytes) = versions.get((owner, latest))? else {
+            continue;
+        };
+        let version: VersionRecord = serde_json::from_slice(bytes.value())?;
+        if let Ok(Some(theirs)) = version.manifest.parsed_route()
+            && &theirs == route
+        {
+            return Err(StateError::RouteConflict {
+                route: route.to_string(),
+                owner: owner.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file so readers see all of it or none of it, and it survives a crash.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(name: &str, wasm: &[u8], route: Option<&str>) -> NewVersion {
+        let manifest = Manifest {
+            name: name.into(),
+            route: route.map(String::from),
+            ..Manifest::default()
+        };
+        NewVersion {
+            limits: manifest.limits().unwrap(),
+            manifest,
+            wasm_digest: Digest::of(wasm),
+            wasm_bytes: wasm.len() as u64,
+            kind: FunctionKind::Http,
+        }
+    }
+
+    #[test]
+    fn deploy_versions_rollback_delete_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let reg = Registry::open(dir.path()).unwrap();
+            let (_, v1) = reg.deploy(version("a", b"one", Some("/a"))).unwrap();
+            let (_, v2) = reg.deploy(version("a", b"two", Some("/a"))).unwrap();
+            assert_eq!((v1.version, v2.version), (1, 2));
+            // Identical content reuses the version.
+            let (rec, again) = reg.deploy(version("a", b"two", Some("/a"))).unwrap();
+            assert_eq!(again.version, 2);
+            assert_eq!(rec.next_version, 3);
+            let (rec, back) = reg.rollback("a", None).unwrap();
+            assert_eq!((rec.latest(), back.version), (Some(1), 1));
+            assert!(matches!(
+                reg.rollback("a", Some(9)),
+                Err(StateError::VersionNotFound { version: 9, .. })
+            ));
+        }
+        let reg = Registry::open(dir.path()).unwrap();
+        let (rec, versions) = reg.get("a").unwrap();
+        assert_eq!(rec.latest(), Some(1));
+        assert_eq!(versions.len(), 2);
+        let orphans = reg.delete("a").unwrap();
+        assert_eq!(orphans.len(), 2);
+        assert!(matches!(reg.get("a"), Err(StateError::FunctionNotFound(_))));
+        assert!(reg.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn route_conflicts_leave_registry_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        reg.deploy(version("a", b"one", Some("/x"))).unwrap();
+        let err = reg.deploy(version("b", b"two", Some("/x"))).unwrap_err();
+        assert!(matches!(err, StateError::RouteConflict { ref owner, .. } if owner == "a"));
+        assert!(matches!(reg.get("b"), Err(StateError::FunctionNotFound(_))));
+        // A prefix route on the same path is a different route.
+        reg.deploy(version("b", b"two", Some("/x/..."))).unwrap();
+        // Redeploying the owner on its own route is fine.
+        reg.deploy(version("a", b"three", Some("/x"))).unwrap();
+        assert_eq!(reg.list().unwrap().len(), 2);
+    }
+}

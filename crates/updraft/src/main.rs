@@ -1,0 +1,250 @@
+//! The `updraft` binary: `updraft up` runs the platform in this process ([`up`]);
+//! every other subcommand is a client of a running server's management API.
+//!
+//! This file parses the command line ([`cli`]), runs one command by combining the
+//! HTTP client ([`client`]) with the renderers ([`output`]), and turns failures into
+//! `error: …` on stderr with exit status 1.
+
+mod cli;
+mod client;
+mod output;
+mod up;
+
+use std::io::{self, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use cli::{Cli, ClientCommand, Command, DeployArgs, InvokeArgs, LogsArgs};
+use client::{Client, INVOCATION_ID_HEADER, LineSplitter, check_status};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Up(_)));
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr so stdout stays clean for `invoke` bodies and `--json`. The
+/// server is chatty at `info`; client commands only speak up when something is wrong.
+/// `RUST_LOG` overrides both.
+fn init_tracing(server: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if server { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // `try_init`: a second subscriber (e.g. from `up`) must not abort the program.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .try_init();
+}
+
+/// `updraft logs -f | head` closes stdout early; that is the reader's choice, not an
+/// error worth a message.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Client(command) => {
+            let client = Client::new(&cli.server)?;
+            run_client(&client, command, cli.json).await
+        }
+    }
+}
+
+async fn run_client(client: &Client, command: ClientCommand, json: bool) -> Result<()> {
+    match command {
+        ClientCommand::Deploy(args) => deploy(client, &args, json).await,
+        ClientCommand::Ls => ls(client, json).await,
+        ClientCommand::Info { name } => info(client, &name, json).await,
+        ClientCommand::Invoke(args) => invoke(client, &args).await,
+        ClientCommand::Logs(args) => logs(client, &args, json).await,
+        ClientCommand::Rm { name } => rm(client, &name, json).await,
+        ClientCommand::Rollback { name, version } => rollback(client, &name, version, json).await,
+    }
+}
+
+async fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<()> {
+    let plan = args.plan()?;
+    let message = format!(
+        "compiling {} ({})…",
+        plan.name,
+        output::format_bytes(plan.wasm_bytes)
+    );
+    let spinner = output::spinner(!json, message);
+    let started = Instant::now();
+    let reply = client.deploy(&plan).await;
+    spinner.finish_and_clear();
+    let reply = reply.with_context(|| format!("deploying {}", plan.name))?;
+    let mut out = io::stdout().lock();
+    if json {
+        output::write_json(&mut out, &reply.raw)?;
+    } else {
+        output::write_deployed(&mut out, &reply.body, started.elapsed(), |route| {
+            client.route_url(route)
+        })?;
+    }
+    Ok(())
+}
+
+async fn ls(client: &Client, json: bool) -> Result<()> {
+    let reply = client.list_functions().await?;
+    let mut out = io::stdout().lock();
+    if json {
+        output::write_json(&mut out, &reply.raw)?;
+    } else {
+        output::write_function_list(&mut out, &reply.body)?;
+    }
+    Ok(())
+}
+
+async fn info(client: &Client, name: &str, json: bool) -> Result<()> {
+    let reply = client.function(name).await?;
+    let mut out = io::stdout().lock();
+    if json {
+        output::write_json(&mut out, &reply.raw)?;
+    } else {
+        output::write_function_detail(&mut out, &reply.body, |route| client.route_url(route))?;
+    }
+    Ok(())
+}
+
+/// The body goes to stdout untouched (it may be binary); `--json` does not apply,
+/// since the function, not the server, chose the body's format.
+async fn invoke(client: &Client, args: &InvokeArgs) -> Result<()> {
+    let body = match &args.data {
+        Some(source) => source.read()?,
+        None => Vec::new(),
+    };
+    let mut response = client.invoke(&args.name, body, &args.headers).await?;
+    if args.verbose {
+        report_invocation(&response);
+    }
+    response = check_status(response).await?;
+
+    let mut out = io::stdout().lock();
+    let mut last_byte = None;
+    while let Some(chunk) = response.chunk().await.context("the response broke off")? {
+        out.write_all(&chunk)?;
+        out.flush()?;
+        last_byte = chunk.last().copied().or(last_byte);
+    }
+    // Keep the shell prompt off the output's last line, but only for humans: a pipe
+    // gets exactly the bytes the function wrote.
+    if last_byte.is_some_and(|b| b != b'\n') && io::stdout().is_terminal() {
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn report_invocation(response: &reqwest::Response) {
+    let id = response
+        .headers()
+        .get(INVOCATION_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("(none)");
+    eprintln!("status: {}", response.status());
+    eprintln!("invocation id: {id}");
+}
+
+async fn logs(client: &Client, args: &LogsArgs, json: bool) -> Result<()> {
+    let mut response = client.logs(&args.name, args.tail, args.follow).await?;
+    let mut splitter = LineSplitter::default();
+    let mut out = io::stdout().lock();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let chunk = tokio::select! {
+            chunk = response.chunk() => chunk.context("the log stream broke off")?,
+            // Following ends only by Ctrl-C; that is success, not an error.
+            _ = &mut ctrl_c => return Ok(()),
+        };
+        let Some(chunk) = chunk else { break };
+        for line in splitter.push(&chunk)? {
+            write_log_line(&mut out, &line, json)?;
+        }
+        out.flush()?;
+    }
+    if let Some(line) = splitter.finish()? {
+        write_log_line(&mut out, &line, json)?;
+    }
+    Ok(())
+}
+
+fn write_log_line(out: &mut impl Write, line: &str, json: bool) -> io::Result<()> {
+    if json {
+        writeln!(out, "{line}")
+    } else {
+        writeln!(out, "{}", output::format_log_line(line))
+    }
+}
+
+async fn rm(client: &Client, name: &str, json: bool) -> Result<()> {
+    let reply = client.delete(name).await?;
+    let mut out = io::stdout().lock();
+    if json {
+        output::write_json(&mut out, &reply.raw)?;
+    } else {
+        let deleted = if reply.body.deleted.is_empty() {
+            name
+        } else {
+            &reply.body.deleted
+        };
+        writeln!(out, "removed {deleted}")?;
+    }
+    Ok(())
+}
+
+async fn rollback(client: &Client, name: &str, version: Option<u64>, json: bool) -> Result<()> {
+    let reply = client.rollback(name, version).await?;
+    let mut out = io::stdout().lock();
+    if json {
+        output::write_json(&mut out, &reply.raw)?;
+    } else {
+        writeln!(out, "{name}: latest -> version {}", reply.body.latest())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use client::ApiError;
+
+    #[test]
+    fn broken_pipe_is_found_under_context() {
+        let err = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe)).context("writing");
+        assert!(is_broken_pipe(&err));
+        let err = anyhow::Error::new(io::Error::from(io::ErrorKind::NotFound));
+        assert!(!is_broken_pipe(&err));
+    }
+
+    #[test]
+    fn api_errors_print_message_and_code() {
+        let err: anyhow::Error = ApiError::from_body(
+            reqwest::StatusCode::CONFLICT,
+            br#"{"error":{"code":"route_taken","message":"route /a is used by b"}}"#,
+        )
+        .into();
+        assert_eq!(
+            format!("error: {err:#}"),
+            "error: route /a is used by b (route_taken)"
+        );
+    }
+}

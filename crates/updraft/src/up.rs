@@ -1,0 +1,86 @@
+//! `updraft up`: the whole platform in this process on the embedded default —
+//! registry, logs and compiled code under the data dir, the gateway on `--listen`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use updraft_scheduler::{Platform, PlatformConfig};
+
+/// Options of `updraft up`.
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Directory that holds the registry, compiled code and logs.
+    #[arg(long, env = "UPDRAFT_DATA_DIR", default_value = ".updraft")]
+    pub data_dir: PathBuf,
+    /// Address the gateway listens on (port 0 picks a free port).
+    #[arg(long, env = "UPDRAFT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Instances that may run at once; further requests wait for a slot.
+    #[arg(long, env = "UPDRAFT_INSTANCES_MAX", default_value_t = PlatformConfig::new(PathBuf::new()).instances_max)]
+    pub instances_max: u32,
+}
+
+/// Runs the platform until SIGINT or SIGTERM, then drains in-flight requests.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    std::fs::create_dir_all(&args.data_dir).with_context(|| {
+        format!(
+            "cannot create the data dir {}: pick another with --data-dir",
+            args.data_dir.display()
+        )
+    })?;
+    let mut config = PlatformConfig::new(args.data_dir.clone());
+    config.instances_max = args.instances_max;
+    let platform = Platform::open(config)
+        .await
+        .with_context(|| format!("cannot open the data dir {}", args.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}: is another server running there? choose another with --listen",
+                args.listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port.
+    println!(
+        "Updraft listening on http://{addr} (data dir {}, {} functions, {} compiled at start)",
+        args.data_dir.display(),
+        platform.function_count(),
+        platform.compiles()
+    );
+    std::io::stdout().flush()?;
+    updraft_gateway::serve(listener, platform, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+}

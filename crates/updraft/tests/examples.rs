@@ -1,0 +1,99 @@
+//! Acceptance 1 and 2: every example deploys through the CLI and answers over
+//! HTTP; after a kill and restart they all answer again, loaded from the
+//! compile cache (no compile happens).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// (example folder, route, request body, expected response body)
+const EXAMPLES: &[(&str, &str, &str, &str)] = &[
+    ("hello-rust", "/hello", "", "Hello from Updraft (Rust)!\n"),
+    (
+        "wordcount-c",
+        "/wordcount",
+        "one two three\nfour\n",
+        "2 4 19\n",
+    ),
+    (
+        "hello-js",
+        "/hello-js",
+        "",
+        "Hello from Updraft (JavaScript)!\n",
+    ),
+    (
+        "hello-python",
+        "/hello-py",
+        "",
+        "Hello from Updraft (Python)!\n",
+    ),
+];
+
+async fn check_all(server: &Server) {
+    let client = client();
+    for (example, route, body, expected) in EXAMPLES {
+        let response = client
+            .post(server.url(route))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        assert!(
+            response.headers().contains_key("updraft-invocation-id"),
+            "{example}: no invocation id"
+        );
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 200, "{example}: {text}");
+        assert_eq!(&text, expected, "{example}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn examples_deploy_serve_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    for (example, ..) in EXAMPLES {
+        let out = server.cli_ok(&["deploy", &format!("examples/{example}/updraft.toml")]);
+        assert!(out.contains("deployed"), "{out}");
+    }
+    check_all(&server).await;
+
+    // The CLI's view: four functions, http and command kinds.
+    let listed: Value = serde_json::from_str(&server.cli_ok(&["--json", "ls"])).unwrap();
+    let functions = listed["functions"].as_array().unwrap();
+    assert_eq!(functions.len(), EXAMPLES.len());
+    let invoked = server.cli_ok(&["invoke", "wordcount", "-d", "a b c"]);
+    assert_eq!(invoked, "0 3 5\n");
+
+    let health: Value = client()
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["compiles"], EXAMPLES.len() as u64);
+
+    server.kill();
+    let server = Server::start(dir.path());
+    check_all(&server).await;
+    let health: Value = client()
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["functions"], EXAMPLES.len() as u64);
+    assert_eq!(
+        health["compiles"], 0,
+        "a restart must not recompile: {health}"
+    );
+    let info: Value =
+        serde_json::from_str(&server.cli_ok(&["--json", "info", "hello-js"])).unwrap();
+    assert_eq!(info["artifact"]["loaded_from"], "cache", "{info}");
+}

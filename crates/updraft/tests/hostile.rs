@@ -1,0 +1,111 @@
+//! Acceptance 4: hostile guests are stopped by their limits, each with a clear
+//! error, while other functions keep answering.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn infinite_loop_times_out_while_others_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest("spin", "loop", "route = \"/spin\"\ntimeout_ms = 1500");
+    server.deploy_guest(
+        "chaos",
+        "http-chaos",
+        "route = \"/chaos/...\"\ntimeout_ms = 1500",
+    );
+    server.deploy_guest("echo", "echo", "route = \"/echo\"");
+    let client = client();
+
+    let started = Instant::now();
+    let spin = tokio::spawn(client.post(server.url("/spin")).send());
+    let chaos = tokio::spawn(client.get(server.url("/chaos/loop")).send());
+    // While both loop, another function answers promptly and correctly.
+    for i in 0..20 {
+        let body = format!("ping {i}");
+        let response = client
+            .post(server.url("/echo"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), body);
+    }
+    for task in [spin, chaos] {
+        let response = task.await.unwrap().unwrap();
+        assert_eq!(response.status(), 504);
+        let body = response.text().await.unwrap();
+        assert_eq!(error_code(&body), "timeout");
+        assert!(error_message(&body).contains("timeout_ms"), "{body}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1500 + 1000 + 1500),
+        "timeouts took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_bomb_fails_naming_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest("bomb", "membomb", "route = \"/bomb\"\nmemory_mb = 32");
+    server.deploy_guest(
+        "chaos",
+        "http-chaos",
+        "route = \"/chaos/...\"\nmemory_mb = 32",
+    );
+    let client = client();
+    for path in ["/bomb", "/chaos/bomb"] {
+        let response = client.post(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 500, "{path}");
+        let body = response.text().await.unwrap();
+        assert_eq!(error_code(&body), "memory_limit", "{path}: {body}");
+        assert!(error_message(&body).contains("32 MiB"), "{body}");
+    }
+    // The function still works after its instance was torn down.
+    let response = client.get(server.url("/chaos/hello")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trap_answers_500_and_is_in_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest("trap", "trap", "route = \"/trap\"");
+    server.deploy_guest("chaos", "http-chaos", "route = \"/chaos/...\"");
+    server.deploy_guest("exit3", "exit3", "");
+    let client = client();
+
+    let response = client.post(server.url("/trap")).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body = response.text().await.unwrap();
+    assert_eq!(error_code(&body), "trap", "{body}");
+    assert!(error_message(&body).contains("updraft logs trap"), "{body}");
+
+    let response = client.get(server.url("/chaos/trap")).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(error_code(&response.text().await.unwrap()), "trap");
+
+    let logs = server.cli_ok(&["logs", "trap"]);
+    assert!(
+        logs.contains("about to trap"),
+        "guest stderr missing: {logs}"
+    );
+    assert!(logs.contains("unreachable"), "trap message missing: {logs}");
+    let logs = server.cli_ok(&["logs", "chaos"]);
+    assert!(
+        logs.contains("chaos: trap requested"),
+        "panic message missing: {logs}"
+    );
+
+    let out = server.cli(&["invoke", "exit3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exited with code 3"));
+    let logs = server.cli_ok(&["logs", "exit3"]);
+    assert!(logs.contains("failing on purpose"), "{logs}");
+}

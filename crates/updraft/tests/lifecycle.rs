@@ -1,0 +1,173 @@
+//! Versions, aliases, rollback, delete, logs (with follow), graceful shutdown,
+//! and 200 concurrent requests to one function.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+async fn greet(server: &Server) -> String {
+    client()
+        .post(server.url("/greet"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_rollback_delete_and_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest(
+        "greet",
+        "env",
+        "route = \"/greet\"\n[env]\nGREETING = \"one\"",
+    );
+    assert_eq!(greet(&server).await, "one\n");
+    server.deploy_guest(
+        "greet",
+        "env",
+        "route = \"/greet\"\n[env]\nGREETING = \"two\"",
+    );
+    assert_eq!(greet(&server).await, "two\n");
+
+    let info: Value = serde_json::from_str(&server.cli_ok(&["--json", "info", "greet"])).unwrap();
+    assert_eq!(info["aliases"]["latest"], 2);
+    assert_eq!(info["versions"].as_array().unwrap().len(), 2);
+    assert_eq!(info["kind"], "command");
+    assert_eq!(info["limits"]["memory_mb"], 128);
+    assert_eq!(info["limits"]["timeout_ms"], 10000);
+
+    // Rollback to the previous version, then forward to 2 by number.
+    server.cli_ok(&["rollback", "greet"]);
+    assert_eq!(greet(&server).await, "one\n");
+    let out = server.cli(&["rollback", "greet", "7"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no version 7"));
+    server.cli_ok(&["rollback", "greet", "2"]);
+    assert_eq!(greet(&server).await, "two\n");
+
+    // Redeploying identical content reuses its version.
+    server.deploy_guest(
+        "greet",
+        "env",
+        "route = \"/greet\"\n[env]\nGREETING = \"one\"",
+    );
+    let info: Value = serde_json::from_str(&server.cli_ok(&["--json", "info", "greet"])).unwrap();
+    assert_eq!(info["aliases"]["latest"], 1);
+    assert_eq!(info["versions"].as_array().unwrap().len(), 2);
+
+    // Logs: follow sees a new invocation's stderr as it happens.
+    server.deploy_guest("chatty", "http-chaos", "route = \"/chatty/...\"");
+    let mut follower = std::process::Command::new(bin())
+        .args(["--server", &server.url, "logs", "chatty", "-f"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let response = client()
+        .get(server.url("/chatty/stdout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let invocation = response.headers()["updraft-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("chaos wrote to stderr"))
+    {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("follow did not show the line; saw {seen:?}"));
+        seen.push(line);
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let logs = server.cli_ok(&["--json", "logs", "chatty"]);
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().any(|l| l["stream"] == "stdout"
+        && l["message"] == "chaos wrote to stdout"
+        && l["invocation_id"] == invocation.as_str()));
+
+    // Delete: gone from the list, the route, and the logs.
+    assert!(server.cli_ok(&["rm", "greet"]).contains("greet"));
+    let response = client().post(server.url("/greet")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    let out = server.cli(&["info", "greet"]);
+    assert!(!out.status.success());
+
+    // Logs survive a graceful restart.
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+    let server = Server::start(dir.path());
+    let logs = server.cli_ok(&["logs", "chatty"]);
+    assert!(logs.contains("chaos wrote to stderr"), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_concurrent_requests_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest("hello", "hello-rust", "route = \"/hello\"");
+    server.deploy_guest("slow", "http-chaos", "route = \"/slow/...\"");
+    let client = client();
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (client, url) = if i % 2 == 0 {
+            (client.clone(), server.url(&format!("/hello?name=n{i}")))
+        } else {
+            // Sleeping guests hold their instance, so all 100 are alive at once.
+            (client.clone(), server.url("/slow/slow?ms=300"))
+        };
+        tasks.push(tokio::spawn(async move {
+            let response = client.get(url).send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, 200, "request {i}: {body}");
+        if i % 2 == 0 {
+            assert_eq!(body, format!("Hello, n{i}!\n"));
+        } else {
+            assert_eq!(body, "slept");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest("slow", "http-chaos", "route = \"/slow/...\"");
+    let request = tokio::spawn(client().get(server.url("/slow/slow?ms=1500")).send());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let status = server.stop();
+    assert!(status.success());
+    let response = request.await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "slept");
+}

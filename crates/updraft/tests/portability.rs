@@ -1,0 +1,89 @@
+//! Acceptance 6: the hello component answers the same under `wasmtime serve`
+//! (wasmtime-cli 48, installed by scripts/setup.sh) as under Updraft.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn wasmtime() -> String {
+    let candidates = [
+        std::env::var("WASMTIME").unwrap_or_default(),
+        format!(
+            "{}/.cargo/bin/wasmtime",
+            std::env::var("HOME").unwrap_or_default()
+        ),
+        "wasmtime".to_string(),
+    ];
+    for c in candidates.into_iter().filter(|c| !c.is_empty()) {
+        if let Ok(out) = Command::new(&c).arg("--version").output()
+            && String::from_utf8_lossy(&out.stdout).contains("48.0.8")
+        {
+            return c;
+        }
+    }
+    panic!("wasmtime-cli 48.0.8 not found: run scripts/setup.sh (or set WASMTIME)");
+}
+
+struct Peer(std::process::Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hello_answers_identically_under_wasmtime_serve() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cache = tempfile::tempdir().unwrap();
+    let _peer = Peer(
+        Command::new(wasmtime())
+            .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+            .arg(guest("hello-rust"))
+            .env("XDG_CACHE_HOME", cache.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest("hello", "hello-rust", "route = \"/hello\"");
+
+    let client = client();
+    let peer_url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get(&peer_url).send().await.is_err() {
+        assert!(Instant::now() < deadline, "wasmtime serve did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for query in ["", "?name=Ada"] {
+        let ours = client
+            .get(server.url(&format!("/hello{query}")))
+            .send()
+            .await
+            .unwrap();
+        let theirs = client
+            .get(format!("{peer_url}/hello{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ours.status(), theirs.status());
+        assert_eq!(
+            ours.headers().get("content-type"),
+            theirs.headers().get("content-type")
+        );
+        let (ours, theirs) = (ours.text().await.unwrap(), theirs.text().await.unwrap());
+        assert_eq!(ours, theirs);
+        assert!(ours.starts_with("Hello"), "{ours}");
+    }
+}

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Installs what building and testing Updraft's Wasm guests needs on a Debian 12
+# machine, as root (see /work/shared/TOOLCHAINS.md for why each piece):
+#
+#   - C guests:     clang-16, lld-16, libclang-rt-16-dev-wasm32, wasi-libc
+#   - Rust guests:  Debian's rustc-web, cargo-web, rust-web-src (built with
+#                   -Zbuild-std for wasm32-wasip1) and the /usr/lib/rustlib links
+#   - JS example:   Node.js 20+ and npm; examples/hello-js/node_modules
+#   - Python:       componentize-py 0.25.1 in a venv under target/py-venv
+#   - the peer:     wasmtime-cli 48.0.8 (`wasmtime serve` / `wasmtime run`)
+#
+# Idempotent: every step says what it does and skips what is already there,
+# so a second run does nothing. `apt-get update` runs only if a package is
+# missing. Then build the guests with `cargo xtask guests`.
+#
+# Usage: scripts/setup.sh [--no-wasmtime]
+#   --no-wasmtime   skip the wasmtime-cli step (its first build takes ~16 min)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET_DIR in /*) ;; *) TARGET_DIR=$PWD/$TARGET_DIR ;; esac
+
+WASMTIME_VERSION=48.0.8
+COMPONENTIZE_PY_VERSION=0.25.1
+NODE_MAJOR_MIN=20
+VENV=$TARGET_DIR/py-venv
+JS_EXAMPLE=$ROOT/examples/hello-js
+
+INSTALL_WASMTIME=1
+for arg in "$@"; do
+  case $arg in
+    --no-wasmtime) INSTALL_WASMTIME=0 ;;
+    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+step() { printf '==> %s\n' "$*"; }
+skip() { printf '    ok: %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: run as root (it installs Debian packages and writes /usr/lib/rustlib)" >&2
+  exit 1
+fi
+
+# --- Debian packages ---------------------------------------------------------
+
+APT_PACKAGES=(
+  ca-certificates
+  clang-16 lld-16 libclang-rt-16-dev-wasm32 wasi-libc       # C guests
+  rustc-web cargo-web rust-web-src                           # Rust guests (rustc-web replaces Debian's rustc 1.63)
+)
+# A C compiler and linker for cargo install (wasmtime-cli), if the machine has none.
+command -v cc >/dev/null 2>&1 || APT_PACKAGES+=(gcc libc6-dev)
+# Node.js and Python only when absent: machines may bring newer ones of their own.
+command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
+if ! command -v python3 >/dev/null 2>&1; then
+  APT_PACKAGES+=(python3 python3-venv)
+elif ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  APT_PACKAGES+=(python3-venv)
+fi
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+step "Debian packages: ${APT_PACKAGES[*]}"
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  installed "$pkg" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  skip "all installed"
+else
+  echo "    installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# --- /usr/lib/rustlib links for Debian's rustc-web ---------------------------
+# Debian ships wasi-libc only under wasm32-wasi and lld as lld-16; rustc looks
+# for them under its own sysroot.
+
+step "rustlib links (wasi-libc for wasm32-wasip1/p2, rust-lld -> lld-16)"
+link() { # link TARGET LINKNAME: create or fix a symlink
+  if [ "$(readlink "$2" 2>/dev/null)" = "$1" ]; then
+    return 1
+  fi
+  mkdir -p "$(dirname "$2")"
+  ln -sfn "$1" "$2"
+  echo "    linked $2 -> $1"
+}
+changed=0
+for t in wasm32-wasip1 wasm32-wasip2; do
+  for f in crt1-command.o crt1-reactor.o libc.a; do
+    link "/usr/lib/wasm32-wasi/$f" "/usr/lib/rustlib/$t/lib/self-contained/$f" && changed=1
+  done
+done
+link /usr/bin/lld-16 /usr/lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld && changed=1
+[ $changed -eq 1 ] || skip "present"
+
+# --- Node packages of the JavaScript example ---------------------------------
+
+step "npm packages of examples/hello-js (componentize-js)"
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ -f "$JS_EXAMPLE/node_modules/@bytecodealliance/componentize-js/package.json" ]; then
+  skip "node_modules present"
+elif [ "$node_major" -lt "$NODE_MAJOR_MIN" ]; then
+  echo "    WARNING: Node.js $(node --version 2>/dev/null || echo missing) is older than $NODE_MAJOR_MIN;" \
+       "componentize-js needs $NODE_MAJOR_MIN+, so the hello-js example will not build here." >&2
+else
+  echo "    npm ci in $JS_EXAMPLE (~385 MB, about a minute)"
+  (cd "$JS_EXAMPLE" && npm ci --no-audit --no-fund)
+fi
+
+# --- componentize-py venv ----------------------------------------------------
+
+step "componentize-py $COMPONENTIZE_PY_VERSION in $VENV"
+if compgen -G "$VENV/lib/python3*/site-packages/componentize_py-$COMPONENTIZE_PY_VERSION.dist-info" >/dev/null \
+   && [ -x "$VENV/bin/componentize-py" ]; then
+  skip "installed"
+else
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet "componentize-py==$COMPONENTIZE_PY_VERSION"
+  echo "    installed"
+fi
+
+# --- wasmtime-cli ------------------------------------------------------------
+# Built from source by cargo (no prebuilt download is reachable): ~16 min, once
+# per machine. The binary lands in ~/.cargo/bin (or $CARGO_HOME/bin).
+
+step "wasmtime-cli $WASMTIME_VERSION"
+CARGO_BIN=${CARGO_HOME:-$HOME/.cargo}/bin
+wasmtime_version() {
+  local exe
+  for exe in "$(command -v wasmtime 2>/dev/null || true)" "$CARGO_BIN/wasmtime"; do
+    if [ -n "$exe" ] && [ -x "$exe" ]; then
+      "$exe" --version 2>/dev/null | awk '{print $2}'
+      return
+    fi
+  done
+}
+have=$(wasmtime_version)
+if [ "$have" = "$WASMTIME_VERSION" ]; then
+  skip "wasmtime $have"
+elif [ $INSTALL_WASMTIME -eq 0 ]; then
+  skip "skipped (--no-wasmtime; found: ${have:-none})"
+else
+  cargo=$(command -v cargo || echo /usr/bin/cargo)
+  echo "    found: ${have:-none}; running $cargo install wasmtime-cli --version $WASMTIME_VERSION --locked (~16 min, once per machine)"
+  "$cargo" install wasmtime-cli --version "$WASMTIME_VERSION" --locked
+fi
+
+step "done; build the guests with: cargo xtask guests"

@@ -1,0 +1,163 @@
+//! http-chaos: a `wasi:http/proxy` test guest that misbehaves on request, so
+//! the platform's limits and error paths can be exercised end to end.
+//!
+//! | path            | behaviour                                                  |
+//! | --------------- | ---------------------------------------------------------- |
+//! | `/loop`         | spins forever (only the host's timeout stops it)           |
+//! | `/trap`         | panics with "chaos: trap requested" (panic=abort → trap)   |
+//! | `/bomb`         | allocates and touches 1 MiB chunks forever                 |
+//! | `/echo`         | streams the request body back, chunk by chunk (200)        |
+//! | `/env?key=K`    | 200 with the value of env var K, 404 if unset              |
+//! | `/stdout`       | writes a line to stdout and one to stderr, 200 "ok"        |
+//! | `/slow?ms=N`    | sleeps N ms on a monotonic-clock pollable, 200 "slept"     |
+//! | anything else   | 200 "chaos ok"                                             |
+//!
+//! `/env` reads `wasi:cli/environment` directly (the proxy adapter has no
+//! environment), so this component imports that interface on top of the
+//! proxy world: under `wasmtime serve` pass `-S cli`.
+
+use std::io::Write as _;
+
+use wasip2::http::types::{
+    Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use wasip2::io::streams::StreamError;
+
+wasip2::http::proxy::export!(Chaos);
+
+struct Chaos;
+
+/// Bytes asked for per read when echoing; the host may return fewer.
+const ECHO_CHUNK_BYTES: u64 = 64 * 1024;
+/// Size of each allocation made by `/bomb`.
+const BOMB_CHUNK_BYTES: usize = 1024 * 1024;
+
+impl wasip2::exports::http::incoming_handler::Guest for Chaos {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path_with_query = request.path_with_query().unwrap_or_else(|| "/".to_string());
+        let (path, query) = match path_with_query.split_once('?') {
+            Some((path, query)) => (path, query),
+            None => (path_with_query.as_str(), ""),
+        };
+        match path {
+            "/loop" => spin_forever(),
+            "/trap" => panic!("chaos: trap requested"),
+            "/bomb" => allocate_forever(),
+            "/echo" => echo(request, response_out),
+            "/env" => match query_param(query, "key") {
+                None => respond(response_out, 400, b"missing ?key=NAME\n"),
+                Some(key) => {
+                    let value = wasip2::cli::environment::get_environment()
+                        .into_iter()
+                        .find_map(|(name, value)| (name == key).then_some(value));
+                    match value {
+                        Some(value) => respond(response_out, 200, value.as_bytes()),
+                        None => respond(response_out, 404, b"env var not set\n"),
+                    }
+                }
+            },
+            "/stdout" => {
+                println!("chaos wrote to stdout");
+                eprintln!("chaos wrote to stderr");
+                respond(response_out, 200, b"ok");
+            }
+            "/slow" => match query_param(query, "ms").and_then(|ms| ms.parse::<u64>().ok()) {
+                None => respond(response_out, 400, b"missing or invalid ?ms=N\n"),
+                Some(ms) => {
+                    let nanos = ms.saturating_mul(1_000_000);
+                    wasip2::clocks::monotonic_clock::subscribe_duration(nanos).block();
+                    respond(response_out, 200, b"slept");
+                }
+            },
+            _ => respond(response_out, 200, b"chaos ok"),
+        }
+    }
+}
+
+/// A loop the optimizer must keep: `black_box` hides the counter's value.
+fn spin_forever() -> ! {
+    let mut counter = 0u64;
+    loop {
+        counter = std::hint::black_box(counter.wrapping_add(1));
+    }
+}
+
+/// Keeps every chunk alive and writes to each one so its pages are really
+/// committed; ends when the host refuses to grow memory (an abort, a trap).
+fn allocate_forever() -> ! {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; BOMB_CHUNK_BYTES];
+        let fill = u8::try_from(chunks.len() % 251).unwrap_or(0) | 1;
+        chunk.fill(fill);
+        chunks.push(std::hint::black_box(chunk));
+    }
+}
+
+/// Streams the request body back: headers first, then each chunk as it
+/// arrives, so a large body never sits whole in guest memory.
+fn echo(request: IncomingRequest, response_out: ResponseOutparam) {
+    let Ok(incoming) = request.consume() else {
+        respond(response_out, 400, b"request body already consumed\n");
+        return;
+    };
+    let Ok(input) = incoming.stream() else {
+        respond(response_out, 400, b"request body stream unavailable\n");
+        return;
+    };
+
+    let headers = Fields::new();
+    let _ = headers.append("content-type", b"application/octet-stream");
+    let response = OutgoingResponse::new(headers);
+    let _ = response.set_status_code(200);
+    let Ok(outgoing) = response.body() else {
+        return;
+    };
+    ResponseOutparam::set(response_out, Ok(response));
+
+    let Ok(mut output) = outgoing.write() else {
+        return;
+    };
+    loop {
+        match input.blocking_read(ECHO_CHUNK_BYTES) {
+            Ok(chunk) => {
+                if output.write_all(&chunk).is_err() {
+                    // The client went away: stop, leaving the body unfinished.
+                    return;
+                }
+            }
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(_)) => return,
+        }
+    }
+    let _ = output.flush();
+    drop(output);
+    drop(input);
+    let _ = IncomingBody::finish(incoming);
+    let _ = OutgoingBody::finish(outgoing, None);
+}
+
+/// Sends a whole `text/plain` response.
+fn respond(response_out: ResponseOutparam, status: u16, body: &[u8]) {
+    let headers = Fields::new();
+    let _ = headers.append("content-type", b"text/plain");
+    let response = OutgoingResponse::new(headers);
+    let _ = response.set_status_code(status);
+    let Ok(outgoing) = response.body() else {
+        return;
+    };
+    ResponseOutparam::set(response_out, Ok(response));
+    if let Ok(mut stream) = outgoing.write() {
+        let _ = stream.write_all(body);
+        let _ = stream.flush();
+    }
+    let _ = OutgoingBody::finish(outgoing, None);
+}
+
+/// The raw value of the first `key=value` pair named `key`.
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find_map(|(name, value)| (name == key).then_some(value))
+}
