@@ -426,7 +426,10 @@ fn api_url(base: &Url, segments: &[&str]) -> Url {
     url
 }
 
+/// A prefix route (`/api/...`) matches everything below it, so its URL is the prefix:
+/// printing the `...` would give users a URL that is not meant literally.
 fn route_url(base: &Url, route: &str) -> String {
+    let route = route.strip_suffix("...").unwrap_or(route);
     format!(
         "{}/{}",
         base.as_str().trim_end_matches('/'),
@@ -520,6 +523,7 @@ mod tests {
             "http://127.0.0.1:8080/hello"
         );
         assert_eq!(route_url(&base("http://h/p/"), "hello"), "http://h/p/hello");
+        assert_eq!(route_url(&base("http://h"), "/api/..."), "http://h/api/");
     }
 
     #[test]

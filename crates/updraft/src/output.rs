@@ -280,7 +280,8 @@ pub fn format_log_line(raw: &str) -> String {
     let Ok(line) = serde_json::from_str::<LogLine>(raw) else {
         return raw.to_owned();
     };
-    let id = if line.invocation_id.is_empty() {
+    // Platform lines belong to no invocation; the server marks them `-` (or omits it).
+    let id = if line.invocation_id.is_empty() || line.invocation_id == NONE {
         NONE.repeat(INVOCATION_ID_SHORT_LEN)
     } else {
         format!(
@@ -366,6 +367,8 @@ mod tests {
             format_log_line(platform),
             "t  [--------]  platform: compiled"
         );
+        let platform = r#"{"ts":"t","invocation_id":"-","stream":"platform","message":"m"}"#;
+        assert_eq!(format_log_line(platform), "t  [--------]  platform: m");
         assert_eq!(format_log_line("not json"), "not json");
     }
 

@@ -39,12 +39,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Chaos {
             Some((path, query)) => (path, query),
             None => (path_with_query.as_str(), ""),
         };
-        match path {
-            "/loop" => spin_forever(),
-            "/trap" => panic!("chaos: trap requested"),
-            "/bomb" => allocate_forever(),
-            "/echo" => echo(request, response_out),
-            "/env" => match query_param(query, "key") {
+        // Dispatch on the last segment, so the guest works under any route
+        // prefix (Updraft passes the full path, as `wasmtime serve` does).
+        let action = path.rsplit('/').next().unwrap_or("");
+        match action {
+            "loop" => spin_forever(),
+            "trap" => panic!("chaos: trap requested"),
+            "bomb" => allocate_forever(),
+            "echo" => echo(request, response_out),
+            "env" => match query_param(query, "key") {
                 None => respond(response_out, 400, b"missing ?key=NAME\n"),
                 Some(key) => {
                     let value = wasip2::cli::environment::get_environment()
@@ -56,12 +59,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Chaos {
                     }
                 }
             },
-            "/stdout" => {
+            "stdout" => {
                 println!("chaos wrote to stdout");
                 eprintln!("chaos wrote to stderr");
                 respond(response_out, 200, b"ok");
             }
-            "/slow" => match query_param(query, "ms").and_then(|ms| ms.parse::<u64>().ok()) {
+            "slow" => match query_param(query, "ms").and_then(|ms| ms.parse::<u64>().ok()) {
                 None => respond(response_out, 400, b"missing or invalid ?ms=N\n"),
                 Some(ms) => {
                     let nanos = ms.saturating_mul(1_000_000);
