@@ -85,7 +85,7 @@ impl Table {
         if let Some(route) = &loaded.route {
             self.routes.push((route.clone(), loaded.clone()));
             self.routes
-                .sort_by(|a, b| b.0.specificity().cmp(&a.0.specificity()));
+                .sort_by_key(|(route, _)| std::cmp::Reverse(route.specificity()));
         }
         self.by_name.insert(loaded.name.clone(), loaded);
     }

@@ -1,5 +1,6 @@
 //! Acceptance 3: bad input gets the documented status and a message that says
 //! what to fix, and the registry is unchanged afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

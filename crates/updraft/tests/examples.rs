@@ -1,6 +1,7 @@
 //! Acceptance 1 and 2: every example deploys through the CLI and answers over
 //! HTTP; after a kill and restart they all answer again, loaded from the
 //! compile cache (no compile happens).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

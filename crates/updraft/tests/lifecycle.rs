@@ -1,5 +1,6 @@
 //! Versions, aliases, rollback, delete, logs (with follow), graceful shutdown,
 //! and 200 concurrent requests to one function.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -2,7 +2,7 @@
 //! port picked at run time, talk to it over real HTTP and through the CLI, and
 //! stop it when the test ends.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
