@@ -4,13 +4,16 @@
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
 
 use crate::engine::TABLE_ELEMENTS_MAX;
 
 pub(crate) struct Host {
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
+    pub(crate) hooks: DenyOutbound,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
 }
@@ -29,8 +32,33 @@ impl WasiHttpView for Host {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.hooks,
         }
+    }
+}
+
+/// Outgoing HTTP is a capability no manifest can grant yet, so every
+/// outgoing request is refused with `HTTP-request-denied` (the guest sees a
+/// wasi:http error it can handle, not a trap).
+pub(crate) struct DenyOutbound;
+
+type OutgoingFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for DenyOutbound {
+    fn send_request(
+        &mut self,
+        _request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _io: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> OutgoingFuture {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

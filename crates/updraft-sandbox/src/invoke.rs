@@ -22,7 +22,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use crate::artifact::{Pre, Prepared};
 use crate::engine::Sandbox;
 use crate::error::InvokeError;
-use crate::host::{Host, MemoryLimiter};
+use crate::host::{DenyOutbound, Host, MemoryLimiter};
 
 /// Guest stdout/stderr kept per invocation for the logs; the rest is dropped.
 pub const LOG_CAPTURE_BYTES_MAX: usize = 256 * 1024;
@@ -108,6 +108,7 @@ impl Sandbox {
         let host = Host {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
+            hooks: DenyOutbound,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(prepared.limits.memory_bytes()),
         };
@@ -321,14 +322,14 @@ impl Sandbox {
             Some(limits.response_body_bytes_max),
         );
         let output = stdout.contents();
-        let stdout = match &report.outcome {
-            Ok(()) if output.len() as u64 > limits.response_body_bytes_max => {
-                Err(InvokeError::ResponseTooLarge {
-                    limit: limits.response_body_bytes_max,
-                })
-            }
-            Ok(()) => Ok(output),
-            Err(e) => Err(e.clone()),
+        // A full stdout pipe explains whatever came after (a failed write
+        // usually makes the guest exit non-zero), so it is reported first.
+        let stdout = if output.len() as u64 > limits.response_body_bytes_max {
+            Err(InvokeError::ResponseTooLarge {
+                limit: limits.response_body_bytes_max,
+            })
+        } else {
+            report.outcome.clone().map(|()| output)
         };
         CommandOutput { stdout, report }
     }

@@ -21,9 +21,13 @@ async fn infinite_loop_times_out_while_others_answer() {
     server.deploy_guest("echo", "echo", "route = \"/echo\"");
     let client = client();
 
-    let started = Instant::now();
-    let spin = tokio::spawn(client.post(server.url("/spin")).send());
-    let chaos = tokio::spawn(client.get(server.url("/chaos/loop")).send());
+    let timed = |request: reqwest::RequestBuilder| async move {
+        let started = Instant::now();
+        let response = request.send().await.unwrap();
+        (started.elapsed(), response)
+    };
+    let spin = tokio::spawn(timed(client.post(server.url("/spin"))));
+    let chaos = tokio::spawn(timed(client.get(server.url("/chaos/loop"))));
     // While both loop, another function answers promptly and correctly.
     for i in 0..20 {
         let body = format!("ping {i}");
@@ -37,16 +41,65 @@ async fn infinite_loop_times_out_while_others_answer() {
         assert_eq!(response.text().await.unwrap(), body);
     }
     for task in [spin, chaos] {
-        let response = task.await.unwrap().unwrap();
+        let (elapsed, response) = task.await.unwrap();
         assert_eq!(response.status(), 504);
         let body = response.text().await.unwrap();
         assert_eq!(error_code(&body), "timeout");
         assert!(error_message(&body).contains("timeout_ms"), "{body}");
+        // The bound: the 504 arrives within the timeout plus one second.
+        assert!(
+            elapsed < Duration::from_millis(1500 + 1000),
+            "504 took {elapsed:?}"
+        );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_responses_and_outbound_http_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest("bigout", "bigout", "route = \"/bigout\"");
+    server.deploy_guest(
+        "chaos",
+        "http-chaos",
+        "route = \"/chaos/...\"\nresponse_body_bytes_max = 1000",
+    );
+    let client = client();
+
+    // 64 MiB of stdout against the 10 MiB default.
+    let response = client.post(server.url("/bigout")).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    let body = response.text().await.unwrap();
+    assert_eq!(error_code(&body), "response_too_large", "{body}");
     assert!(
-        started.elapsed() < Duration::from_millis(1500 + 1000 + 1500),
-        "timeouts took {:?}",
-        started.elapsed()
+        error_message(&body).contains("response_body_bytes_max"),
+        "{body}"
+    );
+
+    // An http function streaming more than its limit is cut off: the client
+    // never receives a complete oversized body.
+    let result = match client
+        .post(server.url("/chaos/echo"))
+        .body(vec![b'z'; 100_000])
+        .send()
+        .await
+    {
+        Ok(response) => response.bytes().await,
+        Err(e) => Err(e),
+    };
+    assert!(
+        result.is_err(),
+        "a cut body must fail to read, got {:?}",
+        result.map(|b| b.len())
+    );
+
+    // Outgoing HTTP is not a capability a function has: the guest gets an
+    // error it can handle.
+    let response = client.get(server.url("/chaos/fetch")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.text().await.unwrap(),
+        "refused: ErrorCode::HttpRequestDenied"
     );
 }
 

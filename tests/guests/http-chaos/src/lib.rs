@@ -10,6 +10,7 @@
 //! | `/env?key=K`    | 200 with the value of env var K, 404 if unset              |
 //! | `/stdout`       | writes a line to stdout and one to stderr, 200 "ok"        |
 //! | `/slow?ms=N`    | sleeps N ms on a monotonic-clock pollable, 200 "slept"     |
+//! | `/fetch`        | makes an outgoing request; 200 "fetched" or "refused: E"   |
 //! | anything else   | 200 "chaos ok"                                             |
 //!
 //! `/env` reads `wasi:cli/environment` directly (the proxy adapter has no
@@ -72,12 +73,38 @@ impl wasip2::exports::http::incoming_handler::Guest for Chaos {
                     respond(response_out, 200, b"slept");
                 }
             },
+            "fetch" => {
+                let outcome = fetch();
+                respond(response_out, 200, outcome.as_bytes())
+            }
             _ => respond(response_out, 200, b"chaos ok"),
         }
     }
 }
 
 /// A loop the optimizer must keep: `black_box` hides the counter's value.
+/// Tries an outgoing HTTP request (to the discard port on loopback) and says
+/// whether the host let it through.
+fn fetch() -> String {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{OutgoingRequest, Scheme};
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some("127.0.0.1:9"));
+    let _ = request.set_path_with_query(Some("/"));
+    match outgoing_handler::handle(request, None) {
+        Err(code) => format!("refused: {code:?}"),
+        Ok(future) => {
+            future.subscribe().block();
+            match future.get() {
+                Some(Ok(Ok(_))) => "fetched".to_string(),
+                Some(Ok(Err(code))) => format!("refused: {code:?}"),
+                other => format!("refused: {other:?}"),
+            }
+        }
+    }
+}
+
 fn spin_forever() -> ! {
     let mut counter = 0u64;
     loop {
