@@ -73,10 +73,15 @@ fn loaded_json(loaded: &Loaded) -> Value {
         "digest": v.digest,
         "limits": v.limits,
         "env_keys": v.manifest.env.keys().collect::<Vec<_>>(),
-        "artifact": {
-            "loaded_from": loaded.prepared.loaded_from,
-            "compile_ms": loaded.prepared.prepare_ms,
-            "compiled_bytes": loaded.prepared.compiled_bytes,
+        "artifact": match loaded.prepared() {
+            Some(prepared) => json!({
+                "loaded": true,
+                "loaded_from": prepared.loaded_from,
+                "compile_ms": prepared.prepare_ms,
+                "compiled_bytes": prepared.compiled_bytes,
+            }),
+            // Scaled to zero: the code is on disk only.
+            None => json!({ "loaded": false }),
         },
     })
 }
@@ -124,6 +129,16 @@ pub(crate) async fn info(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(details_json(&platform, &name)?))
+}
+
+/// `POST /v1/functions/{name}/unload`: drop the compiled code from memory now
+/// (what idling does after `--idle-unload-secs`); the next request maps it back.
+pub(crate) async fn unload(
+    State(platform): Shared,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let was_loaded = platform.unload(&name)?;
+    Ok(Json(json!({ "unloaded": name, "was_loaded": was_loaded })))
 }
 
 pub(crate) async fn delete(

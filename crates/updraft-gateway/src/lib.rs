@@ -40,6 +40,7 @@ pub fn router(platform: Arc<Platform>) -> Router {
         )
         .route("/functions/{name}/logs", get(api::logs))
         .route("/functions/{name}/rollback", post(api::rollback))
+        .route("/functions/{name}/unload", post(api::unload))
         .fallback(api::not_found);
     Router::new()
         .route("/healthz", get(api::health))

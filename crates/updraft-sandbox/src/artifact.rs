@@ -46,10 +46,14 @@ pub struct Prepared {
     pub(crate) pre: Pre,
 }
 
+/// Reads a version's Wasm; called only when there is no usable compiled
+/// artifact, so loading from the cache never touches the (maybe large) Wasm.
+pub type WasmSource<'a> = &'a (dyn Fn() -> Result<Vec<u8>, String> + Sync);
+
 /// What [`Sandbox::prepare`] needs to know about the version.
 pub struct PrepareSpec<'a> {
     pub name: &'a str,
-    pub wasm: &'a [u8],
+    pub wasm: WasmSource<'a>,
     pub wasm_digest: Digest,
     pub kind: Option<FunctionKind>,
     pub limits: Limits,
@@ -120,10 +124,9 @@ impl Sandbox {
 
     fn load_or_compile(
         &self,
-        wasm: &[u8],
+        wasm: WasmSource<'_>,
         digest: &Digest,
     ) -> Result<(Component, LoadedFrom, u64), PrepareError> {
-        Self::check_bytes(wasm)?;
         let path = self.artifact_path(digest);
         if path.is_file() {
             match self.load_artifact(&path) {
@@ -138,10 +141,12 @@ impl Sandbox {
                 ),
             }
         }
-        let component_bytes = if wasmparser::Parser::is_core_wasm(wasm) {
-            wrap_command_module(wasm)?
+        let wasm = wasm().map_err(PrepareError::Internal)?;
+        Self::check_bytes(&wasm)?;
+        let component_bytes = if wasmparser::Parser::is_core_wasm(&wasm) {
+            wrap_command_module(&wasm)?
         } else {
-            wasm.to_vec()
+            wasm
         };
         let compiled = self
             .engine

@@ -17,7 +17,7 @@ mod error;
 mod host;
 mod invoke;
 
-pub use artifact::{LoadedFrom, PrepareSpec, Prepared};
+pub use artifact::{LoadedFrom, PrepareSpec, Prepared, WasmSource};
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{InvokeError, PrepareError};
 pub use invoke::{

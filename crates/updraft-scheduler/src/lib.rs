@@ -11,5 +11,7 @@ mod logs;
 mod platform;
 
 pub use error::PlatformError;
-pub use platform::{Deployed, FunctionDetails, Loaded, Platform, PlatformConfig};
+pub use platform::{
+    Deployed, FunctionDetails, IDLE_UNLOAD_DEFAULT, Loaded, Platform, PlatformConfig,
+};
 pub use updraft_sandbox::{InvokeError, LoadedFrom, ResponseBody};

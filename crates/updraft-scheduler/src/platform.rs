@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,13 +27,21 @@ pub struct PlatformConfig {
     pub data_dir: PathBuf,
     /// Instances that may run at once (pool slots); more requests wait.
     pub instances_max: u32,
+    /// A function unused this long has its compiled code dropped from memory
+    /// (scale to zero); the next request maps it back from the disk cache.
+    /// `None` keeps everything loaded.
+    pub idle_unload: Option<Duration>,
 }
+
+/// Default idle time before a function's compiled code is dropped.
+pub const IDLE_UNLOAD_DEFAULT: Duration = Duration::from_secs(300);
 
 impl PlatformConfig {
     pub fn new(data_dir: PathBuf) -> PlatformConfig {
         PlatformConfig {
             data_dir,
             instances_max: updraft_sandbox::SandboxConfig::new(PathBuf::new()).instances_max,
+            idle_unload: Some(IDLE_UNLOAD_DEFAULT),
         }
     }
 }
@@ -42,7 +51,40 @@ pub struct Loaded {
     pub name: Arc<str>,
     pub version: VersionRecord,
     pub route: Option<Route>,
-    pub prepared: Arc<Prepared>,
+    /// Compiled code and `InstancePre`; `None` while scaled to zero.
+    prepared: RwLock<Option<Arc<Prepared>>>,
+    /// Serializes reloading so a burst after idle maps the code once.
+    loading: tokio::sync::Mutex<()>,
+    last_used_ms: AtomicU64,
+}
+
+impl Loaded {
+    fn new(
+        version: VersionRecord,
+        prepared: Option<Arc<Prepared>>,
+    ) -> Result<Loaded, PlatformError> {
+        let route = version.manifest.parsed_route()?;
+        Ok(Loaded {
+            name: Arc::from(version.manifest.name.as_str()),
+            version,
+            route,
+            prepared: RwLock::new(prepared),
+            loading: tokio::sync::Mutex::new(()),
+            last_used_ms: AtomicU64::new(now_ms()),
+        })
+    }
+
+    /// The prepared code, if it is in memory now.
+    pub fn prepared(&self) -> Option<Arc<Prepared>> {
+        self.prepared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_prepared(&self, prepared: Option<Arc<Prepared>>) {
+        *self.prepared.write().unwrap_or_else(|e| e.into_inner()) = prepared;
+    }
 }
 
 /// What a deploy did.
@@ -61,7 +103,7 @@ pub struct FunctionDetails {
 
 pub struct Platform {
     sandbox: Arc<Sandbox>,
-    registry: Registry,
+    registry: Arc<Registry>,
     log_store: Arc<LogStore>,
     logs: LogPipe,
     meter: Meter,
@@ -113,7 +155,10 @@ impl Platform {
     pub async fn open(config: PlatformConfig) -> Result<Arc<Platform>, PlatformError> {
         let data_dir = config.data_dir.clone();
         let (registry, log_store) = tokio::task::spawn_blocking(move || {
-            Ok::<_, PlatformError>((Registry::open(&data_dir)?, LogStore::open(&data_dir)?))
+            Ok::<_, PlatformError>((
+                Arc::new(Registry::open(&data_dir)?),
+                LogStore::open(&data_dir)?,
+            ))
         })
         .await
         .map_err(join_error)??;
@@ -131,12 +176,31 @@ impl Platform {
             table: RwLock::new(Table::default()),
             control: tokio::sync::Mutex::new(()),
         });
+        // Functions start scaled to zero: the first request maps the compiled
+        // code from the cache, so start-up time does not grow with the number
+        // of functions. Artifacts missing from the cache (a new engine) are
+        // compiled in the background right away.
+        let mut missing = Vec::new();
         for (_, version) in platform.registry.list()? {
-            let name = version.manifest.name.clone();
-            match platform.load_version(version).await {
-                Ok((loaded, _)) => platform.table_mut().insert(loaded),
-                Err(e) => tracing::error!("function {name} could not be loaded: {e}"),
+            if !platform.sandbox.is_cached(&version.wasm_digest) {
+                missing.push(version.manifest.name.clone());
             }
+            platform
+                .table_mut()
+                .insert(Arc::new(Loaded::new(version, None)?));
+        }
+        let warm = platform.clone();
+        tokio::spawn(async move {
+            for name in missing {
+                if let Some(loaded) = warm.get(&name)
+                    && let Err(e) = warm.ensure_prepared(&loaded).await
+                {
+                    tracing::error!("function {name} could not be compiled: {e}");
+                }
+            }
+        });
+        if let Some(idle) = config.idle_unload {
+            tokio::spawn(unload_idle(Arc::downgrade(&platform), idle));
         }
         Ok(platform)
     }
@@ -150,7 +214,9 @@ impl Platform {
     }
 
     /// Compiles or loads one version off the async threads.
-    /// `kind` is what the binary must be (`None`: detect it).
+    /// `kind` is what the binary must be (`None`: detect it). `wasm` is the
+    /// upload at deploy; otherwise the Wasm is read from the registry, and
+    /// only if the compiled artifact is not in the cache.
     async fn prepare(
         &self,
         version: &VersionRecord,
@@ -158,10 +224,7 @@ impl Platform {
         wasm: Option<Bytes>,
     ) -> Result<Arc<Prepared>, PlatformError> {
         let sandbox = self.sandbox.clone();
-        let wasm = match wasm {
-            Some(wasm) => wasm,
-            None => Bytes::from(self.registry.load_wasm(&version.wasm_digest)?),
-        };
+        let registry = self.registry.clone();
         let name = version.manifest.name.clone();
         let digest = version.wasm_digest;
         let limits = version.limits;
@@ -172,9 +235,13 @@ impl Platform {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let prepared = tokio::task::spawn_blocking(move || {
+            let source = || match &wasm {
+                Some(bytes) => Ok(bytes.to_vec()),
+                None => registry.load_wasm(&digest).map_err(|e| e.to_string()),
+            };
             sandbox.prepare(PrepareSpec {
                 name: &name,
-                wasm: &wasm,
+                wasm: &source,
                 wasm_digest: digest,
                 kind,
                 limits,
@@ -186,13 +253,38 @@ impl Platform {
         Ok(Arc::new(prepared))
     }
 
-    async fn load_version(
-        &self,
-        version: VersionRecord,
-    ) -> Result<(Arc<Loaded>, bool), PlatformError> {
+    /// The function's compiled code, mapping it back from the cache if it was
+    /// dropped while idle.
+    pub async fn ensure_prepared(&self, loaded: &Loaded) -> Result<Arc<Prepared>, PlatformError> {
+        loaded.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        if let Some(prepared) = loaded.prepared() {
+            return Ok(prepared);
+        }
+        let _loading = loaded.loading.lock().await;
+        if let Some(prepared) = loaded.prepared() {
+            return Ok(prepared);
+        }
+        let prepared = self
+            .prepare(&loaded.version, Some(loaded.version.kind), None)
+            .await?;
+        loaded.set_prepared(Some(prepared.clone()));
+        Ok(prepared)
+    }
+
+    /// Drops a function's compiled code from memory (it stays on disk).
+    /// Returns whether it was loaded.
+    pub fn unload(&self, name: &str) -> Result<bool, PlatformError> {
+        let loaded = self
+            .get(name)
+            .ok_or_else(|| updraft_state::StateError::FunctionNotFound(name.to_string()))?;
+        let was_loaded = loaded.prepared().is_some();
+        loaded.set_prepared(None);
+        Ok(was_loaded)
+    }
+
+    async fn load_version(&self, version: VersionRecord) -> Result<Arc<Loaded>, PlatformError> {
         let prepared = self.prepare(&version, Some(version.kind), None).await?;
-        let compiled = prepared.loaded_from == updraft_sandbox::LoadedFrom::Compile;
-        Ok((Arc::new(loaded_from(version, prepared)?), compiled))
+        Ok(Arc::new(Loaded::new(version, Some(prepared))?))
     }
 
     /// Deploys a new version: validate, compile, store, then point `latest` at it.
@@ -235,7 +327,7 @@ impl Platform {
             })
         })?;
         let compiled = prepared.loaded_from == updraft_sandbox::LoadedFrom::Compile;
-        let loaded = Arc::new(loaded_from(version, prepared)?);
+        let loaded = Arc::new(Loaded::new(version, Some(prepared))?);
         self.table_mut().insert(loaded.clone());
         self.platform_log(
             &loaded.name,
@@ -272,7 +364,7 @@ impl Platform {
         let (record, _) = self.registry.get(name)?;
         let (_, target) = tokio::task::block_in_place(|| self.registry.rollback(name, version))?;
         match self.load_version(target).await {
-            Ok((loaded, _)) => {
+            Ok(loaded) => {
                 self.table_mut().insert(loaded.clone());
                 self.platform_log(
                     &loaded.name,
@@ -349,6 +441,10 @@ impl Platform {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let invocation_id = uuid::Uuid::now_v7().to_string();
+        let prepared = match self.ensure_prepared(loaded).await {
+            Ok(prepared) => prepared,
+            Err(e) => return (invocation_id, Err(e)),
+        };
         let permit = match self.admit(loaded.version.limits.timeout_ms).await {
             Ok(permit) => permit,
             Err(e) => return (invocation_id, Err(e)),
@@ -356,10 +452,7 @@ impl Platform {
         let ctx = InvocationCtx {
             invocation_id: invocation_id.clone(),
         };
-        let invocation = self
-            .sandbox
-            .invoke_http(&loaded.prepared, request, ctx)
-            .await;
+        let invocation = self.sandbox.invoke_http(&prepared, request, ctx).await;
         let this = self.clone();
         let name = loaded.name.clone();
         match invocation.report {
@@ -389,6 +482,10 @@ impl Platform {
         stdin: Bytes,
     ) -> (String, Result<Bytes, PlatformError>) {
         let invocation_id = uuid::Uuid::now_v7().to_string();
+        let prepared = match self.ensure_prepared(loaded).await {
+            Ok(prepared) => prepared,
+            Err(e) => return (invocation_id, Err(e)),
+        };
         let _permit = match self.admit(loaded.version.limits.timeout_ms).await {
             Ok(permit) => permit,
             Err(e) => return (invocation_id, Err(e)),
@@ -396,10 +493,7 @@ impl Platform {
         let ctx = InvocationCtx {
             invocation_id: invocation_id.clone(),
         };
-        let output = self
-            .sandbox
-            .invoke_command(&loaded.prepared, stdin, ctx)
-            .await;
+        let output = self.sandbox.invoke_command(&prepared, stdin, ctx).await;
         self.record(&loaded.name, &output.report);
         (invocation_id, output.stdout.map_err(PlatformError::from))
     }
@@ -449,12 +543,24 @@ impl Platform {
     }
 }
 
-fn loaded_from(version: VersionRecord, prepared: Arc<Prepared>) -> Result<Loaded, PlatformError> {
-    let route = version.manifest.parsed_route()?;
-    Ok(Loaded {
-        name: Arc::from(version.manifest.name.as_str()),
-        version,
-        route,
-        prepared,
-    })
+/// Every tenth of the idle time, drops the compiled code of functions not
+/// used for `idle` (scale to zero). Stops when the platform is gone.
+async fn unload_idle(platform: std::sync::Weak<Platform>, idle: Duration) {
+    let period = (idle / 10).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(platform) = platform.upgrade() else {
+            return;
+        };
+        let cutoff = now_ms().saturating_sub(idle.as_millis() as u64);
+        let loaded: Vec<Arc<Loaded>> = platform.table().by_name.values().cloned().collect();
+        for function in loaded {
+            if function.last_used_ms.load(Ordering::Relaxed) < cutoff
+                && function.prepared().is_some()
+            {
+                function.set_prepared(None);
+                tracing::debug!("{}: idle, compiled code unloaded", function.name);
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use updraft_scheduler::{Platform, PlatformConfig};
@@ -19,6 +20,11 @@ pub struct UpArgs {
     /// Instances that may run at once; further requests wait for a slot.
     #[arg(long, env = "UPDRAFT_INSTANCES_MAX", default_value_t = PlatformConfig::new(PathBuf::new()).instances_max)]
     pub instances_max: u32,
+    /// Seconds a function may sit unused before its compiled code is dropped
+    /// from memory (scale to zero; it is mapped back from disk on the next
+    /// request). 0 keeps everything loaded.
+    #[arg(long, env = "UPDRAFT_IDLE_UNLOAD_SECS", default_value_t = updraft_scheduler::IDLE_UNLOAD_DEFAULT.as_secs())]
+    pub idle_unload_secs: u64,
 }
 
 /// Runs the platform until SIGINT or SIGTERM, then drains in-flight requests.
@@ -38,6 +44,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     })?;
     let mut config = PlatformConfig::new(args.data_dir.clone());
     config.instances_max = args.instances_max;
+    config.idle_unload =
+        (args.idle_unload_secs > 0).then(|| Duration::from_secs(args.idle_unload_secs));
     let platform = Platform::open(config)
         .await
         .with_context(|| format!("cannot open the data dir {}", args.data_dir.display()))?;

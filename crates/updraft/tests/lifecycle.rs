@@ -172,3 +172,62 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "slept");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_functions_scale_to_zero_and_come_back_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir.path(), &["--idle-unload-secs", "1"]);
+    server.deploy_guest("hello", "hello-rust", "route = \"/hello\"");
+    let info = |server: &Server| -> Value {
+        serde_json::from_str(&server.cli_ok(&["--json", "info", "hello"])).unwrap()
+    };
+    assert_eq!(info(&server)["artifact"]["loaded"], true);
+
+    // Idle for longer than the limit: the compiled code is dropped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while info(&server)["artifact"]["loaded"] != false {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never unloaded: {}",
+            info(&server)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let response = client().get(server.url("/hello")).send().await.unwrap();
+    assert_eq!(
+        response.text().await.unwrap(),
+        "Hello from Updraft (Rust)!\n"
+    );
+    let after = info(&server);
+    assert_eq!(after["artifact"]["loaded_from"], "cache", "{after}");
+
+    // Unload on demand, as the benchmark harness does.
+    let unloaded: Value = client()
+        .post(server.url("/v1/functions/hello/unload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unloaded["was_loaded"], true);
+    assert_eq!(info(&server)["artifact"]["loaded"], false);
+    let response = client()
+        .get(server.url("/hello?name=again"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "Hello, again!\n");
+    let health: Value = client()
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health["compiles"], 1,
+        "reloads come from the cache: {health}"
+    );
+}
