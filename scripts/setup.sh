@@ -104,14 +104,19 @@ link /usr/bin/lld-16 /usr/lib/rustlib/x86_64-unknown-linux-gnu/bin/rust-lld && c
 
 step "npm packages of examples/hello-js (componentize-js)"
 node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
-if [ -f "$JS_EXAMPLE/node_modules/@bytecodealliance/componentize-js/package.json" ]; then
-  skip "node_modules present"
+# node_modules counts as installed only if it was made from this exact lock
+# file (a stale one, e.g. from before a dependency was added, is redone).
+lock_sha=$(sha256sum "$JS_EXAMPLE/package-lock.json" | cut -d' ' -f1)
+lock_stamp=$JS_EXAMPLE/node_modules/.updraft-lock-sha256
+if [ -f "$lock_stamp" ] && [ "$(cat "$lock_stamp")" = "$lock_sha" ]; then
+  skip "node_modules matches package-lock.json"
 elif [ "$node_major" -lt "$NODE_MAJOR_MIN" ]; then
   echo "    WARNING: Node.js $(node --version 2>/dev/null || echo missing) is older than $NODE_MAJOR_MIN;" \
        "componentize-js needs $NODE_MAJOR_MIN+, so the hello-js example will not build here." >&2
 else
   echo "    npm ci in $JS_EXAMPLE (~385 MB, about a minute)"
   (cd "$JS_EXAMPLE" && npm ci --no-audit --no-fund)
+  echo "$lock_sha" > "$lock_stamp"
 fi
 
 # --- componentize-py venv ----------------------------------------------------
