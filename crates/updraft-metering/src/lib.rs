@@ -43,7 +43,13 @@ impl Meter {
         let Ok(mut usage) = self.usage.lock() else {
             return;
         };
-        let entry = usage.entry(function.to_string()).or_default();
+        // Look up before inserting: the hot path must not allocate the key.
+        if !usage.contains_key(function) {
+            usage.insert(function.to_string(), Usage::default());
+        }
+        let Some(entry) = usage.get_mut(function) else {
+            return;
+        };
         entry.invocations += 1;
         entry.failures += u64::from(!sample.ok);
         entry.billed_ms += billed_ms(sample.duration);

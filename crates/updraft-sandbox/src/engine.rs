@@ -36,6 +36,9 @@ pub struct SandboxConfig {
     pub cache_dir: PathBuf,
     /// Instances that may exist at once; the pool reserves address space for each.
     pub instances_max: u32,
+    /// Pooling (the default) or on-demand allocation; on-demand exists to
+    /// measure what the pool buys.
+    pub pooling: bool,
 }
 
 impl SandboxConfig {
@@ -43,6 +46,7 @@ impl SandboxConfig {
         SandboxConfig {
             cache_dir,
             instances_max: INSTANCES_MAX_DEFAULT,
+            pooling: true,
         }
     }
 }
@@ -123,7 +127,11 @@ fn build_engine(config: &SandboxConfig) -> Result<Engine, PrepareError> {
     cfg.wasm_component_model(true)
         .epoch_interruption(true)
         .memory_init_cow(true)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        .allocation_strategy(if config.pooling {
+            InstanceAllocationStrategy::Pooling(pool)
+        } else {
+            InstanceAllocationStrategy::OnDemand
+        });
     Engine::new(&cfg).map_err(|e| PrepareError::Internal(format!("engine: {e}")))
 }
 

@@ -268,6 +268,18 @@ impl Sandbox {
         }
     }
 
+    /// Creates a store and an instance of the function, then drops both: the
+    /// per-invocation cost without the guest's own work (for benchmarks).
+    pub async fn instantiate_only(&self, prepared: &Prepared) -> Result<(), InvokeError> {
+        let deadline = Instant::now() + Duration::from_millis(prepared.limits.timeout_ms);
+        let (mut store, _pipes) = self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline);
+        let result = match &prepared.pre {
+            Pre::Http(pre) => pre.instantiate_async(&mut store).await.map(drop),
+            Pre::Command(pre) => pre.instantiate_async(&mut store).await.map(drop),
+        };
+        result.map_err(|e| InvokeError::Instantiate(format!("{e:#}")))
+    }
+
     /// Runs a command function: `stdin` in, stdout out.
     pub async fn invoke_command(
         &self,

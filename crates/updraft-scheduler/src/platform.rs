@@ -418,6 +418,10 @@ impl Platform {
     }
 
     async fn admit(&self, timeout_ms: u64) -> Result<OwnedSemaphorePermit, PlatformError> {
+        // Fast path without a timer: a free slot is the common case.
+        if let Ok(permit) = self.admission.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
         match tokio::time::timeout(
             Duration::from_millis(timeout_ms),
             self.admission.clone().acquire_owned(),

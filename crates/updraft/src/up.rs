@@ -29,13 +29,6 @@ pub struct UpArgs {
 
 /// Runs the platform until SIGINT or SIGTERM, then drains in-flight requests.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
     std::fs::create_dir_all(&args.data_dir).with_context(|| {
         format!(
             "cannot create the data dir {}: pick another with --data-dir",
