@@ -14,6 +14,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use updraft_scheduler::Platform;
 
@@ -56,6 +57,14 @@ pub async fn serve(
     platform: Arc<Platform>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Responses are small and written in pieces (headers, chunks, the chunked
+    // terminator); without TCP_NODELAY a piece can wait ~40 ms for the
+    // client's delayed ACK.
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, router(platform.clone()))
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -1,0 +1,139 @@
+//! The `updraft-bench` command: `run` benchmarks Updraft against its peers
+//! (see `BENCHMARKS.md`); `native` is the native baseline server that `run`
+//! starts as a child process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use updraft_bench::report::{self, Mode};
+use updraft_bench::run::{self, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "updraft-bench",
+    about = "Updraft's end-to-end benchmark harness"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Benchmark native hyper, `wasmtime serve` and Updraft; print the tables.
+    Run(RunArgs),
+    /// Serve the native hello (started by `run`; prints its URL first).
+    Native {
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Short points, one round, few repetitions: under ~2 minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds in all, for the harness's own test; implies --quick's shape
+    /// with tiny counts. Numbers from it mean nothing.
+    #[arg(long)]
+    tiny: bool,
+    /// Seconds per load point (full 10, quick 2).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
+    /// Where to write the JSON result [default: target/bench/result.json].
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Rewrite the results section of BENCHMARKS.md.
+    #[arg(long)]
+    update_md: bool,
+    /// The Markdown file --update-md rewrites [default: BENCHMARKS.md at the repo root].
+    #[arg(long, value_name = "FILE")]
+    md: Option<PathBuf>,
+    /// The updraft binary [default: next to this one, same profile].
+    #[arg(long, value_name = "PATH")]
+    updraft: Option<PathBuf>,
+    /// The wasmtime CLI [default: on PATH, else ~/.cargo/bin].
+    #[arg(long, value_name = "PATH")]
+    wasmtime: Option<PathBuf>,
+    /// The wrk load generator [default: on PATH].
+    #[arg(long, value_name = "PATH")]
+    wrk: Option<PathBuf>,
+    /// Dir with hello-rust.wasm and http-chaos.wasm [default: target/guests].
+    #[arg(long, value_name = "DIR")]
+    guests: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run(args) => run_command(args),
+        Cmd::Native { listen } => updraft_bench::native::serve(&listen),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(args: RunArgs) -> Result<()> {
+    let mode = if args.tiny {
+        Mode::Tiny
+    } else if args.quick {
+        Mode::Quick
+    } else {
+        Mode::Full
+    };
+    let options = Options {
+        mode,
+        duration_s: args.duration,
+        updraft: args.updraft,
+        wasmtime: args.wasmtime,
+        wrk: args.wrk,
+        guests: args.guests,
+        command: repeat_command()?,
+    };
+    let out = match args.out {
+        Some(out) => out,
+        None => run::default_out()?,
+    };
+    let report = run::run(&options)?;
+    let results = report::markdown(&report);
+    println!("{results}");
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&out, json + "\n").with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("==> wrote {}", out.display());
+    if args.update_md {
+        let md = args
+            .md
+            .unwrap_or_else(|| run::repo_root().join("BENCHMARKS.md"));
+        report::update_markdown(&md, &results)?;
+        eprintln!("==> updated {}", md.display());
+    }
+    Ok(())
+}
+
+/// This invocation as a `cargo run` line, with the profile this binary was
+/// built in, so the Markdown says exactly how to get the same run again.
+fn repeat_command() -> Result<String> {
+    let profile = run::profile_dir()?;
+    let release = if profile.file_name().is_some_and(|n| n == "release") {
+        " --release"
+    } else {
+        ""
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    Ok(format!(
+        "cargo run -p updraft-bench{release} -- {}",
+        args.join(" ")
+    ))
+}

@@ -1,0 +1,671 @@
+//! The result of one run: the JSON document ([`Report`]), its Markdown
+//! rendering, the targets of issue 3 judged against it, and the splice into
+//! `BENCHMARKS.md` between the results markers.
+//!
+//! The measuring modules ([`crate::load`], [`crate::cold`], [`crate::memory`])
+//! fill the sections; this module only derives and presents.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::servers::Rss;
+use crate::stats::Summary;
+use crate::wrk::{Errors, Point};
+
+/// Bumped when a field changes meaning, so readers of old files can tell.
+pub const SCHEMA: u32 = 1;
+
+pub const MARKER_START: &str = "<!-- results:start -->";
+pub const MARKER_END: &str = "<!-- results:end -->";
+
+/// Server names, as they appear in the JSON and the tables.
+pub const NATIVE: &str = "native";
+pub const WASMTIME: &str = "wasmtime-serve";
+pub const WASMTIME_REUSE: &str = "wasmtime-serve-reuse";
+pub const UPDRAFT: &str = "updraft";
+
+/// How much of everything a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The documented numbers: long points, three rounds, many repetitions.
+    Full,
+    /// A look in under two minutes.
+    Quick,
+    /// Seconds; only for the harness's own test.
+    Tiny,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: u32,
+    pub mode: Mode,
+    /// How to repeat this run.
+    pub command: String,
+    pub machine: Machine,
+    pub setup: Setup,
+    pub throughput: Vec<LoadResult>,
+    pub ratios: Vec<Ratio>,
+    pub cold: Cold,
+    pub memory: Memory,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    /// RFC 3339, UTC, when the run started.
+    pub date: String,
+    /// Short hash, `-dirty` if tracked files were modified; `None` outside git.
+    pub git_commit: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Setup {
+    pub load_generator: String,
+    pub duration_s: u64,
+    pub warmup_s: u64,
+    pub rounds: u32,
+    pub concurrencies: Vec<u32>,
+    pub cold_repetitions: usize,
+    pub idle_functions: usize,
+    pub in_flight: usize,
+    pub slow_ms: u64,
+    pub updraft_bin: String,
+    /// `debug` or `release`: the directory the updraft binary was found in.
+    pub updraft_profile: String,
+    pub wasmtime_version: String,
+    pub wrk_version: String,
+    pub hello_wasm_bytes: u64,
+}
+
+/// One server at one concurrency: medians over the rounds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadResult {
+    pub server: String,
+    pub concurrency: u32,
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    /// Summed over the rounds.
+    pub requests: u64,
+    pub errors: Errors,
+    pub rounds: Vec<Point>,
+}
+
+/// Updraft divided by one peer at one concurrency: above 1 means Updraft serves
+/// more requests (`rps`) or waits longer (`p50`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ratio {
+    pub concurrency: u32,
+    pub peer: String,
+    pub rps: f64,
+    pub p50: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cold {
+    pub repetitions: usize,
+    /// `PUT /v1/functions/NAME` until 201, for a copy of hello made unique
+    /// (a custom section) so every deploy really compiles.
+    pub deploy: Summary,
+    /// How many of those deploys the server says it compiled.
+    pub deploys_compiled: usize,
+    /// The first `GET` of the route once the deploy returned (connect included).
+    pub after_deploy: Summary,
+    /// The unload request itself; `None` when the server has no unload endpoint.
+    pub unload: Option<Summary>,
+    /// The first `GET` after `POST /v1/functions/NAME/unload`.
+    pub after_unload: Option<Summary>,
+    /// Why `after_unload` is missing.
+    pub unload_note: Option<String>,
+    /// From spawning `updraft up` on a data dir with hello deployed to the
+    /// first 200 of `GET /hello`.
+    pub restart_spawn_to_200: Summary,
+    /// From the "listening" line to that first 200.
+    pub restart_listening_to_200: Summary,
+    pub restart_functions: usize,
+    /// The most any restart compiled (0: every artifact came from disk).
+    pub restart_compiled_at_start: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Memory {
+    /// Copies of hello deployed (identical bytes, one name and route each).
+    pub idle_functions: usize,
+    pub rss_base: Rss,
+    pub rss_deployed: Rss,
+    pub kb_per_idle_function: f64,
+    pub rss_unloaded: Option<Rss>,
+    /// Retained per function once every copy was unloaded; `None` without the
+    /// unload endpoint.
+    pub kb_per_unloaded_function: Option<f64>,
+    pub in_flight: usize,
+    pub slow_ms: u64,
+    pub rss_before_in_flight: Rss,
+    /// The largest sample while the slow requests were in flight.
+    pub rss_in_flight_peak: Rss,
+    pub kb_per_in_flight_instance: f64,
+    /// Slow requests answered 200 (should be all of them).
+    pub in_flight_ok: usize,
+    /// Wall time of the whole burst: about `slow_ms` if they ran at once.
+    pub in_flight_elapsed_ms: u64,
+}
+
+/// A target of issue 3 and how this run did; `met` is `None` when the run
+/// could not measure it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    pub target: String,
+    pub measured: String,
+    pub met: Option<bool>,
+}
+
+impl Machine {
+    pub fn detect(repo: &Path) -> Machine {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines().find_map(|line| {
+                    let (key, value) = line.split_once(':')?;
+                    (key.trim() == "model name").then(|| value.trim().to_string())
+                })
+            })
+            .unwrap_or_else(|| "unknown".to_string());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        Machine {
+            cores,
+            cpu_model,
+            kernel,
+            date: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            git_commit: git_commit(repo),
+        }
+    }
+}
+
+fn git_commit(repo: &Path) -> Option<String> {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|status| !status.is_empty());
+    Some(if dirty {
+        format!("{commit}-dirty")
+    } else {
+        commit
+    })
+}
+
+impl Report {
+    pub fn load(&self, server: &str, concurrency: u32) -> Option<&LoadResult> {
+        self.throughput
+            .iter()
+            .find(|r| r.server == server && r.concurrency == concurrency)
+    }
+
+    pub fn ratio(&self, peer: &str, concurrency: u32) -> Option<&Ratio> {
+        self.ratios
+            .iter()
+            .find(|r| r.peer == peer && r.concurrency == concurrency)
+    }
+}
+
+/// Updraft against every peer at every concurrency.
+pub fn ratios(throughput: &[LoadResult], concurrencies: &[u32]) -> Vec<Ratio> {
+    let find = |server: &str, c: u32| {
+        throughput
+            .iter()
+            .find(|r| r.server == server && r.concurrency == c)
+    };
+    let mut out = Vec::new();
+    for &c in concurrencies {
+        let Some(updraft) = find(UPDRAFT, c) else {
+            continue;
+        };
+        for peer in [WASMTIME, WASMTIME_REUSE, NATIVE] {
+            if let Some(peer_result) = find(peer, c) {
+                out.push(Ratio {
+                    concurrency: c,
+                    peer: peer.to_string(),
+                    rps: divide(updraft.rps, peer_result.rps),
+                    p50: divide(updraft.p50_us, peer_result.p50_us),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn divide(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// The concurrency the throughput targets are stated at.
+const HIGH_CONCURRENCY: u32 = 64;
+
+/// Issue 3's targets, each judged on this report.
+pub fn targets(report: &Report) -> Vec<Target> {
+    let mut out = Vec::new();
+    let mut push = |target: &str, measured: String, met: Option<bool>| {
+        out.push(Target {
+            target: target.to_string(),
+            measured,
+            met,
+        });
+    };
+    push(
+        "instantiate p50 ≤ 10 µs (hello, pooling, CoW)",
+        "not measured here: see `cargo bench -p updraft-sandbox --bench instantiate`".to_string(),
+        None,
+    );
+
+    let cold = &report.cold;
+    push(
+        "first response after deploy p50 ≤ 1 ms",
+        format!(
+            "{} (p99 {})",
+            us(cold.after_deploy.p50_us),
+            us(cold.after_deploy.p99_us)
+        ),
+        Some(cold.after_deploy.p50_us <= 1_000.0),
+    );
+    match &cold.after_unload {
+        Some(s) => push(
+            "first response after idle unload p50 ≤ 5 ms",
+            format!("{} (p99 {})", us(s.p50_us), us(s.p99_us)),
+            Some(s.p50_us <= 5_000.0),
+        ),
+        None => push(
+            "first response after idle unload p50 ≤ 5 ms",
+            format!(
+                "not available: {}",
+                cold.unload_note.as_deref().unwrap_or("no unload endpoint")
+            ),
+            None,
+        ),
+    }
+    let spawn = &cold.restart_spawn_to_200;
+    push(
+        "first response after restart p50 ≤ 5 ms",
+        format!(
+            "{} from spawn, {} from the listening line",
+            us(spawn.p50_us),
+            us(cold.restart_listening_to_200.p50_us)
+        ),
+        Some(spawn.p50_us <= 5_000.0),
+    );
+
+    let c = HIGH_CONCURRENCY;
+    let ratio_target = |peer: &str, min: f64| {
+        report
+            .ratio(peer, c)
+            .map(|r| (format!("{:.2}× (c={c})", r.rps), Some(r.rps >= min)))
+    };
+    let (measured, met) =
+        ratio_target(WASMTIME, 3.0).unwrap_or_else(|| ("not measured".to_string(), None));
+    push("fresh-instance req/s ≥ 3× wasmtime serve", measured, met);
+    let (measured, met) =
+        ratio_target(NATIVE, 0.35).unwrap_or_else(|| ("not measured".to_string(), None));
+    push("fresh-instance req/s ≥ 0.35× native", measured, met);
+    let reuse_now = report
+        .ratio(WASMTIME_REUSE, c)
+        .map(|r| {
+            format!(
+                " (the default fresh mode is at {:.2}× the reuse peer)",
+                r.rps
+            )
+        })
+        .unwrap_or_default();
+    push(
+        "instance-reuse mode req/s ≥ 1.2× wasmtime serve --max-instance-reuse-count and ≥ 0.6× native",
+        format!("not measured: Updraft has no reuse mode yet{reuse_now}"),
+        None,
+    );
+    match report.load(UPDRAFT, c) {
+        Some(r) if r.p50_us > 0.0 => push(
+            "p99 ≤ 3× p50 at c=64 (Updraft)",
+            format!(
+                "{:.2}× ({} / {})",
+                r.p99_us / r.p50_us,
+                us(r.p99_us),
+                us(r.p50_us)
+            ),
+            Some(r.p99_us <= 3.0 * r.p50_us),
+        ),
+        _ => push(
+            "p99 ≤ 3× p50 at c=64 (Updraft)",
+            "not measured".to_string(),
+            None,
+        ),
+    }
+
+    let memory = &report.memory;
+    let target = "idle deployed function ≤ 100 KB resident when unloaded";
+    match memory.kb_per_unloaded_function {
+        Some(kb) => push(
+            target,
+            format!(
+                "{kb:.1} KB unloaded ({:.1} KB loaded)",
+                memory.kb_per_idle_function
+            ),
+            Some(kb <= 100.0),
+        ),
+        // Without unload only the loaded figure exists; at or below the target
+        // it bounds the unloaded one, above it says nothing.
+        None => {
+            let kb = memory.kb_per_idle_function;
+            push(
+                target,
+                format!("{kb:.1} KB loaded (unload not available)"),
+                (kb <= 100.0).then_some(true),
+            )
+        }
+    }
+    out
+}
+
+/// Microseconds as a person reads them: µs below a millisecond, else ms.
+pub fn us(value: f64) -> String {
+    if value < 1_000.0 {
+        format!("{value:.0} µs")
+    } else if value < 1_000_000.0 {
+        format!("{:.2} ms", value / 1_000.0)
+    } else {
+        format!("{:.2} s", value / 1_000_000.0)
+    }
+}
+
+/// Whole numbers with thousands separators: `123,456`.
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn met(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "n/a",
+    }
+}
+
+/// The results as Markdown: what `run` prints and `--update-md` writes.
+pub fn markdown(report: &Report) -> String {
+    let mut md = String::new();
+    let s = &report.setup;
+    let m = &report.machine;
+    // `write!` into a String cannot fail; the results are ignored for brevity.
+    let _ = writeln!(
+        md,
+        "Measured {} ({} mode) with:\n",
+        m.date,
+        mode_name(report.mode)
+    );
+    let _ = writeln!(md, "```sh\n{}\n```\n", report.command);
+    let _ = writeln!(
+        md,
+        "Machine: {} cores, {}, Linux {}; commit {}; updraft build: **{}** (`{}`); {}; {}.\n",
+        m.cores,
+        m.cpu_model,
+        m.kernel,
+        m.git_commit.as_deref().unwrap_or("unknown"),
+        s.updraft_profile,
+        s.updraft_bin,
+        s.wasmtime_version,
+        s.wrk_version,
+    );
+    // Said where the numbers are, so a table pasted elsewhere keeps its caveats.
+    if s.updraft_profile != "release" {
+        let _ = writeln!(
+            md,
+            "> **The updraft binary was a {} build**, not release: these numbers say little \
+             about the platform. Rerun after `cargo build -p updraft --release`.\n",
+            s.updraft_profile
+        );
+    }
+    if report.mode != Mode::Full {
+        let _ = writeln!(
+            md,
+            "> {} mode: short points, one round, few repetitions (p99 of a cold path is its \
+             slowest sample). Indicative only; the full mode is the one to quote.\n",
+            mode_name(report.mode)
+        );
+    }
+
+    let _ = writeln!(
+        md,
+        "### Warm throughput and latency\n\n{}, {} s per point after a {} s warm-up per server, \
+         servers alternated, median of {} round(s). Latencies in µs.\n",
+        s.load_generator, s.duration_s, s.warmup_s, s.rounds
+    );
+    md.push_str("| server | c | req/s | p50 | p99 | p99.9 | errors |\n");
+    md.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for &c in &s.concurrencies {
+        for r in report.throughput.iter().filter(|r| r.concurrency == c) {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {} |",
+                r.server,
+                c,
+                thousands(r.rps),
+                r.p50_us,
+                r.p99_us,
+                r.p999_us,
+                r.errors.total()
+            );
+        }
+    }
+
+    md.push_str(
+        "\nRatios, Updraft ÷ peer (req/s: higher is better for Updraft; p50: lower is better):\n\n",
+    );
+    md.push_str("| c | peer | req/s ratio | p50 ratio |\n| ---: | --- | ---: | ---: |\n");
+    for r in &report.ratios {
+        let _ = writeln!(
+            md,
+            "| {} | updraft / {} | {:.2}× | {:.2}× |",
+            r.concurrency, r.peer, r.rps, r.p50
+        );
+    }
+
+    let cold = &report.cold;
+    let _ = writeln!(
+        md,
+        "\n### Cold paths\n\n{} repetitions each; times end to end as a client sees them \
+         (loopback connect included).\n",
+        cold.repetitions
+    );
+    md.push_str("| path | p50 | p99 |\n| --- | ---: | ---: |\n");
+    let mut row = |name: String, summary: Option<&Summary>, note: &str| {
+        let _ = match summary {
+            Some(s) => writeln!(md, "| {name} | {} | {} |", us(s.p50_us), us(s.p99_us)),
+            None => writeln!(md, "| {name} | {note} | {note} |"),
+        };
+    };
+    row(
+        format!(
+            "(b) deploy, PUT → 201 ({} of {} compiled)",
+            cold.deploys_compiled, cold.repetitions
+        ),
+        Some(&cold.deploy),
+        "",
+    );
+    row(
+        "(b) first response after deploy".to_string(),
+        Some(&cold.after_deploy),
+        "",
+    );
+    row(
+        "(c) unload, POST → 200".to_string(),
+        cold.unload.as_ref(),
+        "n/a",
+    );
+    row(
+        "(c) first response after unload".to_string(),
+        cold.after_unload.as_ref(),
+        "n/a",
+    );
+    row(
+        format!(
+            "(d) restart: spawn → first 200 ({} function(s), {} compiled at start)",
+            cold.restart_functions, cold.restart_compiled_at_start
+        ),
+        Some(&cold.restart_spawn_to_200),
+        "",
+    );
+    row(
+        "(d) restart: listening → first 200".to_string(),
+        Some(&cold.restart_listening_to_200),
+        "",
+    );
+    if let Some(note) = &cold.unload_note {
+        let _ = writeln!(md, "\n(c) not available: {note}");
+    }
+
+    let mem = &report.memory;
+    md.push_str("\n### Memory (resident, VmRSS of `updraft up`)\n\n");
+    md.push_str("| measurement | value |\n| --- | ---: |\n");
+    let _ = writeln!(
+        md,
+        "| {} idle copies of hello deployed: {} → {} KB | **{:.1} KB per function** |",
+        mem.idle_functions, mem.rss_base.rss_kb, mem.rss_deployed.rss_kb, mem.kb_per_idle_function
+    );
+    match (&mem.rss_unloaded, mem.kb_per_unloaded_function) {
+        (Some(rss), Some(kb)) => {
+            let _ = writeln!(
+                md,
+                "| the same, all unloaded: {} → {} KB | **{kb:.1} KB per function** |",
+                mem.rss_base.rss_kb, rss.rss_kb
+            );
+        }
+        _ => md.push_str("| the same, all unloaded | n/a (no unload endpoint) |\n"),
+    }
+    let _ = writeln!(
+        md,
+        "| {} requests in flight (`/chaos/slow?ms={}`, {} answered 200 in {} ms): {} → {} KB \
+         | **{:.1} KB per instance** |",
+        mem.in_flight,
+        mem.slow_ms,
+        mem.in_flight_ok,
+        mem.in_flight_elapsed_ms,
+        mem.rss_before_in_flight.rss_kb,
+        mem.rss_in_flight_peak.rss_kb,
+        mem.kb_per_in_flight_instance
+    );
+
+    md.push_str("\n### Targets (issue 3)\n\n| target | measured | met? |\n| --- | --- | --- |\n");
+    for t in &report.targets {
+        let _ = writeln!(md, "| {} | {} | {} |", t.target, t.measured, met(t.met));
+    }
+    md
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Full => "full",
+        Mode::Quick => "quick",
+        Mode::Tiny => "tiny",
+    }
+}
+
+/// Replaces what lies between the results markers of `path` with `results`.
+pub fn update_markdown(path: &Path, results: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let updated = splice(&text, results).with_context(|| format!("updating {}", path.display()))?;
+    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
+}
+
+fn splice(text: &str, results: &str) -> Result<String> {
+    let (Some(start), Some(end)) = (text.find(MARKER_START), text.find(MARKER_END)) else {
+        bail!(
+            "the markers {MARKER_START} and {MARKER_END} are missing: put them back around the results section"
+        );
+    };
+    if end < start {
+        bail!("{MARKER_END} comes before {MARKER_START}");
+    }
+    let head = &text[..start + MARKER_START.len()];
+    let tail = &text[end..];
+    Ok(format!("{head}\n{}\n{tail}", results.trim_end()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splices_between_the_markers_only() {
+        let text = format!("# B\nintro\n{MARKER_START}\nold\n{MARKER_END}\nafter\n");
+        let out = splice(&text, "new table\n").unwrap();
+        assert_eq!(
+            out,
+            format!("# B\nintro\n{MARKER_START}\nnew table\n{MARKER_END}\nafter\n")
+        );
+        // Splicing again replaces, never accumulates.
+        assert_eq!(splice(&out, "new table").unwrap(), out);
+        assert!(splice("no markers", "x").is_err());
+        assert!(splice(&format!("{MARKER_END}{MARKER_START}"), "x").is_err());
+    }
+
+    #[test]
+    fn formats_numbers_for_people() {
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(us(42.4), "42 µs");
+        assert_eq!(us(1_500.0), "1.50 ms");
+        assert_eq!(us(2_500_000.0), "2.50 s");
+    }
+
+    #[test]
+    fn ratios_divide_updraft_by_each_peer() {
+        let result = |server: &str, rps: f64, p50_us: f64| LoadResult {
+            server: server.to_string(),
+            concurrency: 64,
+            rps,
+            p50_us,
+            p99_us: p50_us,
+            p999_us: p50_us,
+            requests: 1,
+            errors: Errors::default(),
+            rounds: Vec::new(),
+        };
+        let throughput = vec![
+            result(NATIVE, 100.0, 10.0),
+            result(WASMTIME, 10.0, 100.0),
+            result(UPDRAFT, 40.0, 20.0),
+        ];
+        let ratios = ratios(&throughput, &[1, 64]);
+        assert_eq!(ratios.len(), 2, "no reuse peer, no c=1: {ratios:?}");
+        let vs_wasmtime = ratios.iter().find(|r| r.peer == WASMTIME).unwrap();
+        assert_eq!((vs_wasmtime.rps, vs_wasmtime.p50), (4.0, 0.2));
+        let vs_native = ratios.iter().find(|r| r.peer == NATIVE).unwrap();
+        assert_eq!((vs_native.rps, vs_native.p50), (0.4, 2.0));
+    }
+}

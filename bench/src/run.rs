@@ -1,0 +1,343 @@
+//! `updraft-bench run`: finds the programs, starts the servers, runs the
+//! phases in order — warm load ([`crate::load`]), cold paths
+//! ([`crate::cold`]), memory ([`crate::memory`]) — and assembles the
+//! [`Report`]. Each phase that needs a pristine server gets its own data dir.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::load::{LoadPlan, LoadTarget};
+use crate::memory::MemoryPlan;
+use crate::native::HELLO_BODY;
+use crate::report::{
+    self, Machine, Mode, NATIVE, Report, Setup, UPDRAFT, WASMTIME, WASMTIME_REUSE,
+};
+use crate::servers::{self, Server};
+use crate::{cold, http, load, memory, updraft, wrk};
+
+/// What the command line asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: Mode,
+    /// Seconds per load point, instead of the mode's.
+    pub duration_s: Option<u64>,
+    pub updraft: Option<PathBuf>,
+    pub wasmtime: Option<PathBuf>,
+    pub wrk: Option<PathBuf>,
+    pub guests: Option<PathBuf>,
+    /// The command line to print as "how to repeat this".
+    pub command: String,
+}
+
+/// How much each mode measures. Quick stays under ~2 minutes on 2 cores.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub load: LoadPlan,
+    pub cold_reps: usize,
+    pub memory: MemoryPlan,
+}
+
+impl Plan {
+    pub fn for_mode(mode: Mode, duration_s: Option<u64>) -> Plan {
+        let (duration, warmup, rounds, reps, k, m, slow_ms) = match mode {
+            Mode::Full => (10, 2, 3, 50, 1000, 100, 2000),
+            Mode::Quick => (2, 1, 1, 5, 50, 20, 2000),
+            Mode::Tiny => (1, 1, 1, 2, 5, 3, 1000),
+        };
+        Plan {
+            load: LoadPlan {
+                concurrencies: vec![1, 64],
+                duration_s: duration_s.unwrap_or(duration).max(1),
+                warmup_s: warmup,
+                rounds,
+            },
+            cold_reps: reps,
+            memory: MemoryPlan {
+                idle_functions: k,
+                in_flight: m,
+                slow_ms,
+            },
+        }
+    }
+}
+
+/// The programs and inputs a run needs, found before anything starts.
+struct Tools {
+    me: PathBuf,
+    updraft: PathBuf,
+    profile: String,
+    wasmtime: PathBuf,
+    wrk: PathBuf,
+    hello: PathBuf,
+    chaos: PathBuf,
+}
+
+/// The target dir's profile dir (`target/release`) of this executable; a test
+/// binary in `target/debug/deps` maps to `target/debug`.
+pub fn profile_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot locate this executable")?;
+    let mut dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent dir", exe.display()))?
+        .to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    Ok(dir)
+}
+
+/// Where results go by default: `target/bench/result.json`.
+pub fn default_out() -> Result<PathBuf> {
+    let profile = profile_dir()?;
+    let target = profile.parent().unwrap_or(&profile);
+    Ok(target.join("bench").join("result.json"))
+}
+
+/// The repository root, for `git` and `BENCHMARKS.md`.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+impl Tools {
+    fn locate(options: &Options) -> Result<Tools> {
+        let profile_dir = profile_dir()?;
+        let target_dir = profile_dir.parent().unwrap_or(&profile_dir).to_path_buf();
+        let me = std::env::current_exe().context("cannot locate this executable")?;
+        let own_profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let updraft = options
+            .updraft
+            .clone()
+            .unwrap_or_else(|| profile_dir.join("updraft"));
+        updraft::check_binary(&updraft, own_profile == "release")?;
+        let profile = updraft
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .unwrap_or("unknown")
+            .to_string();
+        let cargo_bin = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+            .map(|home| home.join("bin").join("wasmtime"));
+        let wasmtime = match &options.wasmtime {
+            Some(path) => path.clone(),
+            None => servers::find_program("wasmtime", &[])
+                .or_else(|| cargo_bin.filter(|p| p.is_file()))
+                .ok_or_else(|| {
+                    anyhow!("wasmtime (48) not found on PATH or in ~/.cargo/bin: install it with scripts/setup.sh, or pass --wasmtime PATH")
+                })?,
+        };
+        let wrk = match &options.wrk {
+            Some(path) => path.clone(),
+            None => servers::find_program("wrk", &[]).ok_or_else(|| {
+                anyhow!(
+                    "wrk not found on PATH: install wrk: scripts/setup.sh (or apt-get install wrk)"
+                )
+            })?,
+        };
+        let guests = options
+            .guests
+            .clone()
+            .unwrap_or_else(|| target_dir.join("guests"));
+        Ok(Tools {
+            me,
+            updraft,
+            profile,
+            wasmtime,
+            wrk,
+            hello: guests.join("hello-rust.wasm"),
+            chaos: guests.join("http-chaos.wasm"),
+        })
+    }
+}
+
+/// Runs every phase; the scratch dir (data dirs, logs) is removed afterwards
+/// unless the run failed, when its path is in the error.
+pub fn run(options: &Options) -> Result<Report> {
+    let tools = Tools::locate(options)?;
+    let hello = updraft::read_guest(&tools.hello)?;
+    let chaos = updraft::read_guest(&tools.chaos)?;
+    let plan = Plan::for_mode(options.mode, options.duration_s);
+    let machine = Machine::detect(&repo_root());
+    let scratch = tempfile::Builder::new()
+        .prefix("updraft-bench-")
+        .tempdir()
+        .context("cannot create a scratch dir")?;
+    match phases(&tools, &plan, scratch.path(), &hello, &chaos) {
+        Ok((throughput, cold, memory)) => {
+            let mut report = Report {
+                schema: report::SCHEMA,
+                mode: options.mode,
+                command: options.command.clone(),
+                machine,
+                setup: Setup {
+                    load_generator: "wrk -t1 (one thread), keep-alive".to_string(),
+                    duration_s: plan.load.duration_s,
+                    warmup_s: plan.load.warmup_s,
+                    rounds: plan.load.rounds,
+                    concurrencies: plan.load.concurrencies.clone(),
+                    cold_repetitions: plan.cold_reps,
+                    idle_functions: memory.idle_functions,
+                    in_flight: memory.in_flight,
+                    slow_ms: memory.slow_ms,
+                    updraft_bin: tools.updraft.display().to_string(),
+                    updraft_profile: tools.profile.clone(),
+                    wasmtime_version: servers::version_of(&tools.wasmtime),
+                    wrk_version: wrk_version(&tools.wrk),
+                    hello_wasm_bytes: hello.len() as u64,
+                },
+                ratios: report::ratios(&throughput, &plan.load.concurrencies),
+                throughput,
+                cold,
+                memory,
+                targets: Vec::new(),
+            };
+            report.targets = report::targets(&report);
+            Ok(report)
+        }
+        Err(e) => {
+            let kept = scratch.keep();
+            Err(e.context(format!(
+                "server logs and data dirs kept in {}",
+                kept.display()
+            )))
+        }
+    }
+}
+
+/// `wrk --version` prints its banner and exits 1; keep the name and version.
+fn wrk_version(wrk: &Path) -> String {
+    let banner = servers::version_of(wrk);
+    banner
+        .split(" Copyright")
+        .next()
+        .unwrap_or(&banner)
+        .trim()
+        .to_string()
+}
+
+type Phases = (Vec<report::LoadResult>, report::Cold, report::Memory);
+
+fn phases(
+    tools: &Tools,
+    plan: &Plan,
+    scratch: &Path,
+    hello: &[u8],
+    chaos: &[u8],
+) -> Result<Phases> {
+    let script = scratch.join("report.lua");
+    std::fs::write(&script, wrk::SCRIPT).context("writing the wrk script")?;
+
+    eprintln!("==> starting the servers");
+    let native = start_native(tools, scratch)?;
+    let wasmtime = start_wasmtime(tools, scratch, WASMTIME, &[])?;
+    let wasmtime_reuse = start_wasmtime(
+        tools,
+        scratch,
+        WASMTIME_REUSE,
+        &["--max-instance-reuse-count", "1000000"],
+    )?;
+    let updraft = updraft::start(
+        &tools.updraft,
+        &scratch.join("load-data"),
+        "127.0.0.1:0",
+        scratch,
+    )?
+    .server;
+    updraft::deploy(updraft.endpoint, "hello", "/hello", hello)?;
+    let targets = [
+        (NATIVE, &native, "/"),
+        (WASMTIME, &wasmtime, "/"),
+        (WASMTIME_REUSE, &wasmtime_reuse, "/"),
+        (UPDRAFT, &updraft, "/hello"),
+    ];
+    // The comparison only means something if all four answer the same bytes.
+    for (name, server, path) in &targets {
+        let response = http::send(
+            server.endpoint,
+            &http::Request::get(path),
+            http::CONTROL_TIMEOUT,
+        )?;
+        if response.status != 200 || response.text() != HELLO_BODY {
+            bail!(
+                "{name} answered {} {:?} to GET {path}, not 200 {HELLO_BODY:?}",
+                response.status,
+                response.text()
+            );
+        }
+    }
+    let load_targets: Vec<LoadTarget> = targets
+        .iter()
+        .map(|(name, server, path)| LoadTarget {
+            name,
+            url: server.endpoint.url(path),
+        })
+        .collect();
+
+    eprintln!(
+        "==> warm load: {} s per point, c = {:?}, {} round(s)",
+        plan.load.duration_s, plan.load.concurrencies, plan.load.rounds
+    );
+    let throughput = load::measure(&tools.wrk, &script, &load_targets, &plan.load)?;
+    for server in [native, wasmtime, wasmtime_reuse] {
+        server.stop()?;
+    }
+
+    eprintln!("==> cold paths: {} repetitions", plan.cold_reps);
+    let b_c = cold::deploy_and_unload(updraft.endpoint, hello, plan.cold_reps)?;
+    updraft.stop()?;
+    let d = cold::restart(
+        &tools.updraft,
+        &scratch.join("restart-data"),
+        scratch,
+        hello,
+        plan.cold_reps,
+    )?;
+    let cold = cold::assemble(b_c, d, plan.cold_reps);
+
+    eprintln!("==> memory");
+    let memory = memory::measure(
+        &tools.updraft,
+        &scratch.join("memory-data"),
+        scratch,
+        hello,
+        chaos,
+        &plan.memory,
+    )?;
+    Ok((throughput, cold, memory))
+}
+
+fn start_native(tools: &Tools, scratch: &Path) -> Result<Server> {
+    let mut command = Command::new(&tools.me);
+    command.args(["native", "--listen", "127.0.0.1:0"]);
+    Ok(servers::start_announced(NATIVE, command, scratch.join("native.log"))?.server)
+}
+
+fn start_wasmtime(tools: &Tools, scratch: &Path, name: &str, extra: &[&str]) -> Result<Server> {
+    let port = servers::free_port()?;
+    let endpoint = http::Endpoint::parse(&format!("http://127.0.0.1:{port}"))?;
+    let mut command = Command::new(&tools.wasmtime);
+    command
+        .arg("serve")
+        .args(["--addr", &endpoint.addr.to_string()])
+        .args(extra)
+        .arg(&tools.hello)
+        // Keeps wasmtime's cache (if enabled) out of the user's home.
+        .env("XDG_CACHE_HOME", scratch.join("xdg-cache"));
+    servers::start_probed(
+        name,
+        command,
+        endpoint,
+        "/",
+        scratch.join(format!("{name}.log")),
+    )
+}

@@ -1,0 +1,184 @@
+//! Talking to `updraft up` the way a user does: start it on a data dir, deploy
+//! raw Wasm with `PUT /v1/functions/NAME?route=…`, unload, and call a route.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::http::{self, CONTROL_TIMEOUT, Endpoint, Request};
+use crate::native::HELLO_BODY;
+use crate::servers::{self, Announced};
+
+/// Starts `updraft up` on `data_dir`, listening on `listen` (port 0: any).
+pub fn start(bin: &Path, data_dir: &Path, listen: &str, scratch: &Path) -> Result<Announced> {
+    let mut command = Command::new(bin);
+    command
+        .args(["up", "--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        // The server's own default log level, whatever the caller's shell says.
+        .env_remove("RUST_LOG")
+        .env("XDG_CACHE_HOME", scratch.join("xdg-cache"));
+    let log = scratch.join(format!(
+        "updraft-{}.log",
+        data_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("data")
+    ));
+    servers::start_announced("updraft", command, log)
+}
+
+/// A finished deploy.
+pub struct Deployed {
+    pub elapsed: Duration,
+    /// Whether the server compiled the Wasm (not found in its artifact cache).
+    pub compiled: bool,
+}
+
+/// `PUT /v1/functions/{name}?route={route}` with the raw Wasm; expects 201.
+pub fn deploy(endpoint: Endpoint, name: &str, route: &str, wasm: &[u8]) -> Result<Deployed> {
+    let path = format!("/v1/functions/{name}?route={route}");
+    let request = Request {
+        method: "PUT",
+        path: &path,
+        content_type: Some("application/wasm"),
+        body: wasm,
+    };
+    let (response, elapsed) = http::send_timed(endpoint, &request, CONTROL_TIMEOUT)?;
+    if response.status != 201 {
+        bail!(
+            "deploying {name} answered {}: {}",
+            response.status,
+            response.text()
+        );
+    }
+    let compiled = serde_json::from_slice::<serde_json::Value>(&response.body)
+        .ok()
+        .and_then(|v| v.get("compiled").and_then(serde_json::Value::as_bool))
+        .unwrap_or(false);
+    Ok(Deployed { elapsed, compiled })
+}
+
+/// What `POST /v1/functions/{name}/unload` did.
+pub enum Unload {
+    Done(Duration),
+    /// The server has no such endpoint (an older build); says what it answered.
+    Unsupported(String),
+}
+
+pub fn unload(endpoint: Endpoint, name: &str) -> Result<Unload> {
+    let path = format!("/v1/functions/{name}/unload");
+    let request = Request {
+        method: "POST",
+        path: &path,
+        content_type: None,
+        body: &[],
+    };
+    let (response, elapsed) = http::send_timed(endpoint, &request, CONTROL_TIMEOUT)?;
+    match response.status {
+        200 => Ok(Unload::Done(elapsed)),
+        // A missing endpoint is 404 (or 405 if another method matched); a 404
+        // about the function itself would be a harness bug, so it is an error.
+        404 | 405 if !response.text().contains("function_not_found") => {
+            Ok(Unload::Unsupported(format!(
+                "POST /v1/functions/{{name}}/unload answered {} (this updraft build has no unload endpoint)",
+                response.status
+            )))
+        }
+        status => bail!("unloading {name} answered {status}: {}", response.text()),
+    }
+}
+
+/// One timed `GET path` that must answer 200 with the hello body.
+pub fn get_hello(endpoint: Endpoint, path: &str) -> Result<Duration> {
+    let (response, elapsed) = http::send_timed(endpoint, &Request::get(path), CONTROL_TIMEOUT)?;
+    ensure!(
+        response.status == 200 && response.text() == HELLO_BODY,
+        "GET {path} answered {} {:?}, not 200 {HELLO_BODY:?}",
+        response.status,
+        response.text()
+    );
+    Ok(elapsed)
+}
+
+/// `N` in Updraft's "…, N compiled at start)" listening line.
+pub fn compiled_at_start(line: &str) -> Option<u64> {
+    let before = line.split(" compiled at start").next()?;
+    before.rsplit([' ', ',']).next()?.parse().ok()
+}
+
+/// `wasm` with a custom section appended: a different digest, so the server
+/// cannot reuse a cached artifact and must compile, as for new code. Custom
+/// sections may follow any section of a core module or a component.
+pub fn with_custom_section(wasm: &[u8], name: &str, payload: &[u8]) -> Vec<u8> {
+    let mut content = leb128(name.len());
+    content.extend_from_slice(name.as_bytes());
+    content.extend_from_slice(payload);
+    let mut out = wasm.to_vec();
+    out.push(0); // custom section id
+    out.extend(leb128(content.len()));
+    out.extend(content);
+    out
+}
+
+fn leb128(mut value: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Checks that `bin` exists, with the fix in the message.
+pub fn check_binary(bin: &Path, release: bool) -> Result<()> {
+    if bin.is_file() {
+        return Ok(());
+    }
+    let build = if release {
+        "cargo build -p updraft --release"
+    } else {
+        "cargo build -p updraft"
+    };
+    bail!(
+        "no updraft binary at {}: build it with `{build}` (or pass --updraft PATH)",
+        bin.display()
+    )
+}
+
+/// Reads a guest built by `cargo xtask guests`.
+pub fn read_guest(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| {
+        format!(
+            "cannot read {}: build the guests with `cargo xtask guests` (or pass --guests DIR)",
+            path.display()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_compiled_at_start() {
+        let line = "Updraft listening on http://127.0.0.1:1 (data dir /d, 3 functions, 0 compiled at start)";
+        assert_eq!(compiled_at_start(line), Some(0));
+        assert_eq!(compiled_at_start("listening"), None);
+    }
+
+    #[test]
+    fn custom_section_is_well_formed() {
+        assert_eq!(leb128(0), [0]);
+        assert_eq!(leb128(127), [0x7f]);
+        assert_eq!(leb128(128), [0x80, 0x01]);
+        let out = with_custom_section(b"\0asm", "n", b"xy");
+        assert_eq!(out, b"\0asm\0\x04\x01nxy");
+    }
+}

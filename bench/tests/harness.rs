@@ -1,0 +1,158 @@
+//! Runs the whole harness end to end in its tiny mode (seconds, tiny counts)
+//! and checks that the JSON is well-formed, has every section, and holds
+//! plausible numbers, and that `--update-md` rewrites only the results
+//! section. No timing assertions: the numbers of a tiny run on a shared CI
+//! machine mean nothing, only their shape does.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use updraft_bench::report::{self, MARKER_END, MARKER_START, Report};
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+#[test]
+fn tiny_run_writes_complete_json_and_markdown() {
+    assert!(on_path("wrk"), "install wrk: scripts/setup.sh");
+    let bench = Path::new(env!("CARGO_BIN_EXE_updraft-bench"));
+    // Where the harness itself looks: the harness binary's profile dir.
+    let updraft: PathBuf = bench.parent().unwrap().join("updraft");
+    assert!(
+        updraft.is_file(),
+        "{} is missing: build it with `cargo build -p updraft` (CI builds the workspace first)",
+        updraft.display()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("result.json");
+    let md = dir.path().join("BENCHMARKS.md");
+    std::fs::write(
+        &md,
+        format!("# Benchmarks\nprose\n{MARKER_START}\nold results\n{MARKER_END}\nmore prose\n"),
+    )
+    .unwrap();
+
+    let output = Command::new(bench)
+        .args(["run", "--tiny", "--duration", "1", "--update-md", "--out"])
+        .arg(&out)
+        .arg("--md")
+        .arg(&md)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the harness failed:\n{stderr}\n{stdout}"
+    );
+
+    let text = std::fs::read_to_string(&out).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for section in [
+        "machine",
+        "setup",
+        "throughput",
+        "ratios",
+        "cold",
+        "memory",
+        "targets",
+    ] {
+        assert!(json.get(section).is_some(), "no {section} in {text}");
+    }
+    let report: Report = serde_json::from_value(json).unwrap();
+    assert_eq!(report.schema, report::SCHEMA);
+    assert_eq!(report.mode, report::Mode::Tiny);
+    assert!(report.machine.cores >= 1 && !report.machine.cpu_model.is_empty());
+    assert!(!report.machine.date.is_empty());
+    assert_eq!(report.setup.updraft_bin, updraft.display().to_string());
+    assert_eq!(report.setup.duration_s, 1);
+
+    // Every server at every concurrency served, and every answer was 2xx.
+    let servers = [
+        report::NATIVE,
+        report::WASMTIME,
+        report::WASMTIME_REUSE,
+        report::UPDRAFT,
+    ];
+    assert_eq!(report.throughput.len(), servers.len() * 2);
+    for server in servers {
+        for c in [1, 64] {
+            let r = report
+                .load(server, c)
+                .unwrap_or_else(|| panic!("no {server} c={c}"));
+            assert!(r.rps > 0.0 && r.requests > 0, "{server} c={c}: {r:?}");
+            assert!(
+                r.p50_us > 0.0 && r.p99_us >= r.p50_us && r.p999_us >= r.p99_us,
+                "{r:?}"
+            );
+            assert_eq!(r.errors.status, 0, "{server} c={c} answered non-2xx: {r:?}");
+            assert_eq!(r.rounds.len(), 1);
+        }
+    }
+    assert_eq!(report.ratios.len(), 6);
+    for ratio in &report.ratios {
+        assert!(ratio.rps.is_finite() && ratio.rps > 0.0, "{ratio:?}");
+        assert!(ratio.p50.is_finite() && ratio.p50 > 0.0, "{ratio:?}");
+    }
+
+    let cold = &report.cold;
+    let reps = cold.repetitions;
+    assert!(reps >= 1);
+    for s in [
+        &cold.deploy,
+        &cold.after_deploy,
+        &cold.restart_spawn_to_200,
+        &cold.restart_listening_to_200,
+    ] {
+        assert_eq!(s.n, reps);
+        assert!(s.p50_us > 0.0 && s.p99_us >= s.p50_us, "{s:?}");
+    }
+    assert_eq!(cold.deploys_compiled, reps, "unique copies must compile");
+    assert!(
+        cold.restart_spawn_to_200.p50_us >= cold.restart_listening_to_200.p50_us,
+        "a restart cannot answer before it listens: {cold:?}"
+    );
+    assert_eq!(
+        cold.restart_compiled_at_start, 0,
+        "restarts must load artifacts from disk"
+    );
+    match (&cold.after_unload, &cold.unload_note) {
+        (Some(s), None) => assert!(s.n == reps && s.p50_us > 0.0, "{s:?}"),
+        (None, Some(note)) => assert!(note.contains("unload"), "{note}"),
+        other => panic!("unload must be measured or explained: {other:?}"),
+    }
+
+    let memory = &report.memory;
+    assert!(memory.idle_functions >= 1 && memory.in_flight >= 1);
+    assert!(memory.rss_base.rss_kb > 0 && memory.rss_deployed.rss_kb > 0);
+    assert!(memory.rss_in_flight_peak.rss_kb > 0);
+    assert_eq!(
+        memory.in_flight_ok, memory.in_flight,
+        "every slow request answered 200"
+    );
+    assert_eq!(memory.rss_unloaded.is_some(), cold.after_unload.is_some());
+
+    assert_eq!(report.targets.len(), 9);
+    assert!(
+        report
+            .targets
+            .iter()
+            .all(|t| !t.target.is_empty() && !t.measured.is_empty())
+    );
+
+    // The Markdown went to stdout and between the markers, nowhere else.
+    assert!(stdout.contains("| server | c | req/s |"), "{stdout}");
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(
+        md.starts_with(&format!("# Benchmarks\nprose\n{MARKER_START}\n")),
+        "{md}"
+    );
+    assert!(md.ends_with(&format!("{MARKER_END}\nmore prose\n")), "{md}");
+    assert!(
+        !md.contains("old results") && md.contains("### Targets (issue 3)"),
+        "{md}"
+    );
+}
