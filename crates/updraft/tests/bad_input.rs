@@ -22,14 +22,7 @@ async fn put(server: &Server, name: &str, manifest: &str, wasm: Vec<u8>) -> (u16
 }
 
 async fn registry(server: &Server) -> Value {
-    let mut v: Value = client()
-        .get(server.url("/v1/functions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut v: Value = server.get_json("/v1/functions").await;
     for f in v["functions"].as_array_mut().unwrap() {
         f.as_object_mut().unwrap().remove("updated_at");
     }

@@ -68,27 +68,13 @@ async fn examples_deploy_serve_and_survive_restart() {
     let invoked = server.cli_ok(&["invoke", "wordcount", "-d", "a b c"]);
     assert_eq!(invoked, "0 3 5\n");
 
-    let health: Value = client()
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = server.get_json("/healthz").await;
     assert_eq!(health["compiles"], EXAMPLES.len() as u64);
 
     server.kill();
     let server = Server::start(dir.path());
     check_all(&server).await;
-    let health: Value = client()
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = server.get_json("/healthz").await;
     assert_eq!(health["functions"], EXAMPLES.len() as u64);
     assert_eq!(
         health["compiles"], 0,

@@ -202,14 +202,7 @@ async fn idle_functions_scale_to_zero_and_come_back_from_the_cache() {
     assert_eq!(after["artifact"]["loaded_from"], "cache", "{after}");
 
     // Unload on demand, as the benchmark harness does.
-    let unloaded: Value = client()
-        .post(server.url("/v1/functions/hello/unload"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let unloaded: Value = server.post_json("/v1/functions/hello/unload").await;
     assert_eq!(unloaded["was_loaded"], true);
     assert_eq!(info(&server)["artifact"]["loaded"], false);
     let response = client()
@@ -218,14 +211,7 @@ async fn idle_functions_scale_to_zero_and_come_back_from_the_cache() {
         .await
         .unwrap();
     assert_eq!(response.text().await.unwrap(), "Hello, again!\n");
-    let health: Value = client()
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = server.get_json("/healthz").await;
     assert_eq!(
         health["compiles"], 1,
         "reloads come from the cache: {health}"

@@ -162,6 +162,22 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+impl Server {
+    /// `GET path` on this server, parsed as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.send_json(client().get(self.url(path))).await
+    }
+
+    /// `POST path` (empty body) on this server, parsed as JSON.
+    pub async fn post_json(&self, path: &str) -> serde_json::Value {
+        self.send_json(client().post(self.url(path))).await
+    }
+
+    async fn send_json(&self, request: reqwest::RequestBuilder) -> serde_json::Value {
+        request.send().await.unwrap().json().await.unwrap()
+    }
+}
+
 /// Error code of a JSON error body.
 pub fn error_code(body: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(body)
