@@ -18,7 +18,7 @@ use crate::stats::Summary;
 use crate::wrk::{Errors, Point};
 
 /// Bumped when a field changes meaning, so readers of old files can tell.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 
 pub const MARKER_START: &str = "<!-- results:start -->";
 pub const MARKER_END: &str = "<!-- results:end -->";
@@ -28,6 +28,8 @@ pub const NATIVE: &str = "native";
 pub const WASMTIME: &str = "wasmtime-serve";
 pub const WASMTIME_REUSE: &str = "wasmtime-serve-reuse";
 pub const UPDRAFT: &str = "updraft";
+/// The same server and hello, deployed with `instance_reuse_max`.
+pub const UPDRAFT_REUSE: &str = "updraft-reuse";
 
 /// How much of everything a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +108,8 @@ pub struct LoadResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ratio {
     pub concurrency: u32,
+    /// `updraft` or `updraft-reuse`.
+    pub server: String,
     pub peer: String,
     pub rps: f64,
     pub p50: f64,
@@ -222,33 +226,40 @@ impl Report {
             .find(|r| r.server == server && r.concurrency == concurrency)
     }
 
-    pub fn ratio(&self, peer: &str, concurrency: u32) -> Option<&Ratio> {
+    pub fn ratio(&self, server: &str, peer: &str, concurrency: u32) -> Option<&Ratio> {
         self.ratios
             .iter()
-            .find(|r| r.peer == peer && r.concurrency == concurrency)
+            .find(|r| r.server == server && r.peer == peer && r.concurrency == concurrency)
     }
 }
 
-/// Updraft against every peer at every concurrency.
+/// Updraft (each mode) against every peer it is compared with, at every concurrency.
 pub fn ratios(throughput: &[LoadResult], concurrencies: &[u32]) -> Vec<Ratio> {
     let find = |server: &str, c: u32| {
         throughput
             .iter()
             .find(|r| r.server == server && r.concurrency == c)
     };
+    let pairs: [(&str, &[&str]); 2] = [
+        (UPDRAFT, &[WASMTIME, WASMTIME_REUSE, NATIVE]),
+        (UPDRAFT_REUSE, &[WASMTIME_REUSE, NATIVE]),
+    ];
     let mut out = Vec::new();
     for &c in concurrencies {
-        let Some(updraft) = find(UPDRAFT, c) else {
-            continue;
-        };
-        for peer in [WASMTIME, WASMTIME_REUSE, NATIVE] {
-            if let Some(peer_result) = find(peer, c) {
-                out.push(Ratio {
-                    concurrency: c,
-                    peer: peer.to_string(),
-                    rps: divide(updraft.rps, peer_result.rps),
-                    p50: divide(updraft.p50_us, peer_result.p50_us),
-                });
+        for (server, peers) in pairs {
+            let Some(ours) = find(server, c) else {
+                continue;
+            };
+            for &peer in peers {
+                if let Some(theirs) = find(peer, c) {
+                    out.push(Ratio {
+                        concurrency: c,
+                        server: server.to_string(),
+                        peer: peer.to_string(),
+                        rps: divide(ours.rps, theirs.rps),
+                        p50: divide(ours.p50_us, theirs.p50_us),
+                    });
+                }
             }
         }
     }
@@ -315,31 +326,24 @@ pub fn targets(report: &Report) -> Vec<Target> {
     );
 
     let c = HIGH_CONCURRENCY;
-    let ratio_target = |peer: &str, min: f64| {
+    let ratio_target = |server: &str, peer: &str, min: f64| {
         report
-            .ratio(peer, c)
+            .ratio(server, peer, c)
             .map(|r| (format!("{:.2}× (c={c})", r.rps), Some(r.rps >= min)))
+            .unwrap_or_else(|| ("not measured".to_string(), None))
     };
-    let (measured, met) =
-        ratio_target(WASMTIME, 3.0).unwrap_or_else(|| ("not measured".to_string(), None));
+    let (measured, met) = ratio_target(UPDRAFT, WASMTIME, 3.0);
     push("fresh-instance req/s ≥ 3× wasmtime serve", measured, met);
-    let (measured, met) =
-        ratio_target(NATIVE, 0.35).unwrap_or_else(|| ("not measured".to_string(), None));
+    let (measured, met) = ratio_target(UPDRAFT, NATIVE, 0.35);
     push("fresh-instance req/s ≥ 0.35× native", measured, met);
-    let reuse_now = report
-        .ratio(WASMTIME_REUSE, c)
-        .map(|r| {
-            format!(
-                " (the default fresh mode is at {:.2}× the reuse peer)",
-                r.rps
-            )
-        })
-        .unwrap_or_default();
+    let (measured, met) = ratio_target(UPDRAFT_REUSE, WASMTIME_REUSE, 1.2);
     push(
-        "instance-reuse mode req/s ≥ 1.2× wasmtime serve --max-instance-reuse-count and ≥ 0.6× native",
-        format!("not measured: Updraft has no reuse mode yet{reuse_now}"),
-        None,
+        "instance-reuse req/s ≥ 1.2× wasmtime serve --max-instance-reuse-count",
+        measured,
+        met,
     );
+    let (measured, met) = ratio_target(UPDRAFT_REUSE, NATIVE, 0.6);
+    push("instance-reuse req/s ≥ 0.6× native", measured, met);
     match report.load(UPDRAFT, c) {
         Some(r) if r.p50_us > 0.0 => push(
             "p99 ≤ 3× p50 at c=64 (Updraft)",
@@ -489,8 +493,8 @@ pub fn markdown(report: &Report) -> String {
     for r in &report.ratios {
         let _ = writeln!(
             md,
-            "| {} | updraft / {} | {:.2}× | {:.2}× |",
-            r.concurrency, r.peer, r.rps, r.p50
+            "| {} | {} / {} | {:.2}× | {:.2}× |",
+            r.concurrency, r.server, r.peer, r.rps, r.p50
         );
     }
 
@@ -662,7 +666,8 @@ mod tests {
             result(UPDRAFT, 40.0, 20.0),
         ];
         let ratios = ratios(&throughput, &[1, 64]);
-        assert_eq!(ratios.len(), 2, "no reuse peer, no c=1: {ratios:?}");
+        assert_eq!(ratios.len(), 2, "no reuse peers, no c=1: {ratios:?}");
+        assert!(ratios.iter().all(|r| r.server == UPDRAFT));
         let vs_wasmtime = ratios.iter().find(|r| r.peer == WASMTIME).unwrap();
         assert_eq!((vs_wasmtime.rps, vs_wasmtime.p50), (4.0, 0.2));
         let vs_native = ratios.iter().find(|r| r.peer == NATIVE).unwrap();

@@ -12,7 +12,7 @@ use crate::load::{LoadPlan, LoadTarget};
 use crate::memory::MemoryPlan;
 use crate::native::HELLO_BODY;
 use crate::report::{
-    self, Machine, Mode, NATIVE, Report, Setup, UPDRAFT, WASMTIME, WASMTIME_REUSE,
+    self, Machine, Mode, NATIVE, Report, Setup, UPDRAFT, UPDRAFT_REUSE, WASMTIME, WASMTIME_REUSE,
 };
 use crate::servers::{self, Server};
 use crate::{cold, http, load, memory, updraft, wrk};
@@ -225,6 +225,9 @@ fn wrk_version(wrk: &Path) -> String {
         .to_string()
 }
 
+/// Requests per instance in both reuse modes, Updraft's and the peer's.
+const REUSE_COUNT: u32 = 1_000_000;
+
 type Phases = (Vec<report::LoadResult>, report::Cold, report::Memory);
 
 fn phases(
@@ -244,7 +247,7 @@ fn phases(
         tools,
         scratch,
         WASMTIME_REUSE,
-        &["--max-instance-reuse-count", "1000000"],
+        &["--max-instance-reuse-count", &REUSE_COUNT.to_string()],
     )?;
     let updraft = updraft::start(
         &tools.updraft,
@@ -254,11 +257,18 @@ fn phases(
     )?
     .server;
     updraft::deploy(updraft.endpoint, "hello", "/hello", hello)?;
+    updraft::deploy_with(
+        updraft.endpoint,
+        "hello-reuse",
+        &format!("route=/hello-reuse&instance_reuse_max={REUSE_COUNT}"),
+        hello,
+    )?;
     let targets = [
         (NATIVE, &native, "/"),
         (WASMTIME, &wasmtime, "/"),
         (WASMTIME_REUSE, &wasmtime_reuse, "/"),
         (UPDRAFT, &updraft, "/hello"),
+        (UPDRAFT_REUSE, &updraft, "/hello-reuse"),
     ];
     // The comparison only means something if all four answer the same bytes.
     for (name, server, path) in &targets {

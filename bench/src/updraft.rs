@@ -39,7 +39,12 @@ pub struct Deployed {
 
 /// `PUT /v1/functions/{name}?route={route}` with the raw Wasm; expects 201.
 pub fn deploy(endpoint: Endpoint, name: &str, route: &str, wasm: &[u8]) -> Result<Deployed> {
-    let path = format!("/v1/functions/{name}?route={route}");
+    deploy_with(endpoint, name, &format!("route={route}"), wasm)
+}
+
+/// Deploys with `query` (`route=…&instance_reuse_max=…`) as the manifest.
+pub fn deploy_with(endpoint: Endpoint, name: &str, query: &str, wasm: &[u8]) -> Result<Deployed> {
+    let path = format!("/v1/functions/{name}?{query}");
     let request = Request {
         method: "PUT",
         path: &path,

@@ -76,6 +76,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
         report::WASMTIME,
         report::WASMTIME_REUSE,
         report::UPDRAFT,
+        report::UPDRAFT_REUSE,
     ];
     assert_eq!(report.throughput.len(), servers.len() * 2);
     for server in servers {
@@ -92,7 +93,8 @@ fn tiny_run_writes_complete_json_and_markdown() {
             assert_eq!(r.rounds.len(), 1);
         }
     }
-    assert_eq!(report.ratios.len(), 6);
+    // Per concurrency: updraft against 3 peers, updraft-reuse against 2.
+    assert_eq!(report.ratios.len(), 10);
     for ratio in &report.ratios {
         assert!(ratio.rps.is_finite() && ratio.rps > 0.0, "{ratio:?}");
         assert!(ratio.p50.is_finite() && ratio.p50 > 0.0, "{ratio:?}");
@@ -135,7 +137,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
     );
     assert_eq!(memory.rss_unloaded.is_some(), cold.after_unload.is_some());
 
-    assert_eq!(report.targets.len(), 9);
+    assert_eq!(report.targets.len(), 10);
     assert!(
         report
             .targets

@@ -21,7 +21,11 @@ pub const TIMEOUT_MS_MAX: u64 = 15 * 60 * 1000;
 pub const REQUEST_BODY_BYTES_MAX_DEFAULT: u64 = 10 * 1024 * 1024;
 /// Default response body limit.
 pub const RESPONSE_BODY_BYTES_MAX_DEFAULT: u64 = 10 * 1024 * 1024;
-/// Hard ceiling for either body limit.
+/// Requests one instance serves by default: a fresh instance per request.
+pub const INSTANCE_REUSE_MAX_DEFAULT: u32 = 1;
+/// Highest `instance_reuse_max`.
+pub const INSTANCE_REUSE_MAX_CEILING: u32 = 1_000_000;
+/// Highest request or response body limit.
 pub const BODY_BYTES_MAX_CEILING: u64 = 1024 * 1024 * 1024;
 /// Longest accepted function name.
 pub const NAME_LEN_MAX: usize = 63;
@@ -72,6 +76,10 @@ pub struct Manifest {
     pub request_body_bytes_max: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_body_bytes_max: Option<u64>,
+    /// Requests one instance of an http function may serve before it is
+    /// replaced (default 1: a fresh instance per request, nothing shared).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_reuse_max: Option<u32>,
     /// Environment variables visible to the guest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -151,11 +159,30 @@ impl Manifest {
             0,
             BODY_BYTES_MAX_CEILING,
         )?;
+        let instance_reuse_max = self
+            .instance_reuse_max
+            .unwrap_or(INSTANCE_REUSE_MAX_DEFAULT);
+        check_range(
+            "instance_reuse_max",
+            instance_reuse_max.into(),
+            1,
+            INSTANCE_REUSE_MAX_CEILING.into(),
+        )?;
+        if instance_reuse_max > 1 && self.kind == Some(FunctionKind::Command) {
+            return Err(ManifestError::Limit {
+                field: "instance_reuse_max",
+                value: instance_reuse_max.into(),
+                reason:
+                    "a command runs once per instance; leave instance_reuse_max out for commands"
+                        .into(),
+            });
+        }
         Ok(Limits {
             memory_mb,
             timeout_ms,
             request_body_bytes_max,
             response_body_bytes_max,
+            instance_reuse_max,
         })
     }
 
@@ -198,6 +225,13 @@ pub struct Limits {
     pub timeout_ms: u64,
     pub request_body_bytes_max: u64,
     pub response_body_bytes_max: u64,
+    /// Requests per instance; 1 is a fresh instance per request.
+    #[serde(default = "instance_reuse_max_default")]
+    pub instance_reuse_max: u32,
+}
+
+fn instance_reuse_max_default() -> u32 {
+    INSTANCE_REUSE_MAX_DEFAULT
 }
 
 impl Default for Limits {
@@ -207,6 +241,7 @@ impl Default for Limits {
             timeout_ms: TIMEOUT_MS_DEFAULT,
             request_body_bytes_max: REQUEST_BODY_BYTES_MAX_DEFAULT,
             response_body_bytes_max: RESPONSE_BODY_BYTES_MAX_DEFAULT,
+            instance_reuse_max: INSTANCE_REUSE_MAX_DEFAULT,
         }
     }
 }

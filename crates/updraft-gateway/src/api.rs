@@ -180,10 +180,11 @@ pub(crate) async fn rollback(
 pub(crate) struct DeployQuery {
     route: Option<String>,
     kind: Option<String>,
+    instance_reuse_max: Option<u32>,
 }
 
 /// `PUT /v1/functions/{name}`: multipart with `manifest` (TOML) and `wasm`
-/// parts, or a raw `application/wasm` body with `?route=&kind=`.
+/// parts, or a raw `application/wasm` body with `?route=&kind=&instance_reuse_max=`.
 pub(crate) async fn deploy(
     State(platform): Shared,
     Path(name): Path<String>,
@@ -215,6 +216,7 @@ pub(crate) async fn deploy(
         let manifest = Manifest {
             route: query.route,
             kind,
+            instance_reuse_max: query.instance_reuse_max,
             ..Manifest::default()
         };
         (manifest, wasm)

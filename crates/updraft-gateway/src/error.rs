@@ -54,6 +54,7 @@ impl From<PlatformError> for ApiError {
                 | PrepareError::NoStart
                 | PrepareError::KindMismatch { .. } => (S::BAD_REQUEST, "wrong_world"),
                 PrepareError::Link(_) => (S::BAD_REQUEST, "link_error"),
+                PrepareError::ReuseForCommand => (S::BAD_REQUEST, "invalid_manifest"),
                 _ => (S::INTERNAL_SERVER_ERROR, "internal"),
             },
             PlatformError::State(s) => match s {

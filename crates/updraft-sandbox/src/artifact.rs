@@ -6,6 +6,7 @@
 //! maps it back in with `deserialize_file` instead of compiling again.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use updraft_core::{Digest, FunctionKind, Limits};
@@ -16,6 +17,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::engine::Sandbox;
 use crate::error::PrepareError;
 use crate::host::Host;
+use crate::warm::WarmPool;
 
 /// Where a prepared function's machine code came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,6 +46,8 @@ pub struct Prepared {
     pub compiled_bytes: u64,
     pub(crate) env: Vec<(String, String)>,
     pub(crate) pre: Pre,
+    /// Idle instances kept between requests, in reuse mode only.
+    pub(crate) warm: Option<Arc<WarmPool>>,
 }
 
 /// Reads a version's Wasm; called only when there is no usable compiled
@@ -73,6 +77,10 @@ impl Sandbox {
         {
             return Err(PrepareError::KindMismatch { stated, detected });
         }
+        let reuse = spec.limits.instance_reuse_max > 1;
+        if reuse && detected == FunctionKind::Command {
+            return Err(PrepareError::ReuseForCommand);
+        }
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
@@ -95,6 +103,7 @@ impl Sandbox {
             compiled_bytes,
             env: spec.env,
             pre,
+            warm: reuse.then(|| Arc::new(WarmPool::new(self.warm_budget.clone()))),
         })
     }
 

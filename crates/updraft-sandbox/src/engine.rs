@@ -13,9 +13,12 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::error::PrepareError;
 use crate::host::Host;
+use crate::warm::WarmBudget;
 
-/// Default number of instances that may exist at once (pool slots).
+/// Default number of instances that may run at once.
 pub const INSTANCES_MAX_DEFAULT: u32 = 1000;
+/// Default number of warm instances (reuse mode) that may sit idle.
+pub const WARM_INSTANCES_MAX_DEFAULT: u32 = 128;
 /// Core instances one component may contain; componentize-py links a dozen modules.
 const CORE_INSTANCES_PER_COMPONENT_MAX: u32 = 64;
 /// Pool slots of core instances, memories and tables per component slot, on average.
@@ -41,8 +44,11 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub struct SandboxConfig {
     /// Where compiled artifacts are kept, keyed by Wasm digest and engine hash.
     pub cache_dir: PathBuf,
-    /// Instances that may exist at once; the pool reserves address space for each.
+    /// Instances that may run at once; the pool reserves address space for each.
     pub instances_max: u32,
+    /// Idle warm instances kept for functions in reuse mode; the pool has
+    /// this many slots on top of `instances_max`.
+    pub warm_instances_max: u32,
     /// Pooling (the default) or on-demand allocation; on-demand exists to
     /// measure what the pool buys.
     pub pooling: bool,
@@ -53,6 +59,7 @@ impl SandboxConfig {
         SandboxConfig {
             cache_dir,
             instances_max: INSTANCES_MAX_DEFAULT,
+            warm_instances_max: WARM_INSTANCES_MAX_DEFAULT,
             pooling: true,
         }
     }
@@ -66,6 +73,7 @@ pub struct Sandbox {
     /// Hex of the engine's compatibility hash; part of every artifact's file name.
     pub(crate) engine_hash: String,
     pub(crate) instances_max: u32,
+    pub(crate) warm_budget: Arc<WarmBudget>,
     /// Functions compiled by this process (not loaded from the cache).
     compiles: AtomicU64,
 }
@@ -96,6 +104,7 @@ impl Sandbox {
             cache_dir: config.cache_dir,
             engine_hash,
             instances_max: config.instances_max,
+            warm_budget: WarmBudget::new(config.warm_instances_max),
             compiles: AtomicU64::new(0),
         }))
     }
@@ -116,7 +125,7 @@ impl Sandbox {
 }
 
 fn build_engine(config: &SandboxConfig) -> Result<Engine, PrepareError> {
-    let n = config.instances_max.max(1);
+    let n = config.instances_max.max(1) + config.warm_instances_max;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(n)
         .total_core_instances(n * CORE_INSTANCES_PER_SLOT)

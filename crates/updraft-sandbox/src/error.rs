@@ -26,6 +26,10 @@ pub enum PrepareError {
         detected: FunctionKind,
     },
     #[error(
+        "instance_reuse_max applies to http functions only (a command runs once per instance): remove it from updraft.toml"
+    )]
+    ReuseForCommand,
+    #[error(
         "this core module has no `_start` export: build a WASI command (a wasm32-wasip1 binary with main), or a wasi:http component"
     )]
     NoStart,

@@ -1,6 +1,8 @@
 //! Per-invocation host state: the WASI and wasi:http contexts, the resource
 //! table and the memory limiter, gathered in one store-data struct.
 
+use std::time::Instant;
+
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -11,6 +13,8 @@ use wasmtime_wasi_http::{
 use crate::engine::TABLE_ELEMENTS_MAX;
 
 pub(crate) struct Host {
+    /// When the current invocation must stop (read by the epoch callback).
+    pub(crate) deadline: Instant,
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
     pub(crate) hooks: DenyOutbound,
@@ -79,6 +83,14 @@ impl MemoryLimiter {
             bytes_peak: 0,
             hit: false,
         }
+    }
+}
+
+impl MemoryLimiter {
+    /// Starts a new invocation on an instance that keeps its memory.
+    pub(crate) fn reset_for_invocation(&mut self) {
+        self.bytes_peak = self.bytes_now;
+        self.hit = false;
     }
 }
 

@@ -2,27 +2,31 @@
 //! the response out, and a [`Report`] of what happened (logs, outcome, time,
 //! memory) once the guest is done.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tokio::task::JoinHandle;
 use updraft_core::LogStream;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi_http::WasiHttpCtx;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::artifact::{Pre, Prepared};
+use crate::capture::CapturePipe;
 use crate::engine::Sandbox;
 use crate::error::InvokeError;
 use crate::host::{DenyOutbound, Host, MemoryLimiter};
+use crate::warm::{WarmInstance, WarmPool};
 
 /// Guest stdout/stderr kept per invocation for the logs; the rest is dropped.
 pub const LOG_CAPTURE_BYTES_MAX: usize = 256 * 1024;
@@ -47,28 +51,6 @@ pub struct Report {
     pub memory_peak_bytes: u64,
 }
 
-/// A report that may still be in the making (an http guest keeps running
-/// while its response body streams out).
-pub enum ReportHandle {
-    Pending(JoinHandle<Report>),
-    Ready(Box<Report>),
-}
-
-impl ReportHandle {
-    pub async fn wait(self) -> Option<Report> {
-        match self {
-            ReportHandle::Pending(handle) => handle.await.ok(),
-            ReportHandle::Ready(report) => Some(*report),
-        }
-    }
-}
-
-/// Result of an http invocation: the response as soon as the guest sets it.
-pub struct HttpInvocation {
-    pub response: Result<http::Response<ResponseBody>, InvokeError>,
-    pub report: ReportHandle,
-}
-
 /// Result of a command invocation.
 pub struct CommandOutput {
     pub stdout: Result<Bytes, InvokeError>,
@@ -80,9 +62,9 @@ pub struct CommandOutput {
 #[error("deadline reached")]
 struct DeadlineReached;
 
-struct Pipes {
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
+pub(crate) struct Pipes {
+    stdout: CapturePipe,
+    stderr: CapturePipe,
 }
 
 impl Sandbox {
@@ -94,8 +76,8 @@ impl Sandbox {
         deadline: Instant,
     ) -> (Store<Host>, Pipes) {
         let pipes = Pipes {
-            stdout: MemoryOutputPipe::new(stdout_bytes_max),
-            stderr: MemoryOutputPipe::new(LOG_CAPTURE_BYTES_MAX),
+            stdout: CapturePipe::new(stdout_bytes_max),
+            stderr: CapturePipe::new(LOG_CAPTURE_BYTES_MAX),
         };
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(&[&prepared.name])
@@ -106,6 +88,7 @@ impl Sandbox {
             wasi.stdin(MemoryInputPipe::new(stdin));
         }
         let host = Host {
+            deadline,
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             hooks: DenyOutbound,
@@ -117,8 +100,8 @@ impl Sandbox {
         // Every tick the guest yields to the runtime (long CPU work cannot
         // starve other requests); past the deadline it is stopped.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
+        store.epoch_deadline_callback(|store| {
+            if Instant::now() >= store.data().deadline {
                 Err(wasmtime::Error::new(DeadlineReached))
             } else {
                 Ok(UpdateDeadline::Yield(1))
@@ -129,12 +112,18 @@ impl Sandbox {
 
     /// Runs an http function on `request`. Returns once the guest has set its
     /// response (or failed); the body then streams while the guest runs on.
+    ///
+    /// The guest runs inside the caller's task until it sets the response.
+    /// Most guests have finished by then (the whole body written), so no task
+    /// is spawned; one that is still streaming its body goes on in a task of
+    /// its own. `on_done` receives the [`Report`] once the guest has finished.
     pub async fn invoke_http<B>(
-        self: &Arc<Self>,
-        prepared: &Arc<Prepared>,
+        &self,
+        prepared: &Prepared,
         request: http::Request<B>,
         ctx: InvocationCtx,
-    ) -> HttpInvocation
+        on_done: OnDone,
+    ) -> Result<http::Response<ResponseBody>, InvokeError>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -142,24 +131,30 @@ impl Sandbox {
         let started = Instant::now();
         let limits = prepared.limits;
         let deadline = started + Duration::from_millis(limits.timeout_ms);
-        let early_failure = |error: InvokeError| HttpInvocation {
-            response: Err(error.clone()),
-            report: ReportHandle::Ready(Box::new(Report {
+        let early_failure = |error: InvokeError, on_done: OnDone| {
+            on_done(Report {
                 invocation_id: ctx.invocation_id.clone(),
-                outcome: Err(error),
+                outcome: Err(error.clone()),
                 logs: Vec::new(),
                 duration: started.elapsed(),
                 memory_peak_bytes: 0,
-            })),
+            });
+            Err(error)
         };
         let Pre::Http(pre) = &prepared.pre else {
-            return early_failure(InvokeError::Internal("not an http function".into()));
+            return early_failure(
+                InvokeError::Internal("not an http function".into()),
+                on_done,
+            );
         };
         let request_limit = limits.request_body_bytes_max;
         if content_length(request.headers()).is_some_and(|len| len > request_limit) {
-            return early_failure(InvokeError::RequestTooLarge {
-                limit: request_limit,
-            });
+            return early_failure(
+                InvokeError::RequestTooLarge {
+                    limit: request_limit,
+                },
+                on_done,
+            );
         }
         let request_too_large = Arc::new(AtomicBool::new(false));
         let flag = request_too_large.clone();
@@ -174,8 +169,27 @@ impl Sandbox {
             })
         });
 
-        let (mut store, pipes) = self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline);
-        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let warm = prepared.warm.clone();
+        let (mut store, pipes, proxy, uses) = match warm.as_deref().and_then(WarmPool::take) {
+            Some(instance) => {
+                let WarmInstance {
+                    mut store,
+                    proxy,
+                    pipes,
+                    uses,
+                } = instance;
+                store.data_mut().deadline = deadline;
+                store.data_mut().limiter.reset_for_invocation();
+                store.set_epoch_deadline(1);
+                (store, pipes, Some(proxy), uses)
+            }
+            None => {
+                let (store, pipes) =
+                    self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline);
+                (store, pipes, None, 0)
+            }
+        };
+        let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let resources = {
             let mut http = store.data_mut().http();
             http.new_incoming_request(Scheme::Http, request)
@@ -183,28 +197,88 @@ impl Sandbox {
         };
         let (req, out) = match resources {
             Ok(pair) => pair,
-            Err(e) => return early_failure(InvokeError::Internal(format!("{e:#}"))),
+            Err(e) => return early_failure(InvokeError::Internal(format!("{e:#}")), on_done),
         };
         let pre = pre.clone();
         let invocation_id = ctx.invocation_id.clone();
-        let task = tokio::spawn(async move {
+        let reuse_max = limits.instance_reuse_max;
+        // The one timer of the request bounds the guest, and with it the wait
+        // for the response: a guest stopped at the deadline drops the sender.
+        let mut guest: Guest = Box::pin(async move {
             let run = async {
-                let proxy = pre
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(Failure::Instantiate)?;
+                let proxy = match proxy {
+                    Some(proxy) => proxy,
+                    None => pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(Failure::Instantiate)?,
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
                     .await
-                    .map_err(Failure::Run)
+                    .map_err(Failure::Run)?;
+                Ok(proxy)
             };
             let result = tokio::time::timeout_at(deadline.into(), run).await;
-            finish(store, pipes, result, started, deadline, invocation_id, None).0
+            let (result, proxy) = match result {
+                Ok(Ok(proxy)) => (Ok(Ok(())), Some(proxy)),
+                Ok(Err(failure)) => (Ok(Err(failure)), None),
+                Err(elapsed) => (Err(elapsed), None),
+            };
+            let report = finish(
+                &store,
+                &pipes,
+                result,
+                started,
+                deadline,
+                invocation_id,
+                None,
+            );
+            // Only an instance that finished cleanly is trusted with another request.
+            if let (Some(warm), Some(proxy)) = (warm, proxy)
+                && report.outcome.is_ok()
+                && uses + 1 < reuse_max
+            {
+                warm.put(WarmInstance {
+                    store,
+                    proxy,
+                    pipes,
+                    uses: uses + 1,
+                });
+            }
+            report
         });
 
-        let response = match tokio::time::timeout_at(deadline.into(), receiver).await {
-            Ok(Ok(Ok(response))) => {
+        // Drive the guest until it sets the response or finishes.
+        let mut report = None;
+        let sent = std::future::poll_fn(|cx| {
+            if report.is_none()
+                && let Poll::Ready(done) = guest.as_mut().poll(cx)
+            {
+                report = Some(done);
+            }
+            match Pin::new(&mut receiver).poll(cx) {
+                Poll::Ready(sent) => Poll::Ready(sent.ok()),
+                // Finished without a word: the outparam is gone with the store.
+                Poll::Pending if report.is_some() => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        let too_large = || {
+            request_too_large
+                .load(Ordering::Relaxed)
+                .then_some(InvokeError::RequestTooLarge {
+                    limit: request_limit,
+                })
+        };
+        match sent {
+            Some(Ok(response)) => {
+                complete_later(guest, report, on_done);
+                if let Some(error) = too_large() {
+                    return Err(error);
+                }
                 let limit = limits.response_body_bytes_max;
                 Ok(response.map(|body| {
                     Limited::new(body, limit as usize)
@@ -221,50 +295,27 @@ impl Sandbox {
                         .boxed_unsync()
                 }))
             }
-            Ok(Ok(Err(code))) => Err(InvokeError::Guest(format!("{code:?}"))),
-            Ok(Err(_)) => {
-                // The guest dropped the response outparam: it finished or failed
-                // without answering. Its report says why.
-                let report = task.await.ok();
-                let error = report
-                    .as_ref()
-                    .and_then(|r| r.outcome.clone().err())
-                    .unwrap_or(InvokeError::NoResponse);
-                let error = if request_too_large.load(Ordering::Relaxed) {
-                    InvokeError::RequestTooLarge {
-                        limit: request_limit,
-                    }
-                } else {
-                    error
-                };
-                return HttpInvocation {
-                    response: Err(error),
-                    report: match report {
-                        Some(report) => ReportHandle::Ready(Box::new(report)),
-                        None => ReportHandle::Ready(Box::new(Report {
-                            invocation_id: ctx.invocation_id,
-                            outcome: Err(InvokeError::Internal("invocation task panicked".into())),
-                            logs: Vec::new(),
-                            duration: started.elapsed(),
-                            memory_peak_bytes: 0,
-                        })),
-                    },
-                };
+            Some(Err(code)) => {
+                complete_later(guest, report, on_done);
+                Err(too_large().unwrap_or(InvokeError::Guest(format!("{code:?}"))))
             }
-            Err(_) => Err(InvokeError::Timeout {
-                timeout_ms: limits.timeout_ms,
-            }),
-        };
-        let response = if request_too_large.load(Ordering::Relaxed) {
-            Err(InvokeError::RequestTooLarge {
-                limit: request_limit,
-            })
-        } else {
-            response
-        };
-        HttpInvocation {
-            response,
-            report: ReportHandle::Pending(task),
+            None => {
+                // The guest dropped the response outparam: it finished or
+                // failed without answering. Its report says why.
+                let report = match report {
+                    Some(report) => report,
+                    None => guest.await,
+                };
+                let error = too_large().unwrap_or_else(|| {
+                    report
+                        .outcome
+                        .clone()
+                        .err()
+                        .unwrap_or(InvokeError::NoResponse)
+                });
+                on_done(report);
+                Err(error)
+            }
         }
     }
 
@@ -311,7 +362,6 @@ impl Sandbox {
         // One byte over the limit tells "exactly at the limit" from "cut off".
         let stdout_max = (limits.response_body_bytes_max as usize).saturating_add(1);
         let (mut store, pipes) = self.new_store(prepared, Some(stdin), stdout_max, deadline);
-        let stdout = pipes.stdout.clone();
         let run = async {
             let command = pre
                 .instantiate_async(&mut store)
@@ -324,16 +374,17 @@ impl Sandbox {
             }
         };
         let result = tokio::time::timeout_at(deadline.into(), run).await;
-        let (report, _) = finish(
-            store,
-            pipes,
+        let report = finish(
+            &store,
+            &pipes,
             result,
             started,
             deadline,
             ctx.invocation_id,
             Some(limits.response_body_bytes_max),
         );
-        let output = stdout.contents();
+        drop(store);
+        let output = pipes.stdout.take();
         // A full stdout pipe explains whatever came after (a failed write
         // usually makes the guest exit non-zero), so it is reported first.
         let stdout = if output.len() as u64 > limits.response_body_bytes_max {
@@ -347,6 +398,23 @@ impl Sandbox {
     }
 }
 
+/// A running http guest: its future ends with the [`Report`].
+type Guest = Pin<Box<dyn Future<Output = Report> + Send>>;
+
+/// Receives the [`Report`] of an invocation once the guest has finished.
+pub type OnDone = Box<dyn FnOnce(Report) + Send>;
+
+/// Hands the report on now if the guest has finished, else lets the guest
+/// run to its end (still bounded by its deadline) in a task of its own.
+fn complete_later(guest: Guest, report: Option<Report>, on_done: OnDone) {
+    match report {
+        Some(report) => on_done(report),
+        None => {
+            tokio::spawn(async move { on_done(guest.await) });
+        }
+    }
+}
+
 /// How the guest's run ended, before classification.
 enum Failure {
     Instantiate(wasmtime::Error),
@@ -356,14 +424,14 @@ enum Failure {
 
 /// Classifies the end of a run and gathers the logs into a [`Report`].
 fn finish(
-    store: Store<Host>,
-    pipes: Pipes,
+    store: &Store<Host>,
+    pipes: &Pipes,
     result: Result<Result<(), Failure>, tokio::time::error::Elapsed>,
     started: Instant,
     deadline: Instant,
     invocation_id: String,
     stdout_is_response: Option<u64>,
-) -> (Report, ()) {
+) -> Report {
     let limiter = &store.data().limiter;
     let timeout_ms = deadline.duration_since(started).as_millis() as u64;
     let memory_mb = (limiter.bytes_max >> 20) as u32;
@@ -397,13 +465,13 @@ fn finish(
         }
     };
     let memory_peak_bytes = limiter.bytes_peak as u64;
-    drop(store);
     let mut logs = Vec::new();
     if stdout_is_response.is_none() {
-        push_lines(&mut logs, LogStream::Stdout, &pipes.stdout.contents());
+        push_lines(&mut logs, LogStream::Stdout, &pipes.stdout.take());
     }
-    push_lines(&mut logs, LogStream::Stderr, &pipes.stderr.contents());
-    if pipes.stderr.contents().len() >= LOG_CAPTURE_BYTES_MAX {
+    let stderr = pipes.stderr.take();
+    push_lines(&mut logs, LogStream::Stderr, &stderr);
+    if stderr.len() >= LOG_CAPTURE_BYTES_MAX {
         logs.push((
             LogStream::Platform,
             format!("log output cut at {LOG_CAPTURE_BYTES_MAX} bytes"),
@@ -415,16 +483,13 @@ fn finish(
     for note in notes {
         logs.push((LogStream::Platform, note));
     }
-    (
-        Report {
-            invocation_id,
-            outcome,
-            logs,
-            duration: started.elapsed(),
-            memory_peak_bytes,
-        },
-        (),
-    )
+    Report {
+        invocation_id,
+        outcome,
+        logs,
+        duration: started.elapsed(),
+        memory_peak_bytes,
+    }
 }
 
 /// The line of a trap that names the cause, without the backtrace.

@@ -12,14 +12,14 @@
 //! hands it a prepared function and a request, and gets a response plus a report.
 
 mod artifact;
+mod capture;
 mod engine;
 mod error;
 mod host;
 mod invoke;
+mod warm;
 
 pub use artifact::{LoadedFrom, PrepareSpec, Prepared, WasmSource};
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{InvokeError, PrepareError};
-pub use invoke::{
-    CommandOutput, HttpInvocation, InvocationCtx, Report, ReportHandle, ResponseBody,
-};
+pub use invoke::{CommandOutput, InvocationCtx, OnDone, Report, ResponseBody};

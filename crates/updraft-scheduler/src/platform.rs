@@ -12,8 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use updraft_core::{Digest, FunctionKind, LogEntry, LogStream, Manifest, Route, VersionRecord};
 use updraft_metering::{Meter, Sample, Usage};
 use updraft_sandbox::{
-    InvocationCtx, PrepareSpec, Prepared, Report, ReportHandle, ResponseBody, Sandbox,
-    SandboxConfig,
+    InvocationCtx, OnDone, PrepareSpec, Prepared, Report, ResponseBody, Sandbox, SandboxConfig,
 };
 use updraft_state::registry::NewVersion;
 use updraft_state::{FunctionRecord, LogStore, Registry};
@@ -456,27 +455,17 @@ impl Platform {
         let ctx = InvocationCtx {
             invocation_id: invocation_id.clone(),
         };
-        let invocation = self.sandbox.invoke_http(&prepared, request, ctx).await;
         let this = self.clone();
         let name = loaded.name.clone();
-        match invocation.report {
-            ReportHandle::Ready(report) => {
-                drop(permit);
-                self.record(&name, &report);
-            }
-            pending => {
-                tokio::spawn(async move {
-                    if let Some(report) = pending.wait().await {
-                        this.record(&name, &report);
-                    }
-                    drop(permit);
-                });
-            }
-        }
-        (
-            invocation_id,
-            invocation.response.map_err(PlatformError::from),
-        )
+        let on_done: OnDone = Box::new(move |report| {
+            this.record(&name, &report);
+            drop(permit);
+        });
+        let response = self
+            .sandbox
+            .invoke_http(&prepared, request, ctx, on_done)
+            .await;
+        (invocation_id, response.map_err(PlatformError::from))
     }
 
     /// Invokes a command function with `stdin`; returns its stdout.

@@ -165,6 +165,7 @@ pub struct Limits {
     pub timeout_ms: Option<u64>,
     pub request_body_bytes_max: Option<u64>,
     pub response_body_bytes_max: Option<u64>,
+    pub instance_reuse_max: Option<u64>,
 }
 
 /// How the latest version's compiled code was obtained.

@@ -173,6 +173,9 @@ fn limits(f: &FunctionDetail) -> String {
     if let Some(bytes) = limits.response_body_bytes_max {
         parts.push(format!("response body ≤ {}", format_bytes(bytes)));
     }
+    if let Some(uses) = limits.instance_reuse_max.filter(|&uses| uses > 1) {
+        parts.push(format!("instance reused for up to {uses} requests"));
+    }
     if parts.is_empty() {
         NONE.to_owned()
     } else {
@@ -436,6 +439,7 @@ mod tests {
                 timeout_ms: Some(5000),
                 request_body_bytes_max: Some(1024 * 1024),
                 response_body_bytes_max: None,
+                instance_reuse_max: Some(1),
             }),
             env_keys: vec!["A".into(), "B".into()],
             artifact: Some(Artifact {

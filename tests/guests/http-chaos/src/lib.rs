@@ -11,6 +11,7 @@
 //! | `/stdout`       | writes a line to stdout and one to stderr, 200 "ok"        |
 //! | `/slow?ms=N`    | sleeps N ms on a monotonic-clock pollable, 200 "slept"     |
 //! | `/fetch`        | makes an outgoing request; 200 "fetched" or "refused: E"   |
+//! | `/count`        | 200 with how many requests this instance has served (1…)   |
 //! | anything else   | 200 "chaos ok"                                             |
 //!
 //! `/env` reads `wasi:cli/environment` directly (the proxy adapter has no
@@ -18,6 +19,7 @@
 //! proxy world: under `wasmtime serve` pass `-S cli`.
 
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasip2::http::types::{
     Fields, IncomingBody, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
@@ -27,6 +29,10 @@ use wasip2::io::streams::StreamError;
 wasip2::http::proxy::export!(Chaos);
 
 struct Chaos;
+
+/// Requests this instance has served: 1 on every request unless the platform
+/// reuses instances.
+static SERVED: AtomicU64 = AtomicU64::new(0);
 
 /// Bytes asked for per read when echoing; the host may return fewer.
 const ECHO_CHUNK_BYTES: u64 = 64 * 1024;
@@ -43,6 +49,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Chaos {
         // Dispatch on the last segment, so the guest works under any route
         // prefix (Updraft passes the full path, as `wasmtime serve` does).
         let action = path.rsplit('/').next().unwrap_or("");
+        let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
         match action {
             "loop" => spin_forever(),
             "trap" => panic!("chaos: trap requested"),
@@ -76,6 +83,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Chaos {
             "fetch" => {
                 let outcome = fetch();
                 respond(response_out, 200, outcome.as_bytes())
+            }
+            "count" => {
+                eprintln!("request {served} of this instance");
+                respond(response_out, 200, served.to_string().as_bytes())
             }
             _ => respond(response_out, 200, b"chaos ok"),
         }

@@ -1,0 +1,146 @@
+//! Instance reuse (`instance_reuse_max`): fresh instances by default, bounded
+//! reuse when a function opts in, failed instances never reused, logs kept
+//! per request, and commands refused.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// `GET path` → (status, body, invocation id).
+async fn get(server: &Server, path: &str) -> (u16, String, String) {
+    let response = client().get(server.url(path)).send().await.unwrap();
+    let status = response.status().as_u16();
+    let id = response.headers()["updraft-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (status, response.text().await.unwrap(), id)
+}
+
+async fn counts(server: &Server, path: &str, n: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let (status, body, _) = get(server, path).await;
+        assert_eq!(status, 200, "{body}");
+        seen.push(body);
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fresh_by_default_reused_when_asked_and_never_after_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest("fresh", "http-chaos", "route = \"/fresh/...\"");
+    server.deploy_guest(
+        "warm",
+        "http-chaos",
+        "route = \"/warm/...\"\ninstance_reuse_max = 3",
+    );
+
+    // Default: nothing survives a request.
+    assert_eq!(counts(&server, "/fresh/count", 4).await, ["1"; 4]);
+    // Opted in: one instance serves three requests, then a new one starts.
+    assert_eq!(
+        counts(&server, "/warm/count", 7).await,
+        ["1", "2", "3", "1", "2", "3", "1"]
+    );
+    let info: Value = serde_json::from_str(&server.cli_ok(&["--json", "info", "warm"])).unwrap();
+    assert_eq!(info["limits"]["instance_reuse_max"], 3);
+    assert!(
+        server
+            .cli_ok(&["info", "warm"])
+            .contains("reused for up to 3 requests")
+    );
+
+    // A trap discards the instance: the next request starts fresh.
+    let (status, _, _) = get(&server, "/warm/trap").await;
+    assert_eq!(status, 500);
+    assert_eq!(counts(&server, "/warm/count", 2).await, ["1", "2"]);
+
+    // Unloading drops the warm instances with the code.
+    let unloaded: Value = server.post_json("/v1/functions/warm/unload").await;
+    assert_eq!(unloaded["was_loaded"], true);
+    assert_eq!(counts(&server, "/warm/count", 1).await, ["1"]);
+
+    // Each request's logs hold its own output only.
+    let (_, body, id) = get(&server, "/warm/count").await;
+    assert_eq!(body, "2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = server.cli_ok(&["--json", "logs", "warm"]);
+        let mine: Vec<String> = logs
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|l| l["invocation_id"] == id.as_str())
+            .map(|l| l["message"].as_str().unwrap().to_string())
+            .collect();
+        if !mine.is_empty() {
+            assert_eq!(mine, ["request 2 of this instance"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no logs for {id}: {logs}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Concurrent requests each get an instance of their own.
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let url = server.url("/warm/count");
+            tokio::spawn(async move { client().get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reuse_is_refused_for_commands_and_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let before = server.cli_ok(&["--json", "ls"]);
+    let manifest = |name: &str, guest_name: &str, extra: &str| {
+        let path = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\nsource = \"{}\"\n{extra}\n",
+                guest(guest_name).display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    for (name, guest_name, extra, expected) in [
+        (
+            "cmd",
+            "echo",
+            "instance_reuse_max = 2",
+            "http functions only",
+        ),
+        (
+            "cmd-stated",
+            "echo",
+            "kind = \"command\"\ninstance_reuse_max = 2",
+            "instance_reuse_max",
+        ),
+        (
+            "zero",
+            "http-chaos",
+            "instance_reuse_max = 0",
+            "must be between 1 and 1000000",
+        ),
+    ] {
+        let path = manifest(name, guest_name, extra);
+        let out = server.cli(&["deploy", path.to_str().unwrap()]);
+        assert!(!out.status.success(), "{name} was deployed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+    assert_eq!(server.cli_ok(&["--json", "ls"]), before);
+}
