@@ -152,18 +152,22 @@ impl Platform {
     /// Opens the data dir and loads every deployed function (from the compile
     /// cache when possible).
     pub async fn open(config: PlatformConfig) -> Result<Arc<Platform>, PlatformError> {
+        // Building the engine (the instance pool) and opening the databases
+        // take a few milliseconds each: do both at once, start-up is on the
+        // cold path of the first request after a restart.
+        let mut sandbox_config = SandboxConfig::new(config.data_dir.join("compiled"));
+        sandbox_config.instances_max = config.instances_max;
+        let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(sandbox_config));
         let data_dir = config.data_dir.clone();
-        let (registry, log_store) = tokio::task::spawn_blocking(move || {
+        let stores = tokio::task::spawn_blocking(move || {
             Ok::<_, PlatformError>((
                 Arc::new(Registry::open(&data_dir)?),
                 LogStore::open(&data_dir)?,
             ))
-        })
-        .await
-        .map_err(join_error)??;
-        let mut sandbox_config = SandboxConfig::new(config.data_dir.join("compiled"));
-        sandbox_config.instances_max = config.instances_max;
-        let sandbox = Sandbox::new(sandbox_config)?;
+        });
+        let (sandbox, stores) = tokio::join!(sandbox, stores);
+        let (registry, log_store) = stores.map_err(join_error)??;
+        let sandbox = sandbox.map_err(join_error)??;
         let log_store = Arc::new(log_store);
         let platform = Arc::new(Platform {
             admission: Arc::new(Semaphore::new(sandbox.instances_max() as usize)),

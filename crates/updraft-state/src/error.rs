@@ -49,6 +49,7 @@ from_redb!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
+    redb::SetDurabilityError,
     std::io::Error,
     serde_json::Error
 );

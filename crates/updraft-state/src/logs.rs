@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use updraft_core::LogEntry;
 
 use crate::error::StateError;
@@ -29,7 +29,10 @@ impl LogStore {
     pub fn open(data_dir: &Path) -> Result<LogStore, StateError> {
         std::fs::create_dir_all(data_dir)?;
         let db = Database::create(data_dir.join("logs.redb"))?;
-        let txn = db.begin_write()?;
+        // Creating the tables is idempotent, so it need not wait for a sync:
+        // a crash before the next durable commit just creates them again.
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::None)?;
         txn.open_table(LOGS)?;
         txn.commit()?;
         Ok(LogStore {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use updraft_core::{Digest, FunctionKind, Limits, Manifest, Route, VersionRecord};
 
@@ -74,7 +74,10 @@ impl Registry {
         let wasm_dir = data_dir.join("wasm");
         std::fs::create_dir_all(&wasm_dir)?;
         let db = Database::create(data_dir.join("registry.redb"))?;
-        let txn = db.begin_write()?;
+        // Creating the tables is idempotent, so it need not wait for a sync:
+        // a crash before the next durable commit just creates them again.
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::None)?;
         txn.open_table(FUNCTIONS)?;
         txn.open_table(VERSIONS)?;
         txn.commit()?;
