@@ -204,7 +204,7 @@ impl Sandbox {
         let reuse_max = limits.instance_reuse_max;
         // The one timer of the request bounds the guest, and with it the wait
         // for the response: a guest stopped at the deadline drops the sender.
-        let mut guest: Guest = Box::pin(async move {
+        let guest: Guest = Box::pin(async move {
             let run = async {
                 let proxy = match proxy {
                     Some(proxy) => proxy,
@@ -251,21 +251,12 @@ impl Sandbox {
         });
 
         // Drive the guest until it sets the response or finishes.
-        let mut report = None;
-        let sent = std::future::poll_fn(|cx| {
-            if report.is_none()
-                && let Poll::Ready(done) = guest.as_mut().poll(cx)
-            {
-                report = Some(done);
-            }
-            match Pin::new(&mut receiver).poll(cx) {
-                Poll::Ready(sent) => Poll::Ready(sent.ok()),
-                // Finished without a word: the outparam is gone with the store.
-                Poll::Pending if report.is_some() => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
+        let mut run = GuestRun {
+            guest: Some(guest),
+            report: None,
+            on_done: Some(on_done),
+        };
+        let sent = std::future::poll_fn(|cx| run.poll_response(cx, &mut receiver)).await;
         let too_large = || {
             request_too_large
                 .load(Ordering::Relaxed)
@@ -275,7 +266,7 @@ impl Sandbox {
         };
         match sent {
             Some(Ok(response)) => {
-                complete_later(guest, report, on_done);
+                drop(run);
                 if let Some(error) = too_large() {
                     return Err(error);
                 }
@@ -295,26 +286,12 @@ impl Sandbox {
                         .boxed_unsync()
                 }))
             }
-            Some(Err(code)) => {
-                complete_later(guest, report, on_done);
-                Err(too_large().unwrap_or(InvokeError::Guest(format!("{code:?}"))))
-            }
+            Some(Err(code)) => Err(too_large().unwrap_or(InvokeError::Guest(format!("{code:?}")))),
             None => {
                 // The guest dropped the response outparam: it finished or
                 // failed without answering. Its report says why.
-                let report = match report {
-                    Some(report) => report,
-                    None => guest.await,
-                };
-                let error = too_large().unwrap_or_else(|| {
-                    report
-                        .outcome
-                        .clone()
-                        .err()
-                        .unwrap_or(InvokeError::NoResponse)
-                });
-                on_done(report);
-                Err(error)
+                let outcome = std::future::poll_fn(|cx| run.poll_outcome(cx)).await;
+                Err(too_large().unwrap_or_else(|| outcome.err().unwrap_or(InvokeError::NoResponse)))
             }
         }
     }
@@ -404,13 +381,64 @@ type Guest = Pin<Box<dyn Future<Output = Report> + Send>>;
 /// Receives the [`Report`] of an invocation once the guest has finished.
 pub type OnDone = Box<dyn FnOnce(Report) + Send>;
 
-/// Hands the report on now if the guest has finished, else lets the guest
-/// run to its end (still bounded by its deadline) in a task of its own.
-fn complete_later(guest: Guest, report: Option<Report>, on_done: OnDone) {
-    match report {
-        Some(report) => on_done(report),
-        None => {
-            tokio::spawn(async move { on_done(guest.await) });
+/// A running http guest and who waits for its report. Dropping it hands the
+/// report on if the guest has finished, else lets the guest run to its end
+/// (still bounded by its deadline) in a task of its own — also when the
+/// caller goes away early, so a client that disconnects does not cut a
+/// function short or lose its logs.
+struct GuestRun {
+    guest: Option<Guest>,
+    report: Option<Report>,
+    on_done: Option<OnDone>,
+}
+
+impl GuestRun {
+    /// Runs the guest until `receiver` has the response; `None` when the
+    /// guest finished without setting one.
+    fn poll_response<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        receiver: &mut tokio::sync::oneshot::Receiver<T>,
+    ) -> Poll<Option<T>> {
+        if let Some(guest) = &mut self.guest
+            && let Poll::Ready(report) = guest.as_mut().poll(cx)
+        {
+            self.guest = None;
+            self.report = Some(report);
+        }
+        match Pin::new(receiver).poll(cx) {
+            Poll::Ready(sent) => Poll::Ready(sent.ok()),
+            // Finished without a word: the outparam is gone with the store.
+            Poll::Pending if self.guest.is_none() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Runs the guest to its end; its outcome (the report is handed on at drop).
+    fn poll_outcome(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), InvokeError>> {
+        if let Some(guest) = &mut self.guest {
+            let report = std::task::ready!(guest.as_mut().poll(cx));
+            self.guest = None;
+            self.report = Some(report);
+        }
+        Poll::Ready(match &self.report {
+            Some(report) => report.outcome.clone(),
+            None => Err(InvokeError::NoResponse),
+        })
+    }
+}
+
+impl Drop for GuestRun {
+    fn drop(&mut self) {
+        let Some(on_done) = self.on_done.take() else {
+            return;
+        };
+        if let Some(report) = self.report.take() {
+            on_done(report);
+        } else if let Some(guest) = self.guest.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move { on_done(guest.await) });
         }
     }
 }
