@@ -114,6 +114,7 @@ pub fn up(extra: &[String]) -> Result<()> {
          \n  curl --data-binary 'one two three' {url}/wordcount\
          \n  curl {url}/hello-js\
          \n  curl {url}/hello-py\
+         \n  curl {url}/counter\
          \n  {} --server {url} ls\
          \n\nCtrl-C stops it; the data stays in ./.updraft.",
         bin.display()

@@ -190,6 +190,12 @@ impl Guest {
                 files
             }
         };
+        // Rust guests may generate bindings from the WIT the platform
+        // implements (wit-bindgen reads it at build time).
+        let platform_wit = self.dir.join(PLATFORM_WIT);
+        if matches!(self.lang, Lang::Rust { .. }) && platform_wit.is_dir() {
+            walk(&platform_wit, &mut files)?;
+        }
         files.sort();
         Ok(files)
     }
@@ -214,6 +220,9 @@ impl Guest {
         Ok(hex::encode(hasher.finalize()))
     }
 }
+
+/// The platform's WIT, seen from an example's folder (`examples/X`).
+const PLATFORM_WIT: &str = "../../crates/updraft-sandbox/wit";
 
 /// Where things go; every path is absolute.
 struct Layout {

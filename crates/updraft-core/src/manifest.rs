@@ -29,6 +29,8 @@ pub const INSTANCE_REUSE_MAX_CEILING: u32 = 1_000_000;
 pub const BODY_BYTES_MAX_CEILING: u64 = 1024 * 1024 * 1024;
 /// Longest accepted function name.
 pub const NAME_LEN_MAX: usize = 63;
+/// Most key-value stores one function may list.
+pub const KEY_VALUE_STORES_MAX: usize = 16;
 /// Most environment variables a manifest may set.
 pub const ENV_VARS_MAX: usize = 256;
 
@@ -80,6 +82,10 @@ pub struct Manifest {
     /// replaced (default 1: a fresh instance per request, nothing shared).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_reuse_max: Option<u32>,
+    /// Key-value stores the function may open (`wasi:keyvalue`); any other
+    /// is refused. Names are the owner's: two owners' `default` never meet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_value_stores: Vec<String>,
     /// Environment variables visible to the guest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -105,6 +111,8 @@ pub enum ManifestError {
     },
     #[error("invalid env: {0}")]
     Env(String),
+    #[error("invalid key_value_stores: {0}")]
+    Stores(String),
 }
 
 impl Manifest {
@@ -124,6 +132,22 @@ impl Manifest {
                 "{} variables set, at most {ENV_VARS_MAX} are allowed",
                 self.env.len()
             )));
+        }
+        if self.key_value_stores.len() > KEY_VALUE_STORES_MAX {
+            return Err(ManifestError::Stores(format!(
+                "{} stores listed, at most {KEY_VALUE_STORES_MAX} are allowed",
+                self.key_value_stores.len()
+            )));
+        }
+        for (i, store) in self.key_value_stores.iter().enumerate() {
+            if validate_name(store).is_err() {
+                return Err(ManifestError::Stores(format!(
+                    "{store:?} is not a valid store name: use 1-{NAME_LEN_MAX} lowercase letters, digits or '-', starting with a letter"
+                )));
+            }
+            if self.key_value_stores[..i].contains(store) {
+                return Err(ManifestError::Stores(format!("{store:?} is listed twice")));
+            }
         }
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {

@@ -7,6 +7,7 @@ use http::StatusCode;
 use updraft_sandbox::{InvokeError, PrepareError};
 use updraft_scheduler::PlatformError;
 use updraft_state::StateError;
+use updraft_state::kv::KvError;
 
 /// An error as the API client sees it.
 #[derive(Debug)]
@@ -62,6 +63,18 @@ impl From<PlatformError> for ApiError {
                 StateError::VersionNotFound { .. } => (S::NOT_FOUND, "version_not_found"),
                 StateError::RouteConflict { .. } => (S::CONFLICT, "route_conflict"),
                 StateError::Invalid(_) => (S::BAD_REQUEST, "bad_request"),
+                _ => (S::INTERNAL_SERVER_ERROR, "storage"),
+            },
+            PlatformError::StoreNotFound { .. } => (S::NOT_FOUND, "store_not_found"),
+            PlatformError::KeyNotFound { .. } => (S::NOT_FOUND, "key_not_found"),
+            PlatformError::Kv(k) => match k {
+                KvError::KeyEmpty | KvError::KeyTooLong { .. } => (S::BAD_REQUEST, "invalid_key"),
+                KvError::ValueTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "value_too_large"),
+                KvError::BatchTooLarge { .. } => (S::BAD_REQUEST, "batch_too_large"),
+                KvError::BadCursor { .. } => (S::BAD_REQUEST, "invalid_cursor"),
+                KvError::BadStoreName(_) => (S::BAD_REQUEST, "invalid_store"),
+                KvError::NotAnInteger { .. } => (S::CONFLICT, "not_an_integer"),
+                KvError::Overflow { .. } => (S::CONFLICT, "overflow"),
                 _ => (S::INTERNAL_SERVER_ERROR, "storage"),
             },
             PlatformError::Invoke(i) => match i {

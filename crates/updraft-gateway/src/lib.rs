@@ -7,6 +7,7 @@
 mod api;
 mod error;
 mod invoke;
+mod kv;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,6 +43,12 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/functions/{name}/logs", get(api::logs))
         .route("/functions/{name}/rollback", post(api::rollback))
         .route("/functions/{name}/unload", post(api::unload))
+        .route("/kv", get(kv::stores))
+        .route("/kv/{store}", get(kv::list))
+        .route(
+            "/kv/{store}/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
         .fallback(api::not_found);
     Router::new()
         .route("/healthz", get(api::health))

@@ -17,6 +17,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use crate::engine::Sandbox;
 use crate::error::PrepareError;
 use crate::host::Host;
+use crate::keyvalue::KvGrant;
 use crate::warm::WarmPool;
 
 /// Where a prepared function's machine code came from.
@@ -46,6 +47,8 @@ pub struct Prepared {
     pub compiled_bytes: u64,
     pub(crate) env: Vec<(String, String)>,
     pub(crate) pre: Pre,
+    /// The key-value stores the function may open.
+    pub(crate) kv: Option<Arc<KvGrant>>,
     /// Idle instances kept between requests, in reuse mode only.
     pub(crate) warm: Option<Arc<WarmPool>>,
 }
@@ -62,6 +65,7 @@ pub struct PrepareSpec<'a> {
     pub kind: Option<FunctionKind>,
     pub limits: Limits,
     pub env: Vec<(String, String)>,
+    pub kv: Option<KvGrant>,
 }
 
 impl Sandbox {
@@ -103,6 +107,7 @@ impl Sandbox {
             compiled_bytes,
             env: spec.env,
             pre,
+            kv: spec.kv.map(Arc::new),
             warm: reuse.then(|| Arc::new(WarmPool::new(self.warm_budget.clone()))),
         })
     }

@@ -1,6 +1,7 @@
 //! Per-invocation host state: the WASI and wasi:http contexts, the resource
 //! table and the memory limiter, gathered in one store-data struct.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
@@ -11,6 +12,7 @@ use wasmtime_wasi_http::{
 };
 
 use crate::engine::TABLE_ELEMENTS_MAX;
+use crate::keyvalue::KvGrant;
 
 pub(crate) struct Host {
     /// When the current invocation must stop (read by the epoch callback).
@@ -20,6 +22,10 @@ pub(crate) struct Host {
     pub(crate) hooks: DenyOutbound,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
+    /// The key-value stores this function may open.
+    pub(crate) kv: Option<Arc<KvGrant>>,
+    /// Host-side notes for this invocation's logs (e.g. a refused store).
+    pub(crate) notes: Vec<String>,
 }
 
 impl WasiView for Host {

@@ -94,6 +94,8 @@ impl Sandbox {
             hooks: DenyOutbound,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(prepared.limits.memory_bytes()),
+            kv: prepared.kv.clone(),
+            notes: Vec::new(),
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limiter);
@@ -180,6 +182,7 @@ impl Sandbox {
                 } = instance;
                 store.data_mut().deadline = deadline;
                 store.data_mut().limiter.reset_for_invocation();
+                store.data_mut().notes.clear();
                 store.set_epoch_deadline(1);
                 (store, pipes, Some(proxy), uses)
             }
@@ -493,6 +496,7 @@ fn finish(
         }
     };
     let memory_peak_bytes = limiter.bytes_peak as u64;
+    notes.extend(store.data().notes.iter().cloned());
     let mut logs = Vec::new();
     if stdout_is_response.is_none() {
         push_lines(&mut logs, LogStream::Stdout, &pipes.stdout.take());

@@ -17,9 +17,11 @@ mod engine;
 mod error;
 mod host;
 mod invoke;
+mod keyvalue;
 mod warm;
 
 pub use artifact::{LoadedFrom, PrepareSpec, Prepared, WasmSource};
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{InvokeError, PrepareError};
 pub use invoke::{CommandOutput, InvocationCtx, OnDone, Report, ResponseBody};
+pub use keyvalue::KvGrant;

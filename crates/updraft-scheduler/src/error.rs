@@ -3,6 +3,7 @@
 use updraft_core::ManifestError;
 use updraft_sandbox::{InvokeError, PrepareError};
 use updraft_state::StateError;
+use updraft_state::kv::KvError;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -18,6 +19,17 @@ pub enum PlatformError {
     /// 503: all instance slots stayed busy for the whole timeout.
     #[error("all {0} instance slots are busy: retry later, or raise the server's instance limit")]
     Busy(u32),
+    /// 400 (404 for a missing key, 409 for a non-integer counter, 500 for storage).
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// 404: no deployed function lists the store.
+    #[error(
+        "no function uses the key-value store {name:?} ({known}): list it in a function's key_value_stores"
+    )]
+    StoreNotFound { name: String, known: String },
+    /// 404.
+    #[error("key {key:?} is not in store {store:?}")]
+    KeyNotFound { store: String, key: String },
     /// 400.
     #[error("{0}")]
     BadRequest(String),

@@ -12,8 +12,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use updraft_core::{Digest, FunctionKind, LogEntry, LogStream, Manifest, Route, VersionRecord};
 use updraft_metering::{Meter, Sample, Usage};
 use updraft_sandbox::{
-    InvocationCtx, OnDone, PrepareSpec, Prepared, Report, ResponseBody, Sandbox, SandboxConfig,
+    InvocationCtx, KvGrant, OnDone, PrepareSpec, Prepared, Report, ResponseBody, Sandbox,
+    SandboxConfig,
 };
+use updraft_state::kv::{EmbeddedKv, KvStore, StoreId};
 use updraft_state::registry::NewVersion;
 use updraft_state::{FunctionRecord, LogStore, Registry};
 
@@ -31,6 +33,9 @@ pub struct PlatformConfig {
     /// `None` keeps everything loaded.
     pub idle_unload: Option<Duration>,
 }
+
+/// Owner of every store until tenants exist: stores are named per owner.
+pub const LOCAL_OWNER: &str = "local";
 
 /// Default idle time before a function's compiled code is dropped.
 pub const IDLE_UNLOAD_DEFAULT: Duration = Duration::from_secs(300);
@@ -102,6 +107,7 @@ pub struct FunctionDetails {
 
 pub struct Platform {
     sandbox: Arc<Sandbox>,
+    kv: Arc<dyn KvStore>,
     registry: Arc<Registry>,
     log_store: Arc<LogStore>,
     logs: LogPipe,
@@ -160,18 +166,21 @@ impl Platform {
         let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(sandbox_config));
         let data_dir = config.data_dir.clone();
         let stores = tokio::task::spawn_blocking(move || {
+            let kv: Arc<dyn KvStore> = Arc::new(EmbeddedKv::open(&data_dir)?);
             Ok::<_, PlatformError>((
                 Arc::new(Registry::open(&data_dir)?),
                 LogStore::open(&data_dir)?,
+                kv,
             ))
         });
         let (sandbox, stores) = tokio::join!(sandbox, stores);
-        let (registry, log_store) = stores.map_err(join_error)??;
+        let (registry, log_store, kv) = stores.map_err(join_error)??;
         let sandbox = sandbox.map_err(join_error)??;
         let log_store = Arc::new(log_store);
         let platform = Arc::new(Platform {
             admission: Arc::new(Semaphore::new(sandbox.instances_max() as usize)),
             sandbox,
+            kv,
             registry,
             logs: LogPipe::start(log_store.clone()),
             log_store,
@@ -237,6 +246,12 @@ impl Platform {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let stores = &version.manifest.key_value_stores;
+        let kv = (!stores.is_empty()).then(|| KvGrant {
+            backend: self.kv.clone(),
+            owner: LOCAL_OWNER.to_string(),
+            stores: stores.clone(),
+        });
         let prepared = tokio::task::spawn_blocking(move || {
             let source = || match &wasm {
                 Some(bytes) => Ok(bytes.to_vec()),
@@ -249,6 +264,7 @@ impl Platform {
                 kind,
                 limits,
                 env,
+                kv,
             })
         })
         .await
@@ -343,6 +359,42 @@ impl Platform {
     }
 
     /// Every function with its serving version.
+    /// The key-value backend (for the operator API; functions reach it
+    /// through the sandbox, limited to their manifest's stores).
+    pub fn kv(&self) -> &Arc<dyn KvStore> {
+        &self.kv
+    }
+
+    /// Stores listed by the deployed functions, sorted.
+    pub fn kv_store_names(&self) -> Vec<String> {
+        let table = self.table();
+        let mut names: Vec<String> = table
+            .by_name
+            .values()
+            .flat_map(|loaded| loaded.version.manifest.key_value_stores.iter().cloned())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// The operator's handle on a store that some deployed function lists.
+    pub fn kv_store(&self, name: &str) -> Result<StoreId, PlatformError> {
+        let names = self.kv_store_names();
+        if names.iter().any(|n| n == name) {
+            return Ok(StoreId::new(LOCAL_OWNER, name));
+        }
+        let known = if names.is_empty() {
+            "no stores are in use".to_string()
+        } else {
+            format!("stores in use: {}", names.join(", "))
+        };
+        Err(PlatformError::StoreNotFound {
+            name: name.to_string(),
+            known,
+        })
+    }
+
     pub fn list(&self) -> Result<Vec<(FunctionRecord, VersionRecord)>, PlatformError> {
         Ok(self.registry.list()?)
     }

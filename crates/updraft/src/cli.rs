@@ -85,6 +85,47 @@ pub enum ClientCommand {
         /// Version to roll back to; the server picks the previous one when omitted.
         version: Option<u64>,
     },
+    /// Read and write key-value stores (those the deployed functions list).
+    #[command(subcommand)]
+    Kv(KvCommand),
+}
+
+/// `updraft kv …`: operator access to key-value stores.
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// List the stores in use.
+    Stores,
+    /// Write a key's value to stdout.
+    Get {
+        /// Store name.
+        store: String,
+        key: String,
+    },
+    /// Set a key.
+    Set {
+        /// Store name.
+        store: String,
+        key: String,
+        /// The value: literal text, @FILE to read a file, or @- to read stdin.
+        #[arg(allow_hyphen_values = true)]
+        value: BodySource,
+    },
+    /// List keys, one per line (every page).
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Store name.
+        store: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Delete a key (deleting a missing key is not an error).
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Store name.
+        store: String,
+        key: String,
+    },
 }
 
 /// The two function models of the platform (see DESIGN.md, "The function model").

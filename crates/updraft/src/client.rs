@@ -157,6 +157,21 @@ impl FunctionDetail {
     }
 }
 
+/// `GET /v1/kv`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(default)]
+pub struct KvStores {
+    pub stores: Vec<String>,
+}
+
+/// One page of `GET /v1/kv/{store}`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(default)]
+pub struct KeyPage {
+    pub keys: Vec<String>,
+    pub cursor: Option<String>,
+}
+
 /// Per-function limits as the server applies them.
 #[derive(Deserialize, Debug, Default)]
 #[serde(default)]
@@ -285,6 +300,48 @@ impl Client {
             req = req.header(&header.name, &header.value);
         }
         self.send(req).await
+    }
+
+    pub async fn kv_stores(&self) -> Result<Reply<KvStores>> {
+        let req = self.http.get(self.url(&["v1", "kv"]));
+        self.json(req.timeout(MANAGEMENT_TIMEOUT)).await
+    }
+
+    /// One page of keys of `store` under `prefix`.
+    pub async fn kv_list(
+        &self,
+        store: &str,
+        prefix: &str,
+        cursor: Option<&str>,
+    ) -> Result<Reply<KeyPage>> {
+        let mut url = self.url(&["v1", "kv", store]);
+        url.query_pairs_mut().append_pair("prefix", prefix);
+        if let Some(cursor) = cursor {
+            url.query_pairs_mut().append_pair("cursor", cursor);
+        }
+        self.json(self.http.get(url).timeout(MANAGEMENT_TIMEOUT))
+            .await
+    }
+
+    pub async fn kv_get(&self, store: &str, key: &str) -> Result<Bytes> {
+        let req = self.http.get(self.url(&["v1", "kv", store, key]));
+        let response = check_status(self.send(req.timeout(MANAGEMENT_TIMEOUT)).await?).await?;
+        Ok(response.bytes().await?)
+    }
+
+    pub async fn kv_set(&self, store: &str, key: &str, value: Vec<u8>) -> Result<()> {
+        let req = self
+            .http
+            .put(self.url(&["v1", "kv", store, key]))
+            .body(value);
+        check_status(self.send(req.timeout(MANAGEMENT_TIMEOUT)).await?).await?;
+        Ok(())
+    }
+
+    pub async fn kv_delete(&self, store: &str, key: &str) -> Result<()> {
+        let req = self.http.delete(self.url(&["v1", "kv", store, key]));
+        check_status(self.send(req.timeout(MANAGEMENT_TIMEOUT)).await?).await?;
+        Ok(())
     }
 
     /// Opens the NDJSON log stream; with `follow` the body never ends by itself.

@@ -17,7 +17,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use cli::{Cli, ClientCommand, Command, DeployArgs, InvokeArgs, LogsArgs};
+use cli::{Cli, ClientCommand, Command, DeployArgs, InvokeArgs, KvCommand, LogsArgs};
 use client::{Client, INVOCATION_ID_HEADER, LineSplitter, check_status};
 
 #[tokio::main]
@@ -77,7 +77,50 @@ async fn run_client(client: &Client, command: ClientCommand, json: bool) -> Resu
         ClientCommand::Logs(args) => logs(client, &args, json).await,
         ClientCommand::Rm { name } => rm(client, &name, json).await,
         ClientCommand::Rollback { name, version } => rollback(client, &name, version, json).await,
+        ClientCommand::Kv(command) => kv(client, command, json).await,
     }
+}
+
+async fn kv(client: &Client, command: KvCommand, json: bool) -> Result<()> {
+    let mut out = io::stdout().lock();
+    match command {
+        KvCommand::Stores => {
+            let reply = client.kv_stores().await?;
+            if json {
+                output::write_json(&mut out, &reply.raw)?;
+            } else {
+                for store in &reply.body.stores {
+                    writeln!(out, "{store}")?;
+                }
+            }
+        }
+        KvCommand::Get { store, key } => out.write_all(&client.kv_get(&store, &key).await?)?,
+        KvCommand::Set { store, key, value } => client.kv_set(&store, &key, value.read()?).await?,
+        KvCommand::Ls { store, prefix } => {
+            let mut keys = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = client
+                    .kv_list(&store, &prefix, cursor.as_deref())
+                    .await?
+                    .body;
+                keys.extend(page.keys);
+                match page.cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            if json {
+                output::write_json(&mut out, &serde_json::json!({ "keys": keys }))?;
+            } else {
+                for key in keys {
+                    writeln!(out, "{key}")?;
+                }
+            }
+        }
+        KvCommand::Rm { store, key } => client.kv_delete(&store, &key).await?,
+    }
+    Ok(())
 }
 
 async fn deploy(client: &Client, args: &DeployArgs, json: bool) -> Result<()> {

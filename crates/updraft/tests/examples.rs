@@ -31,6 +31,16 @@ const EXAMPLES: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
+/// The counter example keeps its count in the key-value store, so its answer
+/// is checked apart: it must go on counting across the restart.
+const COUNTER: &str = "counter-rust";
+
+async fn count(server: &Server) -> String {
+    let response = client().get(server.url("/counter")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
 async fn check_all(server: &Server) {
     let client = client();
     for (example, route, body, expected) in EXAMPLES {
@@ -55,27 +65,34 @@ async fn check_all(server: &Server) {
 async fn examples_deploy_serve_and_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    for (example, ..) in EXAMPLES {
+    let all = EXAMPLES
+        .iter()
+        .map(|(example, ..)| *example)
+        .chain([COUNTER]);
+    for example in all {
         let out = server.cli_ok(&["deploy", &format!("examples/{example}/updraft.toml")]);
         assert!(out.contains("deployed"), "{out}");
     }
+    let deployed = EXAMPLES.len() as u64 + 1;
     check_all(&server).await;
+    assert_eq!(count(&server).await, "1\n");
 
-    // The CLI's view: four functions, http and command kinds.
+    // The CLI's view: every example, http and command kinds.
     let listed: Value = serde_json::from_str(&server.cli_ok(&["--json", "ls"])).unwrap();
     let functions = listed["functions"].as_array().unwrap();
-    assert_eq!(functions.len(), EXAMPLES.len());
+    assert_eq!(functions.len() as u64, deployed);
     let invoked = server.cli_ok(&["invoke", "wordcount", "-d", "a b c"]);
     assert_eq!(invoked, "0 3 5\n");
 
     let health: Value = server.get_json("/healthz").await;
-    assert_eq!(health["compiles"], EXAMPLES.len() as u64);
+    assert_eq!(health["compiles"], deployed);
 
     server.kill();
     let server = Server::start(dir.path());
     check_all(&server).await;
+    assert_eq!(count(&server).await, "2\n", "the count must survive a kill");
     let health: Value = server.get_json("/healthz").await;
-    assert_eq!(health["functions"], EXAMPLES.len() as u64);
+    assert_eq!(health["functions"], deployed);
     assert_eq!(
         health["compiles"], 0,
         "a restart must not recompile: {health}"

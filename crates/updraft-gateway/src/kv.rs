@@ -1,0 +1,110 @@
+//! Operator access to key-value stores: `/v1/kv`, `/v1/kv/{store}` (list
+//! keys) and `/v1/kv/{store}/{key}` (get, put, delete). Only stores that a
+//! deployed function lists can be reached, so a typo answers 404.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
+use serde::Deserialize;
+use serde_json::json;
+use updraft_scheduler::{Platform, PlatformError};
+use updraft_state::kv::{KvError, LIST_PAGE_MAX, VALUE_BYTES_MAX};
+
+use crate::error::ApiError;
+
+type Shared = State<Arc<Platform>>;
+
+/// Default page size of a key listing.
+const LIST_PAGE_DEFAULT: usize = 100;
+
+/// `GET /v1/kv`: the stores in use.
+pub(crate) async fn stores(State(platform): Shared) -> Response {
+    Json(json!({ "stores": platform.kv_store_names() })).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/kv/{store}?prefix=&cursor=&limit=`: one page of keys.
+pub(crate) async fn list(
+    State(platform): Shared,
+    Path(store): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let id = platform.kv_store(&store)?;
+    let limit = query
+        .limit
+        .unwrap_or(LIST_PAGE_DEFAULT)
+        .clamp(1, LIST_PAGE_MAX);
+    let page = platform
+        .kv()
+        .list(&id, &query.prefix, query.cursor.as_deref(), limit)
+        .await
+        .map_err(PlatformError::from)?;
+    Ok(Json(page).into_response())
+}
+
+/// `GET /v1/kv/{store}/{key}`: the value, as stored.
+pub(crate) async fn get(
+    State(platform): Shared,
+    Path((store, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = platform.kv_store(&store)?;
+    match platform
+        .kv()
+        .get(&id, &key)
+        .await
+        .map_err(PlatformError::from)?
+    {
+        Some(value) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
+        }
+        None => Err(PlatformError::KeyNotFound { store, key }.into()),
+    }
+}
+
+/// `PUT /v1/kv/{store}/{key}`: the body becomes the value.
+pub(crate) async fn put(
+    State(platform): Shared,
+    Path((store, key)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let id = platform.kv_store(&store)?;
+    // Read one byte past the limit, so the error can tell how much is too much.
+    let value = axum::body::to_bytes(request.into_body(), VALUE_BYTES_MAX + 1)
+        .await
+        .map_err(|_| {
+            PlatformError::from(KvError::ValueTooLarge {
+                len: VALUE_BYTES_MAX + 1,
+            })
+        })?;
+    platform
+        .kv()
+        .set(&id, &key, value.to_vec())
+        .await
+        .map_err(PlatformError::from)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /v1/kv/{store}/{key}`: deleting a missing key is not an error.
+pub(crate) async fn delete(
+    State(platform): Shared,
+    Path((store, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = platform.kv_store(&store)?;
+    platform
+        .kv()
+        .delete(&id, &key)
+        .await
+        .map_err(PlatformError::from)?;
+    Ok((StatusCode::NO_CONTENT, Body::empty()).into_response())
+}

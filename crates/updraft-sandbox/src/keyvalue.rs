@@ -1,0 +1,234 @@
+//! `wasi:keyvalue` (0.2.0-draft2: store, atomics, batch) for guests, backed
+//! by the state layer's [`KvStore`]. A function opens only the stores its
+//! manifest lists ([`KvGrant`]); store names are scoped to its owner.
+//!
+//! Every limit violation or storage failure is an `error` value the guest
+//! can handle (`other` carries a message saying what to fix), never a trap.
+
+use std::sync::Arc;
+
+use updraft_state::kv::{CasOutcome, KvError, KvStore, LIST_PAGE_MAX, StoreId};
+use wasmtime::component::{HasSelf, Linker, Resource};
+
+use crate::host::Host;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit/keyvalue",
+        world: "wasi:keyvalue/imports",
+        imports: { default: async | trappable },
+        with: {
+            "wasi:keyvalue/store.bucket": super::Bucket,
+            "wasi:keyvalue/atomics.cas": super::Cas,
+        },
+    });
+}
+
+use bindings::wasi::keyvalue::{atomics, batch, store};
+
+/// What a function may reach: the backend, its owner, and the stores its
+/// manifest lists. Built once per version at prepare.
+#[derive(Clone)]
+pub struct KvGrant {
+    pub backend: Arc<dyn KvStore>,
+    pub owner: String,
+    pub stores: Vec<String>,
+}
+
+/// An open bucket (a store of the function's owner).
+pub struct Bucket {
+    store: StoreId,
+}
+
+/// A compare-and-swap handle: the value of a key when it was made.
+pub struct Cas {
+    store: StoreId,
+    key: String,
+    current: Option<Vec<u8>>,
+}
+
+type Outcome<T> = wasmtime::Result<Result<T, store::Error>>;
+
+fn guest_error(e: KvError) -> store::Error {
+    store::Error::Other(e.to_string())
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    store::add_to_linker::<Host, HasSelf<Host>>(linker, |h| h)?;
+    atomics::add_to_linker::<Host, HasSelf<Host>>(linker, |h| h)?;
+    batch::add_to_linker::<Host, HasSelf<Host>>(linker, |h| h)?;
+    Ok(())
+}
+
+impl Host {
+    /// The backend; a bucket exists only if `open` found a grant.
+    fn backend(&self) -> wasmtime::Result<Arc<dyn KvStore>> {
+        match &self.kv {
+            Some(grant) => Ok(grant.backend.clone()),
+            None => Err(wasmtime::format_err!(
+                "a key-value bucket exists without a grant"
+            )),
+        }
+    }
+
+    /// The store behind `bucket`, and the backend to ask.
+    fn target(&self, bucket: &Resource<Bucket>) -> wasmtime::Result<(StoreId, Arc<dyn KvStore>)> {
+        Ok((self.table.get(bucket)?.store.clone(), self.backend()?))
+    }
+}
+
+impl store::Host for Host {
+    async fn open(&mut self, identifier: String) -> Outcome<Resource<Bucket>> {
+        let allowed = self
+            .kv
+            .as_ref()
+            .is_some_and(|grant| grant.stores.contains(&identifier));
+        let Some(grant) = self.kv.as_ref().filter(|_| allowed) else {
+            let listed = match &self.kv {
+                Some(grant) if !grant.stores.is_empty() => grant.stores.join(", "),
+                _ => "none".to_string(),
+            };
+            self.notes.push(format!(
+                "key-value store {identifier:?} refused: it is not in this function's key_value_stores (listed: {listed}); add it to updraft.toml"
+            ));
+            return Ok(Err(store::Error::AccessDenied));
+        };
+        let store = StoreId::new(grant.owner.clone(), identifier);
+        Ok(Ok(self.table.push(Bucket { store })?))
+    }
+}
+
+impl store::HostBucket for Host {
+    async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<Option<Vec<u8>>> {
+        let (id, backend) = self.target(&bucket)?;
+        Ok(backend.get(&id, &key).await.map_err(guest_error))
+    }
+
+    async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Outcome<()> {
+        let (id, backend) = self.target(&bucket)?;
+        Ok(backend.set(&id, &key, value).await.map_err(guest_error))
+    }
+
+    async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<()> {
+        let (id, backend) = self.target(&bucket)?;
+        Ok(backend.delete(&id, &key).await.map_err(guest_error))
+    }
+
+    async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<bool> {
+        let (id, backend) = self.target(&bucket)?;
+        Ok(backend.exists(&id, &key).await.map_err(guest_error))
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<Bucket>,
+        cursor: Option<String>,
+    ) -> Outcome<store::KeyResponse> {
+        let (id, backend) = self.target(&bucket)?;
+        Ok(backend
+            .list(&id, "", cursor.as_deref(), LIST_PAGE_MAX)
+            .await
+            .map(|page| store::KeyResponse {
+                keys: page.keys,
+                cursor: page.cursor,
+            })
+            .map_err(guest_error))
+    }
+
+    async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for Host {
+    async fn increment(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        delta: i64,
+    ) -> Outcome<i64> {
+        let (id, backend) = self.target(&bucket)?;
+        Ok(backend
+            .increment(&id, &key, delta)
+            .await
+            .map_err(guest_error))
+    }
+
+    async fn swap(
+        &mut self,
+        cas: Resource<Cas>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), atomics::CasError>> {
+        let cas = self.table.delete(cas)?;
+        let backend = self.backend()?;
+        let outcome = backend
+            .compare_and_swap(&cas.store, &cas.key, cas.current, value)
+            .await;
+        Ok(match outcome {
+            Ok(CasOutcome::Swapped) => Ok(()),
+            Ok(CasOutcome::Mismatch(current)) => {
+                let fresh = self.table.push(Cas {
+                    store: cas.store,
+                    key: cas.key,
+                    current,
+                })?;
+                Err(atomics::CasError::CasFailed(fresh))
+            }
+            Err(e) => Err(atomics::CasError::StoreError(guest_error(e))),
+        })
+    }
+}
+
+impl atomics::HostCas for Host {
+    async fn new(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<Resource<Cas>> {
+        let (id, backend) = self.target(&bucket)?;
+        let current = match backend.get(&id, &key).await {
+            Ok(current) => current,
+            Err(e) => return Ok(Err(guest_error(e))),
+        };
+        Ok(Ok(self.table.push(Cas {
+            store: id,
+            key,
+            current,
+        })?))
+    }
+
+    async fn current(&mut self, cas: Resource<Cas>) -> Outcome<Option<Vec<u8>>> {
+        Ok(Ok(self.table.get(&cas)?.current.clone()))
+    }
+
+    async fn drop(&mut self, cas: Resource<Cas>) -> wasmtime::Result<()> {
+        self.table.delete(cas)?;
+        Ok(())
+    }
+}
+
+impl batch::Host for Host {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> Outcome<Vec<(String, Option<Vec<u8>>)>> {
+        let (id, backend) = self.target(&bucket)?;
+        Ok(backend
+            .get_many(&id, keys.clone())
+            .await
+            .map(|values| keys.into_iter().zip(values).collect())
+            .map_err(guest_error))
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> Outcome<()> {
+        let (id, backend) = self.target(&bucket)?;
+        Ok(backend.set_many(&id, key_values).await.map_err(guest_error))
+    }
+
+    async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Outcome<()> {
+        let (id, backend) = self.target(&bucket)?;
+        Ok(backend.delete_many(&id, keys).await.map_err(guest_error))
+    }
+}

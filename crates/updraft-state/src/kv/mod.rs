@@ -1,0 +1,188 @@
+//! Key-value state for functions: the [`KvStore`] trait every backend
+//! implements, the limits it enforces, and its errors.
+//!
+//! Stores are named per owner ([`StoreId`]): two owners' `default` stores
+//! never meet. Backends: [`embedded`] (redb on the data dir, the default).
+//! Cluster backends (NATS JetStream KV) implement the same trait later.
+
+pub mod embedded;
+
+use async_trait::async_trait;
+
+pub use embedded::EmbeddedKv;
+
+/// Longest key, in bytes.
+pub const KEY_BYTES_MAX: usize = 512;
+/// Largest value, in bytes.
+pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
+/// Most keys in one batch operation.
+pub const BATCH_KEYS_MAX: usize = 1000;
+/// Most keys in one page of a listing (and its default size).
+pub const LIST_PAGE_MAX: usize = 1000;
+/// Longest store name (the same rule as function names).
+pub const STORE_NAME_LEN_MAX: usize = 63;
+
+/// One store of one owner.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoreId {
+    pub owner: String,
+    pub name: String,
+}
+
+impl StoreId {
+    pub fn new(owner: impl Into<String>, name: impl Into<String>) -> StoreId {
+        StoreId {
+            owner: owner.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// One page of keys, in ascending byte order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyPage {
+    pub keys: Vec<String>,
+    /// Pass it back to get the next page; `None` on the last page.
+    pub cursor: Option<String>,
+}
+
+/// Why a key-value operation failed. Client errors map to HTTP 400 (404 for
+/// a missing store, 409 for a non-integer counter), storage failures to 500.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvError {
+    #[error("the key is empty: use a non-empty key")]
+    KeyEmpty,
+    #[error(
+        "the key is {len} bytes, at most {KEY_BYTES_MAX} are allowed: use a shorter key (hash long ones)"
+    )]
+    KeyTooLong { len: usize },
+    #[error(
+        "the value is {len} bytes, at most {VALUE_BYTES_MAX} are allowed: store large data as a blob"
+    )]
+    ValueTooLarge { len: usize },
+    #[error("the batch has {len} keys, at most {BATCH_KEYS_MAX} are allowed: split it")]
+    BatchTooLarge { len: usize },
+    #[error("the value of key {key:?} is not a decimal integer, so it cannot be incremented")]
+    NotAnInteger { key: String },
+    #[error("incrementing key {key:?} would overflow a 64-bit integer")]
+    Overflow { key: String },
+    #[error(
+        "invalid cursor {cursor:?}: pass back the cursor of the previous page unchanged, with the same prefix"
+    )]
+    BadCursor { cursor: String },
+    #[error(
+        "invalid store name {0:?}: use 1-63 lowercase letters, digits or '-', starting with a letter"
+    )]
+    BadStoreName(String),
+    #[error("key-value storage failed: {0}")]
+    Storage(String),
+}
+
+/// The operations of a key-value backend. Every write is durable when it
+/// returns; reads see every acknowledged write.
+#[async_trait]
+pub trait KvStore: Send + Sync + 'static {
+    async fn get(&self, store: &StoreId, key: &str) -> Result<Option<Vec<u8>>, KvError>;
+    async fn set(&self, store: &StoreId, key: &str, value: Vec<u8>) -> Result<(), KvError>;
+    /// Deleting a missing key is not an error.
+    async fn delete(&self, store: &StoreId, key: &str) -> Result<(), KvError>;
+    async fn exists(&self, store: &StoreId, key: &str) -> Result<bool, KvError> {
+        Ok(self.get(store, key).await?.is_some())
+    }
+    /// Keys starting with `prefix`, after `cursor`, at most `limit` (≤ [`LIST_PAGE_MAX`]).
+    async fn list(
+        &self,
+        store: &StoreId,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, KvError>;
+    /// Adds `delta` to the decimal integer stored at `key` (0 if missing)
+    /// and returns the new value.
+    async fn increment(&self, store: &StoreId, key: &str, delta: i64) -> Result<i64, KvError>;
+    /// Writes `new` if the current value is `expected` (`None`: the key is
+    /// missing). Returns whether it swapped, and the value it found.
+    async fn compare_and_swap(
+        &self,
+        store: &StoreId,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Result<CasOutcome, KvError>;
+    async fn get_many(
+        &self,
+        store: &StoreId,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Vec<u8>>>, KvError>;
+    /// All or nothing.
+    async fn set_many(
+        &self,
+        store: &StoreId,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), KvError>;
+    async fn delete_many(&self, store: &StoreId, keys: Vec<String>) -> Result<(), KvError>;
+}
+
+/// The result of [`KvStore::compare_and_swap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    Swapped,
+    /// Not swapped: the value found instead of the expected one.
+    Mismatch(Option<Vec<u8>>),
+}
+
+/// Checks a key against the limits.
+pub fn check_key(key: &str) -> Result<(), KvError> {
+    if key.is_empty() {
+        Err(KvError::KeyEmpty)
+    } else if key.len() > KEY_BYTES_MAX {
+        Err(KvError::KeyTooLong { len: key.len() })
+    } else {
+        Ok(())
+    }
+}
+
+pub fn check_value(value: &[u8]) -> Result<(), KvError> {
+    if value.len() > VALUE_BYTES_MAX {
+        Err(KvError::ValueTooLarge { len: value.len() })
+    } else {
+        Ok(())
+    }
+}
+
+pub fn check_batch(len: usize) -> Result<(), KvError> {
+    if len > BATCH_KEYS_MAX {
+        Err(KvError::BatchTooLarge { len })
+    } else {
+        Ok(())
+    }
+}
+
+/// Store names follow the rule of function names: they appear in URLs.
+pub fn check_store_name(name: &str) -> Result<(), KvError> {
+    let ok = !name.is_empty()
+        && name.len() <= STORE_NAME_LEN_MAX
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(KvError::BadStoreName(name.to_string()))
+    }
+}
+
+/// Parses a counter value; a missing key counts as 0.
+pub(crate) fn counter_value(key: &str, value: Option<&[u8]>) -> Result<i64, KvError> {
+    let Some(value) = value else {
+        return Ok(0);
+    };
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.trim().parse::<i64>().ok())
+        .ok_or_else(|| KvError::NotAnInteger {
+            key: key.to_string(),
+        })
+}
