@@ -8,7 +8,8 @@
 #   - JS example:   Node.js 20+ and npm; examples/hello-js/node_modules
 #   - Python:       componentize-py 0.25.1 in a venv under target/py-venv
 #   - the peer:     wasmtime-cli 48.0.8 (`wasmtime serve` / `wasmtime run`)
-#   - benchmarks:   wrk (the load generator of bench/, see BENCHMARKS.md)
+#   - benchmarks:   wrk (the load generator of bench/, see BENCHMARKS.md) and
+#                   redis-server (the key-value baseline)
 #
 # Idempotent: every step says what it does and skips what is already there,
 # so a second run does nothing. `apt-get update` runs only if a package is
@@ -52,6 +53,7 @@ APT_PACKAGES=(
   clang-16 lld-16 libclang-rt-16-dev-wasm32 wasi-libc       # C guests
   rustc-web cargo-web rust-web-src                           # Rust guests (rustc-web replaces Debian's rustc 1.63)
   wrk                                                        # load generator for the benchmark harness
+  redis-server                                               # the key-value baseline of the benchmark harness
 )
 # A C compiler and linker for cargo install (wasmtime-cli), if the machine has none.
 command -v cc >/dev/null 2>&1 || APT_PACKAGES+=(gcc libc6-dev)

@@ -1,17 +1,19 @@
-//! updraft-bench: the end-to-end benchmark harness of issue 3. One run starts a
-//! native hyper hello, `wasmtime serve` (fresh instance per request, and with
+//! updraft-bench: the end-to-end benchmark harness. One run starts a native
+//! hyper hello, `wasmtime serve` (fresh instance per request, and with
 //! instance reuse) and `updraft up` on this machine, drives each with wrk, times
-//! Updraft's cold paths, reads its resident memory, and reports it all as JSON
-//! and as the Markdown of `BENCHMARKS.md`.
+//! Updraft's cold paths, reads its resident memory, times key-value operations
+//! from a guest against Redis, and reports it all as JSON and as the Markdown
+//! of `BENCHMARKS.md`.
 //!
 //! Modules, in the order a run uses them: [`run`] (locating programs, the
 //! phases), [`servers`] (child processes, RSS), [`updraft`] (its API),
 //! [`native`] (the baseline server), [`wrk`] and [`load`] (warm load),
-//! [`cold`], [`memory`], then [`report`] (JSON, Markdown, targets) with
+//! [`cold`], [`memory`], [`kv`], then [`report`] (JSON, Markdown, targets) with
 //! [`stats`]; [`http`] is the tiny client the control requests use.
 
 pub mod cold;
 pub mod http;
+pub mod kv;
 pub mod load;
 pub mod memory;
 pub mod native;

@@ -13,12 +13,13 @@ use std::time::SystemTime;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::kv::{self, KvReport};
 use crate::servers::Rss;
 use crate::stats::Summary;
 use crate::wrk::{Errors, Point};
 
 /// Bumped when a field changes meaning, so readers of old files can tell.
-pub const SCHEMA: u32 = 2;
+pub const SCHEMA: u32 = 3;
 
 pub const MARKER_START: &str = "<!-- results:start -->";
 pub const MARKER_END: &str = "<!-- results:end -->";
@@ -55,6 +56,7 @@ pub struct Report {
     pub ratios: Vec<Ratio>,
     pub cold: Cold,
     pub memory: Memory,
+    pub kv: KvReport,
     pub targets: Vec<Target>,
 }
 
@@ -362,6 +364,8 @@ pub fn targets(report: &Report) -> Vec<Target> {
         ),
     }
 
+    kv_targets(&report.kv, &mut push);
+
     let memory = &report.memory;
     let target = "idle deployed function ≤ 100 KB resident when unloaded";
     match memory.kb_per_unloaded_function {
@@ -385,6 +389,52 @@ pub fn targets(report: &Report) -> Vec<Target> {
         }
     }
     out
+}
+
+/// Issue 4's targets for key-value operations from a guest.
+fn kv_targets(kv: &KvReport, push: &mut impl FnMut(&str, String, Option<bool>)) {
+    match kv.point(kv::UPDRAFT_GUEST, "get") {
+        Some(g) => push(
+            "kv get p50 ≤ 5 µs from a guest",
+            format!("{} (p99 {})", ns(g.p50_ns), ns(g.p99_ns)),
+            Some(g.p50_ns <= 5_000),
+        ),
+        None => push(
+            "kv get p50 ≤ 5 µs from a guest",
+            "not measured".into(),
+            None,
+        ),
+    }
+    for op in ["get", "set"] {
+        let target = format!("kv {op}: ≥ 10× lower p50 latency than Redis on loopback");
+        match (kv.point(kv::UPDRAFT_GUEST, op), kv.point(kv::REDIS, op)) {
+            (Some(ours), Some(redis)) => {
+                let ratio = redis.p50_ns as f64 / ours.p50_ns.max(1) as f64;
+                push(
+                    &target,
+                    format!("{ratio:.1}× ({} vs {})", ns(ours.p50_ns), ns(redis.p50_ns)),
+                    Some(ratio >= 10.0),
+                );
+            }
+            _ => push(&target, "not measured".into(), None),
+        }
+    }
+    match kv.point(kv::UPDRAFT_GUEST, "get-parallel") {
+        Some(p) => push(
+            "kv gets ≥ 500k ops/s on 2 cores",
+            format!(
+                "{} ops/s ({} clients)",
+                thousands(p.ops_per_s),
+                kv.parallel_clients
+            ),
+            Some(p.ops_per_s >= 500_000.0),
+        ),
+        None => push(
+            "kv gets ≥ 500k ops/s on 2 cores",
+            "not measured".into(),
+            None,
+        ),
+    }
 }
 
 /// Microseconds as a person reads them: µs below a millisecond, else ms.
@@ -583,11 +633,57 @@ pub fn markdown(report: &Report) -> String {
         mem.kb_per_in_flight_instance
     );
 
-    md.push_str("\n### Targets (issue 3)\n\n| target | measured | met? |\n| --- | --- | --- |\n");
+    kv_markdown(&mut md, &report.kv);
+
+    md.push_str(
+        "\n### Targets (issues 3 and 4)\n\n| target | measured | met? |\n| --- | --- | --- |\n",
+    );
     for t in &report.targets {
         let _ = writeln!(md, "| {} | {} | {} |", t.target, t.measured, met(t.met));
     }
     md
+}
+
+fn kv_markdown(md: &mut String, kv: &KvReport) {
+    let _ = writeln!(
+        md,
+        "\n### Key-value operations\n\n{}-byte values. **updraft-guest**: `tests/guests/kv-bench` \
+         times each `wasi:keyvalue` call inside the guest (writes are durable: fsync, group \
+         commit). **redis**: {} on loopback as it ships (no fsync), one native client per \
+         connection. `get-parallel`: {} clients at once, ops/s over the slowest one.\n",
+        kv.value_bytes, kv.redis_version, kv.parallel_clients
+    );
+    md.push_str(
+        "| op | updraft-guest p50 | p99 | ops/s | redis p50 | p99 | ops/s | redis p50 ÷ updraft p50 |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for op in ["get", "set", "increment", "get-parallel"] {
+        let (Some(ours), Some(redis)) = (kv.point(kv::UPDRAFT_GUEST, op), kv.point(kv::REDIS, op))
+        else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "| {op} | {} | {} | {} | {} | {} | {} | {:.1}× |",
+            ns(ours.p50_ns),
+            ns(ours.p99_ns),
+            thousands(ours.ops_per_s),
+            ns(redis.p50_ns),
+            ns(redis.p99_ns),
+            thousands(redis.ops_per_s),
+            redis.p50_ns as f64 / ours.p50_ns.max(1) as f64
+        );
+    }
+}
+
+/// Nanoseconds as a person reads them; small ones keep two decimals of µs.
+fn ns(value: u64) -> String {
+    let micros = value as f64 / 1_000.0;
+    if micros < 100.0 {
+        format!("{micros:.2} µs")
+    } else {
+        us(micros)
+    }
 }
 
 fn mode_name(mode: Mode) -> &'static str {

@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::kv::KvPlan;
 use crate::load::{LoadPlan, LoadTarget};
 use crate::memory::MemoryPlan;
 use crate::native::HELLO_BODY;
@@ -15,7 +16,7 @@ use crate::report::{
     self, Machine, Mode, NATIVE, Report, Setup, UPDRAFT, UPDRAFT_REUSE, WASMTIME, WASMTIME_REUSE,
 };
 use crate::servers::{self, Server};
-use crate::{cold, http, load, memory, updraft, wrk};
+use crate::{cold, http, kv, load, memory, updraft, wrk};
 
 /// What the command line asked for.
 #[derive(Debug, Clone)]
@@ -37,6 +38,7 @@ pub struct Plan {
     pub load: LoadPlan,
     pub cold_reps: usize,
     pub memory: MemoryPlan,
+    pub kv: KvPlan,
 }
 
 impl Plan {
@@ -45,6 +47,12 @@ impl Plan {
             Mode::Full => (10, 2, 3, 50, 1000, 100, 2000),
             Mode::Quick => (2, 1, 1, 5, 50, 20, 2000),
             Mode::Tiny => (1, 1, 1, 2, 5, 3, 1000),
+        };
+        // Durable writes take ~0.5 ms each here: fewer of them.
+        let (get_ops, write_ops) = match mode {
+            Mode::Full => (200_000, 5_000),
+            Mode::Quick => (50_000, 500),
+            Mode::Tiny => (200, 20),
         };
         Plan {
             load: LoadPlan {
@@ -59,6 +67,7 @@ impl Plan {
                 in_flight: m,
                 slow_ms,
             },
+            kv: KvPlan { get_ops, write_ops },
         }
     }
 }
@@ -72,6 +81,8 @@ struct Tools {
     wrk: PathBuf,
     hello: PathBuf,
     chaos: PathBuf,
+    kv_bench: PathBuf,
+    redis: PathBuf,
 }
 
 /// The target dir's profile dir (`target/release`) of this executable; a test
@@ -144,6 +155,9 @@ impl Tools {
                 )
             })?,
         };
+        let redis = servers::find_program("redis-server", &[]).ok_or_else(|| {
+            anyhow!("redis-server not found on PATH: install it: scripts/setup.sh (or apt-get install redis-server)")
+        })?;
         let guests = options
             .guests
             .clone()
@@ -156,6 +170,8 @@ impl Tools {
             wrk,
             hello: guests.join("hello-rust.wasm"),
             chaos: guests.join("http-chaos.wasm"),
+            kv_bench: guests.join("kv-bench.wasm"),
+            redis,
         })
     }
 }
@@ -173,7 +189,7 @@ pub fn run(options: &Options) -> Result<Report> {
         .tempdir()
         .context("cannot create a scratch dir")?;
     match phases(&tools, &plan, scratch.path(), &hello, &chaos) {
-        Ok((throughput, cold, memory)) => {
+        Ok((throughput, cold, memory, kv)) => {
             let mut report = Report {
                 schema: report::SCHEMA,
                 mode: options.mode,
@@ -199,6 +215,7 @@ pub fn run(options: &Options) -> Result<Report> {
                 throughput,
                 cold,
                 memory,
+                kv,
                 targets: Vec::new(),
             };
             report.targets = report::targets(&report);
@@ -228,7 +245,12 @@ fn wrk_version(wrk: &Path) -> String {
 /// Requests per instance in both reuse modes, Updraft's and the peer's.
 const REUSE_COUNT: u32 = 1_000_000;
 
-type Phases = (Vec<report::LoadResult>, report::Cold, report::Memory);
+type Phases = (
+    Vec<report::LoadResult>,
+    report::Cold,
+    report::Memory,
+    kv::KvReport,
+);
 
 fn phases(
     tools: &Tools,
@@ -323,7 +345,14 @@ fn phases(
         chaos,
         &plan.memory,
     )?;
-    Ok((throughput, cold, memory))
+
+    eprintln!(
+        "==> key-value: {} gets, {} writes, from a guest and against redis",
+        plan.kv.get_ops, plan.kv.write_ops
+    );
+    let kv_bench = updraft::read_guest(&tools.kv_bench)?;
+    let kv = kv::measure(&tools.updraft, &tools.redis, scratch, &kv_bench, &plan.kv)?;
+    Ok((throughput, cold, memory, kv))
 }
 
 fn start_native(tools: &Tools, scratch: &Path) -> Result<Server> {

@@ -205,6 +205,50 @@ pub fn start_probed(
     }
 }
 
+/// Starts `command` (a server that is not HTTP) and waits until `ready`
+/// succeeds; the endpoint is not used for such servers.
+pub fn start_checked(
+    name: &str,
+    mut command: Command,
+    log: PathBuf,
+    ready: impl Fn() -> Result<()>,
+) -> Result<Server> {
+    let output = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(output.try_clone()?)
+        .stderr(output)
+        .spawn()
+        .with_context(|| format!("cannot start {name} ({command:?})"))?;
+    let mut server = Server {
+        name: name.to_string(),
+        endpoint: Endpoint::parse("http://127.0.0.1:0")?,
+        child: Some(child),
+        log,
+    };
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if ready().is_ok() {
+            return Ok(server);
+        }
+        if let Some(child) = server.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            bail!(
+                "{name} exited ({status}) before it was ready; see {}",
+                server.log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{name} was not ready within {START_TIMEOUT:?}; see {}",
+                server.log.display()
+            );
+        }
+        std::thread::sleep(PROBE_INTERVAL);
+    }
+}
+
 /// Resident memory of a process, from `/proc/PID/status`, in KiB.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct Rss {

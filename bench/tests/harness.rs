@@ -58,6 +58,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
         "ratios",
         "cold",
         "memory",
+        "kv",
         "targets",
     ] {
         assert!(json.get(section).is_some(), "no {section} in {text}");
@@ -137,7 +138,20 @@ fn tiny_run_writes_complete_json_and_markdown() {
     );
     assert_eq!(memory.rss_unloaded.is_some(), cold.after_unload.is_some());
 
-    assert_eq!(report.targets.len(), 10);
+    // Key-value: three single-client ops and the parallel gets, for both systems.
+    let kv = &report.kv;
+    assert_eq!(kv.points.len(), 8, "{kv:?}");
+    for point in &kv.points {
+        assert!(point.ops > 0 && point.ops_per_s > 0.0, "{point:?}");
+        assert!(
+            point.p50_ns > 0 && point.p99_ns >= point.p50_ns,
+            "{point:?}"
+        );
+    }
+    assert!(kv.point("updraft-guest", "get-parallel").is_some());
+    assert!(kv.point("redis", "increment").is_some());
+
+    assert_eq!(report.targets.len(), 14);
     assert!(
         report
             .targets
@@ -154,7 +168,9 @@ fn tiny_run_writes_complete_json_and_markdown() {
     );
     assert!(md.ends_with(&format!("{MARKER_END}\nmore prose\n")), "{md}");
     assert!(
-        !md.contains("old results") && md.contains("### Targets (issue 3)"),
+        !md.contains("old results")
+            && md.contains("### Key-value operations")
+            && md.contains("### Targets (issues 3 and 4)"),
         "{md}"
     );
 }

@@ -192,9 +192,14 @@ impl Guest {
         };
         // Rust guests may generate bindings from the WIT the platform
         // implements (wit-bindgen reads it at build time).
-        let platform_wit = self.dir.join(PLATFORM_WIT);
-        if matches!(self.lang, Lang::Rust { .. }) && platform_wit.is_dir() {
-            walk(&platform_wit, &mut files)?;
+        if matches!(self.lang, Lang::Rust { .. }) {
+            let platform_wit = PLATFORM_WIT
+                .iter()
+                .map(|p| self.dir.join(p))
+                .find(|p| p.is_dir());
+            if let Some(platform_wit) = platform_wit {
+                walk(&platform_wit, &mut files)?;
+            }
         }
         files.sort();
         Ok(files)
@@ -221,8 +226,11 @@ impl Guest {
     }
 }
 
-/// The platform's WIT, seen from an example's folder (`examples/X`).
-const PLATFORM_WIT: &str = "../../crates/updraft-sandbox/wit";
+/// The platform's WIT, seen from a guest's folder (`examples/X`, `tests/guests/X`).
+const PLATFORM_WIT: [&str; 2] = [
+    "../../crates/updraft-sandbox/wit",
+    "../../../crates/updraft-sandbox/wit",
+];
 
 /// Where things go; every path is absolute.
 struct Layout {

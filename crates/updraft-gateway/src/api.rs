@@ -181,10 +181,13 @@ pub(crate) struct DeployQuery {
     route: Option<String>,
     kind: Option<String>,
     instance_reuse_max: Option<u32>,
+    /// Comma-separated store names.
+    key_value_stores: Option<String>,
 }
 
 /// `PUT /v1/functions/{name}`: multipart with `manifest` (TOML) and `wasm`
-/// parts, or a raw `application/wasm` body with `?route=&kind=&instance_reuse_max=`.
+/// parts, or a raw `application/wasm` body with
+/// `?route=&kind=&instance_reuse_max=&key_value_stores=a,b`.
 pub(crate) async fn deploy(
     State(platform): Shared,
     Path(name): Path<String>,
@@ -217,6 +220,10 @@ pub(crate) async fn deploy(
             route: query.route,
             kind,
             instance_reuse_max: query.instance_reuse_max,
+            key_value_stores: query
+                .key_value_stores
+                .map(|stores| stores.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
             ..Manifest::default()
         };
         (manifest, wasm)

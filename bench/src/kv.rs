@@ -1,0 +1,292 @@
+//! Key-value latency and throughput (issue 4): `get`, `set` and `increment`
+//! issued from inside a guest (`tests/guests/kv-bench`, which times each
+//! operation with the monotonic clock), side by side with the same access
+//! pattern from a native client to `redis-server` on loopback.
+//!
+//! Redis runs as it ships (no fsync per write: `appendonly no`, no
+//! snapshots); Updraft's writes are durable (fsync, group commit) when
+//! acknowledged, which the table says next to the numbers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::http::{self, Request};
+use crate::servers::{self, Server};
+use crate::updraft;
+
+/// How long one timed batch may take (sets are durable: ~0.5 ms each here).
+const BATCH_TIMEOUT: Duration = Duration::from_secs(600);
+/// Value size of every operation, in bytes.
+pub const VALUE_BYTES: usize = 16;
+/// Concurrent clients for the throughput point (one per core here).
+pub const PARALLEL_CLIENTS: usize = 2;
+
+/// How many operations each measurement times.
+#[derive(Debug, Clone)]
+pub struct KvPlan {
+    pub get_ops: usize,
+    pub write_ops: usize,
+}
+
+/// Who issued the operations.
+pub const UPDRAFT_GUEST: &str = "updraft-guest";
+pub const REDIS: &str = "redis";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KvPoint {
+    /// `updraft-guest` or `redis`.
+    pub system: String,
+    /// `get`, `set`, `increment`, or `get-parallel`.
+    pub op: String,
+    pub ops: usize,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub ops_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KvReport {
+    pub value_bytes: usize,
+    pub parallel_clients: usize,
+    pub redis_version: String,
+    pub points: Vec<KvPoint>,
+}
+
+impl KvReport {
+    pub fn point(&self, system: &str, op: &str) -> Option<&KvPoint> {
+        self.points
+            .iter()
+            .find(|p| p.system == system && p.op == op)
+    }
+}
+
+/// What the guest answers for one batch.
+#[derive(Deserialize)]
+struct GuestBatch {
+    n: usize,
+    total_ns: u64,
+    p50_ns: u64,
+    p99_ns: u64,
+}
+
+pub fn measure(
+    updraft_bin: &Path,
+    redis_bin: &Path,
+    scratch: &Path,
+    kv_bench: &[u8],
+    plan: &KvPlan,
+) -> Result<KvReport> {
+    let mut points = Vec::new();
+
+    let server = updraft::start(
+        updraft_bin,
+        &scratch.join("kv-data"),
+        "127.0.0.1:0",
+        scratch,
+    )?
+    .server;
+    updraft::deploy_with(
+        server.endpoint,
+        "kvb",
+        "route=/kvb&key_value_stores=bench",
+        kv_bench,
+    )?;
+    for (op, n) in [
+        ("get", plan.get_ops),
+        ("set", plan.write_ops),
+        ("increment", plan.write_ops),
+    ] {
+        let batch = guest_batch(&server, op, n)?;
+        points.push(KvPoint {
+            system: UPDRAFT_GUEST.into(),
+            op: op.into(),
+            ops: batch.n,
+            p50_ns: batch.p50_ns,
+            p99_ns: batch.p99_ns,
+            ops_per_s: per_second(batch.n, batch.total_ns),
+        });
+    }
+    let batches = parallel(|| guest_batch(&server, "get", plan.get_ops))?;
+    points.push(combine(
+        UPDRAFT_GUEST,
+        &batches
+            .iter()
+            .map(|b| (b.n, b.total_ns, b.p50_ns, b.p99_ns))
+            .collect::<Vec<_>>(),
+    ));
+    server.stop()?;
+
+    let (redis, addr) = start_redis(redis_bin, scratch)?;
+    let redis_version = servers::version_of(redis_bin);
+    for (op, n) in [
+        ("get", plan.get_ops),
+        ("set", plan.write_ops),
+        ("increment", plan.write_ops),
+    ] {
+        let batch = redis_batch(addr, op, n)?;
+        points.push(KvPoint {
+            system: REDIS.into(),
+            op: op.into(),
+            ops: batch.0,
+            p50_ns: batch.2,
+            p99_ns: batch.3,
+            ops_per_s: per_second(batch.0, batch.1),
+        });
+    }
+    let batches = parallel(|| redis_batch(addr, "get", plan.get_ops))?;
+    points.push(combine(REDIS, &batches));
+    redis.stop()?;
+
+    Ok(KvReport {
+        value_bytes: VALUE_BYTES,
+        parallel_clients: PARALLEL_CLIENTS,
+        redis_version,
+        points,
+    })
+}
+
+fn per_second(n: usize, total_ns: u64) -> f64 {
+    if total_ns == 0 {
+        0.0
+    } else {
+        n as f64 * 1e9 / total_ns as f64
+    }
+}
+
+/// The throughput point: all clients' operations over the slowest client's time.
+fn combine(system: &str, batches: &[(usize, u64, u64, u64)]) -> KvPoint {
+    let ops: usize = batches.iter().map(|b| b.0).sum();
+    let slowest = batches.iter().map(|b| b.1).max().unwrap_or(0);
+    let worst = |f: fn(&(usize, u64, u64, u64)) -> u64| batches.iter().map(f).max().unwrap_or(0);
+    KvPoint {
+        system: system.into(),
+        op: "get-parallel".into(),
+        ops,
+        p50_ns: worst(|b| b.2),
+        p99_ns: worst(|b| b.3),
+        ops_per_s: per_second(ops, slowest),
+    }
+}
+
+fn parallel<T: Send>(f: impl Fn() -> Result<T> + Sync) -> Result<Vec<T>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..PARALLEL_CLIENTS).map(|_| scope.spawn(&f)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a benchmark client panicked"))?
+            })
+            .collect()
+    })
+}
+
+fn guest_batch(server: &Server, op: &str, n: usize) -> Result<GuestBatch> {
+    let path = format!("/kvb?op={op}&n={n}&size={VALUE_BYTES}");
+    let response = http::send(server.endpoint, &Request::get(&path), BATCH_TIMEOUT)?;
+    if response.status != 200 {
+        bail!(
+            "kv-bench {op} answered {}: {}",
+            response.status,
+            response.text()
+        );
+    }
+    serde_json::from_slice(&response.body)
+        .with_context(|| format!("kv-bench {op} answered {:?}", response.text()))
+}
+
+fn start_redis(redis_bin: &Path, scratch: &Path) -> Result<(Server, SocketAddr)> {
+    let port = servers::free_port()?;
+    let mut command = Command::new(redis_bin);
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .current_dir(scratch);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let server = servers::start_checked(REDIS, command, scratch.join("redis.log"), || {
+        Resp::connect(addr).and_then(|mut c| c.command(&[b"PING"]).map(drop))
+    })?;
+    Ok((server, addr))
+}
+
+/// (ops, total_ns, p50_ns, p99_ns) of `n` operations on one connection.
+fn redis_batch(addr: SocketAddr, op: &str, n: usize) -> Result<(usize, u64, u64, u64)> {
+    let mut client = Resp::connect(addr)?;
+    let value = vec![b'v'; VALUE_BYTES];
+    if op == "get" {
+        client.command(&[b"SET", b"bench-key", &value])?;
+    }
+    let mut times = Vec::with_capacity(n);
+    let started = Instant::now();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        match op {
+            "get" => client.command(&[b"GET", b"bench-key"])?,
+            "set" => client.command(&[b"SET", b"bench-key", &value])?,
+            _ => client.command(&[b"INCR", b"bench-counter"])?,
+        };
+        times.push(t0.elapsed().as_nanos() as u64);
+    }
+    let total = started.elapsed().as_nanos() as u64;
+    times.sort_unstable();
+    let at = |q: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    Ok((n, total, at(0.5), at(0.99)))
+}
+
+/// The smallest Redis client that times well: one blocking connection,
+/// requests in RESP, replies read to their end (simple, error, integer or
+/// bulk; no arrays are needed here).
+struct Resp {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Resp {
+    fn connect(addr: SocketAddr) -> Result<Resp> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(BATCH_TIMEOUT))?;
+        Ok(Resp {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+            buf: Vec::new(),
+        })
+    }
+
+    fn command(&mut self, args: &[&[u8]]) -> Result<()> {
+        self.buf.clear();
+        write!(self.buf, "*{}\r\n", args.len())?;
+        for arg in args {
+            write!(self.buf, "${}\r\n", arg.len())?;
+            self.buf.extend_from_slice(arg);
+            self.buf.extend_from_slice(b"\r\n");
+        }
+        self.writer.write_all(&self.buf)?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        match line.as_bytes().first() {
+            Some(b'+' | b':') => Ok(()),
+            Some(b'$') => {
+                let len: i64 = line[1..].trim().parse().context("bad bulk length")?;
+                if len >= 0 {
+                    let mut body = vec![0; len as usize + 2];
+                    self.reader.read_exact(&mut body)?;
+                }
+                Ok(())
+            }
+            _ => bail!("redis answered {line:?}"),
+        }
+    }
+}
