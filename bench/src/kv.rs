@@ -3,9 +3,9 @@
 //! operation with the monotonic clock), side by side with the same access
 //! pattern from a native client to `redis-server` on loopback.
 //!
-//! Redis runs as it ships (no fsync per write: `appendonly no`, no
-//! snapshots); Updraft's writes are durable (fsync, group commit) when
-//! acknowledged, which the table says next to the numbers.
+//! Redis runs twice: as it ships (`redis`: no fsync, no snapshots) and with
+//! every write synced (`redis-fsync`: `appendfsync always`), since Updraft's
+//! writes are durable (fsync, group commit) when acknowledged.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -37,6 +37,8 @@ pub struct KvPlan {
 /// Who issued the operations.
 pub const UPDRAFT_GUEST: &str = "updraft-guest";
 pub const REDIS: &str = "redis";
+/// Redis with `appendonly yes`, `appendfsync always`: durable writes, like Updraft's.
+pub const REDIS_FSYNC: &str = "redis-fsync";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KvPoint {
@@ -66,13 +68,26 @@ impl KvReport {
     }
 }
 
-/// What the guest answers for one batch.
+/// One client's timed batch (what the guest answers as JSON).
 #[derive(Deserialize)]
-struct GuestBatch {
+struct Batch {
     n: usize,
     total_ns: u64,
     p50_ns: u64,
     p99_ns: u64,
+}
+
+impl Batch {
+    fn point(&self, system: &str, op: &str) -> KvPoint {
+        KvPoint {
+            system: system.into(),
+            op: op.into(),
+            ops: self.n,
+            p50_ns: self.p50_ns,
+            p99_ns: self.p99_ns,
+            ops_per_s: per_second(self.n, self.total_ns),
+        }
+    }
 }
 
 pub fn measure(
@@ -97,50 +112,40 @@ pub fn measure(
         "route=/kvb&key_value_stores=bench",
         kv_bench,
     )?;
-    for (op, n) in [
+    let ops = [
         ("get", plan.get_ops),
         ("set", plan.write_ops),
         ("increment", plan.write_ops),
-    ] {
-        let batch = guest_batch(&server, op, n)?;
-        points.push(KvPoint {
-            system: UPDRAFT_GUEST.into(),
-            op: op.into(),
-            ops: batch.n,
-            p50_ns: batch.p50_ns,
-            p99_ns: batch.p99_ns,
-            ops_per_s: per_second(batch.n, batch.total_ns),
-        });
+    ];
+    for (op, n) in ops {
+        guest_batch(&server, op, warmup(n))?;
+        points.push(guest_batch(&server, op, n)?.point(UPDRAFT_GUEST, op));
     }
     let batches = parallel(|| guest_batch(&server, "get", plan.get_ops))?;
-    points.push(combine(
-        UPDRAFT_GUEST,
-        &batches
-            .iter()
-            .map(|b| (b.n, b.total_ns, b.p50_ns, b.p99_ns))
-            .collect::<Vec<_>>(),
-    ));
+    points.push(combine(UPDRAFT_GUEST, &batches));
     server.stop()?;
 
-    let (redis, addr) = start_redis(redis_bin, scratch)?;
-    let redis_version = servers::version_of(redis_bin);
-    for (op, n) in [
-        ("get", plan.get_ops),
-        ("set", plan.write_ops),
-        ("increment", plan.write_ops),
-    ] {
-        let batch = redis_batch(addr, op, n)?;
-        points.push(KvPoint {
-            system: REDIS.into(),
-            op: op.into(),
-            ops: batch.0,
-            p50_ns: batch.2,
-            p99_ns: batch.3,
-            ops_per_s: per_second(batch.0, batch.1),
-        });
+    let (redis, addr) = start_redis(redis_bin, scratch, false)?;
+    // "Redis server v=7.0.15 sha=… malloc=…": the version is enough.
+    let redis_version = servers::version_of(redis_bin)
+        .split(" sha=")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    for (op, n) in ops {
+        redis_batch(addr, op, warmup(n))?;
+        points.push(redis_batch(addr, op, n)?.point(REDIS, op));
     }
     let batches = parallel(|| redis_batch(addr, "get", plan.get_ops))?;
     points.push(combine(REDIS, &batches));
+    redis.stop()?;
+
+    // The same writes when Redis, too, syncs each one to disk.
+    let (redis, addr) = start_redis(redis_bin, scratch, true)?;
+    for (op, n) in &ops[1..] {
+        redis_batch(addr, op, warmup(*n))?;
+        points.push(redis_batch(addr, op, *n)?.point(REDIS_FSYNC, op));
+    }
     redis.stop()?;
 
     Ok(KvReport {
@@ -151,6 +156,11 @@ pub fn measure(
     })
 }
 
+/// An untimed batch first, so both systems start warm (caches, CPU clocks).
+fn warmup(n: usize) -> usize {
+    (n / 10).max(1)
+}
+
 fn per_second(n: usize, total_ns: u64) -> f64 {
     if total_ns == 0 {
         0.0
@@ -159,17 +169,17 @@ fn per_second(n: usize, total_ns: u64) -> f64 {
     }
 }
 
-/// The throughput point: all clients' operations over the slowest client's time.
-fn combine(system: &str, batches: &[(usize, u64, u64, u64)]) -> KvPoint {
-    let ops: usize = batches.iter().map(|b| b.0).sum();
-    let slowest = batches.iter().map(|b| b.1).max().unwrap_or(0);
-    let worst = |f: fn(&(usize, u64, u64, u64)) -> u64| batches.iter().map(f).max().unwrap_or(0);
+/// The throughput point: all clients' operations over the slowest client's
+/// time; the latencies are the worst client's.
+fn combine(system: &str, batches: &[Batch]) -> KvPoint {
+    let ops = batches.iter().map(|b| b.n).sum();
+    let slowest = batches.iter().map(|b| b.total_ns).max().unwrap_or(0);
     KvPoint {
         system: system.into(),
         op: "get-parallel".into(),
         ops,
-        p50_ns: worst(|b| b.2),
-        p99_ns: worst(|b| b.3),
+        p50_ns: batches.iter().map(|b| b.p50_ns).max().unwrap_or(0),
+        p99_ns: batches.iter().map(|b| b.p99_ns).max().unwrap_or(0),
         ops_per_s: per_second(ops, slowest),
     }
 }
@@ -187,7 +197,7 @@ fn parallel<T: Send>(f: impl Fn() -> Result<T> + Sync) -> Result<Vec<T>> {
     })
 }
 
-fn guest_batch(server: &Server, op: &str, n: usize) -> Result<GuestBatch> {
+fn guest_batch(server: &Server, op: &str, n: usize) -> Result<Batch> {
     let path = format!("/kvb?op={op}&n={n}&size={VALUE_BYTES}");
     let response = http::send(server.endpoint, &Request::get(&path), BATCH_TIMEOUT)?;
     if response.status != 200 {
@@ -201,22 +211,31 @@ fn guest_batch(server: &Server, op: &str, n: usize) -> Result<GuestBatch> {
         .with_context(|| format!("kv-bench {op} answered {:?}", response.text()))
 }
 
-fn start_redis(redis_bin: &Path, scratch: &Path) -> Result<(Server, SocketAddr)> {
+/// Redis as it ships (no fsync), or with every write synced (`fsync`).
+fn start_redis(redis_bin: &Path, scratch: &Path, fsync: bool) -> Result<(Server, SocketAddr)> {
     let port = servers::free_port()?;
+    let dir = scratch.join(if fsync { "redis-fsync" } else { "redis" });
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut command = Command::new(redis_bin);
     command
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-        .current_dir(scratch);
+        .args(["--save", "", "--daemonize", "no"])
+        .current_dir(&dir);
+    if fsync {
+        command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+    } else {
+        command.args(["--appendonly", "no"]);
+    }
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let server = servers::start_checked(REDIS, command, scratch.join("redis.log"), || {
+    let log = dir.join("redis.log");
+    let server = servers::start_checked(REDIS, command, log, || {
         Resp::connect(addr).and_then(|mut c| c.command(&[b"PING"]).map(drop))
     })?;
     Ok((server, addr))
 }
 
-/// (ops, total_ns, p50_ns, p99_ns) of `n` operations on one connection.
-fn redis_batch(addr: SocketAddr, op: &str, n: usize) -> Result<(usize, u64, u64, u64)> {
+/// `n` operations on one connection, each timed.
+fn redis_batch(addr: SocketAddr, op: &str, n: usize) -> Result<Batch> {
     let mut client = Resp::connect(addr)?;
     let value = vec![b'v'; VALUE_BYTES];
     if op == "get" {
@@ -241,7 +260,12 @@ fn redis_batch(addr: SocketAddr, op: &str, n: usize) -> Result<(usize, u64, u64,
             .copied()
             .unwrap_or(0)
     };
-    Ok((n, total, at(0.5), at(0.99)))
+    Ok(Batch {
+        n,
+        total_ns: total,
+        p50_ns: at(0.5),
+        p99_ns: at(0.99),
+    })
 }
 
 /// The smallest Redis client that times well: one blocking connection,

@@ -674,6 +674,30 @@ fn kv_markdown(md: &mut String, kv: &KvReport) {
             redis.p50_ns as f64 / ours.p50_ns.max(1) as f64
         );
     }
+    md.push_str(
+        "\nDurable writes on both sides (`redis-fsync`: `appendonly yes`, `appendfsync always`):\n\n\
+         | op | updraft-guest p50 | p99 | ops/s | redis-fsync p50 | p99 | ops/s | redis-fsync p50 ÷ updraft p50 |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for op in ["set", "increment"] {
+        let (Some(ours), Some(redis)) = (
+            kv.point(kv::UPDRAFT_GUEST, op),
+            kv.point(kv::REDIS_FSYNC, op),
+        ) else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "| {op} | {} | {} | {} | {} | {} | {} | {:.1}× |",
+            ns(ours.p50_ns),
+            ns(ours.p99_ns),
+            thousands(ours.ops_per_s),
+            ns(redis.p50_ns),
+            ns(redis.p99_ns),
+            thousands(redis.ops_per_s),
+            redis.p50_ns as f64 / ours.p50_ns.max(1) as f64
+        );
+    }
 }
 
 /// Nanoseconds as a person reads them; small ones keep two decimals of µs.

@@ -1,16 +1,20 @@
 //! The embedded key-value backend: one redb database, `kv.redb`, in the data
-//! dir. Reads run a read transaction on the caller's thread. Writes go to one
+//! dir. Reads run on the caller's thread against a shared read snapshot,
+//! renewed after each commit (opening a read transaction per get serializes
+//! readers on redb's transaction tracker). Writes go to one
 //! writer thread that commits everything queued so far in one transaction
 //! (group commit): one fsync serves every write in the batch, and each caller
 //! is answered only after that commit, so an acknowledged write survives a
 //! crash.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use async_trait::async_trait;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use redb::{
+    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, TableDefinition,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -33,6 +37,17 @@ pub struct EmbeddedKv {
     writer: Option<std::thread::JoinHandle<()>>,
     /// Set when a commit failed: later writes are refused, not guessed at.
     poisoned: Arc<AtomicBool>,
+    /// Commits so far; a snapshot older than this is renewed before a read.
+    generation: Arc<AtomicU64>,
+    snapshot: RwLock<Option<Snapshot>>,
+}
+
+type KvReadTable = ReadOnlyTable<(&'static str, &'static str, &'static str), &'static [u8]>;
+
+/// A read view of the table as of commit `generation`.
+struct Snapshot {
+    generation: u64,
+    table: Arc<KvReadTable>,
 }
 
 enum Op {
@@ -78,15 +93,19 @@ impl EmbeddedKv {
         let (writes, queue) = mpsc::channel(WRITE_QUEUE_MAX);
         let writer_db = db.clone();
         let writer_poisoned = poisoned.clone();
+        let generation = Arc::new(AtomicU64::new(0));
+        let writer_generation = generation.clone();
         let writer = std::thread::Builder::new()
             .name("updraft-kv-writer".into())
-            .spawn(move || write_loop(&writer_db, queue, &writer_poisoned))
+            .spawn(move || write_loop(&writer_db, queue, &writer_poisoned, &writer_generation))
             .map_err(storage)?;
         Ok(EmbeddedKv {
             db,
             writes: Some(writes),
             writer: Some(writer),
             poisoned,
+            generation,
+            snapshot: RwLock::new(None),
         })
     }
 
@@ -108,13 +127,35 @@ impl EmbeddedKv {
         done.await.map_err(|_| stopped())?
     }
 
-    fn read<T>(
-        &self,
-        f: impl FnOnce(&redb::ReadOnlyTable<(&str, &str, &str), &[u8]>) -> Result<T, KvError>,
-    ) -> Result<T, KvError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(KV).map_err(storage)?;
+    fn read<T>(&self, f: impl FnOnce(&KvReadTable) -> Result<T, KvError>) -> Result<T, KvError> {
+        let table = self.current_snapshot()?;
         f(&table)
+    }
+
+    /// The snapshot of the latest commit: shared while no write commits.
+    /// The writer bumps `generation` after a commit and before answering, so
+    /// a read that starts after an acknowledged write sees it.
+    fn current_snapshot(&self) -> Result<Arc<KvReadTable>, KvError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(snapshot) = self
+            .snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|s| s.generation == generation)
+        {
+            return Ok(snapshot.table.clone());
+        }
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = Arc::new(txn.open_table(KV).map_err(storage)?);
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Snapshot {
+            generation,
+            table: table.clone(),
+        });
+        Ok(table)
     }
 }
 
@@ -264,7 +305,12 @@ impl KvStore for EmbeddedKv {
 }
 
 /// The writer thread: drains the queue into one transaction per round.
-fn write_loop(db: &Database, mut queue: mpsc::Receiver<Write>, poisoned: &AtomicBool) {
+fn write_loop(
+    db: &Database,
+    mut queue: mpsc::Receiver<Write>,
+    poisoned: &AtomicBool,
+    generation: &AtomicU64,
+) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_OPS_MAX {
@@ -275,6 +321,7 @@ fn write_loop(db: &Database, mut queue: mpsc::Receiver<Write>, poisoned: &Atomic
         }
         match commit(db, &batch) {
             Ok(results) => {
+                generation.fetch_add(1, Ordering::Release);
                 for (write, result) in batch.into_iter().zip(results) {
                     let _ = write.reply.send(result);
                 }
