@@ -228,7 +228,8 @@ fn start_redis(redis_bin: &Path, scratch: &Path, fsync: bool) -> Result<(Server,
     }
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let log = dir.join("redis.log");
-    let server = servers::start_checked(REDIS, command, log, || {
+    let endpoint = http::Endpoint::parse(&format!("http://{addr}"))?;
+    let server = servers::start_checked(REDIS, command, endpoint, log, || {
         Resp::connect(addr).and_then(|mut c| c.command(&[b"PING"]).map(drop))
     })?;
     Ok((server, addr))

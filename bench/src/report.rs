@@ -653,12 +653,27 @@ fn kv_markdown(md: &mut String, kv: &KvReport) {
          connection. `get-parallel`: {} clients at once, ops/s over the slowest one.\n",
         kv.value_bytes, kv.redis_version, kv.parallel_clients
     );
-    md.push_str(
-        "| op | updraft-guest p50 | p99 | ops/s | redis p50 | p99 | ops/s | redis p50 ÷ updraft p50 |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    kv_table(
+        md,
+        kv,
+        kv::REDIS,
+        &["get", "set", "increment", "get-parallel"],
     );
-    for op in ["get", "set", "increment", "get-parallel"] {
-        let (Some(ours), Some(redis)) = (kv.point(kv::UPDRAFT_GUEST, op), kv.point(kv::REDIS, op))
+    md.push_str(
+        "\nDurable writes on both sides (`redis-fsync`: `appendonly yes`, `appendfsync always`):\n\n",
+    );
+    kv_table(md, kv, kv::REDIS_FSYNC, &["set", "increment"]);
+}
+
+/// Updraft's guest against `peer`, one row per op both measured.
+fn kv_table(md: &mut String, kv: &KvReport, peer: &str, ops: &[&str]) {
+    let _ = writeln!(
+        md,
+        "| op | updraft-guest p50 | p99 | ops/s | {peer} p50 | p99 | ops/s | {peer} p50 ÷ updraft p50 |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for op in ops {
+        let (Some(ours), Some(theirs)) = (kv.point(kv::UPDRAFT_GUEST, op), kv.point(peer, op))
         else {
             continue;
         };
@@ -668,34 +683,10 @@ fn kv_markdown(md: &mut String, kv: &KvReport) {
             ns(ours.p50_ns),
             ns(ours.p99_ns),
             thousands(ours.ops_per_s),
-            ns(redis.p50_ns),
-            ns(redis.p99_ns),
-            thousands(redis.ops_per_s),
-            redis.p50_ns as f64 / ours.p50_ns.max(1) as f64
-        );
-    }
-    md.push_str(
-        "\nDurable writes on both sides (`redis-fsync`: `appendonly yes`, `appendfsync always`):\n\n\
-         | op | updraft-guest p50 | p99 | ops/s | redis-fsync p50 | p99 | ops/s | redis-fsync p50 ÷ updraft p50 |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-    );
-    for op in ["set", "increment"] {
-        let (Some(ours), Some(redis)) = (
-            kv.point(kv::UPDRAFT_GUEST, op),
-            kv.point(kv::REDIS_FSYNC, op),
-        ) else {
-            continue;
-        };
-        let _ = writeln!(
-            md,
-            "| {op} | {} | {} | {} | {} | {} | {} | {:.1}× |",
-            ns(ours.p50_ns),
-            ns(ours.p99_ns),
-            thousands(ours.ops_per_s),
-            ns(redis.p50_ns),
-            ns(redis.p99_ns),
-            thousands(redis.ops_per_s),
-            redis.p50_ns as f64 / ours.p50_ns.max(1) as f64
+            ns(theirs.p50_ns),
+            ns(theirs.p99_ns),
+            thousands(theirs.ops_per_s),
+            theirs.p50_ns as f64 / ours.p50_ns.max(1) as f64
         );
     }
 }

@@ -162,54 +162,27 @@ pub fn start_announced(name: &str, mut command: Command, log: PathBuf) -> Result
 /// answers 200.
 pub fn start_probed(
     name: &str,
-    mut command: Command,
+    command: Command,
     endpoint: Endpoint,
     probe_path: &str,
     log: PathBuf,
 ) -> Result<Server> {
-    let stderr = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(stderr.try_clone()?)
-        .stderr(stderr)
-        .spawn()
-        .with_context(|| format!("cannot start {name} ({command:?})"))?;
-    let mut server = Server {
-        name: name.to_string(),
-        endpoint,
-        child: Some(child),
-        log,
-    };
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(response) = http::send(endpoint, &Request::get(probe_path), START_TIMEOUT)
-            && response.status == 200
-        {
-            return Ok(server);
+    start_checked(name, command, endpoint, log, || {
+        let response = http::send(endpoint, &Request::get(probe_path), START_TIMEOUT)?;
+        if response.status == 200 {
+            Ok(())
+        } else {
+            bail!("GET {probe_path} answered {}", response.status)
         }
-        if let Some(child) = server.child.as_mut()
-            && let Some(status) = child.try_wait()?
-        {
-            bail!(
-                "{name} exited ({status}) before answering; see {}",
-                server.log.display()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{name} did not answer GET {probe_path} within {START_TIMEOUT:?}; see {}",
-                server.log.display()
-            );
-        }
-        std::thread::sleep(PROBE_INTERVAL);
-    }
+    })
 }
 
-/// Starts `command` (a server that is not HTTP) and waits until `ready`
-/// succeeds; the endpoint is not used for such servers.
+/// Starts `command` and waits until `ready` succeeds (a server that is not
+/// HTTP passes an endpoint it does not use).
 pub fn start_checked(
     name: &str,
     mut command: Command,
+    endpoint: Endpoint,
     log: PathBuf,
     ready: impl Fn() -> Result<()>,
 ) -> Result<Server> {
@@ -222,7 +195,7 @@ pub fn start_checked(
         .with_context(|| format!("cannot start {name} ({command:?})"))?;
     let mut server = Server {
         name: name.to_string(),
-        endpoint: Endpoint::parse("http://127.0.0.1:0")?,
+        endpoint,
         child: Some(child),
         log,
     };

@@ -72,7 +72,6 @@ impl From<PlatformError> for ApiError {
                 KvError::ValueTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "value_too_large"),
                 KvError::BatchTooLarge { .. } => (S::BAD_REQUEST, "batch_too_large"),
                 KvError::BadCursor { .. } => (S::BAD_REQUEST, "invalid_cursor"),
-                KvError::BadStoreName(_) => (S::BAD_REQUEST, "invalid_store"),
                 KvError::NotAnInteger { .. } => (S::CONFLICT, "not_an_integer"),
                 KvError::Overflow { .. } => (S::CONFLICT, "overflow"),
                 _ => (S::INTERNAL_SERVER_ERROR, "storage"),

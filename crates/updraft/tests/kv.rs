@@ -12,6 +12,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::*;
 use serde_json::Value;
 
+/// Deploys the counter example as `name`, routed at `/name`, with `stores`.
+fn deploy_counter(server: &Server, name: &str, stores: &[&str]) {
+    let stores: Vec<String> = stores.iter().map(|s| format!("{s:?}")).collect();
+    server.deploy_guest(
+        name,
+        "counter-rust",
+        &format!(
+            "route = \"/{name}\"\nkey_value_stores = [{}]",
+            stores.join(", ")
+        ),
+    );
+}
+
 async fn get_text(url: String) -> (u16, String) {
     let response = client().get(url).send().await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
@@ -21,11 +34,7 @@ async fn get_text(url: String) -> (u16, String) {
 async fn a_thousand_concurrent_increments_leave_a_thousand() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    server.deploy_guest(
-        "counter",
-        "counter-rust",
-        "route = \"/counter\"\nkey_value_stores = [\"default\"]",
-    );
+    deploy_counter(&server, "counter", &["default"]);
     let tasks: Vec<_> = (0..1000)
         .map(|_| tokio::spawn(get_text(server.url("/counter"))))
         .collect();
@@ -44,11 +53,7 @@ async fn a_thousand_concurrent_increments_leave_a_thousand() {
 async fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    server.deploy_guest(
-        "counter",
-        "counter-rust",
-        "route = \"/counter\"\nkey_value_stores = [\"default\"]",
-    );
+    deploy_counter(&server, "counter", &["default"]);
     // Writers keep going until the server dies under them.
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4)
@@ -100,17 +105,9 @@ async fn acknowledged_writes_survive_sigkill() {
 async fn functions_open_only_the_stores_they_list() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    server.deploy_guest(
-        "public",
-        "counter-rust",
-        "route = \"/public\"\nkey_value_stores = [\"default\"]",
-    );
-    server.deploy_guest(
-        "private",
-        "counter-rust",
-        "route = \"/private\"\nkey_value_stores = [\"secret\"]",
-    );
-    server.deploy_guest("none", "counter-rust", "route = \"/none\"");
+    deploy_counter(&server, "public", &["default"]);
+    deploy_counter(&server, "private", &["secret"]);
+    deploy_counter(&server, "none", &[]);
 
     let (status, body) = get_text(server.url("/private?store=secret&key=k")).await;
     assert_eq!((status, body.as_str()), (200, "1\n"));
@@ -133,11 +130,7 @@ async fn functions_open_only_the_stores_they_list() {
 async fn operator_api_checks_every_input_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    server.deploy_guest(
-        "counter",
-        "counter-rust",
-        "route = \"/counter\"\nkey_value_stores = [\"default\"]",
-    );
+    deploy_counter(&server, "counter", &["default"]);
     server.cli_ok(&["kv", "set", "default", "a/1", "one"]);
     server.cli_ok(&["kv", "set", "default", "a/2", "two"]);
     server.cli_ok(&["kv", "set", "default", "b", "bee"]);

@@ -19,8 +19,6 @@ pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 pub const BATCH_KEYS_MAX: usize = 1000;
 /// Most keys in one page of a listing (and its default size).
 pub const LIST_PAGE_MAX: usize = 1000;
-/// Longest store name (the same rule as function names).
-pub const STORE_NAME_LEN_MAX: usize = 63;
 
 /// One store of one owner.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -156,21 +154,6 @@ pub fn check_batch(len: usize) -> Result<(), KvError> {
         Err(KvError::BatchTooLarge { len })
     } else {
         Ok(())
-    }
-}
-
-/// Store names follow the rule of function names: they appear in URLs.
-pub fn check_store_name(name: &str) -> Result<(), KvError> {
-    let ok = !name.is_empty()
-        && name.len() <= STORE_NAME_LEN_MAX
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(KvError::BadStoreName(name.to_string()))
     }
 }
 
