@@ -115,6 +115,7 @@ pub fn up(extra: &[String]) -> Result<()> {
          \n  curl {url}/hello-js\
          \n  curl {url}/hello-py\
          \n  curl {url}/counter\
+         \n  curl -T README.md {url}/files/readme && curl {url}/files/\
          \n  {} --server {url} ls\
          \n\nCtrl-C stops it; the data stays in ./.updraft.",
         bin.display()

@@ -29,7 +29,7 @@ pub const INSTANCE_REUSE_MAX_CEILING: u32 = 1_000_000;
 pub const BODY_BYTES_MAX_CEILING: u64 = 1024 * 1024 * 1024;
 /// Longest accepted function name.
 pub const NAME_LEN_MAX: usize = 63;
-/// Most key-value stores one function may list.
+/// Most key-value stores, and most blob containers, one function may list.
 pub const KEY_VALUE_STORES_MAX: usize = 16;
 /// Most environment variables a manifest may set.
 pub const ENV_VARS_MAX: usize = 256;
@@ -86,6 +86,10 @@ pub struct Manifest {
     /// is refused. Names are the owner's: two owners' `default` never meet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_value_stores: Vec<String>,
+    /// Blob containers the function may open (`updraft:platform/blobs`),
+    /// named per owner like key-value stores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blob_containers: Vec<String>,
     /// Environment variables visible to the guest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -111,8 +115,8 @@ pub enum ManifestError {
     },
     #[error("invalid env: {0}")]
     Env(String),
-    #[error("invalid key_value_stores: {0}")]
-    Stores(String),
+    #[error("invalid {field}: {reason}")]
+    Stores { field: &'static str, reason: String },
 }
 
 impl Manifest {
@@ -133,22 +137,8 @@ impl Manifest {
                 self.env.len()
             )));
         }
-        if self.key_value_stores.len() > KEY_VALUE_STORES_MAX {
-            return Err(ManifestError::Stores(format!(
-                "{} stores listed, at most {KEY_VALUE_STORES_MAX} are allowed",
-                self.key_value_stores.len()
-            )));
-        }
-        for (i, store) in self.key_value_stores.iter().enumerate() {
-            if validate_name(store).is_err() {
-                return Err(ManifestError::Stores(format!(
-                    "{store:?} is not a valid store name: use 1-{NAME_LEN_MAX} lowercase letters, digits or '-', starting with a letter"
-                )));
-            }
-            if self.key_value_stores[..i].contains(store) {
-                return Err(ManifestError::Stores(format!("{store:?} is listed twice")));
-            }
-        }
+        check_names("key_value_stores", &self.key_value_stores)?;
+        check_names("blob_containers", &self.blob_containers)?;
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(ManifestError::Env(format!(
@@ -214,6 +204,28 @@ impl Manifest {
     pub fn parsed_route(&self) -> Result<Option<Route>, ManifestError> {
         self.route.as_deref().map(Route::parse).transpose()
     }
+}
+
+/// A list of store or container names: valid, distinct, not too many.
+fn check_names(field: &'static str, names: &[String]) -> Result<(), ManifestError> {
+    let err = |reason: String| ManifestError::Stores { field, reason };
+    if names.len() > KEY_VALUE_STORES_MAX {
+        return Err(err(format!(
+            "{} names listed, at most {KEY_VALUE_STORES_MAX} are allowed",
+            names.len()
+        )));
+    }
+    for (i, name) in names.iter().enumerate() {
+        if validate_name(name).is_err() {
+            return Err(err(format!(
+                "{name:?} is not a valid name: use 1-{NAME_LEN_MAX} lowercase letters, digits or '-', starting with a letter"
+            )));
+        }
+        if names[..i].contains(name) {
+            return Err(err(format!("{name:?} is listed twice")));
+        }
+    }
+    Ok(())
 }
 
 fn check_range(field: &'static str, value: u64, min: u64, max: u64) -> Result<(), ManifestError> {

@@ -7,6 +7,7 @@ use http::StatusCode;
 use updraft_sandbox::{InvokeError, PrepareError};
 use updraft_scheduler::PlatformError;
 use updraft_state::StateError;
+use updraft_state::blob::BlobError;
 use updraft_state::kv::KvError;
 
 /// An error as the API client sees it.
@@ -65,7 +66,18 @@ impl From<PlatformError> for ApiError {
                 StateError::Invalid(_) => (S::BAD_REQUEST, "bad_request"),
                 _ => (S::INTERNAL_SERVER_ERROR, "storage"),
             },
-            PlatformError::StoreNotFound { .. } => (S::NOT_FOUND, "store_not_found"),
+            PlatformError::NotInUse { what, .. } if what.starts_with("blob") => {
+                (S::NOT_FOUND, "container_not_found")
+            }
+            PlatformError::NotInUse { .. } => (S::NOT_FOUND, "store_not_found"),
+            PlatformError::Blob(b) => match b {
+                BlobError::BadKey { .. } => (S::BAD_REQUEST, "invalid_key"),
+                BlobError::NotFound { .. } => (S::NOT_FOUND, "blob_not_found"),
+                BlobError::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "blob_too_large"),
+                BlobError::BadRange { .. } => (S::RANGE_NOT_SATISFIABLE, "invalid_range"),
+                BlobError::BadCursor { .. } => (S::BAD_REQUEST, "invalid_cursor"),
+                _ => (S::INTERNAL_SERVER_ERROR, "storage"),
+            },
             PlatformError::KeyNotFound { .. } => (S::NOT_FOUND, "key_not_found"),
             PlatformError::Kv(k) => match k {
                 KvError::KeyEmpty | KvError::KeyTooLong { .. } => (S::BAD_REQUEST, "invalid_key"),

@@ -5,6 +5,7 @@
 //! HTTP (in [`error`], in one place); what runs and where is the scheduler's job.
 
 mod api;
+mod blobs;
 mod error;
 mod invoke;
 mod kv;
@@ -43,6 +44,12 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/functions/{name}/logs", get(api::logs))
         .route("/functions/{name}/rollback", post(api::rollback))
         .route("/functions/{name}/unload", post(api::unload))
+        .route("/blobs", get(blobs::containers))
+        .route("/blobs/{container}", get(blobs::list))
+        .route(
+            "/blobs/{container}/{*key}",
+            get(blobs::get).put(blobs::put).delete(blobs::delete),
+        )
         .route("/kv", get(kv::stores))
         .route("/kv/{store}", get(kv::list))
         .route(

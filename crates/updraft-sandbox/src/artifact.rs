@@ -14,6 +14,7 @@ use wasmtime::component::Component;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+use crate::blobs::BlobGrant;
 use crate::engine::Sandbox;
 use crate::error::PrepareError;
 use crate::host::Host;
@@ -49,6 +50,8 @@ pub struct Prepared {
     pub(crate) pre: Pre,
     /// The key-value stores the function may open.
     pub(crate) kv: Option<Arc<KvGrant>>,
+    /// The blob containers the function may open.
+    pub(crate) blobs: Option<Arc<BlobGrant>>,
     /// Idle instances kept between requests, in reuse mode only.
     pub(crate) warm: Option<Arc<WarmPool>>,
 }
@@ -66,6 +69,7 @@ pub struct PrepareSpec<'a> {
     pub limits: Limits,
     pub env: Vec<(String, String)>,
     pub kv: Option<KvGrant>,
+    pub blobs: Option<BlobGrant>,
 }
 
 impl Sandbox {
@@ -108,6 +112,7 @@ impl Sandbox {
             env: spec.env,
             pre,
             kv: spec.kv.map(Arc::new),
+            blobs: spec.blobs.map(Arc::new),
             warm: reuse.then(|| Arc::new(WarmPool::new(self.warm_budget.clone()))),
         })
     }

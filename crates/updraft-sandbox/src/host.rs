@@ -11,6 +11,7 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
+use crate::blobs::BlobGrant;
 use crate::engine::TABLE_ELEMENTS_MAX;
 use crate::keyvalue::KvGrant;
 
@@ -24,6 +25,8 @@ pub(crate) struct Host {
     pub(crate) limiter: MemoryLimiter,
     /// The key-value stores this function may open.
     pub(crate) kv: Option<Arc<KvGrant>>,
+    /// The blob containers this function may open.
+    pub(crate) blobs: Option<Arc<BlobGrant>>,
     /// Host-side notes for this invocation's logs (e.g. a refused store).
     pub(crate) notes: Vec<String>,
 }

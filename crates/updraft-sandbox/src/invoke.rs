@@ -95,6 +95,7 @@ impl Sandbox {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(prepared.limits.memory_bytes()),
             kv: prepared.kv.clone(),
+            blobs: prepared.blobs.clone(),
             notes: Vec::new(),
         };
         let mut store = Store::new(&self.engine, host);

@@ -12,6 +12,7 @@
 //! hands it a prepared function and a request, and gets a response plus a report.
 
 mod artifact;
+mod blobs;
 mod capture;
 mod engine;
 mod error;
@@ -21,6 +22,7 @@ mod keyvalue;
 mod warm;
 
 pub use artifact::{LoadedFrom, PrepareSpec, Prepared, WasmSource};
+pub use blobs::BlobGrant;
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{InvokeError, PrepareError};
 pub use invoke::{CommandOutput, InvocationCtx, OnDone, Report, ResponseBody};

@@ -3,6 +3,7 @@
 use updraft_core::ManifestError;
 use updraft_sandbox::{InvokeError, PrepareError};
 use updraft_state::StateError;
+use updraft_state::blob::BlobError;
 use updraft_state::kv::KvError;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,11 +23,16 @@ pub enum PlatformError {
     /// 400 (404 for a missing key, 409 for a non-integer counter, 500 for storage).
     #[error(transparent)]
     Kv(#[from] KvError),
-    /// 404: no deployed function lists the store.
-    #[error(
-        "no function uses the key-value store {name:?} ({known}): list it in a function's key_value_stores"
-    )]
-    StoreNotFound { name: String, known: String },
+    /// 400 (404 for a missing blob, 413 for one too large, 500 for storage).
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// 404: no deployed function lists the store or container.
+    #[error("no function uses the {what} {name:?} ({known}): list it in a function's updraft.toml")]
+    NotInUse {
+        what: &'static str,
+        name: String,
+        known: String,
+    },
     /// 404.
     #[error("key {key:?} is not in store {store:?}")]
     KeyNotFound { store: String, key: String },

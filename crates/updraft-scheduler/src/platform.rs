@@ -12,9 +12,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use updraft_core::{Digest, FunctionKind, LogEntry, LogStream, Manifest, Route, VersionRecord};
 use updraft_metering::{Meter, Sample, Usage};
 use updraft_sandbox::{
-    InvocationCtx, KvGrant, OnDone, PrepareSpec, Prepared, Report, ResponseBody, Sandbox,
-    SandboxConfig,
+    BlobGrant, InvocationCtx, KvGrant, OnDone, PrepareSpec, Prepared, Report, ResponseBody,
+    Sandbox, SandboxConfig,
 };
+use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, Blobs, ContainerId};
 use updraft_state::kv::{EmbeddedKv, KvStore, StoreId};
 use updraft_state::registry::NewVersion;
 use updraft_state::{FunctionRecord, LogStore, Registry};
@@ -32,6 +33,8 @@ pub struct PlatformConfig {
     /// (scale to zero); the next request maps it back from the disk cache.
     /// `None` keeps everything loaded.
     pub idle_unload: Option<Duration>,
+    /// Largest blob a function or the API may store.
+    pub blob_bytes_max: u64,
 }
 
 /// Owner of every store until tenants exist: stores are named per owner.
@@ -46,6 +49,7 @@ impl PlatformConfig {
             data_dir,
             instances_max: updraft_sandbox::SandboxConfig::new(PathBuf::new()).instances_max,
             idle_unload: Some(IDLE_UNLOAD_DEFAULT),
+            blob_bytes_max: BLOB_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -108,6 +112,7 @@ pub struct FunctionDetails {
 pub struct Platform {
     sandbox: Arc<Sandbox>,
     kv: Arc<dyn KvStore>,
+    blobs: Arc<Blobs>,
     registry: Arc<Registry>,
     log_store: Arc<LogStore>,
     logs: LogPipe,
@@ -165,22 +170,26 @@ impl Platform {
         sandbox_config.instances_max = config.instances_max;
         let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(sandbox_config));
         let data_dir = config.data_dir.clone();
+        let blob_bytes_max = config.blob_bytes_max;
         let stores = tokio::task::spawn_blocking(move || {
             let kv: Arc<dyn KvStore> = Arc::new(EmbeddedKv::open(&data_dir)?);
+            let blobs = Blobs::local(&data_dir.join("blobs"), blob_bytes_max)?;
             Ok::<_, PlatformError>((
                 Arc::new(Registry::open(&data_dir)?),
                 LogStore::open(&data_dir)?,
                 kv,
+                Arc::new(blobs),
             ))
         });
         let (sandbox, stores) = tokio::join!(sandbox, stores);
-        let (registry, log_store, kv) = stores.map_err(join_error)??;
+        let (registry, log_store, kv, blobs) = stores.map_err(join_error)??;
         let sandbox = sandbox.map_err(join_error)??;
         let log_store = Arc::new(log_store);
         let platform = Arc::new(Platform {
             admission: Arc::new(Semaphore::new(sandbox.instances_max() as usize)),
             sandbox,
             kv,
+            blobs,
             registry,
             logs: LogPipe::start(log_store.clone()),
             log_store,
@@ -252,6 +261,12 @@ impl Platform {
             owner: LOCAL_OWNER.to_string(),
             stores: stores.clone(),
         });
+        let containers = &version.manifest.blob_containers;
+        let blobs = (!containers.is_empty()).then(|| BlobGrant {
+            blobs: self.blobs.clone(),
+            owner: LOCAL_OWNER.to_string(),
+            containers: containers.clone(),
+        });
         let prepared = tokio::task::spawn_blocking(move || {
             let source = || match &wasm {
                 Some(bytes) => Ok(bytes.to_vec()),
@@ -265,6 +280,7 @@ impl Platform {
                 limits,
                 env,
                 kv,
+                blobs,
             })
         })
         .await
@@ -367,29 +383,61 @@ impl Platform {
 
     /// Stores listed by the deployed functions, sorted.
     pub fn kv_store_names(&self) -> Vec<String> {
-        let table = self.table();
-        let mut names: Vec<String> = table
+        self.names_in_use(|manifest| &manifest.key_value_stores)
+    }
+
+    /// The operator's handle on a store that some deployed function lists.
+    pub fn kv_store(&self, name: &str) -> Result<StoreId, PlatformError> {
+        self.in_use(name, "key-value store", self.kv_store_names())?;
+        Ok(StoreId::new(LOCAL_OWNER, name))
+    }
+
+    /// The blob containers (for the operator API; functions reach them
+    /// through the sandbox, limited to their manifest's containers).
+    pub fn blobs(&self) -> &Arc<Blobs> {
+        &self.blobs
+    }
+
+    /// Containers listed by the deployed functions, sorted.
+    pub fn blob_container_names(&self) -> Vec<String> {
+        self.names_in_use(|manifest| &manifest.blob_containers)
+    }
+
+    /// The operator's handle on a container that some deployed function lists.
+    pub fn blob_container(&self, name: &str) -> Result<ContainerId, PlatformError> {
+        self.in_use(name, "blob container", self.blob_container_names())?;
+        Ok(ContainerId::new(LOCAL_OWNER, name))
+    }
+
+    fn names_in_use(&self, field: impl Fn(&Manifest) -> &Vec<String>) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .table()
             .by_name
             .values()
-            .flat_map(|loaded| loaded.version.manifest.key_value_stores.iter().cloned())
+            .flat_map(|loaded| field(&loaded.version.manifest).iter().cloned())
             .collect();
         names.sort_unstable();
         names.dedup();
         names
     }
 
-    /// The operator's handle on a store that some deployed function lists.
-    pub fn kv_store(&self, name: &str) -> Result<StoreId, PlatformError> {
-        let names = self.kv_store_names();
+    /// Only what a deployed function uses is reachable, so a typo is a 404.
+    fn in_use(
+        &self,
+        name: &str,
+        what: &'static str,
+        names: Vec<String>,
+    ) -> Result<(), PlatformError> {
         if names.iter().any(|n| n == name) {
-            return Ok(StoreId::new(LOCAL_OWNER, name));
+            return Ok(());
         }
         let known = if names.is_empty() {
-            "no stores are in use".to_string()
+            "none is in use".to_string()
         } else {
-            format!("stores in use: {}", names.join(", "))
+            format!("in use: {}", names.join(", "))
         };
-        Err(PlatformError::StoreNotFound {
+        Err(PlatformError::NotInUse {
+            what,
             name: name.to_string(),
             known,
         })

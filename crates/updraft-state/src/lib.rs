@@ -3,11 +3,12 @@
 //! The control plane's registry (functions, their immutable versions,
 //! aliases, the uploaded Wasm) and the function logs, each in its own redb
 //! database plus content-addressed files; and the data plane's key-value
-//! stores ([`kv`]: a trait and its backends). Blob and queue stores get
-//! their traits and backends here too.
+//! stores ([`kv`]: a trait and its backends) and blob containers ([`blob`],
+//! on `object_store`). Queue stores get their traits and backends here too.
 //!
 //! The state layer knows nothing about Wasm or HTTP: it stores bytes and records.
 
+pub mod blob;
 mod error;
 pub mod kv;
 pub mod logs;

@@ -88,6 +88,49 @@ pub enum ClientCommand {
     /// Read and write key-value stores (those the deployed functions list).
     #[command(subcommand)]
     Kv(KvCommand),
+    /// Read and write blob containers (those the deployed functions list).
+    #[command(subcommand)]
+    Blob(BlobCommand),
+}
+
+/// `updraft blob …`: operator access to blob containers.
+#[derive(Subcommand, Debug)]
+pub enum BlobCommand {
+    /// List the containers in use.
+    Containers,
+    /// List blobs with their sizes (every page).
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Container name.
+        container: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Download a blob to stdout, or to a file with -o.
+    Get {
+        /// Container name.
+        container: String,
+        key: String,
+        /// Write to this file instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Upload a file (or stdin with `-`) as a blob.
+    Put {
+        /// Container name.
+        container: String,
+        key: String,
+        /// The file to upload; `-` reads stdin.
+        file: PathBuf,
+    },
+    /// Delete a blob (deleting a missing blob is not an error).
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Container name.
+        container: String,
+        key: String,
+    },
 }
 
 /// `updraft kv …`: operator access to key-value stores.

@@ -157,6 +157,30 @@ impl FunctionDetail {
     }
 }
 
+/// `GET /v1/blobs`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(default)]
+pub struct BlobContainers {
+    pub containers: Vec<String>,
+}
+
+/// One blob of a listing.
+#[derive(Deserialize, serde::Serialize, Debug, Default)]
+#[serde(default)]
+pub struct BlobInfo {
+    pub key: String,
+    pub size: u64,
+    pub modified_ms: i64,
+}
+
+/// One page of `GET /v1/blobs/{container}`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(default)]
+pub struct BlobPage {
+    pub blobs: Vec<BlobInfo>,
+    pub cursor: Option<String>,
+}
+
 /// `GET /v1/kv`.
 #[derive(Deserialize, Debug, Default)]
 #[serde(default)]
@@ -340,6 +364,50 @@ impl Client {
 
     pub async fn kv_delete(&self, store: &str, key: &str) -> Result<()> {
         let req = self.http.delete(self.url(&["v1", "kv", store, key]));
+        check_status(self.send(req.timeout(MANAGEMENT_TIMEOUT)).await?).await?;
+        Ok(())
+    }
+
+    pub async fn blob_containers(&self) -> Result<Reply<BlobContainers>> {
+        let req = self.http.get(self.url(&["v1", "blobs"]));
+        self.json(req.timeout(MANAGEMENT_TIMEOUT)).await
+    }
+
+    /// One page of blobs of `container` under `prefix`.
+    pub async fn blob_list(
+        &self,
+        container: &str,
+        prefix: &str,
+        cursor: Option<&str>,
+    ) -> Result<Reply<BlobPage>> {
+        let mut url = self.url(&["v1", "blobs", container]);
+        url.query_pairs_mut().append_pair("prefix", prefix);
+        if let Some(cursor) = cursor {
+            url.query_pairs_mut().append_pair("cursor", cursor);
+        }
+        self.json(self.http.get(url).timeout(MANAGEMENT_TIMEOUT))
+            .await
+    }
+
+    /// The blob's body as a response to stream from (no overall timeout:
+    /// blobs can be large).
+    pub async fn blob_get(&self, container: &str, key: &str) -> Result<Response> {
+        let req = self.http.get(self.url(&["v1", "blobs", container, key]));
+        check_status(self.send(req).await?).await
+    }
+
+    /// Uploads `body` (streamed) as the blob.
+    pub async fn blob_put(&self, container: &str, key: &str, body: reqwest::Body) -> Result<()> {
+        let req = self
+            .http
+            .put(self.url(&["v1", "blobs", container, key]))
+            .body(body);
+        check_status(self.send(req).await?).await?;
+        Ok(())
+    }
+
+    pub async fn blob_delete(&self, container: &str, key: &str) -> Result<()> {
+        let req = self.http.delete(self.url(&["v1", "blobs", container, key]));
         check_status(self.send(req.timeout(MANAGEMENT_TIMEOUT)).await?).await?;
         Ok(())
     }

@@ -10,14 +10,14 @@ mod client;
 mod output;
 mod up;
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use cli::{Cli, ClientCommand, Command, DeployArgs, InvokeArgs, KvCommand, LogsArgs};
+use cli::{BlobCommand, Cli, ClientCommand, Command, DeployArgs, InvokeArgs, KvCommand, LogsArgs};
 use client::{Client, INVOCATION_ID_HEADER, LineSplitter, check_status};
 
 #[tokio::main]
@@ -78,7 +78,84 @@ async fn run_client(client: &Client, command: ClientCommand, json: bool) -> Resu
         ClientCommand::Rm { name } => rm(client, &name, json).await,
         ClientCommand::Rollback { name, version } => rollback(client, &name, version, json).await,
         ClientCommand::Kv(command) => kv(client, command, json).await,
+        ClientCommand::Blob(command) => blob(client, command, json).await,
     }
+}
+
+async fn blob(client: &Client, command: BlobCommand, json: bool) -> Result<()> {
+    match command {
+        BlobCommand::Containers => {
+            let reply = client.blob_containers().await?;
+            let mut out = io::stdout().lock();
+            if json {
+                output::write_json(&mut out, &reply.raw)?;
+            } else {
+                for container in &reply.body.containers {
+                    writeln!(out, "{container}")?;
+                }
+            }
+        }
+        BlobCommand::Ls { container, prefix } => {
+            let mut blobs = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = client
+                    .blob_list(&container, &prefix, cursor.as_deref())
+                    .await?
+                    .body;
+                blobs.extend(page.blobs);
+                match page.cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            let mut out = io::stdout().lock();
+            if json {
+                output::write_json(&mut out, &serde_json::json!({ "blobs": blobs }))?;
+            } else {
+                for blob in &blobs {
+                    writeln!(out, "{}\t{}", output::format_bytes(blob.size), blob.key)?;
+                }
+            }
+        }
+        BlobCommand::Get {
+            container,
+            key,
+            output,
+        } => {
+            let mut response = client.blob_get(&container, &key).await?;
+            let mut sink: Box<dyn Write> = match &output {
+                Some(path) => Box::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                ),
+                None => Box::new(io::stdout().lock()),
+            };
+            while let Some(chunk) = response.chunk().await? {
+                sink.write_all(&chunk)?;
+            }
+            sink.flush()?;
+        }
+        BlobCommand::Put {
+            container,
+            key,
+            file,
+        } => {
+            let body = if file.as_os_str() == "-" {
+                let mut bytes = Vec::new();
+                io::stdin().lock().read_to_end(&mut bytes)?;
+                reqwest::Body::from(bytes)
+            } else {
+                let file = tokio::fs::File::open(&file)
+                    .await
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                reqwest::Body::from(file)
+            };
+            client.blob_put(&container, &key, body).await?;
+        }
+        BlobCommand::Rm { container, key } => client.blob_delete(&container, &key).await?,
+    }
+    Ok(())
 }
 
 async fn kv(client: &Client, command: KvCommand, json: bool) -> Result<()> {

@@ -25,6 +25,9 @@ pub struct UpArgs {
     /// request). 0 keeps everything loaded.
     #[arg(long, env = "UPDRAFT_IDLE_UNLOAD_SECS", default_value_t = updraft_scheduler::IDLE_UNLOAD_DEFAULT.as_secs())]
     pub idle_unload_secs: u64,
+    /// Largest blob, in bytes, that a function or the API may store.
+    #[arg(long, env = "UPDRAFT_BLOB_BYTES_MAX", default_value_t = PlatformConfig::new(PathBuf::new()).blob_bytes_max)]
+    pub blob_bytes_max: u64,
 }
 
 /// Runs the platform until SIGINT or SIGTERM, then drains in-flight requests.
@@ -39,6 +42,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.instances_max = args.instances_max;
     config.idle_unload =
         (args.idle_unload_secs > 0).then(|| Duration::from_secs(args.idle_unload_secs));
+    config.blob_bytes_max = args.blob_bytes_max;
     let platform = Platform::open(config)
         .await
         .with_context(|| format!("cannot open the data dir {}", args.data_dir.display()))?;

@@ -34,6 +34,9 @@ const EXAMPLES: &[(&str, &str, &str, &str)] = &[
 /// The counter example keeps its count in the key-value store, so its answer
 /// is checked apart: it must go on counting across the restart.
 const COUNTER: &str = "counter-rust";
+/// The files example keeps uploads as blobs: one stored before the restart
+/// must be served after it.
+const FILES: &str = "files-rust";
 
 async fn count(server: &Server) -> String {
     let response = client().get(server.url("/counter")).send().await.unwrap();
@@ -68,14 +71,21 @@ async fn examples_deploy_serve_and_survive_restart() {
     let all = EXAMPLES
         .iter()
         .map(|(example, ..)| *example)
-        .chain([COUNTER]);
+        .chain([COUNTER, FILES]);
     for example in all {
         let out = server.cli_ok(&["deploy", &format!("examples/{example}/updraft.toml")]);
         assert!(out.contains("deployed"), "{out}");
     }
-    let deployed = EXAMPLES.len() as u64 + 1;
+    let deployed = EXAMPLES.len() as u64 + 2;
     check_all(&server).await;
     assert_eq!(count(&server).await, "1\n");
+    let stored = client()
+        .put(server.url("/files/note.txt"))
+        .body("kept across restarts")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201, "{}", stored.text().await.unwrap());
 
     // The CLI's view: every example, http and command kinds.
     let listed: Value = serde_json::from_str(&server.cli_ok(&["--json", "ls"])).unwrap();
@@ -91,6 +101,12 @@ async fn examples_deploy_serve_and_survive_restart() {
     let server = Server::start(dir.path());
     check_all(&server).await;
     assert_eq!(count(&server).await, "2\n", "the count must survive a kill");
+    let served = client()
+        .get(server.url("/files/note.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.text().await.unwrap(), "kept across restarts");
     let health: Value = server.get_json("/healthz").await;
     assert_eq!(health["functions"], deployed);
     assert_eq!(

@@ -1,0 +1,122 @@
+//! Operator access to blob containers: `/v1/blobs`, `/v1/blobs/{container}`
+//! (list) and `/v1/blobs/{container}/{key}` (get, put, delete). Bodies are
+//! streamed both ways, so a blob never sits whole in the server's memory
+//! here. Only containers that a deployed function lists can be reached.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use http::{StatusCode, header};
+use serde::Deserialize;
+use serde_json::json;
+use updraft_scheduler::{Platform, PlatformError};
+use updraft_state::blob::BLOB_PAGE_MAX;
+
+use crate::error::ApiError;
+
+type Shared = State<Arc<Platform>>;
+
+/// Default page size of a blob listing.
+const LIST_PAGE_DEFAULT: usize = 100;
+
+/// `GET /v1/blobs`: the containers in use.
+pub(crate) async fn containers(State(platform): Shared) -> Response {
+    Json(json!({ "containers": platform.blob_container_names() })).into_response()
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/blobs/{container}?prefix=&cursor=&limit=`: one page of blobs.
+pub(crate) async fn list(
+    State(platform): Shared,
+    Path(container): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let id = platform.blob_container(&container)?;
+    let limit = query
+        .limit
+        .unwrap_or(LIST_PAGE_DEFAULT)
+        .clamp(1, BLOB_PAGE_MAX);
+    let page = platform
+        .blobs()
+        .list(&id, &query.prefix, query.cursor.as_deref(), limit)
+        .await
+        .map_err(PlatformError::from)?;
+    Ok(Json(page).into_response())
+}
+
+/// `GET /v1/blobs/{container}/{key}`: the blob, streamed.
+pub(crate) async fn get(
+    State(platform): Shared,
+    Path((container, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = platform.blob_container(&container)?;
+    let (size, stream) = platform
+        .blobs()
+        .stream(&id, &key)
+        .await
+        .map_err(PlatformError::from)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// `PUT /v1/blobs/{container}/{key}`: the body, streamed into the blob; it
+/// appears only once complete, and not at all if it is too large.
+pub(crate) async fn put(
+    State(platform): Shared,
+    Path((container, key)): Path<(String, String)>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let id = platform.blob_container(&container)?;
+    let blobs = platform.blobs();
+    let mut writer = blobs.writer(&id, &key).await.map_err(PlatformError::from)?;
+    let mut body = request.into_body().into_data_stream();
+    while let Some(chunk) = body.next().await {
+        let written = match chunk {
+            Ok(chunk) => writer.write(chunk).await.map_err(PlatformError::from),
+            Err(e) => Err(PlatformError::BadRequest(format!(
+                "the upload was cut off ({e}): nothing was stored, send it again"
+            ))),
+        };
+        if let Err(e) = written {
+            writer.abort().await;
+            return Err(e.into());
+        }
+    }
+    let size = writer.finish().await.map_err(PlatformError::from)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "key": key, "size": size })),
+    )
+        .into_response())
+}
+
+/// `DELETE /v1/blobs/{container}/{key}`: deleting a missing blob is not an error.
+pub(crate) async fn delete(
+    State(platform): Shared,
+    Path((container, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = platform.blob_container(&container)?;
+    platform
+        .blobs()
+        .delete(&id, &key)
+        .await
+        .map_err(PlatformError::from)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,229 @@
+//! `updraft:platform/blobs` for guests, backed by the state layer's
+//! [`Blobs`]. A function opens only the containers its manifest lists
+//! ([`BlobGrant`]); container names are scoped to its owner.
+//!
+//! Limit violations and storage failures are `error` values the guest can
+//! handle, never traps.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use updraft_state::blob::{BlobError, BlobInfo, BlobWriter, Blobs, ContainerId};
+use wasmtime::component::{HasSelf, Linker, Resource};
+
+use crate::host::Host;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit/blobs",
+        world: "updraft:platform/imports",
+        imports: { default: async | trappable },
+        with: {
+            "updraft:platform/blobs.container": super::Container,
+            "updraft:platform/blobs.blob-writer": super::Writer,
+        },
+    });
+}
+
+use bindings::updraft::platform::blobs;
+
+/// What a function may reach: the containers its manifest lists.
+#[derive(Clone)]
+pub struct BlobGrant {
+    pub blobs: Arc<Blobs>,
+    pub owner: String,
+    pub containers: Vec<String>,
+}
+
+/// An open container.
+pub struct Container {
+    id: ContainerId,
+}
+
+/// A blob being written.
+pub struct Writer {
+    writer: BlobWriter,
+}
+
+type Outcome<T> = wasmtime::Result<Result<T, blobs::Error>>;
+
+fn guest_error(e: BlobError) -> blobs::Error {
+    match e {
+        BlobError::NotFound { .. } => blobs::Error::NotFound,
+        BlobError::TooLarge { max } => blobs::Error::TooLarge(max),
+        BlobError::BadKey { .. } | BlobError::BadRange { .. } | BlobError::BadCursor { .. } => {
+            blobs::Error::Invalid(e.to_string())
+        }
+        other => blobs::Error::Other(other.to_string()),
+    }
+}
+
+fn guest_info(info: BlobInfo) -> blobs::BlobInfo {
+    blobs::BlobInfo {
+        key: info.key,
+        size: info.size,
+        modified_ms: info.modified_ms,
+    }
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    blobs::add_to_linker::<Host, HasSelf<Host>>(linker, |h| h)
+}
+
+impl Host {
+    /// The container behind `container`, and the blobs to ask.
+    fn blob_target(
+        &self,
+        container: &Resource<Container>,
+    ) -> wasmtime::Result<(ContainerId, Arc<Blobs>)> {
+        let id = self.table.get(container)?.id.clone();
+        match &self.blobs {
+            Some(grant) => Ok((id, grant.blobs.clone())),
+            None => Err(wasmtime::format_err!(
+                "a blob container exists without a grant"
+            )),
+        }
+    }
+}
+
+impl blobs::Host for Host {}
+
+impl blobs::HostContainer for Host {
+    async fn open(&mut self, name: String) -> Outcome<Resource<Container>> {
+        let Some(grant) = self.blobs.as_ref().filter(|g| g.containers.contains(&name)) else {
+            let listed = match &self.blobs {
+                Some(grant) => grant.containers.join(", "),
+                None => "none".to_string(),
+            };
+            self.notes.push(format!(
+                "blob container {name:?} refused: it is not in this function's blob_containers (listed: {listed}); add it to updraft.toml"
+            ));
+            return Ok(Err(blobs::Error::AccessDenied));
+        };
+        let id = ContainerId::new(grant.owner.clone(), name);
+        Ok(Ok(self.table.push(Container { id })?))
+    }
+
+    async fn put(
+        &mut self,
+        container: Resource<Container>,
+        key: String,
+        data: Vec<u8>,
+    ) -> Outcome<()> {
+        let (id, blobs) = self.blob_target(&container)?;
+        Ok(blobs
+            .put(&id, &key, Bytes::from(data))
+            .await
+            .map_err(guest_error))
+    }
+
+    async fn get(&mut self, container: Resource<Container>, key: String) -> Outcome<Vec<u8>> {
+        let (id, blobs) = self.blob_target(&container)?;
+        Ok(blobs
+            .get(&id, &key)
+            .await
+            .map(|b| b.to_vec())
+            .map_err(guest_error))
+    }
+
+    async fn read(
+        &mut self,
+        container: Resource<Container>,
+        key: String,
+        offset: u64,
+        len: u64,
+    ) -> Outcome<Vec<u8>> {
+        let (id, blobs) = self.blob_target(&container)?;
+        let size = match blobs.info(&id, &key).await {
+            Ok(info) => info.size,
+            Err(e) => return Ok(Err(guest_error(e))),
+        };
+        let start = offset.min(size);
+        let end = offset.saturating_add(len).min(size);
+        Ok(blobs
+            .read(&id, &key, start..end)
+            .await
+            .map(|b| b.to_vec())
+            .map_err(guest_error))
+    }
+
+    async fn info(
+        &mut self,
+        container: Resource<Container>,
+        key: String,
+    ) -> Outcome<blobs::BlobInfo> {
+        let (id, blobs) = self.blob_target(&container)?;
+        Ok(blobs
+            .info(&id, &key)
+            .await
+            .map(guest_info)
+            .map_err(guest_error))
+    }
+
+    async fn delete(&mut self, container: Resource<Container>, key: String) -> Outcome<()> {
+        let (id, blobs) = self.blob_target(&container)?;
+        Ok(blobs.delete(&id, &key).await.map_err(guest_error))
+    }
+
+    async fn list_blobs(
+        &mut self,
+        container: Resource<Container>,
+        prefix: String,
+        cursor: Option<String>,
+    ) -> Outcome<blobs::BlobPage> {
+        let (id, blobs) = self.blob_target(&container)?;
+        let page = blobs
+            .list(
+                &id,
+                &prefix,
+                cursor.as_deref(),
+                updraft_state::blob::BLOB_PAGE_MAX,
+            )
+            .await;
+        Ok(page
+            .map(|page| blobs::BlobPage {
+                blobs: page.blobs.into_iter().map(guest_info).collect(),
+                cursor: page.cursor,
+            })
+            .map_err(guest_error))
+    }
+
+    async fn create(
+        &mut self,
+        container: Resource<Container>,
+        key: String,
+    ) -> Outcome<Resource<Writer>> {
+        let (id, blobs) = self.blob_target(&container)?;
+        match blobs.writer(&id, &key).await {
+            Ok(writer) => Ok(Ok(self.table.push(Writer { writer })?)),
+            Err(e) => Ok(Err(guest_error(e))),
+        }
+    }
+
+    async fn drop(&mut self, container: Resource<Container>) -> wasmtime::Result<()> {
+        self.table.delete(container)?;
+        Ok(())
+    }
+}
+
+impl blobs::HostBlobWriter for Host {
+    async fn write(&mut self, writer: Resource<Writer>, chunk: Vec<u8>) -> Outcome<()> {
+        let writer = self.table.get_mut(&writer)?;
+        Ok(writer
+            .writer
+            .write(Bytes::from(chunk))
+            .await
+            .map_err(guest_error))
+    }
+
+    async fn finish(&mut self, writer: Resource<Writer>) -> Outcome<u64> {
+        let writer = self.table.delete(writer)?;
+        Ok(writer.writer.finish().await.map_err(guest_error))
+    }
+
+    async fn drop(&mut self, writer: Resource<Writer>) -> wasmtime::Result<()> {
+        let writer = self.table.delete(writer)?;
+        writer.writer.abort().await;
+        Ok(())
+    }
+}

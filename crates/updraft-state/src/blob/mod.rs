@@ -1,0 +1,448 @@
+//! Blob state for functions: named containers of byte objects, on an
+//! [`object_store`] backend — the local filesystem under the data dir by
+//! default (writes land in a temporary file and are renamed into place, so a
+//! crash mid-write leaves no partial blob). S3-compatible stores plug in
+//! through the same trait in the cluster issue.
+//!
+//! Containers are named per owner, like key-value stores: a blob lives at
+//! `{owner}/{container}/{key}` in the backend.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, WriteMultipart};
+
+/// Default largest blob, in bytes.
+pub const BLOB_BYTES_MAX_DEFAULT: u64 = 100 * 1024 * 1024;
+/// Longest blob key, in bytes.
+pub const BLOB_KEY_BYTES_MAX: usize = 1024;
+/// Most blobs in one page of a listing.
+pub const BLOB_PAGE_MAX: usize = 1000;
+/// Parts uploaded at once by a streaming writer.
+const WRITE_PARTS_IN_FLIGHT_MAX: usize = 4;
+
+/// One container of one owner.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ContainerId {
+    pub owner: String,
+    pub name: String,
+}
+
+impl ContainerId {
+    pub fn new(owner: impl Into<String>, name: impl Into<String>) -> ContainerId {
+        ContainerId {
+            owner: owner.into(),
+            name: name.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlobInfo {
+    pub key: String,
+    pub size: u64,
+    /// Last modification, milliseconds since the Unix epoch.
+    pub modified_ms: i64,
+}
+
+/// One page of blobs in key order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlobPage {
+    pub blobs: Vec<BlobInfo>,
+    /// Pass it back for the next page; `None` on the last page.
+    pub cursor: Option<String>,
+}
+
+/// Why a blob operation failed. Client errors map to HTTP 400 (404 for a
+/// missing blob, 413 for one too large), storage failures to 500.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    #[error("invalid blob key {key:?}: {reason}")]
+    BadKey { key: String, reason: String },
+    #[error("blob {key:?} does not exist")]
+    NotFound { key: String },
+    #[error("the blob is larger than {max} bytes, the server's limit: store less, or split it")]
+    TooLarge { max: u64 },
+    #[error("range {start}..{end} is outside blob {key:?} of {size} bytes")]
+    BadRange {
+        key: String,
+        start: u64,
+        end: u64,
+        size: u64,
+    },
+    #[error(
+        "invalid cursor {cursor:?}: pass back the cursor of the previous page unchanged, with the same prefix"
+    )]
+    BadCursor { cursor: String },
+    #[error("blob storage failed: {0}")]
+    Storage(String),
+}
+
+fn storage(e: impl std::fmt::Display) -> BlobError {
+    BlobError::Storage(e.to_string())
+}
+
+/// Blob containers on one backend.
+pub struct Blobs {
+    backend: Arc<dyn ObjectStore>,
+    blob_bytes_max: u64,
+}
+
+impl Blobs {
+    /// Blobs as files under `dir` (created if missing).
+    pub fn local(dir: &Path, blob_bytes_max: u64) -> Result<Blobs, BlobError> {
+        std::fs::create_dir_all(dir).map_err(storage)?;
+        let backend = LocalFileSystem::new_with_prefix(dir)
+            .map_err(storage)?
+            .with_automatic_cleanup(true);
+        Ok(Blobs {
+            backend: Arc::new(backend),
+            blob_bytes_max,
+        })
+    }
+
+    pub fn blob_bytes_max(&self) -> u64 {
+        self.blob_bytes_max
+    }
+
+    pub async fn put(
+        &self,
+        container: &ContainerId,
+        key: &str,
+        data: Bytes,
+    ) -> Result<(), BlobError> {
+        let path = location(container, key)?;
+        if data.len() as u64 > self.blob_bytes_max {
+            return Err(BlobError::TooLarge {
+                max: self.blob_bytes_max,
+            });
+        }
+        self.backend
+            .put(&path, data.into())
+            .await
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// A streaming writer: the blob appears, whole, when it is finished.
+    pub async fn writer(
+        &self,
+        container: &ContainerId,
+        key: &str,
+    ) -> Result<BlobWriter, BlobError> {
+        let path = location(container, key)?;
+        let upload = self.backend.put_multipart(&path).await.map_err(storage)?;
+        Ok(BlobWriter {
+            upload: WriteMultipart::new(upload),
+            written: 0,
+            max: self.blob_bytes_max,
+        })
+    }
+
+    pub async fn get(&self, container: &ContainerId, key: &str) -> Result<Bytes, BlobError> {
+        let path = location(container, key)?;
+        match self.backend.get(&path).await {
+            Ok(result) => result.bytes().await.map_err(storage),
+            Err(object_store::Error::NotFound { .. }) => Err(not_found(key)),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    /// The blob as a stream of chunks, with its size (for large downloads).
+    pub async fn stream(
+        &self,
+        container: &ContainerId,
+        key: &str,
+    ) -> Result<
+        (
+            u64,
+            futures::stream::BoxStream<'static, Result<Bytes, BlobError>>,
+        ),
+        BlobError,
+    > {
+        let path = location(container, key)?;
+        match self.backend.get(&path).await {
+            Ok(result) => {
+                let size = result.meta.size;
+                Ok((size, result.into_stream().map_err(storage).boxed()))
+            }
+            Err(object_store::Error::NotFound { .. }) => Err(not_found(key)),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    /// Bytes `range` of the blob; a range past its end is an error.
+    pub async fn read(
+        &self,
+        container: &ContainerId,
+        key: &str,
+        range: Range<u64>,
+    ) -> Result<Bytes, BlobError> {
+        let info = self.info(container, key).await?;
+        if range.start > range.end || range.end > info.size {
+            return Err(BlobError::BadRange {
+                key: key.to_string(),
+                start: range.start,
+                end: range.end,
+                size: info.size,
+            });
+        }
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let path = location(container, key)?;
+        self.backend.get_range(&path, range).await.map_err(storage)
+    }
+
+    pub async fn info(&self, container: &ContainerId, key: &str) -> Result<BlobInfo, BlobError> {
+        let path = location(container, key)?;
+        match self.backend.head(&path).await {
+            Ok(meta) => Ok(BlobInfo {
+                key: key.to_string(),
+                size: meta.size,
+                modified_ms: meta.last_modified.timestamp_millis(),
+            }),
+            Err(object_store::Error::NotFound { .. }) => Err(not_found(key)),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    /// Deleting a missing blob is not an error.
+    pub async fn delete(&self, container: &ContainerId, key: &str) -> Result<(), BlobError> {
+        let path = location(container, key)?;
+        match self.backend.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    /// Blobs whose key starts with `prefix`, after `cursor`, in key order.
+    pub async fn list(
+        &self,
+        container: &ContainerId,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<BlobPage, BlobError> {
+        if let Some(cursor) = cursor
+            && !cursor.starts_with(prefix)
+        {
+            return Err(BlobError::BadCursor {
+                cursor: cursor.to_string(),
+            });
+        }
+        let root = ObjectPath::from_iter([container.owner.as_str(), container.name.as_str()]);
+        // The backend lists by whole path segments: list the prefix's
+        // folder, then filter by the string prefix.
+        let folder = match prefix.rfind('/') {
+            Some(i) => ObjectPath::parse(format!("{root}/{}", &prefix[..i])).map_err(|e| {
+                BlobError::BadKey {
+                    key: prefix.to_string(),
+                    reason: e.to_string(),
+                }
+            })?,
+            None => root.clone(),
+        };
+        let mut blobs = Vec::new();
+        let mut listing = self.backend.list(Some(&folder));
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(storage)?;
+            let Some(key) = meta.location.prefix_match(&root).map(|parts| {
+                parts
+                    .map(|p| p.as_ref().to_string())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            }) else {
+                continue;
+            };
+            if key.starts_with(prefix) && cursor.is_none_or(|c| key.as_str() > c) {
+                blobs.push(BlobInfo {
+                    key,
+                    size: meta.size,
+                    modified_ms: meta.last_modified.timestamp_millis(),
+                });
+            }
+        }
+        blobs.sort_by(|a, b| a.key.cmp(&b.key));
+        let limit = limit.clamp(1, BLOB_PAGE_MAX);
+        let cursor = (blobs.len() > limit).then(|| blobs[limit - 1].key.clone());
+        blobs.truncate(limit);
+        Ok(BlobPage { blobs, cursor })
+    }
+}
+
+/// A blob being written in chunks; nothing is visible until [`finish`].
+///
+/// [`finish`]: BlobWriter::finish
+pub struct BlobWriter {
+    upload: WriteMultipart,
+    written: u64,
+    max: u64,
+}
+
+impl BlobWriter {
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), BlobError> {
+        self.written += chunk.len() as u64;
+        if self.written > self.max {
+            return Err(BlobError::TooLarge { max: self.max });
+        }
+        self.upload.put(chunk);
+        self.upload
+            .wait_for_capacity(WRITE_PARTS_IN_FLIGHT_MAX)
+            .await
+            .map_err(storage)
+    }
+
+    /// Completes the blob; returns its size.
+    pub async fn finish(self) -> Result<u64, BlobError> {
+        if self.written > self.max {
+            let _ = self.upload.abort().await;
+            return Err(BlobError::TooLarge { max: self.max });
+        }
+        self.upload.finish().await.map_err(storage)?;
+        Ok(self.written)
+    }
+
+    /// Drops the partial blob.
+    pub async fn abort(self) {
+        let _ = self.upload.abort().await;
+    }
+}
+
+fn not_found(key: &str) -> BlobError {
+    BlobError::NotFound {
+        key: key.to_string(),
+    }
+}
+
+/// Where a blob lives: `{owner}/{container}/{key}`, with the key checked so
+/// it maps to exactly one path.
+fn location(container: &ContainerId, key: &str) -> Result<ObjectPath, BlobError> {
+    let bad = |reason: &str| BlobError::BadKey {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    };
+    if key.is_empty() || key.len() > BLOB_KEY_BYTES_MAX {
+        return Err(bad(&format!("use 1 to {BLOB_KEY_BYTES_MAX} bytes")));
+    }
+    let segments: Vec<&str> = key.split('/').collect();
+    if segments
+        .iter()
+        .any(|s| s.is_empty() || *s == "." || *s == ".." || s.starts_with('#') || s.contains('\\'))
+    {
+        return Err(bad(
+            "use '/'-separated names, none of them empty, '.' or '..', nor containing '\\'",
+        ));
+    }
+    let path = ObjectPath::from_iter(
+        [container.owner.as_str(), container.name.as_str()]
+            .into_iter()
+            .chain(segments.iter().copied()),
+    );
+    // Characters the backend would encode would not round-trip to the key.
+    let expected = format!("{}/{}/{key}", container.owner, container.name);
+    if path.as_ref() != expected {
+        return Err(bad("use printable characters other than '%' in names"));
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_stream_range_list_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(dir.path(), 1024).unwrap();
+        let c = ContainerId::new("local", "images");
+        let other = ContainerId::new("other", "images");
+        blobs
+            .put(&c, "a/1.png", Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        blobs
+            .put(&c, "a/2.png", Bytes::from_static(b"two"))
+            .await
+            .unwrap();
+        blobs
+            .put(&c, "b.txt", Bytes::from_static(b"bee"))
+            .await
+            .unwrap();
+        blobs
+            .put(&other, "a/1.png", Bytes::from_static(b"theirs"))
+            .await
+            .unwrap();
+
+        assert_eq!(blobs.get(&c, "a/1.png").await.unwrap(), "one");
+        assert_eq!(blobs.get(&other, "a/1.png").await.unwrap(), "theirs");
+        assert_eq!(blobs.read(&c, "b.txt", 1..3).await.unwrap(), "ee");
+        assert!(matches!(
+            blobs.read(&c, "b.txt", 2..9).await,
+            Err(BlobError::BadRange { .. })
+        ));
+        assert_eq!(blobs.get(&c, "nope").await, Err(not_found("nope")));
+
+        let keys = |page: &BlobPage| page.blobs.iter().map(|b| b.key.clone()).collect::<Vec<_>>();
+        let page = blobs.list(&c, "", None, 2).await.unwrap();
+        assert_eq!(keys(&page), ["a/1.png", "a/2.png"]);
+        let next = blobs.list(&c, "", page.cursor.as_deref(), 2).await.unwrap();
+        assert_eq!(
+            (keys(&next), next.cursor),
+            (vec!["b.txt".to_string()], None)
+        );
+        assert_eq!(
+            keys(&blobs.list(&c, "a/2", None, 10).await.unwrap()),
+            ["a/2.png"]
+        );
+        assert_eq!(
+            keys(&blobs.list(&c, "b", None, 10).await.unwrap()),
+            ["b.txt"]
+        );
+
+        // Streaming write: invisible until finished; over the limit, nothing.
+        let mut writer = blobs.writer(&c, "big").await.unwrap();
+        writer.write(Bytes::from(vec![1; 600])).await.unwrap();
+        assert!(blobs.get(&c, "big").await.is_err());
+        writer.write(Bytes::from(vec![2; 400])).await.unwrap();
+        assert_eq!(writer.finish().await.unwrap(), 1000);
+        assert_eq!(blobs.info(&c, "big").await.unwrap().size, 1000);
+        let mut writer = blobs.writer(&c, "too-big").await.unwrap();
+        writer.write(Bytes::from(vec![1; 1000])).await.unwrap();
+        assert_eq!(
+            writer.write(Bytes::from(vec![1; 100])).await,
+            Err(BlobError::TooLarge { max: 1024 })
+        );
+        writer.abort().await;
+        assert!(blobs.get(&c, "too-big").await.is_err());
+        assert!(matches!(
+            blobs.put(&c, "x", Bytes::from(vec![0; 1025])).await,
+            Err(BlobError::TooLarge { .. })
+        ));
+
+        for key in ["", "a//b", "../x", "a/./b", "a\\b", "new\nline", "100%"] {
+            assert!(
+                matches!(
+                    blobs.put(&c, key, Bytes::new()).await,
+                    Err(BlobError::BadKey { .. })
+                ),
+                "{key:?}"
+            );
+        }
+        blobs.delete(&c, "a/1.png").await.unwrap();
+        blobs.delete(&c, "a/1.png").await.unwrap();
+        assert_eq!(
+            keys(&blobs.list(&c, "a/", None, 10).await.unwrap()),
+            ["a/2.png"]
+        );
+        assert_eq!(blobs.get(&other, "a/1.png").await.unwrap(), "theirs");
+    }
+}
