@@ -11,29 +11,18 @@ use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use http::{StatusCode, header};
-use serde::Deserialize;
 use serde_json::json;
 use updraft_scheduler::{Platform, PlatformError};
 use updraft_state::blob::BLOB_PAGE_MAX;
 
 use crate::error::ApiError;
+use crate::kv::ListQuery;
 
 type Shared = State<Arc<Platform>>;
-
-/// Default page size of a blob listing.
-const LIST_PAGE_DEFAULT: usize = 100;
 
 /// `GET /v1/blobs`: the containers in use.
 pub(crate) async fn containers(State(platform): Shared) -> Response {
     Json(json!({ "containers": platform.blob_container_names() })).into_response()
-}
-
-#[derive(Deserialize)]
-pub(crate) struct ListQuery {
-    #[serde(default)]
-    prefix: String,
-    cursor: Option<String>,
-    limit: Option<usize>,
 }
 
 /// `GET /v1/blobs/{container}?prefix=&cursor=&limit=`: one page of blobs.
@@ -43,10 +32,7 @@ pub(crate) async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let id = platform.blob_container(&container)?;
-    let limit = query
-        .limit
-        .unwrap_or(LIST_PAGE_DEFAULT)
-        .clamp(1, BLOB_PAGE_MAX);
+    let limit = query.limit(BLOB_PAGE_MAX);
     let page = platform
         .blobs()
         .list(&id, &query.prefix, query.cursor.as_deref(), limit)

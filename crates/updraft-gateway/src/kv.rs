@@ -18,7 +18,7 @@ use crate::error::ApiError;
 
 type Shared = State<Arc<Platform>>;
 
-/// Default page size of a key listing.
+/// Default page size of a key or blob listing.
 const LIST_PAGE_DEFAULT: usize = 100;
 
 /// `GET /v1/kv`: the stores in use.
@@ -26,12 +26,20 @@ pub(crate) async fn stores(State(platform): Shared) -> Response {
     Json(json!({ "stores": platform.kv_store_names() })).into_response()
 }
 
+/// `?prefix=&cursor=&limit=` of a key or blob listing.
 #[derive(Deserialize)]
 pub(crate) struct ListQuery {
     #[serde(default)]
-    prefix: String,
-    cursor: Option<String>,
+    pub(crate) prefix: String,
+    pub(crate) cursor: Option<String>,
     limit: Option<usize>,
+}
+
+impl ListQuery {
+    /// The page size asked for, within 1..=`max`.
+    pub(crate) fn limit(&self, max: usize) -> usize {
+        self.limit.unwrap_or(LIST_PAGE_DEFAULT).clamp(1, max)
+    }
 }
 
 /// `GET /v1/kv/{store}?prefix=&cursor=&limit=`: one page of keys.
@@ -41,10 +49,7 @@ pub(crate) async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let id = platform.kv_store(&store)?;
-    let limit = query
-        .limit
-        .unwrap_or(LIST_PAGE_DEFAULT)
-        .clamp(1, LIST_PAGE_MAX);
+    let limit = query.limit(LIST_PAGE_MAX);
     let page = platform
         .kv()
         .list(&id, &query.prefix, query.cursor.as_deref(), limit)

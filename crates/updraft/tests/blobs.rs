@@ -12,6 +12,19 @@ use serde_json::Value;
 /// Blob limit of the test server: small, so "too large" is quick to reach.
 const LIMIT: usize = 1024 * 1024;
 
+async fn get(server: &Server, path: &str) -> reqwest::Response {
+    client().get(server.url(path)).send().await.unwrap()
+}
+
+async fn put(server: &Server, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    client()
+        .put(server.url(path))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -27,31 +40,17 @@ async fn functions_store_and_serve_blobs_within_limits() {
         "files-rust",
         "route = \"/files/...\"\nblob_containers = [\"uploads\"]",
     );
-    let http = client();
 
     // Upload through the function (streamed in chunks), exactly at the limit.
     let big = data(LIMIT, 7);
-    let r = http
-        .put(server.url("/files/dir/big.bin"))
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = put(&server, "/files/dir/big.bin", big.clone()).await;
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let served = http
-        .get(server.url("/files/dir/big.bin"))
-        .send()
-        .await
-        .unwrap();
+    let served = get(&server, "/files/dir/big.bin").await;
     assert_eq!(served.status(), 200);
     assert_eq!(served.bytes().await.unwrap().to_vec(), big);
 
     // The operator sees the same blob, through the API and the CLI.
-    let api = http
-        .get(server.url("/v1/blobs/uploads/dir/big.bin"))
-        .send()
-        .await
-        .unwrap();
+    let api = get(&server, "/v1/blobs/uploads/dir/big.bin").await;
     assert_eq!(api.bytes().await.unwrap().to_vec(), big);
     let copy = dir.path().join("copy.bin");
     server.cli_ok(&[
@@ -74,23 +73,9 @@ async fn functions_store_and_serve_blobs_within_limits() {
         "small.txt",
         small.to_str().unwrap(),
     ]);
-    let text = http
-        .get(server.url("/files/small.txt"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get(&server, "/files/small.txt").await.text().await.unwrap();
     assert_eq!(text, "hello blobs");
-    let listed = http
-        .get(server.url("/files/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let listed = get(&server, "/files/").await.text().await.unwrap();
     assert_eq!(listed, format!("{LIMIT} dir/big.bin\n11 small.txt\n"));
     let json: Value =
         serde_json::from_str(&server.cli_ok(&["--json", "blob", "ls", "uploads"])).unwrap();
@@ -99,57 +84,23 @@ async fn functions_store_and_serve_blobs_within_limits() {
     // One byte over the limit: 413 from the function and from the API, and
     // neither stores anything (nor replaces what was there).
     let over = data(LIMIT + 1, 9);
-    let r = http
-        .put(server.url("/files/dir/big.bin"))
-        .body(over.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = put(&server, "/files/dir/big.bin", over.clone()).await;
     assert_eq!(r.status(), 413, "{}", r.text().await.unwrap());
-    let r = http
-        .put(server.url("/v1/blobs/uploads/huge.bin"))
-        .body(over)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
-    assert_eq!(error_code(&r.text().await.unwrap()), "blob_too_large");
-    let served = http
-        .get(server.url("/files/dir/big.bin"))
-        .send()
-        .await
-        .unwrap();
+    let r = put(&server, "/v1/blobs/uploads/huge.bin", over).await;
+    expect_error(r, 413, "blob_too_large").await;
+    let served = get(&server, "/files/dir/big.bin").await;
     assert_eq!(served.bytes().await.unwrap().to_vec(), big);
-    let r = http
-        .get(server.url("/files/huge.bin"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&server, "/files/huge.bin").await;
     assert_eq!(r.status(), 404);
 
     // Bad keys and unknown containers are refused with the reason.
-    let r = http
-        .put(server.url("/v1/blobs/uploads/a%2F%2Fb"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert_eq!(error_code(&r.text().await.unwrap()), "invalid_key");
-    let r = http
-        .get(server.url("/v1/blobs/nope/x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    assert_eq!(error_code(&r.text().await.unwrap()), "container_not_found");
+    let r = put(&server, "/v1/blobs/uploads/a%2F%2Fb", "x").await;
+    expect_error(r, 400, "invalid_key").await;
+    let r = get(&server, "/v1/blobs/nope/x").await;
+    expect_error(r, 404, "container_not_found").await;
 
     // A container the manifest does not list does not open.
-    let r = http
-        .get(server.url("/files/x?container=secret"))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&server, "/files/x?container=secret").await;
     assert_eq!(r.status(), 403);
     let logs = server.cli_ok(&["logs", "files"]);
     assert!(
@@ -158,7 +109,7 @@ async fn functions_store_and_serve_blobs_within_limits() {
     );
 
     // Delete through the function; the blob is gone everywhere.
-    let r = http
+    let r = client()
         .delete(server.url("/files/small.txt"))
         .send()
         .await

@@ -141,8 +141,7 @@ async fn operator_api_checks_every_input_and_loses_nothing() {
     let r = put("/v1/kv/default/big", vec![0; 1024 * 1024 + 1])
         .await
         .unwrap();
-    assert_eq!(r.status(), 413);
-    assert_eq!(error_code(&r.text().await.unwrap()), "value_too_large");
+    expect_error(r, 413, "value_too_large").await;
     let long_key = format!("/v1/kv/default/{}", "k".repeat(513));
     let r = put(&long_key, b"x".to_vec()).await.unwrap();
     assert_eq!(r.status(), 400);
@@ -157,15 +156,13 @@ async fn operator_api_checks_every_input_and_loses_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
-    assert_eq!(error_code(&r.text().await.unwrap()), "invalid_cursor");
+    expect_error(r, 400, "invalid_cursor").await;
     let r = http
         .get(server.url("/v1/kv/default/missing"))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 404);
-    assert_eq!(error_code(&r.text().await.unwrap()), "key_not_found");
+    expect_error(r, 404, "key_not_found").await;
     // A counter that is not a number is the guest's problem to report.
     let (status, body) = get_text(server.url("/counter?key=b")).await;
     assert_eq!(status, 400, "{body}");

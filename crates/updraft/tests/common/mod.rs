@@ -178,6 +178,14 @@ impl Server {
     }
 }
 
+/// Checks that `response` is an API error with `status` and `code`; returns its message.
+pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(response.status().as_u16(), status);
+    let body = response.text().await.unwrap();
+    assert_eq!(error_code(&body), code, "{body}");
+    error_message(&body)
+}
+
 /// Error code of a JSON error body.
 pub fn error_code(body: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(body)
