@@ -15,8 +15,8 @@ use updraft_sandbox::{
     BlobGrant, InvocationCtx, KvGrant, OnDone, PrepareSpec, Prepared, Report, ResponseBody,
     Sandbox, SandboxConfig,
 };
-use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, Blobs, ContainerId};
-use updraft_state::kv::{EmbeddedKv, KvStore, StoreId};
+use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig, Blobs, ContainerId};
+use updraft_state::kv::{KvConfig, KvStore, StoreId};
 use updraft_state::registry::NewVersion;
 use updraft_state::{FunctionRecord, LogStore, Registry};
 
@@ -35,6 +35,10 @@ pub struct PlatformConfig {
     pub idle_unload: Option<Duration>,
     /// Largest blob a function or the API may store.
     pub blob_bytes_max: u64,
+    /// The key-value backend.
+    pub kv: KvConfig,
+    /// The blob backend.
+    pub blobs: BlobConfig,
 }
 
 /// Owner of every store until tenants exist: stores are named per owner.
@@ -50,6 +54,8 @@ impl PlatformConfig {
             instances_max: updraft_sandbox::SandboxConfig::new(PathBuf::new()).instances_max,
             idle_unload: Some(IDLE_UNLOAD_DEFAULT),
             blob_bytes_max: BLOB_BYTES_MAX_DEFAULT,
+            kv: KvConfig::default(),
+            blobs: BlobConfig::default(),
         }
     }
 }
@@ -170,10 +176,11 @@ impl Platform {
         sandbox_config.instances_max = config.instances_max;
         let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(sandbox_config));
         let data_dir = config.data_dir.clone();
+        let (kv_config, blob_config) = (config.kv.clone(), config.blobs.clone());
         let blob_bytes_max = config.blob_bytes_max;
         let stores = tokio::task::spawn_blocking(move || {
-            let kv: Arc<dyn KvStore> = Arc::new(EmbeddedKv::open(&data_dir)?);
-            let blobs = Blobs::local(&data_dir.join("blobs"), blob_bytes_max)?;
+            let kv = kv_config.open(&data_dir)?;
+            let blobs = blob_config.open(&data_dir, blob_bytes_max)?;
             Ok::<_, PlatformError>((
                 Arc::new(Registry::open(&data_dir)?),
                 LogStore::open(&data_dir)?,

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use updraft_scheduler::{Platform, PlatformConfig};
 
+use crate::config::ServerConfig;
+
 /// Options of `updraft up`.
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
@@ -28,6 +30,10 @@ pub struct UpArgs {
     /// Largest blob, in bytes, that a function or the API may store.
     #[arg(long, env = "UPDRAFT_BLOB_BYTES_MAX", default_value_t = PlatformConfig::new(PathBuf::new()).blob_bytes_max)]
     pub blob_bytes_max: u64,
+    /// Server config file: the backends of key-value and blob state (see
+    /// docs/server-config.md). Without it, everything is embedded in the data dir.
+    #[arg(long, env = "UPDRAFT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Runs the platform until SIGINT or SIGTERM, then drains in-flight requests.
@@ -38,7 +44,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         )
     })?;
+    let file = match &args.config {
+        Some(path) => ServerConfig::load(path)?,
+        None => ServerConfig::default(),
+    };
     let mut config = PlatformConfig::new(args.data_dir.clone());
+    config.kv = file.kv;
+    config.blobs = file.blobs;
     config.instances_max = args.instances_max;
     config.idle_unload =
         (args.idle_unload_secs > 0).then(|| Duration::from_secs(args.idle_unload_secs));

@@ -8,7 +8,7 @@
 //! `{owner}/{container}/{key}` in the backend.
 
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,6 +25,33 @@ pub const BLOB_KEY_BYTES_MAX: usize = 1024;
 pub const BLOB_PAGE_MAX: usize = 1000;
 /// Parts uploaded at once by a streaming writer.
 const WRITE_PARTS_IN_FLIGHT_MAX: usize = 4;
+
+/// Where blobs are kept: the `[blobs]` section of the server config,
+/// chosen by `type`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum BlobConfig {
+    /// Files under `dir` (default: `blobs` in the data dir).
+    Local { dir: Option<PathBuf> },
+}
+
+impl Default for BlobConfig {
+    fn default() -> Self {
+        BlobConfig::Local { dir: None }
+    }
+}
+
+impl BlobConfig {
+    pub fn open(&self, data_dir: &Path, blob_bytes_max: u64) -> Result<Blobs, BlobError> {
+        match self {
+            BlobConfig::Local { dir } => {
+                let dir = dir.clone().unwrap_or_else(|| data_dir.join("blobs"));
+                Blobs::local(&dir, blob_bytes_max)
+            }
+        }
+    }
+}
 
 /// One container of one owner.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

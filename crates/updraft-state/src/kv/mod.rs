@@ -7,6 +7,9 @@
 
 pub mod embedded;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
 pub use embedded::EmbeddedKv;
@@ -19,6 +22,25 @@ pub const VALUE_BYTES_MAX: usize = 1024 * 1024;
 pub const BATCH_KEYS_MAX: usize = 1000;
 /// Most keys in one page of a listing (and its default size).
 pub const LIST_PAGE_MAX: usize = 1000;
+
+/// Which key-value backend serves the stores: the `[kv]` section of the
+/// server config, chosen by `type`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum KvConfig {
+    /// `kv.redb` in the data dir (the default).
+    #[default]
+    Embedded,
+}
+
+impl KvConfig {
+    pub fn open(&self, data_dir: &Path) -> Result<Arc<dyn KvStore>, KvError> {
+        match self {
+            KvConfig::Embedded => Ok(Arc::new(EmbeddedKv::open(data_dir)?)),
+        }
+    }
+}
 
 /// One store of one owner.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,43 @@
+//! The server config file of `updraft up --config FILE`: which backends hold
+//! state, chosen by `type` per section. Every key is optional; unknown keys
+//! and unknown types are errors that name them. Flags and `UPDRAFT_…`
+//! variables set the rest.
+//!
+//! ```toml
+//! [kv]
+//! type = "embedded"   # kv.redb in the data dir (the only backend so far)
+//!
+//! [blobs]
+//! type = "local"      # files on this machine
+//! dir = "/srv/blobs"  # default: DATA_DIR/blobs
+//! ```
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Deserialize;
+use updraft_state::blob::BlobConfig;
+use updraft_state::kv::KvConfig;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default)]
+    pub kv: KvConfig,
+    #[serde(default)]
+    pub blobs: BlobConfig,
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the server config {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "the server config {} is not valid: {}",
+                path.display(),
+                e.message()
+            )
+        })
+    }
+}
