@@ -73,6 +73,8 @@ fn loaded_json(loaded: &Loaded) -> Value {
         "digest": v.digest,
         "limits": v.limits,
         "env_keys": v.manifest.env.keys().collect::<Vec<_>>(),
+        "key_value_stores": v.manifest.key_value_stores,
+        "blob_containers": v.manifest.blob_containers,
         "artifact": match loaded.prepared() {
             Some(prepared) => json!({
                 "loaded": true,

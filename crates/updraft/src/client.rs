@@ -145,6 +145,8 @@ pub struct FunctionDetail {
     pub aliases: BTreeMap<String, u64>,
     pub limits: Option<Limits>,
     pub env_keys: Vec<String>,
+    pub key_value_stores: Vec<String>,
+    pub blob_containers: Vec<String>,
     pub artifact: Option<Artifact>,
     pub versions: Vec<VersionInfo>,
 }

@@ -133,12 +133,29 @@ pub fn write_function_detail(
         f.env_keys.join(", ")
     };
     writeln!(out, "env:       {env}")?;
+    writeln!(out, "state:     {}", state(f))?;
     writeln!(out, "artifact:  {}", artifact(f))?;
     if !f.versions.is_empty() {
         writeln!(out)?;
         write_versions(out, f)?;
     }
     Ok(())
+}
+
+/// The key-value stores and blob containers the function may open.
+fn state(f: &FunctionDetail) -> String {
+    let mut parts = Vec::new();
+    if !f.key_value_stores.is_empty() {
+        parts.push(format!("kv {}", f.key_value_stores.join(", ")));
+    }
+    if !f.blob_containers.is_empty() {
+        parts.push(format!("blobs {}", f.blob_containers.join(", ")));
+    }
+    if parts.is_empty() {
+        NONE.to_owned()
+    } else {
+        parts.join("; ")
+    }
 }
 
 fn aliases(f: &FunctionDetail) -> String {
@@ -442,6 +459,8 @@ mod tests {
                 instance_reuse_max: Some(1),
             }),
             env_keys: vec!["A".into(), "B".into()],
+            key_value_stores: vec!["default".into()],
+            blob_containers: Vec::new(),
             artifact: Some(Artifact {
                 loaded_from: "compile".into(),
                 compile_ms: Some(1200),
@@ -473,6 +492,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("env:       A, B"), "{text}");
+        assert!(text.contains("state:     kv default\n"), "{text}");
         assert!(
             text.contains("compiled in 1.2s, 2.0 MiB of machine code"),
             "{text}"

@@ -121,6 +121,8 @@ async fn functions_open_only_the_stores_they_list() {
         logs.contains("\"secret\" refused") && logs.contains("key_value_stores"),
         "{logs}"
     );
+    let info = server.cli_ok(&["info", "private"]);
+    assert!(info.contains("state:     kv secret"), "{info}");
     // The refused calls wrote nothing.
     assert_eq!(server.cli_ok(&["kv", "get", "secret", "k"]), "1");
     assert_eq!(server.cli_ok(&["kv", "stores"]), "default\nsecret\n");
