@@ -95,7 +95,7 @@ impl blobs::HostContainer for Host {
                 Some(grant) => grant.containers.join(", "),
                 None => "none".to_string(),
             };
-            self.notes.push(format!(
+            self.note(format!(
                 "blob container {name:?} refused: it is not in this function's blob_containers (listed: {listed}); add it to updraft.toml"
             ));
             return Ok(Err(blobs::Error::AccessDenied));

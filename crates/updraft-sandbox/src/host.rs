@@ -31,6 +31,19 @@ pub(crate) struct Host {
     pub(crate) notes: Vec<String>,
 }
 
+/// Host notes kept per invocation; a guest that fails the same way in a
+/// loop must not grow the host's memory.
+const NOTES_MAX: usize = 16;
+
+impl Host {
+    /// Adds a note for this invocation's logs (the first [`NOTES_MAX`]).
+    pub(crate) fn note(&mut self, note: String) {
+        if self.notes.len() < NOTES_MAX {
+            self.notes.push(note);
+        }
+    }
+}
+
 impl WasiView for Host {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

@@ -79,16 +79,16 @@ impl Host {
 
 impl store::Host for Host {
     async fn open(&mut self, identifier: String) -> Outcome<Resource<Bucket>> {
-        let allowed = self
+        let Some(grant) = self
             .kv
             .as_ref()
-            .is_some_and(|grant| grant.stores.contains(&identifier));
-        let Some(grant) = self.kv.as_ref().filter(|_| allowed) else {
+            .filter(|grant| grant.stores.contains(&identifier))
+        else {
             let listed = match &self.kv {
-                Some(grant) if !grant.stores.is_empty() => grant.stores.join(", "),
-                _ => "none".to_string(),
+                Some(grant) => grant.stores.join(", "),
+                None => "none".to_string(),
             };
-            self.notes.push(format!(
+            self.note(format!(
                 "key-value store {identifier:?} refused: it is not in this function's key_value_stores (listed: {listed}); add it to updraft.toml"
             ));
             return Ok(Err(store::Error::AccessDenied));
