@@ -217,3 +217,34 @@ async fn idle_functions_scale_to_zero_and_come_back_from_the_cache() {
         "reloads come from the cache: {health}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_whose_client_leaves_runs_to_its_end_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest("slow", "http-chaos", "route = \"/slow/...\"");
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let gone = impatient.get(server.url("/slow/slow?ms=800")).send().await;
+    assert!(gone.is_err(), "the client should have given up: {gone:?}");
+    // The guest still sleeps its 800 ms and succeeds; its usage is counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: Value = server.get_json("/v1/functions/slow").await;
+        if info["usage"]["invocations"] == 1 {
+            assert_eq!(info["usage"]["failures"], 0, "{info}");
+            assert!(
+                info["usage"]["billed_ms"].as_u64().unwrap() >= 800,
+                "{info}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recorded: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
