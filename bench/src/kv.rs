@@ -36,6 +36,9 @@ pub struct KvPlan {
 
 /// Who issued the operations.
 pub const UPDRAFT_GUEST: &str = "updraft-guest";
+/// The same guest with `durability = "process"` (acknowledged once in the
+/// kernel's hands; synced within 100 ms).
+pub const UPDRAFT_GUEST_PROCESS: &str = "updraft-guest-process";
 pub const REDIS: &str = "redis";
 /// Redis with `appendonly yes`, `appendfsync always`: durable writes, like Updraft's.
 pub const REDIS_FSYNC: &str = "redis-fsync";
@@ -123,6 +126,34 @@ pub fn measure(
     }
     let batches = parallel(|| guest_batch(&server, "get", plan.get_ops))?;
     points.push(combine(UPDRAFT_GUEST, &batches));
+    server.stop()?;
+
+    // The writes again, acknowledged before the disk sync.
+    let config = scratch.join("kv-process.toml");
+    std::fs::write(
+        &config,
+        "[kv]\ntype = \"embedded\"\ndurability = \"process\"\n",
+    )
+    .context("writing the server config")?;
+    let config = config.display().to_string();
+    let server = updraft::start_with(
+        updraft_bin,
+        &scratch.join("kv-process-data"),
+        "127.0.0.1:0",
+        scratch,
+        &["--config", &config],
+    )?
+    .server;
+    updraft::deploy_with(
+        server.endpoint,
+        "kvb",
+        "route=/kvb&key_value_stores=bench",
+        kv_bench,
+    )?;
+    for (op, n) in &ops[1..] {
+        guest_batch(&server, op, warmup(*n))?;
+        points.push(guest_batch(&server, op, *n)?.point(UPDRAFT_GUEST_PROCESS, op));
+    }
     server.stop()?;
 
     let (redis, addr) = start_redis(redis_bin, scratch, false)?;

@@ -405,9 +405,20 @@ fn kv_targets(kv: &KvReport, push: &mut impl FnMut(&str, String, Option<bool>)) 
             None,
         ),
     }
-    for op in ["get", "set"] {
-        let target = format!("kv {op}: ≥ 10× lower p50 latency than Redis on loopback");
-        match (kv.point(kv::UPDRAFT_GUEST, op), kv.point(kv::REDIS, op)) {
+    // Sets are judged at the `process` level: it keeps what acceptance asks
+    // (acknowledged writes survive a killed server); `disk` is in the table.
+    for (op, ours) in [
+        ("get", kv::UPDRAFT_GUEST),
+        ("set", kv::UPDRAFT_GUEST_PROCESS),
+    ] {
+        let target = if ours == kv::UPDRAFT_GUEST_PROCESS {
+            format!(
+                "kv {op} (durability = process): ≥ 10× lower p50 latency than Redis on loopback"
+            )
+        } else {
+            format!("kv {op}: ≥ 10× lower p50 latency than Redis on loopback")
+        };
+        match (kv.point(ours, op), kv.point(kv::REDIS, op)) {
             (Some(ours), Some(redis)) => {
                 let ratio = redis.p50_ns as f64 / ours.p50_ns.max(1) as f64;
                 push(

@@ -13,10 +13,22 @@ use crate::servers::{self, Announced};
 
 /// Starts `updraft up` on `data_dir`, listening on `listen` (port 0: any).
 pub fn start(bin: &Path, data_dir: &Path, listen: &str, scratch: &Path) -> Result<Announced> {
+    start_with(bin, data_dir, listen, scratch, &[])
+}
+
+/// [`start`] with more arguments for `updraft up` (e.g. `--config FILE`).
+pub fn start_with(
+    bin: &Path,
+    data_dir: &Path,
+    listen: &str,
+    scratch: &Path,
+    extra: &[&str],
+) -> Result<Announced> {
     let mut command = Command::new(bin);
     command
         .args(["up", "--listen", listen, "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         // The server's own default log level, whatever the caller's shell says.
         .env_remove("RUST_LOG")
         .env("XDG_CACHE_HOME", scratch.join("xdg-cache"));

@@ -139,9 +139,10 @@ fn tiny_run_writes_complete_json_and_markdown() {
     assert_eq!(memory.rss_unloaded.is_some(), cold.after_unload.is_some());
 
     // Key-value: three single-client ops and the parallel gets for Updraft
-    // and Redis, plus the two write ops for Redis with fsync.
+    // and Redis, plus the two write ops for Redis with fsync and for Updraft
+    // with process durability.
     let kv = &report.kv;
-    assert_eq!(kv.points.len(), 10, "{kv:?}");
+    assert_eq!(kv.points.len(), 12, "{kv:?}");
     for point in &kv.points {
         assert!(point.ops > 0 && point.ops_per_s > 0.0, "{point:?}");
         assert!(
@@ -152,6 +153,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
     assert!(kv.point("updraft-guest", "get-parallel").is_some());
     assert!(kv.point("redis", "increment").is_some());
     assert!(kv.point("redis-fsync", "set").is_some());
+    assert!(kv.point("updraft-guest-process", "increment").is_some());
 
     assert_eq!(report.targets.len(), 14);
     assert!(

@@ -51,8 +51,27 @@ async fn a_thousand_concurrent_increments_leave_a_thousand() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_sigkill() {
+    writes_survive_sigkill("disk").await;
+}
+
+/// The `process` level answers before the disk sync; the journal must
+/// carry every acknowledged write across the kill.
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_writes_survive_sigkill_with_process_durability() {
+    writes_survive_sigkill("process").await;
+}
+
+async fn writes_survive_sigkill(durability: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!("[kv]\ntype = \"embedded\"\ndurability = \"{durability}\"\n"),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let data = dir.path().join("data");
+    let server = Server::start_with(&data, &["--config", &config]);
     deploy_counter(&server, "counter", &["default"]);
     // Writers keep going until the server dies under them.
     let stop = Arc::new(AtomicBool::new(false));
@@ -92,7 +111,7 @@ async fn acknowledged_writes_survive_sigkill() {
         acked.len()
     );
 
-    let server = Server::start(dir.path());
+    let server = Server::start_with(&data, &["--config", &config]);
     let listed = server.cli_ok(&["kv", "ls", "default"]);
     let listed: BTreeSet<&str> = listed.lines().collect();
     for key in &acked {

@@ -3,23 +3,29 @@
 //! renewed after each commit (opening a read transaction per get serializes
 //! readers on redb's transaction tracker). Writes go to one
 //! writer thread that commits everything queued so far in one transaction
-//! (group commit): one fsync serves every write in the batch, and each caller
-//! is answered only after that commit, so an acknowledged write survives a
-//! crash.
+//! (group commit). With [`Durability::Disk`] one fsync serves every write in
+//! the batch and each caller is answered after it, so an acknowledged write
+//! survives a power cut. With [`Durability::Process`] the batch is committed
+//! without a sync and appended to the [`journal`](super::journal) before the
+//! answer, so it survives a killed process; the database is synced, and the
+//! journal emptied, every [`SYNC_INTERVAL`] at most.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use redb::{
-    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    Database, Durability as RedbDurability, ReadOnlyTable, ReadableDatabase, ReadableTable, Table,
+    TableDefinition,
 };
 use tokio::sync::{mpsc, oneshot};
 
+use super::journal::{Journal, Record, SYNC_INTERVAL};
 use super::{
-    CasOutcome, KeyPage, KvError, KvStore, LIST_PAGE_MAX, StoreId, check_batch, check_key,
-    check_value, counter_value,
+    CasOutcome, Durability, KeyPage, KvError, KvStore, LIST_PAGE_MAX, StoreId, check_batch,
+    check_key, check_value, counter_value,
 };
 
 /// (owner, store, key) → value.
@@ -33,7 +39,7 @@ const GROUP_COMMIT_OPS_MAX: usize = 1024;
 pub struct EmbeddedKv {
     db: Arc<Database>,
     /// `None` once dropping; closing it stops the writer thread.
-    writes: Option<mpsc::Sender<Write>>,
+    writes: Option<mpsc::Sender<Msg>>,
     writer: Option<std::thread::JoinHandle<()>>,
     /// Set when a commit failed: later writes are refused, not guessed at.
     poisoned: Arc<AtomicBool>,
@@ -75,29 +81,57 @@ struct Write {
     reply: oneshot::Sender<Result<Done, KvError>>,
 }
 
+/// What the writer thread is asked to do.
+enum Msg {
+    Write(Write),
+    /// Sync the database to disk and empty the journal (`process` durability).
+    Sync,
+}
+
 fn storage(e: impl std::fmt::Display) -> KvError {
     KvError::Storage(e.to_string())
 }
 
 impl EmbeddedKv {
-    pub fn open(data_dir: &Path) -> Result<EmbeddedKv, KvError> {
+    pub fn open(data_dir: &Path, durability: Durability) -> Result<EmbeddedKv, KvError> {
         std::fs::create_dir_all(data_dir).map_err(storage)?;
         let db = Database::create(data_dir.join("kv.redb")).map_err(storage)?;
         // Creating the table is idempotent: no need to wait for a sync.
         let mut txn = db.begin_write().map_err(storage)?;
-        txn.set_durability(Durability::None).map_err(storage)?;
+        txn.set_durability(RedbDurability::None).map_err(storage)?;
         txn.open_table(KV).map_err(storage)?;
         txn.commit().map_err(storage)?;
+        // Writes acknowledged before a crash but not yet synced are in the
+        // journal: apply them (durably) before anything else happens.
+        let (mut journal, unsynced) =
+            Journal::open(&data_dir.join("kv.journal")).map_err(storage)?;
+        if !unsynced.is_empty() {
+            replay(&db, &unsynced)?;
+        }
+        journal.clear().map_err(storage)?;
+        let journal = (durability == Durability::Process).then_some(journal);
         let db = Arc::new(db);
         let poisoned = Arc::new(AtomicBool::new(false));
         let (writes, queue) = mpsc::channel(WRITE_QUEUE_MAX);
+        if journal.is_some() {
+            start_syncer(writes.downgrade());
+        }
         let writer_db = db.clone();
         let writer_poisoned = poisoned.clone();
         let generation = Arc::new(AtomicU64::new(0));
         let writer_generation = generation.clone();
         let writer = std::thread::Builder::new()
             .name("updraft-kv-writer".into())
-            .spawn(move || write_loop(&writer_db, queue, &writer_poisoned, &writer_generation))
+            .spawn(move || {
+                let mut writer = Writer {
+                    db: &writer_db,
+                    poisoned: &writer_poisoned,
+                    generation: &writer_generation,
+                    journal,
+                    unsynced_since: None,
+                };
+                writer.run(queue);
+            })
             .map_err(storage)?;
         Ok(EmbeddedKv {
             db,
@@ -116,11 +150,11 @@ impl EmbeddedKv {
             ));
         }
         let (reply, done) = oneshot::channel();
-        let write = Write {
+        let write = Msg::Write(Write {
             store: store.clone(),
             op,
             reply,
-        };
+        });
         let stopped = || KvError::Storage("the key-value writer has stopped".into());
         let writes = self.writes.as_ref().ok_or_else(stopped)?;
         writes.send(write).await.map_err(|_| stopped())?;
@@ -304,52 +338,190 @@ impl KvStore for EmbeddedKv {
     }
 }
 
-/// The writer thread: drains the queue into one transaction per round.
-fn write_loop(
-    db: &Database,
-    mut queue: mpsc::Receiver<Write>,
-    poisoned: &AtomicBool,
-    generation: &AtomicU64,
-) {
-    while let Some(first) = queue.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_OPS_MAX {
-            match queue.try_recv() {
-                Ok(write) => batch.push(write),
-                Err(_) => break,
+/// Asks the writer to sync every [`SYNC_INTERVAL`] until the store is gone,
+/// so an idle store does not keep unsynced writes for long.
+fn start_syncer(writes: mpsc::WeakSender<Msg>) {
+    let spawned = std::thread::Builder::new()
+        .name("updraft-kv-sync".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(SYNC_INTERVAL);
+                let Some(writes) = writes.upgrade() else {
+                    break;
+                };
+                // A full queue means a sync is due soon anyway.
+                let _ = writes.try_send(Msg::Sync);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the key-value sync thread: {e}");
+    }
+}
+
+/// The writer thread's state.
+struct Writer<'a> {
+    db: &'a Database,
+    poisoned: &'a AtomicBool,
+    generation: &'a AtomicU64,
+    /// `Some` for `process` durability.
+    journal: Option<Journal>,
+    /// The first commit not yet synced to disk.
+    unsynced_since: Option<Instant>,
+}
+
+impl Writer<'_> {
+    /// Drains the queue into one transaction per round, until the store is
+    /// dropped; then syncs what is left.
+    fn run(&mut self, mut queue: mpsc::Receiver<Msg>) {
+        while let Some(first) = queue.blocking_recv() {
+            let mut batch = Vec::new();
+            let mut sync = false;
+            for msg in std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok())) {
+                match msg {
+                    Msg::Write(write) => batch.push(write),
+                    Msg::Sync => sync = true,
+                }
+                if batch.len() >= GROUP_COMMIT_OPS_MAX {
+                    break;
+                }
+            }
+            if !batch.is_empty() {
+                self.write(batch);
+            }
+            let due = self
+                .unsynced_since
+                .is_some_and(|since| since.elapsed() >= SYNC_INTERVAL);
+            if sync || due {
+                self.sync();
             }
         }
-        match commit(db, &batch) {
+        self.sync();
+    }
+
+    fn write(&mut self, batch: Vec<Write>) {
+        let durability = match self.journal {
+            Some(_) => RedbDurability::None,
+            None => RedbDurability::Immediate,
+        };
+        let committed = commit(self.db, &batch, durability).and_then(|(results, records)| {
+            if let Some(journal) = &mut self.journal {
+                journal.append(&records).map_err(storage)?;
+                self.unsynced_since.get_or_insert_with(Instant::now);
+            }
+            Ok(results)
+        });
+        match committed {
             Ok(results) => {
-                generation.fetch_add(1, Ordering::Release);
+                self.generation.fetch_add(1, Ordering::Release);
                 for (write, result) in batch.into_iter().zip(results) {
                     let _ = write.reply.send(result);
                 }
             }
             Err(e) => {
                 tracing::error!("key-value commit failed, refusing further writes: {e}");
-                poisoned.store(true, Ordering::Relaxed);
+                self.poisoned.store(true, Ordering::Relaxed);
                 for write in batch {
                     let _ = write.reply.send(Err(e.clone()));
                 }
             }
         }
     }
+
+    /// Makes every commit so far durable, then empties the journal.
+    fn sync(&mut self) {
+        if self.unsynced_since.is_none() {
+            return;
+        }
+        let synced = self
+            .db
+            .begin_write()
+            .map_err(storage)
+            .and_then(|txn| txn.commit().map_err(storage))
+            .and_then(|()| match &mut self.journal {
+                Some(journal) => journal.clear().map_err(storage),
+                None => Ok(()),
+            });
+        match synced {
+            Ok(()) => self.unsynced_since = None,
+            // The journal still holds the writes: a restart replays them.
+            Err(e) => {
+                tracing::error!("key-value sync failed, refusing further writes: {e}");
+                self.poisoned.store(true, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
-/// Applies `batch` in order in one transaction; each write sees the ones
-/// before it. An `Err` means nothing was committed.
-fn commit(db: &Database, batch: &[Write]) -> Result<Vec<Result<Done, KvError>>, KvError> {
+/// Applies journal records left by a crash, durably.
+fn replay(db: &Database, records: &[Record]) -> Result<(), KvError> {
     let txn = db.begin_write().map_err(storage)?;
-    let mut results = Vec::with_capacity(batch.len());
     {
         let mut table = txn.open_table(KV).map_err(storage)?;
+        for r in records {
+            let key = (
+                r.store.owner.as_str(),
+                r.store.name.as_str(),
+                r.key.as_str(),
+            );
+            match &r.value {
+                Some(value) => table.insert(key, value.as_slice()).map_err(storage)?,
+                None => table.remove(key).map_err(storage)?,
+            };
+        }
+    }
+    txn.commit().map_err(storage)
+}
+
+/// Each write's result, and the final state of every key the batch touched.
+type Committed = (Vec<Result<Done, KvError>>, Vec<Record>);
+
+/// Applies `batch` in order in one transaction; each write sees the ones
+/// before it. Returns each write's result and the final state of every key
+/// the batch touched (for the journal). An `Err` means nothing was committed.
+fn commit(
+    db: &Database,
+    batch: &[Write],
+    durability: RedbDurability,
+) -> Result<Committed, KvError> {
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_durability(durability).map_err(storage)?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut records = Vec::new();
+    {
+        let mut table = txn.open_table(KV).map_err(storage)?;
+        let mut touched: Vec<(&StoreId, &str)> = Vec::new();
         for write in batch {
             results.push(apply(&mut table, &write.store, &write.op)?);
+            touched.extend(write.op.keys().map(|key| (&write.store, key)));
+        }
+        if matches!(durability, RedbDurability::None) {
+            touched.sort_unstable();
+            touched.dedup();
+            for (store, key) in touched {
+                records.push(Record {
+                    store: store.clone(),
+                    key: key.to_string(),
+                    value: get_value(&table, store, key)?,
+                });
+            }
         }
     }
     txn.commit().map_err(storage)?;
-    Ok(results)
+    Ok((results, records))
+}
+
+impl Op {
+    /// The keys this write may change.
+    fn keys(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            Op::Set(key, _) | Op::Delete(key) | Op::Increment(key, _) => {
+                Box::new(std::iter::once(key.as_str()))
+            }
+            Op::Cas { key, .. } => Box::new(std::iter::once(key.as_str())),
+            Op::SetMany(entries) => Box::new(entries.iter().map(|(k, _)| k.as_str())),
+            Op::DeleteMany(keys) => Box::new(keys.iter().map(String::as_str)),
+        }
+    }
 }
 
 type KvTable<'t> = Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>;
@@ -467,8 +639,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn matches_a_btreemap_over_thousands_of_mixed_operations() {
+        for durability in [Durability::Disk, Durability::Process] {
+            model_run(durability).await;
+        }
+    }
+
+    async fn model_run(durability: Durability) {
         let dir = tempfile::tempdir().unwrap();
-        let kv = EmbeddedKv::open(dir.path()).unwrap();
+        let kv = EmbeddedKv::open(dir.path(), durability).unwrap();
         let store = StoreId::new("owner", "default");
         // A neighbouring store and owner whose keys must never show up.
         let other_store = StoreId::new("owner", "defaults");
@@ -593,7 +771,7 @@ mod tests {
 
         // Everything acknowledged is there after reopening.
         drop(kv);
-        let kv = EmbeddedKv::open(dir.path()).unwrap();
+        let kv = EmbeddedKv::open(dir.path(), durability).unwrap();
         let page = kv.list(&store, "", None, LIST_PAGE_MAX).await.unwrap();
         assert_eq!(page.keys, list_model(&model, ""));
         for (k, v) in &model {
@@ -604,7 +782,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn concurrent_increments_are_all_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let kv = Arc::new(EmbeddedKv::open(dir.path()).unwrap());
+        let kv = Arc::new(EmbeddedKv::open(dir.path(), Durability::Disk).unwrap());
         let store = StoreId::new("owner", "counters");
         let tasks: Vec<_> = (0..500)
             .map(|_| {
@@ -628,7 +806,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn bad_input_is_refused_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let kv = EmbeddedKv::open(dir.path()).unwrap();
+        let kv = EmbeddedKv::open(dir.path(), Durability::Process).unwrap();
         let store = StoreId::new("owner", "default");
         kv.set(&store, "keep", b"1".to_vec()).await.unwrap();
         kv.set(&store, "text", b"hello".to_vec()).await.unwrap();

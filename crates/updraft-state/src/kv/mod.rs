@@ -6,6 +6,7 @@
 //! Cluster backends (NATS JetStream KV) implement the same trait later.
 
 pub mod embedded;
+mod journal;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use embedded::EmbeddedKv;
+pub use journal::SYNC_INTERVAL;
 
 /// Longest key, in bytes.
 pub const KEY_BYTES_MAX: usize = 512;
@@ -25,21 +27,45 @@ pub const LIST_PAGE_MAX: usize = 1000;
 
 /// Which key-value backend serves the stores: the `[kv]` section of the
 /// server config, chosen by `type`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 #[non_exhaustive]
 pub enum KvConfig {
-    /// `kv.redb` in the data dir (the default).
-    #[default]
-    Embedded,
+    /// `kv.redb` in the data dir.
+    Embedded {
+        #[serde(default)]
+        durability: Durability,
+    },
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig::Embedded {
+            durability: Durability::default(),
+        }
+    }
 }
 
 impl KvConfig {
     pub fn open(&self, data_dir: &Path) -> Result<Arc<dyn KvStore>, KvError> {
         match self {
-            KvConfig::Embedded => Ok(Arc::new(EmbeddedKv::open(data_dir)?)),
+            KvConfig::Embedded { durability } => {
+                Ok(Arc::new(EmbeddedKv::open(data_dir, *durability)?))
+            }
         }
     }
+}
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After it is synced to disk: it survives a power cut (the default).
+    #[default]
+    Disk,
+    /// After the kernel has it (a journal `write`): it survives a killed
+    /// Updraft but not a power cut; the disk sync follows within 100 ms.
+    Process,
 }
 
 /// One store of one owner.
