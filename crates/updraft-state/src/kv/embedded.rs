@@ -2,17 +2,20 @@
 //! dir. Reads run on the caller's thread against a shared read snapshot,
 //! renewed after each commit (opening a read transaction per get serializes
 //! readers on redb's transaction tracker). Writes go to one
-//! writer thread that commits everything queued so far in one transaction
-//! (group commit). With [`Durability::Disk`] one fsync serves every write in
-//! the batch and each caller is answered after it, so an acknowledged write
-//! survives a power cut. With [`Durability::Process`] the batch is committed
-//! without a sync and appended to the [`journal`](super::journal) before the
-//! answer, so it survives a killed process; the database is synced, and the
-//! journal emptied, every [`SYNC_INTERVAL`] at most.
+//! path chosen by the durability level:
+//! - [`Durability::Disk`]: one writer thread commits everything queued so
+//!   far in one transaction (group commit); one fsync serves every write in
+//!   the batch, and each caller is answered after it, so an acknowledged
+//!   write survives a power cut.
+//! - [`Durability::Process`]: the calling task commits its own write without
+//!   a sync and appends it to the [`journal`](super::journal) with one
+//!   `write` before answering, so it survives a killed process, with no
+//!   thread hop on the way. A sync thread makes the database durable, and
+//!   empties the journal, every [`SYNC_INTERVAL`].
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -39,8 +42,13 @@ const GROUP_COMMIT_OPS_MAX: usize = 1024;
 pub struct EmbeddedKv {
     db: Arc<Database>,
     /// `None` once dropping; closing it stops the writer thread.
-    writes: Option<mpsc::Sender<Msg>>,
+    /// `disk` durability: the writer thread's queue (`None` once dropping).
+    writes: Option<mpsc::Sender<Write>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// `process` durability: the writer each task uses in turn.
+    inline: Option<Arc<Mutex<InlineWriter>>>,
+    /// `process` durability: dropping the sender stops the sync thread.
+    syncer: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     /// Set when a commit failed: later writes are refused, not guessed at.
     poisoned: Arc<AtomicBool>,
     /// Commits so far; a snapshot older than this is renewed before a read.
@@ -81,13 +89,6 @@ struct Write {
     reply: oneshot::Sender<Result<Done, KvError>>,
 }
 
-/// What the writer thread is asked to do.
-enum Msg {
-    Write(Write),
-    /// Sync the database to disk and empty the journal (`process` durability).
-    Sync,
-}
-
 fn storage(e: impl std::fmt::Display) -> KvError {
     KvError::Storage(e.to_string())
 }
@@ -109,38 +110,52 @@ impl EmbeddedKv {
             replay(&db, &unsynced)?;
         }
         journal.clear().map_err(storage)?;
-        let journal = (durability == Durability::Process).then_some(journal);
         let db = Arc::new(db);
-        let poisoned = Arc::new(AtomicBool::new(false));
-        let (writes, queue) = mpsc::channel(WRITE_QUEUE_MAX);
-        if journal.is_some() {
-            start_syncer(writes.downgrade());
-        }
-        let writer_db = db.clone();
-        let writer_poisoned = poisoned.clone();
-        let generation = Arc::new(AtomicU64::new(0));
-        let writer_generation = generation.clone();
-        let writer = std::thread::Builder::new()
-            .name("updraft-kv-writer".into())
-            .spawn(move || {
-                let mut writer = Writer {
-                    db: &writer_db,
-                    poisoned: &writer_poisoned,
-                    generation: &writer_generation,
+        let mut kv = EmbeddedKv {
+            db: db.clone(),
+            writes: None,
+            writer: None,
+            inline: None,
+            syncer: None,
+            poisoned: Arc::new(AtomicBool::new(false)),
+            generation: Arc::new(AtomicU64::new(0)),
+            snapshot: RwLock::new(None),
+        };
+        match durability {
+            Durability::Disk => {
+                let (writes, queue) = mpsc::channel(WRITE_QUEUE_MAX);
+                let (poisoned, generation) = (kv.poisoned.clone(), kv.generation.clone());
+                let writer = std::thread::Builder::new()
+                    .name("updraft-kv-writer".into())
+                    .spawn(move || write_loop(&db, queue, &poisoned, &generation))
+                    .map_err(storage)?;
+                kv.writes = Some(writes);
+                kv.writer = Some(writer);
+            }
+            Durability::Process => {
+                let inline = Arc::new(Mutex::new(InlineWriter {
+                    db,
                     journal,
                     unsynced_since: None,
-                };
-                writer.run(queue);
-            })
-            .map_err(storage)?;
-        Ok(EmbeddedKv {
-            db,
-            writes: Some(writes),
-            writer: Some(writer),
-            poisoned,
-            generation,
-            snapshot: RwLock::new(None),
-        })
+                }));
+                let (stop, stopped) = std::sync::mpsc::channel();
+                let (syncing, poisoned) = (inline.clone(), kv.poisoned.clone());
+                let syncer = std::thread::Builder::new()
+                    .name("updraft-kv-sync".into())
+                    .spawn(move || {
+                        // Wakes every interval until the store is dropped.
+                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                            stopped.recv_timeout(SYNC_INTERVAL)
+                        {
+                            sync_inline(&syncing, &poisoned);
+                        }
+                    })
+                    .map_err(storage)?;
+                kv.inline = Some(inline);
+                kv.syncer = Some((stop, syncer));
+            }
+        }
+        Ok(kv)
     }
 
     async fn write(&self, store: &StoreId, op: Op) -> Result<Done, KvError> {
@@ -149,12 +164,26 @@ impl EmbeddedKv {
                 "an earlier write failed to commit; restart Updraft to recover the store".into(),
             ));
         }
+        if let Some(inline) = &self.inline {
+            let mut writer = inline.lock().unwrap_or_else(PoisonError::into_inner);
+            return match writer.write(store, &op) {
+                Ok(result) => {
+                    self.generation.fetch_add(1, Ordering::Release);
+                    result
+                }
+                Err(e) => {
+                    tracing::error!("key-value write failed, refusing further writes: {e}");
+                    self.poisoned.store(true, Ordering::Relaxed);
+                    Err(e)
+                }
+            };
+        }
         let (reply, done) = oneshot::channel();
-        let write = Msg::Write(Write {
+        let write = Write {
             store: store.clone(),
             op,
             reply,
-        });
+        };
         let stopped = || KvError::Storage("the key-value writer has stopped".into());
         let writes = self.writes.as_ref().ok_or_else(stopped)?;
         writes.send(write).await.map_err(|_| stopped())?;
@@ -200,6 +229,13 @@ impl Drop for EmbeddedKv {
         self.writes = None;
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+        if let Some((stop, syncer)) = self.syncer.take() {
+            drop(stop);
+            let _ = syncer.join();
+        }
+        if let Some(inline) = &self.inline {
+            sync_inline(inline, &self.poisoned);
         }
     }
 }
@@ -338,117 +374,80 @@ impl KvStore for EmbeddedKv {
     }
 }
 
-/// Asks the writer to sync every [`SYNC_INTERVAL`] until the store is gone,
-/// so an idle store does not keep unsynced writes for long.
-fn start_syncer(writes: mpsc::WeakSender<Msg>) {
-    let spawned = std::thread::Builder::new()
-        .name("updraft-kv-sync".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(SYNC_INTERVAL);
-                let Some(writes) = writes.upgrade() else {
-                    break;
-                };
-                // A full queue means a sync is due soon anyway.
-                let _ = writes.try_send(Msg::Sync);
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!("cannot start the key-value sync thread: {e}");
-    }
-}
-
-/// The writer thread's state.
-struct Writer<'a> {
-    db: &'a Database,
-    poisoned: &'a AtomicBool,
-    generation: &'a AtomicU64,
-    /// `Some` for `process` durability.
-    journal: Option<Journal>,
-    /// The first commit not yet synced to disk.
-    unsynced_since: Option<Instant>,
-}
-
-impl Writer<'_> {
-    /// Drains the queue into one transaction per round, until the store is
-    /// dropped; then syncs what is left.
-    fn run(&mut self, mut queue: mpsc::Receiver<Msg>) {
-        while let Some(first) = queue.blocking_recv() {
-            let mut batch = Vec::new();
-            let mut sync = false;
-            for msg in std::iter::once(first).chain(std::iter::from_fn(|| queue.try_recv().ok())) {
-                match msg {
-                    Msg::Write(write) => batch.push(write),
-                    Msg::Sync => sync = true,
-                }
-                if batch.len() >= GROUP_COMMIT_OPS_MAX {
-                    break;
-                }
-            }
-            if !batch.is_empty() {
-                self.write(batch);
-            }
-            let due = self
-                .unsynced_since
-                .is_some_and(|since| since.elapsed() >= SYNC_INTERVAL);
-            if sync || due {
-                self.sync();
+/// The `disk` writer thread: drains the queue into one durable
+/// transaction per round until the store is dropped.
+fn write_loop(
+    db: &Database,
+    mut queue: mpsc::Receiver<Write>,
+    poisoned: &AtomicBool,
+    generation: &AtomicU64,
+) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_OPS_MAX {
+            match queue.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
             }
         }
-        self.sync();
-    }
-
-    fn write(&mut self, batch: Vec<Write>) {
-        let durability = match self.journal {
-            Some(_) => RedbDurability::None,
-            None => RedbDurability::Immediate,
-        };
-        let committed = commit(self.db, &batch, durability).and_then(|(results, records)| {
-            if let Some(journal) = &mut self.journal {
-                journal.append(&records).map_err(storage)?;
-                self.unsynced_since.get_or_insert_with(Instant::now);
-            }
-            Ok(results)
-        });
-        match committed {
-            Ok(results) => {
-                self.generation.fetch_add(1, Ordering::Release);
+        let ops: Vec<(&StoreId, &Op)> = batch.iter().map(|w| (&w.store, &w.op)).collect();
+        match commit(db, &ops, RedbDurability::Immediate) {
+            Ok((results, _)) => {
+                generation.fetch_add(1, Ordering::Release);
                 for (write, result) in batch.into_iter().zip(results) {
                     let _ = write.reply.send(result);
                 }
             }
             Err(e) => {
                 tracing::error!("key-value commit failed, refusing further writes: {e}");
-                self.poisoned.store(true, Ordering::Relaxed);
+                poisoned.store(true, Ordering::Relaxed);
                 for write in batch {
                     let _ = write.reply.send(Err(e.clone()));
                 }
             }
         }
     }
+}
+
+/// The `process` writer, used by one task at a time.
+struct InlineWriter {
+    db: Arc<Database>,
+    journal: Journal,
+    /// The first commit not yet synced to disk.
+    unsynced_since: Option<Instant>,
+}
+
+impl InlineWriter {
+    /// Commits one write without a sync and journals the keys it changed.
+    /// The outer `Err` is a storage failure.
+    fn write(&mut self, store: &StoreId, op: &Op) -> Result<Result<Done, KvError>, KvError> {
+        let (mut results, records) = commit(&self.db, &[(store, op)], RedbDurability::None)?;
+        self.journal.append(&records).map_err(storage)?;
+        self.unsynced_since.get_or_insert_with(Instant::now);
+        results
+            .pop()
+            .ok_or_else(|| KvError::Storage("a commit without a result".into()))
+    }
 
     /// Makes every commit so far durable, then empties the journal.
-    fn sync(&mut self) {
+    fn sync(&mut self) -> Result<(), KvError> {
         if self.unsynced_since.is_none() {
-            return;
+            return Ok(());
         }
-        let synced = self
-            .db
-            .begin_write()
-            .map_err(storage)
-            .and_then(|txn| txn.commit().map_err(storage))
-            .and_then(|()| match &mut self.journal {
-                Some(journal) => journal.clear().map_err(storage),
-                None => Ok(()),
-            });
-        match synced {
-            Ok(()) => self.unsynced_since = None,
-            // The journal still holds the writes: a restart replays them.
-            Err(e) => {
-                tracing::error!("key-value sync failed, refusing further writes: {e}");
-                self.poisoned.store(true, Ordering::Relaxed);
-            }
-        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        self.journal.clear().map_err(storage)?;
+        self.unsynced_since = None;
+        Ok(())
+    }
+}
+
+fn sync_inline(inline: &Mutex<InlineWriter>, poisoned: &AtomicBool) {
+    let synced = inline.lock().unwrap_or_else(PoisonError::into_inner).sync();
+    // The journal still holds the writes: a restart replays them.
+    if let Err(e) = synced {
+        tracing::error!("key-value sync failed, refusing further writes: {e}");
+        poisoned.store(true, Ordering::Relaxed);
     }
 }
 
@@ -480,7 +479,7 @@ type Committed = (Vec<Result<Done, KvError>>, Vec<Record>);
 /// the batch touched (for the journal). An `Err` means nothing was committed.
 fn commit(
     db: &Database,
-    batch: &[Write],
+    batch: &[(&StoreId, &Op)],
     durability: RedbDurability,
 ) -> Result<Committed, KvError> {
     let mut txn = db.begin_write().map_err(storage)?;
@@ -490,9 +489,9 @@ fn commit(
     {
         let mut table = txn.open_table(KV).map_err(storage)?;
         let mut touched: Vec<(&StoreId, &str)> = Vec::new();
-        for write in batch {
-            results.push(apply(&mut table, &write.store, &write.op)?);
-            touched.extend(write.op.keys().map(|key| (&write.store, key)));
+        for (store, op) in batch {
+            results.push(apply(&mut table, store, op)?);
+            touched.extend(op.keys().map(|key| (*store, key)));
         }
         if matches!(durability, RedbDurability::None) {
             touched.sort_unstable();
