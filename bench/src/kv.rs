@@ -102,24 +102,12 @@ pub fn measure(
 ) -> Result<KvReport> {
     let mut points = Vec::new();
 
-    let server = updraft::start(
-        updraft_bin,
-        &scratch.join("kv-data"),
-        "127.0.0.1:0",
-        scratch,
-    )?
-    .server;
-    updraft::deploy_with(
-        server.endpoint,
-        "kvb",
-        "route=/kvb&key_value_stores=bench",
-        kv_bench,
-    )?;
     let ops = [
         ("get", plan.get_ops),
         ("set", plan.write_ops),
         ("increment", plan.write_ops),
     ];
+    let server = start_kv_bench(updraft_bin, scratch, kv_bench, "disk")?;
     for (op, n) in ops {
         guest_batch(&server, op, warmup(n))?;
         points.push(guest_batch(&server, op, n)?.point(UPDRAFT_GUEST, op));
@@ -129,27 +117,7 @@ pub fn measure(
     server.stop()?;
 
     // The writes again, acknowledged before the disk sync.
-    let config = scratch.join("kv-process.toml");
-    std::fs::write(
-        &config,
-        "[kv]\ntype = \"embedded\"\ndurability = \"process\"\n",
-    )
-    .context("writing the server config")?;
-    let config = config.display().to_string();
-    let server = updraft::start_with(
-        updraft_bin,
-        &scratch.join("kv-process-data"),
-        "127.0.0.1:0",
-        scratch,
-        &["--config", &config],
-    )?
-    .server;
-    updraft::deploy_with(
-        server.endpoint,
-        "kvb",
-        "route=/kvb&key_value_stores=bench",
-        kv_bench,
-    )?;
+    let server = start_kv_bench(updraft_bin, scratch, kv_bench, "process")?;
     for (op, n) in &ops[1..] {
         guest_batch(&server, op, warmup(*n))?;
         points.push(guest_batch(&server, op, *n)?.point(UPDRAFT_GUEST_PROCESS, op));
@@ -185,6 +153,39 @@ pub fn measure(
         redis_version,
         points,
     })
+}
+
+/// A fresh `updraft up` with the given key-value durability and kv-bench
+/// deployed at `/kvb` with the store `bench`.
+fn start_kv_bench(
+    updraft_bin: &Path,
+    scratch: &Path,
+    kv_bench: &[u8],
+    durability: &str,
+) -> Result<Server> {
+    let config = scratch.join(format!("kv-{durability}.toml"));
+    std::fs::write(
+        &config,
+        format!("[kv]\ntype = \"embedded\"\ndurability = \"{durability}\"\n"),
+    )
+    .context("writing the server config")?;
+    let config = config.display().to_string();
+    let data = scratch.join(format!("kv-{durability}-data"));
+    let server = updraft::start_with(
+        updraft_bin,
+        &data,
+        "127.0.0.1:0",
+        scratch,
+        &["--config", &config],
+    )?
+    .server;
+    updraft::deploy_with(
+        server.endpoint,
+        "kvb",
+        "route=/kvb&key_value_stores=bench",
+        kv_bench,
+    )?;
+    Ok(server)
 }
 
 /// An untimed batch first, so both systems start warm (caches, CPU clocks).
