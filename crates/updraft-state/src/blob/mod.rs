@@ -134,10 +134,6 @@ impl Blobs {
         })
     }
 
-    pub fn blob_bytes_max(&self) -> u64 {
-        self.blob_bytes_max
-    }
-
     pub async fn put(
         &self,
         container: &ContainerId,

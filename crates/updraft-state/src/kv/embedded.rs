@@ -41,8 +41,8 @@ const GROUP_COMMIT_OPS_MAX: usize = 1024;
 /// Key-value stores in `kv.redb`.
 pub struct EmbeddedKv {
     db: Arc<Database>,
-    /// `None` once dropping; closing it stops the writer thread.
-    /// `disk` durability: the writer thread's queue (`None` once dropping).
+    /// `disk` durability: the writer thread's queue; closing it (on drop)
+    /// stops the thread.
     writes: Option<mpsc::Sender<Write>>,
     writer: Option<std::thread::JoinHandle<()>>,
     /// `process` durability: the writer each task uses in turn.

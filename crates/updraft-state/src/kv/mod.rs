@@ -14,7 +14,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use embedded::EmbeddedKv;
-pub use journal::SYNC_INTERVAL;
 
 /// Longest key, in bytes.
 pub const KEY_BYTES_MAX: usize = 512;
