@@ -8,6 +8,7 @@
 #   - JS example:   Node.js 20+ and npm; examples/hello-js/node_modules
 #   - Python:       componentize-py 0.25.1 in a venv under target/py-venv
 #   - the peer:     wasmtime-cli 48.0.8 (`wasmtime serve` / `wasmtime run`)
+#   - S3 tests:     moto's S3-compatible server, in the same venv
 #   - benchmarks:   wrk (the load generator of bench/, see BENCHMARKS.md) and
 #                   redis-server (the key-value baseline)
 #
@@ -25,6 +26,7 @@ case $TARGET_DIR in /*) ;; *) TARGET_DIR=$PWD/$TARGET_DIR ;; esac
 
 WASMTIME_VERSION=48.0.8
 COMPONENTIZE_PY_VERSION=0.25.1
+MOTO_VERSION=5.2.1
 NODE_MAJOR_MIN=20
 VENV=$TARGET_DIR/py-venv
 JS_EXAMPLE=$ROOT/examples/hello-js
@@ -132,6 +134,17 @@ if compgen -G "$VENV/lib/python3*/site-packages/componentize_py-$COMPONENTIZE_PY
 else
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet "componentize-py==$COMPONENTIZE_PY_VERSION"
+  echo "    installed"
+fi
+
+# --- moto (an S3-compatible server for the S3 blob backend's tests) ---------
+
+step "moto[server] $MOTO_VERSION in $VENV"
+if compgen -G "$VENV/lib/python3*/site-packages/moto-$MOTO_VERSION.dist-info" >/dev/null \
+   && [ -x "$VENV/bin/moto_server" ]; then
+  skip "installed"
+else
+  "$VENV/bin/pip" install --quiet "moto[server]==$MOTO_VERSION"
   echo "    installed"
 fi
 

@@ -190,6 +190,9 @@ impl Platform {
         });
         let (sandbox, stores) = tokio::join!(sandbox, stores);
         let (registry, log_store, kv, blobs) = stores.map_err(join_error)??;
+        if !matches!(config.blobs, BlobConfig::Local { .. }) {
+            blobs.check().await?;
+        }
         let sandbox = sandbox.map_err(join_error)??;
         let log_store = Arc::new(log_store);
         let platform = Arc::new(Platform {

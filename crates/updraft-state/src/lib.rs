@@ -13,6 +13,8 @@ mod error;
 pub mod kv;
 pub mod logs;
 pub mod registry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use error::StateError;
 pub use logs::LogStore;

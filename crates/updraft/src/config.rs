@@ -8,7 +8,7 @@
 //! type = "embedded"   # kv.redb in the data dir (the only backend so far)
 //!
 //! [blobs]
-//! type = "local"      # files on this machine
+//! type = "local"      # files on this machine; or "s3" with url = "s3://bucket"
 //! dir = "/srv/blobs"  # default: DATA_DIR/blobs
 //! ```
 

@@ -7,6 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
+use updraft_state::testing::S3Server;
 
 #[test]
 fn unknown_backends_and_keys_are_refused_by_name() {
@@ -17,9 +18,10 @@ fn unknown_backends_and_keys_are_refused_by_name() {
             "unknown variant `nats`, expected `embedded`",
         ),
         (
-            "[blobs]\ntype = \"s3\"\n",
-            "unknown variant `s3`, expected `local`",
+            "[blobs]\ntype = \"gcs\"\n",
+            "unknown variant `gcs`, expected `local` or `s3`",
         ),
+        ("[blobs]\ntype = \"s3\"\n", "missing field `url`"),
         (
             "[blobs]\ntype = \"local\"\ndirr = \"x\"\n",
             "unknown field `dirr`",
@@ -76,4 +78,87 @@ async fn blobs_go_where_the_config_says() {
     let stored = blob_dir.join("local").join("uploads").join("a.txt");
     assert_eq!(std::fs::read_to_string(&stored).unwrap(), "here");
     assert!(!dir.path().join("data").join("blobs").exists());
+}
+
+fn s3_config(dir: &std::path::Path, s3: &S3Server, url: &str) -> std::path::PathBuf {
+    let config = dir.join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[blobs]\ntype = \"s3\"\nurl = {url:?}\nendpoint = {:?}\nregion = \"us-east-1\"\n\
+             access_key_id = \"testing\"\nsecret_access_key = \"testing\"\n",
+            s3.endpoint
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_on_an_s3_compatible_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start();
+    s3.create_bucket("updraft");
+    let config = s3_config(dir.path(), &s3, "s3://updraft/node-a");
+    let data_dir = dir.path().join("data");
+    let server = Server::start_with(&data_dir, &["--config", config.to_str().unwrap()]);
+    server.deploy_guest(
+        "files",
+        "files-rust",
+        "route = \"/files/...\"\nblob_containers = [\"uploads\"]\n\
+         request_body_bytes_max = 16777216\nresponse_body_bytes_max = 16777216",
+    );
+    // 12 MiB: streamed by the function in 64 KiB chunks, stored as an S3
+    // multipart upload of several parts.
+    let big: Vec<u8> = (0..12 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let r = client()
+        .put(server.url("/files/video/big.bin"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let listed: serde_json::Value = client()
+        .get(server.url("/v1/blobs/uploads?prefix=video/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["blobs"][0]["key"], "video/big.bin", "{listed}");
+    assert_eq!(listed["blobs"][0]["size"], 12 << 20, "{listed}");
+    drop(server);
+
+    // Nothing about the blob is on the local disk; a restarted server (or
+    // another node with the same config) serves it from the bucket.
+    assert!(!data_dir.join("blobs").exists());
+    let server = Server::start_with(&data_dir, &["--config", config.to_str().unwrap()]);
+    let served = client()
+        .get(server.url("/files/video/big.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert!(served.bytes().await.unwrap() == big);
+}
+
+#[test]
+fn a_missing_bucket_stops_start_up_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3Server::start();
+    let config = s3_config(dir.path(), &s3, "s3://never-created");
+    let out = Command::new(bin())
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot be listed") && stderr.contains("NoSuchBucket"),
+        "{stderr}"
+    );
 }

@@ -1,8 +1,9 @@
 //! Blob state for functions: named containers of byte objects, on an
 //! [`object_store`] backend — the local filesystem under the data dir by
 //! default (writes land in a temporary file and are renamed into place, so a
-//! crash mid-write leaves no partial blob). S3-compatible stores plug in
-//! through the same trait in the cluster issue.
+//! crash mid-write leaves no partial blob), or an S3-compatible bucket (a put
+//! is atomic there, and a streamed blob is a multipart upload that appears
+//! only when completed).
 //!
 //! Containers are named per owner, like key-value stores: a blob lives at
 //! `{owner}/{container}/{key}` in the backend.
@@ -13,9 +14,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, WriteMultipart};
+use object_store::prefix::PrefixStore;
+use object_store::{BackoffConfig, ObjectStore, RetryConfig, WriteMultipart};
 
 /// Default largest blob, in bytes.
 pub const BLOB_BYTES_MAX_DEFAULT: u64 = 100 * 1024 * 1024;
@@ -34,6 +37,25 @@ const WRITE_PARTS_IN_FLIGHT_MAX: usize = 4;
 pub enum BlobConfig {
     /// Files under `dir` (default: `blobs` in the data dir).
     Local { dir: Option<PathBuf> },
+    /// An S3-compatible bucket.
+    S3(S3Config),
+}
+
+/// `[blobs] type = "s3"`. Credentials and region not given here come from
+/// the standard `AWS_*` environment variables, so secrets need not sit in
+/// the config file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// `s3://bucket` or `s3://bucket/prefix`: blobs are kept under the
+    /// prefix, so one bucket can serve several servers.
+    pub url: String,
+    /// For stores other than AWS (MinIO, Ceph, R2, …): `http://host:port`.
+    /// Plain `http://` is allowed only when set here explicitly.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
 }
 
 impl Default for BlobConfig {
@@ -49,6 +71,7 @@ impl BlobConfig {
                 let dir = dir.clone().unwrap_or_else(|| data_dir.join("blobs"));
                 Blobs::local(&dir, blob_bytes_max)
             }
+            BlobConfig::S3(s3) => Blobs::s3(s3, blob_bytes_max),
         }
     }
 }
@@ -109,6 +132,8 @@ pub enum BlobError {
     BadCursor { cursor: String },
     #[error("blob storage failed: {0}")]
     Storage(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 fn storage(e: impl std::fmt::Display) -> BlobError {
@@ -132,6 +157,72 @@ impl Blobs {
             backend: Arc::new(backend),
             blob_bytes_max,
         })
+    }
+
+    /// Blobs in an S3-compatible bucket. Nothing is sent yet: call
+    /// [`Blobs::check`] to find a wrong bucket or credentials at start-up.
+    pub fn s3(config: &S3Config, blob_bytes_max: u64) -> Result<Blobs, BlobError> {
+        let bad =
+            |reason: String| BlobError::Config(format!("[blobs] url {:?}: {reason}", config.url));
+        let rest = config
+            .url
+            .strip_prefix("s3://")
+            .ok_or_else(|| bad("write it as s3://bucket or s3://bucket/prefix".into()))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad("the bucket name is missing: s3://bucket".into()));
+        }
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            // A store that is down should fail a request in seconds, not
+            // after object_store's default three minutes of retries.
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 3,
+                retry_timeout: std::time::Duration::from_secs(10),
+            });
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some(region) = &config.region {
+            builder = builder.with_region(region);
+        }
+        if let Some(id) = &config.access_key_id {
+            builder = builder.with_access_key_id(id);
+        }
+        if let Some(secret) = &config.secret_access_key {
+            builder = builder.with_secret_access_key(secret);
+        }
+        let store = builder.build().map_err(|e| bad(e.to_string()))?;
+        let prefix = prefix.trim_matches('/');
+        let backend: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            Arc::new(store)
+        } else {
+            let prefix = ObjectPath::parse(prefix).map_err(|e| bad(e.to_string()))?;
+            Arc::new(PrefixStore::new(store, prefix))
+        };
+        Ok(Blobs {
+            backend,
+            blob_bytes_max,
+        })
+    }
+
+    /// Lists one page of the backend, so a missing bucket, wrong credentials
+    /// or an unreachable endpoint show at start-up rather than on the first
+    /// upload.
+    pub async fn check(&self) -> Result<(), BlobError> {
+        self.backend
+            .list_with_delimiter(None)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                BlobError::Config(format!(
+                    "the blob store cannot be listed: {e}. Check [blobs] in the server config \
+                     (bucket, endpoint, region) and the credentials"
+                ))
+            })
     }
 
     pub async fn put(
@@ -383,9 +474,46 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn put_get_stream_range_list_delete() {
+    async fn local_backend() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = Blobs::local(dir.path(), 1024).unwrap();
+        exercise(&Blobs::local(dir.path(), 1024).unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn s3_backend() {
+        let server = crate::testing::S3Server::start();
+        server.create_bucket("updraft");
+        // With a key prefix, as a shared bucket would be used.
+        let blobs = Blobs::s3(&server.config("s3://updraft/cluster-1"), 1024).unwrap();
+        blobs.check().await.unwrap();
+        exercise(&blobs).await;
+        // The prefix keeps servers that share a bucket apart.
+        let bare = Blobs::s3(&server.config("s3://updraft"), 1024).unwrap();
+        let c = ContainerId::new("local", "images");
+        assert_eq!(bare.get(&c, "a/2.png").await, Err(not_found("a/2.png")));
+        assert_eq!(blobs.get(&c, "a/2.png").await.unwrap(), "two");
+    }
+
+    #[tokio::test]
+    async fn s3_config_errors_say_what_to_fix() {
+        let server = crate::testing::S3Server::start();
+        for (url, want) in [
+            ("updraft", "s3://bucket"),
+            ("s3://", "bucket name is missing"),
+        ] {
+            let err = Blobs::s3(&server.config(url), 1024).err().unwrap();
+            assert!(err.to_string().contains(want), "{url}: {err}");
+        }
+        let missing = Blobs::s3(&server.config("s3://no-such-bucket"), 1024).unwrap();
+        let err = missing.check().await.unwrap_err().to_string();
+        assert!(
+            err.contains("cannot be listed") && err.contains("Check [blobs]"),
+            "{err}"
+        );
+    }
+
+    /// The same behaviour from every backend.
+    async fn exercise(blobs: &Blobs) {
         let c = ContainerId::new("local", "images");
         let other = ContainerId::new("other", "images");
         blobs
