@@ -25,6 +25,10 @@ const RESPONSE_BYTES_MAX: u64 = 16 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// API key sent as `Authorization: Bearer` (Updraft's management API).
+    /// `'static` keeps `Endpoint` `Copy`: a run starts a handful of servers,
+    /// so leaking each one's key is a few bytes.
+    pub bearer: Option<&'static str>,
 }
 
 impl Endpoint {
@@ -39,7 +43,7 @@ impl Endpoint {
             .with_context(|| format!("cannot resolve {host_port:?}"))?
             .next()
             .ok_or_else(|| anyhow!("{host_port:?} resolves to no address"))?;
-        Ok(Endpoint { addr })
+        Ok(Endpoint { addr, bearer: None })
     }
 
     /// `http://ADDR` followed by `path`.
@@ -98,6 +102,9 @@ pub fn send(endpoint: Endpoint, request: &Request<'_>, timeout: Duration) -> Res
     );
     if let Some(content_type) = request.content_type {
         head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    if let Some(key) = endpoint.bearer {
+        head.push_str(&format!("Authorization: Bearer {key}\r\n"));
     }
     head.push_str("\r\n");
     let mut message = head.into_bytes();

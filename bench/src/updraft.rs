@@ -39,7 +39,13 @@ pub fn start_with(
             .and_then(|n| n.to_str())
             .unwrap_or("data")
     ));
-    servers::start_announced("updraft", command, log)
+    let mut announced = servers::start_announced("updraft", command, log)?;
+    // The admin key `updraft up` made on this data dir's first start.
+    let key_file = data_dir.join("admin.key");
+    let key = std::fs::read_to_string(&key_file)
+        .with_context(|| format!("reading the admin key {}", key_file.display()))?;
+    announced.server.endpoint.bearer = Some(Box::leak(key.trim().to_string().into_boxed_str()));
+    Ok(announced)
 }
 
 /// A finished deploy.

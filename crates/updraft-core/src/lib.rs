@@ -6,8 +6,10 @@
 
 pub mod log;
 pub mod manifest;
+pub mod tenant;
 pub mod version;
 
 pub use log::{LogEntry, LogStream};
-pub use manifest::{FunctionKind, Limits, Manifest, ManifestError, Route};
+pub use manifest::{FunctionKind, Limits, Manifest, ManifestError, Route, RouteAuth};
+pub use tenant::{LOCAL_TENANT, function_key, split_function_key, validate_tenant};
 pub use version::{Digest, VersionRecord};

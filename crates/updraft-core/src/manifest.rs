@@ -34,6 +34,22 @@ pub const KEY_VALUE_STORES_MAX: usize = 16;
 /// Most environment variables a manifest may set.
 pub const ENV_VARS_MAX: usize = 256;
 
+/// Who may call a function's route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteAuth {
+    #[default]
+    Public,
+    /// `Authorization: Bearer KEY` with a key of the function's tenant.
+    Key,
+}
+
+impl RouteAuth {
+    pub fn is_public(&self) -> bool {
+        *self == RouteAuth::Public
+    }
+}
+
 /// How a function is invoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,6 +86,10 @@ pub struct Manifest {
     /// Public HTTP route: `/hello` (exact) or `/api/...` (the prefix and everything under it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// Who may call the route: anyone (`"public"`, the default), or only
+    /// requests with an API key of the function's tenant (`"key"`).
+    #[serde(default, skip_serializing_if = "RouteAuth::is_public")]
+    pub auth: RouteAuth,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -336,6 +356,11 @@ impl Route {
         {
             return Err(err("/v1 and /healthz are reserved for the Updraft API"));
         }
+        if path.starts_with("/~") {
+            return Err(err(
+                "paths starting with /~ are tenants' route spaces: a tenant's routes are served under /~tenant/ by themselves",
+            ));
+        }
         Ok(parsed)
     }
 
@@ -448,6 +473,7 @@ mod tests {
         assert!(Route::parse("hello").is_err());
         assert!(Route::parse("/v1/x").is_err());
         assert!(Route::parse("/healthz").is_err());
+        assert!(Route::parse("/~acme/x").is_err());
         assert!(Route::parse("/a/.../b").is_err());
         let api = Route::parse("/api/...").unwrap();
         assert!(api.matches("/api"));

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{StatusCode, header};
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use updraft_core::{FunctionKind, LogEntry, Manifest};
 use updraft_scheduler::{Loaded, Platform, PlatformError};
+use updraft_state::Caller;
 
 use crate::error::ApiError;
 
@@ -44,9 +45,12 @@ pub(crate) async fn not_found() -> ApiError {
     )
 }
 
-pub(crate) async fn list(State(platform): Shared) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn list(
+    State(platform): Shared,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
     let functions: Vec<Value> = platform
-        .list()?
+        .list(&caller.tenant)?
         .into_iter()
         .map(|(record, version)| {
             json!({
@@ -67,8 +71,10 @@ fn loaded_json(loaded: &Loaded) -> Value {
     let v = &loaded.version;
     json!({
         "name": &*loaded.name,
+        "tenant": &*loaded.tenant,
         "kind": v.kind,
         "route": v.manifest.route,
+        "auth": v.manifest.auth,
         "version": v.version,
         "digest": v.digest,
         "limits": v.limits,
@@ -88,8 +94,8 @@ fn loaded_json(loaded: &Loaded) -> Value {
     })
 }
 
-fn details_json(platform: &Platform, name: &str) -> Result<Value, ApiError> {
-    let details = platform.details(name)?;
+fn details_json(platform: &Platform, tenant: &str, name: &str) -> Result<Value, ApiError> {
+    let details = platform.details(tenant, name)?;
     let mut out = match &details.loaded {
         Some(loaded) => loaded_json(loaded),
         None => json!({ "name": name }),
@@ -128,26 +134,29 @@ fn details_json(platform: &Platform, name: &str) -> Result<Value, ApiError> {
 
 pub(crate) async fn info(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(details_json(&platform, &name)?))
+    Ok(Json(details_json(&platform, &caller.tenant, &name)?))
 }
 
 /// `POST /v1/functions/{name}/unload`: drop the compiled code from memory now
 /// (what idling does after `--idle-unload-secs`); the next request maps it back.
 pub(crate) async fn unload(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let was_loaded = platform.unload(&name)?;
+    let was_loaded = platform.unload(&caller.tenant, &name)?;
     Ok(Json(json!({ "unloaded": name, "was_loaded": was_loaded })))
 }
 
 pub(crate) async fn delete(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    platform.delete(&name).await?;
+    platform.delete(&caller.tenant, &name).await?;
     Ok(Json(json!({ "deleted": name })))
 }
 
@@ -159,6 +168,7 @@ pub(crate) struct RollbackBody {
 
 pub(crate) async fn rollback(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -172,8 +182,10 @@ pub(crate) async fn rollback(
             )
         })?
     };
-    platform.rollback(&name, body.version).await?;
-    Ok(Json(details_json(&platform, &name)?))
+    platform
+        .rollback(&caller.tenant, &name, body.version)
+        .await?;
+    Ok(Json(details_json(&platform, &caller.tenant, &name)?))
 }
 
 /// Query of a raw (non-multipart) deploy: the body is the Wasm.
@@ -192,6 +204,7 @@ pub(crate) struct DeployQuery {
 /// `?route=&kind=&instance_reuse_max=&key_value_stores=a,b`.
 pub(crate) async fn deploy(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(query): Query<DeployQuery>,
     request: Request,
@@ -247,8 +260,8 @@ pub(crate) async fn deploy(
             "no Wasm was uploaded: send it as the `wasm` part of a multipart body, or as the raw body",
         ));
     }
-    let deployed = platform.deploy(manifest, wasm).await?;
-    let mut body = details_json(&platform, &name)?;
+    let deployed = platform.deploy(&caller.tenant, manifest, wasm).await?;
+    let mut body = details_json(&platform, &caller.tenant, &name)?;
     if let Value::Object(map) = &mut body {
         map.insert("compiled".into(), json!(deployed.compiled));
     }
@@ -321,13 +334,14 @@ fn log_line(entry: &LogEntry) -> Bytes {
 /// `GET /v1/functions/{name}/logs?tail=N&follow=true`: NDJSON, one entry a line.
 pub(crate) async fn logs(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let tail = query.tail.unwrap_or(LOG_TAIL_DEFAULT).min(LOG_TAIL_MAX);
     // Subscribe before reading the tail so no line falls in between.
     let live = query.follow.then(|| platform.follow_logs());
-    let entries = platform.logs_tail(&name, tail).await?;
+    let entries = platform.logs_tail(&caller.tenant, &name, tail).await?;
     let head: Vec<Result<Bytes, std::io::Error>> =
         entries.iter().map(|e| Ok(log_line(e))).collect();
     let body = match live {
@@ -341,7 +355,7 @@ pub(crate) async fn logs(
             let last_ts = entries
                 .last()
                 .map(|e| (e.ts_ms, e.invocation_id.clone(), e.message.clone()));
-            let name: Arc<str> = Arc::from(name.as_str());
+            let name: Arc<str> = Arc::from(updraft_core::function_key(&caller.tenant, &name));
             let live = futures::stream::unfold(receiver, move |mut rx| {
                 let name = name.clone();
                 async move {

@@ -5,14 +5,15 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures::StreamExt;
 use http::{StatusCode, header};
 use serde_json::json;
 use updraft_scheduler::{Platform, PlatformError};
+use updraft_state::Caller;
 use updraft_state::blob::BLOB_PAGE_MAX;
 
 use crate::error::ApiError;
@@ -21,17 +22,21 @@ use crate::kv::ListQuery;
 type Shared = State<Arc<Platform>>;
 
 /// `GET /v1/blobs`: the containers in use.
-pub(crate) async fn containers(State(platform): Shared) -> Response {
-    Json(json!({ "containers": platform.blob_container_names() })).into_response()
+pub(crate) async fn containers(
+    State(platform): Shared,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    Json(json!({ "containers": platform.blob_container_names(&caller.tenant) })).into_response()
 }
 
 /// `GET /v1/blobs/{container}?prefix=&cursor=&limit=`: one page of blobs.
 pub(crate) async fn list(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path(container): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let id = platform.blob_container(&container)?;
+    let id = platform.blob_container(&caller.tenant, &container)?;
     let limit = query.limit(BLOB_PAGE_MAX);
     let page = platform
         .blobs()
@@ -44,9 +49,10 @@ pub(crate) async fn list(
 /// `GET /v1/blobs/{container}/{key}`: the blob, streamed.
 pub(crate) async fn get(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path((container, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = platform.blob_container(&container)?;
+    let id = platform.blob_container(&caller.tenant, &container)?;
     let (size, stream) = platform
         .blobs()
         .stream(&id, &key)
@@ -66,10 +72,11 @@ pub(crate) async fn get(
 /// appears only once complete, and not at all if it is too large.
 pub(crate) async fn put(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path((container, key)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let id = platform.blob_container(&container)?;
+    let id = platform.blob_container(&caller.tenant, &container)?;
     let blobs = platform.blobs();
     let mut writer = blobs.writer(&id, &key).await.map_err(PlatformError::from)?;
     let mut body = request.into_body().into_data_stream();
@@ -96,9 +103,10 @@ pub(crate) async fn put(
 /// `DELETE /v1/blobs/{container}/{key}`: deleting a missing blob is not an error.
 pub(crate) async fn delete(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path((container, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = platform.blob_container(&container)?;
+    let id = platform.blob_container(&caller.tenant, &container)?;
     platform
         .blobs()
         .delete(&id, &key)

@@ -63,6 +63,7 @@ impl From<PlatformError> for ApiError {
                 StateError::FunctionNotFound(_) => (S::NOT_FOUND, "function_not_found"),
                 StateError::VersionNotFound { .. } => (S::NOT_FOUND, "version_not_found"),
                 StateError::RouteConflict { .. } => (S::CONFLICT, "route_conflict"),
+                StateError::KeyNotFound(_) => (S::NOT_FOUND, "key_not_found"),
                 StateError::Invalid(_) => (S::BAD_REQUEST, "bad_request"),
                 _ => (S::INTERNAL_SERVER_ERROR, "storage"),
             },

@@ -3,32 +3,80 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderValue, StatusCode, Uri};
-use updraft_core::FunctionKind;
+use http::{HeaderValue, StatusCode, Uri, header};
+use updraft_core::{FunctionKind, LOCAL_TENANT, RouteAuth};
 use updraft_scheduler::{InvokeError, Loaded, Platform, PlatformError};
 
+use updraft_state::Caller;
+
+use crate::auth::caller;
 use crate::error::{ApiError, invocation_error};
 
 /// Response header carrying the invocation id (also in the logs).
 pub const INVOCATION_ID_HEADER: &str = "updraft-invocation-id";
 
 /// Any path that is not the API: the function whose route matches serves it.
+/// Routes of the `local` tenant are at the root; another tenant's are under
+/// `/~tenant/`, which the function does not see in its request.
 pub(crate) async fn invoke_route(
     State(platform): State<Arc<Platform>>,
-    request: Request,
+    mut request: Request,
 ) -> Response {
-    let path = request.uri().path().to_string();
-    match platform.route(&path) {
-        Some(loaded) => invoke(platform, loaded, request).await,
-        None => ApiError::new(
+    let full = request.uri().path().to_string();
+    let (tenant, path) = tenant_of(&full);
+    let Some(loaded) = platform.route(tenant, path) else {
+        return ApiError::new(
             StatusCode::NOT_FOUND,
             "route_not_found",
-            format!("no function serves {path}: deploy one with `route = \"{path}\"` in its updraft.toml, or see `updraft ls`"),
+            format!("no function serves {full}: deploy one with `route = \"{path}\"` in its updraft.toml, or see `updraft ls`"),
         )
-        .into_response(),
+        .into_response();
+    };
+    if loaded.version.manifest.auth == RouteAuth::Key {
+        match caller(&platform, request.headers()) {
+            Ok(caller) if caller.tenant == loaded.tenant => {
+                // The key was for the platform; the function never sees it.
+                request.headers_mut().remove(header::AUTHORIZATION);
+            }
+            Ok(_) => {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("{full} needs an API key of the function's own tenant"),
+                )
+                .into_response();
+            }
+            Err(e) => return e.into_response(),
+        }
+    }
+    if path.len() != full.len() {
+        let rest = match request.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        match rest.parse::<Uri>() {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(_) => {
+                return ApiError::bad_request("bad_request", format!("invalid path {full}"))
+                    .into_response();
+            }
+        }
+    }
+    invoke(platform, loaded, request).await
+}
+
+/// `(tenant, path)` of a request path: `/~acme/x` is tenant acme's `/x`.
+fn tenant_of(path: &str) -> (&str, &str) {
+    let Some(rest) = path.strip_prefix("/~") else {
+        return (LOCAL_TENANT, path);
+    };
+    match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
     }
 }
 
@@ -36,10 +84,12 @@ pub(crate) async fn invoke_route(
 /// an http function sees a request for `/` (with the query string kept).
 pub(crate) async fn invoke_api(
     State(platform): State<Arc<Platform>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     mut request: Request,
 ) -> Response {
-    let Some(loaded) = platform.get(&name) else {
+    request.headers_mut().remove(header::AUTHORIZATION);
+    let Some(loaded) = platform.get(&caller.tenant, &name) else {
         return ApiError::from(PlatformError::State(
             updraft_state::StateError::FunctionNotFound(name),
         ))
@@ -95,4 +145,17 @@ fn with_host(mut request: Request) -> Request {
             .insert(http::header::HOST, HeaderValue::from_static("localhost"));
     }
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_prefix_is_split_off() {
+        assert_eq!(tenant_of("/hello"), ("local", "/hello"));
+        assert_eq!(tenant_of("/~acme/hello/x"), ("acme", "/hello/x"));
+        assert_eq!(tenant_of("/~acme"), ("acme", "/"));
+        assert_eq!(tenant_of("/"), ("local", "/"));
+    }
 }

@@ -4,14 +4,15 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::json;
 use updraft_scheduler::{Platform, PlatformError};
+use updraft_state::Caller;
 use updraft_state::kv::{KvError, LIST_PAGE_MAX, VALUE_BYTES_MAX};
 
 use crate::error::ApiError;
@@ -22,8 +23,11 @@ type Shared = State<Arc<Platform>>;
 const LIST_PAGE_DEFAULT: usize = 100;
 
 /// `GET /v1/kv`: the stores in use.
-pub(crate) async fn stores(State(platform): Shared) -> Response {
-    Json(json!({ "stores": platform.kv_store_names() })).into_response()
+pub(crate) async fn stores(
+    State(platform): Shared,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    Json(json!({ "stores": platform.kv_store_names(&caller.tenant) })).into_response()
 }
 
 /// `?prefix=&cursor=&limit=` of a key or blob listing.
@@ -45,10 +49,11 @@ impl ListQuery {
 /// `GET /v1/kv/{store}?prefix=&cursor=&limit=`: one page of keys.
 pub(crate) async fn list(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path(store): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let id = platform.kv_store(&store)?;
+    let id = platform.kv_store(&caller.tenant, &store)?;
     let limit = query.limit(LIST_PAGE_MAX);
     let page = platform
         .kv()
@@ -61,9 +66,10 @@ pub(crate) async fn list(
 /// `GET /v1/kv/{store}/{key}`: the value, as stored.
 pub(crate) async fn get(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path((store, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = platform.kv_store(&store)?;
+    let id = platform.kv_store(&caller.tenant, &store)?;
     match platform
         .kv()
         .get(&id, &key)
@@ -80,10 +86,11 @@ pub(crate) async fn get(
 /// `PUT /v1/kv/{store}/{key}`: the body becomes the value.
 pub(crate) async fn put(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path((store, key)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let id = platform.kv_store(&store)?;
+    let id = platform.kv_store(&caller.tenant, &store)?;
     // Read one byte past the limit, so the error can tell how much is too much.
     let value = axum::body::to_bytes(request.into_body(), VALUE_BYTES_MAX + 1)
         .await
@@ -103,9 +110,10 @@ pub(crate) async fn put(
 /// `DELETE /v1/kv/{store}/{key}`: deleting a missing key is not an error.
 pub(crate) async fn delete(
     State(platform): Shared,
+    Extension(caller): Extension<Caller>,
     Path((store, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = platform.kv_store(&store)?;
+    let id = platform.kv_store(&caller.tenant, &store)?;
     platform
         .kv()
         .delete(&id, &key)

@@ -1,10 +1,12 @@
-//! The HTTP face of Updraft: the management API under `/v1`, `/healthz`, and
-//! every function's public route.
+//! The HTTP face of Updraft: the management API under `/v1` (every call
+//! with a tenant's API key, see [`auth`]), `/healthz`, and every function's
+//! route (`/~tenant/...` for tenants other than `local`).
 //!
 //! The gateway only translates HTTP to platform calls and platform errors to
 //! HTTP (in [`error`], in one place); what runs and where is the scheduler's job.
 
 mod api;
+mod auth;
 mod blobs;
 mod error;
 mod invoke;
@@ -15,7 +17,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::middleware;
+use axum::routing::{delete, get, post};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use updraft_scheduler::Platform;
@@ -56,7 +59,13 @@ pub fn router(platform: Arc<Platform>) -> Router {
             "/kv/{store}/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),
         )
-        .fallback(api::not_found);
+        .route("/keys", get(auth::list).post(auth::create))
+        .route("/keys/{id}", delete(auth::revoke))
+        .fallback(api::not_found)
+        .layer(middleware::from_fn_with_state(
+            platform.clone(),
+            auth::require_key,
+        ));
     Router::new()
         .route("/healthz", get(api::health))
         .nest("/v1", api)

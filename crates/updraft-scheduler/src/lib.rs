@@ -12,6 +12,6 @@ mod platform;
 
 pub use error::PlatformError;
 pub use platform::{
-    Deployed, FunctionDetails, IDLE_UNLOAD_DEFAULT, LOCAL_OWNER, Loaded, Platform, PlatformConfig,
+    Deployed, FunctionDetails, IDLE_UNLOAD_DEFAULT, Loaded, Platform, PlatformConfig,
 };
 pub use updraft_sandbox::{InvokeError, LoadedFrom, ResponseBody};

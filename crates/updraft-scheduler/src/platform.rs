@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
-use updraft_core::{Digest, FunctionKind, LogEntry, LogStream, Manifest, Route, VersionRecord};
+use updraft_core::{
+    Digest, FunctionKind, LogEntry, LogStream, Manifest, Route, VersionRecord, function_key,
+};
 use updraft_metering::{Meter, Sample, Usage};
 use updraft_sandbox::{
     BlobGrant, InvocationCtx, KvGrant, OnDone, PrepareSpec, Prepared, Report, ResponseBody,
@@ -18,7 +20,7 @@ use updraft_sandbox::{
 use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig, Blobs, ContainerId};
 use updraft_state::kv::{KvConfig, KvStore, StoreId};
 use updraft_state::registry::NewVersion;
-use updraft_state::{FunctionRecord, LogStore, Registry};
+use updraft_state::{FunctionRecord, LogStore, Registry, Tenants};
 
 use crate::error::PlatformError;
 use crate::logs::LogPipe;
@@ -41,9 +43,6 @@ pub struct PlatformConfig {
     pub blobs: BlobConfig,
 }
 
-/// Owner of every store until tenants exist: stores are named per owner.
-pub const LOCAL_OWNER: &str = "local";
-
 /// Default idle time before a function's compiled code is dropped.
 pub const IDLE_UNLOAD_DEFAULT: Duration = Duration::from_secs(300);
 
@@ -62,7 +61,10 @@ impl PlatformConfig {
 
 /// The version of a function that serves traffic (its `latest` alias).
 pub struct Loaded {
+    pub tenant: Arc<str>,
     pub name: Arc<str>,
+    /// `tenant/name`: the function's key in the registry, logs and meter.
+    pub key: Arc<str>,
     pub version: VersionRecord,
     pub route: Option<Route>,
     /// Compiled code and `InstancePre`; `None` while scaled to zero.
@@ -74,12 +76,15 @@ pub struct Loaded {
 
 impl Loaded {
     fn new(
+        tenant: &str,
         version: VersionRecord,
         prepared: Option<Arc<Prepared>>,
     ) -> Result<Loaded, PlatformError> {
         let route = version.manifest.parsed_route()?;
         Ok(Loaded {
+            tenant: Arc::from(tenant),
             name: Arc::from(version.manifest.name.as_str()),
+            key: Arc::from(function_key(tenant, &version.manifest.name)),
             version,
             route,
             prepared: RwLock::new(prepared),
@@ -120,10 +125,11 @@ pub struct Platform {
     kv: Arc<dyn KvStore>,
     blobs: Arc<Blobs>,
     registry: Arc<Registry>,
+    tenants: Tenants,
     log_store: Arc<LogStore>,
     logs: LogPipe,
     meter: Meter,
-    /// Loaded functions by name, and routes ordered most specific first.
+    /// Loaded functions by key, and routes ordered most specific first.
     table: RwLock<Table>,
     /// One permit per instance slot, so bursts queue instead of failing.
     admission: Arc<Semaphore>,
@@ -133,24 +139,24 @@ pub struct Platform {
 
 #[derive(Default)]
 struct Table {
-    by_name: HashMap<Arc<str>, Arc<Loaded>>,
+    by_key: HashMap<Arc<str>, Arc<Loaded>>,
     routes: Vec<(Route, Arc<Loaded>)>,
 }
 
 impl Table {
     fn insert(&mut self, loaded: Arc<Loaded>) {
-        self.remove(&loaded.name);
+        self.remove(&loaded.key);
         if let Some(route) = &loaded.route {
             self.routes.push((route.clone(), loaded.clone()));
             self.routes
                 .sort_by_key(|(route, _)| std::cmp::Reverse(route.specificity()));
         }
-        self.by_name.insert(loaded.name.clone(), loaded);
+        self.by_key.insert(loaded.key.clone(), loaded);
     }
 
-    fn remove(&mut self, name: &str) {
-        self.by_name.remove(name);
-        self.routes.retain(|(_, l)| &*l.name != name);
+    fn remove(&mut self, key: &str) {
+        self.by_key.remove(key);
+        self.routes.retain(|(_, l)| &*l.key != key);
     }
 }
 
@@ -183,13 +189,14 @@ impl Platform {
             let blobs = blob_config.open(&data_dir, blob_bytes_max)?;
             Ok::<_, PlatformError>((
                 Arc::new(Registry::open(&data_dir)?),
+                Tenants::open(&data_dir)?,
                 LogStore::open(&data_dir)?,
                 kv,
                 Arc::new(blobs),
             ))
         });
         let (sandbox, stores) = tokio::join!(sandbox, stores);
-        let (registry, log_store, kv, blobs) = stores.map_err(join_error)??;
+        let (registry, tenants, log_store, kv, blobs) = stores.map_err(join_error)??;
         if !matches!(config.blobs, BlobConfig::Local { .. }) {
             blobs.check().await?;
         }
@@ -201,6 +208,7 @@ impl Platform {
             kv,
             blobs,
             registry,
+            tenants,
             logs: LogPipe::start(log_store.clone()),
             log_store,
             meter: Meter::default(),
@@ -212,21 +220,18 @@ impl Platform {
         // of functions. Artifacts missing from the cache (a new engine) are
         // compiled in the background right away.
         let mut missing = Vec::new();
-        for (_, version) in platform.registry.list()? {
-            if !platform.sandbox.is_cached(&version.wasm_digest) {
-                missing.push(version.manifest.name.clone());
+        for (record, version) in platform.registry.list()? {
+            let loaded = Arc::new(Loaded::new(&record.tenant, version, None)?);
+            if !platform.sandbox.is_cached(&loaded.version.wasm_digest) {
+                missing.push(loaded.clone());
             }
-            platform
-                .table_mut()
-                .insert(Arc::new(Loaded::new(version, None)?));
+            platform.table_mut().insert(loaded);
         }
         let warm = platform.clone();
         tokio::spawn(async move {
-            for name in missing {
-                if let Some(loaded) = warm.get(&name)
-                    && let Err(e) = warm.ensure_prepared(&loaded).await
-                {
-                    tracing::error!("function {name} could not be compiled: {e}");
+            for loaded in missing {
+                if let Err(e) = warm.ensure_prepared(&loaded).await {
+                    tracing::error!("function {} could not be compiled: {e}", loaded.key);
                 }
             }
         });
@@ -250,6 +255,7 @@ impl Platform {
     /// only if the compiled artifact is not in the cache.
     async fn prepare(
         &self,
+        tenant: &str,
         version: &VersionRecord,
         kind: Option<FunctionKind>,
         wasm: Option<Bytes>,
@@ -268,13 +274,13 @@ impl Platform {
         let stores = &version.manifest.key_value_stores;
         let kv = (!stores.is_empty()).then(|| KvGrant {
             backend: self.kv.clone(),
-            owner: LOCAL_OWNER.to_string(),
+            owner: tenant.to_string(),
             stores: stores.clone(),
         });
         let containers = &version.manifest.blob_containers;
         let blobs = (!containers.is_empty()).then(|| BlobGrant {
             blobs: self.blobs.clone(),
-            owner: LOCAL_OWNER.to_string(),
+            owner: tenant.to_string(),
             containers: containers.clone(),
         });
         let prepared = tokio::task::spawn_blocking(move || {
@@ -310,7 +316,12 @@ impl Platform {
             return Ok(prepared);
         }
         let prepared = self
-            .prepare(&loaded.version, Some(loaded.version.kind), None)
+            .prepare(
+                &loaded.tenant,
+                &loaded.version,
+                Some(loaded.version.kind),
+                None,
+            )
             .await?;
         loaded.set_prepared(Some(prepared.clone()));
         Ok(prepared)
@@ -318,23 +329,35 @@ impl Platform {
 
     /// Drops a function's compiled code from memory (it stays on disk).
     /// Returns whether it was loaded.
-    pub fn unload(&self, name: &str) -> Result<bool, PlatformError> {
+    pub fn unload(&self, tenant: &str, name: &str) -> Result<bool, PlatformError> {
         let loaded = self
-            .get(name)
+            .get(tenant, name)
             .ok_or_else(|| updraft_state::StateError::FunctionNotFound(name.to_string()))?;
         let was_loaded = loaded.prepared().is_some();
         loaded.set_prepared(None);
         Ok(was_loaded)
     }
 
-    async fn load_version(&self, version: VersionRecord) -> Result<Arc<Loaded>, PlatformError> {
-        let prepared = self.prepare(&version, Some(version.kind), None).await?;
-        Ok(Arc::new(Loaded::new(version, Some(prepared))?))
+    async fn load_version(
+        &self,
+        tenant: &str,
+        version: VersionRecord,
+    ) -> Result<Arc<Loaded>, PlatformError> {
+        let prepared = self
+            .prepare(tenant, &version, Some(version.kind), None)
+            .await?;
+        Ok(Arc::new(Loaded::new(tenant, version, Some(prepared))?))
     }
 
-    /// Deploys a new version: validate, compile, store, then point `latest` at it.
-    /// Nothing is stored unless every step succeeds.
-    pub async fn deploy(&self, manifest: Manifest, wasm: Bytes) -> Result<Deployed, PlatformError> {
+    /// Deploys a new version of `tenant`'s function: validate, compile,
+    /// store, then point `latest` at it. Nothing is stored unless every step
+    /// succeeds.
+    pub async fn deploy(
+        &self,
+        tenant: &str,
+        manifest: Manifest,
+        wasm: Bytes,
+    ) -> Result<Deployed, PlatformError> {
         let limits = manifest.validate()?;
         let route = manifest.parsed_route()?;
         let mut manifest = manifest;
@@ -342,7 +365,8 @@ impl Platform {
         manifest.source = None;
         Sandbox::check_bytes(&wasm)?;
         let _guard = self.control.lock().await;
-        self.registry.check_route(&manifest.name, route.as_ref())?;
+        self.registry
+            .check_route(&function_key(tenant, &manifest.name), route.as_ref())?;
         let wasm_digest = Digest::of(&wasm);
         // Prepare first with the kind the user stated (or none), then record
         // the detected kind in the version.
@@ -357,25 +381,28 @@ impl Platform {
             created_at_ms: 0,
         };
         let prepared = self
-            .prepare(&probe, manifest.kind, Some(wasm.clone()))
+            .prepare(tenant, &probe, manifest.kind, Some(wasm.clone()))
             .await?;
         let stored = wasm.clone();
         let digest = wasm_digest;
         let (_, version) = tokio::task::block_in_place(|| {
             self.registry.store_wasm(&digest, &stored)?;
-            self.registry.deploy(NewVersion {
-                manifest,
-                wasm_digest,
-                wasm_bytes: wasm.len() as u64,
-                kind: prepared.kind,
-                limits,
-            })
+            self.registry.deploy(
+                tenant,
+                NewVersion {
+                    manifest,
+                    wasm_digest,
+                    wasm_bytes: wasm.len() as u64,
+                    kind: prepared.kind,
+                    limits,
+                },
+            )
         })?;
         let compiled = prepared.loaded_from == updraft_sandbox::LoadedFrom::Compile;
-        let loaded = Arc::new(Loaded::new(version, Some(prepared))?);
+        let loaded = Arc::new(Loaded::new(tenant, version, Some(prepared))?);
         self.table_mut().insert(loaded.clone());
         self.platform_log(
-            &loaded.name,
+            &loaded.key,
             &format!(
                 "deployed version {} ({}, {})",
                 loaded.version.version, loaded.version.kind, loaded.version.digest
@@ -391,15 +418,16 @@ impl Platform {
         &self.kv
     }
 
-    /// Stores listed by the deployed functions, sorted.
-    pub fn kv_store_names(&self) -> Vec<String> {
-        self.names_in_use(|manifest| &manifest.key_value_stores)
+    /// Stores listed by `tenant`'s deployed functions, sorted.
+    pub fn kv_store_names(&self, tenant: &str) -> Vec<String> {
+        self.names_in_use(tenant, |manifest| &manifest.key_value_stores)
     }
 
-    /// The operator's handle on a store that some deployed function lists.
-    pub fn kv_store(&self, name: &str) -> Result<StoreId, PlatformError> {
-        self.in_use(name, "key-value store", self.kv_store_names())?;
-        Ok(StoreId::new(LOCAL_OWNER, name))
+    /// The operator's handle on a store of `tenant` that one of its
+    /// deployed functions lists.
+    pub fn kv_store(&self, tenant: &str, name: &str) -> Result<StoreId, PlatformError> {
+        self.in_use(name, "key-value store", self.kv_store_names(tenant))?;
+        Ok(StoreId::new(tenant, name))
     }
 
     /// The blob containers (for the operator API; functions reach them
@@ -408,22 +436,24 @@ impl Platform {
         &self.blobs
     }
 
-    /// Containers listed by the deployed functions, sorted.
-    pub fn blob_container_names(&self) -> Vec<String> {
-        self.names_in_use(|manifest| &manifest.blob_containers)
+    /// Containers listed by `tenant`'s deployed functions, sorted.
+    pub fn blob_container_names(&self, tenant: &str) -> Vec<String> {
+        self.names_in_use(tenant, |manifest| &manifest.blob_containers)
     }
 
-    /// The operator's handle on a container that some deployed function lists.
-    pub fn blob_container(&self, name: &str) -> Result<ContainerId, PlatformError> {
-        self.in_use(name, "blob container", self.blob_container_names())?;
-        Ok(ContainerId::new(LOCAL_OWNER, name))
+    /// The operator's handle on a container of `tenant` that one of its
+    /// deployed functions lists.
+    pub fn blob_container(&self, tenant: &str, name: &str) -> Result<ContainerId, PlatformError> {
+        self.in_use(name, "blob container", self.blob_container_names(tenant))?;
+        Ok(ContainerId::new(tenant, name))
     }
 
-    fn names_in_use(&self, field: impl Fn(&Manifest) -> &Vec<String>) -> Vec<String> {
+    fn names_in_use(&self, tenant: &str, field: impl Fn(&Manifest) -> &Vec<String>) -> Vec<String> {
         let mut names: Vec<String> = self
             .table()
-            .by_name
+            .by_key
             .values()
+            .filter(|loaded| &*loaded.tenant == tenant)
             .flat_map(|loaded| field(&loaded.version.manifest).iter().cloned())
             .collect();
         names.sort_unstable();
@@ -453,34 +483,48 @@ impl Platform {
         })
     }
 
-    pub fn list(&self) -> Result<Vec<(FunctionRecord, VersionRecord)>, PlatformError> {
-        Ok(self.registry.list()?)
+    /// The tenants' API keys.
+    pub fn tenants(&self) -> &Tenants {
+        &self.tenants
     }
 
-    pub fn details(&self, name: &str) -> Result<FunctionDetails, PlatformError> {
-        let (record, versions) = self.registry.get(name)?;
+    /// `tenant`'s functions.
+    pub fn list(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(FunctionRecord, VersionRecord)>, PlatformError> {
+        let mut all = self.registry.list()?;
+        all.retain(|(record, _)| record.tenant == tenant);
+        Ok(all)
+    }
+
+    pub fn details(&self, tenant: &str, name: &str) -> Result<FunctionDetails, PlatformError> {
+        let key = function_key(tenant, name);
+        let (record, versions) = self.registry.get(&key)?;
         Ok(FunctionDetails {
             record,
             versions,
-            loaded: self.get(name),
-            usage: self.meter.usage(name),
+            loaded: self.get(tenant, name),
+            usage: self.meter.usage(&key),
         })
     }
 
     /// Moves `latest` back (to `version`, or to the one before).
     pub async fn rollback(
         &self,
+        tenant: &str,
         name: &str,
         version: Option<u64>,
     ) -> Result<Arc<Loaded>, PlatformError> {
         let _guard = self.control.lock().await;
-        let (record, _) = self.registry.get(name)?;
-        let (_, target) = tokio::task::block_in_place(|| self.registry.rollback(name, version))?;
-        match self.load_version(target).await {
+        let key = function_key(tenant, name);
+        let (record, _) = self.registry.get(&key)?;
+        let (_, target) = tokio::task::block_in_place(|| self.registry.rollback(&key, version))?;
+        match self.load_version(tenant, target).await {
             Ok(loaded) => {
                 self.table_mut().insert(loaded.clone());
                 self.platform_log(
-                    &loaded.name,
+                    &loaded.key,
                     &format!("rolled back: latest -> version {}", loaded.version.version),
                 );
                 Ok(loaded)
@@ -488,7 +532,7 @@ impl Platform {
             Err(e) => {
                 // Put the alias back so the registry and what serves agree.
                 if let Some(previous) = record.latest() {
-                    let _ = self.registry.rollback(name, Some(previous));
+                    let _ = self.registry.rollback(&key, Some(previous));
                 }
                 Err(e)
             }
@@ -496,28 +540,32 @@ impl Platform {
     }
 
     /// Removes a function, its versions, logs and unused artifacts.
-    pub async fn delete(&self, name: &str) -> Result<(), PlatformError> {
+    pub async fn delete(&self, tenant: &str, name: &str) -> Result<(), PlatformError> {
         let _guard = self.control.lock().await;
-        let orphans = tokio::task::block_in_place(|| self.registry.delete(name))?;
-        self.table_mut().remove(name);
+        let key = function_key(tenant, name);
+        let orphans = tokio::task::block_in_place(|| self.registry.delete(&key))?;
+        self.table_mut().remove(&key);
         for digest in orphans {
             self.sandbox.evict(&digest);
         }
-        self.meter.forget(name);
-        tokio::task::block_in_place(|| self.log_store.delete_function(name))?;
+        self.meter.forget(&key);
+        tokio::task::block_in_place(|| self.log_store.delete_function(&key))?;
         Ok(())
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<Loaded>> {
-        self.table().by_name.get(name).cloned()
+    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Loaded>> {
+        self.table()
+            .by_key
+            .get(function_key(tenant, name).as_str())
+            .cloned()
     }
 
-    /// The function serving `path`: the most specific matching route.
-    pub fn route(&self, path: &str) -> Option<Arc<Loaded>> {
+    /// The function of `tenant` serving `path`: the most specific matching route.
+    pub fn route(&self, tenant: &str, path: &str) -> Option<Arc<Loaded>> {
         self.table()
             .routes
             .iter()
-            .find(|(route, _)| route.matches(path))
+            .find(|(route, loaded)| &*loaded.tenant == tenant && route.matches(path))
             .map(|(_, loaded)| loaded.clone())
     }
 
@@ -527,7 +575,7 @@ impl Platform {
     }
 
     pub fn function_count(&self) -> usize {
-        self.table().by_name.len()
+        self.table().by_key.len()
     }
 
     async fn admit(&self, timeout_ms: u64) -> Result<OwnedSemaphorePermit, PlatformError> {
@@ -570,9 +618,9 @@ impl Platform {
             invocation_id: invocation_id.clone(),
         };
         let this = self.clone();
-        let name = loaded.name.clone();
+        let key = loaded.key.clone();
         let on_done: OnDone = Box::new(move |report| {
-            this.record(&name, &report);
+            this.record(&key, &report);
             drop(permit);
         });
         let response = self
@@ -601,20 +649,18 @@ impl Platform {
             invocation_id: invocation_id.clone(),
         };
         let output = self.sandbox.invoke_command(&prepared, stdin, ctx).await;
-        self.record(&loaded.name, &output.report);
+        self.record(&loaded.key, &output.report);
         (invocation_id, output.stdout.map_err(PlatformError::from))
     }
 
-    fn record(&self, name: &Arc<str>, report: &Report) {
+    fn record(&self, key: &Arc<str>, report: &Report) {
         let ts = now_ms();
         for (stream, line) in &report.logs {
-            self.logs.push(
-                name,
-                LogEntry::new(ts, &report.invocation_id, *stream, line),
-            );
+            self.logs
+                .push(key, LogEntry::new(ts, &report.invocation_id, *stream, line));
         }
         self.meter.record(
-            name,
+            key,
             Sample {
                 duration: report.duration,
                 ok: report.outcome.is_ok(),
@@ -623,23 +669,30 @@ impl Platform {
         );
     }
 
-    fn platform_log(&self, name: &Arc<str>, message: &str) {
+    fn platform_log(&self, key: &Arc<str>, message: &str) {
         self.logs.push(
-            name,
+            key,
             LogEntry::new(now_ms(), "-", LogStream::Platform, message),
         );
     }
 
     /// The last `n` log entries of a function.
-    pub async fn logs_tail(&self, name: &str, n: usize) -> Result<Vec<LogEntry>, PlatformError> {
-        self.registry.get(name)?;
+    pub async fn logs_tail(
+        &self,
+        tenant: &str,
+        name: &str,
+        n: usize,
+    ) -> Result<Vec<LogEntry>, PlatformError> {
+        let key = function_key(tenant, name);
+        self.registry.get(&key)?;
         self.logs.flush().await;
         Ok(tokio::task::block_in_place(|| {
-            self.log_store.tail(name, n)
+            self.log_store.tail(&key, n)
         })?)
     }
 
-    /// Every log line from now on, of every function.
+    /// Every log line from now on, of every function, by function key
+    /// (`tenant/name`): filter by tenant before showing them to anyone.
     pub fn follow_logs(&self) -> broadcast::Receiver<(Arc<str>, LogEntry)> {
         self.logs.subscribe()
     }
@@ -660,13 +713,13 @@ async fn unload_idle(platform: std::sync::Weak<Platform>, idle: Duration) {
             return;
         };
         let cutoff = now_ms().saturating_sub(idle.as_millis() as u64);
-        let loaded: Vec<Arc<Loaded>> = platform.table().by_name.values().cloned().collect();
+        let loaded: Vec<Arc<Loaded>> = platform.table().by_key.values().cloned().collect();
         for function in loaded {
             if function.last_used_ms.load(Ordering::Relaxed) < cutoff
                 && function.prepared().is_some()
             {
                 function.set_prepared(None);
-                tracing::debug!("{}: idle, compiled code unloaded", function.name);
+                tracing::debug!("{}: idle, compiled code unloaded", function.key);
             }
         }
     }

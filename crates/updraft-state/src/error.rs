@@ -19,6 +19,9 @@ pub enum StateError {
         "route {route} is already taken by function {owner:?}: choose another route, or remove that function first"
     )]
     RouteConflict { route: String, owner: String },
+    /// 404.
+    #[error("API key {0:?} does not exist: see `updraft keys ls` for the ids of your keys")]
+    KeyNotFound(String),
     /// 400.
     #[error("{0}")]
     Invalid(String),

@@ -1,7 +1,7 @@
 //! Durable state of the platform on the local data directory.
 //!
 //! The control plane's registry (functions, their immutable versions,
-//! aliases, the uploaded Wasm) and the function logs, each in its own redb
+//! aliases, the uploaded Wasm), the tenants' API keys ([`tenants`]) and the function logs, each in its own redb
 //! database plus content-addressed files; and the data plane's key-value
 //! stores ([`kv`]: a trait and its backends) and blob containers ([`blob`],
 //! on `object_store`). Queue stores get their traits and backends here too.
@@ -13,9 +13,11 @@ mod error;
 pub mod kv;
 pub mod logs;
 pub mod registry;
+pub mod tenants;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use error::StateError;
 pub use logs::LogStore;
 pub use registry::{FunctionRecord, Registry};
+pub use tenants::{Caller, KeyInfo, Tenants};

@@ -35,6 +35,7 @@ impl LogStore {
         txn.set_durability(Durability::None)?;
         txn.open_table(LOGS)?;
         txn.commit()?;
+        migrate_to_tenant_keys(&db)?;
         Ok(LogStore {
             db,
             next_seq: Mutex::new(HashMap::new()),
@@ -107,6 +108,36 @@ impl LogStore {
     }
 }
 
+/// Moves the logs of functions from before tenants existed (keys without
+/// `/`) under the `local` tenant's keys, as the registry does.
+fn migrate_to_tenant_keys(db: &Database) -> Result<(), StateError> {
+    let mut old = Vec::new();
+    {
+        let txn = db.begin_read()?;
+        for entry in txn.open_table(LOGS)?.iter()? {
+            let (key, value) = entry?;
+            let (name, seq) = key.value();
+            if !name.contains('/') {
+                old.push((name.to_string(), seq, value.value().to_vec()));
+            }
+        }
+    }
+    if old.is_empty() {
+        return Ok(());
+    }
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(LOGS)?;
+        for (name, seq, value) in &old {
+            table.remove((name.as_str(), *seq))?;
+            let key = updraft_core::function_key(updraft_core::LOCAL_TENANT, name);
+            table.insert((key.as_str(), *seq), value.as_slice())?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
 fn last_seq(
     table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     name: &str,
@@ -133,20 +164,32 @@ mod tests {
         {
             let logs = LogStore::open(dir.path()).unwrap();
             let batch: Vec<_> = (0..LOG_ENTRIES_PER_FUNCTION_MAX + 10)
-                .map(|i| ("f".to_string(), entry(i)))
+                .map(|i| ("t/f".to_string(), entry(i)))
                 .collect();
             logs.append(&batch).unwrap();
-            logs.append(&[("g".to_string(), entry(7))]).unwrap();
+            logs.append(&[("t/g".to_string(), entry(7))]).unwrap();
         }
         let logs = LogStore::open(dir.path()).unwrap();
-        logs.append(&[("f".to_string(), entry(99_999))]).unwrap();
-        let all = logs.tail("f", usize::MAX).unwrap();
+        logs.append(&[("t/f".to_string(), entry(99_999))]).unwrap();
+        let all = logs.tail("t/f", usize::MAX).unwrap();
         assert_eq!(all.len() as u64, LOG_ENTRIES_PER_FUNCTION_MAX);
         assert_eq!(all.last().unwrap().message, "line 99999");
         assert_eq!(all.first().unwrap().message, "line 11");
-        assert_eq!(logs.tail("g", 5).unwrap().len(), 1);
-        logs.delete_function("f").unwrap();
-        assert!(logs.tail("f", 5).unwrap().is_empty());
-        assert_eq!(logs.tail("g", 5).unwrap().len(), 1);
+        assert_eq!(logs.tail("t/g", 5).unwrap().len(), 1);
+        logs.delete_function("t/f").unwrap();
+        assert!(logs.tail("t/f", 5).unwrap().is_empty());
+        assert_eq!(logs.tail("t/g", 5).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn logs_from_before_tenants_move_to_local() {
+        let dir = tempfile::tempdir().unwrap();
+        LogStore::open(dir.path())
+            .unwrap()
+            .append(&[("old".to_string(), entry(1))])
+            .unwrap();
+        let logs = LogStore::open(dir.path()).unwrap();
+        assert_eq!(logs.tail("local/old", 5).unwrap().len(), 1);
+        assert!(logs.tail("old", 5).unwrap().is_empty());
     }
 }

@@ -2,6 +2,9 @@
 //! one redb database (`registry.redb`), with the uploaded Wasm kept as
 //! content-addressed files (`wasm/<sha256>.wasm`).
 //!
+//! Functions are keyed by `tenant/name` ([`updraft_core::function_key`]);
+//! routes are unique per tenant.
+//!
 //! Every change is one redb write transaction committed with immediate
 //! durability: a deploy is either fully there after a crash or not at all.
 //! Wasm files are written (and fsynced) before the transaction that refers to
@@ -14,7 +17,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use updraft_core::{Digest, FunctionKind, Limits, Manifest, Route, VersionRecord};
+use updraft_core::{
+    Digest, FunctionKind, LOCAL_TENANT, Limits, Manifest, Route, VersionRecord, function_key,
+    split_function_key,
+};
 
 use crate::error::StateError;
 
@@ -27,6 +33,9 @@ pub const LATEST: &str = "latest";
 /// A function: its name, aliases and version counter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionRecord {
+    /// The owner; records from before tenants existed belong to `local`.
+    #[serde(default = "local_tenant")]
+    pub tenant: String,
     pub name: String,
     /// Alias → version number. `latest` is what routes and invokes use.
     pub aliases: BTreeMap<String, u64>,
@@ -36,7 +45,16 @@ pub struct FunctionRecord {
     pub updated_at_ms: u64,
 }
 
+fn local_tenant() -> String {
+    LOCAL_TENANT.to_string()
+}
+
 impl FunctionRecord {
+    /// The registry key, `tenant/name`.
+    pub fn key(&self) -> String {
+        function_key(&self.tenant, &self.name)
+    }
+
     pub fn latest(&self) -> Option<u64> {
         self.aliases.get(LATEST).copied()
     }
@@ -81,6 +99,7 @@ impl Registry {
         txn.open_table(FUNCTIONS)?;
         txn.open_table(VERSIONS)?;
         txn.commit()?;
+        migrate_to_tenant_keys(&db)?;
         Ok(Registry {
             db,
             wasm_dir,
@@ -125,18 +144,23 @@ impl Registry {
 
     /// Refuses a route another function already serves (cheap pre-check;
     /// [`Registry::deploy`] checks again inside its transaction).
-    pub fn check_route(&self, name: &str, route: Option<&Route>) -> Result<(), StateError> {
+    pub fn check_route(&self, key: &str, route: Option<&Route>) -> Result<(), StateError> {
         let Some(route) = route else { return Ok(()) };
         let txn = self.db.begin_read()?;
         let functions = txn.open_table(FUNCTIONS)?;
         let versions = txn.open_table(VERSIONS)?;
-        route_owner(&functions, &versions, name, route)
+        route_owner(&functions, &versions, key, route)
     }
 
-    /// Adds a version (or reuses an identical earlier one) and moves `latest` to it.
-    pub fn deploy(&self, new: NewVersion) -> Result<(FunctionRecord, VersionRecord), StateError> {
+    /// Adds a version of `tenant`'s function (or reuses an identical earlier
+    /// one) and moves `latest` to it.
+    pub fn deploy(
+        &self,
+        tenant: &str,
+        new: NewVersion,
+    ) -> Result<(FunctionRecord, VersionRecord), StateError> {
         self.check_writable()?;
-        let name = new.manifest.name.clone();
+        let name = function_key(tenant, &new.manifest.name);
         let route = new
             .manifest
             .parsed_route()
@@ -153,7 +177,8 @@ impl Registry {
             let mut record = match functions.get(name.as_str())? {
                 Some(bytes) => serde_json::from_slice::<FunctionRecord>(bytes.value())?,
                 None => FunctionRecord {
-                    name: name.clone(),
+                    tenant: tenant.to_string(),
+                    name: new.manifest.name.clone(),
                     aliases: BTreeMap::new(),
                     next_version: 1,
                     created_at_ms: now,
@@ -212,7 +237,7 @@ impl Registry {
             let Some(latest) = record.latest() else {
                 continue;
             };
-            if let Some(v) = versions.get((record.name.as_str(), latest))? {
+            if let Some(v) = versions.get((record.key().as_str(), latest))? {
                 let version: VersionRecord = serde_json::from_slice(v.value())?;
                 out.push((record, version));
             }
@@ -220,14 +245,18 @@ impl Registry {
         Ok(out)
     }
 
-    /// A function and all its versions, oldest first.
+    /// A function (by key) and all its versions, oldest first.
     pub fn get(&self, name: &str) -> Result<(FunctionRecord, Vec<VersionRecord>), StateError> {
         let txn = self.db.begin_read()?;
         let functions = txn.open_table(FUNCTIONS)?;
         let versions = txn.open_table(VERSIONS)?;
         let record: FunctionRecord = match functions.get(name)? {
             Some(bytes) => serde_json::from_slice(bytes.value())?,
-            None => return Err(StateError::FunctionNotFound(name.to_string())),
+            None => {
+                return Err(StateError::FunctionNotFound(
+                    split_function_key(name).1.to_string(),
+                ));
+            }
         };
         let mut all = Vec::new();
         for entry in versions.range((name, 0)..=(name, u64::MAX))? {
@@ -250,7 +279,11 @@ impl Registry {
             let versions = txn.open_table(VERSIONS)?;
             let mut record: FunctionRecord = match functions.get(name)? {
                 Some(bytes) => serde_json::from_slice(bytes.value())?,
-                None => return Err(StateError::FunctionNotFound(name.to_string())),
+                None => {
+                    return Err(StateError::FunctionNotFound(
+                        split_function_key(name).1.to_string(),
+                    ));
+                }
             };
             let current = record.latest().unwrap_or(0);
             let target = match version {
@@ -263,7 +296,8 @@ impl Registry {
                     }
                     previous.ok_or_else(|| {
                         StateError::Invalid(format!(
-                            "function {name:?} has no version before {current} to roll back to"
+                            "function {:?} has no version before {current} to roll back to",
+                            split_function_key(name).1
                         ))
                     })?
                 }
@@ -272,7 +306,7 @@ impl Registry {
                 Some(bytes) => serde_json::from_slice(bytes.value())?,
                 None => {
                     return Err(StateError::VersionNotFound {
-                        name: name.to_string(),
+                        name: split_function_key(name).1.to_string(),
                         version: target,
                     });
                 }
@@ -305,7 +339,9 @@ impl Registry {
             let mut functions = txn.open_table(FUNCTIONS)?;
             let mut versions = txn.open_table(VERSIONS)?;
             if functions.remove(name)?.is_none() {
-                return Err(StateError::FunctionNotFound(name.to_string()));
+                return Err(StateError::FunctionNotFound(
+                    split_function_key(name).1.to_string(),
+                ));
             }
             let mut removed = BTreeSet::new();
             let mut keys = Vec::new();
@@ -335,17 +371,22 @@ impl Registry {
     }
 }
 
-/// Fails with [`StateError::RouteConflict`] if a function other than `name`
-/// serves exactly `route` with its `latest` version.
+/// Fails with [`StateError::RouteConflict`] if a function of the same tenant
+/// other than `name` (a key) serves exactly `route` with its `latest` version.
 fn route_owner(
     functions: &impl ReadableTable<&'static str, &'static [u8]>,
     versions: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
     name: &str,
     route: &Route,
 ) -> Result<(), StateError> {
-    for entry in functions.iter()? {
+    let (tenant, _) = split_function_key(name);
+    let mine = format!("{tenant}/");
+    for entry in functions.range(mine.as_str()..)? {
         let (key, value) = entry?;
         let owner = key.value();
+        if !owner.starts_with(&mine) {
+            break;
+        }
         if owner == name {
             continue;
         }
@@ -362,10 +403,60 @@ fn route_owner(
         {
             return Err(StateError::RouteConflict {
                 route: route.to_string(),
-                owner: owner.to_string(),
+                owner: split_function_key(owner).1.to_string(),
             });
         }
     }
+    Ok(())
+}
+
+/// Moves functions stored before tenants existed (keys without `/`) to
+/// the `local` tenant, in one transaction, so an upgraded data dir keeps
+/// every function and version.
+fn migrate_to_tenant_keys(db: &Database) -> Result<(), StateError> {
+    let old: Vec<String> = {
+        let txn = db.begin_read()?;
+        let functions = txn.open_table(FUNCTIONS)?;
+        let mut old = Vec::new();
+        for entry in functions.iter()? {
+            let key = entry?.0.value().to_string();
+            if !key.contains('/') {
+                old.push(key);
+            }
+        }
+        old
+    };
+    if old.is_empty() {
+        return Ok(());
+    }
+    let txn = db.begin_write()?;
+    {
+        let mut functions = txn.open_table(FUNCTIONS)?;
+        let mut versions = txn.open_table(VERSIONS)?;
+        for name in &old {
+            let key = function_key(LOCAL_TENANT, name);
+            let record = functions
+                .remove(name.as_str())?
+                .map(|record| record.value().to_vec());
+            if let Some(record) = record {
+                functions.insert(key.as_str(), record.as_slice())?;
+            }
+            let mut moved = Vec::new();
+            for entry in versions.range((name.as_str(), 0)..=(name.as_str(), u64::MAX))? {
+                let (k, v) = entry?;
+                moved.push((k.value().1, v.value().to_vec()));
+            }
+            for (number, bytes) in moved {
+                versions.remove((name.as_str(), number))?;
+                versions.insert((key.as_str(), number), bytes.as_slice())?;
+            }
+        }
+    }
+    txn.commit()?;
+    tracing::info!(
+        "registry: {} functions from before tenants now belong to tenant {LOCAL_TENANT:?}",
+        old.len()
+    );
     Ok(())
 }
 
@@ -407,27 +498,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let reg = Registry::open(dir.path()).unwrap();
-            let (_, v1) = reg.deploy(version("a", b"one", Some("/a"))).unwrap();
-            let (_, v2) = reg.deploy(version("a", b"two", Some("/a"))).unwrap();
+            let (_, v1) = reg.deploy("t", version("a", b"one", Some("/a"))).unwrap();
+            let (_, v2) = reg.deploy("t", version("a", b"two", Some("/a"))).unwrap();
             assert_eq!((v1.version, v2.version), (1, 2));
             // Identical content reuses the version.
-            let (rec, again) = reg.deploy(version("a", b"two", Some("/a"))).unwrap();
+            let (rec, again) = reg.deploy("t", version("a", b"two", Some("/a"))).unwrap();
             assert_eq!(again.version, 2);
             assert_eq!(rec.next_version, 3);
-            let (rec, back) = reg.rollback("a", None).unwrap();
+            let (rec, back) = reg.rollback("t/a", None).unwrap();
             assert_eq!((rec.latest(), back.version), (Some(1), 1));
             assert!(matches!(
-                reg.rollback("a", Some(9)),
+                reg.rollback("t/a", Some(9)),
                 Err(StateError::VersionNotFound { version: 9, .. })
             ));
         }
         let reg = Registry::open(dir.path()).unwrap();
-        let (rec, versions) = reg.get("a").unwrap();
-        assert_eq!(rec.latest(), Some(1));
+        let (rec, versions) = reg.get("t/a").unwrap();
+        assert_eq!((rec.latest(), rec.key()), (Some(1), "t/a".to_string()));
         assert_eq!(versions.len(), 2);
-        let orphans = reg.delete("a").unwrap();
+        let orphans = reg.delete("t/a").unwrap();
         assert_eq!(orphans.len(), 2);
-        assert!(matches!(reg.get("a"), Err(StateError::FunctionNotFound(_))));
+        assert!(matches!(
+            reg.get("t/a"),
+            Err(StateError::FunctionNotFound(_))
+        ));
         assert!(reg.list().unwrap().is_empty());
     }
 
@@ -435,14 +529,68 @@ mod tests {
     fn route_conflicts_leave_registry_unchanged() {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::open(dir.path()).unwrap();
-        reg.deploy(version("a", b"one", Some("/x"))).unwrap();
-        let err = reg.deploy(version("b", b"two", Some("/x"))).unwrap_err();
+        reg.deploy("t", version("a", b"one", Some("/x"))).unwrap();
+        let err = reg
+            .deploy("t", version("b", b"two", Some("/x")))
+            .unwrap_err();
         assert!(matches!(err, StateError::RouteConflict { ref owner, .. } if owner == "a"));
-        assert!(matches!(reg.get("b"), Err(StateError::FunctionNotFound(_))));
+        assert!(matches!(
+            reg.get("t/b"),
+            Err(StateError::FunctionNotFound(_))
+        ));
         // A prefix route on the same path is a different route.
-        reg.deploy(version("b", b"two", Some("/x/..."))).unwrap();
+        reg.deploy("t", version("b", b"two", Some("/x/...")))
+            .unwrap();
         // Redeploying the owner on its own route is fine.
-        reg.deploy(version("a", b"three", Some("/x"))).unwrap();
-        assert_eq!(reg.list().unwrap().len(), 2);
+        reg.deploy("t", version("a", b"three", Some("/x"))).unwrap();
+        // Routes are per tenant: another tenant may serve /x too.
+        reg.deploy("u", version("a", b"one", Some("/x"))).unwrap();
+        assert_eq!(reg.list().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn functions_from_before_tenants_move_to_local() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // A data dir written by a version without tenants.
+            let db = Database::create(dir.path().join("registry.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let old = FunctionRecord {
+                    tenant: String::new(),
+                    name: "old".into(),
+                    aliases: BTreeMap::from([(LATEST.to_string(), 1)]),
+                    next_version: 2,
+                    created_at_ms: 1,
+                    updated_at_ms: 1,
+                };
+                let mut json: serde_json::Value = serde_json::to_value(&old).unwrap();
+                json.as_object_mut().unwrap().remove("tenant");
+                let v = version("old", b"w", Some("/old"));
+                let record = VersionRecord {
+                    version: 1,
+                    digest: v.wasm_digest,
+                    wasm_digest: v.wasm_digest,
+                    wasm_bytes: 1,
+                    kind: v.kind,
+                    manifest: v.manifest,
+                    limits: v.limits,
+                    created_at_ms: 1,
+                };
+                txn.open_table(FUNCTIONS)
+                    .unwrap()
+                    .insert("old", serde_json::to_vec(&json).unwrap().as_slice())
+                    .unwrap();
+                txn.open_table(VERSIONS)
+                    .unwrap()
+                    .insert(("old", 1), serde_json::to_vec(&record).unwrap().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let reg = Registry::open(dir.path()).unwrap();
+        let (record, versions) = reg.get("local/old").unwrap();
+        assert_eq!((record.tenant.as_str(), versions.len()), (LOCAL_TENANT, 1));
+        assert_eq!(reg.list().unwrap().len(), 1);
     }
 }

@@ -38,6 +38,17 @@ pub struct Cli {
     )]
     pub server: String,
 
+    /// API key for the server. Default: the admin key that `updraft up`
+    /// wrote to its data dir (UPDRAFT_DATA_DIR, else ./.updraft).
+    #[arg(
+        long = "key",
+        global = true,
+        env = "UPDRAFT_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub api_key: Option<String>,
+
     /// Print the server's JSON replies (pretty-printed) instead of human output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -91,6 +102,40 @@ pub enum ClientCommand {
     /// Read and write blob containers (those the deployed functions list).
     #[command(subcommand)]
     Blob(BlobCommand),
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `updraft keys …`: API keys of tenants.
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make a key and print it (it is shown this once).
+    Create {
+        /// The tenant it belongs to (default: your key's tenant; another
+        /// tenant needs an admin key, and makes that tenant exist).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// An admin key, which also manages other tenants' keys.
+        #[arg(long)]
+        admin: bool,
+        /// A note to tell keys apart in `keys ls`.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// List keys (ids and labels, never the keys themselves): your
+    /// tenant's, or with an admin key every tenant's.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by id: it stops working at once.
+    Revoke {
+        /// The key's id, as `keys ls` shows it.
+        id: String,
+    },
 }
 
 /// `updraft blob …`: operator access to blob containers.
@@ -520,6 +565,19 @@ mod tests {
         assert!(cli.json);
         assert_eq!(cli.server, "http://h:1");
         assert!(matches!(cli.command, Command::Client(ClientCommand::Ls)));
+    }
+
+    #[test]
+    fn the_api_key_flag_is_not_a_blob_or_kv_key() {
+        let cli =
+            Cli::try_parse_from(["updraft", "blob", "get", "c", "k1", "--key", "upd_x"]).unwrap();
+        assert_eq!(cli.api_key.as_deref(), Some("upd_x"));
+        let Command::Client(ClientCommand::Blob(BlobCommand::Get { key, .. })) = cli.command else {
+            panic!("not blob get")
+        };
+        assert_eq!(key, "k1");
+        let cli = Cli::try_parse_from(["updraft", "kv", "get", "s", "k2"]).unwrap();
+        assert_eq!(cli.api_key, None);
     }
 
     #[test]

@@ -112,6 +112,31 @@ fn quote_body(body: &[u8]) -> String {
     text
 }
 
+/// `GET /v1/keys`.
+#[derive(Deserialize, Debug)]
+pub struct KeyList {
+    pub keys: Vec<KeyInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub tenant: String,
+    pub admin: bool,
+    #[serde(default)]
+    pub label: String,
+    #[serde(default)]
+    pub created_at: String,
+    /// Only in the reply that created it.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Revoked {
+    pub revoked: KeyInfo,
+}
+
 /// `GET /v1/functions`.
 #[derive(Deserialize, Debug, Default)]
 #[serde(default)]
@@ -253,9 +278,17 @@ pub struct LogLine {
 
 impl Client {
     /// Creates a client for `server` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(server: &str) -> Result<Client> {
+    pub fn new(server: &str, key: Option<&str>) -> Result<Client> {
         let base = parse_server_url(server)?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = key {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .context("the API key has characters no key has: check --key or UPDRAFT_KEY")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("updraft-cli/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -271,6 +304,31 @@ impl Client {
     /// The public URL of an HTTP function's route.
     pub fn route_url(&self, route: &str) -> String {
         route_url(&self.base, route)
+    }
+
+    pub async fn keys(&self, tenant: Option<&str>) -> Result<Reply<KeyList>> {
+        let mut url = self.url(&["v1", "keys"]);
+        if let Some(tenant) = tenant {
+            url.query_pairs_mut().append_pair("tenant", tenant);
+        }
+        self.json(self.http.get(url).timeout(MANAGEMENT_TIMEOUT))
+            .await
+    }
+
+    pub async fn create_key(
+        &self,
+        tenant: Option<&str>,
+        admin: bool,
+        label: &str,
+    ) -> Result<Reply<KeyInfo>> {
+        let body = serde_json::json!({ "tenant": tenant, "admin": admin, "label": label });
+        let req = self.http.post(self.url(&["v1", "keys"])).json(&body);
+        self.json(req.timeout(MANAGEMENT_TIMEOUT)).await
+    }
+
+    pub async fn revoke_key(&self, id: &str) -> Result<Reply<Revoked>> {
+        let req = self.http.delete(self.url(&["v1", "keys", id]));
+        self.json(req.timeout(MANAGEMENT_TIMEOUT)).await
     }
 
     pub async fn list_functions(&self) -> Result<Reply<FunctionList>> {
@@ -780,7 +838,11 @@ mod tests {
             wasm_bytes: 8,
         };
 
-        let reply = Client::new(&server).unwrap().deploy(&plan).await.unwrap();
+        let reply = Client::new(&server, None)
+            .unwrap()
+            .deploy(&plan)
+            .await
+            .unwrap();
         assert_eq!(reply.body.version, 3);
 
         let request = String::from_utf8_lossy(&request.await.unwrap()).into_owned();
@@ -815,7 +877,7 @@ mod tests {
         )
         .leak();
         let (server, _request) = fake_server(vec![reply]).await;
-        let err = Client::new(&server)
+        let err = Client::new(&server, None)
             .unwrap()
             .function("nope")
             .await
@@ -838,7 +900,7 @@ mod tests {
             .unwrap()
             .port();
         let server = format!("http://127.0.0.1:{port}");
-        let err = Client::new(&server)
+        let err = Client::new(&server, None)
             .unwrap()
             .list_functions()
             .await
@@ -859,7 +921,7 @@ mod tests {
             b"age\":\"two\"}\n",
         ])
         .await;
-        let mut response = Client::new(&server)
+        let mut response = Client::new(&server, None)
             .unwrap()
             .logs("f", 5, true)
             .await
@@ -884,7 +946,7 @@ mod tests {
         ])
         .await;
         let headers = vec!["X-Test: yes".parse().unwrap()];
-        let response = Client::new(&server)
+        let response = Client::new(&server, None)
             .unwrap()
             .invoke("f", b"payload".to_vec(), &headers)
             .await

@@ -18,7 +18,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use cli::{BlobCommand, Cli, ClientCommand, Command, DeployArgs, InvokeArgs, KvCommand, LogsArgs};
+use cli::{
+    BlobCommand, Cli, ClientCommand, Command, DeployArgs, InvokeArgs, KeysCommand, KvCommand,
+    LogsArgs,
+};
 use client::{Client, INVOCATION_ID_HEADER, LineSplitter, check_status};
 
 #[tokio::main]
@@ -63,9 +66,30 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Client(command) => {
-            let client = Client::new(&cli.server)?;
+            let key = match cli.api_key {
+                Some(key) => Some(key),
+                None => local_admin_key()?,
+            };
+            let client = Client::new(&cli.server, key.as_deref())?;
             run_client(&client, command, cli.json).await
         }
+    }
+}
+
+/// The admin key `updraft up` wrote to its data dir on this machine, if
+/// there is one: how the quickstart's CLI works without a `--key`.
+fn local_admin_key() -> Result<Option<String>> {
+    let data_dir = std::env::var_os("UPDRAFT_DATA_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| ".updraft".into());
+    let path = data_dir.join(up::ADMIN_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "cannot read the admin key {}: pass --key or UPDRAFT_KEY instead",
+            path.display()
+        ))),
     }
 }
 
@@ -80,6 +104,7 @@ async fn run_client(client: &Client, command: ClientCommand, json: bool) -> Resu
         ClientCommand::Rollback { name, version } => rollback(client, &name, version, json).await,
         ClientCommand::Kv(command) => kv(client, command, json).await,
         ClientCommand::Blob(command) => blob(client, command, json).await,
+        ClientCommand::Keys(command) => keys(client, command, json).await,
     }
 }
 
@@ -155,6 +180,49 @@ async fn blob(client: &Client, command: BlobCommand, json: bool) -> Result<()> {
             client.blob_put(&container, &key, body).await?;
         }
         BlobCommand::Rm { container, key } => client.blob_delete(&container, &key).await?,
+    }
+    Ok(())
+}
+
+async fn keys(client: &Client, command: KeysCommand, json: bool) -> Result<()> {
+    let mut out = io::stdout().lock();
+    match command {
+        KeysCommand::Create {
+            tenant,
+            admin,
+            label,
+        } => {
+            let reply = client.create_key(tenant.as_deref(), admin, &label).await?;
+            if json {
+                output::write_json(&mut out, &reply.raw)?;
+            } else {
+                let key = &reply.body;
+                writeln!(out, "{}", key.key.as_deref().unwrap_or_default())?;
+                eprintln!(
+                    "created key {} for tenant {}{}: it is shown only now, so store it \
+                     (use it with --key or UPDRAFT_KEY)",
+                    key.id,
+                    key.tenant,
+                    if key.admin { " (admin)" } else { "" }
+                );
+            }
+        }
+        KeysCommand::Ls { tenant } => {
+            let reply = client.keys(tenant.as_deref()).await?;
+            if json {
+                output::write_json(&mut out, &reply.raw)?;
+            } else {
+                output::write_keys(&mut out, &reply.body.keys)?;
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let reply = client.revoke_key(&id).await?;
+            if json {
+                output::write_json(&mut out, &reply.raw)?;
+            } else {
+                writeln!(out, "revoked key {}", reply.body.revoked.id)?;
+            }
+        }
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use comfy_table::{Cell, ContentArrangement, Table, presets};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::{FunctionDetail, FunctionList, LogLine, VersionInfo};
+use crate::client::{FunctionDetail, FunctionList, KeyInfo, LogLine, VersionInfo};
 
 /// Shown in place of an absent value, so columns stay aligned and greppable.
 const NONE: &str = "-";
@@ -107,6 +107,21 @@ pub fn write_function_list(out: &mut impl Write, list: &FunctionList) -> io::Res
             f.versions.to_string(),
             format_bytes(f.wasm_bytes),
             f.updated_at.clone(),
+        ]);
+    }
+    writeln!(out, "{}", table.trim_fmt())
+}
+
+/// The table of `updraft keys ls`.
+pub fn write_keys(out: &mut impl Write, keys: &[KeyInfo]) -> io::Result<()> {
+    let mut table = table(&["ID", "TENANT", "ADMIN", "LABEL", "CREATED"]);
+    for key in keys {
+        table.add_row(vec![
+            key.id.clone(),
+            key.tenant.clone(),
+            if key.admin { "yes" } else { "no" }.to_string(),
+            or_none(Some(&key.label)).to_owned(),
+            key.created_at.clone(),
         ]);
     }
     writeln!(out, "{}", table.trim_fmt())

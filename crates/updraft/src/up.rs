@@ -2,7 +2,7 @@
 //! registry, logs and compiled code under the data dir, the gateway on `--listen`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -58,6 +58,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let platform = Platform::open(config)
         .await
         .with_context(|| format!("cannot open the data dir {}", args.data_dir.display()))?;
+    let new_admin_key = ensure_admin_key(&platform, &args.data_dir)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| {
@@ -74,10 +75,52 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         platform.function_count(),
         platform.compiles()
     );
+    if let Some(path) = new_admin_key {
+        println!(
+            "Created the admin API key in {} (the CLI on this machine reads it from there; keep it secret)",
+            path.display()
+        );
+    }
     std::io::stdout().flush()?;
     updraft_gateway::serve(listener, platform, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// File in the data dir holding the admin key made at first start.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+
+/// On a data dir without keys, makes the admin key of the `local` tenant and
+/// writes it, readable by this user only, to `DATA_DIR/admin.key`: that file
+/// is the credential of the machine's operator. The server itself keeps
+/// only the key's hash. Returns the file if a key was made.
+fn ensure_admin_key(platform: &Platform, data_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    if !platform.tenants().is_empty() {
+        return Ok(None);
+    }
+    let path = data_dir.join(ADMIN_KEY_FILE);
+    let (_, key) = platform
+        .tenants()
+        .create_key(updraft_core::LOCAL_TENANT, true, "created at first start")
+        .context("cannot create the admin API key")?;
+    write_private(&path, &format!("{key}\n"))
+        .with_context(|| format!("cannot write the admin API key to {}", path.display()))?;
+    Ok(Some(path))
+}
+
+/// Writes a file only its owner can read, whole or not at all.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 async fn shutdown_signal() {

@@ -12,7 +12,8 @@ async fn put(server: &Server, name: &str, manifest: &str, wasm: Vec<u8>) -> (u16
     let form = Form::new()
         .part("manifest", Part::text(manifest.to_string()))
         .part("wasm", Part::bytes(wasm));
-    let response = client()
+    let response = server
+        .api()
         .put(server.url(&format!("/v1/functions/{name}")))
         .multipart(form)
         .send()
@@ -130,7 +131,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already taken"));
 
     // Unknown function: invoke, info, logs, delete, rollback.
-    let client = client();
+    let client = server.api();
     for (method, path) in [
         ("POST", "/v1/functions/ghost/invoke"),
         ("GET", "/v1/functions/ghost"),

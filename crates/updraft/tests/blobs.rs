@@ -13,11 +13,12 @@ use serde_json::Value;
 const LIMIT: usize = 1024 * 1024;
 
 async fn get(server: &Server, path: &str) -> reqwest::Response {
-    client().get(server.url(path)).send().await.unwrap()
+    server.api().get(server.url(path)).send().await.unwrap()
 }
 
 async fn put(server: &Server, path: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
-    client()
+    server
+        .api()
         .put(server.url(path))
         .body(body)
         .send()

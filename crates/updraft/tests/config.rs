@@ -118,7 +118,8 @@ async fn blobs_on_an_s3_compatible_store() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let listed: serde_json::Value = client()
+    let listed: serde_json::Value = server
+        .api()
         .get(server.url("/v1/blobs/uploads?prefix=video/"))
         .send()
         .await

@@ -157,7 +157,7 @@ async fn operator_api_checks_every_input_and_loses_nothing() {
     server.cli_ok(&["kv", "set", "default", "b", "bee"]);
     let before = server.cli_ok(&["--json", "kv", "ls", "default"]);
 
-    let http = client();
+    let http = server.api();
     let put = |path: &str, body: Vec<u8>| http.put(server.url(path)).body(body).send();
     let r = put("/v1/kv/default/big", vec![0; 1024 * 1024 + 1])
         .await

@@ -69,6 +69,7 @@ async fn versions_rollback_delete_and_logs() {
     server.deploy_guest("chatty", "http-chaos", "route = \"/chatty/...\"");
     let mut follower = std::process::Command::new(bin())
         .args(["--server", &server.url, "logs", "chatty", "-f"])
+        .env("UPDRAFT_KEY", &server.admin_key)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

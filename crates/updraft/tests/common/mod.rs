@@ -43,6 +43,8 @@ pub struct Server {
     pub child: Child,
     pub url: String,
     pub data_dir: PathBuf,
+    /// The admin key `updraft up` wrote to the data dir.
+    pub admin_key: String,
 }
 
 impl Server {
@@ -79,10 +81,15 @@ impl Server {
             .find(|w| w.starts_with("http://"))
             .expect("address in the first line")
             .to_string();
+        let admin_key = std::fs::read_to_string(data_dir.join("admin.key"))
+            .expect("updraft up writes DATA_DIR/admin.key")
+            .trim()
+            .to_string();
         Server {
             child,
             url,
             data_dir: data_dir.to_path_buf(),
+            admin_key,
         }
     }
 
@@ -113,12 +120,15 @@ impl Server {
         format!("{}{}", self.url, path)
     }
 
-    /// Runs the CLI against this server.
+    /// Runs the CLI against this server, as its operator: the CLI finds the
+    /// admin key in the data dir by itself.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(bin())
             .arg("--server")
             .arg(&self.url)
             .args(args)
+            .env("UPDRAFT_DATA_DIR", &self.data_dir)
+            .env_remove("UPDRAFT_KEY")
             .current_dir(root())
             .output()
             .expect("run updraft CLI")
@@ -162,15 +172,34 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A client that sends `key` with every request.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 impl Server {
-    /// `GET path` on this server, parsed as JSON.
-    pub async fn get_json(&self, path: &str) -> serde_json::Value {
-        self.send_json(client().get(self.url(path))).await
+    /// A client of the management API with the admin key.
+    pub fn api(&self) -> reqwest::Client {
+        client_with_key(&self.admin_key)
     }
 
-    /// `POST path` (empty body) on this server, parsed as JSON.
+    /// `GET path` on this server with the admin key, parsed as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.send_json(self.api().get(self.url(path))).await
+    }
+
+    /// `POST path` (empty body) on this server with the admin key, parsed as JSON.
     pub async fn post_json(&self, path: &str) -> serde_json::Value {
-        self.send_json(client().post(self.url(path))).await
+        self.send_json(self.api().post(self.url(path))).await
     }
 
     async fn send_json(&self, request: reqwest::RequestBuilder) -> serde_json::Value {

@@ -1,0 +1,178 @@
+//! Who is calling. Every `/v1` request must carry `Authorization: Bearer
+//! KEY`; the key names a tenant, and every handler acts only on that
+//! tenant's functions, stores and containers. Function routes are public
+//! unless the manifest says `auth = "key"`. Also `/v1/keys`: create, list
+//! and revoke keys.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use updraft_scheduler::Platform;
+use updraft_state::{Caller, KeyInfo};
+
+use crate::api::rfc3339;
+use crate::error::ApiError;
+
+/// The caller named by the request's bearer key.
+pub(crate) fn caller(platform: &Platform, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(unauthorized(
+            "missing_key",
+            "this needs an API key: send `Authorization: Bearer KEY`. A new server writes \
+             its admin key to DATA_DIR/admin.key (the CLI on the same machine reads it \
+             by itself); `updraft keys create` makes more",
+        ));
+    };
+    let presented = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    platform.tenants().verify(presented).ok_or_else(|| {
+        unauthorized(
+            "invalid_key",
+            "the API key is not valid: it was revoked, or is mistyped. \
+             `updraft keys ls` (with a valid key) shows the keys that exist",
+        )
+    })
+}
+
+fn unauthorized(code: &'static str, message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+}
+
+/// Middleware of `/v1`: no valid key, no entry.
+pub(crate) async fn require_key(
+    State(platform): State<Arc<Platform>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match caller(&platform, request.headers()) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(e) => {
+            let mut response = e.into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+fn key_json(key: &KeyInfo) -> Value {
+    json!({
+        "id": key.id,
+        "tenant": key.tenant,
+        "admin": key.admin,
+        "label": key.label,
+        "created_at": rfc3339(key.created_at_ms),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeysQuery {
+    tenant: Option<String>,
+}
+
+/// `GET /v1/keys[?tenant=T]`: the caller's tenant's keys; an admin key may
+/// name any tenant, or none for all.
+pub(crate) async fn list(
+    State(platform): State<Arc<Platform>>,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<KeysQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = match (caller.admin, query.tenant.as_deref()) {
+        (true, tenant) => tenant,
+        (false, None) => Some(&*caller.tenant),
+        (false, Some(t)) if t == &*caller.tenant => Some(t),
+        (false, Some(_)) => return Err(admin_only("list another tenant's keys")),
+    };
+    let keys: Vec<Value> = platform
+        .tenants()
+        .list(tenant)
+        .iter()
+        .map(key_json)
+        .collect();
+    Ok(Json(json!({ "keys": keys })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateKey {
+    tenant: Option<String>,
+    #[serde(default)]
+    admin: bool,
+    #[serde(default)]
+    label: String,
+}
+
+/// `POST /v1/keys` with `{"tenant", "admin", "label"}` (all optional): a new
+/// key, shown in this response only.
+pub(crate) async fn create(
+    State(platform): State<Arc<Platform>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: CreateKey = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateKey::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "bad_request",
+                format!(
+                    "the body must be JSON like {{\"tenant\": \"acme\", \"label\": \"ci\"}}: {e}"
+                ),
+            )
+        })?
+    };
+    let tenant = body.tenant.as_deref().unwrap_or(&caller.tenant);
+    if !caller.admin && (tenant != &*caller.tenant || body.admin) {
+        return Err(admin_only(
+            "create a key for another tenant, or an admin key",
+        ));
+    }
+    let (info, key) = tokio::task::block_in_place(|| {
+        platform
+            .tenants()
+            .create_key(tenant, body.admin, &body.label)
+    })
+    .map_err(updraft_scheduler::PlatformError::from)?;
+    let mut out = key_json(&info);
+    if let Value::Object(map) = &mut out {
+        map.insert("key".into(), json!(key));
+    }
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+/// `DELETE /v1/keys/{id}`: revoked at once. A tenant revokes its own keys;
+/// an admin key, any.
+pub(crate) async fn revoke(
+    State(platform): State<Arc<Platform>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let scope = (!caller.admin).then_some(&*caller.tenant);
+    let info = tokio::task::block_in_place(|| platform.tenants().revoke(&id, scope))
+        .map_err(updraft_scheduler::PlatformError::from)?;
+    Ok(Json(json!({ "revoked": key_json(&info) })))
+}
+
+fn admin_only(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("only an admin key may {what}"),
+    )
+}
