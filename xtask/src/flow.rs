@@ -101,7 +101,9 @@ pub fn up(extra: &[String]) -> Result<()> {
         .collect();
     examples.sort();
     for manifest in &examples {
+        // The CLI finds the admin key in the data dir wherever it runs.
         run(Command::new(&bin)
+            .env("UPDRAFT_DATA_DIR", root().join(".updraft"))
             .arg("--server")
             .arg(&url)
             .arg("deploy")
@@ -117,7 +119,8 @@ pub fn up(extra: &[String]) -> Result<()> {
          \n  curl {url}/counter\
          \n  curl -T README.md {url}/files/readme && curl {url}/files/\
          \n  {} --server {url} ls\
-         \n\nCtrl-C stops it; the data stays in ./.updraft.",
+         \n\nThe CLI run from this directory uses the admin key in ./.updraft/admin.key.\
+         \nCtrl-C stops it; the data stays in ./.updraft.",
         bin.display()
     );
     let status = server.wait()?;

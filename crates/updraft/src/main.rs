@@ -71,7 +71,16 @@ async fn run(cli: Cli) -> Result<()> {
                 None => local_admin_key()?,
             };
             let client = Client::new(&cli.server, key.as_deref())?;
-            run_client(&client, command, cli.json).await
+            let result = run_client(&client, command, cli.json).await;
+            match result {
+                Err(e) if key.is_none() && format!("{e:#}").contains("(missing_key)") => {
+                    Err(anyhow::anyhow!(
+                        "no API key: pass --key or UPDRAFT_KEY, or run where `updraft up` keeps its data \
+                     (UPDRAFT_DATA_DIR, else ./.updraft) so the CLI finds admin.key there"
+                    ))
+                }
+                other => other,
+            }
         }
     }
 }

@@ -53,14 +53,19 @@ impl Server {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_logging(data_dir, extra, "warn", Stdio::inherit())
+    }
+
+    /// Starts with `RUST_LOG=rust_log`, the server's log going to `stderr`.
+    pub fn start_logging(data_dir: &Path, extra: &[&str], rust_log: &str, stderr: Stdio) -> Server {
         let mut child = Command::new(bin())
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .env("XDG_CACHE_HOME", data_dir.join("xdg-cache"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start updraft");
         let stdout = child.stdout.take().unwrap();
@@ -146,15 +151,33 @@ impl Server {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs the CLI with `key` (through `--key`), not the admin key.
+    pub fn cli_as(&self, key: &str, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(["--server", &self.url, "--key", key])
+            .args(args)
+            .env_remove("UPDRAFT_DATA_DIR")
+            .env_remove("UPDRAFT_KEY")
+            .current_dir(&self.data_dir)
+            .output()
+            .expect("run updraft CLI")
+    }
+
     /// Deploys a guest by path with a manifest written to a temp file.
     pub fn deploy_guest(&self, name: &str, guest_name: &str, extra_toml: &str) -> String {
+        let manifest = self.write_manifest(name, guest_name, extra_toml);
+        self.cli_ok(&["deploy", manifest.to_str().unwrap()])
+    }
+
+    /// Writes a manifest for a guest; returns its path.
+    pub fn write_manifest(&self, name: &str, guest_name: &str, extra_toml: &str) -> PathBuf {
         let manifest = self.data_dir.join(format!("{name}.toml"));
         let text = format!(
             "name = \"{name}\"\nsource = \"{}\"\n{extra_toml}\n",
             guest(guest_name).display()
         );
         std::fs::write(&manifest, text).unwrap();
-        self.cli_ok(&["deploy", manifest.to_str().unwrap()])
+        manifest
     }
 }
 

@@ -12,6 +12,7 @@
 //! | `/slow?ms=N`    | sleeps N ms on a monotonic-clock pollable, 200 "slept"     |
 //! | `/fetch`        | makes an outgoing request; 200 "fetched" or "refused: E"   |
 //! | `/count`        | 200 with how many requests this instance has served (1…)   |
+//! | `/headers`      | 200: the path it saw, then each header as `name: value`    |
 //! | anything else   | 200 "chaos ok"                                             |
 //!
 //! `/env` reads `wasi:cli/environment` directly (the proxy adapter has no
@@ -55,6 +56,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Chaos {
             "trap" => panic!("chaos: trap requested"),
             "bomb" => allocate_forever(),
             "echo" => echo(request, response_out),
+            "headers" => {
+                let mut seen = format!("path: {path}\n");
+                for (name, value) in request.headers().entries() {
+                    seen.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(&value)));
+                }
+                respond(response_out, 200, seen.as_bytes())
+            }
             "env" => match query_param(query, "key") {
                 None => respond(response_out, 400, b"missing ?key=NAME\n"),
                 Some(key) => {
