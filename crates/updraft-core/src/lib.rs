@@ -7,9 +7,11 @@
 pub mod log;
 pub mod manifest;
 pub mod tenant;
+pub mod usage;
 pub mod version;
 
 pub use log::{LogEntry, LogStream};
 pub use manifest::{FunctionKind, Limits, Manifest, ManifestError, Route, RouteAuth};
 pub use tenant::{LOCAL_TENANT, function_key, split_function_key, validate_tenant};
+pub use usage::{Trigger, UsageRecord};
 pub use version::{Digest, VersionRecord};

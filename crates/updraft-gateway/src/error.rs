@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use updraft_metering::MeteringError;
 use updraft_sandbox::{InvokeError, PrepareError};
 use updraft_scheduler::PlatformError;
 use updraft_state::StateError;
@@ -89,20 +90,19 @@ impl From<PlatformError> for ApiError {
                 KvError::Overflow { .. } => (S::CONFLICT, "overflow"),
                 _ => (S::INTERNAL_SERVER_ERROR, "storage"),
             },
-            PlatformError::Invoke(i) => match i {
-                InvokeError::Timeout { .. } => (S::GATEWAY_TIMEOUT, "timeout"),
-                InvokeError::MemoryLimit { .. } => (S::INTERNAL_SERVER_ERROR, "memory_limit"),
-                InvokeError::Trap { .. } => (S::INTERNAL_SERVER_ERROR, "trap"),
-                InvokeError::Exit { .. } => (S::INTERNAL_SERVER_ERROR, "exit_code"),
-                InvokeError::NoResponse | InvokeError::Guest(_) => {
-                    (S::INTERNAL_SERVER_ERROR, "function_error")
-                }
-                InvokeError::RequestTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "request_too_large"),
-                InvokeError::ResponseTooLarge { .. } => {
-                    (S::INTERNAL_SERVER_ERROR, "response_too_large")
-                }
-                InvokeError::Instantiate(_) => (S::SERVICE_UNAVAILABLE, "instantiate_failed"),
-                _ => (S::INTERNAL_SERVER_ERROR, "internal"),
+            PlatformError::Invoke(i) => (
+                match i {
+                    InvokeError::Timeout { .. } => S::GATEWAY_TIMEOUT,
+                    InvokeError::RequestTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+                    InvokeError::Instantiate(_) => S::SERVICE_UNAVAILABLE,
+                    _ => S::INTERNAL_SERVER_ERROR,
+                },
+                i.code(),
+            ),
+            PlatformError::Metering(m) => match m {
+                MeteringError::BudgetExceeded { .. } => (S::PAYMENT_REQUIRED, "budget_exceeded"),
+                MeteringError::Invalid(_) => (S::BAD_REQUEST, "bad_request"),
+                _ => (S::INTERNAL_SERVER_ERROR, "storage"),
             },
             _ => (S::INTERNAL_SERVER_ERROR, "internal"),
         };

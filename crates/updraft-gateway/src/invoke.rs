@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, Uri, header};
-use updraft_core::{FunctionKind, LOCAL_TENANT, RouteAuth};
+use updraft_core::{FunctionKind, LOCAL_TENANT, RouteAuth, Trigger};
 use updraft_scheduler::{InvokeError, Loaded, Platform, PlatformError};
 
 use updraft_state::Caller;
@@ -66,7 +66,7 @@ pub(crate) async fn invoke_route(
             }
         }
     }
-    invoke(platform, loaded, request).await
+    invoke(platform, loaded, request, Trigger::Http).await
 }
 
 /// `(tenant, path)` of a request path: `/~acme/x` is tenant acme's `/x`.
@@ -102,14 +102,19 @@ pub(crate) async fn invoke_api(
     if let Ok(uri) = path_and_query.parse::<Uri>() {
         *request.uri_mut() = uri;
     }
-    invoke(platform, loaded, request).await
+    invoke(platform, loaded, request, Trigger::Api).await
 }
 
-async fn invoke(platform: Arc<Platform>, loaded: Arc<Loaded>, request: Request) -> Response {
+async fn invoke(
+    platform: Arc<Platform>,
+    loaded: Arc<Loaded>,
+    request: Request,
+    trigger: Trigger,
+) -> Response {
     let (id, response) = match loaded.version.kind {
         FunctionKind::Http => {
             let request = with_host(request);
-            let (id, result) = platform.invoke_http(&loaded, request).await;
+            let (id, result) = platform.invoke_http(&loaded, request, trigger).await;
             (id, result.map(|r| r.map(Body::new)))
         }
         FunctionKind::Command => {
@@ -123,7 +128,7 @@ async fn invoke(platform: Arc<Platform>, loaded: Arc<Loaded>, request: Request) 
                     .into_response();
                 }
             };
-            let (id, result) = platform.invoke_command(&loaded, body).await;
+            let (id, result) = platform.invoke_command(&loaded, body, trigger).await;
             (id, result.map(|stdout| Response::new(Body::from(stdout))))
         }
     };

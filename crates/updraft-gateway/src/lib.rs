@@ -11,6 +11,7 @@ mod blobs;
 mod error;
 mod invoke;
 mod kv;
+mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -58,6 +59,16 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route(
             "/kv/{store}/{*key}",
             get(kv::get).put(kv::put).delete(kv::delete),
+        )
+        .route("/usage", get(usage::usage))
+        .route("/usage/records", get(usage::records))
+        .route("/bill", get(usage::bill))
+        .route("/prices", get(usage::prices))
+        .route(
+            "/budget",
+            get(usage::budget)
+                .put(usage::set_budget)
+                .delete(usage::clear_budget),
         )
         .route("/keys", get(auth::list).post(auth::create))
         .route("/keys/{id}", delete(auth::revoke))

@@ -1,101 +1,513 @@
-//! Metering: what each function used. For now an in-memory tally per function
-//! (invocations, failures, billed milliseconds, peak memory) fed by the
-//! scheduler from every invocation report; durable usage records, prices,
-//! bills and budgets build on this seam.
+//! Metering: what every invocation used, durable ([`store`]), priced
+//! ([`prices`]), summed into usage reports and monthly bills, and held to
+//! each tenant's budget.
+//!
+//! The scheduler hands over one [`UsageRecord`] per finished invocation and
+//! asks [`Metering::check`] before starting one; nothing here knows about
+//! Wasm or HTTP.
+
+pub mod prices;
+pub mod store;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::path::Path;
+use std::sync::RwLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chrono::{Datelike, TimeZone, Utc};
 use serde::Serialize;
+use updraft_core::UsageRecord;
+pub use updraft_core::usage::billed_ms;
 
-/// Usage of one function since the process started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    pub invocations: u64,
-    pub failures: u64,
-    /// Wall time rounded up to whole milliseconds per invocation, summed.
-    pub billed_ms: u64,
-    pub memory_peak_bytes: u64,
+pub use prices::{Bill, BillLine, Estimate, PriceSheet, estimate};
+pub use store::{Aggregate, Budget, HOUR_MS, UsageStore};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeteringError {
+    /// 402: the tenant's budget for this month is spent.
+    #[error(
+        "the monthly budget of tenant {tenant:?} (${budget}) is spent (${spent} so far this month): \
+         raise it with `updraft budget set`, or wait for next month"
+    )]
+    BudgetExceeded {
+        tenant: String,
+        budget: String,
+        spent: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("usage storage failed: {0}")]
+    Storage(String),
 }
 
-/// One finished invocation, as the meter sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct Sample {
-    pub duration: Duration,
-    pub ok: bool,
-    pub memory_peak_bytes: u64,
+fn dollars(cents: u64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
 }
 
-/// Billed duration: wall time rounded up to the next millisecond (at least 1).
-pub fn billed_ms(duration: Duration) -> u64 {
-    let micros = duration.as_micros() as u64;
-    micros.div_ceil(1000).max(1)
+/// `[start, end)` of the calendar month (UTC) `YYYY-MM`, in epoch ms.
+pub fn month_range(month: &str) -> Result<(u64, u64), MeteringError> {
+    let bad = || MeteringError::Invalid(format!("invalid month {month:?}: write it as YYYY-MM"));
+    let (y, m) = month.split_once('-').ok_or_else(bad)?;
+    let (y, m): (i32, u32) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    let start = Utc
+        .with_ymd_and_hms(y, m, 1, 0, 0, 0)
+        .single()
+        .ok_or_else(bad)?;
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let end = Utc
+        .with_ymd_and_hms(ny, nm, 1, 0, 0, 0)
+        .single()
+        .ok_or_else(bad)?;
+    let ms = |t: chrono::DateTime<Utc>| u64::try_from(t.timestamp_millis()).map_err(|_| bad());
+    Ok((ms(start)?, ms(end)?))
 }
 
-#[derive(Default)]
-pub struct Meter {
-    usage: Mutex<HashMap<String, Usage>>,
+/// `YYYY-MM` of an epoch-ms instant.
+pub fn month_of(ms: u64) -> String {
+    let t = Utc
+        .timestamp_millis_opt(ms as i64)
+        .single()
+        .unwrap_or_default();
+    format!("{:04}-{:02}", t.year(), t.month())
 }
 
-impl Meter {
-    pub fn record(&self, function: &str, sample: Sample) {
-        let Ok(mut usage) = self.usage.lock() else {
-            return;
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A budget crossing, reported once per tenant and month.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum BudgetEvent {
+    /// 80% of the budget is spent.
+    Warning {
+        tenant: String,
+        month: String,
+        budget_cents: u64,
+        spent_cents: u64,
+    },
+    /// All of it: new invocations are refused.
+    Exceeded {
+        tenant: String,
+        month: String,
+        budget_cents: u64,
+        spent_cents: u64,
+    },
+}
+
+struct BudgetState {
+    budget: Budget,
+    month: String,
+    sums: Aggregate,
+    warned: bool,
+    exceeded: bool,
+}
+
+/// A tenant's budget and how much of it is spent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BudgetStatus {
+    pub tenant: String,
+    pub month: String,
+    pub budget_cents: Option<u64>,
+    pub spent_cents: u64,
+    pub warned: bool,
+    pub exceeded: bool,
+}
+
+/// Usage of one tenant, grouped.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UsageRow {
+    /// The function, or the hour (RFC 3339) when grouped by hour.
+    pub key: String,
+    pub sums: Aggregate,
+    pub cost_cents: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Function,
+    Hour,
+}
+
+/// Everything metering keeps: the durable records, the price sheet and the
+/// budgets being watched.
+pub struct Metering {
+    store: UsageStore,
+    prices: PriceSheet,
+    budgets: RwLock<HashMap<String, BudgetState>>,
+}
+
+impl Metering {
+    pub fn open(data_dir: &Path, prices: PriceSheet) -> Result<Metering, MeteringError> {
+        prices.validate()?;
+        let store = UsageStore::open(data_dir)?;
+        let metering = Metering {
+            store,
+            prices,
+            budgets: RwLock::new(HashMap::new()),
         };
-        // Look up before inserting: the hot path must not allocate the key.
-        if !usage.contains_key(function) {
-            usage.insert(function.to_string(), Usage::default());
+        for (tenant, budget) in metering.store.budgets()? {
+            metering.watch(&tenant, Some(budget))?;
         }
-        let Some(entry) = usage.get_mut(function) else {
-            return;
-        };
-        entry.invocations += 1;
-        entry.failures += u64::from(!sample.ok);
-        entry.billed_ms += billed_ms(sample.duration);
-        entry.memory_peak_bytes = entry.memory_peak_bytes.max(sample.memory_peak_bytes);
+        Ok(metering)
     }
 
-    pub fn usage(&self, function: &str) -> Usage {
-        self.usage
-            .lock()
-            .ok()
-            .and_then(|u| u.get(function).copied())
-            .unwrap_or_default()
+    pub fn prices(&self) -> &PriceSheet {
+        &self.prices
     }
 
-    pub fn forget(&self, function: &str) {
-        if let Ok(mut usage) = self.usage.lock() {
-            usage.remove(function);
+    /// Refuses a new invocation of a tenant whose budget is spent.
+    pub fn check(&self, tenant: &str) -> Result<(), MeteringError> {
+        let budgets = self.budgets.read().unwrap_or_else(|e| e.into_inner());
+        match budgets.get(tenant) {
+            Some(state) if state.exceeded && state.month == month_of(now_ms()) => {
+                Err(MeteringError::BudgetExceeded {
+                    tenant: tenant.to_string(),
+                    budget: dollars(state.budget.monthly_cents),
+                    spent: dollars(prices::pico_to_cents(prices::cost_pico(
+                        &self.prices,
+                        &state.sums,
+                    ))),
+                })
+            }
+            _ => Ok(()),
         }
+    }
+
+    /// Takes one finished invocation: stored durably (in the background),
+    /// and counted against its tenant's budget at once. Returns the budget
+    /// crossings it caused (each happens once per tenant and month).
+    pub fn record(&self, record: UsageRecord) -> Vec<BudgetEvent> {
+        let watched = self
+            .budgets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&record.tenant);
+        let events = if watched {
+            self.count(&record)
+        } else {
+            Vec::new()
+        };
+        self.store.push(record);
+        events
+    }
+
+    fn count(&self, record: &UsageRecord) -> Vec<BudgetEvent> {
+        let mut budgets = self.budgets.write().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = budgets.get_mut(&record.tenant) else {
+            return Vec::new();
+        };
+        let month = month_of(record.start_ms);
+        if month != state.month {
+            state.month = month;
+            state.sums = Aggregate::default();
+            state.warned = false;
+            state.exceeded = false;
+        }
+        state.sums.add(record);
+        let spent = prices::cost_pico(&self.prices, &state.sums);
+        let budget = prices::cents_to_pico(state.budget.monthly_cents);
+        let event = |exceeded: bool| {
+            let (tenant, month) = (record.tenant.clone(), state.month.clone());
+            let (budget_cents, spent_cents) =
+                (state.budget.monthly_cents, prices::pico_to_cents(spent));
+            if exceeded {
+                BudgetEvent::Exceeded {
+                    tenant,
+                    month,
+                    budget_cents,
+                    spent_cents,
+                }
+            } else {
+                BudgetEvent::Warning {
+                    tenant,
+                    month,
+                    budget_cents,
+                    spent_cents,
+                }
+            }
+        };
+        let mut new = Vec::new();
+        if !state.warned && spent * 5 >= budget * 4 {
+            state.warned = true;
+            new.push(event(false));
+        }
+        if !state.exceeded && spent >= budget {
+            state.exceeded = true;
+            new.push(event(true));
+        }
+        for e in &new {
+            tracing::info!("budget: {e:?}");
+        }
+        new
+    }
+
+    /// Sets or removes a tenant's monthly budget; what this month has
+    /// already used counts against it at once.
+    pub fn set_budget(&self, tenant: &str, cents: Option<u64>) -> Result<(), MeteringError> {
+        let budget = cents.map(|monthly_cents| Budget { monthly_cents });
+        self.store.set_budget(tenant, budget)?;
+        self.watch(tenant, budget)
+    }
+
+    fn watch(&self, tenant: &str, budget: Option<Budget>) -> Result<(), MeteringError> {
+        let Some(budget) = budget else {
+            self.budgets
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(tenant);
+            return Ok(());
+        };
+        self.store.flush();
+        let month = month_of(now_ms());
+        let (from, to) = month_range(&month)?;
+        let mut sums = Aggregate::default();
+        for (_, _, hour) in self.store.hourly(tenant, from, to)? {
+            sums.merge(&hour);
+        }
+        let spent = prices::cost_pico(&self.prices, &sums);
+        let limit = prices::cents_to_pico(budget.monthly_cents);
+        self.budgets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                tenant.to_string(),
+                BudgetState {
+                    budget,
+                    month,
+                    sums,
+                    warned: spent * 5 >= limit * 4,
+                    exceeded: spent >= limit,
+                },
+            );
+        Ok(())
+    }
+
+    pub fn budget_status(&self, tenant: &str) -> BudgetStatus {
+        let budgets = self.budgets.read().unwrap_or_else(|e| e.into_inner());
+        let month = month_of(now_ms());
+        match budgets.get(tenant).filter(|s| s.month == month) {
+            Some(state) => BudgetStatus {
+                tenant: tenant.to_string(),
+                month,
+                budget_cents: Some(state.budget.monthly_cents),
+                spent_cents: prices::pico_to_cents(prices::cost_pico(&self.prices, &state.sums)),
+                warned: state.warned,
+                exceeded: state.exceeded,
+            },
+            None => BudgetStatus {
+                tenant: tenant.to_string(),
+                month,
+                budget_cents: budgets.get(tenant).map(|s| s.budget.monthly_cents),
+                spent_cents: 0,
+                warned: false,
+                exceeded: false,
+            },
+        }
+    }
+
+    /// Waits until every record handed over so far is on disk.
+    pub fn flush(&self) {
+        self.store.flush();
+    }
+
+    /// Usage of `tenant` in `from_ms..to_ms` (whole hours), grouped.
+    pub fn usage(
+        &self,
+        tenant: &str,
+        from_ms: u64,
+        to_ms: u64,
+        group_by: GroupBy,
+    ) -> Result<(Vec<UsageRow>, Aggregate), MeteringError> {
+        self.store.flush();
+        let mut groups: std::collections::BTreeMap<String, Aggregate> = Default::default();
+        let mut total = Aggregate::default();
+        for (hour, function, sums) in self.store.hourly(tenant, from_ms, to_ms)? {
+            let key = match group_by {
+                GroupBy::Function => function,
+                GroupBy::Hour => {
+                    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(hour))
+                        .to_string()
+                }
+            };
+            groups.entry(key).or_default().merge(&sums);
+            total.merge(&sums);
+        }
+        let rows = groups
+            .into_iter()
+            .map(|(key, sums)| UsageRow {
+                key,
+                cost_cents: prices::bill(&self.prices, &sums).total_cents,
+                sums,
+            })
+            .collect();
+        Ok((rows, total))
+    }
+
+    /// All the usage of one function, ever.
+    pub fn function_usage(&self, tenant: &str, function: &str) -> Result<Aggregate, MeteringError> {
+        self.store.flush();
+        let mut sums = Aggregate::default();
+        for (_, f, hour) in self.store.hourly(tenant, 0, u64::MAX)? {
+            if f == function {
+                sums.merge(&hour);
+            }
+        }
+        Ok(sums)
+    }
+
+    /// The bill of `tenant` for `month` (`YYYY-MM`), from the hourly sums.
+    pub fn bill(&self, tenant: &str, month: &str) -> Result<(Bill, Aggregate), MeteringError> {
+        let (from, to) = month_range(month)?;
+        let (_, total) = self.usage(tenant, from, to, GroupBy::Function)?;
+        Ok((prices::bill(&self.prices, &total), total))
+    }
+
+    /// The same bill recomputed from every raw record of the month.
+    pub fn bill_from_records(
+        &self,
+        tenant: &str,
+        month: &str,
+    ) -> Result<(Bill, Aggregate), MeteringError> {
+        let (from, to) = month_range(month)?;
+        self.store.flush();
+        let mut total = Aggregate::default();
+        self.store
+            .records(tenant, from, to, |record| total.add(&record))?;
+        Ok((prices::bill(&self.prices, &total), total))
+    }
+
+    /// Every record of `tenant` in `from_ms..to_ms`.
+    pub fn records(
+        &self,
+        tenant: &str,
+        from_ms: u64,
+        to_ms: u64,
+        each: impl FnMut(UsageRecord),
+    ) -> Result<(), MeteringError> {
+        self.store.flush();
+        self.store.records(tenant, from_ms, to_ms, each)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
     use super::*;
+    use updraft_core::Trigger;
+
+    fn record(tenant: &str, function: &str, start_ms: u64, wall_us: u64) -> UsageRecord {
+        UsageRecord {
+            tenant: tenant.into(),
+            function: function.into(),
+            version: 1,
+            invocation_id: format!("{function}-{start_ms}-{wall_us}"),
+            trigger: Trigger::Http,
+            start_ms,
+            wall_us,
+            billed_ms: billed_ms(wall_us),
+            memory_mb: 128,
+            memory_peak_bytes: 1 << 20,
+            cpu_us: wall_us / 2,
+            bytes_in: 10,
+            bytes_out: 1000,
+            kv_ops: 2,
+            kv_bytes: 16,
+            blob_ops: 0,
+            blob_bytes: 0,
+            error: None,
+        }
+    }
 
     #[test]
-    fn billed_time_rounds_up() {
-        assert_eq!(billed_ms(Duration::from_micros(1)), 1);
-        assert_eq!(billed_ms(Duration::from_micros(1000)), 1);
-        assert_eq!(billed_ms(Duration::from_micros(1001)), 2);
-        let meter = Meter::default();
-        let sample = |ms, ok| Sample {
-            duration: Duration::from_millis(ms),
-            ok,
-            memory_peak_bytes: ms,
-        };
-        meter.record("f", sample(3, true));
-        meter.record("f", sample(5, false));
+    fn months_and_billed_time() {
         assert_eq!(
-            meter.usage("f"),
-            Usage {
-                invocations: 2,
-                failures: 1,
-                billed_ms: 8,
-                memory_peak_bytes: 5
-            }
+            month_range("2026-12").unwrap(),
+            (1_796_083_200_000, 1_798_761_600_000)
         );
+        assert_eq!(month_of(1_796_083_200_000), "2026-12");
+        assert!(month_range("2026-13").is_err());
+        assert!(month_range("december").is_err());
+        assert_eq!(billed_ms(1), 1);
+        assert_eq!(billed_ms(1000), 1);
+        assert_eq!(billed_ms(1001), 2);
+    }
+
+    #[test]
+    fn records_are_durable_and_bills_match_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let month = "2026-11";
+        let (start, _) = month_range(month).unwrap();
+        {
+            let metering = Metering::open(dir.path(), PriceSheet::default()).unwrap();
+            for i in 0..5000u64 {
+                let function = ["f", "g"][(i % 2) as usize];
+                let mut r = record("a", function, start + i * 1000, 1000 + i * 997);
+                r.memory_mb = 4096;
+                metering.record(r);
+            }
+            metering.record(record("b", "f", start, 5));
+        }
+        let metering = Metering::open(dir.path(), PriceSheet::default()).unwrap();
+        let (bill, sums) = metering.bill("a", month).unwrap();
+        let (again, raw) = metering.bill_from_records("a", month).unwrap();
+        assert_eq!(sums.invocations, 5000);
+        assert_eq!((bill.clone(), sums), (again, raw));
+        assert!(bill.total_cents > 0);
+        let (rows, _) = metering
+            .usage("a", start, start + 10 * HOUR_MS, GroupBy::Function)
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        let (hours, _) = metering
+            .usage("a", start, start + 10 * HOUR_MS, GroupBy::Hour)
+            .unwrap();
+        assert_eq!(hours.len(), 2, "5000 s span two hours");
+        assert_eq!(metering.bill("b", month).unwrap().1.invocations, 1);
+    }
+
+    #[test]
+    fn budgets_warn_at_80_percent_and_stop_at_100() {
+        let dir = tempfile::tempdir().unwrap();
+        let prices = PriceSheet {
+            requests_per_million: 10_000.0, // one cent per invocation
+            gb_second: 0.0,
+            kv_ops_per_million: 0.0,
+            blob_ops_per_million: 0.0,
+            gb_out: 0.0,
+        };
+        let metering = Metering::open(dir.path(), prices).unwrap();
+        metering.set_budget("a", Some(10)).unwrap();
+        let now = now_ms();
+        for i in 0..7 {
+            assert!(metering.record(record("a", "f", now, i + 1)).is_empty());
+        }
+        assert!(matches!(
+            metering.record(record("a", "f", now, 100)).as_slice(),
+            [BudgetEvent::Warning { spent_cents: 8, .. }]
+        ));
+        metering.check("a").unwrap();
+        assert!(metering.record(record("a", "f", now, 101)).is_empty());
+        assert!(matches!(
+            metering.record(record("a", "f", now, 102)).as_slice(),
+            [BudgetEvent::Exceeded {
+                spent_cents: 10,
+                ..
+            }]
+        ));
+        let err = metering.check("a").unwrap_err().to_string();
+        assert!(err.contains("$0.10") && err.contains("budget"), "{err}");
+        metering.check("b").unwrap();
+        // Survives a restart; raising the budget lets invocations through.
+        drop(metering);
+        let metering = Metering::open(dir.path(), prices).unwrap();
+        assert!(metering.check("a").is_err());
+        metering.set_budget("a", Some(1000)).unwrap();
+        metering.check("a").unwrap();
+        assert_eq!(metering.budget_status("a").spent_cents, 10);
     }
 }

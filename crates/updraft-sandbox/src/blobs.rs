@@ -72,10 +72,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
 
 impl Host {
     /// The container behind `container`, and the blobs to ask.
+    /// Every container operation comes through here, so this is where it
+    /// is counted.
     fn blob_target(
-        &self,
+        &mut self,
         container: &Resource<Container>,
     ) -> wasmtime::Result<(ContainerId, Arc<Blobs>)> {
+        self.usage.blob_ops += 1;
         let id = self.table.get(container)?.id.clone();
         match &self.blobs {
             Some(grant) => Ok((id, grant.blobs.clone())),
@@ -111,6 +114,7 @@ impl blobs::HostContainer for Host {
         data: Vec<u8>,
     ) -> Outcome<()> {
         let (id, blobs) = self.blob_target(&container)?;
+        self.usage.blob_bytes += data.len() as u64;
         Ok(blobs
             .put(&id, &key, Bytes::from(data))
             .await
@@ -119,11 +123,11 @@ impl blobs::HostContainer for Host {
 
     async fn get(&mut self, container: Resource<Container>, key: String) -> Outcome<Vec<u8>> {
         let (id, blobs) = self.blob_target(&container)?;
-        Ok(blobs
-            .get(&id, &key)
-            .await
-            .map(|b| b.to_vec())
-            .map_err(guest_error))
+        let data = blobs.get(&id, &key).await;
+        if let Ok(data) = &data {
+            self.usage.blob_bytes += data.len() as u64;
+        }
+        Ok(data.map(|b| b.to_vec()).map_err(guest_error))
     }
 
     async fn read(
@@ -140,11 +144,11 @@ impl blobs::HostContainer for Host {
         };
         let start = offset.min(size);
         let end = offset.saturating_add(len).min(size);
-        Ok(blobs
-            .read(&id, &key, start..end)
-            .await
-            .map(|b| b.to_vec())
-            .map_err(guest_error))
+        let data = blobs.read(&id, &key, start..end).await;
+        if let Ok(data) = &data {
+            self.usage.blob_bytes += data.len() as u64;
+        }
+        Ok(data.map(|b| b.to_vec()).map_err(guest_error))
     }
 
     async fn info(
@@ -208,6 +212,7 @@ impl blobs::HostContainer for Host {
 
 impl blobs::HostBlobWriter for Host {
     async fn write(&mut self, writer: Resource<Writer>, chunk: Vec<u8>) -> Outcome<()> {
+        self.usage.blob_bytes += chunk.len() as u64;
         let writer = self.table.get_mut(&writer)?;
         Ok(writer
             .writer

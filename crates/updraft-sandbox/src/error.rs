@@ -82,3 +82,20 @@ pub enum InvokeError {
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+impl InvokeError {
+    /// The error's short code, as the API and usage records show it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InvokeError::Timeout { .. } => "timeout",
+            InvokeError::MemoryLimit { .. } => "memory_limit",
+            InvokeError::Trap { .. } => "trap",
+            InvokeError::Exit { .. } => "exit_code",
+            InvokeError::NoResponse | InvokeError::Guest(_) => "function_error",
+            InvokeError::RequestTooLarge { .. } => "request_too_large",
+            InvokeError::ResponseTooLarge { .. } => "response_too_large",
+            InvokeError::Instantiate(_) => "instantiate_failed",
+            InvokeError::Internal(_) => "internal",
+        }
+    }
+}

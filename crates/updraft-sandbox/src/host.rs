@@ -29,6 +29,18 @@ pub(crate) struct Host {
     pub(crate) blobs: Option<Arc<BlobGrant>>,
     /// Host-side notes for this invocation's logs (e.g. a refused store).
     pub(crate) notes: Vec<String>,
+    /// State operations of this invocation, for metering.
+    pub(crate) usage: StateUsage,
+}
+
+/// Key-value and blob operations one invocation made, and the value bytes
+/// they moved (read or written).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateUsage {
+    pub kv_ops: u64,
+    pub kv_bytes: u64,
+    pub blob_ops: u64,
+    pub blob_bytes: u64,
 }
 
 /// Host notes kept per invocation; a guest that fails the same way in a

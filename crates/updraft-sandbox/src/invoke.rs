@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use crate::artifact::{Pre, Prepared};
 use crate::capture::CapturePipe;
 use crate::engine::Sandbox;
 use crate::error::InvokeError;
-use crate::host::{DenyOutbound, Host, MemoryLimiter};
+use crate::host::{DenyOutbound, Host, MemoryLimiter, StateUsage};
 use crate::warm::{WarmInstance, WarmPool};
 
 /// Guest stdout/stderr kept per invocation for the logs; the rest is dropped.
@@ -49,6 +49,28 @@ pub struct Report {
     pub logs: Vec<(LogStream, String)>,
     pub duration: Duration,
     pub memory_peak_bytes: u64,
+    /// CPU time this process spent running the guest and its host calls
+    /// (not time spent waiting).
+    pub cpu_time: Duration,
+    /// Request body (or stdin) bytes the function received.
+    pub bytes_in: u64,
+    pub state: StateUsage,
+}
+
+impl Report {
+    /// The report of an invocation that failed before the guest ran.
+    fn early(invocation_id: &str, error: InvokeError, started: Instant) -> Report {
+        Report {
+            invocation_id: invocation_id.to_string(),
+            outcome: Err(error),
+            logs: Vec::new(),
+            duration: started.elapsed(),
+            memory_peak_bytes: 0,
+            cpu_time: Duration::ZERO,
+            bytes_in: 0,
+            state: StateUsage::default(),
+        }
+    }
 }
 
 /// Result of a command invocation.
@@ -97,6 +119,7 @@ impl Sandbox {
             kv: prepared.kv.clone(),
             blobs: prepared.blobs.clone(),
             notes: Vec::new(),
+            usage: StateUsage::default(),
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limiter);
@@ -135,13 +158,7 @@ impl Sandbox {
         let limits = prepared.limits;
         let deadline = started + Duration::from_millis(limits.timeout_ms);
         let early_failure = |error: InvokeError, on_done: OnDone| {
-            on_done(Report {
-                invocation_id: ctx.invocation_id.clone(),
-                outcome: Err(error.clone()),
-                logs: Vec::new(),
-                duration: started.elapsed(),
-                memory_peak_bytes: 0,
-            });
+            on_done(Report::early(&ctx.invocation_id, error.clone(), started));
             Err(error)
         };
         let Pre::Http(pre) = &prepared.pre else {
@@ -161,7 +178,15 @@ impl Sandbox {
         }
         let request_too_large = Arc::new(AtomicBool::new(false));
         let flag = request_too_large.clone();
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = received.clone();
         let request = request.map(move |body| {
+            let body = body.map_frame(move |frame| {
+                if let Some(data) = frame.data_ref() {
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                frame
+            });
             Limited::new(body, request_limit as usize).map_err(move |e| {
                 if e.is::<LengthLimitError>() {
                     flag.store(true, Ordering::Relaxed);
@@ -184,6 +209,7 @@ impl Sandbox {
                 store.data_mut().deadline = deadline;
                 store.data_mut().limiter.reset_for_invocation();
                 store.data_mut().notes.clear();
+                store.data_mut().usage = StateUsage::default();
                 store.set_epoch_deadline(1);
                 (store, pipes, Some(proxy), uses)
             }
@@ -209,48 +235,54 @@ impl Sandbox {
         // The one timer of the request bounds the guest, and with it the wait
         // for the response: a guest stopped at the deadline drops the sender.
         let guest: Guest = Box::pin(async move {
-            let run = async {
-                let proxy = match proxy {
-                    Some(proxy) => proxy,
-                    None => pre
-                        .instantiate_async(&mut store)
+            let (mut report, cpu_time) = CpuTimed::new(Box::pin(async move {
+                let run = async {
+                    let proxy = match proxy {
+                        Some(proxy) => proxy,
+                        None => pre
+                            .instantiate_async(&mut store)
+                            .await
+                            .map_err(Failure::Instantiate)?,
+                    };
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, req, out)
                         .await
-                        .map_err(Failure::Instantiate)?,
+                        .map_err(Failure::Run)?;
+                    Ok(proxy)
                 };
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out)
-                    .await
-                    .map_err(Failure::Run)?;
-                Ok(proxy)
-            };
-            let result = tokio::time::timeout_at(deadline.into(), run).await;
-            let (result, proxy) = match result {
-                Ok(Ok(proxy)) => (Ok(Ok(())), Some(proxy)),
-                Ok(Err(failure)) => (Ok(Err(failure)), None),
-                Err(elapsed) => (Err(elapsed), None),
-            };
-            let report = finish(
-                &store,
-                &pipes,
-                result,
-                started,
-                deadline,
-                invocation_id,
-                None,
-            );
-            // Only an instance that finished cleanly is trusted with another request.
-            if let (Some(warm), Some(proxy)) = (warm, proxy)
-                && report.outcome.is_ok()
-                && uses + 1 < reuse_max
-            {
-                warm.put(WarmInstance {
-                    store,
-                    proxy,
-                    pipes,
-                    uses: uses + 1,
-                });
-            }
+                let result = tokio::time::timeout_at(deadline.into(), run).await;
+                let (result, proxy) = match result {
+                    Ok(Ok(proxy)) => (Ok(Ok(())), Some(proxy)),
+                    Ok(Err(failure)) => (Ok(Err(failure)), None),
+                    Err(elapsed) => (Err(elapsed), None),
+                };
+                let report = finish(
+                    &store,
+                    &pipes,
+                    result,
+                    started,
+                    deadline,
+                    invocation_id,
+                    None,
+                );
+                // Only an instance that finished cleanly is trusted with another request.
+                if let (Some(warm), Some(proxy)) = (warm, proxy)
+                    && report.outcome.is_ok()
+                    && uses + 1 < reuse_max
+                {
+                    warm.put(WarmInstance {
+                        store,
+                        proxy,
+                        pipes,
+                        uses: uses + 1,
+                    });
+                }
+                report
+            }))
+            .await;
+            report.cpu_time = cpu_time;
+            report.bytes_in = received.load(Ordering::Relaxed);
             report
         });
 
@@ -324,13 +356,7 @@ impl Sandbox {
         let deadline = started + Duration::from_millis(limits.timeout_ms);
         let fail = |error: InvokeError| CommandOutput {
             stdout: Err(error.clone()),
-            report: Report {
-                invocation_id: ctx.invocation_id.clone(),
-                outcome: Err(error),
-                logs: Vec::new(),
-                duration: started.elapsed(),
-                memory_peak_bytes: 0,
-            },
+            report: Report::early(&ctx.invocation_id, error, started),
         };
         let Pre::Command(pre) = &prepared.pre else {
             return fail(InvokeError::Internal("not a command function".into()));
@@ -342,6 +368,7 @@ impl Sandbox {
         }
         // One byte over the limit tells "exactly at the limit" from "cut off".
         let stdout_max = (limits.response_body_bytes_max as usize).saturating_add(1);
+        let bytes_in = stdin.len() as u64;
         let (mut store, pipes) = self.new_store(prepared, Some(stdin), stdout_max, deadline);
         let run = async {
             let command = pre
@@ -354,8 +381,9 @@ impl Sandbox {
                 Err(e) => Err(Failure::Run(e)),
             }
         };
-        let result = tokio::time::timeout_at(deadline.into(), run).await;
-        let report = finish(
+        let (result, cpu_time) =
+            CpuTimed::new(Box::pin(tokio::time::timeout_at(deadline.into(), run))).await;
+        let mut report = finish(
             &store,
             &pipes,
             result,
@@ -364,6 +392,8 @@ impl Sandbox {
             ctx.invocation_id,
             Some(limits.response_body_bytes_max),
         );
+        report.cpu_time = cpu_time;
+        report.bytes_in = bytes_in;
         drop(store);
         let output = pipes.stdout.take();
         // A full stdout pipe explains whatever came after (a failed write
@@ -376,6 +406,40 @@ impl Sandbox {
             report.outcome.clone().map(|()| output)
         };
         CommandOutput { stdout, report }
+    }
+}
+
+/// A future, and the CPU time this thread spent polling it: for a guest, its
+/// own compute and the host calls it made, not the time it spent waiting.
+struct CpuTimed<'a, T> {
+    inner: Pin<Box<dyn Future<Output = T> + Send + 'a>>,
+    spent: Duration,
+}
+
+impl<'a, T> CpuTimed<'a, T> {
+    fn new(inner: Pin<Box<dyn Future<Output = T> + Send + 'a>>) -> Self {
+        CpuTimed {
+            inner,
+            spent: Duration::ZERO,
+        }
+    }
+}
+
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+impl<T> Future for CpuTimed<'_, T> {
+    type Output = (T, Duration);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let start = thread_cpu_time();
+        let poll = self.inner.as_mut().poll(cx);
+        let spent = thread_cpu_time().saturating_sub(start);
+        self.spent += spent;
+        let total = self.spent;
+        poll.map(|out| (out, total))
     }
 }
 
@@ -522,6 +586,9 @@ fn finish(
         logs,
         duration: started.elapsed(),
         memory_peak_bytes,
+        cpu_time: Duration::ZERO,
+        bytes_in: 0,
+        state: store.data().usage,
     }
 }
 

@@ -71,9 +71,18 @@ impl Host {
         }
     }
 
-    /// The store behind `bucket`, and the backend to ask.
-    fn target(&self, bucket: &Resource<Bucket>) -> wasmtime::Result<(StoreId, Arc<dyn KvStore>)> {
+    /// The store behind `bucket`, and the backend to ask. Every operation
+    /// comes through here, so this is where it is counted.
+    fn target(
+        &mut self,
+        bucket: &Resource<Bucket>,
+    ) -> wasmtime::Result<(StoreId, Arc<dyn KvStore>)> {
+        self.usage.kv_ops += 1;
         Ok((self.table.get(bucket)?.store.clone(), self.backend()?))
+    }
+
+    fn kv_bytes(&mut self, bytes: usize) {
+        self.usage.kv_bytes += bytes as u64;
     }
 }
 
@@ -101,11 +110,16 @@ impl store::Host for Host {
 impl store::HostBucket for Host {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<Option<Vec<u8>>> {
         let (id, backend) = self.target(&bucket)?;
-        Ok(backend.get(&id, &key).await.map_err(guest_error))
+        let value = backend.get(&id, &key).await.map_err(guest_error);
+        if let Ok(Some(value)) = &value {
+            self.kv_bytes(value.len());
+        }
+        Ok(value)
     }
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Outcome<()> {
         let (id, backend) = self.target(&bucket)?;
+        self.kv_bytes(value.len());
         Ok(backend.set(&id, &key, value).await.map_err(guest_error))
     }
 
@@ -162,6 +176,8 @@ impl atomics::Host for Host {
     ) -> wasmtime::Result<Result<(), atomics::CasError>> {
         let cas = self.table.delete(cas)?;
         let backend = self.backend()?;
+        self.usage.kv_ops += 1;
+        self.kv_bytes(value.len());
         let outcome = backend
             .compare_and_swap(&cas.store, &cas.key, cas.current, value)
             .await;
@@ -184,7 +200,10 @@ impl atomics::HostCas for Host {
     async fn new(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<Resource<Cas>> {
         let (id, backend) = self.target(&bucket)?;
         let current = match backend.get(&id, &key).await {
-            Ok(current) => current,
+            Ok(current) => {
+                self.kv_bytes(current.as_ref().map_or(0, Vec::len));
+                current
+            }
             Err(e) => return Ok(Err(guest_error(e))),
         };
         Ok(Ok(self.table.push(Cas {
@@ -211,9 +230,11 @@ impl batch::Host for Host {
         keys: Vec<String>,
     ) -> Outcome<Vec<(String, Option<Vec<u8>>)>> {
         let (id, backend) = self.target(&bucket)?;
-        Ok(backend
-            .get_many(&id, keys.clone())
-            .await
+        let values = backend.get_many(&id, keys.clone()).await;
+        if let Ok(values) = &values {
+            self.kv_bytes(values.iter().flatten().map(Vec::len).sum());
+        }
+        Ok(values
             .map(|values| keys.into_iter().zip(values).collect())
             .map_err(guest_error))
     }
@@ -224,6 +245,7 @@ impl batch::Host for Host {
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Outcome<()> {
         let (id, backend) = self.target(&bucket)?;
+        self.kv_bytes(key_values.iter().map(|(_, v)| v.len()).sum());
         Ok(backend.set_many(&id, key_values).await.map_err(guest_error))
     }
 

@@ -25,5 +25,6 @@ pub use artifact::{LoadedFrom, PrepareSpec, Prepared, WasmSource};
 pub use blobs::BlobGrant;
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{InvokeError, PrepareError};
+pub use host::StateUsage;
 pub use invoke::{CommandOutput, InvocationCtx, OnDone, Report, ResponseBody};
 pub use keyvalue::KvGrant;

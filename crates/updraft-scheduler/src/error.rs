@@ -36,6 +36,9 @@ pub enum PlatformError {
     /// 404.
     #[error("key {key:?} is not in store {store:?}")]
     KeyNotFound { store: String, key: String },
+    /// 402 for a spent budget; 400 for bad input; 500 for storage.
+    #[error(transparent)]
+    Metering(#[from] updraft_metering::MeteringError),
     /// 400.
     #[error("{0}")]
     BadRequest(String),

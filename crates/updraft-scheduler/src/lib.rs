@@ -9,6 +9,7 @@
 mod error;
 mod logs;
 mod platform;
+mod usage;
 
 pub use error::PlatformError;
 pub use platform::{

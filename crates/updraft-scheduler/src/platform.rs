@@ -9,10 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
+use updraft_core::Trigger;
 use updraft_core::{
     Digest, FunctionKind, LogEntry, LogStream, Manifest, Route, VersionRecord, function_key,
 };
-use updraft_metering::{Meter, Sample, Usage};
+use updraft_metering::{Aggregate, Metering, PriceSheet};
 use updraft_sandbox::{
     BlobGrant, InvocationCtx, KvGrant, OnDone, PrepareSpec, Prepared, Report, ResponseBody,
     Sandbox, SandboxConfig,
@@ -24,6 +25,7 @@ use updraft_state::{FunctionRecord, LogStore, Registry, Tenants};
 
 use crate::error::PlatformError;
 use crate::logs::LogPipe;
+use crate::usage::PendingUsage;
 
 /// Where and how big the platform is.
 #[derive(Debug, Clone)]
@@ -41,6 +43,11 @@ pub struct PlatformConfig {
     pub kv: KvConfig,
     /// The blob backend.
     pub blobs: BlobConfig,
+    /// Prices of the bills.
+    pub prices: PriceSheet,
+    /// Whether invocations are metered (usage records, bills, budgets).
+    /// Off only to measure what metering costs.
+    pub metering: bool,
 }
 
 /// Default idle time before a function's compiled code is dropped.
@@ -55,6 +62,8 @@ impl PlatformConfig {
             blob_bytes_max: BLOB_BYTES_MAX_DEFAULT,
             kv: KvConfig::default(),
             blobs: BlobConfig::default(),
+            prices: PriceSheet::default(),
+            metering: true,
         }
     }
 }
@@ -117,7 +126,8 @@ pub struct FunctionDetails {
     pub record: FunctionRecord,
     pub versions: Vec<VersionRecord>,
     pub loaded: Option<Arc<Loaded>>,
-    pub usage: Usage,
+    /// Everything this function has used, from the usage records.
+    pub usage: Aggregate,
 }
 
 pub struct Platform {
@@ -128,7 +138,7 @@ pub struct Platform {
     tenants: Tenants,
     log_store: Arc<LogStore>,
     logs: LogPipe,
-    meter: Meter,
+    metering: Option<Arc<Metering>>,
     /// Loaded functions by key, and routes ordered most specific first.
     table: RwLock<Table>,
     /// One permit per instance slot, so bursts queue instead of failing.
@@ -167,6 +177,10 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn cents(cents: u64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
 fn join_error(e: tokio::task::JoinError) -> PlatformError {
     PlatformError::Prepare(updraft_sandbox::PrepareError::Internal(e.to_string()))
 }
@@ -184,7 +198,12 @@ impl Platform {
         let data_dir = config.data_dir.clone();
         let (kv_config, blob_config) = (config.kv.clone(), config.blobs.clone());
         let blob_bytes_max = config.blob_bytes_max;
+        let (metered, prices) = (config.metering, config.prices);
         let stores = tokio::task::spawn_blocking(move || {
+            let metering = match metered {
+                true => Some(Arc::new(Metering::open(&data_dir, prices)?)),
+                false => None,
+            };
             let kv = kv_config.open(&data_dir)?;
             let blobs = blob_config.open(&data_dir, blob_bytes_max)?;
             Ok::<_, PlatformError>((
@@ -193,10 +212,11 @@ impl Platform {
                 LogStore::open(&data_dir)?,
                 kv,
                 Arc::new(blobs),
+                metering,
             ))
         });
         let (sandbox, stores) = tokio::join!(sandbox, stores);
-        let (registry, tenants, log_store, kv, blobs) = stores.map_err(join_error)??;
+        let (registry, tenants, log_store, kv, blobs, metering) = stores.map_err(join_error)??;
         if !matches!(config.blobs, BlobConfig::Local { .. }) {
             blobs.check().await?;
         }
@@ -211,7 +231,7 @@ impl Platform {
             tenants,
             logs: LogPipe::start(log_store.clone()),
             log_store,
-            meter: Meter::default(),
+            metering,
             table: RwLock::new(Table::default()),
             control: tokio::sync::Mutex::new(()),
         });
@@ -505,7 +525,10 @@ impl Platform {
             record,
             versions,
             loaded: self.get(tenant, name),
-            usage: self.meter.usage(&key),
+            usage: match &self.metering {
+                Some(metering) => metering.function_usage(tenant, name)?,
+                None => Aggregate::default(),
+            },
         })
     }
 
@@ -548,7 +571,6 @@ impl Platform {
         for digest in orphans {
             self.sandbox.evict(&digest);
         }
-        self.meter.forget(&key);
         tokio::task::block_in_place(|| self.log_store.delete_function(&key))?;
         Ok(())
     }
@@ -600,12 +622,17 @@ impl Platform {
         self: &Arc<Self>,
         loaded: &Arc<Loaded>,
         request: http::Request<B>,
+        trigger: Trigger,
     ) -> (String, Result<http::Response<ResponseBody>, PlatformError>)
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let invocation_id = uuid::Uuid::now_v7().to_string();
+        if let Err(e) = self.check_budget(loaded) {
+            return (invocation_id, Err(e));
+        }
+        let start_ms = now_ms();
         let prepared = match self.ensure_prepared(loaded).await {
             Ok(prepared) => prepared,
             Err(e) => return (invocation_id, Err(e)),
@@ -618,15 +645,31 @@ impl Platform {
             invocation_id: invocation_id.clone(),
         };
         let this = self.clone();
-        let key = loaded.key.clone();
+        let function = loaded.clone();
+        let pending = self
+            .metering
+            .is_some()
+            .then(|| PendingUsage::new(self.clone(), loaded.key.clone()));
+        let usage = pending.clone();
+        // Made before the await, so a caller that goes away still releases it.
+        let body_part = pending.as_ref().map(PendingUsage::body_part);
         let on_done: OnDone = Box::new(move |report| {
-            this.record(&key, &report);
+            this.log_report(&function.key, &report);
+            if let Some(usage) = usage {
+                usage.report(crate::usage::record(
+                    &function, trigger, start_ms, &report, 0,
+                ));
+            }
             drop(permit);
         });
         let response = self
             .sandbox
             .invoke_http(&prepared, request, ctx, on_done)
             .await;
+        let response = match (response, body_part) {
+            (Ok(response), Some(part)) => Ok(response.map(|body| part.wrap(body))),
+            (response, _) => response,
+        };
         (invocation_id, response.map_err(PlatformError::from))
     }
 
@@ -635,8 +678,13 @@ impl Platform {
         &self,
         loaded: &Arc<Loaded>,
         stdin: Bytes,
+        trigger: Trigger,
     ) -> (String, Result<Bytes, PlatformError>) {
         let invocation_id = uuid::Uuid::now_v7().to_string();
+        if let Err(e) = self.check_budget(loaded) {
+            return (invocation_id, Err(e));
+        }
+        let start_ms = now_ms();
         let prepared = match self.ensure_prepared(loaded).await {
             Ok(prepared) => prepared,
             Err(e) => return (invocation_id, Err(e)),
@@ -649,24 +697,65 @@ impl Platform {
             invocation_id: invocation_id.clone(),
         };
         let output = self.sandbox.invoke_command(&prepared, stdin, ctx).await;
-        self.record(&loaded.key, &output.report);
+        self.log_report(&loaded.key, &output.report);
+        if self.metering.is_some() {
+            let bytes_out = output.stdout.as_ref().map_or(0, |out| out.len() as u64);
+            let record = crate::usage::record(loaded, trigger, start_ms, &output.report, bytes_out);
+            self.meter(&loaded.key, record);
+        }
         (invocation_id, output.stdout.map_err(PlatformError::from))
     }
 
-    fn record(&self, key: &Arc<str>, report: &Report) {
+    /// Refuses an invocation once its tenant's budget is spent.
+    fn check_budget(&self, loaded: &Loaded) -> Result<(), PlatformError> {
+        match &self.metering {
+            Some(metering) => Ok(metering.check(&loaded.tenant)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands a usage record to metering; a budget crossing it causes goes
+    /// to the logs of the function that crossed it.
+    pub(crate) fn meter(&self, key: &Arc<str>, record: updraft_core::UsageRecord) {
+        let Some(metering) = &self.metering else {
+            return;
+        };
+        for event in metering.record(record) {
+            let message = match event {
+                updraft_metering::BudgetEvent::Warning {
+                    month,
+                    budget_cents,
+                    spent_cents,
+                    ..
+                } => format!(
+                    "budget warning: ${} of the ${} budget for {month} is spent (80%)",
+                    cents(spent_cents),
+                    cents(budget_cents)
+                ),
+                updraft_metering::BudgetEvent::Exceeded {
+                    month,
+                    budget_cents,
+                    ..
+                } => format!(
+                    "budget spent: the ${} budget for {month} is used up; new invocations are refused with 402",
+                    cents(budget_cents)
+                ),
+            };
+            self.platform_log(key, &message);
+        }
+    }
+
+    /// Metering (`None` when the server runs with metering off).
+    pub fn metering(&self) -> Option<&Arc<Metering>> {
+        self.metering.as_ref()
+    }
+
+    fn log_report(&self, key: &Arc<str>, report: &Report) {
         let ts = now_ms();
         for (stream, line) in &report.logs {
             self.logs
                 .push(key, LogEntry::new(ts, &report.invocation_id, *stream, line));
         }
-        self.meter.record(
-            key,
-            Sample {
-                duration: report.duration,
-                ok: report.outcome.is_ok(),
-                memory_peak_bytes: report.memory_peak_bytes,
-            },
-        );
     }
 
     fn platform_log(&self, key: &Arc<str>, message: &str) {
@@ -697,9 +786,12 @@ impl Platform {
         self.logs.subscribe()
     }
 
-    /// Writes out buffered logs; call before the process exits.
+    /// Writes out buffered logs and usage; call before the process exits.
     pub async fn shutdown(&self) {
         self.logs.flush().await;
+        if let Some(metering) = &self.metering {
+            tokio::task::block_in_place(|| metering.flush());
+        }
     }
 }
 

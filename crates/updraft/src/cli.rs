@@ -105,6 +105,81 @@ pub enum ClientCommand {
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Usage of your tenant: invocations, time, memory, bytes, operations, cost.
+    Usage {
+        /// Start: YYYY-MM-DD or an RFC 3339 time (default: this month's start).
+        #[arg(long)]
+        from: Option<String>,
+        /// End, exclusive (default: the end of this hour).
+        #[arg(long)]
+        to: Option<String>,
+        /// Group by function or by hour.
+        #[arg(long, default_value = "function", value_parser = ["function", "hour"])]
+        by: String,
+        /// Another tenant's (admin key only).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// The bill of a month, line by line.
+    Bill {
+        /// YYYY-MM (default: this month).
+        #[arg(long)]
+        month: Option<String>,
+        /// Another tenant's (admin key only).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Your tenant's monthly budget: past it, invocations are refused (402).
+    #[command(subcommand)]
+    Budget(BudgetCommand),
+    /// What a load would cost, and when a reserved server is cheaper.
+    #[command(subcommand)]
+    Cost(CostCommand),
+}
+
+/// `updraft budget …`.
+#[derive(Subcommand, Debug)]
+pub enum BudgetCommand {
+    /// The budget and what this month has spent.
+    Show,
+    /// Set the monthly budget, in US dollars.
+    Set { usd: f64 },
+    /// Remove the budget (no cap).
+    Clear,
+}
+
+/// `updraft cost …`.
+#[derive(Subcommand, Debug)]
+pub enum CostCommand {
+    /// Monthly cost of a steady load at the server's prices, and the request
+    /// rate above which a reserved server is cheaper.
+    Estimate(EstimateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EstimateArgs {
+    /// Requests per second.
+    #[arg(long, required_unless_present = "from_usage")]
+    pub rps: Option<f64>,
+    /// Duration of one invocation, in milliseconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_ms: f64,
+    /// Configured memory, in MB.
+    #[arg(long, default_value_t = 128)]
+    pub memory_mb: u32,
+    /// Key-value operations per invocation.
+    #[arg(long, default_value_t = 0.0)]
+    pub kv_ops: f64,
+    /// Response bytes per invocation.
+    #[arg(long, default_value_t = 0.0)]
+    pub bytes_out: f64,
+    /// Price of a reserved server, US dollars per hour, for the break-even.
+    #[arg(long, default_value_t = 0.0416)]
+    pub server_usd_per_hour: f64,
+    /// Take rate, duration, memory and operations from your usage of the
+    /// last N days instead.
+    #[arg(long, value_name = "DAYS", conflicts_with = "rps")]
+    pub from_usage: Option<u32>,
 }
 
 /// `updraft keys …`: API keys of tenants.

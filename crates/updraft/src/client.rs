@@ -331,6 +331,33 @@ impl Client {
         self.json(req.timeout(MANAGEMENT_TIMEOUT)).await
     }
 
+    /// `GET /v1/{segments}?{query}` as JSON.
+    pub async fn get_value(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<Reply<serde_json::Value>> {
+        let mut url = self.url(segments);
+        for (k, v) in query {
+            url.query_pairs_mut().append_pair(k, v);
+        }
+        self.json(self.http.get(url).timeout(MANAGEMENT_TIMEOUT))
+            .await
+    }
+
+    /// `PUT` (with a JSON body) or `DELETE` (without) of `/v1/{segments}`.
+    pub async fn send_value(
+        &self,
+        segments: &[&str],
+        body: Option<serde_json::Value>,
+    ) -> Result<Reply<serde_json::Value>> {
+        let req = match body {
+            Some(body) => self.http.put(self.url(segments)).json(&body),
+            None => self.http.delete(self.url(segments)),
+        };
+        self.json(req.timeout(MANAGEMENT_TIMEOUT)).await
+    }
+
     pub async fn list_functions(&self) -> Result<Reply<FunctionList>> {
         let req = self.http.get(self.url(&["v1", "functions"]));
         self.json(req.timeout(MANAGEMENT_TIMEOUT)).await

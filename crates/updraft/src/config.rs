@@ -16,6 +16,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde::Deserialize;
+use updraft_metering::PriceSheet;
 use updraft_state::blob::BlobConfig;
 use updraft_state::kv::KvConfig;
 
@@ -26,6 +27,25 @@ pub struct ServerConfig {
     pub kv: KvConfig,
     #[serde(default)]
     pub blobs: BlobConfig,
+    /// The price sheet of bills (default: AWS list prices, see docs/usage.md).
+    #[serde(default)]
+    pub prices: PriceSheet,
+    #[serde(default)]
+    pub metering: MeteringConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeteringConfig {
+    /// Off keeps no usage records, bills or budgets: only for measuring
+    /// what metering costs.
+    pub enabled: bool,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        MeteringConfig { enabled: true }
+    }
 }
 
 impl ServerConfig {

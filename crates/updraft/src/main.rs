@@ -8,6 +8,7 @@
 mod cli;
 mod client;
 mod config;
+mod money;
 mod output;
 mod up;
 
@@ -114,6 +115,15 @@ async fn run_client(client: &Client, command: ClientCommand, json: bool) -> Resu
         ClientCommand::Kv(command) => kv(client, command, json).await,
         ClientCommand::Blob(command) => blob(client, command, json).await,
         ClientCommand::Keys(command) => keys(client, command, json).await,
+        ClientCommand::Usage {
+            from,
+            to,
+            by,
+            tenant,
+        } => money::usage(client, from, to, &by, tenant, json).await,
+        ClientCommand::Bill { month, tenant } => money::bill(client, month, tenant, json).await,
+        ClientCommand::Budget(command) => money::budget(client, command, json).await,
+        ClientCommand::Cost(command) => money::cost(client, command, json).await,
     }
 }
 

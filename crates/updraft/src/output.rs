@@ -112,6 +112,19 @@ pub fn write_function_list(out: &mut impl Write, list: &FunctionList) -> io::Res
     writeln!(out, "{}", table.trim_fmt())
 }
 
+/// A plain table of strings.
+pub fn write_table(
+    out: &mut impl Write,
+    header: &[&str],
+    rows: Vec<Vec<String>>,
+) -> io::Result<()> {
+    let mut t = table(header);
+    for row in rows {
+        t.add_row(row);
+    }
+    writeln!(out, "{}", t.trim_fmt())
+}
+
 /// The table of `updraft keys ls`.
 pub fn write_keys(out: &mut impl Write, keys: &[KeyInfo]) -> io::Result<()> {
     let mut table = table(&["ID", "TENANT", "ADMIN", "LABEL", "CREATED"]);

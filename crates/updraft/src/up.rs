@@ -51,6 +51,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut config = PlatformConfig::new(args.data_dir.clone());
     config.kv = file.kv;
     config.blobs = file.blobs;
+    config.prices = file.prices;
+    config.metering = file.metering.enabled;
     config.instances_max = args.instances_max;
     config.idle_unload =
         (args.idle_unload_secs > 0).then(|| Duration::from_secs(args.idle_unload_secs));

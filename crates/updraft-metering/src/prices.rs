@@ -1,0 +1,267 @@
+//! Prices and bills. The default price sheet mirrors AWS's public list
+//! prices (Lambda x86 in us-east-1 for requests and compute, DynamoDB
+//! on-demand reads for key-value operations, S3 PUT requests for blob
+//! operations, internet egress for bytes out), so a bill compares with what
+//! the same load would cost there. No free tier is subtracted.
+//!
+//! Money is counted in integers: prices become picodollars (10⁻¹² $), each
+//! line is its integer quantity times its price, rounded to the cent once,
+//! and the total is the sum of the lines. A bill recomputed from the raw
+//! records therefore matches to the cent.
+
+use serde::{Deserialize, Serialize};
+
+use crate::MeteringError;
+use crate::store::Aggregate;
+
+const PICO_PER_USD: f64 = 1e12;
+const PICO_PER_CENT: u128 = 10_000_000_000;
+const GIB: u128 = 1 << 30;
+
+/// `[prices]` of the server config, in US dollars.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PriceSheet {
+    /// Per million invocations (Lambda: $0.20).
+    pub requests_per_million: f64,
+    /// Per GB-second of configured memory × billed time (Lambda x86: $0.0000166667).
+    pub gb_second: f64,
+    /// Per million key-value operations (DynamoDB on-demand read request
+    /// units: $0.125).
+    pub kv_ops_per_million: f64,
+    /// Per million blob operations (S3 standard PUT: $5.00).
+    pub blob_ops_per_million: f64,
+    /// Per GiB of response bytes (internet egress: $0.09).
+    pub gb_out: f64,
+}
+
+impl Default for PriceSheet {
+    fn default() -> Self {
+        PriceSheet {
+            requests_per_million: 0.20,
+            gb_second: 0.000_016_666_7,
+            kv_ops_per_million: 0.125,
+            blob_ops_per_million: 5.00,
+            gb_out: 0.09,
+        }
+    }
+}
+
+impl PriceSheet {
+    /// Refuses prices that are negative or not numbers.
+    pub fn validate(&self) -> Result<(), MeteringError> {
+        for (name, value) in [
+            ("requests_per_million", self.requests_per_million),
+            ("gb_second", self.gb_second),
+            ("kv_ops_per_million", self.kv_ops_per_million),
+            ("blob_ops_per_million", self.blob_ops_per_million),
+            ("gb_out", self.gb_out),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(MeteringError::Invalid(format!(
+                    "[prices] {name} = {value}: use a price in dollars, 0 or more"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pico(usd: f64) -> u128 {
+    (usd * PICO_PER_USD).round() as u128
+}
+
+/// Picodollars to cents, half up.
+fn cents(pico: u128) -> u64 {
+    ((pico + PICO_PER_CENT / 2) / PICO_PER_CENT) as u64
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BillLine {
+    pub item: String,
+    pub quantity: String,
+    pub unit_price_usd: f64,
+    pub unit: String,
+    pub amount_cents: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bill {
+    pub lines: Vec<BillLine>,
+    pub total_cents: u64,
+}
+
+/// The bill of `sums` at `prices`.
+pub fn bill(prices: &PriceSheet, sums: &Aggregate) -> Bill {
+    let million = 1_000_000u128;
+    // GB-seconds are MB-ms / (1024 × 1000), as Lambda counts memory.
+    let lines = [
+        (
+            "requests",
+            sums.invocations.to_string(),
+            prices.requests_per_million,
+            "per million",
+            u128::from(sums.invocations) * pico(prices.requests_per_million) / million,
+        ),
+        (
+            "compute",
+            format!("{:.3} GB-s", sums.mb_ms as f64 / 1_024_000.0),
+            prices.gb_second,
+            "per GB-second",
+            u128::from(sums.mb_ms) * pico(prices.gb_second) / 1_024_000,
+        ),
+        (
+            "key-value operations",
+            sums.kv_ops.to_string(),
+            prices.kv_ops_per_million,
+            "per million",
+            u128::from(sums.kv_ops) * pico(prices.kv_ops_per_million) / million,
+        ),
+        (
+            "blob operations",
+            sums.blob_ops.to_string(),
+            prices.blob_ops_per_million,
+            "per million",
+            u128::from(sums.blob_ops) * pico(prices.blob_ops_per_million) / million,
+        ),
+        (
+            "data out",
+            format!("{} bytes", sums.bytes_out),
+            prices.gb_out,
+            "per GiB",
+            u128::from(sums.bytes_out) * pico(prices.gb_out) / GIB,
+        ),
+    ]
+    .map(|(item, quantity, price, unit, amount)| BillLine {
+        item: item.to_string(),
+        quantity,
+        unit_price_usd: price,
+        unit: unit.to_string(),
+        amount_cents: cents(amount),
+    });
+    let total_cents = lines.iter().map(|l| l.amount_cents).sum();
+    Bill {
+        lines: lines.to_vec(),
+        total_cents,
+    }
+}
+
+/// The exact cost of `sums`, in picodollars (for budgets, which must not
+/// wait for a cent to accumulate).
+pub fn cost_pico(prices: &PriceSheet, sums: &Aggregate) -> u128 {
+    let million = 1_000_000u128;
+    u128::from(sums.invocations) * pico(prices.requests_per_million) / million
+        + u128::from(sums.mb_ms) * pico(prices.gb_second) / 1_024_000
+        + u128::from(sums.kv_ops) * pico(prices.kv_ops_per_million) / million
+        + u128::from(sums.blob_ops) * pico(prices.blob_ops_per_million) / million
+        + u128::from(sums.bytes_out) * pico(prices.gb_out) / GIB
+}
+
+pub fn pico_to_cents(pico: u128) -> u64 {
+    cents(pico)
+}
+
+pub fn cents_to_pico(cents: u64) -> u128 {
+    u128::from(cents) * PICO_PER_CENT
+}
+
+/// What a steady load would cost a month, and where a reserved server
+/// becomes cheaper.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Estimate {
+    pub requests_per_month: u64,
+    pub monthly_usd: f64,
+    /// Cost of one invocation, in dollars.
+    pub per_request_usd: f64,
+    pub server_monthly_usd: Option<f64>,
+    /// Requests per second above which the reserved server is cheaper.
+    pub break_even_rps: Option<f64>,
+}
+
+/// Hours in the month the estimate uses (365 × 24 / 12).
+pub const HOURS_PER_MONTH: f64 = 730.0;
+
+/// `rps` requests a second, each `duration_ms` long with `memory_mb`
+/// configured, plus `kv_ops` key-value operations and `bytes_out` response
+/// bytes each, for a month; compared with a server at `server_usd_per_hour`.
+pub fn estimate(
+    prices: &PriceSheet,
+    rps: f64,
+    duration_ms: f64,
+    memory_mb: u32,
+    kv_ops: f64,
+    bytes_out: f64,
+    server_usd_per_hour: Option<f64>,
+) -> Estimate {
+    let billed_ms = duration_ms.ceil().max(1.0);
+    let per_request_usd = prices.requests_per_million / 1e6
+        + f64::from(memory_mb) / 1024.0 * billed_ms / 1000.0 * prices.gb_second
+        + kv_ops * prices.kv_ops_per_million / 1e6
+        + bytes_out / GIB as f64 * prices.gb_out;
+    let requests = rps * HOURS_PER_MONTH * 3600.0;
+    let server_monthly_usd = server_usd_per_hour.map(|p| p * HOURS_PER_MONTH);
+    Estimate {
+        requests_per_month: requests.round() as u64,
+        monthly_usd: requests * per_request_usd,
+        per_request_usd,
+        server_monthly_usd,
+        break_even_rps: server_monthly_usd
+            .filter(|_| per_request_usd > 0.0)
+            .map(|server| server / per_request_usd / (HOURS_PER_MONTH * 3600.0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lambda_list_prices_give_lambda_bills() {
+        // 1M requests of 100 ms at 128 MB: Lambda charges $0.20 + $0.21.
+        let sums = Aggregate {
+            invocations: 1_000_000,
+            mb_ms: 128 * 100 * 1_000_000,
+            ..Aggregate::default()
+        };
+        let bill = bill(&PriceSheet::default(), &sums);
+        assert_eq!(bill.lines[0].amount_cents, 20);
+        assert_eq!(bill.lines[1].amount_cents, 21);
+        assert_eq!(bill.total_cents, 41);
+        let pico = cost_pico(&PriceSheet::default(), &sums);
+        assert_eq!(pico_to_cents(pico), 41);
+    }
+
+    #[test]
+    fn break_even_against_a_server() {
+        // $0.10/h server; 100 ms at 128 MB ≈ $0.000000408 a request.
+        let e = estimate(
+            &PriceSheet::default(),
+            10.0,
+            100.0,
+            128,
+            0.0,
+            0.0,
+            Some(0.10),
+        );
+        assert_eq!(e.requests_per_month, 26_280_000);
+        assert!((e.monthly_usd - 10.73).abs() < 0.01, "{e:?}");
+        let rps = e.break_even_rps.unwrap();
+        // $73 a month / $0.000000408 a request / 2.628M seconds a month.
+        assert!((rps - 68.0).abs() < 0.1, "{e:?}");
+    }
+
+    #[test]
+    fn bad_prices_are_refused() {
+        let sheet = PriceSheet {
+            gb_second: -1.0,
+            ..PriceSheet::default()
+        };
+        assert!(
+            sheet
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("gb_second")
+        );
+    }
+}

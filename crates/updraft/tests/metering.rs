@@ -1,0 +1,358 @@
+//! Metering end to end: one durable usage record per invocation, billed
+//! time rounded up to the millisecond, a bill that the raw records
+//! reproduce to the cent, budgets that warn at 80% and refuse at 100%, and
+//! the CLI's usage, bill and cost estimate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use serde_json::Value;
+
+async fn records(server: &Server, query: &str) -> Vec<Value> {
+    let text = server
+        .api()
+        .get(server.url(&format!("/v1/usage/records{query}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn u(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {v}"))
+}
+
+/// The bill's arithmetic, written again from the documented price sheet:
+/// integer sums × price in picodollars, each line rounded to the cent.
+fn recompute_cents(records: &[Value], prices: &Value) -> Vec<u64> {
+    let sum = |field: &str| {
+        records
+            .iter()
+            .map(|r| u128::from(u(r, field)))
+            .sum::<u128>()
+    };
+    let mb_ms: u128 = records
+        .iter()
+        .map(|r| u128::from(u(r, "memory_mb")) * u128::from(u(r, "billed_ms")))
+        .sum();
+    let pico = |name: &str| (prices[name].as_f64().unwrap() * 1e12).round() as u128;
+    let cents = |p: u128| ((p + 5_000_000_000) / 10_000_000_000) as u64;
+    vec![
+        cents(records.len() as u128 * pico("requests_per_million") / 1_000_000),
+        cents(mb_ms * pico("gb_second") / 1_024_000),
+        cents(sum("kv_ops") * pico("kv_ops_per_million") / 1_000_000),
+        cents(sum("blob_ops") * pico("blob_ops_per_million") / 1_000_000),
+        cents(sum("bytes_out") * pico("gb_out") / (1 << 30)),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_invocation_is_metered_and_the_bill_is_reproducible() {
+    let dir = tempfile::tempdir().unwrap();
+    // Prices high enough that every line of the bill has cents in it.
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        "[prices]\nrequests_per_million = 1234.5\ngb_second = 0.25\nkv_ops_per_million = 999\n\
+         blob_ops_per_million = 5000\ngb_out = 2000\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    server.deploy_guest("hello", "hello-rust", "route = \"/hello\"");
+    server.deploy_guest("wc", "wordcount-c", "route = \"/wc\"\nmemory_mb = 64");
+    server.deploy_guest(
+        "counter",
+        "counter-rust",
+        "route = \"/counter\"\nkey_value_stores = [\"default\"]\nmemory_mb = 256",
+    );
+    server.deploy_guest("chaos", "http-chaos", "route = \"/chaos/...\"");
+
+    // A load of 400 invocations, 32 at a time, of four kinds; some fail.
+    let paths = ["/hello", "/wc", "/counter", "/chaos/trap"];
+    let http = client();
+    let mut expected: HashMap<&str, u64> = HashMap::new();
+    let mut tasks = Vec::new();
+    for i in 0..400usize {
+        let path = paths[i % paths.len()];
+        *expected.entry(path).or_default() += 1;
+        let request = if path == "/wc" {
+            http.post(server.url(path)).body("one two three")
+        } else {
+            http.get(server.url(path))
+        };
+        tasks.push(request.send());
+        if tasks.len() == 32 {
+            for r in futures::future::join_all(tasks.drain(..)).await {
+                r.unwrap();
+            }
+        }
+    }
+    for r in futures::future::join_all(tasks).await {
+        r.unwrap();
+    }
+    // And two through the API.
+    for _ in 0..2 {
+        let r = server
+            .api()
+            .post(server.url("/v1/functions/hello/invoke"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    let all = records(&server, "").await;
+    assert_eq!(all.len(), 402, "one record per invocation");
+    let ids: std::collections::HashSet<&str> = all
+        .iter()
+        .map(|r| r["invocation_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 402, "no record twice");
+    let by_function = |name: &'static str| all.iter().filter(move |r| r["function"] == name);
+    assert_eq!(by_function("hello").count(), 102);
+    assert_eq!(by_function("chaos").count() as u64, expected["/chaos/trap"]);
+    assert_eq!(
+        by_function("hello")
+            .filter(|r| r["trigger"] == "api")
+            .count(),
+        2
+    );
+    for r in &all {
+        // Billed time is the wall time rounded up to whole milliseconds.
+        let wall_us = u(r, "wall_us");
+        assert_eq!(u(r, "billed_ms"), wall_us.div_ceil(1000).max(1), "{r}");
+        assert!(u(r, "billed_ms") * 1000 >= wall_us);
+        assert_eq!(r["tenant"], "local");
+    }
+    for r in by_function("hello") {
+        assert!(r["error"].is_null());
+        assert_eq!(
+            u(r, "bytes_out"),
+            "Hello from Updraft (Rust)!\n".len() as u64,
+            "{r}"
+        );
+        assert_eq!(u(r, "memory_mb"), 128);
+    }
+    for r in by_function("wc") {
+        assert_eq!((u(r, "bytes_in"), u(r, "memory_mb")), (13, 64), "{r}");
+        assert_eq!(u(r, "bytes_out"), "0 3 13\n".len() as u64, "{r}");
+    }
+    for r in by_function("counter") {
+        assert!(u(r, "kv_ops") >= 1, "{r}");
+        assert!(u(r, "cpu_us") > 0, "{r}");
+    }
+    for r in by_function("chaos") {
+        assert_eq!(r["error"], "trap", "{r}");
+    }
+
+    // The bill, recomputed here from the raw records, matches to the cent.
+    let prices = server.get_json("/v1/prices").await;
+    let bill = server.get_json("/v1/bill").await;
+    let lines: Vec<u64> = bill["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| u(l, "amount_cents"))
+        .collect();
+    assert_eq!(lines, recompute_cents(&all, &prices), "{bill}");
+    assert_eq!(u(&bill, "total_cents"), lines.iter().sum::<u64>());
+    assert!(lines.iter().all(|&c| c > 0) || lines[3] == 0, "{bill}");
+    let from_records = server.get_json("/v1/bill?source=records").await;
+    assert_eq!(from_records["lines"], bill["lines"]);
+
+    // Usage by function adds up to the same.
+    let usage = server.get_json("/v1/usage?group_by=function").await;
+    let rows = usage["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(u(&usage["total"], "invocations"), 402);
+    let hourly = server.get_json("/v1/usage?group_by=hour").await;
+    assert_eq!(u(&hourly["total"], "invocations"), 402);
+
+    // Records are durable: after a restart the bill is the same.
+    drop(server);
+    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let again = server.get_json("/v1/bill").await;
+    assert_eq!(again["lines"], bill["lines"]);
+
+    // The CLI shows the same numbers.
+    let table = server.cli_ok(&["usage"]);
+    assert!(
+        table.contains("counter") && table.contains("total"),
+        "{table}"
+    );
+    let printed = server.cli_ok(&["bill"]);
+    let total = u(&bill, "total_cents");
+    assert!(
+        printed.contains(&format!("total ${}.{:02}", total / 100, total % 100)),
+        "{printed}"
+    );
+    let estimate = server.cli_ok(&["--json", "cost", "estimate", "--from-usage", "1"]);
+    let estimate: Value = serde_json::from_str(&estimate).unwrap();
+    assert!(
+        estimate["monthly_usd"].as_f64().unwrap() > 0.0,
+        "{estimate}"
+    );
+
+    // Bad input: clear errors.
+    for (path, code) in [
+        ("/v1/usage?group_by=minute", "bad_request"),
+        ("/v1/usage?from=yesterday", "bad_request"),
+        ("/v1/usage?from=2026-02-01&to=2026-01-01", "bad_request"),
+        ("/v1/bill?month=2026-13", "bad_request"),
+    ] {
+        let r = server.api().get(server.url(path)).send().await.unwrap();
+        expect_error(r, 400, code).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_budget_warns_at_80_percent_and_stops_at_100() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    // One cent per invocation, nothing else.
+    std::fs::write(
+        &config,
+        "[prices]\nrequests_per_million = 10000\ngb_second = 0\nkv_ops_per_million = 0\n\
+         blob_ops_per_million = 0\ngb_out = 0\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let acme = server.cli_ok(&["keys", "create", "--tenant", "acme"]);
+    let acme = acme.trim();
+    let manifest = server.write_manifest("hello", "hello-rust", "route = \"/hello\"");
+    let out = server.cli_as(acme, &["deploy", manifest.to_str().unwrap()]);
+    assert!(out.status.success());
+    server.deploy_guest("hello", "hello-rust", "route = \"/hello\"");
+    let out = server.cli_as(acme, &["budget", "set", "0.10"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let http = client();
+    let url = server.url("/~acme/hello");
+    for i in 1..=10 {
+        let r = http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "invocation {i}");
+    }
+    // The tenth spent the budget: the very next invocation is refused.
+    let r = http.get(&url).send().await.unwrap();
+    let message = expect_error(r, 402, "budget_exceeded").await;
+    assert!(
+        message.contains("$0.10") && message.contains("budget"),
+        "{message}"
+    );
+    let r = client_with_key(acme)
+        .post(server.url("/v1/functions/hello/invoke"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 402, "budget_exceeded").await;
+    // Refused invocations are not billed; other tenants go on.
+    assert_eq!(
+        http.get(server.url("/hello"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let status: Value = serde_json::from_str(
+        &String::from_utf8(server.cli_as(acme, &["--json", "budget", "show"]).stdout).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (u(&status, "spent_cents"), status["exceeded"].as_bool()),
+        (10, Some(true))
+    );
+
+    // The warning at 80% and the stop are in the function's logs.
+    let logs = String::from_utf8(server.cli_as(acme, &["logs", "hello"]).stdout).unwrap();
+    assert!(
+        logs.contains("budget warning") && logs.contains("80%"),
+        "{logs}"
+    );
+    assert!(logs.contains("budget spent"), "{logs}");
+
+    // Tenants see only their own usage and budget.
+    let r = client_with_key(acme)
+        .get(server.url("/v1/usage?tenant=local"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 403, "forbidden").await;
+    let mine = client_with_key(acme)
+        .get(server.url("/v1/usage"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(u(&mine["total"], "invocations"), 10);
+    let local = server.get_json("/v1/usage").await;
+    assert_eq!(u(&local["total"], "invocations"), 1);
+
+    // A restart keeps the stop; raising the budget lifts it.
+    drop(server);
+    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let r = client()
+        .get(server.url("/~acme/hello"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 402, "budget_exceeded").await;
+    assert!(
+        server
+            .cli_as(acme, &["budget", "set", "1"])
+            .status
+            .success()
+    );
+    let r = client()
+        .get(server.url("/~acme/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[test]
+fn cost_estimate_finds_the_break_even() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let out = server.cli_ok(&[
+        "cost",
+        "estimate",
+        "--rps",
+        "10",
+        "--duration-ms",
+        "100",
+        "--memory-mb",
+        "128",
+        "--server-usd-per-hour",
+        "0.10",
+    ]);
+    // 26.28M requests × $0.000000408 = $10.73; $73/month ÷ that = 68 req/s.
+    assert!(
+        out.contains("26280000 requests a month cost $10.73"),
+        "{out}"
+    );
+    assert!(out.contains("cheaper above 68.0 req/s"), "{out}");
+    let out = server.cli(&["cost", "estimate"]);
+    assert!(!out.status.success());
+}
