@@ -19,7 +19,7 @@ use crate::stats::Summary;
 use crate::wrk::{Errors, Point};
 
 /// Bumped when a field changes meaning, so readers of old files can tell.
-pub const SCHEMA: u32 = 3;
+pub const SCHEMA: u32 = 4;
 
 pub const MARKER_START: &str = "<!-- results:start -->";
 pub const MARKER_END: &str = "<!-- results:end -->";
@@ -31,6 +31,8 @@ pub const WASMTIME_REUSE: &str = "wasmtime-serve-reuse";
 pub const UPDRAFT: &str = "updraft";
 /// The same server and hello, deployed with `instance_reuse_max`.
 pub const UPDRAFT_REUSE: &str = "updraft-reuse";
+/// A second Updraft with `[metering] enabled = false`: what metering costs.
+pub const UPDRAFT_UNMETERED: &str = "updraft-unmetered";
 
 /// How much of everything a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,7 +245,10 @@ pub fn ratios(throughput: &[LoadResult], concurrencies: &[u32]) -> Vec<Ratio> {
             .find(|r| r.server == server && r.concurrency == c)
     };
     let pairs: [(&str, &[&str]); 2] = [
-        (UPDRAFT, &[WASMTIME, WASMTIME_REUSE, NATIVE]),
+        (
+            UPDRAFT,
+            &[WASMTIME, WASMTIME_REUSE, NATIVE, UPDRAFT_UNMETERED],
+        ),
         (UPDRAFT_REUSE, &[WASMTIME_REUSE, NATIVE]),
     ];
     let mut out = Vec::new();
@@ -362,6 +367,17 @@ pub fn targets(report: &Report) -> Vec<Target> {
             "not measured".to_string(),
             None,
         ),
+    }
+
+    // Issue 6: metering costs at most 3% of warm throughput.
+    let target = "metering costs ≤ 3% of warm req/s (metered vs unmetered Updraft)";
+    match report.ratio(UPDRAFT, UPDRAFT_UNMETERED, c) {
+        Some(r) => push(
+            target,
+            format!("{:.1}% (ratio {:.3}, c={c})", (1.0 - r.rps) * 100.0, r.rps),
+            Some(r.rps >= 0.97),
+        ),
+        None => push(target, "not measured".to_string(), None),
     }
 
     kv_targets(&report.kv, &mut push);
@@ -647,7 +663,7 @@ pub fn markdown(report: &Report) -> String {
     kv_markdown(&mut md, &report.kv);
 
     md.push_str(
-        "\n### Targets (issues 3 and 4)\n\n| target | measured | met? |\n| --- | --- | --- |\n",
+        "\n### Targets (issues 3, 4 and 6)\n\n| target | measured | met? |\n| --- | --- | --- |\n",
     );
     for t in &report.targets {
         let _ = writeln!(md, "| {} | {} | {} |", t.target, t.measured, met(t.met));

@@ -13,7 +13,8 @@ use crate::load::{LoadPlan, LoadTarget};
 use crate::memory::MemoryPlan;
 use crate::native::HELLO_BODY;
 use crate::report::{
-    self, Machine, Mode, NATIVE, Report, Setup, UPDRAFT, UPDRAFT_REUSE, WASMTIME, WASMTIME_REUSE,
+    self, Machine, Mode, NATIVE, Report, Setup, UPDRAFT, UPDRAFT_REUSE, UPDRAFT_UNMETERED,
+    WASMTIME, WASMTIME_REUSE,
 };
 use crate::servers::{self, Server};
 use crate::{cold, http, kv, load, memory, updraft, wrk};
@@ -285,12 +286,27 @@ fn phases(
         &format!("route=/hello-reuse&instance_reuse_max={REUSE_COUNT}"),
         hello,
     )?;
+    // The same server with metering off, loaded in the same rounds: the
+    // difference is what metering costs.
+    let unmetered_config = scratch.join("unmetered.toml");
+    std::fs::write(&unmetered_config, "[metering]\nenabled = false\n")
+        .context("writing the unmetered config")?;
+    let unmetered = updraft::start_with(
+        &tools.updraft,
+        &scratch.join("load-data-unmetered"),
+        "127.0.0.1:0",
+        scratch,
+        &["--config", &unmetered_config.to_string_lossy()],
+    )?
+    .server;
+    updraft::deploy(unmetered.endpoint, "hello", "/hello", hello)?;
     let targets = [
         (NATIVE, &native, "/"),
         (WASMTIME, &wasmtime, "/"),
         (WASMTIME_REUSE, &wasmtime_reuse, "/"),
         (UPDRAFT, &updraft, "/hello"),
         (UPDRAFT_REUSE, &updraft, "/hello-reuse"),
+        (UPDRAFT_UNMETERED, &unmetered, "/hello"),
     ];
     // The comparison only means something if all four answer the same bytes.
     for (name, server, path) in &targets {
@@ -320,7 +336,7 @@ fn phases(
         plan.load.duration_s, plan.load.concurrencies, plan.load.rounds
     );
     let throughput = load::measure(&tools.wrk, &script, &load_targets, &plan.load)?;
-    for server in [native, wasmtime, wasmtime_reuse] {
+    for server in [native, wasmtime, wasmtime_reuse, unmetered] {
         server.stop()?;
     }
 

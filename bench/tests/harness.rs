@@ -78,6 +78,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
         report::WASMTIME_REUSE,
         report::UPDRAFT,
         report::UPDRAFT_REUSE,
+        report::UPDRAFT_UNMETERED,
     ];
     assert_eq!(report.throughput.len(), servers.len() * 2);
     for server in servers {
@@ -94,8 +95,9 @@ fn tiny_run_writes_complete_json_and_markdown() {
             assert_eq!(r.rounds.len(), 1);
         }
     }
-    // Per concurrency: updraft against 3 peers, updraft-reuse against 2.
-    assert_eq!(report.ratios.len(), 10);
+    // Per concurrency: updraft against 4 peers (one is itself unmetered),
+    // updraft-reuse against 2.
+    assert_eq!(report.ratios.len(), 12);
     for ratio in &report.ratios {
         assert!(ratio.rps.is_finite() && ratio.rps > 0.0, "{ratio:?}");
         assert!(ratio.p50.is_finite() && ratio.p50 > 0.0, "{ratio:?}");
@@ -155,7 +157,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
     assert!(kv.point("redis-fsync", "set").is_some());
     assert!(kv.point("updraft-guest-process", "increment").is_some());
 
-    assert_eq!(report.targets.len(), 14);
+    assert_eq!(report.targets.len(), 15);
     assert!(
         report
             .targets
@@ -174,7 +176,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
     assert!(
         !md.contains("old results")
             && md.contains("### Key-value operations")
-            && md.contains("### Targets (issues 3 and 4)"),
+            && md.contains("### Targets (issues 3, 4 and 6)"),
         "{md}"
     );
 }

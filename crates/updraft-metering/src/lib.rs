@@ -79,6 +79,10 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// How long raw usage records are kept by default: long enough to
+/// recompute last month's bill until the end of this one.
+pub const RECORDS_RETENTION_DEFAULT: Duration = Duration::from_secs(62 * 86_400);
+
 /// A budget crossing, reported once per tenant and month.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -143,8 +147,17 @@ pub struct Metering {
 
 impl Metering {
     pub fn open(data_dir: &Path, prices: PriceSheet) -> Result<Metering, MeteringError> {
+        Self::open_with(data_dir, prices, RECORDS_RETENTION_DEFAULT)
+    }
+
+    /// Keeps raw records for `retention` (their sums forever).
+    pub fn open_with(
+        data_dir: &Path,
+        prices: PriceSheet,
+        retention: Duration,
+    ) -> Result<Metering, MeteringError> {
         prices.validate()?;
-        let store = UsageStore::open(data_dir)?;
+        let store = UsageStore::open(data_dir, retention)?;
         let metering = Metering {
             store,
             prices,
@@ -468,6 +481,49 @@ mod tests {
             .unwrap();
         assert_eq!(hours.len(), 2, "5000 s span two hours");
         assert_eq!(metering.bill("b", month).unwrap().1.invocations, 1);
+    }
+
+    #[test]
+    fn records_written_but_not_summed_before_a_crash_are_summed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        {
+            let metering = Metering::open(dir.path(), PriceSheet::default()).unwrap();
+            metering.record(record("a", "f", now, 1000));
+            metering.flush();
+        }
+        // As a crash leaves it: two lines written after the last commit of
+        // the sums, and a third cut in the middle.
+        let segment = std::fs::read_dir(dir.path().join("usage"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut text = String::new();
+        for wall_us in [2000, 3000] {
+            text.push_str(&serde_json::to_string(&record("a", "f", now, wall_us)).unwrap());
+            text.push('\n');
+        }
+        text.push_str(&serde_json::to_string(&record("a", "f", now, 4000)).unwrap()[..40]);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        drop(file);
+        for reopened in 0..2 {
+            let metering = Metering::open(dir.path(), PriceSheet::default()).unwrap();
+            let sums = metering.function_usage("a", "f").unwrap();
+            assert_eq!((sums.invocations, sums.billed_ms), (3, 6));
+            let mut n = 0;
+            metering.records("a", 0, u64::MAX / 2, |_| n += 1).unwrap();
+            assert_eq!(n, 3 + reopened, "the torn line is gone");
+            // New records append cleanly after the cut.
+            metering.record(record("a", "g", now, 1000));
+        }
+        let metering = Metering::open(dir.path(), PriceSheet::default()).unwrap();
+        assert_eq!(metering.function_usage("a", "g").unwrap().invocations, 2);
     }
 
     #[test]

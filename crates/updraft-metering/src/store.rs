@@ -1,17 +1,23 @@
-//! Durable usage: every [`UsageRecord`] and its tenant × hour × function
-//! aggregate in `usage.redb`, and the tenants' budgets.
+//! Durable usage: every [`UsageRecord`] in an append-only log of JSON
+//! lines (`usage/<hour>.jsonl`, one file per hour of writing), and the
+//! tenant × hour × function sums in `usage.redb` with the tenants' budgets.
 //!
-//! Records reach the disk through one writer thread that commits whatever
-//! has queued up in one fsynced transaction (group commit), so the request
-//! path only hands a record to a channel. A crash loses at most the batch
-//! being written, about one fsync's worth of invocations; `flush` waits for
-//! everything handed over so far.
+//! The request path only hands a record to a channel. A writer thread
+//! wakes every 10 ms, appends what has queued with one `write(2)` (from
+//! then on a `kill -9` loses nothing), syncs the log at most every 100 ms
+//! (a power cut loses at most that), and adds the records to in-memory
+//! sums. Once a second the changed sums are committed to `usage.redb`
+//! together with the log position they include; at start-up the log after
+//! that position is replayed, so every record is summed exactly once.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::mpsc;
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -19,16 +25,21 @@ use updraft_core::UsageRecord;
 
 use crate::MeteringError;
 
-/// (tenant, start ms, invocation id) → JSON record.
-const RECORDS: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("records");
 /// (tenant, hour start ms, function) → JSON aggregate.
 const HOURLY: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("hourly");
 /// tenant → JSON budget.
 const BUDGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("budgets");
+/// "position" → JSON [`Position`]: how much of the log the sums include.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// Records committed in one transaction at most.
-const BATCH_MAX: usize = 4096;
 pub const HOUR_MS: u64 = 3_600_000;
+/// How often the writer drains the channel.
+const WAKE_EVERY: Duration = Duration::from_millis(10);
+const SYNC_EVERY: Duration = Duration::from_millis(100);
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+/// The longest an invocation runs (the largest `timeout_ms`), so a record
+/// is written at most this long after its start.
+const RECORD_LAG_MAX_MS: u64 = 900_000;
 
 /// Sums of usage over some records. Every field is an integer, so a bill
 /// computed from sums is the same however the records were grouped.
@@ -95,8 +106,18 @@ enum Msg {
     Flush(mpsc::Sender<()>),
 }
 
+type SumKey = (String, u64, String);
+
+/// Where the sums stop in the log: a segment and a byte offset in it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Position {
+    segment: String,
+    offset: u64,
+}
+
 pub struct UsageStore {
     db: Arc<Database>,
+    dir: PathBuf,
     sender: Mutex<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -105,27 +126,51 @@ fn storage(e: impl std::fmt::Display) -> MeteringError {
     MeteringError::Storage(e.to_string())
 }
 
+/// The log segment of an instant: `2026-11-27T05.jsonl`.
+fn segment_of(ms: u64) -> String {
+    // RFC 3339 ends at year 9999; later instants name its last segment.
+    let ms = ms.min(253_402_300_799_000);
+    let hour = ms - ms % HOUR_MS;
+    let t = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(hour))
+        .to_string();
+    format!("{}.jsonl", &t[..13])
+}
+
+fn hour_key(r: &UsageRecord) -> SumKey {
+    (
+        r.tenant.clone(),
+        r.start_ms - r.start_ms % HOUR_MS,
+        r.function.clone(),
+    )
+}
+
 impl UsageStore {
-    pub fn open(data_dir: &Path) -> Result<UsageStore, MeteringError> {
+    /// Opens the store; log segments older than `retention` are deleted as
+    /// new ones start (the sums stay).
+    pub fn open(data_dir: &Path, retention: Duration) -> Result<UsageStore, MeteringError> {
+        let dir = data_dir.join("usage");
+        std::fs::create_dir_all(&dir).map_err(storage)?;
         let db = Database::create(data_dir.join("usage.redb")).map_err(storage)?;
         let mut txn = db.begin_write().map_err(storage)?;
         // Creating the tables is idempotent; it need not wait for a sync.
         txn.set_durability(Durability::None).map_err(storage)?;
-        txn.open_table(RECORDS).map_err(storage)?;
         txn.open_table(HOURLY).map_err(storage)?;
         txn.open_table(BUDGETS).map_err(storage)?;
+        txn.open_table(META).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
+        let mut writer = Writer::open(db.clone(), dir.clone(), retention)?;
+        writer.replay()?;
         let (sender, receiver) = mpsc::channel();
-        let writer_db = db.clone();
-        let writer = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("updraft-usage".into())
-            .spawn(move || write_loop(&writer_db, &receiver))
+            .spawn(move || writer.run(&receiver))
             .map_err(storage)?;
         Ok(UsageStore {
             db,
+            dir,
             sender: Mutex::new(Some(sender)),
-            writer: Mutex::new(Some(writer)),
+            writer: Mutex::new(Some(thread)),
         })
     }
 
@@ -138,7 +183,8 @@ impl UsageStore {
         }
     }
 
-    /// Waits until every record pushed so far is on disk.
+    /// Waits until every record pushed so far is in the log, synced, and in
+    /// the sums of `usage.redb`.
     pub fn flush(&self) {
         let (done, wait) = mpsc::channel();
         let sent = match self.sender.lock() {
@@ -152,7 +198,7 @@ impl UsageStore {
         }
     }
 
-    /// Aggregates of `tenant` for the hours starting in `from_ms..to_ms`:
+    /// Sums of `tenant` for the hours starting in `from_ms..to_ms`:
     /// `(hour start, function, sums)` in hour order.
     pub fn hourly(
         &self,
@@ -185,15 +231,28 @@ impl UsageStore {
         to_ms: u64,
         mut each: impl FnMut(UsageRecord),
     ) -> Result<(), MeteringError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(RECORDS).map_err(storage)?;
-        for entry in table
-            .range((tenant, from_ms, "")..(tenant, to_ms, ""))
-            .map_err(storage)?
-        {
-            let (_, value) = entry.map_err(storage)?;
-            each(serde_json::from_slice(value.value()).map_err(storage)?);
+        // A record is in the segment of the hour it was written, at most
+        // one longest invocation after it started.
+        let first = segment_of(from_ms);
+        let last = segment_of(to_ms.saturating_add(RECORD_LAG_MAX_MS));
+        let mut found = Vec::new();
+        for segment in segments(&self.dir)? {
+            if segment < first || segment > last {
+                continue;
+            }
+            let file = File::open(self.dir.join(&segment)).map_err(storage)?;
+            for line in BufReader::new(file).lines() {
+                let line = line.map_err(storage)?;
+                let Ok(record) = serde_json::from_str::<UsageRecord>(&line) else {
+                    continue;
+                };
+                if record.tenant == tenant && (from_ms..to_ms).contains(&record.start_ms) {
+                    found.push(record);
+                }
+            }
         }
+        found.sort_by(|a, b| (a.start_ms, &a.invocation_id).cmp(&(b.start_ms, &b.invocation_id)));
+        found.into_iter().for_each(&mut each);
         Ok(())
     }
 
@@ -242,66 +301,237 @@ impl Drop for UsageStore {
     }
 }
 
-fn write_loop(db: &Database, receiver: &mpsc::Receiver<Msg>) {
-    while let Ok(first) = receiver.recv() {
-        let mut records = Vec::new();
-        let mut flushes = Vec::new();
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Record(record) => records.push(record),
-                Msg::Flush(done) => flushes.push(done),
-            }
-            next = if records.len() < BATCH_MAX {
-                receiver.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        if !records.is_empty()
-            && let Err(e) = write_batch(db, &records)
-        {
-            tracing::error!("{} usage records could not be written: {e}", records.len());
-        }
-        for done in flushes {
-            let _ = done.send(());
-        }
-    }
+/// The log's segments, oldest first.
+fn segments(dir: &Path) -> Result<Vec<String>, MeteringError> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(storage)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".jsonl"))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
-fn write_batch(db: &Database, records: &[Box<UsageRecord>]) -> Result<(), MeteringError> {
-    let mut sums: HashMap<(&str, u64, &str), Aggregate> = HashMap::new();
-    for r in records {
-        sums.entry((
-            r.tenant.as_str(),
-            r.start_ms - r.start_ms % HOUR_MS,
-            r.function.as_str(),
-        ))
-        .or_default()
-        .add(r);
+/// The writer thread's state: the open segment and the sums not yet
+/// committed.
+struct Writer {
+    db: Arc<Database>,
+    dir: PathBuf,
+    retention: Duration,
+    file: Option<(String, File)>,
+    position: Position,
+    sums: HashMap<SumKey, Aggregate>,
+    dirty: HashSet<SumKey>,
+    synced: bool,
+    line: Vec<u8>,
+}
+
+impl Writer {
+    fn open(db: Arc<Database>, dir: PathBuf, retention: Duration) -> Result<Writer, MeteringError> {
+        let position = {
+            let txn = db.begin_read().map_err(storage)?;
+            let meta = txn.open_table(META).map_err(storage)?;
+            match meta.get("position").map_err(storage)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
+                None => Position::default(),
+            }
+        };
+        Ok(Writer {
+            db,
+            dir,
+            retention,
+            file: None,
+            position,
+            sums: HashMap::new(),
+            dirty: HashSet::new(),
+            synced: true,
+            line: Vec::new(),
+        })
     }
-    let txn = db.begin_write().map_err(storage)?;
-    {
-        let mut table = txn.open_table(RECORDS).map_err(storage)?;
+
+    /// Sums the records written after the committed position (a crash
+    /// between writing and committing), drops a torn last line, and
+    /// commits.
+    fn replay(&mut self) -> Result<(), MeteringError> {
+        for segment in segments(&self.dir)? {
+            if segment < self.position.segment {
+                continue;
+            }
+            let path = self.dir.join(&segment);
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(storage)?;
+            let start = if segment == self.position.segment {
+                self.position.offset
+            } else {
+                0
+            };
+            file.seek(SeekFrom::Start(start)).map_err(storage)?;
+            let mut reader = BufReader::new(&file);
+            let mut offset = start;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                let n = reader.read_line(&mut line).map_err(storage)?;
+                if n == 0 || !line.ends_with('\n') {
+                    break;
+                }
+                if let Ok(record) = serde_json::from_str::<UsageRecord>(&line) {
+                    self.add(&record);
+                }
+                offset += n as u64;
+            }
+            drop(reader);
+            // A line cut by a crash is dropped, so the next append starts clean.
+            file.set_len(offset).map_err(storage)?;
+            self.position = Position { segment, offset };
+        }
+        self.persist()
+    }
+
+    fn add(&mut self, record: &UsageRecord) {
+        let key = hour_key(record);
+        self.sums.entry(key.clone()).or_default().add(record);
+        self.dirty.insert(key);
+    }
+
+    fn run(mut self, receiver: &mpsc::Receiver<Msg>) {
+        let mut last_sync = Instant::now();
+        let mut last_persist = Instant::now();
+        loop {
+            // Sleeping instead of blocking on the channel means senders
+            // never have to wake this thread: a send stays a memory write.
+            std::thread::sleep(WAKE_EVERY);
+            let mut records = Vec::new();
+            let mut flushes = Vec::new();
+            let mut closed = false;
+            loop {
+                match receiver.try_recv() {
+                    Ok(Msg::Record(r)) => records.push(r),
+                    Ok(Msg::Flush(done)) => flushes.push(done),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = self.append(&records) {
+                tracing::error!("{} usage records could not be written: {e}", records.len());
+            }
+            let now = Instant::now();
+            let finish = closed || !flushes.is_empty();
+            if !self.synced && (finish || now - last_sync >= SYNC_EVERY) {
+                if let Some((_, file)) = &self.file
+                    && let Err(e) = file.sync_data()
+                {
+                    tracing::error!("syncing the usage log failed: {e}");
+                }
+                self.synced = true;
+                last_sync = now;
+            }
+            if !self.dirty.is_empty() && (finish || now - last_persist >= PERSIST_EVERY) {
+                if let Err(e) = self.persist() {
+                    tracing::error!("usage sums could not be committed: {e}");
+                }
+                last_persist = now;
+            }
+            for done in flushes {
+                let _ = done.send(());
+            }
+            if closed {
+                return;
+            }
+        }
+    }
+
+    /// Appends records to the segment of this hour, with one write.
+    fn append(&mut self, records: &[Box<UsageRecord>]) -> Result<(), MeteringError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let segment = segment_of(crate::now_ms());
+        if self.file.as_ref().is_none_or(|(name, _)| *name != segment) {
+            if let Some((_, old)) = self.file.take() {
+                old.sync_data().map_err(storage)?;
+            }
+            self.prune();
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(&segment))
+                .map_err(storage)?;
+            let offset = file.metadata().map_err(storage)?.len();
+            self.position = Position {
+                segment: segment.clone(),
+                offset,
+            };
+            self.file = Some((segment, file));
+        }
+        self.line.clear();
         for r in records {
-            let json = serde_json::to_vec(r).map_err(storage)?;
-            table
-                .insert(
-                    (r.tenant.as_str(), r.start_ms, r.invocation_id.as_str()),
-                    json.as_slice(),
-                )
+            serde_json::to_writer(&mut self.line, r).map_err(storage)?;
+            self.line.push(b'\n');
+        }
+        if let Some((_, file)) = &mut self.file {
+            file.write_all(&self.line).map_err(storage)?;
+        }
+        self.position.offset += self.line.len() as u64;
+        self.synced = false;
+        for r in records {
+            self.add(r);
+        }
+        Ok(())
+    }
+
+    /// Deletes the segments older than the retention.
+    fn prune(&self) {
+        let keep_from = crate::now_ms().saturating_sub(self.retention.as_millis() as u64);
+        let oldest_kept = segment_of(keep_from);
+        let Ok(all) = segments(&self.dir) else {
+            return;
+        };
+        for segment in all {
+            if segment < oldest_kept && segment < self.position.segment {
+                match std::fs::remove_file(self.dir.join(&segment)) {
+                    Ok(()) => tracing::info!("usage log {segment} is past its retention: deleted"),
+                    Err(e) => tracing::warn!("usage log {segment} could not be deleted: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Commits the changed sums with the log position they include; syncs
+    /// the log first, so the position never runs ahead of the disk.
+    fn persist(&mut self) -> Result<(), MeteringError> {
+        if let Some((_, file)) = &self.file {
+            file.sync_data().map_err(storage)?;
+            self.synced = true;
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut hourly = txn.open_table(HOURLY).map_err(storage)?;
+            for key in self.dirty.drain() {
+                let Some(add) = self.sums.remove(&key) else {
+                    continue;
+                };
+                let k = (key.0.as_str(), key.1, key.2.as_str());
+                let mut total: Aggregate = match hourly.get(k).map_err(storage)? {
+                    Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
+                    None => Aggregate::default(),
+                };
+                total.merge(&add);
+                let json = serde_json::to_vec(&total).map_err(storage)?;
+                hourly.insert(k, json.as_slice()).map_err(storage)?;
+            }
+            let position = serde_json::to_vec(&self.position).map_err(storage)?;
+            txn.open_table(META)
+                .map_err(storage)?
+                .insert("position", position.as_slice())
                 .map_err(storage)?;
         }
-        let mut hourly = txn.open_table(HOURLY).map_err(storage)?;
-        for (key, add) in sums {
-            let mut total: Aggregate = match hourly.get(key).map_err(storage)? {
-                Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
-                None => Aggregate::default(),
-            };
-            total.merge(&add);
-            let json = serde_json::to_vec(&total).map_err(storage)?;
-            hourly.insert(key, json.as_slice()).map_err(storage)?;
-        }
+        txn.commit().map_err(storage)
     }
-    txn.commit().map_err(storage)
 }

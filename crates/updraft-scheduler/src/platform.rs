@@ -48,6 +48,8 @@ pub struct PlatformConfig {
     /// Whether invocations are metered (usage records, bills, budgets).
     /// Off only to measure what metering costs.
     pub metering: bool,
+    /// How long raw usage records are kept.
+    pub records_retention: Duration,
 }
 
 /// Default idle time before a function's compiled code is dropped.
@@ -64,6 +66,7 @@ impl PlatformConfig {
             blobs: BlobConfig::default(),
             prices: PriceSheet::default(),
             metering: true,
+            records_retention: updraft_metering::RECORDS_RETENTION_DEFAULT,
         }
     }
 }
@@ -199,9 +202,10 @@ impl Platform {
         let (kv_config, blob_config) = (config.kv.clone(), config.blobs.clone());
         let blob_bytes_max = config.blob_bytes_max;
         let (metered, prices) = (config.metering, config.prices);
+        let retention = config.records_retention;
         let stores = tokio::task::spawn_blocking(move || {
             let metering = match metered {
-                true => Some(Arc::new(Metering::open(&data_dir, prices)?)),
+                true => Some(Arc::new(Metering::open_with(&data_dir, prices, retention)?)),
                 false => None,
             };
             let kv = kv_config.open(&data_dir)?;

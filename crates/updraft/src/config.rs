@@ -40,11 +40,17 @@ pub struct MeteringConfig {
     /// Off keeps no usage records, bills or budgets: only for measuring
     /// what metering costs.
     pub enabled: bool,
+    /// Days raw usage records are kept (the hourly sums stay).
+    pub records_retention_days: u32,
 }
 
 impl Default for MeteringConfig {
     fn default() -> Self {
-        MeteringConfig { enabled: true }
+        MeteringConfig {
+            enabled: true,
+            records_retention_days: (updraft_metering::RECORDS_RETENTION_DEFAULT.as_secs() / 86_400)
+                as u32,
+        }
     }
 }
 
