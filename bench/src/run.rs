@@ -37,6 +37,8 @@ pub struct Options {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub load: LoadPlan,
+    /// Metered against unmetered Updraft, alternating, at one concurrency.
+    pub metering: LoadPlan,
     pub cold_reps: usize,
     pub memory: MemoryPlan,
     pub kv: KvPlan,
@@ -61,6 +63,19 @@ impl Plan {
                 duration_s: duration_s.unwrap_or(duration).max(1),
                 warmup_s: warmup,
                 rounds,
+            },
+            metering: LoadPlan {
+                concurrencies: vec![64],
+                duration_s: match mode {
+                    Mode::Full => 3,
+                    _ => 1,
+                },
+                warmup_s: 1,
+                rounds: match mode {
+                    Mode::Full => 8,
+                    Mode::Quick => 2,
+                    Mode::Tiny => 1,
+                },
             },
             cold_reps: reps,
             memory: MemoryPlan {
@@ -190,7 +205,7 @@ pub fn run(options: &Options) -> Result<Report> {
         .tempdir()
         .context("cannot create a scratch dir")?;
     match phases(&tools, &plan, scratch.path(), &hello, &chaos) {
-        Ok((throughput, cold, memory, kv)) => {
+        Ok((throughput, metering, cold, memory, kv)) => {
             let mut report = Report {
                 schema: report::SCHEMA,
                 mode: options.mode,
@@ -214,6 +229,7 @@ pub fn run(options: &Options) -> Result<Report> {
                 },
                 ratios: report::ratios(&throughput, &plan.load.concurrencies),
                 throughput,
+                metering,
                 cold,
                 memory,
                 kv,
@@ -247,6 +263,7 @@ fn wrk_version(wrk: &Path) -> String {
 const REUSE_COUNT: u32 = 1_000_000;
 
 type Phases = (
+    Vec<report::LoadResult>,
     Vec<report::LoadResult>,
     report::Cold,
     report::Memory,
@@ -306,7 +323,6 @@ fn phases(
         (WASMTIME_REUSE, &wasmtime_reuse, "/"),
         (UPDRAFT, &updraft, "/hello"),
         (UPDRAFT_REUSE, &updraft, "/hello-reuse"),
-        (UPDRAFT_UNMETERED, &unmetered, "/hello"),
     ];
     // The comparison only means something if all four answer the same bytes.
     for (name, server, path) in &targets {
@@ -336,6 +352,28 @@ fn phases(
         plan.load.duration_s, plan.load.concurrencies, plan.load.rounds
     );
     let throughput = load::measure(&tools.wrk, &script, &load_targets, &plan.load)?;
+
+    // Metering's cost is a few percent, below the noise between two load
+    // points on these machines: short points, alternating, many rounds.
+    eprintln!(
+        "==> metering overhead: {} rounds of {} s, metered and unmetered alternating",
+        plan.metering.rounds, plan.metering.duration_s
+    );
+    let metering = load::measure(
+        &tools.wrk,
+        &script,
+        &[
+            LoadTarget {
+                name: UPDRAFT,
+                url: updraft.endpoint.url("/hello"),
+            },
+            LoadTarget {
+                name: UPDRAFT_UNMETERED,
+                url: unmetered.endpoint.url("/hello"),
+            },
+        ],
+        &plan.metering,
+    )?;
     for server in [native, wasmtime, wasmtime_reuse, unmetered] {
         server.stop()?;
     }
@@ -368,7 +406,7 @@ fn phases(
     );
     let kv_bench = updraft::read_guest(&tools.kv_bench)?;
     let kv = kv::measure(&tools.updraft, &tools.redis, scratch, &kv_bench, &plan.kv)?;
-    Ok((throughput, cold, memory, kv))
+    Ok((throughput, metering, cold, memory, kv))
 }
 
 fn start_native(tools: &Tools, scratch: &Path) -> Result<Server> {

@@ -78,7 +78,6 @@ fn tiny_run_writes_complete_json_and_markdown() {
         report::WASMTIME_REUSE,
         report::UPDRAFT,
         report::UPDRAFT_REUSE,
-        report::UPDRAFT_UNMETERED,
     ];
     assert_eq!(report.throughput.len(), servers.len() * 2);
     for server in servers {
@@ -95,9 +94,17 @@ fn tiny_run_writes_complete_json_and_markdown() {
             assert_eq!(r.rounds.len(), 1);
         }
     }
-    // Per concurrency: updraft against 4 peers (one is itself unmetered),
-    // updraft-reuse against 2.
-    assert_eq!(report.ratios.len(), 12);
+    // Per concurrency: updraft against 3 peers, updraft-reuse against 2.
+    assert_eq!(report.ratios.len(), 10);
+    // Metered and unmetered, alternating.
+    assert_eq!(report.metering.len(), 2);
+    assert!(
+        report
+            .metering
+            .iter()
+            .all(|r| r.rps > 0.0 && r.errors.status == 0)
+    );
+    assert!(report::metering_ratio(&report).is_some_and(|r| r > 0.0));
     for ratio in &report.ratios {
         assert!(ratio.rps.is_finite() && ratio.rps > 0.0, "{ratio:?}");
         assert!(ratio.p50.is_finite() && ratio.p50 > 0.0, "{ratio:?}");

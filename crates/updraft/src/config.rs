@@ -58,12 +58,16 @@ impl ServerConfig {
     pub fn load(path: &Path) -> anyhow::Result<ServerConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the server config {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
+        let config: ServerConfig = toml::from_str(&text).map_err(|e| {
             anyhow::anyhow!(
                 "the server config {} is not valid: {}",
                 path.display(),
                 e.message()
             )
-        })
+        })?;
+        config.prices.validate().map_err(|e| {
+            anyhow::anyhow!("the server config {} is not valid: {e}", path.display())
+        })?;
+        Ok(config)
     }
 }

@@ -27,6 +27,8 @@ fn unknown_backends_and_keys_are_refused_by_name() {
             "unknown field `dirr`",
         ),
         ("[queue]\n", "unknown field `queue`"),
+        ("[prices]\ngb_second = -1\n", "gb_second = -1"),
+        ("[metering]\nenable = false\n", "unknown field `enable`"),
     ] {
         let config = dir.path().join("server.toml");
         std::fs::write(&config, text).unwrap();
