@@ -12,6 +12,7 @@ pub mod store;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{Datelike, TimeZone, Utc};
@@ -143,6 +144,9 @@ pub struct Metering {
     store: UsageStore,
     prices: PriceSheet,
     budgets: RwLock<HashMap<String, BudgetState>>,
+    /// Whether any tenant has a budget: without one, the hot path takes no
+    /// lock (two cores contending on one lock line cost more than the check).
+    any_budget: AtomicBool,
 }
 
 impl Metering {
@@ -162,6 +166,7 @@ impl Metering {
             store,
             prices,
             budgets: RwLock::new(HashMap::new()),
+            any_budget: AtomicBool::new(false),
         };
         for (tenant, budget) in metering.store.budgets()? {
             metering.watch(&tenant, Some(budget))?;
@@ -175,6 +180,9 @@ impl Metering {
 
     /// Refuses a new invocation of a tenant whose budget is spent.
     pub fn check(&self, tenant: &str) -> Result<(), MeteringError> {
+        if !self.any_budget.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         let budgets = self.budgets.read().unwrap_or_else(|e| e.into_inner());
         match budgets.get(tenant) {
             Some(state) if state.exceeded && state.month == month_of(now_ms()) => {
@@ -195,11 +203,12 @@ impl Metering {
     /// and counted against its tenant's budget at once. Returns the budget
     /// crossings it caused (each happens once per tenant and month).
     pub fn record(&self, record: UsageRecord) -> Vec<BudgetEvent> {
-        let watched = self
-            .budgets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&record.tenant);
+        let watched = self.any_budget.load(Ordering::Relaxed)
+            && self
+                .budgets
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&record.tenant);
         let events = if watched {
             self.count(&record)
         } else {
@@ -269,10 +278,10 @@ impl Metering {
 
     fn watch(&self, tenant: &str, budget: Option<Budget>) -> Result<(), MeteringError> {
         let Some(budget) = budget else {
-            self.budgets
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(tenant);
+            let mut budgets = self.budgets.write().unwrap_or_else(|e| e.into_inner());
+            budgets.remove(tenant);
+            self.any_budget
+                .store(!budgets.is_empty(), Ordering::Relaxed);
             return Ok(());
         };
         self.store.flush();
@@ -284,19 +293,18 @@ impl Metering {
         }
         let spent = prices::cost_pico(&self.prices, &sums);
         let limit = prices::cents_to_pico(budget.monthly_cents);
-        self.budgets
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                tenant.to_string(),
-                BudgetState {
-                    budget,
-                    month,
-                    sums,
-                    warned: spent * 5 >= limit * 4,
-                    exceeded: spent >= limit,
-                },
-            );
+        let mut budgets = self.budgets.write().unwrap_or_else(|e| e.into_inner());
+        budgets.insert(
+            tenant.to_string(),
+            BudgetState {
+                budget,
+                month,
+                sums,
+                warned: spent * 5 >= limit * 4,
+                exceeded: spent >= limit,
+            },
+        );
+        self.any_budget.store(true, Ordering::Relaxed);
         Ok(())
     }
 

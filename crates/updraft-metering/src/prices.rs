@@ -91,70 +91,73 @@ pub struct Bill {
     pub total_cents: u64,
 }
 
+/// Each line's exact amount, in picodollars: requests, compute, key-value
+/// operations, blob operations, data out. GB-seconds are MB-ms ÷ 1,024,000,
+/// as Lambda counts memory.
+fn line_picos(prices: &PriceSheet, sums: &Aggregate) -> [u128; 5] {
+    let million = 1_000_000u128;
+    [
+        u128::from(sums.invocations) * pico(prices.requests_per_million) / million,
+        u128::from(sums.mb_ms) * pico(prices.gb_second) / 1_024_000,
+        u128::from(sums.kv_ops) * pico(prices.kv_ops_per_million) / million,
+        u128::from(sums.blob_ops) * pico(prices.blob_ops_per_million) / million,
+        u128::from(sums.bytes_out) * pico(prices.gb_out) / GIB,
+    ]
+}
+
 /// The bill of `sums` at `prices`.
 pub fn bill(prices: &PriceSheet, sums: &Aggregate) -> Bill {
-    let million = 1_000_000u128;
-    // GB-seconds are MB-ms / (1024 × 1000), as Lambda counts memory.
-    let lines = [
+    let described = [
         (
             "requests",
             sums.invocations.to_string(),
             prices.requests_per_million,
             "per million",
-            u128::from(sums.invocations) * pico(prices.requests_per_million) / million,
         ),
         (
             "compute",
             format!("{:.3} GB-s", sums.mb_ms as f64 / 1_024_000.0),
             prices.gb_second,
             "per GB-second",
-            u128::from(sums.mb_ms) * pico(prices.gb_second) / 1_024_000,
         ),
         (
             "key-value operations",
             sums.kv_ops.to_string(),
             prices.kv_ops_per_million,
             "per million",
-            u128::from(sums.kv_ops) * pico(prices.kv_ops_per_million) / million,
         ),
         (
             "blob operations",
             sums.blob_ops.to_string(),
             prices.blob_ops_per_million,
             "per million",
-            u128::from(sums.blob_ops) * pico(prices.blob_ops_per_million) / million,
         ),
         (
             "data out",
             format!("{} bytes", sums.bytes_out),
             prices.gb_out,
             "per GiB",
-            u128::from(sums.bytes_out) * pico(prices.gb_out) / GIB,
         ),
-    ]
-    .map(|(item, quantity, price, unit, amount)| BillLine {
-        item: item.to_string(),
-        quantity,
-        unit_price_usd: price,
-        unit: unit.to_string(),
-        amount_cents: cents(amount),
-    });
+    ];
+    let lines: Vec<BillLine> = described
+        .into_iter()
+        .zip(line_picos(prices, sums))
+        .map(|((item, quantity, price, unit), amount)| BillLine {
+            item: item.to_string(),
+            quantity,
+            unit_price_usd: price,
+            unit: unit.to_string(),
+            amount_cents: cents(amount),
+        })
+        .collect();
     let total_cents = lines.iter().map(|l| l.amount_cents).sum();
-    Bill {
-        lines: lines.to_vec(),
-        total_cents,
-    }
+    Bill { lines, total_cents }
 }
 
 /// The exact cost of `sums`, in picodollars (for budgets, which must not
 /// wait for a cent to accumulate).
 pub fn cost_pico(prices: &PriceSheet, sums: &Aggregate) -> u128 {
-    let million = 1_000_000u128;
-    u128::from(sums.invocations) * pico(prices.requests_per_million) / million
-        + u128::from(sums.mb_ms) * pico(prices.gb_second) / 1_024_000
-        + u128::from(sums.kv_ops) * pico(prices.kv_ops_per_million) / million
-        + u128::from(sums.blob_ops) * pico(prices.blob_ops_per_million) / million
-        + u128::from(sums.bytes_out) * pico(prices.gb_out) / GIB
+    line_picos(prices, sums).iter().sum()
 }
 
 pub fn pico_to_cents(pico: u128) -> u64 {

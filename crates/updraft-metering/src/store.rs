@@ -4,9 +4,8 @@
 //!
 //! The request path only hands a record to a channel. A writer thread
 //! wakes every 10 ms, appends what has queued with one `write(2)` (from
-//! then on a `kill -9` loses nothing), syncs the log at most every 100 ms
-//! (a power cut loses at most that), and adds the records to in-memory
-//! sums. Once a second the changed sums are committed to `usage.redb`
+//! then on a `kill -9` loses nothing), syncs the log once a second (a
+//! power cut loses at most that), and adds the records to in-memory sums. Once a second the changed sums are committed to `usage.redb`
 //! together with the log position they include; at start-up the log after
 //! that position is replayed, so every record is summed exactly once.
 
@@ -35,7 +34,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub const HOUR_MS: u64 = 3_600_000;
 /// How often the writer drains the channel.
 const WAKE_EVERY: Duration = Duration::from_millis(10);
-const SYNC_EVERY: Duration = Duration::from_millis(100);
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
 /// The longest an invocation runs (the largest `timeout_ms`), so a record
 /// is written at most this long after its start.

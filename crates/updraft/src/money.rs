@@ -15,6 +15,14 @@ fn dollars(cents: u64) -> String {
     format!("${}.{:02}", cents / 100, cents % 100)
 }
 
+/// The query pairs of the options that are set.
+fn present<'a>(options: &[(&'a str, &'a Option<String>)]) -> Vec<(&'a str, &'a str)> {
+    options
+        .iter()
+        .filter_map(|(name, value)| value.as_deref().map(|v| (*name, v)))
+        .collect()
+}
+
 fn u(v: &Value, field: &str) -> u64 {
     v[field].as_u64().unwrap_or(0)
 }
@@ -27,12 +35,8 @@ pub async fn usage(
     tenant: Option<String>,
     json: bool,
 ) -> Result<()> {
-    let mut query = vec![("group_by", by)];
-    for (name, value) in [("from", &from), ("to", &to), ("tenant", &tenant)] {
-        if let Some(value) = value {
-            query.push((name, value.as_str()));
-        }
-    }
+    let mut query = present(&[("from", &from), ("to", &to), ("tenant", &tenant)]);
+    query.push(("group_by", by));
     let reply = client.get_value(&["v1", "usage"], &query).await?;
     let mut out = io::stdout().lock();
     if json {
@@ -102,13 +106,7 @@ pub async fn bill(
     tenant: Option<String>,
     json: bool,
 ) -> Result<()> {
-    let mut query = Vec::new();
-    if let Some(month) = &month {
-        query.push(("month", month.as_str()));
-    }
-    if let Some(tenant) = &tenant {
-        query.push(("tenant", tenant.as_str()));
-    }
+    let query = present(&[("month", &month), ("tenant", &tenant)]);
     let reply = client.get_value(&["v1", "bill"], &query).await?;
     let mut out = io::stdout().lock();
     if json {

@@ -296,14 +296,7 @@ async fn a_budget_warns_at_80_percent_and_stops_at_100() {
         .await
         .unwrap();
     expect_error(r, 403, "forbidden").await;
-    let mine = client_with_key(acme)
-        .get(server.url("/v1/usage"))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let mine = server.get_json_as(acme, "/v1/usage").await;
     assert_eq!(u(&mine["total"], "invocations"), 10);
     let local = server.get_json("/v1/usage").await;
     assert_eq!(u(&local["total"], "invocations"), 1);

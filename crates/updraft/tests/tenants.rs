@@ -195,14 +195,7 @@ async fn a_tenant_never_reaches_another_tenants_resources() {
         );
     }
     // Listings show only the caller's own.
-    let list: Value = as_bravo
-        .get(server.url("/v1/functions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = server.get_json_as(&bravo, "/v1/functions").await;
     let names: Vec<&str> = list["functions"]
         .as_array()
         .unwrap()
@@ -210,23 +203,9 @@ async fn a_tenant_never_reaches_another_tenants_resources() {
         .map(|f| f["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["counter"]);
-    let stores: Value = as_bravo
-        .get(server.url("/v1/kv"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stores = server.get_json_as(&bravo, "/v1/kv").await;
     assert_eq!(stores["stores"], serde_json::json!(["default"]));
-    let containers: Value = as_bravo
-        .get(server.url("/v1/blobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let containers = server.get_json_as(&bravo, "/v1/blobs").await;
     assert_eq!(containers["containers"], serde_json::json!([]));
     // The same through the CLI, which bravo would use.
     let ls = cli_as_ok(&server, &bravo, &["ls"]);

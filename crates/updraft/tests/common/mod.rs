@@ -210,6 +210,12 @@ pub fn client_with_key(key: &str) -> reqwest::Client {
 }
 
 impl Server {
+    /// `GET path` with `key`, parsed as JSON.
+    pub async fn get_json_as(&self, key: &str, path: &str) -> serde_json::Value {
+        self.send_json(client_with_key(key).get(self.url(path)))
+            .await
+    }
+
     /// A client of the management API with the admin key.
     pub fn api(&self) -> reqwest::Client {
         client_with_key(&self.admin_key)
