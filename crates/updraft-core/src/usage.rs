@@ -1,6 +1,8 @@
 //! The usage record: what one invocation used, as metering stores it and a
 //! bill is computed from it.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// What started an invocation.
@@ -16,8 +18,9 @@ pub enum Trigger {
 /// One finished invocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRecord {
-    pub tenant: String,
-    pub function: String,
+    // Shared with the loaded function: a record costs no copy of them.
+    pub tenant: Arc<str>,
+    pub function: Arc<str>,
     pub version: u64,
     pub invocation_id: String,
     pub trigger: Trigger,

@@ -208,7 +208,7 @@ impl Metering {
                 .budgets
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
-                .contains_key(&record.tenant);
+                .contains_key(&*record.tenant);
         let events = if watched {
             self.count(&record)
         } else {
@@ -220,7 +220,7 @@ impl Metering {
 
     fn count(&self, record: &UsageRecord) -> Vec<BudgetEvent> {
         let mut budgets = self.budgets.write().unwrap_or_else(|e| e.into_inner());
-        let Some(state) = budgets.get_mut(&record.tenant) else {
+        let Some(state) = budgets.get_mut(&*record.tenant) else {
             return Vec::new();
         };
         let month = month_of(record.start_ms);
@@ -234,7 +234,7 @@ impl Metering {
         let spent = prices::cost_pico(&self.prices, &state.sums);
         let budget = prices::cents_to_pico(state.budget.monthly_cents);
         let event = |exceeded: bool| {
-            let (tenant, month) = (record.tenant.clone(), state.month.clone());
+            let (tenant, month) = (record.tenant.to_string(), state.month.clone());
             let (budget_cents, spent_cents) =
                 (state.budget.monthly_cents, prices::pico_to_cents(spent));
             if exceeded {

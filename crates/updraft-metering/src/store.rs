@@ -100,12 +100,14 @@ pub struct Budget {
     pub monthly_cents: u64,
 }
 
+// Records are the common message and move by value: no allocation each.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
-    Record(Box<UsageRecord>),
+    Record(UsageRecord),
     Flush(mpsc::Sender<()>),
 }
 
-type SumKey = (String, u64, String);
+type SumKey = (Arc<str>, u64, Arc<str>);
 
 /// Where the sums stop in the log: a segment and a byte offset in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,7 +180,7 @@ impl UsageStore {
         if let Ok(sender) = self.sender.lock()
             && let Some(sender) = sender.as_ref()
         {
-            let _ = sender.send(Msg::Record(Box::new(record)));
+            let _ = sender.send(Msg::Record(record));
         }
     }
 
@@ -245,7 +247,7 @@ impl UsageStore {
                 let Ok(record) = serde_json::from_str::<UsageRecord>(&line) else {
                     continue;
                 };
-                if record.tenant == tenant && (from_ms..to_ms).contains(&record.start_ms) {
+                if &*record.tenant == tenant && (from_ms..to_ms).contains(&record.start_ms) {
                     found.push(record);
                 }
             }
@@ -447,7 +449,7 @@ impl Writer {
     }
 
     /// Appends records to the segment of this hour, with one write.
-    fn append(&mut self, records: &[Box<UsageRecord>]) -> Result<(), MeteringError> {
+    fn append(&mut self, records: &[UsageRecord]) -> Result<(), MeteringError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -516,7 +518,7 @@ impl Writer {
                 let Some(add) = self.sums.remove(&key) else {
                     continue;
                 };
-                let k = (key.0.as_str(), key.1, key.2.as_str());
+                let k = (&*key.0, key.1, &*key.2);
                 let mut total: Aggregate = match hourly.get(k).map_err(storage)? {
                     Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
                     None => Aggregate::default(),

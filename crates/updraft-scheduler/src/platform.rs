@@ -661,7 +661,7 @@ impl Platform {
             this.log_report(&function.key, &report);
             if let Some(usage) = usage {
                 usage.report(crate::usage::record(
-                    &function, trigger, start_ms, &report, 0,
+                    &function, trigger, start_ms, report, 0,
                 ));
             }
             drop(permit);
@@ -704,7 +704,7 @@ impl Platform {
         self.log_report(&loaded.key, &output.report);
         if self.metering.is_some() {
             let bytes_out = output.stdout.as_ref().map_or(0, |out| out.len() as u64);
-            let record = crate::usage::record(loaded, trigger, start_ms, &output.report, bytes_out);
+            let record = crate::usage::record(loaded, trigger, start_ms, output.report, bytes_out);
             self.meter(&loaded.key, record);
         }
         (invocation_id, output.stdout.map_err(PlatformError::from))

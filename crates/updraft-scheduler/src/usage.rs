@@ -20,15 +20,15 @@ pub(crate) fn record(
     loaded: &Loaded,
     trigger: Trigger,
     start_ms: u64,
-    report: &Report,
+    report: Report,
     bytes_out: u64,
 ) -> UsageRecord {
     let wall_us = report.duration.as_micros() as u64;
     UsageRecord {
-        tenant: loaded.tenant.to_string(),
-        function: loaded.name.to_string(),
+        tenant: loaded.tenant.clone(),
+        function: loaded.name.clone(),
         version: loaded.version.version,
-        invocation_id: report.invocation_id.clone(),
+        invocation_id: report.invocation_id,
         trigger,
         start_ms,
         wall_us,
