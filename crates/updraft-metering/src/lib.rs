@@ -6,6 +6,7 @@
 //! asks [`Metering::check`] before starting one; nothing here knows about
 //! Wasm or HTTP.
 
+mod codec;
 pub mod prices;
 pub mod store;
 
@@ -500,25 +501,26 @@ mod tests {
             metering.record(record("a", "f", now, 1000));
             metering.flush();
         }
-        // As a crash leaves it: two lines written after the last commit of
-        // the sums, and a third cut in the middle.
+        // As a crash leaves it: two records written after the last commit
+        // of the sums, and a third cut in the middle.
         let segment = std::fs::read_dir(dir.path().join("usage"))
             .unwrap()
             .next()
             .unwrap()
             .unwrap()
             .path();
-        let mut text = String::new();
+        let mut text = Vec::new();
         for wall_us in [2000, 3000] {
-            text.push_str(&serde_json::to_string(&record("a", "f", now, wall_us)).unwrap());
-            text.push('\n');
+            codec::encode(&record("a", "f", now, wall_us), &mut text);
         }
-        text.push_str(&serde_json::to_string(&record("a", "f", now, 4000)).unwrap()[..40]);
+        let mut torn = Vec::new();
+        codec::encode(&record("a", "f", now, 4000), &mut torn);
+        text.extend_from_slice(&torn[..torn.len() / 2]);
         let mut file = std::fs::OpenOptions::new()
             .append(true)
             .open(&segment)
             .unwrap();
-        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+        std::io::Write::write_all(&mut file, &text).unwrap();
         drop(file);
         for reopened in 0..2 {
             let metering = Metering::open(dir.path(), PriceSheet::default()).unwrap();

@@ -1,5 +1,6 @@
-//! Durable usage: every [`UsageRecord`] in an append-only log of JSON
-//! lines (`usage/<hour>.jsonl`, one file per hour of writing), and the
+//! Durable usage: every [`UsageRecord`] in an append-only log of compact
+//! frames ([`crate::codec`]; `usage/<hour>.usage`, one file per hour of
+//! writing), and the
 //! tenant × hour × function sums in `usage.redb` with the tenants' budgets.
 //!
 //! The request path only hands a record to a channel. A writer thread
@@ -11,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::{Deserialize, Serialize};
 use updraft_core::UsageRecord;
 
-use crate::MeteringError;
+use crate::{MeteringError, codec};
+
+/// Extension of the log's segments.
+const SEGMENT_EXT: &str = "usage";
 
 /// (tenant, hour start ms, function) → JSON aggregate.
 const HOURLY: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("hourly");
@@ -127,14 +131,14 @@ fn storage(e: impl std::fmt::Display) -> MeteringError {
     MeteringError::Storage(e.to_string())
 }
 
-/// The log segment of an instant: `2026-11-27T05.jsonl`.
+/// The log segment of an instant: `2026-11-27T05.usage`.
 fn segment_of(ms: u64) -> String {
     // RFC 3339 ends at year 9999; later instants name its last segment.
     let ms = ms.min(253_402_300_799_000);
     let hour = ms - ms % HOUR_MS;
     let t = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(hour))
         .to_string();
-    format!("{}.jsonl", &t[..13])
+    format!("{}.{SEGMENT_EXT}", &t[..13])
 }
 
 fn hour_key(r: &UsageRecord) -> SumKey {
@@ -241,13 +245,14 @@ impl UsageStore {
             if segment < first || segment > last {
                 continue;
             }
-            let file = File::open(self.dir.join(&segment)).map_err(storage)?;
-            for line in BufReader::new(file).lines() {
-                let line = line.map_err(storage)?;
-                let Ok(record) = serde_json::from_str::<UsageRecord>(&line) else {
-                    continue;
-                };
-                if &*record.tenant == tenant && (from_ms..to_ms).contains(&record.start_ms) {
+            let bytes = std::fs::read(self.dir.join(&segment)).map_err(storage)?;
+            let mut at = 0;
+            while let Some((record, len)) = codec::decode(&bytes[at..]) {
+                at += len;
+                if let Some(record) = record
+                    && &*record.tenant == tenant
+                    && (from_ms..to_ms).contains(&record.start_ms)
+                {
                     found.push(record);
                 }
             }
@@ -307,7 +312,7 @@ fn segments(dir: &Path) -> Result<Vec<String>, MeteringError> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map_err(storage)?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".jsonl"))
+        .filter(|n| n.ends_with(&format!(".{SEGMENT_EXT}")))
         .collect();
     names.sort();
     Ok(names)
@@ -369,23 +374,18 @@ impl Writer {
             } else {
                 0
             };
+            let mut bytes = Vec::new();
             file.seek(SeekFrom::Start(start)).map_err(storage)?;
-            let mut reader = BufReader::new(&file);
-            let mut offset = start;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                let n = reader.read_line(&mut line).map_err(storage)?;
-                if n == 0 || !line.ends_with('\n') {
-                    break;
-                }
-                if let Ok(record) = serde_json::from_str::<UsageRecord>(&line) {
+            file.read_to_end(&mut bytes).map_err(storage)?;
+            let mut at = 0;
+            while let Some((record, len)) = codec::decode(&bytes[at..]) {
+                if let Some(record) = record {
                     self.add(&record);
                 }
-                offset += n as u64;
+                at += len;
             }
-            drop(reader);
-            // A line cut by a crash is dropped, so the next append starts clean.
+            let offset = start + at as u64;
+            // A frame cut by a crash is dropped, so the next append starts clean.
             file.set_len(offset).map_err(storage)?;
             self.position = Position { segment, offset };
         }
@@ -473,8 +473,7 @@ impl Writer {
         }
         self.line.clear();
         for r in records {
-            serde_json::to_writer(&mut self.line, r).map_err(storage)?;
-            self.line.push(b'\n');
+            codec::encode(r, &mut self.line);
         }
         if let Some((_, file)) = &mut self.file {
             file.write_all(&self.line).map_err(storage)?;
