@@ -303,8 +303,9 @@ fn phases(
         &format!("route=/hello-reuse&instance_reuse_max={REUSE_COUNT}"),
         hello,
     )?;
-    // The same server with metering off, loaded in the same rounds: the
-    // difference is what metering costs.
+    // Two fresh servers, alike but for metering, each with hello alone: the
+    // main server has served a minute of load and keeps reuse instances,
+    // which would weigh on one side only.
     let unmetered_config = scratch.join("unmetered.toml");
     std::fs::write(&unmetered_config, "[metering]\nenabled = false\n")
         .context("writing the unmetered config")?;
@@ -317,6 +318,14 @@ fn phases(
     )?
     .server;
     updraft::deploy(unmetered.endpoint, "hello", "/hello", hello)?;
+    let metered = updraft::start(
+        &tools.updraft,
+        &scratch.join("load-data-metered"),
+        "127.0.0.1:0",
+        scratch,
+    )?
+    .server;
+    updraft::deploy(metered.endpoint, "hello", "/hello", hello)?;
     let targets = [
         (NATIVE, &native, "/"),
         (WASMTIME, &wasmtime, "/"),
@@ -365,7 +374,7 @@ fn phases(
         &[
             LoadTarget {
                 name: UPDRAFT,
-                url: updraft.endpoint.url("/hello"),
+                url: metered.endpoint.url("/hello"),
             },
             LoadTarget {
                 name: UPDRAFT_UNMETERED,
@@ -374,7 +383,7 @@ fn phases(
         ],
         &plan.metering,
     )?;
-    for server in [native, wasmtime, wasmtime_reuse, unmetered] {
+    for server in [native, wasmtime, wasmtime_reuse, unmetered, metered] {
         server.stop()?;
     }
 
