@@ -309,23 +309,23 @@ fn phases(
     let unmetered_config = scratch.join("unmetered.toml");
     std::fs::write(&unmetered_config, "[metering]\nenabled = false\n")
         .context("writing the unmetered config")?;
-    let unmetered = updraft::start_with(
-        &tools.updraft,
-        &scratch.join("load-data-unmetered"),
-        "127.0.0.1:0",
-        scratch,
+    let fresh_hello = |data: &str, extra: &[&str]| -> Result<servers::Server> {
+        let server = updraft::start_with(
+            &tools.updraft,
+            &scratch.join(data),
+            "127.0.0.1:0",
+            scratch,
+            extra,
+        )?
+        .server;
+        updraft::deploy(server.endpoint, "hello", "/hello", hello)?;
+        Ok(server)
+    };
+    let unmetered = fresh_hello(
+        "load-data-unmetered",
         &["--config", &unmetered_config.to_string_lossy()],
-    )?
-    .server;
-    updraft::deploy(unmetered.endpoint, "hello", "/hello", hello)?;
-    let metered = updraft::start(
-        &tools.updraft,
-        &scratch.join("load-data-metered"),
-        "127.0.0.1:0",
-        scratch,
-    )?
-    .server;
-    updraft::deploy(metered.endpoint, "hello", "/hello", hello)?;
+    )?;
+    let metered = fresh_hello("load-data-metered", &[])?;
     let targets = [
         (NATIVE, &native, "/"),
         (WASMTIME, &wasmtime, "/"),

@@ -20,6 +20,9 @@ use crate::error::ApiError;
 
 type Shared = State<Arc<Platform>>;
 
+/// Largest monthly budget, in dollars: a larger one is likelier a typo.
+const BUDGET_USD_MAX: f64 = 1e9;
+
 fn metering(platform: &Platform) -> Result<&Arc<Metering>, ApiError> {
     platform.metering().ok_or_else(|| {
         ApiError::new(
@@ -247,11 +250,12 @@ pub(crate) async fn set_budget(
             format!("the body must be JSON like {{\"monthly_usd\": 25}}: {e}"),
         )
     })?;
-    if !body.monthly_usd.is_finite() || body.monthly_usd < 0.0 || body.monthly_usd > 1e9 {
+    if !body.monthly_usd.is_finite() || body.monthly_usd < 0.0 || body.monthly_usd > BUDGET_USD_MAX
+    {
         return Err(ApiError::bad_request(
             "bad_request",
             format!(
-                "monthly_usd = {}: use an amount in dollars from 0 to 1000000000",
+                "monthly_usd = {}: use an amount in dollars from 0 to {BUDGET_USD_MAX}",
                 body.monthly_usd
             ),
         ));

@@ -29,7 +29,7 @@ pub use store::{Aggregate, Budget, HOUR_MS, UsageStore};
 pub enum MeteringError {
     /// 402: the tenant's budget for this month is spent.
     #[error(
-        "the monthly budget of tenant {tenant:?} (${budget}) is spent (${spent} so far this month): \
+        "the monthly budget of tenant {tenant:?} ({budget}) is spent ({spent} so far this month): \
          raise it with `updraft budget set`, or wait for next month"
     )]
     BudgetExceeded {
@@ -43,8 +43,9 @@ pub enum MeteringError {
     Storage(String),
 }
 
-fn dollars(cents: u64) -> String {
-    format!("{}.{:02}", cents / 100, cents % 100)
+/// An amount in cents as people read it: `$12.05`.
+pub fn usd(cents: u64) -> String {
+    format!("${}.{:02}", cents / 100, cents % 100)
 }
 
 /// `[start, end)` of the calendar month (UTC) `YYYY-MM`, in epoch ms.
@@ -189,8 +190,8 @@ impl Metering {
             Some(state) if state.exceeded && state.month == month_of(now_ms()) => {
                 Err(MeteringError::BudgetExceeded {
                     tenant: tenant.to_string(),
-                    budget: dollars(state.budget.monthly_cents),
-                    spent: dollars(prices::pico_to_cents(prices::cost_pico(
+                    budget: usd(state.budget.monthly_cents),
+                    spent: usd(prices::pico_to_cents(prices::cost_pico(
                         &self.prices,
                         &state.sums,
                     ))),

@@ -13,7 +13,7 @@ use updraft_core::Trigger;
 use updraft_core::{
     Digest, FunctionKind, LogEntry, LogStream, Manifest, Route, VersionRecord, function_key,
 };
-use updraft_metering::{Aggregate, Metering, PriceSheet};
+use updraft_metering::{Aggregate, Metering, PriceSheet, usd};
 use updraft_sandbox::{
     BlobGrant, InvocationCtx, KvGrant, OnDone, PrepareSpec, Prepared, Report, ResponseBody,
     Sandbox, SandboxConfig,
@@ -178,10 +178,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn cents(cents: u64) -> String {
-    format!("{}.{:02}", cents / 100, cents % 100)
 }
 
 fn join_error(e: tokio::task::JoinError) -> PlatformError {
@@ -654,9 +650,9 @@ impl Platform {
             .metering
             .is_some()
             .then(|| PendingUsage::new(self.clone(), loaded.key.clone()));
-        let usage = pending.clone();
         // Made before the await, so a caller that goes away still releases it.
         let body_part = pending.as_ref().map(PendingUsage::body_part);
+        let usage = pending;
         let on_done: OnDone = Box::new(move |report| {
             this.log_report(&function.key, &report);
             if let Some(usage) = usage {
@@ -732,17 +728,17 @@ impl Platform {
                     spent_cents,
                     ..
                 } => format!(
-                    "budget warning: ${} of the ${} budget for {month} is spent (80%)",
-                    cents(spent_cents),
-                    cents(budget_cents)
+                    "budget warning: {} of the {} budget for {month} is spent (80%)",
+                    usd(spent_cents),
+                    usd(budget_cents)
                 ),
                 updraft_metering::BudgetEvent::Exceeded {
                     month,
                     budget_cents,
                     ..
                 } => format!(
-                    "budget spent: the ${} budget for {month} is used up; new invocations are refused with 402",
-                    cents(budget_cents)
+                    "budget spent: the {} budget for {month} is used up; new invocations are refused with 402",
+                    usd(budget_cents)
                 ),
             };
             self.platform_log(key, &message);

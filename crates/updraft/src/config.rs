@@ -68,6 +68,13 @@ impl ServerConfig {
         config.prices.validate().map_err(|e| {
             anyhow::anyhow!("the server config {} is not valid: {e}", path.display())
         })?;
+        if config.metering.records_retention_days == 0 {
+            anyhow::bail!(
+                "the server config {} is not valid: [metering] records_retention_days = 0: \
+                 keep records at least 1 day (the hourly sums are kept anyway)",
+                path.display()
+            );
+        }
         Ok(config)
     }
 }

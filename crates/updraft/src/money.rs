@@ -5,15 +5,11 @@ use std::io::{self, Write};
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
-use updraft_metering::{PriceSheet, estimate};
+use updraft_metering::{PriceSheet, estimate, usd as dollars};
 
 use crate::cli::{BudgetCommand, CostCommand, EstimateArgs};
 use crate::client::Client;
 use crate::output::{self, format_bytes};
-
-fn dollars(cents: u64) -> String {
-    format!("${}.{:02}", cents / 100, cents % 100)
-}
 
 /// The query pairs of the options that are set.
 fn present<'a>(options: &[(&'a str, &'a Option<String>)]) -> Vec<(&'a str, &'a str)> {

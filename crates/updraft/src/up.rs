@@ -54,7 +54,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.prices = file.prices;
     config.metering = file.metering.enabled;
     config.records_retention =
-        Duration::from_secs(u64::from(file.metering.records_retention_days.max(1)) * 86_400);
+        Duration::from_secs(u64::from(file.metering.records_retention_days) * 86_400);
     config.instances_max = args.instances_max;
     config.idle_unload =
         (args.idle_unload_secs > 0).then(|| Duration::from_secs(args.idle_unload_secs));

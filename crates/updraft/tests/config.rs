@@ -9,6 +9,17 @@ use std::process::Command;
 use common::*;
 use updraft_state::testing::S3Server;
 
+/// `updraft up` on `dir/data` with `config`, expected to fail before serving.
+fn up_with(dir: &std::path::Path, config: &std::path::Path) -> std::process::Output {
+    Command::new(bin())
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn unknown_backends_and_keys_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
@@ -29,16 +40,14 @@ fn unknown_backends_and_keys_are_refused_by_name() {
         ("[queue]\n", "unknown field `queue`"),
         ("[prices]\ngb_second = -1\n", "gb_second = -1"),
         ("[metering]\nenable = false\n", "unknown field `enable`"),
+        (
+            "[metering]\nrecords_retention_days = 0\n",
+            "records_retention_days = 0",
+        ),
     ] {
         let config = dir.path().join("server.toml");
         std::fs::write(&config, text).unwrap();
-        let out = Command::new(bin())
-            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
+        let out = up_with(dir.path(), &config);
         assert!(!out.status.success(), "{text} was accepted");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -151,13 +160,7 @@ fn a_missing_bucket_stops_start_up_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Server::start();
     let config = s3_config(dir.path(), &s3, "s3://never-created");
-    let out = Command::new(bin())
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = up_with(dir.path(), &config);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
