@@ -164,7 +164,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
     assert!(kv.point("redis-fsync", "set").is_some());
     assert!(kv.point("updraft-guest-process", "increment").is_some());
 
-    assert_eq!(report.targets.len(), 15);
+    assert_eq!(report.targets.len(), 16);
     assert!(
         report
             .targets

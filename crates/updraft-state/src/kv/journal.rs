@@ -1,19 +1,21 @@
-//! The journal of the `process` durability level: each group of writes is
-//! appended here with one `write(2)` before its callers are answered, so it
-//! survives a killed Updraft (the kernel has the bytes) without waiting for
-//! a disk sync. The writer syncs the database every [`SYNC_INTERVAL`] and
-//! then empties the journal; at start-up, whatever the journal still holds
-//! is replayed on top of the last synced state.
+//! The journal of the `process` durability level: each write is appended
+//! here with one `write(2)` before its caller is answered, so it survives a
+//! killed Updraft (the kernel has the bytes) without waiting for a disk
+//! sync. Every [`SYNC_INTERVAL`] the sync thread switches to a new journal
+//! file, commits what the old one covers to the database durably, and
+//! deletes it; at start-up, whatever journal files remain are replayed,
+//! oldest first, on top of the last synced state.
 //!
-//! A record is the final state of one key: `[u32 length][payload]`, the
-//! payload holding owner, store and key (each `u16` length + bytes) and the
-//! value (`u8` 1 + `u32` length + bytes) or a deletion (`u8` 0). Replaying a
-//! record twice is harmless. A record cut short at the end (the process died
-//! inside the `write`) was never acknowledged and is dropped.
+//! Files are `kv.journal.N`, N rising. A record is the final state of one
+//! key: `[u32 length][payload]`, the payload holding owner, store and key
+//! (each `u16` length + bytes) and the value (`u8` 1 + `u32` length +
+//! bytes) or a deletion (`u8` 0). Replaying a file again, or older files
+//! before newer ones, is harmless. A record cut short at the end (the
+//! process died inside the `write`) was never acknowledged and is dropped.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::path::Path;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::StoreId;
@@ -21,7 +23,10 @@ use super::StoreId;
 /// How long an acknowledged write may wait for its disk sync.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The final state of one key after a group of writes.
+/// The name of journal files before they were numbered (replayed first).
+const UNNUMBERED: &str = "kv.journal";
+
+/// The final state of one key after a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Record {
     pub(super) store: StoreId,
@@ -30,35 +35,101 @@ pub(super) struct Record {
     pub(super) value: Option<Vec<u8>>,
 }
 
+/// The journal file being appended to.
 pub(super) struct Journal {
+    dir: PathBuf,
+    number: u64,
     file: File,
+    /// Reused for each append, so appending does not allocate.
+    buf: Vec<u8>,
+}
+
+/// The journal files in `dir`, oldest first.
+fn files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let number = if name == UNNUMBERED {
+            0
+        } else if let Some(n) = name
+            .strip_prefix(UNNUMBERED)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            n + 1
+        } else {
+            continue;
+        };
+        files.push((number, path));
+    }
+    files.sort_unstable();
+    Ok(files)
+}
+
+/// The records every journal file in `dir` holds, oldest first.
+pub(super) fn recover(dir: &Path) -> io::Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for (_, path) in files(dir)? {
+        records.extend(decode(&std::fs::read(path)?));
+    }
+    Ok(records)
+}
+
+/// Deletes every journal file in `dir`, oldest first (so a crash halfway
+/// leaves only newer ones, which replay correctly on their own). Call it
+/// once the database durably holds what they cover.
+pub(super) fn remove_all(dir: &Path) -> io::Result<()> {
+    for (_, path) in files(dir)? {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
+}
+
+fn create(dir: &Path, number: u64) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{UNNUMBERED}.{number}")))
 }
 
 impl Journal {
-    /// Opens (or creates) the journal and reads the records it holds.
-    pub(super) fn open(path: &Path) -> io::Result<(Journal, Vec<Record>)> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        Ok((Journal { file }, decode(&bytes)))
+    /// Starts a new journal in `dir`, which must hold none.
+    pub(super) fn start(dir: &Path) -> io::Result<Journal> {
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            number: 0,
+            file: create(dir, 0)?,
+            buf: Vec::new(),
+        })
     }
 
-    /// Appends `records` with one write.
-    pub(super) fn append(&mut self, records: &[Record]) -> io::Result<()> {
-        let mut buf = Vec::new();
-        for record in records {
-            encode(record, &mut buf)?;
+    /// Appends the final states of the keys of one write with one `write`.
+    pub(super) fn append<'a>(
+        &mut self,
+        store: &StoreId,
+        changes: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+    ) -> io::Result<()> {
+        self.buf.clear();
+        for (key, value) in changes {
+            encode(store, key, value, &mut self.buf)?;
         }
-        self.file.write_all(&buf)
+        self.file.write_all(&self.buf)
     }
 
-    /// Empties the journal once the database holds everything in it.
-    pub(super) fn clear(&mut self) -> io::Result<()> {
-        self.file.set_len(0)
+    /// Appends to a new file from now on; returns the old one, to be
+    /// deleted once the database durably holds what it covers.
+    pub(super) fn rotate(&mut self) -> io::Result<PathBuf> {
+        let old = self.path();
+        self.file = create(&self.dir, self.number + 1)?;
+        self.number += 1;
+        Ok(old)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(format!("{UNNUMBERED}.{}", self.number))
     }
 }
 
@@ -70,25 +141,25 @@ fn put_str(buf: &mut Vec<u8>, s: &str) -> io::Result<()> {
     Ok(())
 }
 
-fn encode(record: &Record, buf: &mut Vec<u8>) -> io::Result<()> {
-    let mut payload = Vec::new();
-    put_str(&mut payload, &record.store.owner)?;
-    put_str(&mut payload, &record.store.name)?;
-    put_str(&mut payload, &record.key)?;
-    match &record.value {
+fn encode(store: &StoreId, key: &str, value: Option<&[u8]>, buf: &mut Vec<u8>) -> io::Result<()> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    put_str(buf, &store.owner)?;
+    put_str(buf, &store.name)?;
+    put_str(buf, key)?;
+    match value {
         Some(value) => {
-            payload.push(1);
+            buf.push(1);
             let len = u32::try_from(value.len())
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "value too large"))?;
-            payload.extend_from_slice(&len.to_le_bytes());
-            payload.extend_from_slice(value);
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(value);
         }
-        None => payload.push(0),
+        None => buf.push(0),
     }
-    let len = u32::try_from(payload.len())
+    let len = u32::try_from(buf.len() - start - 4)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "record too large"))?;
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&payload);
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     Ok(())
 }
 
@@ -138,35 +209,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_round_trip_and_a_torn_tail_is_dropped() {
+    fn records_round_trip_oldest_file_first_and_a_torn_tail_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kv.journal");
-        let records = vec![
-            Record {
-                store: StoreId::new("local", "default"),
-                key: "a/1".into(),
-                value: Some(b"one".to_vec()),
-            },
-            Record {
-                store: StoreId::new("other", "x"),
-                key: "k".into(),
-                value: None,
-            },
-        ];
-        let (mut journal, old) = Journal::open(&path).unwrap();
-        assert!(old.is_empty());
-        journal.append(&records).unwrap();
-        drop(journal);
-        let (_, read) = Journal::open(&path).unwrap();
-        assert_eq!(read, records);
+        let (acme, other) = (StoreId::new("local", "default"), StoreId::new("other", "x"));
+        let record = |store: &StoreId, key: &str, value: Option<&[u8]>| Record {
+            store: store.clone(),
+            key: key.into(),
+            value: value.map(<[u8]>::to_vec),
+        };
+        // Files left by a crash: one from before files were numbered, and
+        // numbers that sort differently as text (10 < 2) than as numbers.
+        let write = |name: &str, records: &[Record]| {
+            let mut buf = Vec::new();
+            for r in records {
+                encode(&r.store, &r.key, r.value.as_deref(), &mut buf).unwrap();
+            }
+            std::fs::write(dir.path().join(name), buf).unwrap();
+        };
+        let zero = record(&acme, "a/1", Some(b"zero"));
+        let (one, gone) = (
+            record(&acme, "a/1", Some(b"one")),
+            record(&other, "k", None),
+        );
+        let two = record(&acme, "a/1", Some(b"two"));
+        write("kv.journal.10", std::slice::from_ref(&two));
+        write("kv.journal.2", &[one.clone(), gone.clone()]);
+        write(UNNUMBERED, std::slice::from_ref(&zero));
+        std::fs::write(dir.path().join("kv.redb"), b"not a journal").unwrap();
+        assert_eq!(
+            recover(dir.path()).unwrap(),
+            [zero, one.clone(), gone.clone(), two]
+        );
 
-        // Cut the last record short: only the first one is replayed.
-        let bytes = std::fs::read(&path).unwrap();
-        std::fs::write(&path, &bytes[..bytes.len() - 2]).unwrap();
-        let (mut journal, read) = Journal::open(&path).unwrap();
-        assert_eq!(read, records[..1]);
-        journal.clear().unwrap();
-        drop(journal);
-        assert!(Journal::open(&path).unwrap().1.is_empty());
+        // Cut the newest file short: its record is dropped.
+        let newest = dir.path().join("kv.journal.10");
+        let bytes = std::fs::read(&newest).unwrap();
+        std::fs::write(&newest, &bytes[..bytes.len() - 2]).unwrap();
+        assert_eq!(
+            recover(dir.path()).unwrap()[1..],
+            [one.clone(), gone.clone()]
+        );
+
+        remove_all(dir.path()).unwrap();
+        assert!(recover(dir.path()).unwrap().is_empty());
+        assert!(dir.path().join("kv.redb").exists());
+
+        // A running journal: appends, then rotates; both files are read.
+        let mut journal = Journal::start(dir.path()).unwrap();
+        journal
+            .append(&acme, [("a/1", Some(&b"one"[..])), ("b", None)])
+            .unwrap();
+        let old = journal.rotate().unwrap();
+        journal.append(&other, [("k", None)]).unwrap();
+        let b_gone = record(&acme, "b", None);
+        assert_eq!(
+            recover(dir.path()).unwrap(),
+            [one.clone(), b_gone, gone.clone()]
+        );
+        std::fs::remove_file(old).unwrap();
+        assert_eq!(recover(dir.path()).unwrap(), [gone]);
     }
 }
