@@ -11,7 +11,9 @@ pub mod usage;
 pub mod version;
 
 pub use log::{LogEntry, LogStream};
-pub use manifest::{FunctionKind, Limits, Manifest, ManifestError, Route, RouteAuth};
+pub use manifest::{
+    FunctionKind, Limits, Manifest, ManifestError, RetryPolicy, RetrySpec, Route, RouteAuth,
+};
 pub use tenant::{LOCAL_TENANT, function_key, split_function_key, validate_tenant};
 pub use usage::{Trigger, UsageRecord};
 pub use version::{Digest, VersionRecord};

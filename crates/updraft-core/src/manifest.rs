@@ -34,6 +34,17 @@ pub const KEY_VALUE_STORES_MAX: usize = 16;
 /// Most environment variables a manifest may set.
 pub const ENV_VARS_MAX: usize = 256;
 
+/// Attempts of an async invocation by default (the first and two retries).
+pub const MAX_ATTEMPTS_DEFAULT: u32 = 3;
+/// Highest `retry.max_attempts`.
+pub const MAX_ATTEMPTS_CEILING: u32 = 100;
+/// Delay before the first retry by default; each retry doubles it.
+pub const BACKOFF_MS_DEFAULT: u64 = 1_000;
+/// Longest delay between attempts by default.
+pub const BACKOFF_MAX_MS_DEFAULT: u64 = 60_000;
+/// Highest `retry.backoff_ms` and `retry.backoff_max_ms` (one hour).
+pub const BACKOFF_MS_CEILING: u64 = 3_600_000;
+
 /// Who may call a function's route.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -113,6 +124,21 @@ pub struct Manifest {
     /// Environment variables visible to the guest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// How failed async invocations are retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+}
+
+/// `[retry]` as written: attempts and backoff of async invocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_max_ms: Option<u64>,
 }
 
 /// Why a manifest was rejected. Maps to HTTP 400.
@@ -211,12 +237,32 @@ impl Manifest {
                         .into(),
             });
         }
+        let spec = self.retry.unwrap_or_default();
+        let retry = RetryPolicy {
+            max_attempts: spec.max_attempts.unwrap_or(MAX_ATTEMPTS_DEFAULT),
+            backoff_ms: spec.backoff_ms.unwrap_or(BACKOFF_MS_DEFAULT),
+            backoff_max_ms: spec.backoff_max_ms.unwrap_or(BACKOFF_MAX_MS_DEFAULT),
+        };
+        check_range(
+            "retry.max_attempts",
+            retry.max_attempts.into(),
+            1,
+            MAX_ATTEMPTS_CEILING.into(),
+        )?;
+        check_range("retry.backoff_ms", retry.backoff_ms, 0, BACKOFF_MS_CEILING)?;
+        check_range(
+            "retry.backoff_max_ms",
+            retry.backoff_max_ms,
+            retry.backoff_ms,
+            BACKOFF_MS_CEILING,
+        )?;
         Ok(Limits {
             memory_mb,
             timeout_ms,
             request_body_bytes_max,
             response_body_bytes_max,
             instance_reuse_max,
+            retry,
         })
     }
 
@@ -284,6 +330,39 @@ pub struct Limits {
     /// Requests per instance; 1 is a fresh instance per request.
     #[serde(default = "instance_reuse_max_default")]
     pub instance_reuse_max: u32,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+/// How a failed async invocation is retried: up to `max_attempts` in all,
+/// the n-th retry after about `backoff_ms × 2^(n-1)` (at most
+/// `backoff_max_ms`, with jitter); then it goes to the dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: MAX_ATTEMPTS_DEFAULT,
+            backoff_ms: BACKOFF_MS_DEFAULT,
+            backoff_max_ms: BACKOFF_MAX_MS_DEFAULT,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `retry` (1 for the first), before
+    /// jitter.
+    pub fn backoff(&self, retry: u32) -> u64 {
+        let doubled = self
+            .backoff_ms
+            .saturating_mul(1u64 << retry.saturating_sub(1).min(40));
+        doubled.min(self.backoff_max_ms)
+    }
 }
 
 fn instance_reuse_max_default() -> u32 {
@@ -298,6 +377,7 @@ impl Default for Limits {
             request_body_bytes_max: REQUEST_BODY_BYTES_MAX_DEFAULT,
             response_body_bytes_max: RESPONSE_BODY_BYTES_MAX_DEFAULT,
             instance_reuse_max: INSTANCE_REUSE_MAX_DEFAULT,
+            retry: RetryPolicy::default(),
         }
     }
 }

@@ -13,6 +13,8 @@ pub enum Trigger {
     Http,
     /// `POST /v1/functions/{name}/invoke`.
     Api,
+    /// `POST /v1/functions/{name}/invoke?mode=async`: one record per attempt.
+    Async,
 }
 
 /// One finished invocation.

@@ -10,6 +10,7 @@ use updraft_scheduler::PlatformError;
 use updraft_state::StateError;
 use updraft_state::blob::BlobError;
 use updraft_state::kv::KvError;
+use updraft_state::queue::QueueError;
 
 /// An error as the API client sees it.
 #[derive(Debug)]
@@ -99,6 +100,12 @@ impl From<PlatformError> for ApiError {
                 },
                 i.code(),
             ),
+            PlatformError::Queue(q) => match q {
+                QueueError::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
+                QueueError::IdempotencyKeyTooLong { .. } => (S::BAD_REQUEST, "bad_request"),
+                QueueError::NotInFlight { .. } => (S::CONFLICT, "not_in_flight"),
+                _ => (S::INTERNAL_SERVER_ERROR, "storage"),
+            },
             PlatformError::Metering(m) => match m {
                 MeteringError::BudgetExceeded { .. } => (S::PAYMENT_REQUIRED, "budget_exceeded"),
                 MeteringError::Invalid(_) => (S::BAD_REQUEST, "bad_request"),

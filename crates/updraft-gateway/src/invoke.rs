@@ -9,7 +9,7 @@ use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, Uri, header};
 use updraft_core::{FunctionKind, LOCAL_TENANT, RouteAuth, Trigger};
-use updraft_scheduler::{InvokeError, Loaded, Platform, PlatformError};
+use updraft_scheduler::{AsyncRequest, InvokeError, Loaded, Platform, PlatformError};
 
 use updraft_state::Caller;
 
@@ -80,8 +80,15 @@ fn tenant_of(path: &str) -> (&str, &str) {
     }
 }
 
+/// Header (or query parameter `mode`) that makes an API invocation async.
+pub const MODE_HEADER: &str = "updraft-mode";
+/// Header naming an async invocation so a retried request is accepted once.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
 /// `POST /v1/functions/{name}/invoke`: the body goes to the function as is;
 /// an http function sees a request for `/` (with the query string kept).
+/// With `mode=async` (query or `Updraft-Mode` header) the request is only
+/// accepted: `202` with the invocation's id, and it runs soon after.
 pub(crate) async fn invoke_api(
     State(platform): State<Arc<Platform>>,
     Extension(caller): Extension<Caller>,
@@ -95,14 +102,107 @@ pub(crate) async fn invoke_api(
         ))
         .into_response();
     };
-    let path_and_query = match request.uri().query() {
+    let (asynchronous, query) = split_mode(request.uri().query(), request.headers());
+    let path_and_query = match query {
         Some(q) => format!("/?{q}"),
         None => "/".to_string(),
     };
     if let Ok(uri) = path_and_query.parse::<Uri>() {
         *request.uri_mut() = uri;
     }
-    invoke(platform, loaded, request, Trigger::Api).await
+    match asynchronous {
+        Ok(false) => invoke(platform, loaded, request, Trigger::Api).await,
+        Ok(true) => invoke_async(platform, loaded, request)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Whether the call is async, and the query string without `mode`.
+fn split_mode(
+    query: Option<&str>,
+    headers: &http::HeaderMap,
+) -> (Result<bool, ApiError>, Option<String>) {
+    let mut mode = headers
+        .get(MODE_HEADER)
+        .map(|v| v.to_str().unwrap_or("").to_ascii_lowercase());
+    let mut kept = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.strip_prefix("mode=") {
+            Some(value) => mode = Some(value.to_ascii_lowercase()),
+            None => kept.push(pair),
+        }
+    }
+    let query = (!kept.is_empty()).then(|| kept.join("&"));
+    let asynchronous = match mode.as_deref() {
+        None | Some("sync") => Ok(false),
+        Some("async") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            "bad_request",
+            format!("invalid mode {other:?}: use mode=async, or mode=sync (the default)"),
+        )),
+    };
+    (asynchronous, query)
+}
+
+/// Accepts the request for later: `202 {"id", "status_url"}` once it is
+/// durable.
+async fn invoke_async(
+    platform: Arc<Platform>,
+    loaded: Arc<Loaded>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let limit = loaded.version.limits.request_body_bytes_max;
+    let body = axum::body::to_bytes(body, limit as usize)
+        .await
+        .map_err(|_| PlatformError::Invoke(InvokeError::RequestTooLarge { limit }))?;
+    let key = match parts.headers.get(IDEMPOTENCY_KEY_HEADER) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| {
+                    ApiError::bad_request("bad_request", "the Idempotency-Key header must be text")
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != MODE_HEADER && *name != IDEMPOTENCY_KEY_HEADER)
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect();
+    let request = AsyncRequest {
+        method: parts.method.to_string(),
+        path: parts.uri.to_string(),
+        headers,
+        body,
+    };
+    let accepted = platform.invoke_async(&loaded, request, key).await?;
+    let id = accepted.id.to_string();
+    let status_url = format!("/v1/invocations/{id}");
+    let mut response = (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({
+            "id": id,
+            "status_url": status_url,
+            "duplicate": accepted.duplicate,
+        })),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::LOCATION.as_str(), &status_url),
+        (INVOCATION_ID_HEADER, &id),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
+    Ok(response)
 }
 
 async fn invoke(
@@ -155,6 +255,21 @@ fn with_host(mut request: Request) -> Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mode_comes_from_the_query_or_a_header() {
+        let none = http::HeaderMap::new();
+        let (mode, query) = split_mode(Some("a=1&mode=async&b=2"), &none);
+        assert!(matches!(mode, Ok(true)));
+        assert_eq!(query.as_deref(), Some("a=1&b=2"));
+        let (mode, query) = split_mode(Some("mode=sync"), &none);
+        assert!(matches!(mode, Ok(false)));
+        assert_eq!(query, None);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(MODE_HEADER, HeaderValue::from_static("ASYNC"));
+        assert!(matches!(split_mode(None, &headers).0, Ok(true)));
+        assert!(split_mode(Some("mode=later"), &none).0.is_err());
+    }
 
     #[test]
     fn tenant_prefix_is_split_off() {

@@ -11,6 +11,7 @@ mod blobs;
 mod error;
 mod invoke;
 mod kv;
+mod queues;
 mod usage;
 
 use std::future::Future;
@@ -48,6 +49,10 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/functions/{name}/logs", get(api::logs))
         .route("/functions/{name}/rollback", post(api::rollback))
         .route("/functions/{name}/unload", post(api::unload))
+        .route("/functions/{name}/dlq", get(queues::dead_letters))
+        .route("/functions/{name}/dlq/redrive", post(queues::redrive))
+        .route("/invocations/{id}", get(queues::invocation))
+        .route("/queues", get(queues::queues))
         .route("/blobs", get(blobs::containers))
         .route("/blobs/{container}", get(blobs::list))
         .route(

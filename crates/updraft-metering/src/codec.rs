@@ -48,6 +48,7 @@ pub fn encode(r: &UsageRecord, out: &mut Vec<u8>) {
     out.push(match r.trigger {
         Trigger::Http => 0,
         Trigger::Api => 1,
+        Trigger::Async => 2,
     });
     for v in [
         r.version,
@@ -133,6 +134,7 @@ fn decode_payload(payload: &[u8]) -> Option<UsageRecord> {
     let trigger = match *r.take(1)?.first()? {
         0 => Trigger::Http,
         1 => Trigger::Api,
+        2 => Trigger::Async,
         _ => return None,
     };
     let mut n = [0u64; 13];

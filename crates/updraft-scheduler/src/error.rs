@@ -42,4 +42,7 @@ pub enum PlatformError {
     /// 400.
     #[error("{0}")]
     BadRequest(String),
+    /// 400 for bad input (413 for a payload too large); 500 for storage.
+    #[error(transparent)]
+    Queue(#[from] updraft_state::queue::QueueError),
 }

@@ -4,13 +4,19 @@
 //!
 //! It sits between the gateway (HTTP) and the sandbox (Wasmtime) and the state
 //! layer (registry, logs); the gateway never talks to those directly.
-//! Triggers, retries and placement across nodes belong here too in later work.
+//! Async invocation with retries and dead letters ([`async_invoke`]) is
+//! here; triggers and placement across nodes belong here too in later work.
 
+mod async_invoke;
 mod error;
 mod logs;
 mod platform;
 mod usage;
 
+pub use async_invoke::{
+    ASYNC_CONCURRENCY, AsyncRequest, DeadLetter, FunctionQueues, InvocationResult,
+    InvocationStatus, RESULT_BYTES_MAX,
+};
 pub use error::PlatformError;
 pub use platform::{
     Deployed, FunctionDetails, IDLE_UNLOAD_DEFAULT, Loaded, Platform, PlatformConfig,

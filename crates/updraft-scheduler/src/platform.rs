@@ -1,10 +1,10 @@
 //! [`Platform`]: the registry, the sandbox and the in-memory table of loaded
 //! functions and routes, kept consistent with each other.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use updraft_sandbox::{
 };
 use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig, Blobs, ContainerId};
 use updraft_state::kv::{KvConfig, KvStore, StoreId};
+use updraft_state::queue::{EmbeddedQueues, QueueStore};
 use updraft_state::registry::NewVersion;
 use updraft_state::{FunctionRecord, LogStore, Registry, Tenants};
 
@@ -148,6 +149,11 @@ pub struct Platform {
     admission: Arc<Semaphore>,
     /// Serializes control-plane changes so registry and table move together.
     control: tokio::sync::Mutex<()>,
+    /// Async invocations waiting, running, retried and dead.
+    queues: Arc<dyn QueueStore>,
+    /// Functions whose async dispatcher runs.
+    dispatchers: Mutex<HashSet<Arc<str>>>,
+    shut_down: AtomicBool,
 }
 
 #[derive(Default)]
@@ -173,7 +179,7 @@ impl Table {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -206,6 +212,7 @@ impl Platform {
             };
             let kv = kv_config.open(&data_dir)?;
             let blobs = blob_config.open(&data_dir, blob_bytes_max)?;
+            let queues: Arc<dyn QueueStore> = Arc::new(EmbeddedQueues::open(&data_dir)?);
             Ok::<_, PlatformError>((
                 Arc::new(Registry::open(&data_dir)?),
                 Tenants::open(&data_dir)?,
@@ -213,10 +220,12 @@ impl Platform {
                 kv,
                 Arc::new(blobs),
                 metering,
+                queues,
             ))
         });
         let (sandbox, stores) = tokio::join!(sandbox, stores);
-        let (registry, tenants, log_store, kv, blobs, metering) = stores.map_err(join_error)??;
+        let (registry, tenants, log_store, kv, blobs, metering, queues) =
+            stores.map_err(join_error)??;
         if !matches!(config.blobs, BlobConfig::Local { .. }) {
             blobs.check().await?;
         }
@@ -234,6 +243,9 @@ impl Platform {
             metering,
             table: RwLock::new(Table::default()),
             control: tokio::sync::Mutex::new(()),
+            queues,
+            dispatchers: Mutex::default(),
+            shut_down: AtomicBool::new(false),
         });
         // Functions start scaled to zero: the first request maps the compiled
         // code from the cache, so start-up time does not grow with the number
@@ -245,7 +257,12 @@ impl Platform {
             if !platform.sandbox.is_cached(&loaded.version.wasm_digest) {
                 missing.push(loaded.clone());
             }
-            platform.table_mut().insert(loaded);
+            platform.table_mut().insert(loaded.clone());
+            // Async work accepted before a restart goes on.
+            let queue = crate::async_invoke::function_queue(&loaded.tenant, &loaded.name);
+            if platform.queues.stats(&queue) != Default::default() {
+                platform.ensure_dispatcher(&loaded.tenant, &loaded.name);
+            }
         }
         let warm = platform.clone();
         tokio::spawn(async move {
@@ -509,6 +526,26 @@ impl Platform {
     }
 
     /// `tenant`'s functions.
+    pub(crate) fn queues(&self) -> &Arc<dyn QueueStore> {
+        &self.queues
+    }
+
+    pub(crate) fn dispatchers(&self) -> std::sync::MutexGuard<'_, HashSet<Arc<str>>> {
+        self.dispatchers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::Relaxed)
+    }
+
+    /// `Ok` if the tenant has this function.
+    pub(crate) fn require(&self, tenant: &str, name: &str) -> Result<(), PlatformError> {
+        match self.get(tenant, name) {
+            Some(_) => Ok(()),
+            None => Err(updraft_state::StateError::FunctionNotFound(name.to_string()).into()),
+        }
+    }
+
     pub fn list(
         &self,
         tenant: &str,
@@ -628,7 +665,22 @@ impl Platform {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let invocation_id = uuid::Uuid::now_v7().to_string();
+        let id = uuid::Uuid::now_v7().to_string();
+        self.invoke_http_as(loaded, request, trigger, id).await
+    }
+
+    /// [`Platform::invoke_http`] under a given invocation id.
+    pub(crate) async fn invoke_http_as<B>(
+        self: &Arc<Self>,
+        loaded: &Arc<Loaded>,
+        request: http::Request<B>,
+        trigger: Trigger,
+        invocation_id: String,
+    ) -> (String, Result<http::Response<ResponseBody>, PlatformError>)
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         if let Err(e) = self.check_budget(loaded) {
             return (invocation_id, Err(e));
         }
@@ -680,7 +732,18 @@ impl Platform {
         stdin: Bytes,
         trigger: Trigger,
     ) -> (String, Result<Bytes, PlatformError>) {
-        let invocation_id = uuid::Uuid::now_v7().to_string();
+        let id = uuid::Uuid::now_v7().to_string();
+        self.invoke_command_as(loaded, stdin, trigger, id).await
+    }
+
+    /// [`Platform::invoke_command`] under a given invocation id.
+    pub(crate) async fn invoke_command_as(
+        &self,
+        loaded: &Arc<Loaded>,
+        stdin: Bytes,
+        trigger: Trigger,
+        invocation_id: String,
+    ) -> (String, Result<Bytes, PlatformError>) {
         if let Err(e) = self.check_budget(loaded) {
             return (invocation_id, Err(e));
         }
@@ -707,7 +770,7 @@ impl Platform {
     }
 
     /// Refuses an invocation once its tenant's budget is spent.
-    fn check_budget(&self, loaded: &Loaded) -> Result<(), PlatformError> {
+    pub(crate) fn check_budget(&self, loaded: &Loaded) -> Result<(), PlatformError> {
         match &self.metering {
             Some(metering) => Ok(metering.check(&loaded.tenant)?),
             None => Ok(()),
@@ -758,7 +821,7 @@ impl Platform {
         }
     }
 
-    fn platform_log(&self, key: &Arc<str>, message: &str) {
+    pub(crate) fn platform_log(&self, key: &Arc<str>, message: &str) {
         self.logs.push(
             key,
             LogEntry::new(now_ms(), "-", LogStream::Platform, message),
@@ -788,6 +851,7 @@ impl Platform {
 
     /// Writes out buffered logs and usage; call before the process exits.
     pub async fn shutdown(&self) {
+        self.shut_down.store(true, Ordering::Relaxed);
         self.logs.flush().await;
         if let Some(metering) = &self.metering {
             tokio::task::block_in_place(|| metering.flush());

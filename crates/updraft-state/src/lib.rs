@@ -4,7 +4,7 @@
 //! aliases, the uploaded Wasm), the tenants' API keys ([`tenants`]) and the function logs, each in its own redb
 //! database plus content-addressed files; and the data plane's key-value
 //! stores ([`kv`]: a trait and its backends) and blob containers ([`blob`],
-//! on `object_store`). Queue stores get their traits and backends here too.
+//! on `object_store`), and durable message queues ([`queue`]).
 //!
 //! The state layer knows nothing about Wasm or HTTP: it stores bytes and records.
 
@@ -12,6 +12,7 @@ pub mod blob;
 mod error;
 pub mod kv;
 pub mod logs;
+pub mod queue;
 pub mod registry;
 pub mod tenants;
 #[cfg(any(test, feature = "testing"))]

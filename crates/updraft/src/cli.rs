@@ -135,6 +135,34 @@ pub enum ClientCommand {
     /// What a load would cost, and when a reserved server is cheaper.
     #[command(subcommand)]
     Cost(CostCommand),
+    /// Show an async invocation: its status, attempts, result or error.
+    Invocation {
+        /// The id `updraft invoke --async` printed.
+        id: String,
+    },
+    /// Dead letters: async invocations that failed every attempt.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// The async queues of your functions: depth, in flight, oldest, dead letters.
+    Queues,
+}
+
+/// `updraft dlq …`.
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// Functions with dead letters, and how many.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// The dead letters of a function, oldest first, with their last error.
+    Show {
+        /// Function name.
+        name: String,
+    },
+    /// Run a function's dead letters again, with their attempts reset.
+    Redrive {
+        /// Function name.
+        name: String,
+    },
 }
 
 /// `updraft budget …`.
@@ -346,6 +374,14 @@ pub struct InvokeArgs {
     /// Also print the invocation id (for `updraft logs`) and the status to stderr.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Only queue the call: print its id at once (see `updraft invocation ID`);
+    /// it runs soon, with retries, durably.
+    #[arg(long = "async")]
+    pub asynchronous: bool,
+    /// With --async: the same key within a day gives the first call's id
+    /// instead of a second call.
+    #[arg(long, value_name = "KEY", requires = "asynchronous")]
+    pub idempotency_key: Option<String>,
 }
 
 /// Options of `updraft logs`.

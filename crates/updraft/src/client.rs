@@ -403,10 +403,44 @@ impl Client {
     /// Invokes a function. The status is not checked here, so the caller can report
     /// the invocation id of a failed call before turning it into an error.
     pub async fn invoke(&self, name: &str, body: Vec<u8>, headers: &[Header]) -> Result<Response> {
-        let mut req = self
-            .http
-            .post(self.url(&["v1", "functions", name, "invoke"]))
-            .body(body);
+        self.invoke_url(
+            self.url(&["v1", "functions", name, "invoke"]),
+            body,
+            headers,
+        )
+        .await
+    }
+
+    /// Queues a call (`mode=async`): the reply holds its id.
+    pub async fn invoke_async(
+        &self,
+        name: &str,
+        body: Vec<u8>,
+        headers: &[Header],
+        idempotency_key: Option<&str>,
+    ) -> Result<Reply<serde_json::Value>> {
+        let mut url = self.url(&["v1", "functions", name, "invoke"]);
+        url.query_pairs_mut().append_pair("mode", "async");
+        let mut headers = headers.to_vec();
+        if let Some(key) = idempotency_key {
+            headers.push(Header {
+                name: "idempotency-key".into(),
+                value: key.into(),
+            });
+        }
+        let response = check_status(self.invoke_url(url, body, &headers).await?).await?;
+        let body = read_bounded(response, REPLY_BYTES_MAX).await?;
+        decode_reply(&body).context("the reply to an async invoke was not understood")
+    }
+
+    /// `POST /v1/{segments}` without a body, as JSON.
+    pub async fn post_value(&self, segments: &[&str]) -> Result<Reply<serde_json::Value>> {
+        let req = self.http.post(self.url(segments));
+        self.json(req.timeout(MANAGEMENT_TIMEOUT)).await
+    }
+
+    async fn invoke_url(&self, url: Url, body: Vec<u8>, headers: &[Header]) -> Result<Response> {
+        let mut req = self.http.post(url).body(body);
         for header in headers {
             req = req.header(&header.name, &header.value);
         }

@@ -8,6 +8,7 @@
 mod cli;
 mod client;
 mod config;
+mod events;
 mod money;
 mod output;
 mod up;
@@ -124,6 +125,9 @@ async fn run_client(client: &Client, command: ClientCommand, json: bool) -> Resu
         ClientCommand::Bill { month, tenant } => money::bill(client, month, tenant, json).await,
         ClientCommand::Budget(command) => money::budget(client, command, json).await,
         ClientCommand::Cost(command) => money::cost(client, command, json).await,
+        ClientCommand::Invocation { id } => events::invocation(client, &id, json).await,
+        ClientCommand::Dlq(command) => events::dlq(client, command, json).await,
+        ClientCommand::Queues => events::queues(client, json).await,
     }
 }
 
@@ -340,6 +344,9 @@ async fn invoke(client: &Client, args: &InvokeArgs) -> Result<()> {
         Some(source) => source.read()?,
         None => Vec::new(),
     };
+    if args.asynchronous {
+        return events::invoke_async(client, args, body).await;
+    }
     let mut response = client.invoke(&args.name, body, &args.headers).await?;
     if args.verbose {
         report_invocation(&response);

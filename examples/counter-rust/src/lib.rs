@@ -6,6 +6,9 @@
 //! - `GET /counter?key=K` counts under `K` instead.
 //! - `GET /counter?key=K&store=S` opens store `S`: only the stores listed
 //!   in `key_value_stores` open; any other answers 403 with the error.
+//! - `GET /counter?key=K&fail_below=N` still counts, but answers 500 while
+//!   the count is below `N`: a function that fails its first `N - 1`
+//!   attempts, to watch async retries and dead letters at work.
 
 use std::io::Write as _;
 
@@ -33,7 +36,11 @@ impl wasip2::exports::http::incoming_handler::Guest for Counter {
         let query = query.split_once('?').map(|(_, q)| q).unwrap_or("");
         let key = param(query, "key").unwrap_or("hits");
         let store_name = param(query, "store").unwrap_or("default");
+        let fail_below = param(query, "fail_below").and_then(|n| n.parse::<i64>().ok());
         let (status, body) = match count(store_name, key) {
+            Ok(n) if fail_below.is_some_and(|below| n < below) => {
+                (500, format!("count {n} is below {}: failing on purpose\n", fail_below.unwrap_or(0)))
+            }
             Ok(n) => (200, format!("{n}\n")),
             Err((status, message)) => (status, format!("{message}\n")),
         };

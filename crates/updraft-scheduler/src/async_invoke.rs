@@ -1,0 +1,546 @@
+//! Async invocation: a request accepted now (durably, in the function's
+//! queue) and run soon, with retries and a dead-letter queue.
+//!
+//! Each function with async work has one dispatcher task. It leases
+//! messages from the function's queue (`fn:NAME` of its tenant) as slots
+//! free up, runs each like a synchronous invocation, and then acks it with
+//! its result, retries it after an exponential backoff with jitter, or,
+//! after the manifest's `retry.max_attempts`, moves it to the dead-letter
+//! queue (`dlq:NAME`). Delivery is at least once: a crash mid-run runs the
+//! request again after a restart.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use updraft_core::{FunctionKind, Trigger};
+use updraft_state::queue::{
+    Accepted, Message, MessageInfo, MessageState, NewMessage, QueueId, QueueStats, Uuid,
+};
+
+use crate::error::PlatformError;
+use crate::platform::{Loaded, Platform, now_ms};
+
+/// Async invocations of one function that run at once.
+pub const ASYNC_CONCURRENCY: usize = 16;
+/// Most bytes of a response kept as the invocation's result.
+pub const RESULT_BYTES_MAX: usize = 64 * 1024;
+/// How long a dispatcher waits for work before checking its function still
+/// exists.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// The queue of a function's async invocations.
+pub(crate) fn function_queue(tenant: &str, name: &str) -> QueueId {
+    QueueId::new(tenant, format!("fn:{name}"))
+}
+
+/// The dead-letter queue of a function.
+pub(crate) fn dead_letter_queue(tenant: &str, name: &str) -> QueueId {
+    QueueId::new(tenant, format!("dlq:{name}"))
+}
+
+/// An HTTP request kept for later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsyncRequest {
+    pub method: String,
+    /// Path and query, as the function will see them.
+    pub path: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Bytes,
+}
+
+impl AsyncRequest {
+    /// `[u16 len][method][u32 len][path][u16 count]([u16 len][name][u32
+    /// len][value])*[body]`, little-endian.
+    fn encode(&self) -> Result<Vec<u8>, PlatformError> {
+        let too_big = || PlatformError::BadRequest("a request header is too large".into());
+        let mut buf = Vec::with_capacity(self.body.len() + 256);
+        let short = |buf: &mut Vec<u8>, bytes: &[u8]| -> Result<(), PlatformError> {
+            let len = u16::try_from(bytes.len()).map_err(|_| too_big())?;
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(bytes);
+            Ok(())
+        };
+        short(&mut buf, self.method.as_bytes())?;
+        let path_len = u32::try_from(self.path.len()).map_err(|_| too_big())?;
+        buf.extend_from_slice(&path_len.to_le_bytes());
+        buf.extend_from_slice(self.path.as_bytes());
+        let count = u16::try_from(self.headers.len()).map_err(|_| too_big())?;
+        buf.extend_from_slice(&count.to_le_bytes());
+        for (name, value) in &self.headers {
+            short(&mut buf, name.as_bytes())?;
+            let len = u32::try_from(value.len()).map_err(|_| too_big())?;
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(value);
+        }
+        buf.extend_from_slice(&self.body);
+        Ok(buf)
+    }
+
+    fn decode(bytes: &[u8]) -> Option<AsyncRequest> {
+        fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            if bytes.len() < n {
+                return None;
+            }
+            let (head, rest) = bytes.split_at(n);
+            *bytes = rest;
+            Some(head)
+        }
+        fn u16_of(bytes: &mut &[u8]) -> Option<usize> {
+            Some(u16::from_le_bytes(take(bytes, 2)?.try_into().ok()?).into())
+        }
+        fn u32_of(bytes: &mut &[u8]) -> Option<usize> {
+            usize::try_from(u32::from_le_bytes(take(bytes, 4)?.try_into().ok()?)).ok()
+        }
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
+        let mut rest = bytes;
+        let n = u16_of(&mut rest)?;
+        let method = text(take(&mut rest, n)?)?;
+        let n = u32_of(&mut rest)?;
+        let path = text(take(&mut rest, n)?)?;
+        let mut headers = Vec::new();
+        for _ in 0..u16_of(&mut rest)? {
+            let n = u16_of(&mut rest)?;
+            let name = text(take(&mut rest, n)?)?;
+            let n = u32_of(&mut rest)?;
+            headers.push((name, take(&mut rest, n)?.to_vec()));
+        }
+        Some(AsyncRequest {
+            method,
+            path,
+            headers,
+            body: Bytes::copy_from_slice(rest),
+        })
+    }
+}
+
+/// What `GET /v1/invocations/{id}` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationStatus {
+    pub id: String,
+    pub function: String,
+    /// `queued`, `running`, `succeeded`, `failed` (waiting for a retry) or
+    /// `dead` (in the dead-letter queue).
+    pub status: String,
+    /// Attempts that ended (in failure, unless the status is `succeeded`).
+    pub attempts: u32,
+    pub enqueued_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    /// When a `failed` invocation runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_ms: Option<u64>,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<InvocationResult>,
+}
+
+/// The response of a succeeded async invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationResult {
+    /// The HTTP status (200 for a command).
+    pub status: u16,
+    /// The first [`RESULT_BYTES_MAX`] bytes of the body, as UTF-8 (invalid
+    /// sequences replaced).
+    pub body: String,
+    pub body_truncated: bool,
+}
+
+/// A message of a dead-letter queue, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub attempts: u32,
+    pub enqueued_ms: u64,
+    pub error: Option<String>,
+    pub payload_bytes: usize,
+}
+
+impl From<MessageInfo> for DeadLetter {
+    fn from(m: MessageInfo) -> Self {
+        DeadLetter {
+            id: m.id.to_string(),
+            attempts: m.attempts,
+            enqueued_ms: m.enqueued_ms,
+            error: m.last_error,
+            payload_bytes: m.payload_bytes,
+        }
+    }
+}
+
+/// The async queues of one function, for `GET /v1/queues`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionQueues {
+    pub function: String,
+    pub depth: u64,
+    pub in_flight: u64,
+    /// Age of the oldest message waiting or in flight, in ms.
+    pub oldest_age_ms: Option<u64>,
+    pub dead_letters: u64,
+}
+
+fn queue_error(e: updraft_state::queue::QueueError) -> PlatformError {
+    PlatformError::Queue(e)
+}
+
+impl Platform {
+    /// Accepts a request for `loaded` to run soon. It is durable when this
+    /// returns; the same `idempotency_key` within a day returns the first id.
+    pub async fn invoke_async(
+        self: &Arc<Self>,
+        loaded: &Arc<Loaded>,
+        request: AsyncRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<Accepted, PlatformError> {
+        self.check_budget(loaded)?;
+        let message = NewMessage {
+            payload: request.encode()?,
+            idempotency_key,
+        };
+        let queue = function_queue(&loaded.tenant, &loaded.name);
+        let accepted = self
+            .queues()
+            .send(&queue, vec![message])
+            .await
+            .map_err(queue_error)?;
+        self.ensure_dispatcher(&loaded.tenant, &loaded.name);
+        accepted.into_iter().next().ok_or_else(|| {
+            PlatformError::Queue(updraft_state::queue::QueueError::Storage(
+                "the queue accepted nothing".into(),
+            ))
+        })
+    }
+
+    /// Where async invocation `id` of `tenant` is.
+    pub fn invocation(
+        &self,
+        tenant: &str,
+        id: &str,
+    ) -> Result<Option<InvocationStatus>, PlatformError> {
+        let Ok(uuid) = Uuid::parse_str(id) else {
+            return Ok(None);
+        };
+        let Some(state) = self.queues().locate(tenant, uuid).map_err(queue_error)? else {
+            return Ok(None);
+        };
+        let from_queue = |queue: &QueueId| -> (String, bool) {
+            match queue.name.split_once(':') {
+                Some(("dlq", name)) => (name.to_string(), true),
+                Some((_, name)) => (name.to_string(), false),
+                None => (queue.name.clone(), false),
+            }
+        };
+        Ok(Some(match state {
+            MessageState::Done { outcome } => serde_json::from_slice(&outcome).map_err(|e| {
+                PlatformError::Queue(updraft_state::queue::QueueError::Storage(format!(
+                    "the result of invocation {id} is unreadable: {e}"
+                )))
+            })?,
+            MessageState::Waiting {
+                queue,
+                attempts,
+                visible_ms,
+                enqueued_ms,
+                last_error,
+            } => {
+                let (function, dead) = from_queue(&queue);
+                let status = match (dead, attempts) {
+                    (true, _) => "dead",
+                    (false, 0) => "queued",
+                    (false, _) => "failed",
+                };
+                InvocationStatus {
+                    id: id.to_string(),
+                    function,
+                    status: status.into(),
+                    attempts,
+                    enqueued_ms,
+                    started_ms: None,
+                    finished_ms: None,
+                    next_attempt_ms: (status == "failed").then_some(visible_ms),
+                    error: last_error,
+                    result: None,
+                }
+            }
+            MessageState::InFlight {
+                queue,
+                attempts,
+                since_ms,
+                enqueued_ms,
+                last_error,
+            } => InvocationStatus {
+                id: id.to_string(),
+                function: from_queue(&queue).0,
+                status: "running".into(),
+                attempts,
+                enqueued_ms,
+                started_ms: Some(since_ms),
+                finished_ms: None,
+                next_attempt_ms: None,
+                error: last_error,
+                result: None,
+            },
+        }))
+    }
+
+    /// The dead letters of a function, oldest first.
+    pub fn dead_letters(
+        &self,
+        tenant: &str,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, PlatformError> {
+        self.require(tenant, name)?;
+        Ok(self
+            .queues()
+            .list(&dead_letter_queue(tenant, name), limit)
+            .map_err(queue_error)?
+            .into_iter()
+            .map(DeadLetter::from)
+            .collect())
+    }
+
+    /// Sends every dead letter of a function back to its queue, with its
+    /// attempts reset; returns how many.
+    pub async fn redrive(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+    ) -> Result<usize, PlatformError> {
+        self.require(tenant, name)?;
+        let moved = self
+            .queues()
+            .redrive(
+                &dead_letter_queue(tenant, name),
+                &function_queue(tenant, name),
+            )
+            .await
+            .map_err(queue_error)?;
+        self.ensure_dispatcher(tenant, name);
+        Ok(moved)
+    }
+
+    /// The async queues of every function of `tenant`.
+    pub fn function_queues(&self, tenant: &str) -> Result<Vec<FunctionQueues>, PlatformError> {
+        let now = now_ms();
+        Ok(self
+            .list(tenant)?
+            .into_iter()
+            .map(|(record, _)| {
+                let name = record.name;
+                let QueueStats {
+                    depth,
+                    in_flight,
+                    oldest_enqueued_ms,
+                } = self.queues().stats(&function_queue(tenant, &name));
+                FunctionQueues {
+                    depth,
+                    in_flight,
+                    oldest_age_ms: oldest_enqueued_ms.map(|t| now.saturating_sub(t)),
+                    dead_letters: self.queues().stats(&dead_letter_queue(tenant, &name)).depth,
+                    function: name,
+                }
+            })
+            .collect())
+    }
+
+    /// Starts the dispatcher of a function unless it runs.
+    pub(crate) fn ensure_dispatcher(self: &Arc<Self>, tenant: &str, name: &str) {
+        let key: Arc<str> = updraft_core::function_key(tenant, name).into();
+        if !self.dispatchers().insert(key.clone()) {
+            return;
+        }
+        let platform = Arc::downgrade(self);
+        let (tenant, name) = (tenant.to_string(), name.to_string());
+        tokio::spawn(async move {
+            dispatch(&platform, &tenant, &name).await;
+            if let Some(platform) = platform.upgrade() {
+                platform.dispatchers().remove(&key);
+            }
+        });
+    }
+}
+
+/// Leases and runs a function's async invocations until the function is
+/// deleted or the platform shuts down.
+async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str) {
+    let queue = function_queue(tenant, name);
+    let slots = Arc::new(Semaphore::new(ASYNC_CONCURRENCY));
+    loop {
+        let Some(p) = platform.upgrade() else { return };
+        let Some(loaded) = p.get(tenant, name) else {
+            return;
+        };
+        if p.is_shut_down() {
+            return;
+        }
+        let queues = p.queues().clone();
+        drop(p);
+        let Ok(first) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // A lease outlives the longest run, so a slow success is not
+        // delivered twice.
+        let lease =
+            Duration::from_millis(loaded.version.limits.timeout_ms) + Duration::from_secs(30);
+        let max = 1 + slots.available_permits();
+        let messages = match queues.receive(&queue, max, lease, IDLE_POLL).await {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::error!("async queue of {tenant}/{name} failed: {e}");
+                tokio::time::sleep(IDLE_POLL).await;
+                continue;
+            }
+        };
+        let mut first = Some(first);
+        for message in messages {
+            let permit = match first.take() {
+                Some(permit) => permit,
+                None => match slots.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let Some(p) = platform.upgrade() else { return };
+            let loaded = loaded.clone();
+            tokio::spawn(async move {
+                run(&p, &loaded, message).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Runs one async invocation and settles its message.
+async fn run(platform: &Arc<Platform>, loaded: &Arc<Loaded>, message: Message) {
+    let queue = function_queue(&loaded.tenant, &loaded.name);
+    let id = message.id;
+    let started_ms = now_ms();
+    let outcome = match AsyncRequest::decode(&message.payload) {
+        Some(request) => attempt(platform, loaded, request, &id.to_string()).await,
+        None => Err("the stored request is unreadable".to_string()),
+    };
+    let queues = platform.queues();
+    let settled = match outcome {
+        Ok(result) => {
+            let status = InvocationStatus {
+                id: id.to_string(),
+                function: loaded.name.to_string(),
+                status: "succeeded".into(),
+                attempts: message.attempts + 1,
+                enqueued_ms: message.enqueued_ms,
+                started_ms: Some(started_ms),
+                finished_ms: Some(now_ms()),
+                next_attempt_ms: None,
+                error: None,
+                result: Some(result),
+            };
+            let outcome = serde_json::to_vec(&status).unwrap_or_default();
+            queues.ack(&queue, id, outcome).await
+        }
+        Err(error) => {
+            let attempts = message.attempts + 1;
+            let policy = loaded.version.limits.retry;
+            platform.platform_log(
+                &loaded.key,
+                &format!(
+                    "async invocation {id} failed (attempt {attempts} of {}): {error}",
+                    policy.max_attempts
+                ),
+            );
+            if attempts >= policy.max_attempts {
+                let dlq = dead_letter_queue(&loaded.tenant, &loaded.name);
+                queues.move_to(&queue, id, &dlq, error).await
+            } else {
+                let delay = policy.backoff(attempts);
+                // Full jitter over the upper half: retries of a burst spread out.
+                let delay = delay / 2 + fastrand::u64(0..=delay / 2);
+                queues
+                    .retry(&queue, id, Duration::from_millis(delay), error)
+                    .await
+            }
+        }
+    };
+    if let Err(e) = settled {
+        tracing::warn!("async invocation {id} of {}: {e}", loaded.key);
+    }
+}
+
+/// One attempt: the function's response, or why it failed. A 5xx answer
+/// is a failure (retried); anything else is the function's result.
+async fn attempt(
+    platform: &Arc<Platform>,
+    loaded: &Arc<Loaded>,
+    request: AsyncRequest,
+    id: &str,
+) -> Result<InvocationResult, String> {
+    let (status, body) = match loaded.version.kind {
+        FunctionKind::Http => {
+            let mut builder = http::Request::builder()
+                .method(request.method.as_str())
+                .uri(request.path.as_str());
+            for (name, value) in &request.headers {
+                builder = builder.header(name.as_str(), value.as_slice());
+            }
+            let request = builder
+                .body(http_body_util::Full::new(request.body))
+                .map_err(|e| format!("the stored request is invalid: {e}"))?;
+            let (_, response) = platform
+                .invoke_http_as(loaded, request, Trigger::Async, id.to_string())
+                .await;
+            let response = response.map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| format!("the response body failed: {e}"))?
+                .to_bytes();
+            (status, body)
+        }
+        FunctionKind::Command => {
+            let (_, stdout) = platform
+                .invoke_command_as(loaded, request.body, Trigger::Async, id.to_string())
+                .await;
+            (200, stdout.map_err(|e| e.to_string())?)
+        }
+    };
+    let truncated = body.len() > RESULT_BYTES_MAX;
+    let text = String::from_utf8_lossy(&body[..body.len().min(RESULT_BYTES_MAX)]).into_owned();
+    if status >= 500 {
+        return Err(format!("the function answered HTTP {status}: {text}"));
+    }
+    Ok(InvocationResult {
+        status,
+        body: text,
+        body_truncated: truncated,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let request = AsyncRequest {
+            method: "POST".into(),
+            path: "/orders?x=1".into(),
+            headers: vec![
+                ("content-type".into(), b"application/json".to_vec()),
+                ("x-empty".into(), vec![]),
+            ],
+            body: Bytes::from_static(b"{\"n\":1}"),
+        };
+        let bytes = request.encode().unwrap_or_default();
+        assert_eq!(AsyncRequest::decode(&bytes), Some(request));
+        assert_eq!(AsyncRequest::decode(&bytes[..5]), None);
+    }
+}

@@ -1,0 +1,1080 @@
+//! The embedded queue backend: one redb database, `queues.redb`, in the
+//! data dir, and an in-memory index of every message in it.
+//!
+//! Changes (send, ack, retry, move, redrive) go to one writer thread, which
+//! commits everything queued so far in one fsynced transaction (group
+//! commit, as the key-value store's `disk` level) and only then updates the
+//! index and answers, so a consumer never sees a message that is not yet
+//! durable. Leases live only in the index: after a crash, every message
+//! that was in flight is visible again (at least once).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use tokio::sync::{Notify, oneshot};
+
+use super::{
+    Accepted, Message, MessageInfo, MessageState, NewMessage, QueueError, QueueId, QueueStats,
+    QueueStore, RETENTION, Uuid, check_message, now_ms,
+};
+
+/// (owner, queue, id) → [`Stored`] header and payload.
+const MESSAGES: TableDefinition<(&str, &str, u128), &[u8]> = TableDefinition::new("messages");
+/// id → owner (`u16` length + bytes) and the consumer's outcome.
+const OUTCOMES: TableDefinition<u128, &[u8]> = TableDefinition::new("outcomes");
+/// (owner, queue, idempotency key) → (id, sent ms).
+const IDEMPOTENCY: TableDefinition<(&str, &str, &str), (u128, u64)> =
+    TableDefinition::new("idempotency");
+/// Most changes committed in one transaction.
+const GROUP_COMMIT_OPS_MAX: usize = 4096;
+/// How often expired outcomes and idempotency keys are deleted.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Queues in `queues.redb`.
+pub struct EmbeddedQueues {
+    shared: Arc<Shared>,
+    /// Closing it (on drop) stops the writer.
+    changes: Option<std::sync::mpsc::Sender<Change>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    db: Database,
+    index: Mutex<Index>,
+    /// Set when a commit failed: later changes are refused, not guessed at.
+    poisoned: AtomicBool,
+}
+
+/// Every message in the database, and the leases.
+#[derive(Default)]
+struct Index {
+    messages: HashMap<u128, Entry>,
+    queues: HashMap<QueueId, QueueIndex>,
+}
+
+struct Entry {
+    queue: QueueId,
+    attempts: u32,
+    enqueued_ms: u64,
+    visible_ms: u64,
+    last_error: Option<String>,
+    payload_bytes: usize,
+    /// (leased since, lease ends)
+    lease: Option<(u64, u64)>,
+}
+
+#[derive(Default)]
+struct QueueIndex {
+    /// (visible from, id) of waiting messages.
+    waiting: BTreeSet<(u64, u128)>,
+    /// (lease ends, id) of messages in flight.
+    leased: BTreeSet<(u64, u128)>,
+    /// Woken when a message becomes visible.
+    ready: Arc<Notify>,
+}
+
+/// A message's header as stored: attempts, enqueued ms, visible ms, last
+/// error (`u32` length + bytes), then the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stored {
+    attempts: u32,
+    enqueued_ms: u64,
+    visible_ms: u64,
+    last_error: Option<String>,
+}
+
+impl Stored {
+    fn encode(&self, payload: &[u8]) -> Vec<u8> {
+        let error = self.last_error.as_deref().unwrap_or("").as_bytes();
+        let mut buf = Vec::with_capacity(24 + error.len() + payload.len());
+        buf.extend_from_slice(&self.attempts.to_le_bytes());
+        buf.extend_from_slice(&self.enqueued_ms.to_le_bytes());
+        buf.extend_from_slice(&self.visible_ms.to_le_bytes());
+        // Errors are short texts; a longer one is cut, not refused.
+        let error = &error[..error.len().min(u16::MAX as usize)];
+        buf.extend_from_slice(&(error.len() as u32).to_le_bytes());
+        buf.extend_from_slice(error);
+        buf.extend_from_slice(payload);
+        buf
+    }
+
+    /// The header and the payload.
+    fn decode(bytes: &[u8]) -> Option<(Stored, &[u8])> {
+        let (attempts, rest) = bytes.split_first_chunk::<4>()?;
+        let (enqueued, rest) = rest.split_first_chunk::<8>()?;
+        let (visible, rest) = rest.split_first_chunk::<8>()?;
+        let (len, rest) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return None;
+        }
+        let (error, payload) = rest.split_at(len);
+        let error = String::from_utf8_lossy(error).into_owned();
+        Some((
+            Stored {
+                attempts: u32::from_le_bytes(*attempts),
+                enqueued_ms: u64::from_le_bytes(*enqueued),
+                visible_ms: u64::from_le_bytes(*visible),
+                last_error: (!error.is_empty()).then_some(error),
+            },
+            payload,
+        ))
+    }
+}
+
+enum Op {
+    Send(Vec<(Uuid, NewMessage)>),
+    Ack(Uuid, Vec<u8>),
+    Retry(Uuid, Duration, String),
+    Move(Uuid, QueueId, String),
+    Redrive(QueueId),
+}
+
+enum Done {
+    Sent(Vec<Accepted>),
+    Unit,
+    Count(usize),
+}
+
+struct Change {
+    queue: QueueId,
+    op: Op,
+    reply: oneshot::Sender<Result<Done, QueueError>>,
+}
+
+/// What a committed change does to the index.
+enum IndexChange {
+    Add(QueueId, u128, Stored, usize),
+    Remove(u128),
+}
+
+fn storage(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Storage(e.to_string())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl EmbeddedQueues {
+    pub fn open(data_dir: &Path) -> Result<EmbeddedQueues, QueueError> {
+        std::fs::create_dir_all(data_dir).map_err(storage)?;
+        let db = Database::create(data_dir.join("queues.redb")).map_err(storage)?;
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            txn.open_table(MESSAGES).map_err(storage)?;
+            txn.open_table(OUTCOMES).map_err(storage)?;
+            txn.open_table(IDEMPOTENCY).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        let mut index = Index::default();
+        {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(MESSAGES).map_err(storage)?;
+            for entry in table.iter().map_err(storage)? {
+                let (key, value) = entry.map_err(storage)?;
+                let (owner, name, id) = key.value();
+                let Some((stored, payload)) = Stored::decode(value.value()) else {
+                    return Err(QueueError::Storage(format!(
+                        "message {} in queue {owner}/{name} is unreadable: queues.redb is damaged",
+                        Uuid::from_u128(id)
+                    )));
+                };
+                let len = payload.len();
+                index.add(QueueId::new(owner, name), id, stored, len);
+            }
+        }
+        let shared = Arc::new(Shared {
+            db,
+            index: Mutex::new(index),
+            poisoned: AtomicBool::new(false),
+        });
+        let (changes, queue) = std::sync::mpsc::channel();
+        let writing = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("updraft-queue-writer".into())
+            .spawn(move || write_loop(&writing, &queue))
+            .map_err(storage)?;
+        Ok(EmbeddedQueues {
+            shared,
+            changes: Some(changes),
+            writer: Some(writer),
+        })
+    }
+
+    async fn change(&self, queue: &QueueId, op: Op) -> Result<Done, QueueError> {
+        if self.shared.poisoned.load(Ordering::Relaxed) {
+            return Err(QueueError::Storage(
+                "an earlier change failed to commit; restart Updraft to recover the queues".into(),
+            ));
+        }
+        let (reply, done) = oneshot::channel();
+        let stopped = || QueueError::Storage("the queue writer has stopped".into());
+        self.changes
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(Change {
+                queue: queue.clone(),
+                op,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
+    }
+
+    /// Leases what is visible now; otherwise says when to look again.
+    fn lease(&self, queue: &QueueId, max: usize, lease: Duration) -> Leased {
+        let now = now_ms();
+        let mut index = lock(&self.shared.index);
+        index.expire_leases(queue, now);
+        let Index { messages, queues } = &mut *index;
+        let Some(q) = queues.get_mut(queue) else {
+            return Leased::Nothing(None, None);
+        };
+        let mut taken = Vec::new();
+        while taken.len() < max {
+            match q.waiting.first() {
+                Some(&(visible, id)) if visible <= now => {
+                    q.waiting.pop_first();
+                    let until = now.saturating_add(millis(lease));
+                    q.leased.insert((until, id));
+                    if let Some(entry) = messages.get_mut(&id) {
+                        entry.lease = Some((now, until));
+                        taken.push((
+                            id,
+                            entry.attempts,
+                            entry.enqueued_ms,
+                            entry.last_error.clone(),
+                        ));
+                    }
+                }
+                _ => break,
+            }
+        }
+        if taken.is_empty() {
+            let next = [q.waiting.first(), q.leased.first()]
+                .into_iter()
+                .flatten()
+                .map(|&(ms, _)| ms)
+                .min();
+            Leased::Nothing(next, Some(q.ready.clone()))
+        } else {
+            Leased::Some(taken)
+        }
+    }
+
+    fn notify_of(&self, queue: &QueueId) -> Arc<Notify> {
+        lock(&self.shared.index)
+            .queues
+            .entry(queue.clone())
+            .or_default()
+            .ready
+            .clone()
+    }
+}
+
+enum Leased {
+    /// (id, attempts, enqueued ms, last error)
+    Some(Vec<(u128, u32, u64, Option<String>)>),
+    /// When something may become visible, and whom to wait on.
+    Nothing(Option<u64>, Option<Arc<Notify>>),
+}
+
+impl Index {
+    fn add(&mut self, queue: QueueId, id: u128, stored: Stored, payload_bytes: usize) {
+        let q = self.queues.entry(queue.clone()).or_default();
+        q.waiting.insert((stored.visible_ms, id));
+        q.ready.notify_waiters();
+        self.messages.insert(
+            id,
+            Entry {
+                queue,
+                attempts: stored.attempts,
+                enqueued_ms: stored.enqueued_ms,
+                visible_ms: stored.visible_ms,
+                last_error: stored.last_error,
+                payload_bytes,
+                lease: None,
+            },
+        );
+    }
+
+    fn remove(&mut self, id: u128) {
+        let Some(entry) = self.messages.remove(&id) else {
+            return;
+        };
+        if let Some(q) = self.queues.get_mut(&entry.queue) {
+            q.waiting.remove(&(entry.visible_ms, id));
+            if let Some((_, until)) = entry.lease {
+                q.leased.remove(&(until, id));
+            }
+        }
+    }
+
+    /// Expired leases make their messages visible again.
+    fn expire_leases(&mut self, queue: &QueueId, now: u64) {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return;
+        };
+        while let Some(&(until, id)) = q.leased.first() {
+            if until > now {
+                break;
+            }
+            q.leased.pop_first();
+            if let Some(entry) = self.messages.get_mut(&id) {
+                entry.lease = None;
+                entry.visible_ms = until;
+                q.waiting.insert((until, id));
+            }
+        }
+    }
+
+    /// The message, if it is in flight in `queue`.
+    fn leased(&self, queue: &QueueId, id: u128) -> Result<&Entry, QueueError> {
+        match self.messages.get(&id) {
+            Some(entry) if entry.queue == *queue && entry.lease.is_some() => Ok(entry),
+            _ => Err(QueueError::NotInFlight {
+                queue: queue.to_string(),
+                id: Uuid::from_u128(id),
+            }),
+        }
+    }
+}
+
+impl Drop for EmbeddedQueues {
+    /// Lets the writer finish what is queued and release the database.
+    fn drop(&mut self) {
+        self.changes = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+#[async_trait]
+impl QueueStore for EmbeddedQueues {
+    async fn send(
+        &self,
+        queue: &QueueId,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Accepted>, QueueError> {
+        messages.iter().try_for_each(check_message)?;
+        let messages = messages.into_iter().map(|m| (Uuid::now_v7(), m)).collect();
+        match self.change(queue, Op::Send(messages)).await? {
+            Done::Sent(accepted) => Ok(accepted),
+            _ => Err(QueueError::Storage("unexpected writer reply".into())),
+        }
+    }
+
+    async fn receive(
+        &self,
+        queue: &QueueId,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Message>, QueueError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so a send in between is not missed.
+            let ready = self.notify_of(queue);
+            let notified = ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (next, _) = match self.lease(queue, max.max(1), lease) {
+                Leased::Some(taken) => return self.payloads(queue, taken),
+                Leased::Nothing(next, ready) => (next, ready),
+            };
+            let mut until = deadline;
+            if let Some(next) = next {
+                let in_ms = next.saturating_sub(now_ms());
+                until = until.min(tokio::time::Instant::now() + Duration::from_millis(in_ms));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+            let _ = tokio::time::timeout_at(until, notified).await;
+        }
+    }
+
+    async fn ack(&self, queue: &QueueId, id: Uuid, outcome: Vec<u8>) -> Result<(), QueueError> {
+        self.change(queue, Op::Ack(id, outcome)).await.map(drop)
+    }
+
+    async fn retry(
+        &self,
+        queue: &QueueId,
+        id: Uuid,
+        delay: Duration,
+        error: String,
+    ) -> Result<(), QueueError> {
+        self.change(queue, Op::Retry(id, delay, error))
+            .await
+            .map(drop)
+    }
+
+    async fn move_to(
+        &self,
+        queue: &QueueId,
+        id: Uuid,
+        to: &QueueId,
+        error: String,
+    ) -> Result<(), QueueError> {
+        self.change(queue, Op::Move(id, to.clone(), error))
+            .await
+            .map(drop)
+    }
+
+    async fn redrive(&self, from: &QueueId, to: &QueueId) -> Result<usize, QueueError> {
+        match self.change(from, Op::Redrive(to.clone())).await? {
+            Done::Count(n) => Ok(n),
+            _ => Err(QueueError::Storage("unexpected writer reply".into())),
+        }
+    }
+
+    fn locate(&self, owner: &str, id: Uuid) -> Result<Option<MessageState>, QueueError> {
+        if let Some(entry) = lock(&self.shared.index).messages.get(&id.as_u128()) {
+            if entry.queue.owner != owner {
+                return Ok(None);
+            }
+            let queue = entry.queue.clone();
+            let last_error = entry.last_error.clone();
+            return Ok(Some(match entry.lease {
+                Some((since_ms, _)) => MessageState::InFlight {
+                    queue,
+                    attempts: entry.attempts,
+                    since_ms,
+                    enqueued_ms: entry.enqueued_ms,
+                    last_error,
+                },
+                None => MessageState::Waiting {
+                    queue,
+                    attempts: entry.attempts,
+                    visible_ms: entry.visible_ms,
+                    enqueued_ms: entry.enqueued_ms,
+                    last_error,
+                },
+            }));
+        }
+        let txn = self.shared.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(OUTCOMES).map_err(storage)?;
+        let Some(value) = table.get(id.as_u128()).map_err(storage)? else {
+            return Ok(None);
+        };
+        let value = value.value();
+        let Some((len, rest)) = value.split_first_chunk::<2>() else {
+            return Ok(None);
+        };
+        let len = u16::from_le_bytes(*len) as usize;
+        if rest.len() < len || &rest[..len] != owner.as_bytes() {
+            return Ok(None);
+        }
+        Ok(Some(MessageState::Done {
+            outcome: rest[len..].to_vec(),
+        }))
+    }
+
+    fn stats(&self, queue: &QueueId) -> QueueStats {
+        let index = lock(&self.shared.index);
+        let Some(q) = index.queues.get(queue) else {
+            return QueueStats::default();
+        };
+        // Ids are time-ordered (UUIDv7): the smallest is the oldest.
+        let oldest = q
+            .waiting
+            .iter()
+            .chain(&q.leased)
+            .map(|&(_, id)| id)
+            .min()
+            .and_then(|id| index.messages.get(&id))
+            .map(|e| e.enqueued_ms);
+        QueueStats {
+            depth: q.waiting.len() as u64,
+            in_flight: q.leased.len() as u64,
+            oldest_enqueued_ms: oldest,
+        }
+    }
+
+    fn list(&self, queue: &QueueId, limit: usize) -> Result<Vec<MessageInfo>, QueueError> {
+        let index = lock(&self.shared.index);
+        let Some(q) = index.queues.get(queue) else {
+            return Ok(Vec::new());
+        };
+        Ok(q.waiting
+            .iter()
+            .take(limit)
+            .filter_map(|(_, id)| {
+                let e = index.messages.get(id)?;
+                Some(MessageInfo {
+                    id: Uuid::from_u128(*id),
+                    attempts: e.attempts,
+                    enqueued_ms: e.enqueued_ms,
+                    last_error: e.last_error.clone(),
+                    payload_bytes: e.payload_bytes,
+                })
+            })
+            .collect())
+    }
+}
+
+impl EmbeddedQueues {
+    fn payloads(
+        &self,
+        queue: &QueueId,
+        taken: Vec<(u128, u32, u64, Option<String>)>,
+    ) -> Result<Vec<Message>, QueueError> {
+        let txn = self.shared.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(MESSAGES).map_err(storage)?;
+        let mut messages = Vec::with_capacity(taken.len());
+        for (id, attempts, enqueued_ms, last_error) in taken {
+            let key = (queue.owner.as_str(), queue.name.as_str(), id);
+            let Some(value) = table.get(key).map_err(storage)? else {
+                continue;
+            };
+            let payload = Stored::decode(value.value())
+                .map(|(_, payload)| payload.to_vec())
+                .unwrap_or_default();
+            messages.push(Message {
+                id: Uuid::from_u128(id),
+                payload,
+                attempts,
+                enqueued_ms,
+                last_error,
+            });
+        }
+        Ok(messages)
+    }
+}
+
+/// The writer thread: commits what is queued in one transaction per round,
+/// and sweeps expired outcomes now and then, until the store is dropped.
+fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
+    let mut last_sweep = None;
+    loop {
+        let first = match changes.recv_timeout(SWEEP_INTERVAL) {
+            Ok(change) => Some(change),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        if last_sweep.is_none_or(|at: std::time::Instant| at.elapsed() >= SWEEP_INTERVAL) {
+            if let Err(e) = sweep(&shared.db) {
+                tracing::warn!("could not delete expired queue outcomes: {e}");
+            }
+            last_sweep = Some(std::time::Instant::now());
+        }
+        let Some(first) = first else { continue };
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_OPS_MAX {
+            match changes.try_recv() {
+                Ok(change) => batch.push(change),
+                Err(_) => break,
+            }
+        }
+        if shared.poisoned.load(Ordering::Relaxed) {
+            for change in batch {
+                let _ = change
+                    .reply
+                    .send(Err(QueueError::Storage("an earlier commit failed".into())));
+            }
+            continue;
+        }
+        match commit(shared, &batch) {
+            Ok((results, index_changes)) => {
+                let mut index = lock(&shared.index);
+                for change in index_changes {
+                    match change {
+                        IndexChange::Add(queue, id, stored, len) => {
+                            index.add(queue, id, stored, len);
+                        }
+                        IndexChange::Remove(id) => index.remove(id),
+                    }
+                }
+                drop(index);
+                for (change, result) in batch.into_iter().zip(results) {
+                    let _ = change.reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!("queue commit failed, refusing further changes: {e}");
+                shared.poisoned.store(true, Ordering::Relaxed);
+                for change in batch {
+                    let _ = change.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+type Results = Vec<Result<Done, QueueError>>;
+
+/// Applies `batch` in order in one durable transaction. Returns each
+/// change's result and what the index must do once it is committed.
+fn commit(shared: &Shared, batch: &[Change]) -> Result<(Results, Vec<IndexChange>), QueueError> {
+    let txn = shared.db.begin_write().map_err(storage)?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut index_changes = Vec::new();
+    {
+        let mut messages = txn.open_table(MESSAGES).map_err(storage)?;
+        let mut outcomes = txn.open_table(OUTCOMES).map_err(storage)?;
+        let mut keys = txn.open_table(IDEMPOTENCY).map_err(storage)?;
+        let now = now_ms();
+        // Removed earlier in this batch: the index does not know yet.
+        let mut gone: Vec<u128> = Vec::new();
+        let index = lock(&shared.index);
+        for change in batch {
+            let queue = &change.queue;
+            let leased = |id: Uuid, gone: &[u128]| -> Result<(), QueueError> {
+                index.leased(queue, id.as_u128())?;
+                if gone.contains(&id.as_u128()) {
+                    return Err(QueueError::NotInFlight {
+                        queue: queue.to_string(),
+                        id,
+                    });
+                }
+                Ok(())
+            };
+            let result = match &change.op {
+                Op::Send(new) => {
+                    let mut accepted = Vec::with_capacity(new.len());
+                    for (id, message) in new {
+                        if let Some(key) = &message.idempotency_key {
+                            let k = (queue.owner.as_str(), queue.name.as_str(), key.as_str());
+                            let seen = keys.get(k).map_err(storage)?.map(|v| v.value());
+                            if let Some((first, sent)) = seen
+                                && now.saturating_sub(sent) < millis(RETENTION)
+                            {
+                                accepted.push(Accepted {
+                                    id: Uuid::from_u128(first),
+                                    duplicate: true,
+                                });
+                                continue;
+                            }
+                            keys.insert(k, (id.as_u128(), now)).map_err(storage)?;
+                        }
+                        let stored = Stored {
+                            attempts: 0,
+                            enqueued_ms: now,
+                            visible_ms: now,
+                            last_error: None,
+                        };
+                        let key = (queue.owner.as_str(), queue.name.as_str(), id.as_u128());
+                        messages
+                            .insert(key, stored.encode(&message.payload).as_slice())
+                            .map_err(storage)?;
+                        index_changes.push(IndexChange::Add(
+                            queue.clone(),
+                            id.as_u128(),
+                            stored,
+                            message.payload.len(),
+                        ));
+                        accepted.push(Accepted {
+                            id: *id,
+                            duplicate: false,
+                        });
+                    }
+                    Ok(Done::Sent(accepted))
+                }
+                Op::Ack(id, outcome) => leased(*id, &gone).and_then(|()| {
+                    let key = (queue.owner.as_str(), queue.name.as_str(), id.as_u128());
+                    messages.remove(key).map_err(storage)?;
+                    let owner = queue.owner.as_bytes();
+                    let mut value = Vec::with_capacity(2 + owner.len() + outcome.len());
+                    value.extend_from_slice(&(owner.len() as u16).to_le_bytes());
+                    value.extend_from_slice(owner);
+                    value.extend_from_slice(outcome);
+                    outcomes
+                        .insert(id.as_u128(), value.as_slice())
+                        .map_err(storage)?;
+                    index_changes.push(IndexChange::Remove(id.as_u128()));
+                    gone.push(id.as_u128());
+                    Ok(Done::Unit)
+                }),
+                Op::Retry(id, delay, error) => leased(*id, &gone).and_then(|()| {
+                    let visible = now.saturating_add(millis(*delay));
+                    let next = |attempts: u32| attempts.saturating_add(1);
+                    if let Some((stored, len)) =
+                        requeue(&mut messages, queue, *id, queue, visible, error, &next)?
+                    {
+                        index_changes.push(IndexChange::Remove(id.as_u128()));
+                        index_changes.push(IndexChange::Add(
+                            queue.clone(),
+                            id.as_u128(),
+                            stored,
+                            len,
+                        ));
+                        gone.push(id.as_u128());
+                    }
+                    Ok(Done::Unit)
+                }),
+                Op::Move(id, to, error) => leased(*id, &gone).and_then(|()| {
+                    let next = |attempts: u32| attempts.saturating_add(1);
+                    if let Some((stored, len)) =
+                        requeue(&mut messages, queue, *id, to, now, error, &next)?
+                    {
+                        index_changes.push(IndexChange::Remove(id.as_u128()));
+                        index_changes.push(IndexChange::Add(to.clone(), id.as_u128(), stored, len));
+                        gone.push(id.as_u128());
+                    }
+                    Ok(Done::Unit)
+                }),
+                Op::Redrive(to) => {
+                    let waiting: Vec<u128> = index
+                        .queues
+                        .get(queue)
+                        .map(|q| {
+                            q.waiting
+                                .iter()
+                                .map(|&(_, id)| id)
+                                .filter(|id| !gone.contains(id))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let mut moved = 0;
+                    for id in waiting {
+                        let id = Uuid::from_u128(id);
+                        if let Some((stored, len)) =
+                            requeue(&mut messages, queue, id, to, now, "", &|_| 0)?
+                        {
+                            index_changes.push(IndexChange::Remove(id.as_u128()));
+                            index_changes.push(IndexChange::Add(
+                                to.clone(),
+                                id.as_u128(),
+                                stored,
+                                len,
+                            ));
+                            gone.push(id.as_u128());
+                            moved += 1;
+                        }
+                    }
+                    Ok(Done::Count(moved))
+                }
+            };
+            results.push(result);
+        }
+    }
+    txn.commit().map_err(storage)?;
+    Ok((results, index_changes))
+}
+
+type MessagesTable<'t> = Table<'t, (&'static str, &'static str, u128), &'static [u8]>;
+
+/// Rewrites a message into `to` (possibly its own queue), visible from
+/// `visible`, with its attempts counted by `next` and `error` as its last
+/// error (kept when empty). `None` if it is not stored.
+fn requeue(
+    messages: &mut MessagesTable<'_>,
+    from: &QueueId,
+    id: Uuid,
+    to: &QueueId,
+    visible: u64,
+    error: &str,
+    next: &dyn Fn(u32) -> u32,
+) -> Result<Option<(Stored, usize)>, QueueError> {
+    let key = (from.owner.as_str(), from.name.as_str(), id.as_u128());
+    let Some(old) = messages.remove(key).map_err(storage)? else {
+        return Ok(None);
+    };
+    let Some((mut stored, payload)) = Stored::decode(old.value()) else {
+        return Err(QueueError::Storage(format!(
+            "message {id} in queue {from} is unreadable: queues.redb is damaged"
+        )));
+    };
+    stored.attempts = next(stored.attempts);
+    stored.visible_ms = visible;
+    if !error.is_empty() {
+        stored.last_error = Some(error.to_string());
+    }
+    let value = stored.encode(payload);
+    let len = payload.len();
+    drop(old);
+    let key = (to.owner.as_str(), to.name.as_str(), id.as_u128());
+    messages.insert(key, value.as_slice()).map_err(storage)?;
+    Ok(Some((stored, len)))
+}
+
+/// Deletes outcomes and idempotency keys older than [`RETENTION`].
+fn sweep(db: &Database) -> Result<(), QueueError> {
+    let cutoff = now_ms().saturating_sub(millis(RETENTION));
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        // A UUIDv7 starts with its creation time in ms: older ids sort first.
+        let first_kept = u128::from(cutoff) << 80;
+        let mut outcomes = txn.open_table(OUTCOMES).map_err(storage)?;
+        outcomes
+            .retain_in(..first_kept, |_, _| false)
+            .map_err(storage)?;
+        let mut keys = txn.open_table(IDEMPOTENCY).map_err(storage)?;
+        keys.retain(|_, (_, sent)| sent >= cutoff)
+            .map_err(storage)?;
+    }
+    txn.commit().map_err(storage)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::queue::PAYLOAD_BYTES_MAX;
+
+    const NOW: Duration = Duration::ZERO;
+    const LEASE: Duration = Duration::from_secs(60);
+
+    fn msg(payload: &str) -> NewMessage {
+        NewMessage {
+            payload: payload.as_bytes().to_vec(),
+            idempotency_key: None,
+        }
+    }
+
+    async fn take(q: &EmbeddedQueues, queue: &QueueId, max: usize) -> Vec<Message> {
+        q.receive(queue, max, LEASE, NOW).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn messages_flow_retry_dead_letter_and_redrive() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        let (jobs, dlq) = (
+            QueueId::new("acme", "jobs"),
+            QueueId::new("acme", "jobs-dlq"),
+        );
+        let sent = q
+            .send(&jobs, vec![msg("a"), msg("b"), msg("c")])
+            .await
+            .unwrap();
+        assert!(sent.iter().all(|a| !a.duplicate));
+        assert_eq!(q.stats(&jobs).depth, 3);
+
+        // Oldest first; a lease hides them from other consumers.
+        let got = take(&q, &jobs, 2).await;
+        assert_eq!(
+            got.iter().map(|m| &m.payload[..]).collect::<Vec<_>>(),
+            [b"a", b"b"]
+        );
+        assert_eq!(got[0].id, sent[0].id);
+        let stats = q.stats(&jobs);
+        assert_eq!((stats.depth, stats.in_flight), (1, 2));
+        assert!(matches!(
+            q.locate("acme", got[0].id).unwrap(),
+            Some(MessageState::InFlight { attempts: 0, .. })
+        ));
+
+        // Ack keeps the outcome, for its owner only.
+        q.ack(&jobs, got[0].id, b"done a".to_vec()).await.unwrap();
+        assert_eq!(
+            q.locate("acme", got[0].id).unwrap(),
+            Some(MessageState::Done {
+                outcome: b"done a".to_vec()
+            })
+        );
+        assert_eq!(q.locate("bravo", got[0].id).unwrap(), None);
+        assert_eq!(q.locate("bravo", sent[2].id).unwrap(), None);
+        // A second ack of the same message is refused.
+        assert!(matches!(
+            q.ack(&jobs, got[0].id, vec![]).await,
+            Err(QueueError::NotInFlight { .. })
+        ));
+
+        // A retry hides the message for its delay and counts the attempt.
+        q.retry(&jobs, got[1].id, Duration::from_millis(300), "boom".into())
+            .await
+            .unwrap();
+        let c = take(&q, &jobs, 10).await;
+        assert_eq!(c.len(), 1, "b is delayed, c is not");
+        assert_eq!(c[0].payload, b"c");
+        let b = q
+            .receive(&jobs, 10, LEASE, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(
+            (b[0].attempts, b[0].last_error.as_deref()),
+            (1, Some("boom"))
+        );
+
+        // Dead letters, listed, then redriven with their attempts reset.
+        q.move_to(&jobs, b[0].id, &dlq, "boom again".into())
+            .await
+            .unwrap();
+        q.move_to(&jobs, c[0].id, &dlq, "bad".into()).await.unwrap();
+        let dead = q.list(&dlq, 10).unwrap();
+        assert_eq!(dead.len(), 2);
+        assert_eq!((dead[0].id, dead[0].attempts), (b[0].id, 2));
+        assert_eq!(dead[0].last_error.as_deref(), Some("boom again"));
+        assert_eq!(q.stats(&jobs), QueueStats::default());
+        assert_eq!(q.redrive(&dlq, &jobs).await.unwrap(), 2);
+        assert_eq!(q.stats(&dlq).depth, 0);
+        let again = take(&q, &jobs, 10).await;
+        assert_eq!(again.len(), 2);
+        assert!(again.iter().all(|m| m.attempts == 0));
+        assert_eq!(again[0].payload, b"b");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn idempotency_keys_return_the_first_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        let jobs = QueueId::new("acme", "jobs");
+        let keyed = |key: &str| NewMessage {
+            payload: b"x".to_vec(),
+            idempotency_key: Some(key.into()),
+        };
+        let first = q.send(&jobs, vec![keyed("k1")]).await.unwrap()[0];
+        let again = q.send(&jobs, vec![keyed("k1"), keyed("k2")]).await.unwrap();
+        assert_eq!(
+            again[0],
+            Accepted {
+                id: first.id,
+                duplicate: true
+            }
+        );
+        assert!(!again[1].duplicate);
+        // The same key in another queue is another message.
+        let other = q
+            .send(&QueueId::new("acme", "other"), vec![keyed("k1")])
+            .await
+            .unwrap();
+        assert!(!other[0].duplicate);
+        assert_eq!(q.stats(&jobs).depth, 2);
+        // Kept after acking, and across a restart.
+        let got = take(&q, &jobs, 1).await;
+        q.ack(&jobs, got[0].id, vec![]).await.unwrap();
+        drop(q);
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        assert_eq!(
+            q.send(&jobs, vec![keyed("k1")]).await.unwrap()[0].id,
+            first.id
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn expired_leases_and_restarts_make_messages_visible_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = QueueId::new("acme", "jobs");
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        q.send(&jobs, vec![msg("a"), msg("b")]).await.unwrap();
+        let a = q
+            .receive(&jobs, 1, Duration::from_millis(200), NOW)
+            .await
+            .unwrap();
+        // Waits for the lease to end, then gets the message again.
+        let b = take(&q, &jobs, 1).await;
+        let again = q
+            .receive(&jobs, 1, LEASE, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(again[0].id, a[0].id);
+        assert_eq!(again[0].attempts, 0);
+        drop(q);
+        // Both were in flight: after a restart both are waiting.
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        assert_eq!(q.stats(&jobs).depth, 2);
+        let got = take(&q, &jobs, 5).await;
+        let mut ids: Vec<_> = got.iter().map(|m| m.id).collect();
+        ids.sort();
+        let mut want = vec![a[0].id, b[0].id];
+        want.sort();
+        assert_eq!(ids, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn competing_consumers_finish_every_message_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Arc::new(EmbeddedQueues::open(dir.path()).unwrap());
+        let jobs = QueueId::new("acme", "jobs");
+        let producers: Vec<_> = (0..4)
+            .map(|p| {
+                let (q, jobs) = (q.clone(), jobs.clone());
+                tokio::spawn(async move {
+                    for i in 0..250 {
+                        q.send(&jobs, vec![msg(&format!("{p}-{i}"))]).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let consumers: Vec<_> = (0..3)
+            .map(|_| {
+                let (q, jobs) = (q.clone(), jobs.clone());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    loop {
+                        let got = q
+                            .receive(&jobs, 16, LEASE, Duration::from_millis(500))
+                            .await
+                            .unwrap();
+                        if got.is_empty() {
+                            return seen;
+                        }
+                        for m in got {
+                            q.ack(&jobs, m.id, vec![]).await.unwrap();
+                            seen.push(String::from_utf8(m.payload).unwrap());
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.await.unwrap();
+        }
+        let mut all = Vec::new();
+        for c in consumers {
+            all.extend(c.await.unwrap());
+        }
+        all.sort();
+        let mut want: Vec<_> = (0..4)
+            .flat_map(|p| (0..250).map(move |i| format!("{p}-{i}")))
+            .collect();
+        want.sort();
+        assert_eq!(all, want);
+        assert_eq!(q.stats(&jobs), QueueStats::default());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bad_input_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        let jobs = QueueId::new("acme", "jobs");
+        q.send(&jobs, vec![msg("keep")]).await.unwrap();
+        let big = NewMessage {
+            payload: vec![0; PAYLOAD_BYTES_MAX + 1],
+            idempotency_key: None,
+        };
+        // One bad message fails the whole send.
+        assert_eq!(
+            q.send(&jobs, vec![msg("ok"), big]).await,
+            Err(QueueError::PayloadTooLarge {
+                len: PAYLOAD_BYTES_MAX + 1
+            })
+        );
+        let long_key = NewMessage {
+            payload: vec![],
+            idempotency_key: Some("k".repeat(257)),
+        };
+        assert!(matches!(
+            q.send(&jobs, vec![long_key]).await,
+            Err(QueueError::IdempotencyKeyTooLong { len: 257 })
+        ));
+        let unknown = Uuid::now_v7();
+        for result in [
+            q.ack(&jobs, unknown, vec![]).await,
+            q.retry(&jobs, unknown, NOW, "x".into()).await,
+            q.move_to(&jobs, unknown, &jobs, "x".into()).await,
+        ] {
+            assert!(matches!(result, Err(QueueError::NotInFlight { .. })));
+        }
+        // A waiting (not leased) message cannot be acked either.
+        let waiting = q.list(&jobs, 10).unwrap()[0].id;
+        assert!(q.ack(&jobs, waiting, vec![]).await.is_err());
+        assert_eq!(q.stats(&jobs).depth, 1);
+        assert_eq!(take(&q, &jobs, 10).await[0].payload, b"keep");
+    }
+}

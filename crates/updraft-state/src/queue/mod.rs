@@ -1,0 +1,218 @@
+//! Durable message queues: the [`QueueStore`] trait every backend
+//! implements, its types and errors. The scheduler builds async invocation,
+//! retries and dead letters on it; named queues and topics come later.
+//!
+//! A message is accepted only once it is durable. A consumer leases
+//! messages ([`QueueStore::receive`]); a lease ends in an ack (the message
+//! is done, and its outcome is kept for a while so its id can be looked
+//! up), a retry (visible again after a delay, one attempt more), a move to
+//! another queue (dead letters), or its expiry (visible again: a consumer
+//! that vanished loses nothing). Delivery is at least once.
+//!
+//! Backends: [`embedded`] (redb on the data dir, the default). NATS
+//! JetStream implements the same trait later.
+
+pub mod embedded;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+pub use uuid::Uuid;
+
+pub use embedded::EmbeddedQueues;
+
+/// Largest message payload, in bytes.
+pub const PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
+/// Longest idempotency key, in bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+/// How long an idempotency key, and a finished message's outcome, are kept.
+pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// One queue of one owner.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueId {
+    pub owner: String,
+    pub name: String,
+}
+
+impl QueueId {
+    pub fn new(owner: impl Into<String>, name: impl Into<String>) -> QueueId {
+        QueueId {
+            owner: owner.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.owner, self.name)
+    }
+}
+
+/// A message to send.
+#[derive(Debug, Clone, Default)]
+pub struct NewMessage {
+    pub payload: Vec<u8>,
+    /// Sending the same key to the same queue again within [`RETENTION`]
+    /// returns the first message's id and sends nothing.
+    pub idempotency_key: Option<String>,
+}
+
+/// What [`QueueStore::send`] did with one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub id: Uuid,
+    /// The idempotency key was seen before: `id` is the first message's.
+    pub duplicate: bool,
+}
+
+/// A leased message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: Uuid,
+    pub payload: Vec<u8>,
+    /// Deliveries that ended in a retry or a move (0 on the first).
+    pub attempts: u32,
+    pub enqueued_ms: u64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// Where a message is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageState {
+    /// Waiting in `queue`, visible from `visible_ms`.
+    Waiting {
+        queue: QueueId,
+        attempts: u32,
+        visible_ms: u64,
+        enqueued_ms: u64,
+        last_error: Option<String>,
+    },
+    /// Leased by a consumer since `since_ms`.
+    InFlight {
+        queue: QueueId,
+        attempts: u32,
+        since_ms: u64,
+        enqueued_ms: u64,
+        last_error: Option<String>,
+    },
+    /// Acknowledged; what the consumer recorded.
+    Done { outcome: Vec<u8> },
+}
+
+/// The state of one queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    /// Messages waiting (including those delayed for a retry).
+    pub depth: u64,
+    pub in_flight: u64,
+    /// When the oldest message still in the queue (waiting or in flight)
+    /// was sent, in ms since the epoch.
+    pub oldest_enqueued_ms: Option<u64>,
+}
+
+/// A message as listed, without its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    pub id: Uuid,
+    pub attempts: u32,
+    pub enqueued_ms: u64,
+    pub last_error: Option<String>,
+    pub payload_bytes: usize,
+}
+
+/// Why a queue operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    #[error(
+        "the message is {len} bytes, at most {PAYLOAD_BYTES_MAX} are allowed: store large data as a blob and send its key"
+    )]
+    PayloadTooLarge { len: usize },
+    #[error(
+        "the idempotency key is {len} bytes, at most {IDEMPOTENCY_KEY_BYTES_MAX} are allowed: use a shorter key (hash long ones)"
+    )]
+    IdempotencyKeyTooLong { len: usize },
+    /// The message is not leased (any more): its lease expired, or it was
+    /// acknowledged already.
+    #[error(
+        "message {id} is not in flight in queue {queue}: its lease expired or it was finished already"
+    )]
+    NotInFlight { queue: String, id: Uuid },
+    #[error("queue storage failed: {0}")]
+    Storage(String),
+}
+
+/// The operations of a queue backend. Every change is durable when it
+/// returns.
+#[async_trait]
+pub trait QueueStore: Send + Sync + 'static {
+    /// Sends messages, all or nothing.
+    async fn send(
+        &self,
+        queue: &QueueId,
+        messages: Vec<NewMessage>,
+    ) -> Result<Vec<Accepted>, QueueError>;
+    /// Leases up to `max` visible messages, oldest first, for `lease`;
+    /// waits up to `wait` for one to become visible.
+    async fn receive(
+        &self,
+        queue: &QueueId,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Message>, QueueError>;
+    /// Finishes a leased message, keeping `outcome` under its id for
+    /// [`RETENTION`].
+    async fn ack(&self, queue: &QueueId, id: Uuid, outcome: Vec<u8>) -> Result<(), QueueError>;
+    /// Ends a lease in failure: visible again after `delay`, one attempt
+    /// more.
+    async fn retry(
+        &self,
+        queue: &QueueId,
+        id: Uuid,
+        delay: Duration,
+        error: String,
+    ) -> Result<(), QueueError>;
+    /// Ends a lease by moving the message, one attempt more, to `to`
+    /// (a dead-letter queue).
+    async fn move_to(
+        &self,
+        queue: &QueueId,
+        id: Uuid,
+        to: &QueueId,
+        error: String,
+    ) -> Result<(), QueueError>;
+    /// Moves every waiting message of `from` to `to` with its attempts
+    /// reset; returns how many moved.
+    async fn redrive(&self, from: &QueueId, to: &QueueId) -> Result<usize, QueueError>;
+    /// Where message `id` is, if it is in one of `owner`'s queues or
+    /// finished recently.
+    fn locate(&self, owner: &str, id: Uuid) -> Result<Option<MessageState>, QueueError>;
+    fn stats(&self, queue: &QueueId) -> QueueStats;
+    /// Waiting messages of `queue`, oldest first, at most `limit`.
+    fn list(&self, queue: &QueueId, limit: usize) -> Result<Vec<MessageInfo>, QueueError>;
+}
+
+pub fn check_message(message: &NewMessage) -> Result<(), QueueError> {
+    if message.payload.len() > PAYLOAD_BYTES_MAX {
+        return Err(QueueError::PayloadTooLarge {
+            len: message.payload.len(),
+        });
+    }
+    match &message.idempotency_key {
+        Some(key) if key.len() > IDEMPOTENCY_KEY_BYTES_MAX => {
+            Err(QueueError::IdempotencyKeyTooLong { len: key.len() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

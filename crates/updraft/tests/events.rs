@@ -1,0 +1,372 @@
+//! Async invocation end to end: 10,000 accepted calls across a SIGKILL,
+//! each run (at least once, duplicates counted), retries with backoff, dead
+//! letters and redrive, idempotency keys, and bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// The counter example, which fails on purpose with `fail_below`.
+fn deploy_counter(server: &Server, extra: &str) {
+    server.deploy_guest(
+        "counter",
+        "counter-rust",
+        &format!("route = \"/counter\"\nkey_value_stores = [\"default\"]\n{extra}"),
+    );
+}
+
+/// `POST /v1/functions/counter/invoke?mode=async&QUERY`: (status, body).
+async fn invoke_async(
+    api: &reqwest::Client,
+    server: &Server,
+    query: &str,
+    key: Option<&str>,
+) -> Result<(u16, Value), reqwest::Error> {
+    let mut request =
+        api.post(server.url(&format!("/v1/functions/counter/invoke?mode=async&{query}")));
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await?))
+}
+
+/// Polls an invocation until its status is one of `done`.
+async fn wait_for(server: &Server, id: &str, done: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = server.get_json(&format!("/v1/invocations/{id}")).await;
+        if done.contains(&status["status"].as_str().unwrap_or_default()) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "invocation {id} stuck: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the counter's async queue is empty and nothing runs.
+async fn drain(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let queues = server.get_json("/v1/queues").await;
+        let counter = &queues["functions"][0];
+        assert_eq!(counter["function"], "counter", "{queues}");
+        if counter["depth"] == 0 && counter["in_flight"] == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the queue does not drain: {queues}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends async calls `job-{from..to}`, 32 at a time; returns the keys of
+/// the accepted ones (202), stopping at the first failure (the server died).
+async fn send_jobs(server: &Server, from: usize, to: usize) -> Vec<String> {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(from));
+    let senders: Vec<_> = (0..32)
+        .map(|_| {
+            let (api, url, next) = (server.api(), server.url(""), next.clone());
+            tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= to {
+                        return accepted;
+                    }
+                    let key = format!("job-{i}");
+                    let sent = api
+                        .post(format!(
+                            "{url}/v1/functions/counter/invoke?mode=async&key={key}"
+                        ))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 202 => accepted.push(key),
+                        Ok(r) => panic!("async invoke answered {}", r.status()),
+                        Err(_) => return accepted,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for sender in senders {
+        accepted.extend(sender.await.unwrap());
+    }
+    accepted
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_async_calls_across_a_sigkill_each_run() {
+    let dir = tempfile::tempdir().unwrap();
+    // Acknowledged KV writes survive a kill at `process` too: the counts
+    // the function leaves are the proof of each run.
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        "[kv]\ntype = \"embedded\"\ndurability = \"process\"\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap().to_string();
+    let data = dir.path().join("data");
+    let server = Server::start_with(&data, &["--config", &config]);
+    deploy_counter(&server, "");
+    const TOTAL: usize = 10_000;
+
+    // Up to half, with a SIGKILL 1.5 s in, while calls still arrive and run.
+    let pid = server.child.id().to_string();
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    });
+    let first_half = send_jobs(&server, 0, TOTAL / 2).await;
+    killer.await.unwrap();
+    server.kill();
+    assert!(
+        first_half.len() > 100,
+        "too few accepted: {}",
+        first_half.len()
+    );
+
+    // The rest after the restart; everything accepted runs.
+    let server = Server::start_with(&data, &["--config", &config]);
+    let before_kill = first_half.len();
+    let rest = TOTAL - before_kill;
+    let second = send_jobs(&server, TOTAL, TOTAL + rest).await;
+    assert_eq!(second.len(), rest);
+    let accepted: BTreeSet<String> = first_half.into_iter().chain(second).collect();
+    assert_eq!(accepted.len(), TOTAL);
+    drain(&server).await;
+
+    // Every accepted call ran: its key counts at least 1. More is a
+    // duplicate run (allowed: at least once), counted and reported.
+    let listed = server.cli_ok(&["kv", "ls", "default"]);
+    let listed: BTreeSet<&str> = listed.lines().collect();
+    let mut duplicates = 0;
+    for key in &accepted {
+        assert!(
+            listed.contains(key.as_str()),
+            "accepted call {key} never ran"
+        );
+    }
+    let stores = server.api();
+    for key in &accepted {
+        let value = stores
+            .get(server.url(&format!("/v1/kv/default/{key}")))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let runs: u64 = value.trim().parse().unwrap();
+        duplicates += runs - 1;
+    }
+    eprintln!(
+        "{TOTAL} accepted ({before_kill} before the kill), all ran; {duplicates} duplicate runs (at least once)"
+    );
+    let queues = server.get_json("/v1/queues").await;
+    assert_eq!(queues["functions"][0]["dead_letters"], 0, "{queues}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_are_retried_then_dead_lettered_and_redriven() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    deploy_counter(
+        &server,
+        "[retry]\nmax_attempts = 3\nbackoff_ms = 50\nbackoff_max_ms = 200",
+    );
+    let api = server.api();
+
+    // Fails twice (HTTP 500), succeeds the third time.
+    let (status, accepted) = invoke_async(&api, &server, "key=flaky&fail_below=3", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_string();
+    assert_eq!(accepted["status_url"], format!("/v1/invocations/{id}"));
+    let done = wait_for(&server, &id, &["succeeded"]).await;
+    assert_eq!(done["attempts"], 3, "{done}");
+    assert_eq!(done["function"], "counter");
+    assert_eq!(done["result"]["status"], 200);
+    assert_eq!(done["result"]["body"], "3\n");
+    assert!(done["finished_ms"].as_u64() >= done["started_ms"].as_u64());
+
+    // Always fails: dead after 3 attempts, with the last error.
+    let (_, accepted) = invoke_async(&api, &server, "key=doomed&fail_below=1000", None)
+        .await
+        .unwrap();
+    let doomed = accepted["id"].as_str().unwrap().to_string();
+    let dead = wait_for(&server, &doomed, &["dead"]).await;
+    assert_eq!(dead["attempts"], 3, "{dead}");
+    let error = dead["error"].as_str().unwrap();
+    assert!(
+        error.contains("HTTP 500") && error.contains("failing on purpose"),
+        "{error}"
+    );
+    assert_eq!(server.cli_ok(&["kv", "get", "default", "doomed"]), "3");
+    let listed = server.cli_ok(&["dlq", "show", "counter"]);
+    assert!(
+        listed.contains(&doomed) && listed.contains("HTTP 500"),
+        "{listed}"
+    );
+    let ls = server.cli_ok(&["dlq", "ls"]);
+    assert!(ls.contains("counter") && ls.contains('1'), "{ls}");
+    let logs = server.cli_ok(&["logs", "counter"]);
+    assert!(
+        logs.contains(&format!(
+            "async invocation {doomed} failed (attempt 3 of 3)"
+        )),
+        "{logs}"
+    );
+
+    // Redrive runs it again: three more attempts, dead again.
+    let redriven = server.cli_ok(&["dlq", "redrive", "counter"]);
+    assert!(redriven.contains("1 dead letters of counter"), "{redriven}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.cli_ok(&["kv", "get", "default", "doomed"]) != "6" {
+        assert!(
+            Instant::now() < deadline,
+            "the redriven call did not run again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = wait_for(&server, &doomed, &["dead"]).await;
+    assert_eq!(
+        dead["attempts"], 3,
+        "attempts start over on redrive: {dead}"
+    );
+
+    // Each attempt is metered as an async invocation.
+    let records = api
+        .get(server.url("/v1/usage/records"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let asynchronous = records
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["trigger"] == "async")
+        .count();
+    assert_eq!(asynchronous, 3 + 6, "one record per attempt");
+
+    // The status shows through the CLI too.
+    let shown = server.cli_ok(&["invocation", &id]);
+    assert!(
+        shown.contains("succeeded") && shown.contains("HTTP 200"),
+        "{shown}"
+    );
+    let queues = server.cli_ok(&["queues"]);
+    assert!(queues.contains("counter"), "{queues}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_keys_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    deploy_counter(&server, "request_body_bytes_max = 1000");
+    let api = server.api();
+
+    // The same key twice: one call, one id.
+    let (s1, first) = invoke_async(&api, &server, "key=once", Some("order-17"))
+        .await
+        .unwrap();
+    let (s2, again) = invoke_async(&api, &server, "key=once", Some("order-17"))
+        .await
+        .unwrap();
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(
+        (&first["duplicate"], &again["duplicate"]),
+        (&Value::Bool(false), &Value::Bool(true))
+    );
+    wait_for(&server, first["id"].as_str().unwrap(), &["succeeded"]).await;
+    // The CLI's --async prints the id alone.
+    let id = server.cli_ok(&[
+        "invoke",
+        "counter",
+        "--async",
+        "--idempotency-key",
+        "order-17",
+    ]);
+    assert_eq!(id.trim(), first["id"].as_str().unwrap());
+    assert_eq!(server.cli_ok(&["kv", "get", "default", "once"]), "1");
+
+    // Bad input: clear errors, nothing queued.
+    let bad_mode = api
+        .post(server.url("/v1/functions/counter/invoke?mode=later"))
+        .send()
+        .await
+        .unwrap();
+    let message = expect_error(bad_mode, 400, "bad_request").await;
+    assert!(message.contains("mode=async"), "{message}");
+    let missing = api
+        .post(server.url("/v1/functions/nope/invoke?mode=async"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(missing, 404, "function_not_found").await;
+    let big = api
+        .post(server.url("/v1/functions/counter/invoke?mode=async"))
+        .body(vec![b'x'; 2000])
+        .send()
+        .await
+        .unwrap();
+    expect_error(big, 413, "request_too_large").await;
+    let long_key = api
+        .post(server.url("/v1/functions/counter/invoke?mode=async"))
+        .header("idempotency-key", "k".repeat(300))
+        .send()
+        .await
+        .unwrap();
+    let message = expect_error(long_key, 400, "bad_request").await;
+    assert!(message.contains("idempotency key"), "{message}");
+    for id in ["garbage", "0190b6a0-0000-7000-8000-000000000000"] {
+        let unknown = api
+            .get(server.url(&format!("/v1/invocations/{id}")))
+            .send()
+            .await
+            .unwrap();
+        expect_error(unknown, 404, "invocation_not_found").await;
+    }
+    let queues = server.get_json("/v1/queues").await;
+    assert_eq!(queues["functions"][0]["depth"], 0, "{queues}");
+
+    // Another tenant sees neither the invocation nor the dead letters.
+    let bravo = server.cli_ok(&["keys", "create", "--tenant", "bravo"]);
+    let bravo = bravo.trim();
+    let theirs = client_with_key(bravo)
+        .get(server.url(&format!(
+            "/v1/invocations/{}",
+            first["id"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap();
+    expect_error(theirs, 404, "invocation_not_found").await;
+    let theirs = client_with_key(bravo)
+        .get(server.url("/v1/functions/counter/dlq"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(theirs, 404, "function_not_found").await;
+}
