@@ -127,6 +127,74 @@ pub struct Manifest {
     /// How failed async invocations are retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
+    /// `[[trigger]]` entries: events that invoke the function.
+    #[serde(default, rename = "trigger", skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerSpec>,
+}
+
+/// Most `[[trigger]]` entries of one function.
+pub const TRIGGERS_MAX: usize = 16;
+
+/// One `[[trigger]]`: exactly one of its keys is set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// A named queue: the function competes with the queue's other
+    /// consumers for its messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// A topic: the function gets every message published to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// A schedule, `sec min hour day-of-month month day-of-week [year]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+}
+
+/// A checked trigger.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    Queue(String),
+    Topic(String),
+    Cron(String),
+}
+
+impl TriggerSpec {
+    /// The trigger this entry names, if it names exactly one.
+    pub fn parse(&self) -> Result<Trigger, ManifestError> {
+        let err = |reason: String| ManifestError::Trigger(reason);
+        let set = [&self.queue, &self.topic, &self.cron]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if set != 1 {
+            return Err(err(
+                "each [[trigger]] sets exactly one of queue, topic or cron".into(),
+            ));
+        }
+        let name = |kind: &str, name: &str| {
+            validate_name(name).map_err(|_| {
+                err(format!(
+                    "{kind} {name:?} is not a valid name: use 1-{NAME_LEN_MAX} lowercase letters, digits or '-', starting with a letter"
+                ))
+            })
+        };
+        if let Some(queue) = &self.queue {
+            name("queue", queue)?;
+            return Ok(Trigger::Queue(queue.clone()));
+        }
+        if let Some(topic) = &self.topic {
+            name("topic", topic)?;
+            return Ok(Trigger::Topic(topic.clone()));
+        }
+        let cron = self.cron.clone().unwrap_or_default();
+        <cron::Schedule as std::str::FromStr>::from_str(&cron).map_err(|e| {
+            err(format!(
+                "cron {cron:?} is not a schedule ({e}): use `sec min hour day-of-month month day-of-week`, e.g. \"0 */5 * * * *\" for every five minutes"
+            ))
+        })?;
+        Ok(Trigger::Cron(cron))
+    }
 }
 
 /// `[retry]` as written: attempts and backoff of async invocations.
@@ -163,6 +231,8 @@ pub enum ManifestError {
     Env(String),
     #[error("invalid {field}: {reason}")]
     Stores { field: &'static str, reason: String },
+    #[error("invalid [[trigger]]: {0}")]
+    Trigger(String),
 }
 
 impl Manifest {
@@ -184,6 +254,7 @@ impl Manifest {
             )));
         }
         check_names("key_value_stores", &self.key_value_stores)?;
+        self.parsed_triggers()?;
         check_names("blob_containers", &self.blob_containers)?;
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
@@ -264,6 +335,27 @@ impl Manifest {
             instance_reuse_max,
             retry,
         })
+    }
+
+    /// The checked triggers, distinct, at most [`TRIGGERS_MAX`].
+    pub fn parsed_triggers(&self) -> Result<Vec<Trigger>, ManifestError> {
+        if self.triggers.len() > TRIGGERS_MAX {
+            return Err(ManifestError::Trigger(format!(
+                "{} triggers listed, at most {TRIGGERS_MAX} are allowed",
+                self.triggers.len()
+            )));
+        }
+        let mut triggers: Vec<Trigger> = Vec::new();
+        for spec in &self.triggers {
+            let trigger = spec.parse()?;
+            if triggers.contains(&trigger) {
+                return Err(ManifestError::Trigger(format!(
+                    "{trigger:?} is listed twice"
+                )));
+            }
+            triggers.push(trigger);
+        }
+        Ok(triggers)
     }
 
     /// The parsed route, if the manifest has one.
@@ -563,5 +655,54 @@ mod tests {
         assert!(exact.matches("/hello") && exact.matches("/hello/"));
         assert!(!exact.matches("/hello/x"));
         assert_eq!(api.to_string(), "/api/...");
+    }
+
+    #[test]
+    fn triggers_and_retry_are_checked() {
+        let m = Manifest::from_toml(
+            r#"
+            name = "worker"
+            [retry]
+            max_attempts = 5
+            backoff_ms = 10
+            [[trigger]]
+            queue = "orders"
+            [[trigger]]
+            topic = "events"
+            [[trigger]]
+            cron = "*/2 * * * * *"
+            "#,
+        )
+        .unwrap();
+        let limits = m.validate().unwrap();
+        assert_eq!(limits.retry.max_attempts, 5);
+        assert_eq!(limits.retry.backoff(1), 10);
+        assert_eq!(limits.retry.backoff(3), 40);
+        assert_eq!(limits.retry.backoff(40), BACKOFF_MAX_MS_DEFAULT);
+        assert_eq!(
+            m.parsed_triggers().unwrap(),
+            [
+                Trigger::Queue("orders".into()),
+                Trigger::Topic("events".into()),
+                Trigger::Cron("*/2 * * * * *".into()),
+            ]
+        );
+        let bad = |toml: &str| {
+            let text = format!("name = \"w\"\n{toml}");
+            match Manifest::from_toml(&text) {
+                Ok(m) => m.validate().unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            }
+        };
+        assert!(bad("[[trigger]]\nqueue = \"a\"\ntopic = \"b\"").contains("exactly one"));
+        assert!(bad("[[trigger]]").contains("exactly one"));
+        assert!(bad("[[trigger]]\ncron = \"every minute\"").contains("0 */5 * * * *"));
+        assert!(bad("[[trigger]]\nqueue = \"Orders\"").contains("not a valid name"));
+        assert!(bad("[[trigger]]\nkv = \"x\"").contains("unknown field"));
+        assert!(bad("[[trigger]]\nqueue = \"a\"\n[[trigger]]\nqueue = \"a\"").contains("twice"));
+        assert!(bad("[retry]\nmax_attempts = 0").contains("retry.max_attempts"));
+        assert!(
+            bad("[retry]\nbackoff_ms = 10\nbackoff_max_ms = 5").contains("retry.backoff_max_ms")
+        );
     }
 }

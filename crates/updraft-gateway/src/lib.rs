@@ -20,7 +20,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use updraft_scheduler::Platform;
@@ -53,6 +53,15 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .route("/functions/{name}/dlq/redrive", post(queues::redrive))
         .route("/invocations/{id}", get(queues::invocation))
         .route("/queues", get(queues::queues))
+        .route(
+            "/queues/{name}",
+            put(queues::put_queue).delete(queues::delete_queue),
+        )
+        .route(
+            "/topics/{name}",
+            put(queues::put_topic).delete(queues::delete_topic),
+        )
+        .route("/publish/{name}", post(queues::publish))
         .route("/blobs", get(blobs::containers))
         .route("/blobs/{container}", get(blobs::list))
         .route(

@@ -1,16 +1,20 @@
-//! Async invocations after they are accepted: `GET /v1/invocations/{id}`,
-//! a function's dead letters (`/v1/functions/{name}/dlq`, `.../redrive`),
-//! and the queues' state (`GET /v1/queues`).
+//! Events over HTTP: async invocations after they are accepted
+//! (`GET /v1/invocations/{id}`), a function's dead letters
+//! (`/v1/functions/{name}/dlq`, `.../redrive`), named queues and topics
+//! (`/v1/queues/{name}`, `/v1/topics/{name}`), publishing
+//! (`POST /v1/publish/{name}`) and the state of it all (`GET /v1/queues`).
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::{Extension, Json};
-use http::StatusCode;
+use bytes::Bytes;
+use http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use updraft_scheduler::{InvocationStatus, Platform};
+use updraft_scheduler::{Event, InvocationStatus, Platform, PlatformError, Published};
 use updraft_state::Caller;
+use updraft_state::queue::{ChannelKind, PAYLOAD_BYTES_MAX, QueueError};
 
 use crate::error::ApiError;
 
@@ -72,5 +76,123 @@ pub(crate) async fn queues(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
     let functions = platform.function_queues(&caller.tenant)?;
-    Ok(Json(json!({ "functions": functions })))
+    let (queues, topics) = platform.channel_overview(&caller.tenant)?;
+    Ok(Json(
+        json!({ "functions": functions, "queues": queues, "topics": topics }),
+    ))
+}
+
+/// Body of `PUT /v1/queues/{name}` (all optional; a topic takes none).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChannelBody {
+    #[serde(default)]
+    visibility_timeout_ms: Option<u64>,
+    #[serde(default)]
+    batch_size: Option<u32>,
+}
+
+async fn put_channel(
+    platform: &Platform,
+    caller: &Caller,
+    name: &str,
+    kind: ChannelKind,
+    body: &[u8],
+) -> Result<Json<Value>, ApiError> {
+    let settings: ChannelBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ChannelBody::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(
+                "bad_request",
+                format!("the body must be JSON like {{\"visibility_timeout_ms\": 30000, \"batch_size\": 10}}: {e}"),
+            )
+        })?
+    };
+    if kind == ChannelKind::Topic
+        && (settings.visibility_timeout_ms.is_some() || settings.batch_size.is_some())
+    {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "a topic has no visibility_timeout_ms or batch_size: those are a queue's",
+        ));
+    }
+    let channel = platform
+        .create_channel(
+            &caller.tenant,
+            name,
+            kind,
+            settings.visibility_timeout_ms,
+            settings.batch_size,
+        )
+        .await?;
+    Ok(Json(serde_json::to_value(channel).unwrap_or_default()))
+}
+
+pub(crate) async fn put_queue(
+    State(platform): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    put_channel(&platform, &caller, &name, ChannelKind::Queue, &body).await
+}
+
+pub(crate) async fn put_topic(
+    State(platform): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    put_channel(&platform, &caller, &name, ChannelKind::Topic, &body).await
+}
+
+pub(crate) async fn delete_queue(
+    State(platform): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    platform
+        .delete_channel(&caller.tenant, &name, ChannelKind::Queue)
+        .await?;
+    Ok(Json(json!({ "deleted": name })))
+}
+
+pub(crate) async fn delete_topic(
+    State(platform): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    platform
+        .delete_channel(&caller.tenant, &name, ChannelKind::Topic)
+        .await?;
+    Ok(Json(json!({ "deleted": name })))
+}
+
+/// `POST /v1/publish/{name}`: the body is the event's data, or with
+/// `Content-Type: application/cloudevents+json` a whole CloudEvent.
+pub(crate) async fn publish(
+    State(platform): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Result<(StatusCode, Json<Published>), ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = axum::body::to_bytes(request.into_body(), PAYLOAD_BYTES_MAX)
+        .await
+        .map_err(|_| {
+            PlatformError::Queue(QueueError::PayloadTooLarge {
+                len: PAYLOAD_BYTES_MAX + 1,
+            })
+        })?;
+    let event = match content_type.as_deref() {
+        Some(t) if t.starts_with("application/cloudevents+json") => Event::from_structured(&body)?,
+        _ => Event::from_data(format!("/{}/{name}", caller.tenant), content_type, body),
+    };
+    let published = platform.publish(&caller.tenant, &name, event).await?;
+    Ok((StatusCode::ACCEPTED, Json(published)))
 }

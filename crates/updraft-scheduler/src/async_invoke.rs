@@ -22,6 +22,7 @@ use updraft_state::queue::{
 };
 
 use crate::error::PlatformError;
+use crate::events::{Event, channel_queue};
 use crate::platform::{Loaded, Platform, now_ms};
 
 /// Async invocations of one function that run at once.
@@ -42,6 +43,37 @@ pub(crate) fn dead_letter_queue(tenant: &str, name: &str) -> QueueId {
     QueueId::new(tenant, format!("dlq:{name}"))
 }
 
+/// The first byte of a queued payload: what follows.
+pub(crate) const REQUEST_TAG: u8 = 1;
+pub(crate) const EVENT_TAG: u8 = 2;
+
+/// Where a dispatcher leases its work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The function's own async queue: requests, topic events, cron ticks,
+    /// redriven dead letters.
+    Function,
+    /// A named queue the function consumes, competing with its other
+    /// consumers.
+    Queue(String),
+}
+
+/// A queued payload.
+enum Work {
+    Request(AsyncRequest),
+    Event(Event),
+}
+
+impl Work {
+    fn decode(bytes: &[u8]) -> Option<Work> {
+        match bytes.split_first()? {
+            (&REQUEST_TAG, rest) => AsyncRequest::decode(rest).map(Work::Request),
+            (&EVENT_TAG, rest) => Event::decode(rest).map(Work::Event),
+            _ => None,
+        }
+    }
+}
+
 /// An HTTP request kept for later.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AsyncRequest {
@@ -58,6 +90,7 @@ impl AsyncRequest {
     fn encode(&self) -> Result<Vec<u8>, PlatformError> {
         let too_big = || PlatformError::BadRequest("a request header is too large".into());
         let mut buf = Vec::with_capacity(self.body.len() + 256);
+        buf.push(REQUEST_TAG);
         let short = |buf: &mut Vec<u8>, bytes: &[u8]| -> Result<(), PlatformError> {
             let len = u16::try_from(bytes.len()).map_err(|_| too_big())?;
             buf.extend_from_slice(&len.to_le_bytes());
@@ -210,7 +243,7 @@ impl Platform {
             .send(&queue, vec![message])
             .await
             .map_err(queue_error)?;
-        self.ensure_dispatcher(&loaded.tenant, &loaded.name);
+        self.ensure_dispatcher(&loaded.tenant, &loaded.name, Source::Function);
         accepted.into_iter().next().ok_or_else(|| {
             PlatformError::Queue(updraft_state::queue::QueueError::Storage(
                 "the queue accepted nothing".into(),
@@ -251,6 +284,12 @@ impl Platform {
                 last_error,
             } => {
                 let (function, dead) = from_queue(&queue);
+                // Waiting in a named queue: no consumer has it yet.
+                let function = if queue.name.starts_with("q:") {
+                    String::new()
+                } else {
+                    function
+                };
                 let status = match (dead, attempts) {
                     (true, _) => "dead",
                     (false, 0) => "queued",
@@ -323,7 +362,7 @@ impl Platform {
             )
             .await
             .map_err(queue_error)?;
-        self.ensure_dispatcher(tenant, name);
+        self.ensure_dispatcher(tenant, name, Source::Function);
         Ok(moved)
     }
 
@@ -351,16 +390,20 @@ impl Platform {
             .collect())
     }
 
-    /// Starts the dispatcher of a function unless it runs.
-    pub(crate) fn ensure_dispatcher(self: &Arc<Self>, tenant: &str, name: &str) {
-        let key: Arc<str> = updraft_core::function_key(tenant, name).into();
+    /// Starts the dispatcher of a function on `source` unless it runs.
+    pub(crate) fn ensure_dispatcher(self: &Arc<Self>, tenant: &str, name: &str, source: Source) {
+        let mut key = updraft_core::function_key(tenant, name);
+        if let Source::Queue(queue) = &source {
+            key = format!("{key}@q:{queue}");
+        }
+        let key: Arc<str> = key.into();
         if !self.dispatchers().insert(key.clone()) {
             return;
         }
         let platform = Arc::downgrade(self);
         let (tenant, name) = (tenant.to_string(), name.to_string());
         tokio::spawn(async move {
-            dispatch(&platform, &tenant, &name).await;
+            dispatch(&platform, &tenant, &name, &source).await;
             if let Some(platform) = platform.upgrade() {
                 platform.dispatchers().remove(&key);
             }
@@ -368,10 +411,14 @@ impl Platform {
     }
 }
 
-/// Leases and runs a function's async invocations until the function is
-/// deleted or the platform shuts down.
-async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str) {
-    let queue = function_queue(tenant, name);
+/// Leases and runs a function's work from `source` until the function is
+/// deleted (or, for a named queue, stops consuming it) or the platform
+/// shuts down.
+async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str, source: &Source) {
+    let queue = match source {
+        Source::Function => function_queue(tenant, name),
+        Source::Queue(channel) => channel_queue(tenant, channel),
+    };
     let slots = Arc::new(Semaphore::new(ASYNC_CONCURRENCY));
     loop {
         let Some(p) = platform.upgrade() else { return };
@@ -381,20 +428,32 @@ async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str) {
         if p.is_shut_down() {
             return;
         }
+        // A lease outlives the longest run, so a slow success is not
+        // delivered twice; a named queue's visibility timeout is the user's.
+        let mut lease =
+            Duration::from_millis(loaded.version.limits.timeout_ms) + Duration::from_secs(30);
+        let mut batch = ASYNC_CONCURRENCY;
+        if let Source::Queue(channel) = source {
+            let trigger = updraft_core::EventTrigger::Queue(channel.clone());
+            let settings = p.channel_settings(tenant, channel);
+            let (Some((visibility_ms, batch_size)), true) =
+                (settings, Platform::has_trigger(&loaded, &trigger))
+            else {
+                return;
+            };
+            lease = Duration::from_millis(visibility_ms);
+            batch = batch_size as usize;
+        }
         let queues = p.queues().clone();
         drop(p);
         let Ok(first) = slots.clone().acquire_owned().await else {
             return;
         };
-        // A lease outlives the longest run, so a slow success is not
-        // delivered twice.
-        let lease =
-            Duration::from_millis(loaded.version.limits.timeout_ms) + Duration::from_secs(30);
-        let max = 1 + slots.available_permits();
+        let max = (1 + slots.available_permits()).min(batch.max(1));
         let messages = match queues.receive(&queue, max, lease, IDLE_POLL).await {
             Ok(messages) => messages,
             Err(e) => {
-                tracing::error!("async queue of {tenant}/{name} failed: {e}");
+                tracing::error!("queue {queue} of {tenant}/{name} failed: {e}");
                 tokio::time::sleep(IDLE_POLL).await;
                 continue;
             }
@@ -409,9 +468,9 @@ async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str) {
                 },
             };
             let Some(p) = platform.upgrade() else { return };
-            let loaded = loaded.clone();
+            let (loaded, queue) = (loaded.clone(), queue.clone());
             tokio::spawn(async move {
-                run(&p, &loaded, message).await;
+                run(&p, &loaded, &queue, message).await;
                 drop(permit);
             });
         }
@@ -419,12 +478,11 @@ async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str) {
 }
 
 /// Runs one async invocation and settles its message.
-async fn run(platform: &Arc<Platform>, loaded: &Arc<Loaded>, message: Message) {
-    let queue = function_queue(&loaded.tenant, &loaded.name);
+async fn run(platform: &Arc<Platform>, loaded: &Arc<Loaded>, queue: &QueueId, message: Message) {
     let id = message.id;
     let started_ms = now_ms();
-    let outcome = match AsyncRequest::decode(&message.payload) {
-        Some(request) => attempt(platform, loaded, request, &id.to_string()).await,
+    let outcome = match Work::decode(&message.payload) {
+        Some(work) => attempt(platform, loaded, work, &message).await,
         None => Err("the stored request is unreadable".to_string()),
     };
     let queues = platform.queues();
@@ -443,7 +501,7 @@ async fn run(platform: &Arc<Platform>, loaded: &Arc<Loaded>, message: Message) {
                 result: Some(result),
             };
             let outcome = serde_json::to_vec(&status).unwrap_or_default();
-            queues.ack(&queue, id, outcome).await
+            queues.ack(queue, id, outcome).await
         }
         Err(error) => {
             let attempts = message.attempts + 1;
@@ -457,13 +515,13 @@ async fn run(platform: &Arc<Platform>, loaded: &Arc<Loaded>, message: Message) {
             );
             if attempts >= policy.max_attempts {
                 let dlq = dead_letter_queue(&loaded.tenant, &loaded.name);
-                queues.move_to(&queue, id, &dlq, error).await
+                queues.move_to(queue, id, &dlq, error).await
             } else {
                 let delay = policy.backoff(attempts);
                 // Full jitter over the upper half: retries of a burst spread out.
                 let delay = delay / 2 + fastrand::u64(0..=delay / 2);
                 queues
-                    .retry(&queue, id, Duration::from_millis(delay), error)
+                    .retry(queue, id, Duration::from_millis(delay), error)
                     .await
             }
         }
@@ -478,9 +536,24 @@ async fn run(platform: &Arc<Platform>, loaded: &Arc<Loaded>, message: Message) {
 async fn attempt(
     platform: &Arc<Platform>,
     loaded: &Arc<Loaded>,
-    request: AsyncRequest,
-    id: &str,
+    work: Work,
+    message: &Message,
 ) -> Result<InvocationResult, String> {
+    let id = &message.id.to_string();
+    let request = match work {
+        Work::Request(request) => request,
+        // An event is a request in CloudEvents form: binary mode for http
+        // functions, structured JSON on stdin for commands.
+        Work::Event(event) => match loaded.version.kind {
+            FunctionKind::Http => event.binary_request(id, message.enqueued_ms),
+            FunctionKind::Command => AsyncRequest {
+                method: "POST".into(),
+                path: "/".into(),
+                headers: Vec::new(),
+                body: event.structured(id, message.enqueued_ms),
+            },
+        },
+    };
     let (status, body) = match loaded.version.kind {
         FunctionKind::Http => {
             let mut builder = http::Request::builder()
@@ -488,6 +561,10 @@ async fn attempt(
                 .uri(request.path.as_str());
             for (name, value) in &request.headers {
                 builder = builder.header(name.as_str(), value.as_slice());
+            }
+            // wasi:http needs an authority; events come with none.
+            if !request.headers.iter().any(|(name, _)| name == "host") {
+                builder = builder.header(http::header::HOST, "localhost");
             }
             let request = builder
                 .body(http_body_util::Full::new(request.body))
@@ -540,7 +617,8 @@ mod tests {
             body: Bytes::from_static(b"{\"n\":1}"),
         };
         let bytes = request.encode().unwrap_or_default();
-        assert_eq!(AsyncRequest::decode(&bytes), Some(request));
-        assert_eq!(AsyncRequest::decode(&bytes[..5]), None);
+        assert!(matches!(Work::decode(&bytes), Some(Work::Request(r)) if r == request));
+        assert_eq!(AsyncRequest::decode(&bytes[1..6]), None);
+        assert!(Work::decode(&[9, 1, 2]).is_none());
     }
 }

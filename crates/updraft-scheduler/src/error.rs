@@ -42,6 +42,26 @@ pub enum PlatformError {
     /// 400.
     #[error("{0}")]
     BadRequest(String),
+    /// 400: a published CloudEvent is malformed.
+    #[error("invalid CloudEvent: {0}")]
+    InvalidEvent(String),
+    /// 404.
+    #[error(
+        "no queue or topic named {0:?}: create one with `updraft queues create {0}` or `updraft topics create {0}`"
+    )]
+    UnknownChannel(String),
+    /// 400: a trigger names a queue or topic that does not exist.
+    #[error("invalid [[trigger]]: {0}")]
+    Trigger(String),
+    /// 409.
+    #[error(
+        "{kind} {name:?} is the trigger of {functions}: remove those triggers (redeploy) first"
+    )]
+    ChannelInUse {
+        kind: updraft_state::queue::ChannelKind,
+        name: String,
+        functions: String,
+    },
     /// 400 for bad input (413 for a payload too large); 500 for storage.
     #[error(transparent)]
     Queue(#[from] updraft_state::queue::QueueError),

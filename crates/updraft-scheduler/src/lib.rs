@@ -9,6 +9,7 @@
 
 mod async_invoke;
 mod error;
+mod events;
 mod logs;
 mod platform;
 mod usage;
@@ -18,6 +19,7 @@ pub use async_invoke::{
     InvocationStatus, RESULT_BYTES_MAX,
 };
 pub use error::PlatformError;
+pub use events::{Event, Published, QueueOverview, TopicOverview};
 pub use platform::{
     Deployed, FunctionDetails, IDLE_UNLOAD_DEFAULT, Loaded, Platform, PlatformConfig,
 };

@@ -258,11 +258,8 @@ impl Platform {
                 missing.push(loaded.clone());
             }
             platform.table_mut().insert(loaded.clone());
-            // Async work accepted before a restart goes on.
-            let queue = crate::async_invoke::function_queue(&loaded.tenant, &loaded.name);
-            if platform.queues.stats(&queue) != Default::default() {
-                platform.ensure_dispatcher(&loaded.tenant, &loaded.name);
-            }
+            // Consumers, schedules, and async work accepted before a restart.
+            platform.start_triggers(&loaded);
         }
         let warm = platform.clone();
         tokio::spawn(async move {
@@ -390,13 +387,14 @@ impl Platform {
     /// store, then point `latest` at it. Nothing is stored unless every step
     /// succeeds.
     pub async fn deploy(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         manifest: Manifest,
         wasm: Bytes,
     ) -> Result<Deployed, PlatformError> {
         let limits = manifest.validate()?;
         let route = manifest.parsed_route()?;
+        self.check_triggers(tenant, &manifest.parsed_triggers()?)?;
         let mut manifest = manifest;
         // `source` is where the CLI found the file; it is not part of the version.
         manifest.source = None;
@@ -438,6 +436,7 @@ impl Platform {
         let compiled = prepared.loaded_from == updraft_sandbox::LoadedFrom::Compile;
         let loaded = Arc::new(Loaded::new(tenant, version, Some(prepared))?);
         self.table_mut().insert(loaded.clone());
+        self.start_triggers(&loaded);
         self.platform_log(
             &loaded.key,
             &format!(
@@ -534,6 +533,23 @@ impl Platform {
         self.dispatchers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The loaded functions of a tenant.
+    pub(crate) fn loaded_of(&self, tenant: &str) -> Vec<Arc<Loaded>> {
+        self.table()
+            .by_key
+            .values()
+            .filter(|l| &*l.tenant == tenant)
+            .cloned()
+            .collect()
+    }
+
+    /// A named queue's visibility timeout and batch size, if it exists.
+    pub(crate) fn channel_settings(&self, tenant: &str, name: &str) -> Option<(u64, u32)> {
+        let channels = self.queues.channels(tenant).ok()?;
+        let channel = channels.into_iter().find(|c| c.name == name)?;
+        Some((channel.visibility_timeout_ms, channel.batch_size))
+    }
+
     pub(crate) fn is_shut_down(&self) -> bool {
         self.shut_down.load(Ordering::Relaxed)
     }
@@ -571,7 +587,7 @@ impl Platform {
 
     /// Moves `latest` back (to `version`, or to the one before).
     pub async fn rollback(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         name: &str,
         version: Option<u64>,
@@ -583,6 +599,7 @@ impl Platform {
         match self.load_version(tenant, target).await {
             Ok(loaded) => {
                 self.table_mut().insert(loaded.clone());
+                self.start_triggers(&loaded);
                 self.platform_log(
                     &loaded.key,
                     &format!("rolled back: latest -> version {}", loaded.version.version),

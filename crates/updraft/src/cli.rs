@@ -143,8 +143,70 @@ pub enum ClientCommand {
     /// Dead letters: async invocations that failed every attempt.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// The async queues of your functions: depth, in flight, oldest, dead letters.
-    Queues,
+    /// Named queues and your functions' async queues: depth, in flight,
+    /// oldest, consumers, dead letters (no subcommand: list them).
+    Queues {
+        #[command(subcommand)]
+        command: Option<QueuesCommand>,
+    },
+    /// Topics: every subscribed function gets every message.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+    /// Publish a message to a queue or topic.
+    Publish(PublishArgs),
+}
+
+/// `updraft queues …`.
+#[derive(Subcommand, Debug)]
+pub enum QueuesCommand {
+    /// Queues, topics and async queues with their state (the default).
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Create a queue (or change its settings); functions consume it with
+    /// `[[trigger]] queue = "NAME"`.
+    Create {
+        name: String,
+        /// How long a consumer has to finish a message before another gets it.
+        #[arg(long, value_name = "MS")]
+        visibility_timeout_ms: Option<u64>,
+        /// Messages a consumer leases at once.
+        #[arg(long, value_name = "N")]
+        batch_size: Option<u32>,
+    },
+    /// Remove a queue and its messages (no function may consume it).
+    #[command(visible_alias = "remove")]
+    Rm { name: String },
+}
+
+/// `updraft topics …`.
+#[derive(Subcommand, Debug)]
+pub enum TopicsCommand {
+    /// Create a topic; functions subscribe with `[[trigger]] topic = "NAME"`.
+    Create { name: String },
+    /// Remove a topic (no function may subscribe to it).
+    #[command(visible_alias = "remove")]
+    Rm { name: String },
+}
+
+/// Options of `updraft publish`.
+#[derive(Args, Debug)]
+pub struct PublishArgs {
+    /// The queue or topic.
+    pub name: String,
+    /// The message: literal text, @FILE to read a file, or @- to read stdin.
+    #[arg(
+        short = 'd',
+        long = "data",
+        value_name = "DATA",
+        allow_hyphen_values = true
+    )]
+    pub data: Option<BodySource>,
+    /// The data is a whole CloudEvent in JSON (structured mode).
+    #[arg(long)]
+    pub cloudevent: bool,
+    /// Content type of the data (its `datacontenttype`).
+    #[arg(long, value_name = "TYPE", conflicts_with = "cloudevent")]
+    pub content_type: Option<String>,
 }
 
 /// `updraft dlq …`.

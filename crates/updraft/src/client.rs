@@ -433,6 +433,23 @@ impl Client {
         decode_reply(&body).context("the reply to an async invoke was not understood")
     }
 
+    /// `POST /v1/publish/{name}` with the message.
+    pub async fn publish(
+        &self,
+        name: &str,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> Result<Reply<serde_json::Value>> {
+        let mut req = self
+            .http
+            .post(self.url(&["v1", "publish", name]))
+            .body(body);
+        if let Some(content_type) = content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, content_type);
+        }
+        self.json(req.timeout(MANAGEMENT_TIMEOUT)).await
+    }
+
     /// `POST /v1/{segments}` without a body, as JSON.
     pub async fn post_value(&self, segments: &[&str]) -> Result<Reply<serde_json::Value>> {
         let req = self.http.post(self.url(segments));

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::cli::{DlqCommand, InvokeArgs};
+use crate::cli::{DlqCommand, InvokeArgs, PublishArgs, QueuesCommand, TopicsCommand};
 use crate::client::Client;
 use crate::output;
 
@@ -150,23 +150,88 @@ fn functions(v: &Value) -> impl Iterator<Item = &Value> {
     v["functions"].as_array().into_iter().flatten()
 }
 
-pub async fn queues(client: &Client, json: bool) -> Result<()> {
-    let reply = client.get_value(&["v1", "queues"], &[]).await?;
+pub async fn queues(client: &Client, command: Option<QueuesCommand>, json: bool) -> Result<()> {
+    let reply = match command.unwrap_or(QueuesCommand::Ls) {
+        QueuesCommand::Ls => client.get_value(&["v1", "queues"], &[]).await?,
+        QueuesCommand::Create {
+            name,
+            visibility_timeout_ms,
+            batch_size,
+        } => {
+            let body = serde_json::json!({
+                "visibility_timeout_ms": visibility_timeout_ms,
+                "batch_size": batch_size,
+            });
+            let reply = client
+                .send_value(&["v1", "queues", &name], Some(body))
+                .await?;
+            return done(&reply.raw, json, &format!("queue {name} ready"));
+        }
+        QueuesCommand::Rm { name } => {
+            let reply = client.send_value(&["v1", "queues", &name], None).await?;
+            return done(&reply.raw, json, &format!("queue {name} removed"));
+        }
+    };
     let mut out = io::stdout().lock();
     if json {
         return Ok(output::write_json(&mut out, &reply.raw)?);
     }
+    let v = &reply.body;
+    let list = |value: &Value| -> String {
+        let names: Vec<&str> = value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if names.is_empty() {
+            "-".into()
+        } else {
+            names.join(",")
+        }
+    };
+    let named: Vec<Vec<String>> = v["queues"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|q| {
+            vec![
+                q["name"].as_str().unwrap_or_default().to_string(),
+                q["depth"].to_string(),
+                q["in_flight"].to_string(),
+                age(&q["oldest_age_ms"]),
+                list(&q["consumers"]),
+            ]
+        })
+        .collect();
+    if !named.is_empty() {
+        output::write_table(
+            &mut out,
+            &["QUEUE", "DEPTH", "IN FLIGHT", "OLDEST", "CONSUMERS"],
+            named,
+        )?;
+    }
+    let topics: Vec<Vec<String>> = v["topics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            vec![
+                t["name"].as_str().unwrap_or_default().to_string(),
+                list(&t["subscribers"]),
+            ]
+        })
+        .collect();
+    if !topics.is_empty() {
+        output::write_table(&mut out, &["TOPIC", "SUBSCRIBERS"], topics)?;
+    }
     let rows = functions(&reply.body)
         .map(|f| {
-            let oldest = match f["oldest_age_ms"].as_u64() {
-                Some(ms) => output::format_duration(Duration::from_millis(ms)),
-                None => "-".into(),
-            };
             vec![
                 f["function"].as_str().unwrap_or_default().to_string(),
                 f["depth"].to_string(),
                 f["in_flight"].to_string(),
-                oldest,
+                age(&f["oldest_age_ms"]),
                 f["dead_letters"].to_string(),
             ]
         })
@@ -176,5 +241,60 @@ pub async fn queues(client: &Client, json: bool) -> Result<()> {
         &["FUNCTION", "DEPTH", "IN FLIGHT", "OLDEST", "DEAD LETTERS"],
         rows,
     )?;
+    Ok(())
+}
+
+fn age(ms: &Value) -> String {
+    match ms.as_u64() {
+        Some(ms) => output::format_duration(Duration::from_millis(ms)),
+        None => "-".into(),
+    }
+}
+
+/// Prints `message`, or the reply with `--json`.
+fn done(raw: &Value, json: bool, message: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    if json {
+        output::write_json(&mut out, raw)?;
+    } else {
+        writeln!(out, "{message}")?;
+    }
+    Ok(())
+}
+
+pub async fn topics(client: &Client, command: TopicsCommand, json: bool) -> Result<()> {
+    match command {
+        TopicsCommand::Create { name } => {
+            let reply = client
+                .send_value(&["v1", "topics", &name], Some(serde_json::json!({})))
+                .await?;
+            done(&reply.raw, json, &format!("topic {name} ready"))
+        }
+        TopicsCommand::Rm { name } => {
+            let reply = client.send_value(&["v1", "topics", &name], None).await?;
+            done(&reply.raw, json, &format!("topic {name} removed"))
+        }
+    }
+}
+
+/// Prints the message ids, one per line (a topic: one per subscriber).
+pub async fn publish(client: &Client, args: &PublishArgs, json: bool) -> Result<()> {
+    let body = match &args.data {
+        Some(source) => source.read()?,
+        None => Vec::new(),
+    };
+    let content_type = if args.cloudevent {
+        Some("application/cloudevents+json")
+    } else {
+        args.content_type.as_deref()
+    };
+    let reply = client.publish(&args.name, body, content_type).await?;
+    let mut out = io::stdout().lock();
+    if json {
+        return Ok(output::write_json(&mut out, &reply.raw)?);
+    }
+    for id in reply.body["ids"].as_array().into_iter().flatten() {
+        writeln!(out, "{}", id.as_str().unwrap_or_default())?;
+    }
     Ok(())
 }

@@ -127,7 +127,9 @@ async fn run_client(client: &Client, command: ClientCommand, json: bool) -> Resu
         ClientCommand::Cost(command) => money::cost(client, command, json).await,
         ClientCommand::Invocation { id } => events::invocation(client, &id, json).await,
         ClientCommand::Dlq(command) => events::dlq(client, command, json).await,
-        ClientCommand::Queues => events::queues(client, json).await,
+        ClientCommand::Queues { command } => events::queues(client, command, json).await,
+        ClientCommand::Topics(command) => events::topics(client, command, json).await,
+        ClientCommand::Publish(args) => events::publish(client, &args, json).await,
     }
 }
 

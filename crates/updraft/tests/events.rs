@@ -370,3 +370,326 @@ async fn idempotency_keys_and_bad_input() {
         .unwrap();
     expect_error(theirs, 404, "function_not_found").await;
 }
+
+/// Deploys the counter example as `name` with `COUNTER_PREFIX` and triggers.
+fn deploy_consumer(server: &Server, name: &str, prefix: &str, triggers: &str) {
+    server.deploy_guest(
+        name,
+        "counter-rust",
+        &format!(
+            "key_value_stores = [\"default\"]\n[env]\nCOUNTER_PREFIX = \"{prefix}\"\n{triggers}"
+        ),
+    );
+}
+
+/// Keys of the `default` store under `prefix`.
+fn keys_under(server: &Server, prefix: &str) -> Vec<String> {
+    server
+        .cli_ok(&["kv", "ls", "default", "--prefix", prefix])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Polls until `done` holds for the keys under `prefix`.
+async fn wait_keys(server: &Server, prefix: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let keys = keys_under(server, prefix);
+        if done(&keys) {
+            return keys;
+        }
+        assert!(Instant::now() < deadline, "keys under {prefix}: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queues_fan_in_topics_fan_out_and_cron_fires() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.cli_ok(&["queues", "create", "orders", "--batch-size", "4"]);
+    server.cli_ok(&["topics", "create", "news"]);
+
+    // Two consumers compete for one queue: each message runs once, on one.
+    let on_orders = "[[trigger]]\nqueue = \"orders\"";
+    deploy_consumer(&server, "packer-a", "orders/", on_orders);
+    deploy_consumer(&server, "packer-b", "orders/", on_orders);
+    let mut ids = BTreeSet::new();
+    for i in 0..200 {
+        let out = server.cli_ok(&["publish", "orders", "-d", &format!("order {i}")]);
+        ids.insert(format!("orders/{}", out.trim()));
+    }
+    let keys = wait_keys(&server, "orders/", |k| k.len() >= 200).await;
+    assert_eq!(keys.into_iter().collect::<BTreeSet<_>>(), ids);
+    drain_named(&server, "orders").await;
+    for key in ids.iter().take(20) {
+        assert_eq!(
+            server.cli_ok(&["kv", "get", "default", key]),
+            "1",
+            "{key} ran twice"
+        );
+    }
+    // Usage sums are committed once a second: wait for them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (a, b) = loop {
+        let usage = server.get_json("/v1/usage").await;
+        let runs = |name: &str| {
+            usage["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["key"] == name)
+                .map_or(0, |r| r["invocations"].as_u64().unwrap())
+        };
+        let (a, b) = (runs("packer-a"), runs("packer-b"));
+        if a + b >= 200 || Instant::now() > deadline {
+            break (a, b);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(a + b, 200, "every message once: a {a}, b {b}");
+    eprintln!("competing consumers: packer-a ran {a}, packer-b {b}");
+
+    // Every subscriber of a topic gets every message.
+    deploy_consumer(
+        &server,
+        "reader-a",
+        "news-a/",
+        "[[trigger]]\ntopic = \"news\"",
+    );
+    deploy_consumer(
+        &server,
+        "reader-b",
+        "news-b/",
+        "[[trigger]]\ntopic = \"news\"",
+    );
+    server.deploy_guest("archive", "echo", "[[trigger]]\ntopic = \"news\"");
+    let published = server.cli_ok(&[
+        "--json",
+        "publish",
+        "news",
+        "-d",
+        "{\"n\":1}",
+        "--content-type",
+        "application/json",
+    ]);
+    let published: Value = serde_json::from_str(&published).unwrap();
+    assert_eq!(published["kind"], "topic");
+    assert_eq!(
+        published["subscribers"],
+        serde_json::json!(["archive", "reader-a", "reader-b"])
+    );
+    let ids: Vec<&str> = published["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    for _ in 0..4 {
+        server.cli_ok(&["publish", "news", "-d", "more"]);
+    }
+    wait_keys(&server, "news-a/", |k| k.len() == 5).await;
+    let read_b = wait_keys(&server, "news-b/", |k| k.len() == 5).await;
+    assert!(read_b.contains(&format!("news-b/{}", ids[2])), "{read_b:?}");
+    // A command gets the event in structured mode on stdin; echo returns it.
+    let archived = wait_for(&server, ids[0], &["succeeded"]).await;
+    assert_eq!(archived["function"], "archive");
+    let event: Value = serde_json::from_str(archived["result"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(event["specversion"], "1.0");
+    assert_eq!(event["id"], ids[0]);
+    assert_eq!(event["type"], "dev.updraft.message");
+    assert_eq!(event["source"], "/local/news");
+    assert_eq!(event["data"]["n"], 1, "{event}");
+
+    // A structured CloudEvent keeps its own id and attributes.
+    let cloudevent =
+        r#"{"specversion":"1.0","id":"evt-1","source":"/shop","type":"order.created","data":"hi"}"#;
+    server.cli_ok(&["publish", "orders", "--cloudevent", "-d", cloudevent]);
+    wait_keys(&server, "orders/evt-1", |k| k.len() == 1).await;
+
+    // A seconds-level schedule fires every second.
+    deploy_consumer(
+        &server,
+        "ticker",
+        "tick/",
+        "[[trigger]]\ncron = \"* * * * * *\"",
+    );
+    let started = Instant::now();
+    let ticks = wait_keys(&server, "tick/", |k| k.len() >= 3).await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "3 ticks in {elapsed:?}: faster than the schedule"
+    );
+    eprintln!("cron: {} ticks in {elapsed:?}", ticks.len());
+    let tick = ticks[0].trim_start_matches("tick/");
+    let status = server.get_json(&format!("/v1/invocations/{tick}")).await;
+    assert_eq!(status["function"], "ticker", "{status}");
+
+    // Redeploying without the trigger stops it.
+    deploy_consumer(&server, "ticker", "tick/", "");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = keys_under(&server, "tick/").len();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(
+        keys_under(&server, "tick/").len(),
+        before,
+        "the schedule was removed"
+    );
+
+    let queues = server.cli_ok(&["queues"]);
+    assert!(
+        queues.contains("orders") && queues.contains("packer-a,packer-b"),
+        "{queues}"
+    );
+    assert!(
+        queues.contains("news") && queues.contains("archive,reader-a,reader-b"),
+        "{queues}"
+    );
+}
+
+/// Waits until a named queue is empty and nothing is in flight.
+async fn drain_named(server: &Server, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = server.get_json("/v1/queues").await;
+        let queue = all["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == name)
+            .cloned()
+            .unwrap();
+        if queue["depth"] == 0 && queue["in_flight"] == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue {name} does not drain: {queue}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_refuse_bad_input_at_deploy_and_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let api = server.api();
+
+    // A trigger naming a missing queue or topic fails the deploy.
+    let manifest =
+        server.write_manifest("worker", "counter-rust", "[[trigger]]\nqueue = \"orders\"");
+    let out = server.cli(&["deploy", manifest.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("queue \"orders\" does not exist")
+            && stderr.contains("updraft queues create orders"),
+        "{stderr}"
+    );
+    server.cli_ok(&["topics", "create", "orders-topic"]);
+    let manifest = server.write_manifest(
+        "worker",
+        "counter-rust",
+        "[[trigger]]\nqueue = \"orders-topic\"",
+    );
+    let out = server.cli(&["deploy", manifest.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a topic, not a queue"));
+    let manifest = server.write_manifest(
+        "worker",
+        "counter-rust",
+        "[[trigger]]\ncron = \"61 * * * * *\"",
+    );
+    let out = server.cli(&["deploy", manifest.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a schedule"));
+    assert!(
+        server
+            .cli_ok(&["ls"])
+            .lines()
+            .all(|l| !l.contains("worker"))
+    );
+
+    // Publishing to nothing, or a malformed CloudEvent.
+    let unknown = api
+        .post(server.url("/v1/publish/nope"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let message = expect_error(unknown, 404, "channel_not_found").await;
+    assert!(message.contains("updraft queues create nope"), "{message}");
+    server.cli_ok(&["queues", "create", "orders"]);
+    for (bad, says) in [
+        (
+            "{\"specversion\":\"1.0\",\"id\":\"1\",\"type\":\"t\"}",
+            "\"source\"",
+        ),
+        ("not json", "not JSON"),
+    ] {
+        let response = api
+            .post(server.url("/v1/publish/orders"))
+            .header("content-type", "application/cloudevents+json")
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        let message = expect_error(response, 400, "invalid_cloudevent").await;
+        assert!(message.contains(says), "{message}");
+    }
+    let big = api
+        .post(server.url("/v1/publish/orders"))
+        .body(vec![0u8; 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    expect_error(big, 413, "payload_too_large").await;
+    let queues = server.get_json("/v1/queues").await;
+    assert_eq!(
+        queues["queues"][0]["depth"], 0,
+        "nothing was queued: {queues}"
+    );
+
+    // Names and settings are checked; a name is a queue or a topic.
+    let bad_name = api
+        .put(server.url("/v1/queues/Orders"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(bad_name, 400, "bad_request").await;
+    let bad_batch = api
+        .put(server.url("/v1/queues/orders"))
+        .json(&serde_json::json!({"batch_size": 0}))
+        .send()
+        .await
+        .unwrap();
+    let message = expect_error(bad_batch, 400, "bad_request").await;
+    assert!(message.contains("batch_size"), "{message}");
+    let taken = api
+        .put(server.url("/v1/topics/orders"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(taken, 409, "channel_conflict").await;
+
+    // A queue in use cannot be removed; once unused it can.
+    deploy_consumer(&server, "worker", "w/", "[[trigger]]\nqueue = \"orders\"");
+    let in_use = api
+        .delete(server.url("/v1/queues/orders"))
+        .send()
+        .await
+        .unwrap();
+    let message = expect_error(in_use, 409, "channel_in_use").await;
+    assert!(message.contains("worker"), "{message}");
+    server.cli_ok(&["rm", "worker"]);
+    server.cli_ok(&["queues", "rm", "orders"]);
+    let gone = api
+        .post(server.url("/v1/publish/orders"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    expect_error(gone, 404, "channel_not_found").await;
+}

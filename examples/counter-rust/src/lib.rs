@@ -9,6 +9,10 @@
 //! - `GET /counter?key=K&fail_below=N` still counts, but answers 500 while
 //!   the count is below `N`: a function that fails its first `N - 1`
 //!   attempts, to watch async retries and dead letters at work.
+//! - An event (a CloudEvent in HTTP binary mode, from a queue, topic or
+//!   cron trigger) counts under `{COUNTER_PREFIX}{ce-id}` (the prefix from
+//!   the manifest's `[env]`, `event/` by default), so each delivery of each
+//!   event shows in the store.
 
 use std::io::Write as _;
 
@@ -34,7 +38,22 @@ impl wasip2::exports::http::incoming_handler::Guest for Counter {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let query = request.path_with_query().unwrap_or_default();
         let query = query.split_once('?').map(|(_, q)| q).unwrap_or("");
-        let key = param(query, "key").unwrap_or("hits");
+        let event_id = request
+            .headers()
+            .get("ce-id")
+            .first()
+            .map(|id| String::from_utf8_lossy(id).into_owned());
+        let event_key = event_id.map(|id| {
+            // wasi:cli/environment directly: std's env is empty in a proxy.
+            let prefix = wasip2::cli::environment::get_environment()
+                .into_iter()
+                .find_map(|(k, v)| (k == "COUNTER_PREFIX").then_some(v))
+                .unwrap_or_else(|| "event/".into());
+            format!("{prefix}{id}")
+        });
+        let key = event_key
+            .as_deref()
+            .unwrap_or_else(|| param(query, "key").unwrap_or("hits"));
         let store_name = param(query, "store").unwrap_or("default");
         let fail_below = param(query, "fail_below").and_then(|n| n.parse::<i64>().ok());
         let (status, body) = match count(store_name, key) {

@@ -19,14 +19,16 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
-    Accepted, Message, MessageInfo, MessageState, NewMessage, QueueError, QueueId, QueueStats,
-    QueueStore, RETENTION, Uuid, check_message, now_ms,
+    Accepted, Channel, Message, MessageInfo, MessageState, NewMessage, QueueError, QueueId,
+    QueueStats, QueueStore, RETENTION, Uuid, check_channel, check_message, now_ms,
 };
 
 /// (owner, queue, id) → [`Stored`] header and payload.
 const MESSAGES: TableDefinition<(&str, &str, u128), &[u8]> = TableDefinition::new("messages");
 /// id → owner (`u16` length + bytes) and the consumer's outcome.
 const OUTCOMES: TableDefinition<u128, &[u8]> = TableDefinition::new("outcomes");
+/// (owner, name) → a named queue or topic ([`Channel`] as JSON).
+const CHANNELS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("channels");
 /// (owner, queue, idempotency key) → (id, sent ms).
 const IDEMPOTENCY: TableDefinition<(&str, &str, &str), (u128, u64)> =
     TableDefinition::new("idempotency");
@@ -128,7 +130,12 @@ impl Stored {
 }
 
 enum Op {
-    Send(Vec<(Uuid, NewMessage)>),
+    /// To several queues at once (the change's own queue is unused).
+    Send(Vec<(QueueId, Vec<(Uuid, NewMessage)>)>),
+    /// The change's queue names the channel: (owner, name).
+    CreateChannel(Channel),
+    DeleteChannel,
+    Purge,
     Ack(Uuid, Vec<u8>),
     Retry(Uuid, Duration, String),
     Move(Uuid, QueueId, String),
@@ -136,7 +143,9 @@ enum Op {
 }
 
 enum Done {
-    Sent(Vec<Accepted>),
+    Sent(Vec<Vec<Accepted>>),
+    Channel(Channel),
+    Bool(bool),
     Unit,
     Count(usize),
 }
@@ -151,6 +160,10 @@ struct Change {
 enum IndexChange {
     Add(QueueId, u128, Stored, usize),
     Remove(u128),
+}
+
+fn unexpected() -> QueueError {
+    QueueError::Storage("unexpected writer reply".into())
 }
 
 fn storage(e: impl std::fmt::Display) -> QueueError {
@@ -174,6 +187,7 @@ impl EmbeddedQueues {
             txn.open_table(MESSAGES).map_err(storage)?;
             txn.open_table(OUTCOMES).map_err(storage)?;
             txn.open_table(IDEMPOTENCY).map_err(storage)?;
+            txn.open_table(CHANNELS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         let mut index = Index::default();
@@ -362,17 +376,65 @@ impl Drop for EmbeddedQueues {
 
 #[async_trait]
 impl QueueStore for EmbeddedQueues {
-    async fn send(
+    async fn send_to_many(
         &self,
-        queue: &QueueId,
-        messages: Vec<NewMessage>,
-    ) -> Result<Vec<Accepted>, QueueError> {
-        messages.iter().try_for_each(check_message)?;
-        let messages = messages.into_iter().map(|m| (Uuid::now_v7(), m)).collect();
-        match self.change(queue, Op::Send(messages)).await? {
-            Done::Sent(accepted) => Ok(accepted),
-            _ => Err(QueueError::Storage("unexpected writer reply".into())),
+        batches: Vec<(QueueId, Vec<NewMessage>)>,
+    ) -> Result<Vec<Vec<Accepted>>, QueueError> {
+        for (_, messages) in &batches {
+            messages.iter().try_for_each(check_message)?;
         }
+        let batches = batches
+            .into_iter()
+            .map(|(queue, messages)| {
+                let messages = messages.into_iter().map(|m| (Uuid::now_v7(), m));
+                (queue, messages.collect())
+            })
+            .collect();
+        let unused = QueueId::new("", "");
+        match self.change(&unused, Op::Send(batches)).await? {
+            Done::Sent(accepted) => Ok(accepted),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn create_channel(&self, owner: &str, channel: Channel) -> Result<Channel, QueueError> {
+        check_channel(&channel)?;
+        let id = QueueId::new(owner, channel.name.clone());
+        match self.change(&id, Op::CreateChannel(channel)).await? {
+            Done::Channel(channel) => Ok(channel),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_channel(&self, owner: &str, name: &str) -> Result<bool, QueueError> {
+        match self
+            .change(&QueueId::new(owner, name), Op::DeleteChannel)
+            .await?
+        {
+            Done::Bool(deleted) => Ok(deleted),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn purge(&self, queue: &QueueId) -> Result<usize, QueueError> {
+        match self.change(queue, Op::Purge).await? {
+            Done::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    fn channels(&self, owner: &str) -> Result<Vec<Channel>, QueueError> {
+        let txn = self.shared.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(CHANNELS).map_err(storage)?;
+        let mut channels = Vec::new();
+        for entry in table.range((owner, "")..).map_err(storage)? {
+            let (key, value) = entry.map_err(storage)?;
+            if key.value().0 != owner {
+                break;
+            }
+            channels.push(serde_json::from_slice(value.value()).map_err(storage)?);
+        }
+        Ok(channels)
     }
 
     async fn receive(
@@ -436,7 +498,7 @@ impl QueueStore for EmbeddedQueues {
     async fn redrive(&self, from: &QueueId, to: &QueueId) -> Result<usize, QueueError> {
         match self.change(from, Op::Redrive(to.clone())).await? {
             Done::Count(n) => Ok(n),
-            _ => Err(QueueError::Storage("unexpected writer reply".into())),
+            _ => Err(unexpected()),
         }
     }
 
@@ -625,6 +687,7 @@ fn commit(shared: &Shared, batch: &[Change]) -> Result<(Results, Vec<IndexChange
         let mut messages = txn.open_table(MESSAGES).map_err(storage)?;
         let mut outcomes = txn.open_table(OUTCOMES).map_err(storage)?;
         let mut keys = txn.open_table(IDEMPOTENCY).map_err(storage)?;
+        let mut channels = txn.open_table(CHANNELS).map_err(storage)?;
         let now = now_ms();
         // Removed earlier in this batch: the index does not know yet.
         let mut gone: Vec<u128> = Vec::new();
@@ -642,45 +705,67 @@ fn commit(shared: &Shared, batch: &[Change]) -> Result<(Results, Vec<IndexChange
                 Ok(())
             };
             let result = match &change.op {
-                Op::Send(new) => {
-                    let mut accepted = Vec::with_capacity(new.len());
-                    for (id, message) in new {
-                        if let Some(key) = &message.idempotency_key {
-                            let k = (queue.owner.as_str(), queue.name.as_str(), key.as_str());
-                            let seen = keys.get(k).map_err(storage)?.map(|v| v.value());
-                            if let Some((first, sent)) = seen
-                                && now.saturating_sub(sent) < millis(RETENTION)
-                            {
-                                accepted.push(Accepted {
-                                    id: Uuid::from_u128(first),
-                                    duplicate: true,
-                                });
-                                continue;
-                            }
-                            keys.insert(k, (id.as_u128(), now)).map_err(storage)?;
-                        }
-                        let stored = Stored {
-                            attempts: 0,
-                            enqueued_ms: now,
-                            visible_ms: now,
-                            last_error: None,
-                        };
-                        let key = (queue.owner.as_str(), queue.name.as_str(), id.as_u128());
-                        messages
-                            .insert(key, stored.encode(&message.payload).as_slice())
-                            .map_err(storage)?;
-                        index_changes.push(IndexChange::Add(
-                            queue.clone(),
-                            id.as_u128(),
-                            stored,
-                            message.payload.len(),
-                        ));
-                        accepted.push(Accepted {
-                            id: *id,
-                            duplicate: false,
-                        });
+                Op::Send(batches) => {
+                    let mut sent = Vec::with_capacity(batches.len());
+                    for (queue, new) in batches {
+                        let accepted = send(
+                            &mut messages,
+                            &mut keys,
+                            queue,
+                            new,
+                            now,
+                            &mut index_changes,
+                        )?;
+                        sent.push(accepted);
                     }
-                    Ok(Done::Sent(accepted))
+                    Ok(Done::Sent(sent))
+                }
+                Op::CreateChannel(channel) => {
+                    let key = (queue.owner.as_str(), channel.name.as_str());
+                    let existing: Option<Channel> = channels
+                        .get(key)
+                        .map_err(storage)?
+                        .and_then(|v| serde_json::from_slice(v.value()).ok());
+                    match existing {
+                        Some(old) if old.kind != channel.kind => Err(QueueError::ChannelConflict {
+                            name: channel.name.clone(),
+                            existing: old.kind,
+                        }),
+                        old => {
+                            let mut channel = channel.clone();
+                            if let Some(old) = old {
+                                channel.created_ms = old.created_ms;
+                            }
+                            let json = serde_json::to_vec(&channel).map_err(storage)?;
+                            channels.insert(key, json.as_slice()).map_err(storage)?;
+                            Ok(Done::Channel(channel))
+                        }
+                    }
+                }
+                Op::DeleteChannel => {
+                    let key = (queue.owner.as_str(), queue.name.as_str());
+                    Ok(Done::Bool(channels.remove(key).map_err(storage)?.is_some()))
+                }
+                Op::Purge => {
+                    let all: Vec<u128> = index
+                        .queues
+                        .get(queue)
+                        .map(|q| {
+                            q.waiting
+                                .iter()
+                                .chain(&q.leased)
+                                .map(|&(_, id)| id)
+                                .filter(|id| !gone.contains(id))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    for &id in &all {
+                        let key = (queue.owner.as_str(), queue.name.as_str(), id);
+                        messages.remove(key).map_err(storage)?;
+                        index_changes.push(IndexChange::Remove(id));
+                        gone.push(id);
+                    }
+                    Ok(Done::Count(all.len()))
                 }
                 Op::Ack(id, outcome) => leased(*id, &gone).and_then(|()| {
                     let key = (queue.owner.as_str(), queue.name.as_str(), id.as_u128());
@@ -762,6 +847,58 @@ fn commit(shared: &Shared, batch: &[Change]) -> Result<(Results, Vec<IndexChange
     }
     txn.commit().map_err(storage)?;
     Ok((results, index_changes))
+}
+
+type KeysTable<'t> = Table<'t, (&'static str, &'static str, &'static str), (u128, u64)>;
+
+/// Stores new messages of one queue; a known idempotency key gives the
+/// first message's id instead.
+fn send(
+    messages: &mut MessagesTable<'_>,
+    keys: &mut KeysTable<'_>,
+    queue: &QueueId,
+    new: &[(Uuid, NewMessage)],
+    now: u64,
+    index_changes: &mut Vec<IndexChange>,
+) -> Result<Vec<Accepted>, QueueError> {
+    let mut accepted = Vec::with_capacity(new.len());
+    for (id, message) in new {
+        if let Some(key) = &message.idempotency_key {
+            let k = (queue.owner.as_str(), queue.name.as_str(), key.as_str());
+            let seen = keys.get(k).map_err(storage)?.map(|v| v.value());
+            if let Some((first, sent)) = seen
+                && now.saturating_sub(sent) < millis(RETENTION)
+            {
+                accepted.push(Accepted {
+                    id: Uuid::from_u128(first),
+                    duplicate: true,
+                });
+                continue;
+            }
+            keys.insert(k, (id.as_u128(), now)).map_err(storage)?;
+        }
+        let stored = Stored {
+            attempts: 0,
+            enqueued_ms: now,
+            visible_ms: now,
+            last_error: None,
+        };
+        let key = (queue.owner.as_str(), queue.name.as_str(), id.as_u128());
+        messages
+            .insert(key, stored.encode(&message.payload).as_slice())
+            .map_err(storage)?;
+        index_changes.push(IndexChange::Add(
+            queue.clone(),
+            id.as_u128(),
+            stored,
+            message.payload.len(),
+        ));
+        accepted.push(Accepted {
+            id: *id,
+            duplicate: false,
+        });
+    }
+    Ok(accepted)
 }
 
 type MessagesTable<'t> = Table<'t, (&'static str, &'static str, u128), &'static [u8]>;
@@ -1076,5 +1213,67 @@ mod tests {
         assert!(q.ack(&jobs, waiting, vec![]).await.is_err());
         assert_eq!(q.stats(&jobs).depth, 1);
         assert_eq!(take(&q, &jobs, 10).await[0].payload, b"keep");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn channels_fan_out_and_purge() {
+        use crate::queue::{ChannelKind, VISIBILITY_TIMEOUT_MS_DEFAULT};
+        let dir = tempfile::tempdir().unwrap();
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        let channel = |name: &str, kind| Channel {
+            name: name.into(),
+            kind,
+            visibility_timeout_ms: VISIBILITY_TIMEOUT_MS_DEFAULT,
+            batch_size: 10,
+            created_ms: 1,
+        };
+        q.create_channel("acme", channel("orders", ChannelKind::Queue))
+            .await
+            .unwrap();
+        q.create_channel("acme", channel("events", ChannelKind::Topic))
+            .await
+            .unwrap();
+        // Updating keeps the creation time; another kind under the name is refused.
+        let mut slower = channel("orders", ChannelKind::Queue);
+        (slower.batch_size, slower.created_ms) = (5, 99);
+        let updated = q.create_channel("acme", slower).await.unwrap();
+        assert_eq!((updated.batch_size, updated.created_ms), (5, 1));
+        assert_eq!(
+            q.create_channel("acme", channel("orders", ChannelKind::Topic))
+                .await,
+            Err(QueueError::ChannelConflict {
+                name: "orders".into(),
+                existing: ChannelKind::Queue
+            })
+        );
+        assert!(matches!(
+            q.create_channel("acme", channel("Bad Name", ChannelKind::Queue))
+                .await,
+            Err(QueueError::BadChannel(_))
+        ));
+        let names = |cs: Vec<Channel>| cs.into_iter().map(|c| c.name).collect::<Vec<_>>();
+        assert_eq!(names(q.channels("acme").unwrap()), ["events", "orders"]);
+        assert!(q.channels("bravo").unwrap().is_empty());
+
+        // One commit to several queues.
+        let (a, b) = (QueueId::new("acme", "a"), QueueId::new("acme", "b"));
+        let sent = q
+            .send_to_many(vec![
+                (a.clone(), vec![msg("1")]),
+                (b.clone(), vec![msg("1"), msg("2")]),
+            ])
+            .await
+            .unwrap();
+        assert_eq!((sent[0].len(), sent[1].len()), (1, 2));
+        let _leased = take(&q, &b, 1).await;
+        assert_eq!(q.purge(&b).await.unwrap(), 2);
+        assert_eq!(q.stats(&b), QueueStats::default());
+        assert_eq!(q.stats(&a).depth, 1);
+
+        assert!(q.delete_channel("acme", "orders").await.unwrap());
+        assert!(!q.delete_channel("acme", "orders").await.unwrap());
+        drop(q);
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        assert_eq!(names(q.channels("acme").unwrap()), ["events"]);
     }
 }

@@ -113,6 +113,46 @@ pub struct QueueStats {
     pub oldest_enqueued_ms: Option<u64>,
 }
 
+/// Named queues (competing consumers) and topics (every subscriber gets
+/// every message) a tenant creates; functions name them in triggers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Queue,
+    Topic,
+}
+
+impl std::fmt::Display for ChannelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChannelKind::Queue => "queue",
+            ChannelKind::Topic => "topic",
+        })
+    }
+}
+
+/// Default time a consumer has to finish a queue message before another
+/// may get it.
+pub const VISIBILITY_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default messages a queue consumer leases at once.
+pub const BATCH_SIZE_DEFAULT: u32 = 10;
+/// Highest `batch_size`.
+pub const BATCH_SIZE_MAX: u32 = 1000;
+/// Highest visibility timeout (12 hours, like SQS).
+pub const VISIBILITY_TIMEOUT_MS_MAX: u64 = 12 * 3600 * 1000;
+
+/// A named queue or topic as created.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Channel {
+    pub name: String,
+    pub kind: ChannelKind,
+    /// Queues: how long a lease lasts.
+    pub visibility_timeout_ms: u64,
+    /// Queues: how many messages a consumer leases at once.
+    pub batch_size: u32,
+    pub created_ms: u64,
+}
+
 /// A message as listed, without its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageInfo {
@@ -141,6 +181,14 @@ pub enum QueueError {
         "message {id} is not in flight in queue {queue}: its lease expired or it was finished already"
     )]
     NotInFlight { queue: String, id: Uuid },
+    #[error("{kind} {name:?} does not exist: create it with `updraft {kind}s create {name}`")]
+    ChannelNotFound { kind: ChannelKind, name: String },
+    #[error(
+        "{name:?} is already a {existing}: choose another name, or remove the {existing} first"
+    )]
+    ChannelConflict { name: String, existing: ChannelKind },
+    #[error("invalid {0}")]
+    BadChannel(String),
     #[error("queue storage failed: {0}")]
     Storage(String),
 }
@@ -154,7 +202,26 @@ pub trait QueueStore: Send + Sync + 'static {
         &self,
         queue: &QueueId,
         messages: Vec<NewMessage>,
-    ) -> Result<Vec<Accepted>, QueueError>;
+    ) -> Result<Vec<Accepted>, QueueError> {
+        let mut sent = self.send_to_many(vec![(queue.clone(), messages)]).await?;
+        Ok(sent.pop().unwrap_or_default())
+    }
+    /// Sends to several queues in one commit, all or nothing (a topic's
+    /// fan-out).
+    async fn send_to_many(
+        &self,
+        batches: Vec<(QueueId, Vec<NewMessage>)>,
+    ) -> Result<Vec<Vec<Accepted>>, QueueError>;
+    /// Creates (or updates) a named queue or topic of `owner`.
+    async fn create_channel(&self, owner: &str, channel: Channel) -> Result<Channel, QueueError>;
+    /// Removes a named queue or topic; a queue's waiting messages go with
+    /// it. `false` if there was none.
+    async fn delete_channel(&self, owner: &str, name: &str) -> Result<bool, QueueError>;
+    /// Removes every message of a queue, waiting or in flight; returns how
+    /// many.
+    async fn purge(&self, queue: &QueueId) -> Result<usize, QueueError>;
+    /// `owner`'s named queues and topics, by name.
+    fn channels(&self, owner: &str) -> Result<Vec<Channel>, QueueError>;
     /// Leases up to `max` visible messages, oldest first, for `lease`;
     /// waits up to `wait` for one to become visible.
     async fn receive(
@@ -194,6 +261,36 @@ pub trait QueueStore: Send + Sync + 'static {
     fn stats(&self, queue: &QueueId) -> QueueStats;
     /// Waiting messages of `queue`, oldest first, at most `limit`.
     fn list(&self, queue: &QueueId, limit: usize) -> Result<Vec<MessageInfo>, QueueError>;
+}
+
+/// Checks a channel's name and settings.
+pub fn check_channel(channel: &Channel) -> Result<(), QueueError> {
+    let name = &channel.name;
+    let plain = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !plain {
+        return Err(QueueError::BadChannel(format!(
+            "{} name {name:?}: use 1-63 lowercase letters, digits or '-', starting with a letter",
+            channel.kind
+        )));
+    }
+    if !(1..=VISIBILITY_TIMEOUT_MS_MAX).contains(&channel.visibility_timeout_ms) {
+        return Err(QueueError::BadChannel(format!(
+            "visibility_timeout_ms = {}: must be between 1 and {VISIBILITY_TIMEOUT_MS_MAX}",
+            channel.visibility_timeout_ms
+        )));
+    }
+    if !(1..=BATCH_SIZE_MAX).contains(&channel.batch_size) {
+        return Err(QueueError::BadChannel(format!(
+            "batch_size = {}: must be between 1 and {BATCH_SIZE_MAX}",
+            channel.batch_size
+        )));
+    }
+    Ok(())
 }
 
 pub fn check_message(message: &NewMessage) -> Result<(), QueueError> {

@@ -1,0 +1,650 @@
+//! Events: named queues and topics, publishing to them, the triggers that
+//! turn them (and schedules) into invocations, and CloudEvents, the form in
+//! which every event reaches a function.
+//!
+//! - A **queue** (`q:NAME` of its tenant) has competing consumers: every
+//!   function whose manifest has `[[trigger]] queue = "NAME"` runs a
+//!   dispatcher leasing from it, so each message goes to one of them.
+//! - A **topic** has no queue of its own: publishing copies the event into
+//!   the async queue of every subscribed function, in one commit.
+//! - A **cron** trigger puts a tick event in its function's async queue on
+//!   schedule, with an idempotency key per tick, so a tick is queued once.
+//!
+//! Delivery, retries and dead letters are the async machinery's
+//! ([`crate::async_invoke`]).
+
+use std::str::FromStr;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use updraft_core::{EventTrigger, function_key};
+use updraft_state::queue::{
+    BATCH_SIZE_DEFAULT, Channel, ChannelKind, NewMessage, QueueError, QueueId, QueueStats,
+    VISIBILITY_TIMEOUT_MS_DEFAULT,
+};
+
+use crate::async_invoke::{AsyncRequest, Source, function_queue};
+use crate::error::PlatformError;
+use crate::platform::{Loaded, Platform, now_ms};
+
+/// CloudEvents' `specversion`.
+pub const SPEC_VERSION: &str = "1.0";
+/// `type` of an event published as plain data.
+pub const MESSAGE_TYPE: &str = "dev.updraft.message";
+/// `type` of a cron tick.
+pub const CRON_TYPE: &str = "dev.updraft.cron";
+
+/// The queue behind a named queue.
+pub(crate) fn channel_queue(tenant: &str, name: &str) -> QueueId {
+    QueueId::new(tenant, format!("q:{name}"))
+}
+
+/// An event on its way to a function: CloudEvents attributes and data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Every attribute but `specversion` and the data; without `id`, the
+    /// message's id is the event's.
+    pub attributes: Map<String, Value>,
+    pub data: Bytes,
+}
+
+fn invalid(message: impl Into<String>) -> PlatformError {
+    PlatformError::InvalidEvent(message.into())
+}
+
+impl Event {
+    /// Plain data published to a queue or topic.
+    pub fn from_data(source: String, content_type: Option<String>, data: Bytes) -> Event {
+        let mut attributes = Map::new();
+        attributes.insert("source".into(), source.into());
+        attributes.insert("type".into(), MESSAGE_TYPE.into());
+        if let Some(content_type) = content_type {
+            attributes.insert("datacontenttype".into(), content_type.into());
+        }
+        Event { attributes, data }
+    }
+
+    /// A CloudEvent in structured mode (`application/cloudevents+json`),
+    /// checked: `specversion` 1.0, non-empty `id`, `source` and `type`,
+    /// lowercase attribute names, at most one of `data` and `data_base64`.
+    pub fn from_structured(body: &[u8]) -> Result<Event, PlatformError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| invalid(format!("the CloudEvent is not JSON: {e}")))?;
+        let Value::Object(mut attributes) = value else {
+            return Err(invalid("a CloudEvent is a JSON object"));
+        };
+        match attributes.remove("specversion") {
+            Some(Value::String(v)) if v == SPEC_VERSION => {}
+            Some(other) => {
+                return Err(invalid(format!(
+                    "specversion {other} is not supported: use \"1.0\""
+                )));
+            }
+            None => {
+                return Err(invalid(
+                    "the CloudEvent has no specversion: add \"specversion\": \"1.0\"",
+                ));
+            }
+        }
+        for required in ["id", "source", "type"] {
+            match attributes.get(required) {
+                Some(Value::String(s)) if !s.is_empty() => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "the CloudEvent needs a non-empty string {required:?}"
+                    )));
+                }
+            }
+        }
+        for name in attributes.keys() {
+            let ok = !name.is_empty()
+                && name.len() <= 20
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                return Err(invalid(format!(
+                    "attribute name {name:?} is not allowed: use up to 20 lowercase letters and digits"
+                )));
+            }
+        }
+        let data = match (attributes.remove("data"), attributes.remove("data_base64")) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "the CloudEvent has both data and data_base64: keep one",
+                ));
+            }
+            (None, Some(Value::String(b64))) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| invalid(format!("data_base64 is not base64: {e}")))?,
+            (None, Some(_)) => return Err(invalid("data_base64 must be a string")),
+            (Some(Value::String(text)), None) if !is_json(&attributes) => text.into_bytes(),
+            (Some(value), None) => {
+                attributes
+                    .entry("datacontenttype")
+                    .or_insert_with(|| "application/json".into());
+                serde_json::to_vec(&value).map_err(|e| invalid(e.to_string()))?
+            }
+            (None, None) => Vec::new(),
+        };
+        Ok(Event {
+            attributes,
+            data: data.into(),
+        })
+    }
+
+    /// `[2][u32 length][attributes as JSON][data]`.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let attributes = serde_json::to_vec(&self.attributes).unwrap_or_else(|_| b"{}".to_vec());
+        let mut buf = Vec::with_capacity(5 + attributes.len() + self.data.len());
+        buf.push(crate::async_invoke::EVENT_TAG);
+        buf.extend_from_slice(&(attributes.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&attributes);
+        buf.extend_from_slice(&self.data);
+        buf
+    }
+
+    /// The inverse of [`Event::encode`], without the tag.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Event> {
+        let (len, rest) = bytes.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return None;
+        }
+        let (attributes, data) = rest.split_at(len);
+        Some(Event {
+            attributes: serde_json::from_slice(attributes).ok()?,
+            data: Bytes::copy_from_slice(data),
+        })
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        match self.attributes.get(name)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    }
+
+    /// `id` and `time`, defaulted from the message.
+    fn id_and_time(&self, id: &str, enqueued_ms: u64) -> (String, String) {
+        let time = UNIX_EPOCH + Duration::from_millis(enqueued_ms);
+        (
+            self.text("id").unwrap_or_else(|| id.to_string()),
+            self.text("time")
+                .unwrap_or_else(|| humantime::format_rfc3339_millis(time).to_string()),
+        )
+    }
+
+    /// HTTP binary mode: attributes as `ce-*` headers, the data as the body
+    /// of a `POST /`.
+    pub(crate) fn binary_request(&self, id: &str, enqueued_ms: u64) -> AsyncRequest {
+        let (id, time) = self.id_and_time(id, enqueued_ms);
+        let mut headers = vec![
+            (
+                "ce-specversion".to_string(),
+                SPEC_VERSION.as_bytes().to_vec(),
+            ),
+            ("ce-id".to_string(), id.into_bytes()),
+            ("ce-time".to_string(), time.into_bytes()),
+        ];
+        for name in self.attributes.keys() {
+            if matches!(name.as_str(), "id" | "time") {
+                continue;
+            }
+            let Some(text) = self.text(name) else {
+                continue;
+            };
+            let header = match name.as_str() {
+                "datacontenttype" => "content-type".to_string(),
+                _ => format!("ce-{name}"),
+            };
+            headers.push((header, text.into_bytes()));
+        }
+        AsyncRequest {
+            method: "POST".into(),
+            path: "/".into(),
+            headers,
+            body: self.data.clone(),
+        }
+    }
+
+    /// Structured mode: one JSON object, for a command's stdin. JSON data
+    /// stays JSON, text becomes a string, other bytes `data_base64`.
+    pub(crate) fn structured(&self, id: &str, enqueued_ms: u64) -> Bytes {
+        let (id, time) = self.id_and_time(id, enqueued_ms);
+        let mut event = self.attributes.clone();
+        event.insert("specversion".into(), SPEC_VERSION.into());
+        event.insert("id".into(), id.into());
+        event.insert("time".into(), time.into());
+        if !self.data.is_empty() {
+            let json = is_json(&self.attributes)
+                .then(|| serde_json::from_slice::<Value>(&self.data).ok())
+                .flatten();
+            match (json, std::str::from_utf8(&self.data)) {
+                (Some(value), _) => {
+                    event.insert("data".into(), value);
+                }
+                (None, Ok(text)) => {
+                    event.insert("data".into(), text.into());
+                }
+                (None, Err(_)) => {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(&self.data);
+                    event.insert("data_base64".into(), b64.into());
+                }
+            }
+        }
+        serde_json::to_vec(&Value::Object(event))
+            .unwrap_or_default()
+            .into()
+    }
+}
+
+fn is_json(attributes: &Map<String, Value>) -> bool {
+    match attributes.get("datacontenttype") {
+        Some(Value::String(t)) => t.contains("json"),
+        _ => false,
+    }
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub kind: ChannelKind,
+    /// The message ids: one for a queue, one per subscriber for a topic
+    /// (each is an async invocation id).
+    pub ids: Vec<String>,
+    /// Topics: the subscribed functions, in the order of `ids`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subscribers: Vec<String>,
+}
+
+/// A named queue as `GET /v1/queues` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueOverview {
+    #[serde(flatten)]
+    pub channel: Channel,
+    pub depth: u64,
+    pub in_flight: u64,
+    pub oldest_age_ms: Option<u64>,
+    /// Functions with a trigger on it.
+    pub consumers: Vec<String>,
+}
+
+/// A topic as `GET /v1/queues` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TopicOverview {
+    #[serde(flatten)]
+    pub channel: Channel,
+    pub subscribers: Vec<String>,
+}
+
+impl Platform {
+    /// Creates or updates a named queue or topic.
+    pub async fn create_channel(
+        &self,
+        tenant: &str,
+        name: &str,
+        kind: ChannelKind,
+        visibility_timeout_ms: Option<u64>,
+        batch_size: Option<u32>,
+    ) -> Result<Channel, PlatformError> {
+        let channel = Channel {
+            name: name.to_string(),
+            kind,
+            visibility_timeout_ms: visibility_timeout_ms.unwrap_or(VISIBILITY_TIMEOUT_MS_DEFAULT),
+            batch_size: batch_size.unwrap_or(BATCH_SIZE_DEFAULT),
+            created_ms: now_ms(),
+        };
+        Ok(self.queues().create_channel(tenant, channel).await?)
+    }
+
+    /// Removes a named queue (with its messages) or topic no function
+    /// triggers on.
+    pub async fn delete_channel(
+        &self,
+        tenant: &str,
+        name: &str,
+        kind: ChannelKind,
+    ) -> Result<(), PlatformError> {
+        let channel = self.channel(tenant, name)?;
+        if channel.kind != kind {
+            return Err(QueueError::ChannelNotFound {
+                kind,
+                name: name.to_string(),
+            }
+            .into());
+        }
+        let users = self.triggered_by(tenant, kind, name);
+        if !users.is_empty() {
+            return Err(PlatformError::ChannelInUse {
+                kind,
+                name: name.to_string(),
+                functions: users.join(", "),
+            });
+        }
+        self.queues().delete_channel(tenant, name).await?;
+        if kind == ChannelKind::Queue {
+            self.queues().purge(&channel_queue(tenant, name)).await?;
+        }
+        Ok(())
+    }
+
+    fn channel(&self, tenant: &str, name: &str) -> Result<Channel, PlatformError> {
+        self.queues()
+            .channels(tenant)?
+            .into_iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| PlatformError::UnknownChannel(name.to_string()))
+    }
+
+    /// Functions of `tenant` whose serving version triggers on the queue or
+    /// topic `name`, by name.
+    fn triggered_by(&self, tenant: &str, kind: ChannelKind, name: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .loaded_of(tenant)
+            .into_iter()
+            .filter(|loaded| {
+                loaded.version.manifest.triggers.iter().any(|t| match kind {
+                    ChannelKind::Queue => t.queue.as_deref() == Some(name),
+                    ChannelKind::Topic => t.topic.as_deref() == Some(name),
+                })
+            })
+            .map(|loaded| loaded.name.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Publishes to a named queue (one message) or topic (one per
+    /// subscriber, in one commit).
+    pub async fn publish(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+        event: Event,
+    ) -> Result<Published, PlatformError> {
+        let channel = self.channel(tenant, name)?;
+        let payload = event.encode();
+        let message = || NewMessage {
+            payload: payload.clone(),
+            idempotency_key: None,
+        };
+        match channel.kind {
+            ChannelKind::Queue => {
+                let sent = self
+                    .queues()
+                    .send(&channel_queue(tenant, name), vec![message()])
+                    .await?;
+                Ok(Published {
+                    kind: ChannelKind::Queue,
+                    ids: sent.iter().map(|a| a.id.to_string()).collect(),
+                    subscribers: Vec::new(),
+                })
+            }
+            ChannelKind::Topic => {
+                let subscribers = self.triggered_by(tenant, ChannelKind::Topic, name);
+                let batches = subscribers
+                    .iter()
+                    .map(|function| (function_queue(tenant, function), vec![message()]))
+                    .collect();
+                let sent = self.queues().send_to_many(batches).await?;
+                for function in &subscribers {
+                    self.ensure_dispatcher(tenant, function, Source::Function);
+                }
+                Ok(Published {
+                    kind: ChannelKind::Topic,
+                    ids: sent.iter().flatten().map(|a| a.id.to_string()).collect(),
+                    subscribers,
+                })
+            }
+        }
+    }
+
+    /// The named queues and topics of `tenant` with their state.
+    pub fn channel_overview(
+        &self,
+        tenant: &str,
+    ) -> Result<(Vec<QueueOverview>, Vec<TopicOverview>), PlatformError> {
+        let now = now_ms();
+        let (mut queues, mut topics) = (Vec::new(), Vec::new());
+        for channel in self.queues().channels(tenant)? {
+            match channel.kind {
+                ChannelKind::Queue => {
+                    let QueueStats {
+                        depth,
+                        in_flight,
+                        oldest_enqueued_ms,
+                    } = self.queues().stats(&channel_queue(tenant, &channel.name));
+                    queues.push(QueueOverview {
+                        consumers: self.triggered_by(tenant, ChannelKind::Queue, &channel.name),
+                        channel,
+                        depth,
+                        in_flight,
+                        oldest_age_ms: oldest_enqueued_ms.map(|t| now.saturating_sub(t)),
+                    });
+                }
+                ChannelKind::Topic => topics.push(TopicOverview {
+                    subscribers: self.triggered_by(tenant, ChannelKind::Topic, &channel.name),
+                    channel,
+                }),
+            }
+        }
+        Ok((queues, topics))
+    }
+
+    /// Refuses a version whose queue or topic triggers name channels the
+    /// tenant does not have.
+    pub(crate) fn check_triggers(
+        &self,
+        tenant: &str,
+        triggers: &[EventTrigger],
+    ) -> Result<(), PlatformError> {
+        let channels = self.queues().channels(tenant)?;
+        for trigger in triggers {
+            let (kind, name) = match trigger {
+                EventTrigger::Queue(name) => (ChannelKind::Queue, name),
+                EventTrigger::Topic(name) => (ChannelKind::Topic, name),
+                EventTrigger::Cron(_) => continue,
+            };
+            match channels.iter().find(|c| &c.name == name) {
+                Some(c) if c.kind == kind => {}
+                Some(c) => {
+                    return Err(PlatformError::Trigger(format!(
+                        "{name:?} is a {}, not a {kind}: use `{}s = \"{name}\"`",
+                        c.kind, c.kind
+                    )));
+                }
+                None => {
+                    return Err(PlatformError::Trigger(format!(
+                        "{kind} {name:?} does not exist: create it first with `updraft {kind}s create {name}`"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts what a function's triggers need: a consumer per queue, a
+    /// timer per schedule, and its async dispatcher if work is waiting.
+    pub(crate) fn start_triggers(self: &Arc<Self>, loaded: &Loaded) {
+        let (tenant, name) = (&*loaded.tenant, &*loaded.name);
+        for trigger in loaded
+            .version
+            .manifest
+            .parsed_triggers()
+            .unwrap_or_default()
+        {
+            match trigger {
+                EventTrigger::Queue(queue) => {
+                    self.ensure_dispatcher(tenant, name, Source::Queue(queue));
+                }
+                EventTrigger::Topic(_) => {}
+                EventTrigger::Cron(schedule) => self.ensure_cron(tenant, name, schedule),
+            }
+        }
+        if self.queues().stats(&function_queue(tenant, name)) != QueueStats::default() {
+            self.ensure_dispatcher(tenant, name, Source::Function);
+        }
+    }
+
+    fn ensure_cron(self: &Arc<Self>, tenant: &str, name: &str, schedule: String) {
+        let key: Arc<str> = format!("{}@cron:{schedule}", function_key(tenant, name)).into();
+        if !self.dispatchers().insert(key.clone()) {
+            return;
+        }
+        let platform = Arc::downgrade(self);
+        let (tenant, name) = (tenant.to_string(), name.to_string());
+        tokio::spawn(async move {
+            cron_loop(&platform, &tenant, &name, &schedule).await;
+            if let Some(platform) = platform.upgrade() {
+                platform.dispatchers().remove(&key);
+            }
+        });
+    }
+
+    /// Whether the function's serving version has `trigger`.
+    pub(crate) fn has_trigger(loaded: &Loaded, trigger: &EventTrigger) -> bool {
+        loaded
+            .version
+            .manifest
+            .parsed_triggers()
+            .is_ok_and(|ts| ts.contains(trigger))
+    }
+}
+
+/// Queues a tick at each time of `schedule` until the function no longer
+/// has it. Ticks missed while the server was down are not made up.
+async fn cron_loop(platform: &Weak<Platform>, tenant: &str, name: &str, schedule: &str) {
+    let Ok(parsed) = cron::Schedule::from_str(schedule) else {
+        return;
+    };
+    let trigger = EventTrigger::Cron(schedule.to_string());
+    loop {
+        let Some(next) = parsed.upcoming(chrono::Utc).next() else {
+            return;
+        };
+        let next_ms = u64::try_from(next.timestamp_millis()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(next_ms.saturating_sub(now_ms()))).await;
+        let Some(p) = platform.upgrade() else { return };
+        if p.is_shut_down() {
+            return;
+        }
+        let Some(loaded) = p.get(tenant, name) else {
+            return;
+        };
+        if !Platform::has_trigger(&loaded, &trigger) {
+            return;
+        }
+        let time = SystemTime::UNIX_EPOCH + Duration::from_millis(next_ms);
+        let mut attributes = Map::new();
+        attributes.insert("source".into(), format!("/functions/{name}/cron").into());
+        attributes.insert("type".into(), CRON_TYPE.into());
+        attributes.insert("subject".into(), schedule.into());
+        attributes.insert(
+            "time".into(),
+            humantime::format_rfc3339_millis(time).to_string().into(),
+        );
+        let event = Event {
+            attributes,
+            data: Bytes::new(),
+        };
+        let message = NewMessage {
+            payload: event.encode(),
+            // One tick is queued once, even by two timers or a restart.
+            idempotency_key: Some(format!("cron:{schedule}:{next_ms}")),
+        };
+        match p
+            .queues()
+            .send(&function_queue(tenant, name), vec![message])
+            .await
+        {
+            Ok(_) => p.ensure_dispatcher(tenant, name, Source::Function),
+            Err(e) => tracing::error!("cron tick of {tenant}/{name} was not queued: {e}"),
+        }
+        // Never fire twice for the same instant.
+        let wait = next_ms.saturating_sub(now_ms()) + 1;
+        drop(p);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structured_events_are_checked_and_round_trip() {
+        let event = Event::from_structured(
+            br#"{"specversion":"1.0","id":"e1","source":"/shop","type":"order.created",
+                 "datacontenttype":"application/json","data":{"n":1},"shopid":"7"}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&event.data[..], br#"{"n":1}"#);
+        assert_eq!(Event::decode(&event.encode()[1..]), Some(event.clone()));
+        let request = event.binary_request("m1", 0);
+        let header = |name: &str| {
+            let (_, value) = request
+                .headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .cloned()
+                .unwrap_or_default();
+            String::from_utf8(value).unwrap_or_default()
+        };
+        assert_eq!(header("ce-id"), "e1");
+        assert_eq!(header("ce-type"), "order.created");
+        assert_eq!(header("ce-shopid"), "7");
+        assert_eq!(header("content-type"), "application/json");
+        assert_eq!(header("ce-time"), "1970-01-01T00:00:00.000Z");
+        let structured: Value =
+            serde_json::from_slice(&event.structured("m1", 0)).unwrap_or_default();
+        assert_eq!(structured["data"]["n"], 1);
+        assert_eq!(structured["specversion"], "1.0");
+
+        let binary = Event::from_data("/queues/q".into(), None, Bytes::from_static(&[0xff, 0]));
+        let structured: Value =
+            serde_json::from_slice(&binary.structured("m2", 0)).unwrap_or_default();
+        assert_eq!(structured["id"], "m2");
+        assert_eq!(structured["data_base64"], "/wA=");
+
+        for (bad, says) in [
+            (&br#"[1]"#[..], "JSON object"),
+            (br#"{"id":"1","source":"s","type":"t"}"#, "specversion"),
+            (br#"{"specversion":"0.3","id":"1","source":"s","type":"t"}"#, "not supported"),
+            (br#"{"specversion":"1.0","id":"","source":"s","type":"t"}"#, "\"id\""),
+            (br#"{"specversion":"1.0","id":"1","type":"t"}"#, "\"source\""),
+            (br#"{"specversion":"1.0","id":"1","source":"s","type":"t","Bad":1}"#, "not allowed"),
+            (br#"{"specversion":"1.0","id":"1","source":"s","type":"t","data":1,"data_base64":"AA=="}"#, "both"),
+            (br#"{"specversion":"1.0","id":"1","source":"s","type":"t","data_base64":"!!"}"#, "base64"),
+        ] {
+            let message = Event::from_structured(bad).map(|_| ()).unwrap_err().to_string();
+            assert!(message.contains(says), "{message} should say {says}");
+        }
+    }
+
+    #[test]
+    fn overview_types_serialize_flat() {
+        let channel = Channel {
+            name: "orders".into(),
+            kind: ChannelKind::Queue,
+            visibility_timeout_ms: 1,
+            batch_size: 2,
+            created_ms: 3,
+        };
+        let overview = QueueOverview {
+            channel,
+            depth: 4,
+            in_flight: 0,
+            oldest_age_ms: None,
+            consumers: vec!["a".into()],
+        };
+        let json = serde_json::to_value(&overview).unwrap_or_default();
+        assert_eq!(json["name"], "orders");
+        assert_eq!(json["depth"], 4);
+    }
+}
