@@ -13,13 +13,14 @@ use std::time::SystemTime;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::events::EventsReport;
 use crate::kv::{self, KvReport};
 use crate::servers::Rss;
 use crate::stats::Summary;
 use crate::wrk::{Errors, Point};
 
 /// Bumped when a field changes meaning, so readers of old files can tell.
-pub const SCHEMA: u32 = 4;
+pub const SCHEMA: u32 = 5;
 
 pub const MARKER_START: &str = "<!-- results:start -->";
 pub const MARKER_END: &str = "<!-- results:end -->";
@@ -61,6 +62,8 @@ pub struct Report {
     pub cold: Cold,
     pub memory: Memory,
     pub kv: KvReport,
+    /// Async invocations end to end against synchronous ones.
+    pub events: EventsReport,
     pub targets: Vec<Target>,
 }
 
@@ -403,6 +406,23 @@ pub fn targets(report: &Report) -> Vec<Target> {
             )
         }
     }
+
+    let events = &report.events;
+    push(
+        "async events ≥ 50,000 events/s end to end, durable (2 cores)",
+        format!(
+            "{} events/s ({:.2}× the {} req/s of the same calls made synchronously)",
+            thousands(events.events_per_s),
+            divide(events.events_per_s, events.sync_rps),
+            thousands(events.sync_rps)
+        ),
+        Some(events.events_per_s >= 50_000.0),
+    );
+    push(
+        "function-to-function call p50 ≤ 20 µs",
+        "not built yet (issue 5 is open)".into(),
+        None,
+    );
     out
 }
 
@@ -666,10 +686,11 @@ pub fn markdown(report: &Report) -> String {
     );
 
     kv_markdown(&mut md, &report.kv);
+    events_markdown(&mut md, &report.events);
     metering_markdown(&mut md, report);
 
     md.push_str(
-        "\n### Targets (issues 3, 4 and 6)\n\n| target | measured | met? |\n| --- | --- | --- |\n",
+        "\n### Targets (issues 3, 4, 5 and 6)\n\n| target | measured | met? |\n| --- | --- | --- |\n",
     );
     for t in &report.targets {
         let _ = writeln!(md, "| {} | {} | {} |", t.target, t.measured, met(t.met));
@@ -703,6 +724,40 @@ fn metering_markdown(md: &mut String, report: &Report) {
             (1.0 - ratio) * 100.0
         );
     }
+}
+
+fn events_markdown(md: &mut String, events: &EventsReport) {
+    let _ = writeln!(
+        md,
+        "\n### Async events end to end\n\nhello, `POST /v1/functions/hello/invoke` under wrk \
+         (c={}, {} s per point): synchronously, then with `mode=async`, each 202 durable \
+         (fsynced) before it is sent. Events/s counts from the first request until the \
+         queue is drained, every accepted call run and acknowledged.\n\n\
+         | round | sync req/s | async accepted | accept req/s | accept p50 | accept p99 | end to end | events/s |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        events.connections, events.duration_s
+    );
+    for (i, r) in events.rounds.iter().enumerate() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {:.0} µs | {:.0} µs | {:.0} ms | {} |",
+            i + 1,
+            thousands(r.sync_rps),
+            r.accepted,
+            thousands(r.accept_rps),
+            r.accept_p50_us,
+            r.accept_p99_us,
+            r.end_to_end_ms,
+            thousands(r.events_per_s)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nMedians: {} events/s async end to end, {} req/s sync ({:.2}×).",
+        thousands(events.events_per_s),
+        thousands(events.sync_rps),
+        divide(events.events_per_s, events.sync_rps)
+    );
 }
 
 fn kv_markdown(md: &mut String, kv: &KvReport) {

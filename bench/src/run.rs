@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::events::{EventsPlan, EventsReport};
 use crate::kv::KvPlan;
 use crate::load::{LoadPlan, LoadTarget};
 use crate::memory::MemoryPlan;
@@ -17,7 +18,7 @@ use crate::report::{
     WASMTIME, WASMTIME_REUSE,
 };
 use crate::servers::{self, Server};
-use crate::{cold, http, kv, load, memory, updraft, wrk};
+use crate::{cold, events, http, kv, load, memory, updraft, wrk};
 
 /// What the command line asked for.
 #[derive(Debug, Clone)]
@@ -42,6 +43,7 @@ pub struct Plan {
     pub cold_reps: usize,
     pub memory: MemoryPlan,
     pub kv: KvPlan,
+    pub events: EventsPlan,
 }
 
 impl Plan {
@@ -84,6 +86,17 @@ impl Plan {
                 slow_ms,
             },
             kv: KvPlan { get_ops, write_ops },
+            events: EventsPlan {
+                duration_s: match mode {
+                    Mode::Full => 5,
+                    Mode::Quick => 2,
+                    Mode::Tiny => 1,
+                },
+                rounds: match mode {
+                    Mode::Full => 3,
+                    _ => 1,
+                },
+            },
         }
     }
 }
@@ -205,7 +218,7 @@ pub fn run(options: &Options) -> Result<Report> {
         .tempdir()
         .context("cannot create a scratch dir")?;
     match phases(&tools, &plan, scratch.path(), &hello, &chaos) {
-        Ok((throughput, metering, cold, memory, kv)) => {
+        Ok((throughput, metering, cold, memory, kv, events)) => {
             let mut report = Report {
                 schema: report::SCHEMA,
                 mode: options.mode,
@@ -233,6 +246,7 @@ pub fn run(options: &Options) -> Result<Report> {
                 cold,
                 memory,
                 kv,
+                events,
                 targets: Vec::new(),
             };
             report.targets = report::targets(&report);
@@ -268,6 +282,7 @@ type Phases = (
     report::Cold,
     report::Memory,
     kv::KvReport,
+    EventsReport,
 );
 
 fn phases(
@@ -415,7 +430,13 @@ fn phases(
     );
     let kv_bench = updraft::read_guest(&tools.kv_bench)?;
     let kv = kv::measure(&tools.updraft, &tools.redis, scratch, &kv_bench, &plan.kv)?;
-    Ok((throughput, metering, cold, memory, kv))
+
+    eprintln!(
+        "==> async events: {} round(s) of {} s, sync and async",
+        plan.events.rounds, plan.events.duration_s
+    );
+    let events = events::measure(&tools.updraft, &tools.wrk, scratch, hello, &plan.events)?;
+    Ok((throughput, metering, cold, memory, kv, events))
 }
 
 fn start_native(tools: &Tools, scratch: &Path) -> Result<Server> {

@@ -59,6 +59,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
         "cold",
         "memory",
         "kv",
+        "events",
         "targets",
     ] {
         assert!(json.get(section).is_some(), "no {section} in {text}");
@@ -164,7 +165,9 @@ fn tiny_run_writes_complete_json_and_markdown() {
     assert!(kv.point("redis-fsync", "set").is_some());
     assert!(kv.point("updraft-guest-process", "increment").is_some());
 
-    assert_eq!(report.targets.len(), 16);
+    assert!(report.events.events_per_s > 0.0 && report.events.sync_rps > 0.0);
+    assert_eq!(report.events.rounds.len(), 1);
+    assert_eq!(report.targets.len(), 18);
     assert!(
         report
             .targets
@@ -183,7 +186,8 @@ fn tiny_run_writes_complete_json_and_markdown() {
     assert!(
         !md.contains("old results")
             && md.contains("### Key-value operations")
-            && md.contains("### Targets (issues 3, 4 and 6)"),
+            && md.contains("### Async events end to end")
+            && md.contains("### Targets (issues 3, 4, 5 and 6)"),
         "{md}"
     );
 }
