@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::calls::CallsReport;
 use crate::events::EventsReport;
 use crate::kv::{self, KvReport};
 use crate::servers::Rss;
@@ -20,7 +21,7 @@ use crate::stats::Summary;
 use crate::wrk::{Errors, Point};
 
 /// Bumped when a field changes meaning, so readers of old files can tell.
-pub const SCHEMA: u32 = 5;
+pub const SCHEMA: u32 = 6;
 
 pub const MARKER_START: &str = "<!-- results:start -->";
 pub const MARKER_END: &str = "<!-- results:end -->";
@@ -64,6 +65,8 @@ pub struct Report {
     pub kv: KvReport,
     /// Async invocations end to end against synchronous ones.
     pub events: EventsReport,
+    /// Function-to-function calls against the same call over HTTP.
+    pub calls: CallsReport,
     pub targets: Vec<Target>,
 }
 
@@ -418,10 +421,17 @@ pub fn targets(report: &Report) -> Vec<Target> {
         ),
         Some(events.events_per_s >= 50_000.0),
     );
+    let calls = &report.calls;
     push(
         "function-to-function call p50 ≤ 20 µs",
-        "not built yet (issue 5 is open)".into(),
-        None,
+        format!(
+            "{} (p99 {}); through the HTTP gateway {} ({:.1}× slower)",
+            ns(calls.call_p50_ns),
+            ns(calls.call_p99_ns),
+            ns(calls.http_p50_ns),
+            calls.http_p50_ns as f64 / calls.call_p50_ns.max(1) as f64
+        ),
+        Some(calls.call_p50_ns > 0 && calls.call_p50_ns <= 20_000),
     );
     out
 }
@@ -687,6 +697,7 @@ pub fn markdown(report: &Report) -> String {
 
     kv_markdown(&mut md, &report.kv);
     events_markdown(&mut md, &report.events);
+    calls_markdown(&mut md, &report.calls);
     metering_markdown(&mut md, report);
 
     md.push_str(
@@ -757,6 +768,24 @@ fn events_markdown(md: &mut String, events: &EventsReport) {
         thousands(events.events_per_s),
         thousands(events.sync_rps),
         divide(events.events_per_s, events.sync_rps)
+    );
+}
+
+fn calls_markdown(md: &mut String, calls: &CallsReport) {
+    let _ = writeln!(
+        md,
+        "\n### Function-to-function calls\n\n`tests/guests/chain`: `caller` calls `leaf` {} times \
+         through `updraft:platform/invoke`, timing each call inside the guest; the same `leaf` \
+         through the HTTP gateway is timed by wrk (one keep-alive connection, {} requests).\n\n\
+         | path | p50 | p99 |\n| --- | ---: | ---: |\n\
+         | in process (`updraft:platform/invoke`) | {} | {} |\n\
+         | HTTP gateway (wrk, c=1) | {} | {} |",
+        calls.calls,
+        calls.http_requests,
+        ns(calls.call_p50_ns),
+        ns(calls.call_p99_ns),
+        ns(calls.http_p50_ns),
+        ns(calls.http_p99_ns)
     );
 }
 

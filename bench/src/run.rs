@@ -8,6 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::calls::{CallsPlan, CallsReport};
 use crate::events::{EventsPlan, EventsReport};
 use crate::kv::KvPlan;
 use crate::load::{LoadPlan, LoadTarget};
@@ -18,7 +19,7 @@ use crate::report::{
     WASMTIME, WASMTIME_REUSE,
 };
 use crate::servers::{self, Server};
-use crate::{cold, events, http, kv, load, memory, updraft, wrk};
+use crate::{calls, cold, events, http, kv, load, memory, updraft, wrk};
 
 /// What the command line asked for.
 #[derive(Debug, Clone)]
@@ -44,6 +45,7 @@ pub struct Plan {
     pub memory: MemoryPlan,
     pub kv: KvPlan,
     pub events: EventsPlan,
+    pub calls: CallsPlan,
 }
 
 impl Plan {
@@ -86,6 +88,14 @@ impl Plan {
                 slow_ms,
             },
             kv: KvPlan { get_ops, write_ops },
+            calls: CallsPlan {
+                calls: match mode {
+                    Mode::Full => 100_000,
+                    Mode::Quick => 10_000,
+                    Mode::Tiny => 100,
+                },
+                http_duration_s: duration_s.unwrap_or(duration).max(1),
+            },
             events: EventsPlan {
                 duration_s: match mode {
                     Mode::Full => 5,
@@ -111,6 +121,7 @@ struct Tools {
     hello: PathBuf,
     chaos: PathBuf,
     kv_bench: PathBuf,
+    chain: PathBuf,
     redis: PathBuf,
 }
 
@@ -200,6 +211,7 @@ impl Tools {
             hello: guests.join("hello-rust.wasm"),
             chaos: guests.join("http-chaos.wasm"),
             kv_bench: guests.join("kv-bench.wasm"),
+            chain: guests.join("chain.wasm"),
             redis,
         })
     }
@@ -218,7 +230,7 @@ pub fn run(options: &Options) -> Result<Report> {
         .tempdir()
         .context("cannot create a scratch dir")?;
     match phases(&tools, &plan, scratch.path(), &hello, &chaos) {
-        Ok((throughput, metering, cold, memory, kv, events)) => {
+        Ok((throughput, metering, cold, memory, kv, events, calls)) => {
             let mut report = Report {
                 schema: report::SCHEMA,
                 mode: options.mode,
@@ -247,6 +259,7 @@ pub fn run(options: &Options) -> Result<Report> {
                 memory,
                 kv,
                 events,
+                calls,
                 targets: Vec::new(),
             };
             report.targets = report::targets(&report);
@@ -283,6 +296,7 @@ type Phases = (
     report::Memory,
     kv::KvReport,
     EventsReport,
+    CallsReport,
 );
 
 fn phases(
@@ -436,7 +450,21 @@ fn phases(
         plan.events.rounds, plan.events.duration_s
     );
     let events = events::measure(&tools.updraft, &tools.wrk, scratch, hello, &plan.events)?;
-    Ok((throughput, metering, cold, memory, kv, events))
+
+    eprintln!(
+        "==> function-to-function calls: {} in process, {} s through the gateway",
+        plan.calls.calls, plan.calls.http_duration_s
+    );
+    let chain = updraft::read_guest(&tools.chain)?;
+    let calls = calls::measure(
+        &tools.updraft,
+        &tools.wrk,
+        &script,
+        scratch,
+        &chain,
+        &plan.calls,
+    )?;
+    Ok((throughput, metering, cold, memory, kv, events, calls))
 }
 
 fn start_native(tools: &Tools, scratch: &Path) -> Result<Server> {

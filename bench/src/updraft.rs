@@ -84,6 +84,44 @@ pub fn deploy_with(endpoint: Endpoint, name: &str, query: &str, wasm: &[u8]) -> 
     Ok(Deployed { elapsed, compiled })
 }
 
+/// Deploys with a whole manifest (TOML), as `updraft deploy` does: a
+/// multipart upload of the manifest and the Wasm.
+pub fn deploy_manifest(endpoint: Endpoint, name: &str, manifest: &str, wasm: &[u8]) -> Result<()> {
+    const BOUNDARY: &str = "updraft-bench-boundary-7f3a";
+    let mut body = Vec::with_capacity(wasm.len() + manifest.len() + 512);
+    for (part, content_type, bytes) in [
+        ("manifest", "application/toml", manifest.as_bytes()),
+        ("wasm", "application/wasm", wasm),
+    ] {
+        body.extend_from_slice(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{part}\"; filename=\"{part}\"\r\nContent-Type: {content_type}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+    let path = format!("/v1/functions/{name}");
+    let request = Request {
+        method: "PUT",
+        path: &path,
+        content_type: Some(&content_type),
+        body: &body,
+    };
+    let response = http::send(endpoint, &request, CONTROL_TIMEOUT)?;
+    if response.status != 201 {
+        bail!(
+            "deploying {name} answered {}: {}",
+            response.status,
+            response.text()
+        );
+    }
+    Ok(())
+}
+
 /// What `POST /v1/functions/{name}/unload` did.
 pub enum Unload {
     Done(Duration),

@@ -60,6 +60,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
         "memory",
         "kv",
         "events",
+        "calls",
         "targets",
     ] {
         assert!(json.get(section).is_some(), "no {section} in {text}");
@@ -167,6 +168,8 @@ fn tiny_run_writes_complete_json_and_markdown() {
 
     assert!(report.events.events_per_s > 0.0 && report.events.sync_rps > 0.0);
     assert_eq!(report.events.rounds.len(), 1);
+    assert!(report.calls.call_p50_ns > 0 && report.calls.call_p99_ns >= report.calls.call_p50_ns);
+    assert!(report.calls.http_p50_ns > 0 && report.calls.http_requests > 0);
     assert_eq!(report.targets.len(), 18);
     assert!(
         report
@@ -187,6 +190,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
         !md.contains("old results")
             && md.contains("### Key-value operations")
             && md.contains("### Async events end to end")
+            && md.contains("### Function-to-function calls")
             && md.contains("### Targets (issues 3, 4, 5 and 6)"),
         "{md}"
     );

@@ -121,6 +121,10 @@ pub struct Manifest {
     /// named per owner like key-value stores.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blob_containers: Vec<String>,
+    /// Functions of the same tenant this one may call
+    /// (`updraft:platform/invoke`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<String>,
     /// Environment variables visible to the guest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -256,6 +260,7 @@ impl Manifest {
         check_names("key_value_stores", &self.key_value_stores)?;
         self.parsed_triggers()?;
         check_names("blob_containers", &self.blob_containers)?;
+        check_names("calls", &self.calls)?;
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(ManifestError::Env(format!(

@@ -15,6 +15,8 @@ pub enum Trigger {
     Api,
     /// `POST /v1/functions/{name}/invoke?mode=async`: one record per attempt.
     Async,
+    /// Another function's call (`updraft:platform/invoke`).
+    Call,
 }
 
 /// One finished invocation.

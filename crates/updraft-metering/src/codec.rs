@@ -49,6 +49,7 @@ pub fn encode(r: &UsageRecord, out: &mut Vec<u8>) {
         Trigger::Http => 0,
         Trigger::Api => 1,
         Trigger::Async => 2,
+        Trigger::Call => 3,
     });
     for v in [
         r.version,
@@ -135,6 +136,7 @@ fn decode_payload(payload: &[u8]) -> Option<UsageRecord> {
         0 => Trigger::Http,
         1 => Trigger::Api,
         2 => Trigger::Async,
+        3 => Trigger::Call,
         _ => return None,
     };
     let mut n = [0u64; 13];

@@ -40,6 +40,7 @@ fn prepare(sandbox: &Sandbox, name: &str) -> Arc<Prepared> {
                 limits: Limits::default(),
                 env: Vec::new(),
                 kv: None,
+                calls: None,
                 blobs: None,
             })
             .unwrap(),

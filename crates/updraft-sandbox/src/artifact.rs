@@ -15,6 +15,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::blobs::BlobGrant;
+use crate::calls::CallGrant;
 use crate::engine::Sandbox;
 use crate::error::PrepareError;
 use crate::host::Host;
@@ -52,6 +53,8 @@ pub struct Prepared {
     pub(crate) kv: Option<Arc<KvGrant>>,
     /// The blob containers the function may open.
     pub(crate) blobs: Option<Arc<BlobGrant>>,
+    /// The functions it may call.
+    pub(crate) calls: Option<Arc<CallGrant>>,
     /// Idle instances kept between requests, in reuse mode only.
     pub(crate) warm: Option<Arc<WarmPool>>,
 }
@@ -70,6 +73,7 @@ pub struct PrepareSpec<'a> {
     pub env: Vec<(String, String)>,
     pub kv: Option<KvGrant>,
     pub blobs: Option<BlobGrant>,
+    pub calls: Option<CallGrant>,
 }
 
 impl Sandbox {
@@ -113,6 +117,7 @@ impl Sandbox {
             pre,
             kv: spec.kv.map(Arc::new),
             blobs: spec.blobs.map(Arc::new),
+            calls: spec.calls.map(Arc::new),
             warm: reuse.then(|| Arc::new(WarmPool::new(self.warm_budget.clone()))),
         })
     }

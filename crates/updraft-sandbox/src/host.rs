@@ -12,6 +12,7 @@ use wasmtime_wasi_http::{
 };
 
 use crate::blobs::BlobGrant;
+use crate::calls::CallGrant;
 use crate::engine::TABLE_ELEMENTS_MAX;
 use crate::keyvalue::KvGrant;
 
@@ -27,6 +28,10 @@ pub(crate) struct Host {
     pub(crate) kv: Option<Arc<KvGrant>>,
     /// The blob containers this function may open.
     pub(crate) blobs: Option<Arc<BlobGrant>>,
+    /// The functions this function may call.
+    pub(crate) calls: Option<Arc<CallGrant>>,
+    /// The chain of calls this invocation ends (itself last).
+    pub(crate) chain: Arc<[Arc<str>]>,
     /// Host-side notes for this invocation's logs (e.g. a refused store).
     pub(crate) notes: Vec<String>,
     /// State operations of this invocation, for metering.

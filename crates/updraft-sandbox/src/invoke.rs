@@ -38,6 +38,23 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + 
 #[derive(Debug, Clone)]
 pub struct InvocationCtx {
     pub invocation_id: String,
+    /// The chain of function calls this invocation ends (itself last).
+    pub chain: Arc<[Arc<str>]>,
+    /// The caller's deadline, when it is a call from another function: the
+    /// invocation stops at the earlier of it and its own timeout.
+    pub deadline: Option<Instant>,
+    /// Run an http guest to its end, its body buffered, before returning.
+    /// A call from another guest must: the callee's store runs inside the
+    /// caller's host call and may not be left running after it.
+    pub inline: bool,
+}
+
+impl InvocationCtx {
+    /// When this invocation must stop, started now with `timeout_ms`.
+    fn deadline(&self, started: Instant, timeout_ms: u64) -> Instant {
+        let own = started + Duration::from_millis(timeout_ms);
+        self.deadline.map_or(own, |caller| caller.min(own))
+    }
 }
 
 /// What happened during one invocation, known once the guest has finished.
@@ -96,6 +113,7 @@ impl Sandbox {
         stdin: Option<Bytes>,
         stdout_bytes_max: usize,
         deadline: Instant,
+        chain: Arc<[Arc<str>]>,
     ) -> (Store<Host>, Pipes) {
         let pipes = Pipes {
             stdout: CapturePipe::new(stdout_bytes_max),
@@ -118,6 +136,8 @@ impl Sandbox {
             limiter: MemoryLimiter::new(prepared.limits.memory_bytes()),
             kv: prepared.kv.clone(),
             blobs: prepared.blobs.clone(),
+            calls: prepared.calls.clone(),
+            chain,
             notes: Vec::new(),
             usage: StateUsage::default(),
         };
@@ -156,7 +176,7 @@ impl Sandbox {
     {
         let started = Instant::now();
         let limits = prepared.limits;
-        let deadline = started + Duration::from_millis(limits.timeout_ms);
+        let deadline = ctx.deadline(started, limits.timeout_ms);
         let early_failure = |error: InvokeError, on_done: OnDone| {
             on_done(Report::early(&ctx.invocation_id, error.clone(), started));
             Err(error)
@@ -207,6 +227,7 @@ impl Sandbox {
                     uses,
                 } = instance;
                 store.data_mut().deadline = deadline;
+                store.data_mut().chain = ctx.chain.clone();
                 store.data_mut().limiter.reset_for_invocation();
                 store.data_mut().notes.clear();
                 store.data_mut().usage = StateUsage::default();
@@ -214,8 +235,13 @@ impl Sandbox {
                 (store, pipes, Some(proxy), uses)
             }
             None => {
-                let (store, pipes) =
-                    self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline);
+                let (store, pipes) = self.new_store(
+                    prepared,
+                    None,
+                    LOG_CAPTURE_BYTES_MAX,
+                    deadline,
+                    ctx.chain.clone(),
+                );
                 (store, pipes, None, 0)
             }
         };
@@ -301,6 +327,31 @@ impl Sandbox {
                 })
         };
         match sent {
+            Some(Ok(response)) if ctx.inline => {
+                let limit = limits.response_body_bytes_max;
+                let (parts, body) = response.into_parts();
+                // Both in this task: the guest may need its body read to finish.
+                let (body, outcome) = futures::join!(
+                    Limited::new(body, limit as usize).collect(),
+                    std::future::poll_fn(|cx| run.poll_outcome(cx))
+                );
+                drop(run);
+                if let Some(error) = too_large() {
+                    return Err(error);
+                }
+                outcome?;
+                let body = body.map_err(|e| {
+                    if e.is::<LengthLimitError>() {
+                        InvokeError::ResponseTooLarge { limit }
+                    } else {
+                        InvokeError::Guest(format!("the response body failed: {e}"))
+                    }
+                })?;
+                let body = http_body_util::Full::new(body.to_bytes())
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                Ok(http::Response::from_parts(parts, body))
+            }
             Some(Ok(response)) => {
                 drop(run);
                 if let Some(error) = too_large() {
@@ -336,7 +387,9 @@ impl Sandbox {
     /// per-invocation cost without the guest's own work (for benchmarks).
     pub async fn instantiate_only(&self, prepared: &Prepared) -> Result<(), InvokeError> {
         let deadline = Instant::now() + Duration::from_millis(prepared.limits.timeout_ms);
-        let (mut store, _pipes) = self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline);
+        let chain: Arc<[Arc<str>]> = Arc::new([]);
+        let (mut store, _pipes) =
+            self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline, chain);
         let result = match &prepared.pre {
             Pre::Http(pre) => pre.instantiate_async(&mut store).await.map(drop),
             Pre::Command(pre) => pre.instantiate_async(&mut store).await.map(drop),
@@ -353,7 +406,7 @@ impl Sandbox {
     ) -> CommandOutput {
         let started = Instant::now();
         let limits = prepared.limits;
-        let deadline = started + Duration::from_millis(limits.timeout_ms);
+        let deadline = ctx.deadline(started, limits.timeout_ms);
         let fail = |error: InvokeError| CommandOutput {
             stdout: Err(error.clone()),
             report: Report::early(&ctx.invocation_id, error, started),
@@ -369,7 +422,13 @@ impl Sandbox {
         // One byte over the limit tells "exactly at the limit" from "cut off".
         let stdout_max = (limits.response_body_bytes_max as usize).saturating_add(1);
         let bytes_in = stdin.len() as u64;
-        let (mut store, pipes) = self.new_store(prepared, Some(stdin), stdout_max, deadline);
+        let (mut store, pipes) = self.new_store(
+            prepared,
+            Some(stdin),
+            stdout_max,
+            deadline,
+            ctx.chain.clone(),
+        );
         let run = async {
             let command = pre
                 .instantiate_async(&mut store)

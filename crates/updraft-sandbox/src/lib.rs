@@ -13,6 +13,7 @@
 
 mod artifact;
 mod blobs;
+mod calls;
 mod capture;
 mod engine;
 mod error;
@@ -23,6 +24,7 @@ mod warm;
 
 pub use artifact::{LoadedFrom, PrepareSpec, Prepared, WasmSource};
 pub use blobs::BlobGrant;
+pub use calls::{CALL_DEPTH_MAX, CallError, CallGrant, CallRequest, FunctionCaller};
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{InvokeError, PrepareError};
 pub use host::StateUsage;

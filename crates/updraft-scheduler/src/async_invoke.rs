@@ -570,7 +570,7 @@ async fn attempt(
                 .body(http_body_util::Full::new(request.body))
                 .map_err(|e| format!("the stored request is invalid: {e}"))?;
             let (_, response) = platform
-                .invoke_http_as(loaded, request, Trigger::Async, id.to_string())
+                .invoke_http_as(loaded, request, Trigger::Async, id.to_string(), None)
                 .await;
             let response = response.map_err(|e| e.to_string())?;
             let status = response.status().as_u16();
@@ -584,7 +584,7 @@ async fn attempt(
         }
         FunctionKind::Command => {
             let (_, stdout) = platform
-                .invoke_command_as(loaded, request.body, Trigger::Async, id.to_string())
+                .invoke_command_as(loaded, request.body, Trigger::Async, id.to_string(), None)
                 .await;
             (200, stdout.map_err(|e| e.to_string())?)
         }

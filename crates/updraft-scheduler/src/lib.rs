@@ -8,6 +8,7 @@
 //! here; triggers and placement across nodes belong here too in later work.
 
 mod async_invoke;
+mod calls;
 mod error;
 mod events;
 mod logs;

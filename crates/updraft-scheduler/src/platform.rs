@@ -15,8 +15,8 @@ use updraft_core::{
 };
 use updraft_metering::{Aggregate, Metering, PriceSheet, usd};
 use updraft_sandbox::{
-    BlobGrant, InvocationCtx, KvGrant, OnDone, PrepareSpec, Prepared, Report, ResponseBody,
-    Sandbox, SandboxConfig,
+    BlobGrant, CallGrant, CallRequest, FunctionCaller, InvocationCtx, KvGrant, OnDone, PrepareSpec,
+    Prepared, Report, ResponseBody, Sandbox, SandboxConfig,
 };
 use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig, Blobs, ContainerId};
 use updraft_state::kv::{KvConfig, KvStore, StoreId};
@@ -154,6 +154,8 @@ pub struct Platform {
     /// Functions whose async dispatcher runs.
     dispatchers: Mutex<HashSet<Arc<str>>>,
     shut_down: AtomicBool,
+    /// Runs calls from one function to another (handed to the sandbox).
+    caller: Arc<dyn FunctionCaller>,
 }
 
 #[derive(Default)]
@@ -176,6 +178,33 @@ impl Table {
     fn remove(&mut self, key: &str) {
         self.by_key.remove(key);
         self.routes.retain(|(_, l)| &*l.key != key);
+    }
+}
+
+/// How long an invocation may wait for an instance slot: a call from
+/// another function no longer than its chain has left.
+fn admit_ms(loaded: &Loaded, call: Option<&CallRequest>) -> u64 {
+    let own = loaded.version.limits.timeout_ms;
+    match call {
+        Some(call) => {
+            let left = call
+                .deadline
+                .saturating_duration_since(std::time::Instant::now());
+            own.min(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+        }
+        None => own,
+    }
+}
+
+fn invocation_ctx(loaded: &Loaded, id: &str, call: Option<&CallRequest>) -> InvocationCtx {
+    InvocationCtx {
+        invocation_id: id.to_string(),
+        chain: match call {
+            Some(call) => call.chain.clone(),
+            None => Arc::new([Arc::from(&*loaded.name)]),
+        },
+        deadline: call.map(|c| c.deadline),
+        inline: call.is_some(),
     }
 }
 
@@ -231,7 +260,8 @@ impl Platform {
         }
         let sandbox = sandbox.map_err(join_error)??;
         let log_store = Arc::new(log_store);
-        let platform = Arc::new(Platform {
+        let platform = Arc::new_cyclic(|weak| Platform {
+            caller: Arc::new(crate::calls::PlatformCaller(weak.clone())),
             admission: Arc::new(Semaphore::new(sandbox.instances_max() as usize)),
             sandbox,
             kv,
@@ -311,6 +341,12 @@ impl Platform {
             owner: tenant.to_string(),
             stores: stores.clone(),
         });
+        let callees = &version.manifest.calls;
+        let calls = (!callees.is_empty()).then(|| CallGrant {
+            caller: self.caller.clone(),
+            owner: tenant.to_string(),
+            functions: callees.clone(),
+        });
         let containers = &version.manifest.blob_containers;
         let blobs = (!containers.is_empty()).then(|| BlobGrant {
             blobs: self.blobs.clone(),
@@ -331,6 +367,7 @@ impl Platform {
                 env,
                 kv,
                 blobs,
+                calls,
             })
         })
         .await
@@ -683,7 +720,8 @@ impl Platform {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let id = uuid::Uuid::now_v7().to_string();
-        self.invoke_http_as(loaded, request, trigger, id).await
+        self.invoke_http_as(loaded, request, trigger, id, None)
+            .await
     }
 
     /// [`Platform::invoke_http`] under a given invocation id.
@@ -693,6 +731,7 @@ impl Platform {
         request: http::Request<B>,
         trigger: Trigger,
         invocation_id: String,
+        call: Option<&CallRequest>,
     ) -> (String, Result<http::Response<ResponseBody>, PlatformError>)
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -706,13 +745,11 @@ impl Platform {
             Ok(prepared) => prepared,
             Err(e) => return (invocation_id, Err(e)),
         };
-        let permit = match self.admit(loaded.version.limits.timeout_ms).await {
+        let permit = match self.admit(admit_ms(loaded, call)).await {
             Ok(permit) => permit,
             Err(e) => return (invocation_id, Err(e)),
         };
-        let ctx = InvocationCtx {
-            invocation_id: invocation_id.clone(),
-        };
+        let ctx = invocation_ctx(loaded, &invocation_id, call);
         let this = self.clone();
         let function = loaded.clone();
         let pending = self
@@ -750,7 +787,8 @@ impl Platform {
         trigger: Trigger,
     ) -> (String, Result<Bytes, PlatformError>) {
         let id = uuid::Uuid::now_v7().to_string();
-        self.invoke_command_as(loaded, stdin, trigger, id).await
+        self.invoke_command_as(loaded, stdin, trigger, id, None)
+            .await
     }
 
     /// [`Platform::invoke_command`] under a given invocation id.
@@ -760,6 +798,7 @@ impl Platform {
         stdin: Bytes,
         trigger: Trigger,
         invocation_id: String,
+        call: Option<&CallRequest>,
     ) -> (String, Result<Bytes, PlatformError>) {
         if let Err(e) = self.check_budget(loaded) {
             return (invocation_id, Err(e));
@@ -769,13 +808,11 @@ impl Platform {
             Ok(prepared) => prepared,
             Err(e) => return (invocation_id, Err(e)),
         };
-        let _permit = match self.admit(loaded.version.limits.timeout_ms).await {
+        let _permit = match self.admit(admit_ms(loaded, call)).await {
             Ok(permit) => permit,
             Err(e) => return (invocation_id, Err(e)),
         };
-        let ctx = InvocationCtx {
-            invocation_id: invocation_id.clone(),
-        };
+        let ctx = invocation_ctx(loaded, &invocation_id, call);
         let output = self.sandbox.invoke_command(&prepared, stdin, ctx).await;
         self.log_report(&loaded.key, &output.report);
         if self.metering.is_some() {

@@ -1,0 +1,123 @@
+//! `updraft:platform/invoke` for guests: synchronous calls to other
+//! functions of the same tenant. The sandbox only checks what it can see
+//! (the manifest's `calls`, the chain, the deadline) and hands the call to a
+//! [`FunctionCaller`], which the scheduler implements: the sandbox knows
+//! nothing about which version runs or how.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::host::Host;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit/invoke",
+        world: "updraft:platform/invoke-imports",
+        imports: { default: async | trappable },
+    });
+}
+
+use bindings::updraft::platform::invoke;
+
+/// Longest chain of calls: the first caller and 15 callees below it.
+pub const CALL_DEPTH_MAX: usize = 16;
+
+/// One call on its way to the platform.
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    pub owner: String,
+    pub function: String,
+    pub payload: Bytes,
+    /// The functions of the chain so far, the callee last.
+    pub chain: Arc<[Arc<str>]>,
+    /// When the whole chain must be done.
+    pub deadline: Instant,
+}
+
+/// Why the platform could not give a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    NotFound,
+    Timeout,
+    Failed(String),
+}
+
+/// Runs a call: implemented by the scheduler.
+pub trait FunctionCaller: Send + Sync + 'static {
+    fn call(&self, request: CallRequest) -> BoxFuture<'static, Result<(u16, Bytes), CallError>>;
+}
+
+/// What a function may call: the functions its manifest lists.
+#[derive(Clone)]
+pub struct CallGrant {
+    pub caller: Arc<dyn FunctionCaller>,
+    pub owner: String,
+    pub functions: Vec<String>,
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    invoke::add_to_linker::<Host, HasSelf<Host>>(linker, |h| h)
+}
+
+impl invoke::Host for Host {
+    async fn call(
+        &mut self,
+        function: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<invoke::Response, invoke::CallError>> {
+        let Some(grant) = self
+            .calls
+            .as_ref()
+            .filter(|g| g.functions.contains(&function))
+        else {
+            let listed = match &self.calls {
+                Some(grant) => grant.functions.join(", "),
+                None => "none".to_string(),
+            };
+            self.note(format!(
+                "call to {function:?} refused: it is not in this function's calls (listed: {listed}); add it to updraft.toml"
+            ));
+            return Ok(Err(invoke::CallError::NotAllowed(function)));
+        };
+        if self.chain.iter().any(|f| **f == *function) {
+            let chain: Vec<&str> = self.chain.iter().map(|f| &**f).collect();
+            return Ok(Err(invoke::CallError::Cycle(format!(
+                "{} -> {function}",
+                chain.join(" -> ")
+            ))));
+        }
+        if self.chain.len() >= CALL_DEPTH_MAX {
+            return Ok(Err(invoke::CallError::TooDeep(CALL_DEPTH_MAX as u32)));
+        }
+        if Instant::now() >= self.deadline {
+            return Ok(Err(invoke::CallError::Timeout));
+        }
+        let chain: Arc<[Arc<str>]> = self
+            .chain
+            .iter()
+            .cloned()
+            .chain(std::iter::once(Arc::from(function.as_str())))
+            .collect();
+        let request = CallRequest {
+            owner: grant.owner.clone(),
+            function: function.clone(),
+            payload: payload.into(),
+            chain,
+            deadline: self.deadline,
+        };
+        let call = grant.caller.call(request);
+        Ok(match call.await {
+            Ok((status, body)) => Ok(invoke::Response {
+                status,
+                body: body.to_vec(),
+            }),
+            Err(CallError::NotFound) => Err(invoke::CallError::NotAllowed(function)),
+            Err(CallError::Timeout) => Err(invoke::CallError::Timeout),
+            Err(CallError::Failed(reason)) => Err(invoke::CallError::Failed(reason)),
+        })
+    }
+}

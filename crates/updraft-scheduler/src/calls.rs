@@ -1,0 +1,85 @@
+//! Calls from one function to another (`updraft:platform/invoke`): the
+//! scheduler's side of the sandbox's [`FunctionCaller`]. A call runs the
+//! callee's serving version in process, like any invocation (admission,
+//! logs, a usage record with trigger `call`), under the chain's deadline.
+
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body_util::BodyExt;
+use updraft_core::{FunctionKind, Trigger};
+use updraft_sandbox::{CallError, CallRequest, FunctionCaller, InvokeError};
+
+use crate::error::PlatformError;
+use crate::platform::Platform;
+
+/// The platform as the sandbox sees it: weak, so a function's grant does
+/// not keep the platform alive.
+pub(crate) struct PlatformCaller(pub(crate) Weak<Platform>);
+
+impl FunctionCaller for PlatformCaller {
+    fn call(&self, request: CallRequest) -> BoxFuture<'static, Result<(u16, Bytes), CallError>> {
+        let Some(platform) = self.0.upgrade() else {
+            return Box::pin(async {
+                Err(CallError::Failed("the platform is shutting down".into()))
+            });
+        };
+        // The callee runs in a task of its own, never nested inside the
+        // caller's store: a guest's store suspended (at an epoch yield)
+        // inside another guest's host call confuses Wasmtime's fibers.
+        let callee = tokio::spawn(async move { platform.call(request).await });
+        Box::pin(async move {
+            callee
+                .await
+                .unwrap_or_else(|e| Err(CallError::Failed(format!("the call failed: {e}"))))
+        })
+    }
+}
+
+fn call_error(e: PlatformError) -> CallError {
+    match e {
+        PlatformError::Invoke(InvokeError::Timeout { .. }) => CallError::Timeout,
+        other => CallError::Failed(other.to_string()),
+    }
+}
+
+impl Platform {
+    /// Runs one call: an http callee gets `POST /` with the payload, a
+    /// command gets it on stdin.
+    async fn call(self: Arc<Self>, request: CallRequest) -> Result<(u16, Bytes), CallError> {
+        let Some(loaded) = self.get(&request.owner, &request.function) else {
+            return Err(CallError::NotFound);
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        match loaded.version.kind {
+            FunctionKind::Http => {
+                let http_request = http::Request::builder()
+                    .method("POST")
+                    .uri("/")
+                    .header(http::header::HOST, "localhost")
+                    .body(http_body_util::Full::new(request.payload.clone()))
+                    .map_err(|e| CallError::Failed(e.to_string()))?;
+                let (_, response) = self
+                    .invoke_http_as(&loaded, http_request, Trigger::Call, id, Some(&request))
+                    .await;
+                let response = response.map_err(call_error)?;
+                let status = response.status().as_u16();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| CallError::Failed(format!("the response body failed: {e}")))?
+                    .to_bytes();
+                Ok((status, body))
+            }
+            FunctionKind::Command => {
+                let payload = request.payload.clone();
+                let (_, stdout) = self
+                    .invoke_command_as(&loaded, payload, Trigger::Call, id, Some(&request))
+                    .await;
+                Ok((200, stdout.map_err(call_error)?))
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Calls from one function to another (`updraft:platform/invoke`) end to
+//! end: a chain of ten composes its result, a cycle is refused with the
+//! chain named, a callee not listed in `calls` is refused, and the first
+//! caller's deadline stops the whole chain.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Deploys the `chain` guest as `name`, calling `next` (if any).
+fn link(server: &Server, name: &str, next: Option<&str>, extra: &str) {
+    let (calls, next_env) = match next {
+        Some(next) => (
+            format!("calls = [\"{next}\"]\n"),
+            format!("NEXT = \"{next}\"\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
+    server.deploy_guest(
+        name,
+        "chain",
+        &format!("route = \"/{name}\"\n{calls}{extra}\n[env]\nNAME = \"{name}\"\n{next_env}"),
+    );
+}
+
+async fn post(server: &Server, path: &str) -> (u16, String) {
+    let response = client().post(server.url(path)).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_of_ten_composes_its_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    for i in 1..=10 {
+        let next = format!("f{}", i + 1);
+        link(
+            &server,
+            &format!("f{i}"),
+            (i < 10).then_some(next.as_str()),
+            "",
+        );
+    }
+    let (status, body) = post(&server, "/f1").await;
+    assert_eq!(status, 200, "{body}");
+    let want: Vec<String> = (1..=10).map(|i| format!("f{i}")).collect();
+    assert_eq!(body, want.join(","));
+    // A call is an invocation: each callee has a usage record of its own.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = server
+            .api()
+            .get(server.url("/v1/usage/records"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let calls: Vec<Value> = records
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["trigger"] == "call")
+            .collect();
+        if calls.len() == 9 {
+            assert!(calls.iter().all(|r| r["error"].is_null()), "{calls:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} call records", calls.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cycles_unlisted_callees_and_deadlines_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+
+    // a -> b -> a: b's call is refused, naming the chain.
+    link(&server, "a", Some("b"), "");
+    link(&server, "b", Some("a"), "");
+    let (status, body) = post(&server, "/a").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("b: call to a failed") && body.contains("Cycle(\"a -> b -> a\")"),
+        "{body}"
+    );
+
+    // A function calls only what its manifest lists, and what exists.
+    server.deploy_guest(
+        "rogue",
+        "chain",
+        "route = \"/rogue\"\n[env]\nNAME = \"rogue\"\nNEXT = \"a\"\n",
+    );
+    let (status, body) = post(&server, "/rogue").await;
+    assert_eq!(status, 500);
+    assert!(body.contains("NotAllowed(\"a\")"), "{body}");
+    let logs = server.cli_ok(&["logs", "rogue"]);
+    assert!(
+        logs.contains("it is not in this function's calls"),
+        "{logs}"
+    );
+    link(&server, "lonely", Some("ghost"), "");
+    let (_, body) = post(&server, "/lonely").await;
+    assert!(body.contains("NotAllowed(\"ghost\")"), "{body}");
+
+    // The first caller's deadline bounds the chain: the callee's own
+    // timeout is a minute, but it stops with its caller's 300 ms.
+    server.deploy_guest(
+        "spin",
+        "chain",
+        "timeout_ms = 60000\n[env]\nNAME = \"spin\"\nSPIN = \"1\"\n",
+    );
+    link(&server, "impatient", Some("spin"), "timeout_ms = 300");
+    let started = Instant::now();
+    let (status, body) = post(&server, "/impatient").await;
+    let elapsed = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "the chain ran {elapsed:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = server.cli_ok(&["logs", "spin"]);
+        if logs.contains("timed out") || logs.contains("timeout") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "spin was not stopped: {logs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Thousands of calls in one invocation span many epoch ticks, so callee and
+/// caller both yield to the runtime mid-call: every call must still land.
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_calls_in_one_invocation_all_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    link(&server, "leaf", None, "");
+    link(&server, "caller", Some("leaf"), "timeout_ms = 120000");
+    let response = client()
+        .get(server.url("/caller?bench=3000"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let timing: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(timing["calls"], 3000);
+    assert!(timing["p50_ns"].as_u64().unwrap() > 0);
+}
