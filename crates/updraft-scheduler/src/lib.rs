@@ -22,6 +22,6 @@ pub use async_invoke::{
 pub use error::PlatformError;
 pub use events::{Event, Published, QueueOverview, TopicOverview};
 pub use platform::{
-    Deployed, FunctionDetails, IDLE_UNLOAD_DEFAULT, Loaded, Platform, PlatformConfig,
+    BUDGET_TOPIC, Deployed, FunctionDetails, IDLE_UNLOAD_DEFAULT, Loaded, Platform, PlatformConfig,
 };
 pub use updraft_sandbox::{InvokeError, LoadedFrom, ResponseBody};

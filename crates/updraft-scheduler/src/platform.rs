@@ -53,6 +53,9 @@ pub struct PlatformConfig {
     pub records_retention: Duration,
 }
 
+/// The topic a tenant creates to hear of its budget: 80% spent, all spent.
+pub const BUDGET_TOPIC: &str = "budget-alerts";
+
 /// Default idle time before a function's compiled code is dropped.
 pub const IDLE_UNLOAD_DEFAULT: Duration = Duration::from_secs(300);
 
@@ -156,6 +159,8 @@ pub struct Platform {
     shut_down: AtomicBool,
     /// Runs calls from one function to another (handed to the sandbox).
     caller: Arc<dyn FunctionCaller>,
+    /// This platform, for work started from `&self` (budget alerts).
+    me: std::sync::Weak<Platform>,
 }
 
 #[derive(Default)]
@@ -262,6 +267,7 @@ impl Platform {
         let log_store = Arc::new(log_store);
         let platform = Arc::new_cyclic(|weak| Platform {
             caller: Arc::new(crate::calls::PlatformCaller(weak.clone())),
+            me: weak.clone(),
             admission: Arc::new(Semaphore::new(sandbox.instances_max() as usize)),
             sandbox,
             kv,
@@ -838,7 +844,7 @@ impl Platform {
             return;
         };
         for event in metering.record(record) {
-            let message = match event {
+            let message = match &event {
                 updraft_metering::BudgetEvent::Warning {
                     month,
                     budget_cents,
@@ -846,8 +852,8 @@ impl Platform {
                     ..
                 } => format!(
                     "budget warning: {} of the {} budget for {month} is spent (80%)",
-                    usd(spent_cents),
-                    usd(budget_cents)
+                    usd(*spent_cents),
+                    usd(*budget_cents)
                 ),
                 updraft_metering::BudgetEvent::Exceeded {
                     month,
@@ -855,11 +861,59 @@ impl Platform {
                     ..
                 } => format!(
                     "budget spent: the {} budget for {month} is used up; new invocations are refused with 402",
-                    usd(budget_cents)
+                    usd(*budget_cents)
                 ),
             };
             self.platform_log(key, &message);
+            self.publish_budget_event(event);
         }
+    }
+
+    /// Publishes a budget event to the tenant's [`BUDGET_TOPIC`], if it has
+    /// one: functions subscribed to it get a CloudEvent of type
+    /// `dev.updraft.budget.warning` or `dev.updraft.budget.exceeded`, with
+    /// id `budget-{warning|exceeded}-{month}`.
+    fn publish_budget_event(&self, event: updraft_metering::BudgetEvent) {
+        let (kind, tenant, month, budget_cents, spent_cents) = match event {
+            updraft_metering::BudgetEvent::Warning {
+                tenant,
+                month,
+                budget_cents,
+                spent_cents,
+            } => ("warning", tenant, month, budget_cents, spent_cents),
+            updraft_metering::BudgetEvent::Exceeded {
+                tenant,
+                month,
+                budget_cents,
+                spent_cents,
+            } => ("exceeded", tenant, month, budget_cents, spent_cents),
+        };
+        let (Some(platform), Ok(runtime)) =
+            (self.me.upgrade(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("id".into(), format!("budget-{kind}-{month}").into());
+        attributes.insert("source".into(), format!("/{tenant}/budget").into());
+        attributes.insert("type".into(), format!("dev.updraft.budget.{kind}").into());
+        attributes.insert("datacontenttype".into(), "application/json".into());
+        let data = serde_json::json!({
+            "tenant": tenant,
+            "month": month,
+            "budget_cents": budget_cents,
+            "spent_cents": spent_cents,
+        });
+        let event = crate::events::Event {
+            attributes,
+            data: serde_json::to_vec(&data).unwrap_or_default().into(),
+        };
+        runtime.spawn(async move {
+            match platform.publish(&tenant, BUDGET_TOPIC, event).await {
+                Ok(_) | Err(PlatformError::UnknownChannel(_)) => {}
+                Err(e) => tracing::warn!("budget {kind} of {tenant} not published: {e}"),
+            }
+        });
     }
 
     /// Metering (`None` when the server runs with metering off).

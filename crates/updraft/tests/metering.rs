@@ -349,3 +349,84 @@ fn cost_estimate_finds_the_break_even() {
     let out = server.cli(&["cost", "estimate"]);
     assert!(!out.status.success());
 }
+
+/// With a `budget-alerts` topic, the 80% warning and the stop reach its
+/// subscribers as CloudEvents.
+#[tokio::test(flavor = "multi_thread")]
+async fn budget_events_are_published_on_the_budget_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        "[prices]\nrequests_per_million = 10000\ngb_second = 0\nkv_ops_per_million = 0\n\
+         blob_ops_per_million = 0\ngb_out = 0\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    server.cli_ok(&["topics", "create", "budget-alerts"]);
+    // The subscriber counts each event under its id.
+    server.deploy_guest(
+        "alerts",
+        "counter-rust",
+        "key_value_stores = [\"default\"]\n[env]\nCOUNTER_PREFIX = \"alert/\"\n\
+         [[trigger]]\ntopic = \"budget-alerts\"",
+    );
+    server.deploy_guest("hello", "hello-rust", "route = \"/hello\"");
+    server.cli_ok(&["budget", "set", "0.10"]);
+    let month = server.get_json("/v1/budget").await["month"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let http = client();
+    // 8 cents: the warning (the subscriber's own run costs a cent too).
+    for _ in 0..8 {
+        assert_eq!(
+            http.get(server.url("/hello"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let warning = format!("alert/budget-warning-{month}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server
+        .cli_ok(&["kv", "ls", "default"])
+        .lines()
+        .all(|k| k != warning)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no budget warning event"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.cli_ok(&["kv", "get", "default", &warning]), "1");
+    // Spend the rest: the stop is published too (its delivery is refused,
+    // the budget being spent, and retried once the budget is raised).
+    while http
+        .get(server.url("/hello"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        == 200
+    {}
+    server.cli_ok(&["budget", "set", "1"]);
+    let exceeded = format!("alert/budget-exceeded-{month}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while server
+        .cli_ok(&["kv", "ls", "default"])
+        .lines()
+        .all(|k| k != exceeded)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no budget exceeded event"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
