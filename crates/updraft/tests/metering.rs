@@ -56,20 +56,32 @@ fn recompute_cents(records: &[Value], prices: &Value) -> Vec<u64> {
     ]
 }
 
+/// A server with `prices` as its `[prices]`; returns it and its data dir.
+fn start_priced(
+    dir: &std::path::Path,
+    prices: &str,
+) -> (Server, std::path::PathBuf, std::path::PathBuf) {
+    let config = dir.join("server.toml");
+    std::fs::write(&config, format!("[prices]\n{prices}")).unwrap();
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    (server, data, config)
+}
+
+/// One cent per invocation, nothing else.
+const CENT_PER_INVOCATION: &str = "requests_per_million = 10000\ngb_second = 0\n\
+    kv_ops_per_million = 0\nblob_ops_per_million = 0\ngb_out = 0\n";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_invocation_is_metered_and_the_bill_is_reproducible() {
     let dir = tempfile::tempdir().unwrap();
     // Prices high enough that every line of the bill has cents in it.
-    let config = dir.path().join("server.toml");
-    std::fs::write(
-        &config,
-        "[prices]\nrequests_per_million = 1234.5\ngb_second = 0.25\nkv_ops_per_million = 999\n\
+    let (server, data, config) = start_priced(
+        dir.path(),
+        "requests_per_million = 1234.5\ngb_second = 0.25\nkv_ops_per_million = 999\n\
          blob_ops_per_million = 5000\ngb_out = 2000\n",
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    );
     server.deploy_guest("hello", "hello-rust", "route = \"/hello\"");
     server.deploy_guest("wc", "wordcount-c", "route = \"/wc\"\nmemory_mb = 64");
     server.deploy_guest(
@@ -220,17 +232,7 @@ async fn every_invocation_is_metered_and_the_bill_is_reproducible() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_budget_warns_at_80_percent_and_stops_at_100() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("server.toml");
-    // One cent per invocation, nothing else.
-    std::fs::write(
-        &config,
-        "[prices]\nrequests_per_million = 10000\ngb_second = 0\nkv_ops_per_million = 0\n\
-         blob_ops_per_million = 0\ngb_out = 0\n",
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let (server, data, config) = start_priced(dir.path(), CENT_PER_INVOCATION);
     let acme = server.cli_ok(&["keys", "create", "--tenant", "acme"]);
     let acme = acme.trim();
     let manifest = server.write_manifest("hello", "hello-rust", "route = \"/hello\"");
@@ -355,16 +357,7 @@ fn cost_estimate_finds_the_break_even() {
 #[tokio::test(flavor = "multi_thread")]
 async fn budget_events_are_published_on_the_budget_topic() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("server.toml");
-    std::fs::write(
-        &config,
-        "[prices]\nrequests_per_million = 10000\ngb_second = 0\nkv_ops_per_million = 0\n\
-         blob_ops_per_million = 0\ngb_out = 0\n",
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let (server, _data, _config) = start_priced(dir.path(), CENT_PER_INVOCATION);
     server.cli_ok(&["topics", "create", "budget-alerts"]);
     // The subscriber counts each event under its id.
     server.deploy_guest(
