@@ -12,8 +12,8 @@ pub mod version;
 
 pub use log::{LogEntry, LogStream};
 pub use manifest::{
-    FunctionKind, Limits, Manifest, ManifestError, RetryPolicy, RetrySpec, Route, RouteAuth,
-    Trigger as EventTrigger, TriggerSpec,
+    FunctionKind, KvTriggerSpec, Limits, Manifest, ManifestError, RetryPolicy, RetrySpec, Route,
+    RouteAuth, Trigger as EventTrigger, TriggerSpec,
 };
 pub use tenant::{LOCAL_TENANT, function_key, split_function_key, validate_tenant};
 pub use usage::{Trigger, UsageRecord};

@@ -153,6 +153,19 @@ pub struct TriggerSpec {
     /// A schedule, `sec min hour day-of-month month day-of-week [year]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
+    /// Writes to a key-value store of the tenant, under a key prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<KvTriggerSpec>,
+}
+
+/// `kv = { store = "default", prefix = "jobs/" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvTriggerSpec {
+    pub store: String,
+    /// Keys starting with it (all keys when empty).
+    #[serde(default)]
+    pub prefix: String,
 }
 
 /// A checked trigger.
@@ -161,6 +174,8 @@ pub enum Trigger {
     Queue(String),
     Topic(String),
     Cron(String),
+    /// (store, key prefix)
+    Kv(String, String),
 }
 
 impl TriggerSpec {
@@ -170,10 +185,11 @@ impl TriggerSpec {
         let set = [&self.queue, &self.topic, &self.cron]
             .iter()
             .filter(|v| v.is_some())
-            .count();
+            .count()
+            + usize::from(self.kv.is_some());
         if set != 1 {
             return Err(err(
-                "each [[trigger]] sets exactly one of queue, topic or cron".into(),
+                "each [[trigger]] sets exactly one of queue, topic, cron or kv".into(),
             ));
         }
         let name = |kind: &str, name: &str| {
@@ -190,6 +206,16 @@ impl TriggerSpec {
         if let Some(topic) = &self.topic {
             name("topic", topic)?;
             return Ok(Trigger::Topic(topic.clone()));
+        }
+        if let Some(kv) = &self.kv {
+            name("key-value store", &kv.store)?;
+            if kv.prefix.len() > 512 {
+                return Err(err(format!(
+                    "the kv prefix is {} bytes, at most 512 are allowed",
+                    kv.prefix.len()
+                )));
+            }
+            return Ok(Trigger::Kv(kv.store.clone(), kv.prefix.clone()));
         }
         let cron = self.cron.clone().unwrap_or_default();
         <cron::Schedule as std::str::FromStr>::from_str(&cron).map_err(|e| {
@@ -676,6 +702,8 @@ mod tests {
             topic = "events"
             [[trigger]]
             cron = "*/2 * * * * *"
+            [[trigger]]
+            kv = { store = "jobs", prefix = "todo/" }
             "#,
         )
         .unwrap();
@@ -690,6 +718,7 @@ mod tests {
                 Trigger::Queue("orders".into()),
                 Trigger::Topic("events".into()),
                 Trigger::Cron("*/2 * * * * *".into()),
+                Trigger::Kv("jobs".into(), "todo/".into()),
             ]
         );
         let bad = |toml: &str| {
@@ -703,7 +732,8 @@ mod tests {
         assert!(bad("[[trigger]]").contains("exactly one"));
         assert!(bad("[[trigger]]\ncron = \"every minute\"").contains("0 */5 * * * *"));
         assert!(bad("[[trigger]]\nqueue = \"Orders\"").contains("not a valid name"));
-        assert!(bad("[[trigger]]\nkv = \"x\"").contains("unknown field"));
+        assert!(bad("[[trigger]]\nkv = { store = \"Bad\" }").contains("not a valid name"));
+        assert!(bad("[[trigger]]\nkv = { store = \"s\", key = \"k\" }").contains("unknown field"));
         assert!(bad("[[trigger]]\nqueue = \"a\"\n[[trigger]]\nqueue = \"a\"").contains("twice"));
         assert!(bad("[retry]\nmax_attempts = 0").contains("retry.max_attempts"));
         assert!(

@@ -449,7 +449,7 @@ impl Platform {
             let (kind, name) = match trigger {
                 EventTrigger::Queue(name) => (ChannelKind::Queue, name),
                 EventTrigger::Topic(name) => (ChannelKind::Topic, name),
-                EventTrigger::Cron(_) => continue,
+                EventTrigger::Cron(_) | EventTrigger::Kv(..) => continue,
             };
             match channels.iter().find(|c| &c.name == name) {
                 Some(c) if c.kind == kind => {}
@@ -470,8 +470,10 @@ impl Platform {
     }
 
     /// Starts what a function's triggers need: a consumer per queue, a
-    /// timer per schedule, and its async dispatcher if work is waiting.
+    /// timer per schedule, the key-value watchers, and its async dispatcher
+    /// if work is waiting.
     pub(crate) fn start_triggers(self: &Arc<Self>, loaded: &Loaded) {
+        self.refresh_kv_watchers();
         let (tenant, name) = (&*loaded.tenant, &*loaded.name);
         for trigger in loaded
             .version
@@ -483,7 +485,7 @@ impl Platform {
                 EventTrigger::Queue(queue) => {
                     self.ensure_dispatcher(tenant, name, Source::Queue(queue));
                 }
-                EventTrigger::Topic(_) => {}
+                EventTrigger::Topic(_) | EventTrigger::Kv(..) => {}
                 EventTrigger::Cron(schedule) => self.ensure_cron(tenant, name, schedule),
             }
         }

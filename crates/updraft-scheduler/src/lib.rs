@@ -11,6 +11,7 @@ mod async_invoke;
 mod calls;
 mod error;
 mod events;
+mod kv_triggers;
 mod logs;
 mod platform;
 mod usage;

@@ -161,6 +161,8 @@ pub struct Platform {
     caller: Arc<dyn FunctionCaller>,
     /// This platform, for work started from `&self` (budget alerts).
     me: std::sync::Weak<Platform>,
+    /// Functions watching key-value writes, rebuilt on every control change.
+    kv_watchers: Arc<RwLock<crate::kv_triggers::Watchers>>,
 }
 
 #[derive(Default)]
@@ -265,12 +267,18 @@ impl Platform {
         }
         let sandbox = sandbox.map_err(join_error)??;
         let log_store = Arc::new(log_store);
+        let kv_watchers: Arc<RwLock<crate::kv_triggers::Watchers>> = Arc::new(RwLock::default());
         let platform = Arc::new_cyclic(|weak| Platform {
             caller: Arc::new(crate::calls::PlatformCaller(weak.clone())),
             me: weak.clone(),
+            kv_watchers: kv_watchers.clone(),
             admission: Arc::new(Semaphore::new(sandbox.instances_max() as usize)),
             sandbox,
-            kv,
+            kv: Arc::new(crate::kv_triggers::WatchedKv {
+                inner: kv,
+                watchers: kv_watchers.clone(),
+                platform: weak.clone(),
+            }),
             blobs,
             registry,
             tenants,
@@ -576,6 +584,17 @@ impl Platform {
         self.dispatchers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every loaded function.
+    pub(crate) fn loaded_all(&self) -> Vec<Arc<Loaded>> {
+        self.table().by_key.values().cloned().collect()
+    }
+
+    /// Rebuilds who watches which key-value writes, after the table changed.
+    pub(crate) fn refresh_kv_watchers(&self) {
+        let watchers = crate::kv_triggers::watchers_of(self);
+        *self.kv_watchers.write().unwrap_or_else(|e| e.into_inner()) = watchers;
+    }
+
     /// The loaded functions of a tenant.
     pub(crate) fn loaded_of(&self, tenant: &str) -> Vec<Arc<Loaded>> {
         self.table()
@@ -665,6 +684,7 @@ impl Platform {
         let key = function_key(tenant, name);
         let orphans = tokio::task::block_in_place(|| self.registry.delete(&key))?;
         self.table_mut().remove(&key);
+        self.refresh_kv_watchers();
         for digest in orphans {
             self.sandbox.evict(&digest);
         }

@@ -693,3 +693,72 @@ async fn events_refuse_bad_input_at_deploy_and_publish() {
         .unwrap();
     expect_error(gone, 404, "channel_not_found").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_writes_under_a_watched_prefix_trigger_their_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    // The watcher counts each event it gets under `seen/<event id>`.
+    server.deploy_guest(
+        "watcher",
+        "counter-rust",
+        "key_value_stores = [\"default\", \"jobs\"]\n[env]\nCOUNTER_PREFIX = \"seen/\"\n\
+         [[trigger]]\nkv = { store = \"jobs\", prefix = \"todo/\" }",
+    );
+    // Writes from the operator API: two sets and a delete under the prefix,
+    // one set outside it.
+    server.cli_ok(&["kv", "set", "jobs", "todo/1", "a"]);
+    server.cli_ok(&["kv", "set", "jobs", "todo/2", "b"]);
+    server.cli_ok(&["kv", "set", "jobs", "done/3", "c"]);
+    server.cli_ok(&["kv", "rm", "jobs", "todo/1"]);
+    wait_keys(&server, "seen/", |k| k.len() == 3).await;
+    // Writes from a guest count too (an atomic increment here).
+    server.deploy_guest(
+        "writer",
+        "counter-rust",
+        "route = \"/writer\"\nkey_value_stores = [\"jobs\"]",
+    );
+    let response = client()
+        .get(server.url("/writer?store=jobs&key=todo/9"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    wait_keys(&server, "seen/", |k| k.len() == 4).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        keys_under(&server, "seen/").len(),
+        4,
+        "one event per watched write"
+    );
+    // Another store, or another tenant's store of the same name, is not watched.
+    server.deploy_guest(
+        "other",
+        "counter-rust",
+        "route = \"/other\"\nkey_value_stores = [\"default\"]",
+    );
+    client()
+        .get(server.url("/other?key=todo/5"))
+        .send()
+        .await
+        .unwrap();
+    let bravo = server.cli_ok(&["keys", "create", "--tenant", "bravo"]);
+    let manifest = server.write_manifest(
+        "writer",
+        "counter-rust",
+        "route = \"/writer\"\nkey_value_stores = [\"jobs\"]",
+    );
+    assert!(
+        server
+            .cli_as(bravo.trim(), &["deploy", manifest.to_str().unwrap()])
+            .status
+            .success()
+    );
+    client()
+        .get(server.url("/~bravo/writer?store=jobs&key=todo/6"))
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(keys_under(&server, "seen/").len(), 4);
+}
