@@ -125,6 +125,10 @@ pub struct Manifest {
     /// (`updraft:platform/invoke`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<String>,
+    /// Queues and topics of the same tenant this one may publish to
+    /// (`updraft:platform/messaging`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publishes: Vec<String>,
     /// Environment variables visible to the guest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -287,6 +291,7 @@ impl Manifest {
         self.parsed_triggers()?;
         check_names("blob_containers", &self.blob_containers)?;
         check_names("calls", &self.calls)?;
+        check_names("publishes", &self.publishes)?;
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(ManifestError::Env(format!(

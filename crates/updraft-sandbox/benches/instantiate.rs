@@ -41,6 +41,7 @@ fn prepare(sandbox: &Sandbox, name: &str) -> Arc<Prepared> {
                 env: Vec::new(),
                 kv: None,
                 calls: None,
+                publishes: None,
                 blobs: None,
             })
             .unwrap(),

@@ -20,6 +20,7 @@ use crate::engine::Sandbox;
 use crate::error::PrepareError;
 use crate::host::Host;
 use crate::keyvalue::KvGrant;
+use crate::messaging::PublishGrant;
 use crate::warm::WarmPool;
 
 /// Where a prepared function's machine code came from.
@@ -55,6 +56,8 @@ pub struct Prepared {
     pub(crate) blobs: Option<Arc<BlobGrant>>,
     /// The functions it may call.
     pub(crate) calls: Option<Arc<CallGrant>>,
+    /// The queues and topics it may publish to.
+    pub(crate) publishes: Option<Arc<PublishGrant>>,
     /// Idle instances kept between requests, in reuse mode only.
     pub(crate) warm: Option<Arc<WarmPool>>,
 }
@@ -74,6 +77,7 @@ pub struct PrepareSpec<'a> {
     pub kv: Option<KvGrant>,
     pub blobs: Option<BlobGrant>,
     pub calls: Option<CallGrant>,
+    pub publishes: Option<PublishGrant>,
 }
 
 impl Sandbox {
@@ -118,6 +122,7 @@ impl Sandbox {
             kv: spec.kv.map(Arc::new),
             blobs: spec.blobs.map(Arc::new),
             calls: spec.calls.map(Arc::new),
+            publishes: spec.publishes.map(Arc::new),
             warm: reuse.then(|| Arc::new(WarmPool::new(self.warm_budget.clone()))),
         })
     }

@@ -90,6 +90,7 @@ impl Sandbox {
             .and_then(|()| crate::keyvalue::add_to_linker(&mut linker))
             .and_then(|()| crate::blobs::add_to_linker(&mut linker))
             .and_then(|()| crate::calls::add_to_linker(&mut linker))
+            .and_then(|()| crate::messaging::add_to_linker(&mut linker))
             .map_err(|e| PrepareError::Internal(format!("linker: {e}")))?;
         std::fs::create_dir_all(&config.cache_dir).map_err(|e| {
             PrepareError::Internal(format!(

@@ -15,6 +15,7 @@ use crate::blobs::BlobGrant;
 use crate::calls::CallGrant;
 use crate::engine::TABLE_ELEMENTS_MAX;
 use crate::keyvalue::KvGrant;
+use crate::messaging::PublishGrant;
 
 pub(crate) struct Host {
     /// When the current invocation must stop (read by the epoch callback).
@@ -30,6 +31,8 @@ pub(crate) struct Host {
     pub(crate) blobs: Option<Arc<BlobGrant>>,
     /// The functions this function may call.
     pub(crate) calls: Option<Arc<CallGrant>>,
+    /// The queues and topics this function may publish to.
+    pub(crate) publishes: Option<Arc<PublishGrant>>,
     /// The chain of calls this invocation ends (itself last).
     pub(crate) chain: Arc<[Arc<str>]>,
     /// Host-side notes for this invocation's logs (e.g. a refused store).

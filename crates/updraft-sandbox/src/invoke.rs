@@ -137,6 +137,7 @@ impl Sandbox {
             kv: prepared.kv.clone(),
             blobs: prepared.blobs.clone(),
             calls: prepared.calls.clone(),
+            publishes: prepared.publishes.clone(),
             chain,
             notes: Vec::new(),
             usage: StateUsage::default(),

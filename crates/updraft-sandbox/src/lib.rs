@@ -20,6 +20,7 @@ mod error;
 mod host;
 mod invoke;
 mod keyvalue;
+mod messaging;
 mod warm;
 
 pub use artifact::{LoadedFrom, PrepareSpec, Prepared, WasmSource};
@@ -30,3 +31,4 @@ pub use error::{InvokeError, PrepareError};
 pub use host::StateUsage;
 pub use invoke::{CommandOutput, InvocationCtx, OnDone, Report, ResponseBody};
 pub use keyvalue::KvGrant;
+pub use messaging::{PublishError, PublishGrant, Publisher};

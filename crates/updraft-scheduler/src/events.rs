@@ -19,12 +19,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use updraft_core::{EventTrigger, function_key};
+use updraft_sandbox::{PublishError, Publisher};
 use updraft_state::queue::{
-    BATCH_SIZE_DEFAULT, Channel, ChannelKind, NewMessage, QueueError, QueueId, QueueStats,
-    VISIBILITY_TIMEOUT_MS_DEFAULT,
+    BATCH_SIZE_DEFAULT, Channel, ChannelKind, NewMessage, PAYLOAD_BYTES_MAX, QueueError, QueueId,
+    QueueStats, VISIBILITY_TIMEOUT_MS_DEFAULT,
 };
 
 use crate::async_invoke::{AsyncRequest, Source, function_queue};
@@ -37,6 +39,36 @@ pub const SPEC_VERSION: &str = "1.0";
 pub const MESSAGE_TYPE: &str = "dev.updraft.message";
 /// `type` of a cron tick.
 pub const CRON_TYPE: &str = "dev.updraft.cron";
+
+/// The platform as the sandbox's [`Publisher`]: weak, so a function's
+/// grant does not keep the platform alive.
+pub(crate) struct PlatformPublisher(pub(crate) Weak<Platform>);
+
+impl Publisher for PlatformPublisher {
+    fn publish(
+        &self,
+        owner: String,
+        channel: String,
+        data: Bytes,
+        content_type: Option<String>,
+    ) -> BoxFuture<'static, Result<Vec<String>, PublishError>> {
+        let platform = self.0.upgrade();
+        Box::pin(async move {
+            let Some(platform) = platform else {
+                return Err(PublishError::Other("the platform is shutting down".into()));
+            };
+            let event = Event::from_data(format!("/{owner}/{channel}"), content_type, data);
+            match platform.publish(&owner, &channel, event).await {
+                Ok(published) => Ok(published.ids),
+                Err(PlatformError::UnknownChannel(_)) => Err(PublishError::NotFound),
+                Err(PlatformError::Queue(QueueError::PayloadTooLarge { .. })) => {
+                    Err(PublishError::TooLarge(PAYLOAD_BYTES_MAX as u64))
+                }
+                Err(e) => Err(PublishError::Other(e.to_string())),
+            }
+        })
+    }
+}
 
 /// The queue behind a named queue.
 pub(crate) fn channel_queue(tenant: &str, name: &str) -> QueueId {

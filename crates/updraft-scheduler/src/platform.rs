@@ -16,7 +16,7 @@ use updraft_core::{
 use updraft_metering::{Aggregate, Metering, PriceSheet, usd};
 use updraft_sandbox::{
     BlobGrant, CallGrant, CallRequest, FunctionCaller, InvocationCtx, KvGrant, OnDone, PrepareSpec,
-    Prepared, Report, ResponseBody, Sandbox, SandboxConfig,
+    Prepared, PublishGrant, Publisher, Report, ResponseBody, Sandbox, SandboxConfig,
 };
 use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig, Blobs, ContainerId};
 use updraft_state::kv::{KvConfig, KvStore, StoreId};
@@ -159,6 +159,8 @@ pub struct Platform {
     shut_down: AtomicBool,
     /// Runs calls from one function to another (handed to the sandbox).
     caller: Arc<dyn FunctionCaller>,
+    /// Publishes for guests (handed to the sandbox).
+    publisher: Arc<dyn Publisher>,
     /// This platform, for work started from `&self` (budget alerts).
     me: std::sync::Weak<Platform>,
     /// Functions watching key-value writes, rebuilt on every control change.
@@ -270,6 +272,7 @@ impl Platform {
         let kv_watchers: Arc<RwLock<crate::kv_triggers::Watchers>> = Arc::new(RwLock::default());
         let platform = Arc::new_cyclic(|weak| Platform {
             caller: Arc::new(crate::calls::PlatformCaller(weak.clone())),
+            publisher: Arc::new(crate::events::PlatformPublisher(weak.clone())),
             me: weak.clone(),
             kv_watchers: kv_watchers.clone(),
             admission: Arc::new(Semaphore::new(sandbox.instances_max() as usize)),
@@ -361,6 +364,12 @@ impl Platform {
             owner: tenant.to_string(),
             functions: callees.clone(),
         });
+        let channels = &version.manifest.publishes;
+        let publishes = (!channels.is_empty()).then(|| PublishGrant {
+            publisher: self.publisher.clone(),
+            owner: tenant.to_string(),
+            channels: channels.clone(),
+        });
         let containers = &version.manifest.blob_containers;
         let blobs = (!containers.is_empty()).then(|| BlobGrant {
             blobs: self.blobs.clone(),
@@ -382,6 +391,7 @@ impl Platform {
                 kv,
                 blobs,
                 calls,
+                publishes,
             })
         })
         .await

@@ -762,3 +762,61 @@ async fn kv_writes_under_a_watched_prefix_trigger_their_function() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(keys_under(&server, "seen/").len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guests_publish_to_the_queues_and_topics_they_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.cli_ok(&["queues", "create", "orders"]);
+    server.cli_ok(&["topics", "create", "news"]);
+    deploy_consumer(
+        &server,
+        "packer",
+        "packed/",
+        "[[trigger]]\nqueue = \"orders\"",
+    );
+    deploy_consumer(&server, "reader", "read/", "[[trigger]]\ntopic = \"news\"");
+    server.deploy_guest(
+        "shop",
+        "publisher",
+        "route = \"/shop\"\npublishes = [\"orders\", \"news\", \"ghost\"]",
+    );
+    let publish = |to: &str| {
+        client()
+            .post(server.url(&format!("/shop?to={to}")))
+            .header("content-type", "application/json")
+            .body("{\"order\":1}")
+            .send()
+    };
+    // To a queue and to a topic: one id each, delivered to the consumer.
+    for (to, prefix) in [("orders", "packed/"), ("news", "read/")] {
+        let response = publish(to).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let id = response.text().await.unwrap();
+        let keys = wait_keys(&server, prefix, |k| k.len() == 1).await;
+        assert_eq!(keys, [format!("{prefix}{id}")]);
+    }
+    // Not listed, or listed but missing: errors the guest sees.
+    let response = publish("secret").await.unwrap();
+    assert_eq!(response.status(), 500);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("AccessDenied(\"secret\")")
+    );
+    let logs = server.cli_ok(&["logs", "shop"]);
+    assert!(
+        logs.contains("it is not in this function's publishes"),
+        "{logs}"
+    );
+    let response = publish("ghost").await.unwrap();
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("NotFound(\"ghost\")")
+    );
+}

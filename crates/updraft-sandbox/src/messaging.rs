@@ -1,0 +1,88 @@
+//! `updraft:platform/messaging` for guests: publishing to the tenant's
+//! queues and topics. The sandbox checks the manifest's `publishes` and
+//! hands the message to a [`Publisher`], which the scheduler implements.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::host::Host;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit/messaging",
+        world: "updraft:platform/messaging-imports",
+        imports: { default: async | trappable },
+    });
+}
+
+use bindings::updraft::platform::messaging;
+
+/// Why the platform did not take a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    NotFound,
+    TooLarge(u64),
+    Other(String),
+}
+
+/// Publishes for guests: implemented by the scheduler.
+pub trait Publisher: Send + Sync + 'static {
+    fn publish(
+        &self,
+        owner: String,
+        channel: String,
+        data: Bytes,
+        content_type: Option<String>,
+    ) -> BoxFuture<'static, Result<Vec<String>, PublishError>>;
+}
+
+/// Where a function may publish: the channels its manifest lists.
+#[derive(Clone)]
+pub struct PublishGrant {
+    pub publisher: Arc<dyn Publisher>,
+    pub owner: String,
+    pub channels: Vec<String>,
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    messaging::add_to_linker::<Host, HasSelf<Host>>(linker, |h| h)
+}
+
+impl messaging::Host for Host {
+    async fn publish(
+        &mut self,
+        channel: String,
+        data: Vec<u8>,
+        content_type: Option<String>,
+    ) -> wasmtime::Result<Result<Vec<String>, messaging::Error>> {
+        let Some(grant) = self
+            .publishes
+            .as_ref()
+            .filter(|g| g.channels.contains(&channel))
+        else {
+            let listed = match &self.publishes {
+                Some(grant) => grant.channels.join(", "),
+                None => "none".to_string(),
+            };
+            self.note(format!(
+                "publish to {channel:?} refused: it is not in this function's publishes (listed: {listed}); add it to updraft.toml"
+            ));
+            return Ok(Err(messaging::Error::AccessDenied(channel)));
+        };
+        let published = grant.publisher.publish(
+            grant.owner.clone(),
+            channel.clone(),
+            data.into(),
+            content_type,
+        );
+        Ok(match published.await {
+            Ok(ids) => Ok(ids),
+            Err(PublishError::NotFound) => Err(messaging::Error::NotFound(channel)),
+            Err(PublishError::TooLarge(max)) => Err(messaging::Error::TooLarge(max)),
+            Err(PublishError::Other(message)) => Err(messaging::Error::Other(message)),
+        })
+    }
+}
