@@ -369,6 +369,28 @@ async fn idempotency_keys_and_bad_input() {
         .await
         .unwrap();
     expect_error(theirs, 404, "function_not_found").await;
+    // Nor the queues: bravo's view is empty, and it cannot publish to ours.
+    server.cli_ok(&["queues", "create", "orders"]);
+    let theirs = client_with_key(bravo)
+        .post(server.url("/v1/publish/orders"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    expect_error(theirs, 404, "channel_not_found").await;
+    let view = server.get_json_as(bravo, "/v1/queues").await;
+    assert_eq!(view["queues"], serde_json::json!([]), "{view}");
+    assert_eq!(view["functions"], serde_json::json!([]), "{view}");
+    let theirs = client_with_key(bravo)
+        .delete(server.url("/v1/queues/orders"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(theirs, 404, "channel_not_found").await;
+    assert_eq!(
+        server.get_json("/v1/queues").await["queues"][0]["name"],
+        "orders"
+    );
 }
 
 /// Deploys the counter example as `name` with `COUNTER_PREFIX` and triggers.

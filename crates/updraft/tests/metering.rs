@@ -385,18 +385,7 @@ async fn budget_events_are_published_on_the_budget_topic() {
         );
     }
     let warning = format!("alert/budget-warning-{month}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while server
-        .cli_ok(&["kv", "ls", "default"])
-        .lines()
-        .all(|k| k != warning)
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no budget warning event"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for_key(&server, &warning).await;
     assert_eq!(server.cli_ok(&["kv", "get", "default", &warning]), "1");
     // Spend the rest: the stop is published too (its delivery is refused,
     // the budget being spent, and retried once the budget is raised).
@@ -409,17 +398,18 @@ async fn budget_events_are_published_on_the_budget_topic() {
         == 200
     {}
     server.cli_ok(&["budget", "set", "1"]);
-    let exceeded = format!("alert/budget-exceeded-{month}");
+    wait_for_key(&server, &format!("alert/budget-exceeded-{month}")).await;
+}
+
+/// Waits until `key` is in the store `default` (events arrive async).
+async fn wait_for_key(server: &Server, key: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while server
         .cli_ok(&["kv", "ls", "default"])
         .lines()
-        .all(|k| k != exceeded)
+        .all(|k| k != key)
     {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no budget exceeded event"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(std::time::Instant::now() < deadline, "{key} never came");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
