@@ -502,10 +502,9 @@ impl Platform {
     }
 
     /// Starts what a function's triggers need: a consumer per queue, a
-    /// timer per schedule, the key-value watchers, and its async dispatcher
-    /// if work is waiting.
+    /// timer per schedule, and its async dispatcher if work is waiting.
+    /// Key-value watchers are the caller's to refresh, once per table change.
     pub(crate) fn start_triggers(self: &Arc<Self>, loaded: &Loaded) {
-        self.refresh_kv_watchers();
         let (tenant, name) = (&*loaded.tenant, &*loaded.name);
         for trigger in loaded
             .version
@@ -541,13 +540,24 @@ impl Platform {
         });
     }
 
-    /// Whether the function's serving version has `trigger`.
+    /// Whether the function's serving version has `trigger`. Compares the
+    /// manifest's entries as written (checked at deploy): dispatchers ask
+    /// on every round, and parsing a schedule each time is waste.
     pub(crate) fn has_trigger(loaded: &Loaded, trigger: &EventTrigger) -> bool {
         loaded
             .version
             .manifest
-            .parsed_triggers()
-            .is_ok_and(|ts| ts.contains(trigger))
+            .triggers
+            .iter()
+            .any(|t| match trigger {
+                EventTrigger::Queue(q) => t.queue.as_ref() == Some(q),
+                EventTrigger::Topic(topic) => t.topic.as_ref() == Some(topic),
+                EventTrigger::Cron(c) => t.cron.as_ref() == Some(c),
+                EventTrigger::Kv(store, prefix) => {
+                    t.kv.as_ref()
+                        .is_some_and(|kv| &kv.store == store && &kv.prefix == prefix)
+                }
+            })
     }
 }
 

@@ -308,6 +308,8 @@ impl Platform {
             // Consumers, schedules, and async work accepted before a restart.
             platform.start_triggers(&loaded);
         }
+        // Once, not per function: each rebuild reads every function.
+        platform.refresh_kv_watchers();
         let warm = platform.clone();
         tokio::spawn(async move {
             for loaded in missing {
@@ -497,6 +499,7 @@ impl Platform {
         let compiled = prepared.loaded_from == updraft_sandbox::LoadedFrom::Compile;
         let loaded = Arc::new(Loaded::new(tenant, version, Some(prepared))?);
         self.table_mut().insert(loaded.clone());
+        self.refresh_kv_watchers();
         self.start_triggers(&loaded);
         self.platform_log(
             &loaded.key,
@@ -671,6 +674,7 @@ impl Platform {
         match self.load_version(tenant, target).await {
             Ok(loaded) => {
                 self.table_mut().insert(loaded.clone());
+                self.refresh_kv_watchers();
                 self.start_triggers(&loaded);
                 self.platform_log(
                     &loaded.key,
