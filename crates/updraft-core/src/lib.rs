@@ -16,5 +16,5 @@ pub use manifest::{
     RouteAuth, Trigger as EventTrigger, TriggerSpec,
 };
 pub use tenant::{LOCAL_TENANT, function_key, split_function_key, validate_tenant};
-pub use usage::{Trigger, UsageRecord};
+pub use usage::{STORAGE_FUNCTION, Trigger, UsageRecord};
 pub use version::{Digest, VersionRecord};

@@ -17,7 +17,13 @@ pub enum Trigger {
     Async,
     /// Another function's call (`updraft:platform/invoke`).
     Call,
+    /// Not an invocation: a sample of what the tenant stores, taken at the
+    /// end of each sample interval (see [`UsageRecord::stored_secs`]).
+    Storage,
 }
+
+/// The `function` of a storage sample: no function is named so.
+pub const STORAGE_FUNCTION: &str = "(storage)";
 
 /// One finished invocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +53,51 @@ pub struct UsageRecord {
     pub blob_bytes: u64,
     /// `None` for success, else the error's code (`timeout`, `trap`, …).
     pub error: Option<String>,
+    /// Storage samples only: key-value bytes stored (keys and values) at
+    /// `start_ms`, the end of the interval the sample stands for.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub kv_stored_bytes: u64,
+    /// Storage samples only: blob bytes stored at `start_ms`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub blob_stored_bytes: u64,
+    /// Storage samples only: the seconds the sample stands for (the
+    /// interval before `start_ms`); 0 in invocation records.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stored_secs: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl UsageRecord {
+    /// A storage sample of `tenant`: `kv` and `blob` bytes stored at
+    /// `at_ms`, standing for the `secs` before it.
+    pub fn storage(tenant: Arc<str>, at_ms: u64, secs: u64, kv: u64, blob: u64) -> UsageRecord {
+        UsageRecord {
+            tenant,
+            function: Arc::from(STORAGE_FUNCTION),
+            version: 0,
+            invocation_id: format!("storage-{at_ms}"),
+            trigger: Trigger::Storage,
+            start_ms: at_ms,
+            wall_us: 0,
+            billed_ms: 0,
+            memory_mb: 0,
+            memory_peak_bytes: 0,
+            cpu_us: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            kv_ops: 0,
+            kv_bytes: 0,
+            blob_ops: 0,
+            blob_bytes: 0,
+            error: None,
+            kv_stored_bytes: kv,
+            blob_stored_bytes: blob,
+            stored_secs: secs,
+        }
+    }
 }
 
 /// Billed duration: wall time rounded up to the next millisecond (at least 1).

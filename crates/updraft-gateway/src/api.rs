@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use updraft_core::{FunctionKind, LogEntry, Manifest};
 use updraft_scheduler::{Loaded, Platform, PlatformError};
 use updraft_state::Caller;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Query};
 
 type Shared = State<Arc<Platform>>;
 

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -18,7 +18,7 @@ use updraft_scheduler::Platform;
 use updraft_state::{Caller, KeyInfo};
 
 use crate::api::rfc3339;
-use crate::error::ApiError;
+use crate::error::{ApiError, Query};
 
 /// The caller named by the request's bearer key.
 pub(crate) fn caller(platform: &Platform, headers: &HeaderMap) -> Result<Caller, ApiError> {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
@@ -16,7 +16,7 @@ use updraft_scheduler::{Platform, PlatformError};
 use updraft_state::Caller;
 use updraft_state::blob::BLOB_PAGE_MAX;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Query};
 use crate::kv::ListQuery;
 
 type Shared = State<Arc<Platform>>;

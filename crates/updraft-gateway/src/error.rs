@@ -135,3 +135,33 @@ pub(crate) fn invocation_error(e: PlatformError, name: &str, invocation_id: &str
     }
     error
 }
+
+/// `axum::extract::Query` whose rejection is an [`ApiError`]: a bad query
+/// string gets the same JSON error shape as everything else.
+pub(crate) struct Query<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(query)| Query(query))
+            .map_err(|e| {
+                ApiError::bad_request(
+                    "bad_request",
+                    format!(
+                        "{}: fix the query string (docs/api.md lists each endpoint's parameters)",
+                        e.body_text()
+                    ),
+                )
+            })
+    }
+}

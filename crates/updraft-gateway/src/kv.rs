@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use http::{StatusCode, header};
@@ -15,7 +15,7 @@ use updraft_scheduler::{Platform, PlatformError};
 use updraft_state::Caller;
 use updraft_state::kv::{KvError, LIST_PAGE_MAX, VALUE_BYTES_MAX};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Query};
 
 type Shared = State<Arc<Platform>>;
 

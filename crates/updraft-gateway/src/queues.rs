@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use http::{StatusCode, header};
@@ -16,7 +16,7 @@ use updraft_scheduler::{Event, InvocationStatus, Platform, PlatformError, Publis
 use updraft_state::Caller;
 use updraft_state::queue::{ChannelKind, PAYLOAD_BYTES_MAX, QueueError};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Query};
 
 type Shared = State<Arc<Platform>>;
 

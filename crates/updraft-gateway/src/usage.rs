@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use updraft_metering::{Aggregate, GroupBy, HOUR_MS, Metering, month_of, month_ra
 use updraft_scheduler::{Platform, PlatformError};
 use updraft_state::Caller;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Query};
 
 type Shared = State<Arc<Platform>>;
 
@@ -80,26 +80,30 @@ pub(crate) struct UsageQuery {
 }
 
 impl UsageQuery {
-    /// `[from, to)`: by default from the start of this month to the end of
-    /// this hour.
     fn window(&self) -> Result<(u64, u64), ApiError> {
-        let now = now_ms();
-        let from = match &self.from {
-            Some(text) => instant(text, "from")?,
-            None => month_range(&month_of(now)).map_err(PlatformError::from)?.0,
-        };
-        let to = match &self.to {
-            Some(text) => instant(text, "to")?,
-            None => now - now % HOUR_MS + HOUR_MS,
-        };
-        if to <= from {
-            return Err(ApiError::bad_request(
-                "bad_request",
-                "`to` must be after `from`",
-            ));
-        }
-        Ok((from, to))
+        window(self.from.as_deref(), self.to.as_deref())
     }
+}
+
+/// `[from, to)`: by default from the start of this month to the end of
+/// this hour.
+fn window(from: Option<&str>, to: Option<&str>) -> Result<(u64, u64), ApiError> {
+    let now = now_ms();
+    let from = match from {
+        Some(text) => instant(text, "from")?,
+        None => month_range(&month_of(now)).map_err(PlatformError::from)?.0,
+    };
+    let to = match to {
+        Some(text) => instant(text, "to")?,
+        None => now - now % HOUR_MS + HOUR_MS,
+    };
+    if to <= from {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "`to` must be after `from`",
+        ));
+    }
+    Ok((from, to))
 }
 
 fn sums_json(sums: &Aggregate) -> Value {
@@ -150,30 +154,60 @@ pub(crate) async fn usage(
     })))
 }
 
-/// `GET /v1/usage/records?from&to`: the raw records, NDJSON.
+/// Records of one page unless `limit` asks for fewer or more.
+const RECORDS_PAGE_DEFAULT: usize = 10_000;
+const RECORDS_PAGE_MAX: usize = 100_000;
+/// The header carrying the cursor of the next page of records.
+const NEXT_CURSOR: &str = "updraft-next-cursor";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RecordsQuery {
+    from: Option<String>,
+    to: Option<String>,
+    tenant: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/usage/records?from&to&limit&cursor`: the raw records in start
+/// order, NDJSON, a page at a time; `Updraft-Next-Cursor` is set when
+/// more follow.
 pub(crate) async fn records(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
-    Query(query): Query<UsageQuery>,
+    Query(query): Query<RecordsQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(&caller, query.tenant.as_deref())?;
-    let (from, to) = query.window()?;
+    let (from, to) = window(query.from.as_deref(), query.to.as_deref())?;
+    let limit = query.limit.unwrap_or(RECORDS_PAGE_DEFAULT);
+    if !(1..=RECORDS_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "bad_request",
+            format!("limit={limit}: ask for 1 to {RECORDS_PAGE_MAX} records a page"),
+        ));
+    }
     let metering = metering(&platform)?;
-    let mut out = Vec::new();
-    tokio::task::block_in_place(|| {
-        metering.records(tenant, from, to, |record| {
-            if let Ok(line) = serde_json::to_vec(&record) {
-                out.extend_from_slice(&line);
-                out.push(b'\n');
-            }
-        })
+    let (page, next) = tokio::task::block_in_place(|| {
+        metering.records_page(tenant, from, to, query.cursor.as_deref(), limit)
     })
     .map_err(PlatformError::from)?;
-    Ok((
+    let mut out = Vec::new();
+    for record in &page {
+        if let Ok(line) = serde_json::to_vec(record) {
+            out.extend_from_slice(&line);
+            out.push(b'\n');
+        }
+    }
+    let mut response = (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from(Bytes::from(out)),
     )
-        .into_response())
+        .into_response();
+    if let Some(next) = next.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().insert(NEXT_CURSOR, next);
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize)]

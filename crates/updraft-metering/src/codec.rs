@@ -3,15 +3,19 @@
 //! server writes megabytes of usage a second, and the kernel's writeback of
 //! them competes with requests for the same cores.
 //!
-//! Frame: `u32 LE length`, then the payload: a format byte (1), tenant,
+//! Frame: `u32 LE length`, then the payload: a format byte (2), tenant,
 //! function, invocation id and error as `u16 LE length + UTF-8` (error
-//! `0xFFFF` when none), the trigger byte, then 13 LEB128 integers.
+//! `0xFFFF` when none), the trigger byte, then 16 LEB128 integers. Format 1
+//! (before storage samples) had 13 and is still read.
 
 use std::sync::Arc;
 
 use updraft_core::{Trigger, UsageRecord};
 
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// Integers of format 1, and of format 2.
+const INTS_V1: usize = 13;
+const INTS: usize = 16;
 const NO_ERROR: u16 = u16::MAX;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -50,6 +54,7 @@ pub fn encode(r: &UsageRecord, out: &mut Vec<u8>) {
         Trigger::Api => 1,
         Trigger::Async => 2,
         Trigger::Call => 3,
+        Trigger::Storage => 4,
     });
     for v in [
         r.version,
@@ -65,6 +70,9 @@ pub fn encode(r: &UsageRecord, out: &mut Vec<u8>) {
         r.kv_bytes,
         r.blob_ops,
         r.blob_bytes,
+        r.kv_stored_bytes,
+        r.blob_stored_bytes,
+        r.stored_secs,
     ] {
         put_uint(out, v);
     }
@@ -122,9 +130,11 @@ pub fn decode(bytes: &[u8]) -> Option<(Option<UsageRecord>, usize)> {
 
 fn decode_payload(payload: &[u8]) -> Option<UsageRecord> {
     let mut r = Reader { bytes: payload };
-    if *r.take(1)?.first()? != FORMAT {
-        return None;
-    }
+    let ints = match *r.take(1)?.first()? {
+        1 => INTS_V1,
+        FORMAT => INTS,
+        _ => return None,
+    };
     let tenant: Arc<str> = Arc::from(r.string()?);
     let function: Arc<str> = Arc::from(r.string()?);
     let invocation_id = r.string()?;
@@ -137,10 +147,11 @@ fn decode_payload(payload: &[u8]) -> Option<UsageRecord> {
         1 => Trigger::Api,
         2 => Trigger::Async,
         3 => Trigger::Call,
+        4 => Trigger::Storage,
         _ => return None,
     };
-    let mut n = [0u64; 13];
-    for v in &mut n {
+    let mut n = [0u64; INTS];
+    for v in &mut n[..ints] {
         *v = r.uint()?;
     }
     Some(UsageRecord {
@@ -162,6 +173,9 @@ fn decode_payload(payload: &[u8]) -> Option<UsageRecord> {
         blob_ops: n[11],
         blob_bytes: n[12],
         error,
+        kv_stored_bytes: n[13],
+        blob_stored_bytes: n[14],
+        stored_secs: n[15],
     })
 }
 
@@ -192,6 +206,9 @@ mod tests {
             blob_ops: 1,
             blob_bytes: 5 << 30,
             error: None,
+            kv_stored_bytes: 0,
+            blob_stored_bytes: 0,
+            stored_secs: 0,
         };
         let mut out = Vec::new();
         encode(&r, &mut out);
@@ -206,5 +223,30 @@ mod tests {
         for cut in 0..m {
             assert!(decode(&out[n..n + cut]).is_none(), "cut at {cut}");
         }
+        let sample = UsageRecord::storage("acme".into(), 1_764_223_200_000, 3600, 12_345, 7 << 40);
+        out.clear();
+        encode(&sample, &mut out);
+        assert_eq!(decode(&out).unwrap().0.unwrap(), sample);
+    }
+
+    #[test]
+    fn format_1_frames_still_decode() {
+        // A record as the first format wrote it: 13 integers, no storage.
+        let mut payload = vec![1u8];
+        for s in ["acme", "hello", "id-1"] {
+            payload.extend_from_slice(&(s.len() as u16).to_le_bytes());
+            payload.extend_from_slice(s.as_bytes());
+        }
+        payload.extend_from_slice(&NO_ERROR.to_le_bytes());
+        payload.push(0);
+        payload.extend((1..=13u8).map(|v| v * 2));
+        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        let r = decode(&frame).unwrap().0.unwrap();
+        assert_eq!(
+            (&*r.tenant, r.trigger, r.version, r.blob_bytes),
+            ("acme", Trigger::Http, 2, 26)
+        );
+        assert_eq!((r.kv_stored_bytes, r.stored_secs), (0, 0));
     }
 }

@@ -33,6 +33,11 @@ pub struct PriceSheet {
     pub blob_ops_per_million: f64,
     /// Per GiB of response bytes (internet egress: $0.09).
     pub gb_out: f64,
+    /// Per GiB-month of key-value data, keys and values (DynamoDB standard
+    /// table storage: $0.25).
+    pub kv_gb_month: f64,
+    /// Per GiB-month of blobs (S3 Standard, first 50 TB: $0.023).
+    pub blob_gb_month: f64,
 }
 
 impl Default for PriceSheet {
@@ -43,6 +48,8 @@ impl Default for PriceSheet {
             kv_ops_per_million: 0.125,
             blob_ops_per_million: 5.00,
             gb_out: 0.09,
+            kv_gb_month: 0.25,
+            blob_gb_month: 0.023,
         }
     }
 }
@@ -56,6 +63,8 @@ impl PriceSheet {
             ("kv_ops_per_million", self.kv_ops_per_million),
             ("blob_ops_per_million", self.blob_ops_per_million),
             ("gb_out", self.gb_out),
+            ("kv_gb_month", self.kv_gb_month),
+            ("blob_gb_month", self.blob_gb_month),
         ] {
             if !value.is_finite() || value < 0.0 {
                 return Err(MeteringError::Invalid(format!(
@@ -92,17 +101,28 @@ pub struct Bill {
 }
 
 /// Each line's exact amount, in picodollars: requests, compute, key-value
-/// operations, blob operations, data out. GB-seconds are MB-ms ÷ 1,024,000,
-/// as Lambda counts memory.
-fn line_picos(prices: &PriceSheet, sums: &Aggregate) -> [u128; 5] {
+/// operations, blob operations, data out, key-value storage, blob storage.
+/// GB-seconds are MB-ms ÷ 1,024,000, as Lambda counts memory; a GB-month is
+/// a GiB kept [`HOURS_PER_MONTH`] hours.
+fn line_picos(prices: &PriceSheet, sums: &Aggregate) -> [u128; 7] {
     let million = 1_000_000u128;
+    let gib_month = GIB * HOURS_PER_MONTH as u128;
     [
         u128::from(sums.invocations) * pico(prices.requests_per_million) / million,
         u128::from(sums.mb_ms) * pico(prices.gb_second) / 1_024_000,
         u128::from(sums.kv_ops) * pico(prices.kv_ops_per_million) / million,
         u128::from(sums.blob_ops) * pico(prices.blob_ops_per_million) / million,
         u128::from(sums.bytes_out) * pico(prices.gb_out) / GIB,
+        u128::from(sums.kv_byte_hours) * pico(prices.kv_gb_month) / gib_month,
+        u128::from(sums.blob_byte_hours) * pico(prices.blob_gb_month) / gib_month,
     ]
+}
+
+fn gb_months(byte_hours: u64) -> String {
+    format!(
+        "{:.6} GB-month",
+        byte_hours as f64 / (GIB as f64 * HOURS_PER_MONTH)
+    )
 }
 
 /// The bill of `sums` at `prices`.
@@ -138,6 +158,18 @@ pub fn bill(prices: &PriceSheet, sums: &Aggregate) -> Bill {
             prices.gb_out,
             "per GiB",
         ),
+        (
+            "key-value storage",
+            gb_months(sums.kv_byte_hours),
+            prices.kv_gb_month,
+            "per GB-month",
+        ),
+        (
+            "blob storage",
+            gb_months(sums.blob_byte_hours),
+            prices.blob_gb_month,
+            "per GB-month",
+        ),
     ];
     let lines: Vec<BillLine> = described
         .into_iter()
@@ -168,6 +200,23 @@ pub fn cents_to_pico(cents: u64) -> u128 {
     u128::from(cents) * PICO_PER_CENT
 }
 
+/// A steady load, as the estimate takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Load {
+    pub rps: f64,
+    /// Each request's duration (billed rounded up to the millisecond).
+    pub duration_ms: f64,
+    pub memory_mb: u32,
+    /// Key-value operations of each request.
+    pub kv_ops: f64,
+    /// Response bytes of each request.
+    pub bytes_out: f64,
+    /// GiB kept in key-value stores all month.
+    pub kv_stored_gb: f64,
+    /// GiB kept as blobs all month.
+    pub blob_stored_gb: f64,
+}
+
 /// What a steady load would cost a month, and where a reserved server
 /// becomes cheaper.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -176,41 +225,41 @@ pub struct Estimate {
     pub monthly_usd: f64,
     /// Cost of one invocation, in dollars.
     pub per_request_usd: f64,
+    /// What the stored data costs a month, whatever the request rate.
+    pub storage_monthly_usd: f64,
     pub server_monthly_usd: Option<f64>,
     /// Requests per second above which the reserved server is cheaper.
     pub break_even_rps: Option<f64>,
 }
 
-/// Hours in the month the estimate uses (365 × 24 / 12).
+/// Hours in a month, for the estimate and for GB-months (365 × 24 / 12).
 pub const HOURS_PER_MONTH: f64 = 730.0;
 
-/// `rps` requests a second, each `duration_ms` long with `memory_mb`
-/// configured, plus `kv_ops` key-value operations and `bytes_out` response
-/// bytes each, for a month; compared with a server at `server_usd_per_hour`.
-pub fn estimate(
-    prices: &PriceSheet,
-    rps: f64,
-    duration_ms: f64,
-    memory_mb: u32,
-    kv_ops: f64,
-    bytes_out: f64,
-    server_usd_per_hour: Option<f64>,
-) -> Estimate {
-    let billed_ms = duration_ms.ceil().max(1.0);
+/// `load` for a month, compared with a server at `server_usd_per_hour`.
+/// The server is taken to hold the same data on its own disk, so storage
+/// counts against the serverless side of the break-even.
+pub fn estimate(prices: &PriceSheet, load: &Load, server_usd_per_hour: Option<f64>) -> Estimate {
+    let billed_ms = load.duration_ms.ceil().max(1.0);
     let per_request_usd = prices.requests_per_million / 1e6
-        + f64::from(memory_mb) / 1024.0 * billed_ms / 1000.0 * prices.gb_second
-        + kv_ops * prices.kv_ops_per_million / 1e6
-        + bytes_out / GIB as f64 * prices.gb_out;
-    let requests = rps * HOURS_PER_MONTH * 3600.0;
+        + f64::from(load.memory_mb) / 1024.0 * billed_ms / 1000.0 * prices.gb_second
+        + load.kv_ops * prices.kv_ops_per_million / 1e6
+        + load.bytes_out / GIB as f64 * prices.gb_out;
+    let storage_monthly_usd =
+        load.kv_stored_gb * prices.kv_gb_month + load.blob_stored_gb * prices.blob_gb_month;
+    let requests = load.rps * HOURS_PER_MONTH * 3600.0;
     let server_monthly_usd = server_usd_per_hour.map(|p| p * HOURS_PER_MONTH);
     Estimate {
         requests_per_month: requests.round() as u64,
-        monthly_usd: requests * per_request_usd,
+        monthly_usd: requests * per_request_usd + storage_monthly_usd,
         per_request_usd,
+        storage_monthly_usd,
         server_monthly_usd,
         break_even_rps: server_monthly_usd
             .filter(|_| per_request_usd > 0.0)
-            .map(|server| server / per_request_usd / (HOURS_PER_MONTH * 3600.0)),
+            .map(|server| {
+                ((server - storage_monthly_usd) / per_request_usd / (HOURS_PER_MONTH * 3600.0))
+                    .max(0.0)
+            }),
     }
 }
 
@@ -237,20 +286,51 @@ mod tests {
     #[test]
     fn break_even_against_a_server() {
         // $0.10/h server; 100 ms at 128 MB ≈ $0.000000408 a request.
-        let e = estimate(
-            &PriceSheet::default(),
-            10.0,
-            100.0,
-            128,
-            0.0,
-            0.0,
-            Some(0.10),
-        );
+        let mut load = Load {
+            rps: 10.0,
+            duration_ms: 100.0,
+            memory_mb: 128,
+            kv_ops: 0.0,
+            bytes_out: 0.0,
+            kv_stored_gb: 0.0,
+            blob_stored_gb: 0.0,
+        };
+        let e = estimate(&PriceSheet::default(), &load, Some(0.10));
         assert_eq!(e.requests_per_month, 26_280_000);
         assert!((e.monthly_usd - 10.73).abs() < 0.01, "{e:?}");
         let rps = e.break_even_rps.unwrap();
         // $73 a month / $0.000000408 a request / 2.628M seconds a month.
         assert!((rps - 68.0).abs() < 0.1, "{e:?}");
+        // 10 GiB of key-value data: $2.50 a month more, at any rate, so the
+        // server wins earlier.
+        load.kv_stored_gb = 10.0;
+        let with_data = estimate(&PriceSheet::default(), &load, Some(0.10));
+        assert!(
+            (with_data.storage_monthly_usd - 2.5).abs() < 1e-9,
+            "{with_data:?}"
+        );
+        assert!(
+            (with_data.monthly_usd - 13.23).abs() < 0.01,
+            "{with_data:?}"
+        );
+        assert!(with_data.break_even_rps.unwrap() < rps);
+    }
+
+    #[test]
+    fn storage_is_billed_per_gb_month() {
+        // 10 GiB of key-value data and 100 GiB of blobs for a whole month.
+        let hours = HOURS_PER_MONTH as u64;
+        let sums = Aggregate {
+            kv_byte_hours: 10 * (1 << 30) * hours,
+            blob_byte_hours: 100 * (1 << 30) * hours,
+            ..Aggregate::default()
+        };
+        let bill = bill(&PriceSheet::default(), &sums);
+        let line = |item: &str| bill.lines.iter().find(|l| l.item == item).unwrap().clone();
+        assert_eq!(line("key-value storage").amount_cents, 250);
+        assert_eq!(line("key-value storage").quantity, "10.000000 GB-month");
+        assert_eq!(line("blob storage").amount_cents, 230);
+        assert_eq!(bill.total_cents, 480);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use updraft_core::UsageRecord;
+use updraft_core::{Trigger, UsageRecord};
 
 use crate::{MeteringError, codec};
 
@@ -47,6 +47,7 @@ const RECORD_LAG_MAX_MS: u64 = 900_000;
 /// Sums of usage over some records. Every field is an integer, so a bill
 /// computed from sums is the same however the records were grouped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Aggregate {
     pub invocations: u64,
     pub failures: u64,
@@ -62,10 +63,26 @@ pub struct Aggregate {
     pub kv_bytes: u64,
     pub blob_ops: u64,
     pub blob_bytes: u64,
+    /// Σ key-value bytes stored × hours, from the storage samples.
+    pub kv_byte_hours: u64,
+    /// Σ blob bytes stored × hours, from the storage samples.
+    pub blob_byte_hours: u64,
+}
+
+/// Byte-hours of `bytes` kept `secs` seconds (rounded down, per sample).
+fn byte_hours(bytes: u64, secs: u64) -> u64 {
+    (u128::from(bytes) * u128::from(secs) / 3600)
+        .try_into()
+        .unwrap_or(u64::MAX)
 }
 
 impl Aggregate {
     pub fn add(&mut self, r: &UsageRecord) {
+        if r.trigger == Trigger::Storage {
+            self.kv_byte_hours += byte_hours(r.kv_stored_bytes, r.stored_secs);
+            self.blob_byte_hours += byte_hours(r.blob_stored_bytes, r.stored_secs);
+            return;
+        }
         self.invocations += 1;
         self.failures += u64::from(r.error.is_some());
         self.wall_us += r.wall_us;
@@ -95,6 +112,8 @@ impl Aggregate {
         self.kv_bytes += o.kv_bytes;
         self.blob_ops += o.blob_ops;
         self.blob_bytes += o.blob_bytes;
+        self.kv_byte_hours += o.kv_byte_hours;
+        self.blob_byte_hours += o.blob_byte_hours;
     }
 }
 

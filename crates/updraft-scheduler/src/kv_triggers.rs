@@ -126,6 +126,10 @@ pub(crate) fn watchers_of(platform: &Platform) -> Watchers {
 
 #[async_trait]
 impl KvStore for WatchedKv {
+    async fn stored_bytes(&self) -> Result<std::collections::HashMap<String, u64>, KvError> {
+        self.inner.stored_bytes().await
+    }
+
     async fn get(&self, store: &StoreId, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.inner.get(store, key).await
     }

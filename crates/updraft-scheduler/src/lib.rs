@@ -24,5 +24,6 @@ pub use error::PlatformError;
 pub use events::{Event, Published, QueueOverview, TopicOverview};
 pub use platform::{
     BUDGET_TOPIC, Deployed, FunctionDetails, IDLE_UNLOAD_DEFAULT, Loaded, Platform, PlatformConfig,
+    STORAGE_SAMPLE_DEFAULT,
 };
 pub use updraft_sandbox::{InvokeError, LoadedFrom, ResponseBody};

@@ -51,10 +51,16 @@ pub struct PlatformConfig {
     pub metering: bool,
     /// How long raw usage records are kept.
     pub records_retention: Duration,
+    /// How often what each tenant stores is sampled for its bill.
+    pub storage_sample: Duration,
 }
 
 /// The topic a tenant creates to hear of its budget: 80% spent, all spent.
 pub const BUDGET_TOPIC: &str = "budget-alerts";
+
+/// Default interval of storage samples: S3 and DynamoDB also bill stored
+/// bytes by the hour.
+pub const STORAGE_SAMPLE_DEFAULT: Duration = Duration::from_secs(3600);
 
 /// Default idle time before a function's compiled code is dropped.
 pub const IDLE_UNLOAD_DEFAULT: Duration = Duration::from_secs(300);
@@ -71,6 +77,7 @@ impl PlatformConfig {
             prices: PriceSheet::default(),
             metering: true,
             records_retention: updraft_metering::RECORDS_RETENTION_DEFAULT,
+            storage_sample: STORAGE_SAMPLE_DEFAULT,
         }
     }
 }
@@ -320,6 +327,13 @@ impl Platform {
         });
         if let Some(idle) = config.idle_unload {
             tokio::spawn(unload_idle(Arc::downgrade(&platform), idle));
+        }
+        if platform.metering.is_some() {
+            let every = config.storage_sample;
+            tokio::spawn(crate::usage::sample_storage(
+                Arc::downgrade(&platform),
+                every,
+            ));
         }
         Ok(platform)
     }

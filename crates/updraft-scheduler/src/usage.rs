@@ -2,18 +2,25 @@
 //! only when both the guest has finished (its report) and its response body
 //! has been sent (the bytes out), in either order: [`PendingUsage`] waits
 //! for both and hands the record to metering once.
+//!
+//! Storage is metered by [`sample_storage`]: at the end of every sample
+//! interval, one record per tenant with what it stores, standing for the
+//! whole interval.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use updraft_core::{Trigger, UsageRecord};
+use updraft_core::{STORAGE_FUNCTION, Trigger, UsageRecord, function_key};
 use updraft_metering::billed_ms;
 use updraft_sandbox::{Report, ResponseBody};
 
+use crate::PlatformError;
 use crate::platform::{Loaded, Platform};
 
 pub(crate) fn record(
@@ -43,6 +50,9 @@ pub(crate) fn record(
         blob_ops: report.state.blob_ops,
         blob_bytes: report.state.blob_bytes,
         error: report.outcome.as_ref().err().map(|e| e.code().to_string()),
+        kv_stored_bytes: 0,
+        blob_stored_bytes: 0,
+        stored_secs: 0,
     }
 }
 
@@ -142,5 +152,49 @@ impl Body for CountedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Samples what every tenant stores at each multiple of `every` on the wall
+/// clock, so a restart neither skips nor repeats a sample slot. A slot the
+/// server was down for is not charged. Stops with the platform.
+pub(crate) async fn sample_storage(platform: Weak<Platform>, every: Duration) {
+    let every_ms = (every.as_millis() as u64).max(1);
+    loop {
+        let now = updraft_metering::now_ms();
+        let slot_end = now - now % every_ms + every_ms;
+        tokio::time::sleep(Duration::from_millis(slot_end - now)).await;
+        let Some(platform) = platform.upgrade() else {
+            return;
+        };
+        if platform.is_shut_down() {
+            return;
+        }
+        if let Err(e) = platform.sample_storage(slot_end, every_ms / 1000).await {
+            // The next slot tries again; this one goes uncharged.
+            tracing::warn!("storage not sampled for metering: {e}");
+        }
+    }
+}
+
+impl Platform {
+    /// One storage record per tenant that stores anything, at `at_ms`.
+    async fn sample_storage(&self, at_ms: u64, secs: u64) -> Result<(), PlatformError> {
+        if self.metering().is_none() {
+            return Ok(());
+        }
+        let kv = self.kv().stored_bytes().await?;
+        let blobs = self.blobs().stored_bytes().await?;
+        let tenants: BTreeSet<&String> = kv.keys().chain(blobs.keys()).collect();
+        for tenant in tenants {
+            let (kv, blob) = (
+                kv.get(tenant).copied().unwrap_or(0),
+                blobs.get(tenant).copied().unwrap_or(0),
+            );
+            let tenant: Arc<str> = Arc::from(tenant.as_str());
+            let key: Arc<str> = Arc::from(function_key(&tenant, STORAGE_FUNCTION));
+            self.meter(&key, UsageRecord::storage(tenant, at_ms, secs, kv, blob));
+        }
+        Ok(())
     }
 }

@@ -263,11 +263,17 @@ pub struct EstimateArgs {
     /// Response bytes per invocation.
     #[arg(long, default_value_t = 0.0)]
     pub bytes_out: f64,
+    /// GiB kept in key-value stores.
+    #[arg(long, default_value_t = 0.0)]
+    pub kv_stored_gb: f64,
+    /// GiB kept as blobs.
+    #[arg(long, default_value_t = 0.0)]
+    pub blob_stored_gb: f64,
     /// Price of a reserved server, US dollars per hour, for the break-even.
     #[arg(long, default_value_t = 0.0416)]
     pub server_usd_per_hour: f64,
-    /// Take rate, duration, memory and operations from your usage of the
-    /// last N days instead.
+    /// Take rate, duration, memory, operations and stored data from your
+    /// usage of the last N days instead.
     #[arg(long, value_name = "DAYS", conflicts_with = "rps")]
     pub from_usage: Option<u32>,
 }

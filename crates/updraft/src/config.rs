@@ -42,6 +42,9 @@ pub struct MeteringConfig {
     pub enabled: bool,
     /// Days raw usage records are kept (the hourly sums stay).
     pub records_retention_days: u32,
+    /// Seconds between samples of what each tenant stores (bytes × time is
+    /// what storage is billed on).
+    pub storage_sample_secs: u64,
 }
 
 impl Default for MeteringConfig {
@@ -50,6 +53,7 @@ impl Default for MeteringConfig {
             enabled: true,
             records_retention_days: (updraft_metering::RECORDS_RETENTION_DEFAULT.as_secs() / 86_400)
                 as u32,
+            storage_sample_secs: updraft_scheduler::STORAGE_SAMPLE_DEFAULT.as_secs(),
         }
     }
 }
@@ -73,6 +77,14 @@ impl ServerConfig {
                 "the server config {} is not valid: [metering] records_retention_days = 0: \
                  keep records at least 1 day (the hourly sums are kept anyway)",
                 path.display()
+            );
+        }
+        if !(1..=86_400).contains(&config.metering.storage_sample_secs) {
+            anyhow::bail!(
+                "the server config {} is not valid: [metering] storage_sample_secs = {}: \
+                 sample stored bytes every 1 to 86400 seconds (the default is 3600)",
+                path.display(),
+                config.metering.storage_sample_secs
             );
         }
         Ok(config)

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
-use updraft_metering::{PriceSheet, estimate, usd as dollars};
+use updraft_metering::{HOUR_MS, Load, PriceSheet, estimate, usd as dollars};
 
 use crate::cli::{BudgetCommand, CostCommand, EstimateArgs};
 use crate::client::Client;
@@ -73,6 +73,11 @@ pub async fn usage(
             format_bytes(u(r, "bytes_out")),
             u(r, "kv_ops").to_string(),
             u(r, "blob_ops").to_string(),
+            format!(
+                "{:.4}",
+                (u(r, "kv_byte_hours") + u(r, "blob_byte_hours")) as f64
+                    / (f64::from(1u32 << 30) * updraft_metering::prices::HOURS_PER_MONTH)
+            ),
             dollars(cost),
         ]);
     }
@@ -89,6 +94,7 @@ pub async fn usage(
             "OUT",
             "KV_OPS",
             "BLOB_OPS",
+            "STORED_GB_MO",
             "COST",
         ],
         rows,
@@ -190,24 +196,15 @@ pub async fn cost(client: &Client, command: CostCommand, json: bool) -> Result<(
             memory_mb: args.memory_mb,
             kv_ops: args.kv_ops,
             bytes_out: args.bytes_out,
+            kv_stored_gb: args.kv_stored_gb,
+            blob_stored_gb: args.blob_stored_gb,
         },
     };
-    let e = estimate(
-        &prices,
-        load.rps,
-        load.duration_ms,
-        load.memory_mb,
-        load.kv_ops,
-        load.bytes_out,
-        Some(args.server_usd_per_hour),
-    );
+    let e = estimate(&prices, &load, Some(args.server_usd_per_hour));
     let mut out = io::stdout().lock();
     if json {
         let mut v = json!(e);
-        v["load"] = json!({
-            "rps": load.rps, "duration_ms": load.duration_ms, "memory_mb": load.memory_mb,
-            "kv_ops": load.kv_ops, "bytes_out": load.bytes_out,
-        });
+        v["load"] = json!(load);
         return Ok(output::write_json(&mut out, &v)?);
     }
     writeln!(
@@ -219,9 +216,16 @@ pub async fn cost(client: &Client, command: CostCommand, json: bool) -> Result<(
         load.kv_ops,
         format_bytes(load.bytes_out as u64)
     )?;
+    if e.storage_monthly_usd > 0.0 {
+        writeln!(
+            out,
+            "  {:.3} GiB of key-value data and {:.3} GiB of blobs cost ${:.2} a month",
+            load.kv_stored_gb, load.blob_stored_gb, e.storage_monthly_usd
+        )?;
+    }
     writeln!(
         out,
-        "  {} requests a month cost ${:.2} (${:.9} each)",
+        "  {} requests a month cost ${:.2} in all (${:.9} each)",
         e.requests_per_month, e.monthly_usd, e.per_request_usd
     )?;
     if let (Some(server), Some(rps)) = (e.server_monthly_usd, e.break_even_rps) {
@@ -237,14 +241,6 @@ pub async fn cost(client: &Client, command: CostCommand, json: bool) -> Result<(
         )?;
     }
     Ok(())
-}
-
-struct Load {
-    rps: f64,
-    duration_ms: f64,
-    memory_mb: u32,
-    kv_ops: f64,
-    bytes_out: f64,
 }
 
 /// The average invocation of the last `days` days, and their rate.
@@ -267,22 +263,20 @@ async fn from_usage(client: &Client, days: u32, args: &EstimateArgs) -> Result<L
     }
     let per = |field: &str| u(total, field) as f64 / calls as f64;
     let billed = u(total, "billed_ms").max(1);
+    // Byte-hours over the window's hours: the average GiB stored.
+    let hours = (u64::from(days) * 86_400_000 / HOUR_MS) as f64;
+    let gib = |field: &str| u(total, field) as f64 / hours / f64::from(1u32 << 30);
     Ok(Load {
         rps: calls as f64 / (f64::from(days) * 86_400.0),
         duration_ms: per("billed_ms"),
-        memory_mb: (u(total, "mb_ms") / billed) as u32,
+        // Memory falls back to the flag when the records have none.
+        memory_mb: match (u(total, "mb_ms") / billed) as u32 {
+            0 => args.memory_mb,
+            mb => mb,
+        },
         kv_ops: per("kv_ops"),
         bytes_out: per("bytes_out"),
-    }
-    .or(args))
-}
-
-impl Load {
-    /// Memory falls back to the flag when the records have none.
-    fn or(mut self, args: &EstimateArgs) -> Load {
-        if self.memory_mb == 0 {
-            self.memory_mb = args.memory_mb;
-        }
-        self
-    }
+        kv_stored_gb: gib("kv_byte_hours"),
+        blob_stored_gb: gib("blob_byte_hours"),
+    })
 }

@@ -55,6 +55,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.metering = file.metering.enabled;
     config.records_retention =
         Duration::from_secs(u64::from(file.metering.records_retention_days) * 86_400);
+    config.storage_sample = Duration::from_secs(file.metering.storage_sample_secs);
     config.instances_max = args.instances_max;
     config.idle_unload =
         (args.idle_unload_secs > 0).then(|| Duration::from_secs(args.idle_unload_secs));

@@ -32,27 +32,50 @@ fn u(v: &Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in {v}"))
 }
 
+fn is_storage(r: &Value) -> bool {
+    r["trigger"] == "storage"
+}
+
+/// A field that invocation records always have and storage samples only
+/// when it is not zero.
+fn n(v: &Value, field: &str) -> u64 {
+    v[field].as_u64().unwrap_or(0)
+}
+
 /// The bill's arithmetic, written again from the documented price sheet:
 /// integer sums × price in picodollars, each line rounded to the cent.
+/// Storage samples add byte-hours (rounded down per sample), invocations
+/// the rest.
 fn recompute_cents(records: &[Value], prices: &Value) -> Vec<u64> {
+    let invocations: Vec<&Value> = records.iter().filter(|r| !is_storage(r)).collect();
     let sum = |field: &str| {
-        records
+        invocations
             .iter()
             .map(|r| u128::from(u(r, field)))
             .sum::<u128>()
     };
-    let mb_ms: u128 = records
+    let mb_ms: u128 = invocations
         .iter()
         .map(|r| u128::from(u(r, "memory_mb")) * u128::from(u(r, "billed_ms")))
         .sum();
+    let byte_hours = |field: &str| {
+        records
+            .iter()
+            .filter(|r| is_storage(r))
+            .map(|r| u128::from(n(r, field)) * u128::from(u(r, "stored_secs")) / 3600)
+            .sum::<u128>()
+    };
     let pico = |name: &str| (prices[name].as_f64().unwrap() * 1e12).round() as u128;
     let cents = |p: u128| ((p + 5_000_000_000) / 10_000_000_000) as u64;
+    let gib_month = (1u128 << 30) * 730;
     vec![
-        cents(records.len() as u128 * pico("requests_per_million") / 1_000_000),
+        cents(invocations.len() as u128 * pico("requests_per_million") / 1_000_000),
         cents(mb_ms * pico("gb_second") / 1_024_000),
         cents(sum("kv_ops") * pico("kv_ops_per_million") / 1_000_000),
         cents(sum("blob_ops") * pico("blob_ops_per_million") / 1_000_000),
         cents(sum("bytes_out") * pico("gb_out") / (1 << 30)),
+        cents(byte_hours("kv_stored_bytes") * pico("kv_gb_month") / gib_month),
+        cents(byte_hours("blob_stored_bytes") * pico("blob_gb_month") / gib_month),
     ]
 }
 
@@ -71,7 +94,8 @@ fn start_priced(
 
 /// One cent per invocation, nothing else.
 const CENT_PER_INVOCATION: &str = "requests_per_million = 10000\ngb_second = 0\n\
-    kv_ops_per_million = 0\nblob_ops_per_million = 0\ngb_out = 0\n";
+    kv_ops_per_million = 0\nblob_ops_per_million = 0\ngb_out = 0\n\
+    kv_gb_month = 0\nblob_gb_month = 0\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_invocation_is_metered_and_the_bill_is_reproducible() {
@@ -125,7 +149,13 @@ async fn every_invocation_is_metered_and_the_bill_is_reproducible() {
         assert_eq!(r.status(), 200);
     }
 
-    let all = records(&server, "").await;
+    let with_samples = records(&server, "").await;
+    // A storage sample is taken on the hour: this run may cross one.
+    let all: Vec<Value> = with_samples
+        .iter()
+        .filter(|r| !is_storage(r))
+        .cloned()
+        .collect();
     assert_eq!(all.len(), 402, "one record per invocation");
     let ids: std::collections::HashSet<&str> = all
         .iter()
@@ -178,15 +208,20 @@ async fn every_invocation_is_metered_and_the_bill_is_reproducible() {
         .iter()
         .map(|l| u(l, "amount_cents"))
         .collect();
-    assert_eq!(lines, recompute_cents(&all, &prices), "{bill}");
+    assert_eq!(lines, recompute_cents(&with_samples, &prices), "{bill}");
     assert_eq!(u(&bill, "total_cents"), lines.iter().sum::<u64>());
-    assert!(lines.iter().all(|&c| c > 0) || lines[3] == 0, "{bill}");
+    assert!(lines[..5].iter().all(|&c| c > 0) || lines[3] == 0, "{bill}");
     let from_records = server.get_json("/v1/bill?source=records").await;
     assert_eq!(from_records["lines"], bill["lines"]);
 
     // Usage by function adds up to the same.
     let usage = server.get_json("/v1/usage?group_by=function").await;
-    let rows = usage["rows"].as_array().unwrap();
+    let rows: Vec<&Value> = usage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["key"] != "(storage)")
+        .collect();
     assert_eq!(rows.len(), 4);
     assert_eq!(u(&usage["total"], "invocations"), 402);
     let hourly = server.get_json("/v1/usage?group_by=hour").await;
@@ -217,16 +252,209 @@ async fn every_invocation_is_metered_and_the_bill_is_reproducible() {
         "{estimate}"
     );
 
-    // Bad input: clear errors.
+    // Records page: 100 at a time, in start order, none lost or repeated.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = match &cursor {
+            Some(c) => format!("?limit=100&cursor={c}"),
+            None => "?limit=100".to_string(),
+        };
+        let request = server
+            .api()
+            .get(server.url(&format!("/v1/usage/records{query}")));
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        cursor = r
+            .headers()
+            .get("updraft-next-cursor")
+            .map(|v| v.to_str().unwrap().to_string());
+        let page: Vec<Value> = r
+            .text()
+            .await
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(page.len() <= 100);
+        paged.extend(page);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let ids = |rs: &[Value]| -> Vec<String> {
+        rs.iter()
+            .filter(|r| !is_storage(r))
+            .map(|r| r["invocation_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(&paged), ids(&with_samples), "pages = the whole list");
+
+    // Bad input: clear errors, in the API's JSON shape.
     for (path, code) in [
         ("/v1/usage?group_by=minute", "bad_request"),
         ("/v1/usage?from=yesterday", "bad_request"),
         ("/v1/usage?from=2026-02-01&to=2026-01-01", "bad_request"),
+        ("/v1/usage?colour=blue", "bad_request"),
         ("/v1/bill?month=2026-13", "bad_request"),
+        ("/v1/usage/records?limit=0", "bad_request"),
+        ("/v1/usage/records?limit=many", "bad_request"),
+        ("/v1/usage/records?cursor=nonsense", "bad_request"),
+        ("/v1/functions/hello/dlq?limit=abc", "bad_request"),
     ] {
         let r = server.api().get(server.url(path)).send().await.unwrap();
-        expect_error(r, 400, code).await;
+        let message = expect_error(r, 400, code).await;
+        assert!(!message.is_empty(), "{path}");
     }
+}
+
+/// What each tenant stores is sampled (here every second) into storage
+/// records; the bill charges their byte-hours per GB-month, and the raw
+/// records reproduce it to the cent.
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_bytes_are_sampled_and_billed_per_gb_month() {
+    let dir = tempfile::tempdir().unwrap();
+    // Storage so dear that a second of a megabyte costs cents.
+    let prices = "requests_per_million = 0\ngb_second = 0\nkv_ops_per_million = 0\n\
+        blob_ops_per_million = 0\ngb_out = 0\nkv_gb_month = 1e9\nblob_gb_month = 2e9\n";
+    let config = dir.path().join("server.toml");
+    let data = dir.path().join("data");
+    let write_config = |sample_secs: u64| {
+        std::fs::write(
+            &config,
+            format!("[metering]\nstorage_sample_secs = {sample_secs}\n[prices]\n{prices}"),
+        )
+        .unwrap()
+    };
+    write_config(1);
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let stores = "key_value_stores = [\"default\"]\nblob_containers = [\"files\"]";
+    server.deploy_guest("hello", "hello-rust", stores);
+    let acme = server.cli_ok(&["keys", "create", "--tenant", "acme"]);
+    let acme = acme.trim().to_string();
+    let manifest = server.write_manifest("hello", "hello-rust", stores);
+    assert!(
+        server
+            .cli_as(&acme, &["deploy", manifest.to_str().unwrap()])
+            .status
+            .success()
+    );
+
+    // local: 300 KB of values under two keys and a 1 MiB blob; acme: a
+    // 2 MiB blob and nothing in key-value.
+    let put = |key: &str, path: &str, body: Vec<u8>| {
+        client_with_key(key).put(server.url(path)).body(body).send()
+    };
+    let admin = server.admin_key.clone();
+    for (path, len) in [
+        ("/v1/kv/default/a", 100_000),
+        ("/v1/kv/default/bb", 200_000),
+    ] {
+        assert!(
+            put(&admin, path, vec![7; len])
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+    }
+    let r = put(&admin, "/v1/blobs/files/one", vec![1; 1 << 20])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = put(&acme, "/v1/blobs/files/two", vec![2; 2 << 20])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let kv_bytes = 1 + 100_000 + 2 + 200_000;
+
+    // Wait for two samples that see all of it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let full =
+        |r: &&Value| n(r, "kv_stored_bytes") == kv_bytes && n(r, "blob_stored_bytes") == 1 << 20;
+    while records(&server, "").await.iter().filter(full).count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no storage samples");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // No more samples from here on: restart with a daily interval.
+    drop(server);
+    write_config(86_400);
+    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+
+    let local = records(&server, "").await;
+    assert!(local.iter().all(is_storage), "no invocation ran");
+    for r in &local {
+        assert_eq!(
+            (r["function"].as_str(), u(r, "stored_secs")),
+            (Some("(storage)"), 1),
+            "{r}"
+        );
+        assert!(n(r, "kv_stored_bytes") <= kv_bytes, "{r}");
+    }
+    let theirs = records(&server, "?tenant=acme").await;
+    assert!(!theirs.is_empty());
+    for r in &theirs {
+        assert_eq!(
+            (n(r, "kv_stored_bytes"), n(r, "blob_stored_bytes")),
+            (0, 2 << 20),
+            "{r}"
+        );
+    }
+
+    // The bill's storage lines, recomputed from the samples, to the cent.
+    let price_sheet = server.get_json("/v1/prices").await;
+    for (tenant, samples) in [("local", &local), ("acme", &theirs)] {
+        let bill = server.get_json(&format!("/v1/bill?tenant={tenant}")).await;
+        let lines: Vec<u64> = bill["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| u(l, "amount_cents"))
+            .collect();
+        assert_eq!(lines, recompute_cents(samples, &price_sheet), "{bill}");
+        assert!(lines[6] > 0, "blob storage is charged: {bill}");
+        let from_records = server
+            .get_json(&format!("/v1/bill?tenant={tenant}&source=records"))
+            .await;
+        assert_eq!(from_records["lines"], bill["lines"]);
+        let item = &bill["lines"][6];
+        assert_eq!(
+            (item["item"].as_str(), item["unit"].as_str()),
+            (Some("blob storage"), Some("per GB-month"))
+        );
+    }
+    let usage = server.get_json("/v1/usage").await;
+    let row = &usage["rows"][0];
+    assert_eq!(
+        (row["key"].as_str(), u(row, "invocations")),
+        (Some("(storage)"), 0),
+        "{usage}"
+    );
+    assert!(u(&usage["total"], "kv_byte_hours") > 0, "{usage}");
+    let table = server.cli_ok(&["usage"]);
+    assert!(
+        table.contains("(storage)") && table.contains("STORED_GB_MO"),
+        "{table}"
+    );
+
+    // A bad interval is refused at start-up, naming the key.
+    write_config(0);
+    let out = std::process::Command::new(bin())
+        .args([
+            "up",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("storage_sample_secs"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -344,10 +572,29 @@ fn cost_estimate_finds_the_break_even() {
     ]);
     // 26.28M requests × $0.000000408 = $10.73; $73/month ÷ that = 68 req/s.
     assert!(
-        out.contains("26280000 requests a month cost $10.73"),
+        out.contains("26280000 requests a month cost $10.73 in all"),
         "{out}"
     );
     assert!(out.contains("cheaper above 68.0 req/s"), "{out}");
+    // Stored data costs the same at any rate: 10 GiB of key-value data is
+    // $2.50 a month, so the server wins from a lower rate.
+    let out = server.cli_ok(&[
+        "cost",
+        "estimate",
+        "--rps",
+        "10",
+        "--duration-ms",
+        "100",
+        "--kv-stored-gb",
+        "10",
+        "--server-usd-per-hour",
+        "0.10",
+    ]);
+    assert!(
+        out.contains("cost $2.50 a month") && out.contains("cost $13.23 in all"),
+        "{out}"
+    );
+    assert!(out.contains("cheaper above 65.7 req/s"), "{out}");
     let out = server.cli(&["cost", "estimate"]);
     assert!(!out.status.success());
 }

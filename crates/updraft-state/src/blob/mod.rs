@@ -8,6 +8,7 @@
 //! Containers are named per owner, like key-value stores: a blob lives at
 //! `{owner}/{container}/{key}` in the backend.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -336,6 +337,22 @@ impl Blobs {
         }
     }
 
+    /// Bytes of blobs each owner stores (owners with none are left out):
+    /// what storage is billed on. Lists every blob, so it is for a
+    /// sampler, not a request path.
+    pub async fn stored_bytes(&self) -> Result<HashMap<String, u64>, BlobError> {
+        let mut sizes: HashMap<String, u64> = HashMap::new();
+        let mut listing = self.backend.list(None);
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(storage)?;
+            if let Some(owner) = meta.location.parts().next() {
+                *sizes.entry(owner.as_ref().to_string()).or_default() += meta.size;
+            }
+        }
+        sizes.retain(|_, bytes| *bytes > 0);
+        Ok(sizes)
+    }
+
     /// Blobs whose key starts with `prefix`, after `cursor`, in key order.
     pub async fn list(
         &self,
@@ -595,5 +612,13 @@ mod tests {
             ["a/2.png"]
         );
         assert_eq!(blobs.get(&other, "a/1.png").await.unwrap(), "theirs");
+        // a/2.png, b.txt and big; the aborted upload stores nothing.
+        assert_eq!(
+            blobs.stored_bytes().await.unwrap(),
+            HashMap::from([
+                ("local".to_string(), 3 + 3 + 1000),
+                ("other".to_string(), 6)
+            ])
+        );
     }
 }

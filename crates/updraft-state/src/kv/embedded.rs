@@ -309,6 +309,52 @@ impl Shared {
         Ok(table)
     }
 
+    /// Bytes (keys and values) each owner stores. The table is scanned
+    /// off the overlay lock, on a snapshot taken with a copy of the overlay
+    /// under it, so writers wait only for that copy.
+    fn stored_bytes(&self) -> Result<HashMap<String, u64>, KvError> {
+        let (active, frozen, table) = {
+            let overlay = read(&self.overlay);
+            let table = self.current_snapshot()?;
+            (overlay.active.clone(), overlay.frozen.clone(), table)
+        };
+        let mut sizes: HashMap<String, u64> = HashMap::new();
+        let (mut owner, mut bytes) = (String::new(), 0u64);
+        for entry in table.iter().map_err(storage)? {
+            let (k, v) = entry.map_err(storage)?;
+            let (o, _, key) = k.value();
+            if o != owner {
+                if bytes > 0 {
+                    *sizes.entry(std::mem::take(&mut owner)).or_default() += bytes;
+                }
+                (owner, bytes) = (o.to_string(), 0);
+            }
+            bytes += (key.len() + v.value().len()) as u64;
+        }
+        if bytes > 0 {
+            *sizes.entry(owner).or_default() += bytes;
+        }
+        // Each key the overlay holds replaces what redb has for it; the
+        // newer layer's word counts.
+        let mut seen = std::collections::HashSet::new();
+        for layer in std::iter::once(&active).chain(frozen.as_deref()) {
+            for (store, keys) in layer {
+                for (key, cell) in keys {
+                    if !seen.insert((store, key)) {
+                        continue;
+                    }
+                    let size = |v: &[u8]| (key.len() + v.len()) as u64;
+                    let old = get_value(&*table, store, key)?.map_or(0, |v| size(&v));
+                    let new = cell.as_deref().map_or(0, size);
+                    let total = sizes.entry(store.owner.clone()).or_default();
+                    *total = (*total + new).saturating_sub(old);
+                }
+            }
+        }
+        sizes.retain(|_, bytes| *bytes > 0);
+        Ok(sizes)
+    }
+
     /// A `process` write: journal it, then show it in the overlay. The
     /// outer `Err` is a storage failure, after which writes are refused.
     fn write_through_journal(
@@ -630,6 +676,13 @@ impl KvStore for EmbeddedKv {
         keys.iter().try_for_each(|k| check_key(k))?;
         self.write(store, Op::DeleteMany(keys)).await.map(drop)
     }
+
+    async fn stored_bytes(&self) -> Result<HashMap<String, u64>, KvError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.stored_bytes())
+            .await
+            .map_err(storage)?
+    }
 }
 
 /// The `disk` writer thread: drains the queue into one durable
@@ -926,6 +979,11 @@ mod tests {
                         list_model(&model, prefix),
                         "step {step} list {prefix:?}"
                     );
+                    assert_eq!(
+                        kv.stored_bytes().await.unwrap(),
+                        stored_model(&model),
+                        "step {step} stored bytes"
+                    );
                 }
             }
         }
@@ -949,6 +1007,17 @@ mod tests {
         for (k, v) in &model {
             assert_eq!(kv.get(&store, k).await.unwrap().as_ref(), Some(v));
         }
+        assert_eq!(kv.stored_bytes().await.unwrap(), stored_model(&model));
+    }
+
+    /// What each owner of the model run stores: the model's keys and
+    /// values, and the neighbours' "a/1" (4 bytes each with the value).
+    fn stored_model(model: &BTreeMap<String, Vec<u8>>) -> HashMap<String, u64> {
+        let sum: usize = model.iter().map(|(k, v)| k.len() + v.len()).sum();
+        HashMap::from([
+            ("owner".to_string(), sum as u64 + 4),
+            ("other".to_string(), 4),
+        ])
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -8,6 +8,7 @@
 pub mod embedded;
 mod journal;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -167,6 +168,9 @@ pub trait KvStore: Send + Sync + 'static {
         entries: Vec<(String, Vec<u8>)>,
     ) -> Result<(), KvError>;
     async fn delete_many(&self, store: &StoreId, keys: Vec<String>) -> Result<(), KvError>;
+    /// Bytes stored (keys and values) by each owner that stores any: what
+    /// storage is billed on.
+    async fn stored_bytes(&self) -> Result<HashMap<String, u64>, KvError>;
 }
 
 /// The result of [`KvStore::compare_and_swap`].
