@@ -12,7 +12,9 @@ use bytes::Bytes;
 use http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use updraft_scheduler::{Event, InvocationStatus, Platform, PlatformError, Published};
+use updraft_scheduler::{
+    BATCH_BYTES_MAX, Event, InvocationStatus, Platform, PlatformError, Published,
+};
 use updraft_state::Caller;
 use updraft_state::queue::{ChannelKind, PAYLOAD_BYTES_MAX, QueueError};
 
@@ -170,6 +172,8 @@ pub(crate) async fn delete_topic(
 }
 
 /// `POST /v1/publish/{name}`: the body is the event's data, or with
+/// `Content-Type: application/cloudevents-batch+json` an array of
+/// structured CloudEvents published in one commit, or with
 /// `Content-Type: application/cloudevents+json` a whole CloudEvent.
 pub(crate) async fn publish(
     State(platform): Shared,
@@ -182,17 +186,38 @@ pub(crate) async fn publish(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = axum::body::to_bytes(request.into_body(), PAYLOAD_BYTES_MAX)
+    let batch = content_type
+        .as_deref()
+        .is_some_and(|t| t.starts_with("application/cloudevents-batch+json"));
+    let limit = if batch {
+        BATCH_BYTES_MAX
+    } else {
+        PAYLOAD_BYTES_MAX
+    };
+    let body = axum::body::to_bytes(request.into_body(), limit)
         .await
-        .map_err(|_| {
-            PlatformError::Queue(QueueError::PayloadTooLarge {
+        .map_err(|_| match batch {
+            true => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the batch is over {BATCH_BYTES_MAX} bytes: split it"),
+            ),
+            false => PlatformError::Queue(QueueError::PayloadTooLarge {
                 len: PAYLOAD_BYTES_MAX + 1,
             })
+            .into(),
         })?;
-    let event = match content_type.as_deref() {
-        Some(t) if t.starts_with("application/cloudevents+json") => Event::from_structured(&body)?,
-        _ => Event::from_data(format!("/{}/{name}", caller.tenant), content_type, body),
+    let events = match content_type.as_deref() {
+        _ if batch => Event::from_batch(&body)?,
+        Some(t) if t.starts_with("application/cloudevents+json") => {
+            vec![Event::from_structured(&body)?]
+        }
+        _ => vec![Event::from_data(
+            format!("/{}/{name}", caller.tenant),
+            content_type,
+            body,
+        )],
     };
-    let published = platform.publish(&caller.tenant, &name, event).await?;
+    let published = platform.publish_many(&caller.tenant, &name, events).await?;
     Ok((StatusCode::ACCEPTED, Json(published)))
 }

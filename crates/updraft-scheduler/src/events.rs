@@ -35,6 +35,11 @@ use crate::platform::{Loaded, Platform, now_ms};
 
 /// CloudEvents' `specversion`.
 pub const SPEC_VERSION: &str = "1.0";
+/// Most events one batch may publish.
+pub const BATCH_EVENTS_MAX: usize = 1000;
+/// Largest body of a batch: events are each at most the queue's payload
+/// limit, and a batch at most this in all.
+pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// `type` of an event published as plain data.
 pub const MESSAGE_TYPE: &str = "dev.updraft.message";
 /// `type` of a cron tick.
@@ -106,6 +111,42 @@ impl Event {
     pub fn from_structured(body: &[u8]) -> Result<Event, PlatformError> {
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| invalid(format!("the CloudEvent is not JSON: {e}")))?;
+        Event::from_value(value)
+    }
+
+    /// CloudEvents in batched mode (`application/cloudevents-batch+json`):
+    /// a JSON array of 1 to [`BATCH_EVENTS_MAX`] structured events, each
+    /// checked as [`Event::from_structured`] does. One bad event refuses
+    /// the whole batch, naming it.
+    pub fn from_batch(body: &[u8]) -> Result<Vec<Event>, PlatformError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| invalid(format!("the batch is not JSON: {e}")))?;
+        let Value::Array(events) = value else {
+            return Err(invalid(
+                "a CloudEvents batch is a JSON array of structured events",
+            ));
+        };
+        if events.is_empty() || events.len() > BATCH_EVENTS_MAX {
+            return Err(invalid(format!(
+                "the batch has {} events: send 1 to {BATCH_EVENTS_MAX}",
+                events.len()
+            )));
+        }
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| {
+                Event::from_value(event).map_err(|e| match e {
+                    PlatformError::InvalidEvent(m) => {
+                        invalid(format!("event {i} of the batch: {m}"))
+                    }
+                    other => other,
+                })
+            })
+            .collect()
+    }
+
+    fn from_value(value: Value) -> Result<Event, PlatformError> {
         let Value::Object(mut attributes) = value else {
             return Err(invalid("a CloudEvent is a JSON object"));
         };
@@ -400,17 +441,32 @@ impl Platform {
         name: &str,
         event: Event,
     ) -> Result<Published, PlatformError> {
+        self.publish_many(tenant, name, vec![event]).await
+    }
+
+    /// Publishes `events` in order, all or nothing, in one commit.
+    pub async fn publish_many(
+        self: &Arc<Self>,
+        tenant: &str,
+        name: &str,
+        events: Vec<Event>,
+    ) -> Result<Published, PlatformError> {
         let channel = self.channel(tenant, name)?;
-        let payload = event.encode();
-        let message = || NewMessage {
-            payload: payload.clone(),
-            idempotency_key: None,
+        let payloads: Vec<Vec<u8>> = events.iter().map(Event::encode).collect();
+        let messages = || -> Vec<NewMessage> {
+            payloads
+                .iter()
+                .map(|payload| NewMessage {
+                    payload: payload.clone(),
+                    idempotency_key: None,
+                })
+                .collect()
         };
         match channel.kind {
             ChannelKind::Queue => {
                 let sent = self
                     .queues()
-                    .send(&channel_queue(tenant, name), vec![message()])
+                    .send(&channel_queue(tenant, name), messages())
                     .await?;
                 Ok(Published {
                     kind: ChannelKind::Queue,
@@ -422,7 +478,7 @@ impl Platform {
                 let subscribers = self.triggered_by(tenant, ChannelKind::Topic, name);
                 let batches = subscribers
                     .iter()
-                    .map(|function| (function_queue(tenant, function), vec![message()]))
+                    .map(|function| (function_queue(tenant, function), messages()))
                     .collect();
                 let sent = self.queues().send_to_many(batches).await?;
                 for function in &subscribers {

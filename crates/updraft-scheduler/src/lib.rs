@@ -21,7 +21,9 @@ pub use async_invoke::{
     InvocationStatus, RESULT_BYTES_MAX,
 };
 pub use error::PlatformError;
-pub use events::{Event, Published, QueueOverview, TopicOverview};
+pub use events::{
+    BATCH_BYTES_MAX, BATCH_EVENTS_MAX, Event, Published, QueueOverview, TopicOverview,
+};
 pub use platform::{
     BUDGET_TOPIC, Deployed, FunctionDetails, IDLE_UNLOAD_DEFAULT, Loaded, Platform, PlatformConfig,
     STORAGE_SAMPLE_DEFAULT,

@@ -531,6 +531,32 @@ async fn queues_fan_in_topics_fan_out_and_cron_fires() {
     server.cli_ok(&["publish", "orders", "--cloudevent", "-d", cloudevent]);
     wait_keys(&server, "orders/evt-1", |k| k.len() == 1).await;
 
+    // A batch (CloudEvents batched mode) publishes every event in one
+    // commit; each keeps its id and reaches one consumer once.
+    let batch: Vec<Value> = (0..300)
+        .map(|i| {
+            serde_json::json!({"specversion": "1.0", "id": format!("batch-{i:03}"),
+                "source": "/shop", "type": "order.created", "data": {"n": i}})
+        })
+        .collect();
+    let response = server
+        .api()
+        .post(server.url("/v1/publish/orders"))
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(serde_json::to_vec(&batch).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let published: Value = response.json().await.unwrap();
+    assert_eq!(published["ids"].as_array().unwrap().len(), 300);
+    let keys = wait_keys(&server, "orders/batch-", |k| k.len() == 300).await;
+    assert_eq!(keys[299], "orders/batch-299");
+    drain_named(&server, "orders").await;
+    for key in keys.iter().step_by(37) {
+        assert_eq!(server.cli_ok(&["kv", "get", "default", key]), "1", "{key}");
+    }
+
     // A seconds-level schedule fires every second.
     deploy_consumer(
         &server,
@@ -668,6 +694,28 @@ async fn events_refuse_bad_input_at_deploy_and_publish() {
         .await
         .unwrap();
     expect_error(big, 413, "payload_too_large").await;
+    // A batch with one bad event publishes none of them, and says which.
+    let good = r#"{"specversion":"1.0","id":"1","source":"/s","type":"t"}"#;
+    let too_many = format!("[{}]", vec![good; 1001].join(","));
+    for (bad, says) in [
+        (
+            format!("[{good},{good},{{\"id\":\"3\"}}]"),
+            "event 2 of the batch",
+        ),
+        ("[]".to_string(), "send 1 to 1000"),
+        (too_many, "has 1001 events"),
+        (good.to_string(), "JSON array"),
+    ] {
+        let response = api
+            .post(server.url("/v1/publish/orders"))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        let message = expect_error(response, 400, "invalid_cloudevent").await;
+        assert!(message.contains(says), "{message}");
+    }
     let queues = server.get_json("/v1/queues").await;
     assert_eq!(
         queues["queues"][0]["depth"], 0,

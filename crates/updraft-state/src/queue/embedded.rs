@@ -7,6 +7,12 @@
 //! index and answers, so a consumer never sees a message that is not yet
 //! durable. Leases live only in the index: after a crash, every message
 //! that was in flight is visible again (at least once).
+//!
+//! A round of only acks and retries is committed without a sync: losing it
+//! in a power cut or crash only delivers those messages again, which at
+//! least once allows, and the sync it saves was most of a consumer's cost.
+//! The next synced commit makes it durable; an idle writer syncs within
+//! [`LAZY_SYNC_AFTER`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -36,6 +42,8 @@ const IDEMPOTENCY: TableDefinition<(&str, &str, &str), (u128, u64)> =
 const GROUP_COMMIT_OPS_MAX: usize = 4096;
 /// How often expired outcomes and idempotency keys are deleted.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest an unsynced round of acks waits for a synced commit.
+const LAZY_SYNC_AFTER: Duration = Duration::from_millis(200);
 
 /// Queues in `queues.redb`.
 pub struct EmbeddedQueues {
@@ -620,12 +628,28 @@ impl EmbeddedQueues {
 /// and sweeps expired outcomes now and then, until the store is dropped.
 fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
     let mut last_sweep = None;
+    // Whether a commit without a sync awaits one.
+    let mut unsynced = false;
     loop {
-        let first = match changes.recv_timeout(SWEEP_INTERVAL) {
+        let wait = if unsynced {
+            LAZY_SYNC_AFTER
+        } else {
+            SWEEP_INTERVAL
+        };
+        let first = match changes.recv_timeout(wait) {
             Ok(change) => Some(change),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                if unsynced {
+                    sync(&shared.db);
+                }
+                return;
+            }
         };
+        if first.is_none() && unsynced {
+            sync(&shared.db);
+            unsynced = false;
+        }
         if last_sweep.is_none_or(|at: std::time::Instant| at.elapsed() >= SWEEP_INTERVAL) {
             if let Err(e) = sweep(&shared.db) {
                 tracing::warn!("could not delete expired queue outcomes: {e}");
@@ -648,8 +672,13 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
             }
             continue;
         }
-        match commit(shared, &batch) {
+        // Acks and retries may wait for the next sync (see the module doc).
+        let lazy = batch
+            .iter()
+            .all(|c| matches!(c.op, Op::Ack(..) | Op::Retry(..)));
+        match commit(shared, &batch, lazy) {
             Ok((results, index_changes)) => {
+                unsynced = lazy;
                 let mut index = lock(&shared.index);
                 for change in index_changes {
                     match change {
@@ -677,10 +706,30 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
 
 type Results = Vec<Result<Done, QueueError>>;
 
-/// Applies `batch` in order in one durable transaction. Returns each
-/// change's result and what the index must do once it is committed.
-fn commit(shared: &Shared, batch: &[Change]) -> Result<(Results, Vec<IndexChange>), QueueError> {
-    let txn = shared.db.begin_write().map_err(storage)?;
+/// Makes earlier unsynced commits durable with an empty synced one.
+fn sync(db: &Database) {
+    let synced = db
+        .begin_write()
+        .map_err(storage)
+        .and_then(|txn| txn.commit().map_err(storage));
+    if let Err(e) = synced {
+        tracing::warn!("queue acks not synced (they may be delivered again): {e}");
+    }
+}
+
+/// Applies `batch` in order in one transaction, durable unless `lazy`.
+/// Returns each change's result and what the index must do once it is
+/// committed.
+fn commit(
+    shared: &Shared,
+    batch: &[Change],
+    lazy: bool,
+) -> Result<(Results, Vec<IndexChange>), QueueError> {
+    let mut txn = shared.db.begin_write().map_err(storage)?;
+    if lazy {
+        txn.set_durability(redb::Durability::None)
+            .map_err(storage)?;
+    }
     let mut results = Vec::with_capacity(batch.len());
     let mut index_changes = Vec::new();
     {
@@ -1091,6 +1140,30 @@ mod tests {
             q.send(&jobs, vec![keyed("k1")]).await.unwrap()[0].id,
             first.id
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn acks_committed_without_a_sync_are_synced_when_idle_and_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = QueueId::new("acme", "jobs");
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        q.send(&jobs, vec![msg("a"), msg("b"), msg("c")])
+            .await
+            .unwrap();
+        let got = take(&q, &jobs, 3).await;
+        q.ack(&jobs, got[0].id, b"done".to_vec()).await.unwrap();
+        // Idle: the writer syncs the lazy round on its own (run here; only
+        // a crash could tell it apart from the sync at close).
+        tokio::time::sleep(LAZY_SYNC_AFTER * 3).await;
+        q.ack(&jobs, got[1].id, vec![]).await.unwrap();
+        // A clean close syncs the last one.
+        drop(q);
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        let left = take(&q, &jobs, 3).await;
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, got[2].id);
+        let state = q.locate("acme", got[0].id).unwrap();
+        assert!(state.is_some(), "the outcome is kept");
     }
 
     #[tokio::test(flavor = "multi_thread")]
