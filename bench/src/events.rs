@@ -8,6 +8,12 @@
 //! rate counts every accepted call run and acknowledged. The baseline is
 //! the same wrk load without `mode=async`: one synchronous invocation per
 //! request, nothing stored.
+//!
+//! Batched: the same hello consumes the named queue `bench`
+//! (`[[trigger]] queue`), and wrk publishes [`BATCH`] structured
+//! CloudEvents per request (`application/cloudevents-batch+json`, one
+//! durable commit each) over [`BATCH_CONNECTIONS`] connections; the clock
+//! again stops when the queue is drained.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,6 +28,12 @@ use crate::wrk;
 
 /// Connections wrk keeps open.
 pub const CONNECTIONS: u32 = 64;
+/// Events per batched publish.
+pub const BATCH: usize = 100;
+/// Connections publishing batches: a few producers, each sending big requests.
+pub const BATCH_CONNECTIONS: u32 = 4;
+/// The queue the batched producers publish to.
+const BATCH_QUEUE: &str = "bench";
 /// How long the queue may take to drain after the load stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -47,6 +59,12 @@ pub struct EventsRound {
     pub end_to_end_ms: f64,
     /// `accepted` over `end_to_end_ms`.
     pub events_per_s: f64,
+    /// Batched: events published (durably) during the load.
+    pub batch_published: u64,
+    /// Batched: events accepted per second while the load ran.
+    pub batch_publish_per_s: f64,
+    /// Batched: published events over the time until the queue drained.
+    pub batch_events_per_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,12 +76,33 @@ pub struct EventsReport {
     pub sync_rps: f64,
     pub events_per_s: f64,
     pub accept_p50_us: f64,
+    pub batch: usize,
+    pub batch_connections: u32,
+    pub batch_events_per_s: f64,
 }
 
 /// wrk posts with the admin key; the `done` hook is the usual one.
 fn script(key: &str) -> String {
     format!(
         "wrk.method = \"POST\"\nwrk.headers[\"Authorization\"] = \"Bearer {key}\"\n{}",
+        wrk::SCRIPT
+    )
+}
+
+/// The batched producers' script: every request publishes the same
+/// [`BATCH`] events (their ids repeat; the queue gives each a new message).
+fn batch_script(key: &str) -> String {
+    let events: Vec<serde_json::Value> = (0..BATCH)
+        .map(|i| {
+            serde_json::json!({"specversion": "1.0", "id": format!("bench-{i}"),
+                "source": "/bench", "type": "bench.event", "data": {"n": i}})
+        })
+        .collect();
+    let body = serde_json::to_string(&events).unwrap_or_default();
+    format!(
+        "wrk.method = \"POST\"\nwrk.headers[\"Authorization\"] = \"Bearer {key}\"\n\
+         wrk.headers[\"Content-Type\"] = \"application/cloudevents-batch+json\"\n\
+         wrk.body = [==[{body}]==]\n{}",
         wrk::SCRIPT
     )
 }
@@ -89,12 +128,36 @@ pub fn measure(
         .context("the server's admin key was not read")?;
     let script_path = scratch.join("events.lua");
     std::fs::write(&script_path, script(key)).context("writing the events wrk script")?;
+    let batch_path = scratch.join("events-batch.lua");
+    std::fs::write(&batch_path, batch_script(key)).context("writing the batch wrk script")?;
+    let created = http::send(
+        endpoint,
+        &http::Request {
+            method: "PUT",
+            path: &format!("/v1/queues/{BATCH_QUEUE}"),
+            content_type: Some("application/json"),
+            body: br#"{"batch_size": 16}"#,
+        },
+        http::CONTROL_TIMEOUT,
+    )?;
+    if created.status != 200 && created.status != 201 {
+        bail!("creating queue {BATCH_QUEUE}: {}", created.text());
+    }
+    updraft::deploy_manifest(
+        endpoint,
+        "consumer",
+        &format!("name = \"consumer\"\n[[trigger]]\nqueue = \"{BATCH_QUEUE}\"\n"),
+        hello,
+    )?;
+    let publish_url = endpoint.url(&format!("/v1/publish/{BATCH_QUEUE}"));
     let sync_url = endpoint.url("/v1/functions/hello/invoke");
     let async_url = endpoint.url("/v1/functions/hello/invoke?mode=async");
     // Warm both paths (compiled code, the queue's first commits).
     wrk::run(wrk_bin, &script_path, &sync_url, CONNECTIONS, 1)?;
     wrk::run(wrk_bin, &script_path, &async_url, CONNECTIONS, 1)?;
     drain(endpoint)?;
+    wrk::run(wrk_bin, &batch_path, &publish_url, BATCH_CONNECTIONS, 1)?;
+    drain_queue(endpoint)?;
     let mut rounds = Vec::new();
     for round in 0..plan.rounds {
         eprintln!("    round {}: sync, then async", round + 1);
@@ -115,7 +178,19 @@ pub fn measure(
         )?;
         drain(endpoint)?;
         let elapsed = started.elapsed();
-        for point in [&sync, &accepted] {
+        eprintln!("    round {}: batched publish", round + 1);
+        let batch_started = Instant::now();
+        let batches = wrk::run(
+            wrk_bin,
+            &batch_path,
+            &publish_url,
+            BATCH_CONNECTIONS,
+            plan.duration_s,
+        )?;
+        drain_queue(endpoint)?;
+        let batch_elapsed = batch_started.elapsed().as_secs_f64();
+        let batch_published = batches.requests * BATCH as u64;
+        for point in [&sync, &accepted, &batches] {
             if point.errors.total() > 0 {
                 bail!("events load had errors: {:?}", point.errors);
             }
@@ -128,6 +203,9 @@ pub fn measure(
             accept_p99_us: accepted.p99_us,
             end_to_end_ms: elapsed.as_secs_f64() * 1e3,
             events_per_s: accepted.requests as f64 / elapsed.as_secs_f64(),
+            batch_published,
+            batch_publish_per_s: batches.rps * BATCH as f64,
+            batch_events_per_s: batch_published as f64 / batch_elapsed,
         });
     }
     server.stop()?;
@@ -138,6 +216,9 @@ pub fn measure(
         sync_rps: of(|r| r.sync_rps),
         events_per_s: of(|r| r.events_per_s),
         accept_p50_us: of(|r| r.accept_p50_us),
+        batch: BATCH,
+        batch_connections: BATCH_CONNECTIONS,
+        batch_events_per_s: of(|r| r.batch_events_per_s),
         rounds,
     })
 }
@@ -166,6 +247,32 @@ fn drain(endpoint: Endpoint) -> Result<()> {
         }
         if Instant::now() > deadline {
             bail!("hello's async queue did not drain: {hello}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until the batched queue is empty and nothing of it runs.
+fn drain_queue(endpoint: Endpoint) -> Result<()> {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let response = http::send(
+            endpoint,
+            &http::Request::get("/v1/queues"),
+            http::CONTROL_TIMEOUT,
+        )?;
+        let queues: serde_json::Value =
+            serde_json::from_slice(&response.body).context("GET /v1/queues")?;
+        let queue = queues["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == BATCH_QUEUE))
+            .cloned()
+            .unwrap_or_default();
+        if queue["depth"] == 0 && queue["in_flight"] == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("queue {BATCH_QUEUE} did not drain: {queue}");
         }
         std::thread::sleep(Duration::from_millis(5));
     }
