@@ -225,35 +225,17 @@ pub fn measure(
 
 /// Waits until hello's async queue is empty and nothing runs.
 fn drain(endpoint: Endpoint) -> Result<()> {
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    loop {
-        let response = http::send(
-            endpoint,
-            &http::Request::get("/v1/queues"),
-            http::CONTROL_TIMEOUT,
-        )?;
-        let queues: serde_json::Value =
-            serde_json::from_slice(&response.body).context("GET /v1/queues")?;
-        let hello = queues["functions"]
-            .as_array()
-            .and_then(|fs| fs.iter().find(|f| f["function"] == "hello"))
-            .cloned()
-            .unwrap_or_default();
-        if hello["depth"] == 0 && hello["in_flight"] == 0 {
-            if hello["dead_letters"] != 0 {
-                bail!("async calls of hello failed: {hello}");
-            }
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("hello's async queue did not drain: {hello}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    drain_entry(endpoint, "functions", "function", "hello")
 }
 
 /// Waits until the batched queue is empty and nothing of it runs.
 fn drain_queue(endpoint: Endpoint) -> Result<()> {
+    drain_entry(endpoint, "queues", "name", BATCH_QUEUE)
+}
+
+/// Polls `GET /v1/queues` until the entry of `list` whose `key` is `name`
+/// has nothing waiting or in flight; dead letters are an error.
+fn drain_entry(endpoint: Endpoint, list: &str, key: &str, name: &str) -> Result<()> {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     loop {
         let response = http::send(
@@ -263,16 +245,19 @@ fn drain_queue(endpoint: Endpoint) -> Result<()> {
         )?;
         let queues: serde_json::Value =
             serde_json::from_slice(&response.body).context("GET /v1/queues")?;
-        let queue = queues["queues"]
+        let entry = queues[list]
             .as_array()
-            .and_then(|qs| qs.iter().find(|q| q["name"] == BATCH_QUEUE))
+            .and_then(|entries| entries.iter().find(|e| e[key] == name))
             .cloned()
             .unwrap_or_default();
-        if queue["depth"] == 0 && queue["in_flight"] == 0 {
+        if entry["depth"] == 0 && entry["in_flight"] == 0 {
+            if entry["dead_letters"].as_u64().is_some_and(|n| n > 0) {
+                bail!("async calls of {name} failed: {entry}");
+            }
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("queue {BATCH_QUEUE} did not drain: {queue}");
+            bail!("{name} did not drain: {entry}");
         }
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -32,6 +32,16 @@ fn u(v: &Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in {v}"))
 }
 
+/// Each line's amount of a bill, in cents.
+fn amounts(bill: &Value) -> Vec<u64> {
+    bill["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| u(l, "amount_cents"))
+        .collect()
+}
+
 fn is_storage(r: &Value) -> bool {
     r["trigger"] == "storage"
 }
@@ -202,12 +212,7 @@ async fn every_invocation_is_metered_and_the_bill_is_reproducible() {
     // The bill, recomputed here from the raw records, matches to the cent.
     let prices = server.get_json("/v1/prices").await;
     let bill = server.get_json("/v1/bill").await;
-    let lines: Vec<u64> = bill["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| u(l, "amount_cents"))
-        .collect();
+    let lines = amounts(&bill);
     assert_eq!(lines, recompute_cents(&with_samples, &prices), "{bill}");
     assert_eq!(u(&bill, "total_cents"), lines.iter().sum::<u64>());
     assert!(lines[..5].iter().all(|&c| c > 0) || lines[3] == 0, "{bill}");
@@ -406,12 +411,7 @@ async fn stored_bytes_are_sampled_and_billed_per_gb_month() {
     let price_sheet = server.get_json("/v1/prices").await;
     for (tenant, samples) in [("local", &local), ("acme", &theirs)] {
         let bill = server.get_json(&format!("/v1/bill?tenant={tenant}")).await;
-        let lines: Vec<u64> = bill["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| u(l, "amount_cents"))
-            .collect();
+        let lines = amounts(&bill);
         assert_eq!(lines, recompute_cents(samples, &price_sheet), "{bill}");
         assert!(lines[6] > 0, "blob storage is charged: {bill}");
         let from_records = server
@@ -558,18 +558,21 @@ async fn a_budget_warns_at_80_percent_and_stops_at_100() {
 fn cost_estimate_finds_the_break_even() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let out = server.cli_ok(&[
-        "cost",
-        "estimate",
-        "--rps",
-        "10",
-        "--duration-ms",
-        "100",
-        "--memory-mb",
-        "128",
-        "--server-usd-per-hour",
-        "0.10",
-    ]);
+    let estimate = |extra: &[&str]| {
+        let mut args = vec![
+            "cost",
+            "estimate",
+            "--rps",
+            "10",
+            "--duration-ms",
+            "100",
+            "--server-usd-per-hour",
+            "0.10",
+        ];
+        args.extend_from_slice(extra);
+        server.cli_ok(&args)
+    };
+    let out = estimate(&["--memory-mb", "128"]);
     // 26.28M requests × $0.000000408 = $10.73; $73/month ÷ that = 68 req/s.
     assert!(
         out.contains("26280000 requests a month cost $10.73 in all"),
@@ -578,18 +581,7 @@ fn cost_estimate_finds_the_break_even() {
     assert!(out.contains("cheaper above 68.0 req/s"), "{out}");
     // Stored data costs the same at any rate: 10 GiB of key-value data is
     // $2.50 a month, so the server wins from a lower rate.
-    let out = server.cli_ok(&[
-        "cost",
-        "estimate",
-        "--rps",
-        "10",
-        "--duration-ms",
-        "100",
-        "--kv-stored-gb",
-        "10",
-        "--server-usd-per-hour",
-        "0.10",
-    ]);
+    let out = estimate(&["--kv-stored-gb", "10"]);
     assert!(
         out.contains("cost $2.50 a month") && out.contains("cost $13.23 in all"),
         "{out}"
