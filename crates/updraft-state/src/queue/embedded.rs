@@ -8,11 +8,14 @@
 //! durable. Leases live only in the index: after a crash, every message
 //! that was in flight is visible again (at least once).
 //!
-//! A round of only acks and retries is committed without a sync: losing it
-//! in a power cut or crash only delivers those messages again, which at
-//! least once allows, and the sync it saves was most of a consumer's cost.
-//! The next synced commit makes it durable; an idle writer syncs within
-//! [`LAZY_SYNC_AFTER`].
+//! An ack leaves the index at once and is answered without waiting for
+//! the writer: the writer deletes acked messages (and keeps their outcomes)
+//! in its next round, many at a time. A round of only acks and retries is
+//! committed without a sync: losing it in a power cut or crash only
+//! delivers those messages again, which at least once allows, and the sync
+//! it saves was most of a consumer's cost. The next synced commit makes it
+//! durable; an idle writer syncs within [`LAZY_SYNC_AFTER`], and a closing
+//! one before it stops.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -56,8 +59,36 @@ pub struct EmbeddedQueues {
 struct Shared {
     db: Database,
     index: Mutex<Index>,
+    /// Acks answered but not yet in the database.
+    acked: Mutex<AckBuffer>,
     /// Set when a commit failed: later changes are refused, not guessed at.
     poisoned: AtomicBool,
+}
+
+/// An acked message: gone from the index, still in the database.
+struct Acked {
+    queue: QueueId,
+    id: u128,
+    /// The owner (`u16` length + bytes) and the outcome, as stored.
+    outcome: Vec<u8>,
+}
+
+#[derive(Default)]
+struct AckBuffer {
+    /// Acked since the writer last took them.
+    pending: Vec<Acked>,
+    /// Being committed by the writer: still answered from here.
+    committing: Option<Arc<Vec<Acked>>>,
+}
+
+impl AckBuffer {
+    fn outcome(&self, id: u128) -> Option<&[u8]> {
+        self.pending
+            .iter()
+            .chain(self.committing.iter().flat_map(|c| c.iter()))
+            .find(|a| a.id == id)
+            .map(|a| a.outcome.as_slice())
+    }
 }
 
 /// Every message in the database, and the leases.
@@ -144,7 +175,8 @@ enum Op {
     CreateChannel(Channel),
     DeleteChannel,
     Purge,
-    Ack(Uuid, Vec<u8>),
+    /// Wakes the writer for acks in [`AckBuffer::pending`].
+    Acks,
     Retry(Uuid, Duration, String),
     Move(Uuid, QueueId, String),
     Redrive(QueueId),
@@ -218,6 +250,7 @@ impl EmbeddedQueues {
         let shared = Arc::new(Shared {
             db,
             index: Mutex::new(index),
+            acked: Mutex::default(),
             poisoned: AtomicBool::new(false),
         });
         let (changes, queue) = std::sync::mpsc::channel();
@@ -476,7 +509,42 @@ impl QueueStore for EmbeddedQueues {
     }
 
     async fn ack(&self, queue: &QueueId, id: Uuid, outcome: Vec<u8>) -> Result<(), QueueError> {
-        self.change(queue, Op::Ack(id, outcome)).await.map(drop)
+        if self.shared.poisoned.load(Ordering::Relaxed) {
+            return Err(QueueError::Storage(
+                "an earlier change failed to commit; restart Updraft to recover the queues".into(),
+            ));
+        }
+        let owner = queue.owner.as_bytes();
+        let mut value = Vec::with_capacity(2 + owner.len() + outcome.len());
+        value.extend_from_slice(&(owner.len() as u16).to_le_bytes());
+        value.extend_from_slice(owner);
+        value.extend_from_slice(&outcome);
+        let first = {
+            let mut index = lock(&self.shared.index);
+            index.leased(queue, id.as_u128())?;
+            index.remove(id.as_u128());
+            // Still under the index lock: `locate` never misses the message.
+            let mut acked = lock(&self.shared.acked);
+            acked.pending.push(Acked {
+                queue: queue.clone(),
+                id: id.as_u128(),
+                outcome: value,
+            });
+            acked.pending.len() == 1
+        };
+        if first {
+            // The writer takes every ack pending when it wakes: one wake-up
+            // for a run of them. Nobody waits for its answer.
+            let (reply, _) = oneshot::channel();
+            if let Some(changes) = &self.changes {
+                let _ = changes.send(Change {
+                    queue: queue.clone(),
+                    op: Op::Acks,
+                    reply,
+                });
+            }
+        }
+        Ok(())
     }
 
     async fn retry(
@@ -511,7 +579,14 @@ impl QueueStore for EmbeddedQueues {
     }
 
     fn locate(&self, owner: &str, id: Uuid) -> Result<Option<MessageState>, QueueError> {
-        if let Some(entry) = lock(&self.shared.index).messages.get(&id.as_u128()) {
+        let index = lock(&self.shared.index);
+        let pending = lock(&self.shared.acked)
+            .outcome(id.as_u128())
+            .map(<[u8]>::to_vec);
+        if let Some(value) = pending {
+            return Ok(owned_outcome(&value, owner));
+        }
+        if let Some(entry) = index.messages.get(&id.as_u128()) {
             if entry.queue.owner != owner {
                 return Ok(None);
             }
@@ -534,22 +609,13 @@ impl QueueStore for EmbeddedQueues {
                 },
             }));
         }
+        drop(index);
         let txn = self.shared.db.begin_read().map_err(storage)?;
         let table = txn.open_table(OUTCOMES).map_err(storage)?;
         let Some(value) = table.get(id.as_u128()).map_err(storage)? else {
             return Ok(None);
         };
-        let value = value.value();
-        let Some((len, rest)) = value.split_first_chunk::<2>() else {
-            return Ok(None);
-        };
-        let len = u16::from_le_bytes(*len) as usize;
-        if rest.len() < len || &rest[..len] != owner.as_bytes() {
-            return Ok(None);
-        }
-        Ok(Some(MessageState::Done {
-            outcome: rest[len..].to_vec(),
-        }))
+        Ok(owned_outcome(value.value(), owner))
     }
 
     fn stats(&self, queue: &QueueId) -> QueueStats {
@@ -624,6 +690,19 @@ impl EmbeddedQueues {
     }
 }
 
+/// A stored outcome (owner `u16` length + bytes, then the outcome) as
+/// `owner` may see it.
+fn owned_outcome(value: &[u8], owner: &str) -> Option<MessageState> {
+    let (len, rest) = value.split_first_chunk::<2>()?;
+    let len = u16::from_le_bytes(*len) as usize;
+    if rest.len() < len || &rest[..len] != owner.as_bytes() {
+        return None;
+    }
+    Some(MessageState::Done {
+        outcome: rest[len..].to_vec(),
+    })
+}
+
 /// The writer thread: commits what is queued in one transaction per round,
 /// and sweeps expired outcomes now and then, until the store is dropped.
 fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
@@ -640,7 +719,12 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
             Ok(change) => Some(change),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                if unsynced {
+                // Closing: the last acks, synced.
+                if !lock(&shared.acked).pending.is_empty()
+                    && let Err(e) = commit(shared, &[], false)
+                {
+                    tracing::warn!("queue acks not written (they will be delivered again): {e}");
+                } else if unsynced {
                     sync(&shared.db);
                 }
                 return;
@@ -675,10 +759,11 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
         // Acks and retries may wait for the next sync (see the module doc).
         let lazy = batch
             .iter()
-            .all(|c| matches!(c.op, Op::Ack(..) | Op::Retry(..)));
+            .all(|c| matches!(c.op, Op::Acks | Op::Retry(..)));
         match commit(shared, &batch, lazy) {
             Ok((results, index_changes)) => {
                 unsynced = lazy;
+                lock(&shared.acked).committing = None;
                 let mut index = lock(&shared.index);
                 for change in index_changes {
                     match change {
@@ -694,6 +779,7 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
                 }
             }
             Err(e) => {
+                lock(&shared.acked).committing = None;
                 tracing::error!("queue commit failed, refusing further changes: {e}");
                 shared.poisoned.store(true, Ordering::Relaxed);
                 for change in batch {
@@ -738,6 +824,21 @@ fn commit(
         let mut keys = txn.open_table(IDEMPOTENCY).map_err(storage)?;
         let mut channels = txn.open_table(CHANNELS).map_err(storage)?;
         let now = now_ms();
+        // Acks first: the index has already forgotten their messages. They
+        // stay answerable from `committing` until this commit is visible.
+        let acks = {
+            let mut acked = lock(&shared.acked);
+            let acks = Arc::new(std::mem::take(&mut acked.pending));
+            acked.committing = Some(acks.clone());
+            acks
+        };
+        for ack in acks.iter() {
+            let key = (ack.queue.owner.as_str(), ack.queue.name.as_str(), ack.id);
+            messages.remove(key).map_err(storage)?;
+            outcomes
+                .insert(ack.id, ack.outcome.as_slice())
+                .map_err(storage)?;
+        }
         // Removed earlier in this batch: the index does not know yet.
         let mut gone: Vec<u128> = Vec::new();
         let index = lock(&shared.index);
@@ -816,21 +917,7 @@ fn commit(
                     }
                     Ok(Done::Count(all.len()))
                 }
-                Op::Ack(id, outcome) => leased(*id, &gone).and_then(|()| {
-                    let key = (queue.owner.as_str(), queue.name.as_str(), id.as_u128());
-                    messages.remove(key).map_err(storage)?;
-                    let owner = queue.owner.as_bytes();
-                    let mut value = Vec::with_capacity(2 + owner.len() + outcome.len());
-                    value.extend_from_slice(&(owner.len() as u16).to_le_bytes());
-                    value.extend_from_slice(owner);
-                    value.extend_from_slice(outcome);
-                    outcomes
-                        .insert(id.as_u128(), value.as_slice())
-                        .map_err(storage)?;
-                    index_changes.push(IndexChange::Remove(id.as_u128()));
-                    gone.push(id.as_u128());
-                    Ok(Done::Unit)
-                }),
+                Op::Acks => Ok(Done::Unit),
                 Op::Retry(id, delay, error) => leased(*id, &gone).and_then(|()| {
                     let visible = now.saturating_add(millis(*delay));
                     let next = |attempts: u32| attempts.saturating_add(1);
@@ -1143,7 +1230,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
-    async fn acks_committed_without_a_sync_are_synced_when_idle_and_at_close() {
+    async fn acks_answer_at_once_and_are_written_synced_when_idle_and_at_close() {
         let dir = tempfile::tempdir().unwrap();
         let jobs = QueueId::new("acme", "jobs");
         let q = EmbeddedQueues::open(dir.path()).unwrap();
@@ -1152,6 +1239,19 @@ mod tests {
             .unwrap();
         let got = take(&q, &jobs, 3).await;
         q.ack(&jobs, got[0].id, b"done".to_vec()).await.unwrap();
+        // Seen at once, before the writer has it in the database.
+        assert_eq!(q.stats(&jobs).in_flight, 2);
+        assert_eq!(
+            q.locate("acme", got[0].id).unwrap(),
+            Some(MessageState::Done {
+                outcome: b"done".to_vec()
+            })
+        );
+        assert_eq!(q.locate("other", got[0].id).unwrap(), None);
+        assert!(matches!(
+            q.ack(&jobs, got[0].id, vec![]).await,
+            Err(QueueError::NotInFlight { .. })
+        ));
         // Idle: the writer syncs the lazy round on its own (run here; only
         // a crash could tell it apart from the sync at close).
         tokio::time::sleep(LAZY_SYNC_AFTER * 3).await;
