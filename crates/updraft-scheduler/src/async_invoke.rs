@@ -10,7 +10,7 @@
 //! request again after a restart.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -24,6 +24,9 @@ use updraft_state::queue::{
 use crate::error::PlatformError;
 use crate::events::{Event, channel_queue};
 use crate::platform::{Loaded, Platform, now_ms};
+
+/// How stale a consumer's copy of its queue's settings may get.
+const SETTINGS_REREAD: Duration = Duration::from_secs(1);
 
 /// Async invocations of one function that run at once.
 pub const ASYNC_CONCURRENCY: usize = 16;
@@ -420,6 +423,9 @@ async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str, source: &
         Source::Queue(channel) => channel_queue(tenant, channel),
     };
     let slots = Arc::new(Semaphore::new(ASYNC_CONCURRENCY));
+    // A named queue's settings, re-read now and then rather than every round
+    // (a round can be a few messages): (read at, visibility ms, batch size).
+    let mut settings: Option<(Instant, u64, u32)> = None;
     loop {
         let Some(p) = platform.upgrade() else { return };
         let Some(loaded) = p.get(tenant, name) else {
@@ -435,8 +441,12 @@ async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str, source: &
         let mut batch = ASYNC_CONCURRENCY;
         if let Source::Queue(channel) = source {
             let trigger = updraft_core::EventTrigger::Queue(channel.clone());
-            let settings = p.channel_settings(tenant, channel);
-            let (Some((visibility_ms, batch_size)), true) =
+            if settings.is_none_or(|(at, ..)| at.elapsed() >= SETTINGS_REREAD) {
+                settings = p
+                    .channel_settings(tenant, channel)
+                    .map(|(visibility, batch)| (Instant::now(), visibility, batch));
+            }
+            let (Some((_, visibility_ms, batch_size)), true) =
                 (settings, Platform::has_trigger(&loaded, &trigger))
             else {
                 return;
