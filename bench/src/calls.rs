@@ -5,7 +5,9 @@
 //! keep-alive connection, one request at a time).
 //!
 //! Both sides run `tests/guests/chain`: `leaf` answers at once; `caller`
-//! calls `leaf` N times with an empty payload (`?bench=N`).
+//! calls `leaf` N times with an empty payload (`?bench=N`). The same calls
+//! are timed again to `warm-leaf`, the same leaf with `instance_reuse_max`,
+//! so a call finds an instantiated callee.
 
 use std::path::Path;
 
@@ -28,6 +30,9 @@ pub struct CallsReport {
     /// In process, timed by the caller.
     pub call_p50_ns: u64,
     pub call_p99_ns: u64,
+    /// In process, to a callee that reuses its instances.
+    pub call_reuse_p50_ns: u64,
+    pub call_reuse_p99_ns: u64,
     /// Through the gateway, timed by wrk (c=1).
     pub http_p50_ns: u64,
     pub http_p99_ns: u64,
@@ -58,14 +63,24 @@ pub fn measure(
     )?;
     updraft::deploy_manifest(
         endpoint,
-        "caller",
-        "name = \"caller\"\nroute = \"/caller\"\ncalls = [\"leaf\"]\ntimeout_ms = 600000\n\
-         [env]\nNAME = \"caller\"\nNEXT = \"leaf\"\n",
+        "warm-leaf",
+        "name = \"warm-leaf\"\ninstance_reuse_max = 1000000\n[env]\nNAME = \"leaf\"\n",
         chain,
     )?;
+    for (caller, callee) in [("caller", "leaf"), ("warm-caller", "warm-leaf")] {
+        updraft::deploy_manifest(
+            endpoint,
+            caller,
+            &format!(
+                "name = \"{caller}\"\nroute = \"/{caller}\"\ncalls = [\"{callee}\"]\n\
+                 timeout_ms = 600000\n[env]\nNAME = \"caller\"\nNEXT = \"{callee}\"\n"
+            ),
+            chain,
+        )?;
+    }
     // Warm-up, then the timed run.
-    let get = |n: usize| -> Result<serde_json::Value> {
-        let path = format!("/caller?bench={n}");
+    let get = |caller: &str, n: usize| -> Result<serde_json::Value> {
+        let path = format!("/{caller}?bench={n}");
         let response = http::send(endpoint, &http::Request::get(&path), http::CONTROL_TIMEOUT)?;
         if response.status != 200 {
             bail!(
@@ -76,8 +91,10 @@ pub fn measure(
         }
         serde_json::from_slice(&response.body).context("the caller's timing JSON")
     };
-    get(plan.calls.min(1000))?;
-    let timed = get(plan.calls)?;
+    get("caller", plan.calls.min(1000))?;
+    let timed = get("caller", plan.calls)?;
+    get("warm-caller", plan.calls.min(1000))?;
+    let warm = get("warm-caller", plan.calls)?;
     let field = |name: &str| timed[name].as_u64().unwrap_or(0);
     wrk::run(wrk_bin, script, &endpoint.url("/leaf"), 1, 1)?;
     let http_point = wrk::run(
@@ -92,6 +109,8 @@ pub fn measure(
         calls: plan.calls,
         call_p50_ns: field("p50_ns"),
         call_p99_ns: field("p99_ns"),
+        call_reuse_p50_ns: warm["p50_ns"].as_u64().unwrap_or(0),
+        call_reuse_p99_ns: warm["p99_ns"].as_u64().unwrap_or(0),
         http_p50_ns: (http_point.p50_us * 1e3) as u64,
         http_p99_ns: (http_point.p99_us * 1e3) as u64,
         http_requests: http_point.requests,

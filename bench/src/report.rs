@@ -429,9 +429,11 @@ pub fn targets(report: &Report) -> Vec<Target> {
     push(
         "function-to-function call p50 ≤ 20 µs",
         format!(
-            "{} (p99 {}); through the HTTP gateway {} ({:.1}× slower)",
+            "{} (p99 {}); {} to a callee reusing its instances; through the HTTP gateway {} \
+             ({:.1}× slower)",
             ns(calls.call_p50_ns),
             ns(calls.call_p99_ns),
+            ns(calls.call_reuse_p50_ns),
             ns(calls.http_p50_ns),
             calls.http_p50_ns as f64 / calls.call_p50_ns.max(1) as f64
         ),
@@ -791,11 +793,14 @@ fn calls_markdown(md: &mut String, calls: &CallsReport) {
          through the HTTP gateway is timed by wrk (one keep-alive connection, {} requests).\n\n\
          | path | p50 | p99 |\n| --- | ---: | ---: |\n\
          | in process (`updraft:platform/invoke`) | {} | {} |\n\
+         | in process, callee with `instance_reuse_max` | {} | {} |\n\
          | HTTP gateway (wrk, c=1) | {} | {} |",
         calls.calls,
         calls.http_requests,
         ns(calls.call_p50_ns),
         ns(calls.call_p99_ns),
+        ns(calls.call_reuse_p50_ns),
+        ns(calls.call_reuse_p99_ns),
         ns(calls.http_p50_ns),
         ns(calls.http_p99_ns)
     );
