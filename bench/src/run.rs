@@ -76,7 +76,7 @@ impl Plan {
                 },
                 warmup_s: 1,
                 rounds: match mode {
-                    Mode::Full => 8,
+                    Mode::Full => 12,
                     Mode::Quick => 2,
                     Mode::Tiny => 1,
                 },
