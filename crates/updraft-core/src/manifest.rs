@@ -142,6 +142,8 @@ pub struct Manifest {
 
 /// Most `[[trigger]]` entries of one function.
 pub const TRIGGERS_MAX: usize = 16;
+/// Longest key prefix a `kv` trigger may watch: the longest key.
+pub const KV_TRIGGER_PREFIX_MAX: usize = 512;
 
 /// One `[[trigger]]`: exactly one of its keys is set.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -213,9 +215,9 @@ impl TriggerSpec {
         }
         if let Some(kv) = &self.kv {
             name("key-value store", &kv.store)?;
-            if kv.prefix.len() > 512 {
+            if kv.prefix.len() > KV_TRIGGER_PREFIX_MAX {
                 return Err(err(format!(
-                    "the kv prefix is {} bytes, at most 512 are allowed",
+                    "the kv prefix is {} bytes, at most {KV_TRIGGER_PREFIX_MAX} are allowed: watch a shorter prefix",
                     kv.prefix.len()
                 )));
             }

@@ -86,24 +86,33 @@ pub fn now_ms() -> u64 {
 /// recompute last month's bill until the end of this one.
 pub const RECORDS_RETENTION_DEFAULT: Duration = Duration::from_secs(62 * 86_400);
 
-/// A budget crossing, reported once per tenant and month.
+/// A budget crossing, reported once per tenant, kind and month.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum BudgetEvent {
+pub struct BudgetEvent {
+    pub kind: BudgetKind,
+    pub tenant: String,
+    pub month: String,
+    pub budget_cents: u64,
+    pub spent_cents: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetKind {
     /// 80% of the budget is spent.
-    Warning {
-        tenant: String,
-        month: String,
-        budget_cents: u64,
-        spent_cents: u64,
-    },
+    Warning,
     /// All of it: new invocations are refused.
-    Exceeded {
-        tenant: String,
-        month: String,
-        budget_cents: u64,
-        spent_cents: u64,
-    },
+    Exceeded,
+}
+
+impl BudgetKind {
+    /// `warning` or `exceeded`, as event types and ids spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BudgetKind::Warning => "warning",
+            BudgetKind::Exceeded => "exceeded",
+        }
+    }
 }
 
 struct BudgetState {
@@ -235,34 +244,21 @@ impl Metering {
         state.sums.add(record);
         let spent = prices::cost_pico(&self.prices, &state.sums);
         let budget = prices::cents_to_pico(state.budget.monthly_cents);
-        let event = |exceeded: bool| {
-            let (tenant, month) = (record.tenant.to_string(), state.month.clone());
-            let (budget_cents, spent_cents) =
-                (state.budget.monthly_cents, prices::pico_to_cents(spent));
-            if exceeded {
-                BudgetEvent::Exceeded {
-                    tenant,
-                    month,
-                    budget_cents,
-                    spent_cents,
-                }
-            } else {
-                BudgetEvent::Warning {
-                    tenant,
-                    month,
-                    budget_cents,
-                    spent_cents,
-                }
-            }
+        let event = |kind: BudgetKind| BudgetEvent {
+            kind,
+            tenant: record.tenant.to_string(),
+            month: state.month.clone(),
+            budget_cents: state.budget.monthly_cents,
+            spent_cents: prices::pico_to_cents(spent),
         };
         let mut new = Vec::new();
         if !state.warned && spent * 5 >= budget * 4 {
             state.warned = true;
-            new.push(event(false));
+            new.push(event(BudgetKind::Warning));
         }
         if !state.exceeded && spent >= budget {
             state.exceeded = true;
-            new.push(event(true));
+            new.push(event(BudgetKind::Exceeded));
         }
         for e in &new {
             tracing::info!("budget: {e:?}");
@@ -675,13 +671,18 @@ mod tests {
         }
         assert!(matches!(
             metering.record(record("a", "f", now, 100)).as_slice(),
-            [BudgetEvent::Warning { spent_cents: 8, .. }]
+            [BudgetEvent {
+                kind: BudgetKind::Warning,
+                spent_cents: 8,
+                ..
+            }]
         ));
         metering.check("a").unwrap();
         assert!(metering.record(record("a", "f", now, 101)).is_empty());
         assert!(matches!(
             metering.record(record("a", "f", now, 102)).as_slice(),
-            [BudgetEvent::Exceeded {
+            [BudgetEvent {
+                kind: BudgetKind::Exceeded,
                 spent_cents: 10,
                 ..
             }]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use updraft_state::blob::{BlobError, BlobInfo, BlobWriter, Blobs, ContainerId};
 use wasmtime::component::{HasSelf, Linker, Resource};
 
-use crate::host::Host;
+use crate::host::{Host, refused};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -94,13 +94,13 @@ impl blobs::Host for Host {}
 impl blobs::HostContainer for Host {
     async fn open(&mut self, name: String) -> Outcome<Resource<Container>> {
         let Some(grant) = self.blobs.as_ref().filter(|g| g.containers.contains(&name)) else {
-            let listed = match &self.blobs {
-                Some(grant) => grant.containers.join(", "),
-                None => "none".to_string(),
-            };
-            self.note(format!(
-                "blob container {name:?} refused: it is not in this function's blob_containers (listed: {listed}); add it to updraft.toml"
-            ));
+            let listed = self.blobs.as_ref().map(|g| g.containers.as_slice());
+            let note = refused(
+                &format!("blob container {name:?}"),
+                "blob_containers",
+                listed,
+            );
+            self.note(note);
             return Ok(Err(blobs::Error::AccessDenied));
         };
         let id = ContainerId::new(grant.owner.clone(), name);

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use wasmtime::component::{HasSelf, Linker};
 
-use crate::host::Host;
+use crate::host::{Host, refused};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -74,13 +74,9 @@ impl invoke::Host for Host {
             .as_ref()
             .filter(|g| g.functions.contains(&function))
         else {
-            let listed = match &self.calls {
-                Some(grant) => grant.functions.join(", "),
-                None => "none".to_string(),
-            };
-            self.note(format!(
-                "call to {function:?} refused: it is not in this function's calls (listed: {listed}); add it to updraft.toml"
-            ));
+            let listed = self.calls.as_ref().map(|g| g.functions.as_slice());
+            let note = refused(&format!("call to {function:?}"), "calls", listed);
+            self.note(note);
             return Ok(Err(invoke::CallError::NotAllowed(function)));
         };
         if self.chain.iter().any(|f| **f == *function) {

@@ -64,6 +64,18 @@ impl Host {
     }
 }
 
+/// The note of a capability refused because the manifest's `key` does not
+/// list it: what was asked for, what is listed, and what to change.
+pub(crate) fn refused(what: &str, key: &str, listed: Option<&[String]>) -> String {
+    let listed = match listed {
+        Some(names) if !names.is_empty() => names.join(", "),
+        _ => "none".to_string(),
+    };
+    format!(
+        "{what} refused: it is not in this function's {key} (listed: {listed}); add it to updraft.toml"
+    )
+}
+
 impl WasiView for Host {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

@@ -44,8 +44,9 @@ pub struct InvocationCtx {
     /// invocation stops at the earlier of it and its own timeout.
     pub deadline: Option<Instant>,
     /// Run an http guest to its end, its body buffered, before returning.
-    /// A call from another guest must: the callee's store runs inside the
-    /// caller's host call and may not be left running after it.
+    /// A call from another guest does: the caller gets the whole response
+    /// and the callee's outcome (a failure after the response is sent is
+    /// the call's failure), and no callee store outlives the call.
     pub inline: bool,
 }
 

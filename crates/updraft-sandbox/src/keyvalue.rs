@@ -10,7 +10,7 @@ use std::sync::Arc;
 use updraft_state::kv::{CasOutcome, KvError, KvStore, LIST_PAGE_MAX, StoreId};
 use wasmtime::component::{HasSelf, Linker, Resource};
 
-use crate::host::Host;
+use crate::host::{Host, refused};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -93,13 +93,13 @@ impl store::Host for Host {
             .as_ref()
             .filter(|grant| grant.stores.contains(&identifier))
         else {
-            let listed = match &self.kv {
-                Some(grant) => grant.stores.join(", "),
-                None => "none".to_string(),
-            };
-            self.note(format!(
-                "key-value store {identifier:?} refused: it is not in this function's key_value_stores (listed: {listed}); add it to updraft.toml"
-            ));
+            let listed = self.kv.as_ref().map(|g| g.stores.as_slice());
+            let note = refused(
+                &format!("key-value store {identifier:?}"),
+                "key_value_stores",
+                listed,
+            );
+            self.note(note);
             return Ok(Err(store::Error::AccessDenied));
         };
         let store = StoreId::new(grant.owner.clone(), identifier);

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use wasmtime::component::{HasSelf, Linker};
 
-use crate::host::Host;
+use crate::host::{Host, refused};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -63,13 +63,9 @@ impl messaging::Host for Host {
             .as_ref()
             .filter(|g| g.channels.contains(&channel))
         else {
-            let listed = match &self.publishes {
-                Some(grant) => grant.channels.join(", "),
-                None => "none".to_string(),
-            };
-            self.note(format!(
-                "publish to {channel:?} refused: it is not in this function's publishes (listed: {listed}); add it to updraft.toml"
-            ));
+            let listed = self.publishes.as_ref().map(|g| g.channels.as_slice());
+            let note = refused(&format!("publish to {channel:?}"), "publishes", listed);
+            self.note(note);
             return Ok(Err(messaging::Error::AccessDenied(channel)));
         };
         let published = grant.publisher.publish(

@@ -105,6 +105,30 @@ impl Event {
         Event { attributes, data }
     }
 
+    /// An event the platform emits itself: `source`, `type`, an optional
+    /// `subject`, and JSON `data` (none for a tick).
+    pub(crate) fn platform(
+        source: String,
+        kind: &str,
+        subject: Option<String>,
+        data: Option<Value>,
+    ) -> Event {
+        let mut attributes = Map::new();
+        attributes.insert("source".into(), source.into());
+        attributes.insert("type".into(), kind.into());
+        if let Some(subject) = subject {
+            attributes.insert("subject".into(), subject.into());
+        }
+        let data = match data {
+            Some(value) => {
+                attributes.insert("datacontenttype".into(), "application/json".into());
+                Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+            }
+            None => Bytes::new(),
+        };
+        Event { attributes, data }
+    }
+
     /// A CloudEvent in structured mode (`application/cloudevents+json`),
     /// checked: `specversion` 1.0, non-empty `id`, `source` and `type`,
     /// lowercase attribute names, at most one of `data` and `data_base64`.
@@ -562,18 +586,13 @@ impl Platform {
     /// Key-value watchers are the caller's to refresh, once per table change.
     pub(crate) fn start_triggers(self: &Arc<Self>, loaded: &Loaded) {
         let (tenant, name) = (&*loaded.tenant, &*loaded.name);
-        for trigger in loaded
-            .version
-            .manifest
-            .parsed_triggers()
-            .unwrap_or_default()
-        {
+        for trigger in &loaded.triggers {
             match trigger {
                 EventTrigger::Queue(queue) => {
-                    self.ensure_dispatcher(tenant, name, Source::Queue(queue));
+                    self.ensure_dispatcher(tenant, name, Source::Queue(queue.clone()));
                 }
                 EventTrigger::Topic(_) | EventTrigger::Kv(..) => {}
-                EventTrigger::Cron(schedule) => self.ensure_cron(tenant, name, schedule),
+                EventTrigger::Cron(schedule) => self.ensure_cron(tenant, name, schedule.clone()),
             }
         }
         if self.queues().stats(&function_queue(tenant, name)) != QueueStats::default() {
@@ -596,24 +615,9 @@ impl Platform {
         });
     }
 
-    /// Whether the function's serving version has `trigger`. Compares the
-    /// manifest's entries as written (checked at deploy): dispatchers ask
-    /// on every round, and parsing a schedule each time is waste.
+    /// Whether the function's serving version has `trigger`.
     pub(crate) fn has_trigger(loaded: &Loaded, trigger: &EventTrigger) -> bool {
-        loaded
-            .version
-            .manifest
-            .triggers
-            .iter()
-            .any(|t| match trigger {
-                EventTrigger::Queue(q) => t.queue.as_ref() == Some(q),
-                EventTrigger::Topic(topic) => t.topic.as_ref() == Some(topic),
-                EventTrigger::Cron(c) => t.cron.as_ref() == Some(c),
-                EventTrigger::Kv(store, prefix) => {
-                    t.kv.as_ref()
-                        .is_some_and(|kv| &kv.store == store && &kv.prefix == prefix)
-                }
-            })
+        loaded.triggers.contains(trigger)
     }
 }
 
@@ -641,18 +645,16 @@ async fn cron_loop(platform: &Weak<Platform>, tenant: &str, name: &str, schedule
             return;
         }
         let time = SystemTime::UNIX_EPOCH + Duration::from_millis(next_ms);
-        let mut attributes = Map::new();
-        attributes.insert("source".into(), format!("/functions/{name}/cron").into());
-        attributes.insert("type".into(), CRON_TYPE.into());
-        attributes.insert("subject".into(), schedule.into());
-        attributes.insert(
+        let mut event = Event::platform(
+            format!("/functions/{name}/cron"),
+            CRON_TYPE,
+            Some(schedule.to_string()),
+            None,
+        );
+        event.attributes.insert(
             "time".into(),
             humantime::format_rfc3339_millis(time).to_string().into(),
         );
-        let event = Event {
-            attributes,
-            data: Bytes::new(),
-        };
         let message = NewMessage {
             payload: event.encode(),
             // One tick is queued once, even by two timers or a restart.

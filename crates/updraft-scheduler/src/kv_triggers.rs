@@ -12,8 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock, Weak};
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use serde_json::Map;
 use updraft_core::EventTrigger;
 use updraft_state::kv::{CasOutcome, KeyPage, KvError, KvStore, StoreId};
 use updraft_state::queue::NewMessage;
@@ -72,19 +70,12 @@ impl WatchedKv {
         let batches = targets
             .iter()
             .map(|(function, key)| {
-                let mut attributes = Map::new();
-                attributes.insert(
-                    "source".into(),
-                    format!("/{}/kv/{}", store.owner, store.name).into(),
+                let event = Event::platform(
+                    format!("/{}/kv/{}", store.owner, store.name),
+                    &format!("dev.updraft.kv.{kind}"),
+                    Some(key.clone()),
+                    Some(serde_json::json!({ "store": store.name, "key": key, "change": kind })),
                 );
-                attributes.insert("type".into(), format!("dev.updraft.kv.{kind}").into());
-                attributes.insert("subject".into(), key.clone().into());
-                attributes.insert("datacontenttype".into(), "application/json".into());
-                let data = serde_json::json!({ "store": store.name, "key": key, "change": kind });
-                let event = Event {
-                    attributes,
-                    data: Bytes::from(serde_json::to_vec(&data).unwrap_or_default()),
-                };
                 let message = NewMessage {
                     payload: event.encode(),
                     idempotency_key: None,
@@ -107,17 +98,12 @@ impl WatchedKv {
 pub(crate) fn watchers_of(platform: &Platform) -> Watchers {
     let mut watchers = Watchers::new();
     for loaded in platform.loaded_all() {
-        for trigger in loaded
-            .version
-            .manifest
-            .parsed_triggers()
-            .unwrap_or_default()
-        {
+        for trigger in &loaded.triggers {
             if let EventTrigger::Kv(store, prefix) = trigger {
                 watchers
-                    .entry(StoreId::new(&*loaded.tenant, store))
+                    .entry(StoreId::new(&*loaded.tenant, store.as_str()))
                     .or_default()
-                    .push((prefix, loaded.name.to_string()));
+                    .push((prefix.clone(), loaded.name.to_string()));
             }
         }
     }

@@ -11,9 +11,10 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use updraft_core::Trigger;
 use updraft_core::{
-    Digest, FunctionKind, LogEntry, LogStream, Manifest, Route, VersionRecord, function_key,
+    Digest, EventTrigger, FunctionKind, LogEntry, LogStream, Manifest, Route, VersionRecord,
+    function_key,
 };
-use updraft_metering::{Aggregate, Metering, PriceSheet, usd};
+use updraft_metering::{Aggregate, BudgetEvent, BudgetKind, Metering, PriceSheet, usd};
 use updraft_sandbox::{
     BlobGrant, CallGrant, CallRequest, FunctionCaller, InvocationCtx, KvGrant, OnDone, PrepareSpec,
     Prepared, PublishGrant, Publisher, Report, ResponseBody, Sandbox, SandboxConfig,
@@ -90,6 +91,9 @@ pub struct Loaded {
     pub key: Arc<str>,
     pub version: VersionRecord,
     pub route: Option<Route>,
+    /// The manifest's triggers, parsed once (dispatchers and timers ask on
+    /// every round).
+    pub triggers: Vec<EventTrigger>,
     /// Compiled code and `InstancePre`; `None` while scaled to zero.
     prepared: RwLock<Option<Arc<Prepared>>>,
     /// Serializes reloading so a burst after idle maps the code once.
@@ -104,12 +108,14 @@ impl Loaded {
         prepared: Option<Arc<Prepared>>,
     ) -> Result<Loaded, PlatformError> {
         let route = version.manifest.parsed_route()?;
+        let triggers = version.manifest.parsed_triggers()?;
         Ok(Loaded {
             tenant: Arc::from(tenant),
             name: Arc::from(version.manifest.name.as_str()),
             key: Arc::from(function_key(tenant, &version.manifest.name)),
             version,
             route,
+            triggers,
             prepared: RwLock::new(prepared),
             loading: tokio::sync::Mutex::new(()),
             last_used_ms: AtomicU64::new(now_ms()),
@@ -512,9 +518,7 @@ impl Platform {
         })?;
         let compiled = prepared.loaded_from == updraft_sandbox::LoadedFrom::Compile;
         let loaded = Arc::new(Loaded::new(tenant, version, Some(prepared))?);
-        self.table_mut().insert(loaded.clone());
-        self.refresh_kv_watchers();
-        self.start_triggers(&loaded);
+        self.serve(&loaded);
         self.platform_log(
             &loaded.key,
             &format!(
@@ -616,6 +620,14 @@ impl Platform {
         self.table().by_key.values().cloned().collect()
     }
 
+    /// Makes `loaded` the serving version of its function: routes, key-value
+    /// watchers, consumers and schedules.
+    fn serve(self: &Arc<Self>, loaded: &Arc<Loaded>) {
+        self.table_mut().insert(loaded.clone());
+        self.refresh_kv_watchers();
+        self.start_triggers(loaded);
+    }
+
     /// Rebuilds who watches which key-value writes, after the table changed.
     pub(crate) fn refresh_kv_watchers(&self) {
         let watchers = crate::kv_triggers::watchers_of(self);
@@ -687,9 +699,7 @@ impl Platform {
         let (_, target) = tokio::task::block_in_place(|| self.registry.rollback(&key, version))?;
         match self.load_version(tenant, target).await {
             Ok(loaded) => {
-                self.table_mut().insert(loaded.clone());
-                self.refresh_kv_watchers();
-                self.start_triggers(&loaded);
+                self.serve(&loaded);
                 self.platform_log(
                     &loaded.key,
                     &format!("rolled back: latest -> version {}", loaded.version.version),
@@ -892,24 +902,15 @@ impl Platform {
             return;
         };
         for event in metering.record(record) {
-            let message = match &event {
-                updraft_metering::BudgetEvent::Warning {
-                    month,
-                    budget_cents,
-                    spent_cents,
-                    ..
-                } => format!(
-                    "budget warning: {} of the {} budget for {month} is spent (80%)",
-                    usd(*spent_cents),
-                    usd(*budget_cents)
+            let (budget, spent) = (usd(event.budget_cents), usd(event.spent_cents));
+            let message = match event.kind {
+                BudgetKind::Warning => format!(
+                    "budget warning: {spent} of the {budget} budget for {} is spent (80%)",
+                    event.month
                 ),
-                updraft_metering::BudgetEvent::Exceeded {
-                    month,
-                    budget_cents,
-                    ..
-                } => format!(
-                    "budget spent: the {} budget for {month} is used up; new invocations are refused with 402",
-                    usd(*budget_cents)
+                BudgetKind::Exceeded => format!(
+                    "budget spent: the {budget} budget for {} is used up; new invocations are refused with 402",
+                    event.month
                 ),
             };
             self.platform_log(key, &message);
@@ -921,41 +922,30 @@ impl Platform {
     /// one: functions subscribed to it get a CloudEvent of type
     /// `dev.updraft.budget.warning` or `dev.updraft.budget.exceeded`, with
     /// id `budget-{warning|exceeded}-{month}`.
-    fn publish_budget_event(&self, event: updraft_metering::BudgetEvent) {
-        let (kind, tenant, month, budget_cents, spent_cents) = match event {
-            updraft_metering::BudgetEvent::Warning {
-                tenant,
-                month,
-                budget_cents,
-                spent_cents,
-            } => ("warning", tenant, month, budget_cents, spent_cents),
-            updraft_metering::BudgetEvent::Exceeded {
-                tenant,
-                month,
-                budget_cents,
-                spent_cents,
-            } => ("exceeded", tenant, month, budget_cents, spent_cents),
-        };
+    fn publish_budget_event(&self, budget: BudgetEvent) {
         let (Some(platform), Ok(runtime)) =
             (self.me.upgrade(), tokio::runtime::Handle::try_current())
         else {
             return;
         };
-        let mut attributes = serde_json::Map::new();
-        attributes.insert("id".into(), format!("budget-{kind}-{month}").into());
-        attributes.insert("source".into(), format!("/{tenant}/budget").into());
-        attributes.insert("type".into(), format!("dev.updraft.budget.{kind}").into());
-        attributes.insert("datacontenttype".into(), "application/json".into());
+        let kind = budget.kind.name();
         let data = serde_json::json!({
-            "tenant": tenant,
-            "month": month,
-            "budget_cents": budget_cents,
-            "spent_cents": spent_cents,
+            "tenant": budget.tenant,
+            "month": budget.month,
+            "budget_cents": budget.budget_cents,
+            "spent_cents": budget.spent_cents,
         });
-        let event = crate::events::Event {
-            attributes,
-            data: serde_json::to_vec(&data).unwrap_or_default().into(),
-        };
+        let mut event = crate::events::Event::platform(
+            format!("/{}/budget", budget.tenant),
+            &format!("dev.updraft.budget.{kind}"),
+            None,
+            Some(data),
+        );
+        event.attributes.insert(
+            "id".into(),
+            format!("budget-{kind}-{}", budget.month).into(),
+        );
+        let tenant = budget.tenant;
         runtime.spawn(async move {
             match platform.publish(&tenant, BUDGET_TOPIC, event).await {
                 Ok(_) | Err(PlatformError::UnknownChannel(_)) => {}
