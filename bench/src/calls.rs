@@ -5,9 +5,11 @@
 //! keep-alive connection, one request at a time).
 //!
 //! Both sides run `tests/guests/chain`: `leaf` answers at once; `caller`
-//! calls `leaf` N times with an empty payload (`?bench=N`). The same calls
+//! calls `leaf` N times with an empty payload (`?bench=N`). `leaf` exports
+//! `updraft:platform/handler`, so calls reach it directly. The same calls
 //! are timed again to `warm-leaf`, the same leaf with `instance_reuse_max`,
-//! so a call finds an instantiated callee.
+//! so a call finds an instantiated callee, and to `examples/hello-rust`,
+//! which has only a `wasi:http` handler.
 
 use std::path::Path;
 
@@ -33,6 +35,11 @@ pub struct CallsReport {
     /// In process, to a callee that reuses its instances.
     pub call_reuse_p50_ns: u64,
     pub call_reuse_p99_ns: u64,
+    /// In process, to a callee with only a `wasi:http` handler.
+    #[serde(default)]
+    pub call_http_callee_p50_ns: u64,
+    #[serde(default)]
+    pub call_http_callee_p99_ns: u64,
     /// Through the gateway, timed by wrk (c=1).
     pub http_p50_ns: u64,
     pub http_p99_ns: u64,
@@ -45,6 +52,7 @@ pub fn measure(
     script: &Path,
     scratch: &Path,
     chain: &[u8],
+    http_callee: &[u8],
     plan: &CallsPlan,
 ) -> Result<CallsReport> {
     let server = updraft::start(
@@ -67,7 +75,12 @@ pub fn measure(
         "name = \"warm-leaf\"\ninstance_reuse_max = 1000000\n[env]\nNAME = \"leaf\"\n",
         chain,
     )?;
-    for (caller, callee) in [("caller", "leaf"), ("warm-caller", "warm-leaf")] {
+    updraft::deploy_manifest(endpoint, "http-leaf", "name = \"http-leaf\"\n", http_callee)?;
+    for (caller, callee) in [
+        ("caller", "leaf"),
+        ("warm-caller", "warm-leaf"),
+        ("http-caller", "http-leaf"),
+    ] {
         updraft::deploy_manifest(
             endpoint,
             caller,
@@ -95,6 +108,8 @@ pub fn measure(
     let timed = get("caller", plan.calls)?;
     get("warm-caller", plan.calls.min(1000))?;
     let warm = get("warm-caller", plan.calls)?;
+    get("http-caller", plan.calls.min(1000))?;
+    let http_callee = get("http-caller", plan.calls)?;
     let field = |name: &str| timed[name].as_u64().unwrap_or(0);
     wrk::run(wrk_bin, script, &endpoint.url("/leaf"), 1, 1)?;
     let http_point = wrk::run(
@@ -111,6 +126,8 @@ pub fn measure(
         call_p99_ns: field("p99_ns"),
         call_reuse_p50_ns: warm["p50_ns"].as_u64().unwrap_or(0),
         call_reuse_p99_ns: warm["p99_ns"].as_u64().unwrap_or(0),
+        call_http_callee_p50_ns: http_callee["p50_ns"].as_u64().unwrap_or(0),
+        call_http_callee_p99_ns: http_callee["p99_ns"].as_u64().unwrap_or(0),
         http_p50_ns: (http_point.p50_us * 1e3) as u64,
         http_p99_ns: (http_point.p99_us * 1e3) as u64,
         http_requests: http_point.requests,

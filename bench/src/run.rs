@@ -462,6 +462,7 @@ fn phases(
         &script,
         scratch,
         &chain,
+        hello,
         &plan.calls,
     )?;
     Ok((throughput, metering, cold, memory, kv, events, calls))

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use updraft_core::{Digest, FunctionKind, Limits};
-use wasmtime::component::Component;
+use wasmtime::component::{Component, InstancePre};
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::ProxyIndices;
 
 use crate::blobs::BlobGrant;
-use crate::calls::CallGrant;
+use crate::calls::{CallGrant, HANDLER_EXPORT, HandlerIndices};
 use crate::engine::Sandbox;
 use crate::error::PrepareError;
 use crate::host::Host;
@@ -34,8 +34,21 @@ pub enum LoadedFrom {
 }
 
 pub(crate) enum Pre {
-    Http(ProxyPre<Host>),
+    /// Instantiated, then its `wasi:http/incoming-handler` looked up by index.
+    Http {
+        pre: InstancePre<Host>,
+        proxy: ProxyIndices,
+    },
     Command(CommandPre<Host>),
+}
+
+impl Pre {
+    pub(crate) fn instance_pre(&self) -> &InstancePre<Host> {
+        match self {
+            Pre::Http { pre, .. } => pre,
+            Pre::Command(pre) => pre.instance_pre(),
+        }
+    }
 }
 
 /// A deployed version, ready to instantiate: the per-version half of the work.
@@ -50,6 +63,8 @@ pub struct Prepared {
     pub compiled_bytes: u64,
     pub(crate) env: Vec<(String, String)>,
     pub(crate) pre: Pre,
+    /// Its `updraft:platform/handler` export, when it takes calls directly.
+    pub(crate) handler: Option<HandlerIndices>,
     /// The key-value stores the function may open.
     pub(crate) kv: Option<Arc<KvGrant>>,
     /// The blob containers the function may open.
@@ -60,6 +75,14 @@ pub struct Prepared {
     pub(crate) publishes: Option<Arc<PublishGrant>>,
     /// Idle instances kept between requests, in reuse mode only.
     pub(crate) warm: Option<Arc<WarmPool>>,
+}
+
+impl Prepared {
+    /// Whether calls from other functions reach it directly, through its
+    /// `updraft:platform/handler` export ([`Sandbox::invoke_handler`]).
+    pub fn takes_calls(&self) -> bool {
+        self.handler.is_some()
+    }
 }
 
 /// Reads a version's Wasm; called only when there is no usable compiled
@@ -101,13 +124,18 @@ impl Sandbox {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| PrepareError::Link(link_message(&e)))?;
+        let link = |e: wasmtime::Error| PrepareError::Link(format!("{e:#}"));
+        let handler = if exports_handler(&self.engine, &component) {
+            Some(HandlerIndices::new(&instance_pre).map_err(link)?)
+        } else {
+            None
+        };
         let pre = match detected {
-            FunctionKind::Http => Pre::Http(
-                ProxyPre::new(instance_pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?,
-            ),
-            FunctionKind::Command => Pre::Command(
-                CommandPre::new(instance_pre).map_err(|e| PrepareError::Link(format!("{e:#}")))?,
-            ),
+            FunctionKind::Http => Pre::Http {
+                proxy: ProxyIndices::new(&instance_pre).map_err(link)?,
+                pre: instance_pre,
+            },
+            FunctionKind::Command => Pre::Command(CommandPre::new(instance_pre).map_err(link)?),
         };
         Ok(Prepared {
             name: spec.name.to_string(),
@@ -119,6 +147,7 @@ impl Sandbox {
             compiled_bytes,
             env: spec.env,
             pre,
+            handler,
             kv: spec.kv.map(Arc::new),
             blobs: spec.blobs.map(Arc::new),
             calls: spec.calls.map(Arc::new),
@@ -213,6 +242,15 @@ impl Sandbox {
             (false, false) => Err(PrepareError::UnknownWorld),
         }
     }
+}
+
+/// Whether the component exports `updraft:platform/handler`, so calls from
+/// other functions reach it directly.
+fn exports_handler(engine: &wasmtime::Engine, component: &Component) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name.starts_with(HANDLER_EXPORT))
 }
 
 /// Turns a wasip1 command module into a component with the command adapter.

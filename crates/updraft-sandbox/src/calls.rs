@@ -13,15 +13,24 @@ use wasmtime::component::{HasSelf, Linker};
 
 use crate::host::{Host, refused};
 
-mod bindings {
+pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "wit/invoke",
-        world: "updraft:platform/invoke-imports",
+        world: "updraft:platform/callable",
         imports: { default: async | trappable },
+        exports: { default: async },
     });
 }
 
 use bindings::updraft::platform::invoke;
+
+/// The `updraft:platform/handler` export of a callee, found at deploy time.
+pub(crate) use bindings::exports::updraft::platform::handler::{
+    Guest as Handler, GuestIndices as HandlerIndices,
+};
+
+/// Name prefix of the export that makes a function callable directly.
+pub(crate) const HANDLER_EXPORT: &str = "updraft:platform/handler@0.1";
 
 /// Longest chain of calls: the first caller and 15 callees below it.
 pub const CALL_DEPTH_MAX: usize = 16;

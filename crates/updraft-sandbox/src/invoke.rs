@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use updraft_core::LogStream;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{InstancePre, ResourceTable};
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
@@ -26,7 +26,7 @@ use crate::capture::CapturePipe;
 use crate::engine::Sandbox;
 use crate::error::InvokeError;
 use crate::host::{DenyOutbound, Host, MemoryLimiter, StateUsage};
-use crate::warm::{WarmInstance, WarmPool};
+use crate::warm::{Exports, WarmInstance, WarmPool};
 
 /// Guest stdout/stderr kept per invocation for the logs; the rest is dropped.
 pub const LOG_CAPTURE_BYTES_MAX: usize = 256 * 1024;
@@ -91,6 +91,13 @@ impl Report {
     }
 }
 
+/// Result of a direct call ([`Sandbox::invoke_handler`]): the callee's
+/// status and body.
+pub struct CallOutput {
+    pub response: Result<(u16, Bytes), InvokeError>,
+    pub report: Report,
+}
+
 /// Result of a command invocation.
 pub struct CommandOutput {
     pub stdout: Result<Bytes, InvokeError>,
@@ -105,6 +112,16 @@ struct DeadlineReached;
 pub(crate) struct Pipes {
     stdout: CapturePipe,
     stderr: CapturePipe,
+}
+
+/// A store for one invocation: a warm instance's (with its exports), or a
+/// fresh one to instantiate into.
+struct Checkout {
+    store: Store<Host>,
+    pipes: Pipes,
+    exports: Option<Exports>,
+    /// Invocations the instance has served before.
+    uses: u32,
 }
 
 impl Sandbox {
@@ -158,6 +175,134 @@ impl Sandbox {
         (store, pipes)
     }
 
+    /// A warm instance of `prepared` set up for a new invocation, or a fresh store.
+    fn checkout(
+        &self,
+        prepared: &Prepared,
+        deadline: Instant,
+        chain: &Arc<[Arc<str>]>,
+    ) -> Checkout {
+        match prepared.warm.as_deref().and_then(WarmPool::take) {
+            Some(WarmInstance {
+                mut store,
+                exports,
+                pipes,
+                uses,
+            }) => {
+                let host = store.data_mut();
+                host.deadline = deadline;
+                host.chain = chain.clone();
+                host.limiter.reset_for_invocation();
+                host.notes.clear();
+                host.usage = StateUsage::default();
+                store.set_epoch_deadline(1);
+                Checkout {
+                    store,
+                    pipes,
+                    exports: Some(exports),
+                    uses,
+                }
+            }
+            None => {
+                let (store, pipes) = self.new_store(
+                    prepared,
+                    None,
+                    LOG_CAPTURE_BYTES_MAX,
+                    deadline,
+                    chain.clone(),
+                );
+                Checkout {
+                    store,
+                    pipes,
+                    exports: None,
+                    uses: 0,
+                }
+            }
+        }
+    }
+
+    /// Runs a call from another function through the callee's
+    /// `updraft:platform/handler` export: the payload in, the status and
+    /// body out, in the caller's task. The instance is reused like an http
+    /// function's when `instance_reuse_max` allows.
+    pub async fn invoke_handler(
+        &self,
+        prepared: &Prepared,
+        payload: Bytes,
+        ctx: InvocationCtx,
+    ) -> CallOutput {
+        let started = Instant::now();
+        let limits = prepared.limits;
+        let deadline = ctx.deadline(started, limits.timeout_ms);
+        let fail = |error: InvokeError| CallOutput {
+            response: Err(error.clone()),
+            report: Report::early(&ctx.invocation_id, error, started),
+        };
+        let Some(indices) = &prepared.handler else {
+            return fail(InvokeError::Internal(
+                "the function exports no updraft:platform/handler".into(),
+            ));
+        };
+        if payload.len() as u64 > limits.request_body_bytes_max {
+            return fail(InvokeError::RequestTooLarge {
+                limit: limits.request_body_bytes_max,
+            });
+        }
+        let Checkout {
+            mut store,
+            pipes,
+            exports,
+            uses,
+        } = self.checkout(prepared, deadline, &ctx.chain);
+        let pre = prepared.pre.instance_pre();
+        let run = async {
+            let mut exports = match exports {
+                Some(exports) => exports,
+                None => instantiate(pre, &mut store).await?,
+            };
+            let response = exports
+                .handler(&mut store, indices)
+                .map_err(Failure::Run)?
+                .call_handle(&mut store, &payload)
+                .await
+                .map_err(Failure::Run)?;
+            Ok((exports, response))
+        };
+        let (result, cpu_time) =
+            CpuTimed::new(Box::pin(tokio::time::timeout_at(deadline.into(), run))).await;
+        let (result, done) = split(result);
+        let mut report = finish(
+            &store,
+            &pipes,
+            result,
+            started,
+            deadline,
+            ctx.invocation_id,
+            None,
+        );
+        report.cpu_time = cpu_time;
+        report.bytes_in = payload.len() as u64;
+        let response = match done {
+            Some((_, response)) if response.body.len() as u64 > limits.response_body_bytes_max => {
+                Err(InvokeError::ResponseTooLarge {
+                    limit: limits.response_body_bytes_max,
+                })
+            }
+            Some((exports, response)) => {
+                let warm = prepared.warm.as_deref();
+                let reuse_max = limits.instance_reuse_max;
+                checkin(warm, &report, reuse_max, store, Some(exports), pipes, uses);
+                Ok((response.status, Bytes::from(response.body)))
+            }
+            None => Err(report
+                .outcome
+                .clone()
+                .err()
+                .unwrap_or(InvokeError::NoResponse)),
+        };
+        CallOutput { response, report }
+    }
+
     /// Runs an http function on `request`. Returns once the guest has set its
     /// response (or failed); the body then streams while the guest runs on.
     ///
@@ -183,7 +328,7 @@ impl Sandbox {
             on_done(Report::early(&ctx.invocation_id, error.clone(), started));
             Err(error)
         };
-        let Pre::Http(pre) = &prepared.pre else {
+        let Pre::Http { pre, proxy } = &prepared.pre else {
             return early_failure(
                 InvokeError::Internal("not an http function".into()),
                 on_done,
@@ -219,34 +364,12 @@ impl Sandbox {
             })
         });
 
-        let warm = prepared.warm.clone();
-        let (mut store, pipes, proxy, uses) = match warm.as_deref().and_then(WarmPool::take) {
-            Some(instance) => {
-                let WarmInstance {
-                    mut store,
-                    proxy,
-                    pipes,
-                    uses,
-                } = instance;
-                store.data_mut().deadline = deadline;
-                store.data_mut().chain = ctx.chain.clone();
-                store.data_mut().limiter.reset_for_invocation();
-                store.data_mut().notes.clear();
-                store.data_mut().usage = StateUsage::default();
-                store.set_epoch_deadline(1);
-                (store, pipes, Some(proxy), uses)
-            }
-            None => {
-                let (store, pipes) = self.new_store(
-                    prepared,
-                    None,
-                    LOG_CAPTURE_BYTES_MAX,
-                    deadline,
-                    ctx.chain.clone(),
-                );
-                (store, pipes, None, 0)
-            }
-        };
+        let Checkout {
+            mut store,
+            pipes,
+            exports,
+            uses,
+        } = self.checkout(prepared, deadline, &ctx.chain);
         let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let resources = {
             let mut http = store.data_mut().http();
@@ -257,34 +380,30 @@ impl Sandbox {
             Ok(pair) => pair,
             Err(e) => return early_failure(InvokeError::Internal(format!("{e:#}")), on_done),
         };
-        let pre = pre.clone();
+        let (pre, indices) = (pre.clone(), proxy.clone());
         let invocation_id = ctx.invocation_id.clone();
+        let warm = prepared.warm.clone();
         let reuse_max = limits.instance_reuse_max;
         // The one timer of the request bounds the guest, and with it the wait
         // for the response: a guest stopped at the deadline drops the sender.
         let guest: Guest = Box::pin(async move {
             let (mut report, cpu_time) = CpuTimed::new(Box::pin(async move {
                 let run = async {
-                    let proxy = match proxy {
-                        Some(proxy) => proxy,
-                        None => pre
-                            .instantiate_async(&mut store)
-                            .await
-                            .map_err(Failure::Instantiate)?,
+                    let mut exports = match exports {
+                        Some(exports) => exports,
+                        None => instantiate(&pre, &mut store).await?,
                     };
-                    proxy
+                    exports
+                        .proxy(&mut store, &indices)
+                        .map_err(Failure::Run)?
                         .wasi_http_incoming_handler()
                         .call_handle(&mut store, req, out)
                         .await
                         .map_err(Failure::Run)?;
-                    Ok(proxy)
+                    Ok(exports)
                 };
                 let result = tokio::time::timeout_at(deadline.into(), run).await;
-                let (result, proxy) = match result {
-                    Ok(Ok(proxy)) => (Ok(Ok(())), Some(proxy)),
-                    Ok(Err(failure)) => (Ok(Err(failure)), None),
-                    Err(elapsed) => (Err(elapsed), None),
-                };
+                let (result, exports) = split(result);
                 let report = finish(
                     &store,
                     &pipes,
@@ -294,18 +413,15 @@ impl Sandbox {
                     invocation_id,
                     None,
                 );
-                // Only an instance that finished cleanly is trusted with another request.
-                if let (Some(warm), Some(proxy)) = (warm, proxy)
-                    && report.outcome.is_ok()
-                    && uses + 1 < reuse_max
-                {
-                    warm.put(WarmInstance {
-                        store,
-                        proxy,
-                        pipes,
-                        uses: uses + 1,
-                    });
-                }
+                checkin(
+                    warm.as_deref(),
+                    &report,
+                    reuse_max,
+                    store,
+                    exports,
+                    pipes,
+                    uses,
+                );
                 report
             }))
             .await;
@@ -392,10 +508,12 @@ impl Sandbox {
         let chain: Arc<[Arc<str>]> = Arc::new([]);
         let (mut store, _pipes) =
             self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline, chain);
-        let result = match &prepared.pre {
-            Pre::Http(pre) => pre.instantiate_async(&mut store).await.map(drop),
-            Pre::Command(pre) => pre.instantiate_async(&mut store).await.map(drop),
-        };
+        let result = prepared
+            .pre
+            .instance_pre()
+            .instantiate_async(&mut store)
+            .await
+            .map(drop);
         result.map_err(|e| InvokeError::Instantiate(format!("{e:#}")))
     }
 
@@ -491,14 +609,24 @@ fn thread_cpu_time() -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
+thread_local! {
+    /// CPU time of the guest polls under way on this thread, nested ones
+    /// included: a callee run inside its caller's host call is the
+    /// callee's CPU time, not the caller's too.
+    static POLLING: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
 impl<T> Future for CpuTimed<'_, T> {
     type Output = (T, Duration);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let outer = POLLING.get();
         let start = thread_cpu_time();
         let poll = self.inner.as_mut().poll(cx);
         let spent = thread_cpu_time().saturating_sub(start);
-        self.spent += spent;
+        let nested = POLLING.get().saturating_sub(outer);
+        POLLING.set(outer + spent);
+        self.spent += spent.saturating_sub(nested);
         let total = self.spent;
         poll.map(|out| (out, total))
     }
@@ -569,6 +697,53 @@ impl Drop for GuestRun {
         {
             runtime.spawn(async move { on_done(guest.await) });
         }
+    }
+}
+
+/// A fresh instance in `store`.
+async fn instantiate(pre: &InstancePre<Host>, store: &mut Store<Host>) -> Result<Exports, Failure> {
+    let instance = pre
+        .instantiate_async(store)
+        .await
+        .map_err(Failure::Instantiate)?;
+    Ok(Exports::new(instance))
+}
+
+/// A run's ending for [`finish`], and what a successful run gave back.
+fn split<T>(
+    result: Result<Result<T, Failure>, tokio::time::error::Elapsed>,
+) -> (
+    Result<Result<(), Failure>, tokio::time::error::Elapsed>,
+    Option<T>,
+) {
+    match result {
+        Ok(Ok(kept)) => (Ok(Ok(())), Some(kept)),
+        Ok(Err(failure)) => (Ok(Err(failure)), None),
+        Err(elapsed) => (Err(elapsed), None),
+    }
+}
+
+/// Keeps an instance for a later invocation. Only one that finished cleanly
+/// is trusted with another, and only `reuse_max` times in all.
+fn checkin(
+    warm: Option<&WarmPool>,
+    report: &Report,
+    reuse_max: u32,
+    store: Store<Host>,
+    exports: Option<Exports>,
+    pipes: Pipes,
+    uses: u32,
+) {
+    if let (Some(warm), Some(exports)) = (warm, exports)
+        && report.outcome.is_ok()
+        && uses + 1 < reuse_max
+    {
+        warm.put(WarmInstance {
+            store,
+            exports,
+            pipes,
+            uses: uses + 1,
+        });
     }
 }
 
@@ -677,4 +852,31 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Burns at least `cpu` of this thread's CPU time.
+    fn burn(cpu: Duration) {
+        let start = thread_cpu_time();
+        while thread_cpu_time().saturating_sub(start) < cpu {
+            std::hint::black_box(0u64);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_nested_run_is_not_counted_twice() {
+        let inner = Duration::from_millis(40);
+        let outer = CpuTimed::new(Box::pin(async move {
+            let (_, nested) = CpuTimed::new(Box::pin(async move { burn(inner) })).await;
+            nested
+        }));
+        let (nested, own) = outer.await;
+        assert!(nested >= inner, "the callee's {nested:?}");
+        // The caller did next to nothing itself; it must not be billed the
+        // callee's 40 ms of CPU as well.
+        assert!(own < inner / 2, "the caller's {own:?}");
+    }
 }

@@ -10,15 +10,59 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use wasmtime::Store;
-use wasmtime_wasi_http::p2::bindings::Proxy;
+use wasmtime::component::Instance;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyIndices};
 
+use crate::calls::{Handler, HandlerIndices};
 use crate::host::Host;
 use crate::invoke::Pipes;
+
+/// An instance and the exports looked up in it so far: an instance serves
+/// http requests and direct calls alike, each export found once.
+pub(crate) struct Exports {
+    pub(crate) instance: Instance,
+    proxy: Option<Proxy>,
+    handler: Option<Handler>,
+}
+
+impl Exports {
+    pub(crate) fn new(instance: Instance) -> Exports {
+        Exports {
+            instance,
+            proxy: None,
+            handler: None,
+        }
+    }
+
+    pub(crate) fn proxy(
+        &mut self,
+        store: &mut Store<Host>,
+        indices: &ProxyIndices,
+    ) -> wasmtime::Result<&Proxy> {
+        let proxy = match self.proxy.take() {
+            Some(proxy) => proxy,
+            None => indices.load(store, &self.instance)?,
+        };
+        Ok(self.proxy.insert(proxy))
+    }
+
+    pub(crate) fn handler(
+        &mut self,
+        store: &mut Store<Host>,
+        indices: &HandlerIndices,
+    ) -> wasmtime::Result<&Handler> {
+        let handler = match self.handler.take() {
+            Some(handler) => handler,
+            None => indices.load(store, &self.instance)?,
+        };
+        Ok(self.handler.insert(handler))
+    }
+}
 
 /// An instantiated function waiting for its next request.
 pub(crate) struct WarmInstance {
     pub(crate) store: Store<Host>,
-    pub(crate) proxy: Proxy,
+    pub(crate) exports: Exports,
     pub(crate) pipes: Pipes,
     /// Requests served so far.
     pub(crate) uses: u32,

@@ -25,9 +25,18 @@ impl FunctionCaller for PlatformCaller {
                 Err(CallError::Failed("the platform is shutting down".into()))
             });
         };
-        // The callee runs in a task of its own, never nested inside the
-        // caller's store: a guest's store suspended (at an epoch yield)
-        // inside another guest's host call confuses Wasmtime's fibers.
+        // A callee with a handler export runs right in the caller's host
+        // call: no task, no wake-up of another thread.
+        let direct = platform
+            .get(&request.owner, &request.function)
+            .and_then(|loaded| loaded.prepared())
+            .is_some_and(|prepared| prepared.takes_calls());
+        if direct {
+            return Box::pin(async move { platform.call(request).await });
+        }
+        // Any other callee runs in a task of its own, never nested inside
+        // the caller's store: an http guest's store suspended (at an epoch
+        // yield) inside another guest's host call confuses Wasmtime's fibers.
         let callee = tokio::spawn(async move { platform.call(request).await });
         Box::pin(async move {
             callee
@@ -45,13 +54,21 @@ fn call_error(e: PlatformError) -> CallError {
 }
 
 impl Platform {
-    /// Runs one call: an http callee gets `POST /` with the payload, a
-    /// command gets it on stdin.
+    /// Runs one call: a callee with a handler export gets the payload
+    /// directly, any other http callee gets `POST /` with it, a command gets
+    /// it on stdin.
     async fn call(self: Arc<Self>, request: CallRequest) -> Result<(u16, Bytes), CallError> {
         let Some(loaded) = self.get(&request.owner, &request.function) else {
             return Err(CallError::NotFound);
         };
         let id = uuid::Uuid::now_v7().to_string();
+        // Prepared first (it may have been unloaded while idle): whether it
+        // takes calls directly is known only then.
+        let prepared = self.ensure_prepared(&loaded).await.map_err(call_error)?;
+        if prepared.takes_calls() {
+            let (_, response) = self.invoke_handler_as(&loaded, id, &request).await;
+            return response.map_err(call_error);
+        }
         match loaded.version.kind {
             FunctionKind::Http => {
                 let http_request = http::Request::builder()

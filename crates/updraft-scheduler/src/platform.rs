@@ -887,6 +887,41 @@ impl Platform {
         (invocation_id, output.stdout.map_err(PlatformError::from))
     }
 
+    /// Runs a call through the callee's handler export
+    /// ([`Sandbox::invoke_handler`](updraft_sandbox::Sandbox::invoke_handler)).
+    pub(crate) async fn invoke_handler_as(
+        &self,
+        loaded: &Arc<Loaded>,
+        invocation_id: String,
+        call: &CallRequest,
+    ) -> (String, Result<(u16, Bytes), PlatformError>) {
+        if let Err(e) = self.check_budget(loaded) {
+            return (invocation_id, Err(e));
+        }
+        let start_ms = now_ms();
+        let prepared = match self.ensure_prepared(loaded).await {
+            Ok(prepared) => prepared,
+            Err(e) => return (invocation_id, Err(e)),
+        };
+        let _permit = match self.admit(admit_ms(loaded, Some(call))).await {
+            Ok(permit) => permit,
+            Err(e) => return (invocation_id, Err(e)),
+        };
+        let ctx = invocation_ctx(loaded, &invocation_id, Some(call));
+        let output = self
+            .sandbox
+            .invoke_handler(&prepared, call.payload.clone(), ctx)
+            .await;
+        self.log_report(&loaded.key, &output.report);
+        if self.metering.is_some() {
+            let bytes_out = output.response.as_ref().map_or(0, |(_, b)| b.len() as u64);
+            let record =
+                crate::usage::record(loaded, Trigger::Call, start_ms, output.report, bytes_out);
+            self.meter(&loaded.key, record);
+        }
+        (invocation_id, output.response.map_err(PlatformError::from))
+    }
+
     /// Refuses an invocation once its tenant's budget is spent.
     pub(crate) fn check_budget(&self, loaded: &Loaded) -> Result<(), PlatformError> {
         match &self.metering {

@@ -1,7 +1,9 @@
 //! Calls from one function to another (`updraft:platform/invoke`) end to
 //! end: a chain of ten composes its result, a cycle is refused with the
 //! chain named, a callee not listed in `calls` is refused, and the first
-//! caller's deadline stops the whole chain.
+//! caller's deadline stops the whole chain. The `chain` guest takes calls
+//! directly (`updraft:platform/handler`); callees without that export are
+//! called through their http handler or as commands.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -72,6 +74,34 @@ async fn a_chain_of_ten_composes_its_result() {
         }
         assert!(Instant::now() < deadline, "{} call records", calls.len());
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn callees_without_a_handler_export_get_http_or_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest("hello", "hello-rust", "");
+    server.deploy_guest("echo", "echo", "kind = \"command\"\n");
+    link(&server, "to-http", Some("hello"), "");
+    link(&server, "to-command", Some("echo"), "");
+    let (status, body) = post(&server, "/to-http").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("to-http,Hello from Updraft"), "{body}");
+    let response = client()
+        .post(server.url("/to-command"))
+        .body("ping")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "to-command,ping");
+    // A direct callee that reuses its instance answers the same every time.
+    link(&server, "warm", None, "instance_reuse_max = 100");
+    link(&server, "to-warm", Some("warm"), "");
+    for _ in 0..5 {
+        let (status, body) = post(&server, "/to-warm").await;
+        assert_eq!((status, body.as_str()), (200, "to-warm,warm"));
     }
 }
 

@@ -9,6 +9,9 @@
 //!   200, or 500 `NAME: call to NEXT failed: <error>` if the call failed.
 //! - `SPIN=1`: loop forever instead (to see a caller's deadline stop it).
 //!
+//! It takes calls both ways: through its http handler (`POST /`), and
+//! directly through `updraft:platform/handler`, which the platform prefers.
+//!
 //! `?bench=N` calls `NEXT` N times with an empty payload, timing each call
 //! with the monotonic clock, and answers
 //! `{"calls":N,"p50_ns":…,"p99_ns":…,"max_ns":…}`.
@@ -24,13 +27,15 @@ mod platform {
     // Updraft's updraft:platform/invoke WIT, kept with the platform's sandbox.
     wit_bindgen::generate!({
         path: "../../../crates/updraft-sandbox/wit/invoke",
-        world: "updraft:platform/invoke-imports",
+        world: "updraft:platform/callable",
     });
 }
 
+use platform::exports::updraft::platform::handler;
 use platform::updraft::platform::invoke;
 
 wasip2::http::proxy::export!(Chain);
+platform::export!(Chain with_types_in platform);
 
 struct Chain;
 
@@ -39,39 +44,55 @@ const CALLS_MAX: usize = 1_000_000;
 
 impl wasip2::exports::http::incoming_handler::Guest for Chain {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        let env = wasip2::cli::environment::get_environment();
-        let var = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-        let name = var("NAME").unwrap_or_else(|| "link".into());
-        if var("SPIN").as_deref() == Some("1") {
-            let mut n: u64 = 0;
-            loop {
-                n = std::hint::black_box(n.wrapping_add(1));
-            }
-        }
         let path = request.path_with_query().unwrap_or_default();
         let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
+        let bench_calls = param(query, "bench").and_then(|n| n.parse::<usize>().ok());
         let body = read_body(request);
-        let Some(next) = var("NEXT") else {
-            return respond(response_out, 200, name.as_bytes());
-        };
-        if let Some(n) = param(query, "bench").and_then(|n| n.parse::<usize>().ok()) {
+        if let (Some(n), Some(next)) = (bench_calls, var("NEXT")) {
             return match bench(&next, n.min(CALLS_MAX)) {
                 Ok(json) => respond(response_out, 200, json.as_bytes()),
                 Err(e) => respond(response_out, 500, e.as_bytes()),
             };
         }
-        match invoke::call(&next, &body) {
-            Ok(r) if r.status == 200 => {
-                let mut out = format!("{name},").into_bytes();
-                out.extend_from_slice(&r.body);
-                respond(response_out, 200, &out);
-            }
-            Ok(r) => respond(response_out, r.status, &r.body),
-            Err(e) => {
-                let message = format!("{name}: call to {next} failed: {e:?}");
-                respond(response_out, 500, message.as_bytes());
-            }
+        let (status, out) = link(&body);
+        respond(response_out, status, &out);
+    }
+}
+
+impl handler::Guest for Chain {
+    fn handle(payload: Vec<u8>) -> invoke::Response {
+        let (status, body) = link(&payload);
+        invoke::Response { status, body }
+    }
+}
+
+fn var(name: &str) -> Option<String> {
+    wasip2::cli::environment::get_environment()
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+/// This link's answer to `body`: its own name, after the rest of the chain's.
+fn link(body: &[u8]) -> (u16, Vec<u8>) {
+    let name = var("NAME").unwrap_or_else(|| "link".into());
+    if var("SPIN").as_deref() == Some("1") {
+        let mut n: u64 = 0;
+        loop {
+            n = std::hint::black_box(n.wrapping_add(1));
         }
+    }
+    let Some(next) = var("NEXT") else {
+        return (200, name.into_bytes());
+    };
+    match invoke::call(&next, body) {
+        Ok(r) if r.status == 200 => {
+            let mut out = format!("{name},").into_bytes();
+            out.extend_from_slice(&r.body);
+            (200, out)
+        }
+        Ok(r) => (r.status, r.body),
+        Err(e) => (500, format!("{name}: call to {next} failed: {e:?}").into_bytes()),
     }
 }
 
