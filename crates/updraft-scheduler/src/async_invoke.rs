@@ -550,7 +550,25 @@ async fn attempt(
     message: &Message,
 ) -> Result<InvocationResult, String> {
     let id = &message.id.to_string();
+    let direct = match &work {
+        Work::Event(_) => platform
+            .ensure_prepared(loaded)
+            .await
+            .map_err(|e| e.to_string())?
+            .takes_calls(),
+        Work::Request(_) => false,
+    };
     let request = match work {
+        // A function with a handler export gets the event as structured
+        // JSON, straight to `handle`.
+        Work::Event(event) if direct => {
+            let payload = event.structured(id, message.enqueued_ms);
+            let (_, response) = platform
+                .invoke_handler_as(loaded, payload, Trigger::Async, id.to_string(), None)
+                .await;
+            let (status, body) = response.map_err(|e| e.to_string())?;
+            return settle_response(status, &body);
+        }
         Work::Request(request) => request,
         // An event is a request in CloudEvents form: binary mode for http
         // functions, structured JSON on stdin for commands.
@@ -599,6 +617,11 @@ async fn attempt(
             (200, stdout.map_err(|e| e.to_string())?)
         }
     };
+    settle_response(status, &body)
+}
+
+/// A 5xx answer is a failure (retried); anything else is the result.
+fn settle_response(status: u16, body: &[u8]) -> Result<InvocationResult, String> {
     let truncated = body.len() > RESULT_BYTES_MAX;
     let text = String::from_utf8_lossy(&body[..body.len().min(RESULT_BYTES_MAX)]).into_owned();
     if status >= 500 {

@@ -66,7 +66,10 @@ impl Platform {
         // takes calls directly is known only then.
         let prepared = self.ensure_prepared(&loaded).await.map_err(call_error)?;
         if prepared.takes_calls() {
-            let (_, response) = self.invoke_handler_as(&loaded, id, &request).await;
+            let payload = request.payload.clone();
+            let (_, response) = self
+                .invoke_handler_as(&loaded, payload, Trigger::Call, id, Some(&request))
+                .await;
             return response.map_err(call_error);
         }
         match loaded.version.kind {

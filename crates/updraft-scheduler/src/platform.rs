@@ -887,13 +887,16 @@ impl Platform {
         (invocation_id, output.stdout.map_err(PlatformError::from))
     }
 
-    /// Runs a call through the callee's handler export
-    /// ([`Sandbox::invoke_handler`](updraft_sandbox::Sandbox::invoke_handler)).
+    /// Hands `payload` to the function's handler export
+    /// ([`Sandbox::invoke_handler`](updraft_sandbox::Sandbox::invoke_handler)):
+    /// a call from another function, or an event.
     pub(crate) async fn invoke_handler_as(
         &self,
         loaded: &Arc<Loaded>,
+        payload: Bytes,
+        trigger: Trigger,
         invocation_id: String,
-        call: &CallRequest,
+        call: Option<&CallRequest>,
     ) -> (String, Result<(u16, Bytes), PlatformError>) {
         if let Err(e) = self.check_budget(loaded) {
             return (invocation_id, Err(e));
@@ -903,20 +906,16 @@ impl Platform {
             Ok(prepared) => prepared,
             Err(e) => return (invocation_id, Err(e)),
         };
-        let _permit = match self.admit(admit_ms(loaded, Some(call))).await {
+        let _permit = match self.admit(admit_ms(loaded, call)).await {
             Ok(permit) => permit,
             Err(e) => return (invocation_id, Err(e)),
         };
-        let ctx = invocation_ctx(loaded, &invocation_id, Some(call));
-        let output = self
-            .sandbox
-            .invoke_handler(&prepared, call.payload.clone(), ctx)
-            .await;
+        let ctx = invocation_ctx(loaded, &invocation_id, call);
+        let output = self.sandbox.invoke_handler(&prepared, payload, ctx).await;
         self.log_report(&loaded.key, &output.report);
         if self.metering.is_some() {
             let bytes_out = output.response.as_ref().map_or(0, |(_, b)| b.len() as u64);
-            let record =
-                crate::usage::record(loaded, Trigger::Call, start_ms, output.report, bytes_out);
+            let record = crate::usage::record(loaded, trigger, start_ms, output.report, bytes_out);
             self.meter(&loaded.key, record);
         }
         (invocation_id, output.response.map_err(PlatformError::from))

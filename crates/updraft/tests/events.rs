@@ -426,6 +426,37 @@ async fn wait_keys(server: &Server, prefix: &str, done: impl Fn(&[String]) -> bo
     }
 }
 
+/// A consumer exporting `updraft:platform/handler` gets each event as a
+/// structured CloudEvent, straight to `handle` (chain with ECHO=1 answers
+/// it back, so the invocation's result shows what it got).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_direct_consumer_gets_structured_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.cli_ok(&["queues", "create", "work"]);
+    server.deploy_guest(
+        "direct",
+        "chain",
+        "[[trigger]]\nqueue = \"work\"\n[env]\nNAME = \"direct\"\nECHO = \"1\"\n",
+    );
+    let id = server.cli_ok(&[
+        "publish",
+        "work",
+        "-d",
+        "{\"n\":2}",
+        "--content-type",
+        "application/json",
+    ]);
+    let done = wait_for(&server, id.trim(), &["succeeded"]).await;
+    assert_eq!(done["function"], "direct");
+    let event: Value = serde_json::from_str(done["result"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(event["specversion"], "1.0");
+    assert_eq!(event["id"], id.trim());
+    assert_eq!(event["type"], "dev.updraft.message");
+    assert_eq!(event["source"], "/local/work");
+    assert_eq!(event["data"]["n"], 2, "{event}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn queues_fan_in_topics_fan_out_and_cron_fires() {
     let dir = tempfile::tempdir().unwrap();

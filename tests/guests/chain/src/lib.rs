@@ -8,6 +8,7 @@
 //!   `NAME,<what NEXT answered>`, or NEXT's status and body if it was not
 //!   200, or 500 `NAME: call to NEXT failed: <error>` if the call failed.
 //! - `SPIN=1`: loop forever instead (to see a caller's deadline stop it).
+//! - `ECHO=1`: a direct call (or event) answers its payload as it came.
 //!
 //! It takes calls both ways: through its http handler (`POST /`), and
 //! directly through `updraft:platform/handler`, which the platform prefers.
@@ -61,6 +62,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Chain {
 
 impl handler::Guest for Chain {
     fn handle(payload: Vec<u8>) -> invoke::Response {
+        if var("ECHO").as_deref() == Some("1") {
+            return invoke::Response {
+                status: 200,
+                body: payload,
+            };
+        }
         let (status, body) = link(&payload);
         invoke::Response { status, body }
     }
