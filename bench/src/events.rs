@@ -14,6 +14,12 @@
 //! CloudEvents per request (`application/cloudevents-batch+json`, one
 //! durable commit each) over [`BATCH_CONNECTIONS`] connections; the clock
 //! again stops when the queue is drained.
+//!
+//! Direct: the same batches to the queue `direct`, consumed by
+//! `tests/guests/chain`, which exports `updraft:platform/handler` (so each
+//! event goes straight to `handle` as a structured CloudEvent) and reuses
+//! its instances; then again with [`BIG_BATCH`] events per request (the
+//! most a batch may hold) over [`BIG_BATCH_CONNECTIONS`] connections.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -34,6 +40,12 @@ pub const BATCH: usize = 100;
 pub const BATCH_CONNECTIONS: u32 = 4;
 /// The queue the batched producers publish to.
 const BATCH_QUEUE: &str = "bench";
+/// The queue of the direct consumer.
+const DIRECT_QUEUE: &str = "direct";
+/// Events per request in the big batches: the most a batch may hold.
+pub const BIG_BATCH: usize = 1000;
+/// Connections publishing big batches.
+pub const BIG_BATCH_CONNECTIONS: u32 = 2;
 /// How long the queue may take to drain after the load stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -65,6 +77,12 @@ pub struct EventsRound {
     pub batch_publish_per_s: f64,
     /// Batched: published events over the time until the queue drained.
     pub batch_events_per_s: f64,
+    /// The same, to the direct consumer.
+    #[serde(default)]
+    pub direct_events_per_s: f64,
+    /// Big batches to the direct consumer.
+    #[serde(default)]
+    pub direct_big_events_per_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +97,14 @@ pub struct EventsReport {
     pub batch: usize,
     pub batch_connections: u32,
     pub batch_events_per_s: f64,
+    #[serde(default)]
+    pub direct_events_per_s: f64,
+    #[serde(default)]
+    pub big_batch: usize,
+    #[serde(default)]
+    pub big_batch_connections: u32,
+    #[serde(default)]
+    pub direct_big_events_per_s: f64,
 }
 
 /// wrk posts with the admin key; the `done` hook is the usual one.
@@ -89,10 +115,10 @@ fn script(key: &str) -> String {
     )
 }
 
-/// The batched producers' script: every request publishes the same
-/// [`BATCH`] events (their ids repeat; the queue gives each a new message).
-fn batch_script(key: &str) -> String {
-    let events: Vec<serde_json::Value> = (0..BATCH)
+/// The batched producers' script: every request publishes the same `n`
+/// events (their ids repeat; the queue gives each a new message).
+fn batch_script(key: &str, n: usize) -> String {
+    let events: Vec<serde_json::Value> = (0..n)
         .map(|i| {
             serde_json::json!({"specversion": "1.0", "id": format!("bench-{i}"),
                 "source": "/bench", "type": "bench.event", "data": {"n": i}})
@@ -112,6 +138,7 @@ pub fn measure(
     wrk_bin: &Path,
     scratch: &Path,
     hello: &[u8],
+    chain: &[u8],
     plan: &EventsPlan,
 ) -> Result<EventsReport> {
     let server = updraft::start(
@@ -129,19 +156,25 @@ pub fn measure(
     let script_path = scratch.join("events.lua");
     std::fs::write(&script_path, script(key)).context("writing the events wrk script")?;
     let batch_path = scratch.join("events-batch.lua");
-    std::fs::write(&batch_path, batch_script(key)).context("writing the batch wrk script")?;
-    let created = http::send(
-        endpoint,
-        &http::Request {
-            method: "PUT",
-            path: &format!("/v1/queues/{BATCH_QUEUE}"),
-            content_type: Some("application/json"),
-            body: br#"{"batch_size": 16}"#,
-        },
-        http::CONTROL_TIMEOUT,
-    )?;
-    if created.status != 200 && created.status != 201 {
-        bail!("creating queue {BATCH_QUEUE}: {}", created.text());
+    std::fs::write(&batch_path, batch_script(key, BATCH))
+        .context("writing the batch wrk script")?;
+    let big_batch_path = scratch.join("events-big-batch.lua");
+    std::fs::write(&big_batch_path, batch_script(key, BIG_BATCH))
+        .context("writing the big batch wrk script")?;
+    for queue in [BATCH_QUEUE, DIRECT_QUEUE] {
+        let created = http::send(
+            endpoint,
+            &http::Request {
+                method: "PUT",
+                path: &format!("/v1/queues/{queue}"),
+                content_type: Some("application/json"),
+                body: br#"{"batch_size": 16}"#,
+            },
+            http::CONTROL_TIMEOUT,
+        )?;
+        if created.status != 200 && created.status != 201 {
+            bail!("creating queue {queue}: {}", created.text());
+        }
     }
     updraft::deploy_manifest(
         endpoint,
@@ -149,7 +182,17 @@ pub fn measure(
         &format!("name = \"consumer\"\n[[trigger]]\nqueue = \"{BATCH_QUEUE}\"\n"),
         hello,
     )?;
+    updraft::deploy_manifest(
+        endpoint,
+        "direct-consumer",
+        &format!(
+            "name = \"direct-consumer\"\ninstance_reuse_max = 1000000\n\
+             [[trigger]]\nqueue = \"{DIRECT_QUEUE}\"\n[env]\nNAME = \"direct\"\n"
+        ),
+        chain,
+    )?;
     let publish_url = endpoint.url(&format!("/v1/publish/{BATCH_QUEUE}"));
+    let direct_url = endpoint.url(&format!("/v1/publish/{DIRECT_QUEUE}"));
     let sync_url = endpoint.url("/v1/functions/hello/invoke");
     let async_url = endpoint.url("/v1/functions/hello/invoke?mode=async");
     // Warm both paths (compiled code, the queue's first commits).
@@ -157,7 +200,9 @@ pub fn measure(
     wrk::run(wrk_bin, &script_path, &async_url, CONNECTIONS, 1)?;
     drain(endpoint)?;
     wrk::run(wrk_bin, &batch_path, &publish_url, BATCH_CONNECTIONS, 1)?;
-    drain_queue(endpoint)?;
+    drain_queue(endpoint, BATCH_QUEUE)?;
+    wrk::run(wrk_bin, &batch_path, &direct_url, BATCH_CONNECTIONS, 1)?;
+    drain_queue(endpoint, DIRECT_QUEUE)?;
     let mut rounds = Vec::new();
     for round in 0..plan.rounds {
         eprintln!("    round {}: sync, then async", round + 1);
@@ -179,18 +224,40 @@ pub fn measure(
         drain(endpoint)?;
         let elapsed = started.elapsed();
         eprintln!("    round {}: batched publish", round + 1);
-        let batch_started = Instant::now();
-        let batches = wrk::run(
-            wrk_bin,
+        let batched = |script: &Path, url: &str, queue: &str, connections: u32, n: usize| {
+            let started = Instant::now();
+            let point = wrk::run(wrk_bin, script, url, connections, plan.duration_s)?;
+            drain_queue(endpoint, queue)?;
+            let published = point.requests * n as u64;
+            let per_s = published as f64 / started.elapsed().as_secs_f64();
+            anyhow::Ok((point, published, per_s))
+        };
+        let (batches, batch_published, batch_events_per_s) = batched(
             &batch_path,
             &publish_url,
+            BATCH_QUEUE,
             BATCH_CONNECTIONS,
-            plan.duration_s,
+            BATCH,
         )?;
-        drain_queue(endpoint)?;
-        let batch_elapsed = batch_started.elapsed().as_secs_f64();
-        let batch_published = batches.requests * BATCH as u64;
-        for point in [&sync, &accepted, &batches] {
+        eprintln!(
+            "    round {}: batched publish to the direct consumer",
+            round + 1
+        );
+        let (direct, _, direct_events_per_s) = batched(
+            &batch_path,
+            &direct_url,
+            DIRECT_QUEUE,
+            BATCH_CONNECTIONS,
+            BATCH,
+        )?;
+        let (direct_big, _, direct_big_events_per_s) = batched(
+            &big_batch_path,
+            &direct_url,
+            DIRECT_QUEUE,
+            BIG_BATCH_CONNECTIONS,
+            BIG_BATCH,
+        )?;
+        for point in [&sync, &accepted, &batches, &direct, &direct_big] {
             if point.errors.total() > 0 {
                 bail!("events load had errors: {:?}", point.errors);
             }
@@ -205,7 +272,9 @@ pub fn measure(
             events_per_s: accepted.requests as f64 / elapsed.as_secs_f64(),
             batch_published,
             batch_publish_per_s: batches.rps * BATCH as f64,
-            batch_events_per_s: batch_published as f64 / batch_elapsed,
+            batch_events_per_s,
+            direct_events_per_s,
+            direct_big_events_per_s,
         });
     }
     server.stop()?;
@@ -219,6 +288,10 @@ pub fn measure(
         batch: BATCH,
         batch_connections: BATCH_CONNECTIONS,
         batch_events_per_s: of(|r| r.batch_events_per_s),
+        direct_events_per_s: of(|r| r.direct_events_per_s),
+        big_batch: BIG_BATCH,
+        big_batch_connections: BIG_BATCH_CONNECTIONS,
+        direct_big_events_per_s: of(|r| r.direct_big_events_per_s),
         rounds,
     })
 }
@@ -228,9 +301,9 @@ fn drain(endpoint: Endpoint) -> Result<()> {
     drain_entry(endpoint, "functions", "function", "hello")
 }
 
-/// Waits until the batched queue is empty and nothing of it runs.
-fn drain_queue(endpoint: Endpoint) -> Result<()> {
-    drain_entry(endpoint, "queues", "name", BATCH_QUEUE)
+/// Waits until a named queue is empty and nothing of it runs.
+fn drain_queue(endpoint: Endpoint, queue: &str) -> Result<()> {
+    drain_entry(endpoint, "queues", "name", queue)
 }
 
 /// Polls `GET /v1/queues` until the entry of `list` whose `key` is `name`

@@ -449,13 +449,20 @@ fn phases(
         "==> async events: {} round(s) of {} s, sync and async",
         plan.events.rounds, plan.events.duration_s
     );
-    let events = events::measure(&tools.updraft, &tools.wrk, scratch, hello, &plan.events)?;
+    let chain = updraft::read_guest(&tools.chain)?;
+    let events = events::measure(
+        &tools.updraft,
+        &tools.wrk,
+        scratch,
+        hello,
+        &chain,
+        &plan.events,
+    )?;
 
     eprintln!(
         "==> function-to-function calls: {} in process, {} s through the gateway",
         plan.calls.calls, plan.calls.http_duration_s
     );
-    let chain = updraft::read_guest(&tools.chain)?;
     let calls = calls::measure(
         &tools.updraft,
         &tools.wrk,

@@ -313,31 +313,40 @@ impl Event {
     /// Structured mode: one JSON object, for a command's stdin. JSON data
     /// stays JSON, text becomes a string, other bytes `data_base64`.
     pub(crate) fn structured(&self, id: &str, enqueued_ms: u64) -> Bytes {
+        // Written out directly, not through a cloned map: this runs for
+        // every event a handler or command gets.
+        fn field(out: &mut Vec<u8>, name: &str, value: &impl Serialize) {
+            out.push(b',');
+            let _ = serde_json::to_writer(&mut *out, name);
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut *out, value);
+        }
         let (id, time) = self.id_and_time(id, enqueued_ms);
-        let mut event = self.attributes.clone();
-        event.insert("specversion".into(), SPEC_VERSION.into());
-        event.insert("id".into(), id.into());
-        event.insert("time".into(), time.into());
-        if !self.data.is_empty() {
-            let json = is_json(&self.attributes)
-                .then(|| serde_json::from_slice::<Value>(&self.data).ok())
-                .flatten();
-            match (json, std::str::from_utf8(&self.data)) {
-                (Some(value), _) => {
-                    event.insert("data".into(), value);
-                }
-                (None, Ok(text)) => {
-                    event.insert("data".into(), text.into());
-                }
-                (None, Err(_)) => {
-                    let b64 = base64::engine::general_purpose::STANDARD.encode(&self.data);
-                    event.insert("data_base64".into(), b64.into());
-                }
+        let mut out = Vec::with_capacity(256 + self.data.len() * 4 / 3);
+        out.extend_from_slice(br#"{"specversion":"1.0""#);
+        for (name, value) in &self.attributes {
+            if !matches!(name.as_str(), "specversion" | "id" | "time") {
+                field(&mut out, name, value);
             }
         }
-        serde_json::to_vec(&Value::Object(event))
-            .unwrap_or_default()
-            .into()
+        field(&mut out, "id", &id);
+        field(&mut out, "time", &time);
+        if !self.data.is_empty() {
+            let json = is_json(&self.attributes)
+                && serde_json::from_slice::<serde::de::IgnoredAny>(&self.data).is_ok();
+            if json {
+                // Valid JSON as it is: embedded without a parse into values.
+                out.extend_from_slice(b",\"data\":");
+                out.extend_from_slice(&self.data);
+            } else if let Ok(text) = std::str::from_utf8(&self.data) {
+                field(&mut out, "data", &text);
+            } else {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&self.data);
+                field(&mut out, "data_base64", &b64);
+            }
+        }
+        out.push(b'}');
+        out.into()
     }
 }
 
@@ -703,10 +712,26 @@ mod tests {
         assert_eq!(header("ce-shopid"), "7");
         assert_eq!(header("content-type"), "application/json");
         assert_eq!(header("ce-time"), "1970-01-01T00:00:00.000Z");
-        let structured: Value =
-            serde_json::from_slice(&event.structured("m1", 0)).unwrap_or_default();
+        let raw = event.structured("m1", 0);
+        let structured: Value = serde_json::from_slice(&raw).unwrap_or_default();
         assert_eq!(structured["data"]["n"], 1);
         assert_eq!(structured["specversion"], "1.0");
+        // Its own id, each attribute once.
+        assert_eq!(structured["id"], "e1");
+        assert_eq!(structured["shopid"], "7");
+        assert_eq!(structured["time"], "1970-01-01T00:00:00.000Z");
+        let text = String::from_utf8_lossy(&raw);
+        assert_eq!(text.matches("\"id\"").count(), 1, "{text}");
+        assert_eq!(text.matches("\"specversion\"").count(), 1, "{text}");
+        // Data said to be JSON that is not goes as text.
+        let odd = Event::from_data(
+            "/queues/q".into(),
+            Some("application/json".into()),
+            Bytes::from_static(b"{oops"),
+        );
+        let structured: Value =
+            serde_json::from_slice(&odd.structured("m3", 0)).unwrap_or_default();
+        assert_eq!(structured["data"], "{oops");
 
         let binary = Event::from_data("/queues/q".into(), None, Bytes::from_static(&[0xff, 0]));
         let structured: Value =

@@ -1,6 +1,9 @@
 //! The embedded queue backend: one redb database, `queues.redb`, in the
 //! data dir, and an in-memory index of every message in it.
 //!
+//! The index also holds small payloads ([`INLINE_PAYLOAD_MAX`], up to
+//! [`INLINE_BYTES_MAX`] in all), so leasing them reads nothing from disk.
+//!
 //! Changes (send, ack, retry, move, redrive) go to one writer thread, which
 //! commits everything queued so far in one fsynced transaction (group
 //! commit, as the key-value store's `disk` level) and only then updates the
@@ -47,6 +50,15 @@ const GROUP_COMMIT_OPS_MAX: usize = 4096;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest an unsynced round of acks waits for a synced commit.
 const LAZY_SYNC_AFTER: Duration = Duration::from_millis(200);
+/// How long a round of only acks and retries waits for more before it is
+/// committed: they are answered already, and one commit for many is most
+/// of what the writer saves.
+const LAZY_GATHER: Duration = Duration::from_millis(5);
+/// Largest payload the index keeps in memory (events are mostly small).
+const INLINE_PAYLOAD_MAX: usize = 4096;
+/// Most payload bytes the index keeps in memory; beyond, leases read them
+/// from the database.
+const INLINE_BYTES_MAX: usize = 64 << 20;
 
 /// Queues in `queues.redb`.
 pub struct EmbeddedQueues {
@@ -96,6 +108,24 @@ impl AckBuffer {
 struct Index {
     messages: HashMap<u128, Entry>,
     queues: HashMap<QueueId, QueueIndex>,
+    /// Bytes of the payloads held in `messages`.
+    inline_bytes: usize,
+}
+
+/// A payload as it reaches the index: its size, and the bytes when small
+/// enough to keep.
+struct Payload {
+    len: usize,
+    bytes: Option<Arc<[u8]>>,
+}
+
+impl Payload {
+    fn of(payload: &[u8]) -> Payload {
+        Payload {
+            len: payload.len(),
+            bytes: (payload.len() <= INLINE_PAYLOAD_MAX).then(|| Arc::from(payload)),
+        }
+    }
 }
 
 struct Entry {
@@ -105,6 +135,8 @@ struct Entry {
     visible_ms: u64,
     last_error: Option<String>,
     payload_bytes: usize,
+    /// The payload, when the index keeps it.
+    payload: Option<Arc<[u8]>>,
     /// (leased since, lease ends)
     lease: Option<(u64, u64)>,
 }
@@ -198,7 +230,7 @@ struct Change {
 
 /// What a committed change does to the index.
 enum IndexChange {
-    Add(QueueId, u128, Stored, usize),
+    Add(QueueId, u128, Stored, Payload),
     Remove(u128),
 }
 
@@ -243,8 +275,7 @@ impl EmbeddedQueues {
                         Uuid::from_u128(id)
                     )));
                 };
-                let len = payload.len();
-                index.add(QueueId::new(owner, name), id, stored, len);
+                index.add(QueueId::new(owner, name), id, stored, Payload::of(payload));
             }
         }
         let shared = Arc::new(Shared {
@@ -291,7 +322,9 @@ impl EmbeddedQueues {
         let now = now_ms();
         let mut index = lock(&self.shared.index);
         index.expire_leases(queue, now);
-        let Index { messages, queues } = &mut *index;
+        let Index {
+            messages, queues, ..
+        } = &mut *index;
         let Some(q) = queues.get_mut(queue) else {
             return Leased::Nothing(None, None);
         };
@@ -304,12 +337,13 @@ impl EmbeddedQueues {
                     q.leased.insert((until, id));
                     if let Some(entry) = messages.get_mut(&id) {
                         entry.lease = Some((now, until));
-                        taken.push((
+                        taken.push(Taken {
                             id,
-                            entry.attempts,
-                            entry.enqueued_ms,
-                            entry.last_error.clone(),
-                        ));
+                            attempts: entry.attempts,
+                            enqueued_ms: entry.enqueued_ms,
+                            last_error: entry.last_error.clone(),
+                            payload: entry.payload.clone(),
+                        });
                     }
                 }
                 _ => break,
@@ -337,15 +371,29 @@ impl EmbeddedQueues {
     }
 }
 
+/// A leased message, as the index knows it.
+struct Taken {
+    id: u128,
+    attempts: u32,
+    enqueued_ms: u64,
+    last_error: Option<String>,
+    payload: Option<Arc<[u8]>>,
+}
+
 enum Leased {
-    /// (id, attempts, enqueued ms, last error)
-    Some(Vec<(u128, u32, u64, Option<String>)>),
+    Some(Vec<Taken>),
     /// When something may become visible, and whom to wait on.
     Nothing(Option<u64>, Option<Arc<Notify>>),
 }
 
 impl Index {
-    fn add(&mut self, queue: QueueId, id: u128, stored: Stored, payload_bytes: usize) {
+    fn add(&mut self, queue: QueueId, id: u128, stored: Stored, payload: Payload) {
+        let bytes = payload
+            .bytes
+            .filter(|_| self.inline_bytes + payload.len <= INLINE_BYTES_MAX);
+        if bytes.is_some() {
+            self.inline_bytes += payload.len;
+        }
         let q = self.queues.entry(queue.clone()).or_default();
         q.waiting.insert((stored.visible_ms, id));
         q.ready.notify_waiters();
@@ -357,7 +405,8 @@ impl Index {
                 enqueued_ms: stored.enqueued_ms,
                 visible_ms: stored.visible_ms,
                 last_error: stored.last_error,
-                payload_bytes,
+                payload_bytes: payload.len,
+                payload: bytes,
                 lease: None,
             },
         );
@@ -367,6 +416,9 @@ impl Index {
         let Some(entry) = self.messages.remove(&id) else {
             return;
         };
+        if entry.payload.is_some() {
+            self.inline_bytes -= entry.payload_bytes;
+        }
         if let Some(q) = self.queues.get_mut(&entry.queue) {
             q.waiting.remove(&(entry.visible_ms, id));
             if let Some((_, until)) = entry.lease {
@@ -662,28 +714,37 @@ impl QueueStore for EmbeddedQueues {
 }
 
 impl EmbeddedQueues {
-    fn payloads(
-        &self,
-        queue: &QueueId,
-        taken: Vec<(u128, u32, u64, Option<String>)>,
-    ) -> Result<Vec<Message>, QueueError> {
-        let txn = self.shared.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(MESSAGES).map_err(storage)?;
+    /// The leased messages with their payloads: from the index when it
+    /// holds them, else read in one transaction.
+    fn payloads(&self, queue: &QueueId, taken: Vec<Taken>) -> Result<Vec<Message>, QueueError> {
+        let mut table = None;
         let mut messages = Vec::with_capacity(taken.len());
-        for (id, attempts, enqueued_ms, last_error) in taken {
-            let key = (queue.owner.as_str(), queue.name.as_str(), id);
-            let Some(value) = table.get(key).map_err(storage)? else {
-                continue;
+        for t in taken {
+            let payload = match t.payload {
+                Some(payload) => payload.to_vec(),
+                None => {
+                    let table = match &mut table {
+                        Some(table) => table,
+                        None => {
+                            let txn = self.shared.db.begin_read().map_err(storage)?;
+                            table.insert(txn.open_table(MESSAGES).map_err(storage)?)
+                        }
+                    };
+                    let key = (queue.owner.as_str(), queue.name.as_str(), t.id);
+                    let Some(value) = table.get(key).map_err(storage)? else {
+                        continue;
+                    };
+                    Stored::decode(value.value())
+                        .map(|(_, payload)| payload.to_vec())
+                        .unwrap_or_default()
+                }
             };
-            let payload = Stored::decode(value.value())
-                .map(|(_, payload)| payload.to_vec())
-                .unwrap_or_default();
             messages.push(Message {
-                id: Uuid::from_u128(id),
+                id: Uuid::from_u128(t.id),
                 payload,
-                attempts,
-                enqueued_ms,
-                last_error,
+                attempts: t.attempts,
+                enqueued_ms: t.enqueued_ms,
+                last_error: t.last_error,
             });
         }
         Ok(messages)
@@ -742,8 +803,22 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
         }
         let Some(first) = first else { continue };
         let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_OPS_MAX {
-            match changes.try_recv() {
+        let gather_until = std::time::Instant::now() + LAZY_GATHER;
+        loop {
+            while batch.len() < GROUP_COMMIT_OPS_MAX {
+                match changes.try_recv() {
+                    Ok(change) => batch.push(change),
+                    Err(_) => break,
+                }
+            }
+            let left = gather_until.saturating_duration_since(std::time::Instant::now());
+            if batch.len() >= GROUP_COMMIT_OPS_MAX || !is_lazy(&batch) || left.is_zero() {
+                break;
+            }
+            // Only acks so far: wait a little for more, or for a change
+            // that needs a synced commit anyway. (Acks add to the buffer
+            // without waking the writer again, so this mostly sleeps.)
+            match changes.recv_timeout(left) {
                 Ok(change) => batch.push(change),
                 Err(_) => break,
             }
@@ -756,10 +831,7 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
             }
             continue;
         }
-        // Acks and retries may wait for the next sync (see the module doc).
-        let lazy = batch
-            .iter()
-            .all(|c| matches!(c.op, Op::Acks | Op::Retry(..)));
+        let lazy = is_lazy(&batch);
         match commit(shared, &batch, lazy) {
             Ok((results, index_changes)) => {
                 unsynced = lazy;
@@ -767,8 +839,8 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
                 let mut index = lock(&shared.index);
                 for change in index_changes {
                     match change {
-                        IndexChange::Add(queue, id, stored, len) => {
-                            index.add(queue, id, stored, len);
+                        IndexChange::Add(queue, id, stored, payload) => {
+                            index.add(queue, id, stored, payload);
                         }
                         IndexChange::Remove(id) => index.remove(id),
                     }
@@ -791,6 +863,13 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
 }
 
 type Results = Vec<Result<Done, QueueError>>;
+
+/// Acks and retries may wait for the next sync (see the module doc).
+fn is_lazy(batch: &[Change]) -> bool {
+    batch
+        .iter()
+        .all(|c| matches!(c.op, Op::Acks | Op::Retry(..)))
+}
 
 /// Makes earlier unsynced commits durable with an empty synced one.
 fn sync(db: &Database) {
@@ -921,7 +1000,7 @@ fn commit(
                 Op::Retry(id, delay, error) => leased(*id, &gone).and_then(|()| {
                     let visible = now.saturating_add(millis(*delay));
                     let next = |attempts: u32| attempts.saturating_add(1);
-                    if let Some((stored, len)) =
+                    if let Some((stored, payload)) =
                         requeue(&mut messages, queue, *id, queue, visible, error, &next)?
                     {
                         index_changes.push(IndexChange::Remove(id.as_u128()));
@@ -929,7 +1008,7 @@ fn commit(
                             queue.clone(),
                             id.as_u128(),
                             stored,
-                            len,
+                            payload,
                         ));
                         gone.push(id.as_u128());
                     }
@@ -937,11 +1016,16 @@ fn commit(
                 }),
                 Op::Move(id, to, error) => leased(*id, &gone).and_then(|()| {
                     let next = |attempts: u32| attempts.saturating_add(1);
-                    if let Some((stored, len)) =
+                    if let Some((stored, payload)) =
                         requeue(&mut messages, queue, *id, to, now, error, &next)?
                     {
                         index_changes.push(IndexChange::Remove(id.as_u128()));
-                        index_changes.push(IndexChange::Add(to.clone(), id.as_u128(), stored, len));
+                        index_changes.push(IndexChange::Add(
+                            to.clone(),
+                            id.as_u128(),
+                            stored,
+                            payload,
+                        ));
                         gone.push(id.as_u128());
                     }
                     Ok(Done::Unit)
@@ -961,7 +1045,7 @@ fn commit(
                     let mut moved = 0;
                     for id in waiting {
                         let id = Uuid::from_u128(id);
-                        if let Some((stored, len)) =
+                        if let Some((stored, payload)) =
                             requeue(&mut messages, queue, id, to, now, "", &|_| 0)?
                         {
                             index_changes.push(IndexChange::Remove(id.as_u128()));
@@ -969,7 +1053,7 @@ fn commit(
                                 to.clone(),
                                 id.as_u128(),
                                 stored,
-                                len,
+                                payload,
                             ));
                             gone.push(id.as_u128());
                             moved += 1;
@@ -1027,7 +1111,7 @@ fn send(
             queue.clone(),
             id.as_u128(),
             stored,
-            message.payload.len(),
+            Payload::of(&message.payload),
         ));
         accepted.push(Accepted {
             id: *id,
@@ -1050,7 +1134,7 @@ fn requeue(
     visible: u64,
     error: &str,
     next: &dyn Fn(u32) -> u32,
-) -> Result<Option<(Stored, usize)>, QueueError> {
+) -> Result<Option<(Stored, Payload)>, QueueError> {
     let key = (from.owner.as_str(), from.name.as_str(), id.as_u128());
     let Some(old) = messages.remove(key).map_err(storage)? else {
         return Ok(None);
@@ -1066,11 +1150,11 @@ fn requeue(
         stored.last_error = Some(error.to_string());
     }
     let value = stored.encode(payload);
-    let len = payload.len();
+    let payload = Payload::of(payload);
     drop(old);
     let key = (to.owner.as_str(), to.name.as_str(), id.as_u128());
     messages.insert(key, value.as_slice()).map_err(storage)?;
-    Ok(Some((stored, len)))
+    Ok(Some((stored, payload)))
 }
 
 /// Deletes outcomes and idempotency keys older than [`RETENTION`].
@@ -1264,6 +1348,39 @@ mod tests {
         assert_eq!(left[0].id, got[2].id);
         let state = q.locate("acme", got[0].id).unwrap();
         assert!(state.is_some(), "the outcome is kept");
+    }
+
+    /// Small payloads come from the index, large ones (and any past the
+    /// index's budget) from the database: both whole, before and after a
+    /// retry to the same queue and a restart.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn small_and_large_payloads_come_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = QueueId::new("acme", "jobs");
+        let large = "x".repeat(INLINE_PAYLOAD_MAX + 1);
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        q.send(&jobs, vec![msg("small"), msg(&large)])
+            .await
+            .unwrap();
+        assert_eq!(lock(&q.shared.index).inline_bytes, 5);
+        let got = take(&q, &jobs, 5).await;
+        let payloads: Vec<&[u8]> = got.iter().map(|m| m.payload.as_slice()).collect();
+        assert_eq!(payloads, [b"small".as_slice(), large.as_bytes()]);
+        for m in &got {
+            q.retry(&jobs, m.id, Duration::ZERO, "again".into())
+                .await
+                .unwrap();
+        }
+        let again = take(&q, &jobs, 5).await;
+        let payloads: Vec<&[u8]> = again.iter().map(|m| m.payload.as_slice()).collect();
+        assert_eq!(payloads, [b"small".as_slice(), large.as_bytes()]);
+        q.ack(&jobs, again[0].id, Vec::new()).await.unwrap();
+        assert_eq!(lock(&q.shared.index).inline_bytes, 0);
+        drop(q);
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        let after = take(&q, &jobs, 5).await;
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].payload, large.as_bytes());
     }
 
     #[tokio::test(flavor = "multi_thread")]
