@@ -77,6 +77,33 @@ async fn a_chain_of_ten_composes_its_result() {
     }
 }
 
+/// The deepest chain allowed runs, every callee nested in its caller's host
+/// call (each on its own fiber), and one link more is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deepest_chain_runs_and_one_more_link_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let depth = 16; // CALL_DEPTH_MAX
+    for i in 1..=depth + 1 {
+        let next = format!("d{}", i + 1);
+        link(
+            &server,
+            &format!("d{i}"),
+            (i <= depth).then_some(next.as_str()),
+            "",
+        );
+    }
+    // d2 … d17: sixteen functions.
+    let (status, body) = post(&server, "/d2").await;
+    assert_eq!(status, 200, "{body}");
+    let want: Vec<String> = (2..=depth + 1).map(|i| format!("d{i}")).collect();
+    assert_eq!(body, want.join(","));
+    // d1 … d17: seventeen; d16's call is refused, and d16's answer comes back up.
+    let (status, body) = post(&server, "/d1").await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body, "d16: call to d17 failed: CallError::TooDeep(16)");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn callees_without_a_handler_export_get_http_or_stdin() {
     let dir = tempfile::tempdir().unwrap();
