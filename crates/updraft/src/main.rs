@@ -26,6 +26,10 @@ use cli::{
 };
 use client::{Client, INVOCATION_ID_HEADER, LineSplitter, check_status};
 
+/// mimalloc, not glibc's malloc: see the dependency's note in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
