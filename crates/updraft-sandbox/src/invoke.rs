@@ -91,17 +91,35 @@ impl Report {
     }
 }
 
-/// Result of a direct call ([`Sandbox::invoke_handler`]): the callee's
-/// status and body.
-pub struct CallOutput {
-    pub response: Result<(u16, Bytes), InvokeError>,
+/// What an invocation run to its end gave, and its [`Report`].
+pub struct Output<T> {
+    pub result: Result<T, InvokeError>,
     pub report: Report,
 }
 
-/// Result of a command invocation.
-pub struct CommandOutput {
-    pub stdout: Result<Bytes, InvokeError>,
-    pub report: Report,
+impl<T> Output<T> {
+    /// An invocation that failed before the guest ran.
+    fn early(invocation_id: &str, error: InvokeError, started: Instant) -> Output<T> {
+        Output {
+            result: Err(error.clone()),
+            report: Report::early(invocation_id, error, started),
+        }
+    }
+}
+
+/// A command's stdout.
+pub type CommandOutput = Output<Bytes>;
+
+/// A direct call's ([`Sandbox::invoke_handler`]) status and body.
+pub type CallOutput = Output<(u16, Bytes)>;
+
+/// Refuses input over the function's request body limit.
+fn check_input(len: usize, limit: u64) -> Result<(), InvokeError> {
+    if len as u64 > limit {
+        Err(InvokeError::RequestTooLarge { limit })
+    } else {
+        Ok(())
+    }
 }
 
 /// Trap payload of the epoch callback once the deadline has passed.
@@ -234,19 +252,14 @@ impl Sandbox {
         let started = Instant::now();
         let limits = prepared.limits;
         let deadline = ctx.deadline(started, limits.timeout_ms);
-        let fail = |error: InvokeError| CallOutput {
-            response: Err(error.clone()),
-            report: Report::early(&ctx.invocation_id, error, started),
-        };
+        let fail = |error| CallOutput::early(&ctx.invocation_id, error, started);
         let Some(indices) = &prepared.handler else {
             return fail(InvokeError::Internal(
                 "the function exports no updraft:platform/handler".into(),
             ));
         };
-        if payload.len() as u64 > limits.request_body_bytes_max {
-            return fail(InvokeError::RequestTooLarge {
-                limit: limits.request_body_bytes_max,
-            });
+        if let Err(e) = check_input(payload.len(), limits.request_body_bytes_max) {
+            return fail(e);
         }
         let Checkout {
             mut store,
@@ -300,7 +313,10 @@ impl Sandbox {
                 .err()
                 .unwrap_or(InvokeError::NoResponse)),
         };
-        CallOutput { response, report }
+        Output {
+            result: response,
+            report,
+        }
     }
 
     /// Runs an http function on `request`. Returns once the guest has set its
@@ -527,17 +543,12 @@ impl Sandbox {
         let started = Instant::now();
         let limits = prepared.limits;
         let deadline = ctx.deadline(started, limits.timeout_ms);
-        let fail = |error: InvokeError| CommandOutput {
-            stdout: Err(error.clone()),
-            report: Report::early(&ctx.invocation_id, error, started),
-        };
+        let fail = |error| CommandOutput::early(&ctx.invocation_id, error, started);
         let Pre::Command(pre) = &prepared.pre else {
             return fail(InvokeError::Internal("not a command function".into()));
         };
-        if stdin.len() as u64 > limits.request_body_bytes_max {
-            return fail(InvokeError::RequestTooLarge {
-                limit: limits.request_body_bytes_max,
-            });
+        if let Err(e) = check_input(stdin.len(), limits.request_body_bytes_max) {
+            return fail(e);
         }
         // One byte over the limit tells "exactly at the limit" from "cut off".
         let stdout_max = (limits.response_body_bytes_max as usize).saturating_add(1);
@@ -584,7 +595,10 @@ impl Sandbox {
         } else {
             report.outcome.clone().map(|()| output)
         };
-        CommandOutput { stdout, report }
+        Output {
+            result: stdout,
+            report,
+        }
     }
 }
 

@@ -29,6 +29,6 @@ pub use calls::{CALL_DEPTH_MAX, CallError, CallGrant, CallRequest, FunctionCalle
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{InvokeError, PrepareError};
 pub use host::StateUsage;
-pub use invoke::{CallOutput, CommandOutput, InvocationCtx, OnDone, Report, ResponseBody};
+pub use invoke::{CallOutput, CommandOutput, InvocationCtx, OnDone, Output, Report, ResponseBody};
 pub use keyvalue::KvGrant;
 pub use messaging::{PublishError, PublishGrant, Publisher};

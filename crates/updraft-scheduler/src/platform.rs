@@ -16,8 +16,8 @@ use updraft_core::{
 };
 use updraft_metering::{Aggregate, BudgetEvent, BudgetKind, Metering, PriceSheet, usd};
 use updraft_sandbox::{
-    BlobGrant, CallGrant, CallRequest, FunctionCaller, InvocationCtx, KvGrant, OnDone, PrepareSpec,
-    Prepared, PublishGrant, Publisher, Report, ResponseBody, Sandbox, SandboxConfig,
+    BlobGrant, CallGrant, CallRequest, FunctionCaller, InvocationCtx, KvGrant, OnDone, Output,
+    PrepareSpec, Prepared, PublishGrant, Publisher, Report, ResponseBody, Sandbox, SandboxConfig,
 };
 use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig, Blobs, ContainerId};
 use updraft_state::kv::{KvConfig, KvStore, StoreId};
@@ -864,27 +864,12 @@ impl Platform {
         invocation_id: String,
         call: Option<&CallRequest>,
     ) -> (String, Result<Bytes, PlatformError>) {
-        if let Err(e) = self.check_budget(loaded) {
-            return (invocation_id, Err(e));
-        }
-        let start_ms = now_ms();
-        let prepared = match self.ensure_prepared(loaded).await {
-            Ok(prepared) => prepared,
-            Err(e) => return (invocation_id, Err(e)),
+        let run = |prepared: Arc<Prepared>, ctx| async move {
+            self.sandbox.invoke_command(&prepared, stdin, ctx).await
         };
-        let _permit = match self.admit(admit_ms(loaded, call)).await {
-            Ok(permit) => permit,
-            Err(e) => return (invocation_id, Err(e)),
-        };
-        let ctx = invocation_ctx(loaded, &invocation_id, call);
-        let output = self.sandbox.invoke_command(&prepared, stdin, ctx).await;
-        self.log_report(&loaded.key, &output.report);
-        if self.metering.is_some() {
-            let bytes_out = output.stdout.as_ref().map_or(0, |out| out.len() as u64);
-            let record = crate::usage::record(loaded, trigger, start_ms, output.report, bytes_out);
-            self.meter(&loaded.key, record);
-        }
-        (invocation_id, output.stdout.map_err(PlatformError::from))
+        let bytes_out = |out: &Bytes| out.len() as u64;
+        self.invoke_buffered(loaded, trigger, invocation_id, call, bytes_out, run)
+            .await
     }
 
     /// Hands `payload` to the function's handler export
@@ -898,6 +883,29 @@ impl Platform {
         invocation_id: String,
         call: Option<&CallRequest>,
     ) -> (String, Result<(u16, Bytes), PlatformError>) {
+        let run = |prepared: Arc<Prepared>, ctx| async move {
+            self.sandbox.invoke_handler(&prepared, payload, ctx).await
+        };
+        let bytes_out = |(_, body): &(u16, Bytes)| body.len() as u64;
+        self.invoke_buffered(loaded, trigger, invocation_id, call, bytes_out, run)
+            .await
+    }
+
+    /// What invocations run to their end before they answer (commands,
+    /// direct calls) share: the budget, preparing, an instance slot, then
+    /// `run`, whose report goes to the logs and to metering.
+    async fn invoke_buffered<T, Fut>(
+        &self,
+        loaded: &Arc<Loaded>,
+        trigger: Trigger,
+        invocation_id: String,
+        call: Option<&CallRequest>,
+        bytes_out: impl Fn(&T) -> u64,
+        run: impl FnOnce(Arc<Prepared>, InvocationCtx) -> Fut,
+    ) -> (String, Result<T, PlatformError>)
+    where
+        Fut: Future<Output = Output<T>>,
+    {
         if let Err(e) = self.check_budget(loaded) {
             return (invocation_id, Err(e));
         }
@@ -911,14 +919,14 @@ impl Platform {
             Err(e) => return (invocation_id, Err(e)),
         };
         let ctx = invocation_ctx(loaded, &invocation_id, call);
-        let output = self.sandbox.invoke_handler(&prepared, payload, ctx).await;
-        self.log_report(&loaded.key, &output.report);
+        let Output { result, report } = run(prepared, ctx).await;
+        self.log_report(&loaded.key, &report);
         if self.metering.is_some() {
-            let bytes_out = output.response.as_ref().map_or(0, |(_, b)| b.len() as u64);
-            let record = crate::usage::record(loaded, trigger, start_ms, output.report, bytes_out);
+            let out = result.as_ref().map_or(0, &bytes_out);
+            let record = crate::usage::record(loaded, trigger, start_ms, report, out);
             self.meter(&loaded.key, record);
         }
-        (invocation_id, output.response.map_err(PlatformError::from))
+        (invocation_id, result.map_err(PlatformError::from))
     }
 
     /// Refuses an invocation once its tenant's budget is spent.
