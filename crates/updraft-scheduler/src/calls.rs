@@ -12,7 +12,7 @@ use updraft_core::{FunctionKind, Trigger};
 use updraft_sandbox::{CallError, CallRequest, FunctionCaller, InvokeError};
 
 use crate::error::PlatformError;
-use crate::platform::Platform;
+use crate::platform::{Loaded, Platform};
 
 /// The platform as the sandbox sees it: weak, so a function's grant does
 /// not keep the platform alive.
@@ -25,19 +25,19 @@ impl FunctionCaller for PlatformCaller {
                 Err(CallError::Failed("the platform is shutting down".into()))
             });
         };
+        let Some(loaded) = platform.get(&request.owner, &request.function) else {
+            return Box::pin(async { Err(CallError::NotFound) });
+        };
         // A callee with a handler export runs right in the caller's host
         // call: no task, no wake-up of another thread.
-        let direct = platform
-            .get(&request.owner, &request.function)
-            .and_then(|loaded| loaded.prepared())
-            .is_some_and(|prepared| prepared.takes_calls());
+        let direct = loaded.prepared().is_some_and(|p| p.takes_calls());
         if direct {
-            return Box::pin(async move { platform.call(request).await });
+            return Box::pin(async move { platform.call(loaded, request).await });
         }
         // Any other callee runs in a task of its own, never nested inside
         // the caller's store: an http guest's store suspended (at an epoch
         // yield) inside another guest's host call confuses Wasmtime's fibers.
-        let callee = tokio::spawn(async move { platform.call(request).await });
+        let callee = tokio::spawn(async move { platform.call(loaded, request).await });
         Box::pin(async move {
             callee
                 .await
@@ -57,10 +57,11 @@ impl Platform {
     /// Runs one call: a callee with a handler export gets the payload
     /// directly, any other http callee gets `POST /` with it, a command gets
     /// it on stdin.
-    async fn call(self: Arc<Self>, request: CallRequest) -> Result<(u16, Bytes), CallError> {
-        let Some(loaded) = self.get(&request.owner, &request.function) else {
-            return Err(CallError::NotFound);
-        };
+    async fn call(
+        self: Arc<Self>,
+        loaded: Arc<Loaded>,
+        request: CallRequest,
+    ) -> Result<(u16, Bytes), CallError> {
         let id = uuid::Uuid::now_v7().to_string();
         // Prepared first (it may have been unloaded while idle): whether it
         // takes calls directly is known only then.
