@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use updraft_core::{Digest, FunctionKind, Limits};
-use wasmtime::component::{Component, InstancePre};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, InstancePre, Type};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyIndices;
 
@@ -110,6 +111,7 @@ impl Sandbox {
         let started = Instant::now();
         let (component, loaded_from, compiled_bytes) =
             self.load_or_compile(spec.wasm, &spec.wasm_digest)?;
+        let handler = exports_handler(&self.engine, &component)?;
         let detected = self.detect_kind(&component)?;
         if let Some(stated) = spec.kind
             && stated != detected
@@ -125,7 +127,7 @@ impl Sandbox {
             .instantiate_pre(&component)
             .map_err(|e| PrepareError::Link(link_message(&e)))?;
         let link = |e: wasmtime::Error| PrepareError::Link(format!("{e:#}"));
-        let handler = if exports_handler(&self.engine, &component) {
+        let handler = if handler {
             Some(HandlerIndices::new(&instance_pre).map_err(link)?)
         } else {
             None
@@ -245,12 +247,51 @@ impl Sandbox {
 }
 
 /// Whether the component exports `updraft:platform/handler`, so calls from
-/// other functions reach it directly.
-fn exports_handler(engine: &wasmtime::Engine, component: &Component) -> bool {
-    component
-        .component_type()
+/// other functions reach it directly. An export of that name whose `handle`
+/// has another type is refused here, at deploy, not at every call.
+fn exports_handler(engine: &wasmtime::Engine, component: &Component) -> Result<bool, PrepareError> {
+    let ty = component.component_type();
+    let Some((name, export)) = ty
         .exports(engine)
-        .any(|(name, _)| name.starts_with(HANDLER_EXPORT))
+        .find(|(name, _)| name.starts_with(HANDLER_EXPORT))
+    else {
+        return Ok(false);
+    };
+    let is_bytes = |t: &Type| matches!(t, Type::List(list) if list.ty() == Type::U8);
+    let handle = match export.ty {
+        ComponentItem::ComponentInstance(instance) => {
+            instance.get_export(engine, "handle").map(|e| e.ty)
+        }
+        _ => None,
+    };
+    let fits = match handle {
+        Some(ComponentItem::ComponentFunc(func)) => {
+            let params: Vec<Type> = func.params().map(|(_, t)| t).collect();
+            let results: Vec<Type> = func.results().collect();
+            let response = match results.as_slice() {
+                [Type::Record(record)] => {
+                    let fields: Vec<_> = record
+                        .fields()
+                        .map(|f| (f.name.to_string(), f.ty))
+                        .collect();
+                    matches!(fields.as_slice(),
+                        [(status, Type::U16), (body, b)] if status == "status" && body == "body" && is_bytes(b))
+                }
+                _ => false,
+            };
+            matches!(params.as_slice(), [p] if is_bytes(p)) && response
+        }
+        _ => false,
+    };
+    if fits {
+        Ok(true)
+    } else {
+        Err(PrepareError::Link(format!(
+            "the component exports {name} without `handle: func(payload: list<u8>) -> response` \
+             (response: record {{ status: u16, body: list<u8> }}); generate its bindings from \
+             crates/updraft-sandbox/wit/invoke, world updraft:platform/callable"
+        )))
+    }
 }
 
 /// Turns a wasip1 command module into a component with the command adapter.
@@ -289,4 +330,55 @@ fn link_message(e: &wasmtime::Error) -> String {
     format!(
         "{e:#}; Updraft provides WASI 0.2 (wasi:cli, wasi:clocks, wasi:random, wasi:io, wasi:filesystem, wasi:sockets) and wasi:http 0.2"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use updraft_core::Limits;
+
+    use super::*;
+    use crate::engine::SandboxConfig;
+
+    /// A handler export whose `handle` has another type is refused at
+    /// deploy, with the type it should have.
+    #[test]
+    fn a_handler_export_of_the_wrong_type_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SandboxConfig::new(dir.path().to_path_buf());
+        config.instances_max = 2;
+        config.warm_instances_max = 0;
+        let sandbox = Sandbox::new(config).unwrap();
+        let wasm = wat::parse_str(
+            r#"(component
+                 (core module $m (func (export "h") (param i32) (result i32) local.get 0))
+                 (core instance $i (instantiate $m))
+                 (func $handle (param "x" u32) (result u32) (canon lift (core func $i "h")))
+                 (instance $h (export "handle" (func $handle)))
+                 (export "updraft:platform/handler@0.1.0" (instance $h)))"#,
+        )
+        .unwrap();
+        let source = || Ok(wasm.clone());
+        let error = sandbox
+            .prepare(PrepareSpec {
+                name: "odd",
+                wasm: &source,
+                wasm_digest: Digest::of(&wasm),
+                kind: None,
+                limits: Limits::default(),
+                env: Vec::new(),
+                kv: None,
+                blobs: None,
+                calls: None,
+                publishes: None,
+            })
+            .err()
+            .expect("the deploy must fail");
+        let message = error.to_string();
+        assert!(
+            message.contains("handle: func(payload: list<u8>) -> response"),
+            "{message}"
+        );
+    }
 }
