@@ -104,6 +104,49 @@ async fn the_deepest_chain_runs_and_one_more_link_is_refused() {
     assert_eq!(body, "d16: call to d17 failed: CallError::TooDeep(16)");
 }
 
+/// A direct callee's body limits hold: a payload over its
+/// `request_body_bytes_max` never reaches it, and an answer over its
+/// `response_body_bytes_max` fails the call; both name the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_direct_callee_keeps_its_body_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest(
+        "echoer",
+        "chain",
+        "request_body_bytes_max = 1000\nresponse_body_bytes_max = 100\n\
+         [env]\nNAME = \"echoer\"\nECHO = \"1\"\n",
+    );
+    link(&server, "to-echo", Some("echoer"), "");
+    let send = |body: String| {
+        let server = &server;
+        async move {
+            let response = client()
+                .post(server.url("/to-echo"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    // Within both limits: echoed back.
+    let (status, body) = send("x".repeat(50)).await;
+    assert_eq!((status, body), (200, format!("to-echo,{}", "x".repeat(50))));
+    let (status, body) = send("x".repeat(1001)).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("call to echoer failed") && body.contains("request_body_bytes_max"),
+        "{body}"
+    );
+    let (status, body) = send("x".repeat(500)).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("call to echoer failed") && body.contains("response_body_bytes_max"),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn callees_without_a_handler_export_get_http_or_stdin() {
     let dir = tempfile::tempdir().unwrap();
