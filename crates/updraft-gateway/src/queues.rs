@@ -13,7 +13,7 @@ use http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use updraft_scheduler::{
-    BATCH_BYTES_MAX, Event, InvocationStatus, Platform, PlatformError, Published,
+    BATCH_BYTES_MAX, Event, InvocationStatus, Outgoing, Platform, PlatformError, Published,
 };
 use updraft_state::Caller;
 use updraft_state::queue::{ChannelKind, PAYLOAD_BYTES_MAX, QueueError};
@@ -208,15 +208,13 @@ pub(crate) async fn publish(
             .into(),
         })?;
     let events = match content_type.as_deref() {
-        _ if batch => Event::from_batch(&body)?,
+        _ if batch => Outgoing::batch(&body)?,
         Some(t) if t.starts_with("application/cloudevents+json") => {
-            vec![Event::from_structured(&body)?]
+            vec![Outgoing::structured(&body)?]
         }
-        _ => vec![Event::from_data(
-            format!("/{}/{name}", caller.tenant),
-            content_type,
-            body,
-        )],
+        _ => {
+            vec![Event::from_data(format!("/{}/{name}", caller.tenant), content_type, body).into()]
+        }
     };
     let published = platform.publish_many(&caller.tenant, &name, events).await?;
     Ok((StatusCode::ACCEPTED, Json(published)))

@@ -49,6 +49,8 @@ pub(crate) fn dead_letter_queue(tenant: &str, name: &str) -> QueueId {
 /// The first byte of a queued payload: what follows.
 pub(crate) const REQUEST_TAG: u8 = 1;
 pub(crate) const EVENT_TAG: u8 = 2;
+/// A structured CloudEvent, as [`crate::Outgoing::Json`] holds it.
+pub(crate) const JSON_EVENT_TAG: u8 = 3;
 
 /// Where a dispatcher leases its work.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,13 +67,16 @@ pub(crate) enum Source {
 enum Work {
     Request(AsyncRequest),
     Event(Event),
+    /// A structured CloudEvent, checked when it was published.
+    Json(Bytes),
 }
 
 impl Work {
-    fn decode(bytes: &[u8]) -> Option<Work> {
+    fn decode(bytes: Vec<u8>) -> Option<Work> {
         match bytes.split_first()? {
             (&REQUEST_TAG, rest) => AsyncRequest::decode(rest).map(Work::Request),
             (&EVENT_TAG, rest) => Event::decode(rest).map(Work::Event),
+            (&JSON_EVENT_TAG, _) => Some(Work::Json(Bytes::from(bytes).slice(1..))),
             _ => None,
         }
     }
@@ -488,10 +493,15 @@ async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str, source: &
 }
 
 /// Runs one async invocation and settles its message.
-async fn run(platform: &Arc<Platform>, loaded: &Arc<Loaded>, queue: &QueueId, message: Message) {
+async fn run(
+    platform: &Arc<Platform>,
+    loaded: &Arc<Loaded>,
+    queue: &QueueId,
+    mut message: Message,
+) {
     let id = message.id;
     let started_ms = now_ms();
-    let outcome = match Work::decode(&message.payload) {
+    let outcome = match Work::decode(std::mem::take(&mut message.payload)) {
         Some(work) => attempt(platform, loaded, work, &message).await,
         None => Err("the stored request is unreadable".to_string()),
     };
@@ -551,7 +561,7 @@ async fn attempt(
 ) -> Result<InvocationResult, String> {
     let id = &message.id.to_string();
     let direct = match &work {
-        Work::Event(_) => platform
+        Work::Event(_) | Work::Json(_) => platform
             .ensure_prepared(loaded)
             .await
             .map_err(|e| e.to_string())?
@@ -561,15 +571,23 @@ async fn attempt(
     let request = match work {
         // A function with a handler export gets the event as structured
         // JSON, straight to `handle`.
+        Work::Json(json) if direct => return handle_event(platform, loaded, id, json).await,
         Work::Event(event) if direct => {
-            let payload = event.structured(id, message.enqueued_ms);
-            let (_, response) = platform
-                .invoke_handler_as(loaded, payload, Trigger::Async, id.to_string(), None)
-                .await;
-            let (status, body) = response.map_err(|e| e.to_string())?;
-            return settle_response(status, &body);
+            let json = event.structured(id, message.enqueued_ms);
+            return handle_event(platform, loaded, id, json).await;
         }
         Work::Request(request) => request,
+        Work::Json(json) => match loaded.version.kind {
+            FunctionKind::Http => Event::from_structured(&json)
+                .map_err(|e| format!("the stored event is unreadable: {e}"))?
+                .binary_request(id, message.enqueued_ms),
+            FunctionKind::Command => AsyncRequest {
+                method: "POST".into(),
+                path: "/".into(),
+                headers: Vec::new(),
+                body: json,
+            },
+        },
         // An event is a request in CloudEvents form: binary mode for http
         // functions, structured JSON on stdin for commands.
         Work::Event(event) => match loaded.version.kind {
@@ -620,6 +638,20 @@ async fn attempt(
     settle_response(status, &body)
 }
 
+/// An event, as structured JSON, straight to a handler export.
+async fn handle_event(
+    platform: &Arc<Platform>,
+    loaded: &Arc<Loaded>,
+    id: &str,
+    json: Bytes,
+) -> Result<InvocationResult, String> {
+    let (_, response) = platform
+        .invoke_handler_as(loaded, json, Trigger::Async, id.to_string(), None)
+        .await;
+    let (status, body) = response.map_err(|e| e.to_string())?;
+    settle_response(status, &body)
+}
+
 /// A 5xx answer is a failure (retried); anything else is the result.
 fn settle_response(status: u16, body: &[u8]) -> Result<InvocationResult, String> {
     let truncated = body.len() > RESULT_BYTES_MAX;
@@ -650,8 +682,8 @@ mod tests {
             body: Bytes::from_static(b"{\"n\":1}"),
         };
         let bytes = request.encode().unwrap_or_default();
-        assert!(matches!(Work::decode(&bytes), Some(Work::Request(r)) if r == request));
+        assert!(matches!(Work::decode(bytes.clone()), Some(Work::Request(r)) if r == request));
         assert_eq!(AsyncRequest::decode(&bytes[1..6]), None);
-        assert!(Work::decode(&[9, 1, 2]).is_none());
+        assert!(Work::decode(vec![9, 1, 2]).is_none());
     }
 }

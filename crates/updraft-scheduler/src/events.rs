@@ -21,6 +21,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use updraft_core::{EventTrigger, function_key};
 use updraft_sandbox::{PublishError, Publisher};
@@ -350,6 +351,190 @@ impl Event {
     }
 }
 
+/// An event to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// Attributes and data: plain data, or an event the platform emits.
+    Event(Event),
+    /// A structured CloudEvent, checked, with `time` (and a JSON `data`'s
+    /// `datacontenttype`) filled in: stored and delivered as it is, so a
+    /// handler or command gets it without a parse.
+    Json(Bytes),
+}
+
+impl From<Event> for Outgoing {
+    fn from(event: Event) -> Outgoing {
+        Outgoing::Event(event)
+    }
+}
+
+impl Outgoing {
+    /// A structured CloudEvent, checked as [`Event::from_structured`] does.
+    pub fn structured(body: &[u8]) -> Result<Outgoing, PlatformError> {
+        let time = rfc3339_now();
+        if let Some(json) = checked_json(body, &time) {
+            return Ok(Outgoing::Json(json));
+        }
+        Event::from_structured(body).map(|event| event.into_json(&time))
+    }
+
+    /// A CloudEvents batch, checked as [`Event::from_batch`] does.
+    pub fn batch(body: &[u8]) -> Result<Vec<Outgoing>, PlatformError> {
+        // The common case without building JSON values: split the array,
+        // check each event's top level. Anything unusual takes the full
+        // parse, which also words the error.
+        let Ok(events) = serde_json::from_slice::<Vec<&RawValue>>(body) else {
+            return Ok(Event::from_batch(body)?
+                .into_iter()
+                .map(Outgoing::Event)
+                .collect());
+        };
+        if events.is_empty() || events.len() > BATCH_EVENTS_MAX {
+            return Err(invalid(format!(
+                "the batch has {} events: send 1 to {BATCH_EVENTS_MAX}",
+                events.len()
+            )));
+        }
+        let time = rfc3339_now();
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| match checked_json(raw.get().as_bytes(), &time) {
+                Some(json) => Ok(Outgoing::Json(json)),
+                None => Event::from_structured(raw.get().as_bytes())
+                    .map(|event| event.into_json(&time))
+                    .map_err(|e| match e {
+                        PlatformError::InvalidEvent(m) => {
+                            invalid(format!("event {i} of the batch: {m}"))
+                        }
+                        other => other,
+                    }),
+            })
+            .collect()
+    }
+
+    /// `[2][attributes][data]` or `[3][structured JSON]`.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        match self {
+            Outgoing::Event(event) => event.encode(),
+            Outgoing::Json(json) => {
+                let mut buf = Vec::with_capacity(1 + json.len());
+                buf.push(crate::async_invoke::JSON_EVENT_TAG);
+                buf.extend_from_slice(json);
+                buf
+            }
+        }
+    }
+}
+
+impl Event {
+    /// As structured JSON to store, with `time` if it has none.
+    fn into_json(self, time: &str) -> Outgoing {
+        let id = self.text("id").unwrap_or_default();
+        let mut event = self;
+        event
+            .attributes
+            .entry("time")
+            .or_insert_with(|| time.into());
+        Outgoing::Json(event.structured(&id, 0))
+    }
+}
+
+fn rfc3339_now() -> String {
+    let now = UNIX_EPOCH + Duration::from_millis(now_ms());
+    humantime::format_rfc3339_millis(now).to_string()
+}
+
+/// A well-formed structured CloudEvent as it will be stored, when a look
+/// at its top level is enough to check it (and fill in `time` and a JSON
+/// `data`'s `datacontenttype`); `None` for anything else, which
+/// [`Event::from_structured`] then parses in full.
+fn checked_json(body: &[u8], time: &str) -> Option<Bytes> {
+    struct TopLevel<'a>(Vec<(&'a str, &'a RawValue)>);
+    impl<'de> serde::Deserialize<'de> for TopLevel<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Entries;
+            impl<'de> serde::de::Visitor<'de> for Entries {
+                type Value = TopLevel<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Self::Value, A::Error> {
+                    let mut entries = Vec::with_capacity(8);
+                    while let Some(name) = map.next_key::<&'de str>()? {
+                        entries.push((name, map.next_value::<&'de RawValue>()?));
+                    }
+                    Ok(TopLevel(entries))
+                }
+            }
+            d.deserialize_map(Entries)
+        }
+    }
+    let TopLevel(entries) = serde_json::from_slice(body).ok()?;
+    let raw = |name: &str| {
+        entries
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.get())
+    };
+    let plain_string = |v: &str| v.len() > 2 && v.starts_with('"') && !v.contains('\\');
+    for (i, (name, _)) in entries.iter().enumerate() {
+        let ok = !name.is_empty()
+            && name.len() <= 20
+            && name
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+            && !entries[..i].iter().any(|(n, _)| n == name);
+        if !ok {
+            return None;
+        }
+    }
+    if raw("specversion")? != "\"1.0\"" || raw("data_base64").is_some() {
+        return None;
+    }
+    for required in ["id", "source", "type"] {
+        if !plain_string(raw(required)?) {
+            return None;
+        }
+    }
+    let content_type = raw("datacontenttype");
+    let json_type = match content_type {
+        None => false,
+        Some(t) if plain_string(t) => t.contains("json"),
+        Some(_) => return None,
+    };
+    // Data that is not a string is JSON, and says so.
+    let json_data = raw("data").is_some_and(|d| !d.starts_with('"'));
+    if json_data && content_type.is_some() && !json_type {
+        // JSON data said to be something else: the full parse decides.
+        return None;
+    }
+    let add_type = json_data && content_type.is_none();
+    let add_time = raw("time").is_none();
+    if !add_type && !add_time {
+        return Some(Bytes::copy_from_slice(body));
+    }
+    let mut out = Vec::with_capacity(body.len() + 64);
+    out.push(b'{');
+    if add_time {
+        out.extend_from_slice(b"\"time\":\"");
+        out.extend_from_slice(time.as_bytes());
+        out.extend_from_slice(b"\",");
+    }
+    if add_type {
+        out.extend_from_slice(b"\"datacontenttype\":\"application/json\",");
+    }
+    let rest = std::str::from_utf8(body)
+        .ok()?
+        .trim_start()
+        .strip_prefix('{')?;
+    out.extend_from_slice(rest.as_bytes());
+    Some(out.into())
+}
+
 fn is_json(attributes: &Map<String, Value>) -> bool {
     match attributes.get("datacontenttype") {
         Some(Value::String(t)) => t.contains("json"),
@@ -474,7 +659,7 @@ impl Platform {
         name: &str,
         event: Event,
     ) -> Result<Published, PlatformError> {
-        self.publish_many(tenant, name, vec![event]).await
+        self.publish_many(tenant, name, vec![event.into()]).await
     }
 
     /// Publishes `events` in order, all or nothing, in one commit.
@@ -482,10 +667,10 @@ impl Platform {
         self: &Arc<Self>,
         tenant: &str,
         name: &str,
-        events: Vec<Event>,
+        events: Vec<Outgoing>,
     ) -> Result<Published, PlatformError> {
         let channel = self.channel(tenant, name)?;
-        let payloads: Vec<Vec<u8>> = events.iter().map(Event::encode).collect();
+        let payloads: Vec<Vec<u8>> = events.iter().map(Outgoing::encode).collect();
         let messages = || -> Vec<NewMessage> {
             payloads
                 .iter()
@@ -751,7 +936,67 @@ mod tests {
         ] {
             let message = Event::from_structured(bad).map(|_| ()).unwrap_err().to_string();
             assert!(message.contains(says), "{message} should say {says}");
+            // Publishing refuses it the same way, alone or in a batch.
+            let message = Outgoing::structured(bad).map(|_| ()).unwrap_err().to_string();
+            assert!(message.contains(says), "{message} should say {says}");
+            let mut batch = br#"[{"specversion":"1.0","id":"1","source":"s","type":"t"},"#.to_vec();
+            batch.extend_from_slice(bad);
+            batch.push(b']');
+            let message = Outgoing::batch(&batch).map(|_| ()).unwrap_err().to_string();
+            assert!(message.contains("event 1 of the batch"), "{message}");
+            assert!(message.contains(says), "{message} should say {says}");
         }
+    }
+
+    /// Structured events are stored as published, checked at their top
+    /// level only; what a function gets is what the full parse gives.
+    #[test]
+    fn published_json_is_the_full_parse_without_one() {
+        let time = "2026-01-02T03:04:05.678Z";
+        let full = |body: &[u8]| -> Value {
+            let Ok(Outgoing::Json(json)) = Event::from_structured(body).map(|e| e.into_json(time))
+            else {
+                panic!("{}", String::from_utf8_lossy(body));
+            };
+            serde_json::from_slice(&json).unwrap_or_default()
+        };
+        for (body, quick) in [
+            (&br#"{"specversion":"1.0","id":"e1","source":"/s","type":"t","data":{"n":[1,2]}}"#[..], true),
+            (br#" {"specversion":"1.0","id":"e1","source":"/s","type":"t","data":"text"}"#, true),
+            (br#"{"specversion":"1.0","id":"e1","source":"/s","type":"t","datacontenttype":"application/json","data":"s"}"#, true),
+            (br#"{"specversion":"1.0","id":"e1","source":"/s","type":"t","time":"2020-01-01T00:00:00Z","x1":null}"#, true),
+            (br#"{"specversion":"1.0","id":"e1","source":"/s","type":"t","datacontenttype":"text/csv","data":7}"#, false),
+            // Escapes, base64 data: the full parse.
+            (br#"{"specversion":"1.0","\u0069d":"e1","source":"/s","type":"t"}"#, false),
+            (br#"{"specversion":"1.0","id":"e\"1","source":"/s","type":"t"}"#, false),
+            (br#"{"specversion":"1.0","id":"e1","source":"/s","type":"t","data_base64":"/wA="}"#, false),
+        ] {
+            let Some(json) = checked_json(body, time) else {
+                assert!(!quick, "{}", String::from_utf8_lossy(body));
+                continue;
+            };
+            assert!(quick, "{}", String::from_utf8_lossy(body));
+            let quick: Value = serde_json::from_slice(&json).unwrap_or_default();
+            assert_eq!(quick, full(body), "{}", String::from_utf8_lossy(body));
+            assert!(quick["time"].is_string());
+        }
+        // A batch keeps its order; each event is stored whole.
+        let batch = br#"[{"specversion":"1.0","id":"a","source":"/s","type":"t","data":1},
+                         {"specversion":"1.0","id":"b","source":"/s","type":"t","data_base64":"/wA="}]"#;
+        let events = Outgoing::batch(batch).unwrap_or_else(|e| panic!("{e}"));
+        let ids: Vec<Value> = events
+            .iter()
+            .map(|e| match e {
+                Outgoing::Json(json) => serde_json::from_slice::<Value>(json).unwrap_or_default(),
+                Outgoing::Event(_) => Value::Null,
+            })
+            .collect();
+        assert_eq!((&ids[0]["id"], &ids[0]["data"]), (&"a".into(), &1.into()));
+        assert_eq!(
+            (&ids[1]["id"], &ids[1]["data_base64"]),
+            (&"b".into(), &"/wA=".into())
+        );
+        assert!(Outgoing::batch(b"[]").is_err());
     }
 
     #[test]

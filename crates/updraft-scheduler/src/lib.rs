@@ -22,7 +22,7 @@ pub use async_invoke::{
 };
 pub use error::PlatformError;
 pub use events::{
-    BATCH_BYTES_MAX, BATCH_EVENTS_MAX, Event, Published, QueueOverview, TopicOverview,
+    BATCH_BYTES_MAX, BATCH_EVENTS_MAX, Event, Outgoing, Published, QueueOverview, TopicOverview,
 };
 pub use platform::{
     BUDGET_TOPIC, Deployed, FunctionDetails, IDLE_UNLOAD_DEFAULT, Loaded, Platform, PlatformConfig,
