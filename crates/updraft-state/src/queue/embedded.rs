@@ -79,7 +79,7 @@ struct Shared {
 
 /// An acked message: gone from the index, still in the database.
 struct Acked {
-    queue: QueueId,
+    queue: Arc<QueueId>,
     id: u128,
     /// The owner (`u16` length + bytes) and the outcome, as stored.
     outcome: Vec<u8>,
@@ -107,7 +107,8 @@ impl AckBuffer {
 #[derive(Default)]
 struct Index {
     messages: HashMap<u128, Entry>,
-    queues: HashMap<QueueId, QueueIndex>,
+    /// Each queue's id is shared by its entries.
+    queues: HashMap<Arc<QueueId>, QueueIndex>,
     /// Bytes of the payloads held in `messages`.
     inline_bytes: usize,
 }
@@ -129,7 +130,7 @@ impl Payload {
 }
 
 struct Entry {
-    queue: QueueId,
+    queue: Arc<QueueId>,
     attempts: u32,
     enqueued_ms: u64,
     visible_ms: u64,
@@ -163,8 +164,13 @@ struct Stored {
 
 impl Stored {
     fn encode(&self, payload: &[u8]) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(24 + payload.len());
+        self.encode_into(&mut buf, payload);
+        buf
+    }
+
+    fn encode_into(&self, buf: &mut Vec<u8>, payload: &[u8]) {
         let error = self.last_error.as_deref().unwrap_or("").as_bytes();
-        let mut buf = Vec::with_capacity(24 + error.len() + payload.len());
         buf.extend_from_slice(&self.attempts.to_le_bytes());
         buf.extend_from_slice(&self.enqueued_ms.to_le_bytes());
         buf.extend_from_slice(&self.visible_ms.to_le_bytes());
@@ -173,7 +179,6 @@ impl Stored {
         buf.extend_from_slice(&(error.len() as u32).to_le_bytes());
         buf.extend_from_slice(error);
         buf.extend_from_slice(payload);
-        buf
     }
 
     /// The header and the payload.
@@ -230,7 +235,7 @@ struct Change {
 
 /// What a committed change does to the index.
 enum IndexChange {
-    Add(QueueId, u128, Stored, Payload),
+    Add(Arc<QueueId>, u128, Stored, Payload),
     Remove(u128),
 }
 
@@ -275,7 +280,8 @@ impl EmbeddedQueues {
                         Uuid::from_u128(id)
                     )));
                 };
-                index.add(QueueId::new(owner, name), id, stored, Payload::of(payload));
+                let queue = Arc::new(QueueId::new(owner, name));
+                index.add(queue, id, stored, Payload::of(payload));
             }
         }
         let shared = Arc::new(Shared {
@@ -362,9 +368,13 @@ impl EmbeddedQueues {
     }
 
     fn notify_of(&self, queue: &QueueId) -> Arc<Notify> {
-        lock(&self.shared.index)
+        let mut index = lock(&self.shared.index);
+        if let Some(q) = index.queues.get(queue) {
+            return q.ready.clone();
+        }
+        index
             .queues
-            .entry(queue.clone())
+            .entry(Arc::new(queue.clone()))
             .or_default()
             .ready
             .clone()
@@ -387,13 +397,17 @@ enum Leased {
 }
 
 impl Index {
-    fn add(&mut self, queue: QueueId, id: u128, stored: Stored, payload: Payload) {
+    fn add(&mut self, queue: Arc<QueueId>, id: u128, stored: Stored, payload: Payload) {
         let bytes = payload
             .bytes
             .filter(|_| self.inline_bytes + payload.len <= INLINE_BYTES_MAX);
         if bytes.is_some() {
             self.inline_bytes += payload.len;
         }
+        let queue = match self.queues.get_key_value(&queue) {
+            Some((known, _)) => known.clone(),
+            None => queue,
+        };
         let q = self.queues.entry(queue.clone()).or_default();
         q.waiting.insert((stored.visible_ms, id));
         q.ready.notify_waiters();
@@ -412,10 +426,9 @@ impl Index {
         );
     }
 
-    fn remove(&mut self, id: u128) {
-        let Some(entry) = self.messages.remove(&id) else {
-            return;
-        };
+    /// Forgets message `id`; returns its queue.
+    fn remove(&mut self, id: u128) -> Option<Arc<QueueId>> {
+        let entry = self.messages.remove(&id)?;
         if entry.payload.is_some() {
             self.inline_bytes -= entry.payload_bytes;
         }
@@ -425,6 +438,7 @@ impl Index {
                 q.leased.remove(&(until, id));
             }
         }
+        Some(entry.queue)
     }
 
     /// Expired leases make their messages visible again.
@@ -448,7 +462,7 @@ impl Index {
     /// The message, if it is in flight in `queue`.
     fn leased(&self, queue: &QueueId, id: u128) -> Result<&Entry, QueueError> {
         match self.messages.get(&id) {
-            Some(entry) if entry.queue == *queue && entry.lease.is_some() => Ok(entry),
+            Some(entry) if *entry.queue == *queue && entry.lease.is_some() => Ok(entry),
             _ => Err(QueueError::NotInFlight {
                 queue: queue.to_string(),
                 id: Uuid::from_u128(id),
@@ -574,11 +588,13 @@ impl QueueStore for EmbeddedQueues {
         let first = {
             let mut index = lock(&self.shared.index);
             index.leased(queue, id.as_u128())?;
-            index.remove(id.as_u128());
+            let Some(queue) = index.remove(id.as_u128()) else {
+                return Err(unexpected());
+            };
             // Still under the index lock: `locate` never misses the message.
             let mut acked = lock(&self.shared.acked);
             acked.pending.push(Acked {
-                queue: queue.clone(),
+                queue,
                 id: id.as_u128(),
                 outcome: value,
             });
@@ -642,7 +658,7 @@ impl QueueStore for EmbeddedQueues {
             if entry.queue.owner != owner {
                 return Ok(None);
             }
-            let queue = entry.queue.clone();
+            let queue = QueueId::clone(&entry.queue);
             let last_error = entry.last_error.clone();
             return Ok(Some(match entry.lease {
                 Some((since_ms, _)) => MessageState::InFlight {
@@ -768,6 +784,10 @@ fn owned_outcome(value: &[u8], owner: &str) -> Option<MessageState> {
 /// and sweeps expired outcomes now and then, until the store is dropped.
 fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
     let mut last_sweep = None;
+    // Kept between rounds: growing them anew each round was a page fault
+    // storm under load.
+    let mut batch = Vec::new();
+    let mut index_changes = Vec::new();
     // Whether a commit without a sync awaits one.
     let mut unsynced = false;
     loop {
@@ -782,7 +802,7 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 // Closing: the last acks, synced.
                 if !lock(&shared.acked).pending.is_empty()
-                    && let Err(e) = commit(shared, &[], false)
+                    && let Err(e) = commit(shared, &[], false, &mut index_changes)
                 {
                     tracing::warn!("queue acks not written (they will be delivered again): {e}");
                 } else if unsynced {
@@ -802,7 +822,8 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
             last_sweep = Some(std::time::Instant::now());
         }
         let Some(first) = first else { continue };
-        let mut batch = vec![first];
+        batch.clear();
+        batch.push(first);
         let gather_until = std::time::Instant::now() + LAZY_GATHER;
         loop {
             while batch.len() < GROUP_COMMIT_OPS_MAX {
@@ -824,7 +845,7 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
             }
         }
         if shared.poisoned.load(Ordering::Relaxed) {
-            for change in batch {
+            for change in batch.drain(..) {
                 let _ = change
                     .reply
                     .send(Err(QueueError::Storage("an earlier commit failed".into())));
@@ -832,21 +853,23 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
             continue;
         }
         let lazy = is_lazy(&batch);
-        match commit(shared, &batch, lazy) {
-            Ok((results, index_changes)) => {
+        match commit(shared, &batch, lazy, &mut index_changes) {
+            Ok(results) => {
                 unsynced = lazy;
                 lock(&shared.acked).committing = None;
                 let mut index = lock(&shared.index);
-                for change in index_changes {
+                for change in index_changes.drain(..) {
                     match change {
                         IndexChange::Add(queue, id, stored, payload) => {
                             index.add(queue, id, stored, payload);
                         }
-                        IndexChange::Remove(id) => index.remove(id),
+                        IndexChange::Remove(id) => {
+                            index.remove(id);
+                        }
                     }
                 }
                 drop(index);
-                for (change, result) in batch.into_iter().zip(results) {
+                for (change, result) in batch.drain(..).zip(results) {
                     let _ = change.reply.send(result);
                 }
             }
@@ -854,7 +877,8 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
                 lock(&shared.acked).committing = None;
                 tracing::error!("queue commit failed, refusing further changes: {e}");
                 shared.poisoned.store(true, Ordering::Relaxed);
-                for change in batch {
+                index_changes.clear();
+                for change in batch.drain(..) {
                     let _ = change.reply.send(Err(e.clone()));
                 }
             }
@@ -883,20 +907,20 @@ fn sync(db: &Database) {
 }
 
 /// Applies `batch` in order in one transaction, durable unless `lazy`.
-/// Returns each change's result and what the index must do once it is
-/// committed.
+/// Returns each change's result; adds to `index_changes` what the index
+/// must do once it is committed.
 fn commit(
     shared: &Shared,
     batch: &[Change],
     lazy: bool,
-) -> Result<(Results, Vec<IndexChange>), QueueError> {
+    index_changes: &mut Vec<IndexChange>,
+) -> Result<Results, QueueError> {
     let mut txn = shared.db.begin_write().map_err(storage)?;
     if lazy {
         txn.set_durability(redb::Durability::None)
             .map_err(storage)?;
     }
     let mut results = Vec::with_capacity(batch.len());
-    let mut index_changes = Vec::new();
     {
         let mut messages = txn.open_table(MESSAGES).map_err(storage)?;
         let mut outcomes = txn.open_table(OUTCOMES).map_err(storage)?;
@@ -937,14 +961,8 @@ fn commit(
                 Op::Send(batches) => {
                     let mut sent = Vec::with_capacity(batches.len());
                     for (queue, new) in batches {
-                        let accepted = send(
-                            &mut messages,
-                            &mut keys,
-                            queue,
-                            new,
-                            now,
-                            &mut index_changes,
-                        )?;
+                        let accepted =
+                            send(&mut messages, &mut keys, queue, new, now, index_changes)?;
                         sent.push(accepted);
                     }
                     Ok(Done::Sent(sent))
@@ -1005,7 +1023,7 @@ fn commit(
                     {
                         index_changes.push(IndexChange::Remove(id.as_u128()));
                         index_changes.push(IndexChange::Add(
-                            queue.clone(),
+                            Arc::new(queue.clone()),
                             id.as_u128(),
                             stored,
                             payload,
@@ -1021,7 +1039,7 @@ fn commit(
                     {
                         index_changes.push(IndexChange::Remove(id.as_u128()));
                         index_changes.push(IndexChange::Add(
-                            to.clone(),
+                            Arc::new(to.clone()),
                             id.as_u128(),
                             stored,
                             payload,
@@ -1050,7 +1068,7 @@ fn commit(
                         {
                             index_changes.push(IndexChange::Remove(id.as_u128()));
                             index_changes.push(IndexChange::Add(
-                                to.clone(),
+                                Arc::new(to.clone()),
                                 id.as_u128(),
                                 stored,
                                 payload,
@@ -1066,7 +1084,7 @@ fn commit(
         }
     }
     txn.commit().map_err(storage)?;
-    Ok((results, index_changes))
+    Ok(results)
 }
 
 type KeysTable<'t> = Table<'t, (&'static str, &'static str, &'static str), (u128, u64)>;
@@ -1082,6 +1100,9 @@ fn send(
     index_changes: &mut Vec<IndexChange>,
 ) -> Result<Vec<Accepted>, QueueError> {
     let mut accepted = Vec::with_capacity(new.len());
+    let shared = Arc::new(queue.clone());
+    // Stored encoded here, reused for each message.
+    let mut value = Vec::new();
     for (id, message) in new {
         if let Some(key) = &message.idempotency_key {
             let k = (queue.owner.as_str(), queue.name.as_str(), key.as_str());
@@ -1104,11 +1125,11 @@ fn send(
             last_error: None,
         };
         let key = (queue.owner.as_str(), queue.name.as_str(), id.as_u128());
-        messages
-            .insert(key, stored.encode(&message.payload).as_slice())
-            .map_err(storage)?;
+        value.clear();
+        stored.encode_into(&mut value, &message.payload);
+        messages.insert(key, value.as_slice()).map_err(storage)?;
         index_changes.push(IndexChange::Add(
-            queue.clone(),
+            shared.clone(),
             id.as_u128(),
             stored,
             Payload::of(&message.payload),
