@@ -396,11 +396,10 @@ impl Outgoing {
             )));
         }
         let time = rfc3339_now();
-        events
-            .iter()
-            .enumerate()
-            .map(|(i, raw)| match checked_json(raw.get().as_bytes(), &time) {
-                Some(json) => Ok(Outgoing::Json(json)),
+        let mut checked = Vec::with_capacity(events.len());
+        for (i, raw) in events.iter().enumerate() {
+            checked.push(match checked_json(raw.get().as_bytes(), &time) {
+                Some(json) => Outgoing::Json(json),
                 None => Event::from_structured(raw.get().as_bytes())
                     .map(|event| event.into_json(&time))
                     .map_err(|e| match e {
@@ -408,9 +407,10 @@ impl Outgoing {
                             invalid(format!("event {i} of the batch: {m}"))
                         }
                         other => other,
-                    }),
-            })
-            .collect()
+                    })?,
+            });
+        }
+        Ok(checked)
     }
 
     /// `[2][attributes][data]` or `[3][structured JSON]`.

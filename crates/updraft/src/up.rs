@@ -36,8 +36,30 @@ pub struct UpArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Turns transparent huge pages off for this process. mimalloc asks for
+/// them on its arenas, and the kernel then zeroes 2 MiB at each first touch:
+/// under event load that zeroing took about 10% of the server's CPU, for
+/// memory mostly not needed. With 4 KiB pages only what is touched is zeroed.
+#[allow(unsafe_code)]
+fn disable_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes
+        // no memory the program sees; it only tells the kernel how to back
+        // future page faults.
+        let done = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if done != 0 {
+            tracing::debug!(
+                "could not turn transparent huge pages off: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 /// Runs the platform until SIGINT or SIGTERM, then drains in-flight requests.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    disable_huge_pages();
     std::fs::create_dir_all(&args.data_dir).with_context(|| {
         format!(
             "cannot create the data dir {}: pick another with --data-dir",

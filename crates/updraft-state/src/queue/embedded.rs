@@ -91,6 +91,18 @@ struct AckBuffer {
     pending: Vec<Acked>,
     /// Being committed by the writer: still answered from here.
     committing: Option<Arc<Vec<Acked>>>,
+    /// The last committed buffer, emptied, for `pending` to reuse.
+    spare: Vec<Acked>,
+}
+
+impl AckBuffer {
+    /// Drops the committed acks, keeping their buffer.
+    fn committed(&mut self) {
+        if let Some(Ok(mut done)) = self.committing.take().map(Arc::try_unwrap) {
+            done.clear();
+            self.spare = done;
+        }
+    }
 }
 
 impl AckBuffer {
@@ -856,7 +868,7 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
         match commit(shared, &batch, lazy, &mut index_changes) {
             Ok(results) => {
                 unsynced = lazy;
-                lock(&shared.acked).committing = None;
+                lock(&shared.acked).committed();
                 let mut index = lock(&shared.index);
                 for change in index_changes.drain(..) {
                     match change {
@@ -874,7 +886,7 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
                 }
             }
             Err(e) => {
-                lock(&shared.acked).committing = None;
+                lock(&shared.acked).committed();
                 tracing::error!("queue commit failed, refusing further changes: {e}");
                 shared.poisoned.store(true, Ordering::Relaxed);
                 index_changes.clear();
@@ -931,7 +943,8 @@ fn commit(
         // stay answerable from `committing` until this commit is visible.
         let acks = {
             let mut acked = lock(&shared.acked);
-            let acks = Arc::new(std::mem::take(&mut acked.pending));
+            let spare = std::mem::take(&mut acked.spare);
+            let acks = Arc::new(std::mem::replace(&mut acked.pending, spare));
             acked.committing = Some(acks.clone());
             acks
         };
