@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -44,6 +44,13 @@ const CHANNELS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("cha
 /// (owner, queue, idempotency key) → (id, sent ms).
 const IDEMPOTENCY: TableDefinition<(&str, &str, &str), (u128, u64)> =
     TableDefinition::new("idempotency");
+/// Bookkeeping: "outcome_bytes", the bytes the outcomes table holds.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const OUTCOME_BYTES: &str = "outcome_bytes";
+/// Most bytes of outcomes kept (values and keys). Past it the oldest go
+/// first, before their [`RETENTION`]: at tens of thousands of events a
+/// second, a day of outcomes would not fit on a disk.
+pub const OUTCOME_BYTES_MAX: u64 = 1 << 30;
 /// Most changes committed in one transaction.
 const GROUP_COMMIT_OPS_MAX: usize = 4096;
 /// How often expired outcomes and idempotency keys are deleted.
@@ -75,6 +82,9 @@ struct Shared {
     acked: Mutex<AckBuffer>,
     /// Set when a commit failed: later changes are refused, not guessed at.
     poisoned: AtomicBool,
+    /// Bytes in the outcomes table, as committed; only the writer changes it.
+    outcome_bytes: AtomicU64,
+    outcome_bytes_max: AtomicU64,
 }
 
 /// An acked message: gone from the index, still in the database.
@@ -277,8 +287,25 @@ impl EmbeddedQueues {
             txn.open_table(OUTCOMES).map_err(storage)?;
             txn.open_table(IDEMPOTENCY).map_err(storage)?;
             txn.open_table(CHANNELS).map_err(storage)?;
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            if meta.get(OUTCOME_BYTES).map_err(storage)?.is_none() {
+                // Kept since this was counted: count what is there once.
+                let outcomes = txn.open_table(OUTCOMES).map_err(storage)?;
+                let mut bytes = 0;
+                for entry in outcomes.iter().map_err(storage)? {
+                    bytes += outcome_size(entry.map_err(storage)?.1.value());
+                }
+                meta.insert(OUTCOME_BYTES, bytes).map_err(storage)?;
+            }
         }
         txn.commit().map_err(storage)?;
+        let outcome_bytes = {
+            let txn = db.begin_read().map_err(storage)?;
+            let meta = txn.open_table(META).map_err(storage)?;
+            meta.get(OUTCOME_BYTES)
+                .map_err(storage)?
+                .map_or(0, |v| v.value())
+        };
         let mut index = Index::default();
         {
             let txn = db.begin_read().map_err(storage)?;
@@ -301,6 +328,8 @@ impl EmbeddedQueues {
             index: Mutex::new(index),
             acked: Mutex::default(),
             poisoned: AtomicBool::new(false),
+            outcome_bytes: AtomicU64::new(outcome_bytes),
+            outcome_bytes_max: AtomicU64::new(OUTCOME_BYTES_MAX),
         });
         let (changes, queue) = std::sync::mpsc::channel();
         let writing = shared.clone();
@@ -313,6 +342,13 @@ impl EmbeddedQueues {
             changes: Some(changes),
             writer: Some(writer),
         })
+    }
+
+    /// Keeps at most `bytes` of outcomes (default [`OUTCOME_BYTES_MAX`]).
+    pub fn set_outcome_bytes_max(&self, bytes: u64) {
+        self.shared
+            .outcome_bytes_max
+            .store(bytes, Ordering::Relaxed);
     }
 
     async fn change(&self, queue: &QueueId, op: Op) -> Result<Done, QueueError> {
@@ -827,8 +863,10 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
             sync(&shared.db);
             unsynced = false;
         }
-        if last_sweep.is_none_or(|at: std::time::Instant| at.elapsed() >= SWEEP_INTERVAL) {
-            if let Err(e) = sweep(&shared.db) {
+        if last_sweep.is_none_or(|at: std::time::Instant| at.elapsed() >= SWEEP_INTERVAL)
+            || outcomes_over(shared)
+        {
+            if let Err(e) = sweep(shared) {
                 tracing::warn!("could not delete expired queue outcomes: {e}");
             }
             last_sweep = Some(std::time::Instant::now());
@@ -948,12 +986,22 @@ fn commit(
             acked.committing = Some(acks.clone());
             acks
         };
+        let mut added = 0;
         for ack in acks.iter() {
             let key = (ack.queue.owner.as_str(), ack.queue.name.as_str(), ack.id);
             messages.remove(key).map_err(storage)?;
             outcomes
                 .insert(ack.id, ack.outcome.as_slice())
                 .map_err(storage)?;
+            added += outcome_size(&ack.outcome);
+        }
+        if added > 0 {
+            let total = shared.outcome_bytes.load(Ordering::Relaxed) + added;
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert(OUTCOME_BYTES, total).map_err(storage)?;
+            // Only the writer changes it, and the commit is not visible yet
+            // either: a failed commit poisons the store.
+            shared.outcome_bytes.store(total, Ordering::Relaxed);
         }
         // Removed earlier in this batch: the index does not know yet.
         let mut gone: Vec<u128> = Vec::new();
@@ -1191,22 +1239,53 @@ fn requeue(
     Ok(Some((stored, payload)))
 }
 
-/// Deletes outcomes and idempotency keys older than [`RETENTION`].
-fn sweep(db: &Database) -> Result<(), QueueError> {
+/// The bytes one outcome takes, as counted against [`OUTCOME_BYTES_MAX`].
+fn outcome_size(value: &[u8]) -> u64 {
+    16 + value.len() as u64
+}
+
+/// Whether the outcomes have grown a quarter past their limit: swept now,
+/// not at the next interval.
+fn outcomes_over(shared: &Shared) -> bool {
+    let max = shared.outcome_bytes_max.load(Ordering::Relaxed);
+    shared.outcome_bytes.load(Ordering::Relaxed) > max.saturating_add(max / 4)
+}
+
+/// Deletes outcomes and idempotency keys older than [`RETENTION`], and the
+/// oldest outcomes past the byte limit.
+fn sweep(shared: &Shared) -> Result<(), QueueError> {
     let cutoff = now_ms().saturating_sub(millis(RETENTION));
-    let txn = db.begin_write().map_err(storage)?;
+    let max = shared.outcome_bytes_max.load(Ordering::Relaxed);
+    let mut total = shared.outcome_bytes.load(Ordering::Relaxed);
+    let txn = shared.db.begin_write().map_err(storage)?;
     {
         // A UUIDv7 starts with its creation time in ms: older ids sort first.
         let first_kept = u128::from(cutoff) << 80;
         let mut outcomes = txn.open_table(OUTCOMES).map_err(storage)?;
+        let mut removed = 0;
         outcomes
-            .retain_in(..first_kept, |_, _| false)
+            .retain_in(..first_kept, |_, value| {
+                removed += outcome_size(value);
+                false
+            })
             .map_err(storage)?;
+        total = total.saturating_sub(removed);
+        while total > max {
+            let Some((_, value)) = outcomes.pop_first().map_err(storage)? else {
+                total = 0;
+                break;
+            };
+            total = total.saturating_sub(outcome_size(value.value()));
+        }
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        meta.insert(OUTCOME_BYTES, total).map_err(storage)?;
         let mut keys = txn.open_table(IDEMPOTENCY).map_err(storage)?;
         keys.retain(|_, (_, sent)| sent >= cutoff)
             .map_err(storage)?;
     }
-    txn.commit().map_err(storage)
+    txn.commit().map_err(storage)?;
+    shared.outcome_bytes.store(total, Ordering::Relaxed);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1382,6 +1461,48 @@ mod tests {
         assert_eq!(left[0].id, got[2].id);
         let state = q.locate("acme", got[0].id).unwrap();
         assert!(state.is_some(), "the outcome is kept");
+    }
+
+    /// Outcomes are kept up to a byte limit: past it the oldest go first,
+    /// and the count survives a restart.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn outcomes_past_the_byte_limit_go_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = QueueId::new("acme", "jobs");
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        let outcome = vec![b'x'; 84];
+        // 2 + 4 ("acme") + 84 bytes, + 16 for the key: 106 each.
+        let each = 106;
+        q.set_outcome_bytes_max(10 * each);
+        let mut acked = Vec::new();
+        for _ in 0..4 {
+            let sent = q
+                .send(&jobs, (0..5).map(|_| msg("m")).collect())
+                .await
+                .unwrap();
+            for m in take(&q, &jobs, 5).await {
+                q.ack(&jobs, m.id, outcome.clone()).await.unwrap();
+            }
+            acked.extend(sent.iter().map(|a| a.id));
+            // A synced round after the acks: they are committed, and the
+            // limit is checked.
+            q.send(&jobs, vec![msg("flush")]).await.unwrap();
+            take(&q, &jobs, 1).await;
+        }
+        q.send(&jobs, vec![msg("flush")]).await.unwrap();
+        let kept: Vec<bool> = acked
+            .iter()
+            .map(|id| q.locate("acme", *id).unwrap().is_some())
+            .collect();
+        let total = q.shared.outcome_bytes.load(Ordering::Relaxed);
+        assert!(total <= 10 * each, "{total} bytes of outcomes kept");
+        assert!(kept.iter().filter(|k| **k).count() >= 8, "{kept:?}");
+        assert!(!kept[0] && kept[19], "the oldest go first: {kept:?}");
+        let first_kept = kept.iter().position(|k| *k).unwrap();
+        assert!(kept[first_kept..].iter().all(|k| *k), "{kept:?}");
+        drop(q);
+        let q = EmbeddedQueues::open(dir.path()).unwrap();
+        assert_eq!(q.shared.outcome_bytes.load(Ordering::Relaxed), total);
     }
 
     /// Small payloads come from the index, large ones (and any past the
