@@ -51,6 +51,8 @@ const OUTCOME_BYTES: &str = "outcome_bytes";
 /// first, before their [`RETENTION`]: at tens of thousands of events a
 /// second, a day of outcomes would not fit on a disk.
 pub const OUTCOME_BYTES_MAX: u64 = 1 << 30;
+/// Most outcomes one sweep deletes for the byte limit.
+const SWEEP_OUTCOMES_MAX: usize = 100_000;
 /// Most changes committed in one transaction.
 const GROUP_COMMIT_OPS_MAX: usize = 4096;
 /// How often expired outcomes and idempotency keys are deleted.
@@ -290,6 +292,7 @@ impl EmbeddedQueues {
             let mut meta = txn.open_table(META).map_err(storage)?;
             if meta.get(OUTCOME_BYTES).map_err(storage)?.is_none() {
                 // Kept since this was counted: count what is there once.
+                tracing::info!("counting the outcomes in queues.redb (once, after an upgrade)");
                 let outcomes = txn.open_table(OUTCOMES).map_err(storage)?;
                 let mut bytes = 0;
                 for entry in outcomes.iter().map_err(storage)? {
@@ -1270,7 +1273,12 @@ fn sweep(shared: &Shared) -> Result<(), QueueError> {
             })
             .map_err(storage)?;
         total = total.saturating_sub(removed);
-        while total > max {
+        // A bounded bite per sweep: a data dir from before the limit may
+        // hold gigabytes of outcomes, and the writer has rounds to run.
+        for _ in 0..SWEEP_OUTCOMES_MAX {
+            if total <= max {
+                break;
+            }
             let Some((_, value)) = outcomes.pop_first().map_err(storage)? else {
                 total = 0;
                 break;
