@@ -53,6 +53,8 @@ const OUTCOME_BYTES: &str = "outcome_bytes";
 pub const OUTCOME_BYTES_MAX: u64 = 1 << 30;
 /// Most outcomes one sweep deletes for the byte limit.
 const SWEEP_OUTCOMES_MAX: usize = 100_000;
+/// How soon the next sweep comes while outcomes are still past the limit.
+const OVER_LIMIT_SWEEP_AFTER: Duration = Duration::from_millis(100);
 /// Most changes committed in one transaction.
 const GROUP_COMMIT_OPS_MAX: usize = 4096;
 /// How often expired outcomes and idempotency keys are deleted.
@@ -842,7 +844,10 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
     // Whether a commit without a sync awaits one.
     let mut unsynced = false;
     loop {
-        let wait = if unsynced {
+        let wait = if outcomes_over(shared) {
+            // Trimming outcomes in bites: the next one soon, idle or not.
+            OVER_LIMIT_SWEEP_AFTER
+        } else if unsynced {
             LAZY_SYNC_AFTER
         } else {
             SWEEP_INTERVAL
@@ -1511,6 +1516,13 @@ mod tests {
         drop(q);
         let q = EmbeddedQueues::open(dir.path()).unwrap();
         assert_eq!(q.shared.outcome_bytes.load(Ordering::Relaxed), total);
+        // An idle writer trims too, soon after the limit drops.
+        q.set_outcome_bytes_max(3 * each);
+        tokio::time::sleep(OVER_LIMIT_SWEEP_AFTER * 5).await;
+        let left = q.shared.outcome_bytes.load(Ordering::Relaxed);
+        assert!(left <= 3 * each, "{left} bytes of outcomes kept");
+        assert!(q.locate("acme", acked[19]).unwrap().is_some());
+        assert!(q.locate("acme", acked[15]).unwrap().is_none());
     }
 
     /// Small payloads come from the index, large ones (and any past the
