@@ -293,7 +293,7 @@ impl EmbeddedQueues {
             txn.open_table(CHANNELS).map_err(storage)?;
             let mut meta = txn.open_table(META).map_err(storage)?;
             if meta.get(OUTCOME_BYTES).map_err(storage)?.is_none() {
-                // Kept since this was counted: count what is there once.
+                // A data dir from before the count was kept: count once.
                 tracing::info!("counting the outcomes in queues.redb (once, after an upgrade)");
                 let outcomes = txn.open_table(OUTCOMES).map_err(storage)?;
                 let mut bytes = 0;

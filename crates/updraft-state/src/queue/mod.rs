@@ -25,7 +25,8 @@ pub use embedded::EmbeddedQueues;
 pub const PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
 /// Longest idempotency key, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
-/// How long an idempotency key, and a finished message's outcome, are kept.
+/// How long an idempotency key, and a finished message's outcome, are kept
+/// (outcomes only up to [`embedded::OUTCOME_BYTES_MAX`] in all).
 pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// One queue of one owner.
