@@ -436,6 +436,7 @@ impl Event {
             .attributes
             .entry("time")
             .or_insert_with(|| time.into());
+        // `time` is set, so the message time (0 here) is never used.
         Outgoing::Json(event.structured(&id, 0))
     }
 }
@@ -671,20 +672,17 @@ impl Platform {
     ) -> Result<Published, PlatformError> {
         let channel = self.channel(tenant, name)?;
         let payloads: Vec<Vec<u8>> = events.iter().map(Outgoing::encode).collect();
-        let messages = || -> Vec<NewMessage> {
-            payloads
-                .iter()
-                .map(|payload| NewMessage {
-                    payload: payload.clone(),
-                    idempotency_key: None,
-                })
-                .collect()
+        let message = |payload| NewMessage {
+            payload,
+            idempotency_key: None,
         };
         match channel.kind {
             ChannelKind::Queue => {
+                // One queue: the payloads go as they are, not copied.
+                let messages = payloads.into_iter().map(message).collect();
                 let sent = self
                     .queues()
-                    .send(&channel_queue(tenant, name), messages())
+                    .send(&channel_queue(tenant, name), messages)
                     .await?;
                 Ok(Published {
                     kind: ChannelKind::Queue,
@@ -696,7 +694,10 @@ impl Platform {
                 let subscribers = self.triggered_by(tenant, ChannelKind::Topic, name);
                 let batches = subscribers
                     .iter()
-                    .map(|function| (function_queue(tenant, function), messages()))
+                    .map(|function| {
+                        let messages = payloads.iter().cloned().map(message).collect();
+                        (function_queue(tenant, function), messages)
+                    })
                     .collect();
                 let sent = self.queues().send_to_many(batches).await?;
                 for function in &subscribers {

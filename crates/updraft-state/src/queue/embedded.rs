@@ -349,8 +349,9 @@ impl EmbeddedQueues {
         })
     }
 
-    /// Keeps at most `bytes` of outcomes (default [`OUTCOME_BYTES_MAX`]).
-    pub fn set_outcome_bytes_max(&self, bytes: u64) {
+    /// Tests: keeps at most `bytes` of outcomes, not [`OUTCOME_BYTES_MAX`].
+    #[cfg(test)]
+    fn set_outcome_bytes_max(&self, bytes: u64) {
         self.shared
             .outcome_bytes_max
             .store(bytes, Ordering::Relaxed);
