@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# Installs what building and testing Updraft's Wasm guests needs on a Debian 12
-# machine, as root (see /work/shared/TOOLCHAINS.md for why each piece):
+# Installs what Updraft needs on a Debian 12 machine, as root, for one purpose
+# (see /work/shared/TOOLCHAINS.md for why each piece):
 #
-#   - C guests:     clang-16, lld-16, libclang-rt-16-dev-wasm32, wasi-libc
-#   - Rust guests:  Debian's rustc-web, cargo-web, rust-web-src (built with
-#                   -Zbuild-std for wasm32-wasip1) and the /usr/lib/rustlib links
-#   - JS example:   Node.js 20+ and npm; examples/hello-js/node_modules
-#   - Python:       componentize-py 0.25.1 in a venv under target/py-venv
-#   - the peer:     wasmtime-cli 48.0.8 (`wasmtime serve` / `wasmtime run`)
-#   - S3 tests:     moto's S3-compatible server, in the same venv
-#   - benchmarks:   wrk (the load generator of bench/, see BENCHMARKS.md) and
-#                   redis-server (the key-value baseline)
+#   up     (`cargo xtask up`): the guest toolchains only
+#     - C guests:     clang-16, lld-16, libclang-rt-16-dev-wasm32, wasi-libc
+#     - Rust guests:  Debian's rustc-web, cargo-web, rust-web-src (built with
+#                     -Zbuild-std for wasm32-wasip1) and the /usr/lib/rustlib links
+#     - JS example:   Node.js 20+ and npm; examples/hello-js/node_modules
+#     - Python:       componentize-py 0.25.1 in a venv under target/py-venv
+#   test   (`cargo xtask test`, CI): up's, and
+#     - the peer:     wasmtime-cli 48.0.8 (`wasmtime run` / `serve`, the
+#                     portability tests), built from source: ~16 min, once
+#     - S3 tests:     moto's S3-compatible server, in the same venv
+#   bench  (bench/, BENCHMARKS.md): test's, and
+#     - wrk (the load generator) and redis-server (the key-value baseline)
+#   all    (the default): everything above
 #
 # Idempotent: every step says what it does and skips what is already there,
 # so a second run does nothing. `apt-get update` runs only if a package is
 # missing. Then build the guests with `cargo xtask guests`.
 #
-# Usage: scripts/setup.sh [--no-wasmtime]
-#   --no-wasmtime   skip the wasmtime-cli step (its first build takes ~16 min)
+# Usage: scripts/setup.sh [up|test|bench|all] [--no-wasmtime]
+#   --no-wasmtime   skip the wasmtime-cli step even where the purpose needs it
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,14 +35,22 @@ NODE_MAJOR_MIN=20
 VENV=$TARGET_DIR/py-venv
 JS_EXAMPLE=$ROOT/examples/hello-js
 
+PURPOSE=all
 INSTALL_WASMTIME=1
 for arg in "$@"; do
   case $arg in
+    up|test|bench|all) PURPOSE=$arg ;;
     --no-wasmtime) INSTALL_WASMTIME=0 ;;
-    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
+# What each purpose adds to the guest toolchains.
+[ "$PURPOSE" = up ] && INSTALL_WASMTIME=0
+INSTALL_MOTO=1
+[ "$PURPOSE" = up ] && INSTALL_MOTO=0
+INSTALL_BENCH=1
+case $PURPOSE in up|test) INSTALL_BENCH=0 ;; esac
 
 step() { printf '==> %s\n' "$*"; }
 skip() { printf '    ok: %s\n' "$*"; }
@@ -54,11 +66,12 @@ APT_PACKAGES=(
   ca-certificates
   clang-16 lld-16 libclang-rt-16-dev-wasm32 wasi-libc       # C guests
   rustc-web cargo-web rust-web-src                           # Rust guests (rustc-web replaces Debian's rustc 1.63)
-  wrk                                                        # load generator for the benchmark harness
-  redis-server                                               # the key-value baseline of the benchmark harness
 )
+if [ $INSTALL_BENCH -eq 1 ]; then
+  APT_PACKAGES+=(wrk redis-server)  # the benchmark harness's load generator and key-value baseline
+fi
 # A C compiler and linker for cargo install (wasmtime-cli), if the machine has none.
-command -v cc >/dev/null 2>&1 || APT_PACKAGES+=(gcc libc6-dev)
+[ $INSTALL_WASMTIME -eq 1 ] && ! command -v cc >/dev/null 2>&1 && APT_PACKAGES+=(gcc libc6-dev)
 # Node.js and Python only when absent: machines may bring newer ones of their own.
 command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
@@ -140,7 +153,9 @@ fi
 # --- moto (an S3-compatible server for the S3 blob backend's tests) ---------
 
 step "moto[server] $MOTO_VERSION in $VENV"
-if compgen -G "$VENV/lib/python3*/site-packages/moto-$MOTO_VERSION.dist-info" >/dev/null \
+if [ $INSTALL_MOTO -eq 0 ]; then
+  skip "not needed for '$PURPOSE'"
+elif compgen -G "$VENV/lib/python3*/site-packages/moto-$MOTO_VERSION.dist-info" >/dev/null \
    && [ -x "$VENV/bin/moto_server" ]; then
   skip "installed"
 else
@@ -167,7 +182,7 @@ have=$(wasmtime_version)
 if [ "$have" = "$WASMTIME_VERSION" ]; then
   skip "wasmtime $have"
 elif [ $INSTALL_WASMTIME -eq 0 ]; then
-  skip "skipped (--no-wasmtime; found: ${have:-none})"
+  skip "not needed for '$PURPOSE' (found: ${have:-none})"
 else
   cargo=$(command -v cargo || echo /usr/bin/cargo)
   echo "    found: ${have:-none}; running $cargo install wasmtime-cli --version $WASMTIME_VERSION --locked (~16 min, once per machine)"

@@ -33,19 +33,26 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Installs the guest toolchains (skips what is present).
-fn setup() -> Result<()> {
-    run(Command::new("bash").arg(root().join("scripts/setup.sh")))
+/// Installs what `purpose` (`up` or `test`) needs, skipping what is present:
+/// `up` only the guest toolchains, `test` also wasmtime-cli (a 16-minute
+/// build) and moto for the tests that compare with or talk to them.
+fn setup(purpose: &str) -> Result<()> {
+    run(Command::new("bash")
+        .arg(root().join("scripts/setup.sh"))
+        .arg(purpose))
 }
 
-fn build_guests() -> Result<()> {
-    guests::run(&guests::Options::default())
+fn build_guests(examples_only: bool) -> Result<()> {
+    guests::run(&guests::Options {
+        examples_only,
+        ..guests::Options::default()
+    })
 }
 
 /// `cargo xtask test`.
 pub fn test(extra: &[String]) -> Result<()> {
-    setup()?;
-    build_guests()?;
+    setup("test")?;
+    build_guests(false)?;
     run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
     run(Command::new("cargo").args([
         "clippy",
@@ -65,8 +72,8 @@ const LISTEN: &str = "127.0.0.1:8080";
 
 /// `cargo xtask up`.
 pub fn up(extra: &[String]) -> Result<()> {
-    setup()?;
-    build_guests()?;
+    setup("up")?;
+    build_guests(true)?;
     run(Command::new("cargo").args(["build", "-p", "updraft"]))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -113,6 +113,8 @@ pub struct Options {
     pub list: bool,
     /// Build only these guests (all when empty).
     pub only: Vec<String>,
+    /// Only the guests under `examples/` (what `cargo xtask up` deploys).
+    pub examples_only: bool,
 }
 
 /// Which WASI adapter turns a Rust core module into a component.
@@ -277,6 +279,10 @@ impl Layout {
 pub fn run(options: &Options) -> Result<()> {
     let layout = Layout::new()?;
     let mut guests = discover(&layout.root)?;
+    if options.examples_only {
+        let examples = layout.root.join("examples");
+        guests.retain(|g| g.dir.starts_with(&examples));
+    }
     if !options.only.is_empty() {
         for name in &options.only {
             if !guests.iter().any(|g| &g.name == name) {

@@ -4,12 +4,14 @@
 //! This crate does no I/O; every other crate speaks in these types, so the
 //! gateway, the scheduler, the sandbox and the state layer agree on one meaning.
 
+pub mod clock;
 pub mod log;
 pub mod manifest;
 pub mod tenant;
 pub mod usage;
 pub mod version;
 
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
 pub use log::{LogEntry, LogStream};
 pub use manifest::{
     FunctionKind, KvTriggerSpec, Limits, Manifest, ManifestError, RetryPolicy, RetrySpec, Route,

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use updraft_metering::{Aggregate, GroupBy, HOUR_MS, Metering, month_of, month_range, now_ms};
+use updraft_metering::{Aggregate, GroupBy, HOUR_MS, Metering, month_of, month_range};
 use updraft_scheduler::{Platform, PlatformError};
 use updraft_state::Caller;
 
@@ -80,15 +80,14 @@ pub(crate) struct UsageQuery {
 }
 
 impl UsageQuery {
-    fn window(&self) -> Result<(u64, u64), ApiError> {
-        window(self.from.as_deref(), self.to.as_deref())
+    fn window(&self, now: u64) -> Result<(u64, u64), ApiError> {
+        window(self.from.as_deref(), self.to.as_deref(), now)
     }
 }
 
 /// `[from, to)`: by default from the start of this month to the end of
 /// this hour.
-fn window(from: Option<&str>, to: Option<&str>) -> Result<(u64, u64), ApiError> {
-    let now = now_ms();
+fn window(from: Option<&str>, to: Option<&str>, now: u64) -> Result<(u64, u64), ApiError> {
     let from = match from {
         Some(text) => instant(text, "from")?,
         None => month_range(&month_of(now)).map_err(PlatformError::from)?.0,
@@ -127,8 +126,8 @@ pub(crate) async fn usage(
             ));
         }
     };
-    let (from, to) = query.window()?;
     let metering = metering(&platform)?;
+    let (from, to) = query.window(metering.now_ms())?;
     let (rows, total) = tokio::task::block_in_place(|| metering.usage(tenant, from, to, group_by))
         .map_err(PlatformError::from)?;
     let rows: Vec<Value> = rows
@@ -179,7 +178,12 @@ pub(crate) async fn records(
     Query(query): Query<RecordsQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(&caller, query.tenant.as_deref())?;
-    let (from, to) = window(query.from.as_deref(), query.to.as_deref())?;
+    let metering = metering(&platform)?;
+    let (from, to) = window(
+        query.from.as_deref(),
+        query.to.as_deref(),
+        metering.now_ms(),
+    )?;
     let limit = query.limit.unwrap_or(RECORDS_PAGE_DEFAULT);
     if !(1..=RECORDS_PAGE_MAX).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -187,7 +191,6 @@ pub(crate) async fn records(
             format!("limit={limit}: ask for 1 to {RECORDS_PAGE_MAX} records a page"),
         ));
     }
-    let metering = metering(&platform)?;
     let (page, next) = tokio::task::block_in_place(|| {
         metering.records_page(tenant, from, to, query.cursor.as_deref(), limit)
     })
@@ -226,8 +229,8 @@ pub(crate) async fn bill(
     Query(query): Query<BillQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant(&caller, query.tenant.as_deref())?;
-    let month = query.month.unwrap_or_else(|| month_of(now_ms()));
     let metering = metering(&platform)?;
+    let month = query.month.unwrap_or_else(|| month_of(metering.now_ms()));
     let (bill, sums) = tokio::task::block_in_place(|| match query.source.as_deref() {
         Some("records") => metering.bill_from_records(tenant, &month),
         _ => metering.bill(tenant, &month),

@@ -14,12 +14,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use chrono::{Datelike, TimeZone, Utc};
 use serde::Serialize;
-use updraft_core::UsageRecord;
 pub use updraft_core::usage::billed_ms;
+use updraft_core::{SharedClock, UsageRecord, system_clock};
 
 pub use prices::{Bill, BillLine, Estimate, Load, PriceSheet, estimate};
 pub use store::{Aggregate, Budget, HOUR_MS, UsageStore};
@@ -73,13 +73,6 @@ pub fn month_of(ms: u64) -> String {
         .single()
         .unwrap_or_default();
     format!("{:04}-{:02}", t.year(), t.month())
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// How long raw usage records are kept by default: long enough to
@@ -153,6 +146,9 @@ pub enum GroupBy {
 /// budgets being watched.
 pub struct Metering {
     store: UsageStore,
+    /// Where "now" comes from: which month a budget counts, which hour's
+    /// log segment a record is written to.
+    clock: SharedClock,
     prices: PriceSheet,
     budgets: RwLock<HashMap<String, BudgetState>>,
     /// Whether any tenant has a budget: without one, the hot path takes no
@@ -162,19 +158,22 @@ pub struct Metering {
 
 impl Metering {
     pub fn open(data_dir: &Path, prices: PriceSheet) -> Result<Metering, MeteringError> {
-        Self::open_with(data_dir, prices, RECORDS_RETENTION_DEFAULT)
+        Self::open_with(data_dir, prices, RECORDS_RETENTION_DEFAULT, system_clock())
     }
 
-    /// Keeps raw records for `retention` (their sums forever).
+    /// Keeps raw records for `retention` (their sums forever), reading the
+    /// date from `clock`.
     pub fn open_with(
         data_dir: &Path,
         prices: PriceSheet,
         retention: Duration,
+        clock: SharedClock,
     ) -> Result<Metering, MeteringError> {
         prices.validate()?;
-        let store = UsageStore::open(data_dir, retention)?;
+        let store = UsageStore::open(data_dir, retention, clock.clone())?;
         let metering = Metering {
             store,
+            clock,
             prices,
             budgets: RwLock::new(HashMap::new()),
             any_budget: AtomicBool::new(false),
@@ -189,6 +188,11 @@ impl Metering {
         &self.prices
     }
 
+    /// Now, by the clock metering reads: what "this month" means.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     /// Refuses a new invocation of a tenant whose budget is spent.
     pub fn check(&self, tenant: &str) -> Result<(), MeteringError> {
         if !self.any_budget.load(Ordering::Relaxed) {
@@ -196,7 +200,7 @@ impl Metering {
         }
         let budgets = self.budgets.read().unwrap_or_else(|e| e.into_inner());
         match budgets.get(tenant) {
-            Some(state) if state.exceeded && state.month == month_of(now_ms()) => {
+            Some(state) if state.exceeded && state.month == month_of(self.now_ms()) => {
                 Err(MeteringError::BudgetExceeded {
                     tenant: tenant.to_string(),
                     budget: usd(state.budget.monthly_cents),
@@ -235,7 +239,14 @@ impl Metering {
             return Vec::new();
         };
         let month = month_of(record.start_ms);
-        if month != state.month {
+        // A record of a month already over (a long attempt that finished
+        // after midnight) is billed to its month, and that month's budget
+        // no longer gates anything: it must not reset this month's count.
+        // ("YYYY-MM" strings order as the months do.)
+        if month < state.month {
+            return Vec::new();
+        }
+        if month > state.month {
             state.month = month;
             state.sums = Aggregate::default();
             state.warned = false;
@@ -283,7 +294,7 @@ impl Metering {
             return Ok(());
         };
         self.store.flush();
-        let month = month_of(now_ms());
+        let month = month_of(self.now_ms());
         let (from, to) = month_range(&month)?;
         let mut sums = Aggregate::default();
         for (_, _, hour) in self.store.hourly(tenant, from, to)? {
@@ -308,7 +319,7 @@ impl Metering {
 
     pub fn budget_status(&self, tenant: &str) -> BudgetStatus {
         let budgets = self.budgets.read().unwrap_or_else(|e| e.into_inner());
-        let month = month_of(now_ms());
+        let month = month_of(self.now_ms());
         match budgets.get(tenant).filter(|s| s.month == month) {
             Some(state) => BudgetStatus {
                 tenant: tenant.to_string(),
@@ -468,7 +479,16 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
-    use updraft_core::Trigger;
+    use std::sync::Arc;
+    use updraft_core::{Clock, ManualClock, Trigger};
+
+    /// 2026-11-15T12:00:00Z: tests take their dates from a manual clock,
+    /// never from the day they run.
+    const MID_NOVEMBER: u64 = 1_763_208_000_000;
+
+    fn open_at(dir: &Path, prices: PriceSheet, clock: &Arc<ManualClock>) -> Metering {
+        Metering::open_with(dir, prices, RECORDS_RETENTION_DEFAULT, clock.clone()).unwrap()
+    }
 
     fn record(tenant: &str, function: &str, start_ms: u64, wall_us: u64) -> UsageRecord {
         UsageRecord {
@@ -515,8 +535,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let month = "2026-11";
         let (start, _) = month_range(month).unwrap();
+        // Written on the third of the month, after every record started.
+        let clock = ManualClock::new(start + 50 * HOUR_MS);
         {
-            let metering = Metering::open(dir.path(), PriceSheet::default()).unwrap();
+            let metering = open_at(dir.path(), PriceSheet::default(), &clock);
             for i in 0..5000u64 {
                 let function = ["f", "g"][(i % 2) as usize];
                 let mut r = record("a", function, start + i * 1000, 1000 + i * 997);
@@ -536,7 +558,7 @@ mod tests {
                 ));
             }
         }
-        let metering = Metering::open(dir.path(), PriceSheet::default()).unwrap();
+        let metering = open_at(dir.path(), PriceSheet::default(), &clock);
         let (bill, sums) = metering.bill("a", month).unwrap();
         let (again, raw) = metering.bill_from_records("a", month).unwrap();
         assert_eq!(sums.invocations, 5000);
@@ -571,9 +593,10 @@ mod tests {
     #[test]
     fn records_written_but_not_summed_before_a_crash_are_summed_once() {
         let dir = tempfile::tempdir().unwrap();
-        let now = now_ms();
+        let now = MID_NOVEMBER;
+        let clock = ManualClock::new(now);
         {
-            let metering = Metering::open(dir.path(), PriceSheet::default()).unwrap();
+            let metering = open_at(dir.path(), PriceSheet::default(), &clock);
             metering.record(record("a", "f", now, 1000));
             metering.flush();
         }
@@ -599,7 +622,7 @@ mod tests {
         std::io::Write::write_all(&mut file, &text).unwrap();
         drop(file);
         for reopened in 0..2 {
-            let metering = Metering::open(dir.path(), PriceSheet::default()).unwrap();
+            let metering = open_at(dir.path(), PriceSheet::default(), &clock);
             let sums = metering.function_usage("a", "f").unwrap();
             assert_eq!((sums.invocations, sums.billed_ms), (3, 6));
             let mut n = 0;
@@ -608,15 +631,15 @@ mod tests {
             // New records append cleanly after the cut.
             metering.record(record("a", "g", now, 1000));
         }
-        let metering = Metering::open(dir.path(), PriceSheet::default()).unwrap();
+        let metering = open_at(dir.path(), PriceSheet::default(), &clock);
         assert_eq!(metering.function_usage("a", "g").unwrap().invocations, 2);
     }
 
     #[test]
     fn records_page_in_start_order_without_gaps_or_repeats() {
         let dir = tempfile::tempdir().unwrap();
-        let metering = Metering::open(dir.path(), PriceSheet::default()).unwrap();
-        let now = now_ms();
+        let now = MID_NOVEMBER;
+        let metering = open_at(dir.path(), PriceSheet::default(), &ManualClock::new(now));
         // Records sharing a start millisecond must still page apart.
         for i in 0..25u64 {
             metering.record(record("a", "f", now + i / 3, 1000 + i));
@@ -654,18 +677,11 @@ mod tests {
     #[test]
     fn budgets_warn_at_80_percent_and_stop_at_100() {
         let dir = tempfile::tempdir().unwrap();
-        let prices = PriceSheet {
-            requests_per_million: 10_000.0, // one cent per invocation
-            gb_second: 0.0,
-            kv_ops_per_million: 0.0,
-            blob_ops_per_million: 0.0,
-            gb_out: 0.0,
-            kv_gb_month: 0.0,
-            blob_gb_month: 0.0,
-        };
-        let metering = Metering::open(dir.path(), prices).unwrap();
+        let prices = cent_per_invocation();
+        let now = MID_NOVEMBER;
+        let clock = ManualClock::new(now);
+        let metering = open_at(dir.path(), prices, &clock);
         metering.set_budget("a", Some(10)).unwrap();
-        let now = now_ms();
         for i in 0..7 {
             assert!(metering.record(record("a", "f", now, i + 1)).is_empty());
         }
@@ -692,10 +708,90 @@ mod tests {
         metering.check("b").unwrap();
         // Survives a restart; raising the budget lets invocations through.
         drop(metering);
-        let metering = Metering::open(dir.path(), prices).unwrap();
+        let metering = open_at(dir.path(), prices, &clock);
         assert!(metering.check("a").is_err());
         metering.set_budget("a", Some(1000)).unwrap();
         metering.check("a").unwrap();
         assert_eq!(metering.budget_status("a").spent_cents, 10);
+    }
+
+    /// One cent per invocation, nothing else: bills count invocations.
+    fn cent_per_invocation() -> PriceSheet {
+        PriceSheet {
+            requests_per_million: 10_000.0,
+            gb_second: 0.0,
+            kv_ops_per_million: 0.0,
+            blob_ops_per_million: 0.0,
+            gb_out: 0.0,
+            kv_gb_month: 0.0,
+            blob_gb_month: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_record_written_after_its_month_ended_is_in_that_months_bill() {
+        let dir = tempfile::tempdir().unwrap();
+        let (december, _) = month_range("2026-12").unwrap();
+        let clock = ManualClock::new(december - 30 * 60_000);
+        let metering = open_at(dir.path(), cent_per_invocation(), &clock);
+        metering.set_budget("a", Some(1000)).unwrap();
+        metering.record(record("a", "f", clock.now_ms(), 1));
+        metering.flush();
+        // Midnight passes while an attempt that started in November runs;
+        // its record is written in December, after December's first.
+        clock.set(december + 30 * 60_000);
+        metering.record(record("a", "f", december + 60_000, 2));
+        metering.record(record("a", "f", december - 15 * 60_000, 3));
+        metering.flush();
+        // And one far later still: the writer was stuck for three weeks.
+        clock.set(december + 21 * 24 * HOUR_MS);
+        metering.record(record("a", "f", december - 10 * 60_000, 4));
+        metering.record(record("a", "f", clock.now_ms(), 5));
+        metering.flush();
+        let segments = std::fs::read_dir(dir.path().join("usage")).unwrap().count();
+        assert_eq!(segments, 3, "written in three different hours");
+        let bills_hold = |metering: &Metering, when: &str| {
+            for (month, n) in [("2026-11", 3), ("2026-12", 2)] {
+                let (bill, sums) = metering.bill("a", month).unwrap();
+                let (again, raw) = metering.bill_from_records("a", month).unwrap();
+                assert_eq!(sums.invocations, n, "{month}, {when}");
+                assert_eq!((bill, sums), (again, raw), "{month}, {when}");
+            }
+        };
+        bills_hold(&metering, "running");
+        // The late November record did not reset December's budget count.
+        assert_eq!(metering.budget_status("a").month, "2026-12");
+        assert_eq!(metering.budget_status("a").spent_cents, 2);
+        drop(metering);
+        bills_hold(
+            &open_at(dir.path(), cent_per_invocation(), &clock),
+            "reopened",
+        );
+    }
+
+    #[test]
+    fn a_late_record_of_last_month_does_not_lift_this_months_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (december, _) = month_range("2026-12").unwrap();
+        let clock = ManualClock::new(december + HOUR_MS);
+        let metering = open_at(dir.path(), cent_per_invocation(), &clock);
+        metering.set_budget("a", Some(2)).unwrap();
+        metering.record(record("a", "f", december + 1, 1));
+        let events = metering.record(record("a", "f", december + 2, 2));
+        assert!(matches!(
+            events.last(),
+            Some(BudgetEvent {
+                kind: BudgetKind::Exceeded,
+                ..
+            })
+        ));
+        assert!(metering.check("a").is_err());
+        assert!(
+            metering
+                .record(record("a", "f", december - 1, 3))
+                .is_empty()
+        );
+        assert!(metering.check("a").is_err(), "December is still spent");
+        assert_eq!(metering.budget_status("a").spent_cents, 2);
     }
 }

@@ -3,6 +3,13 @@
 //! writing), and the
 //! tenant × hour × function sums in `usage.redb` with the tenants' budgets.
 //!
+//! A record lands in the segment of the hour it is *written*, which can be
+//! any time after it started: a long attempt, a storage sample, a writer
+//! held up by a slow disk, a month's end while it was behind. So each
+//! segment's span of start times is kept beside it (`spans`, in memory and
+//! in `usage.redb`), and reading the records of a time range reads every
+//! segment whose span meets the range, however late its records came.
+//!
 //! The request path only hands a record to a channel. A writer thread
 //! wakes every 10 ms, appends what has queued with one `write(2)` (from
 //! then on a `kill -9` loses nothing), syncs the log once a second (a
@@ -10,7 +17,7 @@
 //! together with the log position they include; at start-up the log after
 //! that position is replayed, so every record is summed exactly once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -21,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use updraft_core::{Trigger, UsageRecord};
+use updraft_core::{SharedClock, Trigger, UsageRecord};
 
 use crate::{MeteringError, codec};
 
@@ -34,15 +41,14 @@ const HOURLY: TableDefinition<(&str, u64, &str), &[u8]> = TableDefinition::new("
 const BUDGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("budgets");
 /// "position" → JSON [`Position`]: how much of the log the sums include.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// segment → (earliest, latest) `start_ms` of the records in it.
+const SPANS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("spans");
 
 pub const HOUR_MS: u64 = 3_600_000;
 /// How often the writer drains the channel.
 const WAKE_EVERY: Duration = Duration::from_millis(10);
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
-/// The longest an invocation runs (the largest `timeout_ms`), so a record
-/// is written at most this long after its start.
-const RECORD_LAG_MAX_MS: u64 = 900_000;
 
 /// Sums of usage over some records. Every field is an integer, so a bill
 /// computed from sums is the same however the records were grouped.
@@ -132,6 +138,23 @@ enum Msg {
 
 type SumKey = (Arc<str>, u64, Arc<str>);
 
+/// The earliest and latest `start_ms` in a segment, inclusive.
+type Span = (u64, u64);
+
+/// Every segment's span, shared by the writer (which widens a span before
+/// it writes the records) and readers.
+type Spans = Arc<Mutex<BTreeMap<String, Span>>>;
+
+fn widen(span: Option<Span>, start_ms: u64) -> Span {
+    span.map_or((start_ms, start_ms), |(lo, hi)| {
+        (lo.min(start_ms), hi.max(start_ms))
+    })
+}
+
+fn lock(spans: &Spans) -> std::sync::MutexGuard<'_, BTreeMap<String, Span>> {
+    spans.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Where the sums stop in the log: a segment and a byte offset in it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Position {
@@ -142,6 +165,7 @@ struct Position {
 pub struct UsageStore {
     db: Arc<Database>,
     dir: PathBuf,
+    spans: Spans,
     sender: Mutex<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -170,8 +194,12 @@ fn hour_key(r: &UsageRecord) -> SumKey {
 
 impl UsageStore {
     /// Opens the store; log segments older than `retention` are deleted as
-    /// new ones start (the sums stay).
-    pub fn open(data_dir: &Path, retention: Duration) -> Result<UsageStore, MeteringError> {
+    /// new ones start (the sums stay). `clock` names the segments.
+    pub fn open(
+        data_dir: &Path,
+        retention: Duration,
+        clock: SharedClock,
+    ) -> Result<UsageStore, MeteringError> {
         let dir = data_dir.join("usage");
         std::fs::create_dir_all(&dir).map_err(storage)?;
         let db = Database::create(data_dir.join("usage.redb")).map_err(storage)?;
@@ -181,10 +209,12 @@ impl UsageStore {
         txn.open_table(HOURLY).map_err(storage)?;
         txn.open_table(BUDGETS).map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
+        txn.open_table(SPANS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
-        let mut writer = Writer::open(db.clone(), dir.clone(), retention)?;
+        let mut writer = Writer::open(db.clone(), dir.clone(), retention, clock)?;
         writer.replay()?;
+        let spans = writer.spans.clone();
         let (sender, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("updraft-usage".into())
@@ -193,6 +223,7 @@ impl UsageStore {
         Ok(UsageStore {
             db,
             dir,
+            spans,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(thread)),
         })
@@ -255,13 +286,14 @@ impl UsageStore {
         to_ms: u64,
         mut each: impl FnMut(UsageRecord),
     ) -> Result<(), MeteringError> {
-        // A record is in the segment of the hour it was written, at most
-        // one longest invocation after it started.
-        let first = segment_of(from_ms);
-        let last = segment_of(to_ms.saturating_add(RECORD_LAG_MAX_MS));
+        let spans = lock(&self.spans).clone();
         let mut found = Vec::new();
         for segment in segments(&self.dir)? {
-            if segment < first || segment > last {
+            // A segment without a span is one this store did not write
+            // (copied in by hand): read it rather than miss a record.
+            if let Some(&(lo, hi)) = spans.get(&segment)
+                && (hi < from_ms || lo >= to_ms)
+            {
                 continue;
             }
             let bytes = std::fs::read(self.dir.join(&segment)).map_err(storage)?;
@@ -343,6 +375,11 @@ struct Writer {
     db: Arc<Database>,
     dir: PathBuf,
     retention: Duration,
+    clock: SharedClock,
+    spans: Spans,
+    /// Segments whose span changed (or that were deleted) since the last
+    /// commit.
+    spans_dirty: HashSet<String>,
     file: Option<(String, File)>,
     position: Position,
     sums: HashMap<SumKey, Aggregate>,
@@ -352,19 +389,38 @@ struct Writer {
 }
 
 impl Writer {
-    fn open(db: Arc<Database>, dir: PathBuf, retention: Duration) -> Result<Writer, MeteringError> {
-        let position = {
+    fn open(
+        db: Arc<Database>,
+        dir: PathBuf,
+        retention: Duration,
+        clock: SharedClock,
+    ) -> Result<Writer, MeteringError> {
+        let (position, spans) = {
             let txn = db.begin_read().map_err(storage)?;
             let meta = txn.open_table(META).map_err(storage)?;
-            match meta.get("position").map_err(storage)? {
+            let position = match meta.get("position").map_err(storage)? {
                 Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
                 None => Position::default(),
+            };
+            let mut spans = BTreeMap::new();
+            for entry in txn
+                .open_table(SPANS)
+                .map_err(storage)?
+                .iter()
+                .map_err(storage)?
+            {
+                let (segment, span) = entry.map_err(storage)?;
+                spans.insert(segment.value().to_string(), span.value());
             }
+            (position, spans)
         };
         Ok(Writer {
             db,
             dir,
             retention,
+            clock,
+            spans: Arc::new(Mutex::new(spans)),
+            spans_dirty: HashSet::new(),
             file: None,
             position,
             sums: HashMap::new(),
@@ -376,9 +432,15 @@ impl Writer {
 
     /// Sums the records written after the committed position (a crash
     /// between writing and committing), drops a torn last line, and
-    /// commits.
+    /// commits. Segments from before spans were kept get theirs here, once.
     fn replay(&mut self) -> Result<(), MeteringError> {
-        for segment in segments(&self.dir)? {
+        let all = segments(&self.dir)?;
+        for segment in &all {
+            if !lock(&self.spans).contains_key(segment) {
+                self.measure(segment)?;
+            }
+        }
+        for segment in all {
             if segment < self.position.segment {
                 continue;
             }
@@ -400,6 +462,7 @@ impl Writer {
             while let Some((record, len)) = codec::decode(&bytes[at..]) {
                 if let Some(record) = record {
                     self.add(&record);
+                    self.widen(&segment, record.start_ms);
                 }
                 at += len;
             }
@@ -409,6 +472,29 @@ impl Writer {
             self.position = Position { segment, offset };
         }
         self.persist()
+    }
+
+    /// Reads a whole segment to learn its span.
+    fn measure(&mut self, segment: &str) -> Result<(), MeteringError> {
+        let bytes = std::fs::read(self.dir.join(segment)).map_err(storage)?;
+        let mut at = 0;
+        while let Some((record, len)) = codec::decode(&bytes[at..]) {
+            at += len;
+            if let Some(record) = record {
+                self.widen(segment, record.start_ms);
+            }
+        }
+        Ok(())
+    }
+
+    fn widen(&mut self, segment: &str, start_ms: u64) {
+        let mut spans = lock(&self.spans);
+        let old = spans.get(segment).copied();
+        let new = widen(old, start_ms);
+        if old != Some(new) {
+            spans.insert(segment.to_string(), new);
+            self.spans_dirty.insert(segment.to_string());
+        }
     }
 
     fn add(&mut self, record: &UsageRecord) {
@@ -452,7 +538,8 @@ impl Writer {
                 self.synced = true;
                 last_sync = now;
             }
-            if !self.dirty.is_empty() && (finish || now - last_persist >= PERSIST_EVERY) {
+            let changed = !self.dirty.is_empty() || !self.spans_dirty.is_empty();
+            if changed && (finish || now - last_persist >= PERSIST_EVERY) {
                 if let Err(e) = self.persist() {
                     tracing::error!("usage sums could not be committed: {e}");
                 }
@@ -472,7 +559,14 @@ impl Writer {
         if records.is_empty() {
             return Ok(());
         }
-        let segment = segment_of(crate::now_ms());
+        let segment = segment_of(self.clock.now_ms());
+        // The span grows before the records are written, so a reader never
+        // sees a record outside its segment's span.
+        let starts = records.iter().map(|r| r.start_ms);
+        if let (Some(lo), Some(hi)) = (starts.clone().min(), starts.max()) {
+            self.widen(&segment, lo);
+            self.widen(&segment, hi);
+        }
         if self.file.as_ref().is_none_or(|(name, _)| *name != segment) {
             if let Some((_, old)) = self.file.take() {
                 old.sync_data().map_err(storage)?;
@@ -506,8 +600,11 @@ impl Writer {
     }
 
     /// Deletes the segments older than the retention.
-    fn prune(&self) {
-        let keep_from = crate::now_ms().saturating_sub(self.retention.as_millis() as u64);
+    fn prune(&mut self) {
+        let keep_from = self
+            .clock
+            .now_ms()
+            .saturating_sub(self.retention.as_millis() as u64);
         let oldest_kept = segment_of(keep_from);
         let Ok(all) = segments(&self.dir) else {
             return;
@@ -515,7 +612,11 @@ impl Writer {
         for segment in all {
             if segment < oldest_kept && segment < self.position.segment {
                 match std::fs::remove_file(self.dir.join(&segment)) {
-                    Ok(()) => tracing::info!("usage log {segment} is past its retention: deleted"),
+                    Ok(()) => {
+                        tracing::info!("usage log {segment} is past its retention: deleted");
+                        lock(&self.spans).remove(&segment);
+                        self.spans_dirty.insert(segment);
+                    }
                     Err(e) => tracing::warn!("usage log {segment} could not be deleted: {e}"),
                 }
             }
@@ -545,6 +646,16 @@ impl Writer {
                 let json = serde_json::to_vec(&total).map_err(storage)?;
                 hourly.insert(k, json.as_slice()).map_err(storage)?;
             }
+            let mut table = txn.open_table(SPANS).map_err(storage)?;
+            let spans = lock(&self.spans);
+            for segment in self.spans_dirty.drain() {
+                match spans.get(&segment) {
+                    Some(span) => table.insert(segment.as_str(), span).map_err(storage)?,
+                    None => table.remove(segment.as_str()).map_err(storage)?,
+                };
+            }
+            drop(spans);
+            drop(table);
             let position = serde_json::to_vec(&self.position).map_err(storage)?;
             txn.open_table(META)
                 .map_err(storage)?
@@ -552,5 +663,80 @@ impl Writer {
                 .map_err(storage)?;
         }
         txn.commit().map_err(storage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use updraft_core::{Clock, ManualClock};
+
+    const DAY_MS: u64 = 24 * HOUR_MS;
+    /// 2026-11-15T12:00:00Z.
+    const MID_NOVEMBER: u64 = 1_763_208_000_000;
+
+    fn count(store: &UsageStore, from: u64, to: u64) -> usize {
+        let mut n = 0;
+        store.records("a", from, to, |_| n += 1).unwrap();
+        n
+    }
+
+    #[test]
+    fn segments_from_before_spans_were_kept_are_measured_once_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(MID_NOVEMBER);
+        let open = || UsageStore::open(dir.path(), Duration::from_secs(62 * 86_400), clock.clone());
+        {
+            let store = open().unwrap();
+            // Written ten days after it started.
+            store.push(UsageRecord::storage(
+                "a".into(),
+                MID_NOVEMBER - 10 * DAY_MS,
+                3600,
+                1,
+                1,
+            ));
+            store.flush();
+        }
+        // As a data dir from before spans: the table is gone.
+        {
+            let db = Database::create(dir.path().join("usage.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            assert!(txn.delete_table(SPANS).unwrap());
+            txn.commit().unwrap();
+        }
+        let store = open().unwrap();
+        let day = MID_NOVEMBER - 10 * DAY_MS;
+        assert_eq!(count(&store, day, day + 1), 1);
+        assert_eq!(count(&store, day + 1, MID_NOVEMBER + DAY_MS), 0);
+        assert_eq!(
+            lock(&store.spans).get(&segment_of(MID_NOVEMBER)),
+            Some(&(day, day))
+        );
+    }
+
+    #[test]
+    fn pruned_segments_lose_their_spans() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(MID_NOVEMBER);
+        let store =
+            UsageStore::open(dir.path(), Duration::from_secs(86_400), clock.clone()).unwrap();
+        store.push(UsageRecord::storage("a".into(), MID_NOVEMBER, 1, 1, 1));
+        store.flush();
+        // Segments go as the next ones start, never the open one.
+        for _ in 0..2 {
+            clock.advance(3 * DAY_MS);
+            store.push(UsageRecord::storage("a".into(), clock.now_ms(), 1, 1, 1));
+            store.flush();
+        }
+        let spans = lock(&store.spans).clone();
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        assert!(!spans.contains_key(&segment_of(MID_NOVEMBER)));
+        assert_eq!(count(&store, 0, u64::MAX), 2);
+        drop(store);
+        let store = UsageStore::open(dir.path(), Duration::from_secs(86_400), clock).unwrap();
+        assert_eq!(lock(&store.spans).len(), 2, "the deletion was committed");
     }
 }

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use updraft_core::Trigger;
 use updraft_core::{
-    Digest, EventTrigger, FunctionKind, LogEntry, LogStream, Manifest, Route, VersionRecord,
-    function_key,
+    Digest, EventTrigger, FunctionKind, LogEntry, LogStream, Manifest, Route, SharedClock,
+    VersionRecord, function_key,
 };
 use updraft_metering::{Aggregate, BudgetEvent, BudgetKind, Metering, PriceSheet, usd};
 use updraft_sandbox::{
@@ -54,6 +54,8 @@ pub struct PlatformConfig {
     pub records_retention: Duration,
     /// How often what each tenant stores is sampled for its bill.
     pub storage_sample: Duration,
+    /// The wall clock metering reads its dates from.
+    pub clock: SharedClock,
 }
 
 /// The topic a tenant creates to hear of its budget: 80% spent, all spent.
@@ -79,6 +81,7 @@ impl PlatformConfig {
             metering: true,
             records_retention: updraft_metering::RECORDS_RETENTION_DEFAULT,
             storage_sample: STORAGE_SAMPLE_DEFAULT,
+            clock: updraft_core::system_clock(),
         }
     }
 }
@@ -255,10 +258,12 @@ impl Platform {
         let (kv_config, blob_config) = (config.kv.clone(), config.blobs.clone());
         let blob_bytes_max = config.blob_bytes_max;
         let (metered, prices) = (config.metering, config.prices);
-        let retention = config.records_retention;
+        let (retention, clock) = (config.records_retention, config.clock.clone());
         let stores = tokio::task::spawn_blocking(move || {
             let metering = match metered {
-                true => Some(Arc::new(Metering::open_with(&data_dir, prices, retention)?)),
+                true => Some(Arc::new(Metering::open_with(
+                    &data_dir, prices, retention, clock,
+                )?)),
                 false => None,
             };
             let kv = kv_config.open(&data_dir)?;

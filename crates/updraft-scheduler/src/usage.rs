@@ -161,7 +161,7 @@ impl Body for CountedBody {
 pub(crate) async fn sample_storage(platform: Weak<Platform>, every: Duration) {
     let every_ms = (every.as_millis() as u64).max(1);
     loop {
-        let now = updraft_metering::now_ms();
+        let now = crate::platform::now_ms();
         let slot_end = now - now % every_ms + every_ms;
         tokio::time::sleep(Duration::from_millis(slot_end - now)).await;
         let Some(platform) = platform.upgrade() else {

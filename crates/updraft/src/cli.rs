@@ -53,6 +53,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Colour in log lines: auto (only when stderr is a terminal and
+    /// NO_COLOR is unset), always or never.
+    #[arg(long, global = true, value_enum, default_value_t = clap::ColorChoice::Auto, value_name = "WHEN")]
+    pub color: clap::ColorChoice,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -33,7 +33,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Up(_)));
+    init_tracing(matches!(cli.command, Command::Up(_)), cli.color);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
@@ -46,15 +46,24 @@ async fn main() -> ExitCode {
 
 /// Logs go to stderr so stdout stays clean for `invoke` bodies and `--json`. The
 /// server is chatty at `info`; client commands only speak up when something is wrong.
-/// `RUST_LOG` overrides both.
-fn init_tracing(server: bool) {
+/// `RUST_LOG` overrides both. Colour only where a person reads the log: a
+/// file or a pipe gets plain text.
+fn init_tracing(server: bool, color: clap::ColorChoice) {
     use tracing_subscriber::EnvFilter;
     let default = if server { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = match color {
+        clap::ColorChoice::Always => true,
+        clap::ColorChoice::Never => false,
+        clap::ColorChoice::Auto => {
+            io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    };
     // `try_init`: a second subscriber (e.g. from `up`) must not abort the program.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 

@@ -245,7 +245,7 @@ pub async fn cost(client: &Client, command: CostCommand, json: bool) -> Result<(
 
 /// The average invocation of the last `days` days, and their rate.
 async fn from_usage(client: &Client, days: u32, args: &EstimateArgs) -> Result<Load> {
-    let now = updraft_metering::now_ms();
+    let now = updraft_core::Clock::now_ms(&updraft_core::SystemClock);
     let from = now.saturating_sub(u64::from(days) * 86_400_000);
     let from = humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(from),
