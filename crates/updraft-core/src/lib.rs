@@ -5,6 +5,7 @@
 //! gateway, the scheduler, the sandbox and the state layer agree on one meaning.
 
 pub mod clock;
+pub mod error;
 pub mod log;
 pub mod manifest;
 pub mod tenant;
@@ -12,6 +13,7 @@ pub mod usage;
 pub mod version;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
+pub use error::{BoxError, Classify, ErrorKind, Failure};
 pub use log::{LogEntry, LogStream};
 pub use manifest::{
     FunctionKind, KvTriggerSpec, Limits, Manifest, ManifestError, RetryPolicy, RetrySpec, Route,

@@ -13,8 +13,7 @@ use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use updraft_core::{FunctionKind, LogEntry, Manifest};
-use updraft_scheduler::{Loaded, Platform, PlatformError};
-use updraft_state::Caller;
+use updraft_scheduler::{Caller, Loaded, Platform, PlatformError};
 
 use crate::error::{ApiError, Query};
 

@@ -14,8 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use updraft_scheduler::Platform;
-use updraft_state::{Caller, KeyInfo};
+use updraft_scheduler::{Caller, KeyInfo, Platform};
 
 use crate::api::rfc3339;
 use crate::error::{ApiError, Query};
@@ -36,7 +35,7 @@ pub(crate) fn caller(platform: &Platform, headers: &HeaderMap) -> Result<Caller,
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .unwrap_or_default();
-    platform.tenants().verify(presented).ok_or_else(|| {
+    platform.authenticate(presented).ok_or_else(|| {
         unauthorized(
             "invalid_key",
             "the API key is not valid: it was revoked, or is mistyped. \
@@ -99,12 +98,7 @@ pub(crate) async fn list(
         (false, Some(t)) if t == &*caller.tenant => Some(t),
         (false, Some(_)) => return Err(admin_only("list another tenant's keys")),
     };
-    let keys: Vec<Value> = platform
-        .tenants()
-        .list(tenant)
-        .iter()
-        .map(key_json)
-        .collect();
+    let keys: Vec<Value> = platform.api_keys(tenant).iter().map(key_json).collect();
     Ok(Json(json!({ "keys": keys })))
 }
 
@@ -143,12 +137,8 @@ pub(crate) async fn create(
             "create a key for another tenant, or an admin key",
         ));
     }
-    let (info, key) = tokio::task::block_in_place(|| {
-        platform
-            .tenants()
-            .create_key(tenant, body.admin, &body.label)
-    })
-    .map_err(updraft_scheduler::PlatformError::from)?;
+    let (info, key) =
+        tokio::task::block_in_place(|| platform.create_api_key(tenant, body.admin, &body.label))?;
     let mut out = key_json(&info);
     if let Value::Object(map) = &mut out {
         map.insert("key".into(), json!(key));
@@ -164,8 +154,7 @@ pub(crate) async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let scope = (!caller.admin).then_some(&*caller.tenant);
-    let info = tokio::task::block_in_place(|| platform.tenants().revoke(&id, scope))
-        .map_err(updraft_scheduler::PlatformError::from)?;
+    let info = tokio::task::block_in_place(|| platform.revoke_api_key(&id, scope))?;
     Ok(Json(json!({ "revoked": key_json(&info) })))
 }
 

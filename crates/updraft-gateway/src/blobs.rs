@@ -12,9 +12,7 @@ use axum::{Extension, Json};
 use futures::StreamExt;
 use http::{StatusCode, header};
 use serde_json::json;
-use updraft_scheduler::{Platform, PlatformError};
-use updraft_state::Caller;
-use updraft_state::blob::BLOB_PAGE_MAX;
+use updraft_scheduler::{BLOB_PAGE_MAX, Caller, Platform, PlatformError};
 
 use crate::error::{ApiError, Query};
 use crate::kv::ListQuery;
@@ -36,13 +34,11 @@ pub(crate) async fn list(
     Path(container): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let id = platform.blob_container(&caller.tenant, &container)?;
+    let container = platform.blob_container(&caller.tenant, &container)?;
     let limit = query.limit(BLOB_PAGE_MAX);
-    let page = platform
-        .blobs()
-        .list(&id, &query.prefix, query.cursor.as_deref(), limit)
-        .await
-        .map_err(PlatformError::from)?;
+    let page = container
+        .list(&query.prefix, query.cursor.as_deref(), limit)
+        .await?;
     Ok(Json(page).into_response())
 }
 
@@ -52,12 +48,10 @@ pub(crate) async fn get(
     Extension(caller): Extension<Caller>,
     Path((container, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = platform.blob_container(&caller.tenant, &container)?;
     let (size, stream) = platform
-        .blobs()
-        .stream(&id, &key)
-        .await
-        .map_err(PlatformError::from)?;
+        .blob_container(&caller.tenant, &container)?
+        .stream(&key)
+        .await?;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -76,16 +70,16 @@ pub(crate) async fn put(
     Path((container, key)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let id = platform.blob_container(&caller.tenant, &container)?;
-    let blobs = platform.blobs();
-    let mut writer = blobs.writer(&id, &key).await.map_err(PlatformError::from)?;
+    let mut writer = platform
+        .blob_container(&caller.tenant, &container)?
+        .writer(&key)
+        .await?;
     let mut body = request.into_body().into_data_stream();
     while let Some(chunk) = body.next().await {
         let written = match chunk {
             Ok(chunk) => writer.write(chunk).await.map_err(PlatformError::from),
-            Err(e) => Err(PlatformError::BadRequest(format!(
-                "the upload was cut off ({e}): nothing was stored, send it again"
-            ))),
+            // Cut off: nothing is stored, and it is not a size problem.
+            Err(e) => Err(PlatformError::BodyRead(e.into_inner())),
         };
         if let Err(e) = written {
             writer.abort().await;
@@ -106,11 +100,9 @@ pub(crate) async fn delete(
     Extension(caller): Extension<Caller>,
     Path((container, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = platform.blob_container(&caller.tenant, &container)?;
     platform
-        .blobs()
-        .delete(&id, &key)
-        .await
-        .map_err(PlatformError::from)?;
+        .blob_container(&caller.tenant, &container)?
+        .delete(&key)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -4,13 +4,8 @@
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use updraft_metering::MeteringError;
-use updraft_sandbox::{InvokeError, PrepareError};
+use updraft_core::{Classify, ErrorKind};
 use updraft_scheduler::PlatformError;
-use updraft_state::StateError;
-use updraft_state::blob::BlobError;
-use updraft_state::kv::KvError;
-use updraft_state::queue::QueueError;
 
 /// An error as the API client sees it.
 #[derive(Debug)]
@@ -18,6 +13,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Set on internal errors: the id the server logged the detail under.
+    pub error_id: Option<String>,
 }
 
 impl ApiError {
@@ -26,6 +23,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            error_id: None,
         }
     }
 
@@ -36,92 +34,72 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": { "code": self.code, "message": self.message }
-        });
-        (self.status, Json(body)).into_response()
+        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
+        if let (Some(id), Some(map)) = (self.error_id, error.as_object_mut()) {
+            map.insert("id".into(), id.into());
+        }
+        (self.status, Json(serde_json::json!({ "error": error }))).into_response()
+    }
+}
+
+/// The one place where a kind of error becomes an HTTP status.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    use StatusCode as S;
+    match kind {
+        ErrorKind::NotFound => S::NOT_FOUND,
+        ErrorKind::Invalid => S::BAD_REQUEST,
+        ErrorKind::Conflict => S::CONFLICT,
+        ErrorKind::TooLarge => S::PAYLOAD_TOO_LARGE,
+        ErrorKind::Forbidden => S::FORBIDDEN,
+        ErrorKind::BudgetSpent => S::PAYMENT_REQUIRED,
+        ErrorKind::OutOfRange => S::RANGE_NOT_SATISFIABLE,
+        ErrorKind::Busy | ErrorKind::Unavailable => S::SERVICE_UNAVAILABLE,
+        ErrorKind::Timeout => S::GATEWAY_TIMEOUT,
+        _ => S::INTERNAL_SERVER_ERROR,
     }
 }
 
 impl From<PlatformError> for ApiError {
+    /// Status by kind, code by error. A failure of the platform itself
+    /// answers a generic message and an error id, and the whole story
+    /// (sources, paths, database messages) goes to the server's log under
+    /// that id: internals are not the client's to read. A function's own
+    /// failure keeps its message, which is written for its author.
     fn from(e: PlatformError) -> ApiError {
-        use StatusCode as S;
-        let message = e.to_string();
-        let (status, code) = match &e {
-            PlatformError::Manifest(_) => (S::BAD_REQUEST, "invalid_manifest"),
-            PlatformError::BadRequest(_) => (S::BAD_REQUEST, "bad_request"),
-            PlatformError::Busy(_) => (S::SERVICE_UNAVAILABLE, "busy"),
-            PlatformError::Prepare(p) => match p {
-                PrepareError::NotWasm => (S::BAD_REQUEST, "not_wasm"),
-                PrepareError::Invalid(_) => (S::BAD_REQUEST, "invalid_wasm"),
-                PrepareError::UnknownWorld
-                | PrepareError::NoStart
-                | PrepareError::KindMismatch { .. } => (S::BAD_REQUEST, "wrong_world"),
-                PrepareError::Link(_) => (S::BAD_REQUEST, "link_error"),
-                PrepareError::ReuseForCommand => (S::BAD_REQUEST, "invalid_manifest"),
-                _ => (S::INTERNAL_SERVER_ERROR, "internal"),
-            },
-            PlatformError::State(s) => match s {
-                StateError::FunctionNotFound(_) => (S::NOT_FOUND, "function_not_found"),
-                StateError::VersionNotFound { .. } => (S::NOT_FOUND, "version_not_found"),
-                StateError::RouteConflict { .. } => (S::CONFLICT, "route_conflict"),
-                StateError::KeyNotFound(_) => (S::NOT_FOUND, "key_not_found"),
-                StateError::Invalid(_) => (S::BAD_REQUEST, "bad_request"),
-                _ => (S::INTERNAL_SERVER_ERROR, "storage"),
-            },
-            PlatformError::NotInUse { what, .. } if what.starts_with("blob") => {
-                (S::NOT_FOUND, "container_not_found")
-            }
-            PlatformError::NotInUse { .. } => (S::NOT_FOUND, "store_not_found"),
-            PlatformError::Blob(b) => match b {
-                BlobError::BadKey { .. } => (S::BAD_REQUEST, "invalid_key"),
-                BlobError::NotFound { .. } => (S::NOT_FOUND, "blob_not_found"),
-                BlobError::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "blob_too_large"),
-                BlobError::BadRange { .. } => (S::RANGE_NOT_SATISFIABLE, "invalid_range"),
-                BlobError::BadCursor { .. } => (S::BAD_REQUEST, "invalid_cursor"),
-                _ => (S::INTERNAL_SERVER_ERROR, "storage"),
-            },
-            PlatformError::KeyNotFound { .. } => (S::NOT_FOUND, "key_not_found"),
-            PlatformError::Kv(k) => match k {
-                KvError::KeyEmpty | KvError::KeyTooLong { .. } => (S::BAD_REQUEST, "invalid_key"),
-                KvError::ValueTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "value_too_large"),
-                KvError::BatchTooLarge { .. } => (S::BAD_REQUEST, "batch_too_large"),
-                KvError::BadCursor { .. } => (S::BAD_REQUEST, "invalid_cursor"),
-                KvError::NotAnInteger { .. } => (S::CONFLICT, "not_an_integer"),
-                KvError::Overflow { .. } => (S::CONFLICT, "overflow"),
-                _ => (S::INTERNAL_SERVER_ERROR, "storage"),
-            },
-            PlatformError::Invoke(i) => (
-                match i {
-                    InvokeError::Timeout { .. } => S::GATEWAY_TIMEOUT,
-                    InvokeError::RequestTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
-                    InvokeError::Instantiate(_) => S::SERVICE_UNAVAILABLE,
-                    _ => S::INTERNAL_SERVER_ERROR,
-                },
-                i.code(),
-            ),
-            PlatformError::InvalidEvent(_) => (S::BAD_REQUEST, "invalid_cloudevent"),
-            PlatformError::UnknownChannel(_) => (S::NOT_FOUND, "channel_not_found"),
-            PlatformError::Trigger(_) => (S::BAD_REQUEST, "invalid_trigger"),
-            PlatformError::ChannelInUse { .. } => (S::CONFLICT, "channel_in_use"),
-            PlatformError::Queue(q) => match q {
-                QueueError::PayloadTooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
-                QueueError::ChannelNotFound { .. } => (S::NOT_FOUND, "channel_not_found"),
-                QueueError::ChannelConflict { .. } => (S::CONFLICT, "channel_conflict"),
-                QueueError::BadChannel(_) => (S::BAD_REQUEST, "bad_request"),
-                QueueError::IdempotencyKeyTooLong { .. } => (S::BAD_REQUEST, "bad_request"),
-                QueueError::NotInFlight { .. } => (S::CONFLICT, "not_in_flight"),
-                _ => (S::INTERNAL_SERVER_ERROR, "storage"),
-            },
-            PlatformError::Metering(m) => match m {
-                MeteringError::BudgetExceeded { .. } => (S::PAYMENT_REQUIRED, "budget_exceeded"),
-                MeteringError::Invalid(_) => (S::BAD_REQUEST, "bad_request"),
-                _ => (S::INTERNAL_SERVER_ERROR, "storage"),
-            },
-            _ => (S::INTERNAL_SERVER_ERROR, "internal"),
-        };
-        ApiError::new(status, code, message)
+        let kind = e.kind();
+        let mut error = ApiError::new(status_of(kind), e.code(), e.to_string());
+        if kind == ErrorKind::Internal && !e.is_guest_fault() {
+            let id = uuid::Uuid::now_v7().to_string();
+            tracing::error!(error_id = %id, "internal error: {}", updraft_core::error::chain(&e));
+            error.message = format!(
+                "internal error {id}: the server failed, not your request. Retry; if it \
+                 persists, give this id to the server's operator (its log has the detail)"
+            );
+            error.error_id = Some(id);
+        }
+        error
     }
+}
+
+/// Reads a whole body of at most `limit` bytes. Past the limit is the
+/// caller's `too_large` error; a body that breaks off before its end (the
+/// client went away) is [`PlatformError::BodyRead`], never "too large".
+pub(crate) async fn read_body<E>(
+    body: axum::body::Body,
+    limit: usize,
+    too_large: impl FnOnce() -> E,
+) -> Result<bytes::Bytes, ApiError>
+where
+    E: Into<ApiError>,
+{
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner.is::<http_body_util::LengthLimitError>() {
+            too_large().into()
+        } else {
+            PlatformError::BodyRead(inner).into()
+        }
+    })
 }
 
 /// Adds "see the logs" to invocation failures, which is where the detail is.
@@ -163,5 +141,84 @@ where
                     ),
                 )
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use updraft_core::Failure;
+    use updraft_scheduler::{InvokeError, KvError};
+
+    #[test]
+    fn a_500_of_the_platform_shows_no_internal_text() {
+        let secret = "/srv/updraft/data/kv.redb: Input/output error (os error 5)";
+        let failure = Failure::context("writing the page", std::io::Error::other(secret));
+        let error = ApiError::from(PlatformError::Kv(KvError::Storage(failure)));
+        assert_eq!(error.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(error.code, "storage");
+        assert!(!error.message.contains("kv.redb"), "{}", error.message);
+        assert!(
+            !error.message.contains("writing the page"),
+            "{}",
+            error.message
+        );
+        let id = error.error_id.clone().unwrap();
+        assert!(error.message.contains(&id), "the id is in the message");
+        let response = error.into_response();
+        assert_eq!(response.status(), 500);
+    }
+
+    #[test]
+    fn a_functions_own_failure_keeps_its_message() {
+        let trap = PlatformError::Invoke(InvokeError::Trap {
+            message: "index out of bounds".into(),
+        });
+        let error = ApiError::from(trap);
+        assert_eq!((error.status.as_u16(), error.code), (500, "trap"));
+        assert!(error.message.contains("index out of bounds"));
+        assert!(error.error_id.is_none());
+    }
+
+    #[test]
+    fn every_kind_has_its_status() {
+        let cases = [
+            (ErrorKind::NotFound, 404),
+            (ErrorKind::Invalid, 400),
+            (ErrorKind::Conflict, 409),
+            (ErrorKind::TooLarge, 413),
+            (ErrorKind::Forbidden, 403),
+            (ErrorKind::BudgetSpent, 402),
+            (ErrorKind::OutOfRange, 416),
+            (ErrorKind::Busy, 503),
+            (ErrorKind::Unavailable, 503),
+            (ErrorKind::Timeout, 504),
+            (ErrorKind::Internal, 500),
+        ];
+        for (kind, status) in cases {
+            assert_eq!(status_of(kind).as_u16(), status, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn client_errors_keep_their_message_and_code() {
+        let error = ApiError::from(PlatformError::Kv(KvError::ValueTooLarge { len: 9 }));
+        assert_eq!(
+            (error.status.as_u16(), error.code),
+            (413, "value_too_large")
+        );
+        assert!(error.message.contains("store large data as a blob"));
+        let error = ApiError::from(PlatformError::function_not_found("f"));
+        assert_eq!(
+            (error.status.as_u16(), error.code),
+            (404, "function_not_found")
+        );
+        let error = ApiError::from(PlatformError::BodyRead("reset".into()));
+        assert_eq!(
+            (error.status.as_u16(), error.code),
+            (400, "body_read_failed")
+        );
     }
 }

@@ -9,12 +9,10 @@ use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, Uri, header};
 use updraft_core::{FunctionKind, LOCAL_TENANT, RouteAuth, Trigger};
-use updraft_scheduler::{AsyncRequest, InvokeError, Loaded, Platform, PlatformError};
-
-use updraft_state::Caller;
+use updraft_scheduler::{AsyncRequest, Caller, InvokeError, Loaded, Platform, PlatformError};
 
 use crate::auth::caller;
-use crate::error::{ApiError, invocation_error};
+use crate::error::{ApiError, invocation_error, read_body};
 
 /// Response header carrying the invocation id (also in the logs).
 pub const INVOCATION_ID_HEADER: &str = "updraft-invocation-id";
@@ -97,10 +95,7 @@ pub(crate) async fn invoke_api(
 ) -> Response {
     request.headers_mut().remove(header::AUTHORIZATION);
     let Some(loaded) = platform.get(&caller.tenant, &name) else {
-        return ApiError::from(PlatformError::State(
-            updraft_state::StateError::FunctionNotFound(name),
-        ))
-        .into_response();
+        return ApiError::from(PlatformError::function_not_found(name)).into_response();
     };
     let (asynchronous, query) = split_mode(request.uri().query(), request.headers());
     let path_and_query = match query {
@@ -155,9 +150,10 @@ async fn invoke_async(
 ) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let limit = loaded.version.limits.request_body_bytes_max;
-    let body = axum::body::to_bytes(body, limit as usize)
-        .await
-        .map_err(|_| PlatformError::Invoke(InvokeError::RequestTooLarge { limit }))?;
+    let body = read_body(body, limit as usize, || {
+        PlatformError::Invoke(InvokeError::RequestTooLarge { limit })
+    })
+    .await?;
     let key = match parts.headers.get(IDEMPOTENCY_KEY_HEADER) {
         Some(value) => Some(
             value
@@ -219,14 +215,13 @@ async fn invoke(
         }
         FunctionKind::Command => {
             let limit = loaded.version.limits.request_body_bytes_max;
-            let body = match axum::body::to_bytes(request.into_body(), limit as usize).await {
+            let body = match read_body(request.into_body(), limit as usize, || {
+                PlatformError::Invoke(InvokeError::RequestTooLarge { limit })
+            })
+            .await
+            {
                 Ok(body) => body,
-                Err(_) => {
-                    return ApiError::from(PlatformError::Invoke(InvokeError::RequestTooLarge {
-                        limit,
-                    }))
-                    .into_response();
-                }
+                Err(e) => return e.into_response(),
             };
             let (id, result) = platform.invoke_command(&loaded, body, trigger).await;
             (id, result.map(|stdout| Response::new(Body::from(stdout))))

@@ -11,11 +11,9 @@ use axum::{Extension, Json};
 use http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::json;
-use updraft_scheduler::{Platform, PlatformError};
-use updraft_state::Caller;
-use updraft_state::kv::{KvError, LIST_PAGE_MAX, VALUE_BYTES_MAX};
+use updraft_scheduler::{Caller, KvError, LIST_PAGE_MAX, Platform, PlatformError, VALUE_BYTES_MAX};
 
-use crate::error::{ApiError, Query};
+use crate::error::{ApiError, Query, read_body};
 
 type Shared = State<Arc<Platform>>;
 
@@ -53,13 +51,11 @@ pub(crate) async fn list(
     Path(store): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let id = platform.kv_store(&caller.tenant, &store)?;
+    let store = platform.kv_store(&caller.tenant, &store)?;
     let limit = query.limit(LIST_PAGE_MAX);
-    let page = platform
-        .kv()
-        .list(&id, &query.prefix, query.cursor.as_deref(), limit)
-        .await
-        .map_err(PlatformError::from)?;
+    let page = store
+        .list(&query.prefix, query.cursor.as_deref(), limit)
+        .await?;
     Ok(Json(page).into_response())
 }
 
@@ -69,18 +65,8 @@ pub(crate) async fn get(
     Extension(caller): Extension<Caller>,
     Path((store, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = platform.kv_store(&caller.tenant, &store)?;
-    match platform
-        .kv()
-        .get(&id, &key)
-        .await
-        .map_err(PlatformError::from)?
-    {
-        Some(value) => {
-            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
-        }
-        None => Err(PlatformError::KeyNotFound { store, key }.into()),
-    }
+    let value = platform.kv_store(&caller.tenant, &store)?.get(&key).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response())
 }
 
 /// `PUT /v1/kv/{store}/{key}`: the body becomes the value.
@@ -90,20 +76,15 @@ pub(crate) async fn put(
     Path((store, key)): Path<(String, String)>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let id = platform.kv_store(&caller.tenant, &store)?;
+    let store = platform.kv_store(&caller.tenant, &store)?;
     // Read one byte past the limit, so the error can tell how much is too much.
-    let value = axum::body::to_bytes(request.into_body(), VALUE_BYTES_MAX + 1)
-        .await
-        .map_err(|_| {
-            PlatformError::from(KvError::ValueTooLarge {
-                len: VALUE_BYTES_MAX + 1,
-            })
-        })?;
-    platform
-        .kv()
-        .set(&id, &key, value.to_vec())
-        .await
-        .map_err(PlatformError::from)?;
+    let value = read_body(request.into_body(), VALUE_BYTES_MAX + 1, || {
+        PlatformError::from(KvError::ValueTooLarge {
+            len: VALUE_BYTES_MAX + 1,
+        })
+    })
+    .await?;
+    store.set(&key, value.to_vec()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -113,11 +94,9 @@ pub(crate) async fn delete(
     Extension(caller): Extension<Caller>,
     Path((store, key)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = platform.kv_store(&caller.tenant, &store)?;
     platform
-        .kv()
-        .delete(&id, &key)
-        .await
-        .map_err(PlatformError::from)?;
+        .kv_store(&caller.tenant, &store)?
+        .delete(&key)
+        .await?;
     Ok((StatusCode::NO_CONTENT, Body::empty()).into_response())
 }

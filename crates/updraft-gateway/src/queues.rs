@@ -13,12 +13,11 @@ use http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use updraft_scheduler::{
-    BATCH_BYTES_MAX, Event, InvocationStatus, Outgoing, Platform, PlatformError, Published,
+    BATCH_BYTES_MAX, Caller, ChannelKind, Event, InvocationStatus, Outgoing, PAYLOAD_BYTES_MAX,
+    Platform, PlatformError, Published, QueueError,
 };
-use updraft_state::Caller;
-use updraft_state::queue::{ChannelKind, PAYLOAD_BYTES_MAX, QueueError};
 
-use crate::error::{ApiError, Query};
+use crate::error::{ApiError, Query, read_body};
 
 type Shared = State<Arc<Platform>>;
 
@@ -194,19 +193,18 @@ pub(crate) async fn publish(
     } else {
         PAYLOAD_BYTES_MAX
     };
-    let body = axum::body::to_bytes(request.into_body(), limit)
-        .await
-        .map_err(|_| match batch {
-            true => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the batch is over {BATCH_BYTES_MAX} bytes: split it"),
-            ),
-            false => PlatformError::Queue(QueueError::PayloadTooLarge {
-                len: PAYLOAD_BYTES_MAX + 1,
-            })
-            .into(),
-        })?;
+    let body = read_body(request.into_body(), limit, || match batch {
+        true => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the batch is over {BATCH_BYTES_MAX} bytes: split it"),
+        ),
+        false => PlatformError::Queue(QueueError::PayloadTooLarge {
+            len: PAYLOAD_BYTES_MAX + 1,
+        })
+        .into(),
+    })
+    .await?;
     let events = match content_type.as_deref() {
         _ if batch => Outgoing::batch(&body)?,
         Some(t) if t.starts_with("application/cloudevents+json") => {

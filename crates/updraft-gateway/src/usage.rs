@@ -13,8 +13,7 @@ use http::{StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use updraft_metering::{Aggregate, GroupBy, HOUR_MS, Metering, month_of, month_range};
-use updraft_scheduler::{Platform, PlatformError};
-use updraft_state::Caller;
+use updraft_scheduler::{Caller, Platform, PlatformError};
 
 use crate::error::{ApiError, Query};
 

@@ -39,8 +39,27 @@ pub enum MeteringError {
     },
     #[error("{0}")]
     Invalid(String),
-    #[error("usage storage failed: {0}")]
-    Storage(String),
+    /// The usage log or its database failed: the detail is in the source.
+    #[error("usage storage failed")]
+    Storage(#[from] updraft_core::Failure),
+}
+
+impl updraft_core::Classify for MeteringError {
+    fn kind(&self) -> updraft_core::ErrorKind {
+        match self {
+            MeteringError::BudgetExceeded { .. } => updraft_core::ErrorKind::BudgetSpent,
+            MeteringError::Invalid(_) => updraft_core::ErrorKind::Invalid,
+            MeteringError::Storage(_) => updraft_core::ErrorKind::Internal,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            MeteringError::BudgetExceeded { .. } => "budget_exceeded",
+            MeteringError::Invalid(_) => "bad_request",
+            MeteringError::Storage(_) => "storage",
+        }
+    }
 }
 
 /// An amount in cents as people read it: `$12.05`.

@@ -170,8 +170,8 @@ pub struct UsageStore {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
-fn storage(e: impl std::fmt::Display) -> MeteringError {
-    MeteringError::Storage(e.to_string())
+fn storage(e: impl std::error::Error + Send + Sync + 'static) -> MeteringError {
+    MeteringError::Storage(updraft_core::Failure::new(e))
 }
 
 /// The log segment of an instant: `2026-11-27T05.usage`.

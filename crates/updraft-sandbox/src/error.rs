@@ -1,7 +1,7 @@
 //! Errors of the sandbox: why a Wasm binary could not be prepared, and why an
 //! invocation failed. Messages are written for the function's author.
 
-use updraft_core::FunctionKind;
+use updraft_core::{Classify, ErrorKind, FunctionKind};
 
 /// Why a binary was rejected at deploy. Every variant maps to HTTP 400 except
 /// [`PrepareError::Internal`] (500).
@@ -83,7 +83,53 @@ pub enum InvokeError {
     Internal(String),
 }
 
+impl Classify for PrepareError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PrepareError::Internal(_) => ErrorKind::Internal,
+            _ => ErrorKind::Invalid,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            PrepareError::NotWasm => "not_wasm",
+            PrepareError::Invalid(_) => "invalid_wasm",
+            PrepareError::UnknownWorld
+            | PrepareError::NoStart
+            | PrepareError::KindMismatch { .. } => "wrong_world",
+            PrepareError::Link(_) => "link_error",
+            PrepareError::ReuseForCommand => "invalid_manifest",
+            PrepareError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl Classify for InvokeError {
+    /// What the function did wrong is `Internal` from the caller's point of
+    /// view (a 500, as every serverless platform answers a crashed handler),
+    /// and worth a retry for an async invocation.
+    fn kind(&self) -> ErrorKind {
+        match self {
+            InvokeError::Timeout { .. } => ErrorKind::Timeout,
+            InvokeError::RequestTooLarge { .. } => ErrorKind::TooLarge,
+            InvokeError::Instantiate(_) => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        InvokeError::code(self)
+    }
+}
+
 impl InvokeError {
+    /// Whether the guest is to blame (its code, its limits), rather than the
+    /// platform: its message is the function author's to read.
+    pub fn is_guest_fault(&self) -> bool {
+        !matches!(self, InvokeError::Instantiate(_) | InvokeError::Internal(_))
+    }
+
     /// The error's short code, as the API and usage records show it.
     pub fn code(&self) -> &'static str {
         match self {

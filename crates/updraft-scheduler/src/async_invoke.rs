@@ -253,8 +253,8 @@ impl Platform {
             .map_err(queue_error)?;
         self.ensure_dispatcher(&loaded.tenant, &loaded.name, Source::Function);
         accepted.into_iter().next().ok_or_else(|| {
-            PlatformError::Queue(updraft_state::queue::QueueError::Storage(
-                "the queue accepted nothing".into(),
+            PlatformError::Queue(updraft_state::queue::QueueError::storage(
+                "the queue accepted nothing",
             ))
         })
     }
@@ -280,9 +280,12 @@ impl Platform {
         };
         Ok(Some(match state {
             MessageState::Done { outcome } => serde_json::from_slice(&outcome).map_err(|e| {
-                PlatformError::Queue(updraft_state::queue::QueueError::Storage(format!(
-                    "the result of invocation {id} is unreadable: {e}"
-                )))
+                PlatformError::Queue(updraft_state::queue::QueueError::Storage(
+                    updraft_core::Failure::context(
+                        format!("the result of invocation {id} is unreadable"),
+                        e,
+                    ),
+                ))
             })?,
             MessageState::Waiting {
                 queue,
@@ -503,7 +506,7 @@ async fn run(
     let started_ms = now_ms();
     let outcome = match Work::decode(std::mem::take(&mut message.payload)) {
         Some(work) => attempt(platform, loaded, work, &message).await,
-        None => Err("the stored request is unreadable".to_string()),
+        None => Err(AttemptError::permanent("the stored request is unreadable")),
     };
     let queues = platform.queues();
     let settled = match outcome {
@@ -523,9 +526,13 @@ async fn run(
             let outcome = serde_json::to_vec(&status).unwrap_or_default();
             queues.ack(queue, id, outcome).await
         }
-        Err(error) => {
+        Err(AttemptError { reason, permanent }) => {
             let attempts = message.attempts + 1;
             let policy = loaded.version.limits.retry;
+            let error = match permanent {
+                true => format!("{reason} (not retried: another attempt cannot succeed)"),
+                false => reason,
+            };
             platform.platform_log(
                 &loaded.key,
                 &format!(
@@ -533,7 +540,7 @@ async fn run(
                     policy.max_attempts
                 ),
             );
-            if attempts >= policy.max_attempts {
+            if permanent || attempts >= policy.max_attempts {
                 let dlq = dead_letter_queue(&loaded.tenant, &loaded.name);
                 queues.move_to(queue, id, &dlq, error).await
             } else {
@@ -551,6 +558,42 @@ async fn run(
     }
 }
 
+/// Why an attempt failed, and whether another attempt could succeed. A
+/// crash, a timeout or a 5xx answer may pass; a spent budget, a function
+/// that refuses the input or an unreadable stored request will not, so
+/// those dead-letter at once, with their reason.
+#[derive(Debug)]
+struct AttemptError {
+    reason: String,
+    permanent: bool,
+}
+
+impl AttemptError {
+    fn permanent(reason: impl Into<String>) -> AttemptError {
+        AttemptError {
+            reason: reason.into(),
+            permanent: true,
+        }
+    }
+
+    fn transient(reason: impl Into<String>) -> AttemptError {
+        AttemptError {
+            reason: reason.into(),
+            permanent: false,
+        }
+    }
+}
+
+impl From<PlatformError> for AttemptError {
+    fn from(e: PlatformError) -> AttemptError {
+        use updraft_core::Classify;
+        AttemptError {
+            permanent: !e.kind().is_transient(),
+            reason: e.to_string(),
+        }
+    }
+}
+
 /// One attempt: the function's response, or why it failed. A 5xx answer
 /// is a failure (retried); anything else is the function's result.
 async fn attempt(
@@ -558,14 +601,10 @@ async fn attempt(
     loaded: &Arc<Loaded>,
     work: Work,
     message: &Message,
-) -> Result<InvocationResult, String> {
+) -> Result<InvocationResult, AttemptError> {
     let id = &message.id.to_string();
     let direct = match &work {
-        Work::Event(_) | Work::Json(_) => platform
-            .ensure_prepared(loaded)
-            .await
-            .map_err(|e| e.to_string())?
-            .takes_calls(),
+        Work::Event(_) | Work::Json(_) => platform.ensure_prepared(loaded).await?.takes_calls(),
         Work::Request(_) => false,
     };
     let request = match work {
@@ -579,7 +618,9 @@ async fn attempt(
         Work::Request(request) => request,
         Work::Json(json) => match loaded.version.kind {
             FunctionKind::Http => Event::from_structured(&json)
-                .map_err(|e| format!("the stored event is unreadable: {e}"))?
+                .map_err(|e| {
+                    AttemptError::permanent(format!("the stored event is unreadable: {e}"))
+                })?
                 .binary_request(id, message.enqueued_ms),
             FunctionKind::Command => AsyncRequest {
                 method: "POST".into(),
@@ -614,17 +655,19 @@ async fn attempt(
             }
             let request = builder
                 .body(http_body_util::Full::new(request.body))
-                .map_err(|e| format!("the stored request is invalid: {e}"))?;
+                .map_err(|e| {
+                    AttemptError::permanent(format!("the stored request is invalid: {e}"))
+                })?;
             let (_, response) = platform
                 .invoke_http_as(loaded, request, Trigger::Async, id.to_string(), None)
                 .await;
-            let response = response.map_err(|e| e.to_string())?;
+            let response = response?;
             let status = response.status().as_u16();
             let body = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| format!("the response body failed: {e}"))?
+                .map_err(|e| AttemptError::transient(format!("the response body failed: {e}")))?
                 .to_bytes();
             (status, body)
         }
@@ -632,7 +675,7 @@ async fn attempt(
             let (_, stdout) = platform
                 .invoke_command_as(loaded, request.body, Trigger::Async, id.to_string(), None)
                 .await;
-            (200, stdout.map_err(|e| e.to_string())?)
+            (200, stdout?)
         }
     };
     settle_response(status, &body)
@@ -644,20 +687,22 @@ async fn handle_event(
     loaded: &Arc<Loaded>,
     id: &str,
     json: Bytes,
-) -> Result<InvocationResult, String> {
+) -> Result<InvocationResult, AttemptError> {
     let (_, response) = platform
         .invoke_handler_as(loaded, json, Trigger::Async, id.to_string(), None)
         .await;
-    let (status, body) = response.map_err(|e| e.to_string())?;
+    let (status, body) = response?;
     settle_response(status, &body)
 }
 
 /// A 5xx answer is a failure (retried); anything else is the result.
-fn settle_response(status: u16, body: &[u8]) -> Result<InvocationResult, String> {
+fn settle_response(status: u16, body: &[u8]) -> Result<InvocationResult, AttemptError> {
     let truncated = body.len() > RESULT_BYTES_MAX;
     let text = String::from_utf8_lossy(&body[..body.len().min(RESULT_BYTES_MAX)]).into_owned();
     if status >= 500 {
-        return Err(format!("the function answered HTTP {status}: {text}"));
+        return Err(AttemptError::transient(format!(
+            "the function answered HTTP {status}: {text}"
+        )));
     }
     Ok(InvocationResult {
         status,

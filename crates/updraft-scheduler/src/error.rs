@@ -1,6 +1,8 @@
 //! Errors of the platform operations, gathering those of the layers below.
+//! Every one has a [`ErrorKind`] and a code ([`Classify`]), so whoever shows
+//! it (the gateway, an async attempt) decides by kind, not by variant.
 
-use updraft_core::ManifestError;
+use updraft_core::{Classify, ErrorKind, ManifestError};
 use updraft_sandbox::{InvokeError, PrepareError};
 use updraft_state::StateError;
 use updraft_state::blob::BlobError;
@@ -65,4 +67,83 @@ pub enum PlatformError {
     /// 400 for bad input (413 for a payload too large); 500 for storage.
     #[error(transparent)]
     Queue(#[from] updraft_state::queue::QueueError),
+    /// 400: the request body stopped before its end (the client went away
+    /// or sent a broken chunked body); not a size problem.
+    #[error(
+        "the request body could not be read to its end (the client stopped sending it, or its \
+         framing is broken): send the whole body"
+    )]
+    BodyRead(#[source] updraft_core::BoxError),
+    /// 403.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 500: a task of the platform failed (a panic, a cancelled worker).
+    #[error("an internal task failed")]
+    Task(#[source] updraft_core::BoxError),
+}
+
+impl PlatformError {
+    /// 404: `tenant` has no function `name`.
+    pub fn function_not_found(name: impl Into<String>) -> PlatformError {
+        PlatformError::State(StateError::FunctionNotFound(name.into()))
+    }
+
+    /// The function (not the platform) is at fault: its message is written
+    /// for its author, and shown even on a 500.
+    pub fn is_guest_fault(&self) -> bool {
+        matches!(self, PlatformError::Invoke(e) if e.is_guest_fault())
+    }
+}
+
+impl Classify for PlatformError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            PlatformError::Manifest(_)
+            | PlatformError::BadRequest(_)
+            | PlatformError::InvalidEvent(_)
+            | PlatformError::Trigger(_)
+            | PlatformError::BodyRead(_) => ErrorKind::Invalid,
+            PlatformError::Prepare(e) => e.kind(),
+            PlatformError::State(e) => e.kind(),
+            PlatformError::Invoke(e) => e.kind(),
+            PlatformError::Kv(e) => e.kind(),
+            PlatformError::Blob(e) => e.kind(),
+            PlatformError::Metering(e) => e.kind(),
+            PlatformError::Queue(e) => e.kind(),
+            PlatformError::Busy(_) => ErrorKind::Busy,
+            PlatformError::NotInUse { .. }
+            | PlatformError::KeyNotFound { .. }
+            | PlatformError::UnknownChannel(_) => ErrorKind::NotFound,
+            PlatformError::ChannelInUse { .. } => ErrorKind::Conflict,
+            PlatformError::Forbidden(_) => ErrorKind::Forbidden,
+            PlatformError::Task(_) => ErrorKind::Internal,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            PlatformError::Manifest(_) => "invalid_manifest",
+            PlatformError::BadRequest(_) => "bad_request",
+            PlatformError::InvalidEvent(_) => "invalid_cloudevent",
+            PlatformError::Trigger(_) => "invalid_trigger",
+            PlatformError::BodyRead(_) => "body_read_failed",
+            PlatformError::Prepare(e) => e.code(),
+            PlatformError::State(e) => e.code(),
+            PlatformError::Invoke(e) => Classify::code(e),
+            PlatformError::Kv(e) => e.code(),
+            PlatformError::Blob(e) => e.code(),
+            PlatformError::Metering(e) => e.code(),
+            PlatformError::Queue(e) => e.code(),
+            PlatformError::Busy(_) => "busy",
+            PlatformError::NotInUse { what, .. } if what.starts_with("blob") => {
+                "container_not_found"
+            }
+            PlatformError::NotInUse { .. } => "store_not_found",
+            PlatformError::KeyNotFound { .. } => "key_not_found",
+            PlatformError::UnknownChannel(_) => "channel_not_found",
+            PlatformError::ChannelInUse { .. } => "channel_in_use",
+            PlatformError::Forbidden(_) => "forbidden",
+            PlatformError::Task(_) => "internal",
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod error;
 mod events;
 mod kv_triggers;
 mod logs;
+mod operator;
 mod platform;
 mod usage;
 
@@ -24,8 +25,15 @@ pub use error::PlatformError;
 pub use events::{
     BATCH_BYTES_MAX, BATCH_EVENTS_MAX, Event, Outgoing, Published, QueueOverview, TopicOverview,
 };
+pub use operator::{BlobHandle, KvHandle};
 pub use platform::{
     BUDGET_TOPIC, Deployed, FunctionDetails, IDLE_UNLOAD_DEFAULT, Loaded, Platform, PlatformConfig,
     STORAGE_SAMPLE_DEFAULT,
 };
 pub use updraft_sandbox::{InvokeError, LoadedFrom, ResponseBody};
+// The state types and limits the API speaks in, so that the gateway needs
+// no dependency on the state layer.
+pub use updraft_state::blob::BLOB_PAGE_MAX;
+pub use updraft_state::kv::{KvError, LIST_PAGE_MAX, VALUE_BYTES_MAX};
+pub use updraft_state::queue::{ChannelKind, PAYLOAD_BYTES_MAX, QueueError};
+pub use updraft_state::{Caller, KeyInfo};

@@ -19,8 +19,8 @@ use updraft_sandbox::{
     BlobGrant, CallGrant, CallRequest, FunctionCaller, InvocationCtx, KvGrant, OnDone, Output,
     PrepareSpec, Prepared, PublishGrant, Publisher, Report, ResponseBody, Sandbox, SandboxConfig,
 };
-use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig, Blobs, ContainerId};
-use updraft_state::kv::{KvConfig, KvStore, StoreId};
+use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig, Blobs};
+use updraft_state::kv::{KvConfig, KvStore};
 use updraft_state::queue::{EmbeddedQueues, QueueStore};
 use updraft_state::registry::NewVersion;
 use updraft_state::{FunctionRecord, LogStore, Registry, Tenants};
@@ -241,7 +241,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 fn join_error(e: tokio::task::JoinError) -> PlatformError {
-    PlatformError::Prepare(updraft_sandbox::PrepareError::Internal(e.to_string()))
+    PlatformError::Task(Box::new(e))
 }
 
 impl Platform {
@@ -537,7 +537,7 @@ impl Platform {
     /// Every function with its serving version.
     /// The key-value backend (for the operator API; functions reach it
     /// through the sandbox, limited to their manifest's stores).
-    pub fn kv(&self) -> &Arc<dyn KvStore> {
+    pub(crate) fn kv(&self) -> &Arc<dyn KvStore> {
         &self.kv
     }
 
@@ -546,29 +546,15 @@ impl Platform {
         self.names_in_use(tenant, |manifest| &manifest.key_value_stores)
     }
 
-    /// The operator's handle on a store of `tenant` that one of its
-    /// deployed functions lists.
-    pub fn kv_store(&self, tenant: &str, name: &str) -> Result<StoreId, PlatformError> {
-        self.in_use(name, "key-value store", self.kv_store_names(tenant))?;
-        Ok(StoreId::new(tenant, name))
-    }
-
     /// The blob containers (for the operator API; functions reach them
     /// through the sandbox, limited to their manifest's containers).
-    pub fn blobs(&self) -> &Arc<Blobs> {
+    pub(crate) fn blobs(&self) -> &Arc<Blobs> {
         &self.blobs
     }
 
     /// Containers listed by `tenant`'s deployed functions, sorted.
     pub fn blob_container_names(&self, tenant: &str) -> Vec<String> {
         self.names_in_use(tenant, |manifest| &manifest.blob_containers)
-    }
-
-    /// The operator's handle on a container of `tenant` that one of its
-    /// deployed functions lists.
-    pub fn blob_container(&self, tenant: &str, name: &str) -> Result<ContainerId, PlatformError> {
-        self.in_use(name, "blob container", self.blob_container_names(tenant))?;
-        Ok(ContainerId::new(tenant, name))
     }
 
     fn names_in_use(&self, tenant: &str, field: impl Fn(&Manifest) -> &Vec<String>) -> Vec<String> {
@@ -585,7 +571,7 @@ impl Platform {
     }
 
     /// Only what a deployed function uses is reachable, so a typo is a 404.
-    fn in_use(
+    pub(crate) fn in_use(
         &self,
         name: &str,
         what: &'static str,
@@ -607,7 +593,7 @@ impl Platform {
     }
 
     /// The tenants' API keys.
-    pub fn tenants(&self) -> &Tenants {
+    pub(crate) fn tenants(&self) -> &Tenants {
         &self.tenants
     }
 

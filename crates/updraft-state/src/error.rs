@@ -1,5 +1,7 @@
 //! Errors of the state layer.
 
+use updraft_core::{Classify, ErrorKind, Failure};
+
 /// Why a state operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -21,19 +23,50 @@ pub enum StateError {
     RouteConflict { route: String, owner: String },
     /// 404.
     #[error("API key {0:?} does not exist: see `updraft keys ls` for the ids of your keys")]
-    KeyNotFound(String),
+    ApiKeyNotFound(String),
     /// 400.
     #[error("{0}")]
     Invalid(String),
     /// 500: the database or the disk failed. The registry refuses further
     /// writes rather than pretending (the process must be restarted).
-    #[error("storage failure: {0}")]
-    Storage(String),
+    #[error("the registry's storage failed")]
+    Storage(#[from] Failure),
+}
+
+impl Classify for StateError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StateError::FunctionNotFound(_)
+            | StateError::VersionNotFound { .. }
+            | StateError::ApiKeyNotFound(_) => ErrorKind::NotFound,
+            StateError::RouteConflict { .. } => ErrorKind::Conflict,
+            StateError::Invalid(_) => ErrorKind::Invalid,
+            StateError::Storage(_) => ErrorKind::Internal,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            StateError::FunctionNotFound(_) => "function_not_found",
+            StateError::VersionNotFound { .. } => "version_not_found",
+            StateError::ApiKeyNotFound(_) => "api_key_not_found",
+            StateError::RouteConflict { .. } => "route_conflict",
+            StateError::Invalid(_) => "bad_request",
+            StateError::Storage(_) => "storage",
+        }
+    }
+}
+
+impl StateError {
+    /// A failure of storage with nothing under it.
+    pub fn storage(what: impl Into<std::borrow::Cow<'static, str>>) -> StateError {
+        StateError::Storage(Failure::msg(what))
+    }
 }
 
 impl From<redb::Error> for StateError {
     fn from(e: redb::Error) -> Self {
-        StateError::Storage(e.to_string())
+        StateError::Storage(Failure::new(e))
     }
 }
 
@@ -41,7 +74,7 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StateError {
             fn from(e: $t) -> Self {
-                StateError::Storage(e.to_string())
+                StateError::Storage(Failure::new(e))
             }
         }
     )*};

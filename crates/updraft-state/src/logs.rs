@@ -51,7 +51,7 @@ impl LogStore {
         let mut next_seq = self
             .next_seq
             .lock()
-            .map_err(|_| StateError::Storage("log sequence lock poisoned".into()))?;
+            .map_err(|_| StateError::storage("log sequence lock poisoned"))?;
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(LOGS)?;
@@ -96,7 +96,7 @@ impl LogStore {
         let mut next_seq = self
             .next_seq
             .lock()
-            .map_err(|_| StateError::Storage("log sequence lock poisoned".into()))?;
+            .map_err(|_| StateError::storage("log sequence lock poisoned"))?;
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(LOGS)?;

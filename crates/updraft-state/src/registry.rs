@@ -109,8 +109,8 @@ impl Registry {
 
     fn check_writable(&self) -> Result<(), StateError> {
         if self.poisoned.load(Ordering::Relaxed) {
-            return Err(StateError::Storage(
-                "an earlier write failed; restart Updraft to recover the registry".into(),
+            return Err(StateError::storage(
+                "an earlier write failed; restart Updraft to recover the registry",
             ));
         }
         Ok(())
@@ -138,7 +138,10 @@ impl Registry {
     /// Reads stored Wasm.
     pub fn load_wasm(&self, digest: &Digest) -> Result<Vec<u8>, StateError> {
         std::fs::read(self.wasm_path(digest)).map_err(|e| {
-            StateError::Storage(format!("wasm {digest} missing from the data dir: {e}"))
+            StateError::Storage(updraft_core::Failure::context(
+                format!("wasm {digest} missing from the data dir"),
+                e,
+            ))
         })
     }
 

@@ -68,7 +68,7 @@ fn sha256_hex(secret: &str) -> String {
 fn random_hex(bytes: usize) -> Result<String, StateError> {
     let mut buf = vec![0; bytes];
     getrandom::fill(&mut buf)
-        .map_err(|e| StateError::Storage(format!("no randomness for a key: {e}")))?;
+        .map_err(|e| StateError::storage(format!("no randomness for a key: {e}")))?;
     Ok(hex::encode(buf))
 }
 
@@ -185,7 +185,7 @@ impl Tenants {
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
         let info = match keys.get(id) {
             Some(k) if tenant.is_none_or(|t| k.info.tenant == t) => k.info.clone(),
-            _ => return Err(StateError::KeyNotFound(id.to_string())),
+            _ => return Err(StateError::ApiKeyNotFound(id.to_string())),
         };
         if info.admin && keys.values().filter(|k| k.info.admin).count() == 1 {
             return Err(StateError::Invalid(format!(
@@ -243,7 +243,7 @@ mod tests {
         // Another tenant cannot revoke it; its own tenant can.
         assert!(matches!(
             tenants.revoke(&acme_id, Some("other")),
-            Err(StateError::KeyNotFound(_))
+            Err(StateError::ApiKeyNotFound(_))
         ));
         tenants.revoke(&acme_id, Some("acme")).unwrap();
         assert_eq!(tenants.verify(&acme_key), None);

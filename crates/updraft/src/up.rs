@@ -122,13 +122,12 @@ pub const ADMIN_KEY_FILE: &str = "admin.key";
 /// is the credential of the machine's operator. The server itself keeps
 /// only the key's hash. Returns the file if a key was made.
 fn ensure_admin_key(platform: &Platform, data_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
-    if !platform.tenants().is_empty() {
+    if !platform.api_keys(None).is_empty() {
         return Ok(None);
     }
     let path = data_dir.join(ADMIN_KEY_FILE);
     let (_, key) = platform
-        .tenants()
-        .create_key(updraft_core::LOCAL_TENANT, true, "created at first start")
+        .create_api_key(updraft_core::LOCAL_TENANT, true, "created at first start")
         .context("cannot create the admin API key")?;
     write_private(&path, &format!("{key}\n"))
         .with_context(|| format!("cannot write the admin API key to {}", path.display()))?;

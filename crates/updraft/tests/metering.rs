@@ -636,8 +636,70 @@ async fn budget_events_are_published_on_the_budget_topic() {
         .status()
         == 200
     {}
+    // Its delivery was refused, the budget being spent: dead-lettered at
+    // once (retrying cannot help); raising the budget and redriving
+    // delivers it.
+    let dead = wait_for_dead_letter(&server, "alerts").await;
+    assert!(dead["error"].as_str().unwrap().contains("budget"), "{dead}");
     server.cli_ok(&["budget", "set", "1"]);
+    server.cli_ok(&["dlq", "redrive", "alerts"]);
     wait_for_key(&server, &format!("alert/budget-exceeded-{month}")).await;
+}
+
+/// A delivery that cannot succeed however often it is tried (here: the
+/// tenant's budget is spent) goes to the dead letters on its first
+/// attempt, with the reason; it is not retried until `max_attempts`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permanent_failure_dead_letters_on_its_first_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _data, _config) = start_priced(dir.path(), CENT_PER_INVOCATION);
+    // A message waits in a queue that nobody consumes yet.
+    server.cli_ok(&["queues", "create", "jobs"]);
+    server.cli_ok(&["publish", "jobs", "-d", "job 1"]);
+    // The budget is spent before any consumer exists.
+    server.deploy_guest("hello", "hello-rust", "route = \"/hello\"");
+    server.cli_ok(&["budget", "set", "0.02"]);
+    let http = client();
+    while http
+        .get(server.url("/hello"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        == 200
+    {}
+    server.deploy_guest(
+        "worker",
+        "hello-rust",
+        "[[trigger]]\nqueue = \"jobs\"\n[retry]\nmax_attempts = 10",
+    );
+    let dead = wait_for_dead_letter(&server, "worker").await;
+    assert_eq!(dead["attempts"], 1, "{dead}");
+    let error = dead["error"].as_str().unwrap();
+    assert!(
+        error.contains("budget") && error.contains("not retried"),
+        "{error}"
+    );
+    let logs = server.cli_ok(&["logs", "worker"]);
+    assert!(logs.contains("attempt 1 of 10"), "{logs}");
+}
+
+/// Waits for the first dead letter of `function`.
+async fn wait_for_dead_letter(server: &Server, function: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let dlq = server
+            .get_json(&format!("/v1/functions/{function}/dlq"))
+            .await;
+        if let Some(first) = dlq["dead_letters"].as_array().and_then(|d| d.first()) {
+            return first.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{function} has no dead letter: {dlq}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until `key` is in the store `default` (events arrive async).

@@ -131,14 +131,42 @@ pub enum BlobError {
         "invalid cursor {cursor:?}: pass back the cursor of the previous page unchanged, with the same prefix"
     )]
     BadCursor { cursor: String },
-    #[error("blob storage failed: {0}")]
-    Storage(String),
+    /// The disk or the object store failed: the detail is in the source.
+    #[error("blob storage failed")]
+    Storage(#[from] updraft_core::Failure),
     #[error("{0}")]
     Config(String),
 }
 
-fn storage(e: impl std::fmt::Display) -> BlobError {
-    BlobError::Storage(e.to_string())
+impl updraft_core::Classify for BlobError {
+    fn kind(&self) -> updraft_core::ErrorKind {
+        use updraft_core::ErrorKind as K;
+        match self {
+            BlobError::BadKey { .. } | BlobError::BadCursor { .. } | BlobError::Config(_) => {
+                K::Invalid
+            }
+            BlobError::NotFound { .. } => K::NotFound,
+            BlobError::TooLarge { .. } => K::TooLarge,
+            BlobError::BadRange { .. } => K::OutOfRange,
+            BlobError::Storage(_) => K::Internal,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            BlobError::BadKey { .. } => "invalid_key",
+            BlobError::NotFound { .. } => "blob_not_found",
+            BlobError::TooLarge { .. } => "blob_too_large",
+            BlobError::BadRange { .. } => "invalid_range",
+            BlobError::BadCursor { .. } => "invalid_cursor",
+            BlobError::Config(_) => "invalid_config",
+            BlobError::Storage(_) => "storage",
+        }
+    }
+}
+
+fn storage(e: impl std::error::Error + Send + Sync + 'static) -> BlobError {
+    BlobError::Storage(updraft_core::Failure::new(e))
 }
 
 /// Blob containers on one backend.

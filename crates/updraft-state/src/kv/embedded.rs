@@ -153,8 +153,8 @@ struct Write {
     reply: oneshot::Sender<Result<Done, KvError>>,
 }
 
-fn storage(e: impl std::fmt::Display) -> KvError {
-    KvError::Storage(e.to_string())
+fn storage(e: impl std::error::Error + Send + Sync + 'static) -> KvError {
+    KvError::Storage(updraft_core::Failure::new(e))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -234,8 +234,8 @@ impl EmbeddedKv {
     async fn write(&self, store: &StoreId, op: Op) -> Result<Done, KvError> {
         let shared = &self.shared;
         if shared.poisoned.load(Ordering::Relaxed) {
-            return Err(KvError::Storage(
-                "an earlier write failed to commit; restart Updraft to recover the store".into(),
+            return Err(KvError::storage(
+                "an earlier write failed to commit; restart Updraft to recover the store",
             ));
         }
         if let Some(journal) = &self.journal {
@@ -247,7 +247,7 @@ impl EmbeddedKv {
             op,
             reply,
         };
-        let stopped = || KvError::Storage("the key-value writer has stopped".into());
+        let stopped = || KvError::storage("the key-value writer has stopped");
         let writes = self.writes.as_ref().ok_or_else(stopped)?;
         writes.send(write).await.map_err(|_| stopped())?;
         done.await.map_err(|_| stopped())?
@@ -624,7 +624,7 @@ impl KvStore for EmbeddedKv {
             .await?
         {
             Done::Int(n) => Ok(n),
-            _ => Err(KvError::Storage("unexpected writer reply".into())),
+            _ => Err(KvError::storage("unexpected writer reply")),
         }
     }
 
@@ -644,7 +644,7 @@ impl KvStore for EmbeddedKv {
         };
         match self.write(store, op).await? {
             Done::Cas(outcome) => Ok(outcome),
-            _ => Err(KvError::Storage("unexpected writer reply".into())),
+            _ => Err(KvError::storage("unexpected writer reply")),
         }
     }
 

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use updraft_core::{Classify, ErrorKind, Failure};
 
 pub use embedded::EmbeddedKv;
 
@@ -121,8 +122,44 @@ pub enum KvError {
         "invalid store name {0:?}: use 1-63 lowercase letters, digits or '-', starting with a letter"
     )]
     BadStoreName(String),
-    #[error("key-value storage failed: {0}")]
-    Storage(String),
+    /// The disk or the database failed: the detail is in the source.
+    #[error("key-value storage failed")]
+    Storage(#[from] Failure),
+}
+
+impl KvError {
+    /// A failure of storage with nothing under it.
+    pub fn storage(what: impl Into<std::borrow::Cow<'static, str>>) -> KvError {
+        KvError::Storage(Failure::msg(what))
+    }
+}
+
+impl Classify for KvError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            KvError::KeyEmpty
+            | KvError::KeyTooLong { .. }
+            | KvError::BatchTooLarge { .. }
+            | KvError::BadCursor { .. }
+            | KvError::BadStoreName(_) => ErrorKind::Invalid,
+            KvError::ValueTooLarge { .. } => ErrorKind::TooLarge,
+            KvError::NotAnInteger { .. } | KvError::Overflow { .. } => ErrorKind::Conflict,
+            KvError::Storage(_) => ErrorKind::Internal,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            KvError::KeyEmpty | KvError::KeyTooLong { .. } => "invalid_key",
+            KvError::ValueTooLarge { .. } => "value_too_large",
+            KvError::BatchTooLarge { .. } => "batch_too_large",
+            KvError::BadCursor { .. } => "invalid_cursor",
+            KvError::BadStoreName(_) => "invalid_store_name",
+            KvError::NotAnInteger { .. } => "not_an_integer",
+            KvError::Overflow { .. } => "overflow",
+            KvError::Storage(_) => "storage",
+        }
+    }
 }
 
 /// The operations of a key-value backend. Every write is durable when it

@@ -266,11 +266,11 @@ enum IndexChange {
 }
 
 fn unexpected() -> QueueError {
-    QueueError::Storage("unexpected writer reply".into())
+    QueueError::storage("unexpected writer reply")
 }
 
-fn storage(e: impl std::fmt::Display) -> QueueError {
-    QueueError::Storage(e.to_string())
+fn storage(e: impl std::error::Error + Send + Sync + 'static) -> QueueError {
+    QueueError::Storage(updraft_core::Failure::new(e))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -319,7 +319,7 @@ impl EmbeddedQueues {
                 let (key, value) = entry.map_err(storage)?;
                 let (owner, name, id) = key.value();
                 let Some((stored, payload)) = Stored::decode(value.value()) else {
-                    return Err(QueueError::Storage(format!(
+                    return Err(QueueError::storage(format!(
                         "message {} in queue {owner}/{name} is unreadable: queues.redb is damaged",
                         Uuid::from_u128(id)
                     )));
@@ -359,12 +359,12 @@ impl EmbeddedQueues {
 
     async fn change(&self, queue: &QueueId, op: Op) -> Result<Done, QueueError> {
         if self.shared.poisoned.load(Ordering::Relaxed) {
-            return Err(QueueError::Storage(
-                "an earlier change failed to commit; restart Updraft to recover the queues".into(),
+            return Err(QueueError::storage(
+                "an earlier change failed to commit; restart Updraft to recover the queues",
             ));
         }
         let (reply, done) = oneshot::channel();
-        let stopped = || QueueError::Storage("the queue writer has stopped".into());
+        let stopped = || QueueError::storage("the queue writer has stopped");
         self.changes
             .as_ref()
             .ok_or_else(stopped)?
@@ -630,8 +630,8 @@ impl QueueStore for EmbeddedQueues {
 
     async fn ack(&self, queue: &QueueId, id: Uuid, outcome: Vec<u8>) -> Result<(), QueueError> {
         if self.shared.poisoned.load(Ordering::Relaxed) {
-            return Err(QueueError::Storage(
-                "an earlier change failed to commit; restart Updraft to recover the queues".into(),
+            return Err(QueueError::storage(
+                "an earlier change failed to commit; restart Updraft to recover the queues",
             ));
         }
         let owner = queue.owner.as_bytes();
@@ -907,7 +907,7 @@ fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Change>) {
             for change in batch.drain(..) {
                 let _ = change
                     .reply
-                    .send(Err(QueueError::Storage("an earlier commit failed".into())));
+                    .send(Err(QueueError::storage("an earlier commit failed")));
             }
             continue;
         }
@@ -1231,7 +1231,7 @@ fn requeue(
         return Ok(None);
     };
     let Some((mut stored, payload)) = Stored::decode(old.value()) else {
-        return Err(QueueError::Storage(format!(
+        return Err(QueueError::storage(format!(
             "message {id} in queue {from} is unreadable: queues.redb is damaged"
         )));
     };

@@ -190,8 +190,40 @@ pub enum QueueError {
     ChannelConflict { name: String, existing: ChannelKind },
     #[error("invalid {0}")]
     BadChannel(String),
-    #[error("queue storage failed: {0}")]
-    Storage(String),
+    /// The disk or the database failed: the detail is in the source.
+    #[error("queue storage failed")]
+    Storage(#[from] updraft_core::Failure),
+}
+
+impl QueueError {
+    /// A failure of storage with nothing under it.
+    pub fn storage(what: impl Into<std::borrow::Cow<'static, str>>) -> QueueError {
+        QueueError::Storage(updraft_core::Failure::msg(what))
+    }
+}
+
+impl updraft_core::Classify for QueueError {
+    fn kind(&self) -> updraft_core::ErrorKind {
+        use updraft_core::ErrorKind as K;
+        match self {
+            QueueError::PayloadTooLarge { .. } => K::TooLarge,
+            QueueError::IdempotencyKeyTooLong { .. } | QueueError::BadChannel(_) => K::Invalid,
+            QueueError::NotInFlight { .. } | QueueError::ChannelConflict { .. } => K::Conflict,
+            QueueError::ChannelNotFound { .. } => K::NotFound,
+            QueueError::Storage(_) => K::Internal,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            QueueError::PayloadTooLarge { .. } => "payload_too_large",
+            QueueError::IdempotencyKeyTooLong { .. } | QueueError::BadChannel(_) => "bad_request",
+            QueueError::NotInFlight { .. } => "not_in_flight",
+            QueueError::ChannelConflict { .. } => "channel_conflict",
+            QueueError::ChannelNotFound { .. } => "channel_not_found",
+            QueueError::Storage(_) => "storage",
+        }
+    }
 }
 
 /// The operations of a queue backend. Every change is durable when it

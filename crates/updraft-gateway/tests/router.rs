@@ -1,0 +1,359 @@
+//! The router in process: `router()` driven as a tower `Service` against a
+//! platform on a temp dir, no socket and no spawned binary. Each test sends
+//! one request and checks the status and the error code the API documents
+//! (docs/api.md), so the mapping of every error kind is pinned here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+use updraft_scheduler::{Platform, PlatformConfig};
+
+struct Api {
+    platform: Arc<Platform>,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Api {
+    async fn new() -> Api {
+        let dir = tempfile::tempdir().unwrap();
+        let platform = Platform::open(PlatformConfig::new(dir.path().to_path_buf()))
+            .await
+            .unwrap();
+        let (_, key) = platform.create_api_key("local", true, "test").unwrap();
+        Api {
+            platform,
+            key,
+            _dir: dir,
+        }
+    }
+
+    /// Sends a request with the admin key; returns the status and the body.
+    async fn send(&self, request: Request<Body>) -> (StatusCode, Bytes) {
+        self.send_as(Some(&self.key.clone()), request).await
+    }
+
+    async fn send_as(&self, key: Option<&str>, mut request: Request<Body>) -> (StatusCode, Bytes) {
+        if let Some(key) = key {
+            request.headers_mut().insert(
+                header::AUTHORIZATION,
+                format!("Bearer {key}").parse().unwrap(),
+            );
+        }
+        let response = updraft_gateway::router(self.platform.clone())
+            .oneshot(request)
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    }
+
+    async fn call(&self, method: Method, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(body.into())
+            .unwrap();
+        let (status, body) = self.send(request).await;
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, uri, Body::empty()).await
+    }
+
+    /// Asserts the status and error code of a request.
+    async fn expect(
+        &self,
+        method: Method,
+        uri: &str,
+        body: impl Into<Body>,
+        status: u16,
+        code: &str,
+    ) {
+        let (got, json) = self.call(method.clone(), uri, body).await;
+        assert_eq!(got.as_u16(), status, "{method} {uri}: {json}");
+        assert_eq!(json["error"]["code"], code, "{method} {uri}: {json}");
+        let message = json["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.is_empty(),
+            "{method} {uri}: an error says what to fix"
+        );
+    }
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_needs_no_key() {
+    let api = Api::new().await;
+    let (status, body) = api.send_as(None, get("/healthz")).await;
+    assert_eq!(status, 200);
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["status"], "ok");
+    assert_eq!(json["functions"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_needs_a_valid_key() {
+    let api = Api::new().await;
+    let (status, body) = api.send_as(None, get("/v1/functions")).await;
+    assert_eq!(status, 401);
+    assert!(String::from_utf8_lossy(&body).contains("missing_key"));
+    let (status, body) = api
+        .send_as(Some("ud_nope_nope"), get("/v1/functions"))
+        .await;
+    assert_eq!(status, 401);
+    assert!(String::from_utf8_lossy(&body).contains("invalid_key"));
+    let request = Request::get("/v1/functions")
+        .header(header::AUTHORIZATION, "Basic abc")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _) = api.send_as(None, request).await;
+    assert_eq!(status, 401, "only bearer keys");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_platform_lists_nothing() {
+    let api = Api::new().await;
+    let (status, json) = api.get("/v1/functions").await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["functions"], Value::Array(vec![]));
+    let (status, json) = api.get("/v1/kv").await;
+    assert_eq!(
+        (status.as_u16(), &json["stores"]),
+        (200, &Value::Array(vec![]))
+    );
+    let (status, json) = api.get("/v1/blobs").await;
+    assert_eq!(
+        (status.as_u16(), &json["containers"]),
+        (200, &Value::Array(vec![]))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_things_are_404_with_their_own_codes() {
+    let api = Api::new().await;
+    let cases = [
+        ("/v1/functions/nope", "function_not_found"),
+        ("/v1/functions/nope/logs", "function_not_found"),
+        ("/v1/nothing-here", "not_found"),
+        ("/v1/kv/nostore", "store_not_found"),
+        ("/v1/kv/nostore/k", "store_not_found"),
+        ("/v1/blobs/nobox", "container_not_found"),
+        ("/v1/blobs/nobox/a.txt", "container_not_found"),
+        (
+            "/v1/invocations/0190b6e2-7c1a-7d3e-8f00-1234deadbeef",
+            "invocation_not_found",
+        ),
+        ("/no-route", "route_not_found"),
+        ("/~acme/no-route", "route_not_found"),
+    ];
+    for (uri, code) in cases {
+        api.expect(Method::GET, uri, Body::empty(), 404, code).await;
+    }
+    api.expect(
+        Method::POST,
+        "/v1/functions/nope/invoke",
+        "x",
+        404,
+        "function_not_found",
+    )
+    .await;
+    api.expect(
+        Method::POST,
+        "/v1/functions/nope/rollback",
+        "",
+        404,
+        "function_not_found",
+    )
+    .await;
+    api.expect(
+        Method::DELETE,
+        "/v1/functions/nope",
+        "",
+        404,
+        "function_not_found",
+    )
+    .await;
+    api.expect(
+        Method::POST,
+        "/v1/publish/nochannel",
+        "hi",
+        404,
+        "channel_not_found",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_key_not_found_is_not_a_kv_key_not_found() {
+    let api = Api::new().await;
+    api.expect(
+        Method::DELETE,
+        "/v1/keys/nokey",
+        "",
+        404,
+        "api_key_not_found",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_of_other_tenants_are_the_admins_only() {
+    let api = Api::new().await;
+    let (status, json) = api
+        .call(
+            Method::POST,
+            "/v1/keys",
+            r#"{"tenant": "acme", "label": "ci"}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{json}");
+    let acme = json["key"].as_str().unwrap().to_string();
+    assert_eq!(json["tenant"], "acme");
+    let (status, body) = api.send_as(Some(&acme), get("/v1/keys?tenant=local")).await;
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+    let request = Request::post("/v1/keys")
+        .body(Body::from(r#"{"admin": true}"#))
+        .unwrap();
+    let (status, _) = api.send_as(Some(&acme), request).await;
+    assert_eq!(status, 403, "a tenant makes no admin keys");
+    let (status, body) = api.send_as(Some(&acme), get("/v1/keys")).await;
+    assert_eq!(status, 200);
+    let keys: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "only acme's own");
+    api.expect(Method::POST, "/v1/keys", "{not json", 400, "bad_request")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_deploys_are_400_and_store_nothing() {
+    let api = Api::new().await;
+    api.expect(
+        Method::PUT,
+        "/v1/functions/f",
+        "not wasm at all",
+        400,
+        "not_wasm",
+    )
+    .await;
+    api.expect(Method::PUT, "/v1/functions/f", "", 400, "missing_wasm")
+        .await;
+    api.expect(
+        Method::PUT,
+        "/v1/functions/f",
+        &b"\0asm\x01\0\0\0\x05"[..],
+        400,
+        "invalid_wasm",
+    )
+    .await;
+    api.expect(
+        Method::PUT,
+        "/v1/functions/f?kind=lambda",
+        "x",
+        400,
+        "invalid_manifest",
+    )
+    .await;
+    let (_, json) = api.get("/v1/functions").await;
+    assert_eq!(json["functions"], Value::Array(vec![]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_queries_and_bodies_are_400() {
+    let api = Api::new().await;
+    api.expect(
+        Method::GET,
+        "/v1/bill?month=2026-13",
+        "",
+        400,
+        "bad_request",
+    )
+    .await;
+    api.expect(
+        Method::GET,
+        "/v1/usage?from=yesterday",
+        "",
+        400,
+        "bad_request",
+    )
+    .await;
+    api.expect(
+        Method::GET,
+        "/v1/usage?group_by=tenant",
+        "",
+        400,
+        "bad_request",
+    )
+    .await;
+    api.expect(Method::GET, "/v1/usage?colour=blue", "", 400, "bad_request")
+        .await;
+    api.expect(Method::PUT, "/v1/queues/Not_A_Name", "", 400, "bad_request")
+        .await;
+    api.expect(Method::PUT, "/v1/budget", "lots", 400, "bad_request")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queues_and_topics_clash_by_name() {
+    let api = Api::new().await;
+    let (status, json) = api.call(Method::PUT, "/v1/queues/orders", "").await;
+    assert!(status.is_success(), "{json}");
+    api.expect(
+        Method::PUT,
+        "/v1/topics/orders",
+        "",
+        409,
+        "channel_conflict",
+    )
+    .await;
+    let (status, json) = api.call(Method::POST, "/v1/publish/orders", "one").await;
+    assert!(status.is_success(), "{json}");
+    let (_, json) = api.get("/v1/queues").await;
+    assert!(json.to_string().contains("orders"), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_breaks_off_is_not_too_large() {
+    let api = Api::new().await;
+    let (status, _) = api.call(Method::PUT, "/v1/queues/q", "").await;
+    assert!(status.is_success());
+    // Half a body, then the client is gone.
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::from_static(b"half a mess")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        )),
+    ];
+    let body = Body::from_stream(futures::stream::iter(chunks));
+    api.expect(Method::POST, "/v1/publish/q", body, 400, "body_read_failed")
+        .await;
+    // Too large is still too large.
+    let big = vec![b'x'; 2 << 20];
+    api.expect(Method::POST, "/v1/publish/q", big, 413, "payload_too_large")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metering_answers_for_an_empty_tenant() {
+    let api = Api::new().await;
+    let (status, json) = api.get("/v1/bill?month=2026-11").await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["total_cents"], 0);
+    let (status, json) = api.get("/v1/usage").await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["rows"], Value::Array(vec![]));
+    let (status, json) = api.get("/v1/prices").await;
+    assert_eq!(status, 200, "{json}");
+}
