@@ -72,6 +72,8 @@ if [ $INSTALL_BENCH -eq 1 ]; then
 fi
 # A C compiler and linker for cargo install (wasmtime-cli), if the machine has none.
 [ $INSTALL_WASMTIME -eq 1 ] && ! command -v cc >/dev/null 2>&1 && APT_PACKAGES+=(gcc libc6-dev)
+# curl: the README's quickstart and its test talk to the server with it.
+command -v curl >/dev/null 2>&1 || APT_PACKAGES+=(curl)
 # Node.js and Python only when absent: machines may bring newer ones of their own.
 command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)

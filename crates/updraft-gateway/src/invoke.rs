@@ -8,8 +8,12 @@ use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, Uri, header};
-use updraft_core::{FunctionKind, LOCAL_TENANT, RouteAuth, Trigger};
-use updraft_scheduler::{AsyncRequest, Caller, InvokeError, Loaded, Platform, PlatformError};
+use http_body_util::BodyExt;
+use updraft_core::{LOCAL_TENANT, RouteAuth, Trigger};
+use updraft_scheduler::{
+    AsyncRequest, BodyError, Caller, Input, Invocation, InvokeError, Loaded, Platform,
+    PlatformError,
+};
 
 use crate::auth::caller;
 use crate::error::{ApiError, invocation_error, read_body};
@@ -201,50 +205,25 @@ async fn invoke_async(
     Ok(response)
 }
 
+/// Runs the function on the request, whatever its kind: the scheduler
+/// decides how it takes it.
 async fn invoke(
     platform: Arc<Platform>,
     loaded: Arc<Loaded>,
     request: Request,
     trigger: Trigger,
 ) -> Response {
-    let (id, response) = match loaded.version.kind {
-        FunctionKind::Http => {
-            let request = with_host(request);
-            let (id, result) = platform.invoke_http(&loaded, request, trigger).await;
-            (id, result.map(|r| r.map(Body::new)))
-        }
-        FunctionKind::Command => {
-            let limit = loaded.version.limits.request_body_bytes_max;
-            let body = match read_body(request.into_body(), limit as usize, || {
-                PlatformError::Invoke(InvokeError::RequestTooLarge { limit })
-            })
-            .await
-            {
-                Ok(body) => body,
-                Err(e) => return e.into_response(),
-            };
-            let (id, result) = platform.invoke_command(&loaded, body, trigger).await;
-            (id, result.map(|stdout| Response::new(Body::from(stdout))))
-        }
-    };
-    let mut response = match response {
-        Ok(response) => response,
+    let request = request.map(|body| body.map_err(|e| BodyError(e.into())).boxed_unsync());
+    let invocation = Invocation::new(&loaded, Input::Request(request), trigger);
+    let (id, outcome) = platform.run(invocation).await;
+    let mut response = match outcome {
+        Ok(outcome) => outcome.into_response().map(Body::new),
         Err(e) => invocation_error(e, &loaded.name, &id).into_response(),
     };
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(INVOCATION_ID_HEADER, value);
     }
     response
-}
-
-/// wasi:http needs an authority; HTTP/1.0 clients may not send `Host`.
-fn with_host(mut request: Request) -> Request {
-    if request.uri().authority().is_none() && !request.headers().contains_key(http::header::HOST) {
-        request
-            .headers_mut()
-            .insert(http::header::HOST, HeaderValue::from_static("localhost"));
-    }
-    request
 }
 
 #[cfg(test)]

@@ -329,7 +329,7 @@ impl Sandbox {
     pub async fn invoke_http<B>(
         &self,
         prepared: &Prepared,
-        request: http::Request<B>,
+        mut request: http::Request<B>,
         ctx: InvocationCtx,
         on_done: OnDone,
     ) -> Result<http::Response<ResponseBody>, InvokeError>
@@ -337,6 +337,16 @@ impl Sandbox {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        // wasi:http needs an authority: HTTP/1.0 clients, calls and events
+        // may bring none.
+        if request.uri().authority().is_none()
+            && !request.headers().contains_key(http::header::HOST)
+        {
+            request.headers_mut().insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("localhost"),
+            );
+        }
         let started = Instant::now();
         let limits = prepared.limits;
         let deadline = ctx.deadline(started, limits.timeout_ms);

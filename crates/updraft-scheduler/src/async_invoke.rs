@@ -13,16 +13,16 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-use updraft_core::{FunctionKind, Trigger};
+use updraft_core::Trigger;
 use updraft_state::queue::{
     Accepted, Message, MessageInfo, MessageState, NewMessage, QueueId, QueueStats, Uuid,
 };
 
 use crate::error::PlatformError;
 use crate::events::{Event, channel_queue};
+use crate::invoker::{Input, Invocation, StoredEvent};
 use crate::platform::{Loaded, Platform, now_ms};
 
 /// How stale a consumer's copy of its queue's settings may get.
@@ -594,104 +594,36 @@ impl From<PlatformError> for AttemptError {
     }
 }
 
-/// One attempt: the function's response, or why it failed. A 5xx answer
-/// is a failure (retried); anything else is the function's result.
+/// One attempt, through [`Platform::run`]: the function's response, or
+/// why it failed. A 5xx answer is a failure (retried); anything else is the
+/// function's result.
 async fn attempt(
     platform: &Arc<Platform>,
     loaded: &Arc<Loaded>,
     work: Work,
     message: &Message,
 ) -> Result<InvocationResult, AttemptError> {
-    let id = &message.id.to_string();
-    let direct = match &work {
-        Work::Event(_) | Work::Json(_) => platform.ensure_prepared(loaded).await?.takes_calls(),
-        Work::Request(_) => false,
-    };
-    let request = match work {
-        // A function with a handler export gets the event as structured
-        // JSON, straight to `handle`.
-        Work::Json(json) if direct => return handle_event(platform, loaded, id, json).await,
-        Work::Event(event) if direct => {
-            let json = event.structured(id, message.enqueued_ms);
-            return handle_event(platform, loaded, id, json).await;
-        }
-        Work::Request(request) => request,
-        Work::Json(json) => match loaded.version.kind {
-            FunctionKind::Http => Event::from_structured(&json)
-                .map_err(|e| {
-                    AttemptError::permanent(format!("the stored event is unreadable: {e}"))
-                })?
-                .binary_request(id, message.enqueued_ms),
-            FunctionKind::Command => AsyncRequest {
-                method: "POST".into(),
-                path: "/".into(),
-                headers: Vec::new(),
-                body: json,
-            },
+    let enqueued_ms = message.enqueued_ms;
+    let input = match work {
+        Work::Request(request) => Input::Request(request.into_http()?),
+        Work::Event(event) => Input::Event {
+            event: StoredEvent::Parsed(event),
+            enqueued_ms,
         },
-        // An event is a request in CloudEvents form: binary mode for http
-        // functions, structured JSON on stdin for commands.
-        Work::Event(event) => match loaded.version.kind {
-            FunctionKind::Http => event.binary_request(id, message.enqueued_ms),
-            FunctionKind::Command => AsyncRequest {
-                method: "POST".into(),
-                path: "/".into(),
-                headers: Vec::new(),
-                body: event.structured(id, message.enqueued_ms),
-            },
+        Work::Json(json) => Input::Event {
+            event: StoredEvent::Json(json),
+            enqueued_ms,
         },
     };
-    let (status, body) = match loaded.version.kind {
-        FunctionKind::Http => {
-            let mut builder = http::Request::builder()
-                .method(request.method.as_str())
-                .uri(request.path.as_str());
-            for (name, value) in &request.headers {
-                builder = builder.header(name.as_str(), value.as_slice());
-            }
-            // wasi:http needs an authority; events come with none.
-            if !request.headers.iter().any(|(name, _)| name == "host") {
-                builder = builder.header(http::header::HOST, "localhost");
-            }
-            let request = builder
-                .body(http_body_util::Full::new(request.body))
-                .map_err(|e| {
-                    AttemptError::permanent(format!("the stored request is invalid: {e}"))
-                })?;
-            let (_, response) = platform
-                .invoke_http_as(loaded, request, Trigger::Async, id.to_string(), None)
-                .await;
-            let response = response?;
-            let status = response.status().as_u16();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| AttemptError::transient(format!("the response body failed: {e}")))?
-                .to_bytes();
-            (status, body)
-        }
-        FunctionKind::Command => {
-            let (_, stdout) = platform
-                .invoke_command_as(loaded, request.body, Trigger::Async, id.to_string(), None)
-                .await;
-            (200, stdout?)
-        }
+    let invocation = Invocation {
+        function: loaded,
+        input,
+        trigger: Trigger::Async,
+        id: message.id.to_string(),
+        call: None,
     };
-    settle_response(status, &body)
-}
-
-/// An event, as structured JSON, straight to a handler export.
-async fn handle_event(
-    platform: &Arc<Platform>,
-    loaded: &Arc<Loaded>,
-    id: &str,
-    json: Bytes,
-) -> Result<InvocationResult, AttemptError> {
-    let (_, response) = platform
-        .invoke_handler_as(loaded, json, Trigger::Async, id.to_string(), None)
-        .await;
-    let (status, body) = response?;
+    let (_, outcome) = platform.run(invocation).await;
+    let (status, body) = outcome?.collect().await?;
     settle_response(status, &body)
 }
 

@@ -7,11 +7,11 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use http_body_util::BodyExt;
-use updraft_core::{FunctionKind, Trigger};
+use updraft_core::Trigger;
 use updraft_sandbox::{CallError, CallRequest, FunctionCaller, InvokeError};
 
 use crate::error::PlatformError;
+use crate::invoker::{Input, Invocation};
 use crate::platform::{Loaded, Platform};
 
 /// The platform as the sandbox sees it: weak, so a function's grant does
@@ -54,53 +54,25 @@ fn call_error(e: PlatformError) -> CallError {
 }
 
 impl Platform {
-    /// Runs one call: a callee with a handler export gets the payload
-    /// directly, any other http callee gets `POST /` with it, a command gets
-    /// it on stdin.
+    /// Runs one call through [`Platform::run`]: the payload goes to the
+    /// callee's handler export, or as `POST /` to an http callee, or on a
+    /// command's stdin; the caller gets the whole answer.
     async fn call(
         self: Arc<Self>,
         loaded: Arc<Loaded>,
         request: CallRequest,
     ) -> Result<(u16, Bytes), CallError> {
-        let id = uuid::Uuid::now_v7().to_string();
-        // Prepared first (it may have been unloaded while idle): whether it
-        // takes calls directly is known only then.
-        let prepared = self.ensure_prepared(&loaded).await.map_err(call_error)?;
-        if prepared.takes_calls() {
-            let payload = request.payload.clone();
-            let (_, response) = self
-                .invoke_handler_as(&loaded, payload, Trigger::Call, id, Some(&request))
-                .await;
-            return response.map_err(call_error);
-        }
-        match loaded.version.kind {
-            FunctionKind::Http => {
-                let http_request = http::Request::builder()
-                    .method("POST")
-                    .uri("/")
-                    .header(http::header::HOST, "localhost")
-                    .body(http_body_util::Full::new(request.payload.clone()))
-                    .map_err(|e| CallError::Failed(e.to_string()))?;
-                let (_, response) = self
-                    .invoke_http_as(&loaded, http_request, Trigger::Call, id, Some(&request))
-                    .await;
-                let response = response.map_err(call_error)?;
-                let status = response.status().as_u16();
-                let body = response
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| CallError::Failed(format!("the response body failed: {e}")))?
-                    .to_bytes();
-                Ok((status, body))
-            }
-            FunctionKind::Command => {
-                let payload = request.payload.clone();
-                let (_, stdout) = self
-                    .invoke_command_as(&loaded, payload, Trigger::Call, id, Some(&request))
-                    .await;
-                Ok((200, stdout.map_err(call_error)?))
-            }
-        }
+        let mut invocation = Invocation::new(
+            &loaded,
+            Input::Payload(request.payload.clone()),
+            Trigger::Call,
+        );
+        invocation.call = Some(&request);
+        let (_, outcome) = self.run(invocation).await;
+        outcome
+            .map_err(call_error)?
+            .collect()
+            .await
+            .map_err(call_error)
     }
 }

@@ -3,7 +3,10 @@
 //! how many instances at once, logs and usage of each run).
 //!
 //! It sits between the gateway (HTTP) and the sandbox (Wasmtime) and the state
-//! layer (registry, logs); the gateway never talks to those directly.
+//! layer (registry, logs); the gateway never talks to those directly: it
+//! reaches stores, containers and API keys through the `operator` module, and names
+//! only the state types re-exported here. Every error has a kind
+//! ([`updraft_core::Classify`]), which is all the gateway maps.
 //! Async invocation with retries and dead letters ([`async_invoke`]) is
 //! here; triggers and placement across nodes belong here too in later work.
 
@@ -11,6 +14,7 @@ mod async_invoke;
 mod calls;
 mod error;
 mod events;
+mod invoker;
 mod kv_triggers;
 mod logs;
 mod operator;
@@ -25,6 +29,7 @@ pub use error::PlatformError;
 pub use events::{
     BATCH_BYTES_MAX, BATCH_EVENTS_MAX, Event, Outgoing, Published, QueueOverview, TopicOverview,
 };
+pub use invoker::{BodyError, Input, Invocation, Outcome, RequestBody, StoredEvent, boxed};
 pub use operator::{BlobHandle, KvHandle};
 pub use platform::{
     BUDGET_TOPIC, Deployed, FunctionDetails, IDLE_UNLOAD_DEFAULT, Loaded, Platform, PlatformConfig,

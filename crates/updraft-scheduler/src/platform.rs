@@ -762,36 +762,17 @@ impl Platform {
         }
     }
 
-    /// Invokes an http function. The response comes back as soon as the guest
-    /// sets it; logs and usage are recorded when the guest finishes.
-    pub async fn invoke_http<B>(
+    /// Runs an http function on `request` (see [`Platform::run`]). The
+    /// response comes back as soon as the guest sets it; logs and usage are
+    /// recorded when the guest finishes.
+    pub(crate) async fn invoke_http_as(
         self: &Arc<Self>,
         loaded: &Arc<Loaded>,
-        request: http::Request<B>,
-        trigger: Trigger,
-    ) -> (String, Result<http::Response<ResponseBody>, PlatformError>)
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let id = uuid::Uuid::now_v7().to_string();
-        self.invoke_http_as(loaded, request, trigger, id, None)
-            .await
-    }
-
-    /// [`Platform::invoke_http`] under a given invocation id.
-    pub(crate) async fn invoke_http_as<B>(
-        self: &Arc<Self>,
-        loaded: &Arc<Loaded>,
-        request: http::Request<B>,
+        request: http::Request<crate::invoker::RequestBody>,
         trigger: Trigger,
         invocation_id: String,
         call: Option<&CallRequest>,
-    ) -> (String, Result<http::Response<ResponseBody>, PlatformError>)
-    where
-        B: http_body::Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    ) -> (String, Result<http::Response<ResponseBody>, PlatformError>) {
         if let Err(e) = self.check_budget(loaded) {
             return (invocation_id, Err(e));
         }
@@ -834,19 +815,8 @@ impl Platform {
         (invocation_id, response.map_err(PlatformError::from))
     }
 
-    /// Invokes a command function with `stdin`; returns its stdout.
-    pub async fn invoke_command(
-        &self,
-        loaded: &Arc<Loaded>,
-        stdin: Bytes,
-        trigger: Trigger,
-    ) -> (String, Result<Bytes, PlatformError>) {
-        let id = uuid::Uuid::now_v7().to_string();
-        self.invoke_command_as(loaded, stdin, trigger, id, None)
-            .await
-    }
-
-    /// [`Platform::invoke_command`] under a given invocation id.
+    /// Runs a command function with `stdin` (see [`Platform::run`]);
+    /// returns its stdout.
     pub(crate) async fn invoke_command_as(
         &self,
         loaded: &Arc<Loaded>,

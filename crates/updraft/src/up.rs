@@ -95,6 +95,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             )
         })?;
     let addr = listener.local_addr()?;
+    let shutdown = shutdown_signal()?;
     // Tests and scripts read this line to learn the port.
     println!(
         "Updraft listening on http://{addr} (data dir {}, {} functions, {} compiled at start)",
@@ -109,7 +110,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     std::io::stdout().flush()?;
-    updraft_gateway::serve(listener, platform, shutdown_signal()).await?;
+    updraft_gateway::serve(listener, platform, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -149,24 +150,18 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+/// Resolves at SIGINT or SIGTERM. The handlers are registered when this is
+/// called, before the address is printed: a signal sent the moment the
+/// server says it listens stops it cleanly, instead of killing it.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests");
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
 }

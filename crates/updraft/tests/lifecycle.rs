@@ -160,6 +160,18 @@ async fn two_hundred_concurrent_requests_all_succeed() {
     }
 }
 
+/// SIGTERM the moment the server prints its address is a clean stop: the
+/// handlers are in place before the line is printed (a supervisor that
+/// stops a server it just started must not kill it mid-write).
+#[test]
+fn a_sigterm_right_after_start_is_a_clean_stop() {
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Server::start(dir.path()).stop();
+        assert_eq!(status.code(), Some(0), "{status}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,290 @@
+//! The one invocation path. Every way in — a function's route, `POST
+//! /v1/functions/{name}/invoke`, a call from another function, an async
+//! attempt, an event delivery — becomes one [`Invocation`] and goes through
+//! [`Platform::run`], which picks the executor once, by what the input is
+//! and what the function exports, and answers an [`Outcome`].
+//!
+//! The executors themselves (budget, prepare, admission, the sandbox run,
+//! logs and usage) are `Platform::invoke_{http,command,handler}_as`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use updraft_core::{FunctionKind, Trigger};
+use updraft_sandbox::{CallRequest, InvokeError, ResponseBody};
+
+use crate::async_invoke::AsyncRequest;
+use crate::error::PlatformError;
+use crate::events::Event;
+use crate::platform::{Loaded, Platform};
+
+/// The body of a request handed to a function.
+pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BodyError>;
+
+/// Why a request body could not be read (the client went away, the framing
+/// broke). A type of its own, not a bare boxed error: rustc cannot prove
+/// futures holding a `Box<dyn Error>` body `Send` for every lifetime.
+#[derive(Debug)]
+pub struct BodyError(pub updraft_core::BoxError);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// What a function is invoked with.
+pub enum Input {
+    /// An HTTP request: the function's route, the invoke API, an async
+    /// request replayed. An http function gets it as is; a command gets its
+    /// body on stdin.
+    Request(http::Request<RequestBody>),
+    /// A payload, from another function's call: a handler export gets it
+    /// directly, an http function as the body of `POST /`, a command on
+    /// stdin.
+    Payload(Bytes),
+    /// A CloudEvent delivered from a queue, a topic, a schedule or a
+    /// key-value change: structured JSON for a handler or a command,
+    /// binary mode (`ce-*` headers) for an http function.
+    Event {
+        event: StoredEvent,
+        /// When it was queued: its `time` if it has none.
+        enqueued_ms: u64,
+    },
+}
+
+/// An event as the queue keeps it.
+pub enum StoredEvent {
+    Parsed(Event),
+    /// Structured JSON, checked when it was published.
+    Json(Bytes),
+}
+
+/// A request whose body is held in memory.
+pub fn boxed(request: http::Request<Bytes>) -> http::Request<RequestBody> {
+    request.map(|body| {
+        http_body_util::Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    })
+}
+
+/// One invocation of one function.
+pub struct Invocation<'a> {
+    pub function: &'a Arc<Loaded>,
+    pub input: Input,
+    pub trigger: Trigger,
+    /// Its id: in the logs, the usage record and the response.
+    pub id: String,
+    /// Set for a call from another function: the chain and its deadline.
+    pub call: Option<&'a CallRequest>,
+}
+
+impl<'a> Invocation<'a> {
+    /// An invocation with a new id.
+    pub fn new(function: &'a Arc<Loaded>, input: Input, trigger: Trigger) -> Invocation<'a> {
+        Invocation {
+            function,
+            input,
+            trigger,
+            id: uuid::Uuid::now_v7().to_string(),
+            call: None,
+        }
+    }
+}
+
+/// What an invocation answered.
+pub enum Outcome {
+    /// An http function's response, its body streaming while the guest
+    /// runs on.
+    Streamed(http::Response<ResponseBody>),
+    /// An answer the function gave whole: a command's stdout (status 200),
+    /// a handler's status and body.
+    Buffered { status: u16, body: Bytes },
+}
+
+impl Outcome {
+    /// The status and the whole body.
+    pub async fn collect(self) -> Result<(u16, Bytes), PlatformError> {
+        match self {
+            Outcome::Buffered { status, body } => Ok((status, body)),
+            Outcome::Streamed(response) => {
+                let status = response.status().as_u16();
+                let body = response.into_body().collect().await.map_err(|e| {
+                    PlatformError::Invoke(InvokeError::Guest(format!(
+                        "the response body failed: {e}"
+                    )))
+                })?;
+                Ok((status, body.to_bytes()))
+            }
+        }
+    }
+
+    /// As an HTTP response.
+    pub fn into_response(self) -> http::Response<ResponseBody> {
+        match self {
+            Outcome::Streamed(response) => response,
+            Outcome::Buffered { status, body } => {
+                let mut response = http::Response::new(
+                    http_body_util::Full::new(body)
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                );
+                *response.status_mut() =
+                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+                response
+            }
+        }
+    }
+}
+
+/// How the function takes its input: the one decision by kind.
+enum Executor {
+    Http,
+    Command,
+    Handler,
+}
+
+impl Platform {
+    /// Runs one invocation; returns its id and what it answered.
+    pub async fn run(
+        self: &Arc<Self>,
+        invocation: Invocation<'_>,
+    ) -> (String, Result<Outcome, PlatformError>) {
+        let Invocation {
+            function,
+            input,
+            trigger,
+            id,
+            call,
+        } = invocation;
+        // Only a payload or an event may go to a handler export.
+        let may_take_payload = !matches!(input, Input::Request(_));
+        let executor = match self.executor(function, may_take_payload).await {
+            Ok(executor) => executor,
+            Err(e) => return (id, Err(e)),
+        };
+        let result = match (executor, input) {
+            (Executor::Http, input) => match http_request(input, &id) {
+                Ok(request) => {
+                    let (_, response) = self
+                        .invoke_http_as(function, request, trigger, id.clone(), call)
+                        .await;
+                    response.map(Outcome::Streamed)
+                }
+                Err(e) => Err(e),
+            },
+            (Executor::Command, input) => match input_bytes(function, input, &id).await {
+                Ok(stdin) => {
+                    let (_, stdout) = self
+                        .invoke_command_as(function, stdin, trigger, id.clone(), call)
+                        .await;
+                    stdout.map(|body| Outcome::Buffered { status: 200, body })
+                }
+                Err(e) => Err(e),
+            },
+            (Executor::Handler, input) => match input_bytes(function, input, &id).await {
+                Ok(payload) => {
+                    let (_, answer) = self
+                        .invoke_handler_as(function, payload, trigger, id.clone(), call)
+                        .await;
+                    answer.map(|(status, body)| Outcome::Buffered { status, body })
+                }
+                Err(e) => Err(e),
+            },
+        };
+        (id, result)
+    }
+
+    /// A request goes to an http function's handler of requests; a payload
+    /// or an event to the handler export when there is one.
+    async fn executor(
+        &self,
+        function: &Loaded,
+        may_take_payload: bool,
+    ) -> Result<Executor, PlatformError> {
+        // Whether it exports a handler is known once it is prepared (it may
+        // have been unloaded while idle).
+        let takes_payloads =
+            may_take_payload && self.ensure_prepared(function).await?.takes_calls();
+        Ok(match (takes_payloads, function.version.kind) {
+            (true, _) => Executor::Handler,
+            (false, FunctionKind::Http) => Executor::Http,
+            (false, FunctionKind::Command) => Executor::Command,
+        })
+    }
+}
+
+/// The input as an HTTP request for an http function.
+fn http_request(input: Input, id: &str) -> Result<http::Request<RequestBody>, PlatformError> {
+    match input {
+        Input::Request(request) => Ok(request),
+        Input::Payload(payload) => Ok(boxed(post_root(payload))),
+        Input::Event { event, enqueued_ms } => {
+            let event = match event {
+                StoredEvent::Parsed(event) => event,
+                StoredEvent::Json(json) => Event::from_structured(&json)?,
+            };
+            event.binary_request(id, enqueued_ms).into_http()
+        }
+    }
+}
+
+/// `POST /` with `body`.
+fn post_root(body: Bytes) -> http::Request<Bytes> {
+    let mut request = http::Request::new(body);
+    *request.method_mut() = http::Method::POST;
+    request
+}
+
+/// The input as bytes, for a command's stdin or a handler's payload: a
+/// request's body (read up to the function's limit), a payload as it is,
+/// an event as structured JSON.
+async fn input_bytes(function: &Loaded, input: Input, id: &str) -> Result<Bytes, PlatformError> {
+    match input {
+        Input::Payload(payload) => Ok(payload),
+        Input::Event { event, enqueued_ms } => Ok(match event {
+            StoredEvent::Parsed(event) => event.structured(id, enqueued_ms),
+            StoredEvent::Json(json) => json,
+        }),
+        Input::Request(request) => {
+            let limit = function.version.limits.request_body_bytes_max;
+            let limited = http_body_util::Limited::new(
+                request.into_body(),
+                usize::try_from(limit).unwrap_or(usize::MAX),
+            );
+            match limited.collect().await {
+                Ok(body) => Ok(body.to_bytes()),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    Err(PlatformError::Invoke(InvokeError::RequestTooLarge {
+                        limit,
+                    }))
+                }
+                Err(e) => Err(PlatformError::BodyRead(e)),
+            }
+        }
+    }
+}
+
+impl AsyncRequest {
+    /// The stored request as an HTTP request again.
+    pub(crate) fn into_http(self) -> Result<http::Request<RequestBody>, PlatformError> {
+        let mut builder = http::Request::builder()
+            .method(self.method.as_str())
+            .uri(self.path.as_str());
+        for (name, value) in &self.headers {
+            builder = builder.header(name.as_str(), value.as_slice());
+        }
+        let request = builder.body(self.body).map_err(|e| {
+            PlatformError::BadRequest(format!("the stored request is invalid: {e}"))
+        })?;
+        Ok(boxed(request))
+    }
+}
