@@ -39,10 +39,7 @@ fn prepare(sandbox: &Sandbox, name: &str) -> Arc<Prepared> {
                 kind: None,
                 limits: Limits::default(),
                 env: Vec::new(),
-                kv: None,
-                calls: None,
-                publishes: None,
-                blobs: None,
+                grants: updraft_sandbox::Grants::default(),
             })
             .unwrap(),
     )

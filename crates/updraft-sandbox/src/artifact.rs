@@ -15,13 +15,11 @@ use wasmtime::component::{Component, InstancePre, Type};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyIndices;
 
-use crate::blobs::BlobGrant;
-use crate::calls::{CallGrant, HANDLER_EXPORT, HandlerIndices};
+use crate::calls::{HANDLER_EXPORT, HandlerIndices};
+use crate::capability::Grants;
 use crate::engine::Sandbox;
 use crate::error::PrepareError;
 use crate::host::Host;
-use crate::keyvalue::KvGrant;
-use crate::messaging::PublishGrant;
 use crate::warm::WarmPool;
 
 /// Where a prepared function's machine code came from.
@@ -66,14 +64,8 @@ pub struct Prepared {
     pub(crate) pre: Pre,
     /// Its `updraft:platform/handler` export, when it takes calls directly.
     pub(crate) handler: Option<HandlerIndices>,
-    /// The key-value stores the function may open.
-    pub(crate) kv: Option<Arc<KvGrant>>,
-    /// The blob containers the function may open.
-    pub(crate) blobs: Option<Arc<BlobGrant>>,
-    /// The functions it may call.
-    pub(crate) calls: Option<Arc<CallGrant>>,
-    /// The queues and topics it may publish to.
-    pub(crate) publishes: Option<Arc<PublishGrant>>,
+    /// What its manifest lets it reach.
+    pub(crate) grants: Grants,
     /// Idle instances kept between requests, in reuse mode only.
     pub(crate) warm: Option<Arc<WarmPool>>,
 }
@@ -98,10 +90,8 @@ pub struct PrepareSpec<'a> {
     pub kind: Option<FunctionKind>,
     pub limits: Limits,
     pub env: Vec<(String, String)>,
-    pub kv: Option<KvGrant>,
-    pub blobs: Option<BlobGrant>,
-    pub calls: Option<CallGrant>,
-    pub publishes: Option<PublishGrant>,
+    /// Its capabilities ([`Grants::for_function`]).
+    pub grants: Grants,
 }
 
 impl Sandbox {
@@ -150,10 +140,7 @@ impl Sandbox {
             env: spec.env,
             pre,
             handler,
-            kv: spec.kv.map(Arc::new),
-            blobs: spec.blobs.map(Arc::new),
-            calls: spec.calls.map(Arc::new),
-            publishes: spec.publishes.map(Arc::new),
+            grants: spec.grants,
             warm: reuse.then(|| Arc::new(WarmPool::new(self.warm_budget.clone()))),
         })
     }
@@ -368,10 +355,7 @@ mod tests {
                 kind: None,
                 limits: Limits::default(),
                 env: Vec::new(),
-                kv: None,
-                blobs: None,
-                calls: None,
-                publishes: None,
+                grants: Grants::default(),
             })
             .err()
             .expect("the deploy must fail");

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use updraft_state::blob::{BlobError, BlobInfo, BlobWriter, Blobs, ContainerId};
 use wasmtime::component::{HasSelf, Linker, Resource};
 
+use crate::capability::Backends;
 use crate::host::{Host, refused};
+use updraft_core::Manifest;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -33,6 +35,16 @@ pub struct BlobGrant {
     pub blobs: Arc<Blobs>,
     pub owner: String,
     pub containers: Vec<String>,
+}
+
+/// The containers of `blob_containers`, if the manifest lists any.
+pub(crate) fn grant(tenant: &str, manifest: &Manifest, backends: &Backends) -> Option<BlobGrant> {
+    let containers = &manifest.blob_containers;
+    (!containers.is_empty()).then(|| BlobGrant {
+        blobs: backends.blobs.clone(),
+        owner: tenant.to_string(),
+        containers: containers.clone(),
+    })
 }
 
 /// An open container.
@@ -80,7 +92,7 @@ impl Host {
     ) -> wasmtime::Result<(ContainerId, Arc<Blobs>)> {
         self.usage.blob_ops += 1;
         let id = self.table.get(container)?.id.clone();
-        match &self.blobs {
+        match &self.grants.blobs {
             Some(grant) => Ok((id, grant.blobs.clone())),
             None => Err(wasmtime::format_err!(
                 "a blob container exists without a grant"
@@ -93,8 +105,13 @@ impl blobs::Host for Host {}
 
 impl blobs::HostContainer for Host {
     async fn open(&mut self, name: String) -> Outcome<Resource<Container>> {
-        let Some(grant) = self.blobs.as_ref().filter(|g| g.containers.contains(&name)) else {
-            let listed = self.blobs.as_ref().map(|g| g.containers.as_slice());
+        let Some(grant) = self
+            .grants
+            .blobs
+            .as_ref()
+            .filter(|g| g.containers.contains(&name))
+        else {
+            let listed = self.grants.blobs.as_ref().map(|g| g.containers.as_slice());
             let note = refused(
                 &format!("blob container {name:?}"),
                 "blob_containers",

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use wasmtime::component::{HasSelf, Linker};
 
+use crate::capability::Backends;
 use crate::host::{Host, refused};
+use updraft_core::Manifest;
 
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
@@ -68,6 +70,16 @@ pub struct CallGrant {
     pub functions: Vec<String>,
 }
 
+/// The functions of `calls`, if the manifest lists any.
+pub(crate) fn grant(tenant: &str, manifest: &Manifest, backends: &Backends) -> Option<CallGrant> {
+    let functions = &manifest.calls;
+    (!functions.is_empty()).then(|| CallGrant {
+        caller: backends.caller.clone(),
+        owner: tenant.to_string(),
+        functions: functions.clone(),
+    })
+}
+
 pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     invoke::add_to_linker::<Host, HasSelf<Host>>(linker, |h| h)
 }
@@ -79,11 +91,12 @@ impl invoke::Host for Host {
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<invoke::Response, invoke::CallError>> {
         let Some(grant) = self
+            .grants
             .calls
             .as_ref()
             .filter(|g| g.functions.contains(&function))
         else {
-            let listed = self.calls.as_ref().map(|g| g.functions.as_slice());
+            let listed = self.grants.calls.as_ref().map(|g| g.functions.as_slice());
             let note = refused(&format!("call to {function:?}"), "calls", listed);
             self.note(note);
             return Ok(Err(invoke::CallError::NotAllowed(function)));

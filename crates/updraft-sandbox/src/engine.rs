@@ -87,10 +87,7 @@ impl Sandbox {
         // built by componentize-js/py import wasi:cli, commands import it all.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
-            .and_then(|()| crate::keyvalue::add_to_linker(&mut linker))
-            .and_then(|()| crate::blobs::add_to_linker(&mut linker))
-            .and_then(|()| crate::calls::add_to_linker(&mut linker))
-            .and_then(|()| crate::messaging::add_to_linker(&mut linker))
+            .and_then(|()| crate::capability::add_to_linker(&mut linker))
             .map_err(|e| PrepareError::Internal(format!("linker: {e}")))?;
         std::fs::create_dir_all(&config.cache_dir).map_err(|e| {
             PrepareError::Internal(format!(

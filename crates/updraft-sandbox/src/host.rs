@@ -11,11 +11,8 @@ use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
-use crate::blobs::BlobGrant;
-use crate::calls::CallGrant;
+use crate::capability::Grants;
 use crate::engine::TABLE_ELEMENTS_MAX;
-use crate::keyvalue::KvGrant;
-use crate::messaging::PublishGrant;
 
 pub(crate) struct Host {
     /// When the current invocation must stop (read by the epoch callback).
@@ -25,14 +22,8 @@ pub(crate) struct Host {
     pub(crate) hooks: DenyOutbound,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
-    /// The key-value stores this function may open.
-    pub(crate) kv: Option<Arc<KvGrant>>,
-    /// The blob containers this function may open.
-    pub(crate) blobs: Option<Arc<BlobGrant>>,
-    /// The functions this function may call.
-    pub(crate) calls: Option<Arc<CallGrant>>,
-    /// The queues and topics this function may publish to.
-    pub(crate) publishes: Option<Arc<PublishGrant>>,
+    /// What the manifest lets this function reach (the capabilities).
+    pub(crate) grants: Grants,
     /// The chain of calls this invocation ends (itself last).
     pub(crate) chain: Arc<[Arc<str>]>,
     /// Host-side notes for this invocation's logs (e.g. a refused store).

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use updraft_state::kv::{CasOutcome, KvError, KvStore, LIST_PAGE_MAX, StoreId};
 use wasmtime::component::{HasSelf, Linker, Resource};
 
+use crate::capability::Backends;
 use crate::host::{Host, refused};
+use updraft_core::Manifest;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -33,6 +35,16 @@ pub struct KvGrant {
     pub backend: Arc<dyn KvStore>,
     pub owner: String,
     pub stores: Vec<String>,
+}
+
+/// The stores of `key_value_stores`, if the manifest lists any.
+pub(crate) fn grant(tenant: &str, manifest: &Manifest, backends: &Backends) -> Option<KvGrant> {
+    let stores = &manifest.key_value_stores;
+    (!stores.is_empty()).then(|| KvGrant {
+        backend: backends.kv.clone(),
+        owner: tenant.to_string(),
+        stores: stores.clone(),
+    })
 }
 
 /// An open bucket (a store of the function's owner).
@@ -63,7 +75,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
 impl Host {
     /// The backend; a bucket exists only if `open` found a grant.
     fn backend(&self) -> wasmtime::Result<Arc<dyn KvStore>> {
-        match &self.kv {
+        match &self.grants.kv {
             Some(grant) => Ok(grant.backend.clone()),
             None => Err(wasmtime::format_err!(
                 "a key-value bucket exists without a grant"
@@ -89,11 +101,12 @@ impl Host {
 impl store::Host for Host {
     async fn open(&mut self, identifier: String) -> Outcome<Resource<Bucket>> {
         let Some(grant) = self
+            .grants
             .kv
             .as_ref()
             .filter(|grant| grant.stores.contains(&identifier))
         else {
-            let listed = self.kv.as_ref().map(|g| g.stores.as_slice());
+            let listed = self.grants.kv.as_ref().map(|g| g.stores.as_slice());
             let note = refused(
                 &format!("key-value store {identifier:?}"),
                 "key_value_stores",

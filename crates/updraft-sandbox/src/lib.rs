@@ -14,6 +14,7 @@
 mod artifact;
 mod blobs;
 mod calls;
+mod capability;
 mod capture;
 mod engine;
 mod error;
@@ -26,6 +27,7 @@ mod warm;
 pub use artifact::{LoadedFrom, PrepareSpec, Prepared, WasmSource};
 pub use blobs::BlobGrant;
 pub use calls::{CALL_DEPTH_MAX, CallError, CallGrant, CallRequest, FunctionCaller};
+pub use capability::{Backends, Grants};
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{InvokeError, PrepareError};
 pub use host::StateUsage;

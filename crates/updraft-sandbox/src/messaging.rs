@@ -8,7 +8,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use wasmtime::component::{HasSelf, Linker};
 
+use crate::capability::Backends;
 use crate::host::{Host, refused};
+use updraft_core::Manifest;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -47,6 +49,20 @@ pub struct PublishGrant {
     pub channels: Vec<String>,
 }
 
+/// The queues and topics of `publishes`, if the manifest lists any.
+pub(crate) fn grant(
+    tenant: &str,
+    manifest: &Manifest,
+    backends: &Backends,
+) -> Option<PublishGrant> {
+    let channels = &manifest.publishes;
+    (!channels.is_empty()).then(|| PublishGrant {
+        publisher: backends.publisher.clone(),
+        owner: tenant.to_string(),
+        channels: channels.clone(),
+    })
+}
+
 pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     messaging::add_to_linker::<Host, HasSelf<Host>>(linker, |h| h)
 }
@@ -59,11 +75,16 @@ impl messaging::Host for Host {
         content_type: Option<String>,
     ) -> wasmtime::Result<Result<Vec<String>, messaging::Error>> {
         let Some(grant) = self
+            .grants
             .publishes
             .as_ref()
             .filter(|g| g.channels.contains(&channel))
         else {
-            let listed = self.publishes.as_ref().map(|g| g.channels.as_slice());
+            let listed = self
+                .grants
+                .publishes
+                .as_ref()
+                .map(|g| g.channels.as_slice());
             let note = refused(&format!("publish to {channel:?}"), "publishes", listed);
             self.note(note);
             return Ok(Err(messaging::Error::AccessDenied(channel)));

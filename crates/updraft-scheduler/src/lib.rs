@@ -2,13 +2,18 @@
 //! sandbox kept in step) and the data plane's admission (which version runs,
 //! how many instances at once, logs and usage of each run).
 //!
-//! It sits between the gateway (HTTP) and the sandbox (Wasmtime) and the state
-//! layer (registry, logs); the gateway never talks to those directly: it
-//! reaches stores, containers and API keys through the `operator` module, and names
-//! only the state types re-exported here. Every error has a kind
-//! ([`updraft_core::Classify`]), which is all the gateway maps.
-//! Async invocation with retries and dead letters ([`async_invoke`]) is
-//! here; triggers and placement across nodes belong here too in later work.
+//! Every invocation, whatever brought it (a route, the invoke API, a call
+//! from another function, an async attempt, an event), is one
+//! [`Invocation`] through [`Platform::run`] (the `invoker` module), which
+//! picks how the function takes its input in one place.
+//!
+//! It sits between the gateway (HTTP) and the sandbox (Wasmtime) and the
+//! state layer (registry, logs); the gateway never talks to those directly:
+//! it reaches stores, containers and API keys through the `operator`
+//! module, and names only the state types re-exported here. Every error has
+//! a kind ([`updraft_core::Classify`]), which is all the gateway maps.
+//! Async invocation with retries and dead letters (`async_invoke`) and
+//! events (`events`) are here too.
 
 mod async_invoke;
 mod calls;

@@ -16,8 +16,8 @@ use updraft_core::{
 };
 use updraft_metering::{Aggregate, BudgetEvent, BudgetKind, Metering, PriceSheet, usd};
 use updraft_sandbox::{
-    BlobGrant, CallGrant, CallRequest, FunctionCaller, InvocationCtx, KvGrant, OnDone, Output,
-    PrepareSpec, Prepared, PublishGrant, Publisher, Report, ResponseBody, Sandbox, SandboxConfig,
+    Backends, CallRequest, Grants, InvocationCtx, OnDone, Output, PrepareSpec, Prepared, Report,
+    ResponseBody, Sandbox, SandboxConfig,
 };
 use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig, Blobs};
 use updraft_state::kv::{KvConfig, KvStore};
@@ -155,8 +155,9 @@ pub struct FunctionDetails {
 
 pub struct Platform {
     sandbox: Arc<Sandbox>,
-    kv: Arc<dyn KvStore>,
-    blobs: Arc<Blobs>,
+    /// The key-value and blob backends, the caller of functions and the
+    /// publisher: what every function's capabilities are served by.
+    backends: Backends,
     registry: Arc<Registry>,
     tenants: Tenants,
     log_store: Arc<LogStore>,
@@ -173,10 +174,6 @@ pub struct Platform {
     /// Functions whose async dispatcher runs.
     dispatchers: Mutex<HashSet<Arc<str>>>,
     shut_down: AtomicBool,
-    /// Runs calls from one function to another (handed to the sandbox).
-    caller: Arc<dyn FunctionCaller>,
-    /// Publishes for guests (handed to the sandbox).
-    publisher: Arc<dyn Publisher>,
     /// This platform, for work started from `&self` (budget alerts).
     me: std::sync::Weak<Platform>,
     /// Functions watching key-value writes, rebuilt on every control change.
@@ -289,18 +286,20 @@ impl Platform {
         let log_store = Arc::new(log_store);
         let kv_watchers: Arc<RwLock<crate::kv_triggers::Watchers>> = Arc::new(RwLock::default());
         let platform = Arc::new_cyclic(|weak| Platform {
-            caller: Arc::new(crate::calls::PlatformCaller(weak.clone())),
-            publisher: Arc::new(crate::events::PlatformPublisher(weak.clone())),
             me: weak.clone(),
             kv_watchers: kv_watchers.clone(),
             admission: Arc::new(Semaphore::new(sandbox.instances_max() as usize)),
             sandbox,
-            kv: Arc::new(crate::kv_triggers::WatchedKv {
-                inner: kv,
-                watchers: kv_watchers.clone(),
-                platform: weak.clone(),
-            }),
-            blobs,
+            backends: Backends {
+                kv: Arc::new(crate::kv_triggers::WatchedKv {
+                    inner: kv,
+                    watchers: kv_watchers.clone(),
+                    platform: weak.clone(),
+                }),
+                blobs,
+                caller: Arc::new(crate::calls::PlatformCaller(weak.clone())),
+                publisher: Arc::new(crate::events::PlatformPublisher(weak.clone())),
+            },
             registry,
             tenants,
             logs: LogPipe::start(log_store.clone()),
@@ -379,30 +378,7 @@ impl Platform {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let stores = &version.manifest.key_value_stores;
-        let kv = (!stores.is_empty()).then(|| KvGrant {
-            backend: self.kv.clone(),
-            owner: tenant.to_string(),
-            stores: stores.clone(),
-        });
-        let callees = &version.manifest.calls;
-        let calls = (!callees.is_empty()).then(|| CallGrant {
-            caller: self.caller.clone(),
-            owner: tenant.to_string(),
-            functions: callees.clone(),
-        });
-        let channels = &version.manifest.publishes;
-        let publishes = (!channels.is_empty()).then(|| PublishGrant {
-            publisher: self.publisher.clone(),
-            owner: tenant.to_string(),
-            channels: channels.clone(),
-        });
-        let containers = &version.manifest.blob_containers;
-        let blobs = (!containers.is_empty()).then(|| BlobGrant {
-            blobs: self.blobs.clone(),
-            owner: tenant.to_string(),
-            containers: containers.clone(),
-        });
+        let grants = Grants::for_function(tenant, &version.manifest, &self.backends);
         let prepared = tokio::task::spawn_blocking(move || {
             let source = || match &wasm {
                 Some(bytes) => Ok(bytes.to_vec()),
@@ -415,10 +391,7 @@ impl Platform {
                 kind,
                 limits,
                 env,
-                kv,
-                blobs,
-                calls,
-                publishes,
+                grants,
             })
         })
         .await
@@ -538,7 +511,7 @@ impl Platform {
     /// The key-value backend (for the operator API; functions reach it
     /// through the sandbox, limited to their manifest's stores).
     pub(crate) fn kv(&self) -> &Arc<dyn KvStore> {
-        &self.kv
+        &self.backends.kv
     }
 
     /// Stores listed by `tenant`'s deployed functions, sorted.
@@ -549,7 +522,7 @@ impl Platform {
     /// The blob containers (for the operator API; functions reach them
     /// through the sandbox, limited to their manifest's containers).
     pub(crate) fn blobs(&self) -> &Arc<Blobs> {
-        &self.blobs
+        &self.backends.blobs
     }
 
     /// Containers listed by `tenant`'s deployed functions, sorted.
