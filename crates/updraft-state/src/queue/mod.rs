@@ -13,6 +13,8 @@
 //! JetStream implements the same trait later.
 
 pub mod embedded;
+#[cfg(test)]
+pub(crate) mod model;
 
 use std::time::Duration;
 
