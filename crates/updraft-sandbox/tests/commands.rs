@@ -1,0 +1,199 @@
+//! The sandbox alone, on small hand-written WASI command modules (wrapped
+//! into components at prepare, as deploy does): what a guest prints, how it
+//! exits, and each limit (time, memory, input size), with no scheduler and
+//! no server around it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use updraft_core::{Digest, Limits, LogStream};
+use updraft_sandbox::{
+    CommandOutput, Grants, InvocationCtx, InvokeError, PrepareError, PrepareSpec, Prepared,
+    Sandbox, SandboxConfig,
+};
+
+/// A wasip1 command: `body` is the `_start` function's body; it may call
+/// `$fd_write` and `$proc_exit`, and has one page of memory with the bytes
+/// `hi\n` at 16 and an iovec for them at 0.
+fn command(body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+             (import "wasi_snapshot_preview1" "fd_write"
+               (func $fd_write (param i32 i32 i32 i32) (result i32)))
+             (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+             (memory (export "memory") 1)
+             (data (i32.const 0) "\10\00\00\00\03\00\00\00")
+             (data (i32.const 16) "hi\0a")
+             (func (export "_start") {body}))"#
+    ))
+    .unwrap()
+}
+
+struct Fixture {
+    sandbox: Arc<Sandbox>,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = SandboxConfig::new(dir.path().join("compiled"));
+        config.instances_max = 4;
+        config.warm_instances_max = 0;
+        Fixture {
+            sandbox: Sandbox::new(config).unwrap(),
+            _dir: dir,
+        }
+    }
+
+    fn prepare(&self, wasm: Vec<u8>, limits: Limits) -> Result<Prepared, PrepareError> {
+        let source = || Ok(wasm.clone());
+        self.sandbox.prepare(PrepareSpec {
+            name: "t",
+            wasm: &source,
+            wasm_digest: Digest::of(&wasm),
+            kind: None,
+            limits,
+            env: Vec::new(),
+            grants: Grants::default(),
+        })
+    }
+
+    async fn run(&self, wasm: Vec<u8>, limits: Limits, stdin: &'static [u8]) -> CommandOutput {
+        let prepared = self.prepare(wasm, limits).unwrap();
+        let ctx = InvocationCtx {
+            invocation_id: "inv-1".into(),
+            chain: Arc::new([Arc::from("t")]),
+            deadline: None,
+            inline: false,
+        };
+        self.sandbox
+            .invoke_command(&prepared, Bytes::from_static(stdin), ctx)
+            .await
+    }
+}
+
+fn limits() -> Limits {
+    Limits {
+        timeout_ms: 2_000,
+        memory_mb: 16,
+        ..Limits::default()
+    }
+}
+
+const WRITE_HI: &str =
+    "(drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdout_is_the_result_and_the_report_says_who_ran() {
+    let f = Fixture::new();
+    let out = f.run(command(WRITE_HI), limits(), b"12345").await;
+    assert_eq!(&out.result.unwrap()[..], b"hi\n");
+    assert!(out.report.outcome.is_ok());
+    assert_eq!(out.report.invocation_id, "inv-1");
+    assert_eq!(out.report.bytes_in, 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stderr_goes_to_the_logs() {
+    let f = Fixture::new();
+    let body = "(drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 8)))";
+    let out = f.run(command(body), limits(), b"").await;
+    assert_eq!(&out.result.unwrap()[..], b"");
+    assert!(
+        out.report
+            .logs
+            .iter()
+            .any(|(stream, line)| *stream == LogStream::Stderr && line.contains("hi")),
+        "{:?}",
+        out.report.logs
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_zero_exit_code_is_a_failure_with_its_code() {
+    let f = Fixture::new();
+    let out = f
+        .run(command("(call $proc_exit (i32.const 3))"), limits(), b"")
+        .await;
+    // The preview1 adapter's proc_exit reaches wasi:cli/exit, which carries
+    // only success or failure: the code comes back as 1 (issue 18 asks for
+    // the exact code, as `wasmtime run` gives it).
+    let err = out.result.unwrap_err();
+    assert!(
+        matches!(err, InvokeError::Exit { code } if code != 0),
+        "{err:?}"
+    );
+    let out = f
+        .run(command("(call $proc_exit (i32.const 0))"), limits(), b"")
+        .await;
+    assert!(out.result.is_ok(), "exit 0 is success");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trap_is_reported_as_a_trap() {
+    let f = Fixture::new();
+    let out = f.run(command("unreachable"), limits(), b"").await;
+    let err = out.result.unwrap_err();
+    assert!(matches!(err, InvokeError::Trap { .. }), "{err:?}");
+    assert_eq!(err.code(), "trap");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_loop_is_stopped_at_its_timeout() {
+    let f = Fixture::new();
+    let limits = Limits {
+        timeout_ms: 200,
+        ..limits()
+    };
+    let out = f.run(command("(loop $l (br $l))"), limits, b"").await;
+    assert_eq!(
+        out.result.unwrap_err(),
+        InvokeError::Timeout { timeout_ms: 200 }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn growing_past_the_memory_limit_fails_naming_it() {
+    let f = Fixture::new();
+    // 64 KiB pages, 16 at a time, until the limiter says no; then a trap.
+    let body =
+        "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable";
+    let out = f.run(command(body), limits(), b"").await;
+    assert_eq!(
+        out.result.unwrap_err(),
+        InvokeError::MemoryLimit { memory_mb: 16 }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn input_over_the_limit_is_refused_before_the_guest_runs() {
+    let f = Fixture::new();
+    let limits = Limits {
+        request_body_bytes_max: 4,
+        ..limits()
+    };
+    let out = f.run(command(WRITE_HI), limits, b"12345").await;
+    assert_eq!(
+        out.result.unwrap_err(),
+        InvokeError::RequestTooLarge { limit: 4 }
+    );
+    assert_eq!(out.report.bytes_in, 0, "the guest never ran");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_without_start_or_of_the_wrong_kind_is_refused_at_prepare() {
+    let f = Fixture::new();
+    let no_start = wat::parse_str(r#"(module (memory (export "memory") 1))"#).unwrap();
+    let err = f.prepare(no_start, limits()).err().unwrap();
+    assert!(matches!(err, PrepareError::NoStart), "{err}");
+    let err = f.prepare(b"not wasm".to_vec(), limits()).err().unwrap();
+    assert!(
+        matches!(err, PrepareError::NotWasm | PrepareError::Invalid(_)),
+        "{err}"
+    );
+    let prepared = f.prepare(command(WRITE_HI), limits()).unwrap();
+    assert_eq!(prepared.kind, updraft_core::FunctionKind::Command);
+    assert!(!prepared.takes_calls());
+}
