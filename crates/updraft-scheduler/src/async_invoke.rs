@@ -648,6 +648,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn attempts_that_cannot_succeed_are_permanent() {
+        use updraft_sandbox::InvokeError;
+        let permanent = |e: PlatformError| AttemptError::from(e).permanent;
+        let budget = updraft_metering::MeteringError::BudgetExceeded {
+            tenant: "t".into(),
+            budget: "$1".into(),
+            spent: "$1".into(),
+        };
+        assert!(permanent(PlatformError::Metering(budget)));
+        assert!(permanent(PlatformError::function_not_found("f")));
+        assert!(permanent(PlatformError::InvalidEvent("bad".into())));
+        assert!(permanent(PlatformError::Invoke(
+            InvokeError::RequestTooLarge { limit: 1 }
+        )));
+        // A crash, a timeout, a full pool or a storage failure may pass.
+        assert!(!permanent(PlatformError::Invoke(InvokeError::Trap {
+            message: "x".into()
+        })));
+        assert!(!permanent(PlatformError::Invoke(InvokeError::Timeout {
+            timeout_ms: 1
+        })));
+        assert!(!permanent(PlatformError::Busy(1)));
+        assert!(!permanent(PlatformError::Queue(
+            updraft_state::queue::QueueError::storage("disk")
+        )));
+        // A 5xx answer is retried; 4xx is the function's answer.
+        assert!(!settle_response(503, b"later").unwrap_err().permanent);
+        assert_eq!(settle_response(404, b"no").unwrap().status, 404);
+    }
+
+    #[test]
     fn requests_round_trip() {
         let request = AsyncRequest {
             method: "POST".into(),

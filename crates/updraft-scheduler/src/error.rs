@@ -147,3 +147,90 @@ impl Classify for PlatformError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_the_kind_and_code_the_api_documents() {
+        let cases: Vec<(PlatformError, ErrorKind, &str)> = vec![
+            (
+                PlatformError::function_not_found("f"),
+                ErrorKind::NotFound,
+                "function_not_found",
+            ),
+            (
+                PlatformError::State(StateError::ApiKeyNotFound("k".into())),
+                ErrorKind::NotFound,
+                "api_key_not_found",
+            ),
+            (
+                PlatformError::KeyNotFound {
+                    store: "s".into(),
+                    key: "k".into(),
+                },
+                ErrorKind::NotFound,
+                "key_not_found",
+            ),
+            (
+                PlatformError::NotInUse {
+                    what: "blob container",
+                    name: "c".into(),
+                    known: String::new(),
+                },
+                ErrorKind::NotFound,
+                "container_not_found",
+            ),
+            (PlatformError::Busy(4), ErrorKind::Busy, "busy"),
+            (
+                PlatformError::Kv(KvError::NotAnInteger { key: "k".into() }),
+                ErrorKind::Conflict,
+                "not_an_integer",
+            ),
+            (
+                PlatformError::Blob(BlobError::TooLarge { max: 1 }),
+                ErrorKind::TooLarge,
+                "blob_too_large",
+            ),
+            (
+                PlatformError::Invoke(InvokeError::Timeout { timeout_ms: 1 }),
+                ErrorKind::Timeout,
+                "timeout",
+            ),
+            (
+                PlatformError::Metering(updraft_metering::MeteringError::BudgetExceeded {
+                    tenant: "t".into(),
+                    budget: "$1".into(),
+                    spent: "$1".into(),
+                }),
+                ErrorKind::BudgetSpent,
+                "budget_exceeded",
+            ),
+            (
+                PlatformError::BodyRead("reset".into()),
+                ErrorKind::Invalid,
+                "body_read_failed",
+            ),
+            (
+                PlatformError::Kv(KvError::storage("disk")),
+                ErrorKind::Internal,
+                "storage",
+            ),
+        ];
+        for (error, kind, code) in cases {
+            assert_eq!((error.kind(), error.code()), (kind, code), "{error}");
+        }
+    }
+
+    #[test]
+    fn only_the_functions_own_failures_are_its_fault() {
+        let trap = PlatformError::Invoke(InvokeError::Trap {
+            message: "x".into(),
+        });
+        assert!(trap.is_guest_fault());
+        let internal = PlatformError::Invoke(InvokeError::Internal("x".into()));
+        assert!(!internal.is_guest_fault());
+        assert!(!PlatformError::Kv(KvError::storage("disk")).is_guest_fault());
+    }
+}

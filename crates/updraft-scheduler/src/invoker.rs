@@ -288,3 +288,59 @@ impl AsyncRequest {
         Ok(boxed(request))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn an_outcome_is_a_response_or_a_whole_body_either_way() {
+        let buffered = Outcome::Buffered {
+            status: 201,
+            body: Bytes::from_static(b"made"),
+        };
+        let response = buffered.into_response();
+        assert_eq!(response.status(), 201);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"made");
+        let streamed = Outcome::Streamed(
+            http::Response::builder()
+                .status(404)
+                .body(
+                    http_body_util::Full::new(Bytes::from_static(b"none"))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .unwrap(),
+        );
+        let (status, body) = streamed.collect().await.unwrap();
+        assert_eq!((status, &body[..]), (404, &b"none"[..]));
+    }
+
+    #[test]
+    fn a_stored_request_becomes_an_http_request_again() {
+        let stored = AsyncRequest {
+            method: "PUT".into(),
+            path: "/orders?id=7".into(),
+            headers: vec![("x-a".into(), b"1".to_vec())],
+            body: Bytes::from_static(b"{}"),
+        };
+        let request = stored.into_http().unwrap();
+        assert_eq!(request.method(), http::Method::PUT);
+        assert_eq!(request.uri(), "/orders?id=7");
+        assert_eq!(request.headers()["x-a"], "1");
+        let broken = AsyncRequest {
+            method: "NOT A METHOD".into(),
+            path: "/".into(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+        };
+        let err = broken.into_http().unwrap_err();
+        assert!(
+            err.to_string().contains("stored request is invalid"),
+            "{err}"
+        );
+    }
+}
