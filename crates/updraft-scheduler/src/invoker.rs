@@ -171,36 +171,42 @@ impl Platform {
             Ok(executor) => executor,
             Err(e) => return (id, Err(e)),
         };
-        let result = match (executor, input) {
+        // The executors hand the id back: no copy of it per invocation.
+        match (executor, input) {
             (Executor::Http, input) => match http_request(input, &id) {
                 Ok(request) => {
-                    let (_, response) = self
-                        .invoke_http_as(function, request, trigger, id.clone(), call)
+                    let (id, response) = self
+                        .invoke_http_as(function, request, trigger, id, call)
                         .await;
-                    response.map(Outcome::Streamed)
+                    (id, response.map(Outcome::Streamed))
                 }
-                Err(e) => Err(e),
+                Err(e) => (id, Err(e)),
             },
             (Executor::Command, input) => match input_bytes(function, input, &id).await {
                 Ok(stdin) => {
-                    let (_, stdout) = self
-                        .invoke_command_as(function, stdin, trigger, id.clone(), call)
+                    let (id, stdout) = self
+                        .invoke_command_as(function, stdin, trigger, id, call)
                         .await;
-                    stdout.map(|body| Outcome::Buffered { status: 200, body })
+                    (
+                        id,
+                        stdout.map(|body| Outcome::Buffered { status: 200, body }),
+                    )
                 }
-                Err(e) => Err(e),
+                Err(e) => (id, Err(e)),
             },
             (Executor::Handler, input) => match input_bytes(function, input, &id).await {
                 Ok(payload) => {
-                    let (_, answer) = self
-                        .invoke_handler_as(function, payload, trigger, id.clone(), call)
+                    let (id, answer) = self
+                        .invoke_handler_as(function, payload, trigger, id, call)
                         .await;
-                    answer.map(|(status, body)| Outcome::Buffered { status, body })
+                    (
+                        id,
+                        answer.map(|(status, body)| Outcome::Buffered { status, body }),
+                    )
                 }
-                Err(e) => Err(e),
+                Err(e) => (id, Err(e)),
             },
-        };
-        (id, result)
+        }
     }
 
     /// A request goes to an http function's handler of requests; a payload
