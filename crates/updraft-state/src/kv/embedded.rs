@@ -1038,15 +1038,14 @@ mod tests {
             // At `process`, sync back to back meanwhile, so increments and
             // reads race every step of a sync.
             let stop = Arc::new(AtomicBool::new(false));
+            let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let syncer = kv.journal.clone().map(|journal| {
-                let (shared, stop) = (kv.shared.clone(), stop.clone());
+                let (shared, stop, syncs) = (kv.shared.clone(), stop.clone(), syncs.clone());
                 std::thread::spawn(move || {
-                    let mut syncs = 0;
                     while !stop.load(Ordering::Relaxed) {
                         shared.sync(&journal);
-                        syncs += 1;
+                        syncs.fetch_add(1, Ordering::Relaxed);
                     }
-                    syncs
                 })
             });
             let tasks: Vec<_> = (0..1000)
@@ -1065,9 +1064,16 @@ mod tests {
             for task in tasks {
                 seen.push(task.await.unwrap());
             }
-            stop.store(true, Ordering::Relaxed);
+            // The syncer may not have had a turn on a busy machine: let it
+            // sync twice more (one sync after the increments at least) before
+            // stopping it, rather than count on the scheduler's luck.
             if let Some(syncer) = syncer {
-                assert!(syncer.join().unwrap() > 1);
+                let target = syncs.load(Ordering::Relaxed) + 2;
+                while syncs.load(Ordering::Relaxed) < target && !syncer.is_finished() {
+                    std::thread::yield_now();
+                }
+                stop.store(true, Ordering::Relaxed);
+                syncer.join().unwrap();
             }
             seen.sort_unstable();
             assert_eq!(
