@@ -132,6 +132,13 @@ pub(crate) struct Pipes {
     stderr: CapturePipe,
 }
 
+/// When an invocation started, and when it must stop.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    started: Instant,
+    deadline: Instant,
+}
+
 /// A store for one invocation: a warm instance's (with its exports), or a
 /// fresh one to instantiate into.
 struct Checkout {
@@ -285,8 +292,7 @@ impl Sandbox {
             &store,
             &pipes,
             result,
-            started,
-            deadline,
+            Timing { started, deadline },
             ctx.invocation_id,
             None,
         );
@@ -301,7 +307,13 @@ impl Sandbox {
             Some((exports, response)) => {
                 let warm = prepared.warm.as_deref();
                 let reuse_max = limits.instance_reuse_max;
-                checkin(warm, &report, reuse_max, store, Some(exports), pipes, uses);
+                let used = Checkout {
+                    store,
+                    pipes,
+                    exports: Some(exports),
+                    uses,
+                };
+                checkin(warm, &report, reuse_max, used);
                 Ok((response.status, Bytes::from(response.body)))
             }
             None => Err(report
@@ -366,26 +378,8 @@ impl Sandbox {
                 on_done,
             );
         }
-        let request_too_large = Arc::new(AtomicBool::new(false));
-        let flag = request_too_large.clone();
-        let received = Arc::new(AtomicU64::new(0));
-        let counter = received.clone();
-        let request = request.map(move |body| {
-            let body = body.map_frame(move |frame| {
-                if let Some(data) = frame.data_ref() {
-                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
-                }
-                frame
-            });
-            Limited::new(body, request_limit as usize).map_err(move |e| {
-                if e.is::<LengthLimitError>() {
-                    flag.store(true, Ordering::Relaxed);
-                    wasmtime_wasi_http::Error::HttpRequestBodySize(Some(request_limit))
-                } else {
-                    wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
-                }
-            })
-        });
+        let (request, watch) = watched(request, request_limit);
+        let too_large_flag = watch.too_large.clone();
 
         let Checkout {
             mut store,
@@ -431,25 +425,22 @@ impl Sandbox {
                     &store,
                     &pipes,
                     result,
-                    started,
-                    deadline,
+                    Timing { started, deadline },
                     invocation_id,
                     None,
                 );
-                checkin(
-                    warm.as_deref(),
-                    &report,
-                    reuse_max,
+                let used = Checkout {
                     store,
-                    exports,
                     pipes,
+                    exports,
                     uses,
-                );
+                };
+                checkin(warm.as_deref(), &report, reuse_max, used);
                 report
             }))
             .await;
             report.cpu_time = cpu_time;
-            report.bytes_in = received.load(Ordering::Relaxed);
+            report.bytes_in = watch.received.load(Ordering::Relaxed);
             report
         });
 
@@ -461,7 +452,7 @@ impl Sandbox {
         };
         let sent = std::future::poll_fn(|cx| run.poll_response(cx, &mut receiver)).await;
         let too_large = || {
-            request_too_large
+            too_large_flag
                 .load(Ordering::Relaxed)
                 .then_some(InvokeError::RequestTooLarge {
                     limit: request_limit,
@@ -584,8 +575,7 @@ impl Sandbox {
             &store,
             &pipes,
             result,
-            started,
-            deadline,
+            Timing { started, deadline },
             ctx.invocation_id,
             Some(limits.response_body_bytes_max),
         );
@@ -731,6 +721,53 @@ async fn instantiate(pre: &InstancePre<Host>, store: &mut Store<Host>) -> Result
 }
 
 /// A run's ending for [`finish`], and what a successful run gave back.
+/// What the guest did with its request body: how much it read, and whether
+/// it read past the limit.
+struct BodyWatch {
+    received: Arc<AtomicU64>,
+    too_large: Arc<AtomicBool>,
+}
+
+/// The request with its body counted and held to `limit` bytes: reading
+/// past it is a wasi:http body-size error for the guest, and sets the
+/// watch's `too_large`.
+fn watched<B>(
+    request: http::Request<B>,
+    limit: u64,
+) -> (
+    http::Request<
+        impl http_body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
+    >,
+    BodyWatch,
+)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let watch = BodyWatch {
+        received: Arc::new(AtomicU64::new(0)),
+        too_large: Arc::new(AtomicBool::new(false)),
+    };
+    let (counter, flag) = (watch.received.clone(), watch.too_large.clone());
+    let request = request.map(move |body| {
+        let body = body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            frame
+        });
+        Limited::new(body, limit as usize).map_err(move |e| {
+            if e.is::<LengthLimitError>() {
+                flag.store(true, Ordering::Relaxed);
+                wasmtime_wasi_http::Error::HttpRequestBodySize(Some(limit))
+            } else {
+                wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))
+            }
+        })
+    });
+    (request, watch)
+}
+
 fn split<T>(
     result: Result<Result<T, Failure>, tokio::time::error::Elapsed>,
 ) -> (
@@ -746,15 +783,13 @@ fn split<T>(
 
 /// Keeps an instance for a later invocation. Only one that finished cleanly
 /// is trusted with another, and only `reuse_max` times in all.
-fn checkin(
-    warm: Option<&WarmPool>,
-    report: &Report,
-    reuse_max: u32,
-    store: Store<Host>,
-    exports: Option<Exports>,
-    pipes: Pipes,
-    uses: u32,
-) {
+fn checkin(warm: Option<&WarmPool>, report: &Report, reuse_max: u32, used: Checkout) {
+    let Checkout {
+        store,
+        pipes,
+        exports,
+        uses,
+    } = used;
     if let (Some(warm), Some(exports)) = (warm, exports)
         && report.outcome.is_ok()
         && uses + 1 < reuse_max
@@ -780,11 +815,11 @@ fn finish(
     store: &Store<Host>,
     pipes: &Pipes,
     result: Result<Result<(), Failure>, tokio::time::error::Elapsed>,
-    started: Instant,
-    deadline: Instant,
+    timing: Timing,
     invocation_id: String,
     stdout_is_response: Option<u64>,
 ) -> Report {
+    let Timing { started, deadline } = timing;
     let limiter = &store.data().limiter;
     let timeout_ms = deadline.duration_since(started).as_millis() as u64;
     let memory_mb = (limiter.bytes_max >> 20) as u32;
