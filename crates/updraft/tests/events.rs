@@ -39,19 +39,6 @@ async fn invoke_async(
     Ok((status, response.json().await?))
 }
 
-/// Polls an invocation until its status is one of `done`.
-async fn wait_for(server: &Server, id: &str, done: &[&str]) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = server.get_json(&format!("/v1/invocations/{id}")).await;
-        if done.contains(&status["status"].as_str().unwrap_or_default()) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "invocation {id} stuck: {status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits until the counter's async queue is empty and nothing runs.
 async fn drain(server: &Server) {
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -201,7 +188,7 @@ async fn failures_are_retried_then_dead_lettered_and_redriven() {
     assert_eq!(status, 202, "{accepted}");
     let id = accepted["id"].as_str().unwrap().to_string();
     assert_eq!(accepted["status_url"], format!("/v1/invocations/{id}"));
-    let done = wait_for(&server, &id, &["succeeded"]).await;
+    let done = server.wait_for_invocation(&id, &["succeeded"]).await;
     assert_eq!(done["attempts"], 3, "{done}");
     assert_eq!(done["function"], "counter");
     assert_eq!(done["result"]["status"], 200);
@@ -213,7 +200,7 @@ async fn failures_are_retried_then_dead_lettered_and_redriven() {
         .await
         .unwrap();
     let doomed = accepted["id"].as_str().unwrap().to_string();
-    let dead = wait_for(&server, &doomed, &["dead"]).await;
+    let dead = server.wait_for_invocation(&doomed, &["dead"]).await;
     assert_eq!(dead["attempts"], 3, "{dead}");
     let error = dead["error"].as_str().unwrap();
     assert!(
@@ -247,7 +234,7 @@ async fn failures_are_retried_then_dead_lettered_and_redriven() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let dead = wait_for(&server, &doomed, &["dead"]).await;
+    let dead = server.wait_for_invocation(&doomed, &["dead"]).await;
     assert_eq!(
         dead["attempts"], 3,
         "attempts start over on redrive: {dead}"
@@ -299,7 +286,9 @@ async fn idempotency_keys_and_bad_input() {
         (&first["duplicate"], &again["duplicate"]),
         (&Value::Bool(false), &Value::Bool(true))
     );
-    wait_for(&server, first["id"].as_str().unwrap(), &["succeeded"]).await;
+    server
+        .wait_for_invocation(first["id"].as_str().unwrap(), &["succeeded"])
+        .await;
     // The CLI's --async prints the id alone.
     let id = server.cli_ok(&[
         "invoke",
@@ -415,15 +404,15 @@ fn keys_under(server: &Server, prefix: &str) -> Vec<String> {
 
 /// Polls until `done` holds for the keys under `prefix`.
 async fn wait_keys(server: &Server, prefix: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = format!("keys under {prefix}");
+    wait_until(&what, WAIT_MAX, Duration::from_millis(50), || async {
         let keys = keys_under(server, prefix);
-        if done(&keys) {
-            return keys;
+        match done(&keys) {
+            true => Ok(keys),
+            false => Err(format!("{keys:?}")),
         }
-        assert!(Instant::now() < deadline, "keys under {prefix}: {keys:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// A consumer exporting `updraft:platform/handler` gets each event as a
@@ -447,7 +436,7 @@ async fn a_direct_consumer_gets_structured_events() {
         "--content-type",
         "application/json",
     ]);
-    let done = wait_for(&server, id.trim(), &["succeeded"]).await;
+    let done = server.wait_for_invocation(id.trim(), &["succeeded"]).await;
     assert_eq!(done["function"], "direct");
     let event: Value = serde_json::from_str(done["result"]["body"].as_str().unwrap()).unwrap();
     assert_eq!(event["specversion"], "1.0");
@@ -475,7 +464,7 @@ async fn queues_fan_in_topics_fan_out_and_cron_fires() {
     }
     let keys = wait_keys(&server, "orders/", |k| k.len() >= 200).await;
     assert_eq!(keys.into_iter().collect::<BTreeSet<_>>(), ids);
-    drain_named(&server, "orders").await;
+    server.drain_queue("orders").await;
     for key in ids.iter().take(20) {
         assert_eq!(
             server.cli_ok(&["kv", "get", "default", key]),
@@ -547,7 +536,7 @@ async fn queues_fan_in_topics_fan_out_and_cron_fires() {
     let read_b = wait_keys(&server, "news-b/", |k| k.len() == 5).await;
     assert!(read_b.contains(&format!("news-b/{}", ids[2])), "{read_b:?}");
     // A command gets the event in structured mode on stdin; echo returns it.
-    let archived = wait_for(&server, ids[0], &["succeeded"]).await;
+    let archived = server.wait_for_invocation(ids[0], &["succeeded"]).await;
     assert_eq!(archived["function"], "archive");
     let event: Value = serde_json::from_str(archived["result"]["body"].as_str().unwrap()).unwrap();
     assert_eq!(event["specversion"], "1.0");
@@ -583,7 +572,7 @@ async fn queues_fan_in_topics_fan_out_and_cron_fires() {
     assert_eq!(published["ids"].as_array().unwrap().len(), 300);
     let keys = wait_keys(&server, "orders/batch-", |k| k.len() == 300).await;
     assert_eq!(keys[299], "orders/batch-299");
-    drain_named(&server, "orders").await;
+    server.drain_queue("orders").await;
     for key in keys.iter().step_by(37) {
         assert_eq!(server.cli_ok(&["kv", "get", "default", key]), "1", "{key}");
     }
@@ -627,29 +616,6 @@ async fn queues_fan_in_topics_fan_out_and_cron_fires() {
         queues.contains("news") && queues.contains("archive,reader-a,reader-b"),
         "{queues}"
     );
-}
-
-/// Waits until a named queue is empty and nothing is in flight.
-async fn drain_named(server: &Server, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let all = server.get_json("/v1/queues").await;
-        let queue = all["queues"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|q| q["name"] == name)
-            .cloned()
-            .unwrap();
-        if queue["depth"] == 0 && queue["in_flight"] == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "queue {name} does not drain: {queue}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

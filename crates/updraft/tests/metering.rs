@@ -624,18 +624,20 @@ async fn budget_events_are_published_on_the_budget_topic() {
         );
     }
     let warning = format!("alert/budget-warning-{month}");
-    wait_for_key(&server, &warning).await;
+    server.wait_for_key(&warning).await;
     assert_eq!(server.cli_ok(&["kv", "get", "default", &warning]), "1");
     // Spend the rest: the stop is published too.
     spend_the_budget(&server).await;
     // Its delivery was refused, the budget being spent: dead-lettered at
     // once (retrying cannot help); raising the budget and redriving
     // delivers it.
-    let dead = wait_for_dead_letter(&server, "alerts").await;
+    let dead = server.wait_for_dead_letter("alerts").await;
     assert!(dead["error"].as_str().unwrap().contains("budget"), "{dead}");
     server.cli_ok(&["budget", "set", "1"]);
     server.cli_ok(&["dlq", "redrive", "alerts"]);
-    wait_for_key(&server, &format!("alert/budget-exceeded-{month}")).await;
+    server
+        .wait_for_key(&format!("alert/budget-exceeded-{month}"))
+        .await;
 }
 
 /// A delivery that cannot succeed however often it is tried (here: the
@@ -657,7 +659,7 @@ async fn a_permanent_failure_dead_letters_on_its_first_attempt() {
         "hello-rust",
         "[[trigger]]\nqueue = \"jobs\"\n[retry]\nmax_attempts = 10",
     );
-    let dead = wait_for_dead_letter(&server, "worker").await;
+    let dead = server.wait_for_dead_letter("worker").await;
     assert_eq!(dead["attempts"], 1, "{dead}");
     let error = dead["error"].as_str().unwrap();
     assert!(
@@ -684,35 +686,4 @@ async fn spend_the_budget(server: &Server) {
         assert_eq!(status, 200);
     }
     panic!("the budget never ran out");
-}
-
-/// Waits for the first dead letter of `function`.
-async fn wait_for_dead_letter(server: &Server, function: &str) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let dlq = server
-            .get_json(&format!("/v1/functions/{function}/dlq"))
-            .await;
-        if let Some(first) = dlq["dead_letters"].as_array().and_then(|d| d.first()) {
-            return first.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{function} has no dead letter: {dlq}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until `key` is in the store `default` (events arrive async).
-async fn wait_for_key(server: &Server, key: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while server
-        .cli_ok(&["kv", "ls", "default"])
-        .lines()
-        .all(|k| k != key)
-    {
-        assert!(std::time::Instant::now() < deadline, "{key} never came");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }

@@ -258,3 +258,85 @@ pub fn error_message(body: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// How long a wait for the platform's background work may take before the
+/// test fails: generous, because a loaded 2-core machine is slow, and the
+/// wait ends as soon as the condition holds.
+pub const WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// Polls `probe` every `every` until it gives `Ok`; after `within` the test
+/// fails with `what` and the probe's last `Err` (what it saw instead).
+pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, every: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(Instant::now() < deadline, "{what}: {seen}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+impl Server {
+    /// Waits until async invocation `id` has one of the `done` statuses.
+    pub async fn wait_for_invocation(&self, id: &str, done: &[&str]) -> serde_json::Value {
+        let what = format!("invocation {id} stuck");
+        wait_until(&what, WAIT_MAX, Duration::from_millis(20), || async {
+            let status = self.get_json(&format!("/v1/invocations/{id}")).await;
+            match done.contains(&status["status"].as_str().unwrap_or_default()) {
+                true => Ok(status),
+                false => Err(status.to_string()),
+            }
+        })
+        .await
+    }
+
+    /// Waits until the named queue is empty and nothing is in flight.
+    pub async fn drain_queue(&self, name: &str) {
+        let what = format!("queue {name} does not drain");
+        wait_until(&what, WAIT_MAX, Duration::from_millis(50), || async {
+            let all = self.get_json("/v1/queues").await;
+            let queue = all["queues"]
+                .as_array()
+                .and_then(|q| q.iter().find(|q| q["name"] == name).cloned())
+                .unwrap_or_default();
+            match queue["depth"] == 0 && queue["in_flight"] == 0 {
+                true => Ok(()),
+                false => Err(queue.to_string()),
+            }
+        })
+        .await
+    }
+
+    /// Waits until `key` is in the store `default` (events arrive async).
+    pub async fn wait_for_key(&self, key: &str) {
+        let what = format!("{key} never came");
+        wait_until(&what, WAIT_MAX, Duration::from_millis(50), || async {
+            let keys = self.cli_ok(&["kv", "ls", "default"]);
+            match keys.lines().any(|k| k == key) {
+                true => Ok(()),
+                false => Err(keys),
+            }
+        })
+        .await
+    }
+
+    /// Waits for the first dead letter of `function`.
+    pub async fn wait_for_dead_letter(&self, function: &str) -> serde_json::Value {
+        let what = format!("{function} has no dead letter");
+        wait_until(&what, WAIT_MAX, Duration::from_millis(50), || async {
+            let dlq = self
+                .get_json(&format!("/v1/functions/{function}/dlq"))
+                .await;
+            match dlq["dead_letters"].as_array().and_then(|d| d.first()) {
+                Some(first) => Ok(first.clone()),
+                None => Err(dlq.to_string()),
+            }
+        })
+        .await
+    }
+}
