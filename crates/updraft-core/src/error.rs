@@ -80,6 +80,14 @@ impl Failure {
         }
     }
 
+    /// `what` was being done when the boxed `source` happened.
+    pub fn boxed(what: impl Into<std::borrow::Cow<'static, str>>, source: BoxError) -> Failure {
+        Failure {
+            what: what.into(),
+            source: Some(std::sync::Arc::from(source)),
+        }
+    }
+
     /// `what` was being done when `source` happened.
     pub fn context(
         what: impl Into<std::borrow::Cow<'static, str>>,

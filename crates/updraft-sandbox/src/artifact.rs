@@ -188,7 +188,7 @@ impl Sandbox {
                 ),
             }
         }
-        let wasm = wasm().map_err(PrepareError::Internal)?;
+        let wasm = wasm().map_err(|e| PrepareError::Internal(updraft_core::Failure::msg(e)))?;
         Self::check_bytes(&wasm)?;
         let component_bytes = if wasmparser::Parser::is_core_wasm(&wasm) {
             wrap_command_module(&wasm)?
@@ -200,11 +200,18 @@ impl Sandbox {
             .precompile_component(&component_bytes)
             .map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
         self.count_compile();
-        updraft_state::registry::write_atomically(&path, &compiled)
-            .map_err(|e| PrepareError::Internal(format!("writing {}: {e}", path.display())))?;
-        let component = self
-            .load_artifact(&path)
-            .map_err(|e| PrepareError::Internal(format!("loading fresh artifact: {e:#}")))?;
+        updraft_state::registry::write_atomically(&path, &compiled).map_err(|e| {
+            PrepareError::Internal(updraft_core::Failure::context(
+                format!("writing {}", path.display()),
+                e,
+            ))
+        })?;
+        let component = self.load_artifact(&path).map_err(|e| {
+            PrepareError::Internal(updraft_core::Failure::boxed(
+                "loading the fresh artifact",
+                e.into_boxed_dyn_error(),
+            ))
+        })?;
         Ok((component, LoadedFrom::Compile, compiled.len() as u64))
     }
 

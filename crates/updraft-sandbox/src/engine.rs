@@ -88,11 +88,19 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
             .and_then(|()| crate::capability::add_to_linker(&mut linker))
-            .map_err(|e| PrepareError::Internal(format!("linker: {e}")))?;
+            .map_err(|e| {
+                PrepareError::Internal(updraft_core::Failure::boxed(
+                    "linking the host interfaces",
+                    e.into_boxed_dyn_error(),
+                ))
+            })?;
         std::fs::create_dir_all(&config.cache_dir).map_err(|e| {
-            PrepareError::Internal(format!(
-                "cannot create the compile cache at {}: {e}",
-                config.cache_dir.display()
+            PrepareError::Internal(updraft_core::Failure::context(
+                format!(
+                    "cannot create the compile cache at {}",
+                    config.cache_dir.display()
+                ),
+                e,
             ))
         })?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -159,7 +167,12 @@ fn build_engine(config: &SandboxConfig) -> Result<Engine, PrepareError> {
         } else {
             InstanceAllocationStrategy::OnDemand
         });
-    Engine::new(&cfg).map_err(|e| PrepareError::Internal(format!("engine: {e}")))
+    Engine::new(&cfg).map_err(|e| {
+        PrepareError::Internal(updraft_core::Failure::boxed(
+            "creating the engine",
+            e.into_boxed_dyn_error(),
+        ))
+    })
 }
 
 /// Advances the epoch every [`EPOCH_TICK`] until the engine is dropped.

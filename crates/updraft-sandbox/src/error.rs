@@ -35,8 +35,10 @@ pub enum PrepareError {
     NoStart,
     #[error("the function cannot be linked: {0}")]
     Link(String),
+    /// The platform failed (a disk, the engine): the detail is in the
+    /// source, for the logs.
     #[error("internal error while preparing the function: {0}")]
-    Internal(String),
+    Internal(#[source] updraft_core::Failure),
 }
 
 /// Why an invocation failed. The gateway maps each to a status.
@@ -78,9 +80,9 @@ pub enum InvokeError {
     /// 503: every instance slot is in use.
     #[error("instance could not be created: {0}")]
     Instantiate(String),
-    /// 500.
+    /// 500: the platform failed, not the function.
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] updraft_core::Failure),
 }
 
 impl Classify for PrepareError {

@@ -258,9 +258,9 @@ impl Sandbox {
         let deadline = ctx.deadline(started, limits.timeout_ms);
         let fail = |error| CallOutput::early(&ctx.invocation_id, error, started);
         let Some(indices) = &prepared.handler else {
-            return fail(InvokeError::Internal(
-                "the function exports no updraft:platform/handler".into(),
-            ));
+            return fail(InvokeError::Internal(updraft_core::Failure::msg(
+                "the function exports no updraft:platform/handler",
+            )));
         };
         if let Err(e) = check_input(payload.len(), limits.request_body_bytes_max) {
             return fail(e);
@@ -365,7 +365,7 @@ impl Sandbox {
         };
         let Pre::Http { pre, proxy } = &prepared.pre else {
             return early_failure(
-                InvokeError::Internal("not an http function".into()),
+                InvokeError::Internal(updraft_core::Failure::msg("not an http function")),
                 on_done,
             );
         };
@@ -395,7 +395,13 @@ impl Sandbox {
         };
         let (req, out) = match resources {
             Ok(pair) => pair,
-            Err(e) => return early_failure(InvokeError::Internal(format!("{e:#}")), on_done),
+            Err(e) => {
+                let failure = updraft_core::Failure::boxed(
+                    "setting up the request",
+                    e.into_boxed_dyn_error(),
+                );
+                return early_failure(InvokeError::Internal(failure), on_done);
+            }
         };
         let (pre, indices) = (pre.clone(), proxy.clone());
         let invocation_id = ctx.invocation_id.clone();
@@ -543,7 +549,9 @@ impl Sandbox {
         let deadline = ctx.deadline(started, limits.timeout_ms);
         let fail = |error| CommandOutput::early(&ctx.invocation_id, error, started);
         let Pre::Command(pre) = &prepared.pre else {
-            return fail(InvokeError::Internal("not a command function".into()));
+            return fail(InvokeError::Internal(updraft_core::Failure::msg(
+                "not a command function",
+            )));
         };
         if let Err(e) = check_input(stdin.len(), limits.request_body_bytes_max) {
             return fail(e);

@@ -229,7 +229,8 @@ mod tests {
             message: "x".into(),
         });
         assert!(trap.is_guest_fault());
-        let internal = PlatformError::Invoke(InvokeError::Internal("x".into()));
+        let internal =
+            PlatformError::Invoke(InvokeError::Internal(updraft_core::Failure::msg("x")));
         assert!(!internal.is_guest_fault());
         assert!(!PlatformError::Kv(KvError::storage("disk")).is_guest_fault());
     }
