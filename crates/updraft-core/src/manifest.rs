@@ -271,6 +271,17 @@ pub enum ManifestError {
     Trigger(String),
 }
 
+impl crate::error::Classify for ManifestError {
+    /// Every manifest error is the author's to fix.
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Invalid
+    }
+
+    fn code(&self) -> &'static str {
+        "invalid_manifest"
+    }
+}
+
 impl Manifest {
     /// Parses `updraft.toml` text. Unknown keys are rejected by name.
     pub fn from_toml(text: &str) -> Result<Self, ManifestError> {

@@ -14,6 +14,16 @@ pub const LOCAL_TENANT: &str = "local";
 )]
 pub struct TenantNameError(pub String);
 
+impl crate::error::Classify for TenantNameError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Invalid
+    }
+
+    fn code(&self) -> &'static str {
+        "bad_request"
+    }
+}
+
 pub fn validate_tenant(name: &str) -> Result<(), TenantNameError> {
     crate::manifest::validate_name(name).map_err(|_| TenantNameError(name.to_string()))
 }

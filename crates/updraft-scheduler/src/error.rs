@@ -98,8 +98,8 @@ impl PlatformError {
 impl Classify for PlatformError {
     fn kind(&self) -> ErrorKind {
         match self {
-            PlatformError::Manifest(_)
-            | PlatformError::BadRequest(_)
+            PlatformError::Manifest(e) => e.kind(),
+            PlatformError::BadRequest(_)
             | PlatformError::InvalidEvent(_)
             | PlatformError::Trigger(_)
             | PlatformError::BodyRead(_) => ErrorKind::Invalid,
@@ -122,7 +122,7 @@ impl Classify for PlatformError {
 
     fn code(&self) -> &'static str {
         match self {
-            PlatformError::Manifest(_) => "invalid_manifest",
+            PlatformError::Manifest(e) => e.code(),
             PlatformError::BadRequest(_) => "bad_request",
             PlatformError::InvalidEvent(_) => "invalid_cloudevent",
             PlatformError::Trigger(_) => "invalid_trigger",
