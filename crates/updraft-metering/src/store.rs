@@ -525,7 +525,11 @@ impl Writer {
                 }
             }
             if let Err(e) = self.append(&records) {
-                tracing::error!("{} usage records could not be written: {e}", records.len());
+                tracing::error!(
+                    "{} usage records could not be written: {}",
+                    records.len(),
+                    updraft_core::error::chain(&e)
+                );
             }
             let now = Instant::now();
             let finish = closed || !flushes.is_empty();
@@ -533,7 +537,10 @@ impl Writer {
                 if let Some((_, file)) = &self.file
                     && let Err(e) = file.sync_data()
                 {
-                    tracing::error!("syncing the usage log failed: {e}");
+                    tracing::error!(
+                        "syncing the usage log failed: {}",
+                        updraft_core::error::chain(&e)
+                    );
                 }
                 self.synced = true;
                 last_sync = now;
@@ -541,7 +548,10 @@ impl Writer {
             let changed = !self.dirty.is_empty() || !self.spans_dirty.is_empty();
             if changed && (finish || now - last_persist >= PERSIST_EVERY) {
                 if let Err(e) = self.persist() {
-                    tracing::error!("usage sums could not be committed: {e}");
+                    tracing::error!(
+                        "usage sums could not be committed: {}",
+                        updraft_core::error::chain(&e)
+                    );
                 }
                 last_persist = now;
             }
@@ -617,7 +627,10 @@ impl Writer {
                         lock(&self.spans).remove(&segment);
                         self.spans_dirty.insert(segment);
                     }
-                    Err(e) => tracing::warn!("usage log {segment} could not be deleted: {e}"),
+                    Err(e) => tracing::warn!(
+                        "usage log {segment} could not be deleted: {}",
+                        updraft_core::error::chain(&e)
+                    ),
                 }
             }
         }

@@ -471,7 +471,10 @@ async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str, source: &
         let messages = match queues.receive(&queue, max, lease, IDLE_POLL).await {
             Ok(messages) => messages,
             Err(e) => {
-                tracing::error!("queue {queue} of {tenant}/{name} failed: {e}");
+                tracing::error!(
+                    "queue {queue} of {tenant}/{name} failed: {}",
+                    updraft_core::error::chain(&e)
+                );
                 tokio::time::sleep(IDLE_POLL).await;
                 continue;
             }
@@ -554,7 +557,11 @@ async fn run(
         }
     };
     if let Err(e) = settled {
-        tracing::warn!("async invocation {id} of {}: {e}", loaded.key);
+        tracing::warn!(
+            "async invocation {id} of {}: {}",
+            loaded.key,
+            updraft_core::error::chain(&e)
+        );
     }
 }
 

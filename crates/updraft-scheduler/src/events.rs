@@ -861,7 +861,10 @@ async fn cron_loop(platform: &Weak<Platform>, tenant: &str, name: &str, schedule
             .await
         {
             Ok(_) => p.ensure_dispatcher(tenant, name, Source::Function),
-            Err(e) => tracing::error!("cron tick of {tenant}/{name} was not queued: {e}"),
+            Err(e) => tracing::error!(
+                "cron tick of {tenant}/{name} was not queued: {}",
+                updraft_core::error::chain(&e)
+            ),
         }
         // Never fire twice for the same instant.
         let wait = next_ms.saturating_sub(now_ms()) + 1;

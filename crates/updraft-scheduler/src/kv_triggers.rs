@@ -89,7 +89,11 @@ impl WatchedKv {
                     platform.ensure_dispatcher(&store.owner, function, Source::Function);
                 }
             }
-            Err(e) => tracing::error!("key-value events of {} were not queued: {e}", store.name),
+            Err(e) => tracing::error!(
+                "key-value events of {} were not queued: {}",
+                store.name,
+                updraft_core::error::chain(&e)
+            ),
         }
     }
 }

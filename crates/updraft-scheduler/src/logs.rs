@@ -49,8 +49,13 @@ impl LogPipe {
                 let result = tokio::task::spawn_blocking(move || store.append(&written)).await;
                 match result {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!("writing logs failed: {e}"),
-                    Err(e) => tracing::error!("log writer task failed: {e}"),
+                    Ok(Err(e)) => {
+                        tracing::error!("writing logs failed: {}", updraft_core::error::chain(&e))
+                    }
+                    Err(e) => tracing::error!(
+                        "log writer task failed: {}",
+                        updraft_core::error::chain(&e)
+                    ),
                 }
                 for done in flushes.drain(..) {
                     let _ = done.send(());

@@ -331,7 +331,11 @@ impl Platform {
         tokio::spawn(async move {
             for loaded in missing {
                 if let Err(e) = warm.ensure_prepared(&loaded).await {
-                    tracing::error!("function {} could not be compiled: {e}", loaded.key);
+                    tracing::error!(
+                        "function {} could not be compiled: {}",
+                        loaded.key,
+                        updraft_core::error::chain(&e)
+                    );
                 }
             }
         });
@@ -925,7 +929,10 @@ impl Platform {
         runtime.spawn(async move {
             match platform.publish(&tenant, BUDGET_TOPIC, event).await {
                 Ok(_) | Err(PlatformError::UnknownChannel(_)) => {}
-                Err(e) => tracing::warn!("budget {kind} of {tenant} not published: {e}"),
+                Err(e) => tracing::warn!(
+                    "budget {kind} of {tenant} not published: {}",
+                    updraft_core::error::chain(&e)
+                ),
             }
         });
     }

@@ -172,7 +172,10 @@ pub(crate) async fn sample_storage(platform: Weak<Platform>, every: Duration) {
         }
         if let Err(e) = platform.sample_storage(slot_end, every_ms / 1000).await {
             // The next slot tries again; this one goes uncharged.
-            tracing::warn!("storage not sampled for metering: {e}");
+            tracing::warn!(
+                "storage not sampled for metering: {}",
+                updraft_core::error::chain(&e)
+            );
         }
     }
 }

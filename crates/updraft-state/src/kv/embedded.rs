@@ -379,7 +379,10 @@ impl Shared {
             store,
             changes.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
         ) {
-            tracing::error!("key-value journal write failed, refusing further writes: {e}");
+            tracing::error!(
+                "key-value journal write failed, refusing further writes: {}",
+                updraft_core::error::chain(&e)
+            );
             self.poisoned.store(true, Ordering::Relaxed);
             return Err(storage(e));
         }
@@ -401,7 +404,10 @@ impl Shared {
             return;
         }
         if let Err(e) = self.try_sync(journal) {
-            tracing::error!("key-value sync failed, refusing further writes: {e}");
+            tracing::error!(
+                "key-value sync failed, refusing further writes: {}",
+                updraft_core::error::chain(&e)
+            );
             self.poisoned.store(true, Ordering::Relaxed);
         }
     }
@@ -705,7 +711,10 @@ fn write_loop(shared: &Shared, mut queue: mpsc::Receiver<Write>) {
                 }
             }
             Err(e) => {
-                tracing::error!("key-value commit failed, refusing further writes: {e}");
+                tracing::error!(
+                    "key-value commit failed, refusing further writes: {}",
+                    updraft_core::error::chain(&e)
+                );
                 shared.poisoned.store(true, Ordering::Relaxed);
                 for write in batch {
                     let _ = write.reply.send(Err(e.clone()));

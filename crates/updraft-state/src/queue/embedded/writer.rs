@@ -30,7 +30,10 @@ pub(super) fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Ch
                 if !lock(&shared.acked).pending.is_empty()
                     && let Err(e) = commit(shared, &[], false, &mut index_changes)
                 {
-                    tracing::warn!("queue acks not written (they will be delivered again): {e}");
+                    tracing::warn!(
+                        "queue acks not written (they will be delivered again): {}",
+                        updraft_core::error::chain(&e)
+                    );
                 } else if unsynced {
                     sync(&shared.db);
                 }
@@ -45,7 +48,10 @@ pub(super) fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Ch
             || outcomes_over(shared)
         {
             if let Err(e) = sweep(shared) {
-                tracing::warn!("could not delete expired queue outcomes: {e}");
+                tracing::warn!(
+                    "could not delete expired queue outcomes: {}",
+                    updraft_core::error::chain(&e)
+                );
             }
             last_sweep = Some(std::time::Instant::now());
         }
@@ -103,7 +109,10 @@ pub(super) fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Ch
             }
             Err(e) => {
                 lock(&shared.acked).committed();
-                tracing::error!("queue commit failed, refusing further changes: {e}");
+                tracing::error!(
+                    "queue commit failed, refusing further changes: {}",
+                    updraft_core::error::chain(&e)
+                );
                 shared.poisoned.store(true, Ordering::Relaxed);
                 index_changes.clear();
                 for change in batch.drain(..) {
@@ -130,7 +139,10 @@ pub(super) fn sync(db: &Database) {
         .map_err(storage)
         .and_then(|txn| txn.commit().map_err(storage));
     if let Err(e) = synced {
-        tracing::warn!("queue acks not synced (they may be delivered again): {e}");
+        tracing::warn!(
+            "queue acks not synced (they may be delivered again): {}",
+            updraft_core::error::chain(&e)
+        );
     }
 }
 
