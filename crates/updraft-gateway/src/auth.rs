@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use updraft_scheduler::{Caller, KeyInfo, Platform};
+use updraft_scheduler::{Caller, KeyInfo, Platform, PlatformError};
 
 use crate::api::rfc3339;
 use crate::error::{ApiError, Query};
@@ -159,9 +159,5 @@ pub(crate) async fn revoke(
 }
 
 fn admin_only(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        format!("only an admin key may {what}"),
-    )
+    PlatformError::Forbidden(format!("only an admin key may {what}")).into()
 }

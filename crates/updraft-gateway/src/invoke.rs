@@ -45,12 +45,8 @@ pub(crate) async fn invoke_route(
                 request.headers_mut().remove(header::AUTHORIZATION);
             }
             Ok(_) => {
-                return ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    format!("{full} needs an API key of the function's own tenant"),
-                )
-                .into_response();
+                let message = format!("{full} needs an API key of the function's own tenant");
+                return ApiError::from(PlatformError::Forbidden(message)).into_response();
             }
             Err(e) => return e.into_response(),
         }

@@ -38,11 +38,10 @@ fn tenant<'a>(caller: &'a Caller, asked: Option<&'a str>) -> Result<&'a str, Api
     match asked {
         None => Ok(&caller.tenant),
         Some(t) if t == &*caller.tenant || caller.admin => Ok(t),
-        Some(_) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "only an admin key may see another tenant's usage, bill or budget",
-        )),
+        Some(_) => Err(PlatformError::Forbidden(
+            "only an admin key may see another tenant's usage, bill or budget".into(),
+        )
+        .into()),
     }
 }
 
