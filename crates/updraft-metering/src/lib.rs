@@ -503,7 +503,7 @@ mod tests {
 
     /// 2026-11-15T12:00:00Z: tests take their dates from a manual clock,
     /// never from the day they run.
-    const MID_NOVEMBER: u64 = 1_763_208_000_000;
+    const MID_NOVEMBER: u64 = 1_794_744_000_000;
 
     fn open_at(dir: &Path, prices: PriceSheet, clock: &Arc<ManualClock>) -> Metering {
         Metering::open_with(dir, prices, RECORDS_RETENTION_DEFAULT, clock.clone()).unwrap()

@@ -688,7 +688,7 @@ mod tests {
 
     const DAY_MS: u64 = 24 * HOUR_MS;
     /// 2026-11-15T12:00:00Z.
-    const MID_NOVEMBER: u64 = 1_763_208_000_000;
+    const MID_NOVEMBER: u64 = 1_794_744_000_000;
 
     fn count(store: &UsageStore, from: u64, to: u64) -> usize {
         let mut n = 0;

@@ -54,7 +54,8 @@ pub struct PlatformConfig {
     pub records_retention: Duration,
     /// How often what each tenant stores is sampled for its bill.
     pub storage_sample: Duration,
-    /// The wall clock metering reads its dates from.
+    /// The wall clock usage records are stamped with and metering reads its
+    /// dates from (the system clock; tests set their own).
     pub clock: SharedClock,
 }
 
@@ -174,6 +175,9 @@ pub struct Platform {
     /// Functions whose async dispatcher runs.
     dispatchers: Mutex<HashSet<Arc<str>>>,
     shut_down: AtomicBool,
+    /// The wall clock of usage records' start times (and, in metering, of
+    /// bills and budgets): one clock, so a record and its month agree.
+    clock: SharedClock,
     /// This platform, for work started from `&self` (budget alerts).
     me: std::sync::Weak<Platform>,
     /// Functions watching key-value writes, rebuilt on every control change.
@@ -287,6 +291,7 @@ impl Platform {
         let kv_watchers: Arc<RwLock<crate::kv_triggers::Watchers>> = Arc::new(RwLock::default());
         let platform = Arc::new_cyclic(|weak| Platform {
             me: weak.clone(),
+            clock: config.clock.clone(),
             kv_watchers: kv_watchers.clone(),
             admission: Arc::new(Semaphore::new(sandbox.instances_max() as usize)),
             sandbox,
@@ -753,7 +758,7 @@ impl Platform {
         if let Err(e) = self.check_budget(loaded) {
             return (invocation_id, Err(e));
         }
-        let start_ms = now_ms();
+        let start_ms = self.clock.now_ms();
         let prepared = match self.ensure_prepared(loaded).await {
             Ok(prepared) => prepared,
             Err(e) => return (invocation_id, Err(e)),
@@ -847,7 +852,7 @@ impl Platform {
         if let Err(e) = self.check_budget(loaded) {
             return (invocation_id, Err(e));
         }
-        let start_ms = now_ms();
+        let start_ms = self.clock.now_ms();
         let prepared = match self.ensure_prepared(loaded).await {
             Ok(prepared) => prepared,
             Err(e) => return (invocation_id, Err(e)),

@@ -84,7 +84,7 @@ fn event(data: &str) -> Input {
     );
     Input::Event {
         event: StoredEvent::Json(Bytes::from(json)),
-        enqueued_ms: 1_763_208_000_000,
+        enqueued_ms: 1_794_744_000_000,
     }
 }
 
@@ -214,4 +214,47 @@ async fn a_broken_stored_event_is_invalid_not_a_crash() {
     let err = f.run(&chaos, input).await.unwrap_err();
     use updraft_core::Classify;
     assert_eq!(err.kind(), updraft_core::ErrorKind::Invalid, "{err}");
+}
+
+/// An invocation's usage record is stamped by the platform's clock, the
+/// one metering bills by: with the clock set to a date, the run is in that
+/// month's bill, whatever day the test runs on.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_records_take_their_time_from_the_platform_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = PlatformConfig::new(dir.path().to_path_buf());
+    // 2026-11-15T12:00:00Z.
+    config.clock = updraft_core::ManualClock::new(1_794_744_000_000);
+    let platform = Platform::open(config).await.unwrap();
+    let manifest = Manifest::from_toml("name = \"hello\"").unwrap();
+    let hello = platform
+        .deploy("local", manifest, guest("hello-rust"))
+        .await
+        .unwrap()
+        .loaded;
+    let (_, outcome) = platform
+        .run(Invocation::new(&hello, get("/"), Trigger::Api))
+        .await;
+    assert_eq!(outcome.unwrap().collect().await.unwrap().0, 200);
+    let metering = platform.metering().unwrap();
+    // The record is handed over when the guest has finished, which may be
+    // just after its response was read: wait for it, within a limit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, november) = metering.bill_from_records("local", "2026-11").unwrap();
+        if november.invocations == 1 {
+            break;
+        }
+        let mut all = Vec::new();
+        metering
+            .records("local", 0, u64::MAX / 2, |r| all.push(r))
+            .unwrap();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no November record: {all:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (_, sums) = metering.bill("local", "2026-11").unwrap();
+    assert_eq!(sums.invocations, 1);
 }
