@@ -592,8 +592,13 @@ impl AttemptError {
 }
 
 impl From<PlatformError> for AttemptError {
+    /// The reason kept with the message is the error's own (short) text; a
+    /// failure of the platform also goes to the server's log whole.
     fn from(e: PlatformError) -> AttemptError {
         use updraft_core::Classify;
+        if e.kind() == updraft_core::ErrorKind::Internal && !e.is_guest_fault() {
+            tracing::warn!("async attempt failed: {}", updraft_core::error::chain(&e));
+        }
         AttemptError {
             permanent: !e.kind().is_transient(),
             reason: e.to_string(),
