@@ -58,12 +58,26 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// error of the disk or database that caused it, kept as the source (never
 /// flattened into the text), for the logs. Clones share the source, so the
 /// errors that carry it can be cloned.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{what}")]
+#[derive(Debug, Clone)]
 pub struct Failure {
     what: std::borrow::Cow<'static, str>,
-    #[source]
     source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.what)
+    }
+}
+
+impl std::error::Error for Failure {
+    /// The error itself, not the `Arc` around it, so callers can downcast
+    /// it (to an `io::Error`, say).
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl Failure {
@@ -127,6 +141,23 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Whether a disk that is full (or over its quota) is somewhere under
+/// `error`: a failure the operator mends by freeing space, and one the
+/// caller may simply retry later.
+pub fn is_disk_full(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && (io.kind() == std::io::ErrorKind::StorageFull
+                || io.kind() == std::io::ErrorKind::QuotaExceeded)
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +172,14 @@ mod tests {
         assert_eq!(chain(&e), "outer: disk on fire");
         let plain = std::io::Error::other("alone");
         assert_eq!(chain(&plain), "alone");
+    }
+
+    #[test]
+    fn a_full_disk_is_found_however_deep() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let failure = Failure::context("writing the page", full);
+        assert!(is_disk_full(&Outer(std::io::Error::other(failure))));
+        assert!(!is_disk_full(&Outer(std::io::Error::other("other"))));
     }
 
     #[test]

@@ -71,10 +71,20 @@ impl From<PlatformError> for ApiError {
         if kind == ErrorKind::Internal && !e.is_guest_fault() {
             let id = uuid::Uuid::now_v7().to_string();
             tracing::error!(error_id = %id, "internal error: {}", updraft_core::error::chain(&e));
-            error.message = format!(
-                "internal error {id}: the server failed, not your request. Retry; if it \
-                 persists, give this id to the server's operator (its log has the detail)"
-            );
+            error.message = if updraft_core::error::is_disk_full(&e) {
+                // Nothing to hide and something to do: 507, as WebDAV names it.
+                error.status = StatusCode::INSUFFICIENT_STORAGE;
+                error.code = "storage_full";
+                format!(
+                    "error {id}: the server's disk is full, so nothing was stored. Retry \
+                     later; its operator frees space (the log has this id)"
+                )
+            } else {
+                format!(
+                    "internal error {id}: the server failed, not your request. Retry; if it \
+                     persists, give this id to the server's operator (its log has the detail)"
+                )
+            };
             error.error_id = Some(id);
         }
         error
@@ -169,6 +179,17 @@ mod tests {
         assert!(error.message.contains(&id), "the id is in the message");
         let response = error.into_response();
         assert_eq!(response.status(), 500);
+    }
+
+    #[test]
+    fn a_full_disk_is_507_and_says_so() {
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let failure = Failure::context("appending to /srv/data/queues.redb", full);
+        let error = ApiError::from(PlatformError::Kv(KvError::Storage(failure)));
+        assert_eq!((error.status.as_u16(), error.code), (507, "storage_full"));
+        assert!(error.message.contains("disk is full"), "{}", error.message);
+        assert!(!error.message.contains("/srv"), "{}", error.message);
+        assert!(error.error_id.is_some());
     }
 
     #[test]
