@@ -31,8 +31,8 @@ pub(crate) async fn health(State(platform): Shared) -> Json<Value> {
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
-        "functions": platform.function_count(),
-        "compiles": platform.compiles(),
+        "functions": platform.functions().function_count(),
+        "compiles": platform.functions().compiles(),
     }))
 }
 
@@ -49,6 +49,7 @@ pub(crate) async fn list(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
     let functions: Vec<Value> = platform
+        .functions()
         .list(&caller.tenant)?
         .into_iter()
         .map(|(record, version)| {
@@ -94,7 +95,7 @@ fn loaded_json(loaded: &Loaded) -> Value {
 }
 
 fn details_json(platform: &Platform, tenant: &str, name: &str) -> Result<Value, ApiError> {
-    let details = platform.details(tenant, name)?;
+    let details = platform.functions().details(tenant, name)?;
     let mut out = match &details.loaded {
         Some(loaded) => loaded_json(loaded),
         None => json!({ "name": name }),
@@ -146,7 +147,7 @@ pub(crate) async fn unload(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let was_loaded = platform.unload(&caller.tenant, &name)?;
+    let was_loaded = platform.functions().unload(&caller.tenant, &name)?;
     Ok(Json(json!({ "unloaded": name, "was_loaded": was_loaded })))
 }
 
@@ -339,8 +340,11 @@ pub(crate) async fn logs(
 ) -> Result<Response, ApiError> {
     let tail = query.tail.unwrap_or(LOG_TAIL_DEFAULT).min(LOG_TAIL_MAX);
     // Subscribe before reading the tail so no line falls in between.
-    let live = query.follow.then(|| platform.follow_logs());
-    let entries = platform.logs_tail(&caller.tenant, &name, tail).await?;
+    let live = query.follow.then(|| platform.logs().follow());
+    let entries = platform
+        .functions()
+        .logs_tail(&caller.tenant, &name, tail)
+        .await?;
     let head: Vec<Result<Bytes, std::io::Error>> =
         entries.iter().map(|e| Ok(log_line(e))).collect();
     let body = match live {

@@ -24,7 +24,8 @@ pub(crate) async fn containers(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    Json(json!({ "containers": platform.blob_container_names(&caller.tenant) })).into_response()
+    Json(json!({ "containers": platform.functions().blob_container_names(&caller.tenant) }))
+        .into_response()
 }
 
 /// `GET /v1/blobs/{container}?prefix=&cursor=&limit=`: one page of blobs.

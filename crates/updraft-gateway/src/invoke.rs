@@ -30,7 +30,7 @@ pub(crate) async fn invoke_route(
 ) -> Response {
     let full = request.uri().path().to_string();
     let (tenant, path) = tenant_of(&full);
-    let Some(loaded) = platform.route(tenant, path) else {
+    let Some(loaded) = platform.functions().route(tenant, path) else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "route_not_found",
@@ -94,7 +94,7 @@ pub(crate) async fn invoke_api(
     mut request: Request,
 ) -> Response {
     request.headers_mut().remove(header::AUTHORIZATION);
-    let Some(loaded) = platform.get(&caller.tenant, &name) else {
+    let Some(loaded) = platform.functions().get(&caller.tenant, &name) else {
         return ApiError::from(PlatformError::function_not_found(name)).into_response();
     };
     let (asynchronous, query) = split_mode(request.uri().query(), request.headers());
@@ -177,7 +177,10 @@ async fn invoke_async(
         headers,
         body,
     };
-    let accepted = platform.invoke_async(&loaded, request, key).await?;
+    let accepted = platform
+        .events()
+        .invoke_async(&loaded, request, key)
+        .await?;
     let id = accepted.id.to_string();
     let status_url = format!("/v1/invocations/{id}");
     let mut response = (
@@ -211,7 +214,7 @@ async fn invoke(
 ) -> Response {
     let request = request.map(|body| body.map_err(|e| BodyError(e.into())).boxed_unsync());
     let invocation = Invocation::new(&loaded, Input::Request(request), trigger);
-    let (id, outcome) = platform.run(invocation).await;
+    let (id, outcome) = platform.invoker().run(invocation).await;
     let mut response = match outcome {
         Ok(outcome) => outcome.into_response().map(Body::new),
         Err(e) => invocation_error(e, &loaded.name, &id).into_response(),

@@ -25,7 +25,7 @@ pub(crate) async fn stores(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    Json(json!({ "stores": platform.kv_store_names(&caller.tenant) })).into_response()
+    Json(json!({ "stores": platform.functions().kv_store_names(&caller.tenant) })).into_response()
 }
 
 /// `?prefix=&cursor=&limit=` of a key or blob listing.

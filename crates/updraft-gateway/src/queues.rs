@@ -30,7 +30,7 @@ pub(crate) async fn invocation(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<InvocationStatus>, ApiError> {
-    match platform.invocation(&caller.tenant, &id)? {
+    match platform.events().invocation(&caller.tenant, &id)? {
         Some(status) => Ok(Json(status)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -59,7 +59,9 @@ pub(crate) async fn dead_letters(
         .limit
         .unwrap_or(DLQ_PAGE_DEFAULT)
         .clamp(1, DLQ_PAGE_MAX);
-    let dead = platform.dead_letters(&caller.tenant, &name, limit)?;
+    let dead = platform
+        .events()
+        .dead_letters(&caller.tenant, &name, limit)?;
     Ok(Json(json!({ "function": name, "dead_letters": dead })))
 }
 
@@ -68,7 +70,7 @@ pub(crate) async fn redrive(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let moved = platform.redrive(&caller.tenant, &name).await?;
+    let moved = platform.events().redrive(&caller.tenant, &name).await?;
     Ok(Json(json!({ "function": name, "redriven": moved })))
 }
 
@@ -76,8 +78,8 @@ pub(crate) async fn queues(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
-    let functions = platform.function_queues(&caller.tenant)?;
-    let (queues, topics) = platform.channel_overview(&caller.tenant)?;
+    let functions = platform.events().function_queues(&caller.tenant)?;
+    let (queues, topics) = platform.events().channel_overview(&caller.tenant)?;
     Ok(Json(
         json!({ "functions": functions, "queues": queues, "topics": topics }),
     ))
@@ -119,6 +121,7 @@ async fn put_channel(
         ));
     }
     let channel = platform
+        .events()
         .create_channel(
             &caller.tenant,
             name,
@@ -154,6 +157,7 @@ pub(crate) async fn delete_queue(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     platform
+        .events()
         .delete_channel(&caller.tenant, &name, ChannelKind::Queue)
         .await?;
     Ok(Json(json!({ "deleted": name })))
@@ -165,6 +169,7 @@ pub(crate) async fn delete_topic(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     platform
+        .events()
         .delete_channel(&caller.tenant, &name, ChannelKind::Topic)
         .await?;
     Ok(Json(json!({ "deleted": name })))
@@ -214,6 +219,9 @@ pub(crate) async fn publish(
             vec![Event::from_data(format!("/{}/{name}", caller.tenant), content_type, body).into()]
         }
     };
-    let published = platform.publish_many(&caller.tenant, &name, events).await?;
+    let published = platform
+        .events()
+        .publish_many(&caller.tenant, &name, events)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(published)))
 }

@@ -23,7 +23,7 @@ type Shared = State<Arc<Platform>>;
 const BUDGET_USD_MAX: f64 = 1e9;
 
 fn metering(platform: &Platform) -> Result<&Arc<Metering>, ApiError> {
-    platform.metering().ok_or_else(|| {
+    platform.usage().metering().ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
             "metering_off",

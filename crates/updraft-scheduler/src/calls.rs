@@ -11,33 +11,33 @@ use updraft_core::Trigger;
 use updraft_sandbox::{CallError, CallRequest, FunctionCaller, InvokeError};
 
 use crate::error::PlatformError;
-use crate::invoker::{Input, Invocation};
-use crate::platform::{Loaded, Platform};
+use crate::functions::Loaded;
+use crate::invoker::{Input, Invocation, Invoker};
 
-/// The platform as the sandbox sees it: weak, so a function's grant does
+/// The invoker as the sandbox sees it: weak, so a function's grant does
 /// not keep the platform alive.
-pub(crate) struct PlatformCaller(pub(crate) Weak<Platform>);
+pub(crate) struct InvokerCaller(pub(crate) Weak<Invoker>);
 
-impl FunctionCaller for PlatformCaller {
+impl FunctionCaller for InvokerCaller {
     fn call(&self, request: CallRequest) -> BoxFuture<'static, Result<(u16, Bytes), CallError>> {
-        let Some(platform) = self.0.upgrade() else {
+        let Some(invoker) = self.0.upgrade() else {
             return Box::pin(async {
                 Err(CallError::Failed("the platform is shutting down".into()))
             });
         };
-        let Some(loaded) = platform.get(&request.owner, &request.function) else {
+        let Some(loaded) = invoker.functions().get(&request.owner, &request.function) else {
             return Box::pin(async { Err(CallError::NotFound) });
         };
         // A callee with a handler export runs right in the caller's host
         // call: no task, no wake-up of another thread.
         let direct = loaded.prepared().is_some_and(|p| p.takes_calls());
         if direct {
-            return Box::pin(async move { platform.call(loaded, request).await });
+            return Box::pin(async move { invoker.call(loaded, request).await });
         }
         // Any other callee runs in a task of its own, never nested inside
         // the caller's store: an http guest's store suspended (at an epoch
         // yield) inside another guest's host call confuses Wasmtime's fibers.
-        let callee = tokio::spawn(async move { platform.call(loaded, request).await });
+        let callee = tokio::spawn(async move { invoker.call(loaded, request).await });
         Box::pin(async move {
             callee
                 .await
@@ -53,8 +53,8 @@ fn call_error(e: PlatformError) -> CallError {
     }
 }
 
-impl Platform {
-    /// Runs one call through [`Platform::run`]: the payload goes to the
+impl Invoker {
+    /// Runs one call through [`Invoker::run`]: the payload goes to the
     /// callee's handler export, or as `POST /` to an http callee, or on a
     /// command's stdin; the caller gets the whole answer.
     async fn call(

@@ -1,23 +1,43 @@
-//! The one invocation path. Every way in — a function's route, `POST
-//! /v1/functions/{name}/invoke`, a call from another function, an async
-//! attempt, an event delivery — becomes one [`Invocation`] and goes through
-//! [`Platform::run`], which picks the executor once, by what the input is
-//! and what the function exports, and answers an [`Outcome`].
+//! [`Invoker`], the data plane, and the one invocation path. Every way in —
+//! a function's route, `POST /v1/functions/{name}/invoke`, a call from
+//! another function, an async attempt, an event delivery — becomes one
+//! [`Invocation`] and goes through [`Invoker::run`], which picks the
+//! executor once, by what the input is and what the function exports, and
+//! answers an [`Outcome`].
 //!
-//! The executors themselves (budget, prepare, admission, the sandbox run,
-//! logs and usage) are `Platform::invoke_{http,command,handler}_as`.
+//! Each executor (`Invoker::invoke_{http,command,handler}_as`) does the
+//! same steps: the budget check, the compiled code, an instance slot
+//! (admission), the sandbox run, then the run's logs and usage record.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use updraft_core::{FunctionKind, Trigger};
-use updraft_sandbox::{CallRequest, InvokeError, ResponseBody};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use updraft_core::{FunctionKind, SharedClock, Trigger};
+use updraft_sandbox::{
+    CallRequest, InvocationCtx, InvokeError, OnDone, Output, Prepared, ResponseBody, Sandbox,
+};
 
-use crate::async_invoke::AsyncRequest;
 use crate::error::PlatformError;
-use crate::events::Event;
-use crate::platform::{Loaded, Platform};
+use crate::events::{AsyncRequest, Event};
+use crate::functions::{Functions, Loaded};
+use crate::logs::Logs;
+use crate::usage::{PendingUsage, Usage};
+
+/// The invoker service.
+pub struct Invoker {
+    functions: Arc<Functions>,
+    sandbox: Arc<Sandbox>,
+    usage: Arc<Usage>,
+    logs: Arc<Logs>,
+    /// One permit per instance slot, so bursts queue instead of failing.
+    admission: Arc<Semaphore>,
+    /// The wall clock of usage records' start times (metering reads its
+    /// dates from the same one, so a record and its month agree).
+    clock: SharedClock,
+}
 
 /// The body of a request handed to a function.
 pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BodyError>;
@@ -152,10 +172,32 @@ enum Executor {
     Handler,
 }
 
-impl Platform {
+impl Invoker {
+    pub(crate) fn new(
+        functions: Arc<Functions>,
+        sandbox: Arc<Sandbox>,
+        usage: Arc<Usage>,
+        logs: Arc<Logs>,
+        clock: SharedClock,
+    ) -> Invoker {
+        Invoker {
+            admission: Arc::new(Semaphore::new(sandbox.instances_max() as usize)),
+            functions,
+            sandbox,
+            usage,
+            logs,
+            clock,
+        }
+    }
+
+    /// The functions it runs.
+    pub fn functions(&self) -> &Arc<Functions> {
+        &self.functions
+    }
+
     /// Runs one invocation; returns its id and what it answered.
     pub async fn run(
-        self: &Arc<Self>,
+        &self,
         invocation: Invocation<'_>,
     ) -> (String, Result<Outcome, PlatformError>) {
         let Invocation {
@@ -218,13 +260,185 @@ impl Platform {
     ) -> Result<Executor, PlatformError> {
         // Whether it exports a handler is known once it is prepared (it may
         // have been unloaded while idle).
-        let takes_payloads =
-            may_take_payload && self.ensure_prepared(function).await?.takes_calls();
+        let takes_payloads = may_take_payload
+            && self
+                .functions
+                .ensure_prepared(function)
+                .await?
+                .takes_calls();
         Ok(match (takes_payloads, function.version.kind) {
             (true, _) => Executor::Handler,
             (false, FunctionKind::Http) => Executor::Http,
             (false, FunctionKind::Command) => Executor::Command,
         })
+    }
+
+    async fn admit(&self, timeout_ms: u64) -> Result<OwnedSemaphorePermit, PlatformError> {
+        // Fast path without a timer: a free slot is the common case.
+        if let Ok(permit) = self.admission.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        match tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            self.admission.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(PlatformError::Busy(self.sandbox.instances_max())),
+        }
+    }
+
+    /// Runs an http function on `request` (see [`Invoker::run`]). The
+    /// response comes back as soon as the guest sets it; logs and usage are
+    /// recorded when the guest finishes.
+    async fn invoke_http_as(
+        &self,
+        loaded: &Arc<Loaded>,
+        request: http::Request<RequestBody>,
+        trigger: Trigger,
+        invocation_id: String,
+        call: Option<&CallRequest>,
+    ) -> (String, Result<http::Response<ResponseBody>, PlatformError>) {
+        if let Err(e) = self.usage.check_budget(&loaded.tenant) {
+            return (invocation_id, Err(e));
+        }
+        let start_ms = self.clock.now_ms();
+        let prepared = match self.functions.ensure_prepared(loaded).await {
+            Ok(prepared) => prepared,
+            Err(e) => return (invocation_id, Err(e)),
+        };
+        let permit = match self.admit(admit_ms(loaded, call)).await {
+            Ok(permit) => permit,
+            Err(e) => return (invocation_id, Err(e)),
+        };
+        let ctx = invocation_ctx(loaded, &invocation_id, call);
+        let logs = self.logs.clone();
+        let function = loaded.clone();
+        let pending = self.usage.pending(loaded.key.clone());
+        // Made before the await, so a caller that goes away still releases it.
+        let body_part = pending.as_ref().map(PendingUsage::body_part);
+        let usage = pending;
+        let on_done: OnDone = Box::new(move |report| {
+            logs.report(&function.key, &report);
+            if let Some(usage) = usage {
+                usage.report(crate::usage::record(
+                    &function, trigger, start_ms, report, 0,
+                ));
+            }
+            drop(permit);
+        });
+        let response = self
+            .sandbox
+            .invoke_http(&prepared, request, ctx, on_done)
+            .await;
+        let response = match (response, body_part) {
+            (Ok(response), Some(part)) => Ok(response.map(|body| part.wrap(body))),
+            (response, _) => response,
+        };
+        (invocation_id, response.map_err(PlatformError::from))
+    }
+
+    /// Runs a command function with `stdin` (see [`Invoker::run`]);
+    /// returns its stdout.
+    async fn invoke_command_as(
+        &self,
+        loaded: &Arc<Loaded>,
+        stdin: Bytes,
+        trigger: Trigger,
+        invocation_id: String,
+        call: Option<&CallRequest>,
+    ) -> (String, Result<Bytes, PlatformError>) {
+        let run = |prepared: Arc<Prepared>, ctx| async move {
+            self.sandbox.invoke_command(&prepared, stdin, ctx).await
+        };
+        let bytes_out = |out: &Bytes| out.len() as u64;
+        self.invoke_buffered(loaded, trigger, invocation_id, call, bytes_out, run)
+            .await
+    }
+
+    /// Hands `payload` to the function's handler export
+    /// ([`Sandbox::invoke_handler`](updraft_sandbox::Sandbox::invoke_handler)):
+    /// a call from another function, or an event.
+    async fn invoke_handler_as(
+        &self,
+        loaded: &Arc<Loaded>,
+        payload: Bytes,
+        trigger: Trigger,
+        invocation_id: String,
+        call: Option<&CallRequest>,
+    ) -> (String, Result<(u16, Bytes), PlatformError>) {
+        let run = |prepared: Arc<Prepared>, ctx| async move {
+            self.sandbox.invoke_handler(&prepared, payload, ctx).await
+        };
+        let bytes_out = |(_, body): &(u16, Bytes)| body.len() as u64;
+        self.invoke_buffered(loaded, trigger, invocation_id, call, bytes_out, run)
+            .await
+    }
+
+    /// What invocations run to their end before they answer (commands,
+    /// direct calls) share: the budget, preparing, an instance slot, then
+    /// `run`, whose report goes to the logs and to metering.
+    async fn invoke_buffered<T, Fut>(
+        &self,
+        loaded: &Arc<Loaded>,
+        trigger: Trigger,
+        invocation_id: String,
+        call: Option<&CallRequest>,
+        bytes_out: impl Fn(&T) -> u64,
+        run: impl FnOnce(Arc<Prepared>, InvocationCtx) -> Fut,
+    ) -> (String, Result<T, PlatformError>)
+    where
+        Fut: Future<Output = Output<T>>,
+    {
+        if let Err(e) = self.usage.check_budget(&loaded.tenant) {
+            return (invocation_id, Err(e));
+        }
+        let start_ms = self.clock.now_ms();
+        let prepared = match self.functions.ensure_prepared(loaded).await {
+            Ok(prepared) => prepared,
+            Err(e) => return (invocation_id, Err(e)),
+        };
+        let _permit = match self.admit(admit_ms(loaded, call)).await {
+            Ok(permit) => permit,
+            Err(e) => return (invocation_id, Err(e)),
+        };
+        let ctx = invocation_ctx(loaded, &invocation_id, call);
+        let Output { result, report } = run(prepared, ctx).await;
+        self.logs.report(&loaded.key, &report);
+        if self.usage.is_metered() {
+            let out = result.as_ref().map_or(0, &bytes_out);
+            let record = crate::usage::record(loaded, trigger, start_ms, report, out);
+            self.usage.meter(&loaded.key, record);
+        }
+        (invocation_id, result.map_err(PlatformError::from))
+    }
+}
+
+/// How long an invocation may wait for an instance slot: a call from
+/// another function no longer than its chain has left.
+fn admit_ms(loaded: &Loaded, call: Option<&CallRequest>) -> u64 {
+    let own = loaded.version.limits.timeout_ms;
+    match call {
+        Some(call) => {
+            let left = call
+                .deadline
+                .saturating_duration_since(std::time::Instant::now());
+            own.min(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+        }
+        None => own,
+    }
+}
+
+fn invocation_ctx(loaded: &Loaded, id: &str, call: Option<&CallRequest>) -> InvocationCtx {
+    InvocationCtx {
+        invocation_id: id.to_string(),
+        chain: match call {
+            Some(call) => call.chain.clone(),
+            None => Arc::new([Arc::from(&*loaded.name)]),
+        },
+        deadline: call.map(|c| c.deadline),
+        inline: call.is_some(),
     }
 }
 

@@ -1,11 +1,15 @@
-//! The log pipeline: invocations hand their lines to a bounded queue; one task
-//! batches them into the durable [`LogStore`] and fans them out to followers.
+//! [`Logs`]: every function's log lines. Invocations hand their lines to a
+//! bounded queue; one task batches them into the durable [`LogStore`] and
+//! fans them out to followers.
 
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
-use updraft_core::LogEntry;
+use updraft_core::{LogEntry, LogStream};
+use updraft_sandbox::Report;
 use updraft_state::LogStore;
+
+use crate::error::PlatformError;
 
 /// Lines waiting to be written; when full, new lines are dropped (and counted)
 /// rather than slowing invocations down.
@@ -20,17 +24,22 @@ pub(crate) enum LogMsg {
     Flush(oneshot::Sender<()>),
 }
 
-#[derive(Clone)]
-pub(crate) struct LogPipe {
+/// The log service: what functions print, and what the platform says about
+/// them (deploys, failed async attempts, budget crossings).
+pub struct Logs {
     queue: mpsc::Sender<LogMsg>,
     follow: broadcast::Sender<(Arc<str>, LogEntry)>,
+    store: Arc<LogStore>,
 }
 
-impl LogPipe {
-    pub(crate) fn start(store: Arc<LogStore>) -> LogPipe {
+impl Logs {
+    /// Starts the writer task (call inside the runtime).
+    pub(crate) fn start(store: Arc<LogStore>) -> Logs {
         let (queue, mut rx) = mpsc::channel(LOG_QUEUE_MAX);
         let (follow, _) = broadcast::channel(FOLLOW_BUFFER);
+        let writer = store.clone();
         tokio::spawn(async move {
+            let store = writer;
             let mut batch = Vec::new();
             let mut flushes = Vec::new();
             while let Some(first) = rx.recv().await {
@@ -62,10 +71,14 @@ impl LogPipe {
                 }
             }
         });
-        LogPipe { queue, follow }
+        Logs {
+            queue,
+            follow,
+            store,
+        }
     }
 
-    pub(crate) fn push(&self, name: &Arc<str>, entry: LogEntry) {
+    fn push(&self, name: &Arc<str>, entry: LogEntry) {
         let _ = self.follow.send((name.clone(), entry.clone()));
         if self
             .queue
@@ -76,12 +89,44 @@ impl LogPipe {
         }
     }
 
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<(Arc<str>, LogEntry)> {
+    /// The lines a guest printed, from its report.
+    pub(crate) fn report(&self, key: &Arc<str>, report: &Report) {
+        let ts = crate::now_ms();
+        for (stream, line) in &report.logs {
+            self.push(key, LogEntry::new(ts, &report.invocation_id, *stream, line));
+        }
+    }
+
+    /// A line of the platform's own about a function.
+    pub(crate) fn platform(&self, key: &Arc<str>, message: &str) {
+        self.push(
+            key,
+            LogEntry::new(crate::now_ms(), "-", LogStream::Platform, message),
+        );
+    }
+
+    /// Every log line from now on, of every function, by function key
+    /// (`tenant/name`): filter by tenant before showing them to anyone.
+    pub fn follow(&self) -> broadcast::Receiver<(Arc<str>, LogEntry)> {
         self.follow.subscribe()
     }
 
+    /// The last `n` entries of the function `key`, including every line
+    /// pushed so far.
+    pub(crate) async fn tail(&self, key: &str, n: usize) -> Result<Vec<LogEntry>, PlatformError> {
+        self.flush().await;
+        Ok(tokio::task::block_in_place(|| self.store.tail(key, n))?)
+    }
+
+    /// Removes every entry of the function `key`.
+    pub(crate) fn delete_function(&self, key: &str) -> Result<(), PlatformError> {
+        Ok(tokio::task::block_in_place(|| {
+            self.store.delete_function(key)
+        })?)
+    }
+
     /// Waits until every line pushed so far is on disk.
-    pub(crate) async fn flush(&self) {
+    pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.queue.send(LogMsg::Flush(done)).await.is_ok() {
             let _ = wait.await;

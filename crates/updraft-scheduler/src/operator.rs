@@ -92,9 +92,10 @@ impl Platform {
     /// The store `name` of `tenant`, if one of its deployed functions lists
     /// it (else 404: a typo is not a new store).
     pub fn kv_store(&self, tenant: &str, name: &str) -> Result<KvHandle, PlatformError> {
-        self.in_use(name, "key-value store", self.kv_store_names(tenant))?;
+        let functions = &self.functions();
+        functions.in_use(name, "key-value store", functions.kv_store_names(tenant))?;
         Ok(KvHandle {
-            kv: self.kv().clone(),
+            kv: functions.backends().kv.clone(),
             id: StoreId::new(tenant, name),
             name: name.to_string(),
         })
@@ -103,21 +104,26 @@ impl Platform {
     /// The container `name` of `tenant`, if one of its deployed functions
     /// lists it.
     pub fn blob_container(&self, tenant: &str, name: &str) -> Result<BlobHandle, PlatformError> {
-        self.in_use(name, "blob container", self.blob_container_names(tenant))?;
+        let functions = &self.functions();
+        functions.in_use(
+            name,
+            "blob container",
+            functions.blob_container_names(tenant),
+        )?;
         Ok(BlobHandle {
-            blobs: self.blobs().clone(),
+            blobs: functions.backends().blobs.clone(),
             id: ContainerId::new(tenant, name),
         })
     }
 
     /// Who presents `key`, if it is a valid API key.
     pub fn authenticate(&self, key: &str) -> Option<Caller> {
-        self.tenants().verify(key)
+        self.tenants.verify(key)
     }
 
     /// The keys of `tenant`, or of every tenant.
     pub fn api_keys(&self, tenant: Option<&str>) -> Vec<KeyInfo> {
-        self.tenants().list(tenant)
+        self.tenants.list(tenant)
     }
 
     /// A new key for `tenant`: its record, and the key itself (shown once).
@@ -127,11 +133,11 @@ impl Platform {
         admin: bool,
         label: &str,
     ) -> Result<(KeyInfo, String), PlatformError> {
-        Ok(self.tenants().create_key(tenant, admin, label)?)
+        Ok(self.tenants.create_key(tenant, admin, label)?)
     }
 
     /// Revokes key `id`; `scope` limits it to one tenant's keys.
     pub fn revoke_api_key(&self, id: &str, scope: Option<&str>) -> Result<KeyInfo, PlatformError> {
-        Ok(self.tenants().revoke(id, scope)?)
+        Ok(self.tenants.revoke(id, scope)?)
     }
 }

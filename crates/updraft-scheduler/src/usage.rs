@@ -1,27 +1,155 @@
-//! One usage record per invocation. An http function's record is complete
-//! only when both the guest has finished (its report) and its response body
-//! has been sent (the bytes out), in either order: [`PendingUsage`] waits
-//! for both and hands the record to metering once.
+//! [`Usage`]: the glue between invocations and metering. It takes one usage
+//! record per invocation, refuses invocations of a tenant whose budget is
+//! spent, logs budget crossings and hands them out as alerts (the events
+//! service publishes them), and samples what each tenant stores.
 //!
-//! Storage is metered by [`sample_storage`]: at the end of every sample
+//! An http function's record is complete only when both the guest has
+//! finished (its report) and its response body has been sent (the bytes
+//! out), in either order: [`PendingUsage`] waits for both and hands the
+//! record to metering once.
+//!
+//! Storage is metered by `sample_storage`: at the end of every sample
 //! interval, one record per tenant with what it stores, standing for the
 //! whole interval.
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::mpsc;
 use updraft_core::{STORAGE_FUNCTION, Trigger, UsageRecord, function_key};
-use updraft_metering::billed_ms;
+use updraft_metering::{BudgetEvent, BudgetKind, Metering, billed_ms, usd};
 use updraft_sandbox::{Report, ResponseBody};
+use updraft_state::blob::Blobs;
+use updraft_state::kv::KvStore;
 
 use crate::PlatformError;
-use crate::platform::{Loaded, Platform};
+use crate::functions::Loaded;
+use crate::logs::Logs;
+
+/// The usage service.
+pub struct Usage {
+    /// `None` when the server runs with metering off.
+    metering: Option<Arc<Metering>>,
+    /// Where budget crossings are logged.
+    logs: Arc<Logs>,
+    /// Budget crossings, for whoever tells the tenant (the events service).
+    alerts: mpsc::UnboundedSender<BudgetEvent>,
+    shut_down: AtomicBool,
+}
+
+impl Usage {
+    /// The service, and the receiving end of its budget alerts.
+    pub(crate) fn new(
+        metering: Option<Arc<Metering>>,
+        logs: Arc<Logs>,
+    ) -> (Arc<Usage>, mpsc::UnboundedReceiver<BudgetEvent>) {
+        let (alerts, receiver) = mpsc::unbounded_channel();
+        let usage = Usage {
+            metering,
+            logs,
+            alerts,
+            shut_down: AtomicBool::new(false),
+        };
+        (Arc::new(usage), receiver)
+    }
+
+    /// Metering (`None` when the server runs with metering off).
+    pub fn metering(&self) -> Option<&Arc<Metering>> {
+        self.metering.as_ref()
+    }
+
+    pub(crate) fn is_metered(&self) -> bool {
+        self.metering.is_some()
+    }
+
+    /// Refuses an invocation once its tenant's budget is spent.
+    pub(crate) fn check_budget(&self, tenant: &str) -> Result<(), PlatformError> {
+        match &self.metering {
+            Some(metering) => Ok(metering.check(tenant)?),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands a usage record to metering; a budget crossing it causes goes
+    /// to the logs of the function that crossed it, and out as an alert.
+    pub(crate) fn meter(&self, key: &Arc<str>, record: UsageRecord) {
+        let Some(metering) = &self.metering else {
+            return;
+        };
+        for event in metering.record(record) {
+            let (budget, spent) = (usd(event.budget_cents), usd(event.spent_cents));
+            let message = match event.kind {
+                BudgetKind::Warning => format!(
+                    "budget warning: {spent} of the {budget} budget for {} is spent (80%)",
+                    event.month
+                ),
+                BudgetKind::Exceeded => format!(
+                    "budget spent: the {budget} budget for {} is used up; new invocations are refused with 402",
+                    event.month
+                ),
+            };
+            self.logs.platform(key, &message);
+            // No receiver only while the platform shuts down.
+            let _ = self.alerts.send(event);
+        }
+    }
+
+    /// A record waiting for an http invocation's two halves, when metered.
+    pub(crate) fn pending(self: &Arc<Self>, key: Arc<str>) -> Option<Arc<PendingUsage>> {
+        self.is_metered()
+            .then(|| PendingUsage::new(self.clone(), key))
+    }
+
+    /// Samples what every tenant stores, every `every`, until shutdown.
+    pub(crate) fn start_storage_samples(
+        self: &Arc<Self>,
+        kv: Arc<dyn KvStore>,
+        blobs: Arc<Blobs>,
+        every: Duration,
+    ) {
+        if self.is_metered() {
+            let usage = Arc::downgrade(self);
+            tokio::spawn(sample_storage(usage, kv, blobs, every));
+        }
+    }
+
+    /// Writes out buffered usage records.
+    pub(crate) fn shutdown(&self) {
+        self.shut_down.store(true, Ordering::Relaxed);
+        if let Some(metering) = &self.metering {
+            tokio::task::block_in_place(|| metering.flush());
+        }
+    }
+
+    /// One storage record per tenant that stores anything, at `at_ms`.
+    async fn sample_storage(
+        &self,
+        kv: &dyn KvStore,
+        blobs: &Blobs,
+        at_ms: u64,
+        secs: u64,
+    ) -> Result<(), PlatformError> {
+        let kv = kv.stored_bytes().await?;
+        let blobs = blobs.stored_bytes().await?;
+        let tenants: BTreeSet<&String> = kv.keys().chain(blobs.keys()).collect();
+        for tenant in tenants {
+            let (kv, blob) = (
+                kv.get(tenant).copied().unwrap_or(0),
+                blobs.get(tenant).copied().unwrap_or(0),
+            );
+            let tenant: Arc<str> = Arc::from(tenant.as_str());
+            let key: Arc<str> = Arc::from(function_key(&tenant, STORAGE_FUNCTION));
+            self.meter(&key, UsageRecord::storage(tenant, at_ms, secs, kv, blob));
+        }
+        Ok(())
+    }
+}
 
 pub(crate) fn record(
     loaded: &Loaded,
@@ -58,7 +186,7 @@ pub(crate) fn record(
 
 /// A record waiting for its second half.
 pub(crate) struct PendingUsage {
-    platform: Arc<Platform>,
+    usage: Arc<Usage>,
     /// The function's key, for the logs of budget crossings.
     key: Arc<str>,
     record: Mutex<Option<UsageRecord>>,
@@ -68,9 +196,9 @@ pub(crate) struct PendingUsage {
 }
 
 impl PendingUsage {
-    pub(crate) fn new(platform: Arc<Platform>, key: Arc<str>) -> Arc<PendingUsage> {
+    fn new(usage: Arc<Usage>, key: Arc<str>) -> Arc<PendingUsage> {
         Arc::new(PendingUsage {
-            platform,
+            usage,
             key,
             record: Mutex::new(None),
             bytes_out: AtomicU64::new(0),
@@ -96,7 +224,7 @@ impl PendingUsage {
             && let Some(mut record) = self.record.lock().unwrap_or_else(|e| e.into_inner()).take()
         {
             record.bytes_out = self.bytes_out.load(Ordering::Relaxed);
-            self.platform.meter(&self.key, record);
+            self.usage.meter(&self.key, record);
         }
     }
 }
@@ -158,46 +286,32 @@ impl Body for CountedBody {
 /// Samples what every tenant stores at each multiple of `every` on the wall
 /// clock, so a restart neither skips nor repeats a sample slot. A slot the
 /// server was down for is not charged. Stops with the platform.
-pub(crate) async fn sample_storage(platform: Weak<Platform>, every: Duration) {
+async fn sample_storage(
+    usage: Weak<Usage>,
+    kv: Arc<dyn KvStore>,
+    blobs: Arc<Blobs>,
+    every: Duration,
+) {
     let every_ms = (every.as_millis() as u64).max(1);
     loop {
-        let now = crate::platform::now_ms();
+        let now = crate::now_ms();
         let slot_end = now - now % every_ms + every_ms;
         tokio::time::sleep(Duration::from_millis(slot_end - now)).await;
-        let Some(platform) = platform.upgrade() else {
+        let Some(usage) = usage.upgrade() else {
             return;
         };
-        if platform.is_shut_down() {
+        if usage.shut_down.load(Ordering::Relaxed) {
             return;
         }
-        if let Err(e) = platform.sample_storage(slot_end, every_ms / 1000).await {
+        let sampled = usage
+            .sample_storage(&*kv, &blobs, slot_end, every_ms / 1000)
+            .await;
+        if let Err(e) = sampled {
             // The next slot tries again; this one goes uncharged.
             tracing::warn!(
                 "storage not sampled for metering: {}",
                 updraft_core::error::chain(&e)
             );
         }
-    }
-}
-
-impl Platform {
-    /// One storage record per tenant that stores anything, at `at_ms`.
-    async fn sample_storage(&self, at_ms: u64, secs: u64) -> Result<(), PlatformError> {
-        if self.metering().is_none() {
-            return Ok(());
-        }
-        let kv = self.kv().stored_bytes().await?;
-        let blobs = self.blobs().stored_bytes().await?;
-        let tenants: BTreeSet<&String> = kv.keys().chain(blobs.keys()).collect();
-        for tenant in tenants {
-            let (kv, blob) = (
-                kv.get(tenant).copied().unwrap_or(0),
-                blobs.get(tenant).copied().unwrap_or(0),
-            );
-            let tenant: Arc<str> = Arc::from(tenant.as_str());
-            let key: Arc<str> = Arc::from(function_key(&tenant, STORAGE_FUNCTION));
-            self.meter(&key, UsageRecord::storage(tenant, at_ms, secs, kv, blob));
-        }
-        Ok(())
     }
 }

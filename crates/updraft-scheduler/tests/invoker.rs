@@ -60,7 +60,7 @@ impl Fixture {
         input: Input,
     ) -> Result<(u16, Bytes), PlatformError> {
         let invocation = Invocation::new(function, input, Trigger::Api);
-        let (id, outcome) = self.platform.run(invocation).await;
+        let (id, outcome) = self.platform.invoker().run(invocation).await;
         assert!(!id.is_empty());
         outcome?.collect().await
     }
@@ -233,10 +233,11 @@ async fn usage_records_take_their_time_from_the_platform_clock() {
         .unwrap()
         .loaded;
     let (_, outcome) = platform
+        .invoker()
         .run(Invocation::new(&hello, get("/"), Trigger::Api))
         .await;
     assert_eq!(outcome.unwrap().collect().await.unwrap().0, 200);
-    let metering = platform.metering().unwrap();
+    let metering = platform.usage().metering().unwrap();
     // The record is handed over when the guest has finished, which may be
     // just after its response was read: wait for it, within a limit.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

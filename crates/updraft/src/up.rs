@@ -100,8 +100,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!(
         "Updraft listening on http://{addr} (data dir {}, {} functions, {} compiled at start)",
         args.data_dir.display(),
-        platform.function_count(),
-        platform.compiles()
+        platform.functions().function_count(),
+        platform.functions().compiles()
     );
     if let Some(path) = new_admin_key {
         println!(

@@ -20,10 +20,11 @@ use updraft_state::queue::{
     Accepted, Message, MessageInfo, MessageState, NewMessage, QueueId, QueueStats, Uuid,
 };
 
+use super::{Event, Events, channel_queue};
 use crate::error::PlatformError;
-use crate::events::{Event, channel_queue};
+use crate::functions::Loaded;
 use crate::invoker::{Input, Invocation, StoredEvent};
-use crate::platform::{Loaded, Platform, now_ms};
+use crate::now_ms;
 
 /// How stale a consumer's copy of its queue's settings may get.
 const SETTINGS_REREAD: Duration = Duration::from_secs(1);
@@ -231,23 +232,23 @@ fn queue_error(e: updraft_state::queue::QueueError) -> PlatformError {
     PlatformError::Queue(e)
 }
 
-impl Platform {
+impl Events {
     /// Accepts a request for `loaded` to run soon. It is durable when this
     /// returns; the same `idempotency_key` within a day returns the first id.
     pub async fn invoke_async(
-        self: &Arc<Self>,
+        &self,
         loaded: &Arc<Loaded>,
         request: AsyncRequest,
         idempotency_key: Option<String>,
     ) -> Result<Accepted, PlatformError> {
-        self.check_budget(loaded)?;
+        self.usage.check_budget(&loaded.tenant)?;
         let message = NewMessage {
             payload: request.encode()?,
             idempotency_key,
         };
         let queue = function_queue(&loaded.tenant, &loaded.name);
         let accepted = self
-            .queues()
+            .queues
             .send(&queue, vec![message])
             .await
             .map_err(queue_error)?;
@@ -268,7 +269,7 @@ impl Platform {
         let Ok(uuid) = Uuid::parse_str(id) else {
             return Ok(None);
         };
-        let Some(state) = self.queues().locate(tenant, uuid).map_err(queue_error)? else {
+        let Some(state) = self.queues.locate(tenant, uuid).map_err(queue_error)? else {
             return Ok(None);
         };
         let from_queue = |queue: &QueueId| -> (String, bool) {
@@ -347,9 +348,9 @@ impl Platform {
         name: &str,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, PlatformError> {
-        self.require(tenant, name)?;
+        self.functions.require(tenant, name)?;
         Ok(self
-            .queues()
+            .queues
             .list(&dead_letter_queue(tenant, name), limit)
             .map_err(queue_error)?
             .into_iter()
@@ -359,14 +360,10 @@ impl Platform {
 
     /// Sends every dead letter of a function back to its queue, with its
     /// attempts reset; returns how many.
-    pub async fn redrive(
-        self: &Arc<Self>,
-        tenant: &str,
-        name: &str,
-    ) -> Result<usize, PlatformError> {
-        self.require(tenant, name)?;
+    pub async fn redrive(&self, tenant: &str, name: &str) -> Result<usize, PlatformError> {
+        self.functions.require(tenant, name)?;
         let moved = self
-            .queues()
+            .queues
             .redrive(
                 &dead_letter_queue(tenant, name),
                 &function_queue(tenant, name),
@@ -381,6 +378,7 @@ impl Platform {
     pub fn function_queues(&self, tenant: &str) -> Result<Vec<FunctionQueues>, PlatformError> {
         let now = now_ms();
         Ok(self
+            .functions
             .list(tenant)?
             .into_iter()
             .map(|(record, _)| {
@@ -389,12 +387,12 @@ impl Platform {
                     depth,
                     in_flight,
                     oldest_enqueued_ms,
-                } = self.queues().stats(&function_queue(tenant, &name));
+                } = self.queues.stats(&function_queue(tenant, &name));
                 FunctionQueues {
                     depth,
                     in_flight,
                     oldest_age_ms: oldest_enqueued_ms.map(|t| now.saturating_sub(t)),
-                    dead_letters: self.queues().stats(&dead_letter_queue(tenant, &name)).depth,
+                    dead_letters: self.queues.stats(&dead_letter_queue(tenant, &name)).depth,
                     function: name,
                 }
             })
@@ -402,7 +400,7 @@ impl Platform {
     }
 
     /// Starts the dispatcher of a function on `source` unless it runs.
-    pub(crate) fn ensure_dispatcher(self: &Arc<Self>, tenant: &str, name: &str, source: Source) {
+    pub(crate) fn ensure_dispatcher(&self, tenant: &str, name: &str, source: Source) {
         let mut key = updraft_core::function_key(tenant, name);
         if let Source::Queue(queue) = &source {
             key = format!("{key}@q:{queue}");
@@ -411,12 +409,12 @@ impl Platform {
         if !self.dispatchers().insert(key.clone()) {
             return;
         }
-        let platform = Arc::downgrade(self);
+        let events = self.me();
         let (tenant, name) = (tenant.to_string(), name.to_string());
         tokio::spawn(async move {
-            dispatch(&platform, &tenant, &name, &source).await;
-            if let Some(platform) = platform.upgrade() {
-                platform.dispatchers().remove(&key);
+            dispatch(&events, &tenant, &name, &source).await;
+            if let Some(events) = events.upgrade() {
+                events.dispatchers().remove(&key);
             }
         });
     }
@@ -425,7 +423,7 @@ impl Platform {
 /// Leases and runs a function's work from `source` until the function is
 /// deleted (or, for a named queue, stops consuming it) or the platform
 /// shuts down.
-async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str, source: &Source) {
+async fn dispatch(events: &Weak<Events>, tenant: &str, name: &str, source: &Source) {
     let queue = match source {
         Source::Function => function_queue(tenant, name),
         Source::Queue(channel) => channel_queue(tenant, channel),
@@ -435,8 +433,8 @@ async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str, source: &
     // (a round can be a few messages): (read at, visibility ms, batch size).
     let mut settings: Option<(Instant, u64, u32)> = None;
     loop {
-        let Some(p) = platform.upgrade() else { return };
-        let Some(loaded) = p.get(tenant, name) else {
+        let Some(p) = events.upgrade() else { return };
+        let Some(loaded) = p.functions.get(tenant, name) else {
             return;
         };
         if p.is_shut_down() {
@@ -455,14 +453,14 @@ async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str, source: &
                     .map(|(visibility, batch)| (Instant::now(), visibility, batch));
             }
             let (Some((_, visibility_ms, batch_size)), true) =
-                (settings, Platform::has_trigger(&loaded, &trigger))
+                (settings, Events::has_trigger(&loaded, &trigger))
             else {
                 return;
             };
             lease = Duration::from_millis(visibility_ms);
             batch = batch_size as usize;
         }
-        let queues = p.queues().clone();
+        let queues = p.queues.clone();
         drop(p);
         let Ok(first) = slots.clone().acquire_owned().await else {
             return;
@@ -488,7 +486,7 @@ async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str, source: &
                     Err(_) => break,
                 },
             };
-            let Some(p) = platform.upgrade() else { return };
+            let Some(p) = events.upgrade() else { return };
             let (loaded, queue) = (loaded.clone(), queue.clone());
             tokio::spawn(async move {
                 run(&p, &loaded, &queue, message).await;
@@ -499,19 +497,14 @@ async fn dispatch(platform: &Weak<Platform>, tenant: &str, name: &str, source: &
 }
 
 /// Runs one async invocation and settles its message.
-async fn run(
-    platform: &Arc<Platform>,
-    loaded: &Arc<Loaded>,
-    queue: &QueueId,
-    mut message: Message,
-) {
+async fn run(events: &Events, loaded: &Arc<Loaded>, queue: &QueueId, mut message: Message) {
     let id = message.id;
     let started_ms = now_ms();
     let outcome = match Work::decode(std::mem::take(&mut message.payload)) {
-        Some(work) => attempt(platform, loaded, work, &message).await,
+        Some(work) => attempt(&events.invoker, loaded, work, &message).await,
         None => Err(AttemptError::permanent("the stored request is unreadable")),
     };
-    let queues = platform.queues();
+    let queues = &events.queues;
     let settled = match outcome {
         Ok(result) => {
             let status = InvocationStatus {
@@ -536,7 +529,7 @@ async fn run(
                 true => format!("{reason} (not retried: another attempt cannot succeed)"),
                 false => reason,
             };
-            platform.platform_log(
+            events.logs.platform(
                 &loaded.key,
                 &format!(
                     "async invocation {id} failed (attempt {attempts} of {}): {error}",
@@ -606,11 +599,11 @@ impl From<PlatformError> for AttemptError {
     }
 }
 
-/// One attempt, through [`Platform::run`]: the function's response, or
+/// One attempt, through [`Invoker::run`](crate::Invoker::run): the function's response, or
 /// why it failed. A 5xx answer is a failure (retried); anything else is the
 /// function's result.
 async fn attempt(
-    platform: &Arc<Platform>,
+    invoker: &crate::Invoker,
     loaded: &Arc<Loaded>,
     work: Work,
     message: &Message,
@@ -634,7 +627,7 @@ async fn attempt(
         id: message.id.to_string(),
         call: None,
     };
-    let (_, outcome) = platform.run(invocation).await;
+    let (_, outcome) = invoker.run(invocation).await;
     let (status, body) = outcome?.collect().await?;
     settle_response(status, &body)
 }

@@ -16,9 +16,9 @@ use updraft_core::EventTrigger;
 use updraft_state::kv::{CasOutcome, KeyPage, KvError, KvStore, StoreId};
 use updraft_state::queue::NewMessage;
 
-use crate::async_invoke::{Source, function_queue};
-use crate::events::Event;
-use crate::platform::Platform;
+use super::async_invoke::{Source, function_queue};
+use super::{Event, Events};
+use crate::functions::Functions;
 
 /// Watching functions per store: (key prefix, function name).
 pub(crate) type Watchers = HashMap<StoreId, Vec<(String, String)>>;
@@ -27,7 +27,7 @@ pub(crate) type Watchers = HashMap<StoreId, Vec<(String, String)>>;
 pub(crate) struct WatchedKv {
     pub(crate) inner: Arc<dyn KvStore>,
     pub(crate) watchers: Arc<RwLock<Watchers>>,
-    pub(crate) platform: Weak<Platform>,
+    pub(crate) events: Weak<Events>,
 }
 
 #[derive(Clone, Copy)]
@@ -60,7 +60,7 @@ impl WatchedKv {
         if targets.is_empty() {
             return;
         }
-        let Some(platform) = self.platform.upgrade() else {
+        let Some(events) = self.events.upgrade() else {
             return;
         };
         let kind = match change {
@@ -83,10 +83,10 @@ impl WatchedKv {
                 (function_queue(&store.owner, function), vec![message])
             })
             .collect();
-        match platform.queues().send_to_many(batches).await {
+        match events.queues.send_to_many(batches).await {
             Ok(_) => {
                 for (function, _) in &targets {
-                    platform.ensure_dispatcher(&store.owner, function, Source::Function);
+                    events.ensure_dispatcher(&store.owner, function, Source::Function);
                 }
             }
             Err(e) => tracing::error!(
@@ -99,9 +99,9 @@ impl WatchedKv {
 }
 
 /// The watchers of every loaded function's kv triggers.
-pub(crate) fn watchers_of(platform: &Platform) -> Watchers {
+pub(crate) fn watchers_of(functions: &Functions) -> Watchers {
     let mut watchers = Watchers::new();
-    for loaded in platform.loaded_all() {
+    for loaded in functions.loaded_all() {
         for trigger in &loaded.triggers {
             if let EventTrigger::Kv(store, prefix) = trigger {
                 watchers

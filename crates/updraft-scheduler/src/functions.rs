@@ -1,0 +1,552 @@
+//! [`Functions`], the control plane: the registry (functions, versions,
+//! aliases, routes), the sandbox's compiled code, and the in-memory table of
+//! serving versions and routes, kept consistent with each other. Deploy,
+//! rollback, delete, prepare, scale to zero.
+//!
+//! It knows nothing of triggers: the facade ([`crate::Platform`]) tells the
+//! events service what a change serves. In cluster mode the registry is
+//! shared and this is where a node learns of another's deploy.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use updraft_core::{
+    Digest, EventTrigger, FunctionKind, LogEntry, Manifest, Route, VersionRecord, function_key,
+};
+use updraft_metering::Aggregate;
+use updraft_sandbox::{Backends, Grants, PrepareSpec, Prepared, Sandbox};
+use updraft_state::registry::NewVersion;
+use updraft_state::{FunctionRecord, Registry};
+
+use crate::error::PlatformError;
+use crate::logs::Logs;
+use crate::now_ms;
+use crate::usage::Usage;
+
+/// The version of a function that serves traffic (its `latest` alias).
+pub struct Loaded {
+    pub tenant: Arc<str>,
+    pub name: Arc<str>,
+    /// `tenant/name`: the function's key in the registry, logs and meter.
+    pub key: Arc<str>,
+    pub version: VersionRecord,
+    pub route: Option<Route>,
+    /// The manifest's triggers, parsed once (dispatchers and timers ask on
+    /// every round).
+    pub triggers: Vec<EventTrigger>,
+    /// Compiled code and `InstancePre`; `None` while scaled to zero.
+    prepared: RwLock<Option<Arc<Prepared>>>,
+    /// Serializes reloading so a burst after idle maps the code once.
+    loading: tokio::sync::Mutex<()>,
+    last_used_ms: AtomicU64,
+}
+
+impl Loaded {
+    fn new(
+        tenant: &str,
+        version: VersionRecord,
+        prepared: Option<Arc<Prepared>>,
+    ) -> Result<Loaded, PlatformError> {
+        let route = version.manifest.parsed_route()?;
+        let triggers = version.manifest.parsed_triggers()?;
+        Ok(Loaded {
+            tenant: Arc::from(tenant),
+            name: Arc::from(version.manifest.name.as_str()),
+            key: Arc::from(function_key(tenant, &version.manifest.name)),
+            version,
+            route,
+            triggers,
+            prepared: RwLock::new(prepared),
+            loading: tokio::sync::Mutex::new(()),
+            last_used_ms: AtomicU64::new(now_ms()),
+        })
+    }
+
+    /// The prepared code, if it is in memory now.
+    pub fn prepared(&self) -> Option<Arc<Prepared>> {
+        self.prepared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_prepared(&self, prepared: Option<Arc<Prepared>>) {
+        *self.prepared.write().unwrap_or_else(|e| e.into_inner()) = prepared;
+    }
+}
+
+/// What a deploy did.
+pub struct Deployed {
+    pub loaded: Arc<Loaded>,
+    pub compiled: bool,
+}
+
+/// Everything `info` shows about one function.
+pub struct FunctionDetails {
+    pub record: FunctionRecord,
+    pub versions: Vec<VersionRecord>,
+    pub loaded: Option<Arc<Loaded>>,
+    /// Everything this function has used, from the usage records.
+    pub usage: Aggregate,
+}
+
+/// The functions service.
+pub struct Functions {
+    sandbox: Arc<Sandbox>,
+    registry: Arc<Registry>,
+    /// What every function's capabilities are served by; each version's
+    /// grants are drawn from them when it is prepared.
+    backends: Backends,
+    logs: Arc<Logs>,
+    usage: Arc<Usage>,
+    /// Loaded functions by key, and routes ordered most specific first.
+    table: RwLock<Table>,
+    /// Serializes control-plane changes so registry and table move together.
+    control: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_key: HashMap<Arc<str>, Arc<Loaded>>,
+    routes: Vec<(Route, Arc<Loaded>)>,
+}
+
+impl Table {
+    fn insert(&mut self, loaded: Arc<Loaded>) {
+        self.remove(&loaded.key);
+        if let Some(route) = &loaded.route {
+            self.routes.push((route.clone(), loaded.clone()));
+            self.routes
+                .sort_by_key(|(route, _)| std::cmp::Reverse(route.specificity()));
+        }
+        self.by_key.insert(loaded.key.clone(), loaded);
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.by_key.remove(key);
+        self.routes.retain(|(_, l)| &*l.key != key);
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> PlatformError {
+    PlatformError::Task(Box::new(e))
+}
+
+impl Functions {
+    pub(crate) fn new(
+        sandbox: Arc<Sandbox>,
+        registry: Arc<Registry>,
+        backends: Backends,
+        logs: Arc<Logs>,
+        usage: Arc<Usage>,
+    ) -> Functions {
+        Functions {
+            sandbox,
+            registry,
+            backends,
+            logs,
+            usage,
+            table: RwLock::new(Table::default()),
+            control: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Serves every deployed function, scaled to zero: the first request
+    /// maps the compiled code from the cache, so start-up time does not
+    /// grow with the number of functions. Artifacts missing from the cache
+    /// (a new engine) are compiled in the background right away. Returns
+    /// what now serves.
+    pub(crate) fn load_all(self: &Arc<Self>) -> Result<Vec<Arc<Loaded>>, PlatformError> {
+        let mut all = Vec::new();
+        let mut missing = Vec::new();
+        for (record, version) in self.registry.list()? {
+            let loaded = Arc::new(Loaded::new(&record.tenant, version, None)?);
+            if !self.sandbox.is_cached(&loaded.version.wasm_digest) {
+                missing.push(loaded.clone());
+            }
+            self.table_mut().insert(loaded.clone());
+            all.push(loaded);
+        }
+        let functions = self.clone();
+        tokio::spawn(async move {
+            for loaded in missing {
+                if let Err(e) = functions.ensure_prepared(&loaded).await {
+                    tracing::error!(
+                        "function {} could not be compiled: {}",
+                        loaded.key,
+                        updraft_core::error::chain(&e)
+                    );
+                }
+            }
+        });
+        Ok(all)
+    }
+
+    /// Drops the compiled code of functions unused for `idle` (scale to
+    /// zero), until the service is gone.
+    pub(crate) fn start_idle_unload(self: &Arc<Self>, idle: Duration) {
+        tokio::spawn(unload_idle(Arc::downgrade(self), idle));
+    }
+
+    /// The backends functions' capabilities are served by (the operator's
+    /// API uses the same ones, so its writes are watched alike).
+    pub(crate) fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    fn table_mut(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Compiles or loads one version off the async threads.
+    /// `kind` is what the binary must be (`None`: detect it). `wasm` is the
+    /// upload at deploy; otherwise the Wasm is read from the registry, and
+    /// only if the compiled artifact is not in the cache.
+    async fn prepare(
+        &self,
+        tenant: &str,
+        version: &VersionRecord,
+        kind: Option<FunctionKind>,
+        wasm: Option<Bytes>,
+    ) -> Result<Arc<Prepared>, PlatformError> {
+        let sandbox = self.sandbox.clone();
+        let registry = self.registry.clone();
+        let name = version.manifest.name.clone();
+        let digest = version.wasm_digest;
+        let limits = version.limits;
+        let env = version
+            .manifest
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let grants = Grants::for_function(tenant, &version.manifest, &self.backends);
+        let prepared = tokio::task::spawn_blocking(move || {
+            let source = || match &wasm {
+                Some(bytes) => Ok(bytes.to_vec()),
+                None => registry.load_wasm(&digest).map_err(|e| e.to_string()),
+            };
+            sandbox.prepare(PrepareSpec {
+                name: &name,
+                wasm: &source,
+                wasm_digest: digest,
+                kind,
+                limits,
+                env,
+                grants,
+            })
+        })
+        .await
+        .map_err(join_error)??;
+        Ok(Arc::new(prepared))
+    }
+
+    /// The function's compiled code, mapping it back from the cache if it was
+    /// dropped while idle.
+    pub async fn ensure_prepared(&self, loaded: &Loaded) -> Result<Arc<Prepared>, PlatformError> {
+        loaded.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        if let Some(prepared) = loaded.prepared() {
+            return Ok(prepared);
+        }
+        let _loading = loaded.loading.lock().await;
+        if let Some(prepared) = loaded.prepared() {
+            return Ok(prepared);
+        }
+        let prepared = self
+            .prepare(
+                &loaded.tenant,
+                &loaded.version,
+                Some(loaded.version.kind),
+                None,
+            )
+            .await?;
+        loaded.set_prepared(Some(prepared.clone()));
+        Ok(prepared)
+    }
+
+    /// Drops a function's compiled code from memory (it stays on disk).
+    /// Returns whether it was loaded.
+    pub fn unload(&self, tenant: &str, name: &str) -> Result<bool, PlatformError> {
+        let loaded = self
+            .get(tenant, name)
+            .ok_or_else(|| updraft_state::StateError::FunctionNotFound(name.to_string()))?;
+        let was_loaded = loaded.prepared().is_some();
+        loaded.set_prepared(None);
+        Ok(was_loaded)
+    }
+
+    async fn load_version(
+        &self,
+        tenant: &str,
+        version: VersionRecord,
+    ) -> Result<Arc<Loaded>, PlatformError> {
+        let prepared = self
+            .prepare(tenant, &version, Some(version.kind), None)
+            .await?;
+        Ok(Arc::new(Loaded::new(tenant, version, Some(prepared))?))
+    }
+
+    /// Deploys a new version of `tenant`'s function: validate, compile,
+    /// store, then point `latest` at it. Nothing is stored unless every step
+    /// succeeds. `vet_triggers` refuses triggers on what does not exist
+    /// (the events service knows).
+    pub(crate) async fn deploy(
+        &self,
+        tenant: &str,
+        manifest: Manifest,
+        wasm: Bytes,
+        vet_triggers: impl FnOnce(&[EventTrigger]) -> Result<(), PlatformError>,
+    ) -> Result<Deployed, PlatformError> {
+        let limits = manifest.validate()?;
+        let route = manifest.parsed_route()?;
+        vet_triggers(&manifest.parsed_triggers()?)?;
+        let mut manifest = manifest;
+        // `source` is where the CLI found the file; it is not part of the version.
+        manifest.source = None;
+        Sandbox::check_bytes(&wasm)?;
+        let _guard = self.control.lock().await;
+        self.registry
+            .check_route(&function_key(tenant, &manifest.name), route.as_ref())?;
+        let wasm_digest = Digest::of(&wasm);
+        // Prepare first with the kind the user stated (or none), then record
+        // the detected kind in the version.
+        let probe = VersionRecord {
+            version: 0,
+            digest: wasm_digest,
+            wasm_digest,
+            wasm_bytes: wasm.len() as u64,
+            kind: manifest.kind.unwrap_or(FunctionKind::Http),
+            manifest: manifest.clone(),
+            limits,
+            created_at_ms: 0,
+        };
+        let prepared = self
+            .prepare(tenant, &probe, manifest.kind, Some(wasm.clone()))
+            .await?;
+        let stored = wasm.clone();
+        let digest = wasm_digest;
+        let (_, version) = tokio::task::block_in_place(|| {
+            self.registry.store_wasm(&digest, &stored)?;
+            self.registry.deploy(
+                tenant,
+                NewVersion {
+                    manifest,
+                    wasm_digest,
+                    wasm_bytes: wasm.len() as u64,
+                    kind: prepared.kind,
+                    limits,
+                },
+            )
+        })?;
+        let compiled = prepared.loaded_from == updraft_sandbox::LoadedFrom::Compile;
+        let loaded = Arc::new(Loaded::new(tenant, version, Some(prepared))?);
+        self.table_mut().insert(loaded.clone());
+        self.logs.platform(
+            &loaded.key,
+            &format!(
+                "deployed version {} ({}, {})",
+                loaded.version.version, loaded.version.kind, loaded.version.digest
+            ),
+        );
+        Ok(Deployed { loaded, compiled })
+    }
+
+    /// Stores listed by `tenant`'s deployed functions, sorted.
+    pub fn kv_store_names(&self, tenant: &str) -> Vec<String> {
+        self.names_in_use(tenant, |manifest| &manifest.key_value_stores)
+    }
+
+    /// Containers listed by `tenant`'s deployed functions, sorted.
+    pub fn blob_container_names(&self, tenant: &str) -> Vec<String> {
+        self.names_in_use(tenant, |manifest| &manifest.blob_containers)
+    }
+
+    fn names_in_use(&self, tenant: &str, field: impl Fn(&Manifest) -> &Vec<String>) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .table()
+            .by_key
+            .values()
+            .filter(|loaded| &*loaded.tenant == tenant)
+            .flat_map(|loaded| field(&loaded.version.manifest).iter().cloned())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Only what a deployed function uses is reachable, so a typo is a 404.
+    pub(crate) fn in_use(
+        &self,
+        name: &str,
+        what: &'static str,
+        names: Vec<String>,
+    ) -> Result<(), PlatformError> {
+        if names.iter().any(|n| n == name) {
+            return Ok(());
+        }
+        let known = if names.is_empty() {
+            "none is in use".to_string()
+        } else {
+            format!("in use: {}", names.join(", "))
+        };
+        Err(PlatformError::NotInUse {
+            what,
+            name: name.to_string(),
+            known,
+        })
+    }
+
+    /// Every loaded function.
+    pub(crate) fn loaded_all(&self) -> Vec<Arc<Loaded>> {
+        self.table().by_key.values().cloned().collect()
+    }
+
+    /// The loaded functions of a tenant.
+    pub(crate) fn loaded_of(&self, tenant: &str) -> Vec<Arc<Loaded>> {
+        self.table()
+            .by_key
+            .values()
+            .filter(|l| &*l.tenant == tenant)
+            .cloned()
+            .collect()
+    }
+
+    /// `Ok` if the tenant has this function.
+    pub(crate) fn require(&self, tenant: &str, name: &str) -> Result<(), PlatformError> {
+        match self.get(tenant, name) {
+            Some(_) => Ok(()),
+            None => Err(updraft_state::StateError::FunctionNotFound(name.to_string()).into()),
+        }
+    }
+
+    pub fn list(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(FunctionRecord, VersionRecord)>, PlatformError> {
+        let mut all = self.registry.list()?;
+        all.retain(|(record, _)| record.tenant == tenant);
+        Ok(all)
+    }
+
+    pub fn details(&self, tenant: &str, name: &str) -> Result<FunctionDetails, PlatformError> {
+        let key = function_key(tenant, name);
+        let (record, versions) = self.registry.get(&key)?;
+        Ok(FunctionDetails {
+            record,
+            versions,
+            loaded: self.get(tenant, name),
+            usage: match self.usage.metering() {
+                Some(metering) => metering.function_usage(tenant, name)?,
+                None => Aggregate::default(),
+            },
+        })
+    }
+
+    /// Moves `latest` back (to `version`, or to the one before).
+    pub(crate) async fn rollback(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Arc<Loaded>, PlatformError> {
+        let _guard = self.control.lock().await;
+        let key = function_key(tenant, name);
+        let (record, _) = self.registry.get(&key)?;
+        let (_, target) = tokio::task::block_in_place(|| self.registry.rollback(&key, version))?;
+        match self.load_version(tenant, target).await {
+            Ok(loaded) => {
+                self.table_mut().insert(loaded.clone());
+                self.logs.platform(
+                    &loaded.key,
+                    &format!("rolled back: latest -> version {}", loaded.version.version),
+                );
+                Ok(loaded)
+            }
+            Err(e) => {
+                // Put the alias back so the registry and what serves agree.
+                if let Some(previous) = record.latest() {
+                    let _ = self.registry.rollback(&key, Some(previous));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a function, its versions, logs and unused artifacts.
+    pub(crate) async fn delete(&self, tenant: &str, name: &str) -> Result<(), PlatformError> {
+        let _guard = self.control.lock().await;
+        let key = function_key(tenant, name);
+        let orphans = tokio::task::block_in_place(|| self.registry.delete(&key))?;
+        self.table_mut().remove(&key);
+        for digest in orphans {
+            self.sandbox.evict(&digest);
+        }
+        self.logs.delete_function(&key)
+    }
+
+    pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Loaded>> {
+        self.table()
+            .by_key
+            .get(function_key(tenant, name).as_str())
+            .cloned()
+    }
+
+    /// The function of `tenant` serving `path`: the most specific matching route.
+    pub fn route(&self, tenant: &str, path: &str) -> Option<Arc<Loaded>> {
+        self.table()
+            .routes
+            .iter()
+            .find(|(route, loaded)| &*loaded.tenant == tenant && route.matches(path))
+            .map(|(_, loaded)| loaded.clone())
+    }
+
+    /// Functions compiled by this process (the rest came from the cache).
+    pub fn compiles(&self) -> u64 {
+        self.sandbox.compiles()
+    }
+
+    pub fn function_count(&self) -> usize {
+        self.table().by_key.len()
+    }
+
+    /// The last `n` log entries of a function.
+    pub async fn logs_tail(
+        &self,
+        tenant: &str,
+        name: &str,
+        n: usize,
+    ) -> Result<Vec<LogEntry>, PlatformError> {
+        let key = function_key(tenant, name);
+        self.registry.get(&key)?;
+        self.logs.tail(&key, n).await
+    }
+}
+
+/// Every tenth of the idle time, drops the compiled code of functions not
+/// used for `idle` (scale to zero). Stops when the platform is gone.
+async fn unload_idle(functions: std::sync::Weak<Functions>, idle: Duration) {
+    let period = (idle / 10).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(functions) = functions.upgrade() else {
+            return;
+        };
+        let cutoff = now_ms().saturating_sub(idle.as_millis() as u64);
+        let loaded = functions.loaded_all();
+        for function in loaded {
+            if function.last_used_ms.load(Ordering::Relaxed) < cutoff
+                && function.prepared().is_some()
+            {
+                function.set_prepared(None);
+                tracing::debug!("{}: idle, compiled code unloaded", function.key);
+            }
+        }
+    }
+}
