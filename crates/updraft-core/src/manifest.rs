@@ -81,6 +81,18 @@ impl fmt::Display for FunctionKind {
     }
 }
 
+impl std::str::FromStr for FunctionKind {
+    type Err = ManifestError;
+
+    fn from_str(s: &str) -> Result<FunctionKind, ManifestError> {
+        match s {
+            "http" => Ok(FunctionKind::Http),
+            "command" => Ok(FunctionKind::Command),
+            other => Err(ManifestError::Kind(other.to_string())),
+        }
+    }
+}
+
 /// The manifest as written by the user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -269,6 +281,8 @@ pub enum ManifestError {
     Stores { field: &'static str, reason: String },
     #[error("invalid [[trigger]]: {0}")]
     Trigger(String),
+    #[error("kind {0:?} is not known: use \"http\" or \"command\"")]
+    Kind(String),
 }
 
 impl crate::error::Classify for ManifestError {
@@ -653,6 +667,15 @@ mod tests {
             REQUEST_BODY_BYTES_MAX_DEFAULT
         );
         assert_eq!(m.env["GREETING"], "hi");
+    }
+
+    #[test]
+    fn kinds_parse_by_name_and_an_unknown_one_names_the_known() {
+        for kind in [FunctionKind::Http, FunctionKind::Command] {
+            assert_eq!(kind.to_string().parse::<FunctionKind>().ok(), Some(kind));
+        }
+        let err = "lambda".parse::<FunctionKind>().unwrap_err().to_string();
+        assert!(err.contains("\"lambda\"") && err.contains("\"command\""), "{err}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use updraft_core::{FunctionKind, LogEntry, Manifest};
+use updraft_core::{LogEntry, Manifest};
 use updraft_scheduler::{Caller, Loaded, Platform, PlatformError};
 
 use crate::error::{ApiError, Query};
@@ -220,17 +220,11 @@ pub(crate) async fn deploy(
         let wasm = Bytes::from_request(request, &())
             .await
             .map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
-        let kind = match query.kind.as_deref() {
-            None => None,
-            Some("http") => Some(FunctionKind::Http),
-            Some("command") => Some(FunctionKind::Command),
-            Some(other) => {
-                return Err(ApiError::bad_request(
-                    "invalid_manifest",
-                    format!("kind {other:?} is not known: use \"http\" or \"command\""),
-                ));
-            }
-        };
+        let kind = query.kind.as_deref().map(str::parse).transpose().map_err(
+            |e: updraft_core::ManifestError| {
+                ApiError::bad_request("invalid_manifest", e.to_string())
+            },
+        )?;
         let manifest = Manifest {
             route: query.route,
             kind,

@@ -4,94 +4,13 @@
 //! (docs/api.md), so the mapping of every error kind is pinned here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::Arc;
+mod common;
 
 use axum::body::Body;
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
-use http_body_util::BodyExt;
+use common::*;
+use http::{Method, Request, header};
 use serde_json::Value;
-use tower::ServiceExt;
-use updraft_scheduler::{Platform, PlatformConfig};
-
-struct Api {
-    platform: Arc<Platform>,
-    key: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Api {
-    async fn new() -> Api {
-        let dir = tempfile::tempdir().unwrap();
-        let platform = Platform::open(PlatformConfig::new(dir.path().to_path_buf()))
-            .await
-            .unwrap();
-        let (_, key) = platform.create_api_key("local", true, "test").unwrap();
-        Api {
-            platform,
-            key,
-            _dir: dir,
-        }
-    }
-
-    /// Sends a request with the admin key; returns the status and the body.
-    async fn send(&self, request: Request<Body>) -> (StatusCode, Bytes) {
-        self.send_as(Some(&self.key.clone()), request).await
-    }
-
-    async fn send_as(&self, key: Option<&str>, mut request: Request<Body>) -> (StatusCode, Bytes) {
-        if let Some(key) = key {
-            request.headers_mut().insert(
-                header::AUTHORIZATION,
-                format!("Bearer {key}").parse().unwrap(),
-            );
-        }
-        let response = updraft_gateway::router(self.platform.clone())
-            .oneshot(request)
-            .await
-            .unwrap();
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, body)
-    }
-
-    async fn call(&self, method: Method, uri: &str, body: impl Into<Body>) -> (StatusCode, Value) {
-        let request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(body.into())
-            .unwrap();
-        let (status, body) = self.send(request).await;
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, uri: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, uri, Body::empty()).await
-    }
-
-    /// Asserts the status and error code of a request.
-    async fn expect(
-        &self,
-        method: Method,
-        uri: &str,
-        body: impl Into<Body>,
-        status: u16,
-        code: &str,
-    ) {
-        let (got, json) = self.call(method.clone(), uri, body).await;
-        assert_eq!(got.as_u16(), status, "{method} {uri}: {json}");
-        assert_eq!(json["error"]["code"], code, "{method} {uri}: {json}");
-        let message = json["error"]["message"].as_str().unwrap_or_default();
-        assert!(
-            !message.is_empty(),
-            "{method} {uri}: an error says what to fix"
-        );
-    }
-}
-
-fn get(uri: &str) -> Request<Body> {
-    Request::get(uri).body(Body::empty()).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_needs_no_key() {
