@@ -675,7 +675,10 @@ mod tests {
             assert_eq!(kind.to_string().parse::<FunctionKind>().ok(), Some(kind));
         }
         let err = "lambda".parse::<FunctionKind>().unwrap_err().to_string();
-        assert!(err.contains("\"lambda\"") && err.contains("\"command\""), "{err}");
+        assert!(
+            err.contains("\"lambda\"") && err.contains("\"command\""),
+            "{err}"
+        );
     }
 
     #[test]

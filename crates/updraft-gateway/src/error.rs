@@ -68,6 +68,12 @@ impl From<PlatformError> for ApiError {
     fn from(e: PlatformError) -> ApiError {
         let kind = e.kind();
         let mut error = ApiError::new(status_of(kind), e.code(), e.to_string());
+        if kind == ErrorKind::Unavailable && !e.is_guest_fault() {
+            // The message stands (retry later); what ran out goes to the log.
+            let id = uuid::Uuid::now_v7().to_string();
+            tracing::warn!(error_id = %id, "unavailable: {}", updraft_core::error::chain(&e));
+            error.error_id = Some(id);
+        }
         if kind == ErrorKind::Internal && !e.is_guest_fault() {
             let id = uuid::Uuid::now_v7().to_string();
             tracing::error!(error_id = %id, "internal error: {}", updraft_core::error::chain(&e));

@@ -77,9 +77,10 @@ pub enum InvokeError {
         "the function's response is larger than its limit of {limit} bytes (response_body_bytes_max)"
     )]
     ResponseTooLarge { limit: u64 },
-    /// 503: every instance slot is in use.
-    #[error("instance could not be created: {0}")]
-    Instantiate(String),
+    /// 503: no instance could be set up (the pool's slots or memory ran
+    /// out); Wasmtime's error is the source, for the logs.
+    #[error("an instance could not be created: {0}; retry")]
+    Instantiate(#[source] updraft_core::Failure),
     /// 500: the platform failed, not the function.
     #[error("internal error: {0}")]
     Internal(#[source] updraft_core::Failure),

@@ -534,7 +534,7 @@ impl Sandbox {
             .instantiate_async(&mut store)
             .await
             .map(drop);
-        result.map_err(|e| InvokeError::Instantiate(format!("{e:#}")))
+        result.map_err(instantiate_error)
     }
 
     /// Runs a command function: `stdin` in, stdout out.
@@ -818,6 +818,15 @@ enum Failure {
     ExitCode(i32),
 }
 
+/// Wasmtime's error kept whole as the source (the logs show it), under a
+/// message that names no internals.
+fn instantiate_error(e: wasmtime::Error) -> InvokeError {
+    InvokeError::Instantiate(updraft_core::Failure::boxed(
+        "the server's instance pool or memory is exhausted",
+        e.into(),
+    ))
+}
+
 /// Classifies the end of a run and gathers the logs into a [`Report`].
 fn finish(
     store: &Store<Host>,
@@ -840,7 +849,7 @@ fn finish(
             notes.push(format!("instantiation failed: {e:#}"));
             Err(InvokeError::MemoryLimit { memory_mb })
         }
-        Ok(Err(Failure::Instantiate(e))) => Err(InvokeError::Instantiate(format!("{e:#}"))),
+        Ok(Err(Failure::Instantiate(e))) => Err(instantiate_error(e)),
         Ok(Err(Failure::Run(e))) => {
             if limiter.hit {
                 Err(InvokeError::MemoryLimit { memory_mb })

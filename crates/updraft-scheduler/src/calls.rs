@@ -49,7 +49,7 @@ impl FunctionCaller for InvokerCaller {
 fn call_error(e: PlatformError) -> CallError {
     match e {
         PlatformError::Invoke(InvokeError::Timeout { .. }) => CallError::Timeout,
-        other => CallError::Failed(other.to_string()),
+        other => CallError::Failed(other.for_guest()),
     }
 }
 

@@ -93,6 +93,19 @@ impl PlatformError {
     pub fn is_guest_fault(&self) -> bool {
         matches!(self, PlatformError::Invoke(e) if e.is_guest_fault())
     }
+
+    /// The error as a guest may read it (a failed call or publish): its
+    /// own message, unless the platform itself failed; then a generic one
+    /// with an id, and the whole chain goes to the server's log under that
+    /// id. A tenant's code reads no paths or database messages.
+    pub(crate) fn for_guest(&self) -> String {
+        if self.kind() != ErrorKind::Internal || self.is_guest_fault() {
+            return self.to_string();
+        }
+        let id = uuid::Uuid::now_v7();
+        tracing::error!(error_id = %id, "internal error: {}", updraft_core::error::chain(self));
+        format!("internal error {id}: the platform failed; retry (its log has the detail)")
+    }
 }
 
 impl Classify for PlatformError {
@@ -233,5 +246,25 @@ mod tests {
             PlatformError::Invoke(InvokeError::Internal(updraft_core::Failure::msg("x")));
         assert!(!internal.is_guest_fault());
         assert!(!PlatformError::Kv(KvError::storage("disk")).is_guest_fault());
+    }
+
+    #[test]
+    fn a_guest_reads_no_internals() {
+        let internal = PlatformError::Kv(KvError::Storage(updraft_core::Failure::context(
+            "the store failed",
+            std::io::Error::other("/var/lib/updraft/kv.redb: corrupt page"),
+        )));
+        let shown = internal.for_guest();
+        assert!(shown.starts_with("internal error "), "{shown}");
+        assert!(
+            !shown.contains("kv.redb") && !shown.contains("store failed"),
+            "{shown}"
+        );
+        let refused = PlatformError::UnknownChannel("jobs".into());
+        assert_eq!(refused.for_guest(), refused.to_string());
+        let trap = PlatformError::Invoke(InvokeError::Trap {
+            message: "unreachable".into(),
+        });
+        assert_eq!(trap.for_guest(), trap.to_string());
     }
 }

@@ -99,7 +99,7 @@ impl Publisher for EventsPublisher {
                 Err(PlatformError::Queue(QueueError::PayloadTooLarge { .. })) => {
                     Err(PublishError::TooLarge(PAYLOAD_BYTES_MAX as u64))
                 }
-                Err(e) => Err(PublishError::Other(e.to_string())),
+                Err(e) => Err(PublishError::Other(e.for_guest())),
             }
         })
     }
