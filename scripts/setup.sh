@@ -12,6 +12,7 @@
 #     - the peer:     wasmtime-cli 48.0.8 (`wasmtime run` / `serve`, the
 #                     portability tests), built from source: ~16 min, once
 #     - S3 tests:     moto's S3-compatible server, in the same venv
+#     - cluster tests: Debian's nats-server (JetStream), started by the tests
 #   bench  (bench/, BENCHMARKS.md): test's, and
 #     - wrk (the load generator) and redis-server (the key-value baseline)
 #   all    (the default): everything above
@@ -67,6 +68,9 @@ APT_PACKAGES=(
   clang-16 lld-16 libclang-rt-16-dev-wasm32 wasi-libc       # C guests
   rustc-web cargo-web rust-web-src                           # Rust guests (rustc-web replaces Debian's rustc 1.63)
 )
+if [ $INSTALL_MOTO -eq 1 ]; then
+  APT_PACKAGES+=(nats-server)  # cluster mode's state (JetStream), for its tests
+fi
 if [ $INSTALL_BENCH -eq 1 ]; then
   APT_PACKAGES+=(wrk redis-server)  # the benchmark harness's load generator and key-value baseline
 fi

@@ -10,9 +10,11 @@
 //! [`native`] (the baseline server), [`wrk`] and [`load`] (warm load),
 //! [`cold`], [`memory`], [`kv`], [`events`], [`calls`], then [`report`] (JSON, Markdown, targets) with
 //! [`stats`]; [`http`] is the tiny client the control requests use.
+//! [`compare`] puts two runs side by side.
 
 pub mod calls;
 pub mod cold;
+pub mod compare;
 pub mod events;
 pub mod http;
 pub mod kv;

@@ -1,6 +1,6 @@
 //! The `updraft-bench` command: `run` benchmarks Updraft against its peers
-//! (see `BENCHMARKS.md`); `native` is the native baseline server that `run`
-//! starts as a child process.
+//! (see `BENCHMARKS.md`); `compare` puts two runs side by side; `native` is
+//! the native baseline server that `run` starts as a child process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +24,14 @@ struct Cli {
 enum Cmd {
     /// Benchmark native hyper, `wasmtime serve` and Updraft; print the tables.
     Run(RunArgs),
+    /// Two runs side by side (the JSON `run --out` wrote): every metric
+    /// with its ratio after ÷ before, worse-than-noise lines marked.
+    Compare {
+        /// The run before the change.
+        before: PathBuf,
+        /// The run after it.
+        after: PathBuf,
+    },
     /// Serve the native hello (started by `run`; prints its URL first).
     Native {
         /// Address to listen on; port 0 picks a free port.
@@ -71,6 +79,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(args) => run_command(args),
+        Cmd::Compare { before, after } => compare_command(&before, &after),
         Cmd::Native { listen } => updraft_bench::native::serve(&listen),
     };
     match result {
@@ -119,6 +128,23 @@ fn run_command(args: RunArgs) -> Result<()> {
         report::update_markdown(&md, &results)?;
         eprintln!("==> updated {}", md.display());
     }
+    Ok(())
+}
+
+fn compare_command(before: &std::path::Path, after: &std::path::Path) -> Result<()> {
+    let read = |path: &std::path::Path| -> Result<report::Report> {
+        let json = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&json).with_context(|| {
+            format!(
+                "{} is not the JSON of `updraft-bench run --out`",
+                path.display()
+            )
+        })
+    };
+    print!(
+        "{}",
+        updraft_bench::compare::markdown(&read(before)?, &read(after)?)
+    );
     Ok(())
 }
 

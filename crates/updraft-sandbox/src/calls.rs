@@ -49,12 +49,35 @@ pub struct CallRequest {
     pub deadline: Instant,
 }
 
-/// Why the platform could not give a response.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why the platform could not give a response. The scheduler's message in
+/// `Failed` is one a guest may read (it names no internals).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
+    #[error("the function does not exist")]
     NotFound,
+    #[error("the chain's deadline passed before the callee finished")]
     Timeout,
+    #[error("{0}")]
     Failed(String),
+}
+
+impl updraft_core::Classify for CallError {
+    fn kind(&self) -> updraft_core::ErrorKind {
+        use updraft_core::ErrorKind;
+        match self {
+            CallError::NotFound => ErrorKind::NotFound,
+            CallError::Timeout => ErrorKind::Timeout,
+            CallError::Failed(_) => ErrorKind::Internal,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            CallError::NotFound => "function_not_found",
+            CallError::Timeout => "timeout",
+            CallError::Failed(_) => "call_failed",
+        }
+    }
 }
 
 /// Runs a call: implemented by the scheduler.

@@ -22,12 +22,35 @@ mod bindings {
 
 use bindings::updraft::platform::messaging;
 
-/// Why the platform did not take a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why the platform did not take a message. The scheduler's message in
+/// `Other` is one a guest may read (it names no internals).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
+    #[error("no such queue or topic")]
     NotFound,
+    #[error("the message is larger than the limit of {0} bytes")]
     TooLarge(u64),
+    #[error("{0}")]
     Other(String),
+}
+
+impl updraft_core::Classify for PublishError {
+    fn kind(&self) -> updraft_core::ErrorKind {
+        use updraft_core::ErrorKind;
+        match self {
+            PublishError::NotFound => ErrorKind::NotFound,
+            PublishError::TooLarge(_) => ErrorKind::TooLarge,
+            PublishError::Other(_) => ErrorKind::Internal,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            PublishError::NotFound => "channel_not_found",
+            PublishError::TooLarge(_) => "payload_too_large",
+            PublishError::Other(_) => "publish_failed",
+        }
+    }
 }
 
 /// Publishes for guests: implemented by the scheduler.

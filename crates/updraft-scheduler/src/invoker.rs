@@ -60,6 +60,17 @@ impl std::error::Error for BodyError {
     }
 }
 
+impl updraft_core::Classify for BodyError {
+    /// The client's: it stopped sending, or broke the framing.
+    fn kind(&self) -> updraft_core::ErrorKind {
+        updraft_core::ErrorKind::Invalid
+    }
+
+    fn code(&self) -> &'static str {
+        "body_read_failed"
+    }
+}
+
 /// What a function is invoked with.
 pub enum Input {
     /// An HTTP request: the function's route, the invoke API, an async

@@ -1,6 +1,6 @@
 //! The one invocation path in process: a platform on a temp dir, real
 //! guests (built by `cargo xtask guests`), and every kind of input through
-//! `Platform::run` to every kind of function. What decides the executor is
+//! `Invoker::run` to every kind of function. What decides the executor is
 //! the input and the function's exports, nothing else.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -12,6 +12,7 @@ pub mod blob;
 mod error;
 pub mod kv;
 pub mod logs;
+pub mod nats;
 pub mod queue;
 pub mod registry;
 pub mod tenants;

@@ -1,6 +1,7 @@
-//! Test support (feature `testing`): a real S3-compatible server for the
-//! blob backend's tests — moto's server, installed by `scripts/setup.sh` —
-//! on a port picked at run time, stopped when dropped.
+//! Test support (feature `testing`): real servers on ports picked at run
+//! time, stopped when dropped — an S3-compatible one for the blob
+//! backend's tests (moto's server) and NATS with JetStream for cluster
+//! mode's (Debian's `nats-server`), both installed by `scripts/setup.sh`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -96,6 +97,85 @@ impl S3Server {
 }
 
 impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `nats-server` with JetStream, its store in a temp dir, killed
+/// (and the store removed) when dropped.
+pub struct NatsServer {
+    child: Child,
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// As cluster mode needs it: JetStream on, messages up to 8 MB.
+    pub fn start() -> NatsServer {
+        let dir = tempfile::tempdir().unwrap();
+        // Values of up to 1 MiB need more than NATS's default 1 MB message.
+        let config = dir.path().join("nats.conf");
+        std::fs::write(&config, "max_payload: 8MB\n").unwrap();
+        let config = config.to_str().unwrap().to_string();
+        NatsServer::start_in(dir, &["-c", &config], true)
+    }
+
+    /// With `args` of its own, and JetStream only if `jetstream`.
+    pub fn start_with(args: &[&str], jetstream: bool) -> NatsServer {
+        NatsServer::start_in(tempfile::tempdir().unwrap(), args, jetstream)
+    }
+
+    fn start_in(dir: tempfile::TempDir, args: &[&str], jetstream: bool) -> NatsServer {
+        let store = dir.path().join("store");
+        let mut command = Command::new("nats-server");
+        if jetstream {
+            command.arg("-js").arg("-sd").arg(&store);
+        }
+        let mut child = command
+            .args(["-a", "127.0.0.1", "-p", "-1"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("nats-server: {e}: install it with scripts/setup.sh (the README's test command does)")
+            });
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            const READY: &str = "Listening for client connections on ";
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = line.find(READY) {
+                    let _ = tx.send(format!("nats://{}", line[i + READY.len()..].trim()));
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("nats-server did not say where it listens within 30 s");
+            }
+        };
+        NatsServer {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+
+    /// Connected to this server.
+    pub async fn cluster(&self) -> crate::nats::Cluster {
+        let config = crate::nats::ClusterConfig::new([self.url.clone()]);
+        crate::nats::Cluster::connect(&config).await.unwrap()
+    }
+}
+
+impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

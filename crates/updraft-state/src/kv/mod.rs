@@ -2,11 +2,15 @@
 //! implements, the limits it enforces, and its errors.
 //!
 //! Stores are named per owner ([`StoreId`]): two owners' `default` stores
-//! never meet. Backends: [`embedded`] (redb on the data dir, the default).
-//! Cluster backends (NATS JetStream KV) implement the same trait later.
+//! never meet. Backends: [`embedded`] (redb on the data dir, the default)
+//! and [`nats`] (JetStream KV, cluster mode). Both pass the same reference
+//! model (`model`, in their tests).
 
 pub mod embedded;
 mod journal;
+#[cfg(test)]
+pub(crate) mod model;
+pub mod nats;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,6 +20,7 @@ use async_trait::async_trait;
 use updraft_core::{Classify, ErrorKind, Failure};
 
 pub use embedded::EmbeddedKv;
+pub use nats::NatsKv;
 
 /// Longest key, in bytes.
 pub const KEY_BYTES_MAX: usize = 512;
@@ -125,6 +130,12 @@ pub enum KvError {
     /// The disk or the database failed: the detail is in the source.
     #[error("key-value storage failed")]
     Storage(#[from] Failure),
+    /// The cluster's NATS is away or failing: retry (it reconnects by
+    /// itself).
+    #[error(
+        "key-value storage is unavailable (the cluster's NATS cannot be reached): retry shortly"
+    )]
+    Unavailable(#[source] Failure),
 }
 
 impl KvError {
@@ -145,6 +156,7 @@ impl Classify for KvError {
             KvError::ValueTooLarge { .. } => ErrorKind::TooLarge,
             KvError::NotAnInteger { .. } | KvError::Overflow { .. } => ErrorKind::Conflict,
             KvError::Storage(_) => ErrorKind::Internal,
+            KvError::Unavailable(_) => ErrorKind::Unavailable,
         }
     }
 
@@ -158,6 +170,7 @@ impl Classify for KvError {
             KvError::NotAnInteger { .. } => "not_an_integer",
             KvError::Overflow { .. } => "overflow",
             KvError::Storage(_) => "storage",
+            KvError::Unavailable(_) => "unavailable",
         }
     }
 }

@@ -1,0 +1,179 @@
+//! The connection of cluster mode: one NATS client with JetStream, shared
+//! by every backend that keeps its state there ([`crate::kv::NatsKv`] so
+//! far). Connecting checks what Updraft needs of the server, so a
+//! misconfigured one is named at start-up, not at the first write.
+
+use std::time::Duration;
+
+use updraft_core::{Classify, ErrorKind, Failure};
+
+use crate::kv::VALUE_BYTES_MAX;
+
+/// How long connecting to an unreachable server may take before start-up
+/// fails with its URL named.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Room a stored message needs beyond its value: the subject (a key is up
+/// to 3 × 512 bytes encoded) and headers.
+const MESSAGE_OVERHEAD: usize = 8 * 1024;
+
+/// Where the cluster's NATS is: `--cluster` and the `[cluster]` section.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `nats://HOST:PORT`, one or more servers of the same cluster.
+    pub urls: Vec<String>,
+    /// A NATS credentials file (JWT and NKey seed), if the server wants one.
+    #[serde(default)]
+    pub credentials: Option<std::path::PathBuf>,
+    /// Require TLS to every server.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+impl ClusterConfig {
+    pub fn new(urls: impl IntoIterator<Item = impl Into<String>>) -> ClusterConfig {
+        ClusterConfig {
+            urls: urls.into_iter().map(Into::into).collect(),
+            credentials: None,
+            tls: false,
+        }
+    }
+
+    fn named(&self) -> String {
+        self.urls.join(",")
+    }
+}
+
+/// Why cluster mode could not start or reach its state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    #[error("no NATS URL is given: pass --cluster nats://HOST:PORT")]
+    NoUrl,
+    #[error(
+        "cannot connect to NATS at {urls}: is nats-server running there (with JetStream, `-js`)? Check --cluster"
+    )]
+    Connect {
+        urls: String,
+        #[source]
+        source: Failure,
+    },
+    #[error(
+        "NATS at {urls} has JetStream disabled: start nats-server with `-js` (or a `jetstream {{}}` block in its config)"
+    )]
+    NoJetStream {
+        urls: String,
+        #[source]
+        source: Failure,
+    },
+    #[error(
+        "NATS at {urls} takes messages of at most {max_payload} bytes (max_payload), and Updraft stores values up to {needed}: set `max_payload: 8MB` in nats-server's config"
+    )]
+    PayloadTooSmall {
+        urls: String,
+        max_payload: usize,
+        needed: usize,
+    },
+    #[error("cannot read the NATS credentials file {path}")]
+    Credentials {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Classify for ClusterError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ClusterError::NoUrl | ClusterError::Credentials { .. } => ErrorKind::Invalid,
+            ClusterError::Connect { .. }
+            | ClusterError::NoJetStream { .. }
+            | ClusterError::PayloadTooSmall { .. } => ErrorKind::Unavailable,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        "cluster_unavailable"
+    }
+}
+
+/// A connected cluster: the client and its JetStream context. Cheap to
+/// clone; the client reconnects by itself when the server goes away.
+#[derive(Clone)]
+pub struct Cluster {
+    pub(crate) jetstream: async_nats::jetstream::Context,
+    urls: String,
+}
+
+/// Asks JetStream for the account's info: a server without JetStream has
+/// no one to answer, or answers an error. Read as plain JSON: the answer
+/// grew fields across server versions.
+async fn check_jetstream(client: &async_nats::Client) -> Result<(), Failure> {
+    let answer = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        client.request("$JS.API.INFO", bytes::Bytes::new()),
+    )
+    .await
+    .map_err(|e| Failure::context("JetStream did not answer in time", e))?
+    .map_err(|e| Failure::context("JetStream did not answer", e))?;
+    let info: serde_json::Value = serde_json::from_slice(&answer.payload)
+        .map_err(|e| Failure::context("JetStream's answer is not JSON", e))?;
+    match info.get("error") {
+        None => Ok(()),
+        Some(error) => Err(Failure::msg(format!("JetStream answered {error}"))),
+    }
+}
+
+impl Cluster {
+    /// Connects, then checks that JetStream is on and that a value of the
+    /// largest size fits in one message.
+    pub async fn connect(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
+        if config.urls.is_empty() {
+            return Err(ClusterError::NoUrl);
+        }
+        let urls = config.named();
+        let mut options = async_nats::ConnectOptions::new()
+            .name("updraft")
+            .connection_timeout(CONNECT_TIMEOUT)
+            .require_tls(config.tls);
+        if let Some(path) = &config.credentials {
+            options = options.credentials_file(path).await.map_err(|source| {
+                ClusterError::Credentials {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+        }
+        let client =
+            options
+                .connect(config.urls.clone())
+                .await
+                .map_err(|e| ClusterError::Connect {
+                    urls: urls.clone(),
+                    source: Failure::context("the connection failed", e),
+                })?;
+        let max_payload = client.server_info().max_payload;
+        let needed = VALUE_BYTES_MAX + MESSAGE_OVERHEAD;
+        if max_payload < needed {
+            return Err(ClusterError::PayloadTooSmall {
+                urls,
+                max_payload,
+                needed,
+            });
+        }
+        check_jetstream(&client)
+            .await
+            .map_err(|source| ClusterError::NoJetStream {
+                urls: urls.clone(),
+                source,
+            })?;
+        let jetstream = async_nats::jetstream::new(client);
+        Ok(Cluster { jetstream, urls })
+    }
+
+    /// The servers, as given.
+    pub fn urls(&self) -> &str {
+        &self.urls
+    }
+}
