@@ -18,7 +18,7 @@ use updraft_sandbox::{
     PublishError, Publisher, Sandbox, SandboxConfig,
 };
 use updraft_state::blob::BlobConfig;
-use updraft_state::kv::KvConfig;
+use updraft_state::kv::{Durability, EmbeddedKv};
 
 fn guest(name: &str) -> Vec<u8> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -82,7 +82,7 @@ impl Fixture {
         let callee = Arc::new(Callee::default());
         let channels = Arc::new(Channels::default());
         let backends = Backends {
-            kv: KvConfig::default().open(dir.path()).unwrap(),
+            kv: Arc::new(EmbeddedKv::open(dir.path(), Durability::Disk).unwrap()),
             blobs: Arc::new(BlobConfig::default().open(dir.path(), 1 << 20).unwrap()),
             caller: callee.clone(),
             publisher: channels.clone(),

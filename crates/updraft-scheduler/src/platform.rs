@@ -132,22 +132,22 @@ impl Platform {
                 )?)),
                 false => None,
             };
-            let kv = kv_config.open(&data_dir)?;
             let blobs = blob_config.open(&data_dir, blob_bytes_max)?;
             let queues: Arc<dyn QueueStore> = Arc::new(EmbeddedQueues::open(&data_dir)?);
             Ok::<_, PlatformError>((
                 Arc::new(Registry::open(&data_dir)?),
                 Tenants::open(&data_dir)?,
                 LogStore::open(&data_dir)?,
-                kv,
                 Arc::new(blobs),
                 metering,
                 queues,
             ))
         });
-        let (sandbox, stores) = tokio::join!(sandbox, stores);
-        let (registry, tenants, log_store, kv, blobs, metering, queues) =
+        let kv = kv_config.open(&config.data_dir);
+        let (sandbox, stores, kv) = tokio::join!(sandbox, stores, kv);
+        let (registry, tenants, log_store, blobs, metering, queues) =
             stores.map_err(join_error)??;
+        let kv = kv?;
         if !matches!(config.blobs, BlobConfig::Local { .. }) {
             blobs.check().await?;
         }

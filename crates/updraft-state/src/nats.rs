@@ -52,7 +52,7 @@ pub enum ClusterError {
     #[error("no NATS URL is given: pass --cluster nats://HOST:PORT")]
     NoUrl,
     #[error(
-        "cannot connect to NATS at {urls}: is nats-server running there (with JetStream, `-js`)? Check --cluster"
+        "cannot connect to NATS at {urls}: is nats-server running there, with JetStream (`-js`)? Check the URL"
     )]
     Connect {
         urls: String,

@@ -82,9 +82,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.idle_unload =
         (args.idle_unload_secs > 0).then(|| Duration::from_secs(args.idle_unload_secs));
     config.blob_bytes_max = args.blob_bytes_max;
-    let platform = Platform::open(config)
-        .await
-        .with_context(|| format!("cannot open the data dir {}", args.data_dir.display()))?;
+    let platform = Platform::open(config).await.with_context(|| {
+        format!(
+            "cannot start on the data dir {} and the configured stores",
+            args.data_dir.display()
+        )
+    })?;
     let new_admin_key = ensure_admin_key(&platform, &args.data_dir)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

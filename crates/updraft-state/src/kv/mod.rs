@@ -42,6 +42,9 @@ pub enum KvConfig {
         #[serde(default)]
         durability: Durability,
     },
+    /// JetStream KV buckets on a NATS server or cluster ([`NatsKv`]):
+    /// stores every node of a cluster shares.
+    Nats(crate::nats::ClusterConfig),
 }
 
 impl Default for KvConfig {
@@ -53,10 +56,29 @@ impl Default for KvConfig {
 }
 
 impl KvConfig {
-    pub fn open(&self, data_dir: &Path) -> Result<Arc<dyn KvStore>, KvError> {
+    /// Opens the backend: the embedded one off the async threads (it reads
+    /// its journal), NATS by connecting (a server that is away or unfit
+    /// fails start-up, naming it).
+    pub async fn open(&self, data_dir: &Path) -> Result<Arc<dyn KvStore>, KvError> {
         match self {
             KvConfig::Embedded { durability } => {
-                Ok(Arc::new(EmbeddedKv::open(data_dir, *durability)?))
+                let (dir, durability) = (data_dir.to_path_buf(), *durability);
+                let opened =
+                    tokio::task::spawn_blocking(move || EmbeddedKv::open(&dir, durability))
+                        .await
+                        .map_err(|e| {
+                            KvError::Storage(Failure::context("opening kv.redb failed", e))
+                        })??;
+                Ok(Arc::new(opened))
+            }
+            KvConfig::Nats(cluster) => {
+                let cluster = crate::nats::Cluster::connect(cluster).await.map_err(|e| {
+                    KvError::Unavailable(Failure::context(
+                        "connecting to the NATS of the [kv] section failed",
+                        e,
+                    ))
+                })?;
+                Ok(Arc::new(NatsKv::new(cluster)))
             }
         }
     }
