@@ -13,6 +13,13 @@ use crate::kv::VALUE_BYTES_MAX;
 /// fails with its URL named.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a state operation waits for NATS (a request, a write's
+/// acknowledgement) before it answers "unavailable": long enough for a
+/// busy server, short enough that a client is not left hanging in an
+/// outage. A write whose acknowledgement timed out may still land once
+/// the connection is back: its outcome is unknown, not lost.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Room a stored message needs beyond its value: the subject (a key is up
 /// to 3 × 512 bytes encoded) and headers.
 const MESSAGE_OVERHEAD: usize = 8 * 1024;
@@ -168,7 +175,10 @@ impl Cluster {
                 urls: urls.clone(),
                 source,
             })?;
-        let jetstream = async_nats::jetstream::new(client);
+        let jetstream = async_nats::jetstream::ContextBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .ack_timeout(REQUEST_TIMEOUT)
+            .build(client);
         Ok(Cluster { jetstream, urls })
     }
 

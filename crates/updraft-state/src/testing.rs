@@ -106,10 +106,12 @@ impl Drop for S3Server {
 /// A running `nats-server` with JetStream, its store in a temp dir, killed
 /// (and the store removed) when dropped.
 pub struct NatsServer {
-    child: Child,
+    child: Option<Child>,
     /// `nats://127.0.0.1:PORT`.
     pub url: String,
-    _dir: tempfile::TempDir,
+    args: Vec<String>,
+    jetstream: bool,
+    dir: tempfile::TempDir,
 }
 
 impl NatsServer {
@@ -129,14 +131,30 @@ impl NatsServer {
     }
 
     fn start_in(dir: tempfile::TempDir, args: &[&str], jetstream: bool) -> NatsServer {
-        let store = dir.path().join("store");
+        let mut server = NatsServer {
+            child: None,
+            url: String::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            jetstream,
+            dir,
+        };
+        server.spawn("-1");
+        server
+    }
+
+    /// Starts the server on `port` (`-1`: any free one) and waits until it
+    /// says where it listens.
+    fn spawn(&mut self, port: &str) {
         let mut command = Command::new("nats-server");
-        if jetstream {
-            command.arg("-js").arg("-sd").arg(&store);
+        if self.jetstream {
+            command
+                .arg("-js")
+                .arg("-sd")
+                .arg(self.dir.path().join("store"));
         }
         let mut child = command
-            .args(["-a", "127.0.0.1", "-p", "-1"])
-            .args(args)
+            .args(["-a", "127.0.0.1", "-p", port])
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -154,18 +172,30 @@ impl NatsServer {
                 }
             }
         });
-        let url = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(url) => url,
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => self.url = url,
             Err(_) => {
                 let _ = child.kill();
                 panic!("nats-server did not say where it listens within 30 s");
             }
-        };
-        NatsServer {
-            child,
-            url,
-            _dir: dir,
         }
+        self.child = Some(child);
+    }
+
+    /// Kills the server (SIGKILL): an outage.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store: what was
+    /// acknowledged before must be there.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self.url.rsplit(':').next().unwrap().to_string();
+        self.spawn(&port);
     }
 
     /// Connected to this server.
@@ -177,7 +207,6 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use updraft_state::testing::{NatsServer, S3Server};
+use updraft_state::testing::S3Server;
 
 /// `updraft up` on `dir/data` with `config`, expected to fail before serving.
 fn up_with(dir: &std::path::Path, config: &std::path::Path) -> std::process::Output {
@@ -166,89 +166,6 @@ fn a_missing_bucket_stops_start_up_with_the_reason() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("cannot be listed") && stderr.contains("NoSuchBucket"),
-        "{stderr}"
-    );
-}
-
-fn nats_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
-    let config = dir.join("server.toml");
-    std::fs::write(
-        &config,
-        format!("[kv]\ntype = \"nats\"\nurls = [{url:?}]\n"),
-    )
-    .unwrap();
-    config
-}
-
-/// Two servers with `[kv] type = "nats"` are two nodes of one store: a
-/// counter incremented through both counts every increment once.
-#[tokio::test(flavor = "multi_thread")]
-async fn two_servers_share_key_value_stores_in_nats() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start();
-    let config = nats_config(dir.path(), &nats.url);
-    let config = config.to_str().unwrap();
-    let nodes: Vec<Server> = ["a", "b"]
-        .iter()
-        .map(|node| Server::start_with(&dir.path().join(node), &["--config", config]))
-        .collect();
-    for node in &nodes {
-        node.deploy_guest(
-            "counter",
-            "counter-rust",
-            "route = \"/counter\"\nkey_value_stores = [\"default\"]",
-        );
-    }
-    let increments: Vec<_> = (0..100)
-        .map(|i| {
-            let url = nodes[i % 2].url("/counter?key=shared");
-            tokio::spawn(async move {
-                let r = client().get(url).send().await.unwrap();
-                assert_eq!(r.status(), 200);
-                r.text().await.unwrap().trim().parse::<i64>().unwrap()
-            })
-        })
-        .collect();
-    let mut seen = Vec::new();
-    for increment in increments {
-        seen.push(increment.await.unwrap());
-    }
-    seen.sort_unstable();
-    assert_eq!(seen, (1..=100).collect::<Vec<i64>>());
-    // Either node reads what both wrote, through the API too.
-    for node in &nodes {
-        let value = node
-            .api()
-            .get(node.url("/v1/kv/default/shared"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert_eq!(value, "100");
-    }
-    // Nothing of the store is on either node's disk.
-    for node in ["a", "b"] {
-        let local = std::fs::metadata(dir.path().join(node).join("kv.redb"));
-        assert!(local.is_err(), "node {node} has a kv.redb");
-    }
-}
-
-#[test]
-fn an_unreachable_nats_stops_start_up_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("nats://127.0.0.1:{port}");
-    let out = up_with(dir.path(), &nats_config(dir.path(), &url));
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&url) && stderr.contains("nats-server"),
         "{stderr}"
     );
 }
