@@ -97,6 +97,17 @@ fn lines(b: &Report, a: &Report) -> Vec<Line> {
         &|r| r.kv.point("updraft-guest", "set").map(|p| p.p50_ns as f64),
         Better::Less,
     );
+    for op in ["get", "set"] {
+        let p50 = move |r: &Report| {
+            r.kv.point(crate::kv::UPDRAFT_GUEST_NATS, op)
+                .map(|p| p.p50_ns as f64)
+        };
+        push(
+            format!("key-value {op} p50 ns (guest, stores in NATS)"),
+            &p50,
+            Better::Less,
+        );
+    }
     push(
         "events: sync req/s".into(),
         &|r| Some(r.events.sync_rps),

@@ -6,6 +6,10 @@
 //! Redis runs twice: as it ships (`redis`: no fsync, no snapshots) and with
 //! every write synced (`redis-fsync`: `appendfsync always`), since Updraft's
 //! writes are durable (fsync, group commit) when acknowledged.
+//!
+//! The guest runs once more with its stores in NATS JetStream
+//! (`updraft-guest-nats`: `[kv] type = "nats"`, a local `nats-server`),
+//! what every node of a cluster shares, when `nats-server` is installed.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -39,6 +43,8 @@ pub const UPDRAFT_GUEST: &str = "updraft-guest";
 /// The same guest with `durability = "process"` (acknowledged once in the
 /// kernel's hands; synced within 100 ms).
 pub const UPDRAFT_GUEST_PROCESS: &str = "updraft-guest-process";
+/// The same guest with its stores in NATS JetStream (cluster mode's).
+pub const UPDRAFT_GUEST_NATS: &str = "updraft-guest-nats";
 pub const REDIS: &str = "redis";
 /// Redis with `appendonly yes`, `appendfsync always`: durable writes, like Updraft's.
 pub const REDIS_FSYNC: &str = "redis-fsync";
@@ -96,6 +102,7 @@ impl Batch {
 pub fn measure(
     updraft_bin: &Path,
     redis_bin: &Path,
+    nats_bin: Option<&Path>,
     scratch: &Path,
     kv_bench: &[u8],
     plan: &KvPlan,
@@ -123,6 +130,24 @@ pub fn measure(
         points.push(guest_batch(&server, op, *n)?.point(UPDRAFT_GUEST_PROCESS, op));
     }
     server.stop()?;
+
+    // Every operation again with the stores in JetStream.
+    if let Some(nats_bin) = nats_bin {
+        let (nats, url) = start_nats(nats_bin, scratch)?;
+        let config = format!("[kv]\ntype = \"nats\"\nurls = [\"{url}\"]\n");
+        let server = start_kv_bench_with(updraft_bin, scratch, kv_bench, "nats", &config)?;
+        // A tenth of the operations: each is a round trip to the server, and
+        // one batch must end within the guest's timeout.
+        let fewer = |n: usize| (n / 10).max(1);
+        for (op, n) in ops {
+            guest_batch(&server, op, warmup(fewer(n)))?;
+            points.push(guest_batch(&server, op, fewer(n))?.point(UPDRAFT_GUEST_NATS, op));
+        }
+        let batches = parallel(|| guest_batch(&server, "get", fewer(plan.get_ops)))?;
+        points.push(combine(UPDRAFT_GUEST_NATS, &batches));
+        server.stop()?;
+        nats.stop()?;
+    }
 
     let (redis, addr) = start_redis(redis_bin, scratch, false)?;
     // "Redis server v=7.0.15 sha=… malloc=…": the version is enough.
@@ -163,14 +188,22 @@ fn start_kv_bench(
     kv_bench: &[u8],
     durability: &str,
 ) -> Result<Server> {
-    let config = scratch.join(format!("kv-{durability}.toml"));
-    std::fs::write(
-        &config,
-        format!("[kv]\ntype = \"embedded\"\ndurability = \"{durability}\"\n"),
-    )
-    .context("writing the server config")?;
-    let config = config.display().to_string();
-    let data = scratch.join(format!("kv-{durability}-data"));
+    let config = format!("[kv]\ntype = \"embedded\"\ndurability = \"{durability}\"\n");
+    start_kv_bench_with(updraft_bin, scratch, kv_bench, durability, &config)
+}
+
+/// The same with the server config `config`, its files named by `name`.
+fn start_kv_bench_with(
+    updraft_bin: &Path,
+    scratch: &Path,
+    kv_bench: &[u8],
+    name: &str,
+    config: &str,
+) -> Result<Server> {
+    let config_path = scratch.join(format!("kv-{name}.toml"));
+    std::fs::write(&config_path, config).context("writing the server config")?;
+    let config = config_path.display().to_string();
+    let data = scratch.join(format!("kv-{name}-data"));
     let server = updraft::start_with(
         updraft_bin,
         &data,
@@ -244,6 +277,32 @@ fn guest_batch(server: &Server, op: &str, n: usize) -> Result<Batch> {
 }
 
 /// Redis as it ships (no fsync), or with every write synced (`fsync`).
+/// A `nats-server` with JetStream on loopback, as cluster mode needs it
+/// (messages up to 8 MB); returns it and its `nats://` URL.
+fn start_nats(nats_bin: &Path, scratch: &Path) -> Result<(Server, String)> {
+    let port = servers::free_port()?;
+    let dir = scratch.join("nats");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let config = dir.join("nats.conf");
+    std::fs::write(&config, "max_payload: 8MB\n").context("writing nats.conf")?;
+    let mut command = Command::new(nats_bin);
+    command
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("store"))
+        .arg("-c")
+        .arg(&config);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let endpoint = http::Endpoint::parse(&format!("http://{addr}"))?;
+    let server = servers::start_checked(
+        "nats-server",
+        command,
+        endpoint,
+        dir.join("nats.log"),
+        || TcpStream::connect(addr).map(drop).map_err(Into::into),
+    )?;
+    Ok((server, format!("nats://{addr}")))
+}
+
 fn start_redis(redis_bin: &Path, scratch: &Path, fsync: bool) -> Result<(Server, SocketAddr)> {
     let port = servers::free_port()?;
     let dir = scratch.join(if fsync { "redis-fsync" } else { "redis" });

@@ -885,6 +885,42 @@ fn kv_markdown(md: &mut String, kv: &KvReport) {
         "\nDurable writes on both sides (`redis-fsync`: `appendonly yes`, `appendfsync always`):\n\n",
     );
     kv_table(md, kv, kv::REDIS_FSYNC, &["set", "increment"]);
+    if kv.point(kv::UPDRAFT_GUEST_NATS, "get").is_some() {
+        md.push_str(
+            "\nThe stores in NATS JetStream (`[kv] type = \"nats\"`, cluster mode's; \
+             `nats-server` on loopback), against the embedded stores and Redis as it ships:\n\n",
+        );
+        nats_table(md, kv);
+    }
+}
+
+/// The guest with its stores in NATS, beside the embedded ones and Redis.
+fn nats_table(md: &mut String, kv: &KvReport) {
+    md.push_str(
+        "| op | in NATS p50 | p99 | ops/s | embedded p50 | redis p50 | redis p50 ÷ in-NATS p50 |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for op in ["get", "set", "increment", "get-parallel"] {
+        let Some(nats) = kv.point(kv::UPDRAFT_GUEST_NATS, op) else {
+            continue;
+        };
+        let p50 = |system: &str| {
+            kv.point(system, op)
+                .map_or("—".to_string(), |p| ns(p.p50_ns))
+        };
+        let ratio = kv.point(kv::REDIS, op).map_or("—".to_string(), |r| {
+            format!("{:.2}×", r.p50_ns as f64 / nats.p50_ns.max(1) as f64)
+        });
+        let _ = writeln!(
+            md,
+            "| {op} | {} | {} | {} | {} | {} | {ratio} |",
+            ns(nats.p50_ns),
+            ns(nats.p99_ns),
+            thousands(nats.ops_per_s),
+            p50(kv::UPDRAFT_GUEST),
+            p50(kv::REDIS),
+        );
+    }
 }
 
 /// Updraft's guest against `peer`, one row per op both measured.

@@ -123,6 +123,8 @@ struct Tools {
     kv_bench: PathBuf,
     chain: PathBuf,
     redis: PathBuf,
+    /// `None`: not installed, so the key-value points in NATS are skipped.
+    nats: Option<PathBuf>,
 }
 
 /// The target dir's profile dir (`target/release`) of this executable; a test
@@ -213,6 +215,7 @@ impl Tools {
             kv_bench: guests.join("kv-bench.wasm"),
             chain: guests.join("chain.wasm"),
             redis,
+            nats: servers::find_program("nats-server", &[]),
         })
     }
 }
@@ -443,7 +446,17 @@ fn phases(
         plan.kv.get_ops, plan.kv.write_ops
     );
     let kv_bench = updraft::read_guest(&tools.kv_bench)?;
-    let kv = kv::measure(&tools.updraft, &tools.redis, scratch, &kv_bench, &plan.kv)?;
+    if tools.nats.is_none() {
+        eprintln!("    nats-server not found on PATH: no points with the stores in NATS");
+    }
+    let kv = kv::measure(
+        &tools.updraft,
+        &tools.redis,
+        tools.nats.as_deref(),
+        scratch,
+        &kv_bench,
+        &plan.kv,
+    )?;
 
     eprintln!(
         "==> async events: {} round(s) of {} s, sync and async",

@@ -149,11 +149,13 @@ fn tiny_run_writes_complete_json_and_markdown() {
     );
     assert_eq!(memory.rss_unloaded.is_some(), cold.after_unload.is_some());
 
-    // Key-value: three single-client ops and the parallel gets for Updraft
-    // and Redis, plus the two write ops for Redis with fsync and for Updraft
-    // with process durability.
+    // Key-value: three single-client ops and the parallel gets for Updraft,
+    // for Updraft with its stores in NATS (scripts/setup.sh test installs
+    // nats-server) and for Redis, plus the two write ops for Redis with
+    // fsync and for Updraft with process durability.
     let kv = &report.kv;
-    assert_eq!(kv.points.len(), 12, "{kv:?}");
+    assert_eq!(kv.points.len(), 16, "{kv:?}");
+    assert!(kv.point("updraft-guest-nats", "get-parallel").is_some());
     for point in &kv.points {
         assert!(point.ops > 0 && point.ops_per_s > 0.0, "{point:?}");
         assert!(

@@ -176,6 +176,14 @@ impl Outcome {
     }
 }
 
+/// An invocation admitted: when it started (for its usage record), its
+/// code, and its instance slot (held until the guest ends).
+struct Start {
+    start_ms: u64,
+    prepared: Arc<Prepared>,
+    permit: OwnedSemaphorePermit,
+}
+
 /// How the function takes its input: the one decision by kind.
 enum Executor {
     Http,
@@ -300,6 +308,25 @@ impl Invoker {
         }
     }
 
+    /// What every executor does first: refuse a spent budget, have the
+    /// compiled code, take an instance slot (waiting at most what the
+    /// function, or its caller's chain, allows).
+    async fn start(
+        &self,
+        loaded: &Loaded,
+        call: Option<&CallRequest>,
+    ) -> Result<Start, PlatformError> {
+        self.usage.check_budget(&loaded.tenant)?;
+        let start_ms = self.clock.now_ms();
+        let prepared = self.functions.ensure_prepared(loaded).await?;
+        let permit = self.admit(admit_ms(loaded, call)).await?;
+        Ok(Start {
+            start_ms,
+            prepared,
+            permit,
+        })
+    }
+
     /// Runs an http function on `request` (see [`Invoker::run`]). The
     /// response comes back as soon as the guest sets it; logs and usage are
     /// recorded when the guest finishes.
@@ -311,16 +338,12 @@ impl Invoker {
         invocation_id: String,
         call: Option<&CallRequest>,
     ) -> (String, Result<http::Response<ResponseBody>, PlatformError>) {
-        if let Err(e) = self.usage.check_budget(&loaded.tenant) {
-            return (invocation_id, Err(e));
-        }
-        let start_ms = self.clock.now_ms();
-        let prepared = match self.functions.ensure_prepared(loaded).await {
-            Ok(prepared) => prepared,
-            Err(e) => return (invocation_id, Err(e)),
-        };
-        let permit = match self.admit(admit_ms(loaded, call)).await {
-            Ok(permit) => permit,
+        let Start {
+            start_ms,
+            prepared,
+            permit,
+        } = match self.start(loaded, call).await {
+            Ok(start) => start,
             Err(e) => return (invocation_id, Err(e)),
         };
         let ctx = invocation_ctx(loaded, &invocation_id, call);
@@ -402,16 +425,12 @@ impl Invoker {
     where
         Fut: Future<Output = Output<T>>,
     {
-        if let Err(e) = self.usage.check_budget(&loaded.tenant) {
-            return (invocation_id, Err(e));
-        }
-        let start_ms = self.clock.now_ms();
-        let prepared = match self.functions.ensure_prepared(loaded).await {
-            Ok(prepared) => prepared,
-            Err(e) => return (invocation_id, Err(e)),
-        };
-        let _permit = match self.admit(admit_ms(loaded, call)).await {
-            Ok(permit) => permit,
+        let Start {
+            start_ms,
+            prepared,
+            permit: _permit,
+        } = match self.start(loaded, call).await {
+            Ok(start) => start,
             Err(e) => return (invocation_id, Err(e)),
         };
         let ctx = invocation_ctx(loaded, &invocation_id, call);

@@ -7,22 +7,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use updraft_state::testing::NatsServer;
-
-/// `updraft up` on `dir/data` with `config`, expected to fail before serving.
-fn up_with(dir: &std::path::Path, config: &std::path::Path) -> std::process::Output {
-    Command::new(bin())
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap()
-}
 
 fn nats_config(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
     let config = dir.join("server.toml");

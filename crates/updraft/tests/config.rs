@@ -4,21 +4,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use updraft_state::testing::S3Server;
-
-/// `updraft up` on `dir/data` with `config`, expected to fail before serving.
-fn up_with(dir: &std::path::Path, config: &std::path::Path) -> std::process::Output {
-    Command::new(bin())
-        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--config")
-        .arg(config)
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn unknown_backends_and_keys_are_refused_by_name() {

@@ -38,6 +38,18 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_updraft")
 }
 
+/// `updraft up` on `dir/data` with the server config `config`, expected to
+/// fail before serving: its exit and what it printed.
+pub fn up_with(dir: &Path, config: &Path) -> std::process::Output {
+    Command::new(bin())
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 /// A running `updraft up`, killed when dropped.
 pub struct Server {
     pub child: Child,
