@@ -1,6 +1,8 @@
 //! Key-value state end to end: a guest's atomic increments under 1,000
 //! concurrent requests, durability across SIGKILL, store capabilities, and
-//! the operator API and CLI with bad input.
+//! the operator API and CLI with bad input. Each runs with the stores
+//! embedded and in NATS JetStream (`[kv] type = "nats"`, a real
+//! `nats-server`): one documented behaviour, two backends.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -11,6 +13,35 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::*;
 use serde_json::Value;
+use updraft_state::testing::NatsServer;
+
+/// Where a test's stores live.
+enum Stores {
+    /// `kv.redb`, at this durability.
+    Embedded(&'static str),
+    Nats(NatsServer),
+}
+
+impl Stores {
+    fn both() -> [Stores; 2] {
+        [Stores::Embedded("disk"), Stores::Nats(NatsServer::start())]
+    }
+
+    /// A server on `dir/data` with these stores, and its config's path.
+    fn start(&self, dir: &std::path::Path) -> (Server, String) {
+        let text = match self {
+            Stores::Embedded(durability) => {
+                format!("[kv]\ntype = \"embedded\"\ndurability = \"{durability}\"\n")
+            }
+            Stores::Nats(nats) => format!("[kv]\ntype = \"nats\"\nurls = [{:?}]\n", nats.url),
+        };
+        let config = dir.join("server.toml");
+        std::fs::write(&config, text).unwrap();
+        let config = config.to_str().unwrap().to_string();
+        let server = Server::start_with(&dir.join("data"), &["--config", &config]);
+        (server, config)
+    }
+}
 
 /// Deploys the counter example as `name`, routed at `/name`, with `stores`.
 fn deploy_counter(server: &Server, name: &str, stores: &[&str]) {
@@ -32,9 +63,15 @@ async fn get_text(url: String) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_concurrent_increments_leave_a_thousand() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    deploy_counter(&server, "counter", &["default"]);
+    for stores in Stores::both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, _) = stores.start(dir.path());
+        thousand_increments(&server).await;
+    }
+}
+
+async fn thousand_increments(server: &Server) {
+    deploy_counter(server, "counter", &["default"]);
     let tasks: Vec<_> = (0..1000)
         .map(|_| tokio::spawn(get_text(server.url("/counter"))))
         .collect();
@@ -51,27 +88,26 @@ async fn a_thousand_concurrent_increments_leave_a_thousand() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_sigkill() {
-    writes_survive_sigkill("disk").await;
+    writes_survive_sigkill(Stores::Embedded("disk")).await;
 }
 
 /// The `process` level answers before the disk sync; the journal must
 /// carry every acknowledged write across the kill.
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_writes_survive_sigkill_with_process_durability() {
-    writes_survive_sigkill("process").await;
+    writes_survive_sigkill(Stores::Embedded("process")).await;
 }
 
-async fn writes_survive_sigkill(durability: &str) {
+/// In NATS, a killed node loses nothing JetStream acknowledged.
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_writes_survive_sigkill_in_nats() {
+    writes_survive_sigkill(Stores::Nats(NatsServer::start())).await;
+}
+
+async fn writes_survive_sigkill(stores: Stores) {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!("[kv]\ntype = \"embedded\"\ndurability = \"{durability}\"\n"),
-    )
-    .unwrap();
-    let config = config.to_str().unwrap().to_string();
+    let (server, config) = stores.start(dir.path());
     let data = dir.path().join("data");
-    let server = Server::start_with(&data, &["--config", &config]);
     deploy_counter(&server, "counter", &["default"]);
     // Writers keep going until the server dies under them.
     let stop = Arc::new(AtomicBool::new(false));
@@ -127,11 +163,17 @@ async fn writes_survive_sigkill(durability: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn functions_open_only_the_stores_they_list() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    deploy_counter(&server, "public", &["default"]);
-    deploy_counter(&server, "private", &["secret"]);
-    deploy_counter(&server, "none", &[]);
+    for stores in Stores::both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, _) = stores.start(dir.path());
+        only_listed_stores(&server).await;
+    }
+}
+
+async fn only_listed_stores(server: &Server) {
+    deploy_counter(server, "public", &["default"]);
+    deploy_counter(server, "private", &["secret"]);
+    deploy_counter(server, "none", &[]);
 
     let (status, body) = get_text(server.url("/private?store=secret&key=k")).await;
     assert_eq!((status, body.as_str()), (200, "1\n"));
@@ -154,9 +196,15 @@ async fn functions_open_only_the_stores_they_list() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn operator_api_checks_every_input_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path());
-    deploy_counter(&server, "counter", &["default"]);
+    for stores in Stores::both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server, _) = stores.start(dir.path());
+        operator_api(&server).await;
+    }
+}
+
+async fn operator_api(server: &Server) {
+    deploy_counter(server, "counter", &["default"]);
     server.cli_ok(&["kv", "set", "default", "a/1", "one"]);
     server.cli_ok(&["kv", "set", "default", "a/2", "two"]);
     server.cli_ok(&["kv", "set", "default", "b", "bee"]);
