@@ -16,6 +16,19 @@ pub mod nats;
 pub mod queue;
 pub mod registry;
 pub mod tenants;
+
+/// Makes `dir` readable and writable by this user only: the data dir holds
+/// every tenant's state and keys.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -66,6 +66,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         )
     })?;
+    // Every tenant's state and the admin key: this user's only.
+    updraft_state::private_dir(&args.data_dir).with_context(|| {
+        format!(
+            "cannot make the data dir {} private (mode 700): is it yours?",
+            args.data_dir.display()
+        )
+    })?;
     let file = match &args.config {
         Some(path) => ServerConfig::load(path)?,
         None => ServerConfig::default(),

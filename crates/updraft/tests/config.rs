@@ -77,6 +77,12 @@ async fn blobs_go_where_the_config_says() {
     let stored = blob_dir.join("local").join("uploads").join("a.txt");
     assert_eq!(std::fs::read_to_string(&stored).unwrap(), "here");
     assert!(!dir.path().join("data").join("blobs").exists());
+    // Both dirs hold tenants' data: nobody else may read them.
+    use std::os::unix::fs::PermissionsExt as _;
+    for private in [dir.path().join("data"), blob_dir] {
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}", private.display());
+    }
 }
 
 fn s3_config(dir: &std::path::Path, s3: &S3Server, url: &str) -> std::path::PathBuf {

@@ -169,6 +169,37 @@ fn storage(e: impl std::error::Error + Send + Sync + 'static) -> BlobError {
     BlobError::Storage(updraft_core::Failure::new(e))
 }
 
+/// Removes the staging files of uploads under `dir` that never finished
+/// (`object_store` writes a blob to `{path}#{n}` and renames it into place,
+/// and a killed process leaves the staging file behind). Such names are
+/// never blobs: `object_store` refuses them as keys. Returns how many files
+/// and bytes went.
+fn remove_staged_uploads(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                pending.push(entry.path());
+                continue;
+            }
+            let name = entry.file_name();
+            let staged = name
+                .to_str()
+                .and_then(|n| n.rsplit_once('#'))
+                .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if kind.is_file() && staged {
+                bytes += entry.metadata()?.len();
+                std::fs::remove_file(entry.path())?;
+                files += 1;
+            }
+        }
+    }
+    Ok((files, bytes))
+}
+
 /// Blob containers on one backend.
 pub struct Blobs {
     backend: Arc<dyn ObjectStore>,
@@ -176,9 +207,18 @@ pub struct Blobs {
 }
 
 impl Blobs {
-    /// Blobs as files under `dir` (created if missing).
+    /// Blobs as files under `dir` (created if missing, readable by this
+    /// user only). Uploads a killed server left half-written are removed.
     pub fn local(dir: &Path, blob_bytes_max: u64) -> Result<Blobs, BlobError> {
         std::fs::create_dir_all(dir).map_err(storage)?;
+        crate::private_dir(dir).map_err(storage)?;
+        let (files, bytes) = remove_staged_uploads(dir).map_err(storage)?;
+        if files > 0 {
+            tracing::info!(
+                "removed {files} unfinished blob upload(s), {bytes} bytes, left by an earlier run in {}",
+                dir.display()
+            );
+        }
         let backend = LocalFileSystem::new_with_prefix(dir)
             .map_err(storage)?
             .with_automatic_cleanup(true);
@@ -522,6 +562,36 @@ mod tests {
     async fn local_backend() {
         let dir = tempfile::tempdir().unwrap();
         exercise(&Blobs::local(dir.path(), 1024).unwrap()).await;
+    }
+
+    /// A kill -9 mid-upload leaves `{path}#{n}`: the next start removes it,
+    /// and nothing else; the dir is this user's only.
+    #[tokio::test]
+    async fn unfinished_uploads_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = ContainerId::new("local", "videos");
+        let blobs = Blobs::local(dir.path(), 1 << 20).unwrap();
+        blobs
+            .put(&c, "done.bin", Bytes::from_static(b"kept"))
+            .await
+            .unwrap();
+        let container = dir.path().join("local").join("videos");
+        std::fs::write(container.join("half.bin#1"), vec![0u8; 4096]).unwrap();
+        std::fs::write(container.join("done.bin#12"), b"x").unwrap();
+        let blobs = Blobs::local(dir.path(), 1 << 20).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&container)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["done.bin".to_string()]);
+        assert_eq!(blobs.get(&c, "done.bin").await.unwrap(), "kept");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
     }
 
     #[tokio::test]
