@@ -425,6 +425,12 @@ impl Manifest {
     pub fn parsed_route(&self) -> Result<Option<Route>, ManifestError> {
         self.route.as_deref().map(Route::parse).transpose()
     }
+
+    /// The route of a stored version, by the rules it was deployed under
+    /// ([`Route::parse_stored`]).
+    pub fn stored_route(&self) -> Result<Option<Route>, ManifestError> {
+        self.route.as_deref().map(Route::parse_stored).transpose()
+    }
 }
 
 /// A list of store or container names: valid, distinct, not too many.
@@ -546,6 +552,25 @@ impl Limits {
 /// Paths the platform itself serves; functions may not take them.
 const RESERVED_PREFIXES: &[&str] = &["/v1", "/healthz"];
 
+/// Longest route: a route is a name for people to type, and this is well
+/// past any of them (URLs over ~2 KB are refused by some clients).
+pub const ROUTE_BYTES_MAX: usize = 256;
+
+/// Whether `byte` may stand in a route as itself: RFC 3986's path
+/// characters (unreserved, sub-delimiters, ':' and '@') and '/'; '%' starts
+/// an escape, checked apart. '*' is the one sub-delimiter left out: it
+/// reads as a wildcard, which routes write as "/...".
+fn route_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~!$&'()+,;=:@/".contains(&byte)
+}
+
+/// A dot segment, plain or percent-encoded: clients and proxies resolve
+/// them away, so a route with one could never be reached as written.
+fn dot_segment(segment: &str) -> bool {
+    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+    decoded == "." || decoded == ".."
+}
+
 /// A public HTTP route of a function.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Route {
@@ -556,7 +581,68 @@ pub enum Route {
 }
 
 impl Route {
+    /// A route as a new deploy may have it: its shape, and only characters
+    /// every client and proxy passes through unchanged.
     pub fn parse(route: &str) -> Result<Route, ManifestError> {
+        let parsed = Route::parse_stored(route)?;
+        Route::check_characters(route)?;
+        Ok(parsed)
+    }
+
+    fn check_characters(route: &str) -> Result<(), ManifestError> {
+        let err = |reason: &str| ManifestError::Route {
+            route: route.to_string(),
+            reason: reason.to_string(),
+        };
+        if route.len() > ROUTE_BYTES_MAX {
+            return Err(ManifestError::Route {
+                route: format!("{}...", &route[..route.floor_char_boundary(40)]),
+                reason: format!(
+                    "it is {} bytes, at most {ROUTE_BYTES_MAX} are allowed",
+                    route.len()
+                ),
+            });
+        }
+        let bytes = route.as_bytes();
+        for (i, &byte) in bytes.iter().enumerate() {
+            if byte == b'%' {
+                let escape = bytes.get(i + 1..i + 3);
+                let hex = escape.is_some_and(|e| e.iter().all(u8::is_ascii_hexdigit));
+                if !hex {
+                    return Err(err("'%' starts an escape of two hex digits, e.g. %20"));
+                }
+                // An escaped separator, backslash or NUL would mean one
+                // thing to the router and another to whatever is behind it.
+                let escaped = std::str::from_utf8(escape.unwrap_or_default())
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                if ["2f", "5c", "00"].contains(&escaped.as_str()) {
+                    return Err(err(
+                        "an escaped '/', '\\' or NUL (%2F, %5C, %00) is not allowed in a route",
+                    ));
+                }
+            } else if byte != b'*'
+                && byte != b'?'
+                && byte != b'#'
+                && byte != b' '
+                && !route_byte(byte)
+            {
+                return Err(err(
+                    "use letters, digits, '/' and - . _ ~ ! $ & ' ( ) + , ; = : @ in a route; percent-encode anything else (a space is %20)",
+                ));
+            }
+        }
+        if route.split('/').any(dot_segment) {
+            return Err(err(
+                "\".\" and \"..\" segments (or %2E forms of them) are resolved away by clients, so the route could not be reached",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A route's shape only: what versions deployed before the character
+    /// rules were checked by, so they still load and serve.
+    pub fn parse_stored(route: &str) -> Result<Route, ManifestError> {
         let err = |reason: &str| ManifestError::Route {
             route: route.to_string(),
             reason: reason.to_string(),
@@ -722,6 +808,38 @@ mod tests {
         assert!(Route::parse("/healthz").is_err());
         assert!(Route::parse("/~acme/x").is_err());
         assert!(Route::parse("/a/.../b").is_err());
+        // Odd forms are refused, each saying what to do instead.
+        for (bad, says) in [
+            ("/a\0b", "percent-encode"),
+            ("/a\nb", "percent-encode"),
+            ("/a\\b", "percent-encode"),
+            ("/caf\u{e9}", "percent-encode"),
+            ("/..", "segments"),
+            ("/a/./b", "segments"),
+            ("/%2e%2e/v1/keys", "segments"),
+            ("/a/%2E/b", "segments"),
+            ("/a%2Fb", "escaped"),
+            ("/a%5cb", "escaped"),
+            ("/a%00", "escaped"),
+            ("/a%zz", "two hex digits"),
+            ("/a%2", "two hex digits"),
+        ] {
+            let err = Route::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+        let long = format!("/{}", "a".repeat(ROUTE_BYTES_MAX));
+        let err = Route::parse(&long).unwrap_err().to_string();
+        assert!(err.contains("at most 256") && err.len() < 200, "{err}");
+        // What routes are made of stays allowed.
+        for good in [
+            "/caf%C3%A9",
+            "/a-b_c~d.e/f",
+            "/users/@me",
+            "/a;b=c",
+            "/a..b/c..",
+        ] {
+            assert!(Route::parse(good).is_ok(), "{good}");
+        }
         let api = Route::parse("/api/...").unwrap();
         assert!(api.matches("/api"));
         assert!(api.matches("/api/x/y"));

@@ -50,7 +50,7 @@ impl Loaded {
         version: VersionRecord,
         prepared: Option<Arc<Prepared>>,
     ) -> Result<Loaded, PlatformError> {
-        let route = version.manifest.parsed_route()?;
+        let route = version.manifest.stored_route()?;
         let triggers = version.manifest.parsed_triggers()?;
         Ok(Loaded {
             tenant: Arc::from(tenant),

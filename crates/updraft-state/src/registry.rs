@@ -316,7 +316,7 @@ impl Registry {
             };
             if let Some(route) = version
                 .manifest
-                .parsed_route()
+                .stored_route()
                 .map_err(|e| StateError::Invalid(e.to_string()))?
             {
                 route_owner(&functions, &versions, name, &route)?;
@@ -401,7 +401,7 @@ fn route_owner(
             continue;
         };
         let version: VersionRecord = serde_json::from_slice(bytes.value())?;
-        if let Ok(Some(theirs)) = version.manifest.parsed_route()
+        if let Ok(Some(theirs)) = version.manifest.stored_route()
             && &theirs == route
         {
             return Err(StateError::RouteConflict {
