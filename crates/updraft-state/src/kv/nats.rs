@@ -8,7 +8,8 @@
 //!   the subjects under `61.>`: listing reads only them.
 //! - **Atomics** are revision compare-and-swap (`update` with the revision
 //!   read), retried on a conflict: every node's increments of one key add
-//!   up.
+//!   up. A node's own increments of one key take turns, so only other
+//!   nodes' can make one retry.
 //! - **Batches** are checked whole before the first write, then written
 //!   key by key. NATS 2.9 has no atomic multi-subject publish, so a crash
 //!   or an outage midway can leave part of a `set_many` written (the
@@ -41,11 +42,19 @@ use crate::nats::Cluster;
 /// What every bucket's name starts with.
 const BUCKET_PREFIX: &str = "updraft-kv_";
 
+/// Locks that take turns for increments on this node, by a hash of store
+/// and key. Without them, N concurrent increments of one key each retry
+/// their compare-and-swap until they win: O(N²) round trips, and a request
+/// that loses too often runs past its timeout. With them, only other nodes'
+/// increments can make one retry.
+const INCREMENT_STRIPES: usize = 256;
+
 /// Key-value stores in JetStream.
 pub struct NatsKv {
     cluster: Cluster,
     /// Buckets opened so far, by store.
     buckets: RwLock<HashMap<StoreId, Store>>,
+    increments: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// Errors of NATS: the server is away or failing (503, retry).
@@ -115,6 +124,9 @@ impl NatsKv {
         NatsKv {
             cluster,
             buckets: RwLock::default(),
+            increments: (0..INCREMENT_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -349,6 +361,14 @@ impl KvStore for NatsKv {
     async fn increment(&self, store: &StoreId, key: &str, delta: i64) -> Result<i64, KvError> {
         check_key(key)?;
         let bucket = self.writable(store).await?;
+        let stripe = {
+            use std::hash::{Hash as _, Hasher as _};
+            // Fixed keys: one key must always map to the same stripe.
+            let mut hasher = std::hash::DefaultHasher::new();
+            (store, key).hash(&mut hasher);
+            hasher.finish() as usize % INCREMENT_STRIPES
+        };
+        let _turn = self.increments[stripe].lock().await;
         loop {
             let (value, revision) = Self::entry(&bucket, key).await?;
             let current = counter_value(key, value.as_deref())?;
