@@ -44,6 +44,19 @@ pub(crate) fn caller(platform: &Platform, headers: &HeaderMap) -> Result<Caller,
     })
 }
 
+/// Whether the request carries what looks like an Updraft API key (valid
+/// or not): such a header is the platform's, never a function's to read.
+pub(crate) fn carries_api_key(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .filter_map(|value| value.split_once(' '))
+        .any(|(scheme, token)| {
+            scheme.eq_ignore_ascii_case("bearer") && token.trim_start().starts_with("upd_")
+        })
+}
+
 fn unauthorized(code: &'static str, message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, code, message)
 }

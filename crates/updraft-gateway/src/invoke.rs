@@ -15,7 +15,7 @@ use updraft_scheduler::{
     PlatformError,
 };
 
-use crate::auth::caller;
+use crate::auth::{caller, carries_api_key};
 use crate::error::{ApiError, invocation_error, read_body};
 
 /// Response header carrying the invocation id (also in the logs).
@@ -50,6 +50,12 @@ pub(crate) async fn invoke_route(
             }
             Err(e) => return e.into_response(),
         }
+    }
+    // A public route never passes on an Updraft key: a browser or client
+    // that sends one to every path would hand it to another tenant's code.
+    // Other credentials (a function's own tokens) pass as they came.
+    if carries_api_key(request.headers()) {
+        request.headers_mut().remove(header::AUTHORIZATION);
     }
     if path.len() != full.len() {
         let rest = match request.uri().query() {

@@ -205,3 +205,32 @@ async fn a_schedule() {
     let event: Value = serde_json::from_str(&api.succeeded(&id).await).unwrap();
     assert_eq!(event["type"], "dev.updraft.cron");
 }
+
+/// An Updraft key sent to a public route is the platform's, not the
+/// function's: it is taken off before the guest runs, whoever's it is.
+/// A function's own credentials pass as they came.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_never_sees_an_updraft_key() {
+    let api = Api::new().await;
+    api.deploy("chaos", "http-chaos", "route = \"/chaos/...\"")
+        .await;
+    let with = |value: &str| {
+        Request::get("/chaos/headers")
+            .header("authorization", value)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let key = format!("Bearer {}", api.key);
+    for sent in [key.as_str(), "bearer upd_0123456789ab_notakey"] {
+        let (status, body) = api.send_as(None, with(sent)).await;
+        assert_eq!(status, 200);
+        let seen = String::from_utf8_lossy(&body).to_lowercase();
+        assert!(
+            !seen.contains("upd_") && !seen.contains("authorization"),
+            "{seen}"
+        );
+    }
+    let (status, body) = api.send_as(None, with("Bearer the-functions-own")).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("the-functions-own"));
+}
