@@ -22,7 +22,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Room a stored message needs beyond its value: the subject (a key is up
 /// to 3 × 512 bytes encoded) and headers.
-const MESSAGE_OVERHEAD: usize = 8 * 1024;
+pub(crate) const MESSAGE_OVERHEAD: usize = 8 * 1024;
 
 /// Where the cluster's NATS is: `--cluster` and the `[cluster]` section.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -56,7 +56,7 @@ impl ClusterConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClusterError {
-    #[error("no NATS URL is given: pass --cluster nats://HOST:PORT")]
+    #[error("no NATS URL is given: list one in `urls`, e.g. urls = [\"nats://127.0.0.1:4222\"]")]
     NoUrl,
     #[error(
         "cannot connect to NATS at {urls}: is nats-server running there, with JetStream (`-js`)? Check the URL"

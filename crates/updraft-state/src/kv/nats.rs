@@ -37,7 +37,7 @@ use super::{
     CasOutcome, KeyPage, KvError, KvStore, LIST_PAGE_MAX, StoreId, VALUE_BYTES_MAX, check_batch,
     check_key, check_value, counter_value,
 };
-use crate::nats::Cluster;
+use crate::nats::{Cluster, MESSAGE_OVERHEAD};
 
 /// What every bucket's name starts with.
 const BUCKET_PREFIX: &str = "updraft-kv_";
@@ -97,25 +97,14 @@ fn decode_key(encoded: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// A bucket name of `store`: owner and store names are lowercase letters,
-/// digits and `-`, so `_` separates them unambiguously.
+/// A bucket name of `store`: owner and store names follow the rules of
+/// function names (lowercase letters, digits and `-`), so `_` separates
+/// them unambiguously.
 fn bucket_name(store: &StoreId) -> Result<String, KvError> {
-    let valid = |name: &str| {
-        !name.is_empty()
-            && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
-    if !valid(&store.name) {
-        return Err(KvError::BadStoreName(store.name.clone()));
-    }
-    if !valid(&store.owner) {
-        return Err(KvError::BadStoreName(format!(
-            "{}/{}",
-            store.owner, store.name
-        )));
-    }
+    updraft_core::manifest::validate_name(&store.name)
+        .map_err(|_| KvError::BadStoreName(store.name.clone()))?;
+    updraft_core::validate_tenant(&store.owner)
+        .map_err(|_| KvError::BadStoreName(format!("{}/{}", store.owner, store.name)))?;
     Ok(format!("{BUCKET_PREFIX}{}_{}", store.owner, store.name))
 }
 
@@ -162,7 +151,8 @@ impl NatsKv {
                     name: format!("KV_{name}"),
                     subjects: vec![format!("$KV.{name}.>")],
                     max_messages_per_subject: 1,
-                    max_message_size: i32::try_from(VALUE_BYTES_MAX + 1024).unwrap_or(i32::MAX),
+                    max_message_size: i32::try_from(VALUE_BYTES_MAX + MESSAGE_OVERHEAD)
+                        .unwrap_or(i32::MAX),
                     storage: StorageType::File,
                     allow_rollup: true,
                     deny_delete: true,
@@ -584,6 +574,16 @@ mod tests {
             .unwrap();
         assert!(matches!(err, ClusterError::Connect { .. }), "{err}");
         assert!(err.to_string().contains(&url), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn no_url_says_where_to_put_one() {
+        let err = crate::nats::Cluster::connect(&ClusterConfig::new(Vec::<String>::new()))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ClusterError::NoUrl), "{err}");
+        assert!(err.to_string().contains("urls = ["), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread")]

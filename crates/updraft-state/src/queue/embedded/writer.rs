@@ -266,39 +266,31 @@ pub(super) fn commit(
                     Ok(Done::Count(all.len()))
                 }
                 Op::Acks => Ok(Done::Unit),
-                Op::Retry(id, delay, error) => leased(*id, &gone).and_then(|()| {
-                    let visible = now.saturating_add(millis(*delay));
-                    let next = |attempts: u32| attempts.saturating_add(1);
-                    if let Some((stored, payload)) =
-                        requeue(&mut messages, queue, *id, queue, visible, error, &next)?
-                    {
-                        index_changes.push(IndexChange::Remove(id.as_u128()));
-                        index_changes.push(IndexChange::Add(
-                            Arc::new(queue.clone()),
-                            id.as_u128(),
-                            stored,
-                            payload,
-                        ));
-                        gone.push(id.as_u128());
-                    }
-                    Ok(Done::Unit)
-                }),
-                Op::Move(id, to, error) => leased(*id, &gone).and_then(|()| {
-                    let next = |attempts: u32| attempts.saturating_add(1);
-                    if let Some((stored, payload)) =
-                        requeue(&mut messages, queue, *id, to, now, error, &next)?
-                    {
-                        index_changes.push(IndexChange::Remove(id.as_u128()));
-                        index_changes.push(IndexChange::Add(
-                            Arc::new(to.clone()),
-                            id.as_u128(),
-                            stored,
-                            payload,
-                        ));
-                        gone.push(id.as_u128());
-                    }
-                    Ok(Done::Unit)
-                }),
+                // A retry goes back to its own queue later; a move (to the
+                // dead letters) to another queue now. Both count the attempt.
+                Op::Retry(id, _, error) | Op::Move(id, _, error) => {
+                    leased(*id, &gone).and_then(|()| {
+                        let (to, visible) = match &change.op {
+                            Op::Retry(_, delay, _) => (queue, now.saturating_add(millis(*delay))),
+                            Op::Move(_, to, _) => (to, now),
+                            _ => (queue, now),
+                        };
+                        let next = |attempts: u32| attempts.saturating_add(1);
+                        if let Some((stored, payload)) =
+                            requeue(&mut messages, queue, *id, to, visible, error, &next)?
+                        {
+                            index_changes.push(IndexChange::Remove(id.as_u128()));
+                            index_changes.push(IndexChange::Add(
+                                Arc::new(to.clone()),
+                                id.as_u128(),
+                                stored,
+                                payload,
+                            ));
+                            gone.push(id.as_u128());
+                        }
+                        Ok(Done::Unit)
+                    })
+                }
                 Op::Redrive(to) => {
                     let waiting: Vec<u128> = index
                         .queues
