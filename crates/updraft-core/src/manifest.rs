@@ -589,6 +589,8 @@ impl Route {
         Ok(parsed)
     }
 
+    /// After [`Route::parse_stored`], which has refused `?`, `#`, `*` and
+    /// spaces with messages of their own.
     fn check_characters(route: &str) -> Result<(), ManifestError> {
         let err = |reason: &str| ManifestError::Route {
             route: route.to_string(),
@@ -621,12 +623,7 @@ impl Route {
                         "an escaped '/', '\\' or NUL (%2F, %5C, %00) is not allowed in a route",
                     ));
                 }
-            } else if byte != b'*'
-                && byte != b'?'
-                && byte != b'#'
-                && byte != b' '
-                && !route_byte(byte)
-            {
+            } else if !route_byte(byte) {
                 return Err(err(
                     "use letters, digits, '/' and - . _ ~ ! $ & ' ( ) + , ; = : @ in a route; percent-encode anything else (a space is %20)",
                 ));
