@@ -50,7 +50,8 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let functions: Vec<Value> = platform
         .functions()
-        .list(&caller.tenant)?
+        .list(&caller.tenant)
+        .await?
         .into_iter()
         .map(|(record, version)| {
             json!({
@@ -94,8 +95,8 @@ fn loaded_json(loaded: &Loaded) -> Value {
     })
 }
 
-fn details_json(platform: &Platform, tenant: &str, name: &str) -> Result<Value, ApiError> {
-    let details = platform.functions().details(tenant, name)?;
+async fn details_json(platform: &Platform, tenant: &str, name: &str) -> Result<Value, ApiError> {
+    let details = platform.functions().details(tenant, name).await?;
     let mut out = match &details.loaded {
         Some(loaded) => loaded_json(loaded),
         None => json!({ "name": name }),
@@ -137,7 +138,7 @@ pub(crate) async fn info(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(details_json(&platform, &caller.tenant, &name)?))
+    Ok(Json(details_json(&platform, &caller.tenant, &name).await?))
 }
 
 /// `POST /v1/functions/{name}/unload`: drop the compiled code from memory now
@@ -185,7 +186,7 @@ pub(crate) async fn rollback(
     platform
         .rollback(&caller.tenant, &name, body.version)
         .await?;
-    Ok(Json(details_json(&platform, &caller.tenant, &name)?))
+    Ok(Json(details_json(&platform, &caller.tenant, &name).await?))
 }
 
 /// Query of a raw (non-multipart) deploy: the body is the Wasm.
@@ -255,7 +256,7 @@ pub(crate) async fn deploy(
         ));
     }
     let deployed = platform.deploy(&caller.tenant, manifest, wasm).await?;
-    let mut body = details_json(&platform, &caller.tenant, &name)?;
+    let mut body = details_json(&platform, &caller.tenant, &name).await?;
     if let Value::Object(map) = &mut body {
         map.insert("compiled".into(), json!(deployed.compiled));
     }

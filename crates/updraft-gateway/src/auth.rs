@@ -150,8 +150,9 @@ pub(crate) async fn create(
             "create a key for another tenant, or an admin key",
         ));
     }
-    let (info, key) =
-        tokio::task::block_in_place(|| platform.create_api_key(tenant, body.admin, &body.label))?;
+    let (info, key) = platform
+        .create_api_key(tenant, body.admin, &body.label)
+        .await?;
     let mut out = key_json(&info);
     if let Value::Object(map) = &mut out {
         map.insert("key".into(), json!(key));
@@ -167,7 +168,7 @@ pub(crate) async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let scope = (!caller.admin).then_some(&*caller.tenant);
-    let info = tokio::task::block_in_place(|| platform.revoke_api_key(&id, scope))?;
+    let info = platform.revoke_api_key(&id, scope).await?;
     Ok(Json(json!({ "revoked": key_json(&info) })))
 }
 

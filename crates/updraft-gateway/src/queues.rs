@@ -78,7 +78,7 @@ pub(crate) async fn queues(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
-    let functions = platform.events().function_queues(&caller.tenant)?;
+    let functions = platform.events().function_queues(&caller.tenant).await?;
     let (queues, topics) = platform.events().channel_overview(&caller.tenant)?;
     Ok(Json(
         json!({ "functions": functions, "queues": queues, "topics": topics }),

@@ -77,6 +77,10 @@ pub enum PlatformError {
     /// 403.
     #[error("{0}")]
     Forbidden(String),
+    /// 503 (400 for a bad `[cluster]` section): cluster mode cannot reach
+    /// its NATS.
+    #[error(transparent)]
+    Cluster(#[from] updraft_state::nats::ClusterError),
     /// 500: a task of the platform failed (a panic, a cancelled worker).
     #[error("an internal task failed")]
     Task(#[source] updraft_core::BoxError),
@@ -123,6 +127,7 @@ impl Classify for PlatformError {
             PlatformError::Blob(e) => e.kind(),
             PlatformError::Metering(e) => e.kind(),
             PlatformError::Queue(e) => e.kind(),
+            PlatformError::Cluster(e) => e.kind(),
             PlatformError::Busy(_) => ErrorKind::Busy,
             PlatformError::NotInUse { .. }
             | PlatformError::KeyNotFound { .. }
@@ -147,6 +152,7 @@ impl Classify for PlatformError {
             PlatformError::Blob(e) => e.code(),
             PlatformError::Metering(e) => e.code(),
             PlatformError::Queue(e) => e.code(),
+            PlatformError::Cluster(e) => e.code(),
             PlatformError::Busy(_) => "busy",
             PlatformError::NotInUse { what, .. } if what.starts_with("blob") => {
                 "container_not_found"

@@ -19,7 +19,7 @@ use updraft_core::{
 use updraft_metering::Aggregate;
 use updraft_sandbox::{Backends, Grants, PrepareSpec, Prepared, Sandbox};
 use updraft_state::registry::NewVersion;
-use updraft_state::{FunctionRecord, Registry};
+use updraft_state::{FunctionRecord, Registry, RegistryChange};
 
 use crate::error::PlatformError;
 use crate::logs::Logs;
@@ -96,7 +96,7 @@ pub struct FunctionDetails {
 /// The functions service.
 pub struct Functions {
     sandbox: Arc<Sandbox>,
-    registry: Arc<Registry>,
+    registry: Arc<dyn Registry>,
     /// What every function's capabilities are served by; each version's
     /// grants are drawn from them when it is prepared.
     backends: Backends,
@@ -138,7 +138,7 @@ fn join_error(e: tokio::task::JoinError) -> PlatformError {
 impl Functions {
     pub(crate) fn new(
         sandbox: Arc<Sandbox>,
-        registry: Arc<Registry>,
+        registry: Arc<dyn Registry>,
         backends: Backends,
         logs: Arc<Logs>,
         usage: Arc<Usage>,
@@ -159,16 +159,26 @@ impl Functions {
     /// grow with the number of functions. Artifacts missing from the cache
     /// (a new engine) are compiled in the background right away. Returns
     /// what now serves.
-    pub(crate) fn load_all(self: &Arc<Self>) -> Result<Vec<Arc<Loaded>>, PlatformError> {
+    pub(crate) async fn load_all(self: &Arc<Self>) -> Result<Vec<Arc<Loaded>>, PlatformError> {
         let mut all = Vec::new();
-        let mut missing = Vec::new();
-        for (record, version) in self.registry.list()? {
+        for (record, version) in self.registry.list(None).await? {
             let loaded = Arc::new(Loaded::new(&record.tenant, version, None)?);
-            if !self.sandbox.is_cached(&loaded.version.wasm_digest) {
-                missing.push(loaded.clone());
-            }
             self.table_mut().insert(loaded.clone());
             all.push(loaded);
+        }
+        self.compile_missing(all.clone());
+        Ok(all)
+    }
+
+    /// Compiles, in the background, what is not in the compile cache yet
+    /// (a new engine; another node's deploy), ahead of its first request.
+    fn compile_missing(self: &Arc<Self>, loaded: Vec<Arc<Loaded>>) {
+        let missing: Vec<_> = loaded
+            .into_iter()
+            .filter(|l| !self.sandbox.is_cached(&l.version.wasm_digest))
+            .collect();
+        if missing.is_empty() {
+            return;
         }
         let functions = self.clone();
         tokio::spawn(async move {
@@ -182,13 +192,67 @@ impl Functions {
                 }
             }
         });
-        Ok(all)
+    }
+
+    /// Brings the table in line with a change of the registry made
+    /// elsewhere (another node's deploy, rollback or delete). Returns what
+    /// now serves differently, and whether anything stopped serving.
+    pub(crate) async fn sync(
+        self: &Arc<Self>,
+        change: &RegistryChange,
+    ) -> Result<(Vec<Arc<Loaded>>, bool), PlatformError> {
+        let tenant = match change {
+            RegistryChange::Tenant(tenant) => Some(tenant.as_str()),
+            RegistryChange::All => None,
+        };
+        let _guard = self.control.lock().await;
+        let current = self.registry.list(tenant).await?;
+        let mut changed = Vec::new();
+        let mut serving = std::collections::HashSet::new();
+        for (record, version) in current {
+            let key = record.key();
+            let same = self.table().by_key.get(key.as_str()).is_some_and(|l| {
+                l.version.version == version.version && l.version.digest == version.digest
+            });
+            serving.insert(key);
+            if same {
+                continue;
+            }
+            let loaded = Arc::new(Loaded::new(&record.tenant, version, None)?);
+            self.table_mut().insert(loaded.clone());
+            changed.push(loaded);
+        }
+        let gone: Vec<Arc<str>> = self
+            .table()
+            .by_key
+            .values()
+            .filter(|l| tenant.is_none_or(|t| *l.tenant == *t) && !serving.contains(&*l.key))
+            .map(|l| l.key.clone())
+            .collect();
+        for key in &gone {
+            self.table_mut().remove(key);
+            tracing::info!("{key}: deleted on another node");
+        }
+        for loaded in &changed {
+            tracing::info!(
+                "{}: version {} serves, deployed on another node",
+                loaded.key,
+                loaded.version.version
+            );
+        }
+        self.compile_missing(changed.clone());
+        Ok((changed, !gone.is_empty()))
     }
 
     /// Drops the compiled code of functions unused for `idle` (scale to
     /// zero), until the service is gone.
     pub(crate) fn start_idle_unload(self: &Arc<Self>, idle: Duration) {
         tokio::spawn(unload_idle(Arc::downgrade(self), idle));
+    }
+
+    /// The registry this node serves from.
+    pub(crate) fn registry(&self) -> &Arc<dyn Registry> {
+        &self.registry
     }
 
     /// The backends functions' capabilities are served by (the operator's
@@ -217,7 +281,14 @@ impl Functions {
         wasm: Option<Bytes>,
     ) -> Result<Arc<Prepared>, PlatformError> {
         let sandbox = self.sandbox.clone();
-        let registry = self.registry.clone();
+        // Read the Wasm only if it must be compiled.
+        let wasm = match wasm {
+            Some(wasm) => Some(wasm),
+            None if !sandbox.is_cached(&version.wasm_digest) => {
+                Some(self.registry.load_wasm(&version.wasm_digest).await?)
+            }
+            None => None,
+        };
         let name = version.manifest.name.clone();
         let digest = version.wasm_digest;
         let limits = version.limits;
@@ -231,7 +302,9 @@ impl Functions {
         let prepared = tokio::task::spawn_blocking(move || {
             let source = || match &wasm {
                 Some(bytes) => Ok(bytes.to_vec()),
-                None => registry.load_wasm(&digest).map_err(|e| e.to_string()),
+                None => Err(format!(
+                    "the compiled code of wasm {digest} left the cache while it was loaded; retry"
+                )),
             };
             sandbox.prepare(PrepareSpec {
                 name: &name,
@@ -313,7 +386,8 @@ impl Functions {
         Sandbox::check_bytes(&wasm)?;
         let _guard = self.control.lock().await;
         self.registry
-            .check_route(&function_key(tenant, &manifest.name), route.as_ref())?;
+            .check_route(&function_key(tenant, &manifest.name), route.as_ref())
+            .await?;
         let wasm_digest = Digest::of(&wasm);
         // Prepare first with the kind the user stated (or none), then record
         // the detected kind in the version.
@@ -330,11 +404,10 @@ impl Functions {
         let prepared = self
             .prepare(tenant, &probe, manifest.kind, Some(wasm.clone()))
             .await?;
-        let stored = wasm.clone();
-        let digest = wasm_digest;
-        let (_, version) = tokio::task::block_in_place(|| {
-            self.registry.store_wasm(&digest, &stored)?;
-            self.registry.deploy(
+        self.registry.store_wasm(&wasm_digest, wasm.clone()).await?;
+        let (_, version) = self
+            .registry
+            .deploy(
                 tenant,
                 NewVersion {
                     manifest,
@@ -344,7 +417,7 @@ impl Functions {
                     limits,
                 },
             )
-        })?;
+            .await?;
         let compiled = prepared.loaded_from == updraft_sandbox::LoadedFrom::Compile;
         let loaded = Arc::new(Loaded::new(tenant, version, Some(prepared))?);
         self.table_mut().insert(loaded.clone());
@@ -426,18 +499,20 @@ impl Functions {
         }
     }
 
-    pub fn list(
+    pub async fn list(
         &self,
         tenant: &str,
     ) -> Result<Vec<(FunctionRecord, VersionRecord)>, PlatformError> {
-        let mut all = self.registry.list()?;
-        all.retain(|(record, _)| record.tenant == tenant);
-        Ok(all)
+        Ok(self.registry.list(Some(tenant)).await?)
     }
 
-    pub fn details(&self, tenant: &str, name: &str) -> Result<FunctionDetails, PlatformError> {
+    pub async fn details(
+        &self,
+        tenant: &str,
+        name: &str,
+    ) -> Result<FunctionDetails, PlatformError> {
         let key = function_key(tenant, name);
-        let (record, versions) = self.registry.get(&key)?;
+        let (record, versions) = self.registry.get(&key).await?;
         Ok(FunctionDetails {
             record,
             versions,
@@ -458,8 +533,8 @@ impl Functions {
     ) -> Result<Arc<Loaded>, PlatformError> {
         let _guard = self.control.lock().await;
         let key = function_key(tenant, name);
-        let (record, _) = self.registry.get(&key)?;
-        let (_, target) = tokio::task::block_in_place(|| self.registry.rollback(&key, version))?;
+        let (record, _) = self.registry.get(&key).await?;
+        let (_, target) = self.registry.rollback(&key, version).await?;
         match self.load_version(tenant, target).await {
             Ok(loaded) => {
                 self.table_mut().insert(loaded.clone());
@@ -472,7 +547,7 @@ impl Functions {
             Err(e) => {
                 // Put the alias back so the registry and what serves agree.
                 if let Some(previous) = record.latest() {
-                    let _ = self.registry.rollback(&key, Some(previous));
+                    let _ = self.registry.rollback(&key, Some(previous)).await;
                 }
                 Err(e)
             }
@@ -483,7 +558,7 @@ impl Functions {
     pub(crate) async fn delete(&self, tenant: &str, name: &str) -> Result<(), PlatformError> {
         let _guard = self.control.lock().await;
         let key = function_key(tenant, name);
-        let orphans = tokio::task::block_in_place(|| self.registry.delete(&key))?;
+        let orphans = self.registry.delete(&key).await?;
         self.table_mut().remove(&key);
         for digest in orphans {
             self.sandbox.evict(&digest);
@@ -524,7 +599,7 @@ impl Functions {
         n: usize,
     ) -> Result<Vec<LogEntry>, PlatformError> {
         let key = function_key(tenant, name);
-        self.registry.get(&key)?;
+        self.registry.get(&key).await?;
         self.logs.tail(&key, n).await
     }
 }

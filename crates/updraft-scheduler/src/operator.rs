@@ -127,17 +127,21 @@ impl Platform {
     }
 
     /// A new key for `tenant`: its record, and the key itself (shown once).
-    pub fn create_api_key(
+    pub async fn create_api_key(
         &self,
         tenant: &str,
         admin: bool,
         label: &str,
     ) -> Result<(KeyInfo, String), PlatformError> {
-        Ok(self.tenants.create_key(tenant, admin, label)?)
+        Ok(self.tenants.create_key(tenant, admin, label).await?)
     }
 
     /// Revokes key `id`; `scope` limits it to one tenant's keys.
-    pub fn revoke_api_key(&self, id: &str, scope: Option<&str>) -> Result<KeyInfo, PlatformError> {
-        Ok(self.tenants.revoke(id, scope)?)
+    pub async fn revoke_api_key(
+        &self,
+        id: &str,
+        scope: Option<&str>,
+    ) -> Result<KeyInfo, PlatformError> {
+        Ok(self.tenants.revoke(id, scope).await?)
     }
 }

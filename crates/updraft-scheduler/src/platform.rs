@@ -28,9 +28,10 @@ use updraft_core::{Manifest, SharedClock};
 use updraft_metering::{Metering, PriceSheet};
 use updraft_sandbox::{Backends, Sandbox, SandboxConfig};
 use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig};
-use updraft_state::kv::KvConfig;
+use updraft_state::kv::{KvConfig, KvStore, NatsKv};
+use updraft_state::nats::{Cluster, ClusterConfig};
 use updraft_state::queue::{EmbeddedQueues, QueueStore};
-use updraft_state::{LogStore, Registry, Tenants};
+use updraft_state::{EmbeddedRegistry, LogStore, NatsRegistry, Registry, Tenants};
 
 use crate::calls::InvokerCaller;
 use crate::error::PlatformError;
@@ -52,6 +53,10 @@ pub struct PlatformConfig {
     pub idle_unload: Option<Duration>,
     /// Largest blob a function or the API may store.
     pub blob_bytes_max: u64,
+    /// Cluster mode: the NATS whose JetStream holds the shared state (the
+    /// registry, and key-value stores unless `kv` names another). `None`:
+    /// everything is embedded in the data dir.
+    pub cluster: Option<ClusterConfig>,
     /// The key-value backend.
     pub kv: KvConfig,
     /// The blob backend.
@@ -84,6 +89,7 @@ impl PlatformConfig {
             instances_max: updraft_sandbox::SandboxConfig::new(PathBuf::new()).instances_max,
             idle_unload: Some(IDLE_UNLOAD_DEFAULT),
             blob_bytes_max: BLOB_BYTES_MAX_DEFAULT,
+            cluster: None,
             kv: KvConfig::default(),
             blobs: BlobConfig::default(),
             prices: PriceSheet::default(),
@@ -94,6 +100,88 @@ impl PlatformConfig {
         }
     }
 }
+
+/// What the nodes of a cluster share.
+struct Shared {
+    registry: Arc<dyn Registry>,
+    kv: Arc<dyn KvStore>,
+    tenants: Tenants,
+}
+
+/// The registry, key-value stores and API keys: in the data dir, or in
+/// cluster mode shared through NATS (one connection for all).
+async fn open_shared(
+    cluster: Option<&ClusterConfig>,
+    kv: &KvConfig,
+    data_dir: &std::path::Path,
+) -> Result<Shared, PlatformError> {
+    let Some(cluster) = cluster else {
+        let dir = data_dir.to_path_buf();
+        let local = tokio::task::spawn_blocking(move || {
+            Ok::<_, PlatformError>((EmbeddedRegistry::open(&dir)?, Tenants::open(&dir)?))
+        });
+        let (local, kv) = tokio::join!(local, kv.open(data_dir));
+        let (registry, tenants) = local.map_err(join_error)??;
+        return Ok(Shared {
+            registry: Arc::new(registry),
+            kv: kv?,
+            tenants,
+        });
+    };
+    let cluster = Cluster::connect(cluster).await?;
+    let (registry, tenants) =
+        tokio::join!(NatsRegistry::open(&cluster), Tenants::open_nats(&cluster));
+    let kv: Arc<dyn KvStore> = match kv {
+        // Stores every node shares: a node's own disk would split them.
+        KvConfig::Embedded { .. } => Arc::new(NatsKv::new(cluster)),
+        other => other.open(data_dir).await?,
+    };
+    Ok(Shared {
+        registry: Arc::new(registry?),
+        kv,
+        tenants: tenants?,
+    })
+}
+
+/// Applies the registry's changes made by other nodes (and echoes of this
+/// node's own, which change nothing) until the platform is gone.
+async fn follow_registry(
+    platform: std::sync::Weak<Platform>,
+    mut changes: futures::stream::BoxStream<'static, updraft_state::RegistryChange>,
+) {
+    use futures::StreamExt as _;
+    while let Some(mut change) = changes.next().await {
+        loop {
+            let Some(platform) = platform.upgrade() else {
+                return;
+            };
+            match platform.functions.sync(&change).await {
+                Ok((changed, removed)) => {
+                    if !changed.is_empty() {
+                        platform.events.serve(&changed);
+                    }
+                    if removed {
+                        platform.events.refresh_kv_watchers();
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "the registry changed, but reading the change failed ({}); reading it all again shortly",
+                        updraft_core::error::chain(&e)
+                    );
+                    change = updraft_state::RegistryChange::All;
+                }
+            }
+            drop(platform);
+            tokio::time::sleep(REGISTRY_RETRY).await;
+        }
+    }
+}
+
+/// How long a node waits before reading the registry again after reading a
+/// change failed (NATS away).
+const REGISTRY_RETRY: Duration = Duration::from_millis(500);
 
 /// The scheduler: its services, built over one data dir.
 pub struct Platform {
@@ -135,19 +223,20 @@ impl Platform {
             let blobs = blob_config.open(&data_dir, blob_bytes_max)?;
             let queues: Arc<dyn QueueStore> = Arc::new(EmbeddedQueues::open(&data_dir)?);
             Ok::<_, PlatformError>((
-                Arc::new(Registry::open(&data_dir)?),
-                Tenants::open(&data_dir)?,
                 LogStore::open(&data_dir)?,
                 Arc::new(blobs),
                 metering,
                 queues,
             ))
         });
-        let kv = kv_config.open(&config.data_dir);
-        let (sandbox, stores, kv) = tokio::join!(sandbox, stores, kv);
-        let (registry, tenants, log_store, blobs, metering, queues) =
-            stores.map_err(join_error)??;
-        let kv = kv?;
+        let shared = open_shared(config.cluster.as_ref(), &kv_config, &config.data_dir);
+        let (sandbox, stores, shared) = tokio::join!(sandbox, stores, shared);
+        let (log_store, blobs, metering, queues) = stores.map_err(join_error)??;
+        let Shared {
+            registry,
+            kv,
+            tenants,
+        } = shared?;
         if !matches!(config.blobs, BlobConfig::Local { .. }) {
             blobs.check().await?;
         }
@@ -203,9 +292,14 @@ impl Platform {
             logs,
             tenants,
         });
+        // Watch before listing, so no change falls between the two.
+        let changes = platform.functions.registry().changes().await?;
         // Consumers, schedules, and async work accepted before a restart.
-        let serving = platform.functions.load_all()?;
+        let serving = platform.functions.load_all().await?;
         platform.events.serve(&serving);
+        if let Some(changes) = changes {
+            tokio::spawn(follow_registry(Arc::downgrade(&platform), changes));
+        }
         platform.events.start_budget_alerts(budget_alerts);
         if let Some(idle) = config.idle_unload {
             platform.functions.start_idle_unload(idle);

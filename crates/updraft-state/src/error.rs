@@ -27,6 +27,10 @@ pub enum StateError {
     /// 400.
     #[error("{0}")]
     Invalid(String),
+    /// 503: the cluster's NATS does not answer (cluster mode); the client
+    /// reconnects by itself.
+    #[error("the cluster's registry is unavailable: NATS does not answer; retry shortly")]
+    Unavailable(#[source] Failure),
     /// 500: the database or the disk failed. The registry refuses further
     /// writes rather than pretending (the process must be restarted).
     #[error("the registry's storage failed")]
@@ -41,6 +45,7 @@ impl Classify for StateError {
             | StateError::ApiKeyNotFound(_) => ErrorKind::NotFound,
             StateError::RouteConflict { .. } => ErrorKind::Conflict,
             StateError::Invalid(_) => ErrorKind::Invalid,
+            StateError::Unavailable(_) => ErrorKind::Unavailable,
             StateError::Storage(_) => ErrorKind::Internal,
         }
     }
@@ -52,6 +57,7 @@ impl Classify for StateError {
             StateError::ApiKeyNotFound(_) => "api_key_not_found",
             StateError::RouteConflict { .. } => "route_conflict",
             StateError::Invalid(_) => "bad_request",
+            StateError::Unavailable(_) => "unavailable",
             StateError::Storage(_) => "storage",
         }
     }

@@ -34,5 +34,5 @@ pub mod testing;
 
 pub use error::StateError;
 pub use logs::LogStore;
-pub use registry::{FunctionRecord, Registry};
+pub use registry::{EmbeddedRegistry, FunctionRecord, NatsRegistry, Registry, RegistryChange};
 pub use tenants::{Caller, KeyInfo, Tenants};

@@ -5,6 +5,11 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::consumer::push::OrderedConfig;
+use async_nats::jetstream::kv::Store;
+use async_nats::jetstream::stream::{self, StorageType};
+use futures::StreamExt as _;
 use updraft_core::{Classify, ErrorKind, Failure};
 
 use crate::kv::VALUE_BYTES_MAX;
@@ -186,4 +191,86 @@ impl Cluster {
     pub fn urls(&self) -> &str {
         &self.urls
     }
+
+    /// The KV bucket `name`; if it does not exist, `None`, or with `create`
+    /// a new one: file storage, history 1, values up to
+    /// [`VALUE_BYTES_MAX`]. Creating is idempotent across nodes.
+    pub(crate) async fn key_value(
+        &self,
+        name: &str,
+        create: bool,
+    ) -> Result<Option<Store>, async_nats::Error> {
+        use async_nats::jetstream::context::KeyValueErrorKind;
+        let js = &self.jetstream;
+        match js.get_key_value(name).await {
+            Ok(bucket) => return Ok(Some(bucket)),
+            Err(e) if e.kind() == KeyValueErrorKind::GetBucket && !create => return Ok(None),
+            Err(e) if e.kind() == KeyValueErrorKind::GetBucket => {}
+            Err(e) => return Err(Box::new(e)),
+        }
+        // The stream behind a KV bucket, by the KV conventions, made
+        // directly: the client's `create_key_value` first asks for account
+        // details that NATS 2.9 does not answer in the form it parses.
+        let config = stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_message_size: i32::try_from(VALUE_BYTES_MAX + MESSAGE_OVERHEAD).unwrap_or(i32::MAX),
+            storage: StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        match js.create_stream(config).await {
+            Ok(_) => Ok(Some(js.get_key_value(name).await?)),
+            // Another node may have created it first; if not, the
+            // creation's error is the one to tell.
+            Err(create) => match js.get_key_value(name).await {
+                Ok(bucket) => Ok(Some(bucket)),
+                Err(_) => Err(Box::new(create)),
+            },
+        }
+    }
+
+    /// The last message of every subject under `filter` in `stream`, as it
+    /// is now (`headers_only`: without payloads).
+    pub(crate) async fn last_per_subject(
+        &self,
+        stream: &stream::Stream,
+        filter: String,
+        headers_only: bool,
+    ) -> Result<Vec<async_nats::Message>, async_nats::Error> {
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_subject: self.jetstream.client().new_inbox(),
+                filter_subject: filter,
+                headers_only,
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await?;
+        let mut pending = consumer.cached_info().num_pending;
+        let mut found = Vec::new();
+        if pending == 0 {
+            return Ok(found);
+        }
+        let mut messages = consumer.messages().await?;
+        while pending > 0
+            && let Some(message) = messages.next().await
+        {
+            let message = message?;
+            pending = message.info()?.pending;
+            found.push(message.message);
+        }
+        Ok(found)
+    }
+}
+
+/// Whether a KV message holds a value (not a delete or purge marker).
+pub(crate) fn is_live(message: &async_nats::Message) -> bool {
+    let operation = message.headers.as_ref().and_then(|h| h.get("KV-Operation"));
+    !matches!(operation.map(|v| v.as_str()), Some("DEL" | "PURGE"))
 }

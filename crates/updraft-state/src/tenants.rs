@@ -1,4 +1,5 @@
-//! Tenants' API keys, in `tenants.redb`.
+//! Tenants' API keys: in `tenants.redb`, or in cluster mode in the KV
+//! bucket `updraft-keys` that every node shares.
 //!
 //! A key reads `upd_{id}_{secret}`. The id (12 hex digits) names the key in
 //! listings and revocations; the secret is 32 random bytes, and only its
@@ -7,10 +8,19 @@
 //! nothing to guess. Verifying a request looks the id up in an in-memory
 //! copy of the table, so it costs no disk read; a revocation removes the key
 //! from the disk and the copy at once, so it stops working immediately.
+//!
+//! In cluster mode each node's copy follows the bucket by a watch: a key
+//! made or revoked on one node works or stops on the others as soon as the
+//! change reaches them (milliseconds on one network), and at once on the
+//! node that made the change.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
+
+use async_nats::jetstream::kv::{Operation, Store};
+use bytes::Bytes;
+use futures::StreamExt as _;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -18,7 +28,11 @@ use sha2::{Digest as _, Sha256};
 use updraft_core::validate_tenant;
 
 use crate::error::StateError;
+use crate::nats::Cluster;
 use crate::registry::now_ms;
+
+/// The KV bucket of keys in cluster mode.
+const BUCKET: &str = "updraft-keys";
 
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 
@@ -55,10 +69,94 @@ pub struct Caller {
     pub key_id: Arc<str>,
 }
 
+type KeyMap = RwLock<HashMap<String, StoredKey>>;
+
 /// The durable key table and its in-memory copy.
 pub struct Tenants {
-    db: Database,
-    keys: RwLock<HashMap<String, StoredKey>>,
+    backend: Backend,
+    keys: Arc<KeyMap>,
+}
+
+enum Backend {
+    Embedded(Database),
+    /// Boxed: a bucket handle is large (its stream's whole info).
+    Nats(Box<Store>),
+}
+
+fn unavailable(what: &'static str) -> impl Fn(async_nats::Error) -> StateError {
+    move |e| StateError::Unavailable(updraft_core::Failure::boxed(what, e))
+}
+
+fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> async_nats::Error {
+    Box::new(e)
+}
+
+/// Every key in the bucket now.
+async fn load(cluster: &Cluster, bucket: &Store) -> Result<HashMap<String, StoredKey>, StateError> {
+    let messages = cluster
+        .last_per_subject(&bucket.stream, format!("{}>", bucket.prefix), false)
+        .await
+        .map_err(unavailable("reading the API keys failed"))?;
+    let mut keys = HashMap::new();
+    for message in messages {
+        if !crate::nats::is_live(&message) {
+            continue;
+        }
+        if let Some(id) = message
+            .subject
+            .as_str()
+            .strip_prefix(bucket.prefix.as_str())
+        {
+            keys.insert(id.to_string(), serde_json::from_slice(&message.payload)?);
+        }
+    }
+    Ok(keys)
+}
+
+/// Keeps `keys` in step with the bucket until the [`Tenants`] is gone;
+/// after a lost watch, reads every key again.
+async fn follow(
+    cluster: Cluster,
+    bucket: Store,
+    keys: Weak<KeyMap>,
+    mut watch: async_nats::jetstream::kv::Watch,
+) {
+    loop {
+        while let Some(entry) = watch.next().await {
+            let Some(keys) = keys.upgrade() else { return };
+            let Ok(entry) = entry else { break };
+            let mut keys = keys.write().unwrap_or_else(|e| e.into_inner());
+            match entry.operation {
+                Operation::Put => match serde_json::from_slice(&entry.value) {
+                    Ok(stored) => {
+                        keys.insert(entry.key, stored);
+                    }
+                    Err(e) => tracing::warn!("API key {} is unreadable: {e}", entry.key),
+                },
+                Operation::Delete | Operation::Purge => {
+                    keys.remove(&entry.key);
+                }
+            }
+        }
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            if keys.strong_count() == 0 {
+                return;
+            }
+            let Ok(again) = bucket.watch_all().await else {
+                continue;
+            };
+            match load(&cluster, &bucket).await {
+                Ok(all) => {
+                    let Some(keys) = keys.upgrade() else { return };
+                    *keys.write().unwrap_or_else(|e| e.into_inner()) = all;
+                    watch = again;
+                    break;
+                }
+                Err(e) => tracing::debug!("reading the API keys again: {e}"),
+            }
+        }
+    }
 }
 
 fn sha256_hex(secret: &str) -> String {
@@ -98,8 +196,33 @@ impl Tenants {
             }
         }
         Ok(Tenants {
-            db,
-            keys: RwLock::new(keys),
+            backend: Backend::Embedded(db),
+            keys: Arc::new(RwLock::new(keys)),
+        })
+    }
+
+    /// The keys of a cluster, shared by its nodes.
+    pub async fn open_nats(cluster: &Cluster) -> Result<Tenants, StateError> {
+        let bucket = cluster
+            .key_value(BUCKET, true)
+            .await
+            .map_err(unavailable("opening the API keys failed"))?
+            .ok_or_else(|| StateError::storage("the bucket of API keys was not created"))?;
+        // Watch before reading, so no change falls between the two.
+        let watch = bucket
+            .watch_all()
+            .await
+            .map_err(|e| unavailable("watching the API keys failed")(boxed(e)))?;
+        let keys = Arc::new(RwLock::new(load(cluster, &bucket).await?));
+        tokio::spawn(follow(
+            cluster.clone(),
+            bucket.clone(),
+            Arc::downgrade(&keys),
+            watch,
+        ));
+        Ok(Tenants {
+            backend: Backend::Nats(Box::new(bucket)),
+            keys,
         })
     }
 
@@ -114,7 +237,7 @@ impl Tenants {
 
     /// Makes a key for `tenant` (which exists from then on). Returns the key
     /// itself: it is shown this once and never stored.
-    pub fn create_key(
+    pub async fn create_key(
         &self,
         tenant: &str,
         admin: bool,
@@ -138,10 +261,22 @@ impl Tenants {
             },
             secret_sha256: sha256_hex(&secret),
         };
-        let txn = self.db.begin_write()?;
-        txn.open_table(KEYS)?
-            .insert(id.as_str(), serde_json::to_vec(&stored)?.as_slice())?;
-        txn.commit()?;
+        let value = serde_json::to_vec(&stored)?;
+        match &self.backend {
+            Backend::Embedded(db) => tokio::task::block_in_place(|| {
+                let txn = db.begin_write()?;
+                txn.open_table(KEYS)?
+                    .insert(id.as_str(), value.as_slice())?;
+                txn.commit()?;
+                Ok::<_, StateError>(())
+            })?,
+            Backend::Nats(bucket) => {
+                bucket
+                    .put(id.as_str(), Bytes::from(value))
+                    .await
+                    .map_err(|e| unavailable("storing the API key failed")(boxed(e)))?;
+            }
+        }
         let info = stored.info.clone();
         self.keys
             .write()
@@ -181,21 +316,36 @@ impl Tenants {
 
     /// Revokes key `id` if it belongs to `tenant` (any tenant's for `None`).
     /// The last admin key cannot be revoked: nobody could manage keys then.
-    pub fn revoke(&self, id: &str, tenant: Option<&str>) -> Result<KeyInfo, StateError> {
-        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
-        let info = match keys.get(id) {
-            Some(k) if tenant.is_none_or(|t| k.info.tenant == t) => k.info.clone(),
-            _ => return Err(StateError::ApiKeyNotFound(id.to_string())),
+    pub async fn revoke(&self, id: &str, tenant: Option<&str>) -> Result<KeyInfo, StateError> {
+        let info = {
+            let keys = self.read();
+            let info = match keys.get(id) {
+                Some(k) if tenant.is_none_or(|t| k.info.tenant == t) => k.info.clone(),
+                _ => return Err(StateError::ApiKeyNotFound(id.to_string())),
+            };
+            if info.admin && keys.values().filter(|k| k.info.admin).count() == 1 {
+                return Err(StateError::Invalid(format!(
+                    "key {id} is the last admin key: create another with `updraft keys create --admin` first"
+                )));
+            }
+            info
         };
-        if info.admin && keys.values().filter(|k| k.info.admin).count() == 1 {
-            return Err(StateError::Invalid(format!(
-                "key {id} is the last admin key: create another with `updraft keys create --admin` first"
-            )));
+        match &self.backend {
+            Backend::Embedded(db) => tokio::task::block_in_place(|| {
+                let txn = db.begin_write()?;
+                txn.open_table(KEYS)?.remove(id)?;
+                txn.commit()?;
+                Ok::<_, StateError>(())
+            })?,
+            Backend::Nats(bucket) => bucket
+                .purge(id)
+                .await
+                .map_err(|e| unavailable("revoking the API key failed")(boxed(e)))?,
         }
-        let txn = self.db.begin_write()?;
-        txn.open_table(KEYS)?.remove(id)?;
-        txn.commit()?;
-        keys.remove(id);
+        self.keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
         Ok(info)
     }
 }
@@ -206,19 +356,22 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn keys_verify_until_revoked_and_survive_reopen() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_verify_until_revoked_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (admin, admin_key, acme_key, acme_id);
         {
             let tenants = Tenants::open(dir.path()).unwrap();
             assert!(tenants.is_empty());
-            (admin, admin_key) = tenants.create_key("local", true, "first start").unwrap();
-            let (acme, key) = tenants.create_key("acme", false, "ci").unwrap();
+            (admin, admin_key) = tenants
+                .create_key("local", true, "first start")
+                .await
+                .unwrap();
+            let (acme, key) = tenants.create_key("acme", false, "ci").await.unwrap();
             (acme_key, acme_id) = (key, acme.id);
             assert!(admin_key.starts_with("upd_") && admin_key.len() == 4 + 12 + 1 + 64);
             assert!(matches!(
-                tenants.create_key("Bad/Name", false, ""),
+                tenants.create_key("Bad/Name", false, "").await,
                 Err(StateError::Invalid(_))
             ));
         }
@@ -242,18 +395,47 @@ mod tests {
         assert_eq!(tenants.list(None).len(), 2);
         // Another tenant cannot revoke it; its own tenant can.
         assert!(matches!(
-            tenants.revoke(&acme_id, Some("other")),
+            tenants.revoke(&acme_id, Some("other")).await,
             Err(StateError::ApiKeyNotFound(_))
         ));
-        tenants.revoke(&acme_id, Some("acme")).unwrap();
+        tenants.revoke(&acme_id, Some("acme")).await.unwrap();
         assert_eq!(tenants.verify(&acme_key), None);
         assert!(matches!(
-            tenants.revoke(&admin.id, None),
+            tenants.revoke(&admin.id, None).await,
             Err(StateError::Invalid(_))
         ));
         drop(tenants);
         let tenants = Tenants::open(dir.path()).unwrap();
         assert_eq!(tenants.verify(&acme_key), None);
         assert_eq!(tenants.list(None).len(), 1);
+    }
+
+    /// Two nodes share keys: one made on either verifies on both, one
+    /// revoked on either stops working on both, and a node started later
+    /// reads every key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_nodes_share_keys() {
+        let server = crate::testing::NatsServer::start();
+        let a = Tenants::open_nats(&server.cluster().await).await.unwrap();
+        let b = Tenants::open_nats(&server.cluster().await).await.unwrap();
+        assert!(a.is_empty() && b.is_empty());
+        let (_, admin_key) = a.create_key("local", true, "first").await.unwrap();
+        let (acme, acme_key) = b.create_key("acme", false, "ci").await.unwrap();
+        let eventually = |tenants: &Tenants, key: &str, valid: bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while tenants.verify(key).is_some() != valid {
+                assert!(std::time::Instant::now() < deadline, "{key} never {valid}");
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        eventually(&b, &admin_key, true);
+        eventually(&a, &acme_key, true);
+        assert_eq!(a.verify(&acme_key).unwrap().tenant.as_ref(), "acme");
+        a.revoke(&acme.id, Some("acme")).await.unwrap();
+        assert_eq!(a.verify(&acme_key), None, "at once where revoked");
+        eventually(&b, &acme_key, false);
+        let c = Tenants::open_nats(&server.cluster().await).await.unwrap();
+        assert!(c.verify(&admin_key).unwrap().admin);
+        assert_eq!(c.list(None).len(), 1);
     }
 }

@@ -4,6 +4,9 @@
 //! variables set the rest.
 //!
 //! ```toml
+//! [cluster]           # cluster mode (docs/cluster.md); or `--cluster URL`
+//! urls = ["nats://127.0.0.1:4222"]
+//!
 //! [kv]
 //! type = "embedded"   # kv.redb in the data dir (the only backend so far)
 //!
@@ -23,6 +26,10 @@ use updraft_state::kv::KvConfig;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
+    /// Cluster mode: the NATS holding the shared state (`--cluster` sets
+    /// or overrides its `urls`).
+    #[serde(default)]
+    pub cluster: Option<updraft_state::nats::ClusterConfig>,
     #[serde(default)]
     pub kv: KvConfig,
     #[serde(default)]

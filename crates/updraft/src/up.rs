@@ -30,6 +30,18 @@ pub struct UpArgs {
     /// Largest blob, in bytes, that a function or the API may store.
     #[arg(long, env = "UPDRAFT_BLOB_BYTES_MAX", default_value_t = PlatformConfig::new(PathBuf::new()).blob_bytes_max)]
     pub blob_bytes_max: u64,
+    /// Cluster mode: the NATS servers (with JetStream) that hold the shared
+    /// state, comma-separated (`nats://127.0.0.1:4222,nats://…`). Every
+    /// node started with the same ones serves the same functions; the data
+    /// dir then holds only this node's compile cache and scratch. Overrides
+    /// the urls of the config file's [cluster] section.
+    #[arg(
+        long,
+        env = "UPDRAFT_CLUSTER",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    pub cluster: Vec<String>,
     /// Server config file: the backends of key-value and blob state (see
     /// docs/server-config.md). Without it, everything is embedded in the data dir.
     #[arg(long, env = "UPDRAFT_CONFIG", value_name = "FILE")]
@@ -78,6 +90,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         None => ServerConfig::default(),
     };
     let mut config = PlatformConfig::new(args.data_dir.clone());
+    config.cluster = match (file.cluster, args.cluster.is_empty()) {
+        (Some(cluster), true) => Some(cluster),
+        (Some(mut cluster), false) => {
+            cluster.urls = args.cluster.clone();
+            Some(cluster)
+        }
+        (None, false) => Some(updraft_state::nats::ClusterConfig::new(
+            args.cluster.iter().cloned(),
+        )),
+        (None, true) => None,
+    };
     config.kv = file.kv;
     config.blobs = file.blobs;
     config.prices = file.prices;
@@ -95,7 +118,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         )
     })?;
-    let new_admin_key = ensure_admin_key(&platform, &args.data_dir)?;
+    let new_admin_key = ensure_admin_key(&platform, &args.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| {
@@ -132,13 +155,14 @@ pub const ADMIN_KEY_FILE: &str = "admin.key";
 /// writes it, readable by this user only, to `DATA_DIR/admin.key`: that file
 /// is the credential of the machine's operator. The server itself keeps
 /// only the key's hash. Returns the file if a key was made.
-fn ensure_admin_key(platform: &Platform, data_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+async fn ensure_admin_key(platform: &Platform, data_dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     if !platform.api_keys(None).is_empty() {
         return Ok(None);
     }
     let path = data_dir.join(ADMIN_KEY_FILE);
     let (_, key) = platform
         .create_api_key(updraft_core::LOCAL_TENANT, true, "created at first start")
+        .await
         .context("cannot create the admin API key")?;
     write_private(&path, &format!("{key}\n"))
         .with_context(|| format!("cannot write the admin API key to {}", path.display()))?;

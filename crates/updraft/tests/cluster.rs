@@ -1,8 +1,8 @@
-//! Cluster mode, as far as it is built: key-value stores in NATS
-//! JetStream (`[kv] type = "nats"`), shared by every server on one NATS,
-//! with a real `nats-server` started by each test. Start-up refuses a NATS
-//! it cannot use, naming it; an outage while running answers 503 and loses
-//! nothing acknowledged.
+//! Cluster mode, as far as it is built: nodes started with `--cluster`
+//! share one registry and key-value stores in NATS JetStream (also
+//! `[kv] type = "nats"` alone), with a real `nats-server` started by each
+//! test. Start-up refuses a NATS it cannot use, naming it; an outage while
+//! running answers 503 and loses nothing acknowledged.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -75,6 +75,143 @@ async fn two_servers_share_key_value_stores_in_nats() {
         let local = std::fs::metadata(dir.path().join(node).join("kv.redb"));
         assert!(local.is_err(), "node {node} has a kv.redb");
     }
+}
+
+/// Starts `n` nodes on the NATS at `url`. The first makes the cluster's
+/// admin key; the others find keys there and make none, so the key is
+/// copied to their data dirs as an operator would.
+fn start_nodes(dir: &std::path::Path, url: &str, n: usize) -> Vec<Server> {
+    let first = Server::start_with(&dir.join("n1"), &["--cluster", url]);
+    let mut nodes = vec![first];
+    for i in 2..=n {
+        let data_dir = dir.join(format!("n{i}"));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        std::fs::copy(
+            nodes[0].data_dir.join("admin.key"),
+            data_dir.join("admin.key"),
+        )
+        .unwrap();
+        nodes.push(Server::start_with(&data_dir, &["--cluster", url]));
+    }
+    nodes
+}
+
+/// What `node` serves as `name`: its version and digest (`None`: 404).
+async fn serving(node: &Server, name: &str) -> Option<(u64, String)> {
+    let r = node
+        .api()
+        .get(node.url(&format!("/v1/functions/{name}")))
+        .send()
+        .await
+        .unwrap();
+    if r.status() == 404 {
+        return None;
+    }
+    let json: serde_json::Value = r.json().await.unwrap();
+    Some((
+        json["version"].as_u64().unwrap(),
+        json["digest"].as_str().unwrap().to_string(),
+    ))
+}
+
+/// Waits until every node serves `name` as `expected` and answers its route.
+async fn wait_everywhere(nodes: &[Server], name: &str, expected: &Option<(u64, String)>) {
+    for (i, node) in nodes.iter().enumerate() {
+        let what = format!("node {i} never served {name} as {expected:?}");
+        wait_until(&what, WAIT_MAX, Duration::from_millis(20), || async {
+            match serving(node, name).await {
+                seen if &seen == expected => Ok(()),
+                seen => Err(format!("it serves {seen:?}")),
+            }
+        })
+        .await;
+    }
+}
+
+/// Three nodes on one NATS are one platform: a deploy through one is
+/// served by all with the same version digest, a redeploy and a rollback
+/// through others too, increments through all three add up, and a delete
+/// is gone everywhere. No node keeps the registry on its disk.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_share_one_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let nodes = start_nodes(dir.path(), &nats.url, 3);
+    let toml = "route = \"/counter\"\nkey_value_stores = [\"default\"]";
+    nodes[0].deploy_guest("counter", "counter-rust", toml);
+    let first = serving(&nodes[0], "counter").await;
+    assert_eq!(first.as_ref().map(|(v, _)| *v), Some(1));
+    wait_everywhere(&nodes, "counter", &first).await;
+
+    // A new version through node 2 (another env is another version).
+    let toml2 = format!("{toml}\n[env]\nEDITION = \"2\"");
+    nodes[1].deploy_guest("counter", "counter-rust", &toml2);
+    let second = serving(&nodes[1], "counter").await;
+    assert_eq!(second.as_ref().map(|(v, _)| *v), Some(2));
+    assert_ne!(second, first);
+    wait_everywhere(&nodes, "counter", &second).await;
+
+    // A rollback through node 3.
+    nodes[2].cli_ok(&["rollback", "counter"]);
+    wait_everywhere(&nodes, "counter", &first).await;
+
+    // 3 × 300 concurrent increments of one key, through every node.
+    let increments: Vec<_> = (0..900)
+        .map(|i| {
+            let url = nodes[i % 3].url("/counter?key=shared");
+            tokio::spawn(async move {
+                let r = client().get(url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.text().await.unwrap().trim().parse::<i64>().unwrap()
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for increment in increments {
+        seen.push(increment.await.unwrap());
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=900).collect::<Vec<i64>>());
+
+    nodes[0].cli_ok(&["rm", "counter"]);
+    wait_everywhere(&nodes, "counter", &None).await;
+    for node in &nodes {
+        let r = client().get(node.url("/counter")).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        for shared in ["registry.redb", "kv.redb", "tenants.redb"] {
+            assert!(!node.data_dir.join(shared).exists(), "{shared} on a node");
+        }
+    }
+    // A key made through one node works on the others.
+    let made = nodes[2]
+        .api()
+        .post(nodes[2].url("/v1/keys"))
+        .json(&serde_json::json!({ "tenant": "acme", "label": "ci" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 201);
+    let key = made.json::<serde_json::Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until(
+        "the key never worked on node 1",
+        WAIT_MAX,
+        Duration::from_millis(20),
+        || async {
+            let r = client_with_key(&key)
+                .get(nodes[0].url("/v1/functions"))
+                .send()
+                .await
+                .unwrap();
+            match r.status().as_u16() {
+                200 => Ok(()),
+                status => Err(format!("{status}")),
+            }
+        },
+    )
+    .await;
 }
 
 #[test]

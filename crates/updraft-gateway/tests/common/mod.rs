@@ -27,7 +27,10 @@ impl Api {
         let platform = Platform::open(PlatformConfig::new(dir.path().to_path_buf()))
             .await
             .unwrap();
-        let (_, key) = platform.create_api_key("local", true, "test").unwrap();
+        let (_, key) = platform
+            .create_api_key("local", true, "test")
+            .await
+            .unwrap();
         Api {
             platform,
             key,

@@ -375,11 +375,15 @@ impl Events {
     }
 
     /// The async queues of every function of `tenant`.
-    pub fn function_queues(&self, tenant: &str) -> Result<Vec<FunctionQueues>, PlatformError> {
+    pub async fn function_queues(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<FunctionQueues>, PlatformError> {
         let now = now_ms();
         Ok(self
             .functions
-            .list(tenant)?
+            .list(tenant)
+            .await?
             .into_iter()
             .map(|(record, _)| {
                 let name = record.name;

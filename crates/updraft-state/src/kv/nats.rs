@@ -24,20 +24,17 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::RwLock;
 
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::kv::{self, Operation, Store};
-use async_nats::jetstream::stream::{self, StorageType};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use updraft_core::Failure;
 
 use super::{
-    CasOutcome, KeyPage, KvError, KvStore, LIST_PAGE_MAX, StoreId, VALUE_BYTES_MAX, check_batch,
-    check_key, check_value, counter_value,
+    CasOutcome, KeyPage, KvError, KvStore, LIST_PAGE_MAX, StoreId, check_batch, check_key,
+    check_value, counter_value,
 };
-use crate::nats::{Cluster, MESSAGE_OVERHEAD};
+use crate::nats::Cluster;
 
 /// What every bucket's name starts with.
 const BUCKET_PREFIX: &str = "updraft-kv_";
@@ -131,48 +128,13 @@ impl NatsKv {
             return Ok(Some(bucket.clone()));
         }
         let name = bucket_name(store)?;
-        let js = &self.cluster.jetstream;
-        let found = match js.get_key_value(name.as_str()).await {
-            Ok(bucket) => Some(bucket),
-            Err(e) if e.kind() == async_nats::jetstream::context::KeyValueErrorKind::GetBucket => {
-                None
-            }
-            Err(e) => return Err(unavailable("opening a key-value bucket failed")(boxed(e))),
-        };
-        let bucket = match (found, create) {
-            (Some(bucket), _) => bucket,
-            (None, false) => return Ok(None),
-            (None, true) => {
-                // The stream behind a KV bucket, by the KV conventions, made
-                // directly: the client's `create_key_value` first asks for
-                // account details that NATS 2.9 does not answer in the form
-                // it parses.
-                let config = stream::Config {
-                    name: format!("KV_{name}"),
-                    subjects: vec![format!("$KV.{name}.>")],
-                    max_messages_per_subject: 1,
-                    max_message_size: i32::try_from(VALUE_BYTES_MAX + MESSAGE_OVERHEAD)
-                        .unwrap_or(i32::MAX),
-                    storage: StorageType::File,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: stream::DiscardPolicy::New,
-                    num_replicas: 1,
-                    ..Default::default()
-                };
-                match js.create_stream(config).await {
-                    Ok(_) => js
-                        .get_key_value(name.as_str())
-                        .await
-                        .map_err(|e| unavailable("opening a key-value bucket failed")(boxed(e)))?,
-                    // Another node may have created it first; if not, the
-                    // creation's error is the one to tell.
-                    Err(create) => js.get_key_value(name.as_str()).await.map_err(|_| {
-                        unavailable("creating a key-value bucket failed")(boxed(create))
-                    })?,
-                }
-            }
+        let Some(bucket) = self
+            .cluster
+            .key_value(&name, create)
+            .await
+            .map_err(unavailable("opening a key-value bucket failed"))?
+        else {
+            return Ok(None);
         };
         self.buckets
             .write()
@@ -233,26 +195,13 @@ impl NatsKv {
     /// Every live key under `prefix` in `bucket`, with its value's size,
     /// read headers only.
     async fn scan(&self, bucket: &Store, prefix: &str) -> Result<Vec<(String, u64)>, KvError> {
-        let failed = unavailable("listing keys failed");
-        let consumer = bucket
-            .stream
-            .create_consumer(OrderedConfig {
-                deliver_subject: self.cluster.jetstream.client().new_inbox(),
-                filter_subject: prefix_filter(&bucket.prefix, prefix),
-                headers_only: true,
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
+        let messages = self
+            .cluster
+            .last_per_subject(&bucket.stream, prefix_filter(&bucket.prefix, prefix), true)
             .await
-            .map_err(|e| failed(boxed(e)))?;
-        let mut pending = consumer.cached_info().num_pending;
+            .map_err(unavailable("listing keys failed"))?;
         let mut keys = Vec::new();
-        if pending == 0 {
-            return Ok(keys);
-        }
-        let mut messages = consumer.messages().await.map_err(|e| failed(boxed(e)))?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| failed(boxed(e)))?;
+        for message in messages {
             let header = |name: &str| {
                 message
                     .headers
@@ -260,21 +209,16 @@ impl NatsKv {
                     .and_then(|h| h.get(name))
                     .map(|v| v.as_str().to_string())
             };
-            let live = !matches!(header("KV-Operation").as_deref(), Some("DEL" | "PURGE"));
             let key = message
                 .subject
                 .as_str()
                 .strip_prefix(bucket.prefix.as_str())
                 .and_then(decode_key);
-            if let (true, Some(key)) = (live, key) {
+            if let (true, Some(key)) = (crate::nats::is_live(&message), key) {
                 let size = header("Nats-Msg-Size")
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0);
                 keys.push((key, size));
-            }
-            pending = message.info().map_err(&failed)?.pending;
-            if pending == 0 {
-                break;
             }
         }
         Ok(keys)
@@ -499,7 +443,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::kv::{KEY_BYTES_MAX, model};
+    use crate::kv::{KEY_BYTES_MAX, VALUE_BYTES_MAX, model};
     use crate::nats::{ClusterConfig, ClusterError};
     use crate::testing::NatsServer;
 

@@ -1,9 +1,6 @@
-//! The function registry: functions, their immutable versions and aliases, in
-//! one redb database (`registry.redb`), with the uploaded Wasm kept as
-//! content-addressed files (`wasm/<sha256>.wasm`).
-//!
-//! Functions are keyed by `tenant/name` ([`updraft_core::function_key`]);
-//! routes are unique per tenant.
+//! The registry of one node: functions, versions and aliases in one redb
+//! database (`registry.redb`), the uploaded Wasm as content-addressed files
+//! (`wasm/<sha256>.wasm`).
 //!
 //! Every change is one redb write transaction committed with immediate
 //! durability: a deploy is either fully there after a crash or not at all.
@@ -12,66 +9,29 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
-use updraft_core::{
-    Digest, FunctionKind, LOCAL_TENANT, Limits, Manifest, Route, VersionRecord, function_key,
-    split_function_key,
-};
+use updraft_core::{Digest, LOCAL_TENANT, Route, VersionRecord, function_key, split_function_key};
 
+use super::{
+    FunctionRecord, LATEST, NewVersion, Registry, RegistryChange, now_ms, write_atomically,
+};
 use crate::error::StateError;
 
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 const VERSIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("versions");
 
-/// The alias that every deploy moves.
-pub const LATEST: &str = "latest";
-
-/// A function: its name, aliases and version counter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FunctionRecord {
-    /// The owner; records from before tenants existed belong to `local`.
-    #[serde(default = "local_tenant")]
-    pub tenant: String,
-    pub name: String,
-    /// Alias → version number. `latest` is what routes and invokes use.
-    pub aliases: BTreeMap<String, u64>,
-    /// The number the next new version gets.
-    pub next_version: u64,
-    pub created_at_ms: u64,
-    pub updated_at_ms: u64,
+/// The registry of one node, in its data dir.
+pub struct EmbeddedRegistry {
+    inner: Arc<Inner>,
 }
 
-fn local_tenant() -> String {
-    LOCAL_TENANT.to_string()
-}
-
-impl FunctionRecord {
-    /// The registry key, `tenant/name`.
-    pub fn key(&self) -> String {
-        function_key(&self.tenant, &self.name)
-    }
-
-    pub fn latest(&self) -> Option<u64> {
-        self.aliases.get(LATEST).copied()
-    }
-}
-
-/// What a deploy adds.
-#[derive(Debug, Clone)]
-pub struct NewVersion {
-    pub manifest: Manifest,
-    pub wasm_digest: Digest,
-    pub wasm_bytes: u64,
-    pub kind: FunctionKind,
-    pub limits: Limits,
-}
-
-/// The durable registry.
-pub struct Registry {
+struct Inner {
     db: Database,
     wasm_dir: PathBuf,
     /// Set when a write failed in a way that may have left the disk unsure;
@@ -79,16 +39,9 @@ pub struct Registry {
     poisoned: AtomicBool,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-impl Registry {
+impl EmbeddedRegistry {
     /// Opens (or creates) the registry under `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Registry, StateError> {
+    pub fn open(data_dir: &Path) -> Result<EmbeddedRegistry, StateError> {
         let wasm_dir = data_dir.join("wasm");
         std::fs::create_dir_all(&wasm_dir)?;
         let db = Database::create(data_dir.join("registry.redb"))?;
@@ -100,13 +53,95 @@ impl Registry {
         txn.open_table(VERSIONS)?;
         txn.commit()?;
         migrate_to_tenant_keys(&db)?;
-        Ok(Registry {
-            db,
-            wasm_dir,
-            poisoned: AtomicBool::new(false),
+        Ok(EmbeddedRegistry {
+            inner: Arc::new(Inner {
+                db,
+                wasm_dir,
+                poisoned: AtomicBool::new(false),
+            }),
         })
     }
 
+    /// Runs `f` on the database off the async threads: redb blocks, and a
+    /// deploy waits for its fsync.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StateError::Storage(updraft_core::Failure::new(e)))?
+    }
+}
+
+#[async_trait]
+impl Registry for EmbeddedRegistry {
+    async fn store_wasm(&self, digest: &Digest, bytes: Bytes) -> Result<(), StateError> {
+        let digest = *digest;
+        self.blocking(move |inner| inner.store_wasm(&digest, &bytes))
+            .await
+    }
+
+    async fn load_wasm(&self, digest: &Digest) -> Result<Bytes, StateError> {
+        let digest = *digest;
+        self.blocking(move |inner| inner.load_wasm(&digest).map(Bytes::from))
+            .await
+    }
+
+    async fn check_route(&self, key: &str, route: Option<&Route>) -> Result<(), StateError> {
+        let Some(route) = route.cloned() else {
+            return Ok(());
+        };
+        let key = key.to_string();
+        self.blocking(move |inner| inner.check_route(&key, &route))
+            .await
+    }
+
+    async fn deploy(
+        &self,
+        tenant: &str,
+        new: NewVersion,
+    ) -> Result<(FunctionRecord, VersionRecord), StateError> {
+        let tenant = tenant.to_string();
+        self.blocking(move |inner| inner.deploy(&tenant, new)).await
+    }
+
+    async fn list(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<(FunctionRecord, VersionRecord)>, StateError> {
+        let tenant = tenant.map(String::from);
+        self.blocking(move |inner| inner.list(tenant.as_deref()))
+            .await
+    }
+
+    async fn get(&self, key: &str) -> Result<(FunctionRecord, Vec<VersionRecord>), StateError> {
+        let key = key.to_string();
+        self.blocking(move |inner| inner.get(&key)).await
+    }
+
+    async fn rollback(
+        &self,
+        key: &str,
+        version: Option<u64>,
+    ) -> Result<(FunctionRecord, VersionRecord), StateError> {
+        let key = key.to_string();
+        self.blocking(move |inner| inner.rollback(&key, version))
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<Vec<Digest>, StateError> {
+        let key = key.to_string();
+        self.blocking(move |inner| inner.delete(&key)).await
+    }
+
+    async fn changes(&self) -> Result<Option<BoxStream<'static, RegistryChange>>, StateError> {
+        Ok(None)
+    }
+}
+
+impl Inner {
     fn check_writable(&self) -> Result<(), StateError> {
         if self.poisoned.load(Ordering::Relaxed) {
             return Err(StateError::storage(
@@ -125,8 +160,7 @@ impl Registry {
         self.wasm_dir.join(format!("{}.wasm", digest.hex()))
     }
 
-    /// Stores uploaded Wasm under its digest (no-op if already there).
-    pub fn store_wasm(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StateError> {
+    fn store_wasm(&self, digest: &Digest, bytes: &[u8]) -> Result<(), StateError> {
         let path = self.wasm_path(digest);
         if path.is_file() {
             return Ok(());
@@ -135,8 +169,7 @@ impl Registry {
         Ok(())
     }
 
-    /// Reads stored Wasm.
-    pub fn load_wasm(&self, digest: &Digest) -> Result<Vec<u8>, StateError> {
+    fn load_wasm(&self, digest: &Digest) -> Result<Vec<u8>, StateError> {
         std::fs::read(self.wasm_path(digest)).map_err(|e| {
             StateError::Storage(updraft_core::Failure::context(
                 format!("wasm {digest} missing from the data dir"),
@@ -145,19 +178,14 @@ impl Registry {
         })
     }
 
-    /// Refuses a route another function already serves (cheap pre-check;
-    /// [`Registry::deploy`] checks again inside its transaction).
-    pub fn check_route(&self, key: &str, route: Option<&Route>) -> Result<(), StateError> {
-        let Some(route) = route else { return Ok(()) };
+    fn check_route(&self, key: &str, route: &Route) -> Result<(), StateError> {
         let txn = self.db.begin_read()?;
         let functions = txn.open_table(FUNCTIONS)?;
         let versions = txn.open_table(VERSIONS)?;
         route_owner(&functions, &versions, key, route)
     }
 
-    /// Adds a version of `tenant`'s function (or reuses an identical earlier
-    /// one) and moves `latest` to it.
-    pub fn deploy(
+    fn deploy(
         &self,
         tenant: &str,
         new: NewVersion,
@@ -228,8 +256,10 @@ impl Registry {
         }
     }
 
-    /// Every function with the version its `latest` alias points at.
-    pub fn list(&self) -> Result<Vec<(FunctionRecord, VersionRecord)>, StateError> {
+    fn list(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<(FunctionRecord, VersionRecord)>, StateError> {
         let txn = self.db.begin_read()?;
         let functions = txn.open_table(FUNCTIONS)?;
         let versions = txn.open_table(VERSIONS)?;
@@ -240,6 +270,9 @@ impl Registry {
             let Some(latest) = record.latest() else {
                 continue;
             };
+            if tenant.is_some_and(|t| t != record.tenant) {
+                continue;
+            }
             if let Some(v) = versions.get((record.key().as_str(), latest))? {
                 let version: VersionRecord = serde_json::from_slice(v.value())?;
                 out.push((record, version));
@@ -248,8 +281,7 @@ impl Registry {
         Ok(out)
     }
 
-    /// A function (by key) and all its versions, oldest first.
-    pub fn get(&self, name: &str) -> Result<(FunctionRecord, Vec<VersionRecord>), StateError> {
+    fn get(&self, name: &str) -> Result<(FunctionRecord, Vec<VersionRecord>), StateError> {
         let txn = self.db.begin_read()?;
         let functions = txn.open_table(FUNCTIONS)?;
         let versions = txn.open_table(VERSIONS)?;
@@ -269,8 +301,7 @@ impl Registry {
         Ok((record, all))
     }
 
-    /// Points `latest` at `version`, or at the version before the current one.
-    pub fn rollback(
+    fn rollback(
         &self,
         name: &str,
         version: Option<u64>,
@@ -332,10 +363,7 @@ impl Registry {
         }
     }
 
-    /// Removes a function and its versions. Returns the Wasm digests no
-    /// remaining version uses (their files are deleted here; the caller drops
-    /// their compiled artifacts).
-    pub fn delete(&self, name: &str) -> Result<Vec<Digest>, StateError> {
+    fn delete(&self, name: &str) -> Result<Vec<Digest>, StateError> {
         self.check_writable()?;
         let txn = self.db.begin_write()?;
         let orphans = {
@@ -463,96 +491,38 @@ fn migrate_to_tenant_keys(db: &Database) -> Result<(), StateError> {
     Ok(())
 }
 
-/// Writes a file so readers see all of it or none of it, and it survives a crash.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn version(name: &str, wasm: &[u8], route: Option<&str>) -> NewVersion {
-        let manifest = Manifest {
-            name: name.into(),
-            route: route.map(String::from),
-            ..Manifest::default()
-        };
-        NewVersion {
-            limits: manifest.limits().unwrap(),
-            manifest,
-            wasm_digest: Digest::of(wasm),
-            wasm_bytes: wasm.len() as u64,
-            kind: FunctionKind::Http,
-        }
+    use crate::registry::model::{self, version};
+
+    #[tokio::test]
+    async fn behaves_like_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        model::run(&EmbeddedRegistry::open(dir.path()).unwrap()).await;
     }
 
-    #[test]
-    fn deploy_versions_rollback_delete_survive_reopen() {
+    #[tokio::test]
+    async fn deploys_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let reg = Registry::open(dir.path()).unwrap();
-            let (_, v1) = reg.deploy("t", version("a", b"one", Some("/a"))).unwrap();
-            let (_, v2) = reg.deploy("t", version("a", b"two", Some("/a"))).unwrap();
-            assert_eq!((v1.version, v2.version), (1, 2));
-            // Identical content reuses the version.
-            let (rec, again) = reg.deploy("t", version("a", b"two", Some("/a"))).unwrap();
-            assert_eq!(again.version, 2);
-            assert_eq!(rec.next_version, 3);
-            let (rec, back) = reg.rollback("t/a", None).unwrap();
-            assert_eq!((rec.latest(), back.version), (Some(1), 1));
-            assert!(matches!(
-                reg.rollback("t/a", Some(9)),
-                Err(StateError::VersionNotFound { version: 9, .. })
-            ));
+            let reg = EmbeddedRegistry::open(dir.path()).unwrap();
+            reg.deploy("t", version("a", b"one", Some("/a")))
+                .await
+                .unwrap();
+            reg.deploy("t", version("a", b"two", Some("/a")))
+                .await
+                .unwrap();
+            reg.rollback("t/a", None).await.unwrap();
         }
-        let reg = Registry::open(dir.path()).unwrap();
-        let (rec, versions) = reg.get("t/a").unwrap();
-        assert_eq!((rec.latest(), rec.key()), (Some(1), "t/a".to_string()));
-        assert_eq!(versions.len(), 2);
-        let orphans = reg.delete("t/a").unwrap();
-        assert_eq!(orphans.len(), 2);
-        assert!(matches!(
-            reg.get("t/a"),
-            Err(StateError::FunctionNotFound(_))
-        ));
-        assert!(reg.list().unwrap().is_empty());
+        let reg = EmbeddedRegistry::open(dir.path()).unwrap();
+        let (rec, versions) = reg.get("t/a").await.unwrap();
+        assert_eq!((rec.latest(), versions.len()), (Some(1), 2));
     }
 
-    #[test]
-    fn route_conflicts_leave_registry_unchanged() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(dir.path()).unwrap();
-        reg.deploy("t", version("a", b"one", Some("/x"))).unwrap();
-        let err = reg
-            .deploy("t", version("b", b"two", Some("/x")))
-            .unwrap_err();
-        assert!(matches!(err, StateError::RouteConflict { ref owner, .. } if owner == "a"));
-        assert!(matches!(
-            reg.get("t/b"),
-            Err(StateError::FunctionNotFound(_))
-        ));
-        // A prefix route on the same path is a different route.
-        reg.deploy("t", version("b", b"two", Some("/x/...")))
-            .unwrap();
-        // Redeploying the owner on its own route is fine.
-        reg.deploy("t", version("a", b"three", Some("/x"))).unwrap();
-        // Routes are per tenant: another tenant may serve /x too.
-        reg.deploy("u", version("a", b"one", Some("/x"))).unwrap();
-        assert_eq!(reg.list().unwrap().len(), 3);
-    }
-
-    #[test]
-    fn functions_from_before_tenants_move_to_local() {
+    #[tokio::test]
+    async fn functions_from_before_tenants_move_to_local() {
         let dir = tempfile::tempdir().unwrap();
         {
             // A data dir written by a version without tenants.
@@ -591,9 +561,9 @@ mod tests {
             }
             txn.commit().unwrap();
         }
-        let reg = Registry::open(dir.path()).unwrap();
-        let (record, versions) = reg.get("local/old").unwrap();
+        let reg = EmbeddedRegistry::open(dir.path()).unwrap();
+        let (record, versions) = reg.get("local/old").await.unwrap();
         assert_eq!((record.tenant.as_str(), versions.len()), (LOCAL_TENANT, 1));
-        assert_eq!(reg.list().unwrap().len(), 1);
+        assert_eq!(reg.list(None).await.unwrap().len(), 1);
     }
 }
