@@ -30,7 +30,7 @@ pub(crate) async fn invocation(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<InvocationStatus>, ApiError> {
-    match platform.events().invocation(&caller.tenant, &id)? {
+    match platform.events().invocation(&caller.tenant, &id).await? {
         Some(status) => Ok(Json(status)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -61,7 +61,8 @@ pub(crate) async fn dead_letters(
         .clamp(1, DLQ_PAGE_MAX);
     let dead = platform
         .events()
-        .dead_letters(&caller.tenant, &name, limit)?;
+        .dead_letters(&caller.tenant, &name, limit)
+        .await?;
     Ok(Json(json!({ "function": name, "dead_letters": dead })))
 }
 
@@ -79,7 +80,7 @@ pub(crate) async fn queues(
     Extension(caller): Extension<Caller>,
 ) -> Result<Json<Value>, ApiError> {
     let functions = platform.events().function_queues(&caller.tenant).await?;
-    let (queues, topics) = platform.events().channel_overview(&caller.tenant)?;
+    let (queues, topics) = platform.events().channel_overview(&caller.tenant).await?;
     Ok(Json(
         json!({ "functions": functions, "queues": queues, "topics": topics }),
     ))

@@ -368,18 +368,15 @@ impl Functions {
 
     /// Deploys a new version of `tenant`'s function: validate, compile,
     /// store, then point `latest` at it. Nothing is stored unless every step
-    /// succeeds. `vet_triggers` refuses triggers on what does not exist
-    /// (the events service knows).
+    /// succeeds. Its triggers are the facade's to check.
     pub(crate) async fn deploy(
         &self,
         tenant: &str,
         manifest: Manifest,
         wasm: Bytes,
-        vet_triggers: impl FnOnce(&[EventTrigger]) -> Result<(), PlatformError>,
     ) -> Result<Deployed, PlatformError> {
         let limits = manifest.validate()?;
         let route = manifest.parsed_route()?;
-        vet_triggers(&manifest.parsed_triggers()?)?;
         let mut manifest = manifest;
         // `source` is where the CLI found the file; it is not part of the version.
         manifest.source = None;

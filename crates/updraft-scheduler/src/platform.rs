@@ -343,9 +343,13 @@ impl Platform {
         manifest: Manifest,
         wasm: Bytes,
     ) -> Result<Deployed, PlatformError> {
-        let events = &self.events;
-        let vet = |triggers: &[_]| events.check_triggers(tenant, triggers);
-        let deployed = self.functions.deploy(tenant, manifest, wasm, vet).await?;
+        // Triggers on what does not exist are refused (the events service
+        // knows what does), after the manifest's own checks.
+        manifest.validate()?;
+        self.events
+            .check_triggers(tenant, &manifest.parsed_triggers()?)
+            .await?;
+        let deployed = self.functions.deploy(tenant, manifest, wasm).await?;
         self.events.serve(std::slice::from_ref(&deployed.loaded));
         Ok(deployed)
     }

@@ -261,7 +261,7 @@ impl Events {
     }
 
     /// Where async invocation `id` of `tenant` is.
-    pub fn invocation(
+    pub async fn invocation(
         &self,
         tenant: &str,
         id: &str,
@@ -269,7 +269,12 @@ impl Events {
         let Ok(uuid) = Uuid::parse_str(id) else {
             return Ok(None);
         };
-        let Some(state) = self.queues.locate(tenant, uuid).map_err(queue_error)? else {
+        let Some(state) = self
+            .queues
+            .locate(tenant, uuid)
+            .await
+            .map_err(queue_error)?
+        else {
             return Ok(None);
         };
         let from_queue = |queue: &QueueId| -> (String, bool) {
@@ -342,7 +347,7 @@ impl Events {
     }
 
     /// The dead letters of a function, oldest first.
-    pub fn dead_letters(
+    pub async fn dead_letters(
         &self,
         tenant: &str,
         name: &str,
@@ -352,6 +357,7 @@ impl Events {
         Ok(self
             .queues
             .list(&dead_letter_queue(tenant, name), limit)
+            .await
             .map_err(queue_error)?
             .into_iter()
             .map(DeadLetter::from)
@@ -380,27 +386,32 @@ impl Events {
         tenant: &str,
     ) -> Result<Vec<FunctionQueues>, PlatformError> {
         let now = now_ms();
-        Ok(self
-            .functions
-            .list(tenant)
-            .await?
-            .into_iter()
-            .map(|(record, _)| {
-                let name = record.name;
-                let QueueStats {
-                    depth,
-                    in_flight,
-                    oldest_enqueued_ms,
-                } = self.queues.stats(&function_queue(tenant, &name));
-                FunctionQueues {
-                    depth,
-                    in_flight,
-                    oldest_age_ms: oldest_enqueued_ms.map(|t| now.saturating_sub(t)),
-                    dead_letters: self.queues.stats(&dead_letter_queue(tenant, &name)).depth,
-                    function: name,
-                }
-            })
-            .collect())
+        let mut out = Vec::new();
+        for (record, _) in self.functions.list(tenant).await? {
+            let name = record.name;
+            let QueueStats {
+                depth,
+                in_flight,
+                oldest_enqueued_ms,
+            } = self
+                .queues
+                .stats(&function_queue(tenant, &name))
+                .await
+                .map_err(queue_error)?;
+            let dead = self
+                .queues
+                .stats(&dead_letter_queue(tenant, &name))
+                .await
+                .map_err(queue_error)?;
+            out.push(FunctionQueues {
+                depth,
+                in_flight,
+                oldest_age_ms: oldest_enqueued_ms.map(|t| now.saturating_sub(t)),
+                dead_letters: dead.depth,
+                function: name,
+            });
+        }
+        Ok(out)
     }
 
     /// Starts the dispatcher of a function on `source` unless it runs.
@@ -454,6 +465,7 @@ async fn dispatch(events: &Weak<Events>, tenant: &str, name: &str, source: &Sour
             if settings.is_none_or(|(at, ..)| at.elapsed() >= SETTINGS_REREAD) {
                 settings = p
                     .channel_settings(tenant, channel)
+                    .await
                     .map(|(visibility, batch)| (Instant::now(), visibility, batch));
             }
             let (Some((_, visibility_ms, batch_size)), true) =

@@ -226,8 +226,8 @@ impl Events {
     }
 
     /// A named queue's visibility timeout and batch size, if it exists.
-    pub(crate) fn channel_settings(&self, tenant: &str, name: &str) -> Option<(u64, u32)> {
-        let channels = self.queues.channels(tenant).ok()?;
+    pub(crate) async fn channel_settings(&self, tenant: &str, name: &str) -> Option<(u64, u32)> {
+        let channels = self.queues.channels(tenant).await.ok()?;
         let channel = channels.into_iter().find(|c| c.name == name)?;
         Some((channel.visibility_timeout_ms, channel.batch_size))
     }
@@ -291,7 +291,7 @@ impl Events {
         name: &str,
         kind: ChannelKind,
     ) -> Result<(), PlatformError> {
-        let channel = self.channel(tenant, name)?;
+        let channel = self.channel(tenant, name).await?;
         if channel.kind != kind {
             return Err(QueueError::ChannelNotFound {
                 kind,
@@ -314,9 +314,10 @@ impl Events {
         Ok(())
     }
 
-    fn channel(&self, tenant: &str, name: &str) -> Result<Channel, PlatformError> {
+    async fn channel(&self, tenant: &str, name: &str) -> Result<Channel, PlatformError> {
         self.queues
-            .channels(tenant)?
+            .channels(tenant)
+            .await?
             .into_iter()
             .find(|c| c.name == name)
             .ok_or_else(|| PlatformError::UnknownChannel(name.to_string()))
@@ -359,7 +360,7 @@ impl Events {
         name: &str,
         events: Vec<Outgoing>,
     ) -> Result<Published, PlatformError> {
-        let channel = self.channel(tenant, name)?;
+        let channel = self.channel(tenant, name).await?;
         let payloads: Vec<Vec<u8>> = events.iter().map(Outgoing::encode).collect();
         let message = |payload| NewMessage {
             payload,
@@ -402,20 +403,23 @@ impl Events {
     }
 
     /// The named queues and topics of `tenant` with their state.
-    pub fn channel_overview(
+    pub async fn channel_overview(
         &self,
         tenant: &str,
     ) -> Result<(Vec<QueueOverview>, Vec<TopicOverview>), PlatformError> {
         let now = now_ms();
         let (mut queues, mut topics) = (Vec::new(), Vec::new());
-        for channel in self.queues.channels(tenant)? {
+        for channel in self.queues.channels(tenant).await? {
             match channel.kind {
                 ChannelKind::Queue => {
                     let QueueStats {
                         depth,
                         in_flight,
                         oldest_enqueued_ms,
-                    } = self.queues.stats(&channel_queue(tenant, &channel.name));
+                    } = self
+                        .queues
+                        .stats(&channel_queue(tenant, &channel.name))
+                        .await?;
                     queues.push(QueueOverview {
                         consumers: self.triggered_by(tenant, ChannelKind::Queue, &channel.name),
                         channel,
@@ -435,12 +439,12 @@ impl Events {
 
     /// Refuses a version whose queue or topic triggers name channels the
     /// tenant does not have.
-    pub(crate) fn check_triggers(
+    pub(crate) async fn check_triggers(
         &self,
         tenant: &str,
         triggers: &[EventTrigger],
     ) -> Result<(), PlatformError> {
-        let channels = self.queues.channels(tenant)?;
+        let channels = self.queues.channels(tenant).await?;
         for trigger in triggers {
             let (kind, name) = match trigger {
                 EventTrigger::Queue(name) => (ChannelKind::Queue, name),
@@ -479,9 +483,19 @@ impl Events {
                 EventTrigger::Cron(schedule) => self.ensure_cron(tenant, name, schedule.clone()),
             }
         }
-        if self.queues.stats(&function_queue(tenant, name)) != QueueStats::default() {
-            self.ensure_dispatcher(tenant, name, Source::Function);
-        }
+        // Work may be waiting from before a restart (or, on a shared
+        // store, from another node): a dispatcher then takes it.
+        let (events, queue) = (self.me(), function_queue(tenant, name));
+        let (tenant, name) = (tenant.to_string(), name.to_string());
+        tokio::spawn(async move {
+            let Some(events) = events.upgrade() else {
+                return;
+            };
+            match events.queues.stats(&queue).await {
+                Ok(stats) if stats == QueueStats::default() => {}
+                _ => events.ensure_dispatcher(&tenant, &name, Source::Function),
+            }
+        });
     }
 
     fn ensure_cron(&self, tenant: &str, name: &str, schedule: String) {

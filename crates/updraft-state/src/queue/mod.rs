@@ -256,7 +256,7 @@ pub trait QueueStore: Send + Sync + 'static {
     /// many.
     async fn purge(&self, queue: &QueueId) -> Result<usize, QueueError>;
     /// `owner`'s named queues and topics, by name.
-    fn channels(&self, owner: &str) -> Result<Vec<Channel>, QueueError>;
+    async fn channels(&self, owner: &str) -> Result<Vec<Channel>, QueueError>;
     /// Leases up to `max` visible messages, oldest first, for `lease`;
     /// waits up to `wait` for one to become visible.
     async fn receive(
@@ -292,10 +292,10 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn redrive(&self, from: &QueueId, to: &QueueId) -> Result<usize, QueueError>;
     /// Where message `id` is, if it is in one of `owner`'s queues or
     /// finished recently.
-    fn locate(&self, owner: &str, id: Uuid) -> Result<Option<MessageState>, QueueError>;
-    fn stats(&self, queue: &QueueId) -> QueueStats;
+    async fn locate(&self, owner: &str, id: Uuid) -> Result<Option<MessageState>, QueueError>;
+    async fn stats(&self, queue: &QueueId) -> Result<QueueStats, QueueError>;
     /// Waiting messages of `queue`, oldest first, at most `limit`.
-    fn list(&self, queue: &QueueId, limit: usize) -> Result<Vec<MessageInfo>, QueueError>;
+    async fn list(&self, queue: &QueueId, limit: usize) -> Result<Vec<MessageInfo>, QueueError>;
 }
 
 /// Checks a channel's name and settings.

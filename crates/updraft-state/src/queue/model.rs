@@ -178,12 +178,12 @@ pub(crate) async fn run(store: &dyn QueueStore, owner: &str, seed: u64, steps: u
                 }
             }
         }
-        check(store, owner, &queue, &dlq, &model, &context);
+        check(store, owner, &queue, &dlq, &model, &context).await;
     }
 }
 
 /// Every message is where the model says, and the counts agree.
-fn check(
+async fn check(
     store: &dyn QueueStore,
     owner: &str,
     queue: &QueueId,
@@ -192,7 +192,7 @@ fn check(
     context: &str,
 ) {
     let count = |at: &Where| model.values().filter(|m| &m.at == at).count() as u64;
-    let stats = store.stats(queue);
+    let stats = store.stats(queue).await.unwrap();
     assert_eq!(stats.depth, count(&Where::Waiting), "{context}: depth");
     assert_eq!(
         stats.in_flight,
@@ -200,18 +200,18 @@ fn check(
         "{context}: in flight"
     );
     assert_eq!(
-        store.stats(dlq).depth,
+        store.stats(dlq).await.unwrap().depth,
         count(&Where::Dead),
         "{context}: dead"
     );
-    let listed = store.list(dlq, 10_000).unwrap();
+    let listed = store.list(dlq, 10_000).await.unwrap();
     assert_eq!(
         listed.len() as u64,
         count(&Where::Dead),
         "{context}: listed"
     );
     for (id, m) in model {
-        let state = store.locate(owner, *id).unwrap();
+        let state = store.locate(owner, *id).await.unwrap();
         let ok = match (&m.at, &state) {
             (
                 Where::Waiting,

@@ -402,7 +402,7 @@ impl QueueStore for EmbeddedQueues {
         }
     }
 
-    fn channels(&self, owner: &str) -> Result<Vec<Channel>, QueueError> {
+    async fn channels(&self, owner: &str) -> Result<Vec<Channel>, QueueError> {
         let txn = self.shared.db.begin_read().map_err(storage)?;
         let table = txn.open_table(CHANNELS).map_err(storage)?;
         let mut channels = Vec::new();
@@ -518,7 +518,7 @@ impl QueueStore for EmbeddedQueues {
         }
     }
 
-    fn locate(&self, owner: &str, id: Uuid) -> Result<Option<MessageState>, QueueError> {
+    async fn locate(&self, owner: &str, id: Uuid) -> Result<Option<MessageState>, QueueError> {
         let index = lock(&self.shared.index);
         let pending = lock(&self.shared.acked)
             .outcome(id.as_u128())
@@ -558,10 +558,10 @@ impl QueueStore for EmbeddedQueues {
         Ok(owned_outcome(value.value(), owner))
     }
 
-    fn stats(&self, queue: &QueueId) -> QueueStats {
+    async fn stats(&self, queue: &QueueId) -> Result<QueueStats, QueueError> {
         let index = lock(&self.shared.index);
         let Some(q) = index.queues.get(queue) else {
-            return QueueStats::default();
+            return Ok(QueueStats::default());
         };
         // Ids are time-ordered (UUIDv7): the smallest is the oldest.
         let oldest = q
@@ -572,14 +572,14 @@ impl QueueStore for EmbeddedQueues {
             .min()
             .and_then(|id| index.messages.get(&id))
             .map(|e| e.enqueued_ms);
-        QueueStats {
+        Ok(QueueStats {
             depth: q.waiting.len() as u64,
             in_flight: q.leased.len() as u64,
             oldest_enqueued_ms: oldest,
-        }
+        })
     }
 
-    fn list(&self, queue: &QueueId, limit: usize) -> Result<Vec<MessageInfo>, QueueError> {
+    async fn list(&self, queue: &QueueId, limit: usize) -> Result<Vec<MessageInfo>, QueueError> {
         let index = lock(&self.shared.index);
         let Some(q) = index.queues.get(queue) else {
             return Ok(Vec::new());
@@ -673,7 +673,7 @@ mod tests {
             .await
             .unwrap();
         assert!(sent.iter().all(|a| !a.duplicate));
-        assert_eq!(q.stats(&jobs).depth, 3);
+        assert_eq!(q.stats(&jobs).await.unwrap().depth, 3);
 
         // Oldest first; a lease hides them from other consumers.
         let got = take(&q, &jobs, 2).await;
@@ -682,23 +682,23 @@ mod tests {
             [b"a", b"b"]
         );
         assert_eq!(got[0].id, sent[0].id);
-        let stats = q.stats(&jobs);
+        let stats = q.stats(&jobs).await.unwrap();
         assert_eq!((stats.depth, stats.in_flight), (1, 2));
         assert!(matches!(
-            q.locate("acme", got[0].id).unwrap(),
+            q.locate("acme", got[0].id).await.unwrap(),
             Some(MessageState::InFlight { attempts: 0, .. })
         ));
 
         // Ack keeps the outcome, for its owner only.
         q.ack(&jobs, got[0].id, b"done a".to_vec()).await.unwrap();
         assert_eq!(
-            q.locate("acme", got[0].id).unwrap(),
+            q.locate("acme", got[0].id).await.unwrap(),
             Some(MessageState::Done {
                 outcome: b"done a".to_vec()
             })
         );
-        assert_eq!(q.locate("bravo", got[0].id).unwrap(), None);
-        assert_eq!(q.locate("bravo", sent[2].id).unwrap(), None);
+        assert_eq!(q.locate("bravo", got[0].id).await.unwrap(), None);
+        assert_eq!(q.locate("bravo", sent[2].id).await.unwrap(), None);
         // A second ack of the same message is refused.
         assert!(matches!(
             q.ack(&jobs, got[0].id, vec![]).await,
@@ -727,13 +727,13 @@ mod tests {
             .await
             .unwrap();
         q.move_to(&jobs, c[0].id, &dlq, "bad".into()).await.unwrap();
-        let dead = q.list(&dlq, 10).unwrap();
+        let dead = q.list(&dlq, 10).await.unwrap();
         assert_eq!(dead.len(), 2);
         assert_eq!((dead[0].id, dead[0].attempts), (b[0].id, 2));
         assert_eq!(dead[0].last_error.as_deref(), Some("boom again"));
-        assert_eq!(q.stats(&jobs), QueueStats::default());
+        assert_eq!(q.stats(&jobs).await.unwrap(), QueueStats::default());
         assert_eq!(q.redrive(&dlq, &jobs).await.unwrap(), 2);
-        assert_eq!(q.stats(&dlq).depth, 0);
+        assert_eq!(q.stats(&dlq).await.unwrap().depth, 0);
         let again = take(&q, &jobs, 10).await;
         assert_eq!(again.len(), 2);
         assert!(again.iter().all(|m| m.attempts == 0));
@@ -750,14 +750,17 @@ mod tests {
             crate::queue::model::run(&q, &format!("owner{seed}"), seed, 400).await;
         }
         let jobs = QueueId::new("owner1", "jobs");
-        let before = (q.stats(&jobs).depth, q.list(&jobs, 10_000).unwrap());
+        let before = (
+            q.stats(&jobs).await.unwrap().depth,
+            q.list(&jobs, 10_000).await.unwrap(),
+        );
         drop(q);
         let q = EmbeddedQueues::open(dir.path()).unwrap();
         // Leases do not survive a restart: what was in flight waits again.
-        let stats = q.stats(&jobs);
+        let stats = q.stats(&jobs).await.unwrap();
         assert_eq!(stats.in_flight, 0);
         assert!(stats.depth >= before.0);
-        let after = q.list(&jobs, 10_000).unwrap();
+        let after = q.list(&jobs, 10_000).await.unwrap();
         for message in &before.1 {
             assert!(after.iter().any(|m| m == message), "{message:?} lost");
         }
@@ -788,7 +791,7 @@ mod tests {
             .await
             .unwrap();
         assert!(!other[0].duplicate);
-        assert_eq!(q.stats(&jobs).depth, 2);
+        assert_eq!(q.stats(&jobs).await.unwrap().depth, 2);
         // Kept after acking, and across a restart.
         let got = take(&q, &jobs, 1).await;
         q.ack(&jobs, got[0].id, vec![]).await.unwrap();
@@ -811,14 +814,14 @@ mod tests {
         let got = take(&q, &jobs, 3).await;
         q.ack(&jobs, got[0].id, b"done".to_vec()).await.unwrap();
         // Seen at once, before the writer has it in the database.
-        assert_eq!(q.stats(&jobs).in_flight, 2);
+        assert_eq!(q.stats(&jobs).await.unwrap().in_flight, 2);
         assert_eq!(
-            q.locate("acme", got[0].id).unwrap(),
+            q.locate("acme", got[0].id).await.unwrap(),
             Some(MessageState::Done {
                 outcome: b"done".to_vec()
             })
         );
-        assert_eq!(q.locate("other", got[0].id).unwrap(), None);
+        assert_eq!(q.locate("other", got[0].id).await.unwrap(), None);
         assert!(matches!(
             q.ack(&jobs, got[0].id, vec![]).await,
             Err(QueueError::NotInFlight { .. })
@@ -833,7 +836,7 @@ mod tests {
         let left = take(&q, &jobs, 3).await;
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].id, got[2].id);
-        let state = q.locate("acme", got[0].id).unwrap();
+        let state = q.locate("acme", got[0].id).await.unwrap();
         assert!(state.is_some(), "the outcome is kept");
     }
 
@@ -864,10 +867,10 @@ mod tests {
             take(&q, &jobs, 1).await;
         }
         q.send(&jobs, vec![msg("flush")]).await.unwrap();
-        let kept: Vec<bool> = acked
-            .iter()
-            .map(|id| q.locate("acme", *id).unwrap().is_some())
-            .collect();
+        let mut kept = Vec::new();
+        for id in &acked {
+            kept.push(q.locate("acme", *id).await.unwrap().is_some());
+        }
         let total = q.shared.outcome_bytes.load(Ordering::Relaxed);
         assert!(total <= 10 * each, "{total} bytes of outcomes kept");
         assert!(kept.iter().filter(|k| **k).count() >= 8, "{kept:?}");
@@ -882,8 +885,8 @@ mod tests {
         tokio::time::sleep(OVER_LIMIT_SWEEP_AFTER * 5).await;
         let left = q.shared.outcome_bytes.load(Ordering::Relaxed);
         assert!(left <= 3 * each, "{left} bytes of outcomes kept");
-        assert!(q.locate("acme", acked[19]).unwrap().is_some());
-        assert!(q.locate("acme", acked[15]).unwrap().is_none());
+        assert!(q.locate("acme", acked[19]).await.unwrap().is_some());
+        assert!(q.locate("acme", acked[15]).await.unwrap().is_none());
     }
 
     /// Small payloads come from the index, large ones (and any past the
@@ -940,7 +943,7 @@ mod tests {
         drop(q);
         // Both were in flight: after a restart both are waiting.
         let q = EmbeddedQueues::open(dir.path()).unwrap();
-        assert_eq!(q.stats(&jobs).depth, 2);
+        assert_eq!(q.stats(&jobs).await.unwrap().depth, 2);
         let got = take(&q, &jobs, 5).await;
         let mut ids: Vec<_> = got.iter().map(|m| m.id).collect();
         ids.sort();
@@ -998,7 +1001,7 @@ mod tests {
             .collect();
         want.sort();
         assert_eq!(all, want);
-        assert_eq!(q.stats(&jobs), QueueStats::default());
+        assert_eq!(q.stats(&jobs).await.unwrap(), QueueStats::default());
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -1035,9 +1038,9 @@ mod tests {
             assert!(matches!(result, Err(QueueError::NotInFlight { .. })));
         }
         // A waiting (not leased) message cannot be acked either.
-        let waiting = q.list(&jobs, 10).unwrap()[0].id;
+        let waiting = q.list(&jobs, 10).await.unwrap()[0].id;
         assert!(q.ack(&jobs, waiting, vec![]).await.is_err());
-        assert_eq!(q.stats(&jobs).depth, 1);
+        assert_eq!(q.stats(&jobs).await.unwrap().depth, 1);
         assert_eq!(take(&q, &jobs, 10).await[0].payload, b"keep");
     }
 
@@ -1078,8 +1081,11 @@ mod tests {
             Err(QueueError::BadChannel(_))
         ));
         let names = |cs: Vec<Channel>| cs.into_iter().map(|c| c.name).collect::<Vec<_>>();
-        assert_eq!(names(q.channels("acme").unwrap()), ["events", "orders"]);
-        assert!(q.channels("bravo").unwrap().is_empty());
+        assert_eq!(
+            names(q.channels("acme").await.unwrap()),
+            ["events", "orders"]
+        );
+        assert!(q.channels("bravo").await.unwrap().is_empty());
 
         // One commit to several queues.
         let (a, b) = (QueueId::new("acme", "a"), QueueId::new("acme", "b"));
@@ -1093,13 +1099,13 @@ mod tests {
         assert_eq!((sent[0].len(), sent[1].len()), (1, 2));
         let _leased = take(&q, &b, 1).await;
         assert_eq!(q.purge(&b).await.unwrap(), 2);
-        assert_eq!(q.stats(&b), QueueStats::default());
-        assert_eq!(q.stats(&a).depth, 1);
+        assert_eq!(q.stats(&b).await.unwrap(), QueueStats::default());
+        assert_eq!(q.stats(&a).await.unwrap().depth, 1);
 
         assert!(q.delete_channel("acme", "orders").await.unwrap());
         assert!(!q.delete_channel("acme", "orders").await.unwrap());
         drop(q);
         let q = EmbeddedQueues::open(dir.path()).unwrap();
-        assert_eq!(names(q.channels("acme").unwrap()), ["events"]);
+        assert_eq!(names(q.channels("acme").await.unwrap()), ["events"]);
     }
 }
