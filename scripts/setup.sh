@@ -8,6 +8,7 @@
 #                     -Zbuild-std for wasm32-wasip1) and the /usr/lib/rustlib links
 #     - JS example:   Node.js 20+ and npm; examples/hello-js/node_modules
 #     - Python:       componentize-py 0.25.1 in a venv under target/py-venv
+#   cluster (`cargo xtask cluster`): up's, and Debian's nats-server
 #   test   (`cargo xtask test`, CI): up's, and
 #     - the peer:     wasmtime-cli 48.0.8 (`wasmtime run` / `serve`, the
 #                     portability tests), built from source: ~16 min, once
@@ -21,7 +22,7 @@
 # so a second run does nothing. `apt-get update` runs only if a package is
 # missing. Then build the guests with `cargo xtask guests`.
 #
-# Usage: scripts/setup.sh [up|test|bench|all] [--no-wasmtime]
+# Usage: scripts/setup.sh [up|cluster|test|bench|all] [--no-wasmtime]
 #   --no-wasmtime   skip the wasmtime-cli step even where the purpose needs it
 set -euo pipefail
 
@@ -40,18 +41,20 @@ PURPOSE=all
 INSTALL_WASMTIME=1
 for arg in "$@"; do
   case $arg in
-    up|test|bench|all) PURPOSE=$arg ;;
+    up|cluster|test|bench|all) PURPOSE=$arg ;;
     --no-wasmtime) INSTALL_WASMTIME=0 ;;
     -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
 # What each purpose adds to the guest toolchains.
-[ "$PURPOSE" = up ] && INSTALL_WASMTIME=0
+case $PURPOSE in up|cluster) INSTALL_WASMTIME=0 ;; esac
 INSTALL_MOTO=1
-[ "$PURPOSE" = up ] && INSTALL_MOTO=0
+case $PURPOSE in up|cluster) INSTALL_MOTO=0 ;; esac
+INSTALL_NATS=1
+[ "$PURPOSE" = up ] && INSTALL_NATS=0
 INSTALL_BENCH=1
-case $PURPOSE in up|test) INSTALL_BENCH=0 ;; esac
+case $PURPOSE in up|cluster|test) INSTALL_BENCH=0 ;; esac
 
 step() { printf '==> %s\n' "$*"; }
 skip() { printf '    ok: %s\n' "$*"; }
@@ -68,8 +71,8 @@ APT_PACKAGES=(
   clang-16 lld-16 libclang-rt-16-dev-wasm32 wasi-libc       # C guests
   rustc-web cargo-web rust-web-src                           # Rust guests (rustc-web replaces Debian's rustc 1.63)
 )
-if [ $INSTALL_MOTO -eq 1 ]; then
-  APT_PACKAGES+=(nats-server)  # cluster mode's state (JetStream), for its tests
+if [ $INSTALL_NATS -eq 1 ]; then
+  APT_PACKAGES+=(nats-server)  # cluster mode's state (JetStream)
 fi
 if [ $INSTALL_BENCH -eq 1 ]; then
   APT_PACKAGES+=(wrk redis-server)  # the benchmark harness's load generator and key-value baseline

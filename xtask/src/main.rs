@@ -3,7 +3,8 @@
 //! - `guests` builds every Wasm guest (the examples under `examples/` and the
 //!   test guests under `tests/guests/`) into `target/guests/<name>.wasm`,
 //!   skipping those whose inputs have not changed (see [`guests`]).
-//! - `up` and `test` are the README's two commands (see [`flow`]).
+//! - `up` and `test` are the README's two commands (see [`flow`]);
+//!   `cluster` starts NATS and several nodes on this machine.
 //! - `wrap` makes a component of a wasip1 core module, as the platform does
 //!   at deploy (`wasm-tools component new` without the tool).
 //! - `extract-wit` prints the WIT packages a component was built against into
@@ -22,7 +23,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 
-const USAGE: &str = "\
+pub(crate) const USAGE: &str = "\
 usage: cargo xtask <command>
 
 commands:
@@ -40,6 +41,11 @@ commands:
       Install what is missing (scripts/setup.sh), build the guests, start
       Updraft on 127.0.0.1:8080 with data in ./.updraft and deploy the
       examples. ARGS go to `updraft up`.
+  cluster [N]
+      Install what is missing, start nats-server (JetStream, data in
+      ./.updraft-cluster) and N Updraft nodes (3 by default) on
+      127.0.0.1:8081.. over it, and deploy the examples through the first.
+      Every node serves every function; Ctrl-C stops them all.
   test [ARGS...]
       Install what is missing, build the guests, then cargo fmt --check,
       clippy -D warnings and cargo test --workspace (ARGS go to cargo test).
@@ -95,6 +101,7 @@ fn run() -> Result<()> {
         },
         "up" => flow::up(&rest),
         "test" => flow::test(&rest),
+        "cluster" => flow::cluster(&rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

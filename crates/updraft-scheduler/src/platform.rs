@@ -30,7 +30,7 @@ use updraft_sandbox::{Backends, Sandbox, SandboxConfig};
 use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig};
 use updraft_state::kv::{KvConfig, KvStore, NatsKv};
 use updraft_state::nats::{Cluster, ClusterConfig};
-use updraft_state::queue::{EmbeddedQueues, QueueStore};
+use updraft_state::queue::{EmbeddedQueues, NatsQueues, QueueStore};
 use updraft_state::{EmbeddedRegistry, LogStore, NatsRegistry, Registry, Tenants};
 
 use crate::calls::InvokerCaller;
@@ -106,10 +106,11 @@ struct Shared {
     registry: Arc<dyn Registry>,
     kv: Arc<dyn KvStore>,
     tenants: Tenants,
+    queues: Arc<dyn QueueStore>,
 }
 
-/// The registry, key-value stores and API keys: in the data dir, or in
-/// cluster mode shared through NATS (one connection for all).
+/// The registry, key-value stores, API keys and queues: in the data dir,
+/// or in cluster mode shared through NATS (one connection for all).
 async fn open_shared(
     cluster: Option<&ClusterConfig>,
     kv: &KvConfig,
@@ -118,19 +119,27 @@ async fn open_shared(
     let Some(cluster) = cluster else {
         let dir = data_dir.to_path_buf();
         let local = tokio::task::spawn_blocking(move || {
-            Ok::<_, PlatformError>((EmbeddedRegistry::open(&dir)?, Tenants::open(&dir)?))
+            Ok::<_, PlatformError>((
+                EmbeddedRegistry::open(&dir)?,
+                Tenants::open(&dir)?,
+                EmbeddedQueues::open(&dir)?,
+            ))
         });
         let (local, kv) = tokio::join!(local, kv.open(data_dir));
-        let (registry, tenants) = local.map_err(join_error)??;
+        let (registry, tenants, queues) = local.map_err(join_error)??;
         return Ok(Shared {
             registry: Arc::new(registry),
             kv: kv?,
             tenants,
+            queues: Arc::new(queues),
         });
     };
     let cluster = Cluster::connect(cluster).await?;
-    let (registry, tenants) =
-        tokio::join!(NatsRegistry::open(&cluster), Tenants::open_nats(&cluster));
+    let (registry, tenants, queues) = tokio::join!(
+        NatsRegistry::open(&cluster),
+        Tenants::open_nats(&cluster),
+        NatsQueues::open(&cluster)
+    );
     let kv: Arc<dyn KvStore> = match kv {
         // Stores every node shares: a node's own disk would split them.
         KvConfig::Embedded { .. } => Arc::new(NatsKv::new(cluster)),
@@ -140,6 +149,7 @@ async fn open_shared(
         registry: Arc::new(registry?),
         kv,
         tenants: tenants?,
+        queues: Arc::new(queues?),
     })
 }
 
@@ -221,21 +231,16 @@ impl Platform {
                 false => None,
             };
             let blobs = blob_config.open(&data_dir, blob_bytes_max)?;
-            let queues: Arc<dyn QueueStore> = Arc::new(EmbeddedQueues::open(&data_dir)?);
-            Ok::<_, PlatformError>((
-                LogStore::open(&data_dir)?,
-                Arc::new(blobs),
-                metering,
-                queues,
-            ))
+            Ok::<_, PlatformError>((LogStore::open(&data_dir)?, Arc::new(blobs), metering))
         });
         let shared = open_shared(config.cluster.as_ref(), &kv_config, &config.data_dir);
         let (sandbox, stores, shared) = tokio::join!(sandbox, stores, shared);
-        let (log_store, blobs, metering, queues) = stores.map_err(join_error)??;
+        let (log_store, blobs, metering) = stores.map_err(join_error)??;
         let Shared {
             registry,
             kv,
             tenants,
+            queues,
         } = shared?;
         if !matches!(config.blobs, BlobConfig::Local { .. }) {
             blobs.check().await?;

@@ -41,7 +41,18 @@ pub struct ClusterConfig {
     /// Require TLS to every server.
     #[serde(default)]
     pub tls: bool,
+    /// Copies JetStream keeps of every stream and bucket Updraft creates:
+    /// 3 on a 3-server NATS cluster survives losing one server.
+    #[serde(default = "one_replica")]
+    pub replicas: usize,
 }
+
+fn one_replica() -> usize {
+    1
+}
+
+/// Most replicas JetStream keeps of a stream.
+pub const REPLICAS_MAX: usize = 5;
 
 impl ClusterConfig {
     pub fn new(urls: impl IntoIterator<Item = impl Into<String>>) -> ClusterConfig {
@@ -49,6 +60,7 @@ impl ClusterConfig {
             urls: urls.into_iter().map(Into::into).collect(),
             credentials: None,
             tls: false,
+            replicas: 1,
         }
     }
 
@@ -63,6 +75,10 @@ impl ClusterConfig {
 pub enum ClusterError {
     #[error("no NATS URL is given: list one in `urls`, e.g. urls = [\"nats://127.0.0.1:4222\"]")]
     NoUrl,
+    #[error(
+        "replicas = {0}: JetStream keeps 1 to {REPLICAS_MAX} copies; use 1, or 3 on a 3-server NATS cluster"
+    )]
+    Replicas(usize),
     #[error(
         "cannot connect to NATS at {urls}: is nats-server running there, with JetStream (`-js`)? Check the URL"
     )]
@@ -98,7 +114,9 @@ pub enum ClusterError {
 impl Classify for ClusterError {
     fn kind(&self) -> ErrorKind {
         match self {
-            ClusterError::NoUrl | ClusterError::Credentials { .. } => ErrorKind::Invalid,
+            ClusterError::NoUrl | ClusterError::Replicas(_) | ClusterError::Credentials { .. } => {
+                ErrorKind::Invalid
+            }
             ClusterError::Connect { .. }
             | ClusterError::NoJetStream { .. }
             | ClusterError::PayloadTooSmall { .. } => ErrorKind::Unavailable,
@@ -116,6 +134,8 @@ impl Classify for ClusterError {
 pub struct Cluster {
     pub(crate) jetstream: async_nats::jetstream::Context,
     urls: String,
+    /// Of every stream and bucket created.
+    pub(crate) replicas: usize,
 }
 
 /// Asks JetStream for the account's info: a server without JetStream has
@@ -143,6 +163,9 @@ impl Cluster {
     pub async fn connect(config: &ClusterConfig) -> Result<Cluster, ClusterError> {
         if config.urls.is_empty() {
             return Err(ClusterError::NoUrl);
+        }
+        if !(1..=REPLICAS_MAX).contains(&config.replicas) {
+            return Err(ClusterError::Replicas(config.replicas));
         }
         let urls = config.named();
         let mut options = async_nats::ConnectOptions::new()
@@ -184,7 +207,11 @@ impl Cluster {
             .timeout(REQUEST_TIMEOUT)
             .ack_timeout(REQUEST_TIMEOUT)
             .build(client);
-        Ok(Cluster { jetstream, urls })
+        Ok(Cluster {
+            jetstream,
+            urls,
+            replicas: config.replicas,
+        })
     }
 
     /// The servers, as given.
@@ -199,6 +226,17 @@ impl Cluster {
         &self,
         name: &str,
         create: bool,
+    ) -> Result<Option<Store>, async_nats::Error> {
+        self.key_value_aged(name, create, Duration::ZERO).await
+    }
+
+    /// [`Cluster::key_value`] whose entries expire `max_age` after their
+    /// last write (zero: never).
+    pub(crate) async fn key_value_aged(
+        &self,
+        name: &str,
+        create: bool,
+        max_age: Duration,
     ) -> Result<Option<Store>, async_nats::Error> {
         use async_nats::jetstream::context::KeyValueErrorKind;
         let js = &self.jetstream;
@@ -221,7 +259,8 @@ impl Cluster {
             deny_delete: true,
             allow_direct: true,
             discard: stream::DiscardPolicy::New,
-            num_replicas: 1,
+            num_replicas: self.replicas,
+            max_age,
             ..Default::default()
         };
         match js.create_stream(config).await {

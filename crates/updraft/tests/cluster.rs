@@ -299,3 +299,119 @@ async fn a_nats_outage_answers_503_and_loses_nothing_acknowledged() {
     assert_eq!(get_kv(&server, "kept").await, (200, "before".to_string()));
     assert_eq!(get_kv(&server, "after").await, (200, "again".to_string()));
 }
+
+/// Keys of the `default` store under `prefix`, through `node`.
+fn keys_under(node: &Server, prefix: &str) -> Vec<String> {
+    node.cli_ok(&["kv", "ls", "default", "--prefix", prefix])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// 1,000 async invocations accepted across three nodes, then two nodes
+/// killed with SIGKILL: every accepted invocation still runs (at least
+/// once), on the survivor, whose queue then drains. Their KV writes, all
+/// acknowledged, are there.
+#[tokio::test(flavor = "multi_thread")]
+async fn accepted_async_work_survives_losing_two_of_three_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let mut nodes = start_nodes(dir.path(), &nats.url, 3);
+    // A short timeout: a dead node's leases expire soon after it.
+    let toml = "timeout_ms = 2000\nkey_value_stores = [\"default\"]";
+    nodes[0].deploy_guest("counter", "counter-rust", toml);
+    wait_everywhere(&nodes, "counter", &serving(&nodes[0], "counter").await).await;
+    const TOTAL: usize = 1000;
+    let sends: Vec<_> = (0..TOTAL)
+        .map(|i| {
+            let (api, url) = (nodes[i % 3].api(), nodes[i % 3].url(""));
+            tokio::spawn(async move {
+                let r = api
+                    .post(format!(
+                        "{url}/v1/functions/counter/invoke?mode=async&key=job-{i}"
+                    ))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+            })
+        })
+        .collect();
+    for send in sends {
+        send.await.unwrap();
+    }
+    let survivor = nodes.pop().unwrap();
+    for node in nodes {
+        node.kill();
+    }
+    let done = wait_until(
+        "not every accepted invocation ran",
+        WAIT_MAX,
+        Duration::from_millis(200),
+        || async {
+            let keys = keys_under(&survivor, "job-");
+            match keys.len() {
+                TOTAL => Ok(keys),
+                n => Err(format!("{n} of {TOTAL} ran")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(done.len(), TOTAL);
+    wait_until(
+        "the queue never drained",
+        WAIT_MAX,
+        Duration::from_millis(100),
+        || async {
+            let queues = survivor.get_json("/v1/queues").await;
+            let counter = &queues["functions"][0];
+            match (counter["depth"].as_u64(), counter["in_flight"].as_u64()) {
+                (Some(0), Some(0)) => Ok(()),
+                _ => Err(queues.to_string()),
+            }
+        },
+    )
+    .await;
+}
+
+/// A cron schedule on three nodes fires once per tick across the cluster,
+/// not once per node: ticks are de-duplicated by their id.
+#[tokio::test(flavor = "multi_thread")]
+async fn cron_fires_once_per_tick_across_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let nodes = start_nodes(dir.path(), &nats.url, 3);
+    let started = Instant::now();
+    nodes[0].deploy_guest(
+        "ticker",
+        "counter-rust",
+        "key_value_stores = [\"default\"]\n[env]\nCOUNTER_PREFIX = \"tick/\"\n\
+         [[trigger]]\ncron = \"* * * * * *\"",
+    );
+    let ticks = wait_until(
+        "too few ticks",
+        WAIT_MAX,
+        Duration::from_millis(100),
+        || async {
+            let ticks = keys_under(&nodes[1], "tick/");
+            match ticks.len() {
+                n if n >= 5 => Ok(ticks),
+                n => Err(format!("{n} ticks")),
+            }
+        },
+    )
+    .await;
+    // Once per second across the cluster: three nodes firing each tick
+    // would give three times as many.
+    let seconds = started.elapsed().as_secs() as usize;
+    assert!(
+        ticks.len() <= seconds + 2,
+        "{} ticks in {seconds} s",
+        ticks.len()
+    );
+    // Each tick ran once: the counter of each tick id is 1.
+    for tick in &ticks {
+        let runs = nodes[2].cli_ok(&["kv", "get", "default", tick]);
+        assert_eq!(runs, "1", "{tick}");
+    }
+}

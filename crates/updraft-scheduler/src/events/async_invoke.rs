@@ -33,6 +33,11 @@ const SETTINGS_REREAD: Duration = Duration::from_secs(1);
 pub const ASYNC_CONCURRENCY: usize = 16;
 /// Most bytes of a response kept as the invocation's result.
 pub const RESULT_BYTES_MAX: usize = 64 * 1024;
+/// How much longer than its function's timeout an async lease lasts: a
+/// leased message starts at once (a dispatcher leases only for free
+/// slots), so this covers waiting for an instance and settling. It is
+/// also how soon after a node dies its leased work runs elsewhere.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// How long a dispatcher waits for work before checking its function still
 /// exists.
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -457,8 +462,7 @@ async fn dispatch(events: &Weak<Events>, tenant: &str, name: &str, source: &Sour
         }
         // A lease outlives the longest run, so a slow success is not
         // delivered twice; a named queue's visibility timeout is the user's.
-        let mut lease =
-            Duration::from_millis(loaded.version.limits.timeout_ms) + Duration::from_secs(30);
+        let mut lease = Duration::from_millis(loaded.version.limits.timeout_ms) + LEASE_MARGIN;
         let mut batch = ASYNC_CONCURRENCY;
         if let Source::Queue(channel) = source {
             let trigger = updraft_core::EventTrigger::Queue(channel.clone());

@@ -483,8 +483,12 @@ impl Events {
                 EventTrigger::Cron(schedule) => self.ensure_cron(tenant, name, schedule.clone()),
             }
         }
-        // Work may be waiting from before a restart (or, on a shared
-        // store, from another node): a dispatcher then takes it.
+        // Any node may send to a shared store: every node consumes.
+        if self.queues.shared() {
+            self.ensure_dispatcher(tenant, name, Source::Function);
+            return;
+        }
+        // Work may be waiting from before a restart: a dispatcher takes it.
         let (events, queue) = (self.me(), function_queue(tenant, name));
         let (tenant, name) = (tenant.to_string(), name.to_string());
         tokio::spawn(async move {

@@ -528,6 +528,13 @@ mod tests {
             .unwrap();
         assert!(matches!(err, ClusterError::NoUrl), "{err}");
         assert!(err.to_string().contains("urls = ["), "{err}");
+        for replicas in [0, 6] {
+            let mut config = ClusterConfig::new(["nats://127.0.0.1:4222"]);
+            config.replicas = replicas;
+            let err = crate::nats::Cluster::connect(&config).await.err().unwrap();
+            assert!(matches!(err, ClusterError::Replicas(_)), "{err}");
+            assert!(err.to_string().contains("use 1, or 3"), "{err}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]

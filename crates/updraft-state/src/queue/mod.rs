@@ -9,12 +9,13 @@
 //! another queue (dead letters), or its expiry (visible again: a consumer
 //! that vanished loses nothing). Delivery is at least once.
 //!
-//! Backends: [`embedded`] (redb on the data dir, the default). NATS
-//! JetStream implements the same trait later.
+//! Backends: [`embedded`] (redb on the data dir, the default) and
+//! [`NatsQueues`] (JetStream, cluster mode).
 
 pub mod embedded;
 #[cfg(test)]
 pub(crate) mod model;
+mod nats;
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use async_trait::async_trait;
 pub use uuid::Uuid;
 
 pub use embedded::EmbeddedQueues;
+pub use nats::NatsQueues;
 
 /// Largest message payload, in bytes.
 pub const PAYLOAD_BYTES_MAX: usize = 1024 * 1024;
@@ -195,6 +197,10 @@ pub enum QueueError {
     /// The disk or the database failed: the detail is in the source.
     #[error("queue storage failed")]
     Storage(#[from] updraft_core::Failure),
+    /// The cluster's NATS does not answer (cluster mode); the client
+    /// reconnects by itself.
+    #[error("queues are unavailable (the cluster's NATS cannot be reached): retry shortly")]
+    Unavailable(#[source] updraft_core::Failure),
 }
 
 impl QueueError {
@@ -213,6 +219,7 @@ impl updraft_core::Classify for QueueError {
             QueueError::NotInFlight { .. } | QueueError::ChannelConflict { .. } => K::Conflict,
             QueueError::ChannelNotFound { .. } => K::NotFound,
             QueueError::Storage(_) => K::Internal,
+            QueueError::Unavailable(_) => K::Unavailable,
         }
     }
 
@@ -224,6 +231,7 @@ impl updraft_core::Classify for QueueError {
             QueueError::ChannelConflict { .. } => "channel_conflict",
             QueueError::ChannelNotFound { .. } => "channel_not_found",
             QueueError::Storage(_) => "storage",
+            QueueError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -296,6 +304,11 @@ pub trait QueueStore: Send + Sync + 'static {
     async fn stats(&self, queue: &QueueId) -> Result<QueueStats, QueueError>;
     /// Waiting messages of `queue`, oldest first, at most `limit`.
     async fn list(&self, queue: &QueueId, limit: usize) -> Result<Vec<MessageInfo>, QueueError>;
+    /// Whether other processes send to these queues too (cluster mode):
+    /// then every consumer polls, since its own sends are not all there is.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// Checks a channel's name and settings.

@@ -146,6 +146,7 @@ impl NatsRegistry {
                 .create_object_store(object_store::Config {
                     bucket: WASM_BUCKET.to_string(),
                     storage: async_nats::jetstream::stream::StorageType::File,
+                    num_replicas: cluster.replicas,
                     ..Default::default()
                 })
                 .await
