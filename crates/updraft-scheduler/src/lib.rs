@@ -35,7 +35,7 @@ pub use error::PlatformError;
 pub use events::{
     ASYNC_CONCURRENCY, AsyncRequest, BATCH_BYTES_MAX, BATCH_EVENTS_MAX, BUDGET_TOPIC, DeadLetter,
     Event, Events, FunctionQueues, InvocationResult, InvocationStatus, Outgoing, Published,
-    QueueOverview, RESULT_BYTES_MAX, TopicOverview,
+    QueueOverview, RESULT_BYTES_MAX, SHUTDOWN_RUNS_MAX, TopicOverview,
 };
 pub use functions::{Deployed, FunctionDetails, Functions, Loaded};
 pub use invoker::{

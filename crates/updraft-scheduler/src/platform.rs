@@ -380,9 +380,12 @@ impl Platform {
         deleted
     }
 
-    /// Writes out buffered logs and usage; call before the process exits.
+    /// Stops taking async work, lets the runs under way finish (at most
+    /// [`crate::SHUTDOWN_RUNS_MAX`]), and writes out buffered logs and
+    /// usage; call before the process exits.
     pub async fn shutdown(&self) {
         self.events.shutdown();
+        self.events.finish_runs().await;
         self.logs.flush().await;
         self.usage.shutdown();
     }

@@ -415,3 +415,60 @@ async fn cron_fires_once_per_tick_across_nodes() {
         assert_eq!(runs, "1", "{tick}");
     }
 }
+
+/// A node stopped with SIGTERM takes no new work and finishes what it
+/// leased before it exits: each run (2,000 increments of its own key,
+/// long enough to be under way at the signal) counts exactly 2,000, none
+/// cut off and run again after its lease expired; the other node runs the
+/// rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_stopped_with_sigterm_finishes_what_it_leased() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let mut nodes = start_nodes(dir.path(), &nats.url, 2);
+    nodes[0].deploy_guest("work", "kv-bench", "key_value_stores = [\"bench\"]");
+    wait_everywhere(&nodes, "work", &serving(&nodes[0], "work").await).await;
+    const JOBS: usize = 48;
+    const INCREMENTS: u64 = 2000;
+    for i in 0..JOBS {
+        let query = format!("mode=async&op=increment&n={INCREMENTS}&key=job-{i}");
+        let r = nodes[0]
+            .api()
+            .post(nodes[0].url(&format!("/v1/functions/work/invoke?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let stopping = nodes.remove(0);
+    let status = tokio::task::spawn_blocking(move || stopping.stop())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let other = &nodes[0];
+    let counts = wait_until(
+        "not every job ran",
+        WAIT_MAX,
+        Duration::from_millis(200),
+        || async {
+            let keys: Vec<String> = other
+                .cli_ok(&["kv", "ls", "bench", "--prefix", "job-"])
+                .lines()
+                .map(str::to_string)
+                .collect();
+            let mut counts = Vec::new();
+            for key in &keys {
+                let count: u64 = other.cli_ok(&["kv", "get", "bench", key]).parse().unwrap();
+                counts.push((key.clone(), count));
+            }
+            match counts.iter().filter(|(_, c)| *c >= INCREMENTS).count() {
+                JOBS => Ok(counts),
+                n => Err(format!("{n} of {JOBS} done: {counts:?}")),
+            }
+        },
+    )
+    .await;
+    for (key, count) in counts {
+        assert_eq!(count, INCREMENTS, "{key}: a run was cut off and ran again");
+    }
+}

@@ -485,6 +485,15 @@ async fn dispatch(events: &Weak<Events>, tenant: &str, name: &str, source: &Sour
         let Ok(first) = slots.clone().acquire_owned().await else {
             return;
         };
+        // Counted from before the lease: a shutdown waits for what this
+        // round leases to run, or sees it stopped before leasing.
+        let Some(active) = events.upgrade().map(|p| p.active().clone()) else {
+            return;
+        };
+        let leasing = active.enter();
+        if events.upgrade().is_none_or(|p| p.is_shut_down()) {
+            return;
+        }
         let max = (1 + slots.available_permits()).min(batch.max(1));
         let messages = match queues.receive(&queue, max, lease, IDLE_POLL).await {
             Ok(messages) => messages,
@@ -508,11 +517,13 @@ async fn dispatch(events: &Weak<Events>, tenant: &str, name: &str, source: &Sour
             };
             let Some(p) = events.upgrade() else { return };
             let (loaded, queue) = (loaded.clone(), queue.clone());
+            let running = active.enter();
             tokio::spawn(async move {
                 run(&p, &loaded, &queue, message).await;
-                drop(permit);
+                drop((permit, running));
             });
         }
+        drop(leasing);
     }
 }
 

@@ -71,9 +71,55 @@ pub struct Events {
     /// backend), rebuilt on every change of what serves.
     kv_watchers: Arc<RwLock<Watchers>>,
     shut_down: AtomicBool,
+    /// Leases being taken and async runs under way: shutdown waits for
+    /// them, so a stopped node finishes what it leased.
+    active: Arc<Active>,
     /// Itself, for the tasks it starts (dispatchers, timers).
     me: Weak<Events>,
 }
+
+/// A count of work under way, and a wake-up when it reaches zero.
+#[derive(Default)]
+pub(crate) struct Active {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One piece of work under way; dropping it ends it.
+pub(crate) struct ActiveGuard(Arc<Active>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Active {
+    pub(crate) fn enter(self: &Arc<Self>) -> ActiveGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(self.clone())
+    }
+
+    /// Waits until nothing is under way, at most `max`; whether it is so.
+    async fn wait_idle(&self, max: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let idle = self.idle.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// Longest a stopping node waits for its async runs to finish; what is
+/// still running then is handed back by its lease's expiry.
+pub const SHUTDOWN_RUNS_MAX: Duration = Duration::from_secs(30);
 
 /// The events service as the sandbox's [`Publisher`]: weak, so a
 /// function's grant does not keep the platform alive.
@@ -160,6 +206,7 @@ impl Events {
             dispatchers: Mutex::default(),
             kv_watchers,
             shut_down: AtomicBool::new(false),
+            active: Arc::default(),
             me,
         }
     }
@@ -219,6 +266,21 @@ impl Events {
     /// Stops dispatchers and timers at their next round.
     pub(crate) fn shutdown(&self) {
         self.shut_down.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for the async runs under way to finish (at most
+    /// [`SHUTDOWN_RUNS_MAX`]); call after [`Events::shutdown`].
+    pub(crate) async fn finish_runs(&self) {
+        if !self.active.wait_idle(SHUTDOWN_RUNS_MAX).await {
+            tracing::warn!(
+                "async runs still under way after {} s: their leases expire and they run again",
+                SHUTDOWN_RUNS_MAX.as_secs()
+            );
+        }
+    }
+
+    pub(crate) fn active(&self) -> &Arc<Active> {
+        &self.active
     }
 
     fn dispatchers(&self) -> std::sync::MutexGuard<'_, HashSet<Arc<str>>> {
