@@ -560,7 +560,7 @@ impl Functions {
         for digest in orphans {
             self.sandbox.evict(&digest);
         }
-        self.logs.delete_function(&key)
+        self.logs.delete_function(&key).await
     }
 
     pub fn get(&self, tenant: &str, name: &str) -> Option<Arc<Loaded>> {

@@ -1,13 +1,15 @@
 //! [`Logs`]: every function's log lines. Invocations hand their lines to a
-//! bounded queue; one task batches them into the durable [`LogStore`] and
-//! fans them out to followers.
+//! bounded queue; one task batches them into the durable [`LogBackend`].
+//! Followers get each line as it is pushed, or in cluster mode as any node
+//! writes it (from the cluster's stream, so `logs -f` on one node shows
+//! what every node runs).
 
 use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 use updraft_core::{LogEntry, LogStream};
 use updraft_sandbox::Report;
-use updraft_state::LogStore;
+use updraft_state::LogBackend;
 
 use crate::error::PlatformError;
 
@@ -29,14 +31,31 @@ pub(crate) enum LogMsg {
 pub struct Logs {
     queue: mpsc::Sender<LogMsg>,
     follow: broadcast::Sender<(Arc<str>, LogEntry)>,
-    store: Arc<LogStore>,
+    store: LogBackend,
+    /// Whether followers are fed from the backend (cluster mode) rather
+    /// than by [`Logs::push`].
+    shared: bool,
 }
 
 impl Logs {
-    /// Starts the writer task (call inside the runtime).
-    pub(crate) fn start(store: Arc<LogStore>) -> Logs {
+    /// Starts the writer task, and in cluster mode the follower of every
+    /// node's lines (call inside the runtime).
+    pub(crate) async fn start(store: LogBackend) -> Result<Logs, PlatformError> {
         let (queue, mut rx) = mpsc::channel(LOG_QUEUE_MAX);
         let (follow, _) = broadcast::channel(FOLLOW_BUFFER);
+        let shared = match store.subscribe().await? {
+            Some(mut lines) => {
+                let follow = follow.clone();
+                tokio::spawn(async move {
+                    use futures::StreamExt as _;
+                    while let Some((key, entry)) = lines.next().await {
+                        let _ = follow.send((Arc::from(key), entry));
+                    }
+                });
+                true
+            }
+            None => false,
+        };
         let writer = store.clone();
         tokio::spawn(async move {
             let store = writer;
@@ -53,33 +72,27 @@ impl Logs {
                         next = rx.try_recv().ok();
                     }
                 }
-                let store = store.clone();
                 let written = std::mem::take(&mut batch);
-                let result = tokio::task::spawn_blocking(move || store.append(&written)).await;
-                match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!("writing logs failed: {}", updraft_core::error::chain(&e))
-                    }
-                    Err(e) => tracing::error!(
-                        "log writer task failed: {}",
-                        updraft_core::error::chain(&e)
-                    ),
+                if let Err(e) = store.append(written).await {
+                    tracing::error!("writing logs failed: {}", updraft_core::error::chain(&e));
                 }
                 for done in flushes.drain(..) {
                     let _ = done.send(());
                 }
             }
         });
-        Logs {
+        Ok(Logs {
             queue,
             follow,
             store,
-        }
+            shared,
+        })
     }
 
     fn push(&self, name: &Arc<str>, entry: LogEntry) {
-        let _ = self.follow.send((name.clone(), entry.clone()));
+        if !self.shared {
+            let _ = self.follow.send((name.clone(), entry.clone()));
+        }
         if self
             .queue
             .try_send(LogMsg::Entry(name.clone(), entry))
@@ -115,14 +128,12 @@ impl Logs {
     /// pushed so far.
     pub(crate) async fn tail(&self, key: &str, n: usize) -> Result<Vec<LogEntry>, PlatformError> {
         self.flush().await;
-        Ok(tokio::task::block_in_place(|| self.store.tail(key, n))?)
+        Ok(self.store.tail(key, n).await?)
     }
 
     /// Removes every entry of the function `key`.
-    pub(crate) fn delete_function(&self, key: &str) -> Result<(), PlatformError> {
-        Ok(tokio::task::block_in_place(|| {
-            self.store.delete_function(key)
-        })?)
+    pub(crate) async fn delete_function(&self, key: &str) -> Result<(), PlatformError> {
+        Ok(self.store.delete_function(key).await?)
     }
 
     /// Waits until every line pushed so far is on disk.

@@ -31,7 +31,9 @@ use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig};
 use updraft_state::kv::{KvConfig, KvStore, NatsKv};
 use updraft_state::nats::{Cluster, ClusterConfig};
 use updraft_state::queue::{EmbeddedQueues, NatsQueues, QueueStore};
-use updraft_state::{EmbeddedRegistry, LogStore, NatsRegistry, Registry, Tenants};
+use updraft_state::{
+    EmbeddedRegistry, LogBackend, LogStore, NatsLogs, NatsRegistry, Registry, Tenants,
+};
 
 use crate::calls::InvokerCaller;
 use crate::error::PlatformError;
@@ -107,10 +109,11 @@ struct Shared {
     kv: Arc<dyn KvStore>,
     tenants: Tenants,
     queues: Arc<dyn QueueStore>,
+    logs: LogBackend,
 }
 
-/// The registry, key-value stores, API keys and queues: in the data dir,
-/// or in cluster mode shared through NATS (one connection for all).
+/// The registry, key-value stores, API keys, queues and logs: in the data
+/// dir, or in cluster mode shared through NATS (one connection for all).
 async fn open_shared(
     cluster: Option<&ClusterConfig>,
     kv: &KvConfig,
@@ -123,22 +126,25 @@ async fn open_shared(
                 EmbeddedRegistry::open(&dir)?,
                 Tenants::open(&dir)?,
                 EmbeddedQueues::open(&dir)?,
+                LogStore::open(&dir)?,
             ))
         });
         let (local, kv) = tokio::join!(local, kv.open(data_dir));
-        let (registry, tenants, queues) = local.map_err(join_error)??;
+        let (registry, tenants, queues, logs) = local.map_err(join_error)??;
         return Ok(Shared {
             registry: Arc::new(registry),
             kv: kv?,
             tenants,
             queues: Arc::new(queues),
+            logs: LogBackend::Embedded(Arc::new(logs)),
         });
     };
     let cluster = Cluster::connect(cluster).await?;
-    let (registry, tenants, queues) = tokio::join!(
+    let (registry, tenants, queues, logs) = tokio::join!(
         NatsRegistry::open(&cluster),
         Tenants::open_nats(&cluster),
-        NatsQueues::open(&cluster)
+        NatsQueues::open(&cluster),
+        NatsLogs::open(&cluster)
     );
     let kv: Arc<dyn KvStore> = match kv {
         // Stores every node shares: a node's own disk would split them.
@@ -150,6 +156,7 @@ async fn open_shared(
         kv,
         tenants: tenants?,
         queues: Arc::new(queues?),
+        logs: LogBackend::Nats(Arc::new(logs?)),
     })
 }
 
@@ -231,22 +238,23 @@ impl Platform {
                 false => None,
             };
             let blobs = blob_config.open(&data_dir, blob_bytes_max)?;
-            Ok::<_, PlatformError>((LogStore::open(&data_dir)?, Arc::new(blobs), metering))
+            Ok::<_, PlatformError>((Arc::new(blobs), metering))
         });
         let shared = open_shared(config.cluster.as_ref(), &kv_config, &config.data_dir);
         let (sandbox, stores, shared) = tokio::join!(sandbox, stores, shared);
-        let (log_store, blobs, metering) = stores.map_err(join_error)??;
+        let (blobs, metering) = stores.map_err(join_error)??;
         let Shared {
             registry,
             kv,
             tenants,
             queues,
+            logs,
         } = shared?;
         if !matches!(config.blobs, BlobConfig::Local { .. }) {
             blobs.check().await?;
         }
         let sandbox = sandbox.map_err(join_error)??;
-        let logs = Arc::new(Logs::start(Arc::new(log_store)));
+        let logs = Arc::new(Logs::start(logs).await?);
         let (usage, budget_alerts) = Usage::new(metering, logs.clone());
         let kv_watchers = Arc::new(RwLock::default());
         let (inner_kv, blobs_sampled) = (kv.clone(), blobs.clone());

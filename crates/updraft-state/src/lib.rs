@@ -33,6 +33,6 @@ pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 pub mod testing;
 
 pub use error::StateError;
-pub use logs::LogStore;
+pub use logs::{LogBackend, LogStore, NatsLogs};
 pub use registry::{EmbeddedRegistry, FunctionRecord, NatsRegistry, Registry, RegistryChange};
 pub use tenants::{Caller, KeyInfo, Tenants};

@@ -1,4 +1,6 @@
-//! Function logs: a bounded, durable tail per function in `logs.redb`.
+//! Function logs: a bounded, durable tail per function, in `logs.redb`
+//! ([`LogStore`]) or, in cluster mode, in a JetStream stream every node
+//! writes to and follows ([`NatsLogs`]); [`LogBackend`] is either.
 //!
 //! Logs live in their own database so that a burst of log writes never waits
 //! behind (or poisons) registry transactions. Callers batch entries: one
@@ -6,12 +8,20 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::stream::{self, StorageType};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use updraft_core::LogEntry;
 
 use crate::error::StateError;
+use crate::nats::Cluster;
 
 const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
 
@@ -108,6 +118,186 @@ impl LogStore {
     }
 }
 
+/// The stream of every function's logs in cluster mode.
+const LOG_STREAM: &str = "UPDRAFT_LOGS";
+/// What every function's log subject starts with.
+const LOG_SUBJECT_PREFIX: &str = "updraft.logs";
+/// Most bytes of logs the cluster keeps in all; the oldest go first.
+pub const LOG_STREAM_BYTES_MAX: i64 = 1 << 30;
+/// How long the cluster keeps a log line.
+pub const LOG_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn log_subject(key: &str) -> String {
+    let (tenant, name) = updraft_core::split_function_key(key);
+    format!("{LOG_SUBJECT_PREFIX}.{tenant}.{name}")
+}
+
+fn unavailable(what: &'static str) -> impl Fn(async_nats::Error) -> StateError {
+    move |e| StateError::Unavailable(updraft_core::Failure::boxed(what, e))
+}
+
+fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> async_nats::Error {
+    Box::new(e)
+}
+
+/// Logs in JetStream: one subject per function (`updraft.logs.{tenant}.{name}`)
+/// of one stream, bounded per function ([`LOG_ENTRIES_PER_FUNCTION_MAX`]),
+/// in bytes ([`LOG_STREAM_BYTES_MAX`]) and in age ([`LOG_MAX_AGE`]). Every
+/// node publishes its functions' lines there, and follows all of them.
+pub struct NatsLogs {
+    cluster: Cluster,
+    stream: stream::Stream,
+}
+
+impl NatsLogs {
+    pub async fn open(cluster: &Cluster) -> Result<NatsLogs, StateError> {
+        let config = stream::Config {
+            name: LOG_STREAM.to_string(),
+            subjects: vec![format!("{LOG_SUBJECT_PREFIX}.>")],
+            storage: StorageType::File,
+            max_messages_per_subject: LOG_ENTRIES_PER_FUNCTION_MAX as i64,
+            max_bytes: LOG_STREAM_BYTES_MAX,
+            max_age: LOG_MAX_AGE,
+            num_replicas: cluster.replicas,
+            ..Default::default()
+        };
+        let stream = cluster
+            .jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| unavailable("opening the log stream failed")(boxed(e)))?;
+        Ok(NatsLogs {
+            cluster: cluster.clone(),
+            stream,
+        })
+    }
+
+    async fn append(&self, batch: Vec<(String, LogEntry)>) -> Result<(), StateError> {
+        let failed = unavailable("writing logs failed");
+        let mut acks = Vec::with_capacity(batch.len());
+        for (key, entry) in batch {
+            let payload = Bytes::from(serde_json::to_vec(&entry)?);
+            acks.push(
+                self.cluster
+                    .jetstream
+                    .publish(log_subject(&key), payload)
+                    .await
+                    .map_err(|e| failed(boxed(e)))?,
+            );
+        }
+        for ack in acks {
+            ack.await.map_err(|e| failed(boxed(e)))?;
+        }
+        Ok(())
+    }
+
+    async fn tail(&self, key: &str, n: usize) -> Result<Vec<LogEntry>, StateError> {
+        let messages = self
+            .cluster
+            .ordered(&self.stream, log_subject(key), DeliverPolicy::All)
+            .await
+            .map_err(unavailable("reading logs failed"))?;
+        let skip = messages.len().saturating_sub(n);
+        messages
+            .into_iter()
+            .skip(skip)
+            .map(|m| Ok(serde_json::from_slice(&m.payload)?))
+            .collect()
+    }
+
+    async fn delete_function(&self, key: &str) -> Result<(), StateError> {
+        self.stream
+            .purge()
+            .filter(log_subject(key))
+            .await
+            .map_err(|e| unavailable("deleting logs failed")(boxed(e)))?;
+        Ok(())
+    }
+
+    /// Every line any node writes from now on, by function key.
+    async fn subscribe(&self) -> Result<BoxStream<'static, (String, LogEntry)>, StateError> {
+        let subscriber = self
+            .cluster
+            .jetstream
+            .client()
+            .subscribe(format!("{LOG_SUBJECT_PREFIX}.>"))
+            .await
+            .map_err(|e| unavailable("following logs failed")(boxed(e)))?;
+        let prefix = format!("{LOG_SUBJECT_PREFIX}.");
+        Ok(subscriber
+            .filter_map(move |message| {
+                let key = message
+                    .subject
+                    .as_str()
+                    .strip_prefix(prefix.as_str())
+                    .and_then(|rest| rest.split_once('.'))
+                    .map(|(tenant, name)| updraft_core::function_key(tenant, name));
+                let entry = serde_json::from_slice::<LogEntry>(&message.payload).ok();
+                futures::future::ready(key.zip(entry))
+            })
+            .boxed())
+    }
+}
+
+/// Where logs are kept: this node's `logs.redb`, or the cluster's stream.
+#[derive(Clone)]
+pub enum LogBackend {
+    Embedded(Arc<LogStore>),
+    Nats(Arc<NatsLogs>),
+}
+
+impl LogBackend {
+    /// Appends a batch of `(function key, entry)`.
+    pub async fn append(&self, batch: Vec<(String, LogEntry)>) -> Result<(), StateError> {
+        match self {
+            LogBackend::Embedded(store) => {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.append(&batch))
+                    .await
+                    .map_err(|e| StateError::Storage(updraft_core::Failure::new(e)))?
+            }
+            LogBackend::Nats(logs) => logs.append(batch).await,
+        }
+    }
+
+    /// The last `n` entries of a function, oldest first.
+    pub async fn tail(&self, key: &str, n: usize) -> Result<Vec<LogEntry>, StateError> {
+        match self {
+            LogBackend::Embedded(store) => {
+                let (store, key) = (store.clone(), key.to_string());
+                tokio::task::spawn_blocking(move || store.tail(&key, n))
+                    .await
+                    .map_err(|e| StateError::Storage(updraft_core::Failure::new(e)))?
+            }
+            LogBackend::Nats(logs) => logs.tail(key, n).await,
+        }
+    }
+
+    /// Drops every entry of a function.
+    pub async fn delete_function(&self, key: &str) -> Result<(), StateError> {
+        match self {
+            LogBackend::Embedded(store) => {
+                let (store, key) = (store.clone(), key.to_string());
+                tokio::task::spawn_blocking(move || store.delete_function(&key))
+                    .await
+                    .map_err(|e| StateError::Storage(updraft_core::Failure::new(e)))?
+            }
+            LogBackend::Nats(logs) => logs.delete_function(key).await,
+        }
+    }
+
+    /// Lines written by other processes too, as they come (`None`: only
+    /// this process writes, and it tells its followers itself).
+    pub async fn subscribe(
+        &self,
+    ) -> Result<Option<BoxStream<'static, (String, LogEntry)>>, StateError> {
+        match self {
+            LogBackend::Embedded(_) => Ok(None),
+            LogBackend::Nats(logs) => logs.subscribe().await.map(Some),
+        }
+    }
+}
+
 /// Moves the logs of functions from before tenants existed (keys without
 /// `/`) under the `local` tenant's keys, as the registry does.
 fn migrate_to_tenant_keys(db: &Database) -> Result<(), StateError> {
@@ -191,5 +381,31 @@ mod tests {
         let logs = LogStore::open(dir.path()).unwrap();
         assert_eq!(logs.tail("local/old", 5).unwrap().len(), 1);
         assert!(logs.tail("old", 5).unwrap().is_empty());
+    }
+
+    /// The cluster's logs keep the same bounded tail per function, and a
+    /// follower sees every line written after it subscribed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_logs_are_bounded_and_followed() {
+        let server = crate::testing::NatsServer::start();
+        let cluster = server.cluster().await;
+        let logs = LogBackend::Nats(Arc::new(NatsLogs::open(&cluster).await.unwrap()));
+        let mut follow = logs.subscribe().await.unwrap().unwrap();
+        let batch: Vec<_> = (0..LOG_ENTRIES_PER_FUNCTION_MAX + 10)
+            .map(|i| ("t/f".to_string(), entry(i)))
+            .collect();
+        logs.append(batch).await.unwrap();
+        logs.append(vec![("t/g".to_string(), entry(7))])
+            .await
+            .unwrap();
+        let all = logs.tail("t/f", usize::MAX).await.unwrap();
+        assert_eq!(all.len() as u64, LOG_ENTRIES_PER_FUNCTION_MAX);
+        assert_eq!(all.first().unwrap().message, "line 10");
+        assert_eq!(logs.tail("t/f", 3).await.unwrap().len(), 3);
+        let (key, first) = follow.next().await.unwrap();
+        assert_eq!((key.as_str(), first.message.as_str()), ("t/f", "line 0"));
+        logs.delete_function("t/f").await.unwrap();
+        assert!(logs.tail("t/f", 5).await.unwrap().is_empty());
+        assert_eq!(logs.tail("t/g", 5).await.unwrap().len(), 1);
     }
 }

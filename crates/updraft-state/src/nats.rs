@@ -282,12 +282,33 @@ impl Cluster {
         filter: String,
         headers_only: bool,
     ) -> Result<Vec<async_nats::Message>, async_nats::Error> {
+        self.read(stream, filter, DeliverPolicy::LastPerSubject, headers_only)
+            .await
+    }
+
+    /// Every message under `filter` in `stream` as it is now, from `from`.
+    pub(crate) async fn ordered(
+        &self,
+        stream: &stream::Stream,
+        filter: String,
+        from: DeliverPolicy,
+    ) -> Result<Vec<async_nats::Message>, async_nats::Error> {
+        self.read(stream, filter, from, false).await
+    }
+
+    async fn read(
+        &self,
+        stream: &stream::Stream,
+        filter: String,
+        deliver_policy: DeliverPolicy,
+        headers_only: bool,
+    ) -> Result<Vec<async_nats::Message>, async_nats::Error> {
         let consumer = stream
             .create_consumer(OrderedConfig {
                 deliver_subject: self.jetstream.client().new_inbox(),
                 filter_subject: filter,
                 headers_only,
-                deliver_policy: DeliverPolicy::LastPerSubject,
+                deliver_policy,
                 ..Default::default()
             })
             .await?;

@@ -472,3 +472,148 @@ async fn a_node_stopped_with_sigterm_finishes_what_it_leased() {
         assert_eq!(count, INCREMENTS, "{key}: a run was cut off and ran again");
     }
 }
+
+/// Logs are the cluster's: a line a function prints on node 3 reaches a
+/// follower on node 1 as it is written, and node 2's tail has it.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_from_any_node_are_followed_and_read_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let nodes = start_nodes(dir.path(), &nats.url, 3);
+    nodes[0].deploy_guest("chaos", "http-chaos", "route = \"/chaos/...\"");
+    wait_everywhere(&nodes, "chaos", &serving(&nodes[0], "chaos").await).await;
+    let mut follow = nodes[0]
+        .api()
+        .get(nodes[0].url("/v1/functions/chaos/logs?tail=0&follow=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow.status(), 200);
+    let r = client()
+        .get(nodes[2].url("/chaos/stdout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut seen = String::new();
+    let deadline = Instant::now() + WAIT_MAX;
+    while !seen.contains("chaos wrote to stdout") {
+        let chunk = tokio::time::timeout_at(deadline.into(), follow.chunk())
+            .await
+            .expect("the follower on node 1 never saw node 3's line")
+            .unwrap()
+            .expect("the follow stream ended");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let tail = nodes[1]
+        .api()
+        .get(nodes[1].url("/v1/functions/chaos/logs?tail=50"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(tail.contains("chaos wrote to stderr"), "{tail}");
+    // The deploy's own line, written on node 1, is there too.
+    assert!(tail.contains("deployed version 1"), "{tail}");
+}
+
+/// Retries, dead letters and redrive across two nodes: a call accepted on
+/// one node fails twice and succeeds (its status read on the other), one
+/// that always fails is dead after its attempts with its last error, is
+/// listed on either node, and redrive through the other runs it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_dead_letters_and_redrive_span_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let nodes = start_nodes(dir.path(), &nats.url, 2);
+    nodes[0].deploy_guest(
+        "counter",
+        "counter-rust",
+        "key_value_stores = [\"default\"]\n\
+         [retry]\nmax_attempts = 3\nbackoff_ms = 50\nbackoff_max_ms = 200",
+    );
+    wait_everywhere(&nodes, "counter", &serving(&nodes[0], "counter").await).await;
+    let accept = |node: &Server, query: &str| {
+        let request = node
+            .api()
+            .post(node.url(&format!("/v1/functions/counter/invoke?mode=async&{query}")));
+        async move {
+            let r = request.send().await.unwrap();
+            assert_eq!(r.status(), 202);
+            let body: serde_json::Value = r.json().await.unwrap();
+            body["id"].as_str().unwrap().to_string()
+        }
+    };
+    let flaky = accept(&nodes[0], "key=flaky&fail_below=3").await;
+    let done = nodes[1].wait_for_invocation(&flaky, &["succeeded"]).await;
+    assert_eq!(done["attempts"], 3, "{done}");
+    assert_eq!(done["result"]["body"], "3\n");
+
+    let doomed = accept(&nodes[1], "key=doomed&fail_below=1000").await;
+    let dead = nodes[0].wait_for_invocation(&doomed, &["dead"]).await;
+    assert_eq!(dead["attempts"], 3, "{dead}");
+    assert!(dead["error"].as_str().unwrap().contains("HTTP 500"), "{dead}");
+    for node in &nodes {
+        let listed = node.cli_ok(&["dlq", "show", "counter"]);
+        assert!(listed.contains(&doomed), "{listed}");
+    }
+    let redriven = nodes[1].cli_ok(&["dlq", "redrive", "counter"]);
+    assert!(redriven.contains("1 dead letters of counter"), "{redriven}");
+    wait_until("the redriven call never ran again", WAIT_MAX, Duration::from_millis(50), || async {
+        match nodes[0].cli_ok(&["kv", "get", "default", "doomed"]).as_str() {
+            "6" => Ok(()),
+            other => Err(format!("count {other}")),
+        }
+    })
+    .await;
+    let dead = nodes[0].wait_for_invocation(&doomed, &["dead"]).await;
+    assert_eq!(dead["attempts"], 3, "attempts start over on redrive: {dead}");
+}
+
+/// A named queue consumed on every node gets each message once, and a
+/// topic fans out to every subscriber once, whichever node publishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn queues_and_topics_span_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let nodes = start_nodes(dir.path(), &nats.url, 3);
+    nodes[0].cli_ok(&["queues", "create", "orders"]);
+    nodes[1].cli_ok(&["topics", "create", "news"]);
+    for (name, prefix, trigger) in [
+        ("orders", "order/", "queue = \"orders\""),
+        ("reader-a", "a/", "topic = \"news\""),
+        ("reader-b", "b/", "topic = \"news\""),
+    ] {
+        nodes[2].deploy_guest(
+            name,
+            "counter-rust",
+            &format!(
+                "key_value_stores = [\"default\"]\n[env]\nCOUNTER_PREFIX = \"{prefix}\"\n\
+                 [[trigger]]\n{trigger}"
+            ),
+        );
+    }
+    for name in ["orders", "reader-a", "reader-b"] {
+        wait_everywhere(&nodes, name, &serving(&nodes[2], name).await).await;
+    }
+    for i in 0..30 {
+        let node = &nodes[i % 3];
+        node.cli_ok(&["publish", "orders", "-d", &format!("order {i}")]);
+        node.cli_ok(&["publish", "news", "-d", &format!("news {i}")]);
+    }
+    for prefix in ["order/", "a/", "b/"] {
+        let keys = wait_until("not every message arrived", WAIT_MAX, Duration::from_millis(100), || async {
+            let keys = keys_under(&nodes[0], prefix);
+            match keys.len() {
+                30 => Ok(keys),
+                n => Err(format!("{n} of 30 under {prefix}")),
+            }
+        })
+        .await;
+        for key in keys.iter().step_by(7) {
+            assert_eq!(nodes[1].cli_ok(&["kv", "get", "default", key]), "1", "{key}");
+        }
+    }
+}
