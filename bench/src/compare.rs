@@ -4,6 +4,7 @@
 //! whose ratio moves more than [`NOISE`] the wrong way is marked, so a
 //! regression cannot hide in a long table.
 
+use crate::cluster::{CLUSTER, EMBEDDED};
 use crate::report::{Report, UPDRAFT_UNMETERED};
 
 /// How far a ratio may move either way and still be noise on these shared
@@ -165,6 +166,52 @@ fn lines(b: &Report, a: &Report) -> Vec<Line> {
             &rps,
             Better::More,
         );
+    }
+    // Cluster mode: absent (skipped) in runs without nats-server or from
+    // before the phase, and then left out.
+    push(
+        "cluster: warm req/s, one node".into(),
+        &|r| r.cluster.warm.as_ref().map(|w| w.cluster.rps),
+        Better::More,
+    );
+    push(
+        "cluster ÷ embedded warm req/s (same run)".into(),
+        &|r| r.cluster.warm.as_ref().map(|w| w.ratio),
+        Better::More,
+    );
+    push(
+        "cluster: async events/s end to end".into(),
+        &|r| r.cluster.events.as_ref().map(|e| e.cluster_events_per_s),
+        Better::More,
+    );
+    push(
+        "cluster ÷ embedded async events/s (same run)".into(),
+        &|r| r.cluster.events.as_ref().map(|e| e.ratio),
+        Better::More,
+    );
+    for change in ["config", "code"] {
+        let p50 = move |r: &Report| r.cluster.deploy(change).map(|d| d.cluster_invocable.p50_us);
+        push(
+            format!("cluster: deploy → invocable on every node p50 µs ({change})"),
+            &p50,
+            Better::Less,
+        );
+        let ratio = move |r: &Report| r.cluster.deploy(change).map(|d| d.ratio);
+        push(
+            format!("cluster ÷ embedded deploy → invocable p50 ({change}, same run)"),
+            &ratio,
+            Better::Less,
+        );
+    }
+    for op in ["get", "set"] {
+        for (system, label) in [(CLUSTER, "cluster"), (EMBEDDED, "embedded beside it")] {
+            let p50 = move |r: &Report| r.cluster.kv_point(system, op).map(|p| p.p50_ns as f64);
+            push(
+                format!("cluster phase: key-value {op} p50 ns ({label})"),
+                &p50,
+                Better::Less,
+            );
+        }
     }
     lines
 }

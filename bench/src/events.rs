@@ -112,7 +112,7 @@ pub struct EventsReport {
 }
 
 /// wrk posts with the admin key; the `done` hook is the usual one.
-fn script(key: &str) -> String {
+pub(crate) fn script(key: &str) -> String {
     format!(
         "wrk.method = \"POST\"\nwrk.headers[\"Authorization\"] = \"Bearer {key}\"\n{}",
         wrk::SCRIPT
@@ -301,7 +301,7 @@ pub fn measure(
 }
 
 /// Waits until hello's async queue is empty and nothing runs.
-fn drain(endpoint: Endpoint) -> Result<()> {
+pub(crate) fn drain(endpoint: Endpoint) -> Result<()> {
     drain_entry(endpoint, "functions", "function", "hello")
 }
 

@@ -133,7 +133,7 @@ pub fn measure(
 
     // Every operation again with the stores in JetStream.
     if let Some(nats_bin) = nats_bin {
-        let (nats, url) = start_nats(nats_bin, scratch)?;
+        let (nats, url) = start_nats(nats_bin, &scratch.join("nats"))?;
         let config = format!("[kv]\ntype = \"nats\"\nurls = [\"{url}\"]\n");
         let server = start_kv_bench_with(updraft_bin, scratch, kv_bench, "nats", &config)?;
         // A tenth of the operations: each is a round trip to the server, and
@@ -263,8 +263,25 @@ fn parallel<T: Send>(f: impl Fn() -> Result<T> + Sync) -> Result<Vec<T>> {
 }
 
 fn guest_batch(server: &Server, op: &str, n: usize) -> Result<Batch> {
+    guest_batch_at(server.endpoint, op, n)
+}
+
+/// One untimed batch of `op` ([`warmup`]), then `n` timed ones, from the
+/// kv-bench guest deployed at `/kvb` (store `bench`) on `endpoint`: the
+/// point of `system`.
+pub(crate) fn guest_point(
+    endpoint: http::Endpoint,
+    system: &str,
+    op: &str,
+    n: usize,
+) -> Result<KvPoint> {
+    guest_batch_at(endpoint, op, warmup(n))?;
+    Ok(guest_batch_at(endpoint, op, n)?.point(system, op))
+}
+
+fn guest_batch_at(endpoint: http::Endpoint, op: &str, n: usize) -> Result<Batch> {
     let path = format!("/kvb?op={op}&n={n}&size={VALUE_BYTES}");
-    let response = http::send(server.endpoint, &Request::get(&path), BATCH_TIMEOUT)?;
+    let response = http::send(endpoint, &Request::get(&path), BATCH_TIMEOUT)?;
     if response.status != 200 {
         bail!(
             "kv-bench {op} answered {}: {}",
@@ -276,13 +293,13 @@ fn guest_batch(server: &Server, op: &str, n: usize) -> Result<Batch> {
         .with_context(|| format!("kv-bench {op} answered {:?}", response.text()))
 }
 
-/// Redis as it ships (no fsync), or with every write synced (`fsync`).
 /// A `nats-server` with JetStream on loopback, as cluster mode needs it
-/// (messages up to 8 MB); returns it and its `nats://` URL.
-fn start_nats(nats_bin: &Path, scratch: &Path) -> Result<(Server, String)> {
+/// (messages up to 8 MB), its store, config and log in `dir` (a fresh dir
+/// per phase: JetStream keeps its streams there); returns it and its
+/// `nats://` URL.
+pub(crate) fn start_nats(nats_bin: &Path, dir: &Path) -> Result<(Server, String)> {
     let port = servers::free_port()?;
-    let dir = scratch.join("nats");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let config = dir.join("nats.conf");
     std::fs::write(&config, "max_payload: 8MB\n").context("writing nats.conf")?;
     let mut command = Command::new(nats_bin);
@@ -303,6 +320,7 @@ fn start_nats(nats_bin: &Path, scratch: &Path) -> Result<(Server, String)> {
     Ok((server, format!("nats://{addr}")))
 }
 
+/// Redis as it ships (no fsync), or with every write synced (`fsync`).
 fn start_redis(redis_bin: &Path, scratch: &Path, fsync: bool) -> Result<(Server, SocketAddr)> {
     let port = servers::free_port()?;
     let dir = scratch.join(if fsync { "redis-fsync" } else { "redis" });

@@ -2,7 +2,8 @@
 //! rendering, the targets of issue 3 judged against it, and the splice into
 //! `BENCHMARKS.md` between the results markers.
 //!
-//! The measuring modules ([`crate::load`], [`crate::cold`], [`crate::memory`])
+//! The measuring modules ([`crate::load`], [`crate::cold`], [`crate::memory`],
+//! [`crate::kv`], [`crate::events`], [`crate::calls`], [`crate::cluster`])
 //! fill the sections; this module only derives and presents.
 
 use std::fmt::Write as _;
@@ -14,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::calls::CallsReport;
+use crate::cluster::{self, ClusterReport};
 use crate::events::EventsReport;
 use crate::kv::{self, KvReport};
 use crate::servers::Rss;
@@ -67,6 +69,10 @@ pub struct Report {
     pub events: EventsReport,
     /// Function-to-function calls against the same call over HTTP.
     pub calls: CallsReport,
+    /// Cluster mode against embedded (issue 17); empty in runs from before
+    /// the phase, which still load for `compare`.
+    #[serde(default)]
+    pub cluster: ClusterReport,
     pub targets: Vec<Target>,
 }
 
@@ -457,6 +463,26 @@ pub fn targets(report: &Report) -> Vec<Target> {
         // stricter isolation, and its row says where it stands.
         Some(calls.call_reuse_p50_ns > 0 && calls.call_reuse_p50_ns <= 20_000),
     );
+
+    // Issue 17: a plain request touches no NATS, so a node serves as fast
+    // as an embedded server.
+    let target = "cluster mode: warm req/s per node within 10% of embedded";
+    let cluster = &report.cluster;
+    match (&cluster.warm, &cluster.skipped) {
+        (Some(warm), _) => push(
+            target,
+            format!(
+                "{:.3}× ({} vs {} req/s, c={})",
+                warm.ratio,
+                thousands(warm.cluster.rps),
+                thousands(warm.embedded.rps),
+                warm.cluster.concurrency
+            ),
+            Some(warm.ratio >= 0.9),
+        ),
+        (None, Some(why)) => push(target, format!("not measured: {why}"), None),
+        (None, None) => push(target, "not measured".to_string(), None),
+    }
     out
 }
 
@@ -742,9 +768,10 @@ pub fn markdown(report: &Report) -> String {
     events_markdown(&mut md, &report.events);
     calls_markdown(&mut md, &report.calls);
     metering_markdown(&mut md, report);
+    cluster_markdown(&mut md, &report.cluster);
 
     md.push_str(
-        "\n### Targets (issues 3, 4, 5 and 6)\n\n| target | measured | met? |\n| --- | --- | --- |\n",
+        "\n### Targets (issues 3, 4, 5, 6 and 17)\n\n| target | measured | met? |\n| --- | --- | --- |\n",
     );
     for t in &report.targets {
         let _ = writeln!(md, "| {} | {} | {} |", t.target, t.measured, met(t.met));
@@ -837,6 +864,118 @@ fn events_markdown(md: &mut String, events: &EventsReport) {
         thousands(events.direct_big_events_per_s),
         events.big_batch
     );
+}
+
+fn cluster_markdown(md: &mut String, cluster: &ClusterReport) {
+    if let Some(why) = &cluster.skipped {
+        let _ = writeln!(md, "\n### Cluster mode\n\nNot measured: {why}.");
+        return;
+    }
+    if !cluster.measured() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n### Cluster mode against embedded\n\n{} nodes (`updraft up --cluster`) over one \
+         `{}` with JetStream on loopback, against one embedded `updraft up`, measured side by \
+         side in the same phase. The nodes, NATS and wrk share this machine's cores, where the \
+         embedded server has them to itself with wrk.\n\n\
+         - **warm**: wrk on `GET /hello` of one node (node 2, which got hello through NATS) \
+         and of the embedded server, alternating; the ratio is the median of the rounds' \
+         ratios.\n\
+         - **async**: `POST /v1/functions/hello/invoke?mode=async` under wrk, the clock \
+         stopped when hello's queue is drained; on the cluster the connections are split over \
+         one wrk per node.\n\
+         - **deploy → invocable**: `tests/guests/chain` deployed through node 1 with a new \
+         `[env] NAME`, timed until the route of every node answers 200 with it (polled every \
+         millisecond); `config` keeps the Wasm, `code` changes it (each node fetches and \
+         compiles it). Embedded: until its own route answers.\n\
+         - **kv**: `tests/guests/kv-bench` on node 1 (stores in JetStream) and on the embedded \
+         server, timed inside the guest.\n\n\
+         | measurement | cluster | embedded | cluster ÷ embedded |\n\
+         | --- | ---: | ---: | ---: |",
+        cluster.nodes, cluster.nats_version,
+    );
+    let ratio = |a: f64, b: f64| format!("{:.2}×", divide(a, b));
+    if let Some(warm) = &cluster.warm {
+        let (c, e) = (&warm.cluster, &warm.embedded);
+        let _ = writeln!(
+            md,
+            "| warm req/s, node {} (c={}, {} round(s)) | {} | {} | {:.3}× |\n\
+             | warm p50 | {} | {} | {} |\n\
+             | warm p99 | {} | {} | {} |",
+            warm.node,
+            c.concurrency,
+            c.rounds.len(),
+            thousands(c.rps),
+            thousands(e.rps),
+            warm.ratio,
+            us(c.p50_us),
+            us(e.p50_us),
+            ratio(c.p50_us, e.p50_us),
+            us(c.p99_us),
+            us(e.p99_us),
+            ratio(c.p99_us, e.p99_us),
+        );
+    }
+    if let Some(events) = &cluster.events {
+        let processes = events
+            .rounds
+            .first()
+            .map_or(cluster.nodes, |r| r.cluster.wrk_processes);
+        let _ = writeln!(
+            md,
+            "| async events/s end to end (c={} over {processes} wrk, {} s, {} round(s)) | {} | {} | {:.3}× |",
+            events.connections,
+            events.duration_s,
+            events.rounds.len(),
+            thousands(events.cluster_events_per_s),
+            thousands(events.embedded_events_per_s),
+            events.ratio
+        );
+    }
+    for d in &cluster.deploy {
+        let _ = writeln!(
+            md,
+            "| deploy → invocable on every node, `{}`, p50 ({} reps) | {} | {} | {:.2}× |\n\
+             | deploy → invocable, `{}`, max | {} | {} | {} |\n\
+             | deploy PUT → 201, `{}`, p50 (through node 1) | {} | {} | {} |",
+            d.change,
+            d.repetitions,
+            ms(d.cluster_invocable.p50_us),
+            ms(d.embedded_invocable.p50_us),
+            d.ratio,
+            d.change,
+            ms(d.cluster_invocable.max_us),
+            ms(d.embedded_invocable.max_us),
+            ratio(d.cluster_invocable.max_us, d.embedded_invocable.max_us),
+            d.change,
+            ms(d.cluster_put.p50_us),
+            ms(d.embedded_put.p50_us),
+            ratio(d.cluster_put.p50_us, d.embedded_put.p50_us),
+        );
+    }
+    for op in ["get", "set"] {
+        let (Some(c), Some(e)) = (
+            cluster.kv_point(cluster::CLUSTER, op),
+            cluster.kv_point(cluster::EMBEDDED, op),
+        ) else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "| kv {op} p50 from a guest ({} ops) | {} | {} | {} |",
+            c.ops,
+            ns(c.p50_ns),
+            ns(e.p50_ns),
+            ratio(c.p50_ns as f64, e.p50_ns as f64),
+        );
+    }
+}
+
+/// Microseconds as milliseconds, one decimal: the unit of propagation.
+fn ms(micros: f64) -> String {
+    format!("{:.1} ms", micros / 1_000.0)
 }
 
 fn calls_markdown(md: &mut String, calls: &CallsReport) {
@@ -1005,6 +1144,22 @@ mod tests {
         assert_eq!(splice(&out, "new table").unwrap(), out);
         assert!(splice("no markers", "x").is_err());
         assert!(splice(&format!("{MARKER_END}{MARKER_START}"), "x").is_err());
+    }
+
+    #[test]
+    fn cluster_section_says_why_it_was_skipped_and_is_absent_from_old_runs() {
+        let mut md = String::new();
+        cluster_markdown(&mut md, &ClusterReport::default());
+        assert!(md.is_empty(), "{md}");
+        let skipped = ClusterReport {
+            skipped: Some("nats-server not found on PATH".into()),
+            ..ClusterReport::default()
+        };
+        cluster_markdown(&mut md, &skipped);
+        assert!(
+            md.contains("### Cluster mode") && md.contains("Not measured: nats-server"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `updraft-bench run`: finds the programs, starts the servers, runs the
 //! phases in order — warm load ([`crate::load`]), cold paths
-//! ([`crate::cold`]), memory ([`crate::memory`]) — and assembles the
-//! [`Report`]. Each phase that needs a pristine server gets its own data dir.
+//! ([`crate::cold`]), memory ([`crate::memory`]), key-value ([`crate::kv`]),
+//! async events ([`crate::events`]), calls ([`crate::calls`]), cluster mode
+//! ([`crate::cluster`]) — and assembles the [`Report`]. Each phase that
+//! needs a pristine server gets its own data dir.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +11,7 @@ use std::process::Command;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::calls::{CallsPlan, CallsReport};
+use crate::cluster::{ClusterPlan, ClusterReport};
 use crate::events::{EventsPlan, EventsReport};
 use crate::kv::KvPlan;
 use crate::load::{LoadPlan, LoadTarget};
@@ -19,7 +22,7 @@ use crate::report::{
     WASMTIME, WASMTIME_REUSE,
 };
 use crate::servers::{self, Server};
-use crate::{calls, cold, events, http, kv, load, memory, updraft, wrk};
+use crate::{calls, cluster, cold, events, http, kv, load, memory, updraft, wrk};
 
 /// What the command line asked for.
 #[derive(Debug, Clone)]
@@ -46,6 +49,7 @@ pub struct Plan {
     pub kv: KvPlan,
     pub events: EventsPlan,
     pub calls: CallsPlan,
+    pub cluster: ClusterPlan,
 }
 
 impl Plan {
@@ -60,6 +64,17 @@ impl Plan {
             Mode::Full => (200_000, 5_000),
             Mode::Quick => (50_000, 500),
             Mode::Tiny => (200, 20),
+        };
+        let events = EventsPlan {
+            duration_s: match mode {
+                Mode::Full => 5,
+                Mode::Quick => 2,
+                Mode::Tiny => 1,
+            },
+            rounds: match mode {
+                Mode::Full => 3,
+                _ => 1,
+            },
         };
         Plan {
             load: LoadPlan {
@@ -96,17 +111,29 @@ impl Plan {
                 },
                 http_duration_s: duration_s.unwrap_or(duration).max(1),
             },
-            events: EventsPlan {
-                duration_s: match mode {
-                    Mode::Full => 5,
-                    Mode::Quick => 2,
-                    Mode::Tiny => 1,
+            cluster: ClusterPlan {
+                // The warm-load points' parameters at c = 64, so the node's
+                // number reads beside the throughput table's.
+                warm: LoadPlan {
+                    concurrencies: vec![64],
+                    duration_s: duration_s.unwrap_or(duration).max(1),
+                    warmup_s: warmup,
+                    rounds,
                 },
-                rounds: match mode {
-                    Mode::Full => 3,
-                    _ => 1,
+                events: events.clone(),
+                deploy_reps: match mode {
+                    Mode::Full => 20,
+                    Mode::Quick => 5,
+                    Mode::Tiny => 2,
+                },
+                // A tenth, as for the stores in NATS in the key-value phase:
+                // each operation is a round trip to NATS.
+                kv: KvPlan {
+                    get_ops: (get_ops / 10).max(1),
+                    write_ops: (write_ops / 10).max(1),
                 },
             },
+            events,
         }
     }
 }
@@ -123,7 +150,8 @@ struct Tools {
     kv_bench: PathBuf,
     chain: PathBuf,
     redis: PathBuf,
-    /// `None`: not installed, so the key-value points in NATS are skipped.
+    /// `None`: not installed, so the key-value points in NATS and the
+    /// cluster phase are skipped.
     nats: Option<PathBuf>,
 }
 
@@ -233,7 +261,7 @@ pub fn run(options: &Options) -> Result<Report> {
         .tempdir()
         .context("cannot create a scratch dir")?;
     match phases(&tools, &plan, scratch.path(), &hello, &chaos) {
-        Ok((throughput, metering, cold, memory, kv, events, calls)) => {
+        Ok((throughput, metering, cold, memory, kv, events, calls, cluster)) => {
             let mut report = Report {
                 schema: report::SCHEMA,
                 mode: options.mode,
@@ -263,6 +291,7 @@ pub fn run(options: &Options) -> Result<Report> {
                 kv,
                 events,
                 calls,
+                cluster,
                 targets: Vec::new(),
             };
             report.targets = report::targets(&report);
@@ -300,6 +329,7 @@ type Phases = (
     kv::KvReport,
     EventsReport,
     CallsReport,
+    ClusterReport,
 );
 
 fn phases(
@@ -485,7 +515,30 @@ fn phases(
         hello,
         &plan.calls,
     )?;
-    Ok((throughput, metering, cold, memory, kv, events, calls))
+
+    eprintln!(
+        "==> cluster mode: {} nodes over one nats-server against embedded",
+        cluster::NODES
+    );
+    if tools.nats.is_none() {
+        eprintln!("    nats-server not found on PATH: the cluster phase is skipped");
+    }
+    let cluster = cluster::measure(
+        &cluster::Inputs {
+            updraft_bin: &tools.updraft,
+            nats_bin: tools.nats.as_deref(),
+            wrk_bin: &tools.wrk,
+            script: &script,
+            hello,
+            chain: &chain,
+            kv_bench: &kv_bench,
+        },
+        scratch,
+        &plan.cluster,
+    )?;
+    Ok((
+        throughput, metering, cold, memory, kv, events, calls, cluster,
+    ))
 }
 
 fn start_native(tools: &Tools, scratch: &Path) -> Result<Server> {

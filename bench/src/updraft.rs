@@ -87,6 +87,17 @@ pub fn deploy_with(endpoint: Endpoint, name: &str, query: &str, wasm: &[u8]) -> 
 /// Deploys with a whole manifest (TOML), as `updraft deploy` does: a
 /// multipart upload of the manifest and the Wasm.
 pub fn deploy_manifest(endpoint: Endpoint, name: &str, manifest: &str, wasm: &[u8]) -> Result<()> {
+    deploy_manifest_timed(endpoint, name, manifest, wasm).map(drop)
+}
+
+/// [`deploy_manifest`], timed from the connect to the 201's last byte, with
+/// the server's answer: the function's details (`version`, `digest`, …).
+pub fn deploy_manifest_timed(
+    endpoint: Endpoint,
+    name: &str,
+    manifest: &str,
+    wasm: &[u8],
+) -> Result<(serde_json::Value, Duration)> {
     const BOUNDARY: &str = "updraft-bench-boundary-7f3a";
     let mut body = Vec::with_capacity(wasm.len() + manifest.len() + 512);
     for (part, content_type, bytes) in [
@@ -111,7 +122,7 @@ pub fn deploy_manifest(endpoint: Endpoint, name: &str, manifest: &str, wasm: &[u
         content_type: Some(&content_type),
         body: &body,
     };
-    let response = http::send(endpoint, &request, CONTROL_TIMEOUT)?;
+    let (response, elapsed) = http::send_timed(endpoint, &request, CONTROL_TIMEOUT)?;
     if response.status != 201 {
         bail!(
             "deploying {name} answered {}: {}",
@@ -119,7 +130,9 @@ pub fn deploy_manifest(endpoint: Endpoint, name: &str, manifest: &str, wasm: &[u
             response.text()
         );
     }
-    Ok(())
+    let details = serde_json::from_slice(&response.body)
+        .with_context(|| format!("deploying {name} answered {:?}", response.text()))?;
+    Ok((details, elapsed))
 }
 
 /// What `POST /v1/functions/{name}/unload` did.

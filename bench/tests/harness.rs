@@ -61,6 +61,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
         "kv",
         "events",
         "calls",
+        "cluster",
         "targets",
     ] {
         assert!(json.get(section).is_some(), "no {section} in {text}");
@@ -172,7 +173,40 @@ fn tiny_run_writes_complete_json_and_markdown() {
     assert_eq!(report.events.rounds.len(), 1);
     assert!(report.calls.call_p50_ns > 0 && report.calls.call_p99_ns >= report.calls.call_p50_ns);
     assert!(report.calls.http_p50_ns > 0 && report.calls.http_requests > 0);
-    assert_eq!(report.targets.len(), 18);
+    // Cluster mode: 3 nodes over nats-server (installed with the key-value
+    // points' NATS) beside an embedded server, every measurement present.
+    let cluster = &report.cluster;
+    assert!(cluster.skipped.is_none(), "{cluster:?}");
+    assert_eq!(cluster.nodes, 3);
+    let warm = cluster.warm.as_ref().expect("the warm point");
+    for side in [&warm.cluster, &warm.embedded] {
+        assert!(side.rps > 0.0 && side.errors.total() == 0, "{side:?}");
+        assert_eq!(side.concurrency, 64);
+    }
+    assert!(warm.ratio > 0.0, "{warm:?}");
+    let events = cluster.events.as_ref().expect("the async point");
+    assert_eq!(events.rounds.len(), 1);
+    assert_eq!(events.rounds[0].cluster.wrk_processes, 3);
+    assert!(events.cluster_events_per_s > 0.0 && events.embedded_events_per_s > 0.0);
+    assert_eq!(cluster.deploy.len(), 2, "config and code");
+    for d in &cluster.deploy {
+        assert_eq!(d.repetitions, 2);
+        assert!(
+            d.cluster_invocable.n == 2 && d.embedded_invocable.n == 2,
+            "{d:?}"
+        );
+        assert!(
+            d.cluster_invocable.p50_us >= d.cluster_put.p50_us && d.ratio > 0.0,
+            "invocable everywhere cannot come before the PUT's 201: {d:?}"
+        );
+    }
+    for system in ["updraft-cluster", "updraft-embedded"] {
+        for op in ["get", "set"] {
+            let p = cluster.kv_point(system, op).expect("a key-value point");
+            assert!(p.ops > 0 && p.p50_ns > 0, "{p:?}");
+        }
+    }
+    assert_eq!(report.targets.len(), 19);
     assert!(
         report
             .targets
@@ -193,7 +227,8 @@ fn tiny_run_writes_complete_json_and_markdown() {
             && md.contains("### Key-value operations")
             && md.contains("### Async events end to end")
             && md.contains("### Function-to-function calls")
-            && md.contains("### Targets (issues 3, 4, 5 and 6)"),
+            && md.contains("### Cluster mode against embedded")
+            && md.contains("### Targets (issues 3, 4, 5, 6 and 17)"),
         "{md}"
     );
 }

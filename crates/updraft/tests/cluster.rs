@@ -554,22 +554,36 @@ async fn retries_dead_letters_and_redrive_span_nodes() {
     let doomed = accept(&nodes[1], "key=doomed&fail_below=1000").await;
     let dead = nodes[0].wait_for_invocation(&doomed, &["dead"]).await;
     assert_eq!(dead["attempts"], 3, "{dead}");
-    assert!(dead["error"].as_str().unwrap().contains("HTTP 500"), "{dead}");
+    assert!(
+        dead["error"].as_str().unwrap().contains("HTTP 500"),
+        "{dead}"
+    );
     for node in &nodes {
         let listed = node.cli_ok(&["dlq", "show", "counter"]);
         assert!(listed.contains(&doomed), "{listed}");
     }
     let redriven = nodes[1].cli_ok(&["dlq", "redrive", "counter"]);
     assert!(redriven.contains("1 dead letters of counter"), "{redriven}");
-    wait_until("the redriven call never ran again", WAIT_MAX, Duration::from_millis(50), || async {
-        match nodes[0].cli_ok(&["kv", "get", "default", "doomed"]).as_str() {
-            "6" => Ok(()),
-            other => Err(format!("count {other}")),
-        }
-    })
+    wait_until(
+        "the redriven call never ran again",
+        WAIT_MAX,
+        Duration::from_millis(50),
+        || async {
+            match nodes[0]
+                .cli_ok(&["kv", "get", "default", "doomed"])
+                .as_str()
+            {
+                "6" => Ok(()),
+                other => Err(format!("count {other}")),
+            }
+        },
+    )
     .await;
     let dead = nodes[0].wait_for_invocation(&doomed, &["dead"]).await;
-    assert_eq!(dead["attempts"], 3, "attempts start over on redrive: {dead}");
+    assert_eq!(
+        dead["attempts"], 3,
+        "attempts start over on redrive: {dead}"
+    );
 }
 
 /// A named queue consumed on every node gets each message once, and a
@@ -604,16 +618,79 @@ async fn queues_and_topics_span_nodes() {
         node.cli_ok(&["publish", "news", "-d", &format!("news {i}")]);
     }
     for prefix in ["order/", "a/", "b/"] {
-        let keys = wait_until("not every message arrived", WAIT_MAX, Duration::from_millis(100), || async {
-            let keys = keys_under(&nodes[0], prefix);
-            match keys.len() {
-                30 => Ok(keys),
-                n => Err(format!("{n} of 30 under {prefix}")),
-            }
-        })
+        let keys = wait_until(
+            "not every message arrived",
+            WAIT_MAX,
+            Duration::from_millis(100),
+            || async {
+                let keys = keys_under(&nodes[0], prefix);
+                match keys.len() {
+                    30 => Ok(keys),
+                    n => Err(format!("{n} of 30 under {prefix}")),
+                }
+            },
+        )
         .await;
         for key in keys.iter().step_by(7) {
-            assert_eq!(nodes[1].cli_ok(&["kv", "get", "default", key]), "1", "{key}");
+            assert_eq!(
+                nodes[1].cli_ok(&["kv", "get", "default", key]),
+                "1",
+                "{key}"
+            );
         }
     }
+}
+
+/// nats-server killed (SIGKILL) and started again on its file store while
+/// async work waits in it (each call fails once, then waits a second for
+/// its retry): every call accepted before the kill still succeeds, and the
+/// node carries on by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn accepted_work_survives_a_nats_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::start();
+    let nodes = start_nodes(dir.path(), &nats.url, 1);
+    let node = &nodes[0];
+    node.deploy_guest(
+        "counter",
+        "counter-rust",
+        "key_value_stores = [\"default\"]\n\
+         [retry]\nmax_attempts = 10\nbackoff_ms = 1000\nbackoff_max_ms = 2000",
+    );
+    const TOTAL: usize = 200;
+    for i in 0..TOTAL {
+        let query = format!("mode=async&key=job-{i}&fail_below=2");
+        let r = node
+            .api()
+            .post(node.url(&format!("/v1/functions/counter/invoke?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    nats.restart();
+    // Succeeded: the second attempt of each made its count 2.
+    wait_until(
+        "not every accepted call succeeded",
+        WAIT_MAX,
+        Duration::from_millis(200),
+        || async {
+            let mut done = 0;
+            let mut last = String::new();
+            for i in 0..TOTAL {
+                let out = node.cli(&["kv", "get", "default", &format!("job-{i}")]);
+                last = format!("{out:?}");
+                let count: u64 = String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                done += usize::from(count >= 2);
+            }
+            match done {
+                TOTAL => Ok(()),
+                n => Err(format!("{n} of {TOTAL} succeeded; the last: {last}")),
+            }
+        },
+    )
+    .await;
 }

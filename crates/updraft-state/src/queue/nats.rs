@@ -351,13 +351,22 @@ impl NatsQueues {
     ) -> Result<Vec<async_nats::jetstream::Message>, QueueError> {
         let consumer = self.consumer(queue, lease).await?;
         let failed = unavailable("receiving messages failed");
+        // A pull request lost with the connection is never answered: give
+        // up on it after its own wait and a request's time, and pull again.
+        let limit = wait + crate::nats::REQUEST_TIMEOUT;
         let take = |batch: Result<consumer::pull::Batch, _>| async {
             let mut batch = batch.map_err(|e| failed(boxed(e)))?;
             let mut got = Vec::new();
-            while let Some(message) = batch.next().await {
-                got.push(message.map_err(&failed)?);
+            let read = async {
+                while let Some(message) = batch.next().await {
+                    got.push(message.map_err(&failed)?);
+                }
+                Ok::<_, QueueError>(())
+            };
+            match tokio::time::timeout(limit, read).await {
+                Ok(read) => read.map(|()| got),
+                Err(elapsed) => Err(failed(boxed(elapsed))),
             }
-            Ok::<_, QueueError>(got)
         };
         // Whatever is there now, without waiting.
         let mut got = take(consumer.fetch().max_messages(max).messages().await).await?;
