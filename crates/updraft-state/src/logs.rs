@@ -21,7 +21,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use updraft_core::LogEntry;
 
 use crate::error::StateError;
-use crate::nats::Cluster;
+use crate::nats::{Cluster, boxed};
 
 const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
 
@@ -134,10 +134,6 @@ fn log_subject(key: &str) -> String {
 
 fn unavailable(what: &'static str) -> impl Fn(async_nats::Error) -> StateError {
     move |e| StateError::Unavailable(updraft_core::Failure::boxed(what, e))
-}
-
-fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> async_nats::Error {
-    Box::new(e)
 }
 
 /// Logs in JetStream: one subject per function (`updraft.logs.{tenant}.{name}`)

@@ -312,20 +312,56 @@ impl Cluster {
                 ..Default::default()
             })
             .await?;
-        let mut pending = consumer.cached_info().num_pending;
+        // Exactly what was there when the consumer was made: its pending
+        // count then. Writes after it come later in the stream, and under
+        // steady writes the count left would never reach zero.
+        let mut remaining = consumer.cached_info().num_pending;
         let mut found = Vec::new();
-        if pending == 0 {
+        if remaining == 0 {
             return Ok(found);
         }
         let mut messages = consumer.messages().await?;
-        while pending > 0
+        while remaining > 0
             && let Some(message) = messages.next().await
         {
-            let message = message?;
-            pending = message.info()?.pending;
-            found.push(message.message);
+            found.push(message?.message);
+            remaining -= 1;
         }
         Ok(found)
+    }
+}
+
+/// A NATS client error as the boxed error the backends keep as a source.
+pub(crate) fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> async_nats::Error {
+    Box::new(e)
+}
+
+/// Writes `value` under `key` if it is still at `revision` (`None`: never
+/// written, or deleted without a trace): a compare-and-swap on the key's
+/// revision. `Ok(false)` if another writer changed it first.
+pub(crate) async fn write_if(
+    bucket: &Store,
+    key: &str,
+    revision: Option<u64>,
+    value: bytes::Bytes,
+) -> Result<bool, async_nats::Error> {
+    use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+    let result = match revision {
+        Some(revision) => bucket
+            .update(key, value, revision)
+            .await
+            .map(drop)
+            .map_err(|e| (e.kind() == UpdateErrorKind::WrongLastRevision, boxed(e))),
+        None => bucket
+            .create(key, value)
+            .await
+            .map(drop)
+            .map_err(|e| (e.kind() == CreateErrorKind::AlreadyExists, boxed(e))),
+    };
+    match result {
+        Ok(()) => Ok(true),
+        Err((true, _)) => Ok(false),
+        Err((false, e)) => Err(e),
     }
 }
 

@@ -28,7 +28,7 @@ use sha2::{Digest as _, Sha256};
 use updraft_core::validate_tenant;
 
 use crate::error::StateError;
-use crate::nats::Cluster;
+use crate::nats::{Cluster, boxed};
 use crate::registry::now_ms;
 
 /// The KV bucket of keys in cluster mode.
@@ -85,10 +85,6 @@ enum Backend {
 
 fn unavailable(what: &'static str) -> impl Fn(async_nats::Error) -> StateError {
     move |e| StateError::Unavailable(updraft_core::Failure::boxed(what, e))
-}
-
-fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> async_nats::Error {
-    Box::new(e)
 }
 
 /// Every key in the bucket now.

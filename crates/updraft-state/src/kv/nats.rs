@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::RwLock;
 
-use async_nats::jetstream::kv::{self, Operation, Store};
+use async_nats::jetstream::kv::{Operation, Store};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -34,7 +34,7 @@ use super::{
     CasOutcome, KeyPage, KvError, KvStore, LIST_PAGE_MAX, StoreId, check_batch, check_key,
     check_value, counter_value,
 };
-use crate::nats::Cluster;
+use crate::nats::{Cluster, boxed};
 
 /// What every bucket's name starts with.
 const BUCKET_PREFIX: &str = "updraft-kv_";
@@ -57,10 +57,6 @@ pub struct NatsKv {
 /// Errors of NATS: the server is away or failing (503, retry).
 fn unavailable(what: &'static str) -> impl Fn(async_nats::Error) -> KvError {
     move |e| KvError::Unavailable(Failure::boxed(what, e))
-}
-
-fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> async_nats::Error {
-    Box::new(e)
 }
 
 /// A NATS key for `key` (see the module docs).
@@ -172,24 +168,9 @@ impl NatsKv {
         revision: Option<u64>,
         value: Bytes,
     ) -> Result<bool, KvError> {
-        let encoded = encode_key(key);
-        let result = match revision {
-            Some(revision) => bucket
-                .update(&encoded, value, revision)
-                .await
-                .map(drop)
-                .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, boxed(e))),
-            None => bucket
-                .create(&encoded, value)
-                .await
-                .map(drop)
-                .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, boxed(e))),
-        };
-        match result {
-            Ok(()) => Ok(true),
-            Err((true, _)) => Ok(false),
-            Err((false, e)) => Err(unavailable("writing a key failed")(e)),
-        }
+        crate::nats::write_if(bucket, &encode_key(key), revision, value)
+            .await
+            .map_err(unavailable("writing a key failed"))
     }
 
     /// Every live key under `prefix` in `bucket`, with its value's size,
@@ -460,6 +441,46 @@ mod tests {
         }
         let page = other.list(&store, "", None, LIST_PAGE_MAX).await.unwrap();
         assert_eq!(page.keys, model::list_model(&model, ""));
+    }
+
+    /// A listing is what was there when it began, and ends, while another
+    /// writer keeps changing the store (it once waited for the writes to
+    /// stop).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_listing_ends_under_steady_writes() {
+        let server = NatsServer::start();
+        let kv = Arc::new(NatsKv::new(server.cluster().await));
+        let store = StoreId::new("owner", "busy");
+        for i in 0..50 {
+            kv.set(&store, &format!("k{i:02}"), b"0".to_vec())
+                .await
+                .unwrap();
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (kv, store, stop) = (kv.clone(), store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    kv.increment(&store, &format!("k{:02}", n % 50), 1)
+                        .await
+                        .unwrap();
+                    n += 1;
+                }
+            })
+        };
+        for _ in 0..5 {
+            let page = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                kv.list(&store, "k", None, LIST_PAGE_MAX),
+            )
+            .await
+            .expect("the listing never ended")
+            .unwrap();
+            assert_eq!(page.keys.len(), 50);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -49,7 +49,7 @@ use super::{
     Accepted, Channel, MessageInfo, MessageState, NewMessage, PAYLOAD_BYTES_MAX, QueueError,
     QueueId, QueueStats, QueueStore, RETENTION, Uuid, check_channel, check_message, now_ms,
 };
-use crate::nats::{Cluster, MESSAGE_OVERHEAD};
+use crate::nats::{Cluster, MESSAGE_OVERHEAD, boxed};
 
 /// The stream of every queue's messages.
 const STREAM: &str = "UPDRAFT_QUEUES";
@@ -99,10 +99,6 @@ struct Lease {
 
 fn unavailable(what: &'static str) -> impl Fn(async_nats::Error) -> QueueError {
     move |e| QueueError::Unavailable(Failure::boxed(what, e))
-}
-
-fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> async_nats::Error {
-    Box::new(e)
 }
 
 fn corrupt(e: serde_json::Error) -> QueueError {
@@ -490,25 +486,13 @@ impl QueueStore for NatsQueues {
                 None => {}
             }
             let value = Bytes::from(serde_json::to_vec(&channel).map_err(corrupt)?);
-            let written = match entry {
-                Some(e) => self
-                    .channels
-                    .update(key.as_str(), value, e.revision)
-                    .await
-                    .map(drop)
-                    .map_err(boxed),
-                None => self
-                    .channels
-                    .create(key.as_str(), value)
-                    .await
-                    .map(drop)
-                    .map_err(boxed),
-            };
-            match written {
-                Ok(()) => return Ok(channel),
-                // Another node changed it first: look again.
-                Err(_) if self.channels.entry(key.as_str()).await.is_ok() => continue,
-                Err(e) => return Err(failed(e)),
+            let revision = entry.map(|e| e.revision);
+            // Another node changed it first: look again.
+            if crate::nats::write_if(&self.channels, &key, revision, value)
+                .await
+                .map_err(&failed)?
+            {
+                return Ok(channel);
             }
         }
     }

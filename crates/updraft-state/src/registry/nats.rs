@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use async_nats::jetstream::kv::{self, Operation, Store};
+use async_nats::jetstream::kv::{Operation, Store};
 use async_nats::jetstream::object_store::{self, ObjectStore};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -36,7 +36,7 @@ use updraft_core::{Digest, Failure, Route, VersionRecord, function_key, split_fu
 
 use super::{FunctionRecord, LATEST, NewVersion, Registry, RegistryChange, now_ms};
 use crate::error::StateError;
-use crate::nats::Cluster;
+use crate::nats::{Cluster, boxed, write_if};
 
 /// The KV bucket of documents and version records.
 const BUCKET: &str = "updraft-registry";
@@ -79,10 +79,6 @@ impl Entry {
 
 fn unavailable(what: &'static str) -> impl Fn(async_nats::Error) -> StateError {
     move |e| StateError::Unavailable(Failure::boxed(what, e))
-}
-
-fn boxed<E: std::error::Error + Send + Sync + 'static>(e: E) -> async_nats::Error {
-    Box::new(e)
 }
 
 fn doc_key(tenant: &str) -> String {
@@ -183,27 +179,10 @@ impl NatsRegistry {
         doc: &TenantDoc,
         revision: Option<u64>,
     ) -> Result<bool, StateError> {
-        let key = doc_key(tenant);
         let value = Bytes::from(serde_json::to_vec(doc)?);
-        let result = match revision {
-            Some(revision) => self
-                .bucket
-                .update(&key, value, revision)
-                .await
-                .map(drop)
-                .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, boxed(e))),
-            None => self
-                .bucket
-                .create(&key, value)
-                .await
-                .map(drop)
-                .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, boxed(e))),
-        };
-        match result {
-            Ok(()) => Ok(true),
-            Err((true, _)) => Ok(false),
-            Err((false, e)) => Err(unavailable("writing the registry failed")(e)),
-        }
+        write_if(&self.bucket, &doc_key(tenant), revision, value)
+            .await
+            .map_err(unavailable("writing the registry failed"))
     }
 
     async fn version(&self, entry: &Entry, number: u64) -> Result<VersionRecord, StateError> {
