@@ -695,3 +695,105 @@ async fn accepted_work_survives_a_nats_restart() {
     )
     .await;
 }
+
+/// A node started while work waits takes a share of it: it pulls from the
+/// same queue as the busy node from its start. (Usage records are still
+/// kept per node, so the new node's own records show what it ran.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_started_under_load_takes_a_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let mut nodes = start_nodes(dir.path(), &nats.url, 1);
+    nodes[0].deploy_guest("work", "kv-bench", "key_value_stores = [\"bench\"]");
+    const JOBS: usize = 64;
+    for i in 0..JOBS {
+        let query = format!("mode=async&op=increment&n=300&key=job-{i}");
+        let r = nodes[0]
+            .api()
+            .post(nodes[0].url(&format!("/v1/functions/work/invoke?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    let data_dir = dir.path().join("late");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::copy(
+        nodes[0].data_dir.join("admin.key"),
+        data_dir.join("admin.key"),
+    )
+    .unwrap();
+    nodes.push(Server::start_with(&data_dir, &["--cluster", &nats.url]));
+    let late = &nodes[1];
+    wait_until(
+        "the new node ran none of the work",
+        WAIT_MAX,
+        Duration::from_millis(100),
+        || async {
+            let usage = late.get_json("/v1/usage?group_by=function").await;
+            let ran = usage["rows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|row| row["key"] == "work")
+                .and_then(|row| row["invocations"].as_u64())
+                .unwrap_or(0);
+            match ran {
+                0 => Err(usage.to_string()),
+                n => Ok(n),
+            }
+        },
+    )
+    .await;
+}
+
+/// Two nodes deploying the same name at once: one version each, numbered
+/// in order, and both nodes list the same two versions afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_deploys_of_one_name_on_two_nodes_each_get_a_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let nodes = start_nodes(dir.path(), &nats.url, 2);
+    let manifests: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            node.write_manifest("twin", "hello-rust", &format!("[env]\nNODE = \"{i}\""))
+        })
+        .collect();
+    let deploys: Vec<_> = nodes
+        .iter()
+        .zip(&manifests)
+        .map(|(node, manifest)| {
+            let (bin, url, data_dir) = (bin(), node.url.clone(), node.data_dir.clone());
+            let manifest = manifest.clone();
+            std::thread::spawn(move || {
+                std::process::Command::new(bin)
+                    .args(["--server", &url, "deploy"])
+                    .arg(&manifest)
+                    .env("UPDRAFT_DATA_DIR", &data_dir)
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for deploy in deploys {
+        let out = deploy.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for node in &nodes {
+        let info = node.get_json("/v1/functions/twin").await;
+        let versions: Vec<u64> = info["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version"].as_u64().unwrap())
+            .collect();
+        assert_eq!(versions.len(), 2, "{info}");
+        assert!(versions.contains(&1) && versions.contains(&2), "{info}");
+    }
+}
