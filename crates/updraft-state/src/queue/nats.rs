@@ -276,7 +276,8 @@ impl NatsQueues {
         }
     }
 
-    /// Publishes a message to `queue`; `dedup` is its idempotency id.
+    /// Publishes a message to `queue` and waits for JetStream to store it;
+    /// `dedup`: under its id, de-duplicated. Whether it was a duplicate.
     async fn publish(
         &self,
         queue: &QueueId,
@@ -286,6 +287,25 @@ impl NatsQueues {
         dedup: bool,
         payload: Bytes,
     ) -> Result<bool, QueueError> {
+        let stored = self
+            .send_unacked(queue, id, enqueued_ms, visible_ms, dedup, payload)
+            .await?
+            .await
+            .map_err(|e| unavailable("sending a message failed")(boxed(e)))?;
+        Ok(stored.duplicate)
+    }
+
+    /// Sends a message to `queue` without waiting for it to be stored:
+    /// messages sent in turn keep their order; await the answers together.
+    async fn send_unacked(
+        &self,
+        queue: &QueueId,
+        id: Uuid,
+        enqueued_ms: u64,
+        visible_ms: u64,
+        dedup: bool,
+        payload: Bytes,
+    ) -> Result<async_nats::jetstream::context::PublishAckFuture, QueueError> {
         let mut headers = HeaderMap::new();
         headers.insert(ID_HEADER, id.to_string().as_str());
         headers.insert(ENQUEUED_HEADER, enqueued_ms.to_string().as_str());
@@ -295,16 +315,47 @@ impl NatsQueues {
         if dedup {
             headers.insert("Nats-Msg-Id", id.to_string().as_str());
         }
-        let failed = unavailable("sending a message failed");
-        let ack = self
-            .cluster
+        self.cluster
             .jetstream
             .publish_with_headers(subject(queue), headers, payload)
             .await
-            .map_err(|e| failed(boxed(e)))?
+            .map_err(|e| unavailable("sending a message failed")(boxed(e)))
+    }
+
+    /// The record of a message just sent, waiting. A keyed message's is
+    /// made only if it has none (a duplicate's record is the first's):
+    /// whether it was made.
+    async fn new_record(
+        &self,
+        queue: &QueueId,
+        id: Uuid,
+        keyed: bool,
+        now: u64,
+    ) -> Result<bool, QueueError> {
+        let record = Record {
+            queue: queue.name.clone(),
+            attempts: 0,
+            enqueued_ms: now,
+            last_error: None,
+            lease: None,
+            visible_ms: now,
+        };
+        if !keyed {
+            self.put_record(&queue.owner, id, &record).await?;
+            return Ok(true);
+        }
+        let value = Bytes::from(serde_json::to_vec(&record).map_err(corrupt)?);
+        match self
+            .messages
+            .create(record_key(&queue.owner, id), value)
             .await
-            .map_err(|e| failed(boxed(e)))?;
-        Ok(ack.duplicate)
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable("writing a message record failed")(boxed(e))),
+        }
     }
 
     /// Answers a delivery (`+ACK`, `-NAK {...}`) and waits for JetStream
@@ -398,49 +449,45 @@ impl QueueStore for NatsQueues {
         let now = now_ms();
         let mut all = Vec::with_capacity(batches.len());
         for (queue, messages) in batches {
-            let mut accepted = Vec::with_capacity(messages.len());
-            for message in messages {
-                let id = match &message.idempotency_key {
-                    Some(key) => keyed_id(&queue, key),
-                    None => Uuid::now_v7(),
-                };
-                let keyed = message.idempotency_key.is_some();
-                // The record first, so a message is never delivered
-                // without one; a duplicate's record is the first's.
-                let record = Record {
-                    queue: queue.name.clone(),
-                    attempts: 0,
-                    enqueued_ms: now,
-                    last_error: None,
-                    lease: None,
-                    visible_ms: now,
-                };
-                let fresh = if keyed {
-                    let value = Bytes::from(serde_json::to_vec(&record).map_err(corrupt)?);
-                    match self
-                        .messages
-                        .create(record_key(&queue.owner, id), value)
-                        .await
-                    {
-                        Ok(_) => true,
-                        Err(e)
-                            if e.kind()
-                                == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists =>
-                        {
-                            false
-                        }
-                        Err(e) => {
-                            return Err(unavailable("writing a message record failed")(boxed(e)));
-                        }
+            let ids: Vec<(Uuid, bool)> = messages
+                .iter()
+                .map(|m| match &m.idempotency_key {
+                    Some(key) => (keyed_id(&queue, key), true),
+                    None => (Uuid::now_v7(), false),
+                })
+                .collect();
+            // The records first, all at once, so a message is never
+            // delivered without one; then the messages in order, their
+            // acknowledgements awaited together.
+            // A key repeated within the batch is a duplicate of its first
+            // use, which makes the record.
+            let mut seen = std::collections::HashSet::new();
+            let queue_ref = &queue;
+            let records = ids.iter().map(|(id, keyed)| {
+                let first = seen.insert(*id);
+                async move {
+                    match first {
+                        true => self.new_record(queue_ref, *id, *keyed, now).await,
+                        false => Ok(false),
                     }
-                } else {
-                    self.put_record(&queue.owner, id, &record).await?;
-                    true
-                };
-                let duplicate = self
-                    .publish(&queue, id, now, 0, keyed, Bytes::from(message.payload))
-                    .await?;
-                if duplicate && fresh {
+                }
+            });
+            let fresh = futures::future::try_join_all(records).await?;
+            let mut sent = Vec::with_capacity(ids.len());
+            for ((id, keyed), message) in ids.iter().zip(messages) {
+                let payload = Bytes::from(message.payload);
+                sent.push(
+                    self.send_unacked(&queue, *id, now, 0, *keyed, payload)
+                        .await?,
+                );
+            }
+            let stored =
+                futures::future::try_join_all(sent.into_iter().map(IntoFuture::into_future))
+                    .await
+                    .map_err(|e| unavailable("sending a message failed")(boxed(e)))?;
+            let mut accepted = Vec::with_capacity(ids.len());
+            for (((id, _), fresh), stored) in ids.into_iter().zip(fresh).zip(stored) {
+                if stored.duplicate && fresh {
                     // The first is finished (its record gone): the record
                     // just made stands for nothing.
                     self.messages
@@ -450,7 +497,7 @@ impl QueueStore for NatsQueues {
                 }
                 accepted.push(Accepted {
                     id,
-                    duplicate: duplicate || !fresh,
+                    duplicate: stored.duplicate || !fresh,
                 });
             }
             all.push(accepted);
@@ -558,80 +605,33 @@ impl QueueStore for NatsQueues {
     ) -> Result<Vec<super::Message>, QueueError> {
         let deliveries = self.fetch(queue, max.max(1), lease, wait).await?;
         let now = now_ms();
-        let mut out = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            let headers = delivery.headers.as_ref();
-            let Some(id) = header(headers, ID_HEADER).and_then(|s| Uuid::parse_str(&s).ok()) else {
-                // Not Updraft's: acknowledge it away rather than loop on it.
-                let _ = delivery.ack().await;
-                continue;
-            };
-            let visible = header(headers, VISIBLE_HEADER)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            if visible > now {
-                let delay = Duration::from_millis(visible - now);
-                let _ = delivery
-                    .ack_with(async_nats::jetstream::AckKind::Nak(Some(delay)))
-                    .await;
-                continue;
-            }
-            let info = delivery
-                .info()
-                .map_err(unavailable("reading a delivery failed"))?;
-            let sequence = info.stream_sequence;
-            let reply = delivery
-                .reply
-                .as_ref()
-                .map(|r| r.to_string())
-                .unwrap_or_default();
-            let enqueued = header(headers, ENQUEUED_HEADER)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(now);
-            let mut record = match self.record(&queue.owner, id).await? {
-                Some((record, _)) => record,
-                // Sent by a node that died before its record: a fresh one.
-                None => Record {
-                    queue: queue.name.clone(),
-                    attempts: 0,
-                    enqueued_ms: enqueued,
-                    last_error: None,
-                    lease: None,
-                    visible_ms: now,
-                },
-            };
-            record.queue = queue.name.clone();
-            record.lease = Some(Lease {
-                since_ms: now,
-                reply,
-                sequence,
-            });
-            self.put_record(&queue.owner, id, &record).await?;
-            out.push(super::Message {
-                id,
-                payload: delivery.payload.to_vec(),
-                attempts: record.attempts,
-                enqueued_ms: record.enqueued_ms,
-                last_error: record.last_error,
-            });
-        }
-        Ok(out)
+        // Each delivery's record is read and written at once with the
+        // others': a batch costs two round trips, not two per message.
+        let leased = deliveries
+            .into_iter()
+            .map(|delivery| self.lease(queue, delivery, now));
+        let leased = futures::future::try_join_all(leased).await?;
+        Ok(leased.into_iter().flatten().collect())
     }
 
     async fn ack(&self, queue: &QueueId, id: Uuid, outcome: Vec<u8>) -> Result<(), QueueError> {
         let (_, lease) = self.leased(queue, id).await?;
         let failed = unavailable("finishing a message failed");
-        // The outcome, then the ack, then the record: a crash between
-        // them runs the message again (at least once), never loses it.
+        // The outcome first: a crash before the ack runs the message again
+        // (at least once), never loses it.
         self.outcomes
             .put(record_key(&queue.owner, id), Bytes::from(outcome))
             .await
             .map_err(|e| failed(boxed(e)))?;
-        self.answer(&lease.reply, "+ACK", String::new()).await?;
-        self.messages
-            .purge(record_key(&queue.owner, id))
-            .await
-            .map_err(|e| failed(boxed(e)))?;
+        // Both after the outcome, in either order: a record left by a
+        // crash between them only shows the message in flight.
+        let purge = async {
+            self.messages
+                .purge(record_key(&queue.owner, id))
+                .await
+                .map_err(|e| failed(boxed(e)))
+        };
+        tokio::try_join!(self.answer(&lease.reply, "+ACK", String::new()), purge)?;
         Ok(())
     }
 
@@ -816,6 +816,71 @@ impl QueueStore for NatsQueues {
 }
 
 impl NatsQueues {
+    /// Records a delivery as leased and makes it a message; `None` for one
+    /// that is not to run yet (a delayed retry goes back with the delay it
+    /// has left) or is not Updraft's.
+    async fn lease(
+        &self,
+        queue: &QueueId,
+        delivery: async_nats::jetstream::Message,
+        now: u64,
+    ) -> Result<Option<super::Message>, QueueError> {
+        let headers = delivery.headers.as_ref();
+        let Some(id) = header(headers, ID_HEADER).and_then(|s| Uuid::parse_str(&s).ok()) else {
+            // Not Updraft's: acknowledge it away rather than loop on it.
+            let _ = delivery.ack().await;
+            return Ok(None);
+        };
+        let visible = header(headers, VISIBLE_HEADER)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if visible > now {
+            let delay = Duration::from_millis(visible - now);
+            let _ = delivery
+                .ack_with(async_nats::jetstream::AckKind::Nak(Some(delay)))
+                .await;
+            return Ok(None);
+        }
+        let sequence = delivery
+            .info()
+            .map_err(unavailable("reading a delivery failed"))?
+            .stream_sequence;
+        let reply = delivery
+            .reply
+            .as_ref()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        let enqueued = header(headers, ENQUEUED_HEADER)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(now);
+        let mut record = match self.record(&queue.owner, id).await? {
+            Some((record, _)) => record,
+            // Sent by a node that died before its record: a fresh one.
+            None => Record {
+                queue: queue.name.clone(),
+                attempts: 0,
+                enqueued_ms: enqueued,
+                last_error: None,
+                lease: None,
+                visible_ms: now,
+            },
+        };
+        record.queue = queue.name.clone();
+        record.lease = Some(Lease {
+            since_ms: now,
+            reply,
+            sequence,
+        });
+        self.put_record(&queue.owner, id, &record).await?;
+        Ok(Some(super::Message {
+            id,
+            payload: delivery.payload.to_vec(),
+            attempts: record.attempts,
+            enqueued_ms: record.enqueued_ms,
+            last_error: record.last_error,
+        }))
+    }
+
     /// The ids and payload sizes of `queue`'s messages in the stream
     /// (waiting or leased), oldest first, at most `limit`: read one by one,
     /// for listings and purges.
@@ -859,5 +924,29 @@ mod tests {
         for seed in [7, 11] {
             model::run(&queues, &format!("owner{seed}"), seed, 400).await;
         }
+    }
+
+    /// A key repeated within one batch is a duplicate of its first use,
+    /// whichever record write finishes first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_repeated_in_a_batch_is_its_first_uses_duplicate() {
+        let server = NatsServer::start();
+        let queues = NatsQueues::open(&server.cluster().await).await.unwrap();
+        let queue = QueueId::new("owner", "jobs");
+        let keyed = |key: &str| NewMessage {
+            payload: key.as_bytes().to_vec(),
+            idempotency_key: Some(key.to_string()),
+        };
+        for _ in 0..20 {
+            let batch = vec![keyed("a"), keyed("a"), keyed("b"), keyed("a")];
+            let sent = queues.send(&queue, batch).await.unwrap();
+            let first = sent[0].duplicate;
+            assert_eq!(sent[0].id, sent[1].id);
+            assert!(sent[1].duplicate && sent[3].duplicate, "{sent:?}");
+            assert_eq!(sent[2].duplicate, first, "{sent:?}");
+            queues.purge(&queue).await.unwrap();
+        }
+        let stats = queues.stats(&queue).await.unwrap();
+        assert_eq!(stats.depth, 0);
     }
 }
