@@ -190,6 +190,19 @@ impl NatsServer {
         }
     }
 
+    /// Stops it with SIGTERM (it writes out its buffers) and starts it
+    /// again on the same port with the same store.
+    pub fn restart_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+        let port = self.url.rsplit(':').next().unwrap().to_string();
+        self.spawn(&port);
+    }
+
     /// Starts it again on the same port with the same store: what was
     /// acknowledged before must be there.
     pub fn restart(&mut self) {

@@ -297,6 +297,18 @@ async fn a_nats_outage_answers_503_and_loses_nothing_acknowledged() {
     assert_eq!(get_kv(&server, "after").await, (200, "again".to_string()));
 }
 
+/// Invokes `function` through `node` asynchronously with `query`; insists
+/// on 202 and returns the invocation's id.
+async fn accept_async(node: &Server, function: &str, query: &str) -> String {
+    let url = node.url(&format!(
+        "/v1/functions/{function}/invoke?mode=async&{query}"
+    ));
+    let r = node.api().post(url).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let body: serde_json::Value = r.json().await.unwrap();
+    body["id"].as_str().unwrap().to_string()
+}
+
 /// Keys of the `default` store under `prefix`, through `node`.
 fn keys_under(node: &Server, prefix: &str) -> Vec<String> {
     node.cli_ok(&["kv", "ls", "default", "--prefix", prefix])
@@ -428,14 +440,8 @@ async fn a_node_stopped_with_sigterm_finishes_what_it_leased() {
     const JOBS: usize = 32;
     const INCREMENTS: u64 = 1000;
     for i in 0..JOBS {
-        let query = format!("mode=async&op=increment&n={INCREMENTS}&key=job-{i}");
-        let r = nodes[0]
-            .api()
-            .post(nodes[0].url(&format!("/v1/functions/work/invoke?{query}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        let query = format!("op=increment&n={INCREMENTS}&key=job-{i}");
+        accept_async(&nodes[0], "work", &query).await;
     }
     let stopping = nodes.remove(0);
     let status = tokio::task::spawn_blocking(move || stopping.stop())
@@ -536,23 +542,12 @@ async fn retries_dead_letters_and_redrive_span_nodes() {
          [retry]\nmax_attempts = 3\nbackoff_ms = 50\nbackoff_max_ms = 200",
     );
     wait_everywhere(&nodes, "counter", &serving(&nodes[0], "counter").await).await;
-    let accept = |node: &Server, query: &str| {
-        let request = node
-            .api()
-            .post(node.url(&format!("/v1/functions/counter/invoke?mode=async&{query}")));
-        async move {
-            let r = request.send().await.unwrap();
-            assert_eq!(r.status(), 202);
-            let body: serde_json::Value = r.json().await.unwrap();
-            body["id"].as_str().unwrap().to_string()
-        }
-    };
-    let flaky = accept(&nodes[0], "key=flaky&fail_below=3").await;
+    let flaky = accept_async(&nodes[0], "counter", "key=flaky&fail_below=3").await;
     let done = nodes[1].wait_for_invocation(&flaky, &["succeeded"]).await;
     assert_eq!(done["attempts"], 3, "{done}");
     assert_eq!(done["result"]["body"], "3\n");
 
-    let doomed = accept(&nodes[1], "key=doomed&fail_below=1000").await;
+    let doomed = accept_async(&nodes[1], "counter", "key=doomed&fail_below=1000").await;
     let dead = nodes[0].wait_for_invocation(&doomed, &["dead"]).await;
     assert_eq!(dead["attempts"], 3, "{dead}");
     assert!(
@@ -642,7 +637,7 @@ async fn queues_and_topics_span_nodes() {
     }
 }
 
-/// nats-server killed (SIGKILL) and started again on its file store while
+/// nats-server restarted (SIGTERM, then started again) on its file store while
 /// async work waits in it (each call fails once, then waits a second for
 /// its retry): every call accepted before the kill still succeeds, and the
 /// node carries on by itself.
@@ -660,40 +655,33 @@ async fn accepted_work_survives_a_nats_restart() {
     );
     const TOTAL: usize = 200;
     for i in 0..TOTAL {
-        let query = format!("mode=async&key=job-{i}&fail_below=2");
-        let r = node
-            .api()
-            .post(node.url(&format!("/v1/functions/counter/invoke?{query}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        accept_async(node, "counter", &format!("key=job-{i}&fail_below=2")).await;
     }
-    nats.restart();
-    // Succeeded: the second attempt of each made its count 2.
+    // Gracefully: a SIGKILL of a lone NATS 2.9 can lose its last
+    // acknowledged writes, which it buffers (docs/cluster.md).
+    nats.restart_gracefully();
+    // Drained, nothing dead; then each one's second attempt made its
+    // count 2 (one read each, once: reading while it runs slows it).
     wait_until(
-        "not every accepted call succeeded",
-        WAIT_MAX,
+        "the queue never drained",
+        WAIT_MAX * 2,
         Duration::from_millis(200),
         || async {
-            let mut done = 0;
-            let mut last = String::new();
-            for i in 0..TOTAL {
-                let out = node.cli(&["kv", "get", "default", &format!("job-{i}")]);
-                last = format!("{out:?}");
-                let count: u64 = String::from_utf8_lossy(&out.stdout)
-                    .trim()
-                    .parse()
-                    .unwrap_or(0);
-                done += usize::from(count >= 2);
-            }
-            match done {
-                TOTAL => Ok(()),
-                n => Err(format!("{n} of {TOTAL} succeeded; the last: {last}")),
+            let queues = node.get_json("/v1/queues").await;
+            let counter = &queues["functions"][0];
+            match (counter["depth"].as_u64(), counter["in_flight"].as_u64()) {
+                (Some(0), Some(0)) => Ok(()),
+                _ => Err(queues.to_string()),
             }
         },
     )
     .await;
+    let queues = node.get_json("/v1/queues").await;
+    assert_eq!(queues["functions"][0]["dead_letters"], 0, "{queues}");
+    for i in 0..TOTAL {
+        let count = node.cli_ok(&["kv", "get", "default", &format!("job-{i}")]);
+        assert!(count.parse::<u64>().unwrap() >= 2, "job-{i}: {count}");
+    }
 }
 
 /// A node started while work waits takes a share of it: it pulls from the
@@ -707,14 +695,8 @@ async fn a_node_started_under_load_takes_a_share() {
     nodes[0].deploy_guest("work", "kv-bench", "key_value_stores = [\"bench\"]");
     const JOBS: usize = 64;
     for i in 0..JOBS {
-        let query = format!("mode=async&op=increment&n=300&key=job-{i}");
-        let r = nodes[0]
-            .api()
-            .post(nodes[0].url(&format!("/v1/functions/work/invoke?{query}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        let query = format!("op=increment&n=300&key=job-{i}");
+        accept_async(&nodes[0], "work", &query).await;
     }
     let data_dir = dir.path().join("late");
     std::fs::create_dir_all(&data_dir).unwrap();
