@@ -88,6 +88,20 @@ struct Record {
     visible_ms: u64,
 }
 
+impl Record {
+    /// A message of `queue` sent at `enqueued_ms`, waiting, never tried.
+    fn waiting(queue: &QueueId, enqueued_ms: u64, now: u64) -> Record {
+        Record {
+            queue: queue.name.clone(),
+            attempts: 0,
+            enqueued_ms,
+            last_error: None,
+            lease: None,
+            visible_ms: now,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Lease {
     since_ms: u64,
@@ -332,14 +346,7 @@ impl NatsQueues {
         keyed: bool,
         now: u64,
     ) -> Result<bool, QueueError> {
-        let record = Record {
-            queue: queue.name.clone(),
-            attempts: 0,
-            enqueued_ms: now,
-            last_error: None,
-            lease: None,
-            visible_ms: now,
-        };
+        let record = Record::waiting(queue, now, now);
         if !keyed {
             self.put_record(&queue.owner, id, &record).await?;
             return Ok(true);
@@ -856,14 +863,7 @@ impl NatsQueues {
         let mut record = match self.record(&queue.owner, id).await? {
             Some((record, _)) => record,
             // Sent by a node that died before its record: a fresh one.
-            None => Record {
-                queue: queue.name.clone(),
-                attempts: 0,
-                enqueued_ms: enqueued,
-                last_error: None,
-                lease: None,
-                visible_ms: now,
-            },
+            None => Record::waiting(queue, enqueued, now),
         };
         record.queue = queue.name.clone();
         record.lease = Some(Lease {

@@ -227,16 +227,7 @@ impl Inner {
             let version = match existing {
                 Some(version) => version,
                 None => {
-                    let version = VersionRecord {
-                        version: record.next_version,
-                        digest,
-                        wasm_digest: new.wasm_digest,
-                        wasm_bytes: new.wasm_bytes,
-                        kind: new.kind,
-                        manifest: new.manifest,
-                        limits: new.limits,
-                        created_at_ms: now,
-                    };
+                    let version = new.into_record(record.next_version, now);
                     record.next_version += 1;
                     versions.insert(
                         (name.as_str(), version.version),

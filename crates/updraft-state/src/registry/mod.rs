@@ -70,6 +70,22 @@ pub struct NewVersion {
     pub limits: Limits,
 }
 
+impl NewVersion {
+    /// The version record of this deploy, numbered `version`.
+    pub(crate) fn into_record(self, version: u64, now_ms: u64) -> VersionRecord {
+        VersionRecord {
+            version,
+            digest: VersionRecord::digest_of(&self.wasm_digest, &self.manifest),
+            wasm_digest: self.wasm_digest,
+            wasm_bytes: self.wasm_bytes,
+            kind: self.kind,
+            manifest: self.manifest,
+            limits: self.limits,
+            created_at_ms: now_ms,
+        }
+    }
+}
+
 /// A change another node made: what changed is read again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistryChange {

@@ -309,19 +309,11 @@ impl Registry for NatsRegistry {
             .manifest
             .parsed_route()
             .map_err(|e| StateError::Invalid(e.to_string()))?;
-        let digest = VersionRecord::digest_of(&new.wasm_digest, &new.manifest);
         let key = function_key(tenant, &new.manifest.name);
         let now = now_ms();
-        let mut record = VersionRecord {
-            version: 0,
-            digest,
-            wasm_digest: new.wasm_digest,
-            wasm_bytes: new.wasm_bytes,
-            kind: new.kind,
-            manifest: new.manifest,
-            limits: new.limits,
-            created_at_ms: now,
-        };
+        // Numbered once the document is written.
+        let mut record = new.into_record(0, now);
+        let digest = record.digest;
         // Version records written by this deploy's attempts.
         let mut written = BTreeSet::new();
         loop {
