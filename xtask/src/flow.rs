@@ -64,8 +64,31 @@ pub fn test(extra: &[String]) -> Result<()> {
     ]))?;
     run(Command::new("cargo")
         .args(["test", "--workspace"])
-        .args(extra))
+        .args(extra))?;
+    if extra.is_empty() {
+        // The same end-to-end suites again, every server a cluster node on
+        // its own nats-server: one behaviour, two backends.
+        let mut cluster = Command::new("cargo");
+        cluster.args(["test", "-p", "updraft"]);
+        for suite in CLUSTER_SUITES {
+            cluster.args(["--test", suite]);
+        }
+        run(cluster.env("UPDRAFT_TEST_CLUSTER", "1"))?;
+    }
+    Ok(())
 }
+
+/// The end-to-end suites `cargo xtask test` runs a second time in cluster
+/// mode (`UPDRAFT_TEST_CLUSTER=1`).
+const CLUSTER_SUITES: &[&str] = &[
+    "lifecycle",
+    "kv",
+    "blobs",
+    "events",
+    "calls",
+    "tenants",
+    "metering",
+];
 
 /// Address `cargo xtask up` serves on.
 const LISTEN: &str = "127.0.0.1:8080";

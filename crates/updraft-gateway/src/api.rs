@@ -31,6 +31,7 @@ pub(crate) async fn health(State(platform): Shared) -> Json<Value> {
     Json(json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
+        "node": platform.node(),
         "functions": platform.functions().function_count(),
         "compiles": platform.functions().compiles(),
     }))

@@ -22,6 +22,13 @@ type Shared = State<Arc<Platform>>;
 /// Largest monthly budget, in dollars: a larger one is likelier a typo.
 const BUDGET_USD_MAX: f64 = 1e9;
 
+/// Metering, with every node's usage so far read in (cluster mode).
+async fn metering_now(platform: &Platform) -> Result<&Arc<Metering>, ApiError> {
+    let metering = metering(platform)?;
+    platform.usage().catch_up().await?;
+    Ok(metering)
+}
+
 fn metering(platform: &Platform) -> Result<&Arc<Metering>, ApiError> {
     platform.usage().metering().ok_or_else(|| {
         ApiError::new(
@@ -124,7 +131,7 @@ pub(crate) async fn usage(
             ));
         }
     };
-    let metering = metering(&platform)?;
+    let metering = metering_now(&platform).await?;
     let (from, to) = query.window(metering.now_ms())?;
     let (rows, total) = tokio::task::block_in_place(|| metering.usage(tenant, from, to, group_by))
         .map_err(PlatformError::from)?;
@@ -176,7 +183,7 @@ pub(crate) async fn records(
     Query(query): Query<RecordsQuery>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant(&caller, query.tenant.as_deref())?;
-    let metering = metering(&platform)?;
+    let metering = metering_now(&platform).await?;
     let (from, to) = window(
         query.from.as_deref(),
         query.to.as_deref(),
@@ -227,7 +234,7 @@ pub(crate) async fn bill(
     Query(query): Query<BillQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant(&caller, query.tenant.as_deref())?;
-    let metering = metering(&platform)?;
+    let metering = metering_now(&platform).await?;
     let month = query.month.unwrap_or_else(|| month_of(metering.now_ms()));
     let (bill, sums) = tokio::task::block_in_place(|| match query.source.as_deref() {
         Some("records") => metering.bill_from_records(tenant, &month),
@@ -262,7 +269,9 @@ pub(crate) async fn budget(
     Query(query): Query<TenantQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant(&caller, query.tenant.as_deref())?;
-    Ok(Json(json!(metering(&platform)?.budget_status(tenant))))
+    Ok(Json(json!(
+        metering_now(&platform).await?.budget_status(tenant)
+    )))
 }
 
 #[derive(Deserialize)]
@@ -297,8 +306,7 @@ pub(crate) async fn set_budget(
     }
     let cents = (body.monthly_usd * 100.0).round() as u64;
     let metering = metering(&platform)?;
-    tokio::task::block_in_place(|| metering.set_budget(tenant, Some(cents)))
-        .map_err(PlatformError::from)?;
+    platform.usage().set_budget(tenant, Some(cents)).await?;
     Ok(Json(json!(metering.budget_status(tenant))))
 }
 
@@ -310,7 +318,6 @@ pub(crate) async fn clear_budget(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant(&caller, query.tenant.as_deref())?;
     let metering = metering(&platform)?;
-    tokio::task::block_in_place(|| metering.set_budget(tenant, None))
-        .map_err(PlatformError::from)?;
+    platform.usage().set_budget(tenant, None).await?;
     Ok(Json(json!(metering.budget_status(tenant))))
 }

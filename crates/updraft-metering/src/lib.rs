@@ -5,6 +5,12 @@
 //! The scheduler hands over one [`UsageRecord`] per finished invocation and
 //! asks [`Metering::check`] before starting one; nothing here knows about
 //! Wasm or HTTP.
+//!
+//! In cluster mode ([`Metering::open_replica`]) a record is not stored
+//! where it is made: it waits in an outbox for the scheduler to publish to
+//! the cluster's usage stream, and every node's store (and budget count)
+//! takes the records as it reads them back from that stream
+//! ([`Metering::ingest`]), so each node sums every node's usage once.
 
 mod codec;
 pub mod prices;
@@ -12,8 +18,8 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use chrono::{Datelike, TimeZone, Utc};
@@ -103,6 +109,8 @@ pub const RECORDS_RETENTION_DEFAULT: Duration = Duration::from_secs(62 * 86_400)
 pub struct BudgetEvent {
     pub kind: BudgetKind,
     pub tenant: String,
+    /// The function whose usage crossed it.
+    pub function: String,
     pub month: String,
     pub budget_cents: u64,
     pub spent_cents: u64,
@@ -173,6 +181,32 @@ pub struct Metering {
     /// Whether any tenant has a budget: without one, the hot path takes no
     /// lock (two cores contending on one lock line cost more than the check).
     any_budget: AtomicBool,
+    /// A replica's records made here and not yet published (`None`: not a
+    /// replica).
+    outbox: Option<Mutex<Vec<UsageRecord>>>,
+    /// A replica's last stream sequence handed to the store.
+    ingested: AtomicU64,
+}
+
+/// Records as one batch of the usage log's frames (what the cluster's usage
+/// stream carries).
+pub fn encode_batch(records: &[UsageRecord]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.len() * 96);
+    for record in records {
+        codec::encode(record, &mut out);
+    }
+    out
+}
+
+/// The records of a batch; frames that do not decode are skipped.
+pub fn decode_batch(bytes: &[u8]) -> Vec<UsageRecord> {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while let Some((record, len)) = codec::decode(&bytes[at..]) {
+        at += len;
+        records.extend(record);
+    }
+    records
 }
 
 impl Metering {
@@ -190,17 +224,91 @@ impl Metering {
     ) -> Result<Metering, MeteringError> {
         prices.validate()?;
         let store = UsageStore::open(data_dir, retention, clock.clone())?;
-        let metering = Metering {
+        let metering = Self::with_store(store, prices, clock, None);
+        for (tenant, budget) in metering.store.budgets()? {
+            metering.watch(&tenant, Some(budget))?;
+        }
+        Ok(metering)
+    }
+
+    /// A replica of the cluster's usage (see the module docs): budgets come
+    /// through [`Metering::apply_budget`], records through
+    /// [`Metering::ingest`].
+    pub fn open_replica(
+        data_dir: &Path,
+        prices: PriceSheet,
+        retention: Duration,
+        clock: SharedClock,
+    ) -> Result<Metering, MeteringError> {
+        prices.validate()?;
+        let store = UsageStore::open_replica(data_dir, retention, clock.clone())?;
+        Ok(Self::with_store(
+            store,
+            prices,
+            clock,
+            Some(Mutex::new(Vec::new())),
+        ))
+    }
+
+    fn with_store(
+        store: UsageStore,
+        prices: PriceSheet,
+        clock: SharedClock,
+        outbox: Option<Mutex<Vec<UsageRecord>>>,
+    ) -> Metering {
+        Metering {
+            ingested: AtomicU64::new(store.ingested_at_open()),
             store,
             clock,
             prices,
             budgets: RwLock::new(HashMap::new()),
             any_budget: AtomicBool::new(false),
-        };
-        for (tenant, budget) in metering.store.budgets()? {
-            metering.watch(&tenant, Some(budget))?;
+            outbox,
         }
-        Ok(metering)
+    }
+
+    /// Whether this is a replica of the cluster's usage.
+    pub fn is_replica(&self) -> bool {
+        self.outbox.is_some()
+    }
+
+    /// A replica's records made since the last call, to publish.
+    pub fn take_outbox(&self) -> Vec<UsageRecord> {
+        match &self.outbox {
+            Some(outbox) => std::mem::take(&mut *outbox.lock().unwrap_or_else(|e| e.into_inner())),
+            None => Vec::new(),
+        }
+    }
+
+    /// A replica takes records read from the cluster's stream, up to
+    /// stream sequence `sequence`: stored, and with `count` (records this
+    /// node did not make, which [`Metering::record`] counted) counted
+    /// against budgets. Returns the budget crossings they caused.
+    pub fn ingest(
+        &self,
+        records: Vec<UsageRecord>,
+        sequence: u64,
+        count: bool,
+    ) -> Vec<BudgetEvent> {
+        let mut events = Vec::new();
+        if count && self.any_budget.load(Ordering::Relaxed) {
+            for record in &records {
+                events.extend(self.count(record));
+            }
+        }
+        self.store.push_ingested(records, sequence);
+        self.ingested.store(sequence, Ordering::Release);
+        events
+    }
+
+    /// The last stream sequence a replica has taken.
+    pub fn ingested(&self) -> u64 {
+        self.ingested.load(Ordering::Acquire)
+    }
+
+    /// A replica applies a budget set (or removed) on any node.
+    pub fn apply_budget(&self, tenant: &str, cents: Option<u64>) -> Result<(), MeteringError> {
+        self.watch(tenant, cents.map(|monthly_cents| Budget { monthly_cents }))
     }
 
     pub fn prices(&self) -> &PriceSheet {
@@ -248,7 +356,15 @@ impl Metering {
         } else {
             Vec::new()
         };
-        self.store.push(record);
+        match &self.outbox {
+            // Counted here at once, so this node stops a spent tenant
+            // without waiting for the stream; stored when it comes back.
+            Some(outbox) => outbox
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(record),
+            None => self.store.push(record),
+        }
         events
     }
 
@@ -277,6 +393,7 @@ impl Metering {
         let event = |kind: BudgetKind| BudgetEvent {
             kind,
             tenant: record.tenant.to_string(),
+            function: record.function.to_string(),
             month: state.month.clone(),
             budget_cents: state.budget.monthly_cents,
             spent_cents: prices::pico_to_cents(spent),
@@ -533,6 +650,73 @@ mod tests {
             blob_stored_bytes: 0,
             stored_secs: 0,
         }
+    }
+
+    /// A replica keeps its own records in the outbox and sums what it
+    /// reads back from the stream once, across restarts: it reads on from
+    /// the sequence committed with its sums, and what it wrote past that
+    /// commit (a crash) is cut off, not summed twice.
+    #[test]
+    fn a_replica_sums_each_ingested_batch_once_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(MID_NOVEMBER);
+        let open = || {
+            Metering::open_replica(
+                dir.path(),
+                PriceSheet::default(),
+                RECORDS_RETENTION_DEFAULT,
+                clock.clone(),
+            )
+            .unwrap()
+        };
+        let invocations = |m: &Metering| m.function_usage("a", "f").unwrap().invocations;
+        {
+            let metering = open();
+            assert!(metering.is_replica());
+            assert_eq!(metering.ingested(), 0);
+            metering.record(record("a", "f", MID_NOVEMBER, 1));
+            assert_eq!(invocations(&metering), 0, "not stored until read back");
+            let own = decode_batch(&encode_batch(&metering.take_outbox()));
+            assert_eq!(own.len(), 1);
+            assert!(metering.take_outbox().is_empty());
+            metering.ingest(own, 1, false);
+            let theirs = vec![
+                record("a", "f", MID_NOVEMBER, 2),
+                record("a", "g", MID_NOVEMBER, 3),
+            ];
+            metering.ingest(theirs, 2, true);
+            assert_eq!(invocations(&metering), 2);
+        }
+        // A crash after a write and before its commit: a frame past the
+        // committed end of the log.
+        let segment = std::fs::read_dir(dir.path().join("usage"))
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let committed = std::fs::metadata(&segment).unwrap().len();
+        let mut torn = Vec::new();
+        codec::encode(&record("a", "f", MID_NOVEMBER, 9), &mut torn);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&segment)
+            .unwrap();
+        std::io::Write::write_all(&mut file, &torn).unwrap();
+        drop(file);
+
+        let metering = open();
+        assert_eq!(metering.ingested(), 2);
+        assert_eq!(invocations(&metering), 2, "the uncommitted frame is cut off");
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), committed);
+        metering.ingest(vec![record("a", "f", MID_NOVEMBER, 4)], 3, true);
+        assert_eq!(invocations(&metering), 3);
+        let (bill, sums) = metering.bill("a", "2026-11").unwrap();
+        assert_eq!(
+            metering.bill_from_records("a", "2026-11").unwrap(),
+            (bill, sums)
+        );
+        assert_eq!(sums.invocations, 4);
     }
 
     #[test]

@@ -16,6 +16,13 @@
 //! power cut loses at most that), and adds the records to in-memory sums. Once a second the changed sums are committed to `usage.redb`
 //! together with the log position they include; at start-up the log after
 //! that position is replayed, so every record is summed exactly once.
+//!
+//! In cluster mode the store is a replica ([`UsageStore::open_replica`]):
+//! its records come from the cluster's usage stream, each batch with its
+//! stream sequence, and the sums are committed with the last sequence they
+//! include. At start-up the log after the committed position is cut off
+//! rather than replayed: the stream still has those records, and reading
+//! it again from the committed sequence sums each exactly once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -133,6 +140,8 @@ pub struct Budget {
 #[allow(clippy::large_enum_variant)]
 enum Msg {
     Record(UsageRecord),
+    /// Records read from the cluster's stream, up to this sequence.
+    Ingested(Vec<UsageRecord>, u64),
     Flush(mpsc::Sender<()>),
 }
 
@@ -163,6 +172,8 @@ struct Position {
 }
 
 pub struct UsageStore {
+    /// The stream sequence the store held at opening (a replica's).
+    ingested: u64,
     db: Arc<Database>,
     dir: PathBuf,
     spans: Spans,
@@ -200,6 +211,25 @@ impl UsageStore {
         retention: Duration,
         clock: SharedClock,
     ) -> Result<UsageStore, MeteringError> {
+        Self::open_as(data_dir, retention, clock, false)
+    }
+
+    /// Opens a replica of the cluster's usage stream: records come only
+    /// through [`UsageStore::push_ingested`].
+    pub fn open_replica(
+        data_dir: &Path,
+        retention: Duration,
+        clock: SharedClock,
+    ) -> Result<UsageStore, MeteringError> {
+        Self::open_as(data_dir, retention, clock, true)
+    }
+
+    fn open_as(
+        data_dir: &Path,
+        retention: Duration,
+        clock: SharedClock,
+        replica: bool,
+    ) -> Result<UsageStore, MeteringError> {
         let dir = data_dir.join("usage");
         std::fs::create_dir_all(&dir).map_err(storage)?;
         let db = Database::create(data_dir.join("usage.redb")).map_err(storage)?;
@@ -213,7 +243,11 @@ impl UsageStore {
         txn.commit().map_err(storage)?;
         let db = Arc::new(db);
         let mut writer = Writer::open(db.clone(), dir.clone(), retention, clock)?;
-        writer.replay()?;
+        match replica {
+            true => writer.cut_unsummed()?,
+            false => writer.replay()?,
+        }
+        let ingested = writer.ingested;
         let spans = writer.spans.clone();
         let (sender, receiver) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -221,6 +255,7 @@ impl UsageStore {
             .spawn(move || writer.run(&receiver))
             .map_err(storage)?;
         Ok(UsageStore {
+            ingested,
             db,
             dir,
             spans,
@@ -236,6 +271,21 @@ impl UsageStore {
         {
             let _ = sender.send(Msg::Record(record));
         }
+    }
+
+    /// Queues records read from the cluster's stream, up to `sequence`.
+    pub fn push_ingested(&self, records: Vec<UsageRecord>, sequence: u64) {
+        if let Ok(sender) = self.sender.lock()
+            && let Some(sender) = sender.as_ref()
+        {
+            let _ = sender.send(Msg::Ingested(records, sequence));
+        }
+    }
+
+    /// The last stream sequence committed when the store was opened (a
+    /// replica reads the stream on from the next).
+    pub fn ingested_at_open(&self) -> u64 {
+        self.ingested
     }
 
     /// Waits until every record pushed so far is in the log, synced, and in
@@ -382,6 +432,10 @@ struct Writer {
     spans_dirty: HashSet<String>,
     file: Option<(String, File)>,
     position: Position,
+    /// The last stream sequence appended (a replica's), committed with the
+    /// sums.
+    ingested: u64,
+    ingested_dirty: bool,
     sums: HashMap<SumKey, Aggregate>,
     dirty: HashSet<SumKey>,
     synced: bool,
@@ -395,12 +449,16 @@ impl Writer {
         retention: Duration,
         clock: SharedClock,
     ) -> Result<Writer, MeteringError> {
-        let (position, spans) = {
+        let (position, ingested, spans) = {
             let txn = db.begin_read().map_err(storage)?;
             let meta = txn.open_table(META).map_err(storage)?;
             let position = match meta.get("position").map_err(storage)? {
                 Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
                 None => Position::default(),
+            };
+            let ingested = match meta.get("ingested").map_err(storage)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
+                None => 0,
             };
             let mut spans = BTreeMap::new();
             for entry in txn
@@ -412,7 +470,7 @@ impl Writer {
                 let (segment, span) = entry.map_err(storage)?;
                 spans.insert(segment.value().to_string(), span.value());
             }
-            (position, spans)
+            (position, ingested, spans)
         };
         Ok(Writer {
             db,
@@ -423,6 +481,8 @@ impl Writer {
             spans_dirty: HashSet::new(),
             file: None,
             position,
+            ingested,
+            ingested_dirty: false,
             sums: HashMap::new(),
             dirty: HashSet::new(),
             synced: true,
@@ -474,6 +534,29 @@ impl Writer {
         self.persist()
     }
 
+    /// A replica's start: drops what was written after the committed
+    /// position (its records come again from the stream).
+    fn cut_unsummed(&mut self) -> Result<(), MeteringError> {
+        for segment in segments(&self.dir)? {
+            if segment < self.position.segment {
+                continue;
+            }
+            let path = self.dir.join(&segment);
+            if segment == self.position.segment {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(storage)?;
+                file.set_len(self.position.offset).map_err(storage)?;
+            } else {
+                std::fs::remove_file(&path).map_err(storage)?;
+                lock(&self.spans).remove(&segment);
+                self.spans_dirty.insert(segment);
+            }
+        }
+        self.persist()
+    }
+
     /// Reads a whole segment to learn its span.
     fn measure(&mut self, segment: &str) -> Result<(), MeteringError> {
         let bytes = std::fs::read(self.dir.join(segment)).map_err(storage)?;
@@ -511,11 +594,16 @@ impl Writer {
             // never have to wake this thread: a send stays a memory write.
             std::thread::sleep(WAKE_EVERY);
             let mut records = Vec::new();
+            let mut ingested = None;
             let mut flushes = Vec::new();
             let mut closed = false;
             loop {
                 match receiver.try_recv() {
                     Ok(Msg::Record(r)) => records.push(r),
+                    Ok(Msg::Ingested(rs, sequence)) => {
+                        records.extend(rs);
+                        ingested = Some(sequence);
+                    }
                     Ok(Msg::Flush(done)) => flushes.push(done),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
@@ -524,12 +612,20 @@ impl Writer {
                     }
                 }
             }
-            if let Err(e) = self.append(&records) {
-                tracing::error!(
+            match self.append(&records) {
+                // The sequence moves only with its records: a replica that
+                // failed to write reads them again after a restart.
+                Ok(()) => {
+                    if let Some(sequence) = ingested {
+                        self.ingested = sequence;
+                        self.ingested_dirty = true;
+                    }
+                }
+                Err(e) => tracing::error!(
                     "{} usage records could not be written: {}",
                     records.len(),
                     updraft_core::error::chain(&e)
-                );
+                ),
             }
             let now = Instant::now();
             let finish = closed || !flushes.is_empty();
@@ -545,7 +641,8 @@ impl Writer {
                 self.synced = true;
                 last_sync = now;
             }
-            let changed = !self.dirty.is_empty() || !self.spans_dirty.is_empty();
+            let changed =
+                !self.dirty.is_empty() || !self.spans_dirty.is_empty() || self.ingested_dirty;
             if changed && (finish || now - last_persist >= PERSIST_EVERY) {
                 if let Err(e) = self.persist() {
                     tracing::error!(
@@ -670,12 +767,16 @@ impl Writer {
             drop(spans);
             drop(table);
             let position = serde_json::to_vec(&self.position).map_err(storage)?;
-            txn.open_table(META)
-                .map_err(storage)?
-                .insert("position", position.as_slice())
+            let ingested = serde_json::to_vec(&self.ingested).map_err(storage)?;
+            let mut meta = txn.open_table(META).map_err(storage)?;
+            meta.insert("position", position.as_slice())
+                .map_err(storage)?;
+            meta.insert("ingested", ingested.as_slice())
                 .map_err(storage)?;
         }
-        txn.commit().map_err(storage)
+        txn.commit().map_err(storage)?;
+        self.ingested_dirty = false;
+        Ok(())
     }
 }
 

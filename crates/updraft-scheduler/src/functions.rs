@@ -510,6 +510,7 @@ impl Functions {
     ) -> Result<FunctionDetails, PlatformError> {
         let key = function_key(tenant, name);
         let (record, versions) = self.registry.get(&key).await?;
+        self.usage.catch_up().await?;
         Ok(FunctionDetails {
             record,
             versions,

@@ -27,10 +27,11 @@ use bytes::Bytes;
 use updraft_core::{Manifest, SharedClock};
 use updraft_metering::{Metering, PriceSheet};
 use updraft_sandbox::{Backends, Sandbox, SandboxConfig};
-use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig};
+use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig, Blobs};
 use updraft_state::kv::{KvConfig, KvStore, NatsKv};
 use updraft_state::nats::{Cluster, ClusterConfig};
 use updraft_state::queue::{EmbeddedQueues, NatsQueues, QueueStore};
+use updraft_state::usage::NatsUsage;
 use updraft_state::{
     EmbeddedRegistry, LogBackend, LogStore, NatsLogs, NatsRegistry, Registry, Tenants,
 };
@@ -75,6 +76,9 @@ pub struct PlatformConfig {
     /// The wall clock usage records are stamped with and metering reads its
     /// dates from (the system clock; tests set their own).
     pub clock: SharedClock,
+    /// This node's name: in invocation statuses (which node ran it) and in
+    /// `/healthz`. A new one each start unless set.
+    pub node: String,
 }
 
 /// Default interval of storage samples: S3 and DynamoDB also bill stored
@@ -99,6 +103,7 @@ impl PlatformConfig {
             records_retention: updraft_metering::RECORDS_RETENTION_DEFAULT,
             storage_sample: STORAGE_SAMPLE_DEFAULT,
             clock: updraft_core::system_clock(),
+            node: format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
         }
     }
 }
@@ -110,6 +115,10 @@ struct Shared {
     tenants: Tenants,
     queues: Arc<dyn QueueStore>,
     logs: LogBackend,
+    /// Cluster mode: every node's usage records and the budgets.
+    usage: Option<Arc<NatsUsage>>,
+    /// Cluster mode, unless the config names a blob store: the cluster's.
+    blobs: Option<Blobs>,
 }
 
 /// The registry, key-value stores, API keys, queues and logs: in the data
@@ -117,7 +126,9 @@ struct Shared {
 async fn open_shared(
     cluster: Option<&ClusterConfig>,
     kv: &KvConfig,
+    blobs: (&BlobConfig, u64),
     data_dir: &std::path::Path,
+    records_retention: Duration,
 ) -> Result<Shared, PlatformError> {
     let Some(cluster) = cluster else {
         let dir = data_dir.to_path_buf();
@@ -137,15 +148,27 @@ async fn open_shared(
             tenants,
             queues: Arc::new(queues),
             logs: LogBackend::Embedded(Arc::new(logs)),
+            usage: None,
+            blobs: None,
         });
     };
     let cluster = Cluster::connect(cluster).await?;
-    let (registry, tenants, queues, logs) = tokio::join!(
+    let (registry, tenants, queues, logs, usage) = tokio::join!(
         NatsRegistry::open(&cluster),
         Tenants::open_nats(&cluster),
         NatsQueues::open(&cluster),
-        NatsLogs::open(&cluster)
+        NatsLogs::open(&cluster),
+        NatsUsage::open(&cluster, records_retention)
     );
+    let blobs = match blobs {
+        // Containers every node shares, as key-value stores are.
+        (BlobConfig::Local { dir: None }, max) => Some(Blobs::nats(
+            cluster.clone(),
+            &data_dir.join("scratch").join("blobs"),
+            max,
+        )?),
+        _ => None,
+    };
     let kv: Arc<dyn KvStore> = match kv {
         // Stores every node shares: a node's own disk would split them.
         KvConfig::Embedded { .. } => Arc::new(NatsKv::new(cluster)),
@@ -157,6 +180,8 @@ async fn open_shared(
         tenants: tenants?,
         queues: Arc::new(queues?),
         logs: LogBackend::Nats(Arc::new(logs?)),
+        usage: Some(Arc::new(usage?)),
+        blobs,
     })
 }
 
@@ -230,17 +255,32 @@ impl Platform {
         let blob_bytes_max = config.blob_bytes_max;
         let (metered, prices) = (config.metering, config.prices);
         let (retention, clock) = (config.records_retention, config.clock.clone());
+        // A cluster node's usage is a replica of the cluster's.
+        let replica = config.cluster.is_some();
         let stores = tokio::task::spawn_blocking(move || {
-            let metering = match metered {
-                true => Some(Arc::new(Metering::open_with(
+            let metering = match (metered, replica) {
+                (true, false) => Some(Arc::new(Metering::open_with(
                     &data_dir, prices, retention, clock,
                 )?)),
-                false => None,
+                (true, true) => Some(Arc::new(Metering::open_replica(
+                    &data_dir, prices, retention, clock,
+                )?)),
+                (false, _) => None,
             };
-            let blobs = blob_config.open(&data_dir, blob_bytes_max)?;
-            Ok::<_, PlatformError>((Arc::new(blobs), metering))
+            // A cluster node's default blobs are the cluster's (below).
+            let blobs = match (replica, &blob_config) {
+                (true, BlobConfig::Local { dir: None }) => None,
+                _ => Some(blob_config.open(&data_dir, blob_bytes_max)?),
+            };
+            Ok::<_, PlatformError>((blobs, metering))
         });
-        let shared = open_shared(config.cluster.as_ref(), &kv_config, &config.data_dir);
+        let shared = open_shared(
+            config.cluster.as_ref(),
+            &kv_config,
+            (&config.blobs, blob_bytes_max),
+            &config.data_dir,
+            config.records_retention,
+        );
         let (sandbox, stores, shared) = tokio::join!(sandbox, stores, shared);
         let (blobs, metering) = stores.map_err(join_error)??;
         let Shared {
@@ -249,13 +289,21 @@ impl Platform {
             tenants,
             queues,
             logs,
+            usage: usage_log,
+            blobs: shared_blobs,
         } = shared?;
+        let blobs = Arc::new(
+            blobs
+                .or(shared_blobs)
+                .ok_or_else(|| PlatformError::Task("no blob store was opened".into()))?,
+        );
         if !matches!(config.blobs, BlobConfig::Local { .. }) {
             blobs.check().await?;
         }
         let sandbox = sandbox.map_err(join_error)??;
         let logs = Arc::new(Logs::start(logs).await?);
-        let (usage, budget_alerts) = Usage::new(metering, logs.clone());
+        let (usage, budget_alerts) =
+            Usage::new(metering, usage_log, logs.clone(), config.node.into());
         let kv_watchers = Arc::new(RwLock::default());
         let (inner_kv, blobs_sampled) = (kv.clone(), blobs.clone());
         // The services, innermost first. A guest's capabilities point back
@@ -314,6 +362,7 @@ impl Platform {
             tokio::spawn(follow_registry(Arc::downgrade(&platform), changes));
         }
         platform.events.start_budget_alerts(budget_alerts);
+        platform.usage.start_cluster();
         if let Some(idle) = config.idle_unload {
             platform.functions.start_idle_unload(idle);
         }
@@ -341,6 +390,11 @@ impl Platform {
     /// Metering and budgets.
     pub fn usage(&self) -> &Arc<Usage> {
         &self.usage
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        self.usage.node()
     }
 
     /// Function logs.
@@ -395,6 +449,6 @@ impl Platform {
         self.events.shutdown();
         self.events.finish_runs().await;
         self.logs.flush().await;
-        self.usage.shutdown();
+        self.usage.shutdown().await;
     }
 }

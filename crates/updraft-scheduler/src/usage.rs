@@ -11,6 +11,13 @@
 //! Storage is metered by `sample_storage`: at the end of every sample
 //! interval, one record per tenant with what it stores, standing for the
 //! whole interval.
+//!
+//! In cluster mode metering is a replica of the cluster's usage stream
+//! ([`NatsUsage`]): this service publishes the node's records every
+//! [`PUBLISH_EVERY`], reads every node's back into metering, applies the
+//! budgets any node sets, and claims each budget crossing so that one node
+//! tells the tenant. A storage sample is published under an id of its
+//! tenant and slot, so the nodes that all sample a slot store it once.
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -21,42 +28,87 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use updraft_core::{STORAGE_FUNCTION, Trigger, UsageRecord, function_key};
-use updraft_metering::{BudgetEvent, BudgetKind, Metering, billed_ms, usd};
+use updraft_metering::{Budget, BudgetEvent, BudgetKind, Metering, billed_ms, usd};
 use updraft_sandbox::{Report, ResponseBody};
 use updraft_state::blob::Blobs;
 use updraft_state::kv::KvStore;
+use updraft_state::usage::{Batch, NatsUsage};
 
 use crate::PlatformError;
 use crate::functions::Loaded;
 use crate::logs::Logs;
 
+/// How often a cluster node publishes its usage records: the lag of the
+/// cluster's usage and budgets behind this node's invocations.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(50);
+/// Most records in one published batch: about 80 bytes each, well under
+/// NATS's 1 MiB message.
+const BATCH_RECORDS_MAX: usize = 4096;
+/// How long a usage read waits for the cluster's records to have been read
+/// back before answering with what this node has.
+const CATCH_UP_MAX: Duration = Duration::from_secs(5);
+/// How long a lost usage stream waits before it is followed again.
+const FOLLOW_AGAIN_AFTER: Duration = Duration::from_millis(500);
+
+/// Cluster mode: the usage stream and this node's batches not yet stored.
+struct Shared {
+    log: Arc<NatsUsage>,
+    /// Batches made and not yet stored, oldest first, with their ids: one
+    /// publisher at a time, and a failed batch goes again under its id.
+    unsent: tokio::sync::Mutex<(u64, std::collections::VecDeque<(String, Bytes)>)>,
+    /// Woken when metering has taken more of the stream.
+    ingested: Notify,
+}
+
 /// The usage service.
 pub struct Usage {
     /// `None` when the server runs with metering off.
     metering: Option<Arc<Metering>>,
+    /// Cluster mode (with metering on).
+    shared: Option<Shared>,
+    /// This node's name; it also names the usage batches this node
+    /// publishes (`{node}.{n}`).
+    node: Arc<str>,
     /// Where budget crossings are logged.
     logs: Arc<Logs>,
     /// Budget crossings, for whoever tells the tenant (the events service).
     alerts: mpsc::UnboundedSender<BudgetEvent>,
     shut_down: AtomicBool,
+    /// This service, for the tasks it starts.
+    me: Weak<Usage>,
 }
 
 impl Usage {
     /// The service, and the receiving end of its budget alerts.
     pub(crate) fn new(
         metering: Option<Arc<Metering>>,
+        log: Option<Arc<NatsUsage>>,
         logs: Arc<Logs>,
+        node: Arc<str>,
     ) -> (Arc<Usage>, mpsc::UnboundedReceiver<BudgetEvent>) {
         let (alerts, receiver) = mpsc::unbounded_channel();
-        let usage = Usage {
+        let shared = log.filter(|_| metering.is_some()).map(|log| Shared {
+            log,
+            unsent: tokio::sync::Mutex::new((0, Default::default())),
+            ingested: Notify::new(),
+        });
+        let usage = Arc::new_cyclic(|me| Usage {
             metering,
+            shared,
+            node,
             logs,
             alerts,
             shut_down: AtomicBool::new(false),
-        };
-        (Arc::new(usage), receiver)
+            me: me.clone(),
+        });
+        (usage, receiver)
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// Metering (`None` when the server runs with metering off).
@@ -82,22 +134,52 @@ impl Usage {
         let Some(metering) = &self.metering else {
             return;
         };
-        for event in metering.record(record) {
-            let (budget, spent) = (usd(event.budget_cents), usd(event.spent_cents));
-            let message = match event.kind {
-                BudgetKind::Warning => format!(
-                    "budget warning: {spent} of the {budget} budget for {} is spent (80%)",
-                    event.month
-                ),
-                BudgetKind::Exceeded => format!(
-                    "budget spent: the {budget} budget for {} is used up; new invocations are refused with 402",
-                    event.month
-                ),
-            };
-            self.logs.platform(key, &message);
-            // No receiver only while the platform shuts down.
-            let _ = self.alerts.send(event);
+        let events = metering.record(record);
+        if events.is_empty() {
+            return;
         }
+        match (&self.shared, tokio::runtime::Handle::try_current()) {
+            // Other nodes may see the same crossing: one tells it.
+            (Some(shared), Ok(runtime)) => {
+                let usage = self.me.clone();
+                let log = shared.log.clone();
+                runtime.spawn(async move {
+                    for event in events {
+                        if claimed(&log, &event).await
+                            && let Some(usage) = usage.upgrade()
+                        {
+                            let key: Arc<str> =
+                                Arc::from(function_key(&event.tenant, &event.function));
+                            usage.alert(&key, event);
+                        }
+                    }
+                });
+            }
+            _ => {
+                for event in events {
+                    self.alert(key, event);
+                }
+            }
+        }
+    }
+
+    /// Logs a budget crossing to the function that crossed it and hands it
+    /// out as an alert.
+    fn alert(&self, key: &Arc<str>, event: BudgetEvent) {
+        let (budget, spent) = (usd(event.budget_cents), usd(event.spent_cents));
+        let message = match event.kind {
+            BudgetKind::Warning => format!(
+                "budget warning: {spent} of the {budget} budget for {} is spent (80%)",
+                event.month
+            ),
+            BudgetKind::Exceeded => format!(
+                "budget spent: the {budget} budget for {} is used up; new invocations are refused with 402",
+                event.month
+            ),
+        };
+        self.logs.platform(key, &message);
+        // No receiver only while the platform shuts down.
+        let _ = self.alerts.send(event);
     }
 
     /// A record waiting for an http invocation's two halves, when metered.
@@ -119,11 +201,123 @@ impl Usage {
         }
     }
 
-    /// Writes out buffered usage records.
-    pub(crate) fn shutdown(&self) {
+    /// Writes out buffered usage records (in cluster mode, publishes them).
+    pub(crate) async fn shutdown(&self) {
         self.shut_down.store(true, Ordering::Relaxed);
+        if let Err(e) = self.publish_unsent().await {
+            tracing::warn!(
+                "usage records not published at shutdown: {}",
+                updraft_core::error::chain(&e)
+            );
+        }
         if let Some(metering) = &self.metering {
             tokio::task::block_in_place(|| metering.flush());
+        }
+    }
+
+    /// Cluster mode: publishes this node's usage and reads every node's,
+    /// and every budget, until the service is gone.
+    pub(crate) fn start_cluster(self: &Arc<Self>) {
+        if self.shared.is_some() {
+            tokio::spawn(publish_usage(Arc::downgrade(self)));
+            tokio::spawn(read_usage(Arc::downgrade(self)));
+            tokio::spawn(read_budgets(Arc::downgrade(self)));
+        }
+    }
+
+    /// Cluster mode: publishes the records made on this node so far, in
+    /// batches, each under its own id (a batch that fails goes again under
+    /// the same id, and is stored once).
+    async fn publish_unsent(&self) -> Result<(), PlatformError> {
+        let (Some(shared), Some(metering)) = (&self.shared, &self.metering) else {
+            return Ok(());
+        };
+        let mut unsent = shared.unsent.lock().await;
+        let (next, batches) = &mut *unsent;
+        for chunk in metering.take_outbox().chunks(BATCH_RECORDS_MAX) {
+            *next += 1;
+            let id = format!("{}.{next}", self.node);
+            batches.push_back((id, Bytes::from(updraft_metering::encode_batch(chunk))));
+        }
+        while let Some((id, batch)) = batches.front() {
+            shared.log.publish(batch.clone(), id).await?;
+            batches.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: waits until this node's records so far, and every
+    /// node's records stored before now, are in this node's metering, at
+    /// most [`CATCH_UP_MAX`]: a usage read then sees the whole cluster's.
+    pub async fn catch_up(&self) -> Result<(), PlatformError> {
+        let (Some(shared), Some(metering)) = (&self.shared, &self.metering) else {
+            return Ok(());
+        };
+        self.publish_unsent().await?;
+        let last = shared.log.last_sequence().await?;
+        let caught_up = async {
+            loop {
+                let woken = shared.ingested.notified();
+                if metering.ingested() >= last {
+                    return;
+                }
+                woken.await;
+            }
+        };
+        if tokio::time::timeout(CATCH_UP_MAX, caught_up).await.is_err() {
+            tracing::warn!(
+                "usage is behind the cluster's (read up to {} of {last}); answering with it",
+                metering.ingested()
+            );
+        }
+        Ok(())
+    }
+
+    /// Sets (`None`: removes) a tenant's monthly budget, for every node in
+    /// cluster mode.
+    pub async fn set_budget(&self, tenant: &str, cents: Option<u64>) -> Result<(), PlatformError> {
+        let Some(metering) = &self.metering else {
+            return Ok(());
+        };
+        let Some(shared) = &self.shared else {
+            return Ok(tokio::task::block_in_place(|| {
+                metering.set_budget(tenant, cents)
+            })?);
+        };
+        let value = cents
+            .map(|monthly_cents| serde_json::to_vec(&Budget { monthly_cents }))
+            .transpose()
+            .map_err(|e| PlatformError::Task(Box::new(e)))?;
+        shared
+            .log
+            .set_budget(tenant, value.map(Bytes::from))
+            .await?;
+        // At once here; the other nodes as their watch tells them.
+        self.catch_up().await?;
+        Ok(tokio::task::block_in_place(|| {
+            metering.apply_budget(tenant, cents)
+        })?)
+    }
+
+    /// Cluster mode: takes one batch read back from the usage stream
+    /// (counting it against budgets unless this node made it, and counted
+    /// it then), and tells of the budget crossings no other node told.
+    async fn ingest(&self, batch: Batch) {
+        let (Some(shared), Some(metering)) = (&self.shared, &self.metering) else {
+            return;
+        };
+        let records = updraft_metering::decode_batch(&batch.records);
+        let own = batch
+            .id
+            .strip_prefix(&*self.node)
+            .is_some_and(|rest| rest.starts_with('.'));
+        let events = metering.ingest(records, batch.sequence, !own);
+        shared.ingested.notify_waiters();
+        for event in events {
+            if claimed(&shared.log, &event).await {
+                let key: Arc<str> = Arc::from(function_key(&event.tenant, &event.function));
+                self.alert(&key, event);
+            }
         }
     }
 
@@ -145,7 +339,16 @@ impl Usage {
             );
             let tenant: Arc<str> = Arc::from(tenant.as_str());
             let key: Arc<str> = Arc::from(function_key(&tenant, STORAGE_FUNCTION));
-            self.meter(&key, UsageRecord::storage(tenant, at_ms, secs, kv, blob));
+            let record = UsageRecord::storage(tenant, at_ms, secs, kv, blob);
+            match &self.shared {
+                // Every node samples the same slot: stored once, by its id.
+                Some(shared) => {
+                    let id = format!("storage.{}.{at_ms}", record.tenant);
+                    let batch = updraft_metering::encode_batch(std::slice::from_ref(&record));
+                    shared.log.publish(Bytes::from(batch), &id).await?;
+                }
+                None => self.meter(&key, record),
+            }
         }
         Ok(())
     }
@@ -313,5 +516,134 @@ async fn sample_storage(
                 updraft_core::error::chain(&e)
             );
         }
+    }
+}
+
+/// Cluster mode: whether this node is the one to tell of `event`.
+async fn claimed(log: &NatsUsage, event: &BudgetEvent) -> bool {
+    let claim = format!("{}.{}.{}", event.tenant, event.month, event.kind.name());
+    log.claim(&claim).await.unwrap_or_else(|e| {
+        // Told rather than lost: at worst twice.
+        tracing::warn!(
+            "budget {claim} could not be claimed, told anyway: {}",
+            updraft_core::error::chain(&e)
+        );
+        true
+    })
+}
+
+/// Cluster mode: publishes the node's usage every [`PUBLISH_EVERY`] until
+/// the service is gone (what is left is published at shutdown).
+async fn publish_usage(usage: Weak<Usage>) {
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(PUBLISH_EVERY).await;
+        let Some(usage) = usage.upgrade() else {
+            return;
+        };
+        if usage.shut_down.load(Ordering::Relaxed) {
+            return;
+        }
+        // Kept and tried again: nothing is dropped while NATS is away.
+        match usage.publish_unsent().await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    "usage records not published yet (kept, trying again): {}",
+                    updraft_core::error::chain(&e)
+                );
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Cluster mode: reads every node's usage records into metering, in
+/// stream order from where metering stopped, until the service is gone.
+async fn read_usage(usage: Weak<Usage>) {
+    use futures::StreamExt as _;
+    loop {
+        let batches = {
+            let Some(usage) = usage.upgrade() else {
+                return;
+            };
+            let (Some(shared), Some(metering)) = (&usage.shared, &usage.metering) else {
+                return;
+            };
+            shared.log.follow(metering.ingested()).await
+        };
+        match batches {
+            Ok(mut batches) => {
+                while let Some(batch) = batches.next().await {
+                    let Some(usage) = usage.upgrade() else {
+                        return;
+                    };
+                    match batch {
+                        Ok(batch) => usage.ingest(batch).await,
+                        Err(e) => {
+                            tracing::warn!(
+                                "reading the cluster's usage stopped ({}); reading on shortly",
+                                updraft_core::error::chain(&e)
+                            );
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(
+                "the cluster's usage cannot be read ({}); trying again shortly",
+                updraft_core::error::chain(&e)
+            ),
+        }
+        tokio::time::sleep(FOLLOW_AGAIN_AFTER).await;
+    }
+}
+
+/// Cluster mode: applies every budget, and each change any node makes,
+/// until the service is gone.
+async fn read_budgets(usage: Weak<Usage>) {
+    use futures::StreamExt as _;
+    loop {
+        let changes = {
+            let Some(usage) = usage.upgrade() else {
+                return;
+            };
+            let Some(shared) = &usage.shared else {
+                return;
+            };
+            shared.log.budgets().await
+        };
+        match changes {
+            Ok(mut changes) => {
+                while let Some(change) = changes.next().await {
+                    let Some(usage) = usage.upgrade() else {
+                        return;
+                    };
+                    let Some(metering) = &usage.metering else {
+                        return;
+                    };
+                    let cents = change
+                        .value
+                        .and_then(|v| serde_json::from_slice::<Budget>(&v).ok())
+                        .map(|b| b.monthly_cents);
+                    let applied = tokio::task::block_in_place(|| {
+                        metering.apply_budget(&change.tenant, cents)
+                    });
+                    if let Err(e) = applied {
+                        tracing::warn!(
+                            "the budget of {} not applied: {}",
+                            change.tenant,
+                            updraft_core::error::chain(&e)
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(
+                "the cluster's budgets cannot be read ({}); trying again shortly",
+                updraft_core::error::chain(&e)
+            ),
+        }
+        tokio::time::sleep(FOLLOW_AGAIN_AFTER).await;
     }
 }

@@ -16,6 +16,7 @@ pub mod nats;
 pub mod queue;
 pub mod registry;
 pub mod tenants;
+pub mod usage;
 
 /// Makes `dir` readable and writable by this user only: the data dir holds
 /// every tenant's state and keys.

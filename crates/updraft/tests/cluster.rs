@@ -69,7 +69,13 @@ async fn two_servers_share_key_value_stores_in_nats() {
 /// admin key; the others find keys there and make none, so the key is
 /// copied to their data dirs as an operator would.
 fn start_nodes(dir: &std::path::Path, url: &str, n: usize) -> Vec<Server> {
-    let first = Server::start_with(&dir.join("n1"), &["--cluster", url]);
+    start_nodes_with(dir, url, n, &[])
+}
+
+/// [`start_nodes`] with more arguments for `updraft up`.
+fn start_nodes_with(dir: &std::path::Path, url: &str, n: usize, extra: &[&str]) -> Vec<Server> {
+    let args = [&["--cluster", url][..], extra].concat();
+    let first = Server::start_with(&dir.join("n1"), &args);
     let mut nodes = vec![first];
     for i in 2..=n {
         let data_dir = dir.join(format!("n{i}"));
@@ -79,7 +85,7 @@ fn start_nodes(dir: &std::path::Path, url: &str, n: usize) -> Vec<Server> {
             data_dir.join("admin.key"),
         )
         .unwrap();
-        nodes.push(Server::start_with(&data_dir, &["--cluster", url]));
+        nodes.push(Server::start_with(&data_dir, &args));
     }
     nodes
 }
@@ -687,8 +693,8 @@ async fn accepted_work_survives_a_nats_restart() {
 }
 
 /// A node started while work waits takes a share of it: it pulls from the
-/// same queue as the busy node from its start. (Usage records are still
-/// kept per node, so the new node's own records show what it ran.)
+/// same queue as the busy node from its start. Each succeeded invocation
+/// names the node that ran it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_started_under_load_takes_a_share() {
     let dir = tempfile::tempdir().unwrap();
@@ -696,9 +702,10 @@ async fn a_node_started_under_load_takes_a_share() {
     let mut nodes = start_nodes(dir.path(), &nats.url, 1);
     nodes[0].deploy_guest("work", "kv-bench", "key_value_stores = [\"bench\"]");
     const JOBS: usize = 64;
+    let mut ids = Vec::new();
     for i in 0..JOBS {
         let query = format!("op=increment&n=300&key=job-{i}");
-        accept_async(&nodes[0], "work", &query).await;
+        ids.push(accept_async(&nodes[0], "work", &query).await);
     }
     let data_dir = dir.path().join("late");
     std::fs::create_dir_all(&data_dir).unwrap();
@@ -709,26 +716,24 @@ async fn a_node_started_under_load_takes_a_share() {
     .unwrap();
     nodes.push(Server::start_with(&data_dir, &["--cluster", &nats.url]));
     let late = &nodes[1];
-    wait_until(
-        "the new node ran none of the work",
-        WAIT_MAX,
-        Duration::from_millis(100),
-        || async {
-            let usage = late.get_json("/v1/usage?group_by=function").await;
-            let ran = usage["rows"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|row| row["key"] == "work")
-                .and_then(|row| row["invocations"].as_u64())
-                .unwrap_or(0);
-            match ran {
-                0 => Err(usage.to_string()),
-                n => Ok(n),
-            }
-        },
-    )
-    .await;
+    let late_name = late.get_json("/healthz").await["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let first_name = nodes[0].get_json("/healthz").await["node"].clone();
+    assert_ne!(first_name, late_name.as_str(), "each node has its own name");
+    let mut by_node = std::collections::HashMap::<String, usize>::new();
+    for id in &ids {
+        let done = late.wait_for_invocation(id, &["succeeded"]).await;
+        *by_node
+            .entry(done["node"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(by_node.values().sum::<usize>(), JOBS);
+    assert!(
+        by_node.get(&late_name).is_some_and(|&n| n > 0),
+        "the new node ran none of the work: {by_node:?}"
+    );
 }
 
 /// Two nodes deploying the same name at once: one version each, numbered
@@ -780,4 +785,130 @@ async fn concurrent_deploys_of_one_name_on_two_nodes_each_get_a_version() {
         assert_eq!(versions.len(), 2, "{info}");
         assert!(versions.contains(&1) && versions.contains(&2), "{info}");
     }
+}
+
+/// One cent per invocation, nothing else.
+const CENT_PER_INVOCATION: &str = "requests_per_million = 10000\ngb_second = 0\n\
+    kv_ops_per_million = 0\nblob_ops_per_million = 0\ngb_out = 0\n\
+    kv_gb_month = 0\nblob_gb_month = 0\n";
+
+/// A GET of `path` on `node`: its status.
+async fn status_of(node: &Server, path: &str) -> u16 {
+    client()
+        .get(node.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Usage is the cluster's: invocations through every node are summed once
+/// on each node, and the bill is the same everywhere and reproducible from
+/// the records. A budget set through one node stops the tenant on all of
+/// them, and its crossings are told once, not once per node.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_bills_and_budgets_span_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, format!("[prices]\n{CENT_PER_INVOCATION}")).unwrap();
+    let nodes = start_nodes_with(
+        dir.path(),
+        &nats.url,
+        3,
+        &["--config", config.to_str().unwrap()],
+    );
+    nodes[0].cli_ok(&["topics", "create", "budget-alerts"]);
+    nodes[0].deploy_guest(
+        "alerts",
+        "counter-rust",
+        "key_value_stores = [\"default\"]\n[env]\nCOUNTER_PREFIX = \"alert/\"\n\
+         [[trigger]]\ntopic = \"budget-alerts\"",
+    );
+    nodes[0].deploy_guest("hello", "hello-rust", "route = \"/hello\"");
+    for name in ["alerts", "hello"] {
+        wait_everywhere(&nodes, name, &serving(&nodes[0], name).await).await;
+    }
+    for node in &nodes {
+        for _ in 0..5 {
+            assert_eq!(status_of(node, "/hello").await, 200);
+        }
+    }
+    let invocations = |usage: &serde_json::Value| usage["total"]["invocations"].as_u64();
+    for (i, node) in nodes.iter().enumerate() {
+        wait_until(
+            &format!("node {i} never counted the 15 invocations"),
+            WAIT_MAX,
+            Duration::from_millis(50),
+            || async {
+                let usage = node.get_json("/v1/usage").await;
+                match invocations(&usage) {
+                    Some(15) => Ok(()),
+                    _ => Err(usage.to_string()),
+                }
+            },
+        )
+        .await;
+    }
+    let mut bills = Vec::new();
+    for node in &nodes {
+        // Counted once: still 15 once every node has read everything.
+        assert_eq!(invocations(&node.get_json("/v1/usage").await), Some(15));
+        let bill = node.get_json("/v1/bill").await;
+        let again = node.get_json("/v1/bill?source=records").await;
+        assert_eq!(
+            (&bill["lines"], &bill["usage"]),
+            (&again["lines"], &again["usage"])
+        );
+        bills.push(bill);
+    }
+    assert!(
+        bills.windows(2).all(|w| w[0]["lines"] == w[1]["lines"]),
+        "{bills:?}"
+    );
+    assert_eq!(bills[0]["total_cents"], 15, "{}", bills[0]);
+
+    // 15 of 20 cents spent: spend the rest through node 3 alone.
+    nodes[1].cli_ok(&["budget", "set", "0.20"]);
+    let mut refused = false;
+    for _ in 0..20 {
+        if status_of(&nodes[2], "/hello").await == 402 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "node 3 never stopped the tenant");
+    for (i, node) in nodes.iter().enumerate() {
+        wait_until(
+            &format!("node {i} never stopped the spent tenant"),
+            WAIT_MAX,
+            Duration::from_millis(50),
+            || async {
+                match status_of(node, "/hello").await {
+                    402 => Ok(()),
+                    other => Err(format!("answered {other}")),
+                }
+            },
+        )
+        .await;
+        let budget = node.get_json("/v1/budget").await;
+        assert_eq!(budget["exceeded"], true, "node {i}: {budget}");
+    }
+    let month = nodes[0].get_json("/v1/budget").await["month"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The warning was delivered once; the stop's delivery was refused (the
+    // budget is spent) and dead-lettered, once.
+    let warning = format!("alert/budget-warning-{month}");
+    nodes[0].wait_for_key(&warning).await;
+    nodes[0].wait_for_dead_letter("alerts").await;
+    assert_eq!(nodes[0].cli_ok(&["kv", "get", "default", &warning]), "1");
+    let dlq = nodes[1].get_json("/v1/functions/alerts/dlq").await;
+    assert_eq!(
+        dlq["dead_letters"].as_array().map(Vec::len),
+        Some(1),
+        "{dlq}"
+    );
 }

@@ -187,6 +187,9 @@ pub struct InvocationStatus {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<InvocationResult>,
+    /// The node that ran it (a succeeded invocation's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The response of a succeeded async invocation.
@@ -328,6 +331,7 @@ impl Events {
                     next_attempt_ms: (status == "failed").then_some(visible_ms),
                     error: last_error,
                     result: None,
+                    node: None,
                 }
             }
             MessageState::InFlight {
@@ -347,6 +351,7 @@ impl Events {
                 next_attempt_ms: None,
                 error: last_error,
                 result: None,
+                node: None,
             },
         }))
     }
@@ -549,6 +554,7 @@ async fn run(events: &Events, loaded: &Arc<Loaded>, queue: &QueueId, mut message
                 next_attempt_ms: None,
                 error: None,
                 result: Some(result),
+                node: Some(events.usage.node().to_string()),
             };
             let outcome = serde_json::to_vec(&status).unwrap_or_default();
             queues.ack(queue, id, outcome).await

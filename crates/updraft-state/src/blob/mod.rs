@@ -6,7 +6,11 @@
 //! only when completed).
 //!
 //! Containers are named per owner, like key-value stores: a blob lives at
-//! `{owner}/{container}/{key}` in the backend.
+//! `{owner}/{container}/{key}` in the backend. In cluster mode the default
+//! backend is the NATS object store ([`nats`]), shared by every node.
+
+mod nats;
+pub use nats::NatsBlobs;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -134,6 +138,10 @@ pub enum BlobError {
     /// The disk or the object store failed: the detail is in the source.
     #[error("blob storage failed")]
     Storage(#[from] updraft_core::Failure),
+    /// 503: the cluster's NATS does not answer (cluster mode); the client
+    /// reconnects by itself.
+    #[error("the cluster's blob store is unavailable: NATS does not answer; retry shortly")]
+    Unavailable(#[source] updraft_core::Failure),
     #[error("{0}")]
     Config(String),
 }
@@ -149,6 +157,7 @@ impl updraft_core::Classify for BlobError {
             BlobError::TooLarge { .. } => K::TooLarge,
             BlobError::BadRange { .. } => K::OutOfRange,
             BlobError::Storage(_) => K::Internal,
+            BlobError::Unavailable(_) => K::Unavailable,
         }
     }
 
@@ -161,6 +170,7 @@ impl updraft_core::Classify for BlobError {
             BlobError::BadCursor { .. } => "invalid_cursor",
             BlobError::Config(_) => "invalid_config",
             BlobError::Storage(_) => "storage",
+            BlobError::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -200,9 +210,17 @@ fn remove_staged_uploads(dir: &Path) -> std::io::Result<(u64, u64)> {
     Ok((files, bytes))
 }
 
+/// Where the blobs are.
+enum Backend {
+    /// Files or S3, through `object_store`.
+    Store(Arc<dyn ObjectStore>),
+    /// The cluster's NATS object store.
+    Nats(Arc<NatsBlobs>),
+}
+
 /// Blob containers on one backend.
 pub struct Blobs {
-    backend: Arc<dyn ObjectStore>,
+    backend: Backend,
     blob_bytes_max: u64,
 }
 
@@ -223,9 +241,30 @@ impl Blobs {
             .map_err(storage)?
             .with_automatic_cleanup(true);
         Ok(Blobs {
-            backend: Arc::new(backend),
+            backend: Backend::Store(Arc::new(backend)),
             blob_bytes_max,
         })
+    }
+
+    /// Blobs in the cluster's NATS object store; streamed uploads are
+    /// staged under `scratch`.
+    pub fn nats(
+        cluster: crate::nats::Cluster,
+        scratch: &Path,
+        blob_bytes_max: u64,
+    ) -> Result<Blobs, BlobError> {
+        Ok(Blobs {
+            backend: Backend::Nats(Arc::new(NatsBlobs::new(cluster, scratch)?)),
+            blob_bytes_max,
+        })
+    }
+
+    /// The `object_store` backend (`None`: NATS).
+    fn store(&self) -> Option<&Arc<dyn ObjectStore>> {
+        match &self.backend {
+            Backend::Store(store) => Some(store),
+            Backend::Nats(_) => None,
+        }
     }
 
     /// Blobs in an S3-compatible bucket. Nothing is sent yet: call
@@ -273,7 +312,7 @@ impl Blobs {
             Arc::new(PrefixStore::new(store, prefix))
         };
         Ok(Blobs {
-            backend,
+            backend: Backend::Store(backend),
             blob_bytes_max,
         })
     }
@@ -282,7 +321,11 @@ impl Blobs {
     /// or an unreachable endpoint show at start-up rather than on the first
     /// upload.
     pub async fn check(&self) -> Result<(), BlobError> {
-        self.backend
+        let Some(store) = self.store() else {
+            // Connecting to the cluster checked NATS.
+            return Ok(());
+        };
+        store
             .list_with_delimiter(None)
             .await
             .map(drop)
@@ -306,10 +349,10 @@ impl Blobs {
                 max: self.blob_bytes_max,
             });
         }
-        self.backend
-            .put(&path, data.into())
-            .await
-            .map_err(storage)?;
+        match &self.backend {
+            Backend::Store(store) => store.put(&path, data.into()).await.map_err(storage)?,
+            Backend::Nats(nats) => return nats.put(container, key, data).await,
+        };
         Ok(())
     }
 
@@ -320,9 +363,14 @@ impl Blobs {
         key: &str,
     ) -> Result<BlobWriter, BlobError> {
         let path = location(container, key)?;
-        let upload = self.backend.put_multipart(&path).await.map_err(storage)?;
+        let upload = match &self.backend {
+            Backend::Store(store) => Upload::Store(WriteMultipart::new(
+                store.put_multipart(&path).await.map_err(storage)?,
+            )),
+            Backend::Nats(nats) => Upload::Nats(nats.writer(container, key).await?),
+        };
         Ok(BlobWriter {
-            upload: WriteMultipart::new(upload),
+            upload,
             written: 0,
             max: self.blob_bytes_max,
         })
@@ -330,7 +378,11 @@ impl Blobs {
 
     pub async fn get(&self, container: &ContainerId, key: &str) -> Result<Bytes, BlobError> {
         let path = location(container, key)?;
-        match self.backend.get(&path).await {
+        let store = match &self.backend {
+            Backend::Store(store) => store,
+            Backend::Nats(nats) => return nats.get(container, key).await,
+        };
+        match store.get(&path).await {
             Ok(result) => result.bytes().await.map_err(storage),
             Err(object_store::Error::NotFound { .. }) => Err(not_found(key)),
             Err(e) => Err(storage(e)),
@@ -350,7 +402,11 @@ impl Blobs {
         BlobError,
     > {
         let path = location(container, key)?;
-        match self.backend.get(&path).await {
+        let store = match &self.backend {
+            Backend::Store(store) => store,
+            Backend::Nats(nats) => return nats.stream(container, key).await,
+        };
+        match store.get(&path).await {
             Ok(result) => {
                 let size = result.meta.size;
                 Ok((size, result.into_stream().map_err(storage).boxed()))
@@ -380,12 +436,19 @@ impl Blobs {
             return Ok(Bytes::new());
         }
         let path = location(container, key)?;
-        self.backend.get_range(&path, range).await.map_err(storage)
+        match &self.backend {
+            Backend::Store(store) => store.get_range(&path, range).await.map_err(storage),
+            Backend::Nats(nats) => nats.read(container, key, range).await,
+        }
     }
 
     pub async fn info(&self, container: &ContainerId, key: &str) -> Result<BlobInfo, BlobError> {
         let path = location(container, key)?;
-        match self.backend.head(&path).await {
+        let store = match &self.backend {
+            Backend::Store(store) => store,
+            Backend::Nats(nats) => return nats.info(container, key).await,
+        };
+        match store.head(&path).await {
             Ok(meta) => Ok(BlobInfo {
                 key: key.to_string(),
                 size: meta.size,
@@ -399,7 +462,11 @@ impl Blobs {
     /// Deleting a missing blob is not an error.
     pub async fn delete(&self, container: &ContainerId, key: &str) -> Result<(), BlobError> {
         let path = location(container, key)?;
-        match self.backend.delete(&path).await {
+        let store = match &self.backend {
+            Backend::Store(store) => store,
+            Backend::Nats(nats) => return nats.delete(container, key).await,
+        };
+        match store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(storage(e)),
         }
@@ -409,8 +476,12 @@ impl Blobs {
     /// what storage is billed on. Lists every blob, so it is for a
     /// sampler, not a request path.
     pub async fn stored_bytes(&self) -> Result<HashMap<String, u64>, BlobError> {
+        let store = match &self.backend {
+            Backend::Store(store) => store,
+            Backend::Nats(nats) => return nats.stored_bytes().await,
+        };
         let mut sizes: HashMap<String, u64> = HashMap::new();
-        let mut listing = self.backend.list(None);
+        let mut listing = store.list(None);
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(storage)?;
             if let Some(owner) = meta.location.parts().next() {
@@ -436,6 +507,10 @@ impl Blobs {
                 cursor: cursor.to_string(),
             });
         }
+        let store = match &self.backend {
+            Backend::Store(store) => store,
+            Backend::Nats(nats) => return nats.list(container, prefix, cursor, limit).await,
+        };
         let root = ObjectPath::from_iter([container.owner.as_str(), container.name.as_str()]);
         // The backend lists by whole path segments: list the prefix's
         // folder, then filter by the string prefix.
@@ -449,7 +524,7 @@ impl Blobs {
             None => root.clone(),
         };
         let mut blobs = Vec::new();
-        let mut listing = self.backend.list(Some(&folder));
+        let mut listing = store.list(Some(&folder));
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(storage)?;
             let Some(key) = meta.location.prefix_match(&root).map(|parts| {
@@ -468,21 +543,31 @@ impl Blobs {
                 });
             }
         }
-        blobs.sort_by(|a, b| a.key.cmp(&b.key));
-        let limit = limit.clamp(1, BLOB_PAGE_MAX);
-        let cursor = (blobs.len() > limit).then(|| blobs[limit - 1].key.clone());
-        blobs.truncate(limit);
-        Ok(BlobPage { blobs, cursor })
+        Ok(page(blobs, limit))
     }
+}
+
+/// The first `limit` of `blobs` in key order, with the cursor of the next.
+fn page(mut blobs: Vec<BlobInfo>, limit: usize) -> BlobPage {
+    blobs.sort_by(|a, b| a.key.cmp(&b.key));
+    let limit = limit.clamp(1, BLOB_PAGE_MAX);
+    let cursor = (blobs.len() > limit).then(|| blobs[limit - 1].key.clone());
+    blobs.truncate(limit);
+    BlobPage { blobs, cursor }
 }
 
 /// A blob being written in chunks; nothing is visible until [`finish`].
 ///
 /// [`finish`]: BlobWriter::finish
 pub struct BlobWriter {
-    upload: WriteMultipart,
+    upload: Upload,
     written: u64,
     max: u64,
+}
+
+enum Upload {
+    Store(WriteMultipart),
+    Nats(nats::NatsUpload),
 }
 
 impl BlobWriter {
@@ -491,26 +576,41 @@ impl BlobWriter {
         if self.written > self.max {
             return Err(BlobError::TooLarge { max: self.max });
         }
-        self.upload.put(chunk);
-        self.upload
-            .wait_for_capacity(WRITE_PARTS_IN_FLIGHT_MAX)
-            .await
-            .map_err(storage)
+        match &mut self.upload {
+            Upload::Store(upload) => {
+                upload.put(chunk);
+                upload
+                    .wait_for_capacity(WRITE_PARTS_IN_FLIGHT_MAX)
+                    .await
+                    .map_err(storage)
+            }
+            Upload::Nats(upload) => upload.write(&chunk).await,
+        }
     }
 
     /// Completes the blob; returns its size.
     pub async fn finish(self) -> Result<u64, BlobError> {
         if self.written > self.max {
-            let _ = self.upload.abort().await;
-            return Err(BlobError::TooLarge { max: self.max });
+            let max = self.max;
+            self.abort().await;
+            return Err(BlobError::TooLarge { max });
         }
-        self.upload.finish().await.map_err(storage)?;
+        match self.upload {
+            Upload::Store(upload) => upload.finish().await.map_err(storage).map(drop)?,
+            Upload::Nats(upload) => upload.finish().await?,
+        }
         Ok(self.written)
     }
 
     /// Drops the partial blob.
     pub async fn abort(self) {
-        let _ = self.upload.abort().await;
+        match self.upload {
+            Upload::Store(upload) => {
+                let _ = upload.abort().await;
+            }
+            // Its staging file goes with it.
+            Upload::Nats(upload) => drop(upload),
+        }
     }
 }
 
@@ -607,6 +707,32 @@ mod tests {
         let c = ContainerId::new("local", "images");
         assert_eq!(bare.get(&c, "a/2.png").await, Err(not_found("a/2.png")));
         assert_eq!(blobs.get(&c, "a/2.png").await.unwrap(), "two");
+    }
+
+    /// The cluster's object store behaves as the others; a streamed
+    /// upload cut off leaves nothing behind, in NATS or in its scratch dir.
+    #[tokio::test]
+    async fn nats_backend() {
+        let server = crate::testing::NatsServer::start();
+        let cluster =
+            crate::nats::Cluster::connect(&crate::nats::ClusterConfig::new([server.url.clone()]))
+                .await
+                .unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let blobs = Blobs::nats(cluster, scratch.path(), 1024).unwrap();
+        blobs.check().await.unwrap();
+        exercise(&blobs).await;
+        let c = ContainerId::new("local", "uploads");
+        let mut cut = blobs.writer(&c, "cut.bin").await.unwrap();
+        cut.write(Bytes::from_static(b"half")).await.unwrap();
+        cut.abort().await;
+        assert_eq!(blobs.get(&c, "cut.bin").await, Err(not_found("cut.bin")));
+        assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+        let bad = ContainerId::new("local", "Not_A.Name");
+        assert!(matches!(
+            blobs.put(&bad, "k", Bytes::new()).await,
+            Err(BlobError::Config(_))
+        ));
     }
 
     #[tokio::test]

@@ -336,6 +336,27 @@ impl NatsQueues {
             .map_err(|e| unavailable("sending a message failed")(boxed(e)))
     }
 
+    /// Sends a message of `to` again (a retry, a move or a redrive) with
+    /// its `record`, waiting: the record first, or a node that leases the
+    /// new message at once could have its lease overwritten by this one's
+    /// record, and the run it starts could then not be answered (seen as a
+    /// redriven message stuck until its lease expired). The caller answers
+    /// the old delivery after: a crash before that runs the message twice,
+    /// never zero times.
+    async fn requeue(
+        &self,
+        to: &QueueId,
+        id: Uuid,
+        record: &Record,
+        visible_header: u64,
+        payload: Bytes,
+    ) -> Result<(), QueueError> {
+        self.put_record(&to.owner, id, record).await?;
+        self.publish(to, id, record.enqueued_ms, visible_header, false, payload)
+            .await?;
+        Ok(())
+    }
+
     /// The record of a message just sent, waiting. A keyed message's is
     /// made only if it has none (a duplicate's record is the first's):
     /// whether it was made.
@@ -656,19 +677,11 @@ impl QueueStore for NatsQueues {
         record.last_error = Some(error);
         record.lease = None;
         record.visible_ms = visible;
-        // Published again before the delivery is answered: a crash in
-        // between runs it twice, never zero times.
+        // The record, then the message again, then the answer to the
+        // delivery: see [`NatsQueues::requeue`].
         let visible_header = if delay.is_zero() { 0 } else { visible };
-        self.publish(
-            queue,
-            id,
-            record.enqueued_ms,
-            visible_header,
-            false,
-            payload,
-        )
-        .await?;
-        self.put_record(&queue.owner, id, &record).await?;
+        self.requeue(queue, id, &record, visible_header, payload)
+            .await?;
         self.answer(&lease.reply, "+ACK", String::new()).await
     }
 
@@ -686,9 +699,7 @@ impl QueueStore for NatsQueues {
         record.lease = None;
         record.queue = to.name.clone();
         record.visible_ms = now_ms();
-        self.publish(to, id, record.enqueued_ms, 0, false, payload)
-            .await?;
-        self.put_record(&to.owner, id, &record).await?;
+        self.requeue(to, id, &record, 0, payload).await?;
         self.answer(&lease.reply, "+ACK", String::new()).await
     }
 
@@ -713,16 +724,8 @@ impl QueueStore for NatsQueues {
                     record.lease = None;
                     record.queue = to.name.clone();
                     record.visible_ms = now_ms();
-                    self.publish(
-                        to,
-                        id,
-                        record.enqueued_ms,
-                        0,
-                        false,
-                        delivery.payload.clone(),
-                    )
-                    .await?;
-                    self.put_record(&to.owner, id, &record).await?;
+                    self.requeue(to, id, &record, 0, delivery.payload.clone())
+                        .await?;
                     moved += 1;
                 }
                 delivery

@@ -50,6 +50,38 @@ pub fn up_with(dir: &Path, config: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Whether this run starts every server as a cluster node
+/// (`UPDRAFT_TEST_CLUSTER=1`, which `cargo xtask test` sets for a second
+/// run of the end-to-end suites): the same tests then check the JetStream
+/// backends.
+pub fn cluster_mode() -> bool {
+    std::env::var_os("UPDRAFT_TEST_CLUSTER").is_some_and(|v| v == "1")
+}
+
+thread_local! {
+    /// In cluster mode, each data dir's own nats-server: kept across
+    /// restarts of its server, stopped when the test's thread ends.
+    static NATS: std::cell::RefCell<std::collections::HashMap<PathBuf, updraft_state::testing::NatsServer>> =
+        Default::default();
+}
+
+/// In cluster mode, the arguments that make a server on `data_dir` a node
+/// of that dir's NATS (none if the test chose a cluster itself).
+fn cluster_args(data_dir: &Path, extra: &[&str]) -> Vec<String> {
+    if !cluster_mode() || extra.contains(&"--cluster") {
+        return Vec::new();
+    }
+    let url = NATS.with(|servers| {
+        servers
+            .borrow_mut()
+            .entry(data_dir.to_path_buf())
+            .or_insert_with(updraft_state::testing::NatsServer::start)
+            .url
+            .clone()
+    });
+    vec!["--cluster".into(), url]
+}
+
 /// A running `updraft up`, killed when dropped.
 pub struct Server {
     pub child: Child,
@@ -74,6 +106,7 @@ impl Server {
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
+            .args(cluster_args(data_dir, extra))
             .env("RUST_LOG", rust_log)
             .env("XDG_CACHE_HOME", data_dir.join("xdg-cache"))
             .stdout(Stdio::piped())
