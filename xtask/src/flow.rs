@@ -88,6 +88,10 @@ const CLUSTER_SUITES: &[&str] = &[
     "calls",
     "tenants",
     "metering",
+    "examples",
+    "bad_input",
+    "hostile",
+    "reuse",
 ];
 
 /// Address `cargo xtask up` serves on.

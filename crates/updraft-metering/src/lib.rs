@@ -707,7 +707,11 @@ mod tests {
 
         let metering = open();
         assert_eq!(metering.ingested(), 2);
-        assert_eq!(invocations(&metering), 2, "the uncommitted frame is cut off");
+        assert_eq!(
+            invocations(&metering),
+            2,
+            "the uncommitted frame is cut off"
+        );
         assert_eq!(std::fs::metadata(&segment).unwrap().len(), committed);
         metering.ingest(vec![record("a", "f", MID_NOVEMBER, 4)], 3, true);
         assert_eq!(invocations(&metering), 3);

@@ -362,7 +362,7 @@ impl Platform {
             tokio::spawn(follow_registry(Arc::downgrade(&platform), changes));
         }
         platform.events.start_budget_alerts(budget_alerts);
-        platform.usage.start_cluster();
+        platform.usage.start_cluster().await?;
         if let Some(idle) = config.idle_unload {
             platform.functions.start_idle_unload(idle);
         }

@@ -34,7 +34,7 @@ use updraft_metering::{Budget, BudgetEvent, BudgetKind, Metering, billed_ms, usd
 use updraft_sandbox::{Report, ResponseBody};
 use updraft_state::blob::Blobs;
 use updraft_state::kv::KvStore;
-use updraft_state::usage::{Batch, NatsUsage};
+use updraft_state::usage::{Batch, BudgetChange, NatsUsage};
 
 use crate::PlatformError;
 use crate::functions::Loaded;
@@ -216,12 +216,37 @@ impl Usage {
     }
 
     /// Cluster mode: publishes this node's usage and reads every node's,
-    /// and every budget, until the service is gone.
-    pub(crate) fn start_cluster(self: &Arc<Self>) {
-        if self.shared.is_some() {
-            tokio::spawn(publish_usage(Arc::downgrade(self)));
-            tokio::spawn(read_usage(Arc::downgrade(self)));
-            tokio::spawn(read_budgets(Arc::downgrade(self)));
+    /// and every budget, until the service is gone. Returns once the node
+    /// has read the usage stored so far (at most [`CATCH_UP_MAX`]) and the
+    /// budgets: a restarted node refuses a spent tenant from its first
+    /// request.
+    pub(crate) async fn start_cluster(self: &Arc<Self>) -> Result<(), PlatformError> {
+        let (Some(shared), Some(metering)) = (&self.shared, &self.metering) else {
+            return Ok(());
+        };
+        tokio::spawn(read_usage(Arc::downgrade(self)));
+        self.catch_up().await?;
+        for change in shared.log.budget_list().await? {
+            self.apply_budget(metering, change);
+        }
+        tokio::spawn(read_budgets(Arc::downgrade(self)));
+        tokio::spawn(publish_usage(Arc::downgrade(self)));
+        Ok(())
+    }
+
+    /// Applies a budget set or removed on any node.
+    fn apply_budget(&self, metering: &Metering, change: BudgetChange) {
+        let cents = change
+            .value
+            .and_then(|v| serde_json::from_slice::<Budget>(&v).ok())
+            .map(|b| b.monthly_cents);
+        let applied = tokio::task::block_in_place(|| metering.apply_budget(&change.tenant, cents));
+        if let Err(e) = applied {
+            tracing::warn!(
+                "the budget of {} not applied: {}",
+                change.tenant,
+                updraft_core::error::chain(&e)
+            );
         }
     }
 
@@ -623,20 +648,7 @@ async fn read_budgets(usage: Weak<Usage>) {
                     let Some(metering) = &usage.metering else {
                         return;
                     };
-                    let cents = change
-                        .value
-                        .and_then(|v| serde_json::from_slice::<Budget>(&v).ok())
-                        .map(|b| b.monthly_cents);
-                    let applied = tokio::task::block_in_place(|| {
-                        metering.apply_budget(&change.tenant, cents)
-                    });
-                    if let Err(e) = applied {
-                        tracing::warn!(
-                            "the budget of {} not applied: {}",
-                            change.tenant,
-                            updraft_core::error::chain(&e)
-                        );
-                    }
+                    usage.apply_budget(metering, change);
                 }
             }
             Err(e) => tracing::warn!(

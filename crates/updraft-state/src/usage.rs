@@ -163,7 +163,25 @@ impl NatsUsage {
             .boxed())
     }
 
-    /// Sets (`None`: removes) a tenant's budget for every node.
+    /// Every tenant's budget as stored now.
+    pub async fn budget_list(&self) -> Result<Vec<BudgetChange>, StateError> {
+        let failed = unavailable("reading budgets failed");
+        let mut keys = self.budgets.keys().await.map_err(|e| failed(boxed(e)))?;
+        let mut found = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| failed(boxed(e)))?;
+            let Some(tenant) = key.strip_prefix(BUDGET_PREFIX) else {
+                continue;
+            };
+            let value = self.budgets.get(&key).await.map_err(|e| failed(boxed(e)))?;
+            found.push(BudgetChange {
+                tenant: tenant.to_string(),
+                value,
+            });
+        }
+        Ok(found)
+    }
+
     pub async fn set_budget(&self, tenant: &str, value: Option<Bytes>) -> Result<(), StateError> {
         let failed = unavailable("writing the budget failed");
         let key = format!("{BUDGET_PREFIX}{tenant}");

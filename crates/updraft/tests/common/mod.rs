@@ -102,11 +102,12 @@ impl Server {
 
     /// Starts with `RUST_LOG=rust_log`, the server's log going to `stderr`.
     pub fn start_logging(data_dir: &Path, extra: &[&str], rust_log: &str, stderr: Stdio) -> Server {
+        let cluster = cluster_args(data_dir, extra);
         let mut child = Command::new(bin())
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
-            .args(cluster_args(data_dir, extra))
+            .args(&cluster)
             .env("RUST_LOG", rust_log)
             .env("XDG_CACHE_HOME", data_dir.join("xdg-cache"))
             .stdout(Stdio::piped())
@@ -131,6 +132,12 @@ impl Server {
             .find(|w| w.starts_with("http://"))
             .expect("address in the first line")
             .to_string();
+        // A cluster node keeps no registry of its own: the run is really
+        // testing the cluster's backends.
+        assert!(
+            cluster.is_empty() || !data_dir.join("registry.redb").exists(),
+            "a cluster node wrote registry.redb"
+        );
         let admin_key = std::fs::read_to_string(data_dir.join("admin.key"))
             .expect("updraft up writes DATA_DIR/admin.key")
             .trim()
