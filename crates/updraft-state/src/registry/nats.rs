@@ -43,6 +43,9 @@ const BUCKET: &str = "updraft-registry";
 
 /// The object store of uploaded Wasm.
 const WASM_BUCKET: &str = "updraft-wasm";
+/// Largest registry document of one tenant: one KV value. A version costs
+/// about 200 bytes of it, so a tenant holds some 5,000 versions in all.
+pub const TENANT_DOC_BYTES_MAX: usize = crate::kv::VALUE_BYTES_MAX;
 
 /// How long the watch waits before it is made again after NATS went away.
 const REWATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -180,6 +183,17 @@ impl NatsRegistry {
         revision: Option<u64>,
     ) -> Result<bool, StateError> {
         let value = Bytes::from(serde_json::to_vec(doc)?);
+        if value.len() > TENANT_DOC_BYTES_MAX {
+            let versions: usize = doc.functions.values().map(|e| e.versions.len()).sum();
+            return Err(StateError::Invalid(format!(
+                "tenant {tenant:?} would have {} functions with {versions} versions in all, \
+                 {} KiB of registry, over the {} KiB a cluster keeps per tenant: \
+                 remove functions you no longer use (`updraft rm NAME`)",
+                doc.functions.len(),
+                value.len() / 1024,
+                TENANT_DOC_BYTES_MAX / 1024
+            )));
+        }
         write_if(&self.bucket, &doc_key(tenant), revision, value)
             .await
             .map_err(unavailable("writing the registry failed"))
@@ -545,6 +559,35 @@ mod tests {
         let server = NatsServer::start();
         let cluster = server.cluster().await;
         model::run(&NatsRegistry::open(&cluster).await.unwrap()).await;
+    }
+
+    /// A tenant whose registry would outgrow one NATS value is told what
+    /// to do, and its registry is left as it was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_registry_past_its_limit_says_what_to_remove() {
+        let server = NatsServer::start();
+        let registry = NatsRegistry::open(&server.cluster().await).await.unwrap();
+        registry
+            .deploy("t", model::version("f", b"code", Some("/f")))
+            .await
+            .unwrap();
+        let (mut doc, revision) = registry.doc("t").await.unwrap();
+        let entry = doc.functions.get_mut("f").unwrap();
+        let one = entry.versions.values().next().unwrap().clone();
+        for n in 2..10_000 {
+            entry.versions.insert(n, one.clone());
+        }
+        let err = registry
+            .write_doc("t", &doc, revision)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("9999 versions") && err.contains("updraft rm"),
+            "{err}"
+        );
+        let (kept, _) = registry.doc("t").await.unwrap();
+        assert_eq!(kept.functions["f"].versions.len(), 1);
     }
 
     /// Nodes deploying the same function at once each get their own
