@@ -39,6 +39,13 @@
 //!   phase's `updraft-guest-nats` is the same backend under an embedded
 //!   server.
 //!
+//! - **A node started under load.** [`ELASTIC_BACKLOG`] async kv-bench
+//!   jobs (each [`ELASTIC_INCREMENTS`] increments, so a few ms of NATS round
+//!   trips) are queued through node 1; then a fourth node starts on the same
+//!   NATS. Timed: its spawn until it prints its address, then until its
+//!   `GET /healthz` counts its first invocation (polled every millisecond).
+//!   The target is a share within 1 s of being up.
+//!
 //! Everything shares one machine: the three nodes, NATS and wrk share the
 //! cores that the embedded baseline has to itself with wrk, so on 2 cores
 //! the cluster's ratios bound what separate machines would see from below.
@@ -107,6 +114,8 @@ pub struct ClusterReport {
     pub deploy: Vec<DeployReport>,
     /// kv-bench on node 1 ([`CLUSTER`]) and on the embedded server ([`EMBEDDED`]).
     pub kv: Vec<KvPoint>,
+    /// A node started under a backlog of async work.
+    pub elastic: Option<ElasticReport>,
 }
 
 impl ClusterReport {
@@ -314,9 +323,23 @@ pub fn measure(inputs: &Inputs<'_>, scratch: &Path, plan: &ClusterPlan) -> Resul
         }
     }
 
+    eprintln!(
+        "    elastic: {ELASTIC_BACKLOG} async jobs queued through node 1, then node {} started",
+        NODES + 1
+    );
+    let (elastic, extra) = elastic(inputs.updraft_bin, scratch, &url, &node_endpoints)?;
+    eprintln!(
+        "    node {} was up {:.0} ms after its spawn and ran its first job {:.1} ms later ({} of {} in all)",
+        NODES + 1,
+        elastic.start_ms,
+        elastic.first_run_ms,
+        elastic.ran,
+        elastic.backlog
+    );
+
     embedded.stop()?;
     // The nodes before NATS: a node stopping finishes its leases with it.
-    for node in nodes {
+    for node in nodes.into_iter().chain([extra]) {
         node.stop()?;
     }
     nats.stop()?;
@@ -328,6 +351,7 @@ pub fn measure(inputs: &Inputs<'_>, scratch: &Path, plan: &ClusterPlan) -> Resul
         events: Some(events),
         deploy,
         kv: kv_points,
+        elastic: Some(elastic),
     })
 }
 
@@ -759,4 +783,104 @@ mod tests {
         let report: ClusterReport = serde_json::from_str("{}").unwrap();
         assert!(!report.measured() && report.skipped.is_none());
     }
+}
+
+/// Jobs queued before the extra node starts: enough that the others are
+/// still busy when it is up.
+const ELASTIC_BACKLOG: usize = 3000;
+/// Increments per job, each a round trip to NATS: a job runs a few ms.
+const ELASTIC_INCREMENTS: u32 = 20;
+/// Longest the extra node may take to run its first job.
+const ELASTIC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A node started while the cluster has a backlog of async work: how soon
+/// it takes a share.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ElasticReport {
+    /// Async jobs queued through node 1 before the extra node started.
+    pub backlog: usize,
+    /// Jobs not yet finished (waiting or running) when it started.
+    pub unfinished_at_start: u64,
+    /// From spawning its process until it printed its address.
+    pub start_ms: f64,
+    /// From its address until `GET /healthz` showed its first invocation.
+    pub first_run_ms: f64,
+    /// How many of the backlog it ran in all.
+    pub ran: u64,
+}
+
+/// Queues [`ELASTIC_BACKLOG`] async kv-bench jobs through node 1, starts
+/// one more node and times its first run; waits for the backlog to drain.
+/// Returns the extra node, to be stopped with the others.
+fn elastic(
+    bin: &Path,
+    scratch: &Path,
+    url: &str,
+    nodes: &[Endpoint],
+) -> Result<(ElasticReport, Server)> {
+    let first = nodes[0];
+    for i in 0..ELASTIC_BACKLOG {
+        let path = format!(
+            "/v1/functions/kvb/invoke?mode=async&op=increment&n={ELASTIC_INCREMENTS}&key=elastic-{}",
+            i % 64
+        );
+        let request = Request {
+            method: "POST",
+            path: &path,
+            content_type: None,
+            body: &[],
+        };
+        let response = http::send(first, &request, CONTROL_TIMEOUT)?;
+        if response.status != 202 {
+            bail!(
+                "queueing an async job answered {}: {}",
+                response.status,
+                response.text()
+            );
+        }
+    }
+    let unfinished_at_start = events::unfinished(first, "kvb")?;
+    let dir = scratch.join(format!("cluster-node{}", NODES + 1));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::copy(
+        scratch.join("cluster-node1").join("admin.key"),
+        dir.join("admin.key"),
+    )
+    .context("copying the admin key to the extra node")?;
+    let spawned = Instant::now();
+    let node = updraft::start_with(bin, &dir, "127.0.0.1:0", scratch, &["--cluster", url])
+        .context("starting the extra node")?
+        .server;
+    let start = spawned.elapsed();
+    let up = Instant::now();
+    let first_run = loop {
+        if invocations(node.endpoint)? > 0 {
+            break up.elapsed();
+        }
+        if up.elapsed() > ELASTIC_TIMEOUT {
+            bail!("the extra node ran nothing within {ELASTIC_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    events::drain_function(first, "kvb")?;
+    Ok((
+        ElasticReport {
+            backlog: ELASTIC_BACKLOG,
+            unfinished_at_start,
+            start_ms: start.as_secs_f64() * 1e3,
+            first_run_ms: first_run.as_secs_f64() * 1e3,
+            ran: invocations(node.endpoint)?,
+        },
+        node,
+    ))
+}
+
+/// Invocations a node has started, from its `GET /healthz`.
+fn invocations(endpoint: Endpoint) -> Result<u64> {
+    let response = http::send(endpoint, &Request::get("/healthz"), CONTROL_TIMEOUT)?;
+    let health: serde_json::Value =
+        serde_json::from_slice(&response.body).context("GET /healthz")?;
+    health["invocations"]
+        .as_u64()
+        .context("GET /healthz has no invocations count (an updraft build from before it)")
 }

@@ -302,7 +302,30 @@ pub fn measure(
 
 /// Waits until hello's async queue is empty and nothing runs.
 pub(crate) fn drain(endpoint: Endpoint) -> Result<()> {
-    drain_entry(endpoint, "functions", "function", "hello")
+    drain_function(endpoint, "hello")
+}
+
+/// Waits until the async queue of function `name` is empty and nothing
+/// of it runs.
+pub(crate) fn drain_function(endpoint: Endpoint, name: &str) -> Result<()> {
+    drain_entry(endpoint, "functions", "function", name)
+}
+
+/// Async calls of function `name` waiting or running.
+pub(crate) fn unfinished(endpoint: Endpoint, name: &str) -> Result<u64> {
+    let response = http::send(
+        endpoint,
+        &http::Request::get("/v1/queues"),
+        http::CONTROL_TIMEOUT,
+    )?;
+    let queues: serde_json::Value =
+        serde_json::from_slice(&response.body).context("GET /v1/queues")?;
+    let entry = queues["functions"]
+        .as_array()
+        .and_then(|entries| entries.iter().find(|e| e["function"] == name))
+        .cloned()
+        .unwrap_or_default();
+    Ok(entry["depth"].as_u64().unwrap_or(0) + entry["in_flight"].as_u64().unwrap_or(0))
 }
 
 /// Waits until a named queue is empty and nothing of it runs.

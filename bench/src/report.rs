@@ -483,6 +483,19 @@ pub fn targets(report: &Report) -> Vec<Target> {
         (None, Some(why)) => push(target, format!("not measured: {why}"), None),
         (None, None) => push(target, "not measured".to_string(), None),
     }
+    // Issue 17: a node added under load pulls from the same queues at once.
+    let target = "cluster mode: a node started under load takes a share within 1 s";
+    match &cluster.elastic {
+        Some(e) => push(
+            target,
+            format!(
+                "first job {:.1} ms after it was up ({:.0} ms from spawn); {} of {} jobs",
+                e.first_run_ms, e.start_ms, e.ran, e.backlog
+            ),
+            Some(e.first_run_ms <= 1_000.0 && e.ran > 0),
+        ),
+        None => push(target, "not measured".to_string(), None),
+    }
     out
 }
 
@@ -969,6 +982,20 @@ fn cluster_markdown(md: &mut String, cluster: &ClusterReport) {
             ns(c.p50_ns),
             ns(e.p50_ns),
             ratio(c.p50_ns as f64, e.p50_ns as f64),
+        );
+    }
+    if let Some(e) = &cluster.elastic {
+        let _ = writeln!(
+            md,
+            "\nA node started under load: {} async kv-bench jobs queued through node 1 ({} still \
+             unfinished when it started). Node {} was up {:.0} ms after its spawn and started its \
+             first job {:.1} ms after that (target: within 1 s); it ran {} of them in all.",
+            e.backlog,
+            e.unfinished_at_start,
+            cluster.nodes + 1,
+            e.start_ms,
+            e.first_run_ms,
+            e.ran,
         );
     }
 }

@@ -34,6 +34,7 @@ pub(crate) async fn health(State(platform): Shared) -> Json<Value> {
         "node": platform.node(),
         "functions": platform.functions().function_count(),
         "compiles": platform.functions().compiles(),
+        "invocations": platform.invoker().started(),
     }))
 }
 

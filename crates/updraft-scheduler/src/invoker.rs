@@ -37,6 +37,9 @@ pub struct Invoker {
     /// The wall clock of usage records' start times (metering reads its
     /// dates from the same one, so a record and its month agree).
     clock: SharedClock,
+    /// Invocations this process started (in `/healthz`: in a cluster, what
+    /// this node has run).
+    started: std::sync::atomic::AtomicU64,
 }
 
 /// The body of a request handed to a function.
@@ -206,7 +209,13 @@ impl Invoker {
             usage,
             logs,
             clock,
+            started: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Invocations this process has started.
+    pub fn started(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The functions it runs.
@@ -320,6 +329,8 @@ impl Invoker {
         let start_ms = self.clock.now_ms();
         let prepared = self.functions.ensure_prepared(loaded).await?;
         let permit = self.admit(admit_ms(loaded, call)).await?;
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Start {
             start_ms,
             prepared,
