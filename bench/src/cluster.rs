@@ -42,9 +42,10 @@
 //! - **A node started under load.** [`ELASTIC_BACKLOG`] async kv-bench
 //!   jobs (each [`ELASTIC_INCREMENTS`] increments, so a few ms of NATS round
 //!   trips) are queued through node 1; then a fourth node starts on the same
-//!   NATS. Timed: its spawn until it prints its address, then until its
-//!   `GET /healthz` counts its first invocation (polled every millisecond).
-//!   The target is a share within 1 s of being up.
+//!   NATS while more jobs keep coming. Timed: its spawn until it prints its
+//!   address, then until its `GET /healthz` counts its first invocation
+//!   (polled every millisecond). The target is a share within 1 s of being
+//!   up.
 //!
 //! Everything shares one machine: the three nodes, NATS and wrk share the
 //! cores that the embedded baseline has to itself with wrk, so on 2 cores
@@ -334,7 +335,7 @@ pub fn measure(inputs: &Inputs<'_>, scratch: &Path, plan: &ClusterPlan) -> Resul
         elastic.start_ms,
         elastic.first_run_ms,
         elastic.ran,
-        elastic.backlog
+        elastic.queued
     );
 
     embedded.stop()?;
@@ -785,9 +786,8 @@ mod tests {
     }
 }
 
-/// Jobs queued before the extra node starts: enough that the others are
-/// still busy when it is up.
-const ELASTIC_BACKLOG: usize = 3000;
+/// Jobs queued before the extra node starts.
+const ELASTIC_BACKLOG: usize = 500;
 /// Increments per job, each a round trip to NATS: a job runs a few ms.
 const ELASTIC_INCREMENTS: u32 = 20;
 /// Longest the extra node may take to run its first job.
@@ -797,7 +797,8 @@ const ELASTIC_TIMEOUT: Duration = Duration::from_secs(60);
 /// it takes a share.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ElasticReport {
-    /// Async jobs queued through node 1 before the extra node started.
+    /// Async jobs queued through node 1 before the extra node started
+    /// (more kept coming until it had run one).
     pub backlog: usize,
     /// Jobs not yet finished (waiting or running) when it started.
     pub unfinished_at_start: u64,
@@ -805,13 +806,39 @@ pub struct ElasticReport {
     pub start_ms: f64,
     /// From its address until `GET /healthz` showed its first invocation.
     pub first_run_ms: f64,
-    /// How many of the backlog it ran in all.
+    /// Jobs queued in all.
+    pub queued: usize,
+    /// How many of them it ran.
     pub ran: u64,
 }
 
+/// One async kv-bench job through `endpoint`.
+fn queue_job(endpoint: Endpoint, i: usize) -> Result<()> {
+    let path = format!(
+        "/v1/functions/kvb/invoke?mode=async&op=increment&n={ELASTIC_INCREMENTS}&key=elastic-{}",
+        i % 64
+    );
+    let request = Request {
+        method: "POST",
+        path: &path,
+        content_type: None,
+        body: &[],
+    };
+    let response = http::send(endpoint, &request, CONTROL_TIMEOUT)?;
+    if response.status != 202 {
+        bail!(
+            "queueing an async job answered {}: {}",
+            response.status,
+            response.text()
+        );
+    }
+    Ok(())
+}
+
 /// Queues [`ELASTIC_BACKLOG`] async kv-bench jobs through node 1, starts
-/// one more node and times its first run; waits for the backlog to drain.
-/// Returns the extra node, to be stopped with the others.
+/// one more node, and times its first run while jobs keep coming (so work
+/// is waiting however fast the others drain it); then waits for the queue
+/// to drain. Returns the extra node, to be stopped with the others.
 fn elastic(
     bin: &Path,
     scratch: &Path,
@@ -820,24 +847,7 @@ fn elastic(
 ) -> Result<(ElasticReport, Server)> {
     let first = nodes[0];
     for i in 0..ELASTIC_BACKLOG {
-        let path = format!(
-            "/v1/functions/kvb/invoke?mode=async&op=increment&n={ELASTIC_INCREMENTS}&key=elastic-{}",
-            i % 64
-        );
-        let request = Request {
-            method: "POST",
-            path: &path,
-            content_type: None,
-            body: &[],
-        };
-        let response = http::send(first, &request, CONTROL_TIMEOUT)?;
-        if response.status != 202 {
-            bail!(
-                "queueing an async job answered {}: {}",
-                response.status,
-                response.text()
-            );
-        }
+        queue_job(first, i)?;
     }
     let unfinished_at_start = events::unfinished(first, "kvb")?;
     let dir = scratch.join(format!("cluster-node{}", NODES + 1));
@@ -853,15 +863,35 @@ fn elastic(
         .server;
     let start = spawned.elapsed();
     let up = Instant::now();
-    let first_run = loop {
-        if invocations(node.endpoint)? > 0 {
-            break up.elapsed();
-        }
-        if up.elapsed() > ELASTIC_TIMEOUT {
-            bail!("the extra node ran nothing within {ELASTIC_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (first_run, queued) = std::thread::scope(|scope| {
+        let feeder = scope.spawn(|| {
+            let mut i = ELASTIC_BACKLOG;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                queue_job(first, i)?;
+                i += 1;
+            }
+            Ok::<_, anyhow::Error>(i)
+        });
+        let first_run = loop {
+            match invocations(node.endpoint) {
+                Ok(0) if up.elapsed() <= ELASTIC_TIMEOUT => {}
+                Ok(0) => {
+                    break Err(anyhow!(
+                        "the extra node ran nothing within {ELASTIC_TIMEOUT:?}"
+                    ));
+                }
+                Ok(_) => break Ok(up.elapsed()),
+                Err(e) => break Err(e),
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let queued = feeder
+            .join()
+            .map_err(|_| anyhow!("the job feeder panicked"))?;
+        Ok::<_, anyhow::Error>((first_run?, queued?))
+    })?;
     events::drain_function(first, "kvb")?;
     Ok((
         ElasticReport {
@@ -869,6 +899,7 @@ fn elastic(
             unfinished_at_start,
             start_ms: start.as_secs_f64() * 1e3,
             first_run_ms: first_run.as_secs_f64() * 1e3,
+            queued,
             ran: invocations(node.endpoint)?,
         },
         node,

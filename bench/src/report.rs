@@ -490,7 +490,7 @@ pub fn targets(report: &Report) -> Vec<Target> {
             target,
             format!(
                 "first job {:.1} ms after it was up ({:.0} ms from spawn); {} of {} jobs",
-                e.first_run_ms, e.start_ms, e.ran, e.backlog
+                e.first_run_ms, e.start_ms, e.ran, e.queued
             ),
             Some(e.first_run_ms <= 1_000.0 && e.ran > 0),
         ),
@@ -988,10 +988,12 @@ fn cluster_markdown(md: &mut String, cluster: &ClusterReport) {
         let _ = writeln!(
             md,
             "\nA node started under load: {} async kv-bench jobs queued through node 1 ({} still \
-             unfinished when it started). Node {} was up {:.0} ms after its spawn and started its \
-             first job {:.1} ms after that (target: within 1 s); it ran {} of them in all.",
+             unfinished when it started), more coming until it had run one ({} in all). Node {} \
+             was up {:.0} ms after its spawn and started its first job {:.1} ms after that \
+             (target: within 1 s); it ran {} of them.",
             e.backlog,
             e.unfinished_at_start,
+            e.queued,
             cluster.nodes + 1,
             e.start_ms,
             e.first_run_ms,

@@ -206,7 +206,12 @@ fn tiny_run_writes_complete_json_and_markdown() {
             assert!(p.ops > 0 && p.p50_ns > 0, "{p:?}");
         }
     }
-    assert_eq!(report.targets.len(), 19);
+    let elastic = cluster.elastic.as_ref().expect("the elastic point");
+    assert!(
+        elastic.ran > 0 && elastic.queued >= elastic.backlog && elastic.first_run_ms > 0.0,
+        "{elastic:?}"
+    );
+    assert_eq!(report.targets.len(), 20);
     assert!(
         report
             .targets
