@@ -35,7 +35,7 @@ impl KvHandle {
     /// The value, or [`PlatformError::KeyNotFound`].
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, PlatformError> {
         self.kv
-            .get(&self.id, key)
+            .get_latest(&self.id, key)
             .await?
             .ok_or_else(|| PlatformError::KeyNotFound {
                 store: self.name.clone(),

@@ -345,22 +345,32 @@ pub(crate) async fn write_if(
     revision: Option<u64>,
     value: bytes::Bytes,
 ) -> Result<bool, async_nats::Error> {
+    Ok(write_if_revision(bucket, key, revision, value)
+        .await?
+        .is_some())
+}
+
+/// [`write_if`] that returns the new revision (`None`: a conflict).
+pub(crate) async fn write_if_revision(
+    bucket: &Store,
+    key: &str,
+    revision: Option<u64>,
+    value: bytes::Bytes,
+) -> Result<Option<u64>, async_nats::Error> {
     use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
     let result = match revision {
         Some(revision) => bucket
             .update(key, value, revision)
             .await
-            .map(drop)
             .map_err(|e| (e.kind() == UpdateErrorKind::WrongLastRevision, boxed(e))),
         None => bucket
             .create(key, value)
             .await
-            .map(drop)
             .map_err(|e| (e.kind() == CreateErrorKind::AlreadyExists, boxed(e))),
     };
     match result {
-        Ok(()) => Ok(true),
-        Err((true, _)) => Ok(false),
+        Ok(revision) => Ok(Some(revision)),
+        Err((true, _)) => Ok(None),
         Err((false, e)) => Err(e),
     }
 }

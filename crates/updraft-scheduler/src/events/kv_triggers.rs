@@ -124,6 +124,10 @@ impl KvStore for WatchedKv {
         self.inner.get(store, key).await
     }
 
+    async fn get_latest(&self, store: &StoreId, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner.get_latest(store, key).await
+    }
+
     async fn set(&self, store: &StoreId, key: &str, value: Vec<u8>) -> Result<(), KvError> {
         self.inner.set(store, key, value).await?;
         self.notify(store, std::iter::once(key), Change::Set).await;

@@ -11,6 +11,7 @@ mod journal;
 #[cfg(test)]
 pub(crate) mod model;
 pub mod nats;
+mod replica;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -198,10 +199,18 @@ impl Classify for KvError {
 }
 
 /// The operations of a key-value backend. Every write is durable when it
-/// returns; reads see every acknowledged write.
+/// returns; reads see every write acknowledged through this backend (this
+/// node). A cluster's backend may answer `get` from the node's copy, which
+/// sees other nodes' writes a moment later; [`KvStore::get_latest`] sees
+/// every write acknowledged anywhere.
 #[async_trait]
 pub trait KvStore: Send + Sync + 'static {
     async fn get(&self, store: &StoreId, key: &str) -> Result<Option<Vec<u8>>, KvError>;
+    /// [`KvStore::get`] that sees every write acknowledged on any node
+    /// before it was called: the operator API's reads.
+    async fn get_latest(&self, store: &StoreId, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.get(store, key).await
+    }
     async fn set(&self, store: &StoreId, key: &str, value: Vec<u8>) -> Result<(), KvError>;
     /// Deleting a missing key is not an error.
     async fn delete(&self, store: &StoreId, key: &str) -> Result<(), KvError>;

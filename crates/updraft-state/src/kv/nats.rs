@@ -17,12 +17,16 @@
 //! - **Stored bytes** are keys plus values, summed from headers-only reads
 //!   (`Nats-Msg-Size`), so billing matches the embedded backend's.
 //!
-//! Losing NATS makes every operation [`KvError::Unavailable`] (503) until
-//! the client has reconnected by itself.
+//! - **Reads** are answered from the node's copy of the bucket when it has
+//!   one ([`super::replica`]); writes go to NATS and then to the copy.
+//!
+//! Losing NATS makes every write and every read without a copy
+//! [`KvError::Unavailable`] (503) until the client has reconnected by
+//! itself.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use async_nats::jetstream::kv::{Operation, Store};
 use async_trait::async_trait;
@@ -30,6 +34,7 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use updraft_core::Failure;
 
+use super::replica::Replicas;
 use super::{
     CasOutcome, KeyPage, KvError, KvStore, LIST_PAGE_MAX, StoreId, check_batch, check_key,
     check_value, counter_value,
@@ -52,6 +57,8 @@ pub struct NatsKv {
     /// Buckets opened so far, by store.
     buckets: RwLock<HashMap<StoreId, Store>>,
     increments: Vec<tokio::sync::Mutex<()>>,
+    /// This node's copies of the buckets it reads.
+    replicas: Arc<Replicas>,
 }
 
 /// Errors of NATS: the server is away or failing (503, retry).
@@ -109,7 +116,71 @@ impl NatsKv {
             increments: (0..INCREMENT_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            replicas: Arc::default(),
         }
+    }
+
+    /// The value of `key`: from this node's copy of the bucket when it has
+    /// one, else from NATS.
+    async fn read(
+        &self,
+        store: &StoreId,
+        bucket: &Store,
+        key: &str,
+    ) -> Result<Option<Bytes>, KvError> {
+        let encoded = encode_key(key);
+        if let Some(replica) = self.replicas.of(store, bucket)
+            && let Some(value) = replica.get(&encoded)
+        {
+            return Ok(value);
+        }
+        Ok(Self::entry(bucket, key).await?.0)
+    }
+
+    /// Tells this node's copy of `store` of a write it made.
+    fn wrote(&self, store: &StoreId, key: &str, revision: u64, value: Option<Bytes>) {
+        if let Some(replica) = self.replicas.live(store) {
+            replica.apply(&encode_key(key), revision, value);
+        }
+    }
+
+    /// Writes `value` under `key`; its revision.
+    async fn put(
+        &self,
+        store: &StoreId,
+        bucket: &Store,
+        key: &str,
+        value: Bytes,
+    ) -> Result<(), KvError> {
+        let revision = bucket
+            .put(encode_key(key), value.clone())
+            .await
+            .map_err(|e| unavailable("writing a key failed")(boxed(e)))?;
+        self.wrote(store, key, revision, Some(value));
+        Ok(())
+    }
+
+    /// Deletes `key` (a delete marker, as the KV conventions write it,
+    /// published here for its revision).
+    async fn remove(&self, store: &StoreId, bucket: &Store, key: &str) -> Result<(), KvError> {
+        let failed = unavailable("deleting a key failed");
+        let subject = format!(
+            "{}{}",
+            bucket.put_prefix.as_ref().unwrap_or(&bucket.prefix),
+            encode_key(key)
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("KV-Operation", "DEL");
+        let ack = self
+            .cluster
+            .jetstream
+            .publish_with_headers(subject, headers, Bytes::new())
+            .await
+            .map_err(|e| failed(boxed(e)))?
+            .await
+            .map_err(|e| failed(boxed(e)))?;
+        self.wrote(store, key, ack.sequence, None);
+        Ok(())
     }
 
     /// The bucket of `store`; `None` if it was never written and `create`
@@ -161,14 +232,14 @@ impl NatsKv {
     }
 
     /// Writes `value` if `key` is still at `revision` (`None`: never
-    /// written). `Ok(false)` on a conflict.
+    /// written): the new revision, or `None` on a conflict.
     async fn write_if(
         bucket: &Store,
         key: &str,
         revision: Option<u64>,
         value: Bytes,
-    ) -> Result<bool, KvError> {
-        crate::nats::write_if(bucket, &encode_key(key), revision, value)
+    ) -> Result<Option<u64>, KvError> {
+        crate::nats::write_if_revision(bucket, &encode_key(key), revision, value)
             .await
             .map_err(unavailable("writing a key failed"))
     }
@@ -213,6 +284,14 @@ impl KvStore for NatsKv {
         let Some(bucket) = self.bucket(store, false).await? else {
             return Ok(None);
         };
+        Ok(self.read(store, &bucket, key).await?.map(|v| v.to_vec()))
+    }
+
+    async fn get_latest(&self, store: &StoreId, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        check_key(key)?;
+        let Some(bucket) = self.bucket(store, false).await? else {
+            return Ok(None);
+        };
         Ok(Self::entry(&bucket, key).await?.0.map(|v| v.to_vec()))
     }
 
@@ -220,11 +299,7 @@ impl KvStore for NatsKv {
         check_key(key)?;
         check_value(&value)?;
         let bucket = self.writable(store).await?;
-        bucket
-            .put(encode_key(key), Bytes::from(value))
-            .await
-            .map_err(|e| unavailable("writing a key failed")(boxed(e)))?;
-        Ok(())
+        self.put(store, &bucket, key, Bytes::from(value)).await
     }
 
     async fn delete(&self, store: &StoreId, key: &str) -> Result<(), KvError> {
@@ -232,10 +307,7 @@ impl KvStore for NatsKv {
         let Some(bucket) = self.bucket(store, false).await? else {
             return Ok(());
         };
-        bucket
-            .delete(encode_key(key))
-            .await
-            .map_err(|e| unavailable("deleting a key failed")(boxed(e)))
+        self.remove(store, &bucket, key).await
     }
 
     async fn list(
@@ -293,7 +365,8 @@ impl KvStore for NatsKv {
                     key: key.to_string(),
                 })?;
             let written = Bytes::from(new.to_string());
-            if Self::write_if(&bucket, key, revision, written).await? {
+            if let Some(revision) = Self::write_if(&bucket, key, revision, written.clone()).await? {
+                self.wrote(store, key, revision, Some(written));
                 return Ok(new);
             }
             // Another writer got there first: read again.
@@ -316,7 +389,8 @@ impl KvStore for NatsKv {
             if value.as_deref() != expected.as_deref() {
                 return Ok(CasOutcome::Mismatch(value.map(|v| v.to_vec())));
             }
-            if Self::write_if(&bucket, key, revision, new.clone()).await? {
+            if let Some(revision) = Self::write_if(&bucket, key, revision, new.clone()).await? {
+                self.wrote(store, key, revision, Some(new));
                 return Ok(CasOutcome::Swapped);
             }
         }
@@ -332,11 +406,11 @@ impl KvStore for NatsKv {
         let Some(bucket) = self.bucket(store, false).await? else {
             return Ok(vec![None; keys.len()]);
         };
-        let reads = keys.iter().map(|key| Self::entry(&bucket, key));
+        let reads = keys.iter().map(|key| self.read(store, &bucket, key));
         let values = futures::future::try_join_all(reads).await?;
         Ok(values
             .into_iter()
-            .map(|(value, _)| value.map(|v| v.to_vec()))
+            .map(|value| value.map(|v| v.to_vec()))
             .collect())
     }
 
@@ -356,10 +430,7 @@ impl KvStore for NatsKv {
         let bucket = self.writable(store).await?;
         // In order: the last write of a key repeated in the batch wins.
         for (key, value) in entries {
-            bucket
-                .put(encode_key(&key), Bytes::from(value))
-                .await
-                .map_err(|e| unavailable("writing a batch failed")(boxed(e)))?;
+            self.put(store, &bucket, &key, Bytes::from(value)).await?;
         }
         Ok(())
     }
@@ -371,10 +442,7 @@ impl KvStore for NatsKv {
             return Ok(());
         };
         for key in keys {
-            bucket
-                .delete(encode_key(&key))
-                .await
-                .map_err(|e| unavailable("deleting a batch failed")(boxed(e)))?;
+            self.remove(store, &bucket, &key).await?;
         }
         Ok(())
     }
@@ -506,6 +574,77 @@ mod tests {
         assert_eq!(seen, (1..=200).collect::<Vec<i64>>());
         let stored = nodes[0].get(&store, "hits").await.unwrap();
         assert_eq!(stored.as_deref(), Some(&b"200"[..]));
+    }
+
+    /// Polls `kv` until `key` reads `want` (another node's write reaches
+    /// this node's copy through its watch).
+    async fn read_until(kv: &NatsKv, store: &StoreId, key: &str, want: Option<&[u8]>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let got = kv.get(store, key).await.unwrap();
+            if got.as_deref() == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{key} reads {got:?}, never {want:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A node reads from its copy of a bucket once the copy has caught up:
+    /// its own writes at once, other nodes' as their watch brings them,
+    /// and with NATS gone it still answers reads (and refuses writes).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn reads_come_from_the_nodes_copy() {
+        let mut server = NatsServer::start();
+        let (a, b) = (
+            NatsKv::new(server.cluster().await),
+            NatsKv::new(server.cluster().await),
+        );
+        let store = StoreId::new("owner", "copied");
+        b.set(&store, "old", b"1".to_vec()).await.unwrap();
+        b.set(&store, "gone", b"x".to_vec()).await.unwrap();
+        // The first read starts a's copy; it reads NATS until the copy is
+        // ready, and then the same from memory.
+        read_until(&a, &store, "old", Some(b"1")).await;
+        b.delete(&store, "gone").await.unwrap();
+        b.set(&store, "old", b"2".to_vec()).await.unwrap();
+        read_until(&a, &store, "old", Some(b"2")).await;
+        read_until(&a, &store, "gone", None).await;
+        // Own writes, deletes and atomics read back at once.
+        for round in 0..20 {
+            let value = format!("v{round}").into_bytes();
+            a.set(&store, "mine", value.clone()).await.unwrap();
+            assert_eq!(a.get(&store, "mine").await.unwrap(), Some(value));
+            a.delete(&store, "mine").await.unwrap();
+            assert_eq!(a.get(&store, "mine").await.unwrap(), None);
+            let n = a.increment(&store, "n", 1).await.unwrap();
+            assert_eq!(
+                a.get(&store, "n").await.unwrap(),
+                Some(n.to_string().into_bytes())
+            );
+        }
+        a.set_many(
+            &store,
+            vec![("m1".into(), b"1".to_vec()), ("m2".into(), b"2".to_vec())],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            a.get_many(&store, vec!["m1".into(), "m2".into(), "m3".into()])
+                .await
+                .unwrap(),
+            vec![Some(b"1".to_vec()), Some(b"2".to_vec()), None]
+        );
+        // With NATS gone, the copy still answers; writes are refused.
+        server.kill();
+        assert_eq!(a.get(&store, "old").await.unwrap(), Some(b"2".to_vec()));
+        assert!(matches!(
+            a.set(&store, "old", b"3".to_vec()).await,
+            Err(KvError::Unavailable(_))
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread")]
