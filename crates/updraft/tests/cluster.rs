@@ -933,3 +933,43 @@ async fn usage_bills_and_budgets_span_nodes() {
     assert_eq!(told().await, 1, "the stop was told more than once");
     assert_eq!(nodes[0].cli_ok(&["kv", "get", "default", &warning]), "1");
 }
+
+/// A KV trigger deployed through one node fires once for a write through
+/// any node: the writing node fires it into the shared queues.
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_triggers_fire_once_for_writes_through_any_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let nodes = start_nodes(dir.path(), &nats.url, 3);
+    nodes[0].deploy_guest(
+        "watcher",
+        "counter-rust",
+        "key_value_stores = [\"default\", \"jobs\"]\n[env]\nCOUNTER_PREFIX = \"seen/\"\n\
+         [[trigger]]\nkv = { store = \"jobs\", prefix = \"todo/\" }",
+    );
+    wait_everywhere(&nodes, "watcher", &serving(&nodes[0], "watcher").await).await;
+    for (i, node) in nodes.iter().enumerate() {
+        node.cli_ok(&["kv", "set", "jobs", &format!("todo/{i}"), "x"]);
+        node.cli_ok(&["kv", "set", "jobs", &format!("done/{i}"), "x"]);
+    }
+    wait_until(
+        "not every write under todo/ was seen",
+        WAIT_MAX,
+        Duration::from_millis(50),
+        || async {
+            match keys_under(&nodes[1], "seen/") {
+                keys if keys.len() == 3 => Ok(()),
+                keys => Err(format!("{keys:?}")),
+            }
+        },
+    )
+    .await;
+    // Each event once: every seen/ counter is 1.
+    for key in keys_under(&nodes[2], "seen/") {
+        assert_eq!(
+            nodes[2].cli_ok(&["kv", "get", "default", &key]),
+            "1",
+            "{key}"
+        );
+    }
+}
