@@ -313,6 +313,13 @@ pub(crate) fn drain_function(endpoint: Endpoint, name: &str) -> Result<()> {
 
 /// Async calls of function `name` waiting or running.
 pub(crate) fn unfinished(endpoint: Endpoint, name: &str) -> Result<u64> {
+    let entry = queue_entry(endpoint, "functions", "function", name)?;
+    Ok(entry["depth"].as_u64().unwrap_or(0) + entry["in_flight"].as_u64().unwrap_or(0))
+}
+
+/// The entry of `list` in `GET /v1/queues` whose `key` is `name` (null if
+/// none).
+fn queue_entry(endpoint: Endpoint, list: &str, key: &str, name: &str) -> Result<serde_json::Value> {
     let response = http::send(
         endpoint,
         &http::Request::get("/v1/queues"),
@@ -320,12 +327,11 @@ pub(crate) fn unfinished(endpoint: Endpoint, name: &str) -> Result<u64> {
     )?;
     let queues: serde_json::Value =
         serde_json::from_slice(&response.body).context("GET /v1/queues")?;
-    let entry = queues["functions"]
+    Ok(queues[list]
         .as_array()
-        .and_then(|entries| entries.iter().find(|e| e["function"] == name))
+        .and_then(|entries| entries.iter().find(|e| e[key] == name))
         .cloned()
-        .unwrap_or_default();
-    Ok(entry["depth"].as_u64().unwrap_or(0) + entry["in_flight"].as_u64().unwrap_or(0))
+        .unwrap_or_default())
 }
 
 /// Waits until a named queue is empty and nothing of it runs.
@@ -338,18 +344,7 @@ fn drain_queue(endpoint: Endpoint, queue: &str) -> Result<()> {
 fn drain_entry(endpoint: Endpoint, list: &str, key: &str, name: &str) -> Result<()> {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     loop {
-        let response = http::send(
-            endpoint,
-            &http::Request::get("/v1/queues"),
-            http::CONTROL_TIMEOUT,
-        )?;
-        let queues: serde_json::Value =
-            serde_json::from_slice(&response.body).context("GET /v1/queues")?;
-        let entry = queues[list]
-            .as_array()
-            .and_then(|entries| entries.iter().find(|e| e[key] == name))
-            .cloned()
-            .unwrap_or_default();
+        let entry = queue_entry(endpoint, list, key, name)?;
         if entry["depth"] == 0 && entry["in_flight"] == 0 {
             if entry["dead_letters"].as_u64().is_some_and(|n| n > 0) {
                 bail!("async calls of {name} failed: {entry}");

@@ -496,6 +496,26 @@ pub fn targets(report: &Report) -> Vec<Target> {
         ),
         None => push(target, "not measured".to_string(), None),
     }
+    // Issue 17: a guest's get on a node no slower than Redis on loopback.
+    let target = "cluster mode: kv get p50 from a guest no slower than Redis on loopback";
+    match (
+        cluster.kv_point(cluster::CLUSTER, "get"),
+        report.kv.point(kv::REDIS, "get"),
+    ) {
+        (Some(ours), Some(redis)) => {
+            let ratio = redis.p50_ns as f64 / ours.p50_ns.max(1) as f64;
+            push(
+                target,
+                format!(
+                    "{ratio:.1}× lower ({} vs {})",
+                    ns(ours.p50_ns),
+                    ns(redis.p50_ns)
+                ),
+                Some(ratio >= 1.0),
+            );
+        }
+        _ => push(target, "not measured".to_string(), None),
+    }
     out
 }
 

@@ -211,7 +211,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
         elastic.ran > 0 && elastic.queued >= elastic.backlog && elastic.first_run_ms > 0.0,
         "{elastic:?}"
     );
-    assert_eq!(report.targets.len(), 20);
+    assert_eq!(report.targets.len(), 21);
     assert!(
         report
             .targets

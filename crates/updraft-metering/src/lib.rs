@@ -222,13 +222,7 @@ impl Metering {
         retention: Duration,
         clock: SharedClock,
     ) -> Result<Metering, MeteringError> {
-        prices.validate()?;
-        let store = UsageStore::open(data_dir, retention, clock.clone())?;
-        let metering = Self::with_store(store, prices, clock, None);
-        for (tenant, budget) in metering.store.budgets()? {
-            metering.watch(&tenant, Some(budget))?;
-        }
-        Ok(metering)
+        Self::open_as(data_dir, prices, retention, clock, false)
     }
 
     /// A replica of the cluster's usage (see the module docs): budgets come
@@ -240,31 +234,36 @@ impl Metering {
         retention: Duration,
         clock: SharedClock,
     ) -> Result<Metering, MeteringError> {
-        prices.validate()?;
-        let store = UsageStore::open_replica(data_dir, retention, clock.clone())?;
-        Ok(Self::with_store(
-            store,
-            prices,
-            clock,
-            Some(Mutex::new(Vec::new())),
-        ))
+        Self::open_as(data_dir, prices, retention, clock, true)
     }
 
-    fn with_store(
-        store: UsageStore,
+    fn open_as(
+        data_dir: &Path,
         prices: PriceSheet,
+        retention: Duration,
         clock: SharedClock,
-        outbox: Option<Mutex<Vec<UsageRecord>>>,
-    ) -> Metering {
-        Metering {
+        replica: bool,
+    ) -> Result<Metering, MeteringError> {
+        prices.validate()?;
+        let store = match replica {
+            true => UsageStore::open_replica(data_dir, retention, clock.clone())?,
+            false => UsageStore::open(data_dir, retention, clock.clone())?,
+        };
+        let metering = Metering {
             ingested: AtomicU64::new(store.ingested_at_open()),
             store,
             clock,
             prices,
             budgets: RwLock::new(HashMap::new()),
             any_budget: AtomicBool::new(false),
-            outbox,
+            outbox: replica.then(|| Mutex::new(Vec::new())),
+        };
+        if !replica {
+            for (tenant, budget) in metering.store.budgets()? {
+                metering.watch(&tenant, Some(budget))?;
+            }
         }
+        Ok(metering)
     }
 
     /// Whether this is a replica of the cluster's usage.
