@@ -46,6 +46,10 @@ pub const PUBLISH_EVERY: Duration = Duration::from_millis(50);
 /// Most records in one published batch: about 80 bytes each, well under
 /// NATS's 1 MiB message.
 const BATCH_RECORDS_MAX: usize = 4096;
+/// Most bytes of usage batches a node keeps while NATS cannot take them
+/// (about 3 million invocations): past it the oldest are dropped, with an
+/// error, rather than the node running out of memory in a long outage.
+const UNSENT_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// How long a usage read waits for the cluster's records to have been read
 /// back before answering with what this node has.
 const CATCH_UP_MAX: Duration = Duration::from_secs(5);
@@ -263,6 +267,17 @@ impl Usage {
             *next += 1;
             let id = format!("{}.{next}", self.node);
             batches.push_back((id, Bytes::from(updraft_metering::encode_batch(chunk))));
+        }
+        let mut held: usize = batches.iter().map(|(_, b)| b.len()).sum();
+        while held > UNSENT_BYTES_MAX
+            && let Some((id, dropped)) = batches.pop_front()
+        {
+            held -= dropped.len();
+            tracing::error!(
+                "usage batch {id} ({} records) dropped unbilled: NATS has not taken this node's \
+                 usage for too long ({UNSENT_BYTES_MAX} bytes waiting)",
+                updraft_metering::decode_batch(&dropped).len()
+            );
         }
         while let Some((id, batch)) = batches.front() {
             shared.log.publish(batch.clone(), id).await?;

@@ -46,6 +46,29 @@ pub struct UpArgs {
     /// docs/server-config.md). Without it, everything is embedded in the data dir.
     #[arg(long, env = "UPDRAFT_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// This node's name, in `/healthz` and in the status of the invocations
+    /// it runs: letters, digits, '-' and '_', at most 64. Default: a new
+    /// `node-…` each start.
+    #[arg(long, env = "UPDRAFT_NODE_NAME", value_name = "NAME", value_parser = node_name)]
+    pub node_name: Option<String>,
+}
+
+/// Longest node name.
+const NODE_NAME_MAX: usize = 64;
+
+/// A node name: it also prefixes the ids of the node's usage batches, so
+/// no character of those ids' other parts ('.') may appear in it.
+fn node_name(name: &str) -> Result<String, String> {
+    let fits = (1..=NODE_NAME_MAX).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    match fits {
+        true => Ok(name.to_string()),
+        false => Err(format!(
+            "{name:?}: use 1 to {NODE_NAME_MAX} letters, digits, '-' or '_'"
+        )),
+    }
 }
 
 /// Turns transparent huge pages off for this process. mimalloc asks for
@@ -112,6 +135,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.idle_unload =
         (args.idle_unload_secs > 0).then(|| Duration::from_secs(args.idle_unload_secs));
     config.blob_bytes_max = args.blob_bytes_max;
+    if let Some(name) = &args.node_name {
+        config.node = name.clone();
+    }
     let platform = Platform::open(config).await.with_context(|| {
         format!(
             "cannot start on the data dir {} and the configured stores",

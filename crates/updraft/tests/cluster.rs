@@ -714,12 +714,27 @@ async fn a_node_started_under_load_takes_a_share() {
         data_dir.join("admin.key"),
     )
     .unwrap();
-    nodes.push(Server::start_with(&data_dir, &["--cluster", &nats.url]));
+    // A name the operator chose; one that would be ambiguous is refused.
+    let bad = std::process::Command::new(bin())
+        .args(["up", "--node-name", "late.1", "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("letters, digits"),
+        "{stderr}"
+    );
+    nodes.push(Server::start_with(
+        &data_dir,
+        &["--cluster", &nats.url, "--node-name", "late"],
+    ));
     let late = &nodes[1];
     let late_name = late.get_json("/healthz").await["node"]
         .as_str()
         .unwrap()
         .to_string();
+    assert_eq!(late_name, "late");
     let first_name = nodes[0].get_json("/healthz").await["node"].clone();
     assert_ne!(first_name, late_name.as_str(), "each node has its own name");
     let mut by_node = std::collections::HashMap::<String, usize>::new();
