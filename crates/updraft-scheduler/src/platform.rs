@@ -122,7 +122,8 @@ struct Shared {
 }
 
 /// The registry, key-value stores, API keys, queues and logs: in the data
-/// dir, or in cluster mode shared through NATS (one connection for all).
+/// dir, or in cluster mode shared through NATS (one connection for all),
+/// with the usage stream and, unless the config names a store, the blobs.
 async fn open_shared(
     cluster: Option<&ClusterConfig>,
     kv: &KvConfig,

@@ -64,6 +64,9 @@ struct Shared {
     unsent: tokio::sync::Mutex<(u64, std::collections::VecDeque<(String, Bytes)>)>,
     /// Woken when metering has taken more of the stream.
     ingested: Notify,
+    /// The revision of each tenant's budget applied last: a change seen
+    /// late (the watch's) never undoes a newer one (this node's own).
+    budgets: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// The usage service.
@@ -97,6 +100,7 @@ impl Usage {
             log,
             unsent: tokio::sync::Mutex::new((0, Default::default())),
             ingested: Notify::new(),
+            budgets: Default::default(),
         });
         let usage = Arc::new_cyclic(|me| Usage {
             metering,
@@ -231,15 +235,24 @@ impl Usage {
         tokio::spawn(read_usage(Arc::downgrade(self)));
         self.catch_up().await?;
         for change in shared.log.budget_list().await? {
-            self.apply_budget(metering, change);
+            self.apply_budget(shared, metering, change);
         }
         tokio::spawn(read_budgets(Arc::downgrade(self)));
         tokio::spawn(publish_usage(Arc::downgrade(self)));
         Ok(())
     }
 
-    /// Applies a budget set or removed on any node.
-    fn apply_budget(&self, metering: &Metering, change: BudgetChange) {
+    /// Applies a budget set or removed on any node, unless a newer change
+    /// of that tenant's was applied already.
+    fn apply_budget(&self, shared: &Shared, metering: &Metering, change: BudgetChange) {
+        // Held while the budget is applied: a caller that finds its change
+        // applied returns only once it is in effect.
+        let mut applied = shared.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        let last = applied.entry(change.tenant.clone()).or_default();
+        if *last >= change.revision {
+            return;
+        }
+        *last = change.revision;
         let cents = change
             .value
             .and_then(|v| serde_json::from_slice::<Budget>(&v).ok())
@@ -327,16 +340,21 @@ impl Usage {
         let value = cents
             .map(|monthly_cents| serde_json::to_vec(&Budget { monthly_cents }))
             .transpose()
-            .map_err(|e| PlatformError::Task(Box::new(e)))?;
-        shared
-            .log
-            .set_budget(tenant, value.map(Bytes::from))
-            .await?;
+            .map_err(|e| PlatformError::Task(Box::new(e)))?
+            .map(Bytes::from);
+        let revision = shared.log.set_budget(tenant, value.clone()).await?;
         // At once here; the other nodes as their watch tells them.
         self.catch_up().await?;
-        Ok(tokio::task::block_in_place(|| {
-            metering.apply_budget(tenant, cents)
-        })?)
+        self.apply_budget(
+            shared,
+            metering,
+            BudgetChange {
+                tenant: tenant.to_string(),
+                value,
+                revision,
+            },
+        );
+        Ok(())
     }
 
     /// Cluster mode: takes one batch read back from the usage stream
@@ -660,10 +678,10 @@ async fn read_budgets(usage: Weak<Usage>) {
                     let Some(usage) = usage.upgrade() else {
                         return;
                     };
-                    let Some(metering) = &usage.metering else {
+                    let (Some(shared), Some(metering)) = (&usage.shared, &usage.metering) else {
                         return;
                     };
-                    usage.apply_budget(metering, change);
+                    usage.apply_budget(shared, metering, change);
                 }
             }
             Err(e) => tracing::warn!(

@@ -49,6 +49,19 @@ pub struct BudgetChange {
     pub tenant: String,
     /// The budget as stored (`None`: removed).
     pub value: Option<Bytes>,
+    /// The bucket's revision of the change: of two changes of one tenant,
+    /// the higher is the later.
+    pub revision: u64,
+}
+
+/// A bucket entry as a budget change (an empty value is a removal).
+fn change(tenant: &str, entry: async_nats::jetstream::kv::Entry) -> BudgetChange {
+    let removed = entry.operation != Operation::Put || entry.value.is_empty();
+    BudgetChange {
+        tenant: tenant.to_string(),
+        value: (!removed).then_some(entry.value),
+        revision: entry.revision,
+    }
 }
 
 /// A batch of records as the stream holds it.
@@ -173,23 +186,28 @@ impl NatsUsage {
             let Some(tenant) = key.strip_prefix(BUDGET_PREFIX) else {
                 continue;
             };
-            let value = self.budgets.get(&key).await.map_err(|e| failed(boxed(e)))?;
-            found.push(BudgetChange {
-                tenant: tenant.to_string(),
-                value,
-            });
+            if let Some(entry) = self
+                .budgets
+                .entry(&key)
+                .await
+                .map_err(|e| failed(boxed(e)))?
+            {
+                found.push(change(tenant, entry));
+            }
         }
         Ok(found)
     }
 
-    pub async fn set_budget(&self, tenant: &str, value: Option<Bytes>) -> Result<(), StateError> {
-        let failed = unavailable("writing the budget failed");
-        let key = format!("{BUDGET_PREFIX}{tenant}");
-        match value {
-            Some(value) => self.budgets.put(key, value).await.map(drop).map_err(boxed),
-            None => self.budgets.purge(key).await.map_err(boxed),
-        }
-        .map_err(failed)
+    /// Sets (`None`: removes, as an empty value) a tenant's budget for
+    /// every node; the change's revision.
+    pub async fn set_budget(&self, tenant: &str, value: Option<Bytes>) -> Result<u64, StateError> {
+        self.budgets
+            .put(
+                format!("{BUDGET_PREFIX}{tenant}"),
+                value.unwrap_or_default(),
+            )
+            .await
+            .map_err(|e| unavailable("writing the budget failed")(boxed(e)))
     }
 
     /// Every budget as it is now, then every change any node makes.
@@ -203,8 +221,7 @@ impl NatsUsage {
             .filter_map(|entry| async move {
                 let entry = entry.ok()?;
                 let tenant = entry.key.strip_prefix(BUDGET_PREFIX)?.to_string();
-                let value = (entry.operation == Operation::Put).then_some(entry.value);
-                Some(BudgetChange { tenant, value })
+                Some(change(&tenant, entry))
             })
             .boxed())
     }
