@@ -137,6 +137,14 @@ impl NatsKv {
         Ok(Self::entry(bucket, key).await?.0)
     }
 
+    /// Whether this node answers reads of `store` from its copy.
+    #[cfg(test)]
+    fn copied(&self, store: &StoreId) -> bool {
+        self.replicas
+            .live(store)
+            .is_some_and(|replica| replica.get("").is_some())
+    }
+
     /// Tells this node's copy of `store` of a write it made.
     fn wrote(&self, store: &StoreId, key: &str, revision: u64, value: Option<Bytes>) {
         if let Some(replica) = self.replicas.live(store) {
@@ -639,6 +647,15 @@ mod tests {
             vec![Some(b"1".to_vec()), Some(b"2".to_vec()), None]
         );
         // With NATS gone, the copy still answers; writes are refused.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !a.copied(&store) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the copy never caught up"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        read_until(&a, &store, "old", Some(b"2")).await;
         server.kill();
         assert_eq!(a.get(&store, "old").await.unwrap(), Some(b"2".to_vec()));
         assert!(matches!(
