@@ -235,7 +235,7 @@ impl Usage {
         tokio::spawn(read_usage(Arc::downgrade(self)));
         self.catch_up().await?;
         for change in shared.log.budget_list().await? {
-            self.apply_budget(shared, metering, change);
+            self.apply_budget_logged(shared, metering, change);
         }
         tokio::spawn(read_budgets(Arc::downgrade(self)));
         tokio::spawn(publish_usage(Arc::downgrade(self)));
@@ -244,24 +244,37 @@ impl Usage {
 
     /// Applies a budget set or removed on any node, unless a newer change
     /// of that tenant's was applied already.
-    fn apply_budget(&self, shared: &Shared, metering: &Metering, change: BudgetChange) {
+    fn apply_budget(
+        &self,
+        shared: &Shared,
+        metering: &Metering,
+        change: BudgetChange,
+    ) -> Result<(), PlatformError> {
         // Held while the budget is applied: a caller that finds its change
         // applied returns only once it is in effect.
         let mut applied = shared.budgets.lock().unwrap_or_else(|e| e.into_inner());
         let last = applied.entry(change.tenant.clone()).or_default();
         if *last >= change.revision {
-            return;
+            return Ok(());
         }
-        *last = change.revision;
         let cents = change
             .value
             .and_then(|v| serde_json::from_slice::<Budget>(&v).ok())
             .map(|b| b.monthly_cents);
-        let applied = tokio::task::block_in_place(|| metering.apply_budget(&change.tenant, cents));
-        if let Err(e) = applied {
+        tokio::task::block_in_place(|| metering.apply_budget(&change.tenant, cents))?;
+        // Only once in effect: a failed change is applied again when seen
+        // again.
+        *last = change.revision;
+        Ok(())
+    }
+
+    /// [`Usage::apply_budget`] for a change another node made: a failure
+    /// is logged (the next change, or a restart, applies it again).
+    fn apply_budget_logged(&self, shared: &Shared, metering: &Metering, change: BudgetChange) {
+        let tenant = change.tenant.clone();
+        if let Err(e) = self.apply_budget(shared, metering, change) {
             tracing::warn!(
-                "the budget of {} not applied: {}",
-                change.tenant,
+                "the budget of {tenant} not applied: {}",
                 updraft_core::error::chain(&e)
             );
         }
@@ -353,8 +366,7 @@ impl Usage {
                 value,
                 revision,
             },
-        );
-        Ok(())
+        )
     }
 
     /// Cluster mode: takes one batch read back from the usage stream
@@ -681,7 +693,7 @@ async fn read_budgets(usage: Weak<Usage>) {
                     let (Some(shared), Some(metering)) = (&usage.shared, &usage.metering) else {
                         return;
                     };
-                    usage.apply_budget(shared, metering, change);
+                    usage.apply_budget_logged(shared, metering, change);
                 }
             }
             Err(e) => tracing::warn!(
