@@ -3,8 +3,8 @@
 //!
 //! - **Fed by a watch.** The first read of a bucket starts a watch of all
 //!   its keys, from their current values on (`LastPerSubject`). Until the
-//!   watch has delivered the bucket's state as it was, reads go to NATS;
-//!   from then on, from the copy.
+//!   watch has delivered the bucket's last write as of its start, reads go
+//!   to NATS; from then on, from the copy.
 //! - **Read your writes.** This node's own writes are applied to the copy
 //!   as soon as JetStream acknowledges them, with their revision; the
 //!   watch's later delivery of the same write changes nothing. Every value
@@ -17,8 +17,10 @@
 //! - **Bounded.** A bucket is copied only while it holds at most
 //!   [`REPLICA_BYTES_MAX`] and all copies together at most
 //!   [`REPLICAS_BYTES_MAX`]; past either, its copy is dropped and reads go
-//!   to NATS. A watch that ends (NATS lost for good) drops the copy too, and
-//!   the next read starts a new one.
+//!   to NATS (a read after [`RETRY_AFTER`] tries again).
+//! - **A watch that fails or ends** (a missed heartbeat on a busy machine,
+//!   NATS lost) empties the copy and starts a new watch at once: reads go
+//!   to NATS until the new one has caught up.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,8 +40,11 @@ pub const REPLICA_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const REPLICAS_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Per key held, beyond its key and value: the map entry, the revision.
 const ENTRY_OVERHEAD: usize = 64;
-/// How long after a copy is dropped the next read may start another.
+/// How long after a copy is dropped (too big) the next read may start
+/// another.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// How long a failed watch waits before the next.
+const WATCH_AGAIN_AFTER: Duration = Duration::from_millis(100);
 
 /// What the copy knows of one key.
 struct Held {
@@ -169,51 +174,85 @@ impl Replicas {
     }
 }
 
-/// Feeds a copy from the watch of its bucket until the copy is dropped or
-/// the watch ends.
+/// Why a watch stopped feeding a copy.
+enum End {
+    /// Nobody holds the copy any more.
+    Unused,
+    /// The copy is past its bounds: reads go to NATS.
+    TooBig(String),
+    /// The watch failed or ended: a new one starts.
+    Lost(String),
+}
+
+/// Feeds a copy from watches of its bucket until the copy is no longer
+/// used or too big; a lost watch is replaced by a new one.
 async fn follow(replicas: Weak<Replicas>, store: StoreId, bucket: Store, replica: Weak<Replica>) {
-    let reason = feed(&bucket, &replica).await;
-    tracing::debug!("the copy of key-value store {store:?} is dropped: {reason}");
-    if let Some(replica) = replica.upgrade() {
-        let mut copy = replica.copy.lock().unwrap_or_else(|e| e.into_inner());
-        replica.drop_all(&mut copy);
-    }
-    if let Some(replicas) = replicas.upgrade() {
-        replicas.dropped(&store);
+    loop {
+        let end = feed(&bucket, &replica).await;
+        match replica.upgrade() {
+            Some(replica) => {
+                let mut copy = replica.copy.lock().unwrap_or_else(|e| e.into_inner());
+                replica.drop_all(&mut copy);
+            }
+            None => return,
+        }
+        match end {
+            End::Unused => return,
+            End::TooBig(why) => {
+                tracing::debug!("the copy of key-value store {store:?} is dropped: {why}");
+                if let Some(replicas) = replicas.upgrade() {
+                    replicas.dropped(&store);
+                }
+                return;
+            }
+            End::Lost(why) => {
+                tracing::debug!("the copy of key-value store {store:?} starts again: {why}");
+                tokio::time::sleep(WATCH_AGAIN_AFTER).await;
+            }
+        }
     }
 }
 
-async fn feed(bucket: &Store, replica: &Weak<Replica>) -> String {
+async fn feed(bucket: &Store, replica: &Weak<Replica>) -> End {
     let mut stream = bucket.stream.clone();
-    let empty = match stream.info().await {
+    // The copy has caught up once the watch has delivered the bucket's
+    // last write as of now: the last of its key, so the watch delivers it.
+    // (The entries' `delta` is not a reliable end of the history: it was
+    // seen stuck at 1.)
+    let last = match stream.info().await {
         Ok(info) if info.state.bytes as usize > REPLICA_BYTES_MAX => {
-            return format!("the bucket holds more than {REPLICA_BYTES_MAX} bytes");
+            return End::TooBig(format!(
+                "the bucket holds more than {REPLICA_BYTES_MAX} bytes"
+            ));
         }
-        Ok(info) => info.state.messages == 0,
-        Err(e) => return format!("its size could not be read: {e}"),
+        Ok(info) if info.state.messages == 0 => 0,
+        Ok(info) => info.state.last_sequence,
+        Err(e) => return End::Lost(format!("its size could not be read: {e}")),
     };
     let mut watch = match bucket.watch_with_history(">").await {
         Ok(watch) => watch,
-        Err(e) => return format!("the watch could not start: {e}"),
+        Err(e) => return End::Lost(format!("the watch could not start: {e}")),
     };
-    if empty && let Some(replica) = replica.upgrade() {
+    if last == 0
+        && let Some(replica) = replica.upgrade()
+    {
         replica.copy.lock().unwrap_or_else(|e| e.into_inner()).ready = true;
     }
     while let Some(entry) = watch.next().await {
         let entry = match entry {
             Ok(entry) => entry,
-            Err(e) => return format!("the watch failed: {e}"),
+            Err(e) => return End::Lost(format!("the watch failed: {e}")),
         };
         let Some(replica) = replica.upgrade() else {
-            return "it is no longer used".to_string();
+            return End::Unused;
         };
         let value = (entry.operation == Operation::Put).then_some(entry.value);
         if !replica.apply(&entry.key, entry.revision, value) {
-            return "it outgrew its bounds".to_string();
+            return End::TooBig("it outgrew its bounds".to_string());
         }
-        if entry.delta == 0 {
+        if entry.revision >= last {
             replica.copy.lock().unwrap_or_else(|e| e.into_inner()).ready = true;
         }
     }
-    "the watch ended".to_string()
+    End::Lost("the watch ended".to_string())
 }
