@@ -884,8 +884,31 @@ async fn usage_bills_and_budgets_span_nodes() {
     );
     assert_eq!(bills[0]["total_cents"], 15, "{}", bills[0]);
 
-    // 15 of 20 cents spent: spend the rest through node 3 alone.
+    // 15 of 20 cents spent. The 16th, through node 3, crosses the warning;
+    // it is delivered before the rest is spent (after, its delivery would
+    // be refused like the stop's).
     nodes[1].cli_ok(&["budget", "set", "0.20"]);
+    wait_until(
+        "node 3 never applied the budget",
+        WAIT_MAX,
+        Duration::from_millis(50),
+        || async {
+            let budget = nodes[2].get_json("/v1/budget").await;
+            match budget["budget_cents"].as_u64() {
+                Some(20) => Ok(()),
+                _ => Err(budget.to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(status_of(&nodes[2], "/hello").await, 200);
+    let month = nodes[0].get_json("/v1/budget").await["month"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let warning = format!("alert/budget-warning-{month}");
+    nodes[0].wait_for_key(&warning).await;
+    // Spend the rest through node 3 alone.
     let mut refused = false;
     for _ in 0..20 {
         if status_of(&nodes[2], "/hello").await == 402 {
@@ -910,17 +933,11 @@ async fn usage_bills_and_budgets_span_nodes() {
         let budget = node.get_json("/v1/budget").await;
         assert_eq!(budget["exceeded"], true, "node {i}: {budget}");
     }
-    let month = nodes[0].get_json("/v1/budget").await["month"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    // Each crossing was told once, not once per node. The warning was
-    // delivered; the stop's delivery is refused (the budget is spent) and
-    // dead-lettered, unless it reached a node in the moment before that
-    // node had read the last records: either way, once.
-    let warning = format!("alert/budget-warning-{month}");
+    // Each crossing was told once, not once per node. The stop's delivery
+    // is refused (the budget is spent) and dead-lettered, unless it reached
+    // a node in the moment before that node had read the last records:
+    // either way, once.
     let exceeded = format!("alert/budget-exceeded-{month}");
-    nodes[0].wait_for_key(&warning).await;
     let told = || async {
         let delivered = keys_under(&nodes[0], "alert/")
             .iter()
