@@ -8,6 +8,7 @@ pub mod clock;
 pub mod error;
 pub mod log;
 pub mod manifest;
+pub mod outbound;
 pub mod tenant;
 pub mod usage;
 pub mod version;

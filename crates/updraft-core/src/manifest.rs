@@ -141,6 +141,10 @@ pub struct Manifest {
     /// (`updraft:platform/messaging`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publishes: Vec<String>,
+    /// Where outgoing HTTP requests may go (`wasi:http/outgoing-handler`),
+    /// in Spin's syntax; empty: nowhere. See [`crate::outbound`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_outbound_hosts: Vec<String>,
     /// Environment variables visible to the guest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -283,6 +287,8 @@ pub enum ManifestError {
     Trigger(String),
     #[error("kind {0:?} is not known: use \"http\" or \"command\"")]
     Kind(String),
+    #[error("{0}")]
+    Outbound(String),
 }
 
 impl crate::error::Classify for ManifestError {
@@ -319,6 +325,8 @@ impl Manifest {
         check_names("blob_containers", &self.blob_containers)?;
         check_names("calls", &self.calls)?;
         check_names("publishes", &self.publishes)?;
+        crate::outbound::AllowedHosts::parse(&self.allowed_outbound_hosts)
+            .map_err(|e| ManifestError::Outbound(e.to_string()))?;
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(ManifestError::Env(format!(

@@ -51,6 +51,12 @@ pub struct UsageRecord {
     pub kv_bytes: u64,
     pub blob_ops: u64,
     pub blob_bytes: u64,
+    /// Outgoing HTTP requests the guest sent (`allowed_outbound_hosts`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub outbound_requests: u64,
+    /// Request body bytes those requests sent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub outbound_bytes: u64,
     /// `None` for success, else the error's code (`timeout`, `trap`, …).
     pub error: Option<String>,
     /// Storage samples only: key-value bytes stored (keys and values) at
@@ -92,6 +98,8 @@ impl UsageRecord {
             kv_bytes: 0,
             blob_ops: 0,
             blob_bytes: 0,
+            outbound_requests: 0,
+            outbound_bytes: 0,
             error: None,
             kv_stored_bytes: kv,
             blob_stored_bytes: blob,

@@ -5,17 +5,19 @@
 //!
 //! Frame: `u32 LE length`, then the payload: a format byte (2), tenant,
 //! function, invocation id and error as `u16 LE length + UTF-8` (error
-//! `0xFFFF` when none), the trigger byte, then 16 LEB128 integers. Format 1
-//! (before storage samples) had 13 and is still read.
+//! `0xFFFF` when none), the trigger byte, then 18 LEB128 integers. Format 1
+//! (before storage samples) had 13, format 2 (before outgoing HTTP) 16;
+//! both are still read.
 
 use std::sync::Arc;
 
 use updraft_core::{Trigger, UsageRecord};
 
-const FORMAT: u8 = 2;
-/// Integers of format 1, and of format 2.
+const FORMAT: u8 = 3;
+/// Integers of formats 1, 2 and 3.
 const INTS_V1: usize = 13;
-const INTS: usize = 16;
+const INTS_V2: usize = 16;
+const INTS: usize = 18;
 const NO_ERROR: u16 = u16::MAX;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -73,6 +75,8 @@ pub fn encode(r: &UsageRecord, out: &mut Vec<u8>) {
         r.kv_stored_bytes,
         r.blob_stored_bytes,
         r.stored_secs,
+        r.outbound_requests,
+        r.outbound_bytes,
     ] {
         put_uint(out, v);
     }
@@ -132,6 +136,7 @@ fn decode_payload(payload: &[u8]) -> Option<UsageRecord> {
     let mut r = Reader { bytes: payload };
     let ints = match *r.take(1)?.first()? {
         1 => INTS_V1,
+        2 => INTS_V2,
         FORMAT => INTS,
         _ => return None,
     };
@@ -172,6 +177,8 @@ fn decode_payload(payload: &[u8]) -> Option<UsageRecord> {
         kv_bytes: n[10],
         blob_ops: n[11],
         blob_bytes: n[12],
+        outbound_requests: n[16],
+        outbound_bytes: n[17],
         error,
         kv_stored_bytes: n[13],
         blob_stored_bytes: n[14],
@@ -205,6 +212,8 @@ mod tests {
             kv_bytes: 300,
             blob_ops: 1,
             blob_bytes: 5 << 30,
+            outbound_requests: 2,
+            outbound_bytes: 300,
             error: None,
             kv_stored_bytes: 0,
             blob_stored_bytes: 0,
@@ -215,7 +224,8 @@ mod tests {
         r.error = Some("timeout".into());
         encode(&r, &mut out);
         let (first, n) = decode(&out).unwrap();
-        assert!(n < 100, "{n} bytes");
+        // A heavy record (gigabytes of blobs, outbound bytes): still small.
+        assert!(n < 110, "{n} bytes");
         assert_eq!(first.unwrap().error, None);
         let (second, m) = decode(&out[n..]).unwrap();
         assert_eq!(second.unwrap(), r);
@@ -230,23 +240,28 @@ mod tests {
     }
 
     #[test]
-    fn format_1_frames_still_decode() {
-        // A record as the first format wrote it: 13 integers, no storage.
-        let mut payload = vec![1u8];
-        for s in ["acme", "hello", "id-1"] {
-            payload.extend_from_slice(&(s.len() as u16).to_le_bytes());
-            payload.extend_from_slice(s.as_bytes());
+    fn older_formats_still_decode() {
+        // Records as formats 1 (13 integers, no storage) and 2 (16, no
+        // outbound HTTP) wrote them.
+        for (format, ints) in [(1u8, 13u8), (2, 16)] {
+            let mut payload = vec![format];
+            for s in ["acme", "hello", "id-1"] {
+                payload.extend_from_slice(&(s.len() as u16).to_le_bytes());
+                payload.extend_from_slice(s.as_bytes());
+            }
+            payload.extend_from_slice(&NO_ERROR.to_le_bytes());
+            payload.push(0);
+            payload.extend((1..=ints).map(|v| v * 2));
+            let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(&payload);
+            let r = decode(&frame).unwrap().0.unwrap();
+            assert_eq!(
+                (&*r.tenant, r.trigger, r.version, r.blob_bytes),
+                ("acme", Trigger::Http, 2, 26)
+            );
+            let stored = if format == 1 { (0, 0) } else { (28, 32) };
+            assert_eq!((r.kv_stored_bytes, r.stored_secs), stored);
+            assert_eq!((r.outbound_requests, r.outbound_bytes), (0, 0));
         }
-        payload.extend_from_slice(&NO_ERROR.to_le_bytes());
-        payload.push(0);
-        payload.extend((1..=13u8).map(|v| v * 2));
-        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
-        frame.extend_from_slice(&payload);
-        let r = decode(&frame).unwrap().0.unwrap();
-        assert_eq!(
-            (&*r.tenant, r.trigger, r.version, r.blob_bytes),
-            ("acme", Trigger::Http, 2, 26)
-        );
-        assert_eq!((r.kv_stored_bytes, r.stored_secs), (0, 0));
     }
 }

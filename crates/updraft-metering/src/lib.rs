@@ -644,6 +644,8 @@ mod tests {
             kv_bytes: 16,
             blob_ops: 0,
             blob_bytes: 0,
+            outbound_requests: 0,
+            outbound_bytes: 0,
             error: None,
             kv_stored_bytes: 0,
             blob_stored_bytes: 0,
@@ -929,6 +931,7 @@ mod tests {
             kv_ops_per_million: 0.0,
             blob_ops_per_million: 0.0,
             gb_out: 0.0,
+            outbound_requests_per_million: 0.0,
             kv_gb_month: 0.0,
             blob_gb_month: 0.0,
         }

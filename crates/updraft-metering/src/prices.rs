@@ -31,8 +31,12 @@ pub struct PriceSheet {
     pub kv_ops_per_million: f64,
     /// Per million blob operations (S3 standard PUT: $5.00).
     pub blob_ops_per_million: f64,
-    /// Per GiB of response bytes (internet egress: $0.09).
+    /// Per GiB of response bytes and of outgoing request bodies (internet
+    /// egress: $0.09).
     pub gb_out: f64,
+    /// Per million outgoing HTTP requests a guest sends. Lambda charges
+    /// none beyond the bytes: $0 unless the operator sets one.
+    pub outbound_requests_per_million: f64,
     /// Per GiB-month of key-value data, keys and values (DynamoDB standard
     /// table storage: $0.25).
     pub kv_gb_month: f64,
@@ -48,6 +52,7 @@ impl Default for PriceSheet {
             kv_ops_per_million: 0.125,
             blob_ops_per_million: 5.00,
             gb_out: 0.09,
+            outbound_requests_per_million: 0.0,
             kv_gb_month: 0.25,
             blob_gb_month: 0.023,
         }
@@ -63,6 +68,10 @@ impl PriceSheet {
             ("kv_ops_per_million", self.kv_ops_per_million),
             ("blob_ops_per_million", self.blob_ops_per_million),
             ("gb_out", self.gb_out),
+            (
+                "outbound_requests_per_million",
+                self.outbound_requests_per_million,
+            ),
             ("kv_gb_month", self.kv_gb_month),
             ("blob_gb_month", self.blob_gb_month),
         ] {
@@ -101,10 +110,11 @@ pub struct Bill {
 }
 
 /// Each line's exact amount, in picodollars: requests, compute, key-value
-/// operations, blob operations, data out, key-value storage, blob storage.
+/// operations, blob operations, data out, key-value storage, blob storage,
+/// outbound requests, outbound data.
 /// GB-seconds are MB-ms ÷ 1,024,000, as Lambda counts memory; a GB-month is
 /// a GiB kept [`HOURS_PER_MONTH`] hours.
-fn line_picos(prices: &PriceSheet, sums: &Aggregate) -> [u128; 7] {
+fn line_picos(prices: &PriceSheet, sums: &Aggregate) -> [u128; 9] {
     let million = 1_000_000u128;
     let gib_month = GIB * HOURS_PER_MONTH as u128;
     [
@@ -115,6 +125,8 @@ fn line_picos(prices: &PriceSheet, sums: &Aggregate) -> [u128; 7] {
         u128::from(sums.bytes_out) * pico(prices.gb_out) / GIB,
         u128::from(sums.kv_byte_hours) * pico(prices.kv_gb_month) / gib_month,
         u128::from(sums.blob_byte_hours) * pico(prices.blob_gb_month) / gib_month,
+        u128::from(sums.outbound_requests) * pico(prices.outbound_requests_per_million) / million,
+        u128::from(sums.outbound_bytes) * pico(prices.gb_out) / GIB,
     ]
 }
 
@@ -169,6 +181,18 @@ pub fn bill(prices: &PriceSheet, sums: &Aggregate) -> Bill {
             gb_months(sums.blob_byte_hours),
             prices.blob_gb_month,
             "per GB-month",
+        ),
+        (
+            "outbound requests",
+            sums.outbound_requests.to_string(),
+            prices.outbound_requests_per_million,
+            "per million",
+        ),
+        (
+            "outbound data",
+            format!("{} bytes", sums.outbound_bytes),
+            prices.gb_out,
+            "per GiB",
         ),
     ];
     let lines: Vec<BillLine> = described

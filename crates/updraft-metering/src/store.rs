@@ -76,6 +76,8 @@ pub struct Aggregate {
     pub kv_bytes: u64,
     pub blob_ops: u64,
     pub blob_bytes: u64,
+    pub outbound_requests: u64,
+    pub outbound_bytes: u64,
     /// Σ key-value bytes stored × hours, from the storage samples.
     pub kv_byte_hours: u64,
     /// Σ blob bytes stored × hours, from the storage samples.
@@ -109,6 +111,8 @@ impl Aggregate {
         self.kv_bytes += r.kv_bytes;
         self.blob_ops += r.blob_ops;
         self.blob_bytes += r.blob_bytes;
+        self.outbound_requests += r.outbound_requests;
+        self.outbound_bytes += r.outbound_bytes;
     }
 
     pub fn merge(&mut self, o: &Aggregate) {
@@ -125,6 +129,8 @@ impl Aggregate {
         self.kv_bytes += o.kv_bytes;
         self.blob_ops += o.blob_ops;
         self.blob_bytes += o.blob_bytes;
+        self.outbound_requests += o.outbound_requests;
+        self.outbound_bytes += o.outbound_bytes;
         self.kv_byte_hours += o.kv_byte_hours;
         self.blob_byte_hours += o.blob_byte_hours;
     }

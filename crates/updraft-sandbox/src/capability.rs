@@ -26,6 +26,7 @@ use crate::calls::{CallGrant, FunctionCaller};
 use crate::host::Host;
 use crate::keyvalue::KvGrant;
 use crate::messaging::{PublishGrant, Publisher};
+use crate::outbound::OutboundGrant;
 
 /// What the capabilities are served by: the platform's backends, handed
 /// over once; each grant keeps the part it needs.
@@ -47,6 +48,8 @@ pub struct Grants {
     pub(crate) blobs: Option<Arc<BlobGrant>>,
     pub(crate) calls: Option<Arc<CallGrant>>,
     pub(crate) publishes: Option<Arc<PublishGrant>>,
+    /// Outgoing HTTP; served by the wasi:http hooks, not a linker entry.
+    pub(crate) outbound: Option<Arc<OutboundGrant>>,
 }
 
 impl Grants {
@@ -58,6 +61,7 @@ impl Grants {
             blobs: crate::blobs::grant(tenant, manifest, backends).map(Arc::new),
             calls: crate::calls::grant(tenant, manifest, backends).map(Arc::new),
             publishes: crate::messaging::grant(tenant, manifest, backends).map(Arc::new),
+            outbound: crate::outbound::grant(tenant, manifest, backends).map(Arc::new),
         }
     }
 }

@@ -7,19 +7,19 @@ use std::time::Instant;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{
-    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
-};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::capability::Grants;
 use crate::engine::TABLE_ELEMENTS_MAX;
+use crate::outbound::Outbound;
 
 pub(crate) struct Host {
     /// When the current invocation must stop (read by the epoch callback).
     pub(crate) deadline: Instant,
     pub(crate) wasi: WasiCtx,
     pub(crate) http: WasiHttpCtx,
-    pub(crate) hooks: DenyOutbound,
+    /// Outgoing HTTP, as the version's grant allows.
+    pub(crate) hooks: Outbound,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     /// What the manifest lets this function reach (the capabilities).
@@ -40,6 +40,9 @@ pub struct StateUsage {
     pub kv_bytes: u64,
     pub blob_ops: u64,
     pub blob_bytes: u64,
+    /// Outgoing HTTP requests sent, and their body bytes.
+    pub outbound_requests: u64,
+    pub outbound_bytes: u64,
 }
 
 /// Host notes kept per invocation; a guest that fails the same way in a
@@ -83,31 +86,6 @@ impl WasiHttpView for Host {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
-    }
-}
-
-/// Outgoing HTTP is a capability no manifest can grant yet, so every
-/// outgoing request is refused with `HTTP-request-denied` (the guest sees a
-/// wasi:http error it can handle, not a trap).
-pub(crate) struct DenyOutbound;
-
-type OutgoingFuture = Box<
-    dyn Future<
-            Output = wasmtime_wasi_http::Result<(
-                http::Response<WasiBody>,
-                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-            )>,
-        > + Send,
->;
-
-impl WasiHttpHooks for DenyOutbound {
-    fn send_request(
-        &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
-        _io: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-    ) -> OutgoingFuture {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

@@ -25,7 +25,8 @@ use crate::artifact::{Pre, Prepared};
 use crate::capture::CapturePipe;
 use crate::engine::Sandbox;
 use crate::error::InvokeError;
-use crate::host::{DenyOutbound, Host, MemoryLimiter, StateUsage};
+use crate::host::{Host, MemoryLimiter, StateUsage};
+use crate::outbound::Outbound;
 use crate::warm::{Exports, WarmInstance, WarmPool};
 
 /// Guest stdout/stderr kept per invocation for the logs; the rest is dropped.
@@ -174,7 +175,7 @@ impl Sandbox {
             deadline,
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            hooks: DenyOutbound,
+            hooks: Outbound::new(prepared.grants.outbound.clone(), deadline),
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(prepared.limits.memory_bytes()),
             grants: prepared.grants.clone(),
@@ -217,6 +218,7 @@ impl Sandbox {
                 host.limiter.reset_for_invocation();
                 host.notes.clear();
                 host.usage = StateUsage::default();
+                host.hooks.reset(deadline);
                 store.set_epoch_deadline(1);
                 Checkout {
                     store,
@@ -871,6 +873,8 @@ fn finish(
     };
     let memory_peak_bytes = limiter.bytes_peak as u64;
     notes.extend(store.data().notes.iter().cloned());
+    let outbound = store.data().hooks.take_tally();
+    notes.extend(outbound.notes);
     let mut logs = Vec::new();
     if stdout_is_response.is_none() {
         push_lines(&mut logs, LogStream::Stdout, &pipes.stdout.take());
@@ -897,7 +901,11 @@ fn finish(
         memory_peak_bytes,
         cpu_time: Duration::ZERO,
         bytes_in: 0,
-        state: store.data().usage,
+        state: StateUsage {
+            outbound_requests: outbound.requests,
+            outbound_bytes: outbound.bytes_out,
+            ..store.data().usage
+        },
     }
 }
 

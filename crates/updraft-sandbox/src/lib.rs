@@ -22,6 +22,7 @@ mod host;
 mod invoke;
 mod keyvalue;
 mod messaging;
+mod outbound;
 mod warm;
 
 pub use artifact::{LoadedFrom, PrepareSpec, Prepared, WasmSource};

@@ -450,6 +450,8 @@ pub(crate) fn record(
         kv_bytes: report.state.kv_bytes,
         blob_ops: report.state.blob_ops,
         blob_bytes: report.state.blob_bytes,
+        outbound_requests: report.state.outbound_requests,
+        outbound_bytes: report.state.outbound_bytes,
         error: report.outcome.as_ref().err().map(|e| e.code().to_string()),
         kv_stored_bytes: 0,
         blob_stored_bytes: 0,

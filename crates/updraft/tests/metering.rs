@@ -64,6 +64,13 @@ fn recompute_cents(records: &[Value], prices: &Value) -> Vec<u64> {
             .map(|r| u128::from(u(r, field)))
             .sum::<u128>()
     };
+    // Left out of a record when 0.
+    let opt_sum = |field: &str| {
+        invocations
+            .iter()
+            .map(|r| u128::from(n(r, field)))
+            .sum::<u128>()
+    };
     let mb_ms: u128 = invocations
         .iter()
         .map(|r| u128::from(u(r, "memory_mb")) * u128::from(u(r, "billed_ms")))
@@ -86,6 +93,8 @@ fn recompute_cents(records: &[Value], prices: &Value) -> Vec<u64> {
         cents(sum("bytes_out") * pico("gb_out") / (1 << 30)),
         cents(byte_hours("kv_stored_bytes") * pico("kv_gb_month") / gib_month),
         cents(byte_hours("blob_stored_bytes") * pico("blob_gb_month") / gib_month),
+        cents(opt_sum("outbound_requests") * pico("outbound_requests_per_million") / 1_000_000),
+        cents(opt_sum("outbound_bytes") * pico("gb_out") / (1 << 30)),
     ]
 }
 

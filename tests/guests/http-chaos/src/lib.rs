@@ -11,6 +11,7 @@
 //! | `/stdout`       | writes a line to stdout and one to stderr, 200 "ok"        |
 //! | `/slow?ms=N`    | sleeps N ms on a monotonic-clock pollable, 200 "slept"     |
 //! | `/fetch`        | makes an outgoing request; 200 "fetched" or "refused: E"   |
+//! | `/fetch?to=URL&send=N` | GET URL (POST of N bytes with `send`); 200 "fetched S: BODY" |
 //! | `/count`        | 200 with how many requests this instance has served (1…)   |
 //! | `/headers`      | 200: the path it saw, then each header as `name: value`    |
 //! | anything else   | 200 "chaos ok"                                             |
@@ -89,7 +90,11 @@ impl wasip2::exports::http::incoming_handler::Guest for Chaos {
                 }
             },
             "fetch" => {
-                let outcome = fetch();
+                let send = query_param(query, "send").and_then(|n| n.parse::<usize>().ok());
+                let outcome = match query_param(query, "to") {
+                    Some(to) => fetch_url(&percent_decode(to), send.unwrap_or(0)),
+                    None => fetch(),
+                };
                 respond(response_out, 200, outcome.as_bytes())
             }
             "count" => {
@@ -122,6 +127,105 @@ fn fetch() -> String {
             }
         }
     }
+}
+
+/// Fetches `url` (`http://` or `https://`), POSTing `send` bytes when not 0,
+/// and says what came back: "fetched STATUS: BODY" or "refused: E".
+fn fetch_url(url: &str, send: usize) -> String {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{Method, OutgoingRequest, Scheme};
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("https", rest)) => (Scheme::Https, rest),
+        Some((_, rest)) => (Scheme::Http, rest),
+        None => (Scheme::Http, url),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&scheme));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(path));
+    if send > 0 {
+        let _ = request.set_method(&Method::Post);
+        let Ok(body) = request.body() else {
+            return "refused: no request body".to_string();
+        };
+        // Sent first: the body streams to the host as it is written.
+        let future = outgoing_handler::handle(request, None);
+        if let Ok(mut stream) = body.write() {
+            let chunk = vec![b'x'; send.min(4096)];
+            let mut left = send;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                if stream.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+                left -= n;
+            }
+            let _ = stream.flush();
+        }
+        let _ = OutgoingBody::finish(body, None);
+        return read_response(future);
+    }
+    read_response(outgoing_handler::handle(request, None))
+}
+
+fn read_response(
+    future: Result<
+        wasip2::http::types::FutureIncomingResponse,
+        wasip2::http::types::ErrorCode,
+    >,
+) -> String {
+    let future = match future {
+        Ok(future) => future,
+        Err(code) => return format!("refused: {code:?}"),
+    };
+    future.subscribe().block();
+    let response = match future.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(code))) => return format!("refused: {code:?}"),
+        other => return format!("refused: {other:?}"),
+    };
+    let status = response.status();
+    let mut body = Vec::new();
+    if let Ok(incoming) = response.consume()
+        && let Ok(stream) = incoming.stream()
+    {
+        loop {
+            match stream.blocking_read(ECHO_CHUNK_BYTES) {
+                Ok(chunk) => body.extend_from_slice(&chunk),
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(e)) => {
+                    return format!("refused: reading the body: {}", e.to_debug_string());
+                }
+            }
+        }
+    }
+    format!("fetched {status}: {}", String::from_utf8_lossy(&body))
+}
+
+/// Undoes `%XX` escapes (a URL passed in a query parameter).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn spin_forever() -> ! {
