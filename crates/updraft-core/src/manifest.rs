@@ -145,6 +145,9 @@ pub struct Manifest {
     /// in Spin's syntax; empty: nowhere. See [`crate::outbound`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Arguments a command gets after its name (`argv[1..]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
     /// Environment variables visible to the guest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -156,6 +159,10 @@ pub struct Manifest {
     pub triggers: Vec<TriggerSpec>,
 }
 
+/// Most arguments a command may list, and the longest one: far above any
+/// real command line, far below what would bloat a version record.
+pub const ARGS_MAX: usize = 256;
+pub const ARG_BYTES_MAX: usize = 4096;
 /// Most `[[trigger]]` entries of one function.
 pub const TRIGGERS_MAX: usize = 16;
 /// Longest key prefix a `kv` trigger may watch: the longest key.
@@ -289,6 +296,8 @@ pub enum ManifestError {
     Kind(String),
     #[error("{0}")]
     Outbound(String),
+    #[error("invalid args: {0}")]
+    Args(String),
 }
 
 impl crate::error::Classify for ManifestError {
@@ -327,6 +336,22 @@ impl Manifest {
         check_names("publishes", &self.publishes)?;
         crate::outbound::AllowedHosts::parse(&self.allowed_outbound_hosts)
             .map_err(|e| ManifestError::Outbound(e.to_string()))?;
+        if self.args.len() > ARGS_MAX {
+            return Err(ManifestError::Args(format!(
+                "{} arguments listed, at most {ARGS_MAX} are allowed",
+                self.args.len()
+            )));
+        }
+        if let Some(arg) = self
+            .args
+            .iter()
+            .find(|a| a.len() > ARG_BYTES_MAX || a.contains('\0'))
+        {
+            return Err(ManifestError::Args(format!(
+                "the argument starting {:?} is longer than {ARG_BYTES_MAX} bytes or contains NUL",
+                arg.chars().take(32).collect::<String>()
+            )));
+        }
         for key in self.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
                 return Err(ManifestError::Env(format!(

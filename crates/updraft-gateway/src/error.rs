@@ -15,6 +15,8 @@ pub struct ApiError {
     pub message: String,
     /// Set on internal errors: the id the server logged the detail under.
     pub error_id: Option<String>,
+    /// A command that exited non-zero: its code and its stdout.
+    pub exit: Option<(i32, bytes::Bytes)>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             code,
             message: message.into(),
             error_id: None,
+            exit: None,
         }
     }
 
@@ -38,7 +41,23 @@ impl IntoResponse for ApiError {
         if let (Some(id), Some(map)) = (self.error_id, error.as_object_mut()) {
             map.insert("id".into(), id.into());
         }
-        (self.status, Json(serde_json::json!({ "error": error }))).into_response()
+        let exit_code = self.exit.as_ref().map(|(code, _)| *code);
+        if let (Some((code, stdout)), Some(map)) = (self.exit, error.as_object_mut()) {
+            map.insert("exit_code".into(), code.into());
+            map.insert(
+                "stdout".into(),
+                String::from_utf8_lossy(&stdout).into_owned().into(),
+            );
+        }
+        let mut response =
+            (self.status, Json(serde_json::json!({ "error": error }))).into_response();
+        if let Some(code) = exit_code {
+            response.headers_mut().insert(
+                updraft_scheduler::EXIT_CODE_HEADER,
+                http::HeaderValue::from(code),
+            );
+        }
+        response
     }
 }
 
@@ -68,6 +87,7 @@ impl From<PlatformError> for ApiError {
     fn from(e: PlatformError) -> ApiError {
         let kind = e.kind();
         let mut error = ApiError::new(status_of(kind), e.code(), e.to_string());
+        error.exit = e.exit().map(|(code, stdout)| (code, stdout.clone()));
         if kind == ErrorKind::Unavailable && !e.is_guest_fault() {
             // The message stands (retry later); what ran out goes to the log.
             let id = uuid::Uuid::now_v7().to_string();

@@ -39,6 +39,7 @@ fn prepare(sandbox: &Sandbox, name: &str) -> Arc<Prepared> {
                 kind: None,
                 limits: Limits::default(),
                 env: Vec::new(),
+                args: Vec::new(),
                 grants: updraft_sandbox::Grants::default(),
             })
             .unwrap(),

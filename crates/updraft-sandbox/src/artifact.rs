@@ -1,7 +1,7 @@
 //! Deploy-time work: turn uploaded bytes into a [`Prepared`] function.
 //!
-//! Core wasip1 modules are wrapped into components with the WASI command
-//! adapter; components are compiled ahead of time and the artifact is kept in
+//! Components and core wasip1 modules (commands, run on wasmtime's preview1
+//! implementation) are compiled ahead of time and the artifact is kept in
 //! the cache directory as `<wasm sha256>-<engine hash>.cwasm`, so a restart
 //! maps it back in with `deserialize_file` instead of compiling again.
 
@@ -39,15 +39,25 @@ pub(crate) enum Pre {
         proxy: ProxyIndices,
     },
     Command(CommandPre<Host>),
+    /// A core wasip1 command module: `_start` is called.
+    Core(wasmtime::InstancePre<Host>),
 }
 
 impl Pre {
-    pub(crate) fn instance_pre(&self) -> &InstancePre<Host> {
+    /// The component's pre-instance; `None` for a core module.
+    pub(crate) fn instance_pre(&self) -> Option<&InstancePre<Host>> {
         match self {
-            Pre::Http { pre, .. } => pre,
-            Pre::Command(pre) => pre.instance_pre(),
+            Pre::Http { pre, .. } => Some(pre),
+            Pre::Command(pre) => Some(pre.instance_pre()),
+            Pre::Core(_) => None,
         }
     }
+}
+
+/// A compiled binary: a component, or a core module.
+enum Compiled {
+    Component(Component),
+    Module(wasmtime::Module),
 }
 
 /// A deployed version, ready to instantiate: the per-version half of the work.
@@ -61,6 +71,8 @@ pub struct Prepared {
     pub prepare_ms: u64,
     pub compiled_bytes: u64,
     pub(crate) env: Vec<(String, String)>,
+    /// `argv`: the name, then the manifest's `args`.
+    pub(crate) argv: Vec<String>,
     pub(crate) pre: Pre,
     /// Its `updraft:platform/handler` export, when it takes calls directly.
     pub(crate) handler: Option<HandlerIndices>,
@@ -90,6 +102,8 @@ pub struct PrepareSpec<'a> {
     pub kind: Option<FunctionKind>,
     pub limits: Limits,
     pub env: Vec<(String, String)>,
+    /// A command's arguments after its name.
+    pub args: Vec<String>,
     /// Its capabilities ([`Grants::for_function`]).
     pub grants: Grants,
 }
@@ -99,8 +113,15 @@ impl Sandbox {
     /// call it from a blocking thread.
     pub fn prepare(&self, spec: PrepareSpec<'_>) -> Result<Prepared, PrepareError> {
         let started = Instant::now();
-        let (component, loaded_from, compiled_bytes) =
+        let argv = argv(&spec);
+        let (compiled, loaded_from, compiled_bytes) =
             self.load_or_compile(spec.wasm, &spec.wasm_digest)?;
+        let component = match compiled {
+            Compiled::Component(component) => component,
+            Compiled::Module(module) => {
+                return self.prepare_module(spec, module, loaded_from, compiled_bytes, started);
+            }
+        };
         let handler = exports_handler(&self.engine, &component)?;
         let detected = self.detect_kind(&component)?;
         if let Some(stated) = spec.kind
@@ -138,10 +159,57 @@ impl Sandbox {
             prepare_ms: started.elapsed().as_millis() as u64,
             compiled_bytes,
             env: spec.env,
+            argv,
             pre,
             handler,
             grants: spec.grants,
             warm: reuse.then(|| Arc::new(WarmPool::new(self.warm_budget.clone()))),
+        })
+    }
+
+    /// A core wasip1 command module: linked against preview1, no
+    /// capabilities beyond WASI, one instance per invocation.
+    fn prepare_module(
+        &self,
+        spec: PrepareSpec<'_>,
+        module: wasmtime::Module,
+        loaded_from: LoadedFrom,
+        compiled_bytes: u64,
+        started: Instant,
+    ) -> Result<Prepared, PrepareError> {
+        let argv = argv(&spec);
+        if let Some(stated) = spec.kind
+            && stated != FunctionKind::Command
+        {
+            return Err(PrepareError::KindMismatch {
+                stated,
+                detected: FunctionKind::Command,
+            });
+        }
+        if spec.limits.instance_reuse_max > 1 {
+            return Err(PrepareError::ReuseForCommand);
+        }
+        if module.get_export("_start").is_none() {
+            return Err(PrepareError::NoStart);
+        }
+        let pre = self
+            .core_linker
+            .instantiate_pre(&module)
+            .map_err(|e| PrepareError::Link(link_message(&e)))?;
+        Ok(Prepared {
+            name: spec.name.to_string(),
+            kind: FunctionKind::Command,
+            wasm_digest: spec.wasm_digest,
+            limits: spec.limits,
+            loaded_from,
+            prepare_ms: started.elapsed().as_millis() as u64,
+            compiled_bytes,
+            env: spec.env,
+            argv,
+            pre: Pre::Core(pre),
+            handler: None,
+            grants: spec.grants,
+            warm: None,
         })
     }
 
@@ -173,13 +241,13 @@ impl Sandbox {
         &self,
         wasm: WasmSource<'_>,
         digest: &Digest,
-    ) -> Result<(Component, LoadedFrom, u64), PrepareError> {
+    ) -> Result<(Compiled, LoadedFrom, u64), PrepareError> {
         let path = self.artifact_path(digest);
         if path.is_file() {
             match self.load_artifact(&path) {
-                Ok(component) => {
+                Ok(compiled) => {
                     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    return Ok((component, LoadedFrom::Cache, size));
+                    return Ok((compiled, LoadedFrom::Cache, size));
                 }
                 // A torn or stale artifact is only a cache miss: compile again.
                 Err(e) => tracing::warn!(
@@ -190,15 +258,13 @@ impl Sandbox {
         }
         let wasm = wasm().map_err(|e| PrepareError::Internal(updraft_core::Failure::msg(e)))?;
         Self::check_bytes(&wasm)?;
-        let component_bytes = if wasmparser::Parser::is_core_wasm(&wasm) {
-            wrap_command_module(&wasm)?
+        let compiled = if wasmparser::Parser::is_core_wasm(&wasm) {
+            check_start(&wasm)?;
+            self.engine.precompile_module(&wasm)
         } else {
-            wasm
-        };
-        let compiled = self
-            .engine
-            .precompile_component(&component_bytes)
-            .map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
+            self.engine.precompile_component(&wasm)
+        }
+        .map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
         self.count_compile();
         updraft_state::registry::write_atomically(&path, &compiled).map_err(|e| {
             PrepareError::Internal(updraft_core::Failure::context(
@@ -206,22 +272,30 @@ impl Sandbox {
                 e,
             ))
         })?;
-        let component = self.load_artifact(&path).map_err(|e| {
+        let loaded = self.load_artifact(&path).map_err(|e| {
             PrepareError::Internal(updraft_core::Failure::boxed(
                 "loading the fresh artifact",
                 e.into_boxed_dyn_error(),
             ))
         })?;
-        Ok((component, LoadedFrom::Compile, compiled.len() as u64))
+        Ok((loaded, LoadedFrom::Compile, compiled.len() as u64))
     }
 
     #[allow(unsafe_code)]
-    fn load_artifact(&self, path: &Path) -> wasmtime::Result<Component> {
-        // SAFETY: the file was written by `precompile_component` of an engine
-        // with the same compatibility hash (it is in the file name), into a
-        // directory only Updraft writes, via write-then-rename so it is never
-        // seen half-written; wasmtime also checks the header and engine flags.
-        unsafe { Component::deserialize_file(&self.engine, path) }
+    fn load_artifact(&self, path: &Path) -> wasmtime::Result<Compiled> {
+        // SAFETY: the file was written by `precompile_component` or
+        // `precompile_module` of an engine with the same compatibility hash
+        // (it is in the file name), into a directory only Updraft writes, via
+        // write-then-rename so it is never seen half-written; wasmtime also
+        // checks the header and engine flags.
+        match wasmtime::Engine::detect_precompiled_file(path)? {
+            Some(wasmtime::Precompiled::Module) => Ok(Compiled::Module(unsafe {
+                wasmtime::Module::deserialize_file(&self.engine, path)
+            }?)),
+            _ => Ok(Compiled::Component(unsafe {
+                Component::deserialize_file(&self.engine, path)
+            }?)),
+        }
     }
 
     fn detect_kind(&self, component: &Component) -> Result<FunctionKind, PrepareError> {
@@ -288,8 +362,14 @@ fn exports_handler(engine: &wasmtime::Engine, component: &Component) -> Result<b
     }
 }
 
-/// Turns a wasip1 command module into a component with the command adapter.
-fn wrap_command_module(wasm: &[u8]) -> Result<Vec<u8>, PrepareError> {
+fn argv(spec: &PrepareSpec<'_>) -> Vec<String> {
+    std::iter::once(spec.name.to_string())
+        .chain(spec.args.iter().cloned())
+        .collect()
+}
+
+/// Checks that a core module is a command: it exports `_start`.
+fn check_start(wasm: &[u8]) -> Result<(), PrepareError> {
     let mut has_start = false;
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
         match payload {
@@ -302,21 +382,10 @@ fn wrap_command_module(wasm: &[u8]) -> Result<Vec<u8>, PrepareError> {
             Err(e) => return Err(PrepareError::Invalid(e.to_string())),
         }
     }
-    if !has_start {
-        return Err(PrepareError::NoStart);
+    match has_start {
+        true => Ok(()),
+        false => Err(PrepareError::NoStart),
     }
-    wit_component::ComponentEncoder::default()
-        .module(wasm)
-        .and_then(|enc| {
-            enc.adapter(
-                "wasi_snapshot_preview1",
-                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
-            )
-        })
-        .and_then(|enc| enc.validate(true).encode())
-        .map_err(|e| {
-            PrepareError::Link(format!("cannot adapt the wasip1 module to WASI 0.2: {e:#}"))
-        })
 }
 
 /// Shortens Wasmtime's link errors to the missing import, which is what the user can act on.
@@ -362,6 +431,7 @@ mod tests {
                 kind: None,
                 limits: Limits::default(),
                 env: Vec::new(),
+                args: Vec::new(),
                 grants: Grants::default(),
             })
             .err()

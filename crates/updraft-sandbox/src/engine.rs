@@ -36,6 +36,8 @@ const TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
 const STACK_KEEP_RESIDENT_BYTES: usize = 128 << 10;
 /// Slots whose memory is returned to the kernel in one batch.
 const DECOMMIT_BATCH_SIZE: usize = 32;
+/// What compiled artifacts hold; part of their file names.
+const ARTIFACT_FORMAT: u32 = 2;
 /// How often the epoch advances: the granularity of timeouts and of yields to the runtime.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -69,6 +71,9 @@ impl SandboxConfig {
 pub struct Sandbox {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<Host>,
+    /// Core wasip1 modules run on wasmtime's own preview1 implementation,
+    /// which gives their exact exit codes and errors.
+    pub(crate) core_linker: wasmtime::Linker<Host>,
     pub(crate) cache_dir: PathBuf,
     /// Hex of the engine's compatibility hash; part of every artifact's file name.
     pub(crate) engine_hash: String,
@@ -82,12 +87,14 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Arc<Sandbox>, PrepareError> {
         let engine = build_engine(&config)?;
         let mut linker = Linker::new(&engine);
-        // The whole of WASI 0.2 (cli, clocks, random, io, filesystem without
-        // preopens, sockets denied by default) plus wasi:http: HTTP components
-        // built by componentize-js/py import wasi:cli, commands import it all.
+        let mut core_linker = wasmtime::Linker::new(&engine);
+        // The whole of WASI 0.2 (cli, clocks, random, io, filesystem, sockets
+        // denied by default) plus wasi:http: HTTP components built by
+        // componentize-js/py import wasi:cli, commands import it all.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
             .and_then(|()| crate::capability::add_to_linker(&mut linker))
+            .and_then(|()| wasmtime_wasi::p1::add_to_linker_async(&mut core_linker, Host::p1))
             .map_err(|e| {
                 PrepareError::Internal(updraft_core::Failure::boxed(
                     "linking the host interfaces",
@@ -105,11 +112,15 @@ impl Sandbox {
         })?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
+        // Bumped when what an artifact holds changes for the same Wasm (2:
+        // core modules are compiled as modules, no longer adapted).
+        ARTIFACT_FORMAT.hash(&mut hasher);
         let engine_hash = format!("{:016x}", hasher.finish());
         start_epoch_ticker(&engine);
         Ok(Arc::new(Sandbox {
             engine,
             linker,
+            core_linker,
             cache_dir: config.cache_dir,
             engine_hash,
             instances_max: config.instances_max,

@@ -58,9 +58,10 @@ pub enum InvokeError {
     /// 500: the guest trapped (panic, unreachable, out-of-bounds access…).
     #[error("the function trapped: {message}")]
     Trap { message: String },
-    /// 500: a command exited with a non-zero code.
+    /// 500: a command exited with a non-zero code; what it wrote to
+    /// stdout until then comes back with it.
     #[error("the function exited with code {code}")]
-    Exit { code: i32 },
+    Exit { code: i32, stdout: bytes::Bytes },
     /// 500: an http function returned without setting a response.
     #[error("the function returned without sending a response")]
     NoResponse,

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -17,6 +18,8 @@ pub(crate) struct Host {
     /// When the current invocation must stop (read by the epoch callback).
     pub(crate) deadline: Instant,
     pub(crate) wasi: WasiCtx,
+    /// The WASI context of a core wasip1 module; `None` for components.
+    pub(crate) p1: Option<WasiP1Ctx>,
     pub(crate) http: WasiHttpCtx,
     /// Outgoing HTTP, as the version's grant allows.
     pub(crate) hooks: Outbound,
@@ -50,6 +53,13 @@ pub struct StateUsage {
 const NOTES_MAX: usize = 16;
 
 impl Host {
+    /// The preview1 context, for the core linker. Set whenever a core
+    /// module runs; an empty one otherwise (no core module reaches it).
+    pub(crate) fn p1(&mut self) -> &mut WasiP1Ctx {
+        self.p1
+            .get_or_insert_with(|| wasmtime_wasi::WasiCtxBuilder::new().build_p1())
+    }
+
     /// Adds a note for this invocation's logs (the first [`NOTES_MAX`]).
     pub(crate) fn note(&mut self, note: String) {
         if self.notes.len() < NOTES_MAX {

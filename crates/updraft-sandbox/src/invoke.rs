@@ -164,16 +164,22 @@ impl Sandbox {
             stderr: CapturePipe::new(LOG_CAPTURE_BYTES_MAX),
         };
         let mut wasi = WasiCtxBuilder::new();
-        wasi.args(&[&prepared.name])
+        wasi.args(&prepared.argv)
             .envs(&prepared.env)
             .stdout(pipes.stdout.clone())
             .stderr(pipes.stderr.clone());
         if let Some(stdin) = stdin {
             wasi.stdin(MemoryInputPipe::new(stdin));
         }
+        // A core module reads WASI through preview1; the p2 context is unused.
+        let (wasi, p1) = match prepared.pre {
+            Pre::Core(_) => (WasiCtxBuilder::new().build(), Some(wasi.build_p1())),
+            _ => (wasi.build(), None),
+        };
         let host = Host {
             deadline,
-            wasi: wasi.build(),
+            wasi,
+            p1,
             http: WasiHttpCtx::new(),
             hooks: Outbound::new(prepared.grants.outbound.clone(), deadline),
             table: ResourceTable::new(),
@@ -273,7 +279,11 @@ impl Sandbox {
             exports,
             uses,
         } = self.checkout(prepared, deadline, &ctx.chain);
-        let pre = prepared.pre.instance_pre();
+        let Some(pre) = prepared.pre.instance_pre() else {
+            return fail(InvokeError::Internal(updraft_core::Failure::msg(
+                "a core module takes no calls",
+            )));
+        };
         let run = async {
             let mut exports = match exports {
                 Some(exports) => exports,
@@ -530,12 +540,13 @@ impl Sandbox {
         let chain: Arc<[Arc<str>]> = Arc::new([]);
         let (mut store, _pipes) =
             self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline, chain);
-        let result = prepared
-            .pre
-            .instance_pre()
-            .instantiate_async(&mut store)
-            .await
-            .map(drop);
+        let result = match &prepared.pre {
+            Pre::Core(pre) => pre.instantiate_async(&mut store).await.map(drop),
+            other => match other.instance_pre() {
+                Some(pre) => pre.instantiate_async(&mut store).await.map(drop),
+                None => Ok(()),
+            },
+        };
         result.map_err(instantiate_error)
     }
 
@@ -550,11 +561,11 @@ impl Sandbox {
         let limits = prepared.limits;
         let deadline = ctx.deadline(started, limits.timeout_ms);
         let fail = |error| CommandOutput::early(&ctx.invocation_id, error, started);
-        let Pre::Command(pre) = &prepared.pre else {
+        if !matches!(prepared.pre, Pre::Command(_) | Pre::Core(_)) {
             return fail(InvokeError::Internal(updraft_core::Failure::msg(
                 "not a command function",
             )));
-        };
+        }
         if let Err(e) = check_input(stdin.len(), limits.request_body_bytes_max) {
             return fail(e);
         }
@@ -569,14 +580,30 @@ impl Sandbox {
             ctx.chain.clone(),
         );
         let run = async {
-            let command = pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(Failure::Instantiate)?;
-            match command.wasi_cli_run().call_run(&mut store).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(())) => Err(Failure::ExitCode(1)),
-                Err(e) => Err(Failure::Run(e)),
+            match &prepared.pre {
+                Pre::Core(pre) => {
+                    let instance = pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(Failure::Instantiate)?;
+                    let start = instance
+                        .get_typed_func::<(), ()>(&mut store, "_start")
+                        .map_err(Failure::Instantiate)?;
+                    // `proc_exit(n)` ends the run as an `I32Exit` error.
+                    start.call_async(&mut store, ()).await.map_err(Failure::Run)
+                }
+                Pre::Command(pre) => {
+                    let command = pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(Failure::Instantiate)?;
+                    match command.wasi_cli_run().call_run(&mut store).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(())) => Err(Failure::ExitCode(1)),
+                        Err(e) => Err(Failure::Run(e)),
+                    }
+                }
+                Pre::Http { .. } => Ok(()),
             }
         };
         let (result, cpu_time) =
@@ -600,7 +627,14 @@ impl Sandbox {
                 limit: limits.response_body_bytes_max,
             })
         } else {
-            report.outcome.clone().map(|()| output)
+            match &report.outcome {
+                Ok(()) => Ok(output),
+                Err(InvokeError::Exit { code, .. }) => Err(InvokeError::Exit {
+                    code: *code,
+                    stdout: output,
+                }),
+                Err(e) => Err(e.clone()),
+            }
         };
         Output {
             result: stdout,
@@ -846,7 +880,10 @@ fn finish(
     let outcome = match result {
         Err(_elapsed) => Err(InvokeError::Timeout { timeout_ms }),
         Ok(Ok(())) => Ok(()),
-        Ok(Err(Failure::ExitCode(code))) => Err(InvokeError::Exit { code }),
+        Ok(Err(Failure::ExitCode(code))) => Err(InvokeError::Exit {
+            code,
+            stdout: Bytes::new(),
+        }),
         Ok(Err(Failure::Instantiate(e))) if limiter.hit => {
             notes.push(format!("instantiation failed: {e:#}"));
             Err(InvokeError::MemoryLimit { memory_mb })
@@ -861,7 +898,10 @@ fn finish(
                 if exit.0 == 0 {
                     Ok(())
                 } else {
-                    Err(InvokeError::Exit { code: exit.0 })
+                    Err(InvokeError::Exit {
+                        code: exit.0,
+                        stdout: Bytes::new(),
+                    })
                 }
             } else {
                 notes.push(format!("{e:?}"));

@@ -56,6 +56,7 @@ impl Fixture {
             kind: None,
             limits,
             env: Vec::new(),
+            args: Vec::new(),
             grants: Grants::default(),
         })
     }
@@ -122,7 +123,7 @@ async fn a_non_zero_exit_code_is_a_failure_with_its_code() {
     // the exact code, as `wasmtime run` gives it).
     let err = out.result.unwrap_err();
     assert!(
-        matches!(err, InvokeError::Exit { code } if code != 0),
+        matches!(err, InvokeError::Exit { code, .. } if code != 0),
         "{err:?}"
     );
     let out = f

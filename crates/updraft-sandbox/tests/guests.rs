@@ -110,6 +110,7 @@ impl Fixture {
                 kind: None,
                 limits: Limits::default(),
                 env: manifest.env.clone().into_iter().collect(),
+                args: manifest.args.clone(),
                 grants: Grants::for_function("local", &manifest, &self.backends),
             })
             .unwrap()

@@ -92,6 +92,14 @@ impl PlatformError {
         PlatformError::State(StateError::FunctionNotFound(name.into()))
     }
 
+    /// A command's non-zero exit: its code and what it wrote to stdout.
+    pub fn exit(&self) -> Option<(i32, &bytes::Bytes)> {
+        match self {
+            PlatformError::Invoke(InvokeError::Exit { code, stdout }) => Some((*code, stdout)),
+            _ => None,
+        }
+    }
+
     /// The function (not the platform) is at fault: its message is written
     /// for its author, and shown even on a 500.
     pub fn is_guest_fault(&self) -> bool {

@@ -298,6 +298,7 @@ impl Functions {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let args = version.manifest.args.clone();
         let grants = Grants::for_function(tenant, &version.manifest, &self.backends);
         let prepared = tokio::task::spawn_blocking(move || {
             let source = || match &wasm {
@@ -313,6 +314,7 @@ impl Functions {
                 kind,
                 limits,
                 env,
+                args,
                 grants,
             })
         })

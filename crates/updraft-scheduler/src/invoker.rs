@@ -139,16 +139,22 @@ pub enum Outcome {
     /// An http function's response, its body streaming while the guest
     /// runs on.
     Streamed(http::Response<ResponseBody>),
-    /// An answer the function gave whole: a command's stdout (status 200),
-    /// a handler's status and body.
+    /// An answer the function gave whole: a handler's status and body.
     Buffered { status: u16, body: Bytes },
+    /// A command's stdout, after it exited with code 0 (other codes are
+    /// [`InvokeError::Exit`], with the stdout).
+    Command { stdout: Bytes },
 }
+
+/// The header that carries a command's exit code.
+pub const EXIT_CODE_HEADER: &str = "updraft-exit-code";
 
 impl Outcome {
     /// The status and the whole body.
     pub async fn collect(self) -> Result<(u16, Bytes), PlatformError> {
         match self {
             Outcome::Buffered { status, body } => Ok((status, body)),
+            Outcome::Command { stdout } => Ok((200, stdout)),
             Outcome::Streamed(response) => {
                 let status = response.status().as_u16();
                 let body = response.into_body().collect().await.map_err(|e| {
@@ -173,6 +179,17 @@ impl Outcome {
                 );
                 *response.status_mut() =
                     http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+                response
+            }
+            Outcome::Command { stdout } => {
+                let mut response = http::Response::new(
+                    http_body_util::Full::new(stdout)
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                );
+                response
+                    .headers_mut()
+                    .insert(EXIT_CODE_HEADER, http::HeaderValue::from_static("0"));
                 response
             }
         }
@@ -257,10 +274,7 @@ impl Invoker {
                     let (id, stdout) = self
                         .invoke_command_as(function, stdin, trigger, id, call)
                         .await;
-                    (
-                        id,
-                        stdout.map(|body| Outcome::Buffered { status: 200, body }),
-                    )
+                    (id, stdout.map(|stdout| Outcome::Command { stdout }))
                 }
                 Err(e) => (id, Err(e)),
             },

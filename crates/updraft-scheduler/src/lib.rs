@@ -39,7 +39,8 @@ pub use events::{
 };
 pub use functions::{Deployed, FunctionDetails, Functions, Loaded};
 pub use invoker::{
-    BodyError, Input, Invocation, Invoker, Outcome, RequestBody, StoredEvent, boxed,
+    BodyError, EXIT_CODE_HEADER, Input, Invocation, Invoker, Outcome, RequestBody, StoredEvent,
+    boxed,
 };
 pub use logs::Logs;
 pub use operator::{BlobHandle, KvHandle};
