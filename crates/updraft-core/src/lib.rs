@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod error;
+pub mod files;
 pub mod log;
 pub mod manifest;
 pub mod outbound;

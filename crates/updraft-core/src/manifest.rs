@@ -145,6 +145,23 @@ pub struct Manifest {
     /// in Spin's syntax; empty: nowhere. See [`crate::outbound`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_outbound_hosts: Vec<String>,
+    /// Files the guest sees: directories or files next to the manifest,
+    /// packed by the CLI and mounted read-only at their destinations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::files::FileMount>,
+    /// The sha256 of the uploaded bundle of `files`: set by the server at
+    /// deploy (whatever a client sends), so the version's identity covers
+    /// the files' contents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_digest: Option<crate::version::Digest>,
+    /// Each invocation gets a private, writable copy of the files (gone
+    /// when it ends) instead of the shared read-only mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_writable: Option<bool>,
+    /// A fresh writable `/tmp` per invocation, of at most this many MiB;
+    /// none when 0 (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp_mb: Option<u32>,
     /// Arguments a command gets after its name (`argv[1..]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
@@ -159,6 +176,9 @@ pub struct Manifest {
     pub triggers: Vec<TriggerSpec>,
 }
 
+/// Largest `/tmp` of one invocation (Lambda allows 10 GiB of ephemeral
+/// storage; one node's disk is shared by every invocation on it).
+pub const TMP_MB_MAX: u32 = 2048;
 /// Most arguments a command may list, and the longest one: far above any
 /// real command line, far below what would bloat a version record.
 pub const ARGS_MAX: usize = 256;
@@ -298,6 +318,8 @@ pub enum ManifestError {
     Outbound(String),
     #[error("invalid args: {0}")]
     Args(String),
+    #[error("{0}")]
+    Files(String),
 }
 
 impl crate::error::Classify for ManifestError {
@@ -336,6 +358,15 @@ impl Manifest {
         check_names("publishes", &self.publishes)?;
         crate::outbound::AllowedHosts::parse(&self.allowed_outbound_hosts)
             .map_err(|e| ManifestError::Outbound(e.to_string()))?;
+        crate::files::check_mounts(&self.files).map_err(|e| ManifestError::Files(e.to_string()))?;
+        if self.files_writable == Some(true) && self.files.is_empty() {
+            return Err(ManifestError::Files(
+                "files_writable is set but no files are listed: remove it or list files".into(),
+            ));
+        }
+        if let Some(mb) = self.tmp_mb {
+            check_range("tmp_mb", mb.into(), 0, TMP_MB_MAX.into())?;
+        }
         if self.args.len() > ARGS_MAX {
             return Err(ManifestError::Args(format!(
                 "{} arguments listed, at most {ARGS_MAX} are allowed",

@@ -217,7 +217,7 @@ pub(crate) async fn deploy(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let (mut manifest, wasm) = if is_multipart {
+    let (mut manifest, wasm, files) = if is_multipart {
         read_multipart(request).await?
     } else {
         let wasm = Bytes::from_request(request, &())
@@ -238,7 +238,7 @@ pub(crate) async fn deploy(
                 .unwrap_or_default(),
             ..Manifest::default()
         };
-        (manifest, wasm)
+        (manifest, wasm, None)
     };
     if manifest.name.is_empty() {
         manifest.name = name.clone();
@@ -257,7 +257,9 @@ pub(crate) async fn deploy(
             "no Wasm was uploaded: send it as the `wasm` part of a multipart body, or as the raw body",
         ));
     }
-    let deployed = platform.deploy(&caller.tenant, manifest, wasm).await?;
+    let deployed = platform
+        .deploy(&caller.tenant, manifest, wasm, files)
+        .await?;
     let mut body = details_json(&platform, &caller.tenant, &name).await?;
     if let Value::Object(map) = &mut body {
         map.insert("compiled".into(), json!(deployed.compiled));
@@ -265,12 +267,14 @@ pub(crate) async fn deploy(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn read_multipart(request: Request) -> Result<(Manifest, Bytes), ApiError> {
+/// The parts of a deploy: the manifest, the Wasm, and the files bundle.
+async fn read_multipart(request: Request) -> Result<(Manifest, Bytes, Option<Bytes>), ApiError> {
     let mut multipart = Multipart::from_request(request, &())
         .await
         .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?;
     let mut manifest = None;
     let mut wasm = None;
+    let mut files = None;
     while let Some(field) = multipart
         .next_field()
         .await
@@ -289,15 +293,22 @@ async fn read_multipart(request: Request) -> Result<(Manifest, Bytes), ApiError>
                 manifest = Some(Manifest::from_toml(text).map_err(PlatformError::from)?);
             }
             "wasm" => wasm = Some(bytes),
+            "files" => files = Some(bytes),
             other => {
                 return Err(ApiError::bad_request(
                     "bad_multipart",
-                    format!("unknown part {other:?}: send `manifest` and `wasm`"),
+                    format!(
+                        "unknown part {other:?}: send `manifest`, `wasm` and, for a function with files, `files` (a tar archive)"
+                    ),
                 ));
             }
         }
     }
-    Ok((manifest.unwrap_or_default(), wasm.unwrap_or_default()))
+    Ok((
+        manifest.unwrap_or_default(),
+        wasm.unwrap_or_default(),
+        files,
+    ))
 }
 
 #[derive(Deserialize)]

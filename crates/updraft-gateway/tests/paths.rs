@@ -18,7 +18,7 @@ impl Api {
     async fn deploy(&self, name: &str, guest_name: &str, extra: &str) {
         let manifest = Manifest::from_toml(&format!("name = \"{name}\"\n{extra}")).unwrap();
         self.platform
-            .deploy("local", manifest, guest(guest_name))
+            .deploy("local", manifest, guest(guest_name), None)
             .await
             .unwrap();
     }

@@ -40,6 +40,9 @@ fn prepare(sandbox: &Sandbox, name: &str) -> Arc<Prepared> {
                 limits: Limits::default(),
                 env: Vec::new(),
                 args: Vec::new(),
+                files: None,
+                files_writable: false,
+                tmp_mb: 0,
                 grants: updraft_sandbox::Grants::default(),
             })
             .unwrap(),

@@ -73,6 +73,8 @@ pub struct Prepared {
     pub(crate) env: Vec<(String, String)>,
     /// `argv`: the name, then the manifest's `args`.
     pub(crate) argv: Vec<String>,
+    /// Its file system: files at `/`, `/tmp`.
+    pub(crate) mounts: crate::files::Mounts,
     pub(crate) pre: Pre,
     /// Its `updraft:platform/handler` export, when it takes calls directly.
     pub(crate) handler: Option<HandlerIndices>,
@@ -104,6 +106,12 @@ pub struct PrepareSpec<'a> {
     pub env: Vec<(String, String)>,
     /// A command's arguments after its name.
     pub args: Vec<String>,
+    /// Its files bundle, if the manifest lists files.
+    pub files: Option<crate::files::FilesSpec>,
+    /// Each invocation writes to a private copy of the files.
+    pub files_writable: bool,
+    /// MiB of `/tmp` per invocation; none when 0.
+    pub tmp_mb: u32,
     /// Its capabilities ([`Grants::for_function`]).
     pub grants: Grants,
 }
@@ -114,6 +122,7 @@ impl Sandbox {
     pub fn prepare(&self, spec: PrepareSpec<'_>) -> Result<Prepared, PrepareError> {
         let started = Instant::now();
         let argv = argv(&spec);
+        let mounts = self.mounts(&spec)?;
         let (compiled, loaded_from, compiled_bytes) =
             self.load_or_compile(spec.wasm, &spec.wasm_digest)?;
         let component = match compiled {
@@ -160,6 +169,7 @@ impl Sandbox {
             compiled_bytes,
             env: spec.env,
             argv,
+            mounts,
             pre,
             handler,
             grants: spec.grants,
@@ -178,6 +188,7 @@ impl Sandbox {
         started: Instant,
     ) -> Result<Prepared, PrepareError> {
         let argv = argv(&spec);
+        let mounts = self.mounts(&spec)?;
         if let Some(stated) = spec.kind
             && stated != FunctionKind::Command
         {
@@ -206,6 +217,7 @@ impl Sandbox {
             compiled_bytes,
             env: spec.env,
             argv,
+            mounts,
             pre: Pre::Core(pre),
             handler: None,
             grants: spec.grants,
@@ -362,6 +374,21 @@ fn exports_handler(engine: &wasmtime::Engine, component: &Component) -> Result<b
     }
 }
 
+impl Sandbox {
+    /// The version's file system, its bundle unpacked on this node.
+    fn mounts(&self, spec: &PrepareSpec<'_>) -> Result<crate::files::Mounts, PrepareError> {
+        Ok(crate::files::Mounts {
+            files: spec
+                .files
+                .as_ref()
+                .map(|f| self.unpack_files(f))
+                .transpose()?,
+            files_writable: spec.files_writable,
+            tmp_bytes: u64::from(spec.tmp_mb) << 20,
+        })
+    }
+}
+
 fn argv(spec: &PrepareSpec<'_>) -> Vec<String> {
     std::iter::once(spec.name.to_string())
         .chain(spec.args.iter().cloned())
@@ -432,6 +459,9 @@ mod tests {
                 limits: Limits::default(),
                 env: Vec::new(),
                 args: Vec::new(),
+                files: None,
+                files_writable: false,
+                tmp_mb: 0,
                 grants: Grants::default(),
             })
             .err()

@@ -46,6 +46,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 pub struct SandboxConfig {
     /// Where compiled artifacts are kept, keyed by Wasm digest and engine hash.
     pub cache_dir: PathBuf,
+    /// Invocations' writable space (`/tmp`, writable files); emptied at start.
+    pub scratch_dir: PathBuf,
     /// Instances that may run at once; the pool reserves address space for each.
     pub instances_max: u32,
     /// Idle warm instances kept for functions in reuse mode; the pool has
@@ -59,6 +61,7 @@ pub struct SandboxConfig {
 impl SandboxConfig {
     pub fn new(cache_dir: PathBuf) -> SandboxConfig {
         SandboxConfig {
+            scratch_dir: cache_dir.join("scratch"),
             cache_dir,
             instances_max: INSTANCES_MAX_DEFAULT,
             warm_instances_max: WARM_INSTANCES_MAX_DEFAULT,
@@ -75,6 +78,7 @@ pub struct Sandbox {
     /// which gives their exact exit codes and errors.
     pub(crate) core_linker: wasmtime::Linker<Host>,
     pub(crate) cache_dir: PathBuf,
+    pub(crate) scratch_dir: PathBuf,
     /// Hex of the engine's compatibility hash; part of every artifact's file name.
     pub(crate) engine_hash: String,
     pub(crate) instances_max: u32,
@@ -110,6 +114,27 @@ impl Sandbox {
                 e,
             ))
         })?;
+        crate::files::reset_scratch(&config.scratch_dir).map_err(|e| {
+            PrepareError::Internal(updraft_core::Failure::context(
+                format!(
+                    "cannot prepare the scratch dir {}",
+                    config.scratch_dir.display()
+                ),
+                e,
+            ))
+        })?;
+        // Bundles a crash left half-unpacked.
+        if let Ok(entries) = std::fs::read_dir(config.cache_dir.join("files")) {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".unpacking-")
+                {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         // Bumped when what an artifact holds changes for the same Wasm (2:
@@ -122,6 +147,7 @@ impl Sandbox {
             linker,
             core_linker,
             cache_dir: config.cache_dir,
+            scratch_dir: config.scratch_dir,
             engine_hash,
             instances_max: config.instances_max,
             warm_budget: WarmBudget::new(config.warm_instances_max),

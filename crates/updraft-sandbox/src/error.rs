@@ -55,6 +55,11 @@ pub enum InvokeError {
         "the function exceeded its memory limit of {memory_mb} MiB (raise memory_mb in updraft.toml, or use less memory)"
     )]
     MemoryLimit { memory_mb: u32 },
+    /// 500: the guest wrote more than `tmp_mb` to `/tmp`.
+    #[error(
+        "the function wrote more than its /tmp limit of {tmp_mb} MiB (raise tmp_mb in updraft.toml, or write less)"
+    )]
+    TmpLimit { tmp_mb: u32 },
     /// 500: the guest trapped (panic, unreachable, out-of-bounds access…).
     #[error("the function trapped: {message}")]
     Trap { message: String },
@@ -139,6 +144,7 @@ impl InvokeError {
         match self {
             InvokeError::Timeout { .. } => "timeout",
             InvokeError::MemoryLimit { .. } => "memory_limit",
+            InvokeError::TmpLimit { .. } => "tmp_limit",
             InvokeError::Trap { .. } => "trap",
             InvokeError::Exit { .. } => "exit_code",
             InvokeError::NoResponse | InvokeError::Guest(_) => "function_error",

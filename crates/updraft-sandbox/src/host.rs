@@ -33,6 +33,9 @@ pub(crate) struct Host {
     pub(crate) notes: Vec<String>,
     /// State operations of this invocation, for metering.
     pub(crate) usage: StateUsage,
+    /// Its writable space (`/tmp`, a private copy of its files), removed
+    /// with the store.
+    pub(crate) scratch: Option<crate::files::Scratch>,
 }
 
 /// Key-value and blob operations one invocation made, and the value bytes

@@ -158,7 +158,7 @@ impl Sandbox {
         stdout_bytes_max: usize,
         deadline: Instant,
         chain: Arc<[Arc<str>]>,
-    ) -> (Store<Host>, Pipes) {
+    ) -> Result<(Store<Host>, Pipes), InvokeError> {
         let pipes = Pipes {
             stdout: CapturePipe::new(stdout_bytes_max),
             stderr: CapturePipe::new(LOG_CAPTURE_BYTES_MAX),
@@ -171,6 +171,7 @@ impl Sandbox {
         if let Some(stdin) = stdin {
             wasi.stdin(MemoryInputPipe::new(stdin));
         }
+        let scratch = self.mount(&prepared.mounts, &mut wasi)?;
         // A core module reads WASI through preview1; the p2 context is unused.
         let (wasi, p1) = match prepared.pre {
             Pre::Core(_) => (WasiCtxBuilder::new().build(), Some(wasi.build_p1())),
@@ -188,6 +189,7 @@ impl Sandbox {
             chain,
             notes: Vec::new(),
             usage: StateUsage::default(),
+            scratch,
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|host| &mut host.limiter);
@@ -201,7 +203,7 @@ impl Sandbox {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        (store, pipes)
+        Ok((store, pipes))
     }
 
     /// A warm instance of `prepared` set up for a new invocation, or a fresh store.
@@ -210,7 +212,7 @@ impl Sandbox {
         prepared: &Prepared,
         deadline: Instant,
         chain: &Arc<[Arc<str>]>,
-    ) -> Checkout {
+    ) -> Result<Checkout, InvokeError> {
         match prepared.warm.as_deref().and_then(WarmPool::take) {
             Some(WarmInstance {
                 mut store,
@@ -226,12 +228,12 @@ impl Sandbox {
                 host.usage = StateUsage::default();
                 host.hooks.reset(deadline);
                 store.set_epoch_deadline(1);
-                Checkout {
+                Ok(Checkout {
                     store,
                     pipes,
                     exports: Some(exports),
                     uses,
-                }
+                })
             }
             None => {
                 let (store, pipes) = self.new_store(
@@ -240,13 +242,13 @@ impl Sandbox {
                     LOG_CAPTURE_BYTES_MAX,
                     deadline,
                     chain.clone(),
-                );
-                Checkout {
+                )?;
+                Ok(Checkout {
                     store,
                     pipes,
                     exports: None,
                     uses: 0,
-                }
+                })
             }
         }
     }
@@ -278,12 +280,16 @@ impl Sandbox {
             pipes,
             exports,
             uses,
-        } = self.checkout(prepared, deadline, &ctx.chain);
+        } = match self.checkout(prepared, deadline, &ctx.chain) {
+            Ok(checkout) => checkout,
+            Err(e) => return fail(e),
+        };
         let Some(pre) = prepared.pre.instance_pre() else {
             return fail(InvokeError::Internal(updraft_core::Failure::msg(
                 "a core module takes no calls",
             )));
         };
+        let tmp = crate::files::tmp_of(store.data().scratch.as_ref(), &prepared.mounts);
         let run = async {
             let mut exports = match exports {
                 Some(exports) => exports,
@@ -297,6 +303,7 @@ impl Sandbox {
                 .map_err(Failure::Run)?;
             Ok((exports, response))
         };
+        let run = crate::files::within_tmp(run, tmp, Failure::Run);
         let (result, cpu_time) =
             CpuTimed::new(Box::pin(tokio::time::timeout_at(deadline.into(), run))).await;
         let (result, done) = split(result);
@@ -398,7 +405,11 @@ impl Sandbox {
             pipes,
             exports,
             uses,
-        } = self.checkout(prepared, deadline, &ctx.chain);
+        } = match self.checkout(prepared, deadline, &ctx.chain) {
+            Ok(checkout) => checkout,
+            Err(e) => return early_failure(e, on_done),
+        };
+        let tmp = crate::files::tmp_of(store.data().scratch.as_ref(), &prepared.mounts);
         let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let resources = {
             let mut http = store.data_mut().http();
@@ -437,6 +448,7 @@ impl Sandbox {
                         .map_err(Failure::Run)?;
                     Ok(exports)
                 };
+                let run = crate::files::within_tmp(run, tmp, Failure::Run);
                 let result = tokio::time::timeout_at(deadline.into(), run).await;
                 let (result, exports) = split(result);
                 let report = finish(
@@ -539,7 +551,7 @@ impl Sandbox {
         let deadline = Instant::now() + Duration::from_millis(prepared.limits.timeout_ms);
         let chain: Arc<[Arc<str>]> = Arc::new([]);
         let (mut store, _pipes) =
-            self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline, chain);
+            self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline, chain)?;
         let result = match &prepared.pre {
             Pre::Core(pre) => pre.instantiate_async(&mut store).await.map(drop),
             other => match other.instance_pre() {
@@ -572,13 +584,17 @@ impl Sandbox {
         // One byte over the limit tells "exactly at the limit" from "cut off".
         let stdout_max = (limits.response_body_bytes_max as usize).saturating_add(1);
         let bytes_in = stdin.len() as u64;
-        let (mut store, pipes) = self.new_store(
+        let (mut store, pipes) = match self.new_store(
             prepared,
             Some(stdin),
             stdout_max,
             deadline,
             ctx.chain.clone(),
-        );
+        ) {
+            Ok(created) => created,
+            Err(e) => return fail(e),
+        };
+        let tmp = crate::files::tmp_of(store.data().scratch.as_ref(), &prepared.mounts);
         let run = async {
             match &prepared.pre {
                 Pre::Core(pre) => {
@@ -606,6 +622,7 @@ impl Sandbox {
                 Pre::Http { .. } => Ok(()),
             }
         };
+        let run = crate::files::within_tmp(run, tmp, Failure::Run);
         let (result, cpu_time) =
             CpuTimed::new(Box::pin(tokio::time::timeout_at(deadline.into(), run))).await;
         let mut report = finish(
@@ -892,6 +909,10 @@ fn finish(
         Ok(Err(Failure::Run(e))) => {
             if limiter.hit {
                 Err(InvokeError::MemoryLimit { memory_mb })
+            } else if let Some(tmp) = e.downcast_ref::<crate::files::TmpLimitExceeded>() {
+                Err(InvokeError::TmpLimit {
+                    tmp_mb: (tmp.0 >> 20) as u32,
+                })
             } else if e.is::<DeadlineReached>() || Instant::now() >= deadline {
                 Err(InvokeError::Timeout { timeout_ms })
             } else if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {

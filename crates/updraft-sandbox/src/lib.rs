@@ -18,6 +18,7 @@ mod capability;
 mod capture;
 mod engine;
 mod error;
+mod files;
 mod host;
 mod invoke;
 mod keyvalue;
@@ -31,6 +32,7 @@ pub use calls::{CALL_DEPTH_MAX, CallError, CallGrant, CallRequest, FunctionCalle
 pub use capability::{Backends, Grants};
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{InvokeError, PrepareError};
+pub use files::FilesSpec;
 pub use host::StateUsage;
 pub use invoke::{CallOutput, CommandOutput, InvocationCtx, OnDone, Output, Report, ResponseBody};
 pub use keyvalue::KvGrant;

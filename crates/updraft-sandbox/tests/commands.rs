@@ -57,6 +57,9 @@ impl Fixture {
             limits,
             env: Vec::new(),
             args: Vec::new(),
+            files: None,
+            files_writable: false,
+            tmp_mb: 0,
             grants: Grants::default(),
         })
     }

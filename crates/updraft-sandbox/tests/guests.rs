@@ -111,6 +111,9 @@ impl Fixture {
                 limits: Limits::default(),
                 env: manifest.env.clone().into_iter().collect(),
                 args: manifest.args.clone(),
+                files: None,
+                files_writable: false,
+                tmp_mb: 0,
                 grants: Grants::for_function("local", &manifest, &self.backends),
             })
             .unwrap()

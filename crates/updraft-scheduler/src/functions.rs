@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use updraft_core::{
-    Digest, EventTrigger, FunctionKind, LogEntry, Manifest, Route, VersionRecord, function_key,
+    Digest, EventTrigger, FunctionKind, LogEntry, Manifest, ManifestError, Route, VersionRecord,
+    function_key,
 };
 use updraft_metering::Aggregate;
-use updraft_sandbox::{Backends, Grants, PrepareSpec, Prepared, Sandbox};
+use updraft_sandbox::{Backends, FilesSpec, Grants, PrepareSpec, Prepared, Sandbox};
 use updraft_state::registry::NewVersion;
 use updraft_state::{FunctionRecord, Registry, RegistryChange};
 
@@ -280,7 +281,35 @@ impl Functions {
         kind: Option<FunctionKind>,
         wasm: Option<Bytes>,
     ) -> Result<Arc<Prepared>, PlatformError> {
+        self.prepare_with(tenant, version, kind, wasm, None).await
+    }
+
+    /// [`Self::prepare`], with the files bundle when it was just uploaded
+    /// (otherwise it is read from the registry if this node has not
+    /// unpacked it yet).
+    async fn prepare_with(
+        &self,
+        tenant: &str,
+        version: &VersionRecord,
+        kind: Option<FunctionKind>,
+        wasm: Option<Bytes>,
+        files: Option<Bytes>,
+    ) -> Result<Arc<Prepared>, PlatformError> {
         let sandbox = self.sandbox.clone();
+        let files = match version.manifest.files_digest {
+            None => None,
+            Some(digest) if sandbox.has_files(&digest) => Some(FilesSpec {
+                digest,
+                bundle: None,
+            }),
+            Some(digest) => Some(FilesSpec {
+                digest,
+                bundle: Some(match files {
+                    Some(bundle) => bundle,
+                    None => self.registry.load_wasm(&digest).await?,
+                }),
+            }),
+        };
         // Read the Wasm only if it must be compiled.
         let wasm = match wasm {
             Some(wasm) => Some(wasm),
@@ -299,6 +328,8 @@ impl Functions {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let args = version.manifest.args.clone();
+        let files_writable = version.manifest.files_writable == Some(true);
+        let tmp_mb = version.manifest.tmp_mb.unwrap_or(0);
         let grants = Grants::for_function(tenant, &version.manifest, &self.backends);
         let prepared = tokio::task::spawn_blocking(move || {
             let source = || match &wasm {
@@ -315,6 +346,9 @@ impl Functions {
                 limits,
                 env,
                 args,
+                files,
+                files_writable,
+                tmp_mb,
                 grants,
             })
         })
@@ -376,6 +410,7 @@ impl Functions {
         tenant: &str,
         manifest: Manifest,
         wasm: Bytes,
+        files: Option<Bytes>,
     ) -> Result<Deployed, PlatformError> {
         let limits = manifest.validate()?;
         let route = manifest.parsed_route()?;
@@ -383,6 +418,24 @@ impl Functions {
         // `source` is where the CLI found the file; it is not part of the version.
         manifest.source = None;
         Sandbox::check_bytes(&wasm)?;
+        manifest.files_digest = match (&files, manifest.files.is_empty()) {
+            (None, true) => None,
+            (Some(bundle), false) => {
+                updraft_core::files::check_bundle(bundle)
+                    .map_err(|e| PlatformError::Manifest(ManifestError::Files(e.to_string())))?;
+                Some(Digest::of(bundle))
+            }
+            (None, false) => {
+                return Err(PlatformError::Manifest(ManifestError::Files(
+                    "the manifest lists files but no bundle was uploaded: deploy with `updraft deploy`, which packs them, or send a `files` part (a tar archive)".into(),
+                )));
+            }
+            (Some(_), true) => {
+                return Err(PlatformError::Manifest(ManifestError::Files(
+                    "a files bundle was uploaded but the manifest lists no files: add `files = [{ source = \"…\", destination = \"/\" }]`".into(),
+                )));
+            }
+        };
         let _guard = self.control.lock().await;
         self.registry
             .check_route(&function_key(tenant, &manifest.name), route.as_ref())
@@ -400,8 +453,18 @@ impl Functions {
             limits,
             created_at_ms: 0,
         };
+        if let (Some(digest), Some(bundle)) = (manifest.files_digest, &files) {
+            // Stored first: a version never names a bundle that is not there.
+            self.registry.store_wasm(&digest, bundle.clone()).await?;
+        }
         let prepared = self
-            .prepare(tenant, &probe, manifest.kind, Some(wasm.clone()))
+            .prepare_with(
+                tenant,
+                &probe,
+                manifest.kind,
+                Some(wasm.clone()),
+                files.clone(),
+            )
             .await?;
         self.registry.store_wasm(&wasm_digest, wasm.clone()).await?;
         let (_, version) = self

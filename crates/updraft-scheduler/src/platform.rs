@@ -249,6 +249,7 @@ impl Platform {
         // take a few milliseconds each: do both at once, start-up is on the
         // cold path of the first request after a restart.
         let mut sandbox_config = SandboxConfig::new(config.data_dir.join("compiled"));
+        sandbox_config.scratch_dir = config.data_dir.join("scratch").join("invocations");
         sandbox_config.instances_max = config.instances_max;
         let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(sandbox_config));
         let data_dir = config.data_dir.clone();
@@ -410,6 +411,7 @@ impl Platform {
         tenant: &str,
         manifest: Manifest,
         wasm: Bytes,
+        files: Option<Bytes>,
     ) -> Result<Deployed, PlatformError> {
         // Triggers on what does not exist are refused (the events service
         // knows what does), after the manifest's own checks.
@@ -417,7 +419,7 @@ impl Platform {
         self.events
             .check_triggers(tenant, &manifest.parsed_triggers()?)
             .await?;
-        let deployed = self.functions.deploy(tenant, manifest, wasm).await?;
+        let deployed = self.functions.deploy(tenant, manifest, wasm, files).await?;
         self.events.serve(std::slice::from_ref(&deployed.loaded));
         Ok(deployed)
     }

@@ -48,7 +48,7 @@ impl Fixture {
     async fn deploy(&self, name: &str, guest_name: &str, extra: &str) -> Arc<Loaded> {
         let manifest = Manifest::from_toml(&format!("name = \"{name}\"\n{extra}")).unwrap();
         self.platform
-            .deploy("local", manifest, guest(guest_name))
+            .deploy("local", manifest, guest(guest_name), None)
             .await
             .unwrap()
             .loaded
@@ -228,7 +228,7 @@ async fn usage_records_take_their_time_from_the_platform_clock() {
     let platform = Platform::open(config).await.unwrap();
     let manifest = Manifest::from_toml("name = \"hello\"").unwrap();
     let hello = platform
-        .deploy("local", manifest, guest("hello-rust"))
+        .deploy("local", manifest, guest("hello-rust"), None)
         .await
         .unwrap()
         .loaded;

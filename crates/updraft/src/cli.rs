@@ -573,6 +573,8 @@ pub struct DeployPlan {
     pub wasm_path: PathBuf,
     /// Its size, for the spinner and the multipart part's length.
     pub wasm_bytes: u64,
+    /// The manifest's `files`, packed.
+    pub files: Option<Vec<u8>>,
 }
 
 impl DeployArgs {
@@ -620,6 +622,7 @@ fn plan_from_wasm(wasm_path: &Path, overrides: &Overrides) -> Result<DeployPlan>
         manifest,
         wasm_path: wasm_path.to_path_buf(),
         wasm_bytes,
+        files: None,
     })
 }
 
@@ -653,11 +656,23 @@ fn plan_from_manifest(manifest_path: &Path, overrides: &Overrides) -> Result<Dep
     }
     let wasm_bytes =
         wasm_size(&wasm_path).with_context(|| format!("cannot read {}", wasm_path.display()))?;
+    let files = match table.get("files") {
+        None => None,
+        Some(files) => {
+            let mounts: Vec<updraft_core::files::FileMount> = files
+                .clone()
+                .try_into()
+                .map_err(|e| anyhow::anyhow!("`files` in {}: {e}", manifest_path.display()))?;
+            let base = manifest_path.parent().unwrap_or(Path::new(""));
+            Some(crate::bundle::pack(base, &mounts)?)
+        }
+    };
     Ok(DeployPlan {
         name,
         manifest,
         wasm_path,
         wasm_bytes,
+        files,
     })
 }
 

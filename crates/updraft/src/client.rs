@@ -654,9 +654,18 @@ async fn deploy_form(plan: &DeployPlan) -> Result<multipart::Form> {
     let wasm = multipart::Part::stream_with_length(file, plan.wasm_bytes)
         .file_name(file_name)
         .mime_str("application/wasm")?;
-    Ok(multipart::Form::new()
+    let form = multipart::Form::new()
         .part("manifest", manifest)
-        .part("wasm", wasm))
+        .part("wasm", wasm);
+    Ok(match &plan.files {
+        Some(bundle) => form.part(
+            "files",
+            multipart::Part::bytes(bundle.clone())
+                .file_name("files.tar")
+                .mime_str("application/x-tar")?,
+        ),
+        None => form,
+    })
 }
 
 /// Validates `--server`. Only plain HTTP is compiled in (no TLS stack in the CLI), so
@@ -914,6 +923,7 @@ mod tests {
             manifest: "name = \"hello\"\n".into(),
             wasm_path,
             wasm_bytes: 8,
+            files: None,
         };
 
         let reply = Client::new(&server, None)

@@ -5,6 +5,7 @@
 //! HTTP client ([`client`]) with the renderers ([`output`]), and turns failures into
 //! `error: …` on stderr with exit status 1.
 
+mod bundle;
 mod cli;
 mod client;
 mod config;
