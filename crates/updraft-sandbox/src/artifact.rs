@@ -270,6 +270,10 @@ impl Sandbox {
         }
         let wasm = wasm().map_err(|e| PrepareError::Internal(updraft_core::Failure::msg(e)))?;
         Self::check_bytes(&wasm)?;
+        let p3 = wasi_p3_interfaces(&wasm);
+        if !p3.is_empty() {
+            return Err(PrepareError::Wasi03(p3.join(", ")));
+        }
         let compiled = if wasmparser::Parser::is_core_wasm(&wasm) {
             check_start(&wasm)?;
             self.engine.precompile_module(&wasm)
@@ -395,6 +399,35 @@ fn argv(spec: &PrepareSpec<'_>) -> Vec<String> {
         .collect()
 }
 
+/// The WASI 0.3 interfaces a component imports or exports.
+fn wasi_p3_interfaces(wasm: &[u8]) -> Vec<String> {
+    if !wasmparser::Parser::is_component(wasm) {
+        return Vec::new();
+    }
+    let mut found: Vec<String> = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        let names: Vec<String> = match payload {
+            Ok(wasmparser::Payload::ComponentImportSection(imports)) => imports
+                .into_iter()
+                .flatten()
+                .map(|i| i.name.0.to_string())
+                .collect(),
+            Ok(wasmparser::Payload::ComponentExportSection(exports)) => exports
+                .into_iter()
+                .flatten()
+                .map(|e| e.name.0.to_string())
+                .collect(),
+            _ => continue,
+        };
+        for name in names {
+            if name.starts_with("wasi:") && name.contains("@0.3") && !found.contains(&name) {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
 /// Checks that a core module is a command: it exports `_start`.
 fn check_start(wasm: &[u8]) -> Result<(), PrepareError> {
     let mut has_start = false;
@@ -415,11 +448,16 @@ fn check_start(wasm: &[u8]) -> Result<(), PrepareError> {
     }
 }
 
-/// Shortens Wasmtime's link errors to the missing import, which is what the user can act on.
+/// What a guest may import, for link errors.
+pub const PROVIDED_INTERFACES: &str = "WASI 0.2.x (wasi:cli, wasi:clocks, wasi:random, wasi:io, \
+     wasi:filesystem, wasi:sockets; wasi_snapshot_preview1 for core modules), wasi:http@0.2.x, \
+     wasi:keyvalue@0.2.0-draft and @0.2.0-draft2 (store, atomics, batch), \
+     updraft:platform/blobs, invoke and messaging@0.1.0";
+
+/// Wasmtime's link error (which names the missing import), and what
+/// Updraft provides instead.
 fn link_message(e: &wasmtime::Error) -> String {
-    format!(
-        "{e:#}; Updraft provides WASI 0.2 (wasi:cli, wasi:clocks, wasi:random, wasi:io, wasi:filesystem, wasi:sockets) and wasi:http 0.2"
-    )
+    format!("{e:#}; Updraft provides {PROVIDED_INTERFACES}")
 }
 
 #[cfg(test)]

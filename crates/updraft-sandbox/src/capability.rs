@@ -69,6 +69,7 @@ impl Grants {
 /// Registers every capability's host functions (once per process).
 pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     crate::keyvalue::add_to_linker(linker)?;
+    crate::keyvalue_draft::add_to_linker(linker)?;
     crate::blobs::add_to_linker(linker)?;
     crate::calls::add_to_linker(linker)?;
     crate::messaging::add_to_linker(linker)?;

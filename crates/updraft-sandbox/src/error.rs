@@ -35,6 +35,10 @@ pub enum PrepareError {
     NoStart,
     #[error("the function cannot be linked: {0}")]
     Link(String),
+    #[error(
+        "this component uses WASI 0.3 ({0}), which Updraft does not run yet: build it for WASI 0.2 (Rust: --target wasm32-wasip2; Spin 4: a WASI 0.2 template)"
+    )]
+    Wasi03(String),
     /// The platform failed (a disk, the engine): the detail is in the
     /// source, for the logs.
     #[error("internal error while preparing the function: {0}")]
@@ -107,6 +111,7 @@ impl Classify for PrepareError {
             PrepareError::UnknownWorld
             | PrepareError::NoStart
             | PrepareError::KindMismatch { .. } => "wrong_world",
+            PrepareError::Wasi03(_) => "unsupported_wasi",
             PrepareError::Link(_) => "link_error",
             PrepareError::ReuseForCommand => "invalid_manifest",
             PrepareError::Internal(_) => "internal",

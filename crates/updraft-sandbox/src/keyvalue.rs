@@ -59,6 +59,9 @@ pub struct Cas {
     current: Option<Vec<u8>>,
 }
 
+/// The store `open("")` opens.
+pub(crate) const DEFAULT_STORE: &str = "default";
+
 type Outcome<T> = wasmtime::Result<Result<T, store::Error>>;
 
 fn guest_error(e: KvError) -> store::Error {
@@ -100,6 +103,11 @@ impl Host {
 
 impl store::Host for Host {
     async fn open(&mut self, identifier: String) -> Outcome<Resource<Bucket>> {
+        // `""` is the default store: what wasmtime's wasi-keyvalue opens.
+        let identifier = match identifier.as_str() {
+            "" => DEFAULT_STORE.to_string(),
+            _ => identifier,
+        };
         let Some(grant) = self
             .grants
             .kv

@@ -22,6 +22,7 @@ mod files;
 mod host;
 mod invoke;
 mod keyvalue;
+mod keyvalue_draft;
 mod messaging;
 mod outbound;
 mod warm;

@@ -88,3 +88,99 @@ async fn hello_answers_identically_under_wasmtime_serve() {
         assert!(ours.starts_with("Hello"), "{ours}");
     }
 }
+
+/// `tests/guests/kv-draft` imports `wasi:keyvalue@0.2.0-draft` (store and
+/// atomics), the version `wasmtime serve -S keyvalue` implements: it runs
+/// unchanged there and on Updraft. On Updraft it shares the store with
+/// `counter-rust`, built against `@0.2.0-draft2` (Spin's): both count the
+/// same key.
+#[tokio::test(flavor = "multi_thread")]
+async fn both_keyvalue_drafts_run_unchanged_and_share_a_store() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cache = tempfile::tempdir().unwrap();
+    let _peer = Peer(
+        Command::new(wasmtime())
+            .args([
+                "serve",
+                "-S",
+                "cli,keyvalue",
+                "-S",
+                "keyvalue-in-memory-data=n=41",
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg(guest("kv-draft"))
+            .env("XDG_CACHE_HOME", cache.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = client();
+    let peer_url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get(format!("{peer_url}/get")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "wasmtime serve did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // counter-rust ends its count with a newline; kv-draft does not.
+    let text = |r: reqwest::Response| async move {
+        (
+            r.status().as_u16(),
+            r.text().await.unwrap().trim_end().to_string(),
+        )
+    };
+    // Under wasmtime serve: its in-memory store, which each request gets
+    // afresh from the preset data.
+    for _ in 0..2 {
+        let r = client
+            .get(format!("{peer_url}/incr?key=n"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(text(r).await, (200, "42".to_string()));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest(
+        "draft",
+        "kv-draft",
+        "route = \"/draft/...\"\nkey_value_stores = [\"default\"]",
+    );
+    server.deploy_guest(
+        "draft2",
+        "counter-rust",
+        "route = \"/counter\"\nkey_value_stores = [\"default\"]",
+    );
+    let get = |path: &str| client.get(server.url(path)).send();
+    assert_eq!(
+        text(get("/draft/incr?key=shared").await.unwrap()).await,
+        (200, "1".into())
+    );
+    assert_eq!(
+        text(get("/counter?key=shared").await.unwrap()).await,
+        (200, "2".into())
+    );
+    assert_eq!(
+        text(get("/draft/incr?key=shared").await.unwrap()).await,
+        (200, "3".into())
+    );
+    assert_eq!(
+        text(get("/draft/get?key=shared").await.unwrap()).await,
+        (200, "3".into())
+    );
+    assert_eq!(server.cli_ok(&["kv", "get", "default", "shared"]), "3");
+
+    // A value draft2 took below 0 cannot be counted in the draft's u64:
+    // refused with the reason, the value unchanged.
+    server.cli_ok(&["kv", "set", "default", "neg", "-5"]);
+    let (status, body) = text(get("/draft/incr?key=neg").await.unwrap()).await;
+    assert_eq!(status, 500);
+    assert!(body.contains("below 0"), "{body}");
+    assert_eq!(server.cli_ok(&["kv", "get", "default", "neg"]), "-5");
+}

@@ -173,3 +173,48 @@ async fn the_wasi_test_suite_passes_as_under_wasmtime_run() {
     );
     assert!(failed.is_empty(), "failed:\n{}", failed.join("\n"));
 }
+
+/// The suite's WASI 0.3 tests: Updraft does not run WASI 0.3 yet, so each
+/// is refused at deploy with a message that names WASI 0.3 and the
+/// interface, not as invalid Wasm.
+#[tokio::test(flavor = "multi_thread")]
+async fn wasi_0_3_components_are_refused_naming_wasi_0_3() {
+    let dir = suite_dir().join("rust/testsuite/wasm32-wasip3");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        println!(
+            "SKIPPED: the WASI test suite is not at {} (set WASI_TESTSUITE_DIR): \
+             wasi_0_3_components_are_refused_naming_wasi_0_3",
+            suite_dir().display()
+        );
+        return;
+    };
+    let mut wasms: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    wasms.sort();
+    assert!(!wasms.is_empty());
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path());
+    for (i, wasm) in wasms.iter().enumerate() {
+        let response = server
+            .api()
+            .put(server.url(&format!("/v1/functions/p3-{i}")))
+            .body(std::fs::read(wasm).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let message = expect_error(response, 400, "unsupported_wasi").await;
+        assert!(
+            message.contains("WASI 0.3") && message.contains("@0.3"),
+            "{}: {message}",
+            wasm.display()
+        );
+    }
+    println!(
+        "WASI test suite (wasm32-wasip3): {} of {} refused, naming WASI 0.3",
+        wasms.len(),
+        wasms.len()
+    );
+}
