@@ -162,6 +162,9 @@ pub struct Manifest {
     /// none when 0 (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmp_mb: Option<u32>,
+    /// Settings the guest reads through `wasi:config/store`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: BTreeMap<String, String>,
     /// Arguments a command gets after its name (`argv[1..]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
@@ -179,6 +182,10 @@ pub struct Manifest {
 /// Largest `/tmp` of one invocation (Lambda allows 10 GiB of ephemeral
 /// storage; one node's disk is shared by every invocation on it).
 pub const TMP_MB_MAX: u32 = 2048;
+/// `[variables]`: how many, the longest name and the largest value.
+pub const VARIABLES_MAX: usize = 256;
+pub const VARIABLE_NAME_MAX: usize = 128;
+pub const VARIABLE_VALUE_BYTES_MAX: usize = 16 << 10;
 /// Most arguments a command may list, and the longest one: far above any
 /// real command line, far below what would bloat a version record.
 pub const ARGS_MAX: usize = 256;
@@ -318,6 +325,8 @@ pub enum ManifestError {
     Outbound(String),
     #[error("invalid args: {0}")]
     Args(String),
+    #[error("invalid [variables]: {0}")]
+    Variables(String),
     #[error("{0}")]
     Files(String),
 }
@@ -367,6 +376,7 @@ impl Manifest {
         if let Some(mb) = self.tmp_mb {
             check_range("tmp_mb", mb.into(), 0, TMP_MB_MAX.into())?;
         }
+        check_variables(&self.variables)?;
         if self.args.len() > ARGS_MAX {
             return Err(ManifestError::Args(format!(
                 "{} arguments listed, at most {ARGS_MAX} are allowed",
@@ -495,6 +505,40 @@ impl Manifest {
     pub fn stored_route(&self) -> Result<Option<Route>, ManifestError> {
         self.route.as_deref().map(Route::parse_stored).transpose()
     }
+}
+
+/// `[variables]`: names Spin would take, values of sane size, and no
+/// `{{ … }}`, which is kept for references to secrets.
+fn check_variables(vars: &BTreeMap<String, String>) -> Result<(), ManifestError> {
+    let err = |m: String| ManifestError::Variables(m);
+    if vars.len() > VARIABLES_MAX {
+        return Err(err(format!(
+            "{} variables set, at most {VARIABLES_MAX} are allowed",
+            vars.len()
+        )));
+    }
+    for (name, value) in vars {
+        let plain = name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if name.is_empty() || name.len() > VARIABLE_NAME_MAX || !plain {
+            return Err(err(format!(
+                "{name:?}: a name is 1-{VARIABLE_NAME_MAX} lowercase letters, digits or '_'"
+            )));
+        }
+        if value.len() > VARIABLE_VALUE_BYTES_MAX {
+            return Err(err(format!(
+                "{name}: the value is {} bytes, at most {VARIABLE_VALUE_BYTES_MAX}",
+                value.len()
+            )));
+        }
+        if value.contains("{{") {
+            return Err(err(format!(
+                "{name}: `{{{{ … }}}}` is kept for references to secrets, which this server does not provide yet; write the value itself"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A list of store or container names: valid, distinct, not too many.

@@ -452,6 +452,7 @@ fn check_start(wasm: &[u8]) -> Result<(), PrepareError> {
 pub const PROVIDED_INTERFACES: &str = "WASI 0.2.x (wasi:cli, wasi:clocks, wasi:random, wasi:io, \
      wasi:filesystem, wasi:sockets; wasi_snapshot_preview1 for core modules), wasi:http@0.2.x, \
      wasi:keyvalue@0.2.0-draft and @0.2.0-draft2 (store, atomics, batch), \
+     wasi:config/store@0.2.0-rc.1, \
      updraft:platform/blobs, invoke and messaging@0.1.0";
 
 /// Wasmtime's link error (which names the missing import), and what

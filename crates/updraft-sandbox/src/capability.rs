@@ -23,6 +23,7 @@ use wasmtime::component::Linker;
 
 use crate::blobs::BlobGrant;
 use crate::calls::{CallGrant, FunctionCaller};
+use crate::config::ConfigGrant;
 use crate::host::Host;
 use crate::keyvalue::KvGrant;
 use crate::messaging::{PublishGrant, Publisher};
@@ -48,6 +49,8 @@ pub struct Grants {
     pub(crate) blobs: Option<Arc<BlobGrant>>,
     pub(crate) calls: Option<Arc<CallGrant>>,
     pub(crate) publishes: Option<Arc<PublishGrant>>,
+    /// `[variables]`, through wasi:config.
+    pub(crate) config: Option<Arc<ConfigGrant>>,
     /// Outgoing HTTP; served by the wasi:http hooks, not a linker entry.
     pub(crate) outbound: Option<Arc<OutboundGrant>>,
 }
@@ -61,6 +64,7 @@ impl Grants {
             blobs: crate::blobs::grant(tenant, manifest, backends).map(Arc::new),
             calls: crate::calls::grant(tenant, manifest, backends).map(Arc::new),
             publishes: crate::messaging::grant(tenant, manifest, backends).map(Arc::new),
+            config: crate::config::grant(tenant, manifest, backends).map(Arc::new),
             outbound: crate::outbound::grant(tenant, manifest, backends).map(Arc::new),
         }
     }
@@ -73,5 +77,6 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     crate::blobs::add_to_linker(linker)?;
     crate::calls::add_to_linker(linker)?;
     crate::messaging::add_to_linker(linker)?;
+    crate::config::add_to_linker(linker)?;
     Ok(())
 }

@@ -16,6 +16,7 @@ mod blobs;
 mod calls;
 mod capability;
 mod capture;
+mod config;
 mod engine;
 mod error;
 mod files;

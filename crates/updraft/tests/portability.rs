@@ -184,3 +184,91 @@ async fn both_keyvalue_drafts_run_unchanged_and_share_a_store() {
     assert!(body.contains("below 0"), "{body}");
     assert_eq!(server.cli_ok(&["kv", "get", "default", "neg"]), "-5");
 }
+
+/// `wasi:config/store`: the manifest's `[variables]` reach the guest as
+/// `wasmtime serve -S config-var` passes them, with the same answers; bad
+/// variables are refused at deploy.
+#[tokio::test(flavor = "multi_thread")]
+async fn variables_read_through_wasi_config_as_under_wasmtime_serve() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cache = tempfile::tempdir().unwrap();
+    let _peer = Peer(
+        Command::new(wasmtime())
+            .args([
+                "serve",
+                "-S",
+                "cli,config",
+                "-S",
+                "config-var=api_url=https://api.example.com",
+                "-S",
+                "config-var=mode=fast lane",
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg(guest("config-reader"))
+            .env("XDG_CACHE_HOME", cache.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest(
+        "config",
+        "config-reader",
+        "route = \"/config/...\"\n[variables]\napi_url = \"https://api.example.com\"\nmode = \"fast lane\"",
+    );
+    let client = client();
+    let peer_url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get(format!("{peer_url}/all")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "wasmtime serve did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for path in [
+        "/all",
+        "/get?key=api_url",
+        "/get?key=mode",
+        "/get?key=missing",
+    ] {
+        let ours = client
+            .get(server.url(&format!("/config{path}")))
+            .send()
+            .await
+            .unwrap();
+        let theirs = client
+            .get(format!("{peer_url}{path}"))
+            .send()
+            .await
+            .unwrap();
+        let ours = (ours.status().as_u16(), ours.text().await.unwrap());
+        let theirs = (theirs.status().as_u16(), theirs.text().await.unwrap());
+        assert_eq!(ours, theirs, "{path}");
+    }
+    let all = client
+        .get(server.url("/config/all"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(all, "api_url=https://api.example.com\nmode=fast lane");
+
+    for (vars, says) in [
+        ("Bad-Name = \"x\"", "lowercase letters"),
+        ("token = \"{{ secret.token }}\"", "secrets"),
+    ] {
+        let manifest =
+            server.write_manifest("bad", "config-reader", &format!("[variables]\n{vars}"));
+        let out = server.cli(&["deploy", manifest.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{vars}: {stderr}");
+    }
+}
