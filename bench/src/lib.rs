@@ -2,13 +2,13 @@
 //! hyper hello, `wasmtime serve` (fresh instance per request, and with
 //! instance reuse) and `updraft up` on this machine, drives each with wrk, times
 //! Updraft's cold paths, reads its resident memory, times key-value operations
-//! from a guest against Redis, measures async events end to end and function-to-function calls, sets a 3-node cluster over NATS beside an embedded server, and reports it all as JSON and as the Markdown
+//! from a guest against Redis, measures async events end to end and function-to-function calls, times a guest's outgoing HTTP calls against a native hyper client's, sets a 3-node cluster over NATS beside an embedded server, and reports it all as JSON and as the Markdown
 //! of `BENCHMARKS.md`.
 //!
 //! Modules, in the order a run uses them: [`run`] (locating programs, the
 //! phases), [`servers`] (child processes, RSS), [`updraft`] (its API),
 //! [`native`] (the baseline server), [`wrk`] and [`load`] (warm load),
-//! [`cold`], [`memory`], [`kv`], [`events`], [`calls`], [`cluster`], then [`report`] (JSON, Markdown, targets) with
+//! [`cold`], [`memory`], [`kv`], [`events`], [`calls`], [`outbound`], [`cluster`], then [`report`] (JSON, Markdown, targets) with
 //! [`stats`]; [`http`] is the tiny client the control requests use.
 //! [`compare`] puts two runs side by side.
 
@@ -22,6 +22,7 @@ pub mod kv;
 pub mod load;
 pub mod memory;
 pub mod native;
+pub mod outbound;
 pub mod report;
 pub mod run;
 pub mod servers;

@@ -3,7 +3,8 @@
 //! `BENCHMARKS.md` between the results markers.
 //!
 //! The measuring modules ([`crate::load`], [`crate::cold`], [`crate::memory`],
-//! [`crate::kv`], [`crate::events`], [`crate::calls`], [`crate::cluster`])
+//! [`crate::kv`], [`crate::events`], [`crate::calls`], [`crate::outbound`],
+//! [`crate::cluster`])
 //! fill the sections; this module only derives and presents.
 
 use std::fmt::Write as _;
@@ -18,6 +19,7 @@ use crate::calls::CallsReport;
 use crate::cluster::{self, ClusterReport};
 use crate::events::EventsReport;
 use crate::kv::{self, KvReport};
+use crate::outbound::OutboundReport;
 use crate::servers::Rss;
 use crate::stats::Summary;
 use crate::wrk::{Errors, Point};
@@ -69,6 +71,10 @@ pub struct Report {
     pub events: EventsReport,
     /// Function-to-function calls against the same call over HTTP.
     pub calls: CallsReport,
+    /// A guest's outgoing HTTP call against a native client's (issue 18);
+    /// zeros in runs from before the phase, which still load for `compare`.
+    #[serde(default)]
+    pub outbound: OutboundReport,
     /// Cluster mode against embedded (issue 17); empty in runs from before
     /// the phase, which still load for `compare`.
     #[serde(default)]
@@ -464,6 +470,26 @@ pub fn targets(report: &Report) -> Vec<Target> {
         Some(calls.call_reuse_p50_ns > 0 && calls.call_reuse_p50_ns <= 20_000),
     );
 
+    // Issue 18: a guest's outgoing call costs little more than a native one.
+    let target = "outbound call p50 ≤ 1.5× a native hyper client (issue 18)";
+    let outbound = &report.outbound;
+    if outbound.measured() {
+        push(
+            target,
+            format!(
+                "{:.2}× ({} vs {}; p99 {} vs {})",
+                outbound.ratio_p50,
+                ns(outbound.updraft_p50_ns),
+                ns(outbound.native_p50_ns),
+                ns(outbound.updraft_p99_ns),
+                ns(outbound.native_p99_ns)
+            ),
+            Some(outbound.native_p50_ns > 0 && outbound.ratio_p50 <= 1.5),
+        );
+    } else {
+        push(target, "not measured".to_string(), None);
+    }
+
     // Issue 17: a plain request touches no NATS, so a node serves as fast
     // as an embedded server.
     let target = "cluster mode: warm req/s per node within 10% of embedded";
@@ -800,6 +826,7 @@ pub fn markdown(report: &Report) -> String {
     kv_markdown(&mut md, &report.kv);
     events_markdown(&mut md, &report.events);
     calls_markdown(&mut md, &report.calls);
+    outbound_markdown(&mut md, &report.outbound);
     metering_markdown(&mut md, report);
     cluster_markdown(&mut md, &report.cluster);
 
@@ -1051,6 +1078,37 @@ fn calls_markdown(md: &mut String, calls: &CallsReport) {
         ns(calls.http_p99_ns),
         ns(calls.call_http_callee_p50_ns),
         ns(calls.call_http_callee_p99_ns)
+    );
+}
+
+fn outbound_markdown(md: &mut String, outbound: &OutboundReport) {
+    if !outbound.measured() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n### Outgoing HTTP\n\nOne `GET` to the native hello on loopback (HTTP/1.1, \
+         keep-alive), {} times in a row per side and round, {} round(s), the sides \
+         alternating; medians of the rounds. **updraft-guest**: `tests/guests/http-chaos` \
+         (`allowed_outbound_hosts`) makes each call through `wasi:http/outgoing-handler` and \
+         the version's connection pool, timed inside the guest from building the request to \
+         the body's last byte. **native**: a hyper-util legacy `Client` (pooled) in the \
+         harness's process, timed the same way.\n\n\
+         | client | p50 | p99 |\n| --- | ---: | ---: |\n\
+         | updraft-guest | {} | {} |\n\
+         | native hyper client | {} | {} |\n\
+         | updraft-guest ÷ native | {:.2}× | {:.2}× |",
+        outbound.calls,
+        outbound.rounds,
+        ns(outbound.updraft_p50_ns),
+        ns(outbound.updraft_p99_ns),
+        ns(outbound.native_p50_ns),
+        ns(outbound.native_p99_ns),
+        outbound.ratio_p50,
+        divide(
+            outbound.updraft_p99_ns as f64,
+            outbound.native_p99_ns as f64
+        )
     );
 }
 

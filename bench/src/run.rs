@@ -1,9 +1,10 @@
 //! `updraft-bench run`: finds the programs, starts the servers, runs the
 //! phases in order — warm load ([`crate::load`]), cold paths
 //! ([`crate::cold`]), memory ([`crate::memory`]), key-value ([`crate::kv`]),
-//! async events ([`crate::events`]), calls ([`crate::calls`]), cluster mode
-//! ([`crate::cluster`]) — and assembles the [`Report`]. Each phase that
-//! needs a pristine server gets its own data dir.
+//! async events ([`crate::events`]), calls ([`crate::calls`]), outgoing HTTP
+//! ([`crate::outbound`]), cluster mode ([`crate::cluster`]) — and assembles
+//! the [`Report`]. Each phase that needs a pristine server gets its own data
+//! dir.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,12 +18,13 @@ use crate::kv::KvPlan;
 use crate::load::{LoadPlan, LoadTarget};
 use crate::memory::MemoryPlan;
 use crate::native::HELLO_BODY;
+use crate::outbound::{OutboundPlan, OutboundReport};
 use crate::report::{
     self, Machine, Mode, NATIVE, Report, Setup, UPDRAFT, UPDRAFT_REUSE, UPDRAFT_UNMETERED,
     WASMTIME, WASMTIME_REUSE,
 };
 use crate::servers::{self, Server};
-use crate::{calls, cluster, cold, events, http, kv, load, memory, updraft, wrk};
+use crate::{calls, cluster, cold, events, http, kv, load, memory, outbound, updraft, wrk};
 
 /// What the command line asked for.
 #[derive(Debug, Clone)]
@@ -49,6 +51,7 @@ pub struct Plan {
     pub kv: KvPlan,
     pub events: EventsPlan,
     pub calls: CallsPlan,
+    pub outbound: OutboundPlan,
     pub cluster: ClusterPlan,
 }
 
@@ -110,6 +113,17 @@ impl Plan {
                     Mode::Tiny => 100,
                 },
                 http_duration_s: duration_s.unwrap_or(duration).max(1),
+            },
+            outbound: OutboundPlan {
+                calls: match mode {
+                    Mode::Full => 20_000,
+                    Mode::Quick => 2_000,
+                    Mode::Tiny => 50,
+                },
+                rounds: match mode {
+                    Mode::Full => 3,
+                    _ => 1,
+                },
             },
             cluster: ClusterPlan {
                 // The warm-load points' parameters at c = 64, so the node's
@@ -261,7 +275,7 @@ pub fn run(options: &Options) -> Result<Report> {
         .tempdir()
         .context("cannot create a scratch dir")?;
     match phases(&tools, &plan, scratch.path(), &hello, &chaos) {
-        Ok((throughput, metering, cold, memory, kv, events, calls, cluster)) => {
+        Ok((throughput, metering, cold, memory, kv, events, calls, outbound, cluster)) => {
             let mut report = Report {
                 schema: report::SCHEMA,
                 mode: options.mode,
@@ -291,6 +305,7 @@ pub fn run(options: &Options) -> Result<Report> {
                 kv,
                 events,
                 calls,
+                outbound,
                 cluster,
                 targets: Vec::new(),
             };
@@ -329,6 +344,7 @@ type Phases = (
     kv::KvReport,
     EventsReport,
     CallsReport,
+    OutboundReport,
     ClusterReport,
 );
 
@@ -517,6 +533,12 @@ fn phases(
     )?;
 
     eprintln!(
+        "==> outgoing HTTP: {} GETs per side, {} round(s), from a guest and from a native client",
+        plan.outbound.calls, plan.outbound.rounds
+    );
+    let outbound = outbound::measure(&tools.me, &tools.updraft, scratch, chaos, &plan.outbound)?;
+
+    eprintln!(
         "==> cluster mode: {} nodes over one nats-server against embedded",
         cluster::NODES
     );
@@ -537,7 +559,7 @@ fn phases(
         &plan.cluster,
     )?;
     Ok((
-        throughput, metering, cold, memory, kv, events, calls, cluster,
+        throughput, metering, cold, memory, kv, events, calls, outbound, cluster,
     ))
 }
 

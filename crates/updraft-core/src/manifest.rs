@@ -265,6 +265,11 @@ impl TriggerSpec {
         }
         if let Some(kv) = &self.kv {
             name("key-value store", &kv.store)?;
+            if kv.store == SECRETS_STORE {
+                return Err(err(format!(
+                    "{SECRETS_STORE:?} is where secrets are kept; it cannot be watched"
+                )));
+            }
             if kv.prefix.len() > KV_TRIGGER_PREFIX_MAX {
                 return Err(err(format!(
                     "the kv prefix is {} bytes, at most {KV_TRIGGER_PREFIX_MAX} are allowed: watch a shorter prefix",
@@ -507,8 +512,8 @@ impl Manifest {
     }
 }
 
-/// `[variables]`: names Spin would take, values of sane size, and no
-/// `{{ … }}`, which is kept for references to secrets.
+/// `[variables]`: names Spin would take, values of sane size, and
+/// `{{ secret.NAME }}` as the only template.
 fn check_variables(vars: &BTreeMap<String, String>) -> Result<(), ManifestError> {
     let err = |m: String| ManifestError::Variables(m);
     if vars.len() > VARIABLES_MAX {
@@ -532,13 +537,59 @@ fn check_variables(vars: &BTreeMap<String, String>) -> Result<(), ManifestError>
                 value.len()
             )));
         }
-        if value.contains("{{") {
-            return Err(err(format!(
-                "{name}: `{{{{ … }}}}` is kept for references to secrets, which this server does not provide yet; write the value itself"
-            )));
-        }
+        parse_template(value).map_err(|reason| err(format!("{name}: {reason}")))?;
     }
     Ok(())
+}
+
+/// The store each tenant's secrets are kept in: no manifest may list it.
+pub const SECRETS_STORE: &str = "updraft-secrets";
+/// Longest secret name.
+pub const SECRET_NAME_MAX: usize = 64;
+
+/// Checks a secret's name: 1-64 letters, digits or `_`.
+pub fn validate_secret_name(name: &str) -> Result<(), String> {
+    let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if name.is_empty() || name.len() > SECRET_NAME_MAX || !plain {
+        return Err(format!("use 1-{SECRET_NAME_MAX} letters, digits or '_'"));
+    }
+    Ok(())
+}
+
+/// A piece of a variable's value: text, or a secret read when the
+/// function runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    Secret(String),
+}
+
+/// Splits a value into text and `{{ secret.NAME }}` references.
+pub fn parse_template(value: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = value;
+    while let Some(open) = rest.find("{{") {
+        if open > 0 {
+            pieces.push(Piece::Text(rest[..open].to_string()));
+        }
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            return Err("a `{{` without its `}}`".into());
+        };
+        let inner = after[..close].trim();
+        let Some(name) = inner.strip_prefix("secret.") else {
+            return Err(format!(
+                "`{{{{ {inner} }}}}` is not a reference: write `{{{{ secret.NAME }}}}`"
+            ));
+        };
+        validate_secret_name(name).map_err(|r| format!("secret name {name:?}: {r}"))?;
+        pieces.push(Piece::Secret(name.to_string()));
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_string()));
+    }
+    Ok(pieces)
 }
 
 /// A list of store or container names: valid, distinct, not too many.
@@ -554,6 +605,11 @@ fn check_names(field: &'static str, names: &[String]) -> Result<(), ManifestErro
         if validate_name(name).is_err() {
             return Err(err(format!(
                 "{name:?} is not a valid name: use 1-{NAME_LEN_MAX} lowercase letters, digits or '-', starting with a letter"
+            )));
+        }
+        if name == SECRETS_STORE {
+            return Err(err(format!(
+                "{name:?} is where secrets are kept; name the store otherwise"
             )));
         }
         if names[..i].contains(name) {

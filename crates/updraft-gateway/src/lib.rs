@@ -12,6 +12,7 @@ mod error;
 mod invoke;
 mod kv;
 mod queues;
+mod secrets;
 mod usage;
 
 use std::future::Future;
@@ -84,6 +85,8 @@ pub fn router(platform: Arc<Platform>) -> Router {
                 .put(usage::set_budget)
                 .delete(usage::clear_budget),
         )
+        .route("/secrets", get(secrets::list))
+        .route("/secrets/{name}", put(secrets::put).delete(secrets::delete))
         .route("/keys", get(auth::list).post(auth::create))
         .route("/keys/{id}", delete(auth::revoke))
         .fallback(api::not_found)

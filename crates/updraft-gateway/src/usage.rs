@@ -41,12 +41,13 @@ fn metering(platform: &Platform) -> Result<&Arc<Metering>, ApiError> {
 
 /// The tenant a request is about: the caller's own, or with an admin key
 /// any tenant named by `?tenant=`.
-fn tenant<'a>(caller: &'a Caller, asked: Option<&'a str>) -> Result<&'a str, ApiError> {
+pub(crate) fn tenant<'a>(caller: &'a Caller, asked: Option<&'a str>) -> Result<&'a str, ApiError> {
     match asked {
         None => Ok(&caller.tenant),
         Some(t) if t == &*caller.tenant || caller.admin => Ok(t),
         Some(_) => Err(PlatformError::Forbidden(
-            "only an admin key may see another tenant's usage, bill or budget".into(),
+            "only an admin key may act for another tenant (its usage, bill, budget or secrets)"
+                .into(),
         )
         .into()),
     }
@@ -259,7 +260,7 @@ pub(crate) async fn prices(State(platform): Shared) -> Result<Json<Value>, ApiEr
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TenantQuery {
-    tenant: Option<String>,
+    pub(crate) tenant: Option<String>,
 }
 
 /// `GET /v1/budget`.

@@ -85,6 +85,14 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Its `[variables]` for one invocation, secrets read now.
+    pub(crate) async fn config(&self) -> Option<crate::config::Resolved> {
+        match &self.grants.config {
+            Some(grant) => Some(grant.resolve().await),
+            None => None,
+        }
+    }
+
     /// Whether calls from other functions reach it directly, through its
     /// `updraft:platform/handler` export ([`Sandbox::invoke_handler`]).
     pub fn takes_calls(&self) -> bool {

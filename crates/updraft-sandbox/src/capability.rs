@@ -23,7 +23,7 @@ use wasmtime::component::Linker;
 
 use crate::blobs::BlobGrant;
 use crate::calls::{CallGrant, FunctionCaller};
-use crate::config::ConfigGrant;
+use crate::config::{ConfigGrant, SecretSource};
 use crate::host::Host;
 use crate::keyvalue::KvGrant;
 use crate::messaging::{PublishGrant, Publisher};
@@ -39,6 +39,8 @@ pub struct Backends {
     pub caller: Arc<dyn FunctionCaller>,
     /// Publishes messages for guests.
     pub publisher: Arc<dyn Publisher>,
+    /// Reads tenants' secrets for `[variables]`.
+    pub secrets: Arc<dyn SecretSource>,
 }
 
 /// Every capability a function holds: `None` where its manifest grants

@@ -33,6 +33,8 @@ pub(crate) struct Host {
     pub(crate) notes: Vec<String>,
     /// State operations of this invocation, for metering.
     pub(crate) usage: StateUsage,
+    /// Its `[variables]`, secrets read when it started.
+    pub(crate) config: Option<crate::config::Resolved>,
     /// Its writable space (`/tmp`, a private copy of its files), removed
     /// with the store.
     pub(crate) scratch: Option<crate::files::Scratch>,

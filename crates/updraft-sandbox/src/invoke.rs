@@ -158,6 +158,7 @@ impl Sandbox {
         stdout_bytes_max: usize,
         deadline: Instant,
         chain: Arc<[Arc<str>]>,
+        config: Option<crate::config::Resolved>,
     ) -> Result<(Store<Host>, Pipes), InvokeError> {
         let pipes = Pipes {
             stdout: CapturePipe::new(stdout_bytes_max),
@@ -189,6 +190,7 @@ impl Sandbox {
             chain,
             notes: Vec::new(),
             usage: StateUsage::default(),
+            config,
             scratch,
         };
         let mut store = Store::new(&self.engine, host);
@@ -212,6 +214,7 @@ impl Sandbox {
         prepared: &Prepared,
         deadline: Instant,
         chain: &Arc<[Arc<str>]>,
+        config: Option<crate::config::Resolved>,
     ) -> Result<Checkout, InvokeError> {
         match prepared.warm.as_deref().and_then(WarmPool::take) {
             Some(WarmInstance {
@@ -227,6 +230,7 @@ impl Sandbox {
                 host.notes.clear();
                 host.usage = StateUsage::default();
                 host.hooks.reset(deadline);
+                host.config = config;
                 store.set_epoch_deadline(1);
                 Ok(Checkout {
                     store,
@@ -242,6 +246,7 @@ impl Sandbox {
                     LOG_CAPTURE_BYTES_MAX,
                     deadline,
                     chain.clone(),
+                    config,
                 )?;
                 Ok(Checkout {
                     store,
@@ -280,7 +285,7 @@ impl Sandbox {
             pipes,
             exports,
             uses,
-        } = match self.checkout(prepared, deadline, &ctx.chain) {
+        } = match self.checkout(prepared, deadline, &ctx.chain, prepared.config().await) {
             Ok(checkout) => checkout,
             Err(e) => return fail(e),
         };
@@ -405,7 +410,7 @@ impl Sandbox {
             pipes,
             exports,
             uses,
-        } = match self.checkout(prepared, deadline, &ctx.chain) {
+        } = match self.checkout(prepared, deadline, &ctx.chain, prepared.config().await) {
             Ok(checkout) => checkout,
             Err(e) => return early_failure(e, on_done),
         };
@@ -550,8 +555,14 @@ impl Sandbox {
     pub async fn instantiate_only(&self, prepared: &Prepared) -> Result<(), InvokeError> {
         let deadline = Instant::now() + Duration::from_millis(prepared.limits.timeout_ms);
         let chain: Arc<[Arc<str>]> = Arc::new([]);
-        let (mut store, _pipes) =
-            self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline, chain)?;
+        let (mut store, _pipes) = self.new_store(
+            prepared,
+            None,
+            LOG_CAPTURE_BYTES_MAX,
+            deadline,
+            chain,
+            prepared.config().await,
+        )?;
         let result = match &prepared.pre {
             Pre::Core(pre) => pre.instantiate_async(&mut store).await.map(drop),
             other => match other.instance_pre() {
@@ -590,6 +601,7 @@ impl Sandbox {
             stdout_max,
             deadline,
             ctx.chain.clone(),
+            prepared.config().await,
         ) {
             Ok(created) => created,
             Err(e) => return fail(e),

@@ -32,6 +32,7 @@ pub use artifact::{LoadedFrom, PrepareSpec, Prepared, WasmSource};
 pub use blobs::BlobGrant;
 pub use calls::{CALL_DEPTH_MAX, CallError, CallGrant, CallRequest, FunctionCaller};
 pub use capability::{Backends, Grants};
+pub use config::SecretSource;
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{InvokeError, PrepareError};
 pub use files::FilesSpec;

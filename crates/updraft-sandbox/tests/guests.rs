@@ -66,6 +66,19 @@ impl Publisher for Channels {
     }
 }
 
+/// No secrets: these guests read none.
+struct NoSecrets;
+
+impl updraft_sandbox::SecretSource for NoSecrets {
+    fn get<'a>(
+        &'a self,
+        _tenant: &'a str,
+        _name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, String>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
 struct Fixture {
     sandbox: Arc<Sandbox>,
     backends: Backends,
@@ -86,6 +99,7 @@ impl Fixture {
             blobs: Arc::new(BlobConfig::default().open(dir.path(), 1 << 20).unwrap()),
             caller: callee.clone(),
             publisher: channels.clone(),
+            secrets: Arc::new(NoSecrets),
         };
         Fixture {
             sandbox: Sandbox::new(config).unwrap(),

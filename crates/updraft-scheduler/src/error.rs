@@ -25,6 +25,9 @@ pub enum PlatformError {
     /// 400 (404 for a missing key, 409 for a non-integer counter, 500 for storage).
     #[error(transparent)]
     Kv(#[from] KvError),
+    /// 400 for a bad name or value, 404 for a missing secret.
+    #[error(transparent)]
+    Secret(#[from] updraft_state::secrets::SecretError),
     /// 400 (404 for a missing blob, 413 for one too large, 500 for storage).
     #[error(transparent)]
     Blob(#[from] BlobError),
@@ -132,6 +135,7 @@ impl Classify for PlatformError {
             PlatformError::State(e) => e.kind(),
             PlatformError::Invoke(e) => e.kind(),
             PlatformError::Kv(e) => e.kind(),
+            PlatformError::Secret(e) => e.kind(),
             PlatformError::Blob(e) => e.kind(),
             PlatformError::Metering(e) => e.kind(),
             PlatformError::Queue(e) => e.kind(),
@@ -157,6 +161,7 @@ impl Classify for PlatformError {
             PlatformError::State(e) => e.code(),
             PlatformError::Invoke(e) => Classify::code(e),
             PlatformError::Kv(e) => e.code(),
+            PlatformError::Secret(e) => e.code(),
             PlatformError::Blob(e) => e.code(),
             PlatformError::Metering(e) => e.code(),
             PlatformError::Queue(e) => e.code(),

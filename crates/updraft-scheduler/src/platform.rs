@@ -26,11 +26,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use updraft_core::{Manifest, SharedClock};
 use updraft_metering::{Metering, PriceSheet};
-use updraft_sandbox::{Backends, Sandbox, SandboxConfig};
+use updraft_sandbox::{Backends, Sandbox, SandboxConfig, SecretSource};
 use updraft_state::blob::{BLOB_BYTES_MAX_DEFAULT, BlobConfig, Blobs};
 use updraft_state::kv::{KvConfig, KvStore, NatsKv};
 use updraft_state::nats::{Cluster, ClusterConfig};
 use updraft_state::queue::{EmbeddedQueues, NatsQueues, QueueStore};
+use updraft_state::secrets::{SecretInfo, Secrets};
 use updraft_state::usage::NatsUsage;
 use updraft_state::{
     EmbeddedRegistry, LogBackend, LogStore, NatsLogs, NatsRegistry, Registry, Tenants,
@@ -235,6 +236,22 @@ pub struct Platform {
     logs: Arc<Logs>,
     /// The tenants' API keys (the operator API's; see `operator`).
     pub(crate) tenants: Tenants,
+    /// The tenants' secrets, sealed.
+    secrets: Arc<Secrets>,
+}
+
+/// Guests' reads of their tenant's secrets. Errors name the secret and
+/// what to do, never a value.
+struct SecretReader(Arc<Secrets>);
+
+impl SecretSource for SecretReader {
+    fn get<'a>(
+        &'a self,
+        tenant: &'a str,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<String>, String>> {
+        Box::pin(async move { self.0.get(tenant, name).await.map_err(|e| e.to_string()) })
+    }
 }
 
 fn join_error(e: tokio::task::JoinError) -> PlatformError {
@@ -306,6 +323,10 @@ impl Platform {
         let logs = Arc::new(Logs::start(logs).await?);
         let (usage, budget_alerts) =
             Usage::new(metering, usage_log, logs.clone(), config.node.into());
+        let secrets = Arc::new(
+            Secrets::open(kv.clone(), &config.data_dir, config.cluster.is_some())
+                .map_err(|e| PlatformError::Task(Box::new(e)))?,
+        );
         let kv_watchers = Arc::new(RwLock::default());
         let (inner_kv, blobs_sampled) = (kv.clone(), blobs.clone());
         // The services, innermost first. A guest's capabilities point back
@@ -322,6 +343,7 @@ impl Platform {
                     blobs,
                     caller: Arc::new(InvokerCaller(invoker_weak.clone())),
                     publisher: Arc::new(EventsPublisher(events_weak.clone())),
+                    secrets: Arc::new(SecretReader(secrets.clone())),
                 };
                 let functions = Arc::new(Functions::new(
                     sandbox.clone(),
@@ -354,6 +376,7 @@ impl Platform {
             usage,
             logs,
             tenants,
+            secrets,
         });
         // Watch before listing, so no change falls between the two.
         let changes = platform.functions.registry().changes().await?;
@@ -392,6 +415,26 @@ impl Platform {
     /// Metering and budgets.
     pub fn usage(&self) -> &Arc<Usage> {
         &self.usage
+    }
+
+    /// Sets `tenant`'s secret `name`: the next invocation reads it.
+    pub async fn secret_set(
+        &self,
+        tenant: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<(), PlatformError> {
+        Ok(self.secrets.set(tenant, name, value).await?)
+    }
+
+    /// `tenant`'s secrets, by name only.
+    pub async fn secret_list(&self, tenant: &str) -> Result<Vec<SecretInfo>, PlatformError> {
+        Ok(self.secrets.list(tenant).await?)
+    }
+
+    /// Removes `tenant`'s secret `name`.
+    pub async fn secret_delete(&self, tenant: &str, name: &str) -> Result<(), PlatformError> {
+        Ok(self.secrets.delete(tenant, name).await?)
     }
 
     /// This node's name.

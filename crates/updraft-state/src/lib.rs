@@ -15,6 +15,7 @@ pub mod logs;
 pub mod nats;
 pub mod queue;
 pub mod registry;
+pub mod secrets;
 pub mod tenants;
 pub mod usage;
 

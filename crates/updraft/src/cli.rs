@@ -137,6 +137,10 @@ pub enum ClientCommand {
     /// Your tenant's monthly budget: past it, invocations are refused (402).
     #[command(subcommand)]
     Budget(BudgetCommand),
+    /// Your tenant's secrets, which `[variables]` reference as
+    /// `{{ secret.NAME }}`. Values are never shown again.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// What a load would cost, and when a reserved server is cheaper.
     #[command(subcommand)]
     Cost(CostCommand),
@@ -229,6 +233,30 @@ pub enum DlqCommand {
     Redrive {
         /// Function name.
         name: String,
+    },
+}
+
+/// `updraft secrets …`.
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Set (or replace) a secret; the value is read from stdin (a trailing
+    /// newline is dropped). The next invocation reads it.
+    Set {
+        name: String,
+        /// Another tenant's (admin key only).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// The names of your secrets.
+    Ls {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Remove a secret.
+    Rm {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 

@@ -184,6 +184,18 @@ impl FunctionDetail {
     }
 }
 
+/// `GET /v1/secrets`.
+#[derive(Deserialize, Debug, Default)]
+#[serde(default)]
+pub struct SecretList {
+    pub secrets: Vec<SecretName>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+pub struct SecretName {
+    pub name: String,
+}
+
 /// `GET /v1/blobs`.
 #[derive(Deserialize, Debug, Default)]
 #[serde(default)]
@@ -496,6 +508,36 @@ impl Client {
             .http
             .put(self.url(&["v1", "kv", store, key]))
             .body(value);
+        check_status(self.send(req.timeout(MANAGEMENT_TIMEOUT)).await?).await?;
+        Ok(())
+    }
+
+    /// `GET /v1/secrets`: names only.
+    pub async fn secrets(&self, tenant: Option<&str>) -> Result<Reply<SecretList>> {
+        let mut url = self.url(&["v1", "secrets"]);
+        if let Some(tenant) = tenant {
+            url.query_pairs_mut().append_pair("tenant", tenant);
+        }
+        self.json(self.http.get(url).timeout(MANAGEMENT_TIMEOUT))
+            .await
+    }
+
+    pub async fn secret_set(&self, name: &str, value: String, tenant: Option<&str>) -> Result<()> {
+        let mut url = self.url(&["v1", "secrets", name]);
+        if let Some(tenant) = tenant {
+            url.query_pairs_mut().append_pair("tenant", tenant);
+        }
+        let req = self.http.put(url).body(value);
+        check_status(self.send(req.timeout(MANAGEMENT_TIMEOUT)).await?).await?;
+        Ok(())
+    }
+
+    pub async fn secret_delete(&self, name: &str, tenant: Option<&str>) -> Result<()> {
+        let mut url = self.url(&["v1", "secrets", name]);
+        if let Some(tenant) = tenant {
+            url.query_pairs_mut().append_pair("tenant", tenant);
+        }
+        let req = self.http.delete(url);
         check_status(self.send(req.timeout(MANAGEMENT_TIMEOUT)).await?).await?;
         Ok(())
     }

@@ -23,7 +23,7 @@ use clap::Parser;
 
 use cli::{
     BlobCommand, Cli, ClientCommand, Command, DeployArgs, InvokeArgs, KeysCommand, KvCommand,
-    LogsArgs,
+    LogsArgs, SecretsCommand,
 };
 use client::{Client, INVOCATION_ID_HEADER, LineSplitter, check_status};
 
@@ -138,6 +138,7 @@ async fn run_client(client: &Client, command: ClientCommand, json: bool) -> Resu
         } => money::usage(client, from, to, &by, tenant, json).await,
         ClientCommand::Bill { month, tenant } => money::bill(client, month, tenant, json).await,
         ClientCommand::Budget(command) => money::budget(client, command, json).await,
+        ClientCommand::Secrets(command) => secrets(client, command, json).await,
         ClientCommand::Cost(command) => money::cost(client, command, json).await,
         ClientCommand::Invocation { id } => events::invocation(client, &id, json).await,
         ClientCommand::Dlq(command) => events::dlq(client, command, json).await,
@@ -145,6 +146,41 @@ async fn run_client(client: &Client, command: ClientCommand, json: bool) -> Resu
         ClientCommand::Topics(command) => events::topics(client, command, json).await,
         ClientCommand::Publish(args) => events::publish(client, &args, json).await,
     }
+}
+
+async fn secrets(client: &Client, command: SecretsCommand, json: bool) -> Result<()> {
+    match command {
+        SecretsCommand::Set { name, tenant } => {
+            let mut value = String::new();
+            io::stdin()
+                .read_to_string(&mut value)
+                .context("reading the secret's value from stdin")?;
+            // `echo value | updraft secrets set NAME` must not store the newline.
+            let value = value
+                .strip_suffix('\n')
+                .map(|v| v.strip_suffix('\r').unwrap_or(v))
+                .unwrap_or(&value)
+                .to_string();
+            client.secret_set(&name, value, tenant.as_deref()).await?;
+            eprintln!("secret {name} set");
+        }
+        SecretsCommand::Ls { tenant } => {
+            let reply = client.secrets(tenant.as_deref()).await?;
+            let mut out = io::stdout().lock();
+            if json {
+                output::write_json(&mut out, &reply.raw)?;
+            } else {
+                for secret in &reply.body.secrets {
+                    writeln!(out, "{}", secret.name)?;
+                }
+            }
+        }
+        SecretsCommand::Rm { name, tenant } => {
+            client.secret_delete(&name, tenant.as_deref()).await?;
+            eprintln!("secret {name} removed");
+        }
+    }
+    Ok(())
 }
 
 async fn blob(client: &Client, command: BlobCommand, json: bool) -> Result<()> {

@@ -12,6 +12,7 @@
 //! | `/slow?ms=N`    | sleeps N ms on a monotonic-clock pollable, 200 "slept"     |
 //! | `/fetch`        | makes an outgoing request; 200 "fetched" or "refused: E"   |
 //! | `/fetch?to=URL&send=N` | GET URL (POST of N bytes with `send`); 200 "fetched S: BODY" |
+//! | `/fetch-bench?to=URL&n=N` | N sequential GETs of URL, each timed; 200 with the N latencies in ns, one a line (500 "E" on the first failure) |
 //! | `/count`        | 200 with how many requests this instance has served (1…)   |
 //! | `/headers`      | 200: the path it saw, then each header as `name: value`    |
 //! | anything else   | 200 "chaos ok"                                             |
@@ -40,6 +41,9 @@ static SERVED: AtomicU64 = AtomicU64::new(0);
 const ECHO_CHUNK_BYTES: u64 = 64 * 1024;
 /// Size of each allocation made by `/bomb`.
 const BOMB_CHUNK_BYTES: usize = 1024 * 1024;
+/// Most GETs one `/fetch-bench` request makes: its answer (a line per GET)
+/// stays under a megabyte, and its run well inside a function's timeout.
+const FETCH_BENCH_MAX: usize = 100_000;
 
 impl wasip2::exports::http::incoming_handler::Guest for Chaos {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
@@ -97,6 +101,23 @@ impl wasip2::exports::http::incoming_handler::Guest for Chaos {
                 };
                 respond(response_out, 200, outcome.as_bytes())
             }
+            "fetch-bench" => {
+                let n = query_param(query, "n").and_then(|n| n.parse::<usize>().ok());
+                match (query_param(query, "to"), n) {
+                    (Some(to), Some(n)) if n <= FETCH_BENCH_MAX => {
+                        match fetch_bench(&percent_decode(to), n) {
+                            Ok(latencies) => respond(response_out, 200, latencies.as_bytes()),
+                            Err(e) => respond(response_out, 500, e.as_bytes()),
+                        }
+                    }
+                    _ => respond(
+                        response_out,
+                        400,
+                        format!("missing ?to=URL or ?n=N (N at most {FETCH_BENCH_MAX})\n")
+                            .as_bytes(),
+                    ),
+                }
+            }
             "count" => {
                 eprintln!("request {served} of this instance");
                 respond(response_out, 200, served.to_string().as_bytes())
@@ -133,20 +154,8 @@ fn fetch() -> String {
 /// and says what came back: "fetched STATUS: BODY" or "refused: E".
 fn fetch_url(url: &str, send: usize) -> String {
     use wasip2::http::outgoing_handler;
-    use wasip2::http::types::{Method, OutgoingRequest, Scheme};
-    let (scheme, rest) = match url.split_once("://") {
-        Some(("https", rest)) => (Scheme::Https, rest),
-        Some((_, rest)) => (Scheme::Http, rest),
-        None => (Scheme::Http, url),
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let request = OutgoingRequest::new(Fields::new());
-    let _ = request.set_scheme(Some(&scheme));
-    let _ = request.set_authority(Some(authority));
-    let _ = request.set_path_with_query(Some(path));
+    use wasip2::http::types::Method;
+    let request = outgoing_get(url);
     if send > 0 {
         let _ = request.set_method(&Method::Post);
         let Ok(body) = request.body() else {
@@ -173,20 +182,44 @@ fn fetch_url(url: &str, send: usize) -> String {
 }
 
 fn read_response(
-    future: Result<
-        wasip2::http::types::FutureIncomingResponse,
-        wasip2::http::types::ErrorCode,
-    >,
+    future: Result<wasip2::http::types::FutureIncomingResponse, wasip2::http::types::ErrorCode>,
 ) -> String {
-    let future = match future {
-        Ok(future) => future,
-        Err(code) => return format!("refused: {code:?}"),
+    match receive(future) {
+        Ok((status, body)) => format!("fetched {status}: {}", String::from_utf8_lossy(&body)),
+        Err(e) => e,
+    }
+}
+
+/// A GET of `url` (`http://` or `https://`; no scheme means `http`).
+fn outgoing_get(url: &str) -> wasip2::http::types::OutgoingRequest {
+    use wasip2::http::types::{OutgoingRequest, Scheme};
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("https", rest)) => (Scheme::Https, rest),
+        Some((_, rest)) => (Scheme::Http, rest),
+        None => (Scheme::Http, url),
     };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&scheme));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(path));
+    request
+}
+
+/// Waits for the response and reads its whole body: the status and the
+/// bytes, or "refused: E".
+fn receive(
+    future: Result<wasip2::http::types::FutureIncomingResponse, wasip2::http::types::ErrorCode>,
+) -> Result<(u16, Vec<u8>), String> {
+    let future = future.map_err(|code| format!("refused: {code:?}"))?;
     future.subscribe().block();
     let response = match future.get() {
         Some(Ok(Ok(response))) => response,
-        Some(Ok(Err(code))) => return format!("refused: {code:?}"),
-        other => return format!("refused: {other:?}"),
+        Some(Ok(Err(code))) => return Err(format!("refused: {code:?}")),
+        other => return Err(format!("refused: {other:?}")),
     };
     let status = response.status();
     let mut body = Vec::new();
@@ -198,12 +231,38 @@ fn read_response(
                 Ok(chunk) => body.extend_from_slice(&chunk),
                 Err(StreamError::Closed) => break,
                 Err(StreamError::LastOperationFailed(e)) => {
-                    return format!("refused: reading the body: {}", e.to_debug_string());
+                    return Err(format!(
+                        "refused: reading the body: {}",
+                        e.to_debug_string()
+                    ));
                 }
             }
         }
     }
-    format!("fetched {status}: {}", String::from_utf8_lossy(&body))
+    Ok((status, body))
+}
+
+/// `n` GETs of `url`, one after the other, each timed on the monotonic
+/// clock from building the request to the last byte of its body: the
+/// latencies in ns, one a line, or what went wrong on the first failure.
+fn fetch_bench(url: &str, n: usize) -> Result<String, String> {
+    use std::fmt::Write as _;
+    use wasip2::clocks::monotonic_clock;
+    use wasip2::http::outgoing_handler;
+    let mut out = String::with_capacity(n * 8);
+    for i in 0..n {
+        let start = monotonic_clock::now();
+        let (status, body) = receive(outgoing_handler::handle(outgoing_get(url), None))?;
+        let elapsed = monotonic_clock::now().saturating_sub(start);
+        if status != 200 || body.is_empty() {
+            return Err(format!(
+                "GET {i} of {url} answered {status} with {} bytes",
+                body.len()
+            ));
+        }
+        let _ = writeln!(out, "{elapsed}");
+    }
+    Ok(out)
 }
 
 /// Undoes `%XX` escapes (a URL passed in a query parameter).
