@@ -92,6 +92,8 @@ const CLUSTER_SUITES: &[&str] = &[
     "bad_input",
     "hostile",
     "reuse",
+    "files",
+    "outbound",
 ];
 
 /// Address `cargo xtask up` serves on.
