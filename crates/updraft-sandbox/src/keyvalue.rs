@@ -99,21 +99,22 @@ impl Host {
     fn kv_bytes(&mut self, bytes: usize) {
         self.usage.kv_bytes += bytes as u64;
     }
-}
 
-impl store::Host for Host {
-    async fn open(&mut self, identifier: String) -> Outcome<Resource<Bucket>> {
-        // `""` is the default store: what wasmtime's wasi-keyvalue opens.
+    /// The store `open(identifier)` names, if the manifest lists it (both
+    /// drafts): `""` is the default store, what wasmtime's wasi-keyvalue
+    /// opens. A refusal is noted for the logs.
+    pub(crate) fn granted_store(&mut self, identifier: String) -> Option<StoreId> {
         let identifier = match identifier.as_str() {
             "" => DEFAULT_STORE.to_string(),
             _ => identifier,
         };
-        let Some(grant) = self
+        let owner = self
             .grants
             .kv
             .as_ref()
             .filter(|grant| grant.stores.contains(&identifier))
-        else {
+            .map(|grant| grant.owner.clone());
+        if owner.is_none() {
             let listed = self.grants.kv.as_ref().map(|g| g.stores.as_slice());
             let note = refused(
                 &format!("key-value store {identifier:?}"),
@@ -121,10 +122,17 @@ impl store::Host for Host {
                 listed,
             );
             self.note(note);
-            return Ok(Err(store::Error::AccessDenied));
-        };
-        let store = StoreId::new(grant.owner.clone(), identifier);
-        Ok(Ok(self.table.push(Bucket { store })?))
+        }
+        owner.map(|owner| StoreId::new(owner, identifier))
+    }
+}
+
+impl store::Host for Host {
+    async fn open(&mut self, identifier: String) -> Outcome<Resource<Bucket>> {
+        match self.granted_store(identifier) {
+            Some(store) => Ok(Ok(self.table.push(Bucket { store })?)),
+            None => Ok(Err(store::Error::AccessDenied)),
+        }
     }
 }
 

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use updraft_state::kv::{KvStore, LIST_PAGE_MAX, StoreId};
 use wasmtime::component::{HasSelf, Linker, Resource};
 
-use crate::host::{Host, refused};
-use crate::keyvalue::DEFAULT_STORE;
+use crate::host::Host;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -72,31 +71,13 @@ impl Host {
 
 impl store::Host for Host {
     async fn open(&mut self, identifier: String) -> Outcome<Resource<DraftBucket>> {
-        // `""` is the default store: what wasmtime's wasi-keyvalue opens.
-        let identifier = match identifier.as_str() {
-            "" => DEFAULT_STORE.to_string(),
-            _ => identifier,
-        };
-        let Some(grant) = self
-            .grants
-            .kv
-            .as_ref()
-            .filter(|grant| grant.stores.contains(&identifier))
-        else {
-            let listed = self.grants.kv.as_ref().map(|g| g.stores.as_slice());
-            let note = refused(
-                &format!("key-value store {identifier:?}"),
-                "key_value_stores",
-                listed,
-            );
-            self.note(note);
-            return Ok(Err(store::Error::AccessDenied));
-        };
-        let store = StoreId::new(grant.owner.clone(), identifier);
-        Ok(Ok(self.table.push(DraftBucket {
-            store,
-            cursors: Vec::new(),
-        })?))
+        match self.granted_store(identifier) {
+            Some(store) => Ok(Ok(self.table.push(DraftBucket {
+                store,
+                cursors: Vec::new(),
+            })?)),
+            None => Ok(Err(store::Error::AccessDenied)),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! Acceptance 6: the hello component answers the same under `wasmtime serve`
-//! (wasmtime-cli 48, installed by scripts/setup.sh) as under Updraft.
+//! Portability: components answer the same under `wasmtime serve`
+//! (wasmtime-cli 48, installed by scripts/setup.sh) as under Updraft:
+//! hello, both wasi:keyvalue drafts, wasi:config.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -29,44 +30,62 @@ fn wasmtime() -> String {
     panic!("wasmtime-cli 48.0.8 not found: run scripts/setup.sh (or set WASMTIME)");
 }
 
-struct Peer(std::process::Child);
+/// `wasmtime serve` of a guest, on a port picked now; killed when dropped.
+struct Peer {
+    child: std::process::Child,
+    url: String,
+    _cache: tempfile::TempDir,
+}
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hello_answers_identically_under_wasmtime_serve() {
+/// Starts `wasmtime serve` with `options` (`-S …`) on `guest_name`, and
+/// waits until it answers.
+async fn serve(guest_name: &str, options: &[&str]) -> Peer {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let cache = tempfile::tempdir().unwrap();
-    let _peer = Peer(
-        Command::new(wasmtime())
-            .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-            .arg(guest("hello-rust"))
-            .env("XDG_CACHE_HOME", cache.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let child = Command::new(wasmtime())
+        .arg("serve")
+        .args(options)
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .arg(guest(guest_name))
+        .env("XDG_CACHE_HOME", cache.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let peer = Peer {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _cache: cache,
+    };
+    let client = client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get(&peer.url).send().await.is_err() {
+        assert!(Instant::now() < deadline, "wasmtime serve did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    peer
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hello_answers_identically_under_wasmtime_serve() {
+    let peer = serve("hello-rust", &[]).await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     server.deploy_guest("hello", "hello-rust", "route = \"/hello\"");
 
     let client = client();
-    let peer_url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.get(&peer_url).send().await.is_err() {
-        assert!(Instant::now() < deadline, "wasmtime serve did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let peer_url = &peer.url;
     for query in ["", "?name=Ada"] {
         let ours = client
             .get(server.url(&format!("/hello{query}")))
@@ -96,37 +115,13 @@ async fn hello_answers_identically_under_wasmtime_serve() {
 /// same key.
 #[tokio::test(flavor = "multi_thread")]
 async fn both_keyvalue_drafts_run_unchanged_and_share_a_store() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cache = tempfile::tempdir().unwrap();
-    let _peer = Peer(
-        Command::new(wasmtime())
-            .args([
-                "serve",
-                "-S",
-                "cli,keyvalue",
-                "-S",
-                "keyvalue-in-memory-data=n=41",
-                "--addr",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg(guest("kv-draft"))
-            .env("XDG_CACHE_HOME", cache.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let peer = serve(
+        "kv-draft",
+        &["-S", "cli,keyvalue", "-S", "keyvalue-in-memory-data=n=41"],
+    )
+    .await;
     let client = client();
-    let peer_url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.get(format!("{peer_url}/get")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "wasmtime serve did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let peer_url = &peer.url;
     // counter-rust ends its count with a newline; kv-draft does not.
     let text = |r: reqwest::Response| async move {
         (
@@ -190,32 +185,18 @@ async fn both_keyvalue_drafts_run_unchanged_and_share_a_store() {
 /// variables are refused at deploy.
 #[tokio::test(flavor = "multi_thread")]
 async fn variables_read_through_wasi_config_as_under_wasmtime_serve() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cache = tempfile::tempdir().unwrap();
-    let _peer = Peer(
-        Command::new(wasmtime())
-            .args([
-                "serve",
-                "-S",
-                "cli,config",
-                "-S",
-                "config-var=api_url=https://api.example.com",
-                "-S",
-                "config-var=mode=fast lane",
-                "--addr",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg(guest("config-reader"))
-            .env("XDG_CACHE_HOME", cache.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let peer = serve(
+        "config-reader",
+        &[
+            "-S",
+            "cli,config",
+            "-S",
+            "config-var=api_url=https://api.example.com",
+            "-S",
+            "config-var=mode=fast lane",
+        ],
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     server.deploy_guest(
@@ -224,12 +205,7 @@ async fn variables_read_through_wasi_config_as_under_wasmtime_serve() {
         "route = \"/config/...\"\n[variables]\napi_url = \"https://api.example.com\"\nmode = \"fast lane\"",
     );
     let client = client();
-    let peer_url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.get(format!("{peer_url}/all")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "wasmtime serve did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let peer_url = &peer.url;
     for path in [
         "/all",
         "/get?key=api_url",
@@ -262,7 +238,8 @@ async fn variables_read_through_wasi_config_as_under_wasmtime_serve() {
 
     for (vars, says) in [
         ("Bad-Name = \"x\"", "lowercase letters"),
-        ("token = \"{{ secret.token }}\"", "secrets"),
+        ("home = \"{{ env.HOME }}\"", "secret.NAME"),
+        ("token = \"{{ secret.token\"", "without its"),
     ] {
         let manifest =
             server.write_manifest("bad", "config-reader", &format!("[variables]\n{vars}"));
