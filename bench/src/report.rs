@@ -831,7 +831,7 @@ pub fn markdown(report: &Report) -> String {
     cluster_markdown(&mut md, &report.cluster);
 
     md.push_str(
-        "\n### Targets (issues 3, 4, 5, 6 and 17)\n\n| target | measured | met? |\n| --- | --- | --- |\n",
+        "\n### Targets (issues 3, 4, 5, 6, 17 and 18)\n\n| target | measured | met? |\n| --- | --- | --- |\n",
     );
     for t in &report.targets {
         let _ = writeln!(md, "| {} | {} | {} |", t.target, t.measured, met(t.met));
@@ -1098,7 +1098,7 @@ fn outbound_markdown(md: &mut String, outbound: &OutboundReport) {
          | updraft-guest | {} | {} |\n\
          | native hyper client | {} | {} |\n\
          | updraft-guest ÷ native | {:.2}× | {:.2}× |",
-        outbound.calls,
+        thousands(outbound.calls as f64),
         outbound.rounds,
         ns(outbound.updraft_p50_ns),
         ns(outbound.updraft_p99_ns),

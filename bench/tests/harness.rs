@@ -61,6 +61,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
         "kv",
         "events",
         "calls",
+        "outbound",
         "cluster",
         "targets",
     ] {
@@ -211,7 +212,12 @@ fn tiny_run_writes_complete_json_and_markdown() {
         elastic.ran > 0 && elastic.queued >= elastic.backlog && elastic.first_run_ms > 0.0,
         "{elastic:?}"
     );
-    assert_eq!(report.targets.len(), 21);
+    let outbound = &report.outbound;
+    assert!(
+        outbound.updraft_p50_ns > 0 && outbound.native_p50_ns > 0 && outbound.ratio_p50 > 0.0,
+        "{outbound:?}"
+    );
+    assert_eq!(report.targets.len(), 22);
     assert!(
         report
             .targets
@@ -233,7 +239,8 @@ fn tiny_run_writes_complete_json_and_markdown() {
             && md.contains("### Async events end to end")
             && md.contains("### Function-to-function calls")
             && md.contains("### Cluster mode against embedded")
-            && md.contains("### Targets (issues 3, 4, 5, 6 and 17)"),
+            && md.contains("### Outgoing HTTP")
+            && md.contains("### Targets (issues 3, 4, 5, 6, 17 and 18)"),
         "{md}"
     );
 }
