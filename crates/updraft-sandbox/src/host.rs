@@ -19,7 +19,8 @@ pub(crate) struct Host {
     pub(crate) deadline: Instant,
     pub(crate) wasi: WasiCtx,
     /// The WASI context of a core wasip1 module; `None` for components.
-    pub(crate) p1: Option<WasiP1Ctx>,
+    /// Boxed: every store of a component would otherwise carry its bytes.
+    pub(crate) p1: Option<Box<WasiP1Ctx>>,
     pub(crate) http: WasiHttpCtx,
     /// Outgoing HTTP, as the version's grant allows.
     pub(crate) hooks: Outbound,
@@ -62,7 +63,7 @@ impl Host {
     /// module runs; an empty one otherwise (no core module reaches it).
     pub(crate) fn p1(&mut self) -> &mut WasiP1Ctx {
         self.p1
-            .get_or_insert_with(|| wasmtime_wasi::WasiCtxBuilder::new().build_p1())
+            .get_or_insert_with(|| Box::new(wasmtime_wasi::WasiCtxBuilder::new().build_p1()))
     }
 
     /// Adds a note for this invocation's logs (the first [`NOTES_MAX`]).

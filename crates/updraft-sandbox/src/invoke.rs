@@ -175,7 +175,10 @@ impl Sandbox {
         let scratch = self.mount(&prepared.mounts, &mut wasi)?;
         // A core module reads WASI through preview1; the p2 context is unused.
         let (wasi, p1) = match prepared.pre {
-            Pre::Core(_) => (WasiCtxBuilder::new().build(), Some(wasi.build_p1())),
+            Pre::Core(_) => (
+                WasiCtxBuilder::new().build(),
+                Some(Box::new(wasi.build_p1())),
+            ),
             _ => (wasi.build(), None),
         };
         let host = Host {

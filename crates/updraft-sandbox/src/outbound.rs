@@ -188,7 +188,9 @@ impl OutboundTally {
 pub(crate) struct Outbound {
     pub(crate) grant: Option<Arc<OutboundGrant>>,
     pub(crate) deadline: Instant,
-    pub(crate) tally: Arc<Mutex<OutboundTally>>,
+    /// Made at the first outgoing request: most invocations send none,
+    /// and the fresh-instance path should not pay for it.
+    tally: Option<Arc<Mutex<OutboundTally>>>,
 }
 
 impl Outbound {
@@ -196,19 +198,22 @@ impl Outbound {
         Outbound {
             grant,
             deadline,
-            tally: Arc::default(),
+            tally: None,
         }
     }
 
     /// Starts a new invocation on a reused instance.
     pub(crate) fn reset(&mut self, deadline: Instant) {
         self.deadline = deadline;
-        self.tally = Arc::default();
+        self.tally = None;
     }
 
     /// Takes what this invocation did.
     pub(crate) fn take_tally(&self) -> OutboundTally {
-        match self.tally.lock() {
+        let Some(tally) = &self.tally else {
+            return OutboundTally::default();
+        };
+        match tally.lock() {
             Ok(mut t) => std::mem::take(&mut *t),
             Err(_) => OutboundTally::default(),
         }
@@ -237,7 +242,7 @@ impl WasiHttpHooks for Outbound {
         options: Option<RequestOptions>,
         _io: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> OutgoingFuture {
-        let tally = self.tally.clone();
+        let tally = self.tally.get_or_insert_with(Arc::default).clone();
         let deadline = self.deadline;
         let uri = request.uri();
         let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
