@@ -252,9 +252,11 @@ impl Sandbox {
         self.artifact_path(digest).is_file()
     }
 
-    /// Removes a cached artifact (when no version uses the Wasm any more).
+    /// Removes a cached artifact, or an unpacked files bundle (when no
+    /// version uses it any more).
     pub fn evict(&self, digest: &Digest) {
         let _ = std::fs::remove_file(self.artifact_path(digest));
+        self.evict_files(digest);
     }
 
     fn load_or_compile(

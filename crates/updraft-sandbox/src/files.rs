@@ -73,6 +73,16 @@ impl Sandbox {
         self.cache_dir.join("files").join(digest.hex())
     }
 
+    /// Removes the unpacked bundle `digest`, if this node has one.
+    pub(crate) fn evict_files(&self, digest: &Digest) {
+        let dir = self.files_dir(digest);
+        if dir.is_dir()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!("cannot remove the unused files {}: {e}", dir.display());
+        }
+    }
+
     /// Whether this node has unpacked the bundle `digest`.
     pub fn has_files(&self, digest: &Digest) -> bool {
         self.files_dir(digest).is_dir()

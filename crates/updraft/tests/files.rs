@@ -146,6 +146,21 @@ async fn writable_files_are_a_private_copy_per_invocation() {
     assert_eq!((status, out.as_str()), (200, "wrote 4\nxxxx\n"));
     let (_, out) = probe(&server, "writer", "cat /state.txt\n").await;
     assert_eq!(out, "original\n", "a write leaked into the next invocation");
+
+    // Removing the function removes its files: the stored bundle and the
+    // node's unpacked copy (embedded mode keeps both in the data dir).
+    if std::env::var_os("UPDRAFT_TEST_CLUSTER").is_none() {
+        let unpacked = data.join("compiled/files");
+        assert_eq!(std::fs::read_dir(&unpacked).unwrap().count(), 1);
+        server.cli_ok(&["rm", "writer"]);
+        assert_eq!(std::fs::read_dir(&unpacked).unwrap().count(), 0);
+        let stored: Vec<_> = std::fs::read_dir(data.join("wasm"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(stored.is_empty(), "{stored:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

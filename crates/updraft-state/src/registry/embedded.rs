@@ -371,6 +371,7 @@ impl Inner {
                 let (key, value) = entry?;
                 let version: VersionRecord = serde_json::from_slice(value.value())?;
                 removed.insert(version.wasm_digest);
+                removed.extend(version.manifest.files_digest);
                 keys.push(key.value().1);
             }
             for key in keys {
@@ -380,6 +381,9 @@ impl Inner {
                 let (_, value) = entry?;
                 let version: VersionRecord = serde_json::from_slice(value.value())?;
                 removed.remove(&version.wasm_digest);
+                if let Some(files) = &version.manifest.files_digest {
+                    removed.remove(files);
+                }
             }
             removed.into_iter().collect::<Vec<_>>()
         };

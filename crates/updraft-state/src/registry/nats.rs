@@ -71,6 +71,9 @@ struct VersionRef {
     digest: Digest,
     wasm: Digest,
     route: Option<String>,
+    /// Its files bundle, kept in the same object store as the Wasm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    files: Option<Digest>,
 }
 
 impl Entry {
@@ -366,6 +369,7 @@ impl Registry for NatsRegistry {
                             digest,
                             wasm: record.wasm_digest,
                             route: record.manifest.route.clone(),
+                            files: record.manifest.files_digest,
                         },
                     );
                     let version_key = version_key(&entry.id, &digest);
@@ -482,11 +486,18 @@ impl Registry for NatsRegistry {
             .filter(format!("{}versions.{}.>", self.bucket.prefix, removed.id))
             .await
             .map_err(|e| unavailable("removing versions failed")(boxed(e)))?;
-        let mut orphans: BTreeSet<Digest> = removed.versions.values().map(|v| v.wasm).collect();
+        let mut orphans: BTreeSet<Digest> = removed
+            .versions
+            .values()
+            .flat_map(|v| std::iter::once(v.wasm).chain(v.files))
+            .collect();
         for (_, doc) in self.docs().await? {
             for entry in doc.functions.values() {
                 for version in entry.versions.values() {
                     orphans.remove(&version.wasm);
+                    if let Some(files) = &version.files {
+                        orphans.remove(files);
+                    }
                 }
             }
         }
