@@ -39,8 +39,6 @@ pub(crate) enum Pre {
         proxy: ProxyIndices,
     },
     Command(CommandPre<Host>),
-    /// A WASI 0.3 command (`wasi:cli/run@0.3`), run concurrently.
-    CommandP3(wasmtime_wasi::p3::bindings::CommandPre<Host>),
     /// A core wasip1 command module: `_start` is called.
     Core(wasmtime::InstancePre<Host>),
 }
@@ -51,7 +49,6 @@ impl Pre {
         match self {
             Pre::Http { pre, .. } => Some(pre),
             Pre::Command(pre) => Some(pre.instance_pre()),
-            Pre::CommandP3(pre) => Some(pre.instance_pre()),
             Pre::Core(_) => None,
         }
     }
@@ -117,8 +114,6 @@ pub struct PrepareSpec<'a> {
     pub env: Vec<(String, String)>,
     /// A command's arguments after its name.
     pub args: Vec<String>,
-    /// Its `argv[0]`, if not its name.
-    pub argv0: Option<String>,
     /// Its files bundle, if the manifest lists files.
     pub files: Option<crate::files::FilesSpec>,
     /// Each invocation writes to a private copy of the files.
@@ -170,9 +165,6 @@ impl Sandbox {
                 proxy: ProxyIndices::new(&instance_pre).map_err(link)?,
                 pre: instance_pre,
             },
-            FunctionKind::Command if self.is_p3_command(&component) => Pre::CommandP3(
-                wasmtime_wasi::p3::bindings::CommandPre::new(instance_pre).map_err(link)?,
-            ),
             FunctionKind::Command => Pre::Command(CommandPre::new(instance_pre).map_err(link)?),
         };
         Ok(Prepared {
@@ -288,13 +280,9 @@ impl Sandbox {
         }
         let wasm = wasm().map_err(|e| PrepareError::Internal(updraft_core::Failure::msg(e)))?;
         Self::check_bytes(&wasm)?;
-        // WASI 0.3 commands run; 0.3 wasi:http does not yet.
-        let p3_http: Vec<String> = wasi_p3_interfaces(&wasm)
-            .into_iter()
-            .filter(|name| name.starts_with("wasi:http/"))
-            .collect();
-        if !p3_http.is_empty() {
-            return Err(PrepareError::Wasi03(p3_http.join(", ")));
+        let p3 = wasi_p3_interfaces(&wasm);
+        if !p3.is_empty() {
+            return Err(PrepareError::Wasi03(p3.join(", ")));
         }
         let compiled = if wasmparser::Parser::is_core_wasm(&wasm) {
             check_start(&wasm)?;
@@ -336,21 +324,13 @@ impl Sandbox {
         }
     }
 
-    /// Whether the component is a WASI 0.3 command.
-    fn is_p3_command(&self, component: &Component) -> bool {
-        component
-            .component_type()
-            .exports(&self.engine)
-            .any(|(name, _)| name.starts_with("wasi:cli/run@0.3"))
-    }
-
     fn detect_kind(&self, component: &Component) -> Result<FunctionKind, PrepareError> {
         let ty = component.component_type();
         let mut http = false;
         let mut command = false;
         for (name, _) in ty.exports(&self.engine) {
             http |= name.starts_with("wasi:http/incoming-handler@0.2");
-            command |= name.starts_with("wasi:cli/run@0.2") || name.starts_with("wasi:cli/run@0.3");
+            command |= name.starts_with("wasi:cli/run@0.2");
         }
         match (http, command) {
             (true, _) => Ok(FunctionKind::Http),
@@ -424,7 +404,7 @@ impl Sandbox {
 }
 
 fn argv(spec: &PrepareSpec<'_>) -> Vec<String> {
-    std::iter::once(spec.argv0.clone().unwrap_or_else(|| spec.name.to_string()))
+    std::iter::once(spec.name.to_string())
         .chain(spec.args.iter().cloned())
         .collect()
 }
@@ -480,8 +460,7 @@ fn check_start(wasm: &[u8]) -> Result<(), PrepareError> {
 
 /// What a guest may import, for link errors.
 pub const PROVIDED_INTERFACES: &str = "WASI 0.2.x (wasi:cli, wasi:clocks, wasi:random, wasi:io, \
-     wasi:filesystem, wasi:sockets; wasi_snapshot_preview1 for core modules), WASI 0.3.0 \
-     commands (wasi:cli, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets), wasi:http@0.2.x, \
+     wasi:filesystem, wasi:sockets; wasi_snapshot_preview1 for core modules), wasi:http@0.2.x, \
      wasi:keyvalue@0.2.0-draft and @0.2.0-draft2 (store, atomics, batch), \
      wasi:config/store@0.2.0-rc.1, \
      updraft:platform/blobs, invoke and messaging@0.1.0";
@@ -529,7 +508,6 @@ mod tests {
                 limits: Limits::default(),
                 env: Vec::new(),
                 args: Vec::new(),
-                argv0: None,
                 files: None,
                 files_writable: false,
                 tmp_mb: 0,

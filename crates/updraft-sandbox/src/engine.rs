@@ -96,7 +96,6 @@ impl Sandbox {
         // denied by default) plus wasi:http: HTTP components built by
         // componentize-js/py import wasi:cli, commands import it all.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .and_then(|()| wasmtime_wasi::p3::add_to_linker(&mut linker))
             .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
             .and_then(|()| crate::capability::add_to_linker(&mut linker))
             .and_then(|()| wasmtime_wasi::p1::add_to_linker_async(&mut core_linker, Host::p1))
@@ -198,8 +197,6 @@ fn build_engine(config: &SandboxConfig) -> Result<Engine, PrepareError> {
         .decommit_batch_size(DECOMMIT_BATCH_SIZE);
     let mut cfg = Config::new();
     cfg.wasm_component_model(true)
-        // WASI 0.3 commands use the component model's async ABI.
-        .wasm_component_model_async(true)
         .epoch_interruption(true)
         .memory_init_cow(true)
         .allocation_strategy(if config.pooling {
