@@ -43,9 +43,8 @@ pub trait SecretSource: Send + Sync + 'static {
 pub struct ConfigGrant {
     tenant: String,
     vars: Vec<(String, Vec<Piece>)>,
-    references_secrets: bool,
     secrets: Arc<dyn SecretSource>,
-    /// Without secrets, what every invocation sees, made once.
+    /// Without secret references, what every invocation sees, made once.
     fixed: Option<Resolved>,
 }
 
@@ -79,7 +78,6 @@ pub(crate) fn grant(tenant: &str, manifest: &Manifest, backends: &Backends) -> O
     Some(ConfigGrant {
         tenant: tenant.to_string(),
         vars,
-        references_secrets,
         secrets: backends.secrets.clone(),
         fixed,
     })
@@ -108,22 +106,19 @@ impl ConfigGrant {
             for piece in pieces {
                 match piece {
                     Piece::Text(text) => value.push_str(text),
-                    Piece::Secret(secret) if self.references_secrets => {
-                        match self.secrets.get(&self.tenant, secret).await {
-                            Ok(Some(v)) => value.push_str(&v),
-                            Ok(None) => {
-                                failed = Some(format!(
-                                    "variable {name} needs the secret {secret}, which is not set: `updraft secrets set {secret}`"
-                                ));
-                                break;
-                            }
-                            Err(e) => {
-                                failed = Some(format!("variable {name}: {e}"));
-                                break;
-                            }
+                    Piece::Secret(secret) => match self.secrets.get(&self.tenant, secret).await {
+                        Ok(Some(v)) => value.push_str(&v),
+                        Ok(None) => {
+                            failed = Some(format!(
+                                "variable {name} needs the secret {secret}, which is not set: `updraft secrets set {secret}`"
+                            ));
+                            break;
                         }
-                    }
-                    Piece::Secret(_) => {}
+                        Err(e) => {
+                            failed = Some(format!("variable {name}: {e}"));
+                            break;
+                        }
+                    },
                 }
             }
             out.push((name.clone(), failed.map_or(Ok(value), Err)));

@@ -77,7 +77,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
 
 impl Host {
     /// The backend; a bucket exists only if `open` found a grant.
-    fn backend(&self) -> wasmtime::Result<Arc<dyn KvStore>> {
+    pub(crate) fn backend(&self) -> wasmtime::Result<Arc<dyn KvStore>> {
         match &self.grants.kv {
             Some(grant) => Ok(grant.backend.clone()),
             None => Err(wasmtime::format_err!(

@@ -59,13 +59,7 @@ impl Host {
         bucket: &Resource<DraftBucket>,
     ) -> wasmtime::Result<(StoreId, Arc<dyn KvStore>)> {
         self.usage.kv_ops += 1;
-        let store = self.table.get(bucket)?.store.clone();
-        match &self.grants.kv {
-            Some(grant) => Ok((store, grant.backend.clone())),
-            None => Err(wasmtime::format_err!(
-                "a key-value bucket exists without a grant"
-            )),
-        }
+        Ok((self.table.get(bucket)?.store.clone(), self.backend()?))
     }
 }
 
