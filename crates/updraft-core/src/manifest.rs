@@ -168,6 +168,10 @@ pub struct Manifest {
     /// Arguments a command gets after its name (`argv[1..]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// The name a command sees as `argv[0]` (default: the function's):
+    /// multi-call binaries choose what to do by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv0: Option<String>,
     /// Environment variables visible to the guest.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -391,6 +395,7 @@ impl Manifest {
         if let Some(arg) = self
             .args
             .iter()
+            .chain(&self.argv0)
             .find(|a| a.len() > ARG_BYTES_MAX || a.contains('\0'))
         {
             return Err(ManifestError::Args(format!(

@@ -40,6 +40,7 @@ fn prepare(sandbox: &Sandbox, name: &str) -> Arc<Prepared> {
                 limits: Limits::default(),
                 env: Vec::new(),
                 args: Vec::new(),
+                argv0: None,
                 files: None,
                 files_writable: false,
                 tmp_mb: 0,

@@ -39,6 +39,8 @@ pub(crate) enum Pre {
         proxy: ProxyIndices,
     },
     Command(CommandPre<Host>),
+    /// A WASI 0.3 command (`wasi:cli/run@0.3`), run concurrently.
+    CommandP3(wasmtime_wasi::p3::bindings::CommandPre<Host>),
     /// A core wasip1 command module: `_start` is called.
     Core(wasmtime::InstancePre<Host>),
 }
@@ -49,7 +51,18 @@ impl Pre {
         match self {
             Pre::Http { pre, .. } => Some(pre),
             Pre::Command(pre) => Some(pre.instance_pre()),
+            Pre::CommandP3(pre) => Some(pre.instance_pre()),
             Pre::Core(_) => None,
+        }
+    }
+
+    /// The engine it was compiled by; its stores must be of that engine.
+    pub(crate) fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Pre::Http { pre, .. } => pre.engine(),
+            Pre::Command(pre) => pre.instance_pre().engine(),
+            Pre::CommandP3(pre) => pre.instance_pre().engine(),
+            Pre::Core(pre) => pre.module().engine(),
         }
     }
 }
@@ -114,6 +127,8 @@ pub struct PrepareSpec<'a> {
     pub env: Vec<(String, String)>,
     /// A command's arguments after its name.
     pub args: Vec<String>,
+    /// Its `argv[0]`, if not its name.
+    pub argv0: Option<String>,
     /// Its files bundle, if the manifest lists files.
     pub files: Option<crate::files::FilesSpec>,
     /// Each invocation writes to a private copy of the files.
@@ -139,7 +154,7 @@ impl Sandbox {
                 return self.prepare_module(spec, module, loaded_from, compiled_bytes, started);
             }
         };
-        let handler = exports_handler(&self.engine, &component)?;
+        let handler = exports_handler(component.engine(), &component)?;
         let detected = self.detect_kind(&component)?;
         if let Some(stated) = spec.kind
             && stated != detected
@@ -150,8 +165,12 @@ impl Sandbox {
         if reuse && detected == FunctionKind::Command {
             return Err(PrepareError::ReuseForCommand);
         }
-        let instance_pre = self
-            .linker
+        let linker = if wasmtime::Engine::same(component.engine(), &self.p3_engine) {
+            &self.p3_linker
+        } else {
+            &self.linker
+        };
+        let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| PrepareError::Link(link_message(&e)))?;
         let link = |e: wasmtime::Error| PrepareError::Link(format!("{e:#}"));
@@ -165,6 +184,9 @@ impl Sandbox {
                 proxy: ProxyIndices::new(&instance_pre).map_err(link)?,
                 pre: instance_pre,
             },
+            FunctionKind::Command if is_p3_command(&component) => Pre::CommandP3(
+                wasmtime_wasi::p3::bindings::CommandPre::new(instance_pre).map_err(link)?,
+            ),
             FunctionKind::Command => Pre::Command(CommandPre::new(instance_pre).map_err(link)?),
         };
         Ok(Prepared {
@@ -242,20 +264,31 @@ impl Sandbox {
         }
     }
 
-    fn artifact_path(&self, digest: &Digest) -> PathBuf {
+    /// Where the artifact of this Wasm compiled by the main engine, or by
+    /// the WASI 0.3 one, is cached.
+    fn artifact_path(&self, digest: &Digest, p3: bool) -> PathBuf {
+        let hash = if p3 {
+            &self.p3_engine_hash
+        } else {
+            &self.engine_hash
+        };
         self.cache_dir
-            .join(format!("{}-{}.cwasm", digest.hex(), self.engine_hash))
+            .join(format!("{}-{hash}.cwasm", digest.hex()))
     }
 
     /// Whether the compiled artifact of this Wasm is in the cache.
     pub fn is_cached(&self, digest: &Digest) -> bool {
-        self.artifact_path(digest).is_file()
+        [false, true]
+            .into_iter()
+            .any(|p3| self.artifact_path(digest, p3).is_file())
     }
 
     /// Removes a cached artifact, or an unpacked files bundle (when no
     /// version uses it any more).
     pub fn evict(&self, digest: &Digest) {
-        let _ = std::fs::remove_file(self.artifact_path(digest));
+        for p3 in [false, true] {
+            let _ = std::fs::remove_file(self.artifact_path(digest, p3));
+        }
         self.evict_files(digest);
     }
 
@@ -264,9 +297,12 @@ impl Sandbox {
         wasm: WasmSource<'_>,
         digest: &Digest,
     ) -> Result<(Compiled, LoadedFrom, u64), PrepareError> {
-        let path = self.artifact_path(digest);
-        if path.is_file() {
-            match self.load_artifact(&path) {
+        for p3 in [false, true] {
+            let path = self.artifact_path(digest, p3);
+            if !path.is_file() {
+                continue;
+            }
+            match self.load_artifact(&path, p3) {
                 Ok(compiled) => {
                     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                     return Ok((compiled, LoadedFrom::Cache, size));
@@ -280,13 +316,23 @@ impl Sandbox {
         }
         let wasm = wasm().map_err(|e| PrepareError::Internal(updraft_core::Failure::msg(e)))?;
         Self::check_bytes(&wasm)?;
-        let p3 = wasi_p3_interfaces(&wasm);
-        if !p3.is_empty() {
-            return Err(PrepareError::Wasi03(p3.join(", ")));
+        let p3_interfaces = wasi_p3_interfaces(&wasm);
+        // WASI 0.3 commands run; 0.3 wasi:http does not yet.
+        let p3_http: Vec<&str> = p3_interfaces
+            .iter()
+            .map(String::as_str)
+            .filter(|name| name.starts_with("wasi:http/"))
+            .collect();
+        if !p3_http.is_empty() {
+            return Err(PrepareError::Wasi03(p3_http.join(", ")));
         }
+        let p3 = !p3_interfaces.is_empty();
+        let path = self.artifact_path(digest, p3);
         let compiled = if wasmparser::Parser::is_core_wasm(&wasm) {
             check_start(&wasm)?;
             self.engine.precompile_module(&wasm)
+        } else if p3 {
+            self.p3_engine.precompile_component(&wasm)
         } else {
             self.engine.precompile_component(&wasm)
         }
@@ -298,7 +344,7 @@ impl Sandbox {
                 e,
             ))
         })?;
-        let loaded = self.load_artifact(&path).map_err(|e| {
+        let loaded = self.load_artifact(&path, p3).map_err(|e| {
             PrepareError::Internal(updraft_core::Failure::boxed(
                 "loading the fresh artifact",
                 e.into_boxed_dyn_error(),
@@ -308,7 +354,8 @@ impl Sandbox {
     }
 
     #[allow(unsafe_code)]
-    fn load_artifact(&self, path: &Path) -> wasmtime::Result<Compiled> {
+    fn load_artifact(&self, path: &Path, p3: bool) -> wasmtime::Result<Compiled> {
+        let engine = if p3 { &self.p3_engine } else { &self.engine };
         // SAFETY: the file was written by `precompile_component` or
         // `precompile_module` of an engine with the same compatibility hash
         // (it is in the file name), into a directory only Updraft writes, via
@@ -316,10 +363,10 @@ impl Sandbox {
         // checks the header and engine flags.
         match wasmtime::Engine::detect_precompiled_file(path)? {
             Some(wasmtime::Precompiled::Module) => Ok(Compiled::Module(unsafe {
-                wasmtime::Module::deserialize_file(&self.engine, path)
+                wasmtime::Module::deserialize_file(engine, path)
             }?)),
             _ => Ok(Compiled::Component(unsafe {
-                Component::deserialize_file(&self.engine, path)
+                Component::deserialize_file(engine, path)
             }?)),
         }
     }
@@ -328,9 +375,9 @@ impl Sandbox {
         let ty = component.component_type();
         let mut http = false;
         let mut command = false;
-        for (name, _) in ty.exports(&self.engine) {
+        for (name, _) in ty.exports(component.engine()) {
             http |= name.starts_with("wasi:http/incoming-handler@0.2");
-            command |= name.starts_with("wasi:cli/run@0.2");
+            command |= name.starts_with("wasi:cli/run@0.2") || name.starts_with("wasi:cli/run@0.3");
         }
         match (http, command) {
             (true, _) => Ok(FunctionKind::Http),
@@ -338,6 +385,14 @@ impl Sandbox {
             (false, false) => Err(PrepareError::UnknownWorld),
         }
     }
+}
+
+/// Whether the component is a WASI 0.3 command.
+fn is_p3_command(component: &Component) -> bool {
+    component
+        .component_type()
+        .exports(component.engine())
+        .any(|(name, _)| name.starts_with("wasi:cli/run@0.3"))
 }
 
 /// Whether the component exports `updraft:platform/handler`, so calls from
@@ -404,7 +459,7 @@ impl Sandbox {
 }
 
 fn argv(spec: &PrepareSpec<'_>) -> Vec<String> {
-    std::iter::once(spec.name.to_string())
+    std::iter::once(spec.argv0.clone().unwrap_or_else(|| spec.name.to_string()))
         .chain(spec.args.iter().cloned())
         .collect()
 }
@@ -460,7 +515,8 @@ fn check_start(wasm: &[u8]) -> Result<(), PrepareError> {
 
 /// What a guest may import, for link errors.
 pub const PROVIDED_INTERFACES: &str = "WASI 0.2.x (wasi:cli, wasi:clocks, wasi:random, wasi:io, \
-     wasi:filesystem, wasi:sockets; wasi_snapshot_preview1 for core modules), wasi:http@0.2.x, \
+     wasi:filesystem, wasi:sockets; wasi_snapshot_preview1 for core modules), WASI 0.3.0 \
+     commands (wasi:cli, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets), wasi:http@0.2.x, \
      wasi:keyvalue@0.2.0-draft and @0.2.0-draft2 (store, atomics, batch), \
      wasi:config/store@0.2.0-rc.1, \
      updraft:platform/blobs, invoke and messaging@0.1.0";
@@ -508,6 +564,7 @@ mod tests {
                 limits: Limits::default(),
                 env: Vec::new(),
                 args: Vec::new(),
+                argv0: None,
                 files: None,
                 files_writable: false,
                 tmp_mb: 0,

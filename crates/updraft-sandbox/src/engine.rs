@@ -1,6 +1,11 @@
-//! The process-wide engine: pooling allocator with copy-on-write memory images,
-//! epoch interruption driven by a ticker thread, and the one linker that every
-//! function is linked against.
+//! The process-wide engines: pooling allocator with copy-on-write memory
+//! images, epoch interruption driven by a ticker thread, and the linkers
+//! every function is linked against.
+//!
+//! WASI 0.3 components get an engine of their own: wasmtime's concurrency
+//! support, which they need, sends every call of every component through its
+//! concurrent machinery, and costs the WASI 0.2 fresh path a third of its
+//! throughput (BENCHMARKS.md). So the main engine has it off.
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -70,10 +75,15 @@ impl SandboxConfig {
     }
 }
 
-/// The engine, linker and compile cache of one process. Cheap to share (`Arc`).
+/// The engines, linkers and compile cache of one process. Cheap to share (`Arc`).
 pub struct Sandbox {
+    /// WASI 0.2 components and core modules.
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<Host>,
+    /// WASI 0.3 components: concurrency support on.
+    pub(crate) p3_engine: Engine,
+    pub(crate) p3_linker: Linker<Host>,
+    pub(crate) p3_engine_hash: String,
     /// Core wasip1 modules run on wasmtime's own preview1 implementation,
     /// which gives their exact exit codes and errors.
     pub(crate) core_linker: wasmtime::Linker<Host>,
@@ -89,16 +99,24 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Arc<Sandbox>, PrepareError> {
-        let engine = build_engine(&config)?;
+        let engine = build_engine(&config, false)?;
+        let p3_engine = build_engine(&config, true)?;
         let mut linker = Linker::new(&engine);
+        let mut p3_linker = Linker::new(&p3_engine);
         let mut core_linker = wasmtime::Linker::new(&engine);
         // The whole of WASI 0.2 (cli, clocks, random, io, filesystem, sockets
         // denied by default) plus wasi:http: HTTP components built by
         // componentize-js/py import wasi:cli, commands import it all.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
-            .and_then(|()| crate::capability::add_to_linker(&mut linker))
+        let add_p2 = |linker: &mut Linker<Host>| {
+            wasmtime_wasi::p2::add_to_linker_async(linker)
+                .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker))
+                .and_then(|()| crate::capability::add_to_linker(linker))
+        };
+        add_p2(&mut linker)
             .and_then(|()| wasmtime_wasi::p1::add_to_linker_async(&mut core_linker, Host::p1))
+            // A WASI 0.3 component may import 0.2 interfaces too.
+            .and_then(|()| add_p2(&mut p3_linker))
+            .and_then(|()| wasmtime_wasi::p3::add_to_linker(&mut p3_linker))
             .map_err(|e| {
                 PrepareError::Internal(updraft_core::Failure::boxed(
                     "linking the host interfaces",
@@ -135,16 +153,15 @@ impl Sandbox {
                 }
             }
         }
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        // Bumped when what an artifact holds changes for the same Wasm (2:
-        // core modules are compiled as modules, no longer adapted).
-        ARTIFACT_FORMAT.hash(&mut hasher);
-        let engine_hash = format!("{:016x}", hasher.finish());
-        start_epoch_ticker(&engine);
+        let engine_hash = artifact_hash(&engine);
+        let p3_engine_hash = artifact_hash(&p3_engine);
+        start_epoch_ticker(&engine, &p3_engine);
         Ok(Arc::new(Sandbox {
             engine,
             linker,
+            p3_engine,
+            p3_linker,
+            p3_engine_hash,
             core_linker,
             cache_dir: config.cache_dir,
             scratch_dir: config.scratch_dir,
@@ -170,7 +187,18 @@ impl Sandbox {
     }
 }
 
-fn build_engine(config: &SandboxConfig) -> Result<Engine, PrepareError> {
+/// Hex of what an artifact compiled by `engine` depends on; part of its file name.
+fn artifact_hash(engine: &Engine) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    // Bumped when what an artifact holds changes for the same Wasm (2:
+    // core modules are compiled as modules, no longer adapted).
+    ARTIFACT_FORMAT.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// The main engine (`concurrent` off), or the WASI 0.3 one.
+fn build_engine(config: &SandboxConfig, concurrent: bool) -> Result<Engine, PrepareError> {
     let n = config.instances_max.max(1) + config.warm_instances_max;
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(n)
@@ -197,13 +225,20 @@ fn build_engine(config: &SandboxConfig) -> Result<Engine, PrepareError> {
         .decommit_batch_size(DECOMMIT_BATCH_SIZE);
     let mut cfg = Config::new();
     cfg.wasm_component_model(true)
+        .concurrency_support(concurrent)
         .epoch_interruption(true)
         .memory_init_cow(true)
-        .allocation_strategy(if config.pooling {
+        // WASI 0.3 components are few today: allocated on demand, they
+        // reserve no pool of address space beside the main engine's.
+        .allocation_strategy(if config.pooling && !concurrent {
             InstanceAllocationStrategy::Pooling(pool)
         } else {
             InstanceAllocationStrategy::OnDemand
         });
+    if concurrent {
+        // The async ABI WASI 0.3 is built on.
+        cfg.wasm_component_model_async(true);
+    }
     Engine::new(&cfg).map_err(|e| {
         PrepareError::Internal(updraft_core::Failure::boxed(
             "creating the engine",
@@ -212,15 +247,20 @@ fn build_engine(config: &SandboxConfig) -> Result<Engine, PrepareError> {
     })
 }
 
-/// Advances the epoch every [`EPOCH_TICK`] until the engine is dropped.
-fn start_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
+/// Advances both engines' epochs every [`EPOCH_TICK`] until they are dropped.
+fn start_epoch_ticker(engine: &Engine, p3_engine: &Engine) {
+    let weak = [engine.weak(), p3_engine.weak()];
     std::thread::Builder::new()
         .name("updraft-epoch".into())
         .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
+            loop {
+                let engines: Vec<Engine> = weak.iter().filter_map(|w| w.upgrade()).collect();
+                if engines.is_empty() {
+                    break;
+                }
+                for engine in engines {
+                    engine.increment_epoch();
+                }
                 std::thread::sleep(EPOCH_TICK);
             }
         })

@@ -36,7 +36,7 @@ pub enum PrepareError {
     #[error("the function cannot be linked: {0}")]
     Link(String),
     #[error(
-        "this component uses WASI 0.3 ({0}), which Updraft does not run yet: build it for WASI 0.2 (Rust: --target wasm32-wasip2; Spin 4: a WASI 0.2 template)"
+        "this component uses WASI 0.3 wasi:http ({0}), which Updraft does not run yet (WASI 0.3 commands it does): build it for WASI 0.2 (Rust: --target wasm32-wasip2; Spin 4: a WASI 0.2 template)"
     )]
     Wasi03(String),
     /// The platform failed (a disk, the engine): the detail is in the

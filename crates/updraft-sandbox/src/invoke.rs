@@ -196,7 +196,7 @@ impl Sandbox {
             config,
             scratch,
         };
-        let mut store = Store::new(&self.engine, host);
+        let mut store = Store::new(prepared.pre.engine(), host);
         store.limiter(|host| &mut host.limiter);
         // Every tick the guest yields to the runtime (long CPU work cannot
         // starve other requests); past the deadline it is stopped.
@@ -587,7 +587,10 @@ impl Sandbox {
         let limits = prepared.limits;
         let deadline = ctx.deadline(started, limits.timeout_ms);
         let fail = |error| CommandOutput::early(&ctx.invocation_id, error, started);
-        if !matches!(prepared.pre, Pre::Command(_) | Pre::Core(_)) {
+        if !matches!(
+            prepared.pre,
+            Pre::Command(_) | Pre::CommandP3(_) | Pre::Core(_)
+        ) {
             return fail(InvokeError::Internal(updraft_core::Failure::msg(
                 "not a command function",
             )));
@@ -632,6 +635,22 @@ impl Sandbox {
                         Ok(Ok(())) => Ok(()),
                         Ok(Err(())) => Err(Failure::ExitCode(1)),
                         Err(e) => Err(Failure::Run(e)),
+                    }
+                }
+                Pre::CommandP3(pre) => {
+                    let command = pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(Failure::Instantiate)?;
+                    let run = store
+                        .run_concurrent(async move |store| {
+                            command.wasi_cli_run().call_run(store).await
+                        })
+                        .await;
+                    match run {
+                        Ok(Ok(Ok(()))) => Ok(()),
+                        Ok(Ok(Err(()))) => Err(Failure::ExitCode(1)),
+                        Ok(Err(e)) | Err(e) => Err(Failure::Run(e)),
                     }
                 }
                 Pre::Http { .. } => Ok(()),

@@ -57,6 +57,7 @@ impl Fixture {
             limits,
             env: Vec::new(),
             args: Vec::new(),
+            argv0: None,
             files: None,
             files_writable: false,
             tmp_mb: 0,

@@ -125,6 +125,7 @@ impl Fixture {
                 limits: Limits::default(),
                 env: manifest.env.clone().into_iter().collect(),
                 args: manifest.args.clone(),
+                argv0: None,
                 files: None,
                 files_writable: false,
                 tmp_mb: 0,

@@ -328,6 +328,7 @@ impl Functions {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let args = version.manifest.args.clone();
+        let argv0 = version.manifest.argv0.clone();
         let files_writable = version.manifest.files_writable == Some(true);
         let tmp_mb = version.manifest.tmp_mb.unwrap_or(0);
         let grants = Grants::for_function(tenant, &version.manifest, &self.backends);
@@ -346,6 +347,7 @@ impl Functions {
                 limits,
                 env,
                 args,
+                argv0,
                 files,
                 files_writable,
                 tmp_mb,

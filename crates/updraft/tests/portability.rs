@@ -11,25 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn wasmtime() -> String {
-    let candidates = [
-        std::env::var("WASMTIME").unwrap_or_default(),
-        format!(
-            "{}/.cargo/bin/wasmtime",
-            std::env::var("HOME").unwrap_or_default()
-        ),
-        "wasmtime".to_string(),
-    ];
-    for c in candidates.into_iter().filter(|c| !c.is_empty()) {
-        if let Ok(out) = Command::new(&c).arg("--version").output()
-            && String::from_utf8_lossy(&out.stdout).contains("48.0.8")
-        {
-            return c;
-        }
-    }
-    panic!("wasmtime-cli 48.0.8 not found: run scripts/setup.sh (or set WASMTIME)");
-}
-
 /// `wasmtime serve` of a guest, on a port picked now; killed when dropped.
 struct Peer {
     child: std::process::Child,

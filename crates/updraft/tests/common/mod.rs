@@ -392,3 +392,24 @@ impl Server {
         .await
     }
 }
+
+/// The wasmtime CLI 48.0.8 (installed by scripts/setup.sh, or `$WASMTIME`).
+#[allow(dead_code)]
+pub fn wasmtime() -> String {
+    let candidates = [
+        std::env::var("WASMTIME").unwrap_or_default(),
+        format!(
+            "{}/.cargo/bin/wasmtime",
+            std::env::var("HOME").unwrap_or_default()
+        ),
+        "wasmtime".to_string(),
+    ];
+    for c in candidates.into_iter().filter(|c| !c.is_empty()) {
+        if let Ok(out) = Command::new(&c).arg("--version").output()
+            && String::from_utf8_lossy(&out.stdout).contains("48.0.8")
+        {
+            return c;
+        }
+    }
+    panic!("wasmtime-cli 48.0.8 not found: run scripts/setup.sh (or set WASMTIME)");
+}
