@@ -38,6 +38,8 @@ pub(crate) enum Pre {
         pre: InstancePre<Host>,
         proxy: ProxyIndices,
     },
+    /// A WASI 0.3 service (`wasi:http/handler@0.3`), run concurrently.
+    HttpP3(wasmtime_wasi_http::p3::bindings::ServicePre<Host>),
     Command(CommandPre<Host>),
     /// A WASI 0.3 command (`wasi:cli/run@0.3`), run concurrently.
     CommandP3(wasmtime_wasi::p3::bindings::CommandPre<Host>),
@@ -50,6 +52,7 @@ impl Pre {
     pub(crate) fn instance_pre(&self) -> Option<&InstancePre<Host>> {
         match self {
             Pre::Http { pre, .. } => Some(pre),
+            Pre::HttpP3(pre) => Some(pre.instance_pre()),
             Pre::Command(pre) => Some(pre.instance_pre()),
             Pre::CommandP3(pre) => Some(pre.instance_pre()),
             Pre::Core(_) => None,
@@ -60,6 +63,7 @@ impl Pre {
     pub(crate) fn engine(&self) -> &wasmtime::Engine {
         match self {
             Pre::Http { pre, .. } => pre.engine(),
+            Pre::HttpP3(pre) => pre.instance_pre().engine(),
             Pre::Command(pre) => pre.instance_pre().engine(),
             Pre::CommandP3(pre) => pre.instance_pre().engine(),
             Pre::Core(pre) => pre.module().engine(),
@@ -165,11 +169,11 @@ impl Sandbox {
         if reuse && detected == FunctionKind::Command {
             return Err(PrepareError::ReuseForCommand);
         }
-        let linker = if wasmtime::Engine::same(component.engine(), &self.p3_engine) {
-            &self.p3_linker
-        } else {
-            &self.linker
-        };
+        let p3 = wasmtime::Engine::same(component.engine(), &self.p3_engine);
+        if reuse && p3 {
+            return Err(PrepareError::ReuseForWasi03);
+        }
+        let linker = if p3 { &self.p3_linker } else { &self.linker };
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| PrepareError::Link(link_message(&e)))?;
@@ -180,6 +184,9 @@ impl Sandbox {
             None
         };
         let pre = match detected {
+            FunctionKind::Http if is_p3_service(&component) => Pre::HttpP3(
+                wasmtime_wasi_http::p3::bindings::ServicePre::new(instance_pre).map_err(link)?,
+            ),
             FunctionKind::Http => Pre::Http {
                 proxy: ProxyIndices::new(&instance_pre).map_err(link)?,
                 pre: instance_pre,
@@ -316,17 +323,7 @@ impl Sandbox {
         }
         let wasm = wasm().map_err(|e| PrepareError::Internal(updraft_core::Failure::msg(e)))?;
         Self::check_bytes(&wasm)?;
-        let p3_interfaces = wasi_p3_interfaces(&wasm);
-        // WASI 0.3 commands run; 0.3 wasi:http does not yet.
-        let p3_http: Vec<&str> = p3_interfaces
-            .iter()
-            .map(String::as_str)
-            .filter(|name| name.starts_with("wasi:http/"))
-            .collect();
-        if !p3_http.is_empty() {
-            return Err(PrepareError::Wasi03(p3_http.join(", ")));
-        }
-        let p3 = !p3_interfaces.is_empty();
+        let p3 = uses_wasi_p3(&wasm);
         let path = self.artifact_path(digest, p3);
         let compiled = if wasmparser::Parser::is_core_wasm(&wasm) {
             check_start(&wasm)?;
@@ -376,7 +373,8 @@ impl Sandbox {
         let mut http = false;
         let mut command = false;
         for (name, _) in ty.exports(component.engine()) {
-            http |= name.starts_with("wasi:http/incoming-handler@0.2");
+            http |= name.starts_with("wasi:http/incoming-handler@0.2")
+                || name.starts_with("wasi:http/handler@0.3");
             command |= name.starts_with("wasi:cli/run@0.2") || name.starts_with("wasi:cli/run@0.3");
         }
         match (http, command) {
@@ -385,6 +383,14 @@ impl Sandbox {
             (false, false) => Err(PrepareError::UnknownWorld),
         }
     }
+}
+
+/// Whether the component is a WASI 0.3 service.
+fn is_p3_service(component: &Component) -> bool {
+    component
+        .component_type()
+        .exports(component.engine())
+        .any(|(name, _)| name.starts_with("wasi:http/handler@0.3"))
 }
 
 /// Whether the component is a WASI 0.3 command.
@@ -464,12 +470,12 @@ fn argv(spec: &PrepareSpec<'_>) -> Vec<String> {
         .collect()
 }
 
-/// The WASI 0.3 interfaces a component imports or exports.
-fn wasi_p3_interfaces(wasm: &[u8]) -> Vec<String> {
+/// Whether a component imports or exports a WASI 0.3 interface: it is then
+/// compiled by, and run on, the WASI 0.3 engine.
+fn uses_wasi_p3(wasm: &[u8]) -> bool {
     if !wasmparser::Parser::is_component(wasm) {
-        return Vec::new();
+        return false;
     }
-    let mut found: Vec<String> = Vec::new();
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
         let names: Vec<String> = match payload {
             Ok(wasmparser::Payload::ComponentImportSection(imports)) => imports
@@ -484,13 +490,14 @@ fn wasi_p3_interfaces(wasm: &[u8]) -> Vec<String> {
                 .collect(),
             _ => continue,
         };
-        for name in names {
-            if name.starts_with("wasi:") && name.contains("@0.3") && !found.contains(&name) {
-                found.push(name);
-            }
+        if names
+            .iter()
+            .any(|name| name.starts_with("wasi:") && name.contains("@0.3"))
+        {
+            return true;
         }
     }
-    found
+    false
 }
 
 /// Checks that a core module is a command: it exports `_start`.
@@ -515,8 +522,8 @@ fn check_start(wasm: &[u8]) -> Result<(), PrepareError> {
 
 /// What a guest may import, for link errors.
 pub const PROVIDED_INTERFACES: &str = "WASI 0.2.x (wasi:cli, wasi:clocks, wasi:random, wasi:io, \
-     wasi:filesystem, wasi:sockets; wasi_snapshot_preview1 for core modules), WASI 0.3.0 \
-     commands (wasi:cli, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets), wasi:http@0.2.x, \
+     wasi:filesystem, wasi:sockets; wasi_snapshot_preview1 for core modules), wasi:http@0.2.x, WASI 0.3.0 \
+     (wasi:cli, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets, wasi:http), \
      wasi:keyvalue@0.2.0-draft and @0.2.0-draft2 (store, atomics, batch), \
      wasi:config/store@0.2.0-rc.1, \
      updraft:platform/blobs, invoke and messaging@0.1.0";

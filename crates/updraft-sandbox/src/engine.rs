@@ -117,6 +117,7 @@ impl Sandbox {
             // A WASI 0.3 component may import 0.2 interfaces too.
             .and_then(|()| add_p2(&mut p3_linker))
             .and_then(|()| wasmtime_wasi::p3::add_to_linker(&mut p3_linker))
+            .and_then(|()| wasmtime_wasi_http::p3::add_to_linker(&mut p3_linker))
             .map_err(|e| {
                 PrepareError::Internal(updraft_core::Failure::boxed(
                     "linking the host interfaces",

@@ -36,9 +36,9 @@ pub enum PrepareError {
     #[error("the function cannot be linked: {0}")]
     Link(String),
     #[error(
-        "this component uses WASI 0.3 wasi:http ({0}), which Updraft does not run yet (WASI 0.3 commands it does): build it for WASI 0.2 (Rust: --target wasm32-wasip2; Spin 4: a WASI 0.2 template)"
+        "instance_reuse_max is not supported for WASI 0.3 components yet (each request gets a fresh instance): remove it from updraft.toml, or build the function for WASI 0.2"
     )]
-    Wasi03(String),
+    ReuseForWasi03,
     /// The platform failed (a disk, the engine): the detail is in the
     /// source, for the logs.
     #[error("internal error while preparing the function: {0}")]
@@ -111,9 +111,8 @@ impl Classify for PrepareError {
             PrepareError::UnknownWorld
             | PrepareError::NoStart
             | PrepareError::KindMismatch { .. } => "wrong_world",
-            PrepareError::Wasi03(_) => "unsupported_wasi",
             PrepareError::Link(_) => "link_error",
-            PrepareError::ReuseForCommand => "invalid_manifest",
+            PrepareError::ReuseForCommand | PrepareError::ReuseForWasi03 => "invalid_manifest",
             PrepareError::Internal(_) => "internal",
         }
     }

@@ -390,12 +390,6 @@ impl Sandbox {
             on_done(Report::early(&ctx.invocation_id, error.clone(), started));
             Err(error)
         };
-        let Pre::Http { pre, proxy } = &prepared.pre else {
-            return early_failure(
-                InvokeError::Internal(updraft_core::Failure::msg("not an http function")),
-                on_done,
-            );
-        };
         let request_limit = limits.request_body_bytes_max;
         if content_length(request.headers()).is_some_and(|len| len > request_limit) {
             return early_failure(
@@ -407,6 +401,13 @@ impl Sandbox {
         }
         let (request, watch) = watched(request, request_limit);
         let too_large_flag = watch.too_large.clone();
+        let too_large = || {
+            too_large_flag
+                .load(Ordering::Relaxed)
+                .then_some(InvokeError::RequestTooLarge {
+                    limit: request_limit,
+                })
+        };
 
         let Checkout {
             mut store,
@@ -417,139 +418,78 @@ impl Sandbox {
             Ok(checkout) => checkout,
             Err(e) => return early_failure(e, on_done),
         };
-        let tmp = crate::files::tmp_of(store.data().scratch.as_ref(), &prepared.mounts);
-        let (sender, mut receiver) = tokio::sync::oneshot::channel();
-        let resources = {
-            let mut http = store.data_mut().http();
-            http.new_incoming_request(Scheme::Http, request)
-                .and_then(|req| Ok((req, http.new_response_outparam(sender)?)))
+        let guest = HttpGuest {
+            tmp: crate::files::tmp_of(store.data().scratch.as_ref(), &prepared.mounts),
+            timing: Timing { started, deadline },
+            invocation_id: ctx.invocation_id.clone(),
+            warm: prepared.warm.clone(),
+            reuse_max: limits.instance_reuse_max,
+            received: watch.received,
         };
-        let (req, out) = match resources {
-            Ok(pair) => pair,
-            Err(e) => {
-                let failure = updraft_core::Failure::boxed(
-                    "setting up the request",
-                    e.into_boxed_dyn_error(),
-                );
-                return early_failure(InvokeError::Internal(failure), on_done);
+        match &prepared.pre {
+            Pre::HttpP3(pre) => {
+                let (sender, receiver) = tokio::sync::oneshot::channel();
+                let pre = pre.clone();
+                let mut request = request;
+                absolute_uri(&mut request);
+                let run = guest.start(store, pipes, uses, move |store: &mut Store<Host>| {
+                    Box::pin(async move {
+                        let service = pre
+                            .instantiate_async(&mut *store)
+                            .await
+                            .map_err(Failure::Instantiate)?;
+                        store
+                            .run_concurrent(async move |accessor| {
+                                serve_p3(accessor, &service, request, sender).await
+                            })
+                            .await
+                            .and_then(|served| served)
+                            .map_err(Failure::Run)?;
+                        Ok(None)
+                    })
+                });
+                respond(run, receiver, ctx.inline, limits, too_large, on_done).await
             }
-        };
-        let (pre, indices) = (pre.clone(), proxy.clone());
-        let invocation_id = ctx.invocation_id.clone();
-        let warm = prepared.warm.clone();
-        let reuse_max = limits.instance_reuse_max;
-        // The one timer of the request bounds the guest, and with it the wait
-        // for the response: a guest stopped at the deadline drops the sender.
-        let guest: Guest = Box::pin(async move {
-            let (mut report, cpu_time) = CpuTimed::new(Box::pin(async move {
-                let run = async {
-                    let mut exports = match exports {
-                        Some(exports) => exports,
-                        None => instantiate(&pre, &mut store).await?,
-                    };
-                    exports
-                        .proxy(&mut store, &indices)
-                        .map_err(Failure::Run)?
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut store, req, out)
-                        .await
-                        .map_err(Failure::Run)?;
-                    Ok(exports)
+            Pre::Http { pre, proxy } => {
+                let (sender, receiver) = tokio::sync::oneshot::channel();
+                let resources = {
+                    let mut http = store.data_mut().http();
+                    http.new_incoming_request(Scheme::Http, request)
+                        .and_then(|req| Ok((req, http.new_response_outparam(sender)?)))
                 };
-                let run = crate::files::within_tmp(run, tmp, Failure::Run);
-                let result = tokio::time::timeout_at(deadline.into(), run).await;
-                let (result, exports) = split(result);
-                let report = finish(
-                    &store,
-                    &pipes,
-                    result,
-                    Timing { started, deadline },
-                    invocation_id,
-                    None,
-                );
-                let used = Checkout {
-                    store,
-                    pipes,
-                    exports,
-                    uses,
-                };
-                checkin(warm.as_deref(), &report, reuse_max, used);
-                report
-            }))
-            .await;
-            report.cpu_time = cpu_time;
-            report.bytes_in = watch.received.load(Ordering::Relaxed);
-            report
-        });
-
-        // Drive the guest until it sets the response or finishes.
-        let mut run = GuestRun {
-            guest: Some(guest),
-            report: None,
-            on_done: Some(on_done),
-        };
-        let sent = std::future::poll_fn(|cx| run.poll_response(cx, &mut receiver)).await;
-        let too_large = || {
-            too_large_flag
-                .load(Ordering::Relaxed)
-                .then_some(InvokeError::RequestTooLarge {
-                    limit: request_limit,
-                })
-        };
-        match sent {
-            Some(Ok(response)) if ctx.inline => {
-                let limit = limits.response_body_bytes_max;
-                let (parts, body) = response.into_parts();
-                // Both in this task: the guest may need its body read to finish.
-                let (body, outcome) = futures::join!(
-                    Limited::new(body, limit as usize).collect(),
-                    std::future::poll_fn(|cx| run.poll_outcome(cx))
-                );
-                drop(run);
-                if let Some(error) = too_large() {
-                    return Err(error);
-                }
-                outcome?;
-                let body = body.map_err(|e| {
-                    if e.is::<LengthLimitError>() {
-                        InvokeError::ResponseTooLarge { limit }
-                    } else {
-                        InvokeError::Guest(format!("the response body failed: {e}"))
+                let (req, out) = match resources {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        let failure = updraft_core::Failure::boxed(
+                            "setting up the request",
+                            e.into_boxed_dyn_error(),
+                        );
+                        return early_failure(InvokeError::Internal(failure), on_done);
                     }
-                })?;
-                let body = http_body_util::Full::new(body.to_bytes())
-                    .map_err(|never| match never {})
-                    .boxed_unsync();
-                Ok(http::Response::from_parts(parts, body))
+                };
+                let (pre, indices) = (pre.clone(), proxy.clone());
+                let run = guest.start(store, pipes, uses, move |store: &mut Store<Host>| {
+                    Box::pin(async move {
+                        let mut exports = match exports {
+                            Some(exports) => exports,
+                            None => instantiate(&pre, store).await?,
+                        };
+                        exports
+                            .proxy(&mut *store, &indices)
+                            .map_err(Failure::Run)?
+                            .wasi_http_incoming_handler()
+                            .call_handle(&mut *store, req, out)
+                            .await
+                            .map_err(Failure::Run)?;
+                        Ok(Some(exports))
+                    })
+                });
+                respond(run, receiver, ctx.inline, limits, too_large, on_done).await
             }
-            Some(Ok(response)) => {
-                drop(run);
-                if let Some(error) = too_large() {
-                    return Err(error);
-                }
-                let limit = limits.response_body_bytes_max;
-                Ok(response.map(|body| {
-                    Limited::new(body, limit as usize)
-                        .map_err(move |e| {
-                            if e.is::<LengthLimitError>() {
-                                format!(
-                                    "response body exceeded response_body_bytes_max ({limit} bytes)"
-                                )
-                                .into()
-                            } else {
-                                e
-                            }
-                        })
-                        .boxed_unsync()
-                }))
-            }
-            Some(Err(code)) => Err(too_large().unwrap_or(InvokeError::Guest(format!("{code:?}")))),
-            None => {
-                // The guest dropped the response outparam: it finished or
-                // failed without answering. Its report says why.
-                let outcome = std::future::poll_fn(|cx| run.poll_outcome(cx)).await;
-                Err(too_large().unwrap_or_else(|| outcome.err().unwrap_or(InvokeError::NoResponse)))
-            }
+            _ => early_failure(
+                InvokeError::Internal(updraft_core::Failure::msg("not an http function")),
+                on_done,
+            ),
         }
     }
 
@@ -653,7 +593,7 @@ impl Sandbox {
                         Ok(Err(e)) | Err(e) => Err(Failure::Run(e)),
                     }
                 }
-                Pre::Http { .. } => Ok(()),
+                Pre::Http { .. } | Pre::HttpP3(_) => Ok(()),
             }
         };
         let run = crate::files::within_tmp(run, tmp, Failure::Run);
@@ -803,6 +743,203 @@ impl Drop for GuestRun {
         {
             runtime.spawn(async move { on_done(guest.await) });
         }
+    }
+}
+
+/// What an http guest's future needs besides its store and its run.
+struct HttpGuest {
+    tmp: Option<(std::path::PathBuf, u64)>,
+    timing: Timing,
+    invocation_id: String,
+    warm: Option<Arc<WarmPool>>,
+    reuse_max: u32,
+    /// Request body bytes the guest read.
+    received: Arc<AtomicU64>,
+}
+
+/// An http guest's work in its store: instantiate (unless warm) and handle
+/// the request; gives back the exports worth keeping for reuse.
+type HttpRun<'s> = Pin<Box<dyn Future<Output = Result<Option<Exports>, Failure>> + Send + 's>>;
+
+impl HttpGuest {
+    /// The guest's future: `run` within the deadline (and `/tmp`'s limit),
+    /// then its [`Report`]; a cleanly finished instance goes back to the
+    /// warm pool if the function reuses instances.
+    fn start<F>(self, mut store: Store<Host>, pipes: Pipes, uses: u32, run: F) -> Guest
+    where
+        F: for<'s> FnOnce(&'s mut Store<Host>) -> HttpRun<'s> + Send + 'static,
+    {
+        let HttpGuest {
+            tmp,
+            timing,
+            invocation_id,
+            warm,
+            reuse_max,
+            received,
+        } = self;
+        Box::pin(async move {
+            let (mut report, cpu_time) = CpuTimed::new(Box::pin(async move {
+                let run = crate::files::within_tmp(run(&mut store), tmp, Failure::Run);
+                let result = tokio::time::timeout_at(timing.deadline.into(), run).await;
+                let (result, exports) = split(result);
+                let report = finish(&store, &pipes, result, timing, invocation_id, None);
+                let used = Checkout {
+                    store,
+                    pipes,
+                    exports: exports.flatten(),
+                    uses,
+                };
+                checkin(warm.as_deref(), &report, reuse_max, used);
+                report
+            }))
+            .await;
+            report.cpu_time = cpu_time;
+            report.bytes_in = received.load(Ordering::Relaxed);
+            report
+        })
+    }
+}
+
+/// Drives an http guest until it sets its response, then hands that on:
+/// for an inline call whole, with the guest run to its end; otherwise
+/// streaming, the guest running on as the body is read.
+async fn respond<B, E>(
+    guest: Guest,
+    mut receiver: tokio::sync::oneshot::Receiver<Result<http::Response<B>, E>>,
+    inline: bool,
+    limits: updraft_core::Limits,
+    too_large: impl Fn() -> Option<InvokeError>,
+    on_done: OnDone,
+) -> Result<http::Response<ResponseBody>, InvokeError>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: std::fmt::Debug,
+{
+    let mut run = GuestRun {
+        guest: Some(guest),
+        report: None,
+        on_done: Some(on_done),
+    };
+    let sent = std::future::poll_fn(|cx| run.poll_response(cx, &mut receiver)).await;
+    match sent {
+        Some(Ok(response)) if inline => {
+            let limit = limits.response_body_bytes_max;
+            let (parts, body) = response.into_parts();
+            // Both in this task: the guest may need its body read to finish.
+            let (body, outcome) = futures::join!(
+                Limited::new(body, limit as usize).collect(),
+                std::future::poll_fn(|cx| run.poll_outcome(cx))
+            );
+            drop(run);
+            if let Some(error) = too_large() {
+                return Err(error);
+            }
+            outcome?;
+            let body = body.map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    InvokeError::ResponseTooLarge { limit }
+                } else {
+                    InvokeError::Guest(format!("the response body failed: {e}"))
+                }
+            })?;
+            let body = http_body_util::Full::new(body.to_bytes())
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            Ok(http::Response::from_parts(parts, body))
+        }
+        Some(Ok(response)) => {
+            drop(run);
+            if let Some(error) = too_large() {
+                return Err(error);
+            }
+            let limit = limits.response_body_bytes_max;
+            Ok(response.map(|body| {
+                Limited::new(body, limit as usize)
+                    .map_err(move |e| {
+                        if e.is::<LengthLimitError>() {
+                            format!(
+                                "response body exceeded response_body_bytes_max ({limit} bytes)"
+                            )
+                            .into()
+                        } else {
+                            e
+                        }
+                    })
+                    .boxed_unsync()
+            }))
+        }
+        Some(Err(code)) => Err(too_large().unwrap_or(InvokeError::Guest(format!("{code:?}")))),
+        None => {
+            // The guest dropped its response sender: it finished or failed
+            // without answering. Its report says why.
+            let outcome = std::future::poll_fn(|cx| run.poll_outcome(cx)).await;
+            Err(too_large().unwrap_or_else(|| outcome.err().unwrap_or(InvokeError::NoResponse)))
+        }
+    }
+}
+
+/// A WASI 0.3 service's handling of one request, inside the store's
+/// concurrent event loop: the response goes to `sender` as soon as the
+/// guest returns it, and the loop runs on until the guest's tasks are done
+/// (its body written).
+async fn serve_p3<B>(
+    accessor: &wasmtime::component::Accessor<Host>,
+    service: &wasmtime_wasi_http::p3::bindings::Service,
+    request: http::Request<B>,
+    sender: tokio::sync::oneshot::Sender<P3Response>,
+) -> wasmtime::Result<()>
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
+    let (request, request_io) = accessor.with(|mut access| {
+        let (request, io) =
+            wasmtime_wasi_http::p3::Request::from_http(access.get().http().hooks, request);
+        // Boxed: the future is 'static, but its opaque type names the hooks' borrow.
+        let io: Pin<Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>> = Box::pin(io);
+        (request, io)
+    });
+    match service.handle(accessor, request).await? {
+        Ok(response) => {
+            let response =
+                accessor.with(|mut access| response.into_http(&mut access, request_io))?;
+            let _ = sender.send(Ok(response));
+        }
+        Err(code) => {
+            let _ = sender.send(Err(code));
+        }
+    }
+    std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)).await;
+    Ok(())
+}
+
+/// What a WASI 0.3 service answers: a response, or its error code.
+type P3Response = Result<
+    http::Response<UnsyncBoxBody<Bytes, wasmtime_wasi_http::Error>>,
+    wasmtime_wasi_http::p3::bindings::http::types::ErrorCode,
+>;
+
+/// WASI 0.3 requests carry their scheme and authority: the gateway's
+/// request has a path only, the authority is in its `Host` header.
+fn absolute_uri<B>(request: &mut http::Request<B>) {
+    if request.uri().scheme().is_some() {
+        return;
+    }
+    let authority = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .and_then(|host| host.parse::<http::uri::Authority>().ok())
+        .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
+    let mut parts = request.uri().clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
     }
 }
 

@@ -5,57 +5,12 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use common::*;
-
-/// `wasmtime serve` of a guest, on a port picked now; killed when dropped.
-struct Peer {
-    child: std::process::Child,
-    url: String,
-    _cache: tempfile::TempDir,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Starts `wasmtime serve` with `options` (`-S …`) on `guest_name`, and
 /// waits until it answers.
 async fn serve(guest_name: &str, options: &[&str]) -> Peer {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cache = tempfile::tempdir().unwrap();
-    let child = Command::new(wasmtime())
-        .arg("serve")
-        .args(options)
-        .args(["--addr", &format!("127.0.0.1:{port}")])
-        .arg(guest(guest_name))
-        .env("XDG_CACHE_HOME", cache.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let peer = Peer {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        _cache: cache,
-    };
-    let client = client();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client.get(&peer.url).send().await.is_err() {
-        assert!(Instant::now() < deadline, "wasmtime serve did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    peer
+    Peer::serve(&guest(guest_name), options).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

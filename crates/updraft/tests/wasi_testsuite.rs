@@ -176,10 +176,13 @@ async fn the_wasi_test_suite_passes_as_under_wasmtime_run() {
 
 /// What a WASI 0.3 test runs with and expects: from its operations (`run`,
 /// `write` to stdin, `read` of stdout, `wait`) or the legacy fields. `Err`
-/// says why it is not run here: it needs a proposal Updraft does not grant
-/// a command (wasi:sockets; WASI 0.3 wasi:http), or the suite's own runner
-/// (servers, connections, signals).
+/// says why it is not run as a command: it is a service (run by
+/// [`wasi_0_3_services_answer_as_their_specs_say`]), needs a proposal
+/// Updraft does not grant a command (wasi:sockets), or the suite's own
+/// runner (servers, connections).
 struct P3Spec {
+    /// `http`: wasmtime runs it with `-Shttp`.
+    http: bool,
     args: Vec<String>,
     env: Vec<(String, String)>,
     root: Option<String>,
@@ -189,11 +192,18 @@ struct P3Spec {
 }
 
 fn p3_spec(spec: &serde_json::Value) -> Result<P3Spec, String> {
-    if let Some(proposals) = spec.get("proposals") {
+    let proposals = &spec["proposals"];
+    let http = proposals
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p == "http"));
+    if proposals
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p != "http"))
+    {
         return Err(format!("needs {proposals}"));
     }
     if spec.get("world").is_some() {
-        return Err("needs the suite's runner".into());
+        return Err("a service".into());
     }
     let strings = |v: &serde_json::Value| -> Vec<String> {
         v.as_array()
@@ -214,6 +224,7 @@ fn p3_spec(spec: &serde_json::Value) -> Result<P3Spec, String> {
             .unwrap_or_default()
     };
     let mut out = P3Spec {
+        http,
         args: strings(&spec["args"]),
         env: env(&spec["env"]),
         root: spec["root"].as_str().map(String::from),
@@ -248,6 +259,7 @@ fn p3_spec(spec: &serde_json::Value) -> Result<P3Spec, String> {
 fn passes_under_wasmtime(wasm: &Path, dir: &Path, spec: &P3Spec, cache: &Path) -> bool {
     let mut cmd = std::process::Command::new(wasmtime());
     cmd.args(["run", "-Sp3", "-Wcomponent-model-async"])
+        .args(if spec.http { &["-Shttp"][..] } else { &[] })
         .env("XDG_CACHE_HOME", cache)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -426,19 +438,166 @@ async fn wasi_0_3_commands_pass_as_under_wasmtime_run() {
         reference_passes - failed.len()
     );
     assert!(runnable > 0 && reference_passes > 0);
-    // WASI 0.3 wasi:http is not run yet: refused at deploy, saying so.
-    let http = dir.join("http-request.wasm");
-    let response = server
-        .api()
-        .put(server.url("/v1/functions/p3-http"))
-        .body(std::fs::read(&http).unwrap())
-        .send()
-        .await
+    assert!(failed.is_empty(), "failed:\n{}", failed.join("\n"));
+}
+
+/// One `request` operation of a service test and the response it expects.
+struct ServiceRequest {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+    status: u16,
+    want_headers: Vec<(String, String)>,
+    want_body: Option<String>,
+}
+
+/// A service test's requests, when it needs nothing of the suite's runner
+/// but requests (no servers of its own to call).
+fn service_spec(spec: &serde_json::Value) -> Option<Vec<ServiceRequest>> {
+    if spec["world"] != "wasi:http/service" || spec.get("servers").is_some() {
+        return None;
+    }
+    let pairs = |v: &serde_json::Value| -> Vec<(String, String)> {
+        v.as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut requests = Vec::new();
+    for op in spec["operations"].as_array()? {
+        match op["type"].as_str()? {
+            // Updraft's instances start per request and stop on their own.
+            "run" | "kill" | "wait" => {}
+            "request" => requests.push(ServiceRequest {
+                method: op["method"].as_str()?.to_string(),
+                path: op["path"].as_str()?.to_string(),
+                headers: pairs(&op["headers"]),
+                body: op["body"].as_str().unwrap_or_default().to_string(),
+                status: op["response"]["status"].as_u64()? as u16,
+                want_headers: pairs(&op["response"]["headers"]),
+                want_body: op["response"]["body"].as_str().map(String::from),
+            }),
+            _ => return None,
+        }
+    }
+    Some(requests)
+}
+
+/// What is wrong with the answers `base` gives to a service test's requests;
+/// empty when each is the response its spec names.
+async fn answers(client: &reqwest::Client, base: &str, requests: &[ServiceRequest]) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for want in requests {
+        let mut request =
+            client.request(want.method.parse().unwrap(), format!("{base}{}", want.path));
+        for (k, v) in &want.headers {
+            request = request.header(k, v);
+        }
+        let response = request.body(want.body.clone()).send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.text().await.unwrap();
+        let what = format!("{} {}", want.method, want.path);
+        if status != want.status {
+            wrong.push(format!("{what}: status {status}, want {}", want.status));
+        }
+        for (k, v) in &want.want_headers {
+            let got = headers.get(k).and_then(|h| h.to_str().ok());
+            if got != Some(v.as_str()) {
+                wrong.push(format!("{what}: header {k}: {got:?}, want {v:?}"));
+            }
+        }
+        if want.want_body.as_ref().is_some_and(|b| *b != body) {
+            wrong.push(format!("{what}: body {body:?}, want {:?}", want.want_body));
+        }
+    }
+    wrong
+}
+
+/// The suite's WASI 0.3 services (`wasi:http/service`) that need no servers
+/// of the runner's: deployed as http functions on `/...`, each request of the
+/// spec goes through Updraft's gateway, and through `wasmtime serve` 48 side
+/// by side; each passes on Updraft wherever it passes there.
+#[tokio::test(flavor = "multi_thread")]
+async fn wasi_0_3_services_answer_as_their_specs_say() {
+    let dir = suite_dir().join("rust/testsuite/wasm32-wasip3");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        println!(
+            "SKIPPED: the WASI test suite is not at {} (set WASI_TESTSUITE_DIR): \
+             wasi_0_3_services_answer_as_their_specs_say",
+            suite_dir().display()
+        );
+        return;
+    };
+    let mut specs: Vec<(PathBuf, Vec<ServiceRequest>)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .filter_map(|p| {
+            let spec: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+            service_spec(&spec).map(|requests| (p.with_extension("wasm"), requests))
+        })
+        .collect();
+    specs.sort_by(|a, b| a.0.cmp(&b.0));
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let server = Server::start(&data);
+    let client = common::client();
+    let (mut reference_passes, mut failed) = (0, Vec::new());
+    for (wasm, requests) in &specs {
+        let stem = wasm.file_stem().unwrap().to_string_lossy().into_owned();
+        let manifest = work.path().join(format!("{stem}.toml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "name = \"svc\"\nsource = {:?}\nroute = \"/...\"\n",
+                wasm.to_string_lossy()
+            ),
+        )
         .unwrap();
-    let message = expect_error(response, 400, "unsupported_wasi").await;
-    assert!(
-        message.contains("WASI 0.3") && message.contains("wasi:http/"),
-        "{message}"
+        let out = server.cli(&["deploy", manifest.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{stem}: deploy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ours = answers(&client, &server.url(""), requests).await;
+        let peer = Peer::serve(
+            wasm,
+            &["-Scli", "-Sp3", "-Shttp", "-Wcomponent-model-async"],
+        )
+        .await;
+        let theirs = answers(&client, &peer.url, requests).await;
+        drop(peer);
+        if !theirs.is_empty() {
+            println!("{stem}: fails under wasmtime serve too; not required");
+        } else if !ours.is_empty() {
+            reference_passes += 1;
+            let logs = server.cli(&["logs", "svc"]);
+            failed.push(format!(
+                "{stem}: {}\n  logs: {}",
+                ours.join("; "),
+                String::from_utf8_lossy(&logs.stdout)
+                    .trim()
+                    .replace('\n', "\n  ")
+            ));
+        } else {
+            reference_passes += 1;
+        }
+        server.cli_ok(&["rm", "svc"]);
+    }
+    println!(
+        "WASI test suite (wasm32-wasip3): {} services; wasmtime serve passes {reference_passes}, \
+         Updraft passes {} of those",
+        specs.len(),
+        reference_passes - failed.len()
     );
+    assert!(reference_passes > 0);
     assert!(failed.is_empty(), "failed:\n{}", failed.join("\n"));
 }

@@ -413,3 +413,52 @@ pub fn wasmtime() -> String {
     }
     panic!("wasmtime-cli 48.0.8 not found: run scripts/setup.sh (or set WASMTIME)");
 }
+
+/// `wasmtime serve` of a component, on a port picked now; killed when dropped.
+pub struct Peer {
+    child: std::process::Child,
+    pub url: String,
+    _cache: tempfile::TempDir,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Peer {
+    /// Starts `wasmtime serve` with `options` (`-S …`) on `wasm`, and waits
+    /// until it answers.
+    pub async fn serve(wasm: &Path, options: &[&str]) -> Peer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cache = tempfile::tempdir().unwrap();
+        let child = Command::new(wasmtime())
+            .arg("serve")
+            .args(options)
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .arg(wasm)
+            .env("XDG_CACHE_HOME", cache.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let peer = Peer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _cache: cache,
+        };
+        let client = client();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while client.get(&peer.url).send().await.is_err() {
+            assert!(Instant::now() < deadline, "wasmtime serve did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        peer
+    }
+}
