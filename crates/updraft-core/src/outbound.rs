@@ -1,7 +1,7 @@
 //! `allowed_outbound_hosts`: where a function's outgoing requests may go,
 //! in Spin's syntax (`scheme://host[:port]`).
 //!
-//! - scheme: `http`, `https` or `*`;
+//! - scheme: `http`, `https`, `tcp`, `udp` (wasi:sockets) or `*` (all);
 //! - host: a name (`api.example.com`), a subdomain wildcard
 //!   (`*.example.com`: the subdomains, not the name itself), `*` (any
 //!   public host), an IP address (`127.0.0.1`, `[::1]`) or a network
@@ -12,6 +12,12 @@
 //! Loopback, private, link-local and other non-public addresses are
 //! reachable only when listed as an address or network: no name and no
 //! wildcard reaches them, whatever the name resolves to (DNS rebinding).
+//!
+//! Sockets see addresses, not names: a `tcp`/`udp` entry reaches the
+//! addresses its network holds (`*`: any public one), and only those peers
+//! may connect to a function's listener or send to its UDP socket (others
+//! are dropped before the guest sees them). Binding and listening need an
+//! entry of the protocol, on any address the machine lets it bind.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -32,7 +38,16 @@ pub struct OutboundHostError {
 pub enum SchemePattern {
     Http,
     Https,
+    Tcp,
+    Udp,
     Any,
+}
+
+/// A wasi:sockets protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketProtocol {
+    Tcp,
+    Udp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +142,21 @@ impl AllowedHosts {
     pub fn address_allowed(&self, ip: IpAddr) -> bool {
         is_public(ip) || self.rules.iter().any(|r| r.host_holds_ip(ip, false))
     }
+
+    /// Whether any entry grants sockets of `protocol` (and with them
+    /// name lookups and the implicit bind of a client socket).
+    pub fn grants_sockets(&self, protocol: SocketProtocol) -> bool {
+        self.rules.iter().any(|r| r.protocol_matches(protocol))
+    }
+
+    /// Whether a socket may connect to, send to, accept or receive from the
+    /// peer `ip:port`: an entry's network holds it, or `*` and it is public.
+    pub fn socket_peer_allowed(&self, protocol: SocketProtocol, ip: IpAddr, port: u16) -> bool {
+        let ip = canonical(ip);
+        self.rules.iter().any(|r| {
+            r.protocol_matches(protocol) && r.port_matches(port) && r.host_holds_ip(ip, true)
+        })
+    }
 }
 
 impl HostRule {
@@ -135,7 +165,17 @@ impl HostRule {
             SchemePattern::Any => true,
             SchemePattern::Https => https,
             SchemePattern::Http => !https,
+            SchemePattern::Tcp | SchemePattern::Udp => false,
         }
+    }
+
+    fn protocol_matches(&self, protocol: SocketProtocol) -> bool {
+        matches!(
+            (self.scheme, protocol),
+            (SchemePattern::Any, _)
+                | (SchemePattern::Tcp, SocketProtocol::Tcp)
+                | (SchemePattern::Udp, SocketProtocol::Udp)
+        )
     }
 
     fn port_matches(&self, port: u16) -> bool {
@@ -250,10 +290,12 @@ fn parse_rule(entry: &str) -> Result<HostRule, OutboundHostError> {
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "http" => SchemePattern::Http,
         "https" => SchemePattern::Https,
+        "tcp" => SchemePattern::Tcp,
+        "udp" => SchemePattern::Udp,
         "*" => SchemePattern::Any,
         other => {
             return Err(err(&format!(
-                "scheme {other:?} is not supported: use http, https or *"
+                "scheme {other:?} is not supported: use http, https, tcp, udp or *"
             )));
         }
     };
@@ -269,9 +311,9 @@ fn parse_rule(entry: &str) -> Result<HostRule, OutboundHostError> {
         None => match scheme {
             SchemePattern::Http => PortPattern::Range(80, 81),
             SchemePattern::Https => PortPattern::Range(443, 444),
-            SchemePattern::Any => {
+            SchemePattern::Any | SchemePattern::Tcp | SchemePattern::Udp => {
                 return Err(err(
-                    "with the scheme \"*\", name the port (\":443\", \":*\")",
+                    "with the scheme \"*\", \"tcp\" or \"udp\", name the port (\":443\", \":*\")",
                 ));
             }
         },
@@ -454,6 +496,27 @@ mod tests {
         assert!(!l.address_allowed("192.168.0.1".parse().unwrap()));
         // A name is not an address: `localhost` is not listed.
         assert!(!l.allows(false, "localhost", 9000));
+    }
+
+    #[test]
+    fn sockets_reach_listed_networks_only() {
+        use SocketProtocol::{Tcp, Udp};
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let l = list(&["tcp://127.0.0.1:*", "udp://10.0.0.0/8:53", "tcp://*:443"]);
+        assert!(l.grants_sockets(Tcp) && l.grants_sockets(Udp));
+        assert!(l.socket_peer_allowed(Tcp, ip("127.0.0.1"), 9000));
+        assert!(l.socket_peer_allowed(Tcp, ip("::ffff:127.0.0.1"), 9000));
+        assert!(!l.socket_peer_allowed(Udp, ip("127.0.0.1"), 9000));
+        assert!(l.socket_peer_allowed(Udp, ip("10.1.2.3"), 53));
+        assert!(!l.socket_peer_allowed(Udp, ip("10.1.2.3"), 54));
+        assert!(l.socket_peer_allowed(Tcp, ip("93.184.216.34"), 443));
+        assert!(!l.socket_peer_allowed(Tcp, ip("192.168.1.1"), 443));
+        // http entries grant no sockets, socket entries no http.
+        let h = list(&["http://127.0.0.1:*"]);
+        assert!(!h.grants_sockets(Tcp));
+        assert!(!h.socket_peer_allowed(Tcp, ip("127.0.0.1"), 80));
+        assert!(!l.allows(false, "127.0.0.1", 80));
+        assert!(list(&["*://127.0.0.1:*"]).socket_peer_allowed(Udp, ip("127.0.0.1"), 1));
     }
 
     #[test]

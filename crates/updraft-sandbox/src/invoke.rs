@@ -173,6 +173,8 @@ impl Sandbox {
             wasi.stdin(MemoryInputPipe::new(stdin));
         }
         let scratch = self.mount(&prepared.mounts, &mut wasi)?;
+        let mut hooks = Outbound::new(prepared.grants.outbound.clone(), deadline);
+        hooks.grant_sockets(&mut wasi);
         // A core module reads WASI through preview1; the p2 context is unused.
         let (wasi, p1) = match prepared.pre {
             Pre::Core(_) => (
@@ -186,7 +188,7 @@ impl Sandbox {
             wasi,
             p1,
             http: WasiHttpCtx::new(),
-            hooks: Outbound::new(prepared.grants.outbound.clone(), deadline),
+            hooks,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(prepared.limits.memory_bytes()),
             grants: prepared.grants.clone(),

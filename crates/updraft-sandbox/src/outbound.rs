@@ -5,6 +5,9 @@
 //! kept across invocations; requests and bytes sent counted for the bill.
 //!
 //! Without a grant, every request is refused with `HTTP-request-denied`.
+//!
+//! wasi:sockets (0.2 and 0.3) follow the same list's `tcp`/`udp` entries
+//! ([`Outbound::grant_sockets`]); without one, sockets stay denied.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -21,7 +24,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use updraft_core::Manifest;
-use updraft_core::outbound::AllowedHosts;
+use updraft_core::outbound::{AllowedHosts, SocketProtocol};
+use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::capability::Backends;
@@ -202,10 +206,40 @@ impl Outbound {
         }
     }
 
-    /// Starts a new invocation on a reused instance.
+    /// Starts a new invocation on a reused instance. The tally is kept (its
+    /// contents were taken): the socket check holds it.
     pub(crate) fn reset(&mut self, deadline: Instant) {
         self.deadline = deadline;
-        self.tally = None;
+    }
+
+    /// Opens wasi:sockets to what the grant's `tcp`/`udp` (or `*`) entries
+    /// allow, with name lookups; each refusal is noted for the logs, each
+    /// TCP connection counted as a request.
+    pub(crate) fn grant_sockets(&mut self, wasi: &mut wasmtime_wasi::WasiCtxBuilder) {
+        let Some(grant) = &self.grant else {
+            return;
+        };
+        let hosts = grant.hosts.clone();
+        let tcp = hosts.grants_sockets(SocketProtocol::Tcp);
+        let udp = hosts.grants_sockets(SocketProtocol::Udp);
+        if !tcp && !udp {
+            return;
+        }
+        let tally = self.tally.get_or_insert_with(Arc::default).clone();
+        wasi.allow_tcp(tcp)
+            .allow_udp(udp)
+            .allow_ip_name_lookup(true)
+            .socket_addr_check(move |addr, used| {
+                let allowed = socket_allowed(&hosts, addr, used);
+                with_tally(&tally, |t| {
+                    if !allowed {
+                        t.note(socket_refusal(&hosts, addr, used));
+                    } else if matches!(used, SocketAddrUse::TcpConnect) {
+                        t.requests += 1;
+                    }
+                });
+                Box::pin(async move { allowed })
+            });
     }
 
     /// Takes what this invocation did.
@@ -218,6 +252,47 @@ impl Outbound {
             Err(_) => OutboundTally::default(),
         }
     }
+}
+
+/// Whether a socket may use `addr` as `used` says, by [`AllowedHosts`]'
+/// socket rules.
+fn socket_allowed(hosts: &AllowedHosts, addr: SocketAddr, used: SocketAddrUse) -> bool {
+    use SocketProtocol::{Tcp, Udp};
+    let (ip, port) = (addr.ip(), addr.port());
+    match used {
+        // Local uses: the peers are what the list governs, and each is
+        // checked (accept and receive included).
+        SocketAddrUse::TcpBind | SocketAddrUse::TcpListen => hosts.grants_sockets(Tcp),
+        SocketAddrUse::UdpBind => hosts.grants_sockets(Udp),
+        SocketAddrUse::TcpAccept | SocketAddrUse::TcpConnect => {
+            hosts.socket_peer_allowed(Tcp, ip, port)
+        }
+        SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
+            hosts.socket_peer_allowed(Udp, ip, port)
+        }
+    }
+}
+
+/// A refused socket use, and the entry that would allow it.
+fn socket_refusal(hosts: &AllowedHosts, addr: SocketAddr, used: SocketAddrUse) -> String {
+    let (what, scheme) = match used {
+        SocketAddrUse::TcpBind => ("binding a TCP socket to", "tcp"),
+        SocketAddrUse::TcpListen => ("listening on", "tcp"),
+        SocketAddrUse::TcpAccept => ("accepting a connection from", "tcp"),
+        SocketAddrUse::TcpConnect => ("connecting to", "tcp"),
+        SocketAddrUse::UdpBind => ("binding a UDP socket to", "udp"),
+        SocketAddrUse::UdpSend => ("sending to", "udp"),
+        SocketAddrUse::UdpReceive => ("receiving from", "udp"),
+    };
+    let host = match addr.ip() {
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!(
+        "{what} {addr} refused: it is not in this function's {KEY} (listed: {}); add \"{scheme}://{host}:{}\" to updraft.toml",
+        hosts.listed().join(", "),
+        addr.port()
+    )
 }
 
 fn with_tally(tally: &Mutex<OutboundTally>, f: impl FnOnce(&mut OutboundTally)) {

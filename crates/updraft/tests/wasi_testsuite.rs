@@ -177,12 +177,14 @@ async fn the_wasi_test_suite_passes_as_under_wasmtime_run() {
 /// What a WASI 0.3 test runs with and expects: from its operations (`run`,
 /// `write` to stdin, `read` of stdout, `wait`) or the legacy fields. `Err`
 /// says why it is not run as a command: it is a service (run by
-/// [`wasi_0_3_services_answer_as_their_specs_say`]), needs a proposal
-/// Updraft does not grant a command (wasi:sockets), or the suite's own
-/// runner (servers, connections).
+/// [`wasi_0_3_services_answer_as_their_specs_say`]), or needs the suite's
+/// own runner (servers, connections).
 struct P3Spec {
     /// `http`: wasmtime runs it with `-Shttp`.
     http: bool,
+    /// `sockets`: wasmtime runs it with `-Sinherit-network`, Updraft with
+    /// the loopback addresses in `allowed_outbound_hosts`.
+    sockets: bool,
     args: Vec<String>,
     env: Vec<(String, String)>,
     root: Option<String>,
@@ -193,12 +195,15 @@ struct P3Spec {
 
 fn p3_spec(spec: &serde_json::Value) -> Result<P3Spec, String> {
     let proposals = &spec["proposals"];
-    let http = proposals
-        .as_array()
-        .is_some_and(|p| p.iter().any(|p| p == "http"));
+    let needs = |name: &str| {
+        proposals
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p == name))
+    };
+    let (http, sockets) = (needs("http"), needs("sockets"));
     if proposals
         .as_array()
-        .is_some_and(|p| p.iter().any(|p| p != "http"))
+        .is_some_and(|p| p.iter().any(|p| p != "http" && p != "sockets"))
     {
         return Err(format!("needs {proposals}"));
     }
@@ -225,6 +230,7 @@ fn p3_spec(spec: &serde_json::Value) -> Result<P3Spec, String> {
     };
     let mut out = P3Spec {
         http,
+        sockets,
         args: strings(&spec["args"]),
         env: env(&spec["env"]),
         root: spec["root"].as_str().map(String::from),
@@ -260,6 +266,11 @@ fn passes_under_wasmtime(wasm: &Path, dir: &Path, spec: &P3Spec, cache: &Path) -
     let mut cmd = std::process::Command::new(wasmtime());
     cmd.args(["run", "-Sp3", "-Wcomponent-model-async"])
         .args(if spec.http { &["-Shttp"][..] } else { &[] })
+        .args(if spec.sockets {
+            &["-Sinherit-network"][..]
+        } else {
+            &[]
+        })
         .env("XDG_CACHE_HOME", cache)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -374,6 +385,18 @@ async fn wasi_0_3_commands_pass_as_under_wasmtime_run() {
                 .collect();
             table.insert("env".into(), env.into());
         }
+        if spec.sockets {
+            let hosts: Vec<toml::Value> = [
+                "tcp://127.0.0.1:*",
+                "udp://127.0.0.1:*",
+                "tcp://[::1]:*",
+                "udp://[::1]:*",
+            ]
+            .into_iter()
+            .map(toml::Value::from)
+            .collect();
+            table.insert("allowed_outbound_hosts".into(), hosts.into());
+        }
         if let Some(root) = &spec.root {
             let mut mount = toml::Table::new();
             mount.insert(
@@ -438,6 +461,42 @@ async fn wasi_0_3_commands_pass_as_under_wasmtime_run() {
         reference_passes - failed.len()
     );
     assert!(runnable > 0 && reference_passes > 0);
+    // Sockets follow allowed_outbound_hosts: none listed, none open; a
+    // listener on loopback is not reached when loopback is not listed.
+    let connect = dir.join("sockets-tcp-connect.wasm");
+    for (name, hosts, note) in [
+        ("sock-none", "", None),
+        (
+            "sock-other",
+            "allowed_outbound_hosts = [\"tcp://10.0.0.0/8:*\"]\n",
+            Some("connecting to 127.0.0.1:"),
+        ),
+    ] {
+        let manifest = work.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "name = \"{name}\"\nsource = {:?}\n{hosts}",
+                connect.to_string_lossy()
+            ),
+        )
+        .unwrap();
+        server.cli_ok(&["deploy", manifest.to_str().unwrap()]);
+        let response = server
+            .api()
+            .post(server.url(&format!("/v1/functions/{name}/invoke")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 500, "{name}");
+        if let Some(note) = note {
+            let logs = server.cli_ok(&["logs", name]);
+            assert!(
+                logs.contains(note) && logs.contains("add \"tcp://127.0.0.1:"),
+                "{logs}"
+            );
+        }
+    }
     assert!(failed.is_empty(), "failed:\n{}", failed.join("\n"));
 }
 
