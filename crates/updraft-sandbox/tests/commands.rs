@@ -202,3 +202,53 @@ async fn a_command_without_start_or_of_the_wrong_kind_is_refused_at_prepare() {
     assert_eq!(prepared.kind, updraft_core::FunctionKind::Command);
     assert!(!prepared.takes_calls());
 }
+
+/// A WASI 0.3 command: a component exporting `wasi:cli/run@0.3.0`, its
+/// `run` lifted without the async ABI; `body` is `run`'s body and leaves
+/// the result's discriminant (0 is `ok`).
+fn p3_command(body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component
+             (core module $m
+               (memory (export "memory") 1)
+               (func (export "run") (result i32) {body}))
+             (core instance $i (instantiate $m))
+             (type $run (func async (result (result))))
+             (func $run (type $run) (canon lift (core func $i "run")))
+             (instance $cli (export "run" (func $run)))
+             (export "wasi:cli/run@0.3.0" (instance $cli)))"#
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wasi_0_3_command_keeps_the_same_limits_on_its_own_engine() {
+    let f = Fixture::new();
+    let out = f.run(p3_command("i32.const 0"), limits(), b"").await;
+    assert!(out.result.is_ok(), "{:?}", out.result);
+    let out = f.run(p3_command("i32.const 1"), limits(), b"").await;
+    assert!(
+        matches!(out.result, Err(InvokeError::Exit { code: 1, .. })),
+        "{:?}",
+        out.result
+    );
+    let quick = Limits {
+        timeout_ms: 200,
+        ..limits()
+    };
+    let out = f
+        .run(p3_command("(loop $l (br $l)) i32.const 0"), quick, b"")
+        .await;
+    assert_eq!(
+        out.result.unwrap_err(),
+        InvokeError::Timeout { timeout_ms: 200 }
+    );
+    let bomb =
+        "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable";
+    let out = f.run(p3_command(bomb), limits(), b"").await;
+    assert_eq!(
+        out.result.unwrap_err(),
+        InvokeError::MemoryLimit { memory_mb: 16 }
+    );
+    assert!(out.report.memory_peak_bytes >= 15 << 20, "metered");
+}

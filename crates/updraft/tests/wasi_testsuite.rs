@@ -511,10 +511,15 @@ struct ServiceRequest {
     want_body: Option<String>,
 }
 
-/// A service test's requests, when it needs nothing of the suite's runner
-/// but requests (no servers of its own to call).
-fn service_spec(spec: &serde_json::Value) -> Option<Vec<ServiceRequest>> {
-    if spec["world"] != "wasi:http/service" || spec.get("servers").is_some() {
+/// A service test: its requests, and the servers of the suite's runner it
+/// calls (`servers` in its spec).
+struct ServiceSpec {
+    requests: Vec<ServiceRequest>,
+    servers: serde_json::Value,
+}
+
+fn service_spec(spec: &serde_json::Value) -> Option<ServiceSpec> {
+    if spec["world"] != "wasi:http/service" {
         return None;
     }
     let pairs = |v: &serde_json::Value| -> Vec<(String, String)> {
@@ -543,7 +548,217 @@ fn service_spec(spec: &serde_json::Value) -> Option<Vec<ServiceRequest>> {
             _ => return None,
         }
     }
-    Some(requests)
+    Some(ServiceSpec {
+        requests,
+        servers: spec["servers"].clone(),
+    })
+}
+
+/// The HTTP servers of the suite's runner a service test calls, served as
+/// its `test_suite_runner.py` serves them, bytes on the wire included: each
+/// on 127.0.0.1, named to the guest as `HTTP_SERVER_<NAME>=host:port`;
+/// routes by exact method and request target (query included), else 404;
+/// `echo-body` answers the body; `echo-headers` answers `x-request-method`,
+/// `x-request-path`, `x-echo-<name>` per header value and `x-trailer-<name>`
+/// per trailer; a static response has a body, or chunks and trailers; a
+/// `closed` server is a port nothing listens on. One request per connection.
+struct EndpointServers {
+    env: Vec<(String, String)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for EndpointServers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl EndpointServers {
+    async fn start(servers: &serde_json::Value) -> EndpointServers {
+        let mut out = EndpointServers {
+            env: Vec::new(),
+            tasks: Vec::new(),
+        };
+        for server in servers.as_array().into_iter().flatten() {
+            let name = format!(
+                "HTTP_SERVER_{}",
+                server["name"].as_str().unwrap().to_uppercase()
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            out.env
+                .push((name, listener.local_addr().unwrap().to_string()));
+            if server["kind"] == "closed" {
+                // Bound, then closed: connecting is refused.
+                continue;
+            }
+            let endpoints = std::sync::Arc::new(server["endpoints"].clone());
+            out.tasks.push(tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve_endpoint(stream, endpoints.clone()));
+                }
+            }));
+        }
+        out
+    }
+}
+
+async fn serve_endpoint(
+    stream: tokio::net::TcpStream,
+    endpoints: std::sync::Arc<serde_json::Value>,
+) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let (read, mut write) = stream.into_split();
+    let mut read = tokio::io::BufReader::new(read);
+    let mut line = String::new();
+    if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+        return;
+    }
+    let mut request_line = line.split_whitespace();
+    let method = request_line.next().unwrap_or_default().to_string();
+    let target = request_line.next().unwrap_or_default().to_string();
+    // Header and trailer lines: `name: value` up to a blank line.
+    async fn fields(
+        read: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        loop {
+            let mut line = String::new();
+            if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return out;
+            }
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                return out;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                out.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+            }
+        }
+    }
+    let headers = fields(&mut read).await;
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    let mut trailers = Vec::new();
+    if header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            if read.read_line(&mut size).await.unwrap_or(0) == 0 {
+                break;
+            }
+            let size = usize::from_str_radix(size.split(';').next().unwrap_or("0").trim(), 16)
+                .unwrap_or(0);
+            if size == 0 {
+                trailers = fields(&mut read).await;
+                break;
+            }
+            let mut chunk = vec![0; size + 2];
+            if read.read_exact(&mut chunk).await.is_err() {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body = vec![0; len];
+        let _ = read.read_exact(&mut body).await;
+    }
+    let endpoint = endpoints
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["method"] == method.as_str() && e["path"] == target.as_str());
+    let mut head: Vec<(String, String)> = Vec::new();
+    let mut chunks: Option<Vec<String>> = None;
+    let mut response_trailers: Vec<(String, String)> = Vec::new();
+    let status = match endpoint {
+        None => {
+            body.clear();
+            404
+        }
+        Some(e) if e["mode"] == "echo-body" => 200,
+        Some(e) if e["mode"] == "echo-headers" => {
+            head.push(("x-request-method".into(), method.clone()));
+            head.push(("x-request-path".into(), target.clone()));
+            let mut names: Vec<&str> = Vec::new();
+            for (name, _) in &headers {
+                if !names.contains(&name.as_str()) {
+                    names.push(name);
+                }
+            }
+            for name in names {
+                for (_, value) in headers.iter().filter(|(n, _)| n == name) {
+                    head.push((format!("x-echo-{name}"), value.clone()));
+                }
+            }
+            for (name, value) in &trailers {
+                head.push((format!("x-trailer-{name}"), value.clone()));
+            }
+            body.clear();
+            200
+        }
+        Some(e) => {
+            let response = &e["response"];
+            for (k, v) in response["headers"].as_object().into_iter().flatten() {
+                head.push((k.clone(), v.as_str().unwrap_or_default().to_string()));
+            }
+            body = response["body"]
+                .as_str()
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec();
+            chunks = response["chunks"].as_array().map(|c| {
+                c.iter()
+                    .map(|x| x.as_str().unwrap_or_default().to_string())
+                    .collect()
+            });
+            for (k, v) in response["trailers"].as_object().into_iter().flatten() {
+                response_trailers.push((k.clone(), v.as_str().unwrap_or_default().to_string()));
+            }
+            response["status"].as_u64().unwrap_or(200) as u16
+        }
+    };
+    let reason = hyper::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut out = format!("HTTP/1.1 {status} {reason}\r\n").into_bytes();
+    for (name, value) in &head {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    match &chunks {
+        None => out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes()),
+        Some(_) => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+            if !response_trailers.is_empty() {
+                let names: Vec<&str> = response_trailers.iter().map(|(n, _)| n.as_str()).collect();
+                out.extend_from_slice(format!("Trailer: {}\r\n", names.join(", ")).as_bytes());
+            }
+        }
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    if method != "HEAD" {
+        match &chunks {
+            None => out.extend_from_slice(&body),
+            Some(chunks) => {
+                for chunk in chunks {
+                    out.extend_from_slice(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes());
+                }
+                out.extend_from_slice(b"0\r\n");
+                for (name, value) in &response_trailers {
+                    out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    let _ = write.write_all(&out).await;
+    let _ = write.shutdown().await;
 }
 
 /// What is wrong with the answers `base` gives to a service test's requests;
@@ -577,10 +792,11 @@ async fn answers(client: &reqwest::Client, base: &str, requests: &[ServiceReques
     wrong
 }
 
-/// The suite's WASI 0.3 services (`wasi:http/service`) that need no servers
-/// of the runner's: deployed as http functions on `/...`, each request of the
-/// spec goes through Updraft's gateway, and through `wasmtime serve` 48 side
-/// by side; each passes on Updraft wherever it passes there.
+/// The suite's WASI 0.3 services (`wasi:http/service`): deployed as http
+/// functions on `/...` (with `http://127.0.0.1:*` in allowed_outbound_hosts
+/// and the runner's servers in env), each request of the spec goes through
+/// Updraft's gateway, and through `wasmtime serve` 48 side by side; each
+/// passes on Updraft wherever it passes there.
 #[tokio::test(flavor = "multi_thread")]
 async fn wasi_0_3_services_answer_as_their_specs_say() {
     let dir = suite_dir().join("rust/testsuite/wasm32-wasip3");
@@ -592,14 +808,14 @@ async fn wasi_0_3_services_answer_as_their_specs_say() {
         );
         return;
     };
-    let mut specs: Vec<(PathBuf, Vec<ServiceRequest>)> = entries
+    let mut specs: Vec<(PathBuf, ServiceSpec)> = entries
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .filter_map(|p| {
             let spec: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-            service_spec(&spec).map(|requests| (p.with_extension("wasm"), requests))
+            service_spec(&spec).map(|service| (p.with_extension("wasm"), service))
         })
         .collect();
     specs.sort_by(|a, b| a.0.cmp(&b.0));
@@ -609,14 +825,23 @@ async fn wasi_0_3_services_answer_as_their_specs_say() {
     let server = Server::start(&data);
     let client = common::client();
     let (mut reference_passes, mut failed) = (0, Vec::new());
-    for (wasm, requests) in &specs {
+    for (wasm, service) in &specs {
         let stem = wasm.file_stem().unwrap().to_string_lossy().into_owned();
+        let requests = &service.requests;
+        let servers = EndpointServers::start(&service.servers).await;
+        let env: Vec<String> = servers
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k} = {v:?}"))
+            .collect();
         let manifest = work.path().join(format!("{stem}.toml"));
         std::fs::write(
             &manifest,
             format!(
-                "name = \"svc\"\nsource = {:?}\nroute = \"/...\"\n",
-                wasm.to_string_lossy()
+                "name = \"svc\"\nsource = {:?}\nroute = \"/...\"\n\
+                 allowed_outbound_hosts = [\"http://127.0.0.1:*\"]\nenv = {{ {} }}\n",
+                wasm.to_string_lossy(),
+                env.join(", ")
             ),
         )
         .unwrap();
@@ -627,11 +852,16 @@ async fn wasi_0_3_services_answer_as_their_specs_say() {
             String::from_utf8_lossy(&out.stderr)
         );
         let ours = answers(&client, &server.url(""), requests).await;
-        let peer = Peer::serve(
-            wasm,
-            &["-Scli", "-Sp3", "-Shttp", "-Wcomponent-model-async"],
-        )
-        .await;
+        let mut options = vec!["-Scli", "-Sp3", "-Shttp", "-Wcomponent-model-async"];
+        let env: Vec<String> = servers
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        for pair in &env {
+            options.extend(["--env", pair.as_str()]);
+        }
+        let peer = Peer::serve(wasm, &options).await;
         let theirs = answers(&client, &peer.url, requests).await;
         drop(peer);
         if !theirs.is_empty() {
