@@ -1005,3 +1005,67 @@ async fn kv_triggers_fire_once_for_writes_through_any_node() {
         );
     }
 }
+
+/// Secrets across nodes: sealed with the key every node shares
+/// (`UPDRAFT_SECRETS_KEY`), set through one node and read by a function on
+/// another; rotated through the second and read through the first, with no
+/// redeploy. A node without the key refuses secrets, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_are_shared_by_the_nodes_that_share_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let key = "7f".repeat(32);
+    let args = ["--cluster", nats.url.as_str()];
+    let with_key = [("UPDRAFT_SECRETS_KEY", key.as_str())];
+    let n1 = Server::start_with_env(&dir.path().join("n1"), &args, &with_key);
+    let node = |name: &str, env: &[(&str, &str)]| {
+        let data_dir = dir.path().join(name);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        std::fs::copy(n1.data_dir.join("admin.key"), data_dir.join("admin.key")).unwrap();
+        Server::start_with_env(&data_dir, &args, env)
+    };
+    let n2 = node("n2", &with_key);
+    let keyless = node("n3", &[]);
+
+    let put = |node: &Server, value: &'static str| {
+        node.api()
+            .put(node.url("/v1/secrets/api_token"))
+            .body(value)
+            .send()
+    };
+    assert_eq!(put(&n1, "tok-first-8d3e").await.unwrap().status(), 204);
+    n1.deploy_guest(
+        "config",
+        "config-reader",
+        "route = \"/config/...\"\n[variables]\ntoken = \"{{ secret.api_token }}\"",
+    );
+    let token = |node: &Server| {
+        let url = node.url("/config/get?key=token");
+        async move {
+            let response = client().get(url).send().await.map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let body = response.text().await.map_err(|e| e.to_string())?;
+            match status {
+                200 => Ok(body),
+                _ => Err(format!("{status} {body}")),
+            }
+        }
+    };
+    let seen = wait_until(
+        "node 2 serving config",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || token(&n2),
+    )
+    .await;
+    assert_eq!(seen, "tok-first-8d3e");
+
+    // Rotated through node 2, read through node 1: no redeploy.
+    assert_eq!(put(&n2, "tok-second-51aa").await.unwrap().status(), 204);
+    assert_eq!(token(&n1).await.unwrap(), "tok-second-51aa");
+
+    // The node without the key cannot seal or open them.
+    let refused = put(&keyless, "tok-third").await.unwrap();
+    expect_error(refused, 503, "secrets_unavailable").await;
+    assert_eq!(token(&n2).await.unwrap(), "tok-second-51aa");
+}

@@ -305,8 +305,9 @@ async fn bad_entries_are_refused_at_deploy_naming_the_entry() {
     for (entry, says) in [
         ("api.example.com", "name a scheme"),
         ("https://example.com/v1/", "no path"),
-        ("ftp://example.com", "use http, https or *"),
+        ("ftp://example.com", "use http, https, tcp, udp or *"),
         ("*://example.com", "name the port"),
+        ("tcp://10.0.0.1", "name the port"),
     ] {
         let manifest = server.write_manifest("bad", "http-chaos", &hosts(&[entry.to_string()]));
         let out = server.cli(&["deploy", manifest.to_str().unwrap()]);

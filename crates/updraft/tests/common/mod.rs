@@ -102,12 +102,28 @@ impl Server {
 
     /// Starts with `RUST_LOG=rust_log`, the server's log going to `stderr`.
     pub fn start_logging(data_dir: &Path, extra: &[&str], rust_log: &str, stderr: Stdio) -> Server {
+        Self::spawn(data_dir, extra, rust_log, stderr, &[])
+    }
+
+    /// [`Self::start_with`], with `env` set for the server.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::spawn(data_dir, extra, "warn", Stdio::inherit(), env)
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        extra: &[&str],
+        rust_log: &str,
+        stderr: Stdio,
+        env: &[(&str, &str)],
+    ) -> Server {
         let cluster = cluster_args(data_dir, extra);
         let mut child = Command::new(bin())
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .args(&cluster)
+            .envs(env.iter().copied())
             .env("RUST_LOG", rust_log)
             .env("XDG_CACHE_HOME", data_dir.join("xdg-cache"))
             .stdout(Stdio::piped())
