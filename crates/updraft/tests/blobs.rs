@@ -94,6 +94,32 @@ async fn functions_store_and_serve_blobs_within_limits() {
     let r = get(&server, "/files/huge.bin").await;
     assert_eq!(r.status(), 404);
 
+    // Unicode keys are kept as written, through the API as through guests.
+    let r = put(
+        &server,
+        "/v1/blobs/uploads/%C3%A9t%C3%A9/r%C3%A9sum%C3%A9.pdf",
+        "cv",
+    )
+    .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let listed = server
+        .get_json("/v1/blobs/uploads?prefix=%C3%A9t%C3%A9/")
+        .await;
+    assert_eq!(listed["blobs"][0]["key"], "été/résumé.pdf", "{listed}");
+    let r = get(
+        &server,
+        "/v1/blobs/uploads/%C3%A9t%C3%A9/r%C3%A9sum%C3%A9.pdf",
+    )
+    .await;
+    assert_eq!(r.text().await.unwrap(), "cv");
+    let r = server
+        .api()
+        .delete(server.url("/v1/blobs/uploads/%C3%A9t%C3%A9/r%C3%A9sum%C3%A9.pdf"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
     // Bad keys and unknown containers are refused with the reason.
     let r = put(&server, "/v1/blobs/uploads/a%2F%2Fb", "x").await;
     expect_error(r, 400, "invalid_key").await;
