@@ -13,6 +13,7 @@ mod invoke;
 mod kv;
 mod queues;
 mod secrets;
+mod server;
 mod usage;
 
 use std::future::Future;
@@ -22,11 +23,14 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{delete, get, post, put};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use updraft_scheduler::Platform;
 
 pub use error::ApiError;
+pub use server::{
+    CONNECTIONS_MAX_DEFAULT, CONNECTIONS_PER_CLIENT_MAX_DEFAULT, HEADER_READ_TIMEOUT_DEFAULT,
+    ServeLimits,
+};
 
 /// Largest upload accepted by deploy (the Wasm plus the manifest). Python and
 /// JavaScript components are 13–20 MB; leave room for bigger runtimes.
@@ -102,23 +106,15 @@ pub fn router(platform: Arc<Platform>) -> Router {
         .with_state(platform)
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight requests finish.
+/// Serves until `shutdown` resolves, then lets in-flight requests finish,
+/// within `limits` ([`ServeLimits`]).
 pub async fn serve(
     listener: TcpListener,
     platform: Arc<Platform>,
+    limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Responses are small and written in pieces (headers, chunks, the chunked
-    // terminator); without TCP_NODELAY a piece can wait ~40 ms for the
-    // client's delayed ACK.
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!("TCP_NODELAY: {e}");
-        }
-    });
-    axum::serve(listener, router(platform.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    server::serve(listener, router(platform.clone()), limits, shutdown).await;
     platform.shutdown().await;
     Ok(())
 }

@@ -39,6 +39,41 @@ pub struct ServerConfig {
     pub prices: PriceSheet,
     #[serde(default)]
     pub metering: MeteringConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]`: what the listener allows (docs/server-config.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Time a client has to send a request's headers, and to start its
+    /// next request on a kept-alive connection.
+    pub header_read_timeout_ms: u64,
+    /// Open connections, in all.
+    pub connections_max: usize,
+    /// Open connections from one client address.
+    pub connections_per_client_max: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout_ms: updraft_gateway::HEADER_READ_TIMEOUT_DEFAULT.as_millis() as u64,
+            connections_max: updraft_gateway::CONNECTIONS_MAX_DEFAULT,
+            connections_per_client_max: updraft_gateway::CONNECTIONS_PER_CLIENT_MAX_DEFAULT,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn limits(&self) -> updraft_gateway::ServeLimits {
+        updraft_gateway::ServeLimits {
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+            connections_max: self.connections_max,
+            connections_per_client_max: self.connections_per_client_max,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +118,23 @@ impl ServerConfig {
             anyhow::bail!(
                 "the server config {} is not valid: [metering] records_retention_days = 0: \
                  keep records at least 1 day (the hourly sums are kept anyway)",
+                path.display()
+            );
+        }
+        let http = &config.http;
+        if !(100..=3_600_000).contains(&http.header_read_timeout_ms) {
+            anyhow::bail!(
+                "the server config {} is not valid: [http] header_read_timeout_ms = {}: \
+                 give clients 100 to 3600000 ms to send their headers (the default is {})",
+                path.display(),
+                http.header_read_timeout_ms,
+                HttpConfig::default().header_read_timeout_ms
+            );
+        }
+        if http.connections_max == 0 || http.connections_per_client_max == 0 {
+            anyhow::bail!(
+                "the server config {} is not valid: [http] connections_max and \
+                 connections_per_client_max must be at least 1",
                 path.display()
             );
         }

@@ -131,6 +131,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.records_retention =
         Duration::from_secs(u64::from(file.metering.records_retention_days) * 86_400);
     config.storage_sample = Duration::from_secs(file.metering.storage_sample_secs);
+    let http = file.http;
     config.instances_max = args.instances_max;
     config.idle_unload =
         (args.idle_unload_secs > 0).then(|| Duration::from_secs(args.idle_unload_secs));
@@ -169,7 +170,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     std::io::stdout().flush()?;
-    updraft_gateway::serve(listener, platform, shutdown).await?;
+    updraft_gateway::serve(listener, platform, http.limits(), shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }
