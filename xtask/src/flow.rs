@@ -94,6 +94,7 @@ const CLUSTER_SUITES: &[&str] = &[
     "reuse",
     "files",
     "outbound",
+    "concurrency",
 ];
 
 /// Address `cargo xtask up` serves on.

@@ -23,6 +23,9 @@ pub enum ErrorKind {
     OutOfRange,
     /// The platform is at capacity: retry later (503).
     Busy,
+    /// A limit on concurrent invocations or request rate is reached: retry
+    /// after a pause (429).
+    TooManyRequests,
     /// A function ran past its time limit (504).
     Timeout,
     /// Something this depends on is down or failing: retry later (503).
@@ -38,7 +41,11 @@ impl ErrorKind {
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            ErrorKind::Busy | ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Internal
+            ErrorKind::Busy
+                | ErrorKind::TooManyRequests
+                | ErrorKind::Timeout
+                | ErrorKind::Unavailable
+                | ErrorKind::Internal
         )
     }
 }

@@ -25,6 +25,8 @@ pub const RESPONSE_BODY_BYTES_MAX_DEFAULT: u64 = 10 * 1024 * 1024;
 pub const INSTANCE_REUSE_MAX_DEFAULT: u32 = 1;
 /// Highest `instance_reuse_max`.
 pub const INSTANCE_REUSE_MAX_CEILING: u32 = 1_000_000;
+/// Highest `max_concurrency`: far above what one node runs at once.
+pub const MAX_CONCURRENCY_CEILING: u32 = 100_000;
 /// Highest request or response body limit.
 pub const BODY_BYTES_MAX_CEILING: u64 = 1024 * 1024 * 1024;
 /// Longest accepted function name.
@@ -125,6 +127,14 @@ pub struct Manifest {
     /// replaced (default 1: a fresh instance per request, nothing shared).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_reuse_max: Option<u32>,
+    /// Invocations of the function that may run at once on a node; more
+    /// wait up to `queue_timeout_ms`, then get 429 (default: no limit but
+    /// the server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// How long an invocation may wait for a slot (default: its `timeout_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_ms: Option<u64>,
     /// Key-value stores the function may open (`wasi:keyvalue`); any other
     /// is refused. Names are the owner's: two owners' `default` never meet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -455,6 +465,17 @@ impl Manifest {
                         .into(),
             });
         }
+        if let Some(max) = self.max_concurrency {
+            check_range(
+                "max_concurrency",
+                max.into(),
+                1,
+                MAX_CONCURRENCY_CEILING.into(),
+            )?;
+        }
+        if let Some(wait) = self.queue_timeout_ms {
+            check_range("queue_timeout_ms", wait, 0, TIMEOUT_MS_MAX)?;
+        }
         let spec = self.retry.unwrap_or_default();
         let retry = RetryPolicy {
             max_attempts: spec.max_attempts.unwrap_or(MAX_ATTEMPTS_DEFAULT),
@@ -480,6 +501,8 @@ impl Manifest {
             request_body_bytes_max,
             response_body_bytes_max,
             instance_reuse_max,
+            max_concurrency: self.max_concurrency,
+            queue_timeout_ms: self.queue_timeout_ms,
             retry,
         })
     }
@@ -660,6 +683,12 @@ pub struct Limits {
     /// Requests per instance; 1 is a fresh instance per request.
     #[serde(default = "instance_reuse_max_default")]
     pub instance_reuse_max: u32,
+    /// Invocations that may run at once (per node); `None`: the server's limit only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Longest wait for a slot; `None`: the timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_ms: Option<u64>,
     #[serde(default)]
     pub retry: RetryPolicy,
 }
@@ -707,6 +736,8 @@ impl Default for Limits {
             request_body_bytes_max: REQUEST_BODY_BYTES_MAX_DEFAULT,
             response_body_bytes_max: RESPONSE_BODY_BYTES_MAX_DEFAULT,
             instance_reuse_max: INSTANCE_REUSE_MAX_DEFAULT,
+            max_concurrency: None,
+            queue_timeout_ms: None,
             retry: RetryPolicy::default(),
         }
     }
@@ -956,6 +987,38 @@ mod tests {
                 ..
             })
         ));
+        for (m, field) in [
+            (
+                Manifest {
+                    name: "ok".into(),
+                    max_concurrency: Some(0),
+                    ..Manifest::default()
+                },
+                "max_concurrency",
+            ),
+            (
+                Manifest {
+                    name: "ok".into(),
+                    queue_timeout_ms: Some(TIMEOUT_MS_MAX + 1),
+                    ..Manifest::default()
+                },
+                "queue_timeout_ms",
+            ),
+        ] {
+            assert!(
+                matches!(m.validate(), Err(ManifestError::Limit { field: f, .. }) if f == field),
+                "{field}"
+            );
+        }
+        let limits =
+            Manifest::from_toml("name = \"a\"\nmax_concurrency = 3\nqueue_timeout_ms = 0\n")
+                .unwrap()
+                .limits()
+                .unwrap();
+        assert_eq!(
+            (limits.max_concurrency, limits.queue_timeout_ms),
+            (Some(3), Some(0))
+        );
     }
 
     #[test]

@@ -7,6 +7,10 @@ use http::StatusCode;
 use updraft_core::{Classify, ErrorKind};
 use updraft_scheduler::PlatformError;
 
+/// Seconds a client told to come back later (429, 503) waits: slots free
+/// as invocations end, most within a second.
+const RETRY_AFTER_SECS: u32 = 1;
+
 /// An error as the API client sees it.
 #[derive(Debug)]
 pub struct ApiError {
@@ -51,6 +55,15 @@ impl IntoResponse for ApiError {
         }
         let mut response =
             (self.status, Json(serde_json::json!({ "error": error }))).into_response();
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(RETRY_AFTER_SECS),
+            );
+        }
         if let Some(code) = exit_code {
             response.headers_mut().insert(
                 updraft_scheduler::EXIT_CODE_HEADER,
@@ -73,6 +86,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::BudgetSpent => S::PAYMENT_REQUIRED,
         ErrorKind::OutOfRange => S::RANGE_NOT_SATISFIABLE,
         ErrorKind::Busy | ErrorKind::Unavailable => S::SERVICE_UNAVAILABLE,
+        ErrorKind::TooManyRequests => S::TOO_MANY_REQUESTS,
         ErrorKind::Timeout => S::GATEWAY_TIMEOUT,
         _ => S::INTERNAL_SERVER_ERROR,
     }
@@ -240,6 +254,7 @@ mod tests {
             (ErrorKind::BudgetSpent, 402),
             (ErrorKind::OutOfRange, 416),
             (ErrorKind::Busy, 503),
+            (ErrorKind::TooManyRequests, 429),
             (ErrorKind::Unavailable, 503),
             (ErrorKind::Timeout, 504),
             (ErrorKind::Internal, 500),

@@ -22,6 +22,12 @@ pub enum PlatformError {
     /// 503: all instance slots stayed busy for the whole timeout.
     #[error("all {0} instance slots are busy: retry later, or raise the server's instance limit")]
     Busy(u32),
+    /// 429: the function's own `max_concurrency` stayed reached for its
+    /// `queue_timeout_ms`.
+    #[error(
+        "{function} is running {max} invocations, its max_concurrency: retry later, or raise max_concurrency in its updraft.toml"
+    )]
+    ConcurrencyLimit { function: String, max: u32 },
     /// 400 (404 for a missing key, 409 for a non-integer counter, 500 for storage).
     #[error(transparent)]
     Kv(#[from] KvError),
@@ -141,6 +147,7 @@ impl Classify for PlatformError {
             PlatformError::Queue(e) => e.kind(),
             PlatformError::Cluster(e) => e.kind(),
             PlatformError::Busy(_) => ErrorKind::Busy,
+            PlatformError::ConcurrencyLimit { .. } => ErrorKind::TooManyRequests,
             PlatformError::NotInUse { .. }
             | PlatformError::KeyNotFound { .. }
             | PlatformError::UnknownChannel(_) => ErrorKind::NotFound,
@@ -167,6 +174,7 @@ impl Classify for PlatformError {
             PlatformError::Queue(e) => e.code(),
             PlatformError::Cluster(e) => e.code(),
             PlatformError::Busy(_) => "busy",
+            PlatformError::ConcurrencyLimit { .. } => "concurrency_limit",
             PlatformError::NotInUse { what, .. } if what.starts_with("blob") => {
                 "container_not_found"
             }

@@ -42,6 +42,8 @@ pub struct Loaded {
     prepared: RwLock<Option<Arc<Prepared>>>,
     /// Serializes reloading so a burst after idle maps the code once.
     loading: tokio::sync::Mutex<()>,
+    /// Its `max_concurrency` slots, when it has one (per node).
+    pub(crate) concurrency: Option<Arc<tokio::sync::Semaphore>>,
     last_used_ms: AtomicU64,
 }
 
@@ -53,6 +55,10 @@ impl Loaded {
     ) -> Result<Loaded, PlatformError> {
         let route = version.manifest.stored_route()?;
         let triggers = version.manifest.parsed_triggers()?;
+        let concurrency = version
+            .limits
+            .max_concurrency
+            .map(|max| Arc::new(tokio::sync::Semaphore::new(max as usize)));
         Ok(Loaded {
             tenant: Arc::from(tenant),
             name: Arc::from(version.manifest.name.as_str()),
@@ -62,6 +68,7 @@ impl Loaded {
             triggers,
             prepared: RwLock::new(prepared),
             loading: tokio::sync::Mutex::new(()),
+            concurrency,
             last_used_ms: AtomicU64::new(now_ms()),
         })
     }

@@ -197,11 +197,18 @@ impl Outcome {
 }
 
 /// An invocation admitted: when it started (for its usage record), its
-/// code, and its instance slot (held until the guest ends).
+/// code, and its slots (held until the guest ends).
 struct Start {
     start_ms: u64,
     prepared: Arc<Prepared>,
-    permit: OwnedSemaphorePermit,
+    permit: Slots,
+}
+
+/// An instance slot of the server, and one of the function's own
+/// `max_concurrency` when it has one.
+struct Slots {
+    _server: OwnedSemaphorePermit,
+    _function: Option<OwnedSemaphorePermit>,
 }
 
 /// How the function takes its input: the one decision by kind.
@@ -315,20 +322,26 @@ impl Invoker {
         })
     }
 
-    async fn admit(&self, timeout_ms: u64) -> Result<OwnedSemaphorePermit, PlatformError> {
-        // Fast path without a timer: a free slot is the common case.
-        if let Ok(permit) = self.admission.clone().try_acquire_owned() {
-            return Ok(permit);
-        }
-        match tokio::time::timeout(
-            Duration::from_millis(timeout_ms),
-            self.admission.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(PlatformError::Busy(self.sandbox.instances_max())),
-        }
+    /// A slot of the function's own (if it has a `max_concurrency`), then
+    /// one of the server's, waiting at most `wait_ms` for both together.
+    async fn admit(&self, loaded: &Loaded, wait_ms: u64) -> Result<Slots, PlatformError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        let function = match &loaded.concurrency {
+            None => None,
+            Some(slots) => Some(acquire(slots, deadline).await.ok_or_else(|| {
+                PlatformError::ConcurrencyLimit {
+                    function: loaded.name.to_string(),
+                    max: loaded.version.limits.max_concurrency.unwrap_or(0),
+                }
+            })?),
+        };
+        let server = acquire(&self.admission, deadline)
+            .await
+            .ok_or(PlatformError::Busy(self.sandbox.instances_max()))?;
+        Ok(Slots {
+            _server: server,
+            _function: function,
+        })
     }
 
     /// What every executor does first: refuse a spent budget, have the
@@ -342,7 +355,7 @@ impl Invoker {
         self.usage.check_budget(&loaded.tenant)?;
         let start_ms = self.clock.now_ms();
         let prepared = self.functions.ensure_prepared(loaded).await?;
-        let permit = self.admit(admit_ms(loaded, call)).await?;
+        let permit = self.admit(loaded, admit_ms(loaded, call)).await?;
         self.started
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Start {
@@ -470,10 +483,27 @@ impl Invoker {
     }
 }
 
-/// How long an invocation may wait for an instance slot: a call from
-/// another function no longer than its chain has left.
+/// A permit of `slots` by `deadline`. The fast path takes no timer: a free
+/// slot is the common case.
+async fn acquire(
+    slots: &Arc<Semaphore>,
+    deadline: tokio::time::Instant,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = slots.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    tokio::time::timeout_at(deadline, slots.clone().acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
+/// How long an invocation may wait for its slots: its `queue_timeout_ms`
+/// (by default its timeout), and a call from another function no longer
+/// than its chain has left.
 fn admit_ms(loaded: &Loaded, call: Option<&CallRequest>) -> u64 {
-    let own = loaded.version.limits.timeout_ms;
+    let limits = &loaded.version.limits;
+    let own = limits.queue_timeout_ms.unwrap_or(limits.timeout_ms);
     match call {
         Some(call) => {
             let left = call

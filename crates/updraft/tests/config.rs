@@ -37,7 +37,10 @@ fn unknown_backends_and_keys_are_refused_by_name() {
             "header_read_timeout_ms = 5: give clients 100 to 3600000 ms",
         ),
         ("[http]\nconnections_max = 0\n", "must be at least 1"),
-        ("[http]\nheader_timeout = 1\n", "unknown field `header_timeout`"),
+        (
+            "[http]\nheader_timeout = 1\n",
+            "unknown field `header_timeout`",
+        ),
     ] {
         let config = dir.path().join("server.toml");
         std::fs::write(&config, text).unwrap();

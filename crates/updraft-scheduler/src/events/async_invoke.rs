@@ -559,7 +559,19 @@ async fn run(events: &Events, loaded: &Arc<Loaded>, queue: &QueueId, mut message
             let outcome = serde_json::to_vec(&status).unwrap_or_default();
             queues.ack(queue, id, outcome).await
         }
-        Err(AttemptError { reason, permanent }) => {
+        // No slot for it (the server's, or the function's max_concurrency):
+        // it did not run, so it waits its turn without losing an attempt.
+        Err(AttemptError {
+            no_capacity: true, ..
+        }) => {
+            let delay = NO_CAPACITY_DELAY_MS / 2 + fastrand::u64(0..=NO_CAPACITY_DELAY_MS / 2);
+            queues
+                .release(queue, id, Duration::from_millis(delay))
+                .await
+        }
+        Err(AttemptError {
+            reason, permanent, ..
+        }) => {
             let attempts = message.attempts + 1;
             let policy = loaded.version.limits.retry;
             let error = match permanent {
@@ -603,13 +615,20 @@ async fn run(events: &Events, loaded: &Arc<Loaded>, queue: &QueueId, mut message
 struct AttemptError {
     reason: String,
     permanent: bool,
+    /// It did not run: no instance slot was free in time.
+    no_capacity: bool,
 }
+
+/// How long a message that found no free slot waits before it is taken
+/// again (with jitter over the upper half).
+const NO_CAPACITY_DELAY_MS: u64 = 200;
 
 impl AttemptError {
     fn permanent(reason: impl Into<String>) -> AttemptError {
         AttemptError {
             reason: reason.into(),
             permanent: true,
+            no_capacity: false,
         }
     }
 
@@ -617,6 +636,7 @@ impl AttemptError {
         AttemptError {
             reason: reason.into(),
             permanent: false,
+            no_capacity: false,
         }
     }
 }
@@ -631,6 +651,10 @@ impl From<PlatformError> for AttemptError {
         }
         AttemptError {
             permanent: !e.kind().is_transient(),
+            no_capacity: matches!(
+                e,
+                PlatformError::Busy(_) | PlatformError::ConcurrencyLimit { .. }
+            ),
             reason: e.to_string(),
         }
     }

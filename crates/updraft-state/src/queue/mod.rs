@@ -286,6 +286,9 @@ pub trait QueueStore: Send + Sync + 'static {
         delay: Duration,
         error: String,
     ) -> Result<(), QueueError>;
+    /// Ends a lease without an attempt: visible again after `delay`, its
+    /// attempts and last error unchanged (it was not run: no capacity).
+    async fn release(&self, queue: &QueueId, id: Uuid, delay: Duration) -> Result<(), QueueError>;
     /// Ends a lease by moving the message, one attempt more, to `to`
     /// (a dead-letter queue).
     async fn move_to(

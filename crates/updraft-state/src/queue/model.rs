@@ -1,5 +1,5 @@
 //! A reference model of a queue backend: a few thousand random operations
-//! (send with and without idempotency keys, receive, ack, retry, move to a
+//! (send with and without idempotency keys, receive, ack, retry, release, move to a
 //! dead-letter queue, redrive, purge) against any [`QueueStore`], each
 //! checked against a plain map of what every message should be. Written
 //! against the trait, so every backend (embedded now, NATS next) runs the
@@ -118,7 +118,7 @@ pub(crate) async fn run(store: &dyn QueueStore, owner: &str, seed: u64, steps: u
                     m.at = Where::InFlight;
                 }
             }
-            // End a lease: ack, retry or dead-letter.
+            // End a lease: ack, retry, release (uncounted) or dead-letter.
             5..=7 => {
                 let leased = in_state(&model, &Where::InFlight);
                 if leased.is_empty() {
@@ -126,7 +126,7 @@ pub(crate) async fn run(store: &dyn QueueStore, owner: &str, seed: u64, steps: u
                 }
                 let id = leased[rng.below(leased.len() as u64) as usize];
                 let m = model.get_mut(&id).unwrap();
-                match rng.below(3) {
+                match rng.below(4) {
                     0 => {
                         let outcome = format!("done at {step}").into_bytes();
                         store.ack(&queue, id, outcome.clone()).await.unwrap();
@@ -140,6 +140,10 @@ pub(crate) async fn run(store: &dyn QueueStore, owner: &str, seed: u64, steps: u
                             .unwrap();
                         (m.at, m.attempts, m.last_error) =
                             (Where::Waiting, m.attempts + 1, Some(error));
+                    }
+                    2 => {
+                        store.release(&queue, id, Duration::ZERO).await.unwrap();
+                        m.at = Where::Waiting;
                     }
                     _ => {
                         let error = format!("dead at {step}");

@@ -685,6 +685,18 @@ impl QueueStore for NatsQueues {
         self.answer(&lease.reply, "+ACK", String::new()).await
     }
 
+    async fn release(&self, queue: &QueueId, id: Uuid, delay: Duration) -> Result<(), QueueError> {
+        let (mut record, lease) = self.leased(queue, id).await?;
+        let payload = self.payload(&lease).await?;
+        let visible = now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        record.lease = None;
+        record.visible_ms = visible;
+        let visible_header = if delay.is_zero() { 0 } else { visible };
+        self.requeue(queue, id, &record, visible_header, payload)
+            .await?;
+        self.answer(&lease.reply, "+ACK", String::new()).await
+    }
+
     async fn move_to(
         &self,
         queue: &QueueId,

@@ -149,6 +149,8 @@ enum Op {
     /// Wakes the writer for acks in [`AckBuffer::pending`].
     Acks,
     Retry(Uuid, Duration, String),
+    /// Back after the delay, uncounted.
+    Release(Uuid, Duration),
     Move(Uuid, QueueId, String),
     Redrive(QueueId),
 }
@@ -497,6 +499,10 @@ impl QueueStore for EmbeddedQueues {
         self.change(queue, Op::Retry(id, delay, error))
             .await
             .map(drop)
+    }
+
+    async fn release(&self, queue: &QueueId, id: Uuid, delay: Duration) -> Result<(), QueueError> {
+        self.change(queue, Op::Release(id, delay)).await.map(drop)
     }
 
     async fn move_to(

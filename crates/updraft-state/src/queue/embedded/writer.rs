@@ -129,7 +129,7 @@ pub(super) type Results = Vec<Result<Done, QueueError>>;
 pub(super) fn is_lazy(batch: &[Change]) -> bool {
     batch
         .iter()
-        .all(|c| matches!(c.op, Op::Acks | Op::Retry(..)))
+        .all(|c| matches!(c.op, Op::Acks | Op::Retry(..) | Op::Release(..)))
 }
 
 /// Makes earlier unsynced commits durable with an empty synced one.
@@ -267,15 +267,24 @@ pub(super) fn commit(
                 }
                 Op::Acks => Ok(Done::Unit),
                 // A retry goes back to its own queue later; a move (to the
-                // dead letters) to another queue now. Both count the attempt.
-                Op::Retry(id, _, error) | Op::Move(id, _, error) => {
-                    leased(*id, &gone).and_then(|()| {
-                        let (to, visible) = match &change.op {
-                            Op::Retry(_, delay, _) => (queue, now.saturating_add(millis(*delay))),
-                            Op::Move(_, to, _) => (to, now),
-                            _ => (queue, now),
+                // dead letters) to another queue now. Both count the
+                // attempt; a release (not run) goes back uncounted.
+                Op::Retry(id, _, _) | Op::Move(id, _, _) | Op::Release(id, _) => leased(*id, &gone)
+                    .and_then(|()| {
+                        let (to, visible, error, counted) = match &change.op {
+                            Op::Retry(_, delay, error) => (
+                                queue,
+                                now.saturating_add(millis(*delay)),
+                                error.as_str(),
+                                true,
+                            ),
+                            Op::Move(_, to, error) => (to, now, error.as_str(), true),
+                            Op::Release(_, delay) => {
+                                (queue, now.saturating_add(millis(*delay)), "", false)
+                            }
+                            _ => (queue, now, "", true),
                         };
-                        let next = |attempts: u32| attempts.saturating_add(1);
+                        let next = |attempts: u32| attempts.saturating_add(u32::from(counted));
                         if let Some((stored, payload)) =
                             requeue(&mut messages, queue, *id, to, visible, error, &next)?
                         {
@@ -289,8 +298,7 @@ pub(super) fn commit(
                             gone.push(id.as_u128());
                         }
                         Ok(Done::Unit)
-                    })
-                }
+                    }),
                 Op::Redrive(to) => {
                     let waiting: Vec<u128> = index
                         .queues

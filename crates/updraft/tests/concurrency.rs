@@ -1,0 +1,89 @@
+//! A function's `max_concurrency`: past it, a request waits at most
+//! `queue_timeout_ms`, then gets 429 with `Retry-After`; async work past it
+//! waits its turn and completes without losing an attempt; another
+//! function is not held up.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_max_concurrency_requests_get_429_and_async_work_waits_its_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    // One attempt only: an async invocation refused for want of a slot must
+    // not spend it, or it would be dead-lettered.
+    server.deploy_guest(
+        "slow",
+        "http-chaos",
+        "route = \"/slow\"\nmax_concurrency = 2\nqueue_timeout_ms = 100\n\
+         timeout_ms = 60000\n[retry]\nmax_attempts = 1",
+    );
+    server.deploy_guest("other", "http-chaos", "route = \"/other\"");
+    let client = client();
+
+    // Two long requests hold both slots.
+    let holds: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (client.clone(), server.url("/slow?ms=4000"));
+            tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    // A third is turned away once both are running.
+    let refused = wait_until(
+        "a request past max_concurrency refused",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || async {
+            let r = client
+                .get(server.url("/slow?ms=1"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status() == 429 {
+                Ok(r)
+            } else {
+                Err(format!("answered {}", r.status()))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let message = expect_error(refused, 429, "concurrency_limit").await;
+    assert!(message.contains("max_concurrency"), "{message}");
+
+    // Async invocations arrive while the slots are held: they wait.
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let accepted = server
+            .api()
+            .post(server.url("/v1/functions/slow/invoke?mode=async"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(accepted.status(), 202);
+        let body: serde_json::Value = accepted.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    // Another function is served meanwhile.
+    let r = client.get(server.url("/other")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    for hold in holds {
+        assert_eq!(hold.await.unwrap(), 200);
+    }
+    for id in &ids {
+        let status = server.wait_for_invocation(id, &["succeeded", "dead"]).await;
+        assert_eq!(status["status"], "succeeded", "{status}");
+        assert_eq!(status["attempts"], 1, "{status}");
+    }
+}
