@@ -279,9 +279,10 @@ impl TriggerSpec {
         }
         if let Some(kv) = &self.kv {
             name("key-value store", &kv.store)?;
-            if kv.store == SECRETS_STORE {
+            if kv.store == SECRETS_STORE || kv.store == QUOTAS_STORE {
                 return Err(err(format!(
-                    "{SECRETS_STORE:?} is where secrets are kept; it cannot be watched"
+                    "{:?} is reserved for the platform; it cannot be watched",
+                    kv.store
                 )));
             }
             if kv.prefix.len() > KV_TRIGGER_PREFIX_MAX {
@@ -572,6 +573,8 @@ fn check_variables(vars: &BTreeMap<String, String>) -> Result<(), ManifestError>
 
 /// The store each tenant's secrets are kept in: no manifest may list it.
 pub const SECRETS_STORE: &str = "updraft-secrets";
+/// The reserved key-value store of a tenant's quotas (set by an admin).
+pub const QUOTAS_STORE: &str = "updraft-quotas";
 /// Longest secret name.
 pub const SECRET_NAME_MAX: usize = 64;
 
@@ -635,9 +638,9 @@ fn check_names(field: &'static str, names: &[String]) -> Result<(), ManifestErro
                 "{name:?} is not a valid name: use 1-{NAME_LEN_MAX} lowercase letters, digits or '-', starting with a letter"
             )));
         }
-        if name == SECRETS_STORE {
+        if name == SECRETS_STORE || name == QUOTAS_STORE {
             return Err(err(format!(
-                "{name:?} is where secrets are kept; name the store otherwise"
+                "{name:?} is reserved for the platform (secrets, quotas); name the store otherwise"
             )));
         }
         if names[..i].contains(name) {

@@ -89,6 +89,12 @@ pub fn router(platform: Arc<Platform>) -> Router {
                 .put(usage::set_budget)
                 .delete(usage::clear_budget),
         )
+        .route(
+            "/quota",
+            get(usage::quota)
+                .put(usage::set_quota)
+                .delete(usage::clear_quota),
+        )
         .route("/secrets", get(secrets::list))
         .route("/secrets/{name}", put(secrets::put).delete(secrets::delete))
         .route("/keys", get(auth::list).post(auth::create))

@@ -311,6 +311,61 @@ pub(crate) async fn set_budget(
     Ok(Json(json!(metering.budget_status(tenant))))
 }
 
+/// `GET /v1/quota`: the tenant's quota (`{}`: none).
+pub(crate) async fn quota(
+    State(platform): Shared,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<TenantQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant(&caller, query.tenant.as_deref())?;
+    Ok(Json(json!(platform.quota(tenant).await?)))
+}
+
+/// `PUT /v1/quota?tenant=T` with `{"max_concurrency": 10,
+/// "requests_per_second": 100}` (either may be left out: no limit of that
+/// kind); admin keys only.
+pub(crate) async fn set_quota(
+    State(platform): Shared,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<TenantQuery>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = quota_tenant(&caller, query.tenant.as_deref())?;
+    let quota: updraft_scheduler::TenantQuota = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "bad_request",
+            format!(
+                "the body must be JSON like {{\"max_concurrency\": 10, \"requests_per_second\": 100}}: {e}"
+            ),
+        )
+    })?;
+    platform.set_quota(tenant, quota).await?;
+    Ok(Json(json!(quota)))
+}
+
+/// `DELETE /v1/quota?tenant=T`: no limits; admin keys only.
+pub(crate) async fn clear_quota(
+    State(platform): Shared,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<TenantQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = quota_tenant(&caller, query.tenant.as_deref())?;
+    platform
+        .set_quota(tenant, updraft_scheduler::TenantQuota::default())
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// Quotas bound tenants, so only an admin sets them (for any tenant).
+fn quota_tenant<'a>(caller: &'a Caller, asked: Option<&'a str>) -> Result<&'a str, ApiError> {
+    if !caller.admin {
+        return Err(
+            PlatformError::Forbidden("only an admin key may set a tenant's quota".into()).into(),
+        );
+    }
+    Ok(asked.unwrap_or(&caller.tenant))
+}
+
 /// `DELETE /v1/budget`: no cap.
 pub(crate) async fn clear_budget(
     State(platform): Shared,

@@ -28,6 +28,16 @@ pub enum PlatformError {
         "{function} is running {max} invocations, its max_concurrency: retry later, or raise max_concurrency in its updraft.toml"
     )]
     ConcurrencyLimit { function: String, max: u32 },
+    /// 429: the tenant's quota of concurrent invocations stayed reached.
+    #[error(
+        "tenant {tenant} is running {max} invocations, its quota: retry later, or ask an admin to raise it (updraft quota set)"
+    )]
+    TenantConcurrencyLimit { tenant: String, max: u32 },
+    /// 429: the tenant started its quota of invocations this second.
+    #[error(
+        "tenant {tenant} may start {rps} invocations a second, its quota: retry after a pause, or ask an admin to raise it (updraft quota set)"
+    )]
+    TenantRateLimit { tenant: String, rps: u32 },
     /// 400 (404 for a missing key, 409 for a non-integer counter, 500 for storage).
     #[error(transparent)]
     Kv(#[from] KvError),
@@ -147,7 +157,9 @@ impl Classify for PlatformError {
             PlatformError::Queue(e) => e.kind(),
             PlatformError::Cluster(e) => e.kind(),
             PlatformError::Busy(_) => ErrorKind::Busy,
-            PlatformError::ConcurrencyLimit { .. } => ErrorKind::TooManyRequests,
+            PlatformError::ConcurrencyLimit { .. }
+            | PlatformError::TenantConcurrencyLimit { .. }
+            | PlatformError::TenantRateLimit { .. } => ErrorKind::TooManyRequests,
             PlatformError::NotInUse { .. }
             | PlatformError::KeyNotFound { .. }
             | PlatformError::UnknownChannel(_) => ErrorKind::NotFound,
@@ -175,6 +187,8 @@ impl Classify for PlatformError {
             PlatformError::Cluster(e) => e.code(),
             PlatformError::Busy(_) => "busy",
             PlatformError::ConcurrencyLimit { .. } => "concurrency_limit",
+            PlatformError::TenantConcurrencyLimit { .. } => "tenant_concurrency_limit",
+            PlatformError::TenantRateLimit { .. } => "tenant_rate_limit",
             PlatformError::NotInUse { what, .. } if what.starts_with("blob") => {
                 "container_not_found"
             }

@@ -34,6 +34,8 @@ pub struct Invoker {
     logs: Arc<Logs>,
     /// One permit per instance slot, so bursts queue instead of failing.
     admission: Arc<Semaphore>,
+    /// Tenants' quotas.
+    quotas: crate::quotas::Quotas,
     /// The wall clock of usage records' start times (metering reads its
     /// dates from the same one, so a record and its month agree).
     clock: SharedClock,
@@ -204,11 +206,12 @@ struct Start {
     permit: Slots,
 }
 
-/// An instance slot of the server, and one of the function's own
-/// `max_concurrency` when it has one.
+/// An instance slot of the server, one of the function's own
+/// `max_concurrency` and one of its tenant's quota, when they have them.
 struct Slots {
     _server: OwnedSemaphorePermit,
     _function: Option<OwnedSemaphorePermit>,
+    _tenant: Option<OwnedSemaphorePermit>,
 }
 
 /// How the function takes its input: the one decision by kind.
@@ -225,9 +228,11 @@ impl Invoker {
         usage: Arc<Usage>,
         logs: Arc<Logs>,
         clock: SharedClock,
+        kv: Arc<dyn updraft_state::kv::KvStore>,
     ) -> Invoker {
         Invoker {
             admission: Arc::new(Semaphore::new(sandbox.instances_max() as usize)),
+            quotas: crate::quotas::Quotas::new(kv),
             functions,
             sandbox,
             usage,
@@ -245,6 +250,11 @@ impl Invoker {
     /// The functions it runs.
     pub fn functions(&self) -> &Arc<Functions> {
         &self.functions
+    }
+
+    /// Tenants' quotas.
+    pub fn quotas(&self) -> &crate::quotas::Quotas {
+        &self.quotas
     }
 
     /// Runs one invocation; returns its id and what it answered.
@@ -322,10 +332,12 @@ impl Invoker {
         })
     }
 
-    /// A slot of the function's own (if it has a `max_concurrency`), then
-    /// one of the server's, waiting at most `wait_ms` for both together.
+    /// The tenant's quota, a slot of the function's own (if it has a
+    /// `max_concurrency`), then one of the server's, waiting at most
+    /// `wait_ms` for all together.
     async fn admit(&self, loaded: &Loaded, wait_ms: u64) -> Result<Slots, PlatformError> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        let tenant = self.quotas.admit(&loaded.tenant, deadline).await?;
         let function = match &loaded.concurrency {
             None => None,
             Some(slots) => Some(acquire(slots, deadline).await.ok_or_else(|| {
@@ -341,6 +353,7 @@ impl Invoker {
         Ok(Slots {
             _server: server,
             _function: function,
+            _tenant: tenant,
         })
     }
 
@@ -485,7 +498,7 @@ impl Invoker {
 
 /// A permit of `slots` by `deadline`. The fast path takes no timer: a free
 /// slot is the common case.
-async fn acquire(
+pub(crate) async fn acquire(
     slots: &Arc<Semaphore>,
     deadline: tokio::time::Instant,
 ) -> Option<OwnedSemaphorePermit> {

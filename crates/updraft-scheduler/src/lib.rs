@@ -29,6 +29,7 @@ mod invoker;
 mod logs;
 mod operator;
 mod platform;
+mod quotas;
 mod usage;
 
 pub use error::PlatformError;
@@ -45,6 +46,7 @@ pub use invoker::{
 pub use logs::Logs;
 pub use operator::{BlobHandle, KvHandle};
 pub use platform::{IDLE_UNLOAD_DEFAULT, Platform, PlatformConfig, STORAGE_SAMPLE_DEFAULT};
+pub use quotas::{QUOTA_MAX, TenantQuota};
 pub use updraft_sandbox::{InvokeError, LoadedFrom, ResponseBody};
 pub use usage::Usage;
 // The state types and limits the API speaks in, so that the gateway needs

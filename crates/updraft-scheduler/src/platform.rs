@@ -329,6 +329,7 @@ impl Platform {
         );
         let kv_watchers = Arc::new(RwLock::default());
         let (inner_kv, blobs_sampled) = (kv.clone(), blobs.clone());
+        let quotas_kv = kv.clone();
         // The services, innermost first. A guest's capabilities point back
         // up (a call to the invoker, a publish or a watched write to the
         // events service), weakly, so grants never keep the platform alive.
@@ -358,6 +359,7 @@ impl Platform {
                     usage.clone(),
                     logs.clone(),
                     config.clock,
+                    quotas_kv,
                 )
             });
             Events::new(
@@ -415,6 +417,20 @@ impl Platform {
     /// Metering and budgets.
     pub fn usage(&self) -> &Arc<Usage> {
         &self.usage
+    }
+
+    /// `tenant`'s quota (default: none).
+    pub async fn quota(&self, tenant: &str) -> Result<crate::TenantQuota, PlatformError> {
+        self.invoker.quotas().get(tenant).await
+    }
+
+    /// Sets `tenant`'s quota; every node applies it within a second.
+    pub async fn set_quota(
+        &self,
+        tenant: &str,
+        quota: crate::TenantQuota,
+    ) -> Result<(), PlatformError> {
+        self.invoker.quotas().set(tenant, quota).await
     }
 
     /// Sets `tenant`'s secret `name`: the next invocation reads it.

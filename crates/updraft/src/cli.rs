@@ -137,6 +137,10 @@ pub enum ClientCommand {
     /// Your tenant's monthly budget: past it, invocations are refused (402).
     #[command(subcommand)]
     Budget(BudgetCommand),
+    /// A tenant's quota: invocations running at once and started a second,
+    /// on each node; past it, 429. Only admin keys set it.
+    #[command(subcommand)]
+    Quota(QuotaCommand),
     /// Your tenant's secrets, which `[variables]` reference as
     /// `{{ secret.NAME }}`. Values are never shown again.
     #[command(subcommand)]
@@ -233,6 +237,35 @@ pub enum DlqCommand {
     Redrive {
         /// Function name.
         name: String,
+    },
+}
+
+/// `updraft quota …`.
+#[derive(Subcommand, Debug)]
+pub enum QuotaCommand {
+    /// The quota (none: no limits).
+    Show {
+        /// Another tenant's (admin key only).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Set a tenant's quota (admin key only); a limit left out is none.
+    #[command(group(clap::ArgGroup::new("limit").required(true).multiple(true).args(["concurrency", "rps"])))]
+    Set {
+        /// The tenant (default: the key's own).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Invocations of the tenant's functions running at once.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Invocations started a second.
+        #[arg(long)]
+        rps: Option<u32>,
+    },
+    /// Remove a tenant's quota: no limits (admin key only).
+    Rm {
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 

@@ -363,9 +363,23 @@ impl Client {
         segments: &[&str],
         body: Option<serde_json::Value>,
     ) -> Result<Reply<serde_json::Value>> {
+        self.send_value_with(segments, &[], body).await
+    }
+
+    /// [`Self::send_value`] to `/v1/{segments}?{query}`.
+    pub async fn send_value_with(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<serde_json::Value>,
+    ) -> Result<Reply<serde_json::Value>> {
+        let mut url = self.url(segments);
+        for (k, v) in query {
+            url.query_pairs_mut().append_pair(k, v);
+        }
         let req = match body {
-            Some(body) => self.http.put(self.url(segments)).json(&body),
-            None => self.http.delete(self.url(segments)),
+            Some(body) => self.http.put(url).json(&body),
+            None => self.http.delete(url),
         };
         self.json(req.timeout(MANAGEMENT_TIMEOUT)).await
     }

@@ -138,6 +138,7 @@ async fn run_client(client: &Client, command: ClientCommand, json: bool) -> Resu
         } => money::usage(client, from, to, &by, tenant, json).await,
         ClientCommand::Bill { month, tenant } => money::bill(client, month, tenant, json).await,
         ClientCommand::Budget(command) => money::budget(client, command, json).await,
+        ClientCommand::Quota(command) => money::quota(client, command, json).await,
         ClientCommand::Secrets(command) => secrets(client, command, json).await,
         ClientCommand::Cost(command) => money::cost(client, command, json).await,
         ClientCommand::Invocation { id } => events::invocation(client, &id, json).await,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use updraft_metering::{HOUR_MS, Load, PriceSheet, estimate, usd as dollars};
 
-use crate::cli::{BudgetCommand, CostCommand, EstimateArgs};
+use crate::cli::{BudgetCommand, CostCommand, EstimateArgs, QuotaCommand};
 use crate::client::Client;
 use crate::output::{self, format_bytes};
 
@@ -180,6 +180,44 @@ pub async fn budget(client: &Client, command: BudgetCommand, json: bool) -> Resu
             }
         )?,
     }
+    Ok(())
+}
+
+pub async fn quota(client: &Client, command: QuotaCommand, json: bool) -> Result<()> {
+    let path = ["v1", "quota"];
+    let (QuotaCommand::Show { tenant }
+    | QuotaCommand::Set { tenant, .. }
+    | QuotaCommand::Rm { tenant }) = &command;
+    let query: Vec<(&str, &str)> = tenant
+        .as_deref()
+        .map(|t| ("tenant", t))
+        .into_iter()
+        .collect();
+    let reply = match &command {
+        QuotaCommand::Show { .. } => client.get_value(&path, &query).await?,
+        QuotaCommand::Set {
+            concurrency, rps, ..
+        } => {
+            let body = json!({ "max_concurrency": concurrency, "requests_per_second": rps });
+            client.send_value_with(&path, &query, Some(body)).await?
+        }
+        QuotaCommand::Rm { .. } => client.send_value_with(&path, &query, None).await?,
+    };
+    let mut out = io::stdout().lock();
+    if json {
+        return Ok(output::write_json(&mut out, &reply.raw)?);
+    }
+    let v = &reply.body;
+    let limit = |field: &str, unit: &str| match v[field].as_u64() {
+        Some(n) => format!("{n} {unit}"),
+        None => format!("no limit of {unit}"),
+    };
+    writeln!(
+        out,
+        "{}; {} (per node)",
+        limit("max_concurrency", "invocations at once"),
+        limit("requests_per_second", "invocations a second")
+    )?;
     Ok(())
 }
 

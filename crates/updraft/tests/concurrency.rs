@@ -87,3 +87,84 @@ async fn past_max_concurrency_requests_get_429_and_async_work_waits_its_turn() {
         assert_eq!(status["attempts"], 1, "{status}");
     }
 }
+
+/// A tenant's quota, set by an admin: past its concurrency a request gets
+/// 429 `tenant_concurrency_limit`, past its rate `tenant_rate_limit`;
+/// another tenant is served meanwhile, and a tenant cannot set its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn tenant_quotas_turn_the_excess_away_and_spare_other_tenants() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let bravo = server.cli_ok(&["keys", "create", "--tenant", "bravo"]);
+    let bravo = bravo.trim();
+    let manifest = server.write_manifest(
+        "slow",
+        "http-chaos",
+        "route = \"/slow\"\nqueue_timeout_ms = 100",
+    );
+    let out = server.cli_as(bravo, &["deploy", manifest.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.deploy_guest("other", "http-chaos", "route = \"/other\"");
+    let client = client();
+
+    // Only an admin sets it; the tenant reads its own.
+    let out = server.cli_as(bravo, &["quota", "set", "--concurrency", "5"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only an admin key"));
+    server.cli_ok(&["quota", "set", "--tenant", "bravo", "--concurrency", "1"]);
+    let out = server.cli_as(bravo, &["quota", "show"]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("1 invocations at once"), "{shown}");
+
+    // One long request holds bravo's one slot; the next is turned away.
+    let hold = {
+        let (client, url) = (client.clone(), server.url("/~bravo/slow?ms=3000"));
+        tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+    };
+    let refused = wait_until(
+        "a request past the tenant's concurrency refused",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || async {
+            let r = client
+                .get(server.url("/~bravo/slow?ms=1"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status() == 429 {
+                Ok(r)
+            } else {
+                Err(format!("answered {}", r.status()))
+            }
+        },
+    )
+    .await;
+    assert!(refused.headers().contains_key("retry-after"));
+    expect_error(refused, 429, "tenant_concurrency_limit").await;
+    // The local tenant is not held up.
+    let r = client.get(server.url("/other")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(hold.await.unwrap(), 200);
+
+    // A rate: of 20 requests at once, some are turned away.
+    server.cli_ok(&["quota", "set", "--tenant", "bravo", "--rps", "1"]);
+    let statuses = burst(&client, &server.url("/~bravo/slow?ms=1"), 20).await;
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+
+    // Removed: no limits.
+    server.cli_ok(&["quota", "rm", "--tenant", "bravo"]);
+    let statuses = burst(&client, &server.url("/~bravo/slow?ms=1"), 20).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}
+
+/// `n` requests to `url` at once; their statuses.
+async fn burst(client: &reqwest::Client, url: &str, n: usize) -> Vec<u16> {
+    let requests =
+        (0..n).map(|_| async { client.get(url).send().await.unwrap().status().as_u16() });
+    futures::future::join_all(requests).await
+}

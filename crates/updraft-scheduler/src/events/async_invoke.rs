@@ -653,7 +653,10 @@ impl From<PlatformError> for AttemptError {
             permanent: !e.kind().is_transient(),
             no_capacity: matches!(
                 e,
-                PlatformError::Busy(_) | PlatformError::ConcurrencyLimit { .. }
+                PlatformError::Busy(_)
+                    | PlatformError::ConcurrencyLimit { .. }
+                    | PlatformError::TenantConcurrencyLimit { .. }
+                    | PlatformError::TenantRateLimit { .. }
             ),
             reason: e.to_string(),
         }

@@ -1,0 +1,226 @@
+//! Tenant quotas, set by an admin: how many invocations of a tenant's
+//! functions run at once, and how many start per second, on each node.
+//! Kept in the reserved key-value store [`QUOTAS_STORE`] of the tenant (so
+//! every node of a cluster reads the same), and re-read at most every
+//! [`QUOTA_REFRESH`]: a change applies everywhere within that time.
+//!
+//! Past either, a request gets 429 (`tenant_concurrency_limit`,
+//! `tenant_rate_limit`); async work waits its turn (see the async consumer).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use updraft_core::manifest::QUOTAS_STORE;
+use updraft_state::kv::{KvStore, StoreId};
+
+use crate::error::PlatformError;
+
+/// How long a node trusts the quota it read.
+pub const QUOTA_REFRESH: Duration = Duration::from_secs(1);
+/// The one key of the quotas store.
+const KEY: &str = "quota";
+/// Highest quota of either kind: a larger one is likelier a typo.
+pub const QUOTA_MAX: u32 = 1_000_000;
+
+/// A tenant's quota; `None` is no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantQuota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
+}
+
+impl TenantQuota {
+    /// Refuses a value out of range, naming it.
+    pub fn validate(&self) -> Result<(), PlatformError> {
+        for (name, value) in [
+            ("max_concurrency", self.max_concurrency),
+            ("requests_per_second", self.requests_per_second),
+        ] {
+            if value.is_some_and(|v| v == 0 || v > QUOTA_MAX) {
+                return Err(PlatformError::BadRequest(format!(
+                    "{name} must be 1 to {QUOTA_MAX} (leave it out for no limit)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One tenant's quota as this node enforces it.
+struct Enforced {
+    quota: TenantQuota,
+    read_at: Instant,
+    slots: Option<Arc<Semaphore>>,
+    /// Tokens (one a request) and when they were last topped up.
+    bucket: (f64, Instant),
+}
+
+impl Enforced {
+    fn new(quota: TenantQuota, now: Instant) -> Enforced {
+        Enforced {
+            quota,
+            read_at: now,
+            slots: quota
+                .max_concurrency
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
+            bucket: (f64::from(quota.requests_per_second.unwrap_or(0)), now),
+        }
+    }
+
+    /// Takes a token of the rate limit (a burst of one second's worth).
+    fn take_token(&mut self, now: Instant) -> bool {
+        let Some(rate) = self.quota.requests_per_second else {
+            return true;
+        };
+        let rate = f64::from(rate);
+        let (tokens, at) = self.bucket;
+        let tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(rate);
+        if tokens >= 1.0 {
+            self.bucket = (tokens - 1.0, now);
+            true
+        } else {
+            self.bucket = (tokens, now);
+            false
+        }
+    }
+}
+
+/// The quotas of every tenant this node has run.
+pub struct Quotas {
+    kv: Arc<dyn KvStore>,
+    enforced: Mutex<HashMap<Arc<str>, Enforced>>,
+}
+
+impl Quotas {
+    pub(crate) fn new(kv: Arc<dyn KvStore>) -> Quotas {
+        Quotas {
+            kv,
+            enforced: Mutex::default(),
+        }
+    }
+
+    fn store(tenant: &str) -> StoreId {
+        StoreId::new(tenant, QUOTAS_STORE)
+    }
+
+    /// `tenant`'s quota as stored (none: no limits).
+    pub async fn get(&self, tenant: &str) -> Result<TenantQuota, PlatformError> {
+        // The latest, not this node's copy: a change applies at the next read.
+        let Some(stored) = self.kv.get_latest(&Self::store(tenant), KEY).await? else {
+            return Ok(TenantQuota::default());
+        };
+        serde_json::from_slice(&stored).map_err(|e| {
+            PlatformError::Task(format!("the stored quota of {tenant} is unreadable: {e}").into())
+        })
+    }
+
+    /// Sets `tenant`'s quota (all limits off: removes it).
+    pub async fn set(&self, tenant: &str, quota: TenantQuota) -> Result<(), PlatformError> {
+        quota.validate()?;
+        let store = Self::store(tenant);
+        if quota == TenantQuota::default() {
+            self.kv.delete(&store, KEY).await?;
+        } else {
+            let value = serde_json::to_vec(&quota).map_err(|e| PlatformError::Task(Box::new(e)))?;
+            self.kv.set(&store, KEY, value).await?;
+        }
+        // This node applies it at once; the others within QUOTA_REFRESH.
+        self.lock().remove(tenant);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Enforced>> {
+        self.enforced.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits one invocation of `tenant`: a token of its rate, then one of
+    /// its concurrency slots, waiting for that until `deadline`.
+    pub(crate) async fn admit(
+        &self,
+        tenant: &Arc<str>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<OwnedSemaphorePermit>, PlatformError> {
+        let now = Instant::now();
+        let fresh = self
+            .lock()
+            .get(tenant)
+            .is_some_and(|e| now.saturating_duration_since(e.read_at) < QUOTA_REFRESH);
+        if !fresh {
+            let quota = self.get(tenant).await?;
+            let mut enforced = self.lock();
+            match enforced.get_mut(tenant) {
+                // Unchanged: keep the slots and the bucket as they are.
+                Some(e) if e.quota == quota => e.read_at = now,
+                _ => {
+                    enforced.insert(tenant.clone(), Enforced::new(quota, now));
+                }
+            }
+        }
+        let slots = {
+            let mut enforced = self.lock();
+            let Some(e) = enforced.get_mut(tenant) else {
+                return Ok(None);
+            };
+            if !e.take_token(now) {
+                return Err(PlatformError::TenantRateLimit {
+                    tenant: tenant.to_string(),
+                    rps: e.quota.requests_per_second.unwrap_or(0),
+                });
+            }
+            match &e.slots {
+                None => return Ok(None),
+                Some(slots) => (slots.clone(), e.quota.max_concurrency.unwrap_or(0)),
+            }
+        };
+        let (slots, max) = slots;
+        crate::invoker::acquire(&slots, deadline)
+            .await
+            .map(Some)
+            .ok_or_else(|| PlatformError::TenantConcurrencyLimit {
+                tenant: tenant.to_string(),
+                max,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_refills_a_second_at_a_time() {
+        let t0 = Instant::now();
+        let quota = TenantQuota {
+            requests_per_second: Some(2),
+            ..TenantQuota::default()
+        };
+        let mut e = Enforced::new(quota, t0);
+        assert!(e.take_token(t0) && e.take_token(t0));
+        assert!(!e.take_token(t0), "a burst of one second's worth");
+        assert!(e.take_token(t0 + Duration::from_millis(500)));
+        assert!(!e.take_token(t0 + Duration::from_millis(500)));
+        assert!(e.take_token(t0 + Duration::from_secs(10)));
+        assert!(e.take_token(t0 + Duration::from_secs(10)));
+        assert!(
+            !e.take_token(t0 + Duration::from_secs(10)),
+            "no more than the burst"
+        );
+    }
+
+    #[test]
+    fn out_of_range_quotas_are_refused() {
+        for bad in [Some(0), Some(QUOTA_MAX + 1)] {
+            let q = TenantQuota {
+                max_concurrency: bad,
+                ..TenantQuota::default()
+            };
+            assert!(q.validate().is_err());
+        }
+        assert!(TenantQuota::default().validate().is_ok());
+    }
+}
