@@ -323,7 +323,15 @@ impl Sandbox {
         }
         let wasm = wasm().map_err(|e| PrepareError::Internal(updraft_core::Failure::msg(e)))?;
         Self::check_bytes(&wasm)?;
-        let p3 = uses_wasi_p3(&wasm);
+        let (p3, runnable) = if wasmparser::Parser::is_component(&wasm) {
+            let shape = shape(&wasm)?;
+            (shape.p3, shape.runnable)
+        } else {
+            (false, true)
+        };
+        if !runnable {
+            return Err(PrepareError::UnknownWorld);
+        }
         let path = self.artifact_path(digest, p3);
         let compiled = if wasmparser::Parser::is_core_wasm(&wasm) {
             check_start(&wasm)?;
@@ -470,34 +478,64 @@ fn argv(spec: &PrepareSpec<'_>) -> Vec<String> {
         .collect()
 }
 
-/// Whether a component imports or exports a WASI 0.3 interface: it is then
-/// compiled by, and run on, the WASI 0.3 engine.
-fn uses_wasi_p3(wasm: &[u8]) -> bool {
-    if !wasmparser::Parser::is_component(wasm) {
-        return false;
-    }
+/// What a component's interface says, read without compiling it.
+struct Shape {
+    /// It imports or exports a WASI 0.3 interface: it is compiled by, and
+    /// run on, the WASI 0.3 engine.
+    p3: bool,
+    /// It exports a world Updraft runs (`wasi:http` or `wasi:cli/run`), or
+    /// Updraft's handler (whose type is checked once compiled).
+    runnable: bool,
+}
+
+/// Reads a component's imports and exports (its own, not those of the
+/// components nested in it, for `runnable`): milliseconds, where compiling
+/// a big component takes seconds, so a wrong one is refused first.
+fn shape(wasm: &[u8]) -> Result<Shape, PrepareError> {
+    let mut shape = Shape {
+        p3: false,
+        runnable: false,
+    };
+    let mut depth = 0usize;
     for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-        let names: Vec<String> = match payload {
-            Ok(wasmparser::Payload::ComponentImportSection(imports)) => imports
-                .into_iter()
-                .flatten()
-                .map(|i| i.name.0.to_string())
-                .collect(),
-            Ok(wasmparser::Payload::ComponentExportSection(exports)) => exports
-                .into_iter()
-                .flatten()
-                .map(|e| e.name.0.to_string())
-                .collect(),
+        let payload = payload.map_err(|e| PrepareError::Invalid(e.to_string()))?;
+        let names: Vec<&str> = match payload {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => {
+                depth += 1;
+                continue;
+            }
+            wasmparser::Payload::End(_) => {
+                depth = depth.saturating_sub(1);
+                continue;
+            }
+            wasmparser::Payload::ComponentImportSection(imports) => {
+                imports.into_iter().flatten().map(|i| i.name.name).collect()
+            }
+            wasmparser::Payload::ComponentExportSection(exports) => {
+                let names: Vec<&str> = exports.into_iter().flatten().map(|e| e.name.name).collect();
+                if depth == 0 {
+                    shape.runnable |= names.iter().any(|name| {
+                        [
+                            "wasi:http/incoming-handler@0.2",
+                            "wasi:http/handler@0.3",
+                            "wasi:cli/run@0.2",
+                            "wasi:cli/run@0.3",
+                            HANDLER_EXPORT,
+                        ]
+                        .iter()
+                        .any(|world| name.starts_with(world))
+                    });
+                }
+                names
+            }
             _ => continue,
         };
-        if names
+        shape.p3 |= names
             .iter()
-            .any(|name| name.starts_with("wasi:") && name.contains("@0.3"))
-        {
-            return true;
-        }
+            .any(|name| name.starts_with("wasi:") && name.contains("@0.3"));
     }
-    false
+    Ok(shape)
 }
 
 /// Checks that a core module is a command: it exports `_start`.

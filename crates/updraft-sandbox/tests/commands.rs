@@ -252,3 +252,20 @@ async fn a_wasi_0_3_command_keeps_the_same_limits_on_its_own_engine() {
     );
     assert!(out.report.memory_peak_bytes >= 15 << 20, "metered");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_of_no_known_world_is_refused_before_it_is_compiled() {
+    let f = Fixture::new();
+    let wasm = wat::parse_str(
+        r#"(component
+             (core module $m (func (export "f")))
+             (core instance (instantiate $m)))"#,
+    )
+    .unwrap();
+    let err = f.prepare(wasm, limits()).err().unwrap();
+    assert!(matches!(err, PrepareError::UnknownWorld), "{err}");
+    assert_eq!(f.sandbox.compiles(), 0, "refused without compiling");
+    // A command is compiled as before.
+    f.prepare(p3_command("i32.const 0"), limits()).unwrap();
+    assert_eq!(f.sandbox.compiles(), 1);
+}
