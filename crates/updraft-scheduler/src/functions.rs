@@ -9,10 +9,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
 use updraft_core::{
     Digest, EventTrigger, FunctionKind, LogEntry, Manifest, ManifestError, Route, VersionRecord,
     function_key,
@@ -114,6 +115,12 @@ pub struct Functions {
     table: RwLock<Table>,
     /// Serializes control-plane changes so registry and table move together.
     control: tokio::sync::Mutex<()>,
+    /// Compiles of deploys: one at a time on the node (each already uses
+    /// every core), and one at a time per tenant, so a tenant's burst of
+    /// deploys waits on itself and another tenant's deploy waits for at
+    /// most the one compile under way.
+    compiles: tokio::sync::Semaphore,
+    tenant_compiles: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 #[derive(Default)]
@@ -159,6 +166,8 @@ impl Functions {
             usage,
             table: RwLock::new(Table::default()),
             control: tokio::sync::Mutex::new(()),
+            compiles: tokio::sync::Semaphore::new(1),
+            tenant_compiles: Mutex::default(),
         }
     }
 
@@ -445,10 +454,9 @@ impl Functions {
                 )));
             }
         };
-        let _guard = self.control.lock().await;
-        self.registry
-            .check_route(&function_key(tenant, &manifest.name), route.as_ref())
-            .await?;
+        // Checked before the compile (fail fast) and again under the lock.
+        let key = function_key(tenant, &manifest.name);
+        self.registry.check_route(&key, route.as_ref()).await?;
         let wasm_digest = Digest::of(&wasm);
         // Prepare first with the kind the user stated (or none), then record
         // the detected kind in the version.
@@ -466,15 +474,19 @@ impl Functions {
             // Stored first: a version never names a bundle that is not there.
             self.registry.store_wasm(&digest, bundle.clone()).await?;
         }
-        let prepared = self
-            .prepare_with(
+        let prepared = {
+            let _slots = self.compile_slots(tenant).await?;
+            self.prepare_with(
                 tenant,
                 &probe,
                 manifest.kind,
                 Some(wasm.clone()),
                 files.clone(),
             )
-            .await?;
+            .await?
+        };
+        let _guard = self.control.lock().await;
+        self.registry.check_route(&key, route.as_ref()).await?;
         self.registry.store_wasm(&wasm_digest, wasm.clone()).await?;
         let (_, version) = self
             .registry
@@ -500,6 +512,24 @@ impl Functions {
             ),
         );
         Ok(Deployed { loaded, compiled })
+    }
+
+    /// The tenant's compile slot, then the node's (see `compiles`).
+    async fn compile_slots(
+        &self,
+        tenant: &str,
+    ) -> Result<(SemaphorePermit<'_>, OwnedSemaphorePermit), PlatformError> {
+        let mine = self
+            .tenant_compiles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tenant.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+            .clone();
+        let closed = |_| PlatformError::Task("the compile queue was closed".into());
+        let mine = mine.acquire_owned().await.map_err(closed)?;
+        let node = self.compiles.acquire().await.map_err(closed)?;
+        Ok((node, mine))
     }
 
     /// Stores listed by `tenant`'s deployed functions, sorted.

@@ -416,3 +416,58 @@ async fn keys_are_checked_revoked_at_once_and_never_kept_in_clear() {
         "admin.key must be private to its owner"
     );
 }
+
+/// `wasm` with a custom section named `tag` appended: the same code under
+/// another digest, so it is compiled again.
+fn tagged(wasm: &[u8], tag: &str) -> Vec<u8> {
+    let mut section = vec![tag.len() as u8];
+    section.extend_from_slice(tag.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0);
+    let mut size = section.len();
+    loop {
+        let byte = (size & 0x7f) as u8;
+        size >>= 7;
+        out.push(if size == 0 { byte } else { byte | 0x80 });
+        if size == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&section);
+    out
+}
+
+/// One tenant's burst of deploys waits on itself: another tenant's deploy,
+/// sent while the first big compile runs, is done before the burst's second.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_compile_burst_does_not_hold_up_another_tenants_deploy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let bravo = server.cli_ok(&["keys", "create", "--tenant", "bravo"]);
+    let bravo = client_with_key(bravo.trim());
+    let big = std::fs::read(guest("hello-js")).unwrap();
+    let deploy = |client: reqwest::Client, name: &str, wasm: Vec<u8>| {
+        let url = server.url(&format!("/v1/functions/{name}"));
+        tokio::spawn(async move {
+            let r = client.put(url).body(wasm).send().await.unwrap();
+            assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+            std::time::Instant::now()
+        })
+    };
+    let first = deploy(server.api(), "big-1", tagged(&big, "burst-1"));
+    let second = deploy(server.api(), "big-2", tagged(&big, "burst-2"));
+    // Sent while the first compiles (it takes seconds).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let small = deploy(bravo, "small", std::fs::read(guest("hello-rust")).unwrap());
+    let (first, second, small) = (
+        first.await.unwrap(),
+        second.await.unwrap(),
+        small.await.unwrap(),
+    );
+    assert!(
+        small < second,
+        "bravo's deploy waited for the whole burst (done {:?} after its second)",
+        small - second
+    );
+    assert!(first < second);
+}
