@@ -33,24 +33,7 @@ async fn past_max_concurrency_requests_get_429_and_async_work_waits_its_turn() {
         })
         .collect();
     // A third is turned away once both are running.
-    let refused = wait_until(
-        "a request past max_concurrency refused",
-        Duration::from_secs(60),
-        Duration::from_millis(20),
-        || async {
-            let r = client
-                .get(server.url("/slow?ms=1"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if r.status() == 429 {
-                Ok(r)
-            } else {
-                Err(format!("answered {}", r.status()))
-            }
-        },
-    )
-    .await;
+    let refused = refused(&client, &server.url("/slow?ms=1")).await;
     assert_eq!(
         refused
             .headers()
@@ -125,24 +108,7 @@ async fn tenant_quotas_turn_the_excess_away_and_spare_other_tenants() {
         let (client, url) = (client.clone(), server.url("/~bravo/slow?ms=3000"));
         tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
     };
-    let refused = wait_until(
-        "a request past the tenant's concurrency refused",
-        Duration::from_secs(60),
-        Duration::from_millis(20),
-        || async {
-            let r = client
-                .get(server.url("/~bravo/slow?ms=1"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if r.status() == 429 {
-                Ok(r)
-            } else {
-                Err(format!("answered {}", r.status()))
-            }
-        },
-    )
-    .await;
+    let refused = refused(&client, &server.url("/~bravo/slow?ms=1")).await;
     assert!(refused.headers().contains_key("retry-after"));
     expect_error(refused, 429, "tenant_concurrency_limit").await;
     // The local tenant is not held up.
@@ -167,4 +133,23 @@ async fn burst(client: &reqwest::Client, url: &str, n: usize) -> Vec<u16> {
     let requests =
         (0..n).map(|_| async { client.get(url).send().await.unwrap().status().as_u16() });
     futures::future::join_all(requests).await
+}
+
+/// The first answer 429 to `url`, asked until the slots it waits for are
+/// taken (the requests holding them may still be on their way).
+async fn refused(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    wait_until(
+        "a request past the limit refused",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || async {
+            let r = client.get(url).send().await.map_err(|e| e.to_string())?;
+            if r.status() == 429 {
+                Ok(r)
+            } else {
+                Err(format!("answered {}", r.status()))
+            }
+        },
+    )
+    .await
 }

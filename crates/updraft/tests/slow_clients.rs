@@ -25,7 +25,7 @@ fn addr(server: &Server) -> String {
 }
 
 /// Waits until the server closes `stream` (a read gives EOF or an error).
-async fn closed_by_server(stream: &mut TcpStream) {
+async fn closed_by_server(stream: &mut (impl tokio::io::AsyncRead + Unpin)) {
     let mut buf = [0u8; 1024];
     loop {
         match stream.read(&mut buf).await {
@@ -65,15 +65,7 @@ async fn a_slowloris_is_reaped_while_others_are_served() {
                     }
                 }
             };
-            let mut buf = [0u8; 1024];
-            let reaped = async move {
-                loop {
-                    match read.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => continue,
-                    }
-                }
-            };
+            let reaped = async move { closed_by_server(&mut read).await };
             tokio::select! {
                 () = reaped => {},
                 () = trickle => {},

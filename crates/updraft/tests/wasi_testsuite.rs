@@ -134,26 +134,7 @@ async fn the_wasi_test_suite_passes_as_under_wasmtime_run() {
             .await
             .unwrap();
         let status = response.status().as_u16();
-        let header = response
-            .headers()
-            .get("updraft-exit-code")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i64>().ok());
-        let body = response.text().await.unwrap();
-        let (code, stdout) = match status {
-            200 => (header, body),
-            _ => {
-                let error: serde_json::Value =
-                    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
-                (
-                    error["error"]["exit_code"].as_i64(),
-                    error["error"]["stdout"]
-                        .as_str()
-                        .unwrap_or(&body)
-                        .to_string(),
-                )
-            }
-        };
+        let (code, stdout) = exit_and_stdout(response).await;
         let want_code = case.spec["exit_code"].as_i64().unwrap_or(0);
         let want_stdout = case.spec["stdout"].as_str();
         if code != Some(want_code) || want_stdout.is_some_and(|w| w != stdout) {
@@ -425,26 +406,7 @@ async fn wasi_0_3_commands_pass_as_under_wasmtime_run() {
             .await
             .unwrap();
         let status = response.status().as_u16();
-        let header = response
-            .headers()
-            .get("updraft-exit-code")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i64>().ok());
-        let body = response.text().await.unwrap();
-        let (code, stdout) = match status {
-            200 => (header, body),
-            _ => {
-                let error: serde_json::Value =
-                    serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
-                (
-                    error["error"]["exit_code"].as_i64(),
-                    error["error"]["stdout"]
-                        .as_str()
-                        .unwrap_or(&body)
-                        .to_string(),
-                )
-            }
-        };
+        let (code, stdout) = exit_and_stdout(response).await;
         if code != Some(spec.exit_code) || spec.stdout.as_ref().is_some_and(|w| *w != stdout) {
             let logs = server.cli(&["logs", &name]);
             failed.push(format!(
@@ -889,4 +851,27 @@ async fn wasi_0_3_services_answer_as_their_specs_say() {
     );
     assert!(reference_passes > 0);
     assert!(failed.is_empty(), "failed:\n{}", failed.join("\n"));
+}
+
+/// A command's exit code and stdout, from its invocation's response: the
+/// header and body of a 200, the error's fields otherwise.
+async fn exit_and_stdout(response: reqwest::Response) -> (Option<i64>, String) {
+    let header = response
+        .headers()
+        .get("updraft-exit-code")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    let ok = response.status() == 200;
+    let body = response.text().await.unwrap();
+    if ok {
+        return (header, body);
+    }
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    (
+        error["error"]["exit_code"].as_i64(),
+        error["error"]["stdout"]
+            .as_str()
+            .unwrap_or(&body)
+            .to_string(),
+    )
 }
