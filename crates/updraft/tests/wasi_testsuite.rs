@@ -242,6 +242,22 @@ fn p3_spec(spec: &serde_json::Value) -> Result<P3Spec, String> {
     Ok(out)
 }
 
+/// The suite's WASI 0.3 tests: their folder and its entries, or `None`
+/// (saying that `test` skipped) when the suite is absent.
+fn p3_tests(test: &str) -> Option<(PathBuf, std::fs::ReadDir)> {
+    let dir = suite_dir().join("rust/testsuite/wasm32-wasip3");
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => Some((dir, entries)),
+        Err(_) => {
+            println!(
+                "SKIPPED: the WASI test suite is not at {} (set WASI_TESTSUITE_DIR): {test}",
+                suite_dir().display()
+            );
+            None
+        }
+    }
+}
+
 /// Whether `wasmtime run` 48 passes the test (exit code and stdout).
 fn passes_under_wasmtime(wasm: &Path, dir: &Path, spec: &P3Spec, cache: &Path) -> bool {
     let mut cmd = std::process::Command::new(wasmtime());
@@ -303,13 +319,7 @@ fn copy_dir(from: &Path, to: &Path) {
 /// wherever it passes under `wasmtime run` 48 on this machine.
 #[tokio::test(flavor = "multi_thread")]
 async fn wasi_0_3_commands_pass_as_under_wasmtime_run() {
-    let dir = suite_dir().join("rust/testsuite/wasm32-wasip3");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        println!(
-            "SKIPPED: the WASI test suite is not at {} (set WASI_TESTSUITE_DIR): \
-             wasi_0_3_commands_pass_as_under_wasmtime_run",
-            suite_dir().display()
-        );
+    let Some((dir, entries)) = p3_tests("wasi_0_3_commands_pass_as_under_wasmtime_run") else {
         return;
     };
     let mut wasms: Vec<PathBuf> = entries
@@ -761,13 +771,7 @@ async fn answers(client: &reqwest::Client, base: &str, requests: &[ServiceReques
 /// passes on Updraft wherever it passes there.
 #[tokio::test(flavor = "multi_thread")]
 async fn wasi_0_3_services_answer_as_their_specs_say() {
-    let dir = suite_dir().join("rust/testsuite/wasm32-wasip3");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        println!(
-            "SKIPPED: the WASI test suite is not at {} (set WASI_TESTSUITE_DIR): \
-             wasi_0_3_services_answer_as_their_specs_say",
-            suite_dir().display()
-        );
+    let Some((dir, entries)) = p3_tests("wasi_0_3_services_answer_as_their_specs_say") else {
         return;
     };
     let mut specs: Vec<(PathBuf, ServiceSpec)> = entries
