@@ -771,7 +771,7 @@ async fn answers(client: &reqwest::Client, base: &str, requests: &[ServiceReques
 /// passes on Updraft wherever it passes there.
 #[tokio::test(flavor = "multi_thread")]
 async fn wasi_0_3_services_answer_as_their_specs_say() {
-    let Some((dir, entries)) = p3_tests("wasi_0_3_services_answer_as_their_specs_say") else {
+    let Some((_, entries)) = p3_tests("wasi_0_3_services_answer_as_their_specs_say") else {
         return;
     };
     let mut specs: Vec<(PathBuf, ServiceSpec)> = entries
