@@ -171,3 +171,53 @@ fn a_missing_bucket_stops_start_up_with_the_reason() {
         "{stderr}"
     );
 }
+
+/// Everything the server writes under its data dir (stores, logs, compiled
+/// code, scratch) is its user's only: files 0600, dirs 0700.
+#[tokio::test(flavor = "multi_thread")]
+async fn everything_in_the_data_dir_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    server.deploy_guest(
+        "counter",
+        "counter-rust",
+        "route = \"/counter\"\nkey_value_stores = [\"default\"]",
+    );
+    let r = client().get(server.url("/counter")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let accepted: serde_json::Value = server
+        .api()
+        .post(server.url("/v1/functions/counter/invoke?mode=async"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    server
+        .wait_for_invocation(accepted["id"].as_str().unwrap(), &["succeeded"])
+        .await;
+    server.stop();
+    fn open_to_others(dir: &std::path::Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let mode = entry.metadata().unwrap().permissions().mode();
+            if mode & 0o077 != 0 {
+                found.push(format!("{:o} {}", mode & 0o777, entry.path().display()));
+            }
+            if entry.file_type().unwrap().is_dir() {
+                open_to_others(&entry.path(), found);
+            }
+        }
+    }
+    // The manifest is the test's own file, written there by `deploy_guest`.
+    std::fs::remove_file(data.join("counter.toml")).unwrap();
+    let mut found = Vec::new();
+    open_to_others(&data, &mut found);
+    assert!(
+        found.is_empty(),
+        "readable by others:\n{}",
+        found.join("\n")
+    );
+}
