@@ -766,7 +766,9 @@ type HttpRun<'s> = Pin<Box<dyn Future<Output = Result<Option<Exports>, Failure>>
 impl HttpGuest {
     /// The guest's future: `run` within the deadline (and `/tmp`'s limit),
     /// then its [`Report`]; a cleanly finished instance goes back to the
-    /// warm pool if the function reuses instances.
+    /// warm pool if the function reuses instances. The one timer of the
+    /// request bounds the guest, and with it the wait for the response: a
+    /// guest stopped at the deadline drops the response's sender.
     fn start<F>(self, mut store: Store<Host>, pipes: Pipes, uses: u32, run: F) -> Guest
     where
         F: for<'s> FnOnce(&'s mut Store<Host>) -> HttpRun<'s> + Send + 'static,

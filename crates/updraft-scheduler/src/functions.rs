@@ -28,6 +28,12 @@ use crate::logs::Logs;
 use crate::now_ms;
 use crate::usage::Usage;
 
+/// Deploy compiles running at once on a node: one compile already uses
+/// every core, so more only slow each other down.
+const COMPILES_AT_ONCE: usize = 1;
+/// Deploy compiles of one tenant at once: its burst waits on itself.
+const TENANT_COMPILES_AT_ONCE: usize = 1;
+
 /// The version of a function that serves traffic (its `latest` alias).
 pub struct Loaded {
     pub tenant: Arc<str>,
@@ -166,7 +172,7 @@ impl Functions {
             usage,
             table: RwLock::new(Table::default()),
             control: tokio::sync::Mutex::new(()),
-            compiles: tokio::sync::Semaphore::new(1),
+            compiles: tokio::sync::Semaphore::new(COMPILES_AT_ONCE),
             tenant_compiles: Mutex::default(),
         }
     }
@@ -524,7 +530,7 @@ impl Functions {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(tenant.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(1)))
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(TENANT_COMPILES_AT_ONCE)))
             .clone();
         let closed = |_| PlatformError::Task("the compile queue was closed".into());
         let mine = mine.acquire_owned().await.map_err(closed)?;

@@ -27,6 +27,7 @@ pub const QUOTA_MAX: u32 = 1_000_000;
 
 /// A tenant's quota; `None` is no limit of that kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TenantQuota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
@@ -90,6 +91,16 @@ impl Enforced {
     }
 }
 
+/// What [`Quotas::take`] found.
+enum Taken {
+    /// The quota must be read (again) first.
+    Stale,
+    /// No concurrency limit.
+    Free,
+    /// The tenant's concurrency slots, and how many there are.
+    Slots(Arc<Semaphore>, u32),
+}
+
 /// The quotas of every tenant this node has run.
 pub struct Quotas {
     kv: Arc<dyn KvStore>,
@@ -138,21 +149,16 @@ impl Quotas {
         self.enforced.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits one invocation of `tenant`: a token of its rate, then one of
-    /// its concurrency slots, waiting for that until `deadline`.
-    pub(crate) async fn admit(
+    /// Under one lock: applies a quota just `read`, then takes a token of
+    /// the tenant's rate; `Stale` when its quota must be read first.
+    fn take(
         &self,
         tenant: &Arc<str>,
-        deadline: tokio::time::Instant,
-    ) -> Result<Option<OwnedSemaphorePermit>, PlatformError> {
-        let now = Instant::now();
-        let fresh = self
-            .lock()
-            .get(tenant)
-            .is_some_and(|e| now.saturating_duration_since(e.read_at) < QUOTA_REFRESH);
-        if !fresh {
-            let quota = self.get(tenant).await?;
-            let mut enforced = self.lock();
+        now: Instant,
+        read: Option<TenantQuota>,
+    ) -> Result<Taken, PlatformError> {
+        let mut enforced = self.lock();
+        if let Some(quota) = read {
             match enforced.get_mut(tenant) {
                 // Unchanged: keep the slots and the bucket as they are.
                 Some(e) if e.quota == quota => e.read_at = now,
@@ -161,23 +167,40 @@ impl Quotas {
                 }
             }
         }
-        let slots = {
-            let mut enforced = self.lock();
-            let Some(e) = enforced.get_mut(tenant) else {
-                return Ok(None);
-            };
-            if !e.take_token(now) {
-                return Err(PlatformError::TenantRateLimit {
-                    tenant: tenant.to_string(),
-                    rps: e.quota.requests_per_second.unwrap_or(0),
-                });
-            }
-            match &e.slots {
-                None => return Ok(None),
-                Some(slots) => (slots.clone(), e.quota.max_concurrency.unwrap_or(0)),
+        let Some(e) = enforced
+            .get_mut(tenant)
+            .filter(|e| now.saturating_duration_since(e.read_at) < QUOTA_REFRESH)
+        else {
+            return Ok(Taken::Stale);
+        };
+        if !e.take_token(now) {
+            return Err(PlatformError::TenantRateLimit {
+                tenant: tenant.to_string(),
+                rps: e.quota.requests_per_second.unwrap_or(0),
+            });
+        }
+        Ok(match &e.slots {
+            None => Taken::Free,
+            Some(slots) => Taken::Slots(slots.clone(), e.quota.max_concurrency.unwrap_or(0)),
+        })
+    }
+
+    /// Admits one invocation of `tenant`: a token of its rate, then one of
+    /// its concurrency slots, waiting for that until `deadline`.
+    pub(crate) async fn admit(
+        &self,
+        tenant: &Arc<str>,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<OwnedSemaphorePermit>, PlatformError> {
+        let now = Instant::now();
+        let mut read = None;
+        let (slots, max) = loop {
+            match self.take(tenant, now, read.take())? {
+                Taken::Stale => read = Some(self.get(tenant).await?),
+                Taken::Free => return Ok(None),
+                Taken::Slots(slots, max) => break (slots, max),
             }
         };
-        let (slots, max) = slots;
         crate::invoker::acquire(&slots, deadline)
             .await
             .map(Some)

@@ -48,14 +48,9 @@ async fn past_max_concurrency_requests_get_429_and_async_work_waits_its_turn() {
     let mut ids = Vec::new();
     for _ in 0..4 {
         let accepted = server
-            .api()
-            .post(server.url("/v1/functions/slow/invoke?mode=async"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(accepted.status(), 202);
-        let body: serde_json::Value = accepted.json().await.unwrap();
-        ids.push(body["id"].as_str().unwrap().to_string());
+            .post_json("/v1/functions/slow/invoke?mode=async")
+            .await;
+        ids.push(accepted["id"].as_str().expect("accepted").to_string());
     }
     // Another function is served meanwhile.
     let r = client.get(server.url("/other")).send().await.unwrap();
@@ -98,6 +93,25 @@ async fn tenant_quotas_turn_the_excess_away_and_spare_other_tenants() {
     let out = server.cli_as(bravo, &["quota", "set", "--concurrency", "5"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only an admin key"));
+    // A misspelt or out-of-range quota is refused, and changes nothing.
+    for (body, says) in [
+        (r#"{"concurrency": 5}"#, "unknown field `concurrency`"),
+        (r#"{"max_concurrency": 0}"#, "max_concurrency must be 1 to"),
+    ] {
+        let r = server
+            .api()
+            .put(server.url("/v1/quota?tenant=bravo"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let message = expect_error(r, 400, "bad_request").await;
+        assert!(message.contains(says), "{message}");
+    }
+    assert_eq!(
+        server.get_json("/v1/quota?tenant=bravo").await,
+        serde_json::json!({})
+    );
     server.cli_ok(&["quota", "set", "--tenant", "bravo", "--concurrency", "1"]);
     let out = server.cli_as(bravo, &["quota", "show"]);
     let shown = String::from_utf8_lossy(&out.stdout);

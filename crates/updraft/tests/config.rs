@@ -187,15 +187,9 @@ async fn everything_in_the_data_dir_is_private() {
     );
     let r = client().get(server.url("/counter")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let accepted: serde_json::Value = server
-        .api()
-        .post(server.url("/v1/functions/counter/invoke?mode=async"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let accepted = server
+        .post_json("/v1/functions/counter/invoke?mode=async")
+        .await;
     server
         .wait_for_invocation(accepted["id"].as_str().unwrap(), &["succeeded"])
         .await;

@@ -200,20 +200,11 @@ fn p3_spec(spec: &serde_json::Value) -> Result<P3Spec, String> {
             })
             .unwrap_or_default()
     };
-    let env = |v: &serde_json::Value| -> Vec<(String, String)> {
-        v.as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let mut out = P3Spec {
         http,
         sockets,
         args: strings(&spec["args"]),
-        env: env(&spec["env"]),
+        env: string_pairs(&spec["env"]),
         root: spec["root"].as_str().map(String::from),
         stdin: String::new(),
         stdout: spec["stdout"].as_str().map(String::from),
@@ -223,7 +214,7 @@ fn p3_spec(spec: &serde_json::Value) -> Result<P3Spec, String> {
         match (op["type"].as_str(), op["id"].as_str()) {
             (Some("run"), _) => {
                 out.args = strings(&op["args"]);
-                out.env = env(&op["env"]);
+                out.env = string_pairs(&op["env"]);
                 out.root = op["root"].as_str().map(String::from);
             }
             (Some("write"), Some("stdin")) => out
@@ -240,6 +231,17 @@ fn p3_spec(spec: &serde_json::Value) -> Result<P3Spec, String> {
         }
     }
     Ok(out)
+}
+
+/// A spec's object of strings (`env`, `headers`) as pairs.
+fn string_pairs(v: &serde_json::Value) -> Vec<(String, String)> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The suite's WASI 0.3 tests: their folder and its entries, or `None`
@@ -494,15 +496,6 @@ fn service_spec(spec: &serde_json::Value) -> Option<ServiceSpec> {
     if spec["world"] != "wasi:http/service" {
         return None;
     }
-    let pairs = |v: &serde_json::Value| -> Vec<(String, String)> {
-        v.as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let mut requests = Vec::new();
     for op in spec["operations"].as_array()? {
         match op["type"].as_str()? {
@@ -511,10 +504,10 @@ fn service_spec(spec: &serde_json::Value) -> Option<ServiceSpec> {
             "request" => requests.push(ServiceRequest {
                 method: op["method"].as_str()?.to_string(),
                 path: op["path"].as_str()?.to_string(),
-                headers: pairs(&op["headers"]),
+                headers: string_pairs(&op["headers"]),
                 body: op["body"].as_str().unwrap_or_default().to_string(),
                 status: op["response"]["status"].as_u64()? as u16,
-                want_headers: pairs(&op["response"]["headers"]),
+                want_headers: string_pairs(&op["response"]["headers"]),
                 want_body: op["response"]["body"].as_str().map(String::from),
             }),
             _ => return None,

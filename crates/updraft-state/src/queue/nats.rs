@@ -275,6 +275,32 @@ impl NatsQueues {
     }
 
     /// The leased record of `id` in `queue`, or [`QueueError::NotInFlight`].
+    /// Ends a lease: the message visible again in its queue after `delay`;
+    /// with an `error`, one attempt more (a retry), without, none (a release).
+    async fn back_later(
+        &self,
+        queue: &QueueId,
+        id: Uuid,
+        delay: Duration,
+        error: Option<String>,
+    ) -> Result<(), QueueError> {
+        let (mut record, lease) = self.leased(queue, id).await?;
+        let payload = self.payload(&lease).await?;
+        let visible = now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        if let Some(error) = error {
+            record.attempts += 1;
+            record.last_error = Some(error);
+        }
+        record.lease = None;
+        record.visible_ms = visible;
+        // The record, then the message again, then the answer to the
+        // delivery: see [`NatsQueues::requeue`].
+        let visible_header = if delay.is_zero() { 0 } else { visible };
+        self.requeue(queue, id, &record, visible_header, payload)
+            .await?;
+        self.answer(&lease.reply, "+ACK", String::new()).await
+    }
+
     async fn leased(&self, queue: &QueueId, id: Uuid) -> Result<(Record, Lease), QueueError> {
         let not_in_flight = || QueueError::NotInFlight {
             queue: queue.to_string(),
@@ -670,31 +696,11 @@ impl QueueStore for NatsQueues {
         delay: Duration,
         error: String,
     ) -> Result<(), QueueError> {
-        let (mut record, lease) = self.leased(queue, id).await?;
-        let payload = self.payload(&lease).await?;
-        let visible = now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        record.attempts += 1;
-        record.last_error = Some(error);
-        record.lease = None;
-        record.visible_ms = visible;
-        // The record, then the message again, then the answer to the
-        // delivery: see [`NatsQueues::requeue`].
-        let visible_header = if delay.is_zero() { 0 } else { visible };
-        self.requeue(queue, id, &record, visible_header, payload)
-            .await?;
-        self.answer(&lease.reply, "+ACK", String::new()).await
+        self.back_later(queue, id, delay, Some(error)).await
     }
 
     async fn release(&self, queue: &QueueId, id: Uuid, delay: Duration) -> Result<(), QueueError> {
-        let (mut record, lease) = self.leased(queue, id).await?;
-        let payload = self.payload(&lease).await?;
-        let visible = now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        record.lease = None;
-        record.visible_ms = visible;
-        let visible_header = if delay.is_zero() { 0 } else { visible };
-        self.requeue(queue, id, &record, visible_header, payload)
-            .await?;
-        self.answer(&lease.reply, "+ACK", String::new()).await
+        self.back_later(queue, id, delay, None).await
     }
 
     async fn move_to(
