@@ -10,13 +10,16 @@
 //! [`native`] (the baseline server), [`wrk`] and [`load`] (warm load),
 //! [`cold`], [`memory`], [`kv`], [`events`], [`calls`], [`outbound`], [`cluster`], then [`report`] (JSON, Markdown, targets) with
 //! [`stats`]; [`http`] is the tiny client the control requests use.
-//! [`compare`] puts two runs side by side.
+//! [`compare`] puts two runs side by side. [`fairness`] is a run of its
+//! own (`updraft-bench fairness`): a light tenant's latency beside another
+//! tenant's CPU and memory hogs.
 
 pub mod calls;
 pub mod cluster;
 pub mod cold;
 pub mod compare;
 pub mod events;
+pub mod fairness;
 pub mod http;
 pub mod kv;
 pub mod load;

@@ -32,6 +32,10 @@ enum Cmd {
         /// The run after it.
         after: PathBuf,
     },
+    /// Fair CPU: a light tenant's latency while another tenant's
+    /// invocations spin or exhaust their memory, with and without the
+    /// background lane (BENCHMARKS.md, "Fair CPU").
+    Fairness(FairnessArgs),
     /// Serve the native hello (started by `run`; prints its URL first).
     Native {
         /// Address to listen on; port 0 picks a free port.
@@ -75,11 +79,40 @@ struct RunArgs {
     guests: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct FairnessArgs {
+    /// 5 s rows at 100 requests/s instead of 15 s at 200.
+    #[arg(long)]
+    quick: bool,
+    /// 1 s rows, for the harness's own test. Numbers from it mean nothing.
+    #[arg(long)]
+    tiny: bool,
+    /// Where to write the JSON result [default: target/bench/fairness.json].
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Rewrite the "Fair CPU" section of BENCHMARKS.md.
+    #[arg(long)]
+    update_md: bool,
+    /// The Markdown file --update-md rewrites [default: BENCHMARKS.md at the repo root].
+    #[arg(long, value_name = "FILE")]
+    md: Option<PathBuf>,
+    /// The updraft binary [default: next to this one, same profile].
+    #[arg(long, value_name = "PATH")]
+    updraft: Option<PathBuf>,
+    /// Dir with hello-rust.wasm, loop.wasm and membomb.wasm [default: target/guests].
+    #[arg(long, value_name = "DIR")]
+    guests: Option<PathBuf>,
+    /// `[cpu] background_threads` of the two-lane server [default: the server's].
+    #[arg(long, value_name = "N")]
+    background_threads: Option<usize>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(args) => run_command(args),
         Cmd::Compare { before, after } => compare_command(&before, &after),
+        Cmd::Fairness(args) => fairness_command(args),
         Cmd::Native { listen } => updraft_bench::native::serve(&listen),
     };
     match result {
@@ -126,6 +159,44 @@ fn run_command(args: RunArgs) -> Result<()> {
             .md
             .unwrap_or_else(|| run::repo_root().join("BENCHMARKS.md"));
         report::update_markdown(&md, &results)?;
+        eprintln!("==> updated {}", md.display());
+    }
+    Ok(())
+}
+
+fn fairness_command(args: FairnessArgs) -> Result<()> {
+    use updraft_bench::fairness;
+    let mode = if args.tiny {
+        Mode::Tiny
+    } else if args.quick {
+        Mode::Quick
+    } else {
+        Mode::Full
+    };
+    let report = fairness::run(&fairness::Options {
+        mode,
+        updraft: args.updraft,
+        guests: args.guests,
+        background_threads: args.background_threads,
+        command: repeat_command()?,
+    })?;
+    let results = fairness::markdown(&report);
+    println!("{results}");
+    let out = match args.out {
+        Some(out) => out,
+        None => run::default_out()?.with_file_name("fairness.json"),
+    };
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&out, json + "\n").with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("==> wrote {}", out.display());
+    if args.update_md {
+        let md = args
+            .md
+            .unwrap_or_else(|| run::repo_root().join("BENCHMARKS.md"));
+        fairness::update_markdown(&md, &results)?;
         eprintln!("==> updated {}", md.display());
     }
     Ok(())

@@ -1215,22 +1215,38 @@ fn mode_name(mode: Mode) -> &'static str {
 
 /// Replaces what lies between the results markers of `path` with `results`.
 pub fn update_markdown(path: &Path, results: &str) -> Result<()> {
+    update_section(path, MARKER_START, MARKER_END, results)
+}
+
+/// Rewrites what lies between the markers `start` and `end` of `path`.
+pub fn update_section(path: &Path, start: &str, end: &str, results: &str) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let updated = splice(&text, results).with_context(|| format!("updating {}", path.display()))?;
+    let updated = splice_between(&text, start, end, results)
+        .with_context(|| format!("updating {}", path.display()))?;
     std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
 }
 
+#[cfg(test)]
 fn splice(text: &str, results: &str) -> Result<String> {
-    let (Some(start), Some(end)) = (text.find(MARKER_START), text.find(MARKER_END)) else {
+    splice_between(text, MARKER_START, MARKER_END, results)
+}
+
+fn splice_between(
+    text: &str,
+    marker_start: &str,
+    marker_end: &str,
+    results: &str,
+) -> Result<String> {
+    let (Some(start), Some(end)) = (text.find(marker_start), text.find(marker_end)) else {
         bail!(
-            "the markers {MARKER_START} and {MARKER_END} are missing: put them back around the results section"
+            "the markers {marker_start} and {marker_end} are missing: put them back around the results section"
         );
     };
     if end < start {
-        bail!("{MARKER_END} comes before {MARKER_START}");
+        bail!("{marker_end} comes before {marker_start}");
     }
-    let head = &text[..start + MARKER_START.len()];
+    let head = &text[..start + marker_start.len()];
     let tail = &text[end..];
     Ok(format!("{head}\n{}\n{tail}", results.trim_end()))
 }

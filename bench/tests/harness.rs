@@ -244,3 +244,55 @@ fn tiny_run_writes_complete_json_and_markdown() {
         "{md}"
     );
 }
+
+#[test]
+fn tiny_fairness_run_has_every_row() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_updraft-bench"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fairness.json");
+    let md = dir.path().join("BENCHMARKS.md");
+    let (start, end) = (
+        updraft_bench::fairness::MARKER_START,
+        updraft_bench::fairness::MARKER_END,
+    );
+    std::fs::write(&md, format!("# B\n{start}\nold\n{end}\nafter\n")).unwrap();
+    let output = Command::new(bench)
+        .args(["fairness", "--tiny", "--update-md", "--out"])
+        .arg(&out)
+        .arg("--md")
+        .arg(&md)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the harness failed:\n{stderr}");
+    let report: updraft_bench::fairness::FairnessReport =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let rows: Vec<(&str, &str)> = report
+        .rows
+        .iter()
+        .map(|r| (r.lanes.as_str(), r.load.as_str()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("two lanes", "idle"),
+            ("two lanes", "20 spinning"),
+            ("two lanes", "20 memory bombs"),
+            ("one lane", "idle"),
+            ("one lane", "20 spinning"),
+            ("one lane", "20 memory bombs"),
+        ]
+    );
+    for row in &report.rows {
+        let light = row.light.expect("the light function answered");
+        assert!(light.n > 0 && light.p50_us > 0.0, "{row:?}");
+        // The hogs ran (and failed as hogs do: a timeout, a memory limit).
+        let hog_runs: u64 = row.hog_statuses.values().sum();
+        assert_eq!(hog_runs == 0, row.load == "idle", "{row:?}");
+        assert!(!row.hog_statuses.contains_key(&200), "{row:?}");
+    }
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(text.contains("| two lanes | 20 spinning |"), "{text}");
+    assert!(text.starts_with("# B\n") && text.ends_with(&format!("{end}\nafter\n")));
+    assert!(!text.contains("old"));
+}

@@ -32,6 +32,7 @@ pub enum LoadedFrom {
     Cache,
 }
 
+#[derive(Clone)]
 pub(crate) enum Pre {
     /// Instantiated, then its `wasi:http/incoming-handler` looked up by index.
     Http {
@@ -99,6 +100,8 @@ pub struct Prepared {
     pub(crate) grants: Grants,
     /// Idle instances kept between requests, in reuse mode only.
     pub(crate) warm: Option<Arc<WarmPool>>,
+    /// Which lane its next invocation starts in.
+    pub(crate) lane_history: Arc<crate::lanes::History>,
 }
 
 impl Prepared {
@@ -211,6 +214,7 @@ impl Sandbox {
             handler,
             grants: spec.grants,
             warm: reuse.then(|| Arc::new(WarmPool::new(self.warm_budget.clone()))),
+            lane_history: Arc::default(),
         })
     }
 
@@ -259,6 +263,7 @@ impl Sandbox {
             handler: None,
             grants: spec.grants,
             warm: None,
+            lane_history: Arc::default(),
         })
     }
 

@@ -40,11 +40,11 @@ const MEMORY_KEEP_RESIDENT_BYTES: usize = 1 << 20;
 const TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
 const STACK_KEEP_RESIDENT_BYTES: usize = 128 << 10;
 /// Slots whose memory is returned to the kernel in one batch.
-const DECOMMIT_BATCH_SIZE: usize = 32;
+const DECOMMIT_BATCH_SIZE: usize = 1;
 /// What compiled artifacts hold; part of their file names.
 const ARTIFACT_FORMAT: u32 = 2;
 /// How often the epoch advances: the granularity of timeouts and of yields to the runtime.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Process-wide sandbox settings.
 #[derive(Debug, Clone)]
@@ -61,6 +61,10 @@ pub struct SandboxConfig {
     /// Pooling (the default) or on-demand allocation; on-demand exists to
     /// measure what the pool buys.
     pub pooling: bool,
+    /// Threads of the background lane, where invocations past
+    /// [`crate::FOREGROUND_CPU_MAX`] move; 0 keeps all in one lane, only to
+    /// measure what the lane buys.
+    pub background_threads: usize,
 }
 
 impl SandboxConfig {
@@ -71,6 +75,7 @@ impl SandboxConfig {
             instances_max: INSTANCES_MAX_DEFAULT,
             warm_instances_max: WARM_INSTANCES_MAX_DEFAULT,
             pooling: true,
+            background_threads: crate::lanes::background_threads_default(),
         }
     }
 }
@@ -93,6 +98,8 @@ pub struct Sandbox {
     pub(crate) engine_hash: String,
     pub(crate) instances_max: u32,
     pub(crate) warm_budget: Arc<WarmBudget>,
+    /// Where invocations past their foreground CPU share run.
+    pub(crate) background: Option<Arc<crate::lanes::Background>>,
     /// Functions compiled by this process (not loaded from the cache).
     compiles: AtomicU64,
 }
@@ -169,6 +176,8 @@ impl Sandbox {
             engine_hash,
             instances_max: config.instances_max,
             warm_budget: WarmBudget::new(config.warm_instances_max),
+            background: (config.background_threads > 0)
+                .then(|| Arc::new(crate::lanes::Background::new(config.background_threads))),
             compiles: AtomicU64::new(0),
         }))
     }
@@ -180,6 +189,12 @@ impl Sandbox {
 
     pub(crate) fn count_compile(&self) {
         self.compiles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Invocations that used their foreground share and went on in the
+    /// background lane, since start.
+    pub fn background_runs(&self) -> u64 {
+        self.background.as_ref().map_or(0, |b| b.moved())
     }
 
     /// Instances that may run at once; the scheduler admits no more than this.

@@ -26,6 +26,7 @@ use crate::capture::CapturePipe;
 use crate::engine::Sandbox;
 use crate::error::InvokeError;
 use crate::host::{Host, MemoryLimiter, StateUsage};
+use crate::lanes::{Background, FOREGROUND_CPU_MAX, History, Share};
 use crate::outbound::Outbound;
 use crate::warm::{Exports, WarmInstance, WarmPool};
 
@@ -39,6 +40,9 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + 
 #[derive(Debug, Clone)]
 pub struct InvocationCtx {
     pub invocation_id: String,
+    /// Whose CPU share it runs in once in the background lane (with the
+    /// function, the last of `chain`).
+    pub tenant: Arc<str>,
     /// The chain of function calls this invocation ends (itself last).
     pub chain: Arc<[Arc<str>]>,
     /// The caller's deadline, when it is a call from another function: the
@@ -52,6 +56,14 @@ pub struct InvocationCtx {
 }
 
 impl InvocationCtx {
+    /// Its share of the background lane.
+    fn share(&self) -> Share {
+        Share {
+            tenant: self.tenant.clone(),
+            function: self.chain.last().cloned().unwrap_or_else(|| Arc::from("")),
+        }
+    }
+
     /// When this invocation must stop, started now with `timeout_ms`.
     fn deadline(&self, started: Instant, timeout_ms: u64) -> Instant {
         let own = started + Duration::from_millis(timeout_ms);
@@ -213,6 +225,15 @@ impl Sandbox {
         Ok((store, pipes))
     }
 
+    /// Where the invocation goes once it has used its foreground share.
+    fn demote(&self, ctx: &InvocationCtx, prepared: &Prepared) -> Option<Demote> {
+        Some(Demote {
+            background: self.background.clone()?,
+            share: ctx.share(),
+            history: prepared.lane_history.clone(),
+        })
+    }
+
     /// A warm instance of `prepared` set up for a new invocation, or a fresh store.
     fn checkout(
         &self,
@@ -300,57 +321,66 @@ impl Sandbox {
             )));
         };
         let tmp = crate::files::tmp_of(store.data().scratch.as_ref(), &prepared.mounts);
-        let run = async {
-            let mut exports = match exports {
-                Some(exports) => exports,
-                None => instantiate(pre, &mut store).await?,
-            };
-            let response = exports
-                .handler(&mut store, indices)
-                .map_err(Failure::Run)?
-                .call_handle(&mut store, &payload)
-                .await
-                .map_err(Failure::Run)?;
-            Ok((exports, response))
-        };
-        let run = crate::files::within_tmp(run, tmp, Failure::Run);
-        let (result, cpu_time) =
-            CpuTimed::new(Box::pin(tokio::time::timeout_at(deadline.into(), run))).await;
-        let (result, done) = split(result);
-        let mut report = finish(
-            &store,
-            &pipes,
-            result,
-            Timing { started, deadline },
-            ctx.invocation_id,
-            None,
-        );
-        report.cpu_time = cpu_time;
-        report.bytes_in = payload.len() as u64;
-        let response = match done {
-            Some((_, response)) if response.body.len() as u64 > limits.response_body_bytes_max => {
-                Err(InvokeError::ResponseTooLarge {
-                    limit: limits.response_body_bytes_max,
-                })
-            }
-            Some((exports, response)) => {
-                let warm = prepared.warm.as_deref();
-                let reuse_max = limits.instance_reuse_max;
-                let used = Checkout {
-                    store,
-                    pipes,
-                    exports: Some(exports),
-                    uses,
+        let (pre, indices) = (pre.clone(), indices.clone());
+        let bytes_in = payload.len() as u64;
+        let demote = self.demote(&ctx, prepared);
+        let (invocation_id, warm) = (ctx.invocation_id, prepared.warm.clone());
+        let guest = Box::pin(async move {
+            let run = async {
+                let mut exports = match exports {
+                    Some(exports) => exports,
+                    None => instantiate(&pre, &mut store).await?,
                 };
-                checkin(warm, &report, reuse_max, used);
-                Ok((response.status, Bytes::from(response.body)))
-            }
-            None => Err(report
-                .outcome
-                .clone()
-                .err()
-                .unwrap_or(InvokeError::NoResponse)),
-        };
+                let response = exports
+                    .handler(&mut store, &indices)
+                    .map_err(Failure::Run)?
+                    .call_handle(&mut store, &payload)
+                    .await
+                    .map_err(Failure::Run)?;
+                Ok((exports, response))
+            };
+            let run = crate::files::within_tmp(run, tmp, Failure::Run);
+            let result = tokio::time::timeout_at(deadline.into(), run).await;
+            let (result, done) = split(result);
+            let report = finish(
+                &store,
+                &pipes,
+                result,
+                Timing { started, deadline },
+                invocation_id,
+                None,
+            );
+            // The store ends here, in the invocation's own lane (see
+            // `invoke_command`).
+            let response = match done {
+                Some((_, response))
+                    if response.body.len() as u64 > limits.response_body_bytes_max =>
+                {
+                    Err(InvokeError::ResponseTooLarge {
+                        limit: limits.response_body_bytes_max,
+                    })
+                }
+                Some((exports, response)) => {
+                    let used = Checkout {
+                        store,
+                        pipes,
+                        exports: Some(exports),
+                        uses,
+                    };
+                    checkin(warm.as_deref(), &report, limits.instance_reuse_max, used);
+                    Ok((response.status, Bytes::from(response.body)))
+                }
+                None => Err(report
+                    .outcome
+                    .clone()
+                    .err()
+                    .unwrap_or(InvokeError::NoResponse)),
+            };
+            (report, response)
+        });
+        let ((mut report, response), cpu_time) = CpuTimed::new(guest, demote).await;
+        report.cpu_time = cpu_time;
+        report.bytes_in = bytes_in;
         Output {
             result: response,
             report,
@@ -427,6 +457,7 @@ impl Sandbox {
             warm: prepared.warm.clone(),
             reuse_max: limits.instance_reuse_max,
             received: watch.received,
+            demote: self.demote(&ctx, prepared),
         };
         match &prepared.pre {
             Pre::HttpP3(pre) => {
@@ -555,63 +586,71 @@ impl Sandbox {
             Err(e) => return fail(e),
         };
         let tmp = crate::files::tmp_of(store.data().scratch.as_ref(), &prepared.mounts);
-        let run = async {
-            match &prepared.pre {
-                Pre::Core(pre) => {
-                    let instance = pre
-                        .instantiate_async(&mut store)
-                        .await
-                        .map_err(Failure::Instantiate)?;
-                    let start = instance
-                        .get_typed_func::<(), ()>(&mut store, "_start")
-                        .map_err(Failure::Instantiate)?;
-                    // `proc_exit(n)` ends the run as an `I32Exit` error.
-                    start.call_async(&mut store, ()).await.map_err(Failure::Run)
-                }
-                Pre::Command(pre) => {
-                    let command = pre
-                        .instantiate_async(&mut store)
-                        .await
-                        .map_err(Failure::Instantiate)?;
-                    match command.wasi_cli_run().call_run(&mut store).await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(())) => Err(Failure::ExitCode(1)),
-                        Err(e) => Err(Failure::Run(e)),
+        let pre = prepared.pre.clone();
+        let demote = self.demote(&ctx, prepared);
+        let invocation_id = ctx.invocation_id;
+        let guest = Box::pin(async move {
+            let run = async {
+                match &pre {
+                    Pre::Core(pre) => {
+                        let instance = pre
+                            .instantiate_async(&mut store)
+                            .await
+                            .map_err(Failure::Instantiate)?;
+                        let start = instance
+                            .get_typed_func::<(), ()>(&mut store, "_start")
+                            .map_err(Failure::Instantiate)?;
+                        // `proc_exit(n)` ends the run as an `I32Exit` error.
+                        start.call_async(&mut store, ()).await.map_err(Failure::Run)
                     }
-                }
-                Pre::CommandP3(pre) => {
-                    let command = pre
-                        .instantiate_async(&mut store)
-                        .await
-                        .map_err(Failure::Instantiate)?;
-                    let run = store
-                        .run_concurrent(async move |store| {
-                            command.wasi_cli_run().call_run(store).await
-                        })
-                        .await;
-                    match run {
-                        Ok(Ok(Ok(()))) => Ok(()),
-                        Ok(Ok(Err(()))) => Err(Failure::ExitCode(1)),
-                        Ok(Err(e)) | Err(e) => Err(Failure::Run(e)),
+                    Pre::Command(pre) => {
+                        let command = pre
+                            .instantiate_async(&mut store)
+                            .await
+                            .map_err(Failure::Instantiate)?;
+                        match command.wasi_cli_run().call_run(&mut store).await {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(())) => Err(Failure::ExitCode(1)),
+                            Err(e) => Err(Failure::Run(e)),
+                        }
                     }
+                    Pre::CommandP3(pre) => {
+                        let command = pre
+                            .instantiate_async(&mut store)
+                            .await
+                            .map_err(Failure::Instantiate)?;
+                        let run = store
+                            .run_concurrent(async move |store| {
+                                command.wasi_cli_run().call_run(store).await
+                            })
+                            .await;
+                        match run {
+                            Ok(Ok(Ok(()))) => Ok(()),
+                            Ok(Ok(Err(()))) => Err(Failure::ExitCode(1)),
+                            Ok(Err(e)) | Err(e) => Err(Failure::Run(e)),
+                        }
+                    }
+                    Pre::Http { .. } | Pre::HttpP3(_) => Ok(()),
                 }
-                Pre::Http { .. } | Pre::HttpP3(_) => Ok(()),
-            }
-        };
-        let run = crate::files::within_tmp(run, tmp, Failure::Run);
-        let (result, cpu_time) =
-            CpuTimed::new(Box::pin(tokio::time::timeout_at(deadline.into(), run))).await;
-        let mut report = finish(
-            &store,
-            &pipes,
-            result,
-            Timing { started, deadline },
-            ctx.invocation_id,
-            Some(limits.response_body_bytes_max),
-        );
+            };
+            let run = crate::files::within_tmp(run, tmp, Failure::Run);
+            let result = tokio::time::timeout_at(deadline.into(), run).await;
+            let report = finish(
+                &store,
+                &pipes,
+                result,
+                Timing { started, deadline },
+                invocation_id,
+                Some(limits.response_body_bytes_max),
+            );
+            // Here, not in the caller: giving a large memory back to the
+            // kernel is this invocation's cost, in its own lane.
+            drop(store);
+            (report, pipes)
+        });
+        let ((mut report, pipes), cpu_time) = CpuTimed::new(guest, demote).await;
         report.cpu_time = cpu_time;
         report.bytes_in = bytes_in;
-        drop(store);
         let output = pipes.stdout.take();
         // A full stdout pipe explains whatever came after (a failed write
         // usually makes the guest exit non-zero), so it is reported first.
@@ -643,16 +682,54 @@ impl Sandbox {
 /// thread CPU clock, which is a system call and cost ~9% of a consumer's
 /// CPU at tens of thousands of events a second. A poll does not block, so
 /// the two agree unless the thread is preempted mid-poll.
-struct CpuTimed<'a, T> {
-    inner: Pin<Box<dyn Future<Output = T> + Send + 'a>>,
+///
+/// It also moves the future to the background lane ([`crate::lanes`]) once
+/// it has used [`FOREGROUND_CPU_MAX`] and yields, or starts it there when
+/// its function's last invocation ended there ([`History`]).
+struct CpuTimed<T> {
+    lane: Lane<T>,
     spent: Duration,
+    /// Where it goes past its foreground share; `None` once there, or
+    /// where it stays put (a test, or already in the background).
+    demote: Option<Demote>,
+    /// Told at the end where this invocation ended up.
+    history: Option<Arc<History>>,
 }
 
-impl<'a, T> CpuTimed<'a, T> {
-    fn new(inner: Pin<Box<dyn Future<Output = T> + Send + 'a>>) -> Self {
-        CpuTimed {
-            inner,
+/// Where an invocation goes past its foreground share.
+struct Demote {
+    background: Arc<Background>,
+    /// Its turn there.
+    share: Share,
+    /// Its function's.
+    history: Arc<History>,
+}
+
+enum Lane<T> {
+    Foreground(Pin<Box<dyn Future<Output = T> + Send>>),
+    Background(async_task::Task<(T, Duration)>),
+    /// Only while moving from one to the other.
+    Moving,
+}
+
+impl<T: Send + 'static> CpuTimed<T> {
+    fn new(inner: Pin<Box<dyn Future<Output = T> + Send>>, demote: Option<Demote>) -> Self {
+        let demote = demote.filter(|_| !crate::lanes::on_background());
+        let history = demote.as_ref().map(|d| d.history.clone());
+        let timed = CpuTimed {
+            lane: Lane::Foreground(inner),
             spent: Duration::ZERO,
+            demote: None,
+            history,
+        };
+        match demote {
+            Some(demote) if demote.history.heavy() => CpuTimed {
+                lane: Lane::Background(demote.background.spawn(demote.share, timed)),
+                spent: Duration::ZERO,
+                demote: None,
+                history: None,
+            },
+            demote => CpuTimed { demote, ..timed },
         }
     }
 }
@@ -664,18 +741,48 @@ thread_local! {
     static POLLING: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
 }
 
-impl<T> Future for CpuTimed<'_, T> {
+impl<T: Send + 'static> Future for CpuTimed<T> {
     type Output = (T, Duration);
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let inner = match &mut this.lane {
+            Lane::Foreground(inner) => inner,
+            Lane::Background(task) => return Pin::new(task).poll(cx),
+            Lane::Moving => return Poll::Pending,
+        };
         let outer = POLLING.get();
         let start = Instant::now();
-        let poll = self.inner.as_mut().poll(cx);
+        let poll = inner.as_mut().poll(cx);
         let spent = start.elapsed();
         let nested = POLLING.get().saturating_sub(outer);
         POLLING.set(outer + spent);
-        self.spent += spent.saturating_sub(nested);
-        let total = self.spent;
+        this.spent += spent.saturating_sub(nested);
+        let total = this.spent;
+        if poll.is_pending()
+            && total >= FOREGROUND_CPU_MAX
+            && let Some(demote) = this.demote.take()
+            && let Lane::Foreground(inner) = std::mem::replace(&mut this.lane, Lane::Moving)
+        {
+            // Its function's next invocations start in the background.
+            demote.history.set_heavy(true);
+            let rest = CpuTimed {
+                lane: Lane::Foreground(inner),
+                spent: total,
+                demote: None,
+                history: this.history.take(),
+            };
+            let mut task = demote.background.spawn(demote.share, rest);
+            // Registers this task's waker for the output.
+            let poll = Pin::new(&mut task).poll(cx);
+            this.lane = Lane::Background(task);
+            return poll;
+        }
+        if poll.is_ready()
+            && let Some(history) = this.history.take()
+        {
+            history.set_heavy(total >= FOREGROUND_CPU_MAX);
+        }
         poll.map(|out| (out, total))
     }
 }
@@ -757,6 +864,7 @@ struct HttpGuest {
     reuse_max: u32,
     /// Request body bytes the guest read.
     received: Arc<AtomicU64>,
+    demote: Option<Demote>,
 }
 
 /// An http guest's work in its store: instantiate (unless warm) and handle
@@ -780,9 +888,10 @@ impl HttpGuest {
             warm,
             reuse_max,
             received,
+            demote,
         } = self;
         Box::pin(async move {
-            let (mut report, cpu_time) = CpuTimed::new(Box::pin(async move {
+            let guest = Box::pin(async move {
                 let run = crate::files::within_tmp(run(&mut store), tmp, Failure::Run);
                 let result = tokio::time::timeout_at(timing.deadline.into(), run).await;
                 let (result, exports) = split(result);
@@ -795,8 +904,8 @@ impl HttpGuest {
                 };
                 checkin(warm.as_deref(), &report, reuse_max, used);
                 report
-            }))
-            .await;
+            });
+            let (mut report, cpu_time) = CpuTimed::new(guest, demote).await;
             report.cpu_time = cpu_time;
             report.bytes_in = received.load(Ordering::Relaxed);
             report
@@ -1186,14 +1295,50 @@ mod tests {
     #[tokio::test]
     async fn a_nested_run_is_not_counted_twice() {
         let inner = Duration::from_millis(40);
-        let outer = CpuTimed::new(Box::pin(async move {
-            let (_, nested) = CpuTimed::new(Box::pin(async move { burn(inner) })).await;
-            nested
-        }));
+        let outer = CpuTimed::new(
+            Box::pin(async move {
+                let (_, nested) = CpuTimed::new(Box::pin(async move { burn(inner) }), None).await;
+                nested
+            }),
+            None,
+        );
         let (nested, own) = outer.await;
         assert!(nested >= inner, "the callee's {nested:?}");
         // The caller did next to nothing itself; it must not be billed the
         // callee's 40 ms of CPU as well.
         assert!(own < inner / 2, "the caller's {own:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_function_starts_where_its_last_invocation_ended() {
+        let background = Arc::new(Background::new(1));
+        let history = Arc::new(History::default());
+        let demote = || {
+            Some(Demote {
+                background: background.clone(),
+                share: Share {
+                    tenant: Arc::from("tenant"),
+                    function: Arc::from("function"),
+                },
+                history: history.clone(),
+            })
+        };
+        let where_it_ends = || Box::pin(async { crate::lanes::on_background() });
+        // Light while the function has no history: stays in the foreground.
+        assert!(!CpuTimed::new(where_it_ends(), demote()).await.0);
+        let long = Box::pin(async {
+            for _ in 0..3 {
+                burn(FOREGROUND_CPU_MAX);
+                tokio::task::yield_now().await;
+            }
+            crate::lanes::on_background()
+        });
+        assert!(CpuTimed::new(long, demote()).await.0, "a long run moves");
+        assert!(history.heavy());
+        // The next starts in the background; ending within the foreground
+        // share, it brings its function back.
+        assert!(CpuTimed::new(where_it_ends(), demote()).await.0);
+        assert!(!history.heavy());
+        assert!(!CpuTimed::new(where_it_ends(), demote()).await.0);
     }
 }

@@ -8,7 +8,8 @@
 //! [`Sandbox::invoke_http`] / [`Sandbox::invoke_command`] per invocation, which
 //! only creates a `Store` and instantiates from the pool.
 //!
-//! The sandbox knows nothing about routes, registries or tenants: the scheduler
+//! The sandbox knows nothing about routes or registries, and of tenants only
+//! their names, as shares of the background lane ([`lanes`]): the scheduler
 //! hands it a prepared function and a request, and gets a response plus a report.
 
 mod artifact;
@@ -24,6 +25,7 @@ mod host;
 mod invoke;
 mod keyvalue;
 mod keyvalue_draft;
+mod lanes;
 mod messaging;
 mod outbound;
 mod warm;
@@ -39,4 +41,5 @@ pub use files::FilesSpec;
 pub use host::StateUsage;
 pub use invoke::{CallOutput, CommandOutput, InvocationCtx, OnDone, Output, Report, ResponseBody};
 pub use keyvalue::KvGrant;
+pub use lanes::{FOREGROUND_CPU_MAX, background_threads_default};
 pub use messaging::{PublishError, PublishGrant, Publisher};

@@ -69,6 +69,7 @@ impl Fixture {
         let prepared = self.prepare(wasm, limits).unwrap();
         let ctx = InvocationCtx {
             invocation_id: "inv-1".into(),
+            tenant: Arc::from("tenant"),
             chain: Arc::new([Arc::from("t")]),
             deadline: None,
             inline: false,
@@ -157,6 +158,50 @@ async fn an_endless_loop_is_stopped_at_its_timeout() {
         out.result.unwrap_err(),
         InvokeError::Timeout { timeout_ms: 200 }
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_run_goes_on_in_the_background_lane_still_timed_and_billed() {
+    let f = Fixture::new();
+    let limits = Limits {
+        timeout_ms: 300,
+        ..limits()
+    };
+    let out = f.run(command("(loop $l (br $l))"), limits, b"").await;
+    assert_eq!(
+        out.result.unwrap_err(),
+        InvokeError::Timeout { timeout_ms: 300 }
+    );
+    assert_eq!(f.sandbox.background_runs(), 1);
+    // Its foreground share at least; the background's time is added on.
+    assert!(
+        out.report.cpu_time >= updraft_sandbox::FOREGROUND_CPU_MAX,
+        "{:?}",
+        out.report.cpu_time
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_one_lane_nothing_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SandboxConfig::new(dir.path().join("compiled"));
+    config.instances_max = 2;
+    config.warm_instances_max = 0;
+    config.background_threads = 0;
+    let f = Fixture {
+        sandbox: Sandbox::new(config).unwrap(),
+        _dir: dir,
+    };
+    let limits = Limits {
+        timeout_ms: 100,
+        ..limits()
+    };
+    let out = f.run(command("(loop $l (br $l))"), limits, b"").await;
+    assert_eq!(
+        out.result.unwrap_err(),
+        InvokeError::Timeout { timeout_ms: 100 }
+    );
+    assert_eq!(f.sandbox.background_runs(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -166,6 +166,7 @@ impl Fixture {
 fn ctx() -> InvocationCtx {
     InvocationCtx {
         invocation_id: "inv-1".into(),
+        tenant: Arc::from("tenant"),
         chain: Arc::new([Arc::from("t")]),
         deadline: None,
         inline: false,

@@ -531,6 +531,7 @@ fn admit_ms(loaded: &Loaded, call: Option<&CallRequest>) -> u64 {
 fn invocation_ctx(loaded: &Loaded, id: &str, call: Option<&CallRequest>) -> InvocationCtx {
     InvocationCtx {
         invocation_id: id.to_string(),
+        tenant: loaded.tenant.clone(),
         chain: match call {
             Some(call) => call.chain.clone(),
             None => Arc::new([Arc::from(&*loaded.name)]),

@@ -70,6 +70,10 @@ pub struct PlatformConfig {
     /// Whether invocations are metered (usage records, bills, budgets).
     /// Off only to measure what metering costs.
     pub metering: bool,
+    /// Threads of the background lane, where long invocations move
+    /// ([`updraft_sandbox::FOREGROUND_CPU_MAX`]); 0 keeps one lane, only to
+    /// measure what the lane buys.
+    pub background_threads: usize,
     /// How long raw usage records are kept.
     pub records_retention: Duration,
     /// How often what each tenant stores is sampled for its bill.
@@ -101,6 +105,7 @@ impl PlatformConfig {
             blobs: BlobConfig::default(),
             prices: PriceSheet::default(),
             metering: true,
+            background_threads: updraft_sandbox::background_threads_default(),
             records_retention: updraft_metering::RECORDS_RETENTION_DEFAULT,
             storage_sample: STORAGE_SAMPLE_DEFAULT,
             clock: updraft_core::system_clock(),
@@ -268,6 +273,7 @@ impl Platform {
         let mut sandbox_config = SandboxConfig::new(config.data_dir.join("compiled"));
         sandbox_config.scratch_dir = config.data_dir.join("scratch").join("invocations");
         sandbox_config.instances_max = config.instances_max;
+        sandbox_config.background_threads = config.background_threads;
         let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(sandbox_config));
         let data_dir = config.data_dir.clone();
         let (kv_config, blob_config) = (config.kv.clone(), config.blobs.clone());

@@ -41,6 +41,33 @@ pub struct ServerConfig {
     pub metering: MeteringConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub cpu: CpuConfig,
+}
+
+/// Most background threads: far past any core count Updraft runs on, low
+/// enough that a typo (10000) is refused instead of starting that many.
+const BACKGROUND_THREADS_MAX: usize = 1024;
+
+/// `[cpu]`: how guests share the cores (docs/server-config.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpuConfig {
+    /// Move invocations past their foreground share to the low-priority
+    /// background lane. Off only to measure what the lane buys.
+    pub background_lane: bool,
+    /// Threads of the background lane [default: one per core but one, at
+    /// least one].
+    pub background_threads: Option<usize>,
+}
+
+impl Default for CpuConfig {
+    fn default() -> Self {
+        CpuConfig {
+            background_lane: true,
+            background_threads: None,
+        }
+    }
 }
 
 /// `[http]`: what the listener allows (docs/server-config.md).
@@ -135,6 +162,16 @@ impl ServerConfig {
             anyhow::bail!(
                 "the server config {} is not valid: [http] connections_max and \
                  connections_per_client_max must be at least 1",
+                path.display()
+            );
+        }
+        if let Some(threads) = config.cpu.background_threads
+            && !(1..=BACKGROUND_THREADS_MAX).contains(&threads)
+        {
+            anyhow::bail!(
+                "the server config {} is not valid: [cpu] background_threads = {threads}: \
+                 give the background lane 1 to {BACKGROUND_THREADS_MAX} threads, or set \
+                 background_lane = false for none",
                 path.display()
             );
         }

@@ -141,6 +141,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.blobs = file.blobs;
     config.prices = file.prices;
     config.metering = file.metering.enabled;
+    config.background_threads = match (file.cpu.background_lane, file.cpu.background_threads) {
+        (false, _) => 0,
+        (true, Some(threads)) => threads,
+        (true, None) => updraft_sandbox::background_threads_default(),
+    };
     config.records_retention =
         Duration::from_secs(u64::from(file.metering.records_retention_days) * 86_400);
     config.storage_sample = Duration::from_secs(file.metering.storage_sample_secs);

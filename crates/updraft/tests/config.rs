@@ -41,6 +41,10 @@ fn unknown_backends_and_keys_are_refused_by_name() {
             "[http]\nheader_timeout = 1\n",
             "unknown field `header_timeout`",
         ),
+        (
+            "[cpu]\nbackground_threads = 0\n",
+            "background_threads = 0: give the background lane 1 to 1024 threads",
+        ),
     ] {
         let config = dir.path().join("server.toml");
         std::fs::write(&config, text).unwrap();
