@@ -10,7 +10,7 @@
 //! cold paths.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -383,9 +383,4 @@ pub fn markdown(report: &FairnessReport) -> String {
         ));
     }
     md
-}
-
-/// Rewrites the section between the fairness markers of `path`.
-pub fn update_markdown(path: &Path, results: &str) -> Result<()> {
-    crate::report::update_section(path, MARKER_START, MARKER_END, results)
 }

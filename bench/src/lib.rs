@@ -12,7 +12,8 @@
 //! [`stats`]; [`http`] is the tiny client the control requests use.
 //! [`compare`] puts two runs side by side. [`fairness`] is a run of its
 //! own (`updraft-bench fairness`): a light tenant's latency beside another
-//! tenant's CPU and memory hogs.
+//! tenant's CPU and memory hogs; [`inflight`] another
+//! (`updraft-bench inflight`): ten thousand sleeping invocations at once.
 
 pub mod calls;
 pub mod cluster;
@@ -21,6 +22,7 @@ pub mod compare;
 pub mod events;
 pub mod fairness;
 pub mod http;
+pub mod inflight;
 pub mod kv;
 pub mod load;
 pub mod memory;

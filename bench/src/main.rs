@@ -36,6 +36,10 @@ enum Cmd {
     /// invocations spin or exhaust their memory, with and without the
     /// background lane (BENCHMARKS.md, "Fair CPU").
     Fairness(FairnessArgs),
+    /// Scale: N invocations of a function that sleeps 1 s, sent at once to
+    /// an idle server; the time until all run and the memory each takes
+    /// (BENCHMARKS.md, "10,000 in flight").
+    Inflight(InFlightArgs),
     /// Serve the native hello (started by `run`; prints its URL first).
     Native {
         /// Address to listen on; port 0 picks a free port.
@@ -79,18 +83,19 @@ struct RunArgs {
     guests: Option<PathBuf>,
 }
 
+/// What every run of its own (`fairness`, `inflight`) takes.
 #[derive(Args)]
-struct FairnessArgs {
-    /// 5 s rows at 100 requests/s instead of 15 s at 200.
+struct PhaseArgs {
+    /// A shorter run: a first look.
     #[arg(long)]
     quick: bool,
-    /// 1 s rows, for the harness's own test. Numbers from it mean nothing.
+    /// Seconds in all, for the harness's own test. Numbers from it mean nothing.
     #[arg(long)]
     tiny: bool,
-    /// Where to write the JSON result [default: target/bench/fairness.json].
+    /// Where to write the JSON result [default: target/bench/NAME.json].
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// Rewrite the "Fair CPU" section of BENCHMARKS.md.
+    /// Rewrite this run's section of BENCHMARKS.md.
     #[arg(long)]
     update_md: bool,
     /// The Markdown file --update-md rewrites [default: BENCHMARKS.md at the repo root].
@@ -99,12 +104,69 @@ struct FairnessArgs {
     /// The updraft binary [default: next to this one, same profile].
     #[arg(long, value_name = "PATH")]
     updraft: Option<PathBuf>,
-    /// Dir with hello-rust.wasm, loop.wasm and membomb.wasm [default: target/guests].
+    /// Dir with the test guests [default: target/guests].
     #[arg(long, value_name = "DIR")]
     guests: Option<PathBuf>,
+}
+
+impl PhaseArgs {
+    fn mode(&self) -> Mode {
+        if self.tiny {
+            Mode::Tiny
+        } else if self.quick {
+            Mode::Quick
+        } else {
+            Mode::Full
+        }
+    }
+
+    /// Prints `results`, writes `report` as JSON and, with --update-md,
+    /// `results` between `markers` of the Markdown file.
+    fn finish(
+        self,
+        name: &str,
+        report: &impl serde::Serialize,
+        results: &str,
+        markers: (&str, &str),
+    ) -> Result<()> {
+        println!("{results}");
+        let out = match self.out {
+            Some(out) => out,
+            None => run::default_out()?.with_file_name(format!("{name}.json")),
+        };
+        if let Some(dir) = out.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let json = serde_json::to_string_pretty(report)?;
+        std::fs::write(&out, json + "\n").with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("==> wrote {}", out.display());
+        if self.update_md {
+            let md = self
+                .md
+                .unwrap_or_else(|| run::repo_root().join("BENCHMARKS.md"));
+            report::update_section(&md, markers.0, markers.1, results)?;
+            eprintln!("==> updated {}", md.display());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+struct FairnessArgs {
+    #[command(flatten)]
+    phase: PhaseArgs,
     /// `[cpu] background_threads` of the two-lane server [default: the server's].
     #[arg(long, value_name = "N")]
     background_threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct InFlightArgs {
+    #[command(flatten)]
+    phase: PhaseArgs,
+    /// Invocations at once [default: 10000; --quick 2000; --tiny 200].
+    #[arg(long, value_name = "N")]
+    count: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -113,6 +175,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => run_command(args),
         Cmd::Compare { before, after } => compare_command(&before, &after),
         Cmd::Fairness(args) => fairness_command(args),
+        Cmd::Inflight(args) => inflight_command(args),
         Cmd::Native { listen } => updraft_bench::native::serve(&listen),
     };
     match result {
@@ -166,39 +229,37 @@ fn run_command(args: RunArgs) -> Result<()> {
 
 fn fairness_command(args: FairnessArgs) -> Result<()> {
     use updraft_bench::fairness;
-    let mode = if args.tiny {
-        Mode::Tiny
-    } else if args.quick {
-        Mode::Quick
-    } else {
-        Mode::Full
-    };
     let report = fairness::run(&fairness::Options {
-        mode,
-        updraft: args.updraft,
-        guests: args.guests,
+        mode: args.phase.mode(),
+        updraft: args.phase.updraft.clone(),
+        guests: args.phase.guests.clone(),
         background_threads: args.background_threads,
         command: repeat_command()?,
     })?;
     let results = fairness::markdown(&report);
-    println!("{results}");
-    let out = match args.out {
-        Some(out) => out,
-        None => run::default_out()?.with_file_name("fairness.json"),
-    };
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&out, json + "\n").with_context(|| format!("writing {}", out.display()))?;
-    eprintln!("==> wrote {}", out.display());
-    if args.update_md {
-        let md = args
-            .md
-            .unwrap_or_else(|| run::repo_root().join("BENCHMARKS.md"));
-        fairness::update_markdown(&md, &results)?;
-        eprintln!("==> updated {}", md.display());
-    }
+    let markers = (fairness::MARKER_START, fairness::MARKER_END);
+    args.phase.finish("fairness", &report, &results, markers)
+}
+
+fn inflight_command(args: InFlightArgs) -> Result<()> {
+    use updraft_bench::inflight;
+    let report = inflight::run(&inflight::Options {
+        mode: args.phase.mode(),
+        count: args.count,
+        updraft: args.phase.updraft.clone(),
+        guests: args.phase.guests.clone(),
+        command: repeat_command()?,
+    })?;
+    let results = inflight::markdown(&report);
+    let markers = (inflight::MARKER_START, inflight::MARKER_END);
+    args.phase.finish("inflight", &report, &results, markers)?;
+    anyhow::ensure!(
+        report.failed == 0,
+        "{} of {} invocations failed: {}",
+        report.failed,
+        report.count,
+        report.failures.join("; ")
+    );
     Ok(())
 }
 

@@ -296,3 +296,39 @@ fn tiny_fairness_run_has_every_row() {
     assert!(text.starts_with("# B\n") && text.ends_with(&format!("{end}\nafter\n")));
     assert!(!text.contains("old"));
 }
+
+#[test]
+fn tiny_inflight_run_answers_every_invocation() {
+    let bench = Path::new(env!("CARGO_BIN_EXE_updraft-bench"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("inflight.json");
+    let md = dir.path().join("BENCHMARKS.md");
+    let (start, end) = (
+        updraft_bench::inflight::MARKER_START,
+        updraft_bench::inflight::MARKER_END,
+    );
+    std::fs::write(&md, format!("# B\n{start}\nold\n{end}\nafter\n")).unwrap();
+    let output = Command::new(bench)
+        .args(["inflight", "--tiny", "--update-md", "--out"])
+        .arg(&out)
+        .arg("--md")
+        .arg(&md)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the harness failed:\n{stderr}");
+    let report: updraft_bench::inflight::InFlightReport =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!((report.count, report.ok, report.failed), (200, 200, 0));
+    assert_eq!(report.instances_max, 200);
+    // Every invocation slept its second before it answered.
+    assert!(report.last_answer_ms >= 1000.0, "{report:?}");
+    assert!(
+        report.all_admitted_ms <= report.last_answer_ms,
+        "{report:?}"
+    );
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(text.contains("| answered 200 | 200 of 200 |"), "{text}");
+    assert!(text.starts_with("# B\n") && text.ends_with(&format!("{end}\nafter\n")));
+    assert!(!text.contains("old"));
+}

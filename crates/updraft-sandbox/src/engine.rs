@@ -22,6 +22,10 @@ use crate::warm::WarmBudget;
 
 /// Default number of instances that may run at once.
 pub const INSTANCES_MAX_DEFAULT: u32 = 1000;
+/// Most instances that may run at once: each pool slot reserves about 9 GiB
+/// of address space (two 4 GiB memories with guards, tables, a stack), and
+/// 12,000 of them take about 100 of x86-64's 128 TiB.
+pub const INSTANCES_MAX_MAX: u32 = 12_000;
 /// Default number of warm instances (reuse mode) that may sit idle.
 pub const WARM_INSTANCES_MAX_DEFAULT: u32 = 128;
 /// Core instances one component may contain; componentize-py links a dozen modules.
@@ -255,11 +259,14 @@ fn build_engine(config: &SandboxConfig, concurrent: bool) -> Result<Engine, Prep
         // The async ABI WASI 0.3 is built on.
         cfg.wasm_component_model_async(true);
     }
+    let pooled = config.pooling && !concurrent;
     Engine::new(&cfg).map_err(|e| {
-        PrepareError::Internal(updraft_core::Failure::boxed(
-            "creating the engine",
-            e.into_boxed_dyn_error(),
-        ))
+        let source = updraft_core::Failure::boxed("creating the engine", e.into_boxed_dyn_error());
+        if pooled {
+            PrepareError::Pool { slots: n, source }
+        } else {
+            PrepareError::Internal(source)
+        }
     })
 }
 

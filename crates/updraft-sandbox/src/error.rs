@@ -43,6 +43,16 @@ pub enum PrepareError {
     /// source, for the logs.
     #[error("internal error while preparing the function: {0}")]
     Internal(#[source] updraft_core::Failure),
+    #[error(
+        "the instance pool cannot reserve address space for {slots} instances \
+         (--instances-max and the warm ones; about 9 GiB each, none of it memory \
+         until used): lower --instances-max"
+    )]
+    Pool {
+        slots: u32,
+        #[source]
+        source: updraft_core::Failure,
+    },
 }
 
 /// Why an invocation failed. The gateway maps each to a status.
@@ -99,7 +109,7 @@ pub enum InvokeError {
 impl Classify for PrepareError {
     fn kind(&self) -> ErrorKind {
         match self {
-            PrepareError::Internal(_) => ErrorKind::Internal,
+            PrepareError::Internal(_) | PrepareError::Pool { .. } => ErrorKind::Internal,
             _ => ErrorKind::Invalid,
         }
     }
@@ -113,7 +123,7 @@ impl Classify for PrepareError {
             | PrepareError::KindMismatch { .. } => "wrong_world",
             PrepareError::Link(_) => "link_error",
             PrepareError::ReuseForCommand | PrepareError::ReuseForWasi03 => "invalid_manifest",
-            PrepareError::Internal(_) => "internal",
+            PrepareError::Internal(_) | PrepareError::Pool { .. } => "internal",
         }
     }
 }

@@ -685,10 +685,16 @@ impl Sandbox {
 ///
 /// It also moves the future to the background lane ([`crate::lanes`]) once
 /// it has used [`FOREGROUND_CPU_MAX`] and yields, or starts it there when
-/// its function's last invocation ended there ([`History`]).
+/// its function's last invocation ended there ([`History`]). A callee run
+/// inside its caller's poll stays in its caller's lane and moves with it:
+/// apart, the caller's deadline could cut the callee off before the callee
+/// saw its own (the same instant), and the callee's report would be lost.
 struct CpuTimed<T> {
     lane: Lane<T>,
+    /// Its own time: what is billed.
     spent: Duration,
+    /// Its time with its callees': what moves it.
+    polled: Duration,
     /// Where it goes past its foreground share; `None` once there, or
     /// where it stays put (a test, or already in the background).
     demote: Option<Demote>,
@@ -714,11 +720,13 @@ enum Lane<T> {
 
 impl<T: Send + 'static> CpuTimed<T> {
     fn new(inner: Pin<Box<dyn Future<Output = T> + Send>>, demote: Option<Demote>) -> Self {
-        let demote = demote.filter(|_| !crate::lanes::on_background());
+        let nested = DEPTH.get() > 0;
+        let demote = demote.filter(|_| !crate::lanes::on_background() && !nested);
         let history = demote.as_ref().map(|d| d.history.clone());
         let timed = CpuTimed {
             lane: Lane::Foreground(inner),
             spent: Duration::ZERO,
+            polled: Duration::ZERO,
             demote: None,
             history,
         };
@@ -726,6 +734,7 @@ impl<T: Send + 'static> CpuTimed<T> {
             Some(demote) if demote.history.heavy() => CpuTimed {
                 lane: Lane::Background(demote.background.spawn(demote.share, timed)),
                 spent: Duration::ZERO,
+                polled: Duration::ZERO,
                 demote: None,
                 history: None,
             },
@@ -739,6 +748,25 @@ thread_local! {
     /// included: a callee run inside its caller's host call is the
     /// callee's time, not the caller's too.
     static POLLING: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+    /// Guest polls under way on this thread: above 0, a new invocation is
+    /// a callee inside its caller's poll.
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of [`DEPTH`], left when dropped (a panicking guest poll too).
+struct Depth;
+
+impl Depth {
+    fn enter() -> Depth {
+        DEPTH.set(DEPTH.get() + 1);
+        Depth
+    }
+}
+
+impl Drop for Depth {
+    fn drop(&mut self) {
+        DEPTH.set(DEPTH.get().saturating_sub(1));
+    }
 }
 
 impl<T: Send + 'static> Future for CpuTimed<T> {
@@ -753,14 +781,18 @@ impl<T: Send + 'static> Future for CpuTimed<T> {
         };
         let outer = POLLING.get();
         let start = Instant::now();
-        let poll = inner.as_mut().poll(cx);
+        let poll = {
+            let _depth = Depth::enter();
+            inner.as_mut().poll(cx)
+        };
         let spent = start.elapsed();
         let nested = POLLING.get().saturating_sub(outer);
         POLLING.set(outer + spent);
         this.spent += spent.saturating_sub(nested);
+        this.polled += spent;
         let total = this.spent;
         if poll.is_pending()
-            && total >= FOREGROUND_CPU_MAX
+            && this.polled >= FOREGROUND_CPU_MAX
             && let Some(demote) = this.demote.take()
             && let Lane::Foreground(inner) = std::mem::replace(&mut this.lane, Lane::Moving)
         {
@@ -769,6 +801,7 @@ impl<T: Send + 'static> Future for CpuTimed<T> {
             let rest = CpuTimed {
                 lane: Lane::Foreground(inner),
                 spent: total,
+                polled: this.polled,
                 demote: None,
                 history: this.history.take(),
             };
@@ -781,7 +814,7 @@ impl<T: Send + 'static> Future for CpuTimed<T> {
         if poll.is_ready()
             && let Some(history) = this.history.take()
         {
-            history.set_heavy(total >= FOREGROUND_CPU_MAX);
+            history.set_heavy(this.polled >= FOREGROUND_CPU_MAX);
         }
         poll.map(|out| (out, total))
     }
@@ -1340,5 +1373,37 @@ mod tests {
         assert!(CpuTimed::new(where_it_ends(), demote()).await.0);
         assert!(!history.heavy());
         assert!(!CpuTimed::new(where_it_ends(), demote()).await.0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_callee_moves_with_its_caller() {
+        let background = Arc::new(Background::new(1));
+        let demote = || {
+            Some(Demote {
+                background: background.clone(),
+                share: Share {
+                    tenant: Arc::from("tenant"),
+                    function: Arc::from("function"),
+                },
+                history: Arc::default(),
+            })
+        };
+        let callee_demote = demote();
+        let caller = Box::pin(async move {
+            let callee = Box::pin(async {
+                for _ in 0..3 {
+                    burn(FOREGROUND_CPU_MAX);
+                    tokio::task::yield_now().await;
+                }
+                crate::lanes::on_background()
+            });
+            let (callee_moved, _) = CpuTimed::new(callee, callee_demote).await;
+            (callee_moved, crate::lanes::on_background())
+        });
+        let ((callee_moved, caller_moved), own) = CpuTimed::new(caller, demote()).await;
+        // Both ended on the same background thread, the caller billed for
+        // next to nothing of the callee's CPU.
+        assert!(callee_moved && caller_moved);
+        assert!(own < FOREGROUND_CPU_MAX, "the caller's {own:?}");
     }
 }

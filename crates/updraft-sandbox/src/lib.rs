@@ -35,7 +35,7 @@ pub use blobs::BlobGrant;
 pub use calls::{CALL_DEPTH_MAX, CallError, CallGrant, CallRequest, FunctionCaller};
 pub use capability::{Backends, Grants};
 pub use config::SecretSource;
-pub use engine::{Sandbox, SandboxConfig};
+pub use engine::{INSTANCES_MAX_MAX, Sandbox, SandboxConfig};
 pub use error::{InvokeError, PrepareError};
 pub use files::FilesSpec;
 pub use host::StateUsage;

@@ -20,7 +20,13 @@ pub struct UpArgs {
     #[arg(long, env = "UPDRAFT_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// Instances that may run at once; further requests wait for a slot.
-    #[arg(long, env = "UPDRAFT_INSTANCES_MAX", default_value_t = PlatformConfig::new(PathBuf::new()).instances_max)]
+    /// Each reserves about 9 GiB of address space (no memory until used).
+    #[arg(
+        long,
+        env = "UPDRAFT_INSTANCES_MAX",
+        default_value_t = PlatformConfig::new(PathBuf::new()).instances_max,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(updraft_sandbox::INSTANCES_MAX_MAX)),
+    )]
     pub instances_max: u32,
     /// Seconds a function may sit unused before its compiled code is dropped
     /// from memory (scale to zero; it is mapped back from disk on the next
@@ -104,6 +110,35 @@ fn disable_huge_pages() {
     }
 }
 
+/// Descriptors the server holds besides its connections: databases, logs,
+/// compiled code, the listener, and what guests open under `/tmp`.
+const FILES_BESIDE_CONNECTIONS: u64 = 1024;
+
+/// Lifts the soft open-file limit to the hard one: every connection is a
+/// descriptor, and the usual soft limit (1,024) is far below the default
+/// `[http] connections_max`. Says so when the hard limit is still below it.
+fn raise_open_files(connections_max: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!("could not raise the open-file limit: {e}");
+        }
+    }
+    let needed = connections_max as u64 + FILES_BESIDE_CONNECTIONS;
+    if let Some(have) = getrlimit(Resource::Nofile).current
+        && have < needed
+    {
+        tracing::warn!(
+            "this process may open {have} files, and [http] connections_max = \
+             {connections_max} needs about {needed}: connections past the limit wait \
+             to be accepted; raise the hard limit (`ulimit -Hn`, or LimitNOFILE= \
+             in a systemd unit) or lower connections_max"
+        );
+    }
+}
+
 /// Runs the platform until SIGINT or SIGTERM, then drains in-flight requests.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     disable_huge_pages();
@@ -150,6 +185,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Duration::from_secs(u64::from(file.metering.records_retention_days) * 86_400);
     config.storage_sample = Duration::from_secs(file.metering.storage_sample_secs);
     let http = file.http;
+    raise_open_files(http.connections_max);
     config.instances_max = args.instances_max;
     config.idle_unload =
         (args.idle_unload_secs > 0).then(|| Duration::from_secs(args.idle_unload_secs));

@@ -58,6 +58,29 @@ fn unknown_backends_and_keys_are_refused_by_name() {
     }
 }
 
+#[test]
+fn an_instance_pool_past_the_address_space_is_refused_with_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--instances-max",
+            "20000",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--instances-max") && stderr.contains("1..=12000"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn blobs_go_where_the_config_says() {
     let dir = tempfile::tempdir().unwrap();
