@@ -1,7 +1,9 @@
 //! Fair CPU (issue 21): one tenant's light function under a steady, paced
 //! load while another tenant's invocations spin until their timeout or blow
-//! up their memory, on a server with the background lane and on one
-//! without it (`[cpu] background_lane = false`), in one run.
+//! up their memory, in one run on three servers: the default background
+//! lane (a thread per core but one), the lane on every core
+//! (`background_threads` = cores), and one lane for all
+//! (`[cpu] background_lane = false`).
 //!
 //! The light load is open loop: request `i` is due at `start + i / rate`,
 //! and its latency runs from when it was due, not from when it was sent,
@@ -129,17 +131,32 @@ pub fn run(options: &Options) -> Result<FairnessReport> {
         .tempdir()
         .context("cannot create a scratch dir")?;
     let mut rows = Vec::new();
-    for (lanes, background_lane) in [("two lanes", true), ("one lane", false)] {
-        let dir = scratch
-            .path()
-            .join(if background_lane { "two" } else { "one" });
+    // The default (a core kept for the foreground), then a background
+    // thread on every core (where that differs), then one lane: `[cpu]` of
+    // each.
+    let cores = machine.cores;
+    let mut servers = vec![(
+        "two lanes".to_string(),
+        match options.background_threads {
+            Some(threads) => format!("background_threads = {threads}\n"),
+            None => String::new(),
+        },
+    )];
+    if cores > 1 {
+        servers.push((
+            format!("two lanes, {cores} background threads"),
+            format!("background_threads = {cores}\n"),
+        ));
+    }
+    servers.push((
+        "one lane".to_string(),
+        "background_lane = false\n".to_string(),
+    ));
+    for (n, (lanes, cpu)) in servers.into_iter().enumerate() {
+        let dir = scratch.path().join(format!("server-{n}"));
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("updraft.toml");
-        let mut text = format!("[cpu]\nbackground_lane = {background_lane}\n");
-        if let (true, Some(threads)) = (background_lane, options.background_threads) {
-            text.push_str(&format!("background_threads = {threads}\n"));
-        }
-        std::fs::write(&config, text)?;
+        std::fs::write(&config, format!("[cpu]\n{cpu}"))?;
         let config = config.to_string_lossy().into_owned();
         let server = updraft::start_with(
             &bin,
@@ -174,7 +191,7 @@ pub fn run(options: &Options) -> Result<FairnessReport> {
         for hogs in [Hogs::None, Hogs::Spin, Hogs::Bomb] {
             let row = measure(light, hog, hogs, window, rate)?;
             eprintln!(
-                "    {lanes:<9} {:<17} p50 {:>8.0} µs  p99 {:>8.0} µs  errors {}  hogs {:?}",
+                "    {lanes:<32} {:<17} p50 {:>8.0} µs  p99 {:>8.0} µs  errors {}  hogs {:?}",
                 row.load,
                 row.light.map_or(0.0, |s| s.p50_us),
                 row.p99().unwrap_or(0.0),
@@ -182,7 +199,7 @@ pub fn run(options: &Options) -> Result<FairnessReport> {
                 row.hog_statuses
             );
             rows.push(Row {
-                lanes: lanes.to_string(),
+                lanes: lanes.clone(),
                 ..row
             });
         }

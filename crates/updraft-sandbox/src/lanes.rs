@@ -39,10 +39,11 @@ pub const FOREGROUND_CPU_MAX: Duration = Duration::from_millis(1);
 /// starve it entirely (nice 19 still gets about 1.5% of a busy core).
 const BACKGROUND_NICE: i32 = 19;
 
-/// Threads of the background lane unless configured: one per core but one,
-/// so a core is always free for the foreground when every background thread
-/// is busy (with all cores busy, the kernel's wakeup latency alone costs a
-/// light request milliseconds; BENCHMARKS.md, "Fair CPU"), and at least one.
+/// Threads of the background lane unless configured: one per core but one
+/// (at least one), so a core is free for the foreground the moment a light
+/// request arrives. With every core busy, at any priority, the kernel's
+/// wakeup latency alone doubles a light request's p99 on two cores; a core
+/// kept costs long invocations a core (BENCHMARKS.md, "Fair CPU").
 pub fn background_threads_default() -> usize {
     std::thread::available_parallelism()
         .map_or(1, usize::from)
