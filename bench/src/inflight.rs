@@ -24,7 +24,6 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::http::{self, Request};
 use crate::report::{Machine, Mode};
 use crate::run::{profile_dir, repo_root};
 use crate::servers::{self, Rss};
@@ -118,18 +117,7 @@ pub fn run(options: &Options) -> Result<InFlightReport> {
     .server;
     let endpoint = server.endpoint;
     let pid = server.pid().ok_or_else(|| anyhow!("updraft has no pid"))?;
-    updraft::deploy(endpoint, "chaos", "/chaos/...", &chaos)?;
-    let warm = http::send(
-        endpoint,
-        &Request::get("/chaos/slow?ms=1"),
-        http::CONTROL_TIMEOUT,
-    )?;
-    ensure!(
-        warm.status == 200,
-        "GET /chaos/slow?ms=1 answered {}: {}",
-        warm.status,
-        warm.text()
-    );
+    updraft::deploy_chaos(endpoint, &chaos)?;
     std::thread::sleep(SETTLE);
     let rss_before = servers::rss(pid)?;
     eprintln!(

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Context, Result, anyhow};
 
 use crate::http::{self, Endpoint, Request};
 use crate::report::Memory;
@@ -69,18 +69,7 @@ pub fn measure(
     let kb_per_unloaded_function = rss_unloaded.map(|rss| per(rss.rss_kb, rss_base.rss_kb, k));
 
     let m = plan.in_flight.max(1);
-    updraft::deploy(endpoint, "chaos", "/chaos/...", chaos)?;
-    let warm = http::send(
-        endpoint,
-        &Request::get("/chaos/slow?ms=1"),
-        http::CONTROL_TIMEOUT,
-    )?;
-    ensure!(
-        warm.status == 200,
-        "GET /chaos/slow?ms=1 answered {}: {}",
-        warm.status,
-        warm.text()
-    );
+    updraft::deploy_chaos(endpoint, chaos)?;
     std::thread::sleep(SETTLE);
     let rss_before = servers::rss(pid)?;
     eprintln!("    {m} requests in flight for {} ms", plan.slow_ms);

@@ -177,6 +177,20 @@ pub fn get_hello(endpoint: Endpoint, path: &str) -> Result<Duration> {
     Ok(elapsed)
 }
 
+/// Deploys `http-chaos` at `/chaos/...` and serves it once, so what follows
+/// finds its code mapped and an instance's pages warm.
+pub fn deploy_chaos(endpoint: Endpoint, chaos: &[u8]) -> Result<()> {
+    deploy(endpoint, "chaos", "/chaos/...", chaos)?;
+    let warm = http::send(endpoint, &Request::get("/chaos/slow?ms=1"), CONTROL_TIMEOUT)?;
+    ensure!(
+        warm.status == 200,
+        "GET /chaos/slow?ms=1 answered {}: {}",
+        warm.status,
+        warm.text()
+    );
+    Ok(())
+}
+
 /// `N` in Updraft's "…, N compiled at start)" listening line.
 pub fn compiled_at_start(line: &str) -> Option<u64> {
     let before = line.split(" compiled at start").next()?;

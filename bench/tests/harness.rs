@@ -3,6 +3,7 @@
 //! plausible numbers, and that `--update-md` rewrites only the results
 //! section. No timing assertions: the numbers of a tiny run on a shared CI
 //! machine mean nothing, only their shape does.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -245,19 +246,17 @@ fn tiny_run_writes_complete_json_and_markdown() {
     );
 }
 
-#[test]
-fn tiny_fairness_run_has_every_row() {
+/// Runs `updraft-bench PHASE --tiny --update-md` on a Markdown file with
+/// only its markers: the JSON report and the Markdown after.
+fn tiny_phase<R: serde::de::DeserializeOwned>(phase: &str, markers: (&str, &str)) -> (R, String) {
     let bench = Path::new(env!("CARGO_BIN_EXE_updraft-bench"));
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("fairness.json");
+    let out = dir.path().join(format!("{phase}.json"));
     let md = dir.path().join("BENCHMARKS.md");
-    let (start, end) = (
-        updraft_bench::fairness::MARKER_START,
-        updraft_bench::fairness::MARKER_END,
-    );
+    let (start, end) = markers;
     std::fs::write(&md, format!("# B\n{start}\nold\n{end}\nafter\n")).unwrap();
     let output = Command::new(bench)
-        .args(["fairness", "--tiny", "--update-md", "--out"])
+        .args([phase, "--tiny", "--update-md", "--out"])
         .arg(&out)
         .arg("--md")
         .arg(&md)
@@ -265,8 +264,22 @@ fn tiny_fairness_run_has_every_row() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the harness failed:\n{stderr}");
-    let report: updraft_bench::fairness::FairnessReport =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let report = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let text = std::fs::read_to_string(&md).unwrap();
+    assert!(text.starts_with("# B\n") && text.ends_with(&format!("{end}\nafter\n")));
+    assert!(!text.contains("old"));
+    (report, text)
+}
+
+#[test]
+fn tiny_fairness_run_has_every_row() {
+    let (report, text): (updraft_bench::fairness::FairnessReport, _) = tiny_phase(
+        "fairness",
+        (
+            updraft_bench::fairness::MARKER_START,
+            updraft_bench::fairness::MARKER_END,
+        ),
+    );
     let rows: Vec<(&str, &str)> = report
         .rows
         .iter()
@@ -292,34 +305,18 @@ fn tiny_fairness_run_has_every_row() {
         assert_eq!(hog_runs == 0, row.load == "idle", "{row:?}");
         assert!(!row.hog_statuses.contains_key(&200), "{row:?}");
     }
-    let text = std::fs::read_to_string(&md).unwrap();
     assert!(text.contains("| two lanes | 20 spinning |"), "{text}");
-    assert!(text.starts_with("# B\n") && text.ends_with(&format!("{end}\nafter\n")));
-    assert!(!text.contains("old"));
 }
 
 #[test]
 fn tiny_inflight_run_answers_every_invocation() {
-    let bench = Path::new(env!("CARGO_BIN_EXE_updraft-bench"));
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("inflight.json");
-    let md = dir.path().join("BENCHMARKS.md");
-    let (start, end) = (
-        updraft_bench::inflight::MARKER_START,
-        updraft_bench::inflight::MARKER_END,
+    let (report, text): (updraft_bench::inflight::InFlightReport, _) = tiny_phase(
+        "inflight",
+        (
+            updraft_bench::inflight::MARKER_START,
+            updraft_bench::inflight::MARKER_END,
+        ),
     );
-    std::fs::write(&md, format!("# B\n{start}\nold\n{end}\nafter\n")).unwrap();
-    let output = Command::new(bench)
-        .args(["inflight", "--tiny", "--update-md", "--out"])
-        .arg(&out)
-        .arg("--md")
-        .arg(&md)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the harness failed:\n{stderr}");
-    let report: updraft_bench::inflight::InFlightReport =
-        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!((report.count, report.ok, report.failed), (200, 200, 0));
     assert_eq!(report.instances_max, 200);
     // Every invocation slept its second before it answered.
@@ -328,8 +325,5 @@ fn tiny_inflight_run_answers_every_invocation() {
         report.all_admitted_ms <= report.last_answer_ms,
         "{report:?}"
     );
-    let text = std::fs::read_to_string(&md).unwrap();
     assert!(text.contains("| answered 200 | 200 of 200 |"), "{text}");
-    assert!(text.starts_with("# B\n") && text.ends_with(&format!("{end}\nafter\n")));
-    assert!(!text.contains("old"));
 }
