@@ -126,15 +126,17 @@ fn raise_open_files(connections_max: usize) {
             tracing::debug!("could not raise the open-file limit: {e}");
         }
     }
-    let needed = connections_max as u64 + FILES_BESIDE_CONNECTIONS;
+    // Only a limit below the cap itself is worth a warning at every start:
+    // the default cap (20,000) is a ceiling, not a load anyone expects.
     if let Some(have) = getrlimit(Resource::Nofile).current
-        && have < needed
+        && have < connections_max as u64
     {
+        let usable = have.saturating_sub(FILES_BESIDE_CONNECTIONS);
         tracing::warn!(
-            "this process may open {have} files, and [http] connections_max = \
-             {connections_max} needs about {needed}: connections past the limit wait \
-             to be accepted; raise the hard limit (`ulimit -Hn`, or LimitNOFILE= \
-             in a systemd unit) or lower connections_max"
+            "this process may open {have} files, fewer than [http] connections_max = \
+             {connections_max}: connections past about {usable} wait to be accepted; \
+             raise the hard limit (`ulimit -Hn`, or LimitNOFILE= in a systemd unit) or \
+             lower connections_max"
         );
     }
 }
