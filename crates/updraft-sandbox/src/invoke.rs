@@ -26,7 +26,7 @@ use crate::capture::CapturePipe;
 use crate::engine::Sandbox;
 use crate::error::InvokeError;
 use crate::host::{Host, MemoryLimiter, StateUsage};
-use crate::lanes::{Background, FOREGROUND_CPU_MAX, History, Share};
+use crate::lanes::{Background, FOREGROUND_CPU_MAX, HEAVY_CPU, History, Share};
 use crate::outbound::Outbound;
 use crate::warm::{Exports, WarmInstance, WarmPool};
 
@@ -685,7 +685,7 @@ impl Sandbox {
 ///
 /// It also moves the future to the background lane ([`crate::lanes`]) once
 /// it has used [`FOREGROUND_CPU_MAX`] and yields, or starts it there when
-/// its function's last invocation ended there ([`History`]). A callee run
+/// its function's last invocation was a hog ([`History`]). A callee run
 /// inside its caller's poll stays in its caller's lane and moves with it:
 /// apart, the caller's deadline could cut the callee off before the callee
 /// saw its own (the same instant), and the callee's report would be lost.
@@ -791,13 +791,23 @@ impl<T: Send + 'static> Future for CpuTimed<T> {
         this.spent += spent.saturating_sub(nested);
         this.polled += spent;
         let total = this.spent;
+        let heavy = this.polled >= HEAVY_CPU;
+        if let Some(history) = &this.history
+            && (heavy || poll.is_ready())
+        {
+            // A hog marks its function as soon as it is one, so the rest of
+            // a burst of it starts in the background; the end says what the
+            // invocation was.
+            history.set_heavy(heavy);
+        }
+        if poll.is_ready() {
+            this.history = None;
+        }
         if poll.is_pending()
             && this.polled >= FOREGROUND_CPU_MAX
             && let Some(demote) = this.demote.take()
             && let Lane::Foreground(inner) = std::mem::replace(&mut this.lane, Lane::Moving)
         {
-            // Its function's next invocations start in the background.
-            demote.history.set_heavy(true);
             let rest = CpuTimed {
                 lane: Lane::Foreground(inner),
                 spent: total,
@@ -810,11 +820,6 @@ impl<T: Send + 'static> Future for CpuTimed<T> {
             let poll = Pin::new(&mut task).poll(cx);
             this.lane = Lane::Background(task);
             return poll;
-        }
-        if poll.is_ready()
-            && let Some(history) = this.history.take()
-        {
-            history.set_heavy(this.polled >= FOREGROUND_CPU_MAX);
         }
         poll.map(|out| (out, total))
     }
@@ -1359,13 +1364,21 @@ mod tests {
         let where_it_ends = || Box::pin(async { crate::lanes::on_background() });
         // Light while the function has no history: stays in the foreground.
         assert!(!CpuTimed::new(where_it_ends(), demote()).await.0);
-        let long = Box::pin(async {
-            for _ in 0..3 {
-                burn(FOREGROUND_CPU_MAX);
-                tokio::task::yield_now().await;
-            }
-            crate::lanes::on_background()
-        });
+        // Past the foreground share but no hog (a cold start, say): moves,
+        // but its function's next invocation still starts in the foreground.
+        let burning = |busy: Duration| {
+            Box::pin(async move {
+                for _ in 0..2 {
+                    burn(busy);
+                    tokio::task::yield_now().await;
+                }
+                crate::lanes::on_background()
+            })
+        };
+        assert!(CpuTimed::new(burning(FOREGROUND_CPU_MAX), demote()).await.0);
+        assert!(!history.heavy());
+        assert!(!CpuTimed::new(where_it_ends(), demote()).await.0);
+        let long = burning(HEAVY_CPU);
         assert!(CpuTimed::new(long, demote()).await.0, "a long run moves");
         assert!(history.heavy());
         // The next starts in the background; ending within the foreground

@@ -7,7 +7,7 @@
 //! future and all, to the *background*: threads of their own at the lowest
 //! OS priority (nice 19), one per core but one, so the kernel runs
 //! foreground work first and a core is free for it the moment it wakes. A
-//! function whose last invocation ended in the background starts its next
+//! function whose last invocation was a hog ([`HEAVY_CPU`]) starts its next
 //! one there ([`History`]). A request that takes a millisecond then never
 //! queues behind one that takes ten seconds, nor behind the kernel work of
 //! a memory bomb starting up.
@@ -51,11 +51,17 @@ pub fn background_threads_default() -> usize {
         .max(1)
 }
 
-/// Where a function's last invocation ended: in the background, or within
-/// its foreground share. The next one starts there, so a known hog does not
+/// CPU past which an invocation marks its function a hog, whose next
+/// invocations start in the background: far above a cold start's few
+/// milliseconds of page faults and lazy set-up, which must not send the
+/// burst that follows a light function's first request to the background.
+pub const HEAVY_CPU: Duration = Duration::from_millis(10);
+
+/// Whether a function's last invocation was a hog (used [`HEAVY_CPU`]).
+/// Its next one then starts in the background, so a known hog does not
 /// spend its first millisecond (instantiation, page faults, growing its
 /// memory: kernel work that holds the process's memory map) beside light
-/// requests, and a function that turns light again comes back at its next
+/// requests; a function that turns light again comes back at its next
 /// invocation.
 #[derive(Debug, Default)]
 pub(crate) struct History {
