@@ -99,7 +99,12 @@ pub fn run(options: &Options) -> Result<InFlightReport> {
         Mode::Quick => 2_000,
         Mode::Tiny => 200,
     });
-    ensure!(count > 0, "--count must be at least 1");
+    // Sources are 127.0.0.1 to 127.0.0.254.
+    let count_max = CONNECTIONS_PER_SOURCE * 254;
+    ensure!(
+        (1..=count_max).contains(&count),
+        "--count {count}: give 1 to {count_max} (the server takes at most 12,000 with --instances-max)"
+    );
     raise_open_files(count)?;
     let machine = Machine::detect(&repo_root());
     let scratch = tempfile::Builder::new()

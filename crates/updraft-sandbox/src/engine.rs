@@ -195,8 +195,8 @@ impl Sandbox {
         self.compiles.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Invocations that used their foreground share and went on in the
-    /// background lane, since start.
+    /// Invocations run in the background lane since start: moved there past
+    /// their foreground share, or started there as a known hog's.
     pub fn background_runs(&self) -> u64 {
         self.background.as_ref().map_or(0, |b| b.moved())
     }

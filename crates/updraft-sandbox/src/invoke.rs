@@ -731,13 +731,19 @@ impl<T: Send + 'static> CpuTimed<T> {
             history,
         };
         match demote {
-            Some(demote) if demote.history.heavy() => CpuTimed {
-                lane: Lane::Background(demote.background.spawn(demote.share, timed)),
-                spent: Duration::ZERO,
-                polled: Duration::ZERO,
-                demote: None,
-                history: None,
-            },
+            Some(demote) if demote.history.heavy() => {
+                match demote.background.spawn(demote.share, timed) {
+                    Ok(task) => CpuTimed {
+                        lane: Lane::Background(task),
+                        spent: Duration::ZERO,
+                        polled: Duration::ZERO,
+                        demote: None,
+                        history: None,
+                    },
+                    // No background thread: it runs here.
+                    Err(timed) => timed,
+                }
+            }
             demote => CpuTimed { demote, ..timed },
         }
     }
@@ -815,11 +821,19 @@ impl<T: Send + 'static> Future for CpuTimed<T> {
                 demote: None,
                 history: this.history.take(),
             };
-            let mut task = demote.background.spawn(demote.share, rest);
-            // Registers this task's waker for the output.
-            let poll = Pin::new(&mut task).poll(cx);
-            this.lane = Lane::Background(task);
-            return poll;
+            match demote.background.spawn(demote.share, rest) {
+                Ok(mut task) => {
+                    // Registers this task's waker for the output.
+                    let poll = Pin::new(&mut task).poll(cx);
+                    this.lane = Lane::Background(task);
+                    return poll;
+                }
+                // No background thread: it goes on here.
+                Err(rest) => {
+                    this.lane = rest.lane;
+                    this.history = rest.history;
+                }
+            }
         }
         poll.map(|out| (out, total))
     }
@@ -1389,6 +1403,33 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn with_no_background_thread_a_hog_still_runs_to_its_end_here() {
+        // As when the OS refuses the lane its threads.
+        let background = Arc::new(Background::new(0));
+        let history = Arc::new(History::default());
+        history.set_heavy(true);
+        let demote = Demote {
+            background,
+            share: Share {
+                tenant: Arc::from("tenant"),
+                function: Arc::from("function"),
+            },
+            history: history.clone(),
+        };
+        let hog = Box::pin(async {
+            for _ in 0..2 {
+                burn(HEAVY_CPU);
+                tokio::task::yield_now().await;
+            }
+            crate::lanes::on_background()
+        });
+        let (moved, cpu) = CpuTimed::new(hog, Some(demote)).await;
+        assert!(!moved);
+        assert!(cpu >= HEAVY_CPU * 2, "{cpu:?}");
+        assert!(history.heavy());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_callee_moves_with_its_caller() {
         let background = Arc::new(Background::new(1));
         let demote = || {
@@ -1405,7 +1446,7 @@ mod tests {
         let caller = Box::pin(async move {
             let callee = Box::pin(async {
                 for _ in 0..3 {
-                    burn(FOREGROUND_CPU_MAX);
+                    burn(HEAVY_CPU);
                     tokio::task::yield_now().await;
                 }
                 crate::lanes::on_background()
@@ -1414,9 +1455,9 @@ mod tests {
             (callee_moved, crate::lanes::on_background())
         });
         let ((callee_moved, caller_moved), own) = CpuTimed::new(caller, demote()).await;
-        // Both ended on the same background thread, the caller billed for
-        // next to nothing of the callee's CPU.
+        // Both ended on the same background thread, the caller not billed
+        // the callee's 30 ms (a margin for a preempted poll on a busy box).
         assert!(callee_moved && caller_moved);
-        assert!(own < FOREGROUND_CPU_MAX, "the caller's {own:?}");
+        assert!(own < HEAVY_CPU, "the caller's {own:?}");
     }
 }

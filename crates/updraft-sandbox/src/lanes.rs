@@ -23,7 +23,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -91,7 +91,9 @@ pub(crate) struct Background {
     shared: Arc<Shared>,
     threads: usize,
     started: std::sync::Once,
-    /// Invocations moved here so far.
+    /// Threads that did start: none, and work stays in the foreground.
+    running: AtomicUsize,
+    /// Invocations run here so far.
     moved: AtomicU64,
 }
 
@@ -107,29 +109,34 @@ impl Background {
                 queue: Mutex::new(FairQueue::default()),
                 ready: Condvar::new(),
             }),
-            threads: threads.max(1),
+            threads,
             started: std::sync::Once::new(),
+            running: AtomicUsize::new(0),
             moved: AtomicU64::new(0),
         }
     }
 
     /// Runs `future` in the background, in `share`'s turns; the task gives
-    /// its output (dropping it cancels the future).
-    pub(crate) fn spawn<F>(&self, share: Share, future: F) -> async_task::Task<F::Output>
+    /// its output (dropping it cancels the future). Gives `future` back when
+    /// no background thread could start, for its caller to run.
+    pub(crate) fn spawn<F>(&self, share: Share, future: F) -> Result<async_task::Task<F::Output>, F>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         self.start();
+        if self.running.load(Ordering::Relaxed) == 0 {
+            return Err(future);
+        }
         self.moved.fetch_add(1, Ordering::Relaxed);
         let shared = self.shared.clone();
         let schedule = move |runnable| shared.push(&share, runnable);
         let (runnable, task) = async_task::spawn(future, schedule);
         runnable.schedule();
-        task
+        Ok(task)
     }
 
-    /// Invocations moved to the background so far.
+    /// Invocations run in the background so far.
     pub(crate) fn moved(&self) -> u64 {
         self.moved.load(Ordering::Relaxed)
     }
@@ -152,9 +159,17 @@ impl Background {
                             runnable.run();
                         }
                     });
-                if let Err(e) = spawned {
-                    tracing::error!("cannot start a background lane thread: {e}");
+                match spawned {
+                    Ok(_) => {
+                        self.running.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::error!("cannot start a background lane thread: {e}"),
                 }
+            }
+            if self.running.load(Ordering::Relaxed) == 0 {
+                tracing::error!(
+                    "no background lane thread started: long invocations stay in the foreground"
+                );
             }
         });
     }
@@ -330,12 +345,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn background_runs_futures_at_low_priority_with_the_runtime_entered() {
         let background = Background::new(1);
-        let task = background.spawn(share("t", "f"), async {
+        let Ok(task) = background.spawn(share("t", "f"), async {
             // A tokio timer needs the runtime; the thread its priority.
             tokio::time::sleep(Duration::from_millis(1)).await;
             let nice = rustix::process::getpriority_process(Some(rustix::thread::gettid()));
             (on_background(), nice.ok())
-        });
+        }) else {
+            panic!("no background thread started");
+        };
         assert_eq!(task.await, (true, Some(BACKGROUND_NICE)));
         assert!(!on_background());
     }

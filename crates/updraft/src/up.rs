@@ -114,14 +114,24 @@ fn disable_huge_pages() {
 /// compiled code, the listener, and what guests open under `/tmp`.
 const FILES_BESIDE_CONNECTIONS: u64 = 1024;
 
+/// Linux's most open files per process when `fs.nr_open` cannot be read: a
+/// hard limit of "unlimited" cannot become the soft one, this can.
+const NR_OPEN_DEFAULT: u64 = 1 << 20;
+
 /// Lifts the soft open-file limit to the hard one: every connection is a
 /// descriptor, and the usual soft limit (1,024) is far below the default
 /// `[http] connections_max`. Says so when the hard limit is still below it.
 fn raise_open_files(connections_max: usize) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        limit.current = limit.maximum;
+    let ceiling = limit.maximum.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(NR_OPEN_DEFAULT)
+    });
+    if limit.current != Some(ceiling) {
+        limit.current = Some(ceiling);
         if let Err(e) = setrlimit(Resource::Nofile, limit) {
             tracing::debug!("could not raise the open-file limit: {e}");
         }
