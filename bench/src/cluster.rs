@@ -359,7 +359,7 @@ pub fn measure(inputs: &Inputs<'_>, scratch: &Path, plan: &ClusterPlan) -> Resul
 /// Starts [`NODES`] nodes on the NATS at `url`, data dirs
 /// `cluster-node{i}`: the first makes the admin key, the others get a
 /// copy (and make none), so every endpoint carries the same key.
-fn start_nodes(bin: &Path, scratch: &Path, url: &str) -> Result<Vec<Server>> {
+pub(crate) fn start_nodes(bin: &Path, scratch: &Path, url: &str) -> Result<Vec<Server>> {
     let first_dir = scratch.join("cluster-node1");
     let mut nodes = Vec::with_capacity(NODES);
     for i in 1..=NODES {

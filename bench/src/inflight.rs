@@ -244,7 +244,7 @@ fn burst(server: SocketAddr, count: usize) -> Result<Burst> {
 }
 
 /// One invocation on a new connection from `source`: its status.
-async fn invoke(server: SocketAddr, source: Ipv4Addr, request: &[u8]) -> Result<u16> {
+pub(crate) async fn invoke(server: SocketAddr, source: Ipv4Addr, request: &[u8]) -> Result<u16> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket
         .bind(SocketAddr::new(IpAddr::V4(source), 0))
@@ -268,7 +268,7 @@ async fn invoke(server: SocketAddr, source: Ipv4Addr, request: &[u8]) -> Result<
 
 /// Lifts this process's open-file limit to its hard limit: the burst holds
 /// `count` sockets at once.
-fn raise_open_files(count: usize) -> Result<()> {
+pub(crate) fn raise_open_files(count: usize) -> Result<()> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     limit.current = limit.maximum;

@@ -13,12 +13,17 @@
 //! [`compare`] puts two runs side by side. [`fairness`] is a run of its
 //! own (`updraft-bench fairness`): a light tenant's latency beside another
 //! tenant's CPU and memory hogs; [`inflight`] another
-//! (`updraft-bench inflight`): ten thousand sleeping invocations at once.
+//! (`updraft-bench inflight`): ten thousand sleeping invocations at once;
+//! [`overload`] another (`updraft-bench overload`): a CPU-costing function
+//! at up to four times the rate the server sustains; [`elasticity`]
+//! another (`updraft-bench elasticity`): demand against supply under a
+//! step and a ramp, with the SPEC RG metrics and a plot.
 
 pub mod calls;
 pub mod cluster;
 pub mod cold;
 pub mod compare;
+pub mod elasticity;
 pub mod events;
 pub mod fairness;
 pub mod http;
@@ -28,6 +33,7 @@ pub mod load;
 pub mod memory;
 pub mod native;
 pub mod outbound;
+pub mod overload;
 pub mod report;
 pub mod run;
 pub mod servers;

@@ -2,7 +2,7 @@
 //! (see `BENCHMARKS.md`); `compare` puts two runs side by side; `native` is
 //! the native baseline server that `run` starts as a child process.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -40,6 +40,15 @@ enum Cmd {
     /// an idle server; the time until all run and the memory each takes
     /// (BENCHMARKS.md, "10,000 in flight").
     Inflight(InFlightArgs),
+    /// Overload: a function with a CPU cost at 1× to 4× the rate the
+    /// server sustains, open loop, with load shedding on and off: goodput,
+    /// RSS and recovery (BENCHMARKS.md, "Overload").
+    Overload(PhaseArgs),
+    /// Elasticity: step and ramp loads of a function that computes then
+    /// waits, on one server and on a cluster; demand against instances
+    /// running, the SPEC RG metrics and an SVG plot (BENCHMARKS.md,
+    /// "Elasticity").
+    Elasticity(PhaseArgs),
     /// Serve the native hello (started by `run`; prints its URL first).
     Native {
         /// Address to listen on; port 0 picks a free port.
@@ -83,7 +92,8 @@ struct RunArgs {
     guests: Option<PathBuf>,
 }
 
-/// What every run of its own (`fairness`, `inflight`) takes.
+/// What every run of its own (`fairness`, `inflight`, `overload`,
+/// `elasticity`) takes.
 #[derive(Args)]
 struct PhaseArgs {
     /// A shorter run: a first look.
@@ -176,6 +186,8 @@ fn main() -> ExitCode {
         Cmd::Compare { before, after } => compare_command(&before, &after),
         Cmd::Fairness(args) => fairness_command(args),
         Cmd::Inflight(args) => inflight_command(args),
+        Cmd::Overload(args) => overload_command(args),
+        Cmd::Elasticity(args) => elasticity_command(args),
         Cmd::Native { listen } => updraft_bench::native::serve(&listen),
     };
     match result {
@@ -261,6 +273,46 @@ fn inflight_command(args: InFlightArgs) -> Result<()> {
         report.failures.join("; ")
     );
     Ok(())
+}
+
+fn overload_command(args: PhaseArgs) -> Result<()> {
+    use updraft_bench::overload;
+    let report = overload::run(&overload::Options {
+        mode: args.mode(),
+        updraft: args.updraft.clone(),
+        guests: args.guests.clone(),
+        command: repeat_command()?,
+    })?;
+    let results = overload::markdown(&report);
+    let markers = (overload::MARKER_START, overload::MARKER_END);
+    args.finish("overload", &report, &results, markers)
+}
+
+fn elasticity_command(args: PhaseArgs) -> Result<()> {
+    use updraft_bench::elasticity;
+    // Where the Markdown it goes into links it, else beside the JSON.
+    let plot = if args.update_md {
+        let md = args
+            .md
+            .clone()
+            .unwrap_or_else(|| run::repo_root().join("BENCHMARKS.md"));
+        md.parent()
+            .unwrap_or(Path::new("."))
+            .join(elasticity::PLOT_IN_REPO)
+    } else {
+        run::default_out()?.with_file_name("elasticity.svg")
+    };
+    let report = elasticity::run(&elasticity::Options {
+        mode: args.mode(),
+        updraft: args.updraft.clone(),
+        guests: args.guests.clone(),
+        command: repeat_command()?,
+        plot: plot.clone(),
+    })?;
+    eprintln!("==> plotted {}", plot.display());
+    let results = elasticity::markdown(&report);
+    let markers = (elasticity::MARKER_START, elasticity::MARKER_END);
+    args.finish("elasticity", &report, &results, markers)
 }
 
 fn compare_command(before: &std::path::Path, after: &std::path::Path) -> Result<()> {

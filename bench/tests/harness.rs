@@ -327,3 +327,65 @@ fn tiny_inflight_run_answers_every_invocation() {
     );
     assert!(text.contains("| answered 200 | 200 of 200 |"), "{text}");
 }
+
+#[test]
+fn tiny_overload_run_has_every_step_on_both_servers() {
+    let (report, text): (updraft_bench::overload::OverloadReport, _) = tiny_phase(
+        "overload",
+        (
+            updraft_bench::overload::MARKER_START,
+            updraft_bench::overload::MARKER_END,
+        ),
+    );
+    let servers: Vec<&str> = report.servers.iter().map(|s| s.shedding.as_str()).collect();
+    assert_eq!(servers, ["shedding off", "shedding on"]);
+    for server in &report.servers {
+        assert!(server.sustainable_per_s > 0.0, "{server:?}");
+        let multiples: Vec<u32> = server.steps.iter().map(|s| s.multiple).collect();
+        assert_eq!(multiples, [1, 2, 3, 4]);
+        for step in &server.steps {
+            assert!(step.sent > 0 && step.rss_peak_kb > 0, "{step:?}");
+            assert_eq!(step.sent, step.ok + step.shed + step.failed, "{step:?}");
+        }
+    }
+    assert!(text.contains("| shedding on | 4× |"), "{text}");
+}
+
+#[test]
+fn tiny_elasticity_run_measures_both_profiles_and_plots_them() {
+    let (report, text): (updraft_bench::elasticity::ElasticityReport, _) = tiny_phase(
+        "elasticity",
+        (
+            updraft_bench::elasticity::MARKER_START,
+            updraft_bench::elasticity::MARKER_END,
+        ),
+    );
+    let runs: Vec<(&str, &str)> = report
+        .runs
+        .iter()
+        .map(|r| (r.system.as_str(), r.profile.as_str()))
+        .collect();
+    // The cluster runs need nats-server, which CI installs.
+    assert_eq!(
+        runs,
+        [
+            ("embedded", "step"),
+            ("embedded", "ramp"),
+            ("cluster of 3", "step"),
+            ("cluster of 3", "ramp"),
+        ],
+        "{:?}",
+        report.cluster_skipped
+    );
+    for run in &report.runs {
+        assert_eq!(run.ok, run.sent, "{run:?}");
+        // Instances ran while the load did, and none were left after.
+        assert!(run.series.iter().any(|p| p.2 > 0.0), "{run:?}");
+        assert!(run.metrics.scale_to_zero_ms.is_some(), "{run:?}");
+    }
+    assert!(text.contains("| embedded | step |"), "{text}");
+    assert!(
+        text.contains(updraft_bench::elasticity::PLOT_IN_REPO),
+        "{text}"
+    );
+}

@@ -35,6 +35,7 @@ pub(crate) async fn health(State(platform): Shared) -> Json<Value> {
         "functions": platform.functions().function_count(),
         "compiles": platform.functions().compiles(),
         "invocations": platform.invoker().started(),
+        "in_flight": platform.invoker().in_flight(),
     }))
 }
 

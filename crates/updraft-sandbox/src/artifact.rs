@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use updraft_core::{Digest, FunctionKind, Limits};
 use wasmtime::component::types::ComponentItem;
@@ -102,6 +102,8 @@ pub struct Prepared {
     pub(crate) warm: Option<Arc<WarmPool>>,
     /// Which lane its next invocation starts in.
     pub(crate) lane_history: Arc<crate::lanes::History>,
+    /// Its invocations in flight and their adaptive limit.
+    pub(crate) load: Arc<crate::shed::Load>,
 }
 
 impl Prepared {
@@ -215,6 +217,9 @@ impl Sandbox {
             grants: spec.grants,
             warm: reuse.then(|| Arc::new(WarmPool::new(self.warm_budget.clone()))),
             lane_history: Arc::default(),
+            load: Arc::new(crate::shed::Load::new(Duration::from_millis(
+                spec.limits.timeout_ms,
+            ))),
         })
     }
 
@@ -264,6 +269,9 @@ impl Sandbox {
             grants: spec.grants,
             warm: None,
             lane_history: Arc::default(),
+            load: Arc::new(crate::shed::Load::new(Duration::from_millis(
+                spec.limits.timeout_ms,
+            ))),
         })
     }
 

@@ -69,6 +69,9 @@ pub struct SandboxConfig {
     /// [`crate::FOREGROUND_CPU_MAX`] move; 0 keeps all in one lane, only to
     /// measure what the lane buys.
     pub background_threads: usize,
+    /// Refuse invocations past each function's adaptive concurrency limit
+    /// ([`crate::shed`]); off only to measure what shedding buys.
+    pub shed_load: bool,
 }
 
 impl SandboxConfig {
@@ -80,6 +83,7 @@ impl SandboxConfig {
             warm_instances_max: WARM_INSTANCES_MAX_DEFAULT,
             pooling: true,
             background_threads: crate::lanes::background_threads_default(),
+            shed_load: true,
         }
     }
 }
@@ -104,6 +108,7 @@ pub struct Sandbox {
     pub(crate) warm_budget: Arc<WarmBudget>,
     /// Where invocations past their foreground CPU share run.
     pub(crate) background: Option<Arc<crate::lanes::Background>>,
+    shed_load: bool,
     /// Functions compiled by this process (not loaded from the cache).
     compiles: AtomicU64,
 }
@@ -182,6 +187,7 @@ impl Sandbox {
             warm_budget: WarmBudget::new(config.warm_instances_max),
             background: (config.background_threads > 0)
                 .then(|| Arc::new(crate::lanes::Background::new(config.background_threads))),
+            shed_load: config.shed_load,
             compiles: AtomicU64::new(0),
         }))
     }
@@ -204,6 +210,19 @@ impl Sandbox {
     /// Instances that may run at once; the scheduler admits no more than this.
     pub fn instances_max(&self) -> u32 {
         self.instances_max
+    }
+
+    /// Counts an invocation of `prepared` in, or refuses it past its
+    /// function's adaptive concurrency limit ([`crate::shed`]): the server
+    /// is past saturation for it. `None` with shedding off.
+    pub fn admit(
+        &self,
+        prepared: &crate::Prepared,
+    ) -> Result<Option<crate::shed::InFlight>, crate::shed::Shed> {
+        if !self.shed_load {
+            return Ok(None);
+        }
+        prepared.load.admit().map(Some)
     }
 }
 

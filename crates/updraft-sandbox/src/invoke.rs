@@ -231,6 +231,7 @@ impl Sandbox {
             background: self.background.clone()?,
             share: ctx.share(),
             history: prepared.lane_history.clone(),
+            load: prepared.load.clone(),
         })
     }
 
@@ -700,6 +701,8 @@ struct CpuTimed<T> {
     demote: Option<Demote>,
     /// Told at the end where this invocation ended up.
     history: Option<Arc<History>>,
+    /// Told at the end the CPU it used.
+    load: Option<Arc<crate::shed::Load>>,
 }
 
 /// Where an invocation goes past its foreground share.
@@ -709,6 +712,8 @@ struct Demote {
     share: Share,
     /// Its function's.
     history: Arc<History>,
+    /// Its function's, told how long its polls wait there.
+    load: Arc<crate::shed::Load>,
 }
 
 enum Lane<T> {
@@ -723,22 +728,25 @@ impl<T: Send + 'static> CpuTimed<T> {
         let nested = DEPTH.get() > 0;
         let demote = demote.filter(|_| !crate::lanes::on_background() && !nested);
         let history = demote.as_ref().map(|d| d.history.clone());
+        let load = demote.as_ref().map(|d| d.load.clone());
         let timed = CpuTimed {
             lane: Lane::Foreground(inner),
             spent: Duration::ZERO,
             polled: Duration::ZERO,
             demote: None,
             history,
+            load,
         };
         match demote {
             Some(demote) if demote.history.heavy() => {
-                match demote.background.spawn(demote.share, timed) {
+                match demote.background.spawn(demote.share, demote.load, timed) {
                     Ok(task) => CpuTimed {
                         lane: Lane::Background(task),
                         spent: Duration::ZERO,
                         polled: Duration::ZERO,
                         demote: None,
                         history: None,
+                        load: None,
                     },
                     // No background thread: it runs here.
                     Err(timed) => timed,
@@ -808,6 +816,9 @@ impl<T: Send + 'static> Future for CpuTimed<T> {
         }
         if poll.is_ready() {
             this.history = None;
+            if let Some(load) = this.load.take() {
+                load.ran(this.polled);
+            }
         }
         if poll.is_pending()
             && this.polled >= FOREGROUND_CPU_MAX
@@ -820,8 +831,9 @@ impl<T: Send + 'static> Future for CpuTimed<T> {
                 polled: this.polled,
                 demote: None,
                 history: this.history.take(),
+                load: this.load.take(),
             };
-            match demote.background.spawn(demote.share, rest) {
+            match demote.background.spawn(demote.share, demote.load, rest) {
                 Ok(mut task) => {
                     // Registers this task's waker for the output.
                     let poll = Pin::new(&mut task).poll(cx);
@@ -832,6 +844,7 @@ impl<T: Send + 'static> Future for CpuTimed<T> {
                 Err(rest) => {
                     this.lane = rest.lane;
                     this.history = rest.history;
+                    this.load = rest.load;
                 }
             }
         }
@@ -1373,6 +1386,7 @@ mod tests {
                     function: Arc::from("function"),
                 },
                 history: history.clone(),
+                load: Arc::default(),
             })
         };
         let where_it_ends = || Box::pin(async { crate::lanes::on_background() });
@@ -1415,6 +1429,7 @@ mod tests {
                 function: Arc::from("function"),
             },
             history: history.clone(),
+            load: Arc::default(),
         };
         let hog = Box::pin(async {
             for _ in 0..2 {
@@ -1440,6 +1455,7 @@ mod tests {
                     function: Arc::from("function"),
                 },
                 history: Arc::default(),
+                load: Arc::default(),
             })
         };
         let callee_demote = demote();

@@ -25,9 +25,11 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_task::Runnable;
+
+use crate::shed::Load;
 
 /// CPU an invocation may use in the foreground before it moves to the
 /// background. A typical request needs tens of microseconds; guests yield
@@ -98,8 +100,16 @@ pub(crate) struct Background {
 }
 
 struct Shared {
-    queue: Mutex<FairQueue<Runnable>>,
+    queue: Mutex<FairQueue<Queued>>,
     ready: Condvar,
+}
+
+/// A poll waiting for a thread, since `at`: the wait is its function's
+/// load signal ([`crate::shed`]).
+struct Queued {
+    runnable: Runnable,
+    at: Instant,
+    load: Arc<Load>,
 }
 
 impl Background {
@@ -116,10 +126,16 @@ impl Background {
         }
     }
 
-    /// Runs `future` in the background, in `share`'s turns; the task gives
-    /// its output (dropping it cancels the future). Gives `future` back when
-    /// no background thread could start, for its caller to run.
-    pub(crate) fn spawn<F>(&self, share: Share, future: F) -> Result<async_task::Task<F::Output>, F>
+    /// Runs `future` in the background, in `share`'s turns, telling `load`
+    /// how long each poll waited; the task gives its output (dropping it
+    /// cancels the future). Gives `future` back when no background thread
+    /// could start, for its caller to run.
+    pub(crate) fn spawn<F>(
+        &self,
+        share: Share,
+        load: Arc<Load>,
+        future: F,
+    ) -> Result<async_task::Task<F::Output>, F>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
@@ -130,7 +146,14 @@ impl Background {
         }
         self.moved.fetch_add(1, Ordering::Relaxed);
         let shared = self.shared.clone();
-        let schedule = move |runnable| shared.push(&share, runnable);
+        let schedule = move |runnable| {
+            let queued = Queued {
+                runnable,
+                at: Instant::now(),
+                load: load.clone(),
+            };
+            shared.push(&share, queued);
+        };
         let (runnable, task) = async_task::spawn(future, schedule);
         runnable.schedule();
         Ok(task)
@@ -155,8 +178,12 @@ impl Background {
                         let _entered = runtime.as_ref().map(|r| r.enter());
                         lower_priority();
                         ON_BACKGROUND.set(true);
-                        while let Some(runnable) = shared.next() {
-                            runnable.run();
+                        while let Some(queued) = shared.next() {
+                            let now = Instant::now();
+                            queued
+                                .load
+                                .waited(now.saturating_duration_since(queued.at), now);
+                            queued.runnable.run();
                         }
                     });
                 match spawned {
@@ -183,18 +210,18 @@ impl Drop for Background {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, FairQueue<Runnable>> {
+    fn lock(&self) -> MutexGuard<'_, FairQueue<Queued>> {
         // The queue is consistent between statements: a poisoned lock holds no torn state.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn push(&self, share: &Share, runnable: Runnable) {
-        self.lock().push(share, runnable);
+    fn push(&self, share: &Share, queued: Queued) {
+        self.lock().push(share, queued);
         self.ready.notify_one();
     }
 
-    /// The next runnable in fair order; `None` once closed.
-    fn next(&self) -> Option<Runnable> {
+    /// The next poll in fair order; `None` once closed.
+    fn next(&self) -> Option<Queued> {
         let mut queue = self.lock();
         loop {
             if queue.closed {
@@ -345,7 +372,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn background_runs_futures_at_low_priority_with_the_runtime_entered() {
         let background = Background::new(1);
-        let Ok(task) = background.spawn(share("t", "f"), async {
+        let Ok(task) = background.spawn(share("t", "f"), Arc::default(), async {
             // A tokio timer needs the runtime; the thread its priority.
             tokio::time::sleep(Duration::from_millis(1)).await;
             let nice = rustix::process::getpriority_process(Some(rustix::thread::gettid()));

@@ -28,6 +28,7 @@ mod keyvalue_draft;
 mod lanes;
 mod messaging;
 mod outbound;
+mod shed;
 mod warm;
 
 pub use artifact::{LoadedFrom, PrepareSpec, Prepared, WasmSource};
@@ -43,3 +44,4 @@ pub use invoke::{CallOutput, CommandOutput, InvocationCtx, OnDone, Output, Repor
 pub use keyvalue::KvGrant;
 pub use lanes::{FOREGROUND_CPU_MAX, background_threads_default};
 pub use messaging::{PublishError, PublishGrant, Publisher};
+pub use shed::{InFlight, Shed};

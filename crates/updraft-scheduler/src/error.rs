@@ -38,6 +38,13 @@ pub enum PlatformError {
         "tenant {tenant} may start {rps} invocations a second, its quota: retry after a pause, or ask an admin to raise it (updraft quota set)"
     )]
     TenantRateLimit { tenant: String, rps: u32 },
+    /// 429: the server is past saturation for the function: its
+    /// invocations wait too long for CPU, and the excess is refused at once
+    /// rather than queued (see the sandbox's load shedding).
+    #[error(
+        "{function} has more invocations than this server's CPU keeps up with ({limit} at once now): retry after a pause, or spread the load over more nodes"
+    )]
+    Overloaded { function: String, limit: u32 },
     /// 400 (404 for a missing key, 409 for a non-integer counter, 500 for storage).
     #[error(transparent)]
     Kv(#[from] KvError),
@@ -159,7 +166,8 @@ impl Classify for PlatformError {
             PlatformError::Busy(_) => ErrorKind::Busy,
             PlatformError::ConcurrencyLimit { .. }
             | PlatformError::TenantConcurrencyLimit { .. }
-            | PlatformError::TenantRateLimit { .. } => ErrorKind::TooManyRequests,
+            | PlatformError::TenantRateLimit { .. }
+            | PlatformError::Overloaded { .. } => ErrorKind::TooManyRequests,
             PlatformError::NotInUse { .. }
             | PlatformError::KeyNotFound { .. }
             | PlatformError::UnknownChannel(_) => ErrorKind::NotFound,
@@ -189,6 +197,7 @@ impl Classify for PlatformError {
             PlatformError::ConcurrencyLimit { .. } => "concurrency_limit",
             PlatformError::TenantConcurrencyLimit { .. } => "tenant_concurrency_limit",
             PlatformError::TenantRateLimit { .. } => "tenant_rate_limit",
+            PlatformError::Overloaded { .. } => "overloaded",
             PlatformError::NotInUse { what, .. } if what.starts_with("blob") => {
                 "container_not_found"
             }
@@ -237,6 +246,14 @@ mod tests {
                 "container_not_found",
             ),
             (PlatformError::Busy(4), ErrorKind::Busy, "busy"),
+            (
+                PlatformError::Overloaded {
+                    function: "f".into(),
+                    limit: 3,
+                },
+                ErrorKind::TooManyRequests,
+                "overloaded",
+            ),
             (
                 PlatformError::Kv(KvError::NotAnInteger { key: "k".into() }),
                 ErrorKind::Conflict,

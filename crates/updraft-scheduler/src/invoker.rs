@@ -209,6 +209,7 @@ struct Start {
 /// An instance slot of the server, one of the function's own
 /// `max_concurrency` and one of its tenant's quota, when they have them.
 struct Slots {
+    _load: Option<updraft_sandbox::InFlight>,
     _server: OwnedSemaphorePermit,
     _function: Option<OwnedSemaphorePermit>,
     _tenant: Option<OwnedSemaphorePermit>,
@@ -245,6 +246,12 @@ impl Invoker {
     /// Invocations this process has started.
     pub fn started(&self) -> u64 {
         self.started.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Instances running now on this node: what it supplies.
+    pub fn in_flight(&self) -> u32 {
+        let free = u32::try_from(self.admission.available_permits()).unwrap_or(u32::MAX);
+        self.sandbox.instances_max().saturating_sub(free)
     }
 
     /// The functions it runs.
@@ -335,7 +342,20 @@ impl Invoker {
     /// The tenant's quota, a slot of the function's own (if it has a
     /// `max_concurrency`), then one of the server's, waiting at most
     /// `wait_ms` for all together.
-    async fn admit(&self, loaded: &Loaded, wait_ms: u64) -> Result<Slots, PlatformError> {
+    async fn admit(
+        &self,
+        loaded: &Loaded,
+        prepared: &Prepared,
+        wait_ms: u64,
+    ) -> Result<Slots, PlatformError> {
+        // Past saturation the excess is refused at once, before it waits.
+        let load = self
+            .sandbox
+            .admit(prepared)
+            .map_err(|shed| PlatformError::Overloaded {
+                function: loaded.name.to_string(),
+                limit: shed.limit,
+            })?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
         let tenant = self.quotas.admit(&loaded.tenant, deadline).await?;
         let function = match &loaded.concurrency {
@@ -351,6 +371,7 @@ impl Invoker {
             .await
             .ok_or(PlatformError::Busy(self.sandbox.instances_max()))?;
         Ok(Slots {
+            _load: load,
             _server: server,
             _function: function,
             _tenant: tenant,
@@ -368,7 +389,9 @@ impl Invoker {
         self.usage.check_budget(&loaded.tenant)?;
         let start_ms = self.clock.now_ms();
         let prepared = self.functions.ensure_prepared(loaded).await?;
-        let permit = self.admit(loaded, admit_ms(loaded, call)).await?;
+        let permit = self
+            .admit(loaded, &prepared, admit_ms(loaded, call))
+            .await?;
         self.started
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Start {

@@ -74,6 +74,9 @@ pub struct PlatformConfig {
     /// ([`updraft_sandbox::FOREGROUND_CPU_MAX`]); 0 keeps one lane, only to
     /// measure what the lane buys.
     pub background_threads: usize,
+    /// Refuse invocations past each function's adaptive concurrency limit
+    /// (the sandbox's load shedding); off only to measure what it buys.
+    pub shed_load: bool,
     /// How long raw usage records are kept.
     pub records_retention: Duration,
     /// How often what each tenant stores is sampled for its bill.
@@ -106,6 +109,7 @@ impl PlatformConfig {
             prices: PriceSheet::default(),
             metering: true,
             background_threads: updraft_sandbox::background_threads_default(),
+            shed_load: true,
             records_retention: updraft_metering::RECORDS_RETENTION_DEFAULT,
             storage_sample: STORAGE_SAMPLE_DEFAULT,
             clock: updraft_core::system_clock(),
@@ -274,6 +278,7 @@ impl Platform {
         sandbox_config.scratch_dir = config.data_dir.join("scratch").join("invocations");
         sandbox_config.instances_max = config.instances_max;
         sandbox_config.background_threads = config.background_threads;
+        sandbox_config.shed_load = config.shed_load;
         let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(sandbox_config));
         let data_dir = config.data_dir.clone();
         let (kv_config, blob_config) = (config.kv.clone(), config.blobs.clone());

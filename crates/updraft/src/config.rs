@@ -59,6 +59,10 @@ pub struct CpuConfig {
     /// Threads of the background lane [default: one per core but one, at
     /// least one].
     pub background_threads: Option<usize>,
+    /// Refuse invocations past each function's adaptive concurrency limit
+    /// with 429 when the CPU cannot keep up. Off only to measure what
+    /// shedding buys.
+    pub shed_load: bool,
 }
 
 impl Default for CpuConfig {
@@ -66,6 +70,7 @@ impl Default for CpuConfig {
         CpuConfig {
             background_lane: true,
             background_threads: None,
+            shed_load: true,
         }
     }
 }

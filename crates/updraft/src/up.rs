@@ -193,6 +193,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         (true, Some(threads)) => threads,
         (true, None) => updraft_sandbox::background_threads_default(),
     };
+    config.shed_load = file.cpu.shed_load;
     config.records_retention =
         Duration::from_secs(u64::from(file.metering.records_retention_days) * 86_400);
     config.storage_sample = Duration::from_secs(file.metering.storage_sample_secs);

@@ -142,6 +142,116 @@ async fn tenant_quotas_turn_the_excess_away_and_spare_other_tenants() {
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
+/// Past saturation a function that floods the CPU is shed: the excess gets
+/// 429 `overloaded` with `Retry-After` at once, another tenant's function
+/// is served meanwhile, and async work refused for want of CPU is not
+/// dropped. One background thread, so the flood's queue is as long on any
+/// machine.
+#[tokio::test(flavor = "multi_thread")]
+async fn past_saturation_a_flooding_function_is_shed_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("updraft.toml");
+    std::fs::write(&config, "[cpu]\nbackground_threads = 1\n").unwrap();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let bravo = server.cli_ok(&["keys", "create", "--tenant", "bravo"]);
+    let bravo = bravo.trim();
+    let manifest = server.write_manifest(
+        "cpu",
+        "http-chaos",
+        "route = \"/cpu\"\ntimeout_ms = 20000\n[retry]\nmax_attempts = 1",
+    );
+    let out = server.cli_as(bravo, &["deploy", manifest.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.deploy_guest("other", "http-chaos", "route = \"/other\"");
+    let client = client();
+
+    // One first: how much CPU it takes sets how long its queue may grow
+    // (a tenth of its timeout: 2 s over its ~250 one-millisecond slices).
+    let r = client
+        .get(server.url("/~bravo/cpu?n=80000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A flood: each request a quarter of a second or so of CPU, all at once.
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            let (client, url) = (client.clone(), server.url("/~bravo/cpu?n=80000000"));
+            tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    // Their polls queue for the background thread: more are refused.
+    let refused = refused(&client, &server.url("/~bravo/cpu?n=1")).await;
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap()),
+        Some("1")
+    );
+    let message = expect_error(refused, 429, "overloaded").await;
+    assert!(message.contains("CPU keeps up with"), "{message}");
+    // Another tenant's function is not shed.
+    let r = client.get(server.url("/other")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Async work of the flooded function waits for capacity, not dropped.
+    let accepted: serde_json::Value = client_with_key(bravo)
+        .post(server.url("/v1/functions/cpu/invoke?mode=async"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["id"].as_str().expect("accepted").to_string();
+    // What was admitted runs to its end (a machine slow to send the
+    // flood may see its last requests shed too).
+    let mut statuses = Vec::new();
+    for request in flood {
+        statuses.push(request.await.unwrap().as_u16());
+    }
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [200, 429].contains(s)),
+        "{statuses:?}"
+    );
+    let status = wait_until(
+        "the async invocation to finish",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || async {
+            let status = server
+                .get_json_as(bravo, &format!("/v1/invocations/{id}"))
+                .await;
+            match status["status"].as_str() {
+                Some("succeeded" | "dead") => Ok(status),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(status["status"], "succeeded", "{status}");
+    assert_eq!(status["attempts"], 1, "{status}");
+    // Once the flood has drained, the function is served again.
+    let r = client
+        .get(server.url("/~bravo/cpu?n=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Requests of the flood: on one background thread each slice waits for
+/// the others' turns (~23 ms), past the ~8 ms that threatens the deadline.
+const FLOOD: usize = 24;
+
 /// `n` requests to `url` at once; their statuses.
 async fn burst(client: &reqwest::Client, url: &str, n: usize) -> Vec<u16> {
     let requests =

@@ -657,6 +657,7 @@ impl From<PlatformError> for AttemptError {
                     | PlatformError::ConcurrencyLimit { .. }
                     | PlatformError::TenantConcurrencyLimit { .. }
                     | PlatformError::TenantRateLimit { .. }
+                    | PlatformError::Overloaded { .. }
             ),
             reason: e.to_string(),
         }

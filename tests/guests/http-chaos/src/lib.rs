@@ -10,6 +10,7 @@
 //! | `/env?key=K`    | 200 with the value of env var K, 404 if unset              |
 //! | `/stdout`       | writes a line to stdout and one to stderr, 200 "ok"        |
 //! | `/slow?ms=N`    | sleeps N ms on a monotonic-clock pollable, 200 "slept"     |
+//! | `/cpu?n=N&ms=M` | N rounds of integer work (a fixed CPU cost), then sleeps M ms (default 0); 200 with the result |
 //! | `/fetch`        | makes an outgoing request; 200 "fetched" or "refused: E"   |
 //! | `/fetch?to=URL&send=N` | GET URL (POST of N bytes with `send`); 200 "fetched S: BODY" |
 //! | `/fetch-bench?to=URL&n=N` | N sequential GETs of URL, each timed; 200 with the N latencies in ns, one a line (500 "E" on the first failure) |
@@ -44,6 +45,9 @@ const BOMB_CHUNK_BYTES: usize = 1024 * 1024;
 /// Most GETs one `/fetch-bench` request makes: its answer (a line per GET)
 /// stays under a megabyte, and its run well inside a function's timeout.
 const FETCH_BENCH_MAX: usize = 100_000;
+/// Most rounds one `/cpu` request runs: a few seconds of CPU, so a typo
+/// cannot outlast every timeout.
+const CPU_ROUNDS_MAX: u64 = 10_000_000_000;
 
 impl wasip2::exports::http::incoming_handler::Guest for Chaos {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
@@ -93,6 +97,22 @@ impl wasip2::exports::http::incoming_handler::Guest for Chaos {
                     respond(response_out, 200, b"slept");
                 }
             },
+            "cpu" => match query_param(query, "n").and_then(|n| n.parse::<u64>().ok()) {
+                Some(n) if n <= CPU_ROUNDS_MAX => {
+                    let result = cpu_work(n);
+                    let ms = query_param(query, "ms").and_then(|ms| ms.parse::<u64>().ok());
+                    if let Some(ms) = ms {
+                        let nanos = ms.saturating_mul(1_000_000);
+                        wasip2::clocks::monotonic_clock::subscribe_duration(nanos).block();
+                    }
+                    respond(response_out, 200, result.to_string().as_bytes())
+                }
+                _ => respond(
+                    response_out,
+                    400,
+                    format!("missing or invalid ?n=N (N at most {CPU_ROUNDS_MAX})\n").as_bytes(),
+                ),
+            },
             "fetch" => {
                 let send = query_param(query, "send").and_then(|n| n.parse::<usize>().ok());
                 let outcome = match query_param(query, "to") {
@@ -125,6 +145,19 @@ impl wasip2::exports::http::incoming_handler::Guest for Chaos {
             _ => respond(response_out, 200, b"chaos ok"),
         }
     }
+}
+
+/// `n` rounds of a xorshift-multiply mix: the same CPU on every call, and
+/// a result the optimizer cannot skip.
+fn cpu_work(n: u64) -> u64 {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    }
+    x
 }
 
 /// A loop the optimizer must keep: `black_box` hides the counter's value.
