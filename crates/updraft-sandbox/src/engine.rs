@@ -72,6 +72,9 @@ pub struct SandboxConfig {
     /// Refuse invocations past each function's adaptive concurrency limit
     /// ([`crate::shed`]); off only to measure what shedding buys.
     pub shed_load: bool,
+    /// Bytes of linear memory all instances may hold at once
+    /// ([`crate::MemoryBudget`]); `None`: no budget.
+    pub memory_budget_bytes: Option<usize>,
 }
 
 impl SandboxConfig {
@@ -84,6 +87,7 @@ impl SandboxConfig {
             pooling: true,
             background_threads: crate::lanes::background_threads_default(),
             shed_load: true,
+            memory_budget_bytes: None,
         }
     }
 }
@@ -109,6 +113,8 @@ pub struct Sandbox {
     /// Where invocations past their foreground CPU share run.
     pub(crate) background: Option<Arc<crate::lanes::Background>>,
     shed_load: bool,
+    /// What all instances' memories may add up to.
+    pub(crate) memory_budget: Option<Arc<crate::MemoryBudget>>,
     /// Functions compiled by this process (not loaded from the cache).
     compiles: AtomicU64,
 }
@@ -188,6 +194,7 @@ impl Sandbox {
             background: (config.background_threads > 0)
                 .then(|| Arc::new(crate::lanes::Background::new(config.background_threads))),
             shed_load: config.shed_load,
+            memory_budget: config.memory_budget_bytes.map(crate::MemoryBudget::new),
             compiles: AtomicU64::new(0),
         }))
     }
@@ -210,6 +217,11 @@ impl Sandbox {
     /// Instances that may run at once; the scheduler admits no more than this.
     pub fn instances_max(&self) -> u32 {
         self.instances_max
+    }
+
+    /// The server's memory budget, when it has one.
+    pub fn memory_budget(&self) -> Option<&Arc<crate::MemoryBudget>> {
+        self.memory_budget.as_ref()
     }
 
     /// Counts an invocation of `prepared` in, or refuses it past its

@@ -69,6 +69,17 @@ pub enum InvokeError {
         "the function exceeded its memory limit of {memory_mb} MiB (raise memory_mb in updraft.toml, or use less memory)"
     )]
     MemoryLimit { memory_mb: u32 },
+    /// 503: the server's memory budget stayed in use by other invocations
+    /// while this one grew its memory.
+    #[error(
+        "the server's memory budget of {budget_mb} MiB is in use by other invocations: retry after a pause (an operator can raise [memory] budget_mb)"
+    )]
+    ServerMemoryFull { budget_mb: u64 },
+    /// 429: the tenant's memory quota stayed in use by its other invocations.
+    #[error(
+        "the tenant's memory quota of {budget_mb} MiB is in use by its other invocations: retry after a pause, or ask an admin to raise it (updraft quota set --memory-mb)"
+    )]
+    TenantMemoryFull { budget_mb: u64 },
     /// 500: the guest wrote more than `tmp_mb` to `/tmp`.
     #[error(
         "the function wrote more than its /tmp limit of {tmp_mb} MiB (raise tmp_mb in updraft.toml, or write less)"
@@ -137,6 +148,8 @@ impl Classify for InvokeError {
             InvokeError::Timeout { .. } => ErrorKind::Timeout,
             InvokeError::RequestTooLarge { .. } => ErrorKind::TooLarge,
             InvokeError::Instantiate(_) => ErrorKind::Unavailable,
+            InvokeError::ServerMemoryFull { .. } => ErrorKind::Busy,
+            InvokeError::TenantMemoryFull { .. } => ErrorKind::TooManyRequests,
             _ => ErrorKind::Internal,
         }
     }
@@ -150,7 +163,13 @@ impl InvokeError {
     /// Whether the guest is to blame (its code, its limits), rather than the
     /// platform: its message is the function author's to read.
     pub fn is_guest_fault(&self) -> bool {
-        !matches!(self, InvokeError::Instantiate(_) | InvokeError::Internal(_))
+        !matches!(
+            self,
+            InvokeError::Instantiate(_)
+                | InvokeError::Internal(_)
+                | InvokeError::ServerMemoryFull { .. }
+                | InvokeError::TenantMemoryFull { .. }
+        )
     }
 
     /// The error's short code, as the API and usage records show it.
@@ -158,6 +177,8 @@ impl InvokeError {
         match self {
             InvokeError::Timeout { .. } => "timeout",
             InvokeError::MemoryLimit { .. } => "memory_limit",
+            InvokeError::ServerMemoryFull { .. } => "memory_busy",
+            InvokeError::TenantMemoryFull { .. } => "tenant_memory_limit",
             InvokeError::TmpLimit { .. } => "tmp_limit",
             InvokeError::Trap { .. } => "trap",
             InvokeError::Exit { .. } => "exit_code",

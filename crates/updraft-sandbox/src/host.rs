@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use wasmtime::ResourceLimiter;
+use wasmtime::ResourceLimiterAsync;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::budget::{Held, MEMORY_WAIT_MAX, MemoryBudget};
 use crate::capability::Grants;
 use crate::engine::TABLE_ELEMENTS_MAX;
 use crate::outbound::Outbound;
@@ -105,31 +106,54 @@ impl WasiHttpView for Host {
     }
 }
 
-/// Caps the sum of all linear memories of one instance at `memory_mb`, and
-/// remembers that the cap was hit so the failure can name the limit.
+/// Caps the sum of all linear memories of one instance at `memory_mb`,
+/// counts them against the server's memory budget and the tenant's quota
+/// ([`crate::budget`]), and remembers which cap was hit so the failure can
+/// name it.
 pub(crate) struct MemoryLimiter {
     pub(crate) bytes_max: usize,
     pub(crate) bytes_now: usize,
     pub(crate) bytes_peak: usize,
     pub(crate) hit: bool,
+    /// What it holds of the server's budget, then of its tenant's.
+    budgets: [Option<Held>; 2],
+    /// Which budget stayed full, when one did: the server's (0) or the
+    /// tenant's (1), and its size in MiB.
+    pub(crate) budget_full: Option<(usize, u64)>,
+    /// No waiting for memory past this: the invocation's deadline.
+    deadline: Instant,
 }
 
+/// Index of the server's budget in [`MemoryLimiter`]'s (the tenant's is 1).
+pub(crate) const SERVER_BUDGET: usize = 0;
+
 impl MemoryLimiter {
-    pub(crate) fn new(bytes_max: usize) -> MemoryLimiter {
+    pub(crate) fn new(
+        bytes_max: usize,
+        server: Option<Arc<MemoryBudget>>,
+        tenant: Option<Arc<MemoryBudget>>,
+        deadline: Instant,
+    ) -> MemoryLimiter {
         MemoryLimiter {
             bytes_max,
             bytes_now: 0,
             bytes_peak: 0,
             hit: false,
+            // SERVER_BUDGET first.
+            budgets: [server.map(Held::new), tenant.map(Held::new)],
+            budget_full: None,
+            deadline,
         }
     }
 }
 
 impl MemoryLimiter {
     /// Starts a new invocation on an instance that keeps its memory.
-    pub(crate) fn reset_for_invocation(&mut self) {
+    pub(crate) fn reset_for_invocation(&mut self, deadline: Instant) {
         self.bytes_peak = self.bytes_now;
         self.hit = false;
+        self.budget_full = None;
+        self.deadline = deadline;
     }
 }
 
@@ -138,8 +162,14 @@ impl MemoryLimiter {
 #[error("memory limit of {0} bytes exceeded")]
 pub(crate) struct MemoryLimitExceeded(pub(crate) usize);
 
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
+/// Returned (as a trap) when a memory budget stayed full.
+#[derive(Debug, thiserror::Error)]
+#[error("memory budget of {0} MiB in use by other invocations")]
+pub(crate) struct MemoryBudgetFull(pub(crate) u64);
+
+#[async_trait::async_trait]
+impl ResourceLimiterAsync for MemoryLimiter {
+    async fn memory_growing(
         &mut self,
         current: usize,
         desired: usize,
@@ -150,12 +180,22 @@ impl ResourceLimiter for MemoryLimiter {
             self.hit = true;
             return Err(wasmtime::Error::new(MemoryLimitExceeded(self.bytes_max)));
         }
+        let until = self.deadline.min(Instant::now() + MEMORY_WAIT_MAX);
+        for (which, held) in self.budgets.iter_mut().enumerate() {
+            if let Some(held) = held
+                && !held.grow_to(after, until).await
+            {
+                let total_mb = held.budget().total_mb();
+                self.budget_full = Some((which, total_mb));
+                return Err(wasmtime::Error::new(MemoryBudgetFull(total_mb)));
+            }
+        }
         self.bytes_now = after;
         self.bytes_peak = self.bytes_peak.max(after);
         Ok(true)
     }
 
-    fn table_growing(
+    async fn table_growing(
         &mut self,
         _current: usize,
         desired: usize,

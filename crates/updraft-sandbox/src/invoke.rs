@@ -53,6 +53,9 @@ pub struct InvocationCtx {
     /// and the callee's outcome (a failure after the response is sent is
     /// the call's failure), and no callee store outlives the call.
     pub inline: bool,
+    /// The tenant's memory quota, when an admin set one: its instances'
+    /// memory counts against it ([`crate::MemoryBudget`]).
+    pub memory_quota: Option<Arc<crate::MemoryBudget>>,
 }
 
 impl InvocationCtx {
@@ -162,6 +165,22 @@ struct Checkout {
     uses: u32,
 }
 
+/// Whose invocation a new store serves: the call chain it ends, and the
+/// tenant's memory quota.
+struct Owner {
+    chain: Arc<[Arc<str>]>,
+    memory_quota: Option<Arc<crate::MemoryBudget>>,
+}
+
+impl Owner {
+    fn of(ctx: &InvocationCtx) -> Owner {
+        Owner {
+            chain: ctx.chain.clone(),
+            memory_quota: ctx.memory_quota.clone(),
+        }
+    }
+}
+
 impl Sandbox {
     fn new_store(
         &self,
@@ -169,9 +188,13 @@ impl Sandbox {
         stdin: Option<Bytes>,
         stdout_bytes_max: usize,
         deadline: Instant,
-        chain: Arc<[Arc<str>]>,
+        owner: Owner,
         config: Option<crate::config::Resolved>,
     ) -> Result<(Store<Host>, Pipes), InvokeError> {
+        let Owner {
+            chain,
+            memory_quota,
+        } = owner;
         let pipes = Pipes {
             stdout: CapturePipe::new(stdout_bytes_max),
             stderr: CapturePipe::new(LOG_CAPTURE_BYTES_MAX),
@@ -202,7 +225,12 @@ impl Sandbox {
             http: WasiHttpCtx::new(),
             hooks,
             table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(prepared.limits.memory_bytes()),
+            limiter: MemoryLimiter::new(
+                prepared.limits.memory_bytes(),
+                self.memory_budget.clone(),
+                memory_quota,
+                deadline,
+            ),
             grants: prepared.grants.clone(),
             chain,
             notes: Vec::new(),
@@ -211,7 +239,7 @@ impl Sandbox {
             scratch,
         };
         let mut store = Store::new(prepared.pre.engine(), host);
-        store.limiter(|host| &mut host.limiter);
+        store.limiter_async(|host| &mut host.limiter);
         // Every tick the guest yields to the runtime (long CPU work cannot
         // starve other requests); past the deadline it is stopped.
         store.set_epoch_deadline(1);
@@ -240,7 +268,7 @@ impl Sandbox {
         &self,
         prepared: &Prepared,
         deadline: Instant,
-        chain: &Arc<[Arc<str>]>,
+        ctx: &InvocationCtx,
         config: Option<crate::config::Resolved>,
     ) -> Result<Checkout, InvokeError> {
         match prepared.warm.as_deref().and_then(WarmPool::take) {
@@ -252,8 +280,8 @@ impl Sandbox {
             }) => {
                 let host = store.data_mut();
                 host.deadline = deadline;
-                host.chain = chain.clone();
-                host.limiter.reset_for_invocation();
+                host.chain = ctx.chain.clone();
+                host.limiter.reset_for_invocation(deadline);
                 host.notes.clear();
                 host.usage = StateUsage::default();
                 host.hooks.reset(deadline);
@@ -272,7 +300,7 @@ impl Sandbox {
                     None,
                     LOG_CAPTURE_BYTES_MAX,
                     deadline,
-                    chain.clone(),
+                    Owner::of(ctx),
                     config,
                 )?;
                 Ok(Checkout {
@@ -312,7 +340,7 @@ impl Sandbox {
             pipes,
             exports,
             uses,
-        } = match self.checkout(prepared, deadline, &ctx.chain, prepared.config().await) {
+        } = match self.checkout(prepared, deadline, &ctx, prepared.config().await) {
             Ok(checkout) => checkout,
             Err(e) => return fail(e),
         };
@@ -447,7 +475,7 @@ impl Sandbox {
             pipes,
             exports,
             uses,
-        } = match self.checkout(prepared, deadline, &ctx.chain, prepared.config().await) {
+        } = match self.checkout(prepared, deadline, &ctx, prepared.config().await) {
             Ok(checkout) => checkout,
             Err(e) => return early_failure(e, on_done),
         };
@@ -531,13 +559,16 @@ impl Sandbox {
     /// per-invocation cost without the guest's own work (for benchmarks).
     pub async fn instantiate_only(&self, prepared: &Prepared) -> Result<(), InvokeError> {
         let deadline = Instant::now() + Duration::from_millis(prepared.limits.timeout_ms);
-        let chain: Arc<[Arc<str>]> = Arc::new([]);
+        let owner = Owner {
+            chain: Arc::new([]),
+            memory_quota: None,
+        };
         let (mut store, _pipes) = self.new_store(
             prepared,
             None,
             LOG_CAPTURE_BYTES_MAX,
             deadline,
-            chain,
+            owner,
             prepared.config().await,
         )?;
         let result = match &prepared.pre {
@@ -580,7 +611,7 @@ impl Sandbox {
             Some(stdin),
             stdout_max,
             deadline,
-            ctx.chain.clone(),
+            Owner::of(&ctx),
             prepared.config().await,
         ) {
             Ok(created) => created,
@@ -1280,6 +1311,15 @@ fn finish(
                 })
             }
         }
+    };
+    // A budget that stayed full is why the guest failed, whatever it did
+    // when its memory did not grow.
+    let outcome = match (outcome, limiter.budget_full) {
+        (Err(_), Some((crate::host::SERVER_BUDGET, budget_mb))) => {
+            Err(InvokeError::ServerMemoryFull { budget_mb })
+        }
+        (Err(_), Some((_, budget_mb))) => Err(InvokeError::TenantMemoryFull { budget_mb }),
+        (outcome, _) => outcome,
     };
     let memory_peak_bytes = limiter.bytes_peak as u64;
     notes.extend(store.data().notes.iter().cloned());

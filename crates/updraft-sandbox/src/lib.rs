@@ -14,6 +14,7 @@
 
 mod artifact;
 mod blobs;
+mod budget;
 mod calls;
 mod capability;
 mod capture;
@@ -33,6 +34,7 @@ mod warm;
 
 pub use artifact::{LoadedFrom, PrepareSpec, Prepared, WasmSource};
 pub use blobs::BlobGrant;
+pub use budget::{MEMORY_WAIT_MAX, MemoryBudget};
 pub use calls::{CALL_DEPTH_MAX, CallError, CallGrant, CallRequest, FunctionCaller};
 pub use capability::{Backends, Grants};
 pub use config::SecretSource;

@@ -73,6 +73,7 @@ impl Fixture {
             chain: Arc::new([Arc::from("t")]),
             deadline: None,
             inline: false,
+            memory_quota: None,
         };
         self.sandbox
             .invoke_command(&prepared, Bytes::from_static(stdin), ctx)

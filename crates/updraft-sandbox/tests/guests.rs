@@ -170,6 +170,7 @@ fn ctx() -> InvocationCtx {
         chain: Arc::new([Arc::from("t")]),
         deadline: None,
         inline: false,
+        memory_quota: None,
     }
 }
 

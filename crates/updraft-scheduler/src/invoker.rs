@@ -204,6 +204,8 @@ struct Start {
     start_ms: u64,
     prepared: Arc<Prepared>,
     permit: Slots,
+    /// The tenant's memory quota, when it has one.
+    memory_quota: Option<Arc<updraft_sandbox::MemoryBudget>>,
 }
 
 /// An instance slot of the server, one of the function's own
@@ -347,7 +349,7 @@ impl Invoker {
         loaded: &Loaded,
         prepared: &Prepared,
         wait_ms: u64,
-    ) -> Result<Slots, PlatformError> {
+    ) -> Result<(Slots, Option<Arc<updraft_sandbox::MemoryBudget>>), PlatformError> {
         // Past saturation the excess is refused at once, before it waits.
         let load = self
             .sandbox
@@ -357,7 +359,10 @@ impl Invoker {
                 limit: shed.limit,
             })?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
-        let tenant = self.quotas.admit(&loaded.tenant, deadline).await?;
+        let crate::quotas::Admitted {
+            slot: tenant,
+            memory,
+        } = self.quotas.admit(&loaded.tenant, deadline).await?;
         let function = match &loaded.concurrency {
             None => None,
             Some(slots) => Some(acquire(slots, deadline).await.ok_or_else(|| {
@@ -370,12 +375,15 @@ impl Invoker {
         let server = acquire(&self.admission, deadline)
             .await
             .ok_or(PlatformError::Busy(self.sandbox.instances_max()))?;
-        Ok(Slots {
-            _load: load,
-            _server: server,
-            _function: function,
-            _tenant: tenant,
-        })
+        Ok((
+            Slots {
+                _load: load,
+                _server: server,
+                _function: function,
+                _tenant: tenant,
+            },
+            memory,
+        ))
     }
 
     /// What every executor does first: refuse a spent budget, have the
@@ -389,7 +397,7 @@ impl Invoker {
         self.usage.check_budget(&loaded.tenant)?;
         let start_ms = self.clock.now_ms();
         let prepared = self.functions.ensure_prepared(loaded).await?;
-        let permit = self
+        let (permit, memory_quota) = self
             .admit(loaded, &prepared, admit_ms(loaded, call))
             .await?;
         self.started
@@ -398,6 +406,7 @@ impl Invoker {
             start_ms,
             prepared,
             permit,
+            memory_quota,
         })
     }
 
@@ -416,11 +425,12 @@ impl Invoker {
             start_ms,
             prepared,
             permit,
+            memory_quota,
         } = match self.start(loaded, call).await {
             Ok(start) => start,
             Err(e) => return (invocation_id, Err(e)),
         };
-        let ctx = invocation_ctx(loaded, &invocation_id, call);
+        let ctx = invocation_ctx(loaded, &invocation_id, call, memory_quota);
         let logs = self.logs.clone();
         let function = loaded.clone();
         let pending = self.usage.pending(loaded.key.clone());
@@ -503,11 +513,12 @@ impl Invoker {
             start_ms,
             prepared,
             permit: _permit,
+            memory_quota,
         } = match self.start(loaded, call).await {
             Ok(start) => start,
             Err(e) => return (invocation_id, Err(e)),
         };
-        let ctx = invocation_ctx(loaded, &invocation_id, call);
+        let ctx = invocation_ctx(loaded, &invocation_id, call, memory_quota);
         let Output { result, report } = run(prepared, ctx).await;
         self.logs.report(&loaded.key, &report);
         if self.usage.is_metered() {
@@ -551,7 +562,12 @@ fn admit_ms(loaded: &Loaded, call: Option<&CallRequest>) -> u64 {
     }
 }
 
-fn invocation_ctx(loaded: &Loaded, id: &str, call: Option<&CallRequest>) -> InvocationCtx {
+fn invocation_ctx(
+    loaded: &Loaded,
+    id: &str,
+    call: Option<&CallRequest>,
+    memory_quota: Option<Arc<updraft_sandbox::MemoryBudget>>,
+) -> InvocationCtx {
     InvocationCtx {
         invocation_id: id.to_string(),
         tenant: loaded.tenant.clone(),
@@ -561,6 +577,7 @@ fn invocation_ctx(loaded: &Loaded, id: &str, call: Option<&CallRequest>) -> Invo
         },
         deadline: call.map(|c| c.deadline),
         inline: call.is_some(),
+        memory_quota,
     }
 }
 

@@ -77,6 +77,8 @@ pub struct PlatformConfig {
     /// Refuse invocations past each function's adaptive concurrency limit
     /// (the sandbox's load shedding); off only to measure what it buys.
     pub shed_load: bool,
+    /// MiB of linear memory all instances may hold at once; `None`: no budget.
+    pub memory_budget_mb: Option<u64>,
     /// How long raw usage records are kept.
     pub records_retention: Duration,
     /// How often what each tenant stores is sampled for its bill.
@@ -110,6 +112,7 @@ impl PlatformConfig {
             metering: true,
             background_threads: updraft_sandbox::background_threads_default(),
             shed_load: true,
+            memory_budget_mb: None,
             records_retention: updraft_metering::RECORDS_RETENTION_DEFAULT,
             storage_sample: STORAGE_SAMPLE_DEFAULT,
             clock: updraft_core::system_clock(),
@@ -279,6 +282,9 @@ impl Platform {
         sandbox_config.instances_max = config.instances_max;
         sandbox_config.background_threads = config.background_threads;
         sandbox_config.shed_load = config.shed_load;
+        sandbox_config.memory_budget_bytes = config
+            .memory_budget_mb
+            .map(|mb| usize::try_from(mb << 20).unwrap_or(usize::MAX));
         let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(sandbox_config));
         let data_dir = config.data_dir.clone();
         let (kv_config, blob_config) = (config.kv.clone(), config.blobs.clone());

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use updraft_core::manifest::QUOTAS_STORE;
+use updraft_sandbox::MemoryBudget;
 use updraft_state::kv::{KvStore, StoreId};
 
 use crate::error::PlatformError;
@@ -33,6 +34,9 @@ pub struct TenantQuota {
     pub max_concurrency: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<u32>,
+    /// MiB of linear memory its instances may hold at once, on each node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
 }
 
 impl TenantQuota {
@@ -41,6 +45,7 @@ impl TenantQuota {
         for (name, value) in [
             ("max_concurrency", self.max_concurrency),
             ("requests_per_second", self.requests_per_second),
+            ("memory_mb", self.memory_mb),
         ] {
             if value.is_some_and(|v| v == 0 || v > QUOTA_MAX) {
                 return Err(PlatformError::BadRequest(format!(
@@ -57,6 +62,7 @@ struct Enforced {
     quota: TenantQuota,
     read_at: Instant,
     slots: Option<Arc<Semaphore>>,
+    memory: Option<Arc<MemoryBudget>>,
     /// Tokens (one a request) and when they were last topped up.
     bucket: (f64, Instant),
 }
@@ -69,6 +75,9 @@ impl Enforced {
             slots: quota
                 .max_concurrency
                 .map(|n| Arc::new(Semaphore::new(n as usize))),
+            memory: quota
+                .memory_mb
+                .map(|mb| MemoryBudget::new((mb as usize) << 20)),
             bucket: (f64::from(quota.requests_per_second.unwrap_or(0)), now),
         }
     }
@@ -95,10 +104,20 @@ impl Enforced {
 enum Taken {
     /// The quota must be read (again) first.
     Stale,
-    /// No concurrency limit.
-    Free,
-    /// The tenant's concurrency slots, and how many there are.
-    Slots(Arc<Semaphore>, u32),
+    /// The tenant's concurrency slots and how many there are, and its
+    /// memory quota, when it has them.
+    Limits {
+        slots: Option<(Arc<Semaphore>, u32)>,
+        memory: Option<Arc<MemoryBudget>>,
+    },
+}
+
+/// What [`Quotas::admit`] gave an invocation.
+pub(crate) struct Admitted {
+    /// One of the tenant's concurrency slots, when it has a limit.
+    pub(crate) slot: Option<OwnedSemaphorePermit>,
+    /// The tenant's memory quota, when it has one.
+    pub(crate) memory: Option<Arc<MemoryBudget>>,
 }
 
 /// The quotas of every tenant this node has run.
@@ -179,9 +198,12 @@ impl Quotas {
                 rps: e.quota.requests_per_second.unwrap_or(0),
             });
         }
-        Ok(match &e.slots {
-            None => Taken::Free,
-            Some(slots) => Taken::Slots(slots.clone(), e.quota.max_concurrency.unwrap_or(0)),
+        Ok(Taken::Limits {
+            slots: e
+                .slots
+                .as_ref()
+                .map(|slots| (slots.clone(), e.quota.max_concurrency.unwrap_or(0))),
+            memory: e.memory.clone(),
         })
     }
 
@@ -191,23 +213,27 @@ impl Quotas {
         &self,
         tenant: &Arc<str>,
         deadline: tokio::time::Instant,
-    ) -> Result<Option<OwnedSemaphorePermit>, PlatformError> {
+    ) -> Result<Admitted, PlatformError> {
         let now = Instant::now();
         let mut read = None;
-        let (slots, max) = loop {
+        let (slots, memory) = loop {
             match self.take(tenant, now, read.take())? {
                 Taken::Stale => read = Some(self.get(tenant).await?),
-                Taken::Free => return Ok(None),
-                Taken::Slots(slots, max) => break (slots, max),
+                Taken::Limits { slots, memory } => break (slots, memory),
             }
         };
-        crate::invoker::acquire(&slots, deadline)
-            .await
-            .map(Some)
-            .ok_or_else(|| PlatformError::TenantConcurrencyLimit {
-                tenant: tenant.to_string(),
-                max,
-            })
+        let slot = match slots {
+            None => None,
+            Some((slots, max)) => Some(
+                crate::invoker::acquire(&slots, deadline)
+                    .await
+                    .ok_or_else(|| PlatformError::TenantConcurrencyLimit {
+                        tenant: tenant.to_string(),
+                        max,
+                    })?,
+            ),
+        };
+        Ok(Admitted { slot, memory })
     }
 }
 

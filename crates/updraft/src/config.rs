@@ -43,6 +43,20 @@ pub struct ServerConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub cpu: CpuConfig,
+    #[serde(default)]
+    pub memory: MemoryConfig,
+}
+
+/// Least memory budget: a few instances and the process itself.
+const MEMORY_BUDGET_MB_MIN: u64 = 64;
+
+/// `[memory]`: what instances may hold (docs/server-config.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// MiB of linear memory all instances may hold at once [default: 80%
+    /// of the machine's memory].
+    pub budget_mb: Option<u64>,
 }
 
 /// Most background threads: far past any core count Updraft runs on, low
@@ -177,6 +191,15 @@ impl ServerConfig {
                 "the server config {} is not valid: [cpu] background_threads = {threads}: \
                  give the background lane 1 to {BACKGROUND_THREADS_MAX} threads, or set \
                  background_lane = false for none",
+                path.display()
+            );
+        }
+        if let Some(mb) = config.memory.budget_mb
+            && mb < MEMORY_BUDGET_MB_MIN
+        {
+            anyhow::bail!(
+                "the server config {} is not valid: [memory] budget_mb = {mb}: give at least \
+                 {MEMORY_BUDGET_MB_MIN} (MiB), or leave it out for 80% of the machine's memory",
                 path.display()
             );
         }

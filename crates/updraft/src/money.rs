@@ -196,9 +196,16 @@ pub async fn quota(client: &Client, command: QuotaCommand, json: bool) -> Result
     let reply = match &command {
         QuotaCommand::Show { .. } => client.get_value(&path, &query).await?,
         QuotaCommand::Set {
-            concurrency, rps, ..
+            concurrency,
+            rps,
+            memory_mb,
+            ..
         } => {
-            let body = json!({ "max_concurrency": concurrency, "requests_per_second": rps });
+            let body = json!({
+                "max_concurrency": concurrency,
+                "requests_per_second": rps,
+                "memory_mb": memory_mb,
+            });
             client.send_value_with(&path, &query, Some(body)).await?
         }
         QuotaCommand::Rm { .. } => client.send_value_with(&path, &query, None).await?,
@@ -214,9 +221,10 @@ pub async fn quota(client: &Client, command: QuotaCommand, json: bool) -> Result
     };
     writeln!(
         out,
-        "{}; {} (per node)",
+        "{}; {}; {} (per node)",
         limit("max_concurrency", "invocations at once"),
-        limit("requests_per_second", "invocations a second")
+        limit("requests_per_second", "invocations a second"),
+        limit("memory_mb", "MiB of memory")
     )?;
     Ok(())
 }

@@ -121,6 +121,25 @@ const NR_OPEN_DEFAULT: u64 = 1 << 20;
 /// Lifts the soft open-file limit to the hard one: every connection is a
 /// descriptor, and the usual soft limit (1,024) is far below the default
 /// `[http] connections_max`. Says so when the hard limit is still below it.
+/// Share of the machine's memory that instances may hold by default: the
+/// rest is the process's own, the page cache's and other programs'.
+const MEMORY_BUDGET_SHARE: u64 = 80;
+
+/// [`MEMORY_BUDGET_SHARE`] of `MemTotal`; `None` (no budget) where
+/// /proc/meminfo cannot be read.
+fn default_memory_budget_mb() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024 * MEMORY_BUDGET_SHARE / 100)
+}
+
 fn raise_open_files(connections_max: usize) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
@@ -194,6 +213,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         (true, None) => updraft_sandbox::background_threads_default(),
     };
     config.shed_load = file.cpu.shed_load;
+    config.memory_budget_mb = file.memory.budget_mb.or_else(default_memory_budget_mb);
     config.records_retention =
         Duration::from_secs(u64::from(file.metering.records_retention_days) * 86_400);
     config.storage_sample = Duration::from_secs(file.metering.storage_sample_secs);

@@ -248,6 +248,108 @@ async fn past_saturation_a_flooding_function_is_shed_and_others_are_not() {
     assert_eq!(r.status(), 200);
 }
 
+/// Six 1 GiB invocations against a 4 GiB memory budget: those past it
+/// wait for memory, then get 503 `memory_busy` saying so; the server's RSS
+/// stays under the budget plus the process's own, and goes back down
+/// within 5 s of the end.
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_memory_budget_invocations_are_refused_and_rss_stays_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("updraft.toml");
+    std::fs::write(&config, "[memory]\nbudget_mb = 4096\n").unwrap();
+    let server = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    server.deploy_guest(
+        "big",
+        "http-chaos",
+        "route = \"/big/...\"\nmemory_mb = 1100\ntimeout_ms = 30000",
+    );
+    let client = client();
+    let pid = server.child.id();
+    let before = rss_mb(pid);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_mb(pid));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        })
+    };
+    let requests: Vec<_> = (0..6)
+        .map(|_| {
+            let (client, url) = (client.clone(), server.url("/big/alloc?mb=1024&ms=2000"));
+            tokio::spawn(async move {
+                let r = client.get(url).send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.unwrap());
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert!((1..=3).contains(&ok), "{answers:?}");
+    for (status, body) in answers.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!(*status, 503, "{body}");
+        assert_eq!(error_code(body), "memory_busy", "{body}");
+        assert!(
+            error_message(body).contains("memory budget of 4096 MiB"),
+            "{body}"
+        );
+    }
+    // The budget, plus the process itself (its code, caches, the pool's
+    // kept pages): a margin of 256 MiB.
+    assert!(
+        peak < 4096 + 256 + before,
+        "peak RSS {peak} MiB (before: {before} MiB)"
+    );
+    let ended = std::time::Instant::now();
+    let after = wait_until(
+        "the memory given back",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || async {
+            let now = rss_mb(pid);
+            if now < before + 256 {
+                Ok(now)
+            } else {
+                Err(format!("RSS {now} MiB, {before} MiB before"))
+            }
+        },
+    )
+    .await;
+    // For BENCHMARKS.md ("Memory budget"), with --nocapture.
+    eprintln!(
+        "budget 4096 MiB, six 1 GiB invocations: {ok} answered 200; RSS {before} MiB before, \
+         {peak} MiB at the peak, {after} MiB {} ms after the last answer",
+        ended.elapsed().as_millis()
+    );
+}
+
+/// The resident memory of process `pid`, in MiB.
+fn rss_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb / 1024
+}
+
 /// Requests of the flood: on one background thread each slice waits for
 /// the others' turns (~23 ms), past the ~8 ms that threatens the deadline.
 const FLOOD: usize = 24;

@@ -658,6 +658,10 @@ impl From<PlatformError> for AttemptError {
                     | PlatformError::TenantConcurrencyLimit { .. }
                     | PlatformError::TenantRateLimit { .. }
                     | PlatformError::Overloaded { .. }
+                    | PlatformError::Invoke(
+                        updraft_sandbox::InvokeError::ServerMemoryFull { .. }
+                            | updraft_sandbox::InvokeError::TenantMemoryFull { .. }
+                    )
             ),
             reason: e.to_string(),
         }

@@ -10,6 +10,7 @@
 //! | `/env?key=K`    | 200 with the value of env var K, 404 if unset              |
 //! | `/stdout`       | writes a line to stdout and one to stderr, 200 "ok"        |
 //! | `/slow?ms=N`    | sleeps N ms on a monotonic-clock pollable, 200 "slept"     |
+//! | `/alloc?mb=N&ms=M` | allocates and touches N MiB, holds it M ms, 200 "allocated" |
 //! | `/cpu?n=N&ms=M` | N rounds of integer work (a fixed CPU cost), then sleeps M ms (default 0); 200 with the result |
 //! | `/fetch`        | makes an outgoing request; 200 "fetched" or "refused: E"   |
 //! | `/fetch?to=URL&send=N` | GET URL (POST of N bytes with `send`); 200 "fetched S: BODY" |
@@ -97,6 +98,24 @@ impl wasip2::exports::http::incoming_handler::Guest for Chaos {
                     respond(response_out, 200, b"slept");
                 }
             },
+            "alloc" => {
+                let mb = query_param(query, "mb").and_then(|mb| mb.parse::<usize>().ok());
+                let ms = query_param(query, "ms").and_then(|ms| ms.parse::<u64>().ok());
+                match mb {
+                    None => respond(response_out, 400, b"missing or invalid ?mb=N\n"),
+                    Some(mb) => {
+                        let mut held: Vec<Vec<u8>> = Vec::with_capacity(mb);
+                        for _ in 0..mb {
+                            // Written, not only reserved: resident.
+                            held.push(vec![1u8; BOMB_CHUNK_BYTES]);
+                        }
+                        let nanos = ms.unwrap_or(0).saturating_mul(1_000_000);
+                        wasip2::clocks::monotonic_clock::subscribe_duration(nanos).block();
+                        let total: usize = held.iter().map(Vec::len).sum();
+                        respond(response_out, 200, format!("allocated {}", total >> 20).as_bytes())
+                    }
+                }
+            }
             "cpu" => match query_param(query, "n").and_then(|n| n.parse::<u64>().ok()) {
                 Some(n) if n <= CPU_ROUNDS_MAX => {
                     let result = cpu_work(n);
