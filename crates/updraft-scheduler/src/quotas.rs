@@ -1,5 +1,6 @@
 //! Tenant quotas, set by an admin: how many invocations of a tenant's
-//! functions run at once, and how many start per second, on each node.
+//! functions run at once, how many start per second, and how much memory
+//! their instances hold (the sandbox counts it), on each node.
 //! Kept in the reserved key-value store [`QUOTAS_STORE`] of the tenant (so
 //! every node of a cluster reads the same), and re-read at most every
 //! [`QUOTA_REFRESH`]: a change applies everywhere within that time.

@@ -136,6 +136,30 @@ async fn tenant_quotas_turn_the_excess_away_and_spare_other_tenants() {
     assert!(statuses.contains(&429), "{statuses:?}");
     assert!(statuses.contains(&200), "{statuses:?}");
 
+    // A memory quota: an instance growing past it is refused, naming it.
+    let manifest = server.write_manifest("alloc", "http-chaos", "route = \"/alloc/...\"");
+    let out = server.cli_as(bravo, &["deploy", manifest.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.cli_ok(&["quota", "set", "--tenant", "bravo", "--memory-mb", "64"]);
+    let r = client
+        .get(server.url("/~bravo/alloc/alloc?mb=100"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    let message = expect_error(r, 429, "tenant_memory_limit").await;
+    assert!(message.contains("memory quota of 64 MiB"), "{message}");
+    let r = client
+        .get(server.url("/~bravo/alloc/alloc?mb=8"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
     // Removed: no limits.
     server.cli_ok(&["quota", "rm", "--tenant", "bravo"]);
     let statuses = burst(&client, &server.url("/~bravo/slow?ms=1"), 20).await;
