@@ -45,7 +45,7 @@ use crate::cluster;
 use crate::http::{self, Endpoint, Request};
 use crate::inflight::invoke;
 use crate::report::{Machine, Mode};
-use crate::run::{profile_dir, repo_root};
+use crate::run::repo_root;
 use crate::servers;
 use crate::updraft;
 
@@ -185,16 +185,7 @@ impl Profile {
 }
 
 pub fn run(options: &Options) -> Result<ElasticityReport> {
-    let profile_dir = profile_dir()?;
-    let bin = options
-        .updraft
-        .clone()
-        .unwrap_or_else(|| profile_dir.join("updraft"));
-    updraft::check_binary(&bin, profile_dir.ends_with("release"))?;
-    let guests = options
-        .guests
-        .clone()
-        .unwrap_or_else(|| profile_dir.parent().unwrap_or(&profile_dir).join("guests"));
+    let (bin, guests) = updraft::locate(options.updraft.as_ref(), options.guests.as_ref())?;
     let chaos = updraft::read_guest(&guests.join("http-chaos.wasm"))?;
     // (plateau rate, step hold and ramp half, tail after the load)
     let (rate, hold, tail) = match options.mode {
@@ -628,14 +619,7 @@ fn plot(runs: &[ProfileRun], path: &Path) -> Result<()> {
 
 /// The table of BENCHMARKS.md's "Elasticity" section.
 pub fn markdown(report: &ElasticityReport) -> String {
-    let mut md = format!(
-        "Run: `{}` on {} cores ({}), {}, commit {}.\n\n",
-        report.command,
-        report.machine.cores,
-        report.machine.cpu_model,
-        report.machine.date,
-        report.machine.git_commit.as_deref().unwrap_or("unknown"),
-    );
+    let mut md = report.machine.run_line(&report.command);
     md.push_str(&format!(
         "`http-chaos` `/cpu?n={}&ms={}` (computes, then waits {} ms), open loop, a connection per request; step: 1 s idle, then {:.0} requests/s; ramp: 0 to {:.0} requests/s and back. Demand: requests sent within the last service time S (how long a request keeps an instance: its latency on the idle server less that of a request that does nothing); supply: instances running (`in_flight` of every node's `/healthz`), sampled every {} ms. θ and τ in percent; υ: instability.\n\n",
         report.cpu_rounds,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::{self, Endpoint, Request};
 use crate::report::{Machine, Mode};
-use crate::run::{profile_dir, repo_root};
+use crate::run::repo_root;
 use crate::stats::Summary;
 use crate::updraft;
 
@@ -104,19 +104,7 @@ impl Hogs {
 }
 
 pub fn run(options: &Options) -> Result<FairnessReport> {
-    let profile = profile_dir()?;
-    let bin = options
-        .updraft
-        .clone()
-        .unwrap_or_else(|| profile.join("updraft"));
-    updraft::check_binary(&bin, profile.ends_with("release"))?;
-    let guests = options.guests.clone().unwrap_or_else(|| {
-        profile
-            .parent()
-            .unwrap_or(&profile)
-            .join("guests")
-            .to_path_buf()
-    });
+    let (bin, guests) = updraft::locate(options.updraft.as_ref(), options.guests.as_ref())?;
     let hello = updraft::read_guest(&guests.join("hello-rust.wasm"))?;
     let spin = updraft::read_guest(&guests.join("loop.wasm"))?;
     let bomb = updraft::read_guest(&guests.join("membomb.wasm"))?;
@@ -355,15 +343,7 @@ fn paced(endpoint: Endpoint, path: &'static str, window: Duration, rate: u32) ->
 
 /// The tables of BENCHMARKS.md's "Fair CPU" section.
 pub fn markdown(report: &FairnessReport) -> String {
-    let mut md = String::new();
-    md.push_str(&format!(
-        "Run: `{}` on {} cores ({}), {}, commit {}.\n\n",
-        report.command,
-        report.machine.cores,
-        report.machine.cpu_model,
-        report.machine.date,
-        report.machine.git_commit.as_deref().unwrap_or("unknown"),
-    ));
+    let mut md = report.machine.run_line(&report.command);
     md.push_str(&format!(
         "Tenant `light`'s hello at {} requests/s (open loop, a connection each) for {} s per row, beside {} invocations at once of tenant `hogs`.\n\n",
         report.rate_per_s, report.window_s, report.hogs

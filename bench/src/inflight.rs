@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::report::{Machine, Mode};
-use crate::run::{profile_dir, repo_root};
+use crate::run::repo_root;
 use crate::servers::{self, Rss};
 use crate::updraft;
 
@@ -83,16 +83,7 @@ pub struct InFlightReport {
 }
 
 pub fn run(options: &Options) -> Result<InFlightReport> {
-    let profile = profile_dir()?;
-    let bin = options
-        .updraft
-        .clone()
-        .unwrap_or_else(|| profile.join("updraft"));
-    updraft::check_binary(&bin, profile.ends_with("release"))?;
-    let guests = options
-        .guests
-        .clone()
-        .unwrap_or_else(|| profile.parent().unwrap_or(&profile).join("guests"));
+    let (bin, guests) = updraft::locate(options.updraft.as_ref(), options.guests.as_ref())?;
     let chaos = updraft::read_guest(&guests.join("http-chaos.wasm"))?;
     let count = options.count.unwrap_or(match options.mode {
         Mode::Full => 10_000,
@@ -286,14 +277,7 @@ pub(crate) fn raise_open_files(count: usize) -> Result<()> {
 /// The table of BENCHMARKS.md's "10,000 in flight" section.
 pub fn markdown(report: &InFlightReport) -> String {
     let mb = |kb: u64| format!("{:.1} MiB", kb as f64 / 1024.0);
-    let mut md = format!(
-        "Run: `{}` on {} cores ({}), {}, commit {}.\n\n",
-        report.command,
-        report.machine.cores,
-        report.machine.cpu_model,
-        report.machine.date,
-        report.machine.git_commit.as_deref().unwrap_or("unknown"),
-    );
+    let mut md = report.machine.run_line(&report.command);
     md.push_str(&format!(
         "{} invocations of `http-chaos` `/slow?ms={}` sent at once, each on its own connection, to `updraft up --instances-max {}` with nothing running.\n\n",
         report.count, report.sleep_ms, report.instances_max

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::http::Endpoint;
 use crate::inflight::{invoke, raise_open_files};
 use crate::report::{Machine, Mode};
-use crate::run::{profile_dir, repo_root};
+use crate::run::repo_root;
 use crate::servers;
 use crate::stats::Summary;
 use crate::updraft;
@@ -126,16 +126,7 @@ impl ServerRun {
 }
 
 pub fn run(options: &Options) -> Result<OverloadReport> {
-    let profile = profile_dir()?;
-    let bin = options
-        .updraft
-        .clone()
-        .unwrap_or_else(|| profile.join("updraft"));
-    updraft::check_binary(&bin, profile.ends_with("release"))?;
-    let guests = options
-        .guests
-        .clone()
-        .unwrap_or_else(|| profile.parent().unwrap_or(&profile).join("guests"));
+    let (bin, guests) = updraft::locate(options.updraft.as_ref(), options.guests.as_ref())?;
     let chaos = updraft::read_guest(&guests.join("http-chaos.wasm"))?;
     let (step, probe, closed) = match options.mode {
         Mode::Full => (
@@ -453,14 +444,7 @@ fn recovered(probes: &[Outcome], end: Instant, threshold: Duration) -> Option<Du
 
 /// The tables of BENCHMARKS.md's "Overload" section.
 pub fn markdown(report: &OverloadReport) -> String {
-    let mut md = format!(
-        "Run: `{}` on {} cores ({}), {}, commit {}.\n\n",
-        report.command,
-        report.machine.cores,
-        report.machine.cpu_model,
-        report.machine.date,
-        report.machine.git_commit.as_deref().unwrap_or("unknown"),
-    );
+    let mut md = report.machine.run_line(&report.command);
     md.push_str(&format!(
         "`http-chaos` `/cpu?n={}` (`timeout_ms = {}`), open loop, a connection per request, {} s per step; probes at {PROBE_RATE}/s for {} s after each step. The sustainable rate (1×) is a closed loop of {CLOSED_LOOP} clients on the server without shedding; both servers get the same rates. Goodput: 200s a second; peak: the best of the closed loop and the server's steps. Recovered: from the load's end until every probe answers 200 within {RECOVERED_WITHIN}× the idle p99.\n\n",
         report.cpu_rounds, report.timeout_ms, report.step_s, report.probe_s

@@ -198,6 +198,18 @@ pub struct Target {
 }
 
 impl Machine {
+    /// The first line of a phase's Markdown: the command, this machine
+    /// and the commit.
+    pub fn run_line(&self, command: &str) -> String {
+        format!(
+            "Run: `{command}` on {} cores ({}), {}, commit {}.\n\n",
+            self.cores,
+            self.cpu_model,
+            self.date,
+            self.git_commit.as_deref().unwrap_or("unknown"),
+        )
+    }
+
     pub fn detect(repo: &Path) -> Machine {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         let cpu_model = std::fs::read_to_string("/proc/cpuinfo")

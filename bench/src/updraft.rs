@@ -1,7 +1,7 @@
 //! Talking to `updraft up` the way a user does: start it on a data dir, deploy
 //! raw Wasm with `PUT /v1/functions/NAME?route=…`, unload, and call a route.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -225,6 +225,19 @@ fn leb128(mut value: usize) -> Vec<u8> {
 }
 
 /// Checks that `bin` exists, with the fix in the message.
+/// The updraft binary and the guests' dir a phase of its own uses: those
+/// given, else the ones next to this binary (same profile), the binary
+/// checked.
+pub fn locate(updraft: Option<&PathBuf>, guests: Option<&PathBuf>) -> Result<(PathBuf, PathBuf)> {
+    let profile = crate::run::profile_dir()?;
+    let bin = updraft.cloned().unwrap_or_else(|| profile.join("updraft"));
+    check_binary(&bin, profile.ends_with("release"))?;
+    let guests = guests
+        .cloned()
+        .unwrap_or_else(|| profile.parent().unwrap_or(&profile).join("guests"));
+    Ok((bin, guests))
+}
+
 pub fn check_binary(bin: &Path, release: bool) -> Result<()> {
     if bin.is_file() {
         return Ok(());

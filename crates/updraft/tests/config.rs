@@ -45,6 +45,15 @@ fn unknown_backends_and_keys_are_refused_by_name() {
             "[cpu]\nbackground_threads = 0\n",
             "background_threads = 0: give the background lane 1 to 1024 threads",
         ),
+        (
+            "[cpu]\nshed_load = \"yes\"\n",
+            "invalid type: string \"yes\", expected a boolean",
+        ),
+        (
+            "[memory]\nbudget_mb = 10\n",
+            "budget_mb = 10: give at least 64 (MiB)",
+        ),
+        ("[memory]\nbudget = 4096\n", "unknown field `budget`"),
     ] {
         let config = dir.path().join("server.toml");
         std::fs::write(&config, text).unwrap();
