@@ -33,9 +33,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use updraft_core::{SharedClock, Trigger, UsageRecord};
+use updraft_state::redb_file::RedbFile;
 
 use crate::{MeteringError, codec};
 
@@ -177,10 +178,16 @@ struct Position {
     offset: u64,
 }
 
+/// Most usage records kept in memory while the disk refuses them (about
+/// 200 bytes each): minutes of a busy node's records, bounded.
+const UNWRITTEN_MAX: usize = 100_000;
+
 pub struct UsageStore {
     /// The stream sequence the store held at opening (a replica's).
     ingested: u64,
-    db: Arc<Database>,
+    /// `usage.redb`: after a failed commit it refuses writes until the disk
+    /// takes them again, then is reopened (the sums wait in memory).
+    file: Arc<RedbFile>,
     dir: PathBuf,
     spans: Spans,
     sender: Mutex<Option<mpsc::Sender<Msg>>>,
@@ -188,7 +195,7 @@ pub struct UsageStore {
 }
 
 fn storage(e: impl std::error::Error + Send + Sync + 'static) -> MeteringError {
-    MeteringError::Storage(updraft_core::Failure::new(e))
+    MeteringError::Storage(updraft_state::redb_file::failure(e))
 }
 
 /// The log segment of an instant: `2026-11-27T05.usage`.
@@ -238,7 +245,8 @@ impl UsageStore {
     ) -> Result<UsageStore, MeteringError> {
         let dir = data_dir.join("usage");
         std::fs::create_dir_all(&dir).map_err(storage)?;
-        let db = Database::create(data_dir.join("usage.redb")).map_err(storage)?;
+        let file = Arc::new(RedbFile::create(data_dir.join("usage.redb")).map_err(storage)?);
+        let db = file.db()?;
         let mut txn = db.begin_write().map_err(storage)?;
         // Creating the tables is idempotent; it need not wait for a sync.
         txn.set_durability(Durability::None).map_err(storage)?;
@@ -247,8 +255,8 @@ impl UsageStore {
         txn.open_table(META).map_err(storage)?;
         txn.open_table(SPANS).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        let db = Arc::new(db);
-        let mut writer = Writer::open(db.clone(), dir.clone(), retention, clock)?;
+        drop(db);
+        let mut writer = Writer::open(file.clone(), dir.clone(), retention, clock)?;
         match replica {
             true => writer.cut_unsummed()?,
             false => writer.replay()?,
@@ -262,7 +270,7 @@ impl UsageStore {
             .map_err(storage)?;
         Ok(UsageStore {
             ingested,
-            db,
+            file,
             dir,
             spans,
             sender: Mutex::new(Some(sender)),
@@ -317,7 +325,7 @@ impl UsageStore {
         from_ms: u64,
         to_ms: u64,
     ) -> Result<Vec<(u64, String, Aggregate)>, MeteringError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.file.db()?.begin_read().map_err(storage)?;
         let table = txn.open_table(HOURLY).map_err(storage)?;
         let mut out = Vec::new();
         let from = from_ms - from_ms % HOUR_MS;
@@ -370,7 +378,7 @@ impl UsageStore {
     }
 
     pub fn budgets(&self) -> Result<Vec<(String, Budget)>, MeteringError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+        let txn = self.file.db()?.begin_read().map_err(storage)?;
         let table = txn.open_table(BUDGETS).map_err(storage)?;
         let mut out = Vec::new();
         for entry in table.iter().map_err(storage)? {
@@ -383,7 +391,15 @@ impl UsageStore {
 
     /// Sets (or with `None` removes) a tenant's budget.
     pub fn set_budget(&self, tenant: &str, budget: Option<Budget>) -> Result<(), MeteringError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let result = self.try_set_budget(tenant, budget);
+        if let Err(e @ MeteringError::Storage(_)) = &result {
+            self.file.failed(e);
+        }
+        result
+    }
+
+    fn try_set_budget(&self, tenant: &str, budget: Option<Budget>) -> Result<(), MeteringError> {
+        let txn = self.file.writable()?.db.begin_write().map_err(storage)?;
         {
             let mut table = txn.open_table(BUDGETS).map_err(storage)?;
             match budget {
@@ -428,7 +444,7 @@ fn segments(dir: &Path) -> Result<Vec<String>, MeteringError> {
 /// The writer thread's state: the open segment and the sums not yet
 /// committed.
 struct Writer {
-    db: Arc<Database>,
+    db: Arc<RedbFile>,
     dir: PathBuf,
     retention: Duration,
     clock: SharedClock,
@@ -446,17 +462,19 @@ struct Writer {
     dirty: HashSet<SumKey>,
     synced: bool,
     line: Vec<u8>,
+    /// Records not written yet (the disk refused them), oldest first.
+    unwritten: Vec<UsageRecord>,
 }
 
 impl Writer {
     fn open(
-        db: Arc<Database>,
+        file: Arc<RedbFile>,
         dir: PathBuf,
         retention: Duration,
         clock: SharedClock,
     ) -> Result<Writer, MeteringError> {
         let (position, ingested, spans) = {
-            let txn = db.begin_read().map_err(storage)?;
+            let txn = file.db()?.begin_read().map_err(storage)?;
             let meta = txn.open_table(META).map_err(storage)?;
             let position = match meta.get("position").map_err(storage)? {
                 Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
@@ -479,7 +497,7 @@ impl Writer {
             (position, ingested, spans)
         };
         Ok(Writer {
-            db,
+            db: file,
             dir,
             retention,
             clock,
@@ -493,6 +511,7 @@ impl Writer {
             dirty: HashSet::new(),
             synced: true,
             line: Vec::new(),
+            unwritten: Vec::new(),
         })
     }
 
@@ -599,7 +618,8 @@ impl Writer {
             // Sleeping instead of blocking on the channel means senders
             // never have to wake this thread: a send stays a memory write.
             std::thread::sleep(WAKE_EVERY);
-            let mut records = Vec::new();
+            // Records a full disk refused are written first.
+            let mut records = std::mem::take(&mut self.unwritten);
             let mut ingested = None;
             let mut flushes = Vec::new();
             let mut closed = false;
@@ -627,11 +647,23 @@ impl Writer {
                         self.ingested_dirty = true;
                     }
                 }
-                Err(e) => tracing::error!(
-                    "{} usage records could not be written: {}",
-                    records.len(),
-                    updraft_core::error::chain(&e)
-                ),
+                Err(e) => {
+                    if self.unwritten.is_empty() {
+                        tracing::error!(
+                            "{} usage records could not be written (kept to try again): {}",
+                            records.len(),
+                            updraft_core::error::chain(&e)
+                        );
+                    }
+                    if records.len() > UNWRITTEN_MAX {
+                        tracing::error!(
+                            "{} usage records dropped: more than {UNWRITTEN_MAX} wait for the disk",
+                            records.len() - UNWRITTEN_MAX
+                        );
+                        records.drain(..records.len() - UNWRITTEN_MAX);
+                    }
+                    self.unwritten = records;
+                }
             }
             let now = Instant::now();
             let finish = closed || !flushes.is_empty();
@@ -651,8 +683,9 @@ impl Writer {
                 !self.dirty.is_empty() || !self.spans_dirty.is_empty() || self.ingested_dirty;
             if changed && (finish || now - last_persist >= PERSIST_EVERY) {
                 if let Err(e) = self.persist() {
-                    tracing::error!(
-                        "usage sums could not be committed: {}",
+                    // The first failure is logged by the file; the sums wait.
+                    tracing::debug!(
+                        "usage sums not committed yet: {}",
                         updraft_core::error::chain(&e)
                     );
                 }
@@ -701,8 +734,12 @@ impl Writer {
         for r in records {
             codec::encode(r, &mut self.line);
         }
-        if let Some((_, file)) = &mut self.file {
-            file.write_all(&self.line).map_err(storage)?;
+        if let Some((_, file)) = &mut self.file
+            && let Err(e) = file.write_all(&self.line)
+        {
+            // A torn write would be followed by the next records: cut it.
+            let _ = file.set_len(self.position.offset);
+            return Err(storage(e));
         }
         self.position.offset += self.line.len() as u64;
         self.synced = false;
@@ -740,17 +777,27 @@ impl Writer {
     }
 
     /// Commits the changed sums with the log position they include; syncs
-    /// the log first, so the position never runs ahead of the disk.
+    /// the log first, so the position never runs ahead of the disk. After
+    /// a failure the sums and spans stay to be committed later, and the
+    /// file refuses writes until the disk takes them again.
     fn persist(&mut self) -> Result<(), MeteringError> {
+        let result = self.try_persist();
+        if let Err(e @ MeteringError::Storage(_)) = &result {
+            self.db.failed(e);
+        }
+        result
+    }
+
+    fn try_persist(&mut self) -> Result<(), MeteringError> {
         if let Some((_, file)) = &self.file {
             file.sync_data().map_err(storage)?;
             self.synced = true;
         }
-        let txn = self.db.begin_write().map_err(storage)?;
+        let txn = self.db.writable()?.db.begin_write().map_err(storage)?;
         {
             let mut hourly = txn.open_table(HOURLY).map_err(storage)?;
-            for key in self.dirty.drain() {
-                let Some(add) = self.sums.remove(&key) else {
+            for key in &self.dirty {
+                let Some(add) = self.sums.get(key) else {
                     continue;
                 };
                 let k = (&*key.0, key.1, &*key.2);
@@ -758,14 +805,14 @@ impl Writer {
                     Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
                     None => Aggregate::default(),
                 };
-                total.merge(&add);
+                total.merge(add);
                 let json = serde_json::to_vec(&total).map_err(storage)?;
                 hourly.insert(k, json.as_slice()).map_err(storage)?;
             }
             let mut table = txn.open_table(SPANS).map_err(storage)?;
             let spans = lock(&self.spans);
-            for segment in self.spans_dirty.drain() {
-                match spans.get(&segment) {
+            for segment in &self.spans_dirty {
+                match spans.get(segment) {
                     Some(span) => table.insert(segment.as_str(), span).map_err(storage)?,
                     None => table.remove(segment.as_str()).map_err(storage)?,
                 };
@@ -781,6 +828,10 @@ impl Writer {
                 .map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
+        for key in self.dirty.drain() {
+            self.sums.remove(&key);
+        }
+        self.spans_dirty.clear();
         self.ingested_dirty = false;
         Ok(())
     }
@@ -822,7 +873,7 @@ mod tests {
         }
         // As a data dir from before spans: the table is gone.
         {
-            let db = Database::create(dir.path().join("usage.redb")).unwrap();
+            let db = redb::Database::create(dir.path().join("usage.redb")).unwrap();
             let txn = db.begin_write().unwrap();
             assert!(txn.delete_table(SPANS).unwrap());
             txn.commit().unwrap();

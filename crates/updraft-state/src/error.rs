@@ -72,7 +72,7 @@ impl StateError {
 
 impl From<redb::Error> for StateError {
     fn from(e: redb::Error) -> Self {
-        StateError::Storage(Failure::new(e))
+        StateError::Storage(crate::redb_file::failure(e))
     }
 }
 
@@ -80,7 +80,7 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StateError {
             fn from(e: $t) -> Self {
-                StateError::Storage(Failure::new(e))
+                StateError::Storage(crate::redb_file::failure(e))
             }
         }
     )*};

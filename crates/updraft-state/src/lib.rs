@@ -14,6 +14,7 @@ pub mod kv;
 pub mod logs;
 pub mod nats;
 pub mod queue;
+pub mod redb_file;
 pub mod registry;
 pub mod secrets;
 pub mod tenants;

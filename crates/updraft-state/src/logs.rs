@@ -22,6 +22,7 @@ use updraft_core::LogEntry;
 
 use crate::error::StateError;
 use crate::nats::{Cluster, boxed};
+use crate::redb_file::RedbFile;
 
 const LOGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("logs");
 
@@ -30,7 +31,9 @@ pub const LOG_ENTRIES_PER_FUNCTION_MAX: u64 = 2000;
 
 /// Durable per-function log tails.
 pub struct LogStore {
-    db: Database,
+    /// `logs.redb`: a failed write refuses the next ones until the disk
+    /// takes them again.
+    file: RedbFile,
     /// Next sequence number per function (loaded lazily from the table).
     next_seq: Mutex<HashMap<String, u64>>,
 }
@@ -38,7 +41,8 @@ pub struct LogStore {
 impl LogStore {
     pub fn open(data_dir: &Path) -> Result<LogStore, StateError> {
         std::fs::create_dir_all(data_dir)?;
-        let db = Database::create(data_dir.join("logs.redb"))?;
+        let file = RedbFile::create(data_dir.join("logs.redb"))?;
+        let db = file.db()?;
         // Creating the tables is idempotent, so it need not wait for a sync:
         // a crash before the next durable commit just creates them again.
         let mut txn = db.begin_write()?;
@@ -46,8 +50,9 @@ impl LogStore {
         txn.open_table(LOGS)?;
         txn.commit()?;
         migrate_to_tenant_keys(&db)?;
+        drop(db);
         Ok(LogStore {
-            db,
+            file,
             next_seq: Mutex::new(HashMap::new()),
         })
     }
@@ -55,6 +60,19 @@ impl LogStore {
     /// Appends a batch of `(function, entry)` in one transaction and trims
     /// each touched function to [`LOG_ENTRIES_PER_FUNCTION_MAX`].
     pub fn append(&self, batch: &[(String, LogEntry)]) -> Result<(), StateError> {
+        self.wrote(self.try_append(batch))
+    }
+
+    /// The outcome of a write, after which a storage failure refuses
+    /// writes until the file is reopened (redb takes none before).
+    fn wrote(&self, result: Result<(), StateError>) -> Result<(), StateError> {
+        if let Err(e @ StateError::Storage(_)) = &result {
+            self.file.failed(e);
+        }
+        result
+    }
+
+    fn try_append(&self, batch: &[(String, LogEntry)]) -> Result<(), StateError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -62,7 +80,7 @@ impl LogStore {
             .next_seq
             .lock()
             .map_err(|_| StateError::storage("log sequence lock poisoned"))?;
-        let txn = self.db.begin_write()?;
+        let txn = self.file.writable()?.db.begin_write()?;
         {
             let mut table = txn.open_table(LOGS)?;
             let mut touched: HashMap<&str, (u64, u64)> = HashMap::new();
@@ -90,7 +108,7 @@ impl LogStore {
 
     /// The last `n` entries of a function, oldest first.
     pub fn tail(&self, name: &str, n: usize) -> Result<Vec<LogEntry>, StateError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.file.db()?.begin_read()?;
         let table = txn.open_table(LOGS)?;
         let mut out = Vec::new();
         for entry in table.range((name, 0)..=(name, u64::MAX))?.rev().take(n) {
@@ -103,11 +121,15 @@ impl LogStore {
 
     /// Drops every entry of a function.
     pub fn delete_function(&self, name: &str) -> Result<(), StateError> {
+        self.wrote(self.try_delete_function(name))
+    }
+
+    fn try_delete_function(&self, name: &str) -> Result<(), StateError> {
         let mut next_seq = self
             .next_seq
             .lock()
             .map_err(|_| StateError::storage("log sequence lock poisoned"))?;
-        let txn = self.db.begin_write()?;
+        let txn = self.file.writable()?.db.begin_write()?;
         {
             let mut table = txn.open_table(LOGS)?;
             table.retain_in((name, 0)..=(name, u64::MAX), |_, _| false)?;

@@ -22,13 +22,14 @@ use async_nats::jetstream::kv::{Operation, Store};
 use bytes::Bytes;
 use futures::StreamExt as _;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use updraft_core::validate_tenant;
 
 use crate::error::StateError;
 use crate::nats::{Cluster, boxed};
+use crate::redb_file::RedbFile;
 use crate::registry::now_ms;
 
 /// The KV bucket of keys in cluster mode.
@@ -78,7 +79,7 @@ pub struct Tenants {
 }
 
 enum Backend {
-    Embedded(Database),
+    Embedded(RedbFile),
     /// Boxed: a bucket handle is large (its stream's whole info).
     Nats(Box<Store>),
 }
@@ -166,6 +167,23 @@ fn random_hex(bytes: usize) -> Result<String, StateError> {
     Ok(hex::encode(buf))
 }
 
+/// Runs a write on `file`: refused after a failed one until the disk takes
+/// writes again, and a storage failure refuses the next ones (redb takes
+/// none until the file is reopened).
+fn wrote(
+    file: &RedbFile,
+    write: impl FnOnce(&redb::Database) -> Result<(), StateError>,
+) -> Result<(), StateError> {
+    let result = file
+        .writable()
+        .map_err(StateError::from)
+        .and_then(|w| write(&w.db));
+    if let Err(e @ StateError::Storage(_)) = &result {
+        file.failed(e);
+    }
+    result
+}
+
 /// Compares without stopping at the first difference.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -174,7 +192,8 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 impl Tenants {
     pub fn open(data_dir: &Path) -> Result<Tenants, StateError> {
         std::fs::create_dir_all(data_dir)?;
-        let db = Database::create(data_dir.join("tenants.redb"))?;
+        let file = RedbFile::create(data_dir.join("tenants.redb"))?;
+        let db = file.db()?;
         let mut txn = db.begin_write()?;
         // Creating the table is idempotent; it need not wait for a sync.
         txn.set_durability(Durability::None)?;
@@ -192,7 +211,7 @@ impl Tenants {
             }
         }
         Ok(Tenants {
-            backend: Backend::Embedded(db),
+            backend: Backend::Embedded(file),
             keys: Arc::new(RwLock::new(keys)),
         })
     }
@@ -259,12 +278,13 @@ impl Tenants {
         };
         let value = serde_json::to_vec(&stored)?;
         match &self.backend {
-            Backend::Embedded(db) => tokio::task::block_in_place(|| {
-                let txn = db.begin_write()?;
-                txn.open_table(KEYS)?
-                    .insert(id.as_str(), value.as_slice())?;
-                txn.commit()?;
-                Ok::<_, StateError>(())
+            Backend::Embedded(file) => tokio::task::block_in_place(|| {
+                wrote(file, |db| {
+                    let txn = db.begin_write()?;
+                    txn.open_table(KEYS)?
+                        .insert(id.as_str(), value.as_slice())?;
+                    Ok(txn.commit()?)
+                })
             })?,
             Backend::Nats(bucket) => {
                 bucket
@@ -327,11 +347,12 @@ impl Tenants {
             info
         };
         match &self.backend {
-            Backend::Embedded(db) => tokio::task::block_in_place(|| {
-                let txn = db.begin_write()?;
-                txn.open_table(KEYS)?.remove(id)?;
-                txn.commit()?;
-                Ok::<_, StateError>(())
+            Backend::Embedded(file) => tokio::task::block_in_place(|| {
+                wrote(file, |db| {
+                    let txn = db.begin_write()?;
+                    txn.open_table(KEYS)?.remove(id)?;
+                    Ok(txn.commit()?)
+                })
             })?,
             Backend::Nats(bucket) => bucket
                 .purge(id)

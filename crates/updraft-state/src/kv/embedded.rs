@@ -17,11 +17,16 @@
 //!
 //! Reads ask the overlay first and redb second, so they see every
 //! acknowledged write at either level.
+//!
+//! A failed commit or journal write (a full disk) refuses writes until the
+//! disk takes them again; then the file is reopened ([`RedbFile`]) and, at
+//! `process`, the overlay committed and the journal started afresh. Reads
+//! go on meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use async_trait::async_trait;
@@ -37,6 +42,7 @@ use super::{
     CasOutcome, Durability, KeyPage, KvError, KvStore, LIST_PAGE_MAX, StoreId, check_batch,
     check_key, check_value, counter_value,
 };
+use crate::redb_file::RedbFile;
 
 /// (owner, store, key) → value.
 const KV: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("kv");
@@ -61,11 +67,12 @@ pub struct EmbeddedKv {
 
 /// What readers, writers and the sync thread share.
 struct Shared {
-    db: Database,
+    /// `kv.redb`; after a failed commit it refuses writes until reopened.
+    file: RedbFile,
+    /// The data dir, where the journal lives.
+    dir: PathBuf,
     /// `process` writes not yet committed to redb (always empty at `disk`).
     overlay: RwLock<Overlay>,
-    /// Set when a commit failed: later writes are refused, not guessed at.
-    poisoned: AtomicBool,
     /// Commits so far; a snapshot older than this is renewed before a read.
     generation: AtomicU64,
     snapshot: RwLock<Option<Snapshot>>,
@@ -154,7 +161,7 @@ struct Write {
 }
 
 fn storage(e: impl std::error::Error + Send + Sync + 'static) -> KvError {
-    KvError::Storage(updraft_core::Failure::new(e))
+    KvError::Storage(crate::redb_file::failure(e))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -172,7 +179,8 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 impl EmbeddedKv {
     pub fn open(data_dir: &Path, durability: Durability) -> Result<EmbeddedKv, KvError> {
         std::fs::create_dir_all(data_dir).map_err(storage)?;
-        let db = Database::create(data_dir.join("kv.redb")).map_err(storage)?;
+        let file = RedbFile::create(data_dir.join("kv.redb")).map_err(storage)?;
+        let db = file.db().map_err(KvError::Storage)?;
         // Creating the table is idempotent: no need to wait for a sync.
         let mut txn = db.begin_write().map_err(storage)?;
         txn.set_durability(RedbDurability::None).map_err(storage)?;
@@ -185,10 +193,11 @@ impl EmbeddedKv {
             replay(&db, &unsynced)?;
         }
         journal::remove_all(data_dir).map_err(storage)?;
+        drop(db);
         let shared = Arc::new(Shared {
-            db,
+            file,
+            dir: data_dir.to_path_buf(),
             overlay: RwLock::default(),
-            poisoned: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             snapshot: RwLock::new(None),
         });
@@ -233,11 +242,6 @@ impl EmbeddedKv {
 
     async fn write(&self, store: &StoreId, op: Op) -> Result<Done, KvError> {
         let shared = &self.shared;
-        if shared.poisoned.load(Ordering::Relaxed) {
-            return Err(KvError::storage(
-                "an earlier write failed to commit; restart Updraft to recover the store",
-            ));
-        }
         if let Some(journal) = &self.journal {
             return shared.write_through_journal(journal, store, &op)?;
         }
@@ -300,7 +304,8 @@ impl Shared {
         {
             return Ok(snapshot.table.clone());
         }
-        let txn = self.db.begin_read().map_err(storage)?;
+        let db = self.file.db().map_err(KvError::Storage)?;
+        let txn = db.begin_read().map_err(storage)?;
         let table = Arc::new(txn.open_table(KV).map_err(storage)?);
         *write(&self.snapshot) = Some(Snapshot {
             generation,
@@ -364,6 +369,9 @@ impl Shared {
         op: &Op,
     ) -> Result<Result<Done, KvError>, KvError> {
         let mut journal = lock(journal);
+        if self.file.is_failed() {
+            self.recover(&mut journal)?;
+        }
         let (result, changes) = self.read(|view| {
             let mut staged = Staged {
                 view,
@@ -379,12 +387,9 @@ impl Shared {
             store,
             changes.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
         ) {
-            tracing::error!(
-                "key-value journal write failed, refusing further writes: {}",
-                updraft_core::error::chain(&e)
-            );
-            self.poisoned.store(true, Ordering::Relaxed);
-            return Err(storage(e));
+            let e = storage(e);
+            self.file.failed(&e);
+            return Err(e);
         }
         let mut overlay = write(&self.overlay);
         match overlay.active.get_mut(store) {
@@ -398,18 +403,63 @@ impl Shared {
 
     /// Commits the overlay to redb durably and deletes the journal file
     /// that covered it. A failure leaves both in place (a restart replays
-    /// the journal) and refuses further writes.
+    /// the journal) and refuses further writes until [`Shared::recover`].
     fn sync(&self, journal: &Mutex<Journal>) {
-        if self.poisoned.load(Ordering::Relaxed) {
+        if self.file.is_failed() {
+            // Recovery is tried here too, so that it needs no write.
+            let _ = self.recover(&mut lock(journal));
             return;
         }
         if let Err(e) = self.try_sync(journal) {
-            tracing::error!(
-                "key-value sync failed, refusing further writes: {}",
-                updraft_core::error::chain(&e)
-            );
-            self.poisoned.store(true, Ordering::Relaxed);
+            self.file.failed(&e);
         }
+    }
+
+    /// At `process`, after a failure: once the disk takes writes, reopens
+    /// the file, commits every acknowledged write the overlay holds, and
+    /// starts the journal afresh. Writers wait on `journal` meanwhile.
+    fn recover(&self, journal: &mut Journal) -> Result<(), KvError> {
+        let writable = self
+            .file
+            .writable_after(|| self.release_snapshot())
+            .map_err(KvError::Storage)?;
+        if !writable.reopened {
+            return Ok(());
+        }
+        let layers: Vec<Layer> = {
+            let overlay = read(&self.overlay);
+            overlay.layers().cloned().collect()
+        };
+        let mended = (|| {
+            let txn = writable.db.begin_write().map_err(storage)?;
+            {
+                let mut table = txn.open_table(KV).map_err(storage)?;
+                // Oldest first, so that the newer word on a key lands last.
+                for layer in layers.iter().rev() {
+                    for (store, keys) in layer {
+                        for (key, cell) in keys {
+                            put(&mut table, store, key, cell.as_deref())?;
+                        }
+                    }
+                }
+            }
+            txn.commit().map_err(storage)?;
+            self.generation.fetch_add(1, Ordering::Release);
+            *write(&self.overlay) = Overlay::default();
+            journal::remove_all(&self.dir).map_err(storage)?;
+            *journal = Journal::start(&self.dir).map_err(storage)?;
+            Ok(())
+        })();
+        if let Err(e) = &mended {
+            self.file.failed(e);
+        }
+        mended
+    }
+
+    /// Lets go of the cached read snapshot, which keeps the file open.
+    fn release_snapshot(&self) {
+        *write(&self.snapshot) = None;
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn try_sync(&self, journal: &Mutex<Journal>) -> Result<(), KvError> {
@@ -437,7 +487,8 @@ impl Shared {
 
     /// Commits a frozen layer durably, then lets it and its journal go.
     fn commit_frozen(&self, frozen: &Layer, covered: &Path) -> Result<(), KvError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let db = self.file.writable().map_err(KvError::Storage)?.db;
+        let txn = db.begin_write().map_err(storage)?;
         {
             let mut table = txn.open_table(KV).map_err(storage)?;
             for (store, keys) in frozen {
@@ -703,7 +754,12 @@ fn write_loop(shared: &Shared, mut queue: mpsc::Receiver<Write>) {
             }
         }
         let ops: Vec<(&StoreId, &Op)> = batch.iter().map(|w| (&w.store, &w.op)).collect();
-        match commit(&shared.db, &ops) {
+        let committed = shared
+            .file
+            .writable_after(|| shared.release_snapshot())
+            .map_err(KvError::Storage)
+            .and_then(|writable| commit(&writable.db, &ops));
+        match committed {
             Ok(results) => {
                 shared.generation.fetch_add(1, Ordering::Release);
                 for (write, result) in batch.into_iter().zip(results) {
@@ -711,11 +767,9 @@ fn write_loop(shared: &Shared, mut queue: mpsc::Receiver<Write>) {
                 }
             }
             Err(e) => {
-                tracing::error!(
-                    "key-value commit failed, refusing further writes: {}",
-                    updraft_core::error::chain(&e)
-                );
-                shared.poisoned.store(true, Ordering::Relaxed);
+                if !shared.file.is_failed() {
+                    shared.file.failed(&e);
+                }
                 for write in batch {
                     let _ = write.reply.send(Err(e.clone()));
                 }
@@ -872,7 +926,7 @@ mod tests {
             let store = StoreId::new("owner", "counters");
             // At `process`, sync back to back meanwhile, so increments and
             // reads race every step of a sync.
-            let stop = Arc::new(AtomicBool::new(false));
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let syncer = kv.journal.clone().map(|journal| {
                 let (shared, stop, syncs) = (kv.shared.clone(), stop.clone(), syncs.clone());

@@ -6,11 +6,13 @@
 //! durability: a deploy is either fully there after a crash or not at all.
 //! Wasm files are written (and fsynced) before the transaction that refers to
 //! them, so a committed version never points at a missing file.
+//!
+//! A failed write (a full disk) refuses later writes until the disk takes
+//! them again, then the file is reopened ([`RedbFile`]): no restart.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,6 +24,7 @@ use super::{
     FunctionRecord, LATEST, NewVersion, Registry, RegistryChange, now_ms, write_atomically,
 };
 use crate::error::StateError;
+use crate::redb_file::RedbFile;
 
 const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 const VERSIONS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("versions");
@@ -32,11 +35,10 @@ pub struct EmbeddedRegistry {
 }
 
 struct Inner {
-    db: Database,
+    /// `registry.redb`: after a failed write, writes are refused (fjall's
+    /// rule: never pretend) until the disk takes them again.
+    file: RedbFile,
     wasm_dir: PathBuf,
-    /// Set when a write failed in a way that may have left the disk unsure;
-    /// from then on writes are refused (fjall's rule: never pretend).
-    poisoned: AtomicBool,
 }
 
 impl EmbeddedRegistry {
@@ -44,7 +46,8 @@ impl EmbeddedRegistry {
     pub fn open(data_dir: &Path) -> Result<EmbeddedRegistry, StateError> {
         let wasm_dir = data_dir.join("wasm");
         std::fs::create_dir_all(&wasm_dir)?;
-        let db = Database::create(data_dir.join("registry.redb"))?;
+        let file = RedbFile::create(data_dir.join("registry.redb"))?;
+        let db = file.db()?;
         // Creating the tables is idempotent, so it need not wait for a sync:
         // a crash before the next durable commit just creates them again.
         let mut txn = db.begin_write()?;
@@ -53,12 +56,9 @@ impl EmbeddedRegistry {
         txn.open_table(VERSIONS)?;
         txn.commit()?;
         migrate_to_tenant_keys(&db)?;
+        drop(db);
         Ok(EmbeddedRegistry {
-            inner: Arc::new(Inner {
-                db,
-                wasm_dir,
-                poisoned: AtomicBool::new(false),
-            }),
+            inner: Arc::new(Inner { file, wasm_dir }),
         })
     }
 
@@ -104,7 +104,8 @@ impl Registry for EmbeddedRegistry {
         new: NewVersion,
     ) -> Result<(FunctionRecord, VersionRecord), StateError> {
         let tenant = tenant.to_string();
-        self.blocking(move |inner| inner.deploy(&tenant, new)).await
+        self.blocking(move |inner| inner.wrote(inner.deploy(&tenant, new)))
+            .await
     }
 
     async fn list(
@@ -127,13 +128,14 @@ impl Registry for EmbeddedRegistry {
         version: Option<u64>,
     ) -> Result<(FunctionRecord, VersionRecord), StateError> {
         let key = key.to_string();
-        self.blocking(move |inner| inner.rollback(&key, version))
+        self.blocking(move |inner| inner.wrote(inner.rollback(&key, version)))
             .await
     }
 
     async fn delete(&self, key: &str) -> Result<Vec<Digest>, StateError> {
         let key = key.to_string();
-        self.blocking(move |inner| inner.delete(&key)).await
+        self.blocking(move |inner| inner.wrote(inner.delete(&key)))
+            .await
     }
 
     async fn changes(&self) -> Result<Option<BoxStream<'static, RegistryChange>>, StateError> {
@@ -142,18 +144,23 @@ impl Registry for EmbeddedRegistry {
 }
 
 impl Inner {
-    fn check_writable(&self) -> Result<(), StateError> {
-        if self.poisoned.load(Ordering::Relaxed) {
-            return Err(StateError::storage(
-                "an earlier write failed; restart Updraft to recover the registry",
-            ));
-        }
-        Ok(())
+    /// The database to write to: refused after a failed write until the
+    /// disk takes writes again.
+    fn writable(&self) -> Result<Arc<Database>, StateError> {
+        Ok(self.file.writable()?.db)
     }
 
-    fn poison<T>(&self, e: impl Into<StateError>) -> Result<T, StateError> {
-        self.poisoned.store(true, Ordering::Relaxed);
-        Err(e.into())
+    /// The outcome of a write, after which a storage failure refuses
+    /// writes (redb takes none until the file is reopened).
+    fn wrote<T>(&self, result: Result<T, StateError>) -> Result<T, StateError> {
+        if let Err(e @ StateError::Storage(_)) = &result {
+            self.file.failed(e);
+        }
+        result
+    }
+
+    fn db(&self) -> Result<Arc<Database>, StateError> {
+        Ok(self.file.db()?)
     }
 
     fn wasm_path(&self, digest: &Digest) -> PathBuf {
@@ -179,7 +186,7 @@ impl Inner {
     }
 
     fn check_route(&self, key: &str, route: &Route) -> Result<(), StateError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let functions = txn.open_table(FUNCTIONS)?;
         let versions = txn.open_table(VERSIONS)?;
         route_owner(&functions, &versions, key, route)
@@ -190,7 +197,7 @@ impl Inner {
         tenant: &str,
         new: NewVersion,
     ) -> Result<(FunctionRecord, VersionRecord), StateError> {
-        self.check_writable()?;
+        let db = self.writable()?;
         let name = function_key(tenant, &new.manifest.name);
         let route = new
             .manifest
@@ -198,7 +205,7 @@ impl Inner {
             .map_err(|e| StateError::Invalid(e.to_string()))?;
         let digest = VersionRecord::digest_of(&new.wasm_digest, &new.manifest);
         let now = now_ms();
-        let txn = self.db.begin_write()?;
+        let txn = db.begin_write()?;
         let result = {
             let mut functions = txn.open_table(FUNCTIONS)?;
             let mut versions = txn.open_table(VERSIONS)?;
@@ -243,7 +250,7 @@ impl Inner {
         };
         match txn.commit() {
             Ok(()) => Ok(result),
-            Err(e) => self.poison(e),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -251,7 +258,7 @@ impl Inner {
         &self,
         tenant: Option<&str>,
     ) -> Result<Vec<(FunctionRecord, VersionRecord)>, StateError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let functions = txn.open_table(FUNCTIONS)?;
         let versions = txn.open_table(VERSIONS)?;
         let mut out = Vec::new();
@@ -273,7 +280,7 @@ impl Inner {
     }
 
     fn get(&self, name: &str) -> Result<(FunctionRecord, Vec<VersionRecord>), StateError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let functions = txn.open_table(FUNCTIONS)?;
         let versions = txn.open_table(VERSIONS)?;
         let record: FunctionRecord = match functions.get(name)? {
@@ -297,8 +304,7 @@ impl Inner {
         name: &str,
         version: Option<u64>,
     ) -> Result<(FunctionRecord, VersionRecord), StateError> {
-        self.check_writable()?;
-        let txn = self.db.begin_write()?;
+        let txn = self.writable()?.begin_write()?;
         let result = {
             let mut functions = txn.open_table(FUNCTIONS)?;
             let versions = txn.open_table(VERSIONS)?;
@@ -350,13 +356,12 @@ impl Inner {
         };
         match txn.commit() {
             Ok(()) => Ok(result),
-            Err(e) => self.poison(e),
+            Err(e) => Err(e.into()),
         }
     }
 
     fn delete(&self, name: &str) -> Result<Vec<Digest>, StateError> {
-        self.check_writable()?;
-        let txn = self.db.begin_write()?;
+        let txn = self.writable()?.begin_write()?;
         let orphans = {
             let mut functions = txn.open_table(FUNCTIONS)?;
             let mut versions = txn.open_table(VERSIONS)?;
@@ -388,7 +393,7 @@ impl Inner {
             removed.into_iter().collect::<Vec<_>>()
         };
         if let Err(e) = txn.commit() {
-            return self.poison(e);
+            return Err(e.into());
         }
         for digest in &orphans {
             let _ = std::fs::remove_file(self.wasm_path(digest));

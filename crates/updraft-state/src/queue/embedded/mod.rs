@@ -22,12 +22,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
+
+use crate::redb_file::{RETRY_INTERVAL, RedbFile};
 use tokio::sync::{Notify, oneshot};
 
 use super::{
@@ -90,18 +92,19 @@ pub struct EmbeddedQueues {
 }
 
 struct Shared {
-    db: Database,
+    /// `queues.redb`; after a failed commit it refuses changes until the
+    /// writer reopens it (and mends the index: [`writer::writable`]).
+    file: RedbFile,
     index: Mutex<Index>,
     /// Acks answered but not yet in the database.
     acked: Mutex<AckBuffer>,
-    /// Set when a commit failed: later changes are refused, not guessed at.
-    poisoned: AtomicBool,
     /// Bytes in the outcomes table, as committed; only the writer changes it.
     outcome_bytes: AtomicU64,
     outcome_bytes_max: AtomicU64,
 }
 
 /// An acked message: gone from the index, still in the database.
+#[derive(Clone)]
 struct Acked {
     queue: Arc<QueueId>,
     id: u128,
@@ -120,6 +123,15 @@ struct AckBuffer {
 }
 
 impl AckBuffer {
+    /// After a failed commit: the acks it held wait for the next one.
+    fn uncommitted(&mut self) {
+        if let Some(failed) = self.committing.take() {
+            let mut again = Arc::try_unwrap(failed).unwrap_or_else(|shared| (*shared).clone());
+            again.append(&mut self.pending);
+            self.pending = again;
+        }
+    }
+
     /// Drops the committed acks, keeping their buffer.
     fn committed(&mut self) {
         if let Some(Ok(mut done)) = self.committing.take().map(Arc::try_unwrap) {
@@ -175,12 +187,19 @@ enum IndexChange {
     Remove(u128),
 }
 
+impl Shared {
+    /// The database to read from.
+    fn db(&self) -> Result<Arc<Database>, QueueError> {
+        self.file.db().map_err(QueueError::Storage)
+    }
+}
+
 fn unexpected() -> QueueError {
     QueueError::storage("unexpected writer reply")
 }
 
 fn storage(e: impl std::error::Error + Send + Sync + 'static) -> QueueError {
-    QueueError::Storage(updraft_core::Failure::new(e))
+    QueueError::Storage(crate::redb_file::failure(e))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -194,7 +213,8 @@ fn millis(d: Duration) -> u64 {
 impl EmbeddedQueues {
     pub fn open(data_dir: &Path) -> Result<EmbeddedQueues, QueueError> {
         std::fs::create_dir_all(data_dir).map_err(storage)?;
-        let db = Database::create(data_dir.join("queues.redb")).map_err(storage)?;
+        let file = RedbFile::create(data_dir.join("queues.redb")).map_err(storage)?;
+        let db = file.db().map_err(QueueError::Storage)?;
         let txn = db.begin_write().map_err(storage)?;
         {
             txn.open_table(MESSAGES).map_err(storage)?;
@@ -238,11 +258,11 @@ impl EmbeddedQueues {
                 index.add(queue, id, stored, Payload::of(payload));
             }
         }
+        drop(db);
         let shared = Arc::new(Shared {
-            db,
+            file,
             index: Mutex::new(index),
             acked: Mutex::default(),
-            poisoned: AtomicBool::new(false),
             outcome_bytes: AtomicU64::new(outcome_bytes),
             outcome_bytes_max: AtomicU64::new(OUTCOME_BYTES_MAX),
         });
@@ -268,11 +288,6 @@ impl EmbeddedQueues {
     }
 
     async fn change(&self, queue: &QueueId, op: Op) -> Result<Done, QueueError> {
-        if self.shared.poisoned.load(Ordering::Relaxed) {
-            return Err(QueueError::storage(
-                "an earlier change failed to commit; restart Updraft to recover the queues",
-            ));
-        }
         let (reply, done) = oneshot::channel();
         let stopped = || QueueError::storage("the queue writer has stopped");
         self.changes
@@ -405,7 +420,7 @@ impl QueueStore for EmbeddedQueues {
     }
 
     async fn channels(&self, owner: &str) -> Result<Vec<Channel>, QueueError> {
-        let txn = self.shared.db.begin_read().map_err(storage)?;
+        let txn = self.shared.db()?.begin_read().map_err(storage)?;
         let table = txn.open_table(CHANNELS).map_err(storage)?;
         let mut channels = Vec::new();
         for entry in table.range((owner, "")..).map_err(storage)? {
@@ -449,10 +464,10 @@ impl QueueStore for EmbeddedQueues {
     }
 
     async fn ack(&self, queue: &QueueId, id: Uuid, outcome: Vec<u8>) -> Result<(), QueueError> {
-        if self.shared.poisoned.load(Ordering::Relaxed) {
-            return Err(QueueError::storage(
-                "an earlier change failed to commit; restart Updraft to recover the queues",
-            ));
+        if self.shared.file.is_failed() {
+            // Refused, the message stays leased and comes again after its
+            // lease: the writer reopens the file once the disk mends.
+            return Err(QueueError::Storage(self.shared.file.refused()));
         }
         let owner = queue.owner.as_bytes();
         let mut value = Vec::with_capacity(2 + owner.len() + outcome.len());
@@ -556,7 +571,7 @@ impl QueueStore for EmbeddedQueues {
             }));
         }
         drop(index);
-        let txn = self.shared.db.begin_read().map_err(storage)?;
+        let txn = self.shared.db()?.begin_read().map_err(storage)?;
         let table = txn.open_table(OUTCOMES).map_err(storage)?;
         let Some(value) = table.get(id.as_u128()).map_err(storage)? else {
             return Ok(None);
@@ -620,7 +635,7 @@ impl EmbeddedQueues {
                     let table = match &mut table {
                         Some(table) => table,
                         None => {
-                            let txn = self.shared.db.begin_read().map_err(storage)?;
+                            let txn = self.shared.db()?.begin_read().map_err(storage)?;
                             table.insert(txn.open_table(MESSAGES).map_err(storage)?)
                         }
                     };

@@ -16,7 +16,7 @@ pub(super) fn sweep(shared: &Shared) -> Result<(), QueueError> {
     let cutoff = now_ms().saturating_sub(millis(RETENTION));
     let max = shared.outcome_bytes_max.load(Ordering::Relaxed);
     let mut total = shared.outcome_bytes.load(Ordering::Relaxed);
-    let txn = shared.db.begin_write().map_err(storage)?;
+    let txn = writable(shared)?.begin_write().map_err(storage)?;
     {
         // A UUIDv7 starts with its creation time in ms: older ids sort first.
         let first_kept = u128::from(cutoff) << 80;

@@ -14,7 +14,10 @@ pub(super) fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Ch
     // Whether a commit without a sync awaits one.
     let mut unsynced = false;
     loop {
-        let wait = if outcomes_over(shared) {
+        let wait = if shared.file.is_failed() {
+            // Trying to reopen the file needs no change to come.
+            RETRY_INTERVAL
+        } else if outcomes_over(shared) {
             // Trimming outcomes in bites: the next one soon, idle or not.
             OVER_LIMIT_SWEEP_AFTER
         } else if unsynced {
@@ -28,26 +31,31 @@ pub(super) fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Ch
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 // Closing: the last acks, synced.
                 if !lock(&shared.acked).pending.is_empty()
-                    && let Err(e) = commit(shared, &[], false, &mut index_changes)
+                    && let Err(e) = writable(shared)
+                        .and_then(|db| commit(shared, &db, &[], false, &mut index_changes))
                 {
                     tracing::warn!(
                         "queue acks not written (they will be delivered again): {}",
                         updraft_core::error::chain(&e)
                     );
                 } else if unsynced {
-                    sync(&shared.db);
+                    sync(shared);
                 }
                 return;
             }
         };
         if first.is_none() && unsynced {
-            sync(&shared.db);
+            sync(shared);
             unsynced = false;
+        }
+        if first.is_none() && shared.file.is_failed() {
+            let _ = writable(shared);
         }
         if last_sweep.is_none_or(|at: std::time::Instant| at.elapsed() >= SWEEP_INTERVAL)
             || outcomes_over(shared)
         {
             if let Err(e) = sweep(shared) {
+                shared.file.failed(&e);
                 tracing::warn!(
                     "could not delete expired queue outcomes: {}",
                     updraft_core::error::chain(&e)
@@ -78,16 +86,10 @@ pub(super) fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Ch
                 Err(_) => break,
             }
         }
-        if shared.poisoned.load(Ordering::Relaxed) {
-            for change in batch.drain(..) {
-                let _ = change
-                    .reply
-                    .send(Err(QueueError::storage("an earlier commit failed")));
-            }
-            continue;
-        }
         let lazy = is_lazy(&batch);
-        match commit(shared, &batch, lazy, &mut index_changes) {
+        let committed =
+            writable(shared).and_then(|db| commit(shared, &db, &batch, lazy, &mut index_changes));
+        match committed {
             Ok(results) => {
                 unsynced = lazy;
                 lock(&shared.acked).committed();
@@ -108,12 +110,8 @@ pub(super) fn write_loop(shared: &Shared, changes: &std::sync::mpsc::Receiver<Ch
                 }
             }
             Err(e) => {
-                lock(&shared.acked).committed();
-                tracing::error!(
-                    "queue commit failed, refusing further changes: {}",
-                    updraft_core::error::chain(&e)
-                );
-                shared.poisoned.store(true, Ordering::Relaxed);
+                shared.file.failed(&e);
+                lock(&shared.acked).uncommitted();
                 index_changes.clear();
                 for change in batch.drain(..) {
                     let _ = change.reply.send(Err(e.clone()));
@@ -133,12 +131,14 @@ pub(super) fn is_lazy(batch: &[Change]) -> bool {
 }
 
 /// Makes earlier unsynced commits durable with an empty synced one.
-pub(super) fn sync(db: &Database) {
-    let synced = db
-        .begin_write()
-        .map_err(storage)
-        .and_then(|txn| txn.commit().map_err(storage));
+pub(super) fn sync(shared: &Shared) {
+    let synced = writable(shared).and_then(|db| {
+        db.begin_write()
+            .map_err(storage)
+            .and_then(|txn| txn.commit().map_err(storage))
+    });
     if let Err(e) = synced {
+        shared.file.failed(&e);
         tracing::warn!(
             "queue acks not synced (they may be delivered again): {}",
             updraft_core::error::chain(&e)
@@ -151,16 +151,18 @@ pub(super) fn sync(db: &Database) {
 /// must do once it is committed.
 pub(super) fn commit(
     shared: &Shared,
+    db: &Database,
     batch: &[Change],
     lazy: bool,
     index_changes: &mut Vec<IndexChange>,
 ) -> Result<Results, QueueError> {
-    let mut txn = shared.db.begin_write().map_err(storage)?;
+    let mut txn = db.begin_write().map_err(storage)?;
     if lazy {
         txn.set_durability(redb::Durability::None)
             .map_err(storage)?;
     }
     let mut results = Vec::with_capacity(batch.len());
+    let mut outcome_bytes = None;
     {
         let mut messages = txn.open_table(MESSAGES).map_err(storage)?;
         let mut outcomes = txn.open_table(OUTCOMES).map_err(storage)?;
@@ -189,9 +191,7 @@ pub(super) fn commit(
             let total = shared.outcome_bytes.load(Ordering::Relaxed) + added;
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(OUTCOME_BYTES, total).map_err(storage)?;
-            // Only the writer changes it, and the commit is not visible yet
-            // either: a failed commit poisons the store.
-            shared.outcome_bytes.store(total, Ordering::Relaxed);
+            outcome_bytes = Some(total);
         }
         // Removed earlier in this batch: the index does not know yet.
         let mut gone: Vec<u128> = Vec::new();
@@ -335,7 +335,63 @@ pub(super) fn commit(
         }
     }
     txn.commit().map_err(storage)?;
+    if let Some(total) = outcome_bytes {
+        // Only the writer changes it.
+        shared.outcome_bytes.store(total, Ordering::Relaxed);
+    }
     Ok(results)
+}
+
+/// The database to write to. After a failure, once the file is reopened,
+/// the index and the outcome count are brought to what it holds: the
+/// unsynced rounds before the failure are gone from it, so a message acked
+/// in them is there again and is delivered again (at least once), while
+/// acks still waiting in the buffer stay waiting.
+pub(super) fn writable(shared: &Shared) -> Result<Arc<Database>, QueueError> {
+    let writable = shared.file.writable().map_err(QueueError::Storage)?;
+    if writable.reopened {
+        let mended = mend(shared, &writable.db);
+        if let Err(e) = &mended {
+            shared.file.failed(e);
+        }
+        mended?;
+    }
+    Ok(writable.db)
+}
+
+fn mend(shared: &Shared, db: &Database) -> Result<(), QueueError> {
+    let txn = db.begin_read().map_err(storage)?;
+    let meta = txn.open_table(META).map_err(storage)?;
+    let bytes = meta
+        .get(OUTCOME_BYTES)
+        .map_err(storage)?
+        .map_or(0, |v| v.value());
+    shared.outcome_bytes.store(bytes, Ordering::Relaxed);
+    let table = txn.open_table(MESSAGES).map_err(storage)?;
+    let mut index = lock(&shared.index);
+    let acked = lock(&shared.acked);
+    let mut found = 0;
+    for entry in table.iter().map_err(storage)? {
+        let (key, value) = entry.map_err(storage)?;
+        let (owner, name, id) = key.value();
+        if index.messages.contains_key(&id) || acked.outcome(id).is_some() {
+            continue;
+        }
+        let Some((stored, payload)) = Stored::decode(value.value()) else {
+            continue;
+        };
+        index.add(
+            Arc::new(QueueId::new(owner, name)),
+            id,
+            stored,
+            Payload::of(payload),
+        );
+        found += 1;
+    }
+    if found > 0 {
+        tracing::info!("{found} queue messages acked before the failure will be delivered again");
+    }
+    Ok(())
 }
 
 pub(super) type KeysTable<'t> = Table<'t, (&'static str, &'static str, &'static str), (u128, u64)>;

@@ -1,0 +1,284 @@
+//! A full disk, for real: the data dir on a small tmpfs, filled to the
+//! last byte. Writes are refused with a message saying the disk is full,
+//! reads go on, and once space is freed key-value writes, async
+//! invocations, metering and deploys all work again without a restart;
+//! nothing acknowledged is lost.
+//!
+//! Mounting needs root (CI runs as root); elsewhere the test says it was
+//! skipped, by name.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// The tmpfs: room for the server's files and some data, small enough to
+/// fill in a moment.
+const DISK_MB: u64 = 96;
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let size = format!("size={DISK_MB}m,mode=0700");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the filesystem of `dir` with one file until the disk refuses a
+/// byte; returns the file.
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    for chunk in [1 << 20, 4096, 1] {
+        let bytes = vec![0u8; chunk];
+        while file.write_all(&bytes).is_ok() {}
+    }
+    path
+}
+
+fn manifest(dir: &Path, name: &str, route: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "name = \"{name}\"\nsource = \"{}\"\nroute = \"{route}\"\nkey_value_stores = [\"default\"]\n",
+        guest("counter-rust").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Sends a sync invocation; returns its status and invocation id.
+async fn call(server: &Server, path: &str) -> (u16, String) {
+    let response = client().get(server.url(path)).send().await.unwrap();
+    let id = response
+        .headers()
+        .get("updraft-invocation-id")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (response.status().as_u16(), id)
+}
+
+async fn usage_ids(server: &Server) -> BTreeSet<String> {
+    let text = server
+        .api()
+        .get(server.url("/v1/usage/records"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|r| r["invocation_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_and_everything_recovers_without_a_restart() {
+    full_disk(
+        "a_full_disk_refuses_writes_and_everything_recovers_without_a_restart",
+        "disk",
+    )
+    .await;
+}
+
+/// The same with key-value writes acknowledged after a journal write: the
+/// ones in memory when the disk filled are committed once it has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_loses_no_key_value_write_acknowledged_at_process_durability() {
+    full_disk(
+        "a_full_disk_loses_no_key_value_write_acknowledged_at_process_durability",
+        "process",
+    )
+    .await;
+}
+
+async fn full_disk(test: &str, durability: &str) {
+    if cluster_mode() {
+        eprintln!("skipped: {test}: the disk filled is the embedded backends' own");
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(&scratch.path().join("disk")) else {
+        eprintln!("skipped: {test} (mounting a tmpfs needs root)");
+        return;
+    };
+    let data = disk.0.join("data");
+    let manifests = scratch.path();
+    let config = manifests.join("server.toml");
+    std::fs::write(
+        &config,
+        format!("[kv]\ntype = \"embedded\"\ndurability = \"{durability}\"\n"),
+    )
+    .unwrap();
+    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    server.cli_ok(&[
+        "deploy",
+        manifest(manifests, "counter", "/counter").to_str().unwrap(),
+    ]);
+    let api = server.api();
+    let put = |key: &str, value: Vec<u8>| {
+        api.put(server.url(&format!("/v1/kv/default/{key}")))
+            .body(value)
+            .send()
+    };
+    assert_eq!(put("before", b"kept".to_vec()).await.unwrap().status(), 204);
+    let mut served = BTreeSet::new();
+    let (status, id) = call(&server, "/counter?key=sync").await;
+    assert_eq!(status, 200);
+    served.insert(id);
+
+    // Full: writes are refused, saying so.
+    let filler = fill(&data);
+    let mut refused = None;
+    for i in 0..200 {
+        let r = put(&format!("big{i}"), vec![7; 256 * 1024]).await.unwrap();
+        if r.status() != 204 {
+            refused = Some((r.status().as_u16(), r.text().await.unwrap()));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("the full disk took 50 MiB of key-value writes");
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(error_code(&body), "storage_full", "{body}");
+    assert!(error_message(&body).contains("disk is full"), "{body}");
+    // Later writes too, and async invocations, and deploys.
+    let r = put("during", b"x".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 507, "{}", r.text().await.unwrap());
+    let r = api
+        .post(server.url("/v1/functions/counter/invoke?mode=async"))
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert_eq!(error_code(&body), "storage_full", "{body}");
+    let out = server.cli(&[
+        "deploy",
+        manifest(manifests, "second", "/second").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("disk is full"), "{stderr}");
+    // Reads go on.
+    let r = api
+        .get(server.url("/v1/kv/default/before"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"kept");
+    // A function runs (its increment refused); its usage record waits.
+    let (_, id) = call(&server, "/counter?key=full").await;
+    assert!(!id.is_empty());
+    served.insert(id);
+
+    // Space freed: everything works again, with no restart.
+    std::fs::remove_file(filler).unwrap();
+    wait_until(
+        "key-value writes did not resume",
+        WAIT_MAX,
+        Duration::from_millis(100),
+        || async {
+            let r = put("after", b"back".to_vec()).await.unwrap();
+            match r.status().as_u16() {
+                204 => Ok(()),
+                _ => Err(r.text().await.unwrap()),
+            }
+        },
+    )
+    .await;
+    let r = api
+        .get(server.url("/v1/kv/default/after"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"back");
+    let r = api
+        .post(server.url("/v1/functions/counter/invoke?mode=async"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "async: {}", r.text().await.unwrap());
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let done = server.wait_for_invocation(&id, &["succeeded"]).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    served.insert(id);
+    for _ in 0..3 {
+        let (status, id) = call(&server, "/counter?key=sync").await;
+        assert_eq!(status, 200);
+        served.insert(id);
+    }
+    let hits = api
+        .get(server.url("/v1/kv/default/sync"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(hits.trim(), "4", "every acknowledged increment counted");
+    server.cli_ok(&[
+        "deploy",
+        manifest(manifests, "second", "/second").to_str().unwrap(),
+    ]);
+    let (status, _) = call(&server, "/second?key=s").await;
+    assert_eq!(status, 200);
+    // Metering: every invocation's record, the one made while the disk
+    // was full too, and the sums.
+    wait_until(
+        "usage records missing after the disk was freed",
+        WAIT_MAX,
+        Duration::from_millis(100),
+        || async {
+            let ids = usage_ids(&server).await;
+            match served.is_subset(&ids) {
+                true => Ok(()),
+                false => Err(format!("{:?} not in {ids:?}", served.difference(&ids))),
+            }
+        },
+    )
+    .await;
+    let usage = server.get_json("/v1/usage").await;
+    let counted = usage["total"]["invocations"].as_u64().unwrap();
+    assert!(counted >= served.len() as u64, "{usage}");
+
+    // Durable: after a crash, what was acknowledged is all there.
+    server.kill();
+    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    for (key, value) in [("before", "kept"), ("after", "back"), ("sync", "4")] {
+        let r = server
+            .api()
+            .get(server.url(&format!("/v1/kv/default/{key}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap().trim(), value, "{key}");
+    }
+    drop(server);
+    drop(disk);
+}
