@@ -14,6 +14,7 @@
 #                     portability tests), built from source: ~16 min, once
 #     - S3 tests:     moto's S3-compatible server, in the same venv
 #     - cluster tests: Debian's nats-server (JetStream), started by the tests
+#     - fuzzing:      cargo-fuzz 0.13.2 (the short fuzz runs; docs/fuzzing.md)
 #   bench  (bench/, BENCHMARKS.md): test's, and
 #     - wrk (the load generator) and redis-server (the key-value baseline)
 #   all    (the default): everything above
@@ -31,6 +32,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 case $TARGET_DIR in /*) ;; *) TARGET_DIR=$PWD/$TARGET_DIR ;; esac
 
 WASMTIME_VERSION=48.0.8
+CARGO_FUZZ_VERSION=0.13.2
 COMPONENTIZE_PY_VERSION=0.25.1
 MOTO_VERSION=5.2.1
 NODE_MAJOR_MIN=20
@@ -43,7 +45,7 @@ for arg in "$@"; do
   case $arg in
     up|cluster|test|bench|all) PURPOSE=$arg ;;
     --no-wasmtime) INSTALL_WASMTIME=0 ;;
-    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,6 +57,8 @@ INSTALL_NATS=1
 [ "$PURPOSE" = up ] && INSTALL_NATS=0
 INSTALL_BENCH=1
 case $PURPOSE in up|cluster|test) INSTALL_BENCH=0 ;; esac
+INSTALL_FUZZ=1
+case $PURPOSE in up|cluster) INSTALL_FUZZ=0 ;; esac
 
 step() { printf '==> %s\n' "$*"; }
 skip() { printf '    ok: %s\n' "$*"; }
@@ -196,6 +200,22 @@ else
   cargo=$(command -v cargo || echo /usr/bin/cargo)
   echo "    found: ${have:-none}; running $cargo install wasmtime-cli --version $WASMTIME_VERSION --locked (~16 min, once per machine)"
   "$cargo" install wasmtime-cli --version "$WASMTIME_VERSION" --locked
+fi
+
+# --- cargo-fuzz ----------------------------------------------------------------
+# Builds and runs the fuzz targets under fuzz/ (about a minute to install).
+# They build on the stable toolchain, without a sanitizer.
+
+step "cargo-fuzz $CARGO_FUZZ_VERSION"
+have=$( { "$CARGO_BIN/cargo-fuzz" --version 2>/dev/null || cargo-fuzz --version 2>/dev/null || true; } | awk '{print $2}' | head -n1)
+if [ "$have" = "$CARGO_FUZZ_VERSION" ]; then
+  skip "cargo-fuzz $have"
+elif [ $INSTALL_FUZZ -eq 0 ]; then
+  skip "not needed for '$PURPOSE' (found: ${have:-none})"
+else
+  cargo=$(command -v cargo || echo /usr/bin/cargo)
+  echo "    found: ${have:-none}; running $cargo install cargo-fuzz --version $CARGO_FUZZ_VERSION --locked"
+  "$cargo" install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked
 fi
 
 step "done; build the guests with: cargo xtask guests"

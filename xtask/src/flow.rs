@@ -1,6 +1,7 @@
 //! The README's two commands: `cargo xtask up` (install what is missing,
 //! build the guests, start Updraft and deploy the examples) and `cargo xtask
-//! test` (install, build the guests, then fmt, clippy and every test). CI's
+//! test` (install, build the guests, then fmt, clippy, every test and a
+//! short run of every fuzz target). CI's
 //! `.ci/run` calls `cargo xtask test`, so both paths are the same.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -13,14 +14,14 @@ use anyhow::{Context, Result, bail};
 
 use crate::guests;
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     eprintln!("==> {shown}");
     let status = cmd
@@ -54,6 +55,8 @@ pub fn test(extra: &[String]) -> Result<()> {
     setup("test")?;
     build_guests(false)?;
     run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    // The fuzz targets are a workspace of their own.
+    run(Command::new("cargo").args(["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"]))?;
     run(Command::new("cargo").args([
         "clippy",
         "--workspace",
@@ -74,6 +77,12 @@ pub fn test(extra: &[String]) -> Result<()> {
             cluster.args(["--test", suite]);
         }
         run(cluster.env("UPDRAFT_TEST_CLUSTER", "1"))?;
+        // Every fuzz target for a short, fixed time on its seeds.
+        crate::fuzz::run(
+            crate::fuzz::TARGETS,
+            crate::fuzz::CI_SECONDS,
+            crate::fuzz::Corpus::Fresh,
+        )?;
     }
     Ok(())
 }

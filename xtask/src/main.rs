@@ -5,6 +5,7 @@
 //!   skipping those whose inputs have not changed (see [`guests`]).
 //! - `up` and `test` are the README's two commands (see [`flow`]);
 //!   `cluster` starts NATS and several nodes on this machine.
+//! - `fuzz` runs the fuzz targets under `fuzz/` for longer (see [`fuzz`]).
 //! - `wrap` makes a component of a wasip1 core module, as the platform does
 //!   at deploy (`wasm-tools component new` without the tool).
 //! - `extract-wit` prints the WIT packages a component was built against into
@@ -15,6 +16,7 @@
 //! installed by `scripts/setup.sh`; this crate only drives them.
 
 mod flow;
+mod fuzz;
 mod guests;
 mod wit;
 
@@ -48,8 +50,16 @@ commands:
       Every node serves every function; Ctrl-C stops them all.
   test [ARGS...]
       Install what is missing, build the guests, then cargo fmt --check,
-      clippy -D warnings and cargo test --workspace (ARGS go to cargo test).
-      This is what CI runs.
+      clippy -D warnings and cargo test --workspace (ARGS go to cargo test);
+      without ARGS, also the end-to-end suites in cluster mode and every
+      fuzz target for 20 s on a fresh copy of its seeds. This is what CI runs.
+  fuzz [TARGET] [--seconds N]
+      Build the fuzz targets (cargo fuzz, stable toolchain, no sanitizer)
+      and run TARGET, or each of manifest, router, cloudevents, deploy_wasm,
+      deploy_multipart, kv_journal, queue_codec in turn, for N seconds (300
+      by default) on the corpus kept in fuzz/target/corpus/<target> (seeded
+      from fuzz/corpus/). A crash fails it, naming the input; see
+      docs/fuzzing.md.
   help
       Show this text.
 ";
@@ -102,6 +112,7 @@ fn run() -> Result<()> {
         "up" => flow::up(&rest),
         "test" => flow::test(&rest),
         "cluster" => flow::cluster(&rest),
+        "fuzz" => fuzz::command(&rest),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())

@@ -5,6 +5,7 @@
 //! gateway, the scheduler, the sandbox and the state layer agree on one meaning.
 
 pub mod clock;
+pub mod cloudevent;
 pub mod error;
 pub mod files;
 pub mod log;
@@ -13,6 +14,7 @@ pub mod outbound;
 pub mod tenant;
 pub mod usage;
 pub mod version;
+pub mod wasm;
 
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};
 pub use error::{BoxError, Classify, ErrorKind, Failure};

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use updraft_core::wasm::Shape;
 use updraft_core::{Digest, FunctionKind, Limits};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre, Type};
@@ -277,11 +278,7 @@ impl Sandbox {
 
     /// Only checks that the bytes are Wasm of a shape Updraft runs; cheap.
     pub fn check_bytes(wasm: &[u8]) -> Result<(), PrepareError> {
-        if wasmparser::Parser::is_component(wasm) || wasmparser::Parser::is_core_wasm(wasm) {
-            Ok(())
-        } else {
-            Err(PrepareError::NotWasm)
-        }
+        Ok(updraft_core::wasm::check_bytes(wasm)?)
     }
 
     /// Where the artifact of this Wasm compiled by the main engine, or by
@@ -335,19 +332,10 @@ impl Sandbox {
             }
         }
         let wasm = wasm().map_err(|e| PrepareError::Internal(updraft_core::Failure::msg(e)))?;
-        Self::check_bytes(&wasm)?;
-        let (p3, runnable) = if wasmparser::Parser::is_component(&wasm) {
-            let shape = shape(&wasm)?;
-            (shape.p3, shape.runnable)
-        } else {
-            (false, true)
-        };
-        if !runnable {
-            return Err(PrepareError::UnknownWorld);
-        }
+        // Refuses a wrong binary in milliseconds, before Cranelift.
+        let Shape { component, p3 } = updraft_core::wasm::check(&wasm)?;
         let path = self.artifact_path(digest, p3);
-        let compiled = if wasmparser::Parser::is_core_wasm(&wasm) {
-            check_start(&wasm)?;
+        let compiled = if !component {
             self.engine.precompile_module(&wasm)
         } else if p3 {
             self.p3_engine.precompile_component(&wasm)
@@ -489,86 +477,6 @@ fn argv(spec: &PrepareSpec<'_>) -> Vec<String> {
     std::iter::once(spec.argv0.clone().unwrap_or_else(|| spec.name.to_string()))
         .chain(spec.args.iter().cloned())
         .collect()
-}
-
-/// What a component's interface says, read without compiling it.
-struct Shape {
-    /// It imports or exports a WASI 0.3 interface: it is compiled by, and
-    /// run on, the WASI 0.3 engine.
-    p3: bool,
-    /// It exports a world Updraft runs (`wasi:http` or `wasi:cli/run`), or
-    /// Updraft's handler (whose type is checked once compiled).
-    runnable: bool,
-}
-
-/// Reads a component's imports and exports (its own, not those of the
-/// components nested in it, for `runnable`): milliseconds, where compiling
-/// a big component takes seconds, so a wrong one is refused first.
-fn shape(wasm: &[u8]) -> Result<Shape, PrepareError> {
-    let mut shape = Shape {
-        p3: false,
-        runnable: false,
-    };
-    let mut depth = 0usize;
-    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-        let payload = payload.map_err(|e| PrepareError::Invalid(e.to_string()))?;
-        let names: Vec<&str> = match payload {
-            wasmparser::Payload::ModuleSection { .. }
-            | wasmparser::Payload::ComponentSection { .. } => {
-                depth += 1;
-                continue;
-            }
-            wasmparser::Payload::End(_) => {
-                depth = depth.saturating_sub(1);
-                continue;
-            }
-            wasmparser::Payload::ComponentImportSection(imports) => {
-                imports.into_iter().flatten().map(|i| i.name.name).collect()
-            }
-            wasmparser::Payload::ComponentExportSection(exports) => {
-                let names: Vec<&str> = exports.into_iter().flatten().map(|e| e.name.name).collect();
-                if depth == 0 {
-                    shape.runnable |= names.iter().any(|name| {
-                        [
-                            "wasi:http/incoming-handler@0.2",
-                            "wasi:http/handler@0.3",
-                            "wasi:cli/run@0.2",
-                            "wasi:cli/run@0.3",
-                            HANDLER_EXPORT,
-                        ]
-                        .iter()
-                        .any(|world| name.starts_with(world))
-                    });
-                }
-                names
-            }
-            _ => continue,
-        };
-        shape.p3 |= names
-            .iter()
-            .any(|name| name.starts_with("wasi:") && name.contains("@0.3"));
-    }
-    Ok(shape)
-}
-
-/// Checks that a core module is a command: it exports `_start`.
-fn check_start(wasm: &[u8]) -> Result<(), PrepareError> {
-    let mut has_start = false;
-    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
-        match payload {
-            Ok(wasmparser::Payload::ExportSection(exports)) => {
-                for export in exports.into_iter().flatten() {
-                    has_start |= export.name == "_start";
-                }
-            }
-            Ok(_) => {}
-            Err(e) => return Err(PrepareError::Invalid(e.to_string())),
-        }
-    }
-    match has_start {
-        true => Ok(()),
-        false => Err(PrepareError::NoStart),
-    }
 }
 
 /// What a guest may import, for link errors.

@@ -32,7 +32,7 @@ pub(crate) use bindings::exports::updraft::platform::handler::{
 };
 
 /// Name prefix of the export that makes a function callable directly.
-pub(crate) const HANDLER_EXPORT: &str = "updraft:platform/handler@0.1";
+pub(crate) use updraft_core::wasm::HANDLER_EXPORT;
 
 /// Longest chain of calls: the first caller and 15 callees below it.
 pub const CALL_DEPTH_MAX: usize = 16;

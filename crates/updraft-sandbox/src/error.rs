@@ -55,6 +55,20 @@ pub enum PrepareError {
     },
 }
 
+impl From<updraft_core::wasm::WasmError> for PrepareError {
+    fn from(e: updraft_core::wasm::WasmError) -> PrepareError {
+        use updraft_core::wasm::WasmError;
+        match e {
+            WasmError::NotWasm => PrepareError::NotWasm,
+            WasmError::Invalid(reason) => PrepareError::Invalid(reason),
+            WasmError::UnknownWorld => PrepareError::UnknownWorld,
+            WasmError::NoStart => PrepareError::NoStart,
+            // A reason added later is still the binary's fault.
+            other => PrepareError::Invalid(other.to_string()),
+        }
+    }
+}
+
 /// Why an invocation failed. The gateway maps each to a status.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]

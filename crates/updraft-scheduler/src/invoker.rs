@@ -591,7 +591,7 @@ fn http_request(input: Input, id: &str) -> Result<http::Request<RequestBody>, Pl
                 StoredEvent::Parsed(event) => event,
                 StoredEvent::Json(json) => Event::from_structured(&json)?,
             };
-            event.binary_request(id, enqueued_ms).into_http()
+            crate::events::binary_request(&event, id, enqueued_ms).into_http()
         }
     }
 }

@@ -54,9 +54,9 @@ pub(crate) fn dead_letter_queue(tenant: &str, name: &str) -> QueueId {
 
 /// The first byte of a queued payload: what follows.
 pub(crate) const REQUEST_TAG: u8 = 1;
-pub(crate) const EVENT_TAG: u8 = 2;
-/// A structured CloudEvent, as [`crate::Outgoing::Json`] holds it.
-pub(crate) const JSON_EVENT_TAG: u8 = 3;
+/// An [`Event`] and a structured CloudEvent, as [`crate::Outgoing::Json`]
+/// holds it, laid out by [`updraft_core::cloudevent`].
+pub(crate) use super::cloudevent::{EVENT_TAG, JSON_EVENT_TAG};
 
 /// Where a dispatcher leases its work.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -42,6 +42,7 @@ pub use async_invoke::{
     InvocationStatus, RESULT_BYTES_MAX,
 };
 use async_invoke::{Source, function_queue};
+pub(crate) use cloudevent::binary_request;
 pub use cloudevent::{BATCH_BYTES_MAX, BATCH_EVENTS_MAX, Event, Outgoing};
 pub(crate) use kv_triggers::{WatchedKv, Watchers};
 

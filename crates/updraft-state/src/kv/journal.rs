@@ -141,7 +141,12 @@ fn put_str(buf: &mut Vec<u8>, s: &str) -> io::Result<()> {
     Ok(())
 }
 
-fn encode(store: &StoreId, key: &str, value: Option<&[u8]>, buf: &mut Vec<u8>) -> io::Result<()> {
+pub(super) fn encode(
+    store: &StoreId,
+    key: &str,
+    value: Option<&[u8]>,
+    buf: &mut Vec<u8>,
+) -> io::Result<()> {
     let start = buf.len();
     buf.extend_from_slice(&[0; 4]);
     put_str(buf, &store.owner)?;
@@ -163,8 +168,9 @@ fn encode(store: &StoreId, key: &str, value: Option<&[u8]>, buf: &mut Vec<u8>) -
     Ok(())
 }
 
-/// Reads records until the bytes run out or stop making sense (a torn tail).
-fn decode(mut bytes: &[u8]) -> Vec<Record> {
+/// Reads records until the bytes run out or stop making sense (a torn
+/// tail): what it returns, encoded again, is a prefix of `bytes`.
+pub(super) fn decode(mut bytes: &[u8]) -> Vec<Record> {
     let mut records = Vec::new();
     while let Some((payload, rest)) = take_len::<4>(bytes) {
         bytes = rest;
@@ -185,14 +191,19 @@ fn take_len<const N: usize>(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     (rest.len() >= len).then(|| rest.split_at(len))
 }
 
+/// One record's payload; `None` unless it is exactly one record (bytes
+/// left over mean the length or the fields are corrupt, as a torn tail is).
 fn decode_one(payload: &[u8]) -> Option<Record> {
     let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).ok();
     let (owner, rest) = take_len::<2>(payload)?;
     let (name, rest) = take_len::<2>(rest)?;
     let (key, rest) = take_len::<2>(rest)?;
     let value = match rest.split_first()? {
-        (1, rest) => Some(take_len::<4>(rest)?.0.to_vec()),
-        (0, _) => None,
+        (1, rest) => match take_len::<4>(rest)? {
+            (value, []) => Some(value.to_vec()),
+            _ => return None,
+        },
+        (0, []) => None,
         _ => return None,
     };
     Some(Record {
@@ -249,6 +260,17 @@ mod tests {
             recover(dir.path()).unwrap()[1..],
             [one.clone(), gone.clone()]
         );
+
+        // A record whose length covers more than its fields is corrupt:
+        // replay stops there, as at a torn tail (found by fuzz/kv_journal).
+        let mut padded = Vec::new();
+        encode(&acme, "a/1", Some(b"one"), &mut padded).unwrap();
+        encode(&acme, "a/2", None, &mut padded).unwrap();
+        let third = padded.len();
+        encode(&acme, "a/3", None, &mut padded).unwrap();
+        padded.push(0);
+        padded[third] += 1;
+        assert_eq!(decode(&padded), [one.clone(), record(&acme, "a/2", None)]);
 
         remove_all(dir.path()).unwrap();
         assert!(recover(dir.path()).unwrap().is_empty());

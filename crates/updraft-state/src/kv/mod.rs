@@ -13,6 +13,67 @@ pub(crate) mod model;
 pub mod nats;
 mod replica;
 
+/// The `process` journal's codec, writer and replay, reachable by the fuzz
+/// target `kv_journal` (cargo feature `fuzzing`); not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::io;
+    use std::path::Path;
+
+    use super::StoreId;
+    use super::journal::{self, Journal};
+
+    /// A journal record: owner, store, key, and the value (`None`: deleted).
+    pub type Record = (String, String, String, Option<Vec<u8>>);
+
+    fn flat(record: journal::Record) -> Record {
+        (
+            record.store.owner,
+            record.store.name,
+            record.key,
+            record.value,
+        )
+    }
+
+    /// The records `bytes` hold, as replay reads one journal file.
+    pub fn decode(bytes: &[u8]) -> Vec<Record> {
+        journal::decode(bytes).into_iter().map(flat).collect()
+    }
+
+    /// `records` as one journal file holds them.
+    pub fn encode(records: &[Record]) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        for (owner, name, key, value) in records {
+            journal::encode(&StoreId::new(owner, name), key, value.as_deref(), &mut buf)?;
+        }
+        Ok(buf)
+    }
+
+    /// Writes `files` with the running journal (appends, then a rotation
+    /// after each file): `kv.journal.0`, `.1`, … in `dir`.
+    pub fn write(dir: &Path, files: &[Vec<Record>]) -> io::Result<()> {
+        let mut journal = Journal::start(dir)?;
+        for (i, records) in files.iter().enumerate() {
+            if i > 0 {
+                journal.rotate()?;
+            }
+            for (owner, name, key, value) in records {
+                journal.append(
+                    &StoreId::new(owner, name),
+                    [(key.as_str(), value.as_deref())],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What start-up replays from the journal files in `dir`.
+    pub fn recover(dir: &Path) -> io::Result<Vec<Record>> {
+        Ok(journal::recover(dir)?.into_iter().map(flat).collect())
+    }
+}
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;

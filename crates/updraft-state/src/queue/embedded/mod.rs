@@ -47,6 +47,58 @@ use index::*;
 use sweep::*;
 use writer::*;
 
+/// The stored forms of a message and of an outcome, reachable by the fuzz
+/// target `queue_codec` (cargo feature `fuzzing`); not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::codec::{self, Stored};
+
+    /// A message's header: attempts, enqueued ms, visible ms, last error.
+    pub type Header = (u32, u64, u64, Option<String>);
+
+    /// A message as `queues.redb` stores it.
+    pub fn encode(header: &Header, payload: &[u8]) -> Vec<u8> {
+        let (attempts, enqueued_ms, visible_ms, last_error) = header.clone();
+        Stored {
+            attempts,
+            enqueued_ms,
+            visible_ms,
+            last_error,
+        }
+        .encode(payload)
+    }
+
+    /// The header and payload of a stored message.
+    pub fn decode(bytes: &[u8]) -> Option<(Header, &[u8])> {
+        let (stored, payload) = Stored::decode(bytes)?;
+        let header = (
+            stored.attempts,
+            stored.enqueued_ms,
+            stored.visible_ms,
+            stored.last_error,
+        );
+        Some((header, payload))
+    }
+
+    /// An outcome as stored for `owner`.
+    pub fn encode_outcome(owner: &str, outcome: &[u8]) -> Vec<u8> {
+        codec::encode_outcome(owner, outcome)
+    }
+
+    /// The outcome `owner` may see in a stored one.
+    pub fn owned_outcome(value: &[u8], owner: &str) -> Option<Vec<u8>> {
+        match codec::owned_outcome(value, owner)? {
+            super::MessageState::Done { outcome } => Some(outcome),
+            _ => None,
+        }
+    }
+
+    /// The longest last error kept; a longer one is cut to this (at a
+    /// character boundary).
+    pub const ERROR_BYTES_MAX: usize = codec::ERROR_BYTES_MAX;
+}
+
 /// (owner, queue, id) → [`Stored`] header and payload.
 const MESSAGES: TableDefinition<(&str, &str, u128), &[u8]> = TableDefinition::new("messages");
 /// id → owner (`u16` length + bytes) and the consumer's outcome.
@@ -469,11 +521,7 @@ impl QueueStore for EmbeddedQueues {
             // lease: the writer reopens the file once the disk mends.
             return Err(QueueError::Storage(self.shared.file.refused()));
         }
-        let owner = queue.owner.as_bytes();
-        let mut value = Vec::with_capacity(2 + owner.len() + outcome.len());
-        value.extend_from_slice(&(owner.len() as u16).to_le_bytes());
-        value.extend_from_slice(owner);
-        value.extend_from_slice(&outcome);
+        let value = encode_outcome(&queue.owner, &outcome);
         let first = {
             let mut index = lock(&self.shared.index);
             index.leased(queue, id.as_u128())?;
