@@ -212,9 +212,9 @@ pub(crate) async fn publish(
     })
     .await?;
     let events = match content_type.as_deref() {
-        _ if batch => Outgoing::batch(&body)?,
+        _ if batch => Outgoing::batch(&body).map_err(PlatformError::from)?,
         Some(t) if t.starts_with("application/cloudevents+json") => {
-            vec![Outgoing::structured(&body)?]
+            vec![Outgoing::structured(&body).map_err(PlatformError::from)?]
         }
         _ => {
             vec![Event::from_data(format!("/{}/{name}", caller.tenant), content_type, body).into()]
