@@ -690,6 +690,15 @@ impl Functions {
             .map(|(_, loaded)| loaded.clone())
     }
 
+    /// Whether any function of `tenant` has a route: a host naming a
+    /// tenant without one is answered as unknown.
+    pub fn has_routes(&self, tenant: &str) -> bool {
+        self.table()
+            .routes
+            .iter()
+            .any(|(_, loaded)| &*loaded.tenant == tenant)
+    }
+
     /// Functions compiled by this process (the rest came from the cache).
     pub fn compiles(&self) -> u64 {
         self.sandbox.compiles()
