@@ -16,6 +16,7 @@ mod kv;
 mod queues;
 mod secrets;
 mod server;
+mod upload;
 mod usage;
 
 use std::future::Future;
@@ -36,7 +37,8 @@ pub use server::{
 };
 
 /// Largest upload accepted by deploy (the Wasm plus the manifest). Python and
-/// JavaScript components are 13–20 MB; leave room for bigger runtimes.
+/// JavaScript components are 13–20 MB; leave room for bigger runtimes. The
+/// Wasm is spooled to disk as it arrives, so this bounds disk, not memory.
 pub const DEPLOY_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// How the gateway serves: the listener's limits and how function routes
