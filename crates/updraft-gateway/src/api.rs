@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use updraft_core::{LogEntry, Manifest};
 use updraft_scheduler::{Caller, Loaded, Platform, PlatformError};
 
+use crate::DEPLOY_BYTES_MAX;
 use crate::error::{ApiError, Query};
+use crate::upload;
 
 type Shared = State<Arc<Platform>>;
 
@@ -218,17 +220,29 @@ pub(crate) async fn deploy(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let (mut manifest, wasm, files) = if is_multipart {
-        read_multipart(request).await?
+    let uploads = platform.uploads_dir();
+    // The spooled Wasm's file is removed when this handler returns,
+    // whatever the outcome (a mapping of it may outlive the name).
+    let (mut manifest, (spooled, len), files) = if is_multipart {
+        read_multipart(request, uploads).await?
     } else {
-        let wasm = Bytes::from_request(request, &())
-            .await
-            .map_err(|e| ApiError::new(e.status(), "bad_body", e.body_text()))?;
+        // Checked before the upload, not after 200 MB of it.
         let kind = query.kind.as_deref().map(str::parse).transpose().map_err(
             |e: updraft_core::ManifestError| {
                 ApiError::bad_request("invalid_manifest", e.to_string())
             },
         )?;
+        if let Some(len) = content_length(&request)
+            && len > DEPLOY_BYTES_MAX as u64
+        {
+            // Refused before a byte is read.
+            return Err(upload::too_large(DEPLOY_BYTES_MAX));
+        }
+        let body = upload::body_chunks(request.into_body());
+        let (file, len) = upload::spool(uploads, body, DEPLOY_BYTES_MAX, |e| {
+            PlatformError::BodyRead(e.into()).into()
+        })
+        .await?;
         let manifest = Manifest {
             route: query.route,
             kind,
@@ -239,7 +253,11 @@ pub(crate) async fn deploy(
                 .unwrap_or_default(),
             ..Manifest::default()
         };
-        (manifest, wasm, None)
+        (manifest, (Some(file), len), None)
+    };
+    let wasm = match &spooled {
+        Some(file) => upload::map(file, len)?,
+        None => Bytes::new(),
     };
     if manifest.name.is_empty() {
         manifest.name = name.clone();
@@ -268,33 +286,65 @@ pub(crate) async fn deploy(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// The parts of a deploy: the manifest, the Wasm, and the files bundle.
-async fn read_multipart(request: Request) -> Result<(Manifest, Bytes, Option<Bytes>), ApiError> {
+/// Largest manifest part: room for 256 variables of 16 KiB each, the
+/// manifest's own limits, and the rest of its keys.
+const MANIFEST_BYTES_MAX: usize = 8 << 20;
+
+/// The request's `Content-Length`, when it sends one.
+fn content_length(request: &Request) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// A multipart error: over the deploy limit (axum counts the whole body
+/// against it), or a malformed or broken body.
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        upload::too_large(DEPLOY_BYTES_MAX)
+    } else {
+        ApiError::new(e.status(), "bad_multipart", e.body_text())
+    }
+}
+
+/// A spooled upload and its length (`None`: no Wasm was sent).
+type Spooled = (Option<tempfile::NamedTempFile>, u64);
+
+/// The parts of a deploy: the manifest, the Wasm (spooled to a temp file
+/// in `uploads`, never whole in memory), and the files bundle.
+async fn read_multipart(
+    request: Request,
+    uploads: &std::path::Path,
+) -> Result<(Manifest, Spooled, Option<Bytes>), ApiError> {
     let mut multipart = Multipart::from_request(request, &())
         .await
         .map_err(|e| ApiError::bad_request("bad_multipart", e.body_text()))?;
     let mut manifest = None;
-    let mut wasm = None;
+    let mut wasm = (None, 0);
     let mut files = None;
-    while let Some(field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?
-    {
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         let field_name = field.name().unwrap_or_default().to_string();
-        let bytes = field
-            .bytes()
-            .await
-            .map_err(|e| ApiError::new(e.status(), "bad_multipart", e.body_text()))?;
         match field_name.as_str() {
             "manifest" => {
+                let bytes = read_field(field, MANIFEST_BYTES_MAX, "manifest").await?;
                 let text = std::str::from_utf8(&bytes).map_err(|_| {
                     ApiError::bad_request("invalid_manifest", "the manifest must be UTF-8 TOML")
                 })?;
                 manifest = Some(Manifest::from_toml(text).map_err(PlatformError::from)?);
             }
-            "wasm" => wasm = Some(bytes),
-            "files" => files = Some(bytes),
+            "wasm" => {
+                let (file, len) =
+                    upload::spool(uploads, field, DEPLOY_BYTES_MAX, multipart_error).await?;
+                wasm = (Some(file), len);
+            }
+            "files" => {
+                let limit = updraft_core::files::BUNDLE_BYTES_MAX as usize;
+                files = Some(read_field(field, limit, "files bundle").await?);
+            }
             other => {
                 return Err(ApiError::bad_request(
                     "bad_multipart",
@@ -305,11 +355,27 @@ async fn read_multipart(request: Request) -> Result<(Manifest, Bytes, Option<Byt
             }
         }
     }
-    Ok((
-        manifest.unwrap_or_default(),
-        wasm.unwrap_or_default(),
-        files,
-    ))
+    Ok((manifest.unwrap_or_default(), wasm, files))
+}
+
+/// A small part, whole, refused as soon as it passes `limit`.
+async fn read_field(
+    mut field: axum::extract::multipart::Field<'_>,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, ApiError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if bytes.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the {what} is over {} MiB: make it smaller", limit >> 20),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(bytes))
 }
 
 #[derive(Deserialize)]

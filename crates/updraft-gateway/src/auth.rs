@@ -46,15 +46,17 @@ pub(crate) fn caller(platform: &Platform, headers: &HeaderMap) -> Result<Caller,
 
 /// Whether the request carries what looks like an Updraft API key (valid
 /// or not): such a header is the platform's, never a function's to read.
+/// Read as bytes and split at any blank, so a mistyped header (a tab, a
+/// stray non-ASCII byte, `bearer`) that the API would refuse still counts.
 pub(crate) fn carries_api_key(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::AUTHORIZATION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .filter_map(|value| value.split_once(' '))
-        .any(|(scheme, token)| {
-            scheme.eq_ignore_ascii_case("bearer") && token.trim_start().starts_with("upd_")
-        })
+    headers.get_all(header::AUTHORIZATION).iter().any(|value| {
+        let value = value.as_bytes().trim_ascii();
+        let Some(blank) = value.iter().position(|b| b.is_ascii_whitespace()) else {
+            return false;
+        };
+        let (scheme, token) = value.split_at(blank);
+        scheme.eq_ignore_ascii_case(b"bearer") && token.trim_ascii_start().starts_with(b"upd_")
+    })
 }
 
 fn unauthorized(code: &'static str, message: &str) -> ApiError {
@@ -174,4 +176,42 @@ pub(crate) async fn revoke(
 
 fn admin_only(what: &str) -> ApiError {
     PlatformError::Forbidden(format!("only an admin key may {what}")).into()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn an_updraft_key_is_recognised_however_it_is_sent() {
+        let carries = |value: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.append(
+                header::AUTHORIZATION,
+                HeaderValue::from_static("Basic eDp5"),
+            );
+            headers.append(
+                header::AUTHORIZATION,
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+            carries_api_key(&headers)
+        };
+        for sent in [
+            &b"Bearer upd_0123456789ab_secret"[..],
+            b"bearer   upd_x",
+            b"BEARER\tupd_x",
+            b" Bearer upd_x\xff",
+        ] {
+            assert!(carries(sent), "{}", String::from_utf8_lossy(sent));
+        }
+        for sent in [
+            &b"Bearer the-functions-own"[..],
+            b"Basic upd_x",
+            b"Bearerupd_x",
+        ] {
+            assert!(!carries(sent), "{}", String::from_utf8_lossy(sent));
+        }
+    }
 }

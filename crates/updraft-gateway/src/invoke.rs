@@ -1,5 +1,5 @@
-//! Invocations over HTTP: a function's public route, and
-//! `POST /v1/functions/{name}/invoke`.
+//! Invocations over HTTP: a function's public route (by path, or by host
+//! with [`crate::host`]), and `POST /v1/functions/{name}/invoke`.
 
 use std::sync::Arc;
 
@@ -17,26 +17,40 @@ use updraft_scheduler::{
 
 use crate::auth::{caller, carries_api_key};
 use crate::error::{ApiError, invocation_error, read_body};
+use crate::host::{BaseDomain, HostKind, host_only_cookies, request_host};
 
 /// Response header carrying the invocation id (also in the logs).
 pub const INVOCATION_ID_HEADER: &str = "updraft-invocation-id";
 
 /// Any path that is not the API: the function whose route matches serves it.
-/// Routes of the `local` tenant are at the root; another tenant's are under
-/// `/~tenant/`, which the function does not see in its request.
+/// On a tenant's host (`<tenant>.<base_domain>`) the path is the tenant's
+/// as it came; elsewhere routes of the `local` tenant are at the root and
+/// another tenant's are under `/~tenant/`, which the function does not see
+/// in its request.
 pub(crate) async fn invoke_route(
     State(platform): State<Arc<Platform>>,
+    base_domain: Arc<Option<BaseDomain>>,
     mut request: Request,
 ) -> Response {
     let full = request.uri().path().to_string();
-    let (tenant, path) = tenant_of(&full);
+    let host = (*base_domain).as_ref().and_then(|base| {
+        let host = request_host(request.uri(), request.headers())?;
+        match base.classify(host) {
+            HostKind::Tenant(label) => Some((label.to_ascii_lowercase(), base)),
+            HostKind::Base | HostKind::Other => None,
+        }
+    });
+    let (tenant, path) = match &host {
+        Some((tenant, _)) => (tenant.as_str(), full.as_str()),
+        None => tenant_of(&full),
+    };
     let Some(loaded) = platform.functions().route(tenant, path) else {
-        return ApiError::new(
-            StatusCode::NOT_FOUND,
-            "route_not_found",
-            format!("no function serves {full}: deploy one with `route = \"{path}\"` in its updraft.toml, or see `updraft ls`"),
-        )
-        .into_response();
+        return route_not_found(
+            &platform,
+            host.as_ref().map(|(t, b)| (t.as_str(), *b)),
+            &full,
+            path,
+        );
     };
     if loaded.version.manifest.auth == RouteAuth::Key {
         match caller(&platform, request.headers()) {
@@ -51,9 +65,10 @@ pub(crate) async fn invoke_route(
             Err(e) => return e.into_response(),
         }
     }
-    // A public route never passes on an Updraft key: a browser or client
-    // that sends one to every path would hand it to another tenant's code.
-    // Other credentials (a function's own tokens) pass as they came.
+    // A public route never passes on an Updraft key, in either routing
+    // mode: a browser or client that sends one to every path would hand it
+    // to another tenant's code. Other credentials (a function's own tokens)
+    // pass as they came.
     if carries_api_key(request.headers()) {
         request.headers_mut().remove(header::AUTHORIZATION);
     }
@@ -70,7 +85,37 @@ pub(crate) async fn invoke_route(
             }
         }
     }
-    invoke(platform, loaded, request, Trigger::Http).await
+    let mut response = invoke(platform, loaded, request, Trigger::Http).await;
+    if host.is_some() {
+        host_only_cookies(response.headers_mut());
+    }
+    response
+}
+
+/// 404 for a path no route matches; on a tenant's host, saying whether the
+/// tenant serves anything at all (a mistyped host is the likelier slip).
+fn route_not_found(
+    platform: &Platform,
+    host: Option<(&str, &BaseDomain)>,
+    full: &str,
+    path: &str,
+) -> Response {
+    let message = match host {
+        Some((tenant, base)) if !platform.functions().has_routes(tenant) => format!(
+            "no tenant {tenant:?} serves functions at {tenant}.{base}: check the host name \
+             (the part before .{base} names a tenant), or deploy a function with a route \
+             using a key of that tenant"
+        ),
+        Some((tenant, base)) => format!(
+            "no function of tenant {tenant:?} serves {path} at {tenant}.{base}: deploy one \
+             with `route = \"{path}\"` in its updraft.toml, or see `updraft ls`"
+        ),
+        None => format!(
+            "no function serves {full}: deploy one with `route = \"{path}\"` in its \
+             updraft.toml, or see `updraft ls`"
+        ),
+    };
+    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", message).into_response()
 }
 
 /// `(tenant, path)` of a request path: `/~acme/x` is tenant acme's `/x`.

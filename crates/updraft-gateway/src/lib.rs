@@ -1,6 +1,7 @@
 //! The HTTP face of Updraft: the management API under `/v1` (every call
 //! with a tenant's API key, see [`auth`]), `/healthz`, and every function's
-//! route (`/~tenant/...` for tenants other than `local`).
+//! route: `/~tenant/...` for tenants other than `local`, or, with a base
+//! domain, `<tenant>.<base_domain>/...` ([`host`]).
 //!
 //! The gateway only translates HTTP to platform calls and platform errors to
 //! HTTP (in [`error`], in one place); what runs and where is the scheduler's job.
@@ -9,35 +10,56 @@ mod api;
 mod auth;
 mod blobs;
 mod error;
+mod host;
 mod invoke;
 mod kv;
 mod queues;
 mod secrets;
 mod server;
+mod upload;
 mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::middleware;
 use axum::routing::{delete, get, post, put};
 use tokio::net::TcpListener;
 use updraft_scheduler::Platform;
 
 pub use error::ApiError;
+pub use host::{BASE_DOMAIN_LEN_MAX, BaseDomain, BaseDomainError};
 pub use server::{
     CONNECTIONS_MAX_DEFAULT, CONNECTIONS_PER_CLIENT_MAX_DEFAULT, HEADER_READ_TIMEOUT_DEFAULT,
     ServeLimits,
 };
 
 /// Largest upload accepted by deploy (the Wasm plus the manifest). Python and
-/// JavaScript components are 13–20 MB; leave room for bigger runtimes.
+/// JavaScript components are 13–20 MB; leave room for bigger runtimes. The
+/// Wasm is spooled to disk as it arrives, so this bounds disk, not memory.
 pub const DEPLOY_BYTES_MAX: usize = 256 * 1024 * 1024;
 
-/// The whole router: API, health, and the function routes as the fallback.
+/// How the gateway serves: the listener's limits and how function routes
+/// are found (`[http]` in the server config).
+#[derive(Debug, Clone, Default)]
+pub struct GatewayConfig {
+    pub limits: ServeLimits,
+    /// Requests for `<tenant>.<base_domain>` go to that tenant's routes by
+    /// their plain path; without it, and on other hosts, `/~tenant/...`.
+    pub base_domain: Option<BaseDomain>,
+}
+
+/// The whole router with path routing only (`/~tenant/...`).
 pub fn router(platform: Arc<Platform>) -> Router {
+    router_with(platform, None)
+}
+
+/// The whole router: API, health, and the function routes as the fallback,
+/// found by host under `base_domain` when one is given.
+pub fn router_with(platform: Arc<Platform>, base_domain: Option<BaseDomain>) -> Router {
+    let hosts = Arc::new(base_domain);
     let api = Router::new()
         .route("/functions", get(api::list))
         .route(
@@ -107,20 +129,25 @@ pub fn router(platform: Arc<Platform>) -> Router {
     Router::new()
         .route("/healthz", get(api::health))
         .nest("/v1", api)
-        .fallback(invoke::invoke_route)
+        .fallback(
+            move |state: State<Arc<Platform>>, request: axum::extract::Request| {
+                invoke::invoke_route(state, hosts.clone(), request)
+            },
+        )
         .layer(DefaultBodyLimit::disable())
         .with_state(platform)
 }
 
 /// Serves until `shutdown` resolves, then lets in-flight requests finish,
-/// within `limits` ([`ServeLimits`]).
+/// within `config.limits` ([`ServeLimits`]).
 pub async fn serve(
     listener: TcpListener,
     platform: Arc<Platform>,
-    limits: ServeLimits,
+    config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    server::serve(listener, router(platform.clone()), limits, shutdown).await;
+    let router = router_with(platform.clone(), config.base_domain);
+    server::serve(listener, router, config.limits, shutdown).await;
     platform.shutdown().await;
     Ok(())
 }

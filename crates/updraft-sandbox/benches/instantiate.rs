@@ -29,7 +29,7 @@ fn guest(name: &str) -> Vec<u8> {
 
 fn prepare(sandbox: &Sandbox, name: &str) -> Arc<Prepared> {
     let wasm = guest(name);
-    let source = || Ok(wasm.clone());
+    let source = || Ok(bytes::Bytes::from(wasm.clone()));
     Arc::new(
         sandbox
             .prepare(PrepareSpec {

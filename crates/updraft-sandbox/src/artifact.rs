@@ -125,7 +125,10 @@ impl Prepared {
 
 /// Reads a version's Wasm; called only when there is no usable compiled
 /// artifact, so loading from the cache never touches the (maybe large) Wasm.
-pub type WasmSource<'a> = &'a (dyn Fn() -> Result<Vec<u8>, String> + Sync);
+/// `Bytes`, not a copy: a fresh upload is a mapping of its spooled file, and
+/// the compiler reads only the pages it needs (a custom section it skips is
+/// never read into memory).
+pub type WasmSource<'a> = &'a (dyn Fn() -> Result<bytes::Bytes, String> + Sync);
 
 /// What [`Sandbox::prepare`] needs to know about the version.
 pub struct PrepareSpec<'a> {
@@ -520,7 +523,7 @@ mod tests {
                  (export "updraft:platform/handler@0.1.0" (instance $h)))"#,
         )
         .unwrap();
-        let source = || Ok(wasm.clone());
+        let source = || Ok(bytes::Bytes::from(wasm.clone()));
         let error = sandbox
             .prepare(PrepareSpec {
                 name: "odd",

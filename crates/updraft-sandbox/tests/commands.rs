@@ -48,7 +48,7 @@ impl Fixture {
     }
 
     fn prepare(&self, wasm: Vec<u8>, limits: Limits) -> Result<Prepared, PrepareError> {
-        let source = || Ok(wasm.clone());
+        let source = || Ok(bytes::Bytes::from(wasm.clone()));
         self.sandbox.prepare(PrepareSpec {
             name: "t",
             wasm: &source,

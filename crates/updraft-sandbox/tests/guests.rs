@@ -115,7 +115,7 @@ impl Fixture {
     fn prepare(&self, guest_name: &str, manifest: &str) -> Prepared {
         let manifest = Manifest::from_toml(&format!("name = \"t\"\n{manifest}")).unwrap();
         let wasm = guest(guest_name);
-        let source = || Ok(wasm.clone());
+        let source = || Ok(bytes::Bytes::from(wasm.clone()));
         self.sandbox
             .prepare(PrepareSpec {
                 name: "t",

@@ -356,7 +356,7 @@ impl Functions {
         let grants = Grants::for_function(tenant, &version.manifest, &self.backends);
         let prepared = tokio::task::spawn_blocking(move || {
             let source = || match &wasm {
-                Some(bytes) => Ok(bytes.to_vec()),
+                Some(bytes) => Ok(bytes.clone()),
                 None => Err(format!(
                     "the compiled code of wasm {digest} left the cache while it was loaded; retry"
                 )),
@@ -463,33 +463,38 @@ impl Functions {
         // Checked before the compile (fail fast) and again under the lock.
         let key = function_key(tenant, &manifest.name);
         self.registry.check_route(&key, route.as_ref()).await?;
-        let wasm_digest = Digest::of(&wasm);
-        // Prepare first with the kind the user stated (or none), then record
-        // the detected kind in the version.
-        let probe = VersionRecord {
-            version: 0,
-            digest: wasm_digest,
-            wasm_digest,
-            wasm_bytes: wasm.len() as u64,
-            kind: manifest.kind.unwrap_or(FunctionKind::Http),
-            manifest: manifest.clone(),
-            limits,
-            created_at_ms: 0,
-        };
         if let (Some(digest), Some(bundle)) = (manifest.files_digest, &files) {
             // Stored first: a version never names a bundle that is not there.
             self.registry.store_wasm(&digest, bundle.clone()).await?;
         }
-        let prepared = {
+        let (wasm_digest, prepared) = {
             let _slots = self.compile_slots(tenant).await?;
-            self.prepare_with(
-                tenant,
-                &probe,
-                manifest.kind,
-                Some(wasm.clone()),
-                files.clone(),
-            )
-            .await?
+            // Hashed in the compile slot: a big upload (mapped from its
+            // spooled file, see the gateway) is read into the page cache
+            // one deploy at a time, not all of a burst's at once.
+            let wasm_digest = Digest::of(&wasm);
+            // Prepare first with the kind the user stated (or none), then
+            // record the detected kind in the version.
+            let probe = VersionRecord {
+                version: 0,
+                digest: wasm_digest,
+                wasm_digest,
+                wasm_bytes: wasm.len() as u64,
+                kind: manifest.kind.unwrap_or(FunctionKind::Http),
+                manifest: manifest.clone(),
+                limits,
+                created_at_ms: 0,
+            };
+            let prepared = self
+                .prepare_with(
+                    tenant,
+                    &probe,
+                    manifest.kind,
+                    Some(wasm.clone()),
+                    files.clone(),
+                )
+                .await?;
+            (wasm_digest, prepared)
         };
         let _guard = self.control.lock().await;
         self.registry.check_route(&key, route.as_ref()).await?;
@@ -688,6 +693,15 @@ impl Functions {
             .iter()
             .find(|(route, loaded)| &*loaded.tenant == tenant && route.matches(path))
             .map(|(_, loaded)| loaded.clone())
+    }
+
+    /// Whether any function of `tenant` has a route: a host naming a
+    /// tenant without one is answered as unknown.
+    pub fn has_routes(&self, tenant: &str) -> bool {
+        self.table()
+            .routes
+            .iter()
+            .any(|(_, loaded)| &*loaded.tenant == tenant)
     }
 
     /// Functions compiled by this process (the rest came from the cache).

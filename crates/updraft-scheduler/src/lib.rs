@@ -45,7 +45,9 @@ pub use invoker::{
 };
 pub use logs::Logs;
 pub use operator::{BlobHandle, KvHandle};
-pub use platform::{IDLE_UNLOAD_DEFAULT, Platform, PlatformConfig, STORAGE_SAMPLE_DEFAULT};
+pub use platform::{
+    IDLE_UNLOAD_DEFAULT, Platform, PlatformConfig, STORAGE_SAMPLE_DEFAULT, UPLOADS_SCRATCH_DIR,
+};
 pub use quotas::{QUOTA_MAX, TenantQuota};
 pub use updraft_sandbox::{InvokeError, LoadedFrom, ResponseBody};
 pub use usage::Usage;

@@ -250,7 +250,14 @@ pub struct Platform {
     pub(crate) tenants: Tenants,
     /// The tenants' secrets, sealed.
     secrets: Arc<Secrets>,
+    /// Where deploy uploads are spooled ([`UPLOADS_SCRATCH_DIR`]).
+    uploads_dir: PathBuf,
 }
+
+/// Where, under the data dir, deploy bodies are spooled while they arrive
+/// (by the gateway), so none is held whole in memory; emptied at start, so
+/// an upload a killed server left behind takes no disk.
+pub const UPLOADS_SCRATCH_DIR: &str = "scratch/uploads";
 
 /// Guests' reads of their tenant's secrets. Errors name the secret and
 /// what to do, never a value.
@@ -264,6 +271,15 @@ impl SecretSource for SecretReader {
     ) -> futures::future::BoxFuture<'a, Result<Option<String>, String>> {
         Box::pin(async move { self.0.get(tenant, name).await.map_err(|e| e.to_string()) })
     }
+}
+
+/// Removes what `dir` holds (orphans of a killed server) and makes it anew.
+fn reset_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::create_dir_all(dir)
 }
 
 fn join_error(e: tokio::task::JoinError) -> PlatformError {
@@ -388,6 +404,15 @@ impl Platform {
                 kv_watchers,
             )
         });
+        let uploads_dir = config.data_dir.join(UPLOADS_SCRATCH_DIR);
+        reset_dir(&uploads_dir).map_err(|e| {
+            PlatformError::State(updraft_state::StateError::Storage(
+                updraft_core::Failure::context(
+                    format!("cannot empty the uploads dir {}", uploads_dir.display()),
+                    e,
+                ),
+            ))
+        })?;
         let platform = Arc::new(Platform {
             functions: events.functions().clone(),
             invoker: events.invoker().clone(),
@@ -396,6 +421,7 @@ impl Platform {
             logs,
             tenants,
             secrets,
+            uploads_dir,
         });
         // Watch before listing, so no change falls between the two.
         let changes = platform.functions.registry().changes().await?;
@@ -468,6 +494,12 @@ impl Platform {
     /// Removes `tenant`'s secret `name`.
     pub async fn secret_delete(&self, tenant: &str, name: &str) -> Result<(), PlatformError> {
         Ok(self.secrets.delete(tenant, name).await?)
+    }
+
+    /// Where the gateway spools deploy bodies: private to this process's
+    /// user, emptied at start.
+    pub fn uploads_dir(&self) -> &std::path::Path {
+        &self.uploads_dir
     }
 
     /// This node's name.

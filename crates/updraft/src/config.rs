@@ -13,6 +13,9 @@
 //! [blobs]
 //! type = "local"      # files on this machine; or "s3" with url = "s3://bucket"
 //! dir = "/srv/blobs"  # default: DATA_DIR/blobs
+//!
+//! [http]
+//! base_domain = "functions.example"   # tenant acme at acme.functions.example
 //! ```
 
 use std::path::Path;
@@ -100,6 +103,9 @@ pub struct HttpConfig {
     pub connections_max: usize,
     /// Open connections from one client address.
     pub connections_per_client_max: usize,
+    /// Serve `<tenant>.<base_domain>` as that tenant's origin, by its plain
+    /// path [default: none, only `/~tenant/...` paths].
+    pub base_domain: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -108,17 +114,29 @@ impl Default for HttpConfig {
             header_read_timeout_ms: updraft_gateway::HEADER_READ_TIMEOUT_DEFAULT.as_millis() as u64,
             connections_max: updraft_gateway::CONNECTIONS_MAX_DEFAULT,
             connections_per_client_max: updraft_gateway::CONNECTIONS_PER_CLIENT_MAX_DEFAULT,
+            base_domain: None,
         }
     }
 }
 
 impl HttpConfig {
-    pub fn limits(&self) -> updraft_gateway::ServeLimits {
-        updraft_gateway::ServeLimits {
-            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
-            connections_max: self.connections_max,
-            connections_per_client_max: self.connections_per_client_max,
-        }
+    /// The gateway's settings; fails only on a base domain that is not one
+    /// ([`ServerConfig::load`] has checked it already).
+    pub fn gateway(
+        &self,
+    ) -> Result<updraft_gateway::GatewayConfig, updraft_gateway::BaseDomainError> {
+        let base_domain = match &self.base_domain {
+            Some(name) => Some(updraft_gateway::BaseDomain::parse(name)?),
+            None => None,
+        };
+        Ok(updraft_gateway::GatewayConfig {
+            limits: updraft_gateway::ServeLimits {
+                header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms),
+                connections_max: self.connections_max,
+                connections_per_client_max: self.connections_per_client_max,
+            },
+            base_domain,
+        })
     }
 }
 
@@ -182,6 +200,13 @@ impl ServerConfig {
                 "the server config {} is not valid: [http] connections_max and \
                  connections_per_client_max must be at least 1",
                 path.display()
+            );
+        }
+        if let Err(e) = http.gateway() {
+            anyhow::bail!(
+                "the server config {} is not valid: [http] base_domain = {:?}: {e}",
+                path.display(),
+                http.base_domain.as_deref().unwrap_or_default()
             );
         }
         if let Some(threads) = config.cpu.background_threads

@@ -257,7 +257,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     std::io::stdout().flush()?;
-    updraft_gateway::serve(listener, platform, http.limits(), shutdown).await?;
+    let gateway = http
+        .gateway()
+        .context("the server config's [http] base_domain is not valid")?;
+    updraft_gateway::serve(listener, platform, gateway, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
 }

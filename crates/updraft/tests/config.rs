@@ -54,6 +54,18 @@ fn unknown_backends_and_keys_are_refused_by_name() {
             "budget_mb = 10: give at least 64 (MiB)",
         ),
         ("[memory]\nbudget = 4096\n", "unknown field `budget`"),
+        (
+            "[http]\nbase_domain = \"*.functions.example\"\n",
+            "base_domain = \"*.functions.example\": give the bare domain",
+        ),
+        (
+            "[http]\nbase_domain = \"10.0.0.1\"\n",
+            "base_domain = \"10.0.0.1\": an IP address has no subdomains",
+        ),
+        (
+            "[http]\nbase_domain = \"fn_s.example\"\n",
+            "\"fn_s\" is not a DNS label",
+        ),
     ] {
         let config = dir.path().join("server.toml");
         std::fs::write(&config, text).unwrap();

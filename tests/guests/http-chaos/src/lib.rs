@@ -17,6 +17,7 @@
 //! | `/fetch-bench?to=URL&n=N` | N sequential GETs of URL, each timed; 200 with the N latencies in ns, one a line (500 "E" on the first failure) |
 //! | `/count`        | 200 with how many requests this instance has served (1…)   |
 //! | `/headers`      | 200: the path it saw, then each header as `name: value`    |
+//! | `/cookie?set=C` | 200 with `Set-Cookie: C` (percent-decoded), and the `cookie` header it saw (or "no cookie") |
 //! | anything else   | 200 "chaos ok"                                             |
 //!
 //! `/env` reads `wasi:cli/environment` directly (the proxy adapter has no
@@ -72,6 +73,19 @@ impl wasip2::exports::http::incoming_handler::Guest for Chaos {
                     seen.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(&value)));
                 }
                 respond(response_out, 200, seen.as_bytes())
+            }
+            "cookie" => {
+                let seen = request
+                    .headers()
+                    .get("cookie")
+                    .first()
+                    .map(|c| format!("cookie: {}", String::from_utf8_lossy(c)))
+                    .unwrap_or_else(|| "no cookie".to_string());
+                let headers = Fields::new();
+                if let Some(set) = query_param(query, "set") {
+                    let _ = headers.append("set-cookie", percent_decode(set).as_bytes());
+                }
+                respond_with(response_out, headers, 200, seen.as_bytes())
             }
             "env" => match query_param(query, "key") {
                 None => respond(response_out, 400, b"missing ?key=NAME\n"),
@@ -403,7 +417,11 @@ fn echo(request: IncomingRequest, response_out: ResponseOutparam) {
 
 /// Sends a whole `text/plain` response.
 fn respond(response_out: ResponseOutparam, status: u16, body: &[u8]) {
-    let headers = Fields::new();
+    respond_with(response_out, Fields::new(), status, body)
+}
+
+/// Sends a whole `text/plain` response with `headers` besides.
+fn respond_with(response_out: ResponseOutparam, headers: Fields, status: u16, body: &[u8]) {
     let _ = headers.append("content-type", b"text/plain");
     let response = OutgoingResponse::new(headers);
     let _ = response.set_status_code(status);
