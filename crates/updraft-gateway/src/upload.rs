@@ -90,68 +90,12 @@ pub(crate) fn map(file: &NamedTempFile, len: u64) -> Result<Bytes, ApiError> {
     if len == 0 {
         return Ok(Bytes::new());
     }
-    let map =
-        Mapping::new(file.as_file(), len).map_err(|e| failed("mapping a deploy's temp file", e))?;
+    // SAFETY: a mapping's bytes must not change or vanish (SIGBUS) while
+    // it lives. The file is this process's own temp file in a directory
+    // only its user may write (mode 0700), written completely before it
+    // is mapped and never written or truncated again.
+    #[allow(unsafe_code)]
+    let map = unsafe { memmap2::Mmap::map(file.as_file()) }
+        .map_err(|e| failed("mapping a deploy's temp file", e))?;
     Ok(Bytes::from_owner(map))
-}
-
-/// A read-only, private mapping of a whole file; unmapped when dropped.
-struct Mapping {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-// SAFETY: the mapping is read-only and owned by this value alone; reading
-// it from any thread is as safe as reading a `&[u8]`.
-#[allow(unsafe_code)]
-unsafe impl Send for Mapping {}
-// SAFETY: as above: shared access is only reads.
-#[allow(unsafe_code)]
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    #[allow(unsafe_code)]
-    fn new(file: &std::fs::File, len: u64) -> std::io::Result<Mapping> {
-        use std::os::fd::AsRawFd as _;
-        let len = usize::try_from(len).map_err(std::io::Error::other)?;
-        // SAFETY: a fresh mapping (no address hint) of `len` bytes of an
-        // open file, read-only and private; checked for MAP_FAILED below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Mapping { ptr, len })
-    }
-}
-
-impl AsRef<[u8]> for Mapping {
-    #[allow(unsafe_code)]
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: `ptr` maps `len` readable bytes for as long as `self`
-        // lives. The file is this process's own temp file in a directory
-        // only its user may write (mode 0700), written completely before
-        // it was mapped and never written or truncated again, so the bytes
-        // cannot change or vanish (SIGBUS) under the slice.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    #[allow(unsafe_code)]
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`, once; no slice
-        // of it outlives `self` (`Bytes` drops its owner last).
-        unsafe {
-            libc::munmap(self.ptr, self.len);
-        }
-    }
 }
