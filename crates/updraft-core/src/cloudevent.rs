@@ -157,7 +157,27 @@ impl Event {
                 )));
             }
         }
-        let data = match (attributes.remove("data"), attributes.remove("data_base64")) {
+        let data = attributes.remove("data");
+        let data_base64 = attributes.remove("data_base64");
+        // The JSON event format: attribute values are strings, numbers or
+        // booleans (or null: absent); `time` is an RFC 3339 string.
+        for (name, value) in &attributes {
+            if value.is_object() || value.is_array() {
+                return Err(invalid(format!(
+                    "attribute {name:?} is a JSON {}: CloudEvents attributes are strings, \
+                     numbers or booleans",
+                    if value.is_object() { "object" } else { "array" }
+                )));
+            }
+        }
+        if let Some(time) = attributes.get("time")
+            && !time.is_string()
+        {
+            return Err(invalid(
+                "time must be a string: an RFC 3339 timestamp like \"2026-01-01T00:00:00Z\"",
+            ));
+        }
+        let data = match (data, data_base64) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "the CloudEvent has both data and data_base64: keep one",
@@ -457,6 +477,16 @@ fn checked_json(body: &[u8], time: &str) -> Option<Bytes> {
             return None;
         }
     }
+    // An attribute that is an object or an array, or a `time` that is not
+    // a string: the full parse refuses it (found by fuzz/cloudevents).
+    let structured = |v: &str| v.starts_with(['{', '[']);
+    if entries
+        .iter()
+        .any(|(n, v)| !matches!(*n, "data" | "data_base64") && structured(v.get()))
+        || raw("time").is_some_and(|t| !t.starts_with('"'))
+    {
+        return None;
+    }
     let content_type = raw("datacontenttype");
     let json_type = match content_type {
         None => false,
@@ -583,6 +613,35 @@ mod tests {
             let message = Outgoing::batch(&batch).map(|_| ()).unwrap_err().to_string();
             assert!(message.contains("event 1 of the batch"), "{message}");
             assert!(message.contains(says), "{message} should say {says}");
+        }
+    }
+
+    /// The JSON event format: attributes are strings, numbers or booleans,
+    /// `time` a string. An object `time` was once stored as given and
+    /// delivered as a string (found by fuzz/cloudevents).
+    #[test]
+    fn attributes_that_are_objects_or_arrays_are_refused() {
+        for (body, says) in [
+            (
+                &br#"{"specversion":"1.0","id":"e1","source":"/s","type":"t","time":{"n":1}}"#[..],
+                "\"time\" is a JSON object",
+            ),
+            (
+                br#"{"specversion":"1.0","id":"e1","source":"/s","type":"t","tags":["a"]}"#,
+                "\"tags\" is a JSON array",
+            ),
+            (
+                br#"{"specversion":"1.0","id":"e1","source":"/s","type":"t","time":7}"#,
+                "time must be a string",
+            ),
+        ] {
+            let text = String::from_utf8_lossy(body);
+            let Err(InvalidEvent(message)) = Outgoing::structured_at(body, "2026-01-01T00:00:00Z")
+            else {
+                panic!("{text} was accepted");
+            };
+            assert!(message.contains(says), "{text}: {message}");
+            assert!(Event::from_structured(body).is_err(), "{text}");
         }
     }
 

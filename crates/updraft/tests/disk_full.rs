@@ -50,12 +50,22 @@ impl Drop for Tmpfs {
 /// byte; returns the file.
 fn fill(dir: &Path) -> PathBuf {
     let path = dir.join("filler");
-    let mut file = std::fs::File::create(&path).unwrap();
+    top_up(&path);
+    path
+}
+
+/// Grows `filler` until the disk refuses a byte again: the server frees
+/// some space by itself (a journal file synced and deleted).
+fn top_up(filler: &Path) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(filler)
+        .unwrap();
     for chunk in [1 << 20, 4096, 1] {
         let bytes = vec![0u8; chunk];
         while file.write_all(&bytes).is_ok() {}
     }
-    path
 }
 
 fn manifest(dir: &Path, name: &str, route: &str) -> PathBuf {
@@ -80,17 +90,9 @@ async fn call(server: &Server, path: &str) -> (u16, String) {
 }
 
 async fn usage_ids(server: &Server) -> BTreeSet<String> {
-    let text = server
-        .api()
-        .get(server.url("/v1/usage/records"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    let records = server.usage_records("").await;
+    records
+        .iter()
         .map(|r| r["invocation_id"].as_str().unwrap().to_string())
         .collect()
 }
@@ -165,6 +167,7 @@ async fn full_disk(test: &str, durability: &str) {
     assert_eq!(error_code(&body), "storage_full", "{body}");
     assert!(error_message(&body).contains("disk is full"), "{body}");
     // Later writes too, and async invocations, and deploys.
+    top_up(&filler);
     let r = put("during", b"x".to_vec()).await.unwrap();
     assert_eq!(r.status(), 507, "{}", r.text().await.unwrap());
     let r = api
@@ -174,21 +177,14 @@ async fn full_disk(test: &str, durability: &str) {
         .unwrap();
     let body = r.text().await.unwrap();
     assert_eq!(error_code(&body), "storage_full", "{body}");
-    let out = server.cli(&[
-        "deploy",
-        manifest(manifests, "second", "/second").to_str().unwrap(),
-    ]);
+    let second = manifest(manifests, "second", "/second");
+    top_up(&filler);
+    let out = server.cli(&["deploy", second.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("disk is full"), "{stderr}");
     // Reads go on.
-    let r = api
-        .get(server.url("/v1/kv/default/before"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap().as_ref(), b"kept");
+    assert_eq!(server.get_text("/v1/kv/default/before").await, "kept");
     // A function runs (its increment refused); its usage record waits.
     let (_, id) = call(&server, "/counter?key=full").await;
     assert!(!id.is_empty());
@@ -209,12 +205,7 @@ async fn full_disk(test: &str, durability: &str) {
         },
     )
     .await;
-    let r = api
-        .get(server.url("/v1/kv/default/after"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.bytes().await.unwrap().as_ref(), b"back");
+    assert_eq!(server.get_text("/v1/kv/default/after").await, "back");
     let r = api
         .post(server.url("/v1/functions/counter/invoke?mode=async"))
         .send()
@@ -233,19 +224,9 @@ async fn full_disk(test: &str, durability: &str) {
         assert_eq!(status, 200);
         served.insert(id);
     }
-    let hits = api
-        .get(server.url("/v1/kv/default/sync"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let hits = server.get_text("/v1/kv/default/sync").await;
     assert_eq!(hits.trim(), "4", "every acknowledged increment counted");
-    server.cli_ok(&[
-        "deploy",
-        manifest(manifests, "second", "/second").to_str().unwrap(),
-    ]);
+    server.cli_ok(&["deploy", second.to_str().unwrap()]);
     let (status, _) = call(&server, "/second?key=s").await;
     assert_eq!(status, 200);
     // Metering: every invocation's record, the one made while the disk
@@ -271,13 +252,8 @@ async fn full_disk(test: &str, durability: &str) {
     server.kill();
     let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
     for (key, value) in [("before", "kept"), ("after", "back"), ("sync", "4")] {
-        let r = server
-            .api()
-            .get(server.url(&format!("/v1/kv/default/{key}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.text().await.unwrap().trim(), value, "{key}");
+        let stored = server.get_text(&format!("/v1/kv/default/{key}")).await;
+        assert_eq!(stored.trim(), value, "{key}");
     }
     drop(server);
     drop(disk);

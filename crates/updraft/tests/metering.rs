@@ -13,18 +13,7 @@ use common::*;
 use serde_json::Value;
 
 async fn records(server: &Server, query: &str) -> Vec<Value> {
-    let text = server
-        .api()
-        .get(server.url(&format!("/v1/usage/records{query}")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    server.usage_records(query).await
 }
 
 fn u(v: &Value, field: &str) -> u64 {

@@ -289,6 +289,20 @@ impl Server {
         client_with_key(&self.admin_key)
     }
 
+    /// `GET path` on this server with the admin key: the body as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self.api().get(self.url(path)).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
+    /// The usage records of `GET /v1/usage/records{query}` (NDJSON), parsed.
+    pub async fn usage_records(&self, query: &str) -> Vec<serde_json::Value> {
+        let text = self.get_text(&format!("/v1/usage/records{query}")).await;
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     /// `GET path` on this server with the admin key, parsed as JSON.
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.send_json(self.api().get(self.url(path))).await
