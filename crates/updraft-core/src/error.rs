@@ -19,6 +19,9 @@ pub enum ErrorKind {
     Forbidden,
     /// The caller's budget for the month is spent (402).
     BudgetSpent,
+    /// The tenant's disk quota is used up: delete data, or have it raised
+    /// (507, as WebDAV's quotas answer: RFC 4331).
+    StorageQuota,
     /// A requested byte range is outside the data (416).
     OutOfRange,
     /// The platform is at capacity: retry later (503).

@@ -43,6 +43,7 @@ use crate::events::{Events, EventsPublisher, WatchedKv};
 use crate::functions::{Deployed, Functions, Loaded};
 use crate::invoker::Invoker;
 use crate::logs::Logs;
+use crate::quotas::DiskGate;
 use crate::usage::Usage;
 
 /// Where and how big the platform is.
@@ -361,6 +362,8 @@ impl Platform {
                 .map_err(|e| PlatformError::Task(Box::new(e)))?,
         );
         let kv_watchers = Arc::new(RwLock::default());
+        let disk_gate = Arc::new(DiskGate::new(kv.clone(), blobs.clone()));
+        blobs.set_gate(disk_gate.clone());
         let (inner_kv, blobs_sampled) = (kv.clone(), blobs.clone());
         let quotas_kv = kv.clone();
         // The services, innermost first. A guest's capabilities point back
@@ -371,6 +374,7 @@ impl Platform {
                 let backends = Backends {
                     kv: Arc::new(WatchedKv {
                         inner: kv,
+                        gate: disk_gate,
                         watchers: kv_watchers.clone(),
                         events: events_weak.clone(),
                     }),

@@ -7,15 +7,22 @@
 //!
 //! Past either, a request gets 429 (`tenant_concurrency_limit`,
 //! `tenant_rate_limit`); async work waits its turn (see the async consumer).
+//!
+//! A disk quota (`disk_mb`: key-value and blob bytes together, on the whole
+//! platform) is checked by [`DiskGate`] before every write that adds data:
+//! past it, 507 `tenant_disk_quota`; deletes always go through.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use updraft_core::manifest::QUOTAS_STORE;
 use updraft_sandbox::MemoryBudget;
+use updraft_state::blob::Blobs;
+use updraft_state::gate::WriteGate;
 use updraft_state::kv::{KvStore, StoreId};
 
 use crate::error::PlatformError;
@@ -38,6 +45,9 @@ pub struct TenantQuota {
     /// MiB of linear memory its instances may hold at once, on each node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
+    /// MiB its key-value stores and blobs may hold together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u32>,
 }
 
 impl TenantQuota {
@@ -47,6 +57,7 @@ impl TenantQuota {
             ("max_concurrency", self.max_concurrency),
             ("requests_per_second", self.requests_per_second),
             ("memory_mb", self.memory_mb),
+            ("disk_mb", self.disk_mb),
         ] {
             if value.is_some_and(|v| v == 0 || v > QUOTA_MAX) {
                 return Err(PlatformError::BadRequest(format!(
@@ -141,13 +152,7 @@ impl Quotas {
 
     /// `tenant`'s quota as stored (none: no limits).
     pub async fn get(&self, tenant: &str) -> Result<TenantQuota, PlatformError> {
-        // The latest, not this node's copy: a change applies at the next read.
-        let Some(stored) = self.kv.get_latest(&Self::store(tenant), KEY).await? else {
-            return Ok(TenantQuota::default());
-        };
-        serde_json::from_slice(&stored).map_err(|e| {
-            PlatformError::Task(format!("the stored quota of {tenant} is unreadable: {e}").into())
-        })
+        stored_quota(&*self.kv, tenant).await
     }
 
     /// Sets `tenant`'s quota (all limits off: removes it).
@@ -238,6 +243,114 @@ impl Quotas {
     }
 }
 
+/// `tenant`'s quota as stored in `kv` (none: no limits).
+async fn stored_quota(kv: &dyn KvStore, tenant: &str) -> Result<TenantQuota, PlatformError> {
+    // The latest, not this node's copy: a change applies at the next read.
+    let Some(stored) = kv
+        .get_latest(&StoreId::new(tenant, QUOTAS_STORE), KEY)
+        .await?
+    else {
+        return Ok(TenantQuota::default());
+    };
+    serde_json::from_slice(&stored).map_err(|e| {
+        PlatformError::Task(format!("the stored quota of {tenant} is unreadable: {e}").into())
+    })
+}
+
+/// How long one measurement of what every tenant stores serves: measuring
+/// scans every key-value store and lists every blob. A tenant may pass its
+/// disk quota by what it writes within that time.
+pub const DISK_MEASURE_EVERY: Duration = Duration::from_secs(5);
+
+/// Tenants' disk quotas, asked by the key-value and blob layers before a
+/// write that adds data.
+pub(crate) struct DiskGate {
+    /// The key-value backend itself (not the watched one): measured, and
+    /// where quotas are kept.
+    kv: Arc<dyn KvStore>,
+    blobs: Arc<Blobs>,
+    state: Mutex<DiskState>,
+}
+
+#[derive(Default)]
+struct DiskState {
+    /// Each tenant's `disk_mb` and when it was read.
+    quotas: HashMap<String, (Instant, Option<u32>)>,
+    /// Bytes each tenant stores, and when they were measured.
+    measured: Option<(Instant, Arc<HashMap<String, u64>>)>,
+}
+
+impl DiskGate {
+    pub(crate) fn new(kv: Arc<dyn KvStore>, blobs: Arc<Blobs>) -> DiskGate {
+        DiskGate {
+            kv,
+            blobs,
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DiskState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn quota_mb(&self, tenant: &str, now: Instant) -> Result<Option<u32>, PlatformError> {
+        if let Some(&(at, quota)) = self.lock().quotas.get(tenant)
+            && now.saturating_duration_since(at) < QUOTA_REFRESH
+        {
+            return Ok(quota);
+        }
+        let quota = stored_quota(&*self.kv, tenant).await?.disk_mb;
+        self.lock().quotas.insert(tenant.to_string(), (now, quota));
+        Ok(quota)
+    }
+
+    async fn stored(&self, now: Instant) -> Result<Arc<HashMap<String, u64>>, PlatformError> {
+        if let Some((at, sizes)) = &self.lock().measured
+            && now.saturating_duration_since(*at) < DISK_MEASURE_EVERY
+        {
+            return Ok(sizes.clone());
+        }
+        let mut sizes = self.kv.stored_bytes().await?;
+        for (tenant, bytes) in self.blobs.stored_bytes().await? {
+            *sizes.entry(tenant).or_default() += bytes;
+        }
+        let sizes = Arc::new(sizes);
+        self.lock().measured = Some((now, sizes.clone()));
+        Ok(sizes)
+    }
+}
+
+#[async_trait]
+impl WriteGate for DiskGate {
+    async fn admit(&self, tenant: &str) -> Result<(), String> {
+        let now = Instant::now();
+        let checked = async {
+            let Some(mb) = self.quota_mb(tenant, now).await? else {
+                return Ok(None);
+            };
+            let used = self.stored(now).await?.get(tenant).copied().unwrap_or(0);
+            Ok::<_, PlatformError>((used >= u64::from(mb) << 20).then_some((mb, used)))
+        };
+        match checked.await {
+            Ok(None) => Ok(()),
+            Ok(Some((mb, used))) => Err(format!(
+                "tenant {tenant} stores {} MiB in key-value stores and blobs, its disk quota \
+                 is {mb} MiB: delete data, or ask an admin to raise it (updraft quota set \
+                 --disk-mb)",
+                used >> 20
+            )),
+            // The quota cannot be checked: the write decides for itself.
+            Err(e) => {
+                tracing::warn!(
+                    "the disk quota of {tenant} was not checked: {}",
+                    updraft_core::error::chain(&e)
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +383,12 @@ mod tests {
                 ..TenantQuota::default()
             };
             assert!(q.validate().is_err());
+            let q = TenantQuota {
+                disk_mb: bad,
+                ..TenantQuota::default()
+            };
+            let refused = q.validate().unwrap_err().to_string();
+            assert!(refused.contains("disk_mb must be 1 to"), "{refused}");
         }
         assert!(TenantQuota::default().validate().is_ok());
     }

@@ -10,6 +10,7 @@
 
 pub mod blob;
 mod error;
+pub mod gate;
 pub mod kv;
 pub mod logs;
 pub mod nats;

@@ -250,7 +250,7 @@ pub enum QuotaCommand {
         tenant: Option<String>,
     },
     /// Set a tenant's quota (admin key only); a limit left out is none.
-    #[command(group(clap::ArgGroup::new("limit").required(true).multiple(true).args(["concurrency", "rps", "memory_mb"])))]
+    #[command(group(clap::ArgGroup::new("limit").required(true).multiple(true).args(["concurrency", "rps", "memory_mb", "disk_mb"])))]
     Set {
         /// The tenant (default: the key's own).
         #[arg(long)]
@@ -264,6 +264,9 @@ pub enum QuotaCommand {
         /// MiB of memory its instances may hold at once.
         #[arg(long = "memory-mb", value_name = "MIB")]
         memory_mb: Option<u32>,
+        /// MiB its key-value stores and blobs may hold together.
+        #[arg(long = "disk-mb", value_name = "MIB")]
+        disk_mb: Option<u32>,
     },
     /// Remove a tenant's quota: no limits (admin key only).
     Rm {

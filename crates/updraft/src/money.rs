@@ -199,12 +199,14 @@ pub async fn quota(client: &Client, command: QuotaCommand, json: bool) -> Result
             concurrency,
             rps,
             memory_mb,
+            disk_mb,
             ..
         } => {
             let body = json!({
                 "max_concurrency": concurrency,
                 "requests_per_second": rps,
                 "memory_mb": memory_mb,
+                "disk_mb": disk_mb,
             });
             client.send_value_with(&path, &query, Some(body)).await?
         }
@@ -221,10 +223,11 @@ pub async fn quota(client: &Client, command: QuotaCommand, json: bool) -> Result
     };
     writeln!(
         out,
-        "{}; {}; {} (per node)",
+        "{}; {}; {} (per node); {}",
         limit("max_concurrency", "invocations at once"),
         limit("requests_per_second", "invocations a second"),
-        limit("memory_mb", "MiB of memory")
+        limit("memory_mb", "MiB of memory"),
+        limit("disk_mb", "MiB stored")
     )?;
     Ok(())
 }

@@ -258,3 +258,78 @@ async fn full_disk(test: &str, durability: &str) {
     drop(server);
     drop(disk);
 }
+
+/// A tenant's disk quota (`updraft quota set --disk-mb`): key-value and
+/// blob writes past it get 507 `tenant_disk_quota` saying what to do;
+/// deletes go through, and once under it again, writes do too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_disk_quota_gets_507_until_it_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let counter = manifest(dir.path(), "counter", "/counter");
+    server.cli_ok(&["deploy", counter.to_str().unwrap()]);
+    server.deploy_guest(
+        "files",
+        "files-rust",
+        "route = \"/files/...\"\nblob_containers = [\"files\"]",
+    );
+    server.cli_ok(&["quota", "set", "--disk-mb", "1"]);
+    let shown = server.cli_ok(&["quota", "show"]);
+    assert!(shown.contains("1 MiB stored"), "{shown}");
+    let api = server.api();
+    let put = |path: String, value: Vec<u8>| api.put(server.url(&path)).body(value).send();
+    // Quarter-MiB values until the quota is seen used up (it is measured
+    // every few seconds, so a few more may pass first).
+    let (mut written, mut refused) = (0, None);
+    let deadline = std::time::Instant::now() + WAIT_MAX;
+    while refused.is_none() && std::time::Instant::now() < deadline {
+        let r = put(format!("/v1/kv/default/k{written}"), vec![1; 256 * 1024])
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            204 => written += 1,
+            _ => refused = Some((r.status().as_u16(), r.text().await.unwrap())),
+        }
+    }
+    let (status, body) = refused.expect("the quota never refused a write");
+    assert!(
+        written >= 4,
+        "refused after {written} quarter-MiB values: {body}"
+    );
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(error_code(&body), "tenant_disk_quota", "{body}");
+    let message = error_message(&body);
+    assert!(
+        message.contains("disk quota is 1 MiB") && message.contains("--disk-mb"),
+        "{message}"
+    );
+    // Blobs count against the same quota.
+    let r = put("/v1/blobs/files/a.bin".into(), vec![2; 1024])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 507);
+    // Deleting always works; under the quota again, writes do too.
+    for i in 0..written {
+        let r = api
+            .delete(server.url(&format!("/v1/kv/default/k{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    wait_until(
+        "writes stayed refused under the quota",
+        WAIT_MAX,
+        Duration::from_millis(200),
+        || async {
+            let r = put("/v1/kv/default/again".into(), b"x".to_vec())
+                .await
+                .unwrap();
+            match r.status().as_u16() {
+                204 => Ok(()),
+                _ => Err(r.text().await.unwrap()),
+            }
+        },
+    )
+    .await;
+}

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock, Weak};
 
 use async_trait::async_trait;
 use updraft_core::EventTrigger;
+use updraft_state::gate::WriteGate;
 use updraft_state::kv::{CasOutcome, KeyPage, KvError, KvStore, StoreId};
 use updraft_state::queue::NewMessage;
 
@@ -26,6 +27,8 @@ pub(crate) type Watchers = HashMap<StoreId, Vec<(String, String)>>;
 /// The key-value backend with its writes watched.
 pub(crate) struct WatchedKv {
     pub(crate) inner: Arc<dyn KvStore>,
+    /// Asked before a write that adds data (a tenant's disk quota).
+    pub(crate) gate: Arc<dyn WriteGate>,
     pub(crate) watchers: Arc<RwLock<Watchers>>,
     pub(crate) events: Weak<Events>,
 }
@@ -37,6 +40,14 @@ enum Change {
 }
 
 impl WatchedKv {
+    /// Refuses a write that adds data past the owner's disk quota.
+    async fn admit(&self, store: &StoreId) -> Result<(), KvError> {
+        self.gate
+            .admit(&store.owner)
+            .await
+            .map_err(KvError::DiskQuota)
+    }
+
     /// Queues an event for every function watching one of `keys`.
     async fn notify<'a>(
         &self,
@@ -129,6 +140,7 @@ impl KvStore for WatchedKv {
     }
 
     async fn set(&self, store: &StoreId, key: &str, value: Vec<u8>) -> Result<(), KvError> {
+        self.admit(store).await?;
         self.inner.set(store, key, value).await?;
         self.notify(store, std::iter::once(key), Change::Set).await;
         Ok(())
@@ -156,6 +168,7 @@ impl KvStore for WatchedKv {
     }
 
     async fn increment(&self, store: &StoreId, key: &str, delta: i64) -> Result<i64, KvError> {
+        self.admit(store).await?;
         let n = self.inner.increment(store, key, delta).await?;
         self.notify(store, std::iter::once(key), Change::Set).await;
         Ok(n)
@@ -168,6 +181,7 @@ impl KvStore for WatchedKv {
         expected: Option<Vec<u8>>,
         new: Vec<u8>,
     ) -> Result<CasOutcome, KvError> {
+        self.admit(store).await?;
         let outcome = self
             .inner
             .compare_and_swap(store, key, expected, new)
@@ -192,6 +206,7 @@ impl KvStore for WatchedKv {
         entries: Vec<(String, Vec<u8>)>,
     ) -> Result<(), KvError> {
         let keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
+        self.admit(store).await?;
         self.inner.set_many(store, entries).await?;
         self.notify(store, keys.iter().map(String::as_str), Change::Set)
             .await;

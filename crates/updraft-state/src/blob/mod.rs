@@ -135,6 +135,9 @@ pub enum BlobError {
         "invalid cursor {cursor:?}: pass back the cursor of the previous page unchanged, with the same prefix"
     )]
     BadCursor { cursor: String },
+    /// The owner's disk quota is used up (507): the message says so.
+    #[error("{0}")]
+    DiskQuota(String),
     /// The disk or the object store failed: the detail is in the source.
     #[error("blob storage failed")]
     Storage(#[from] updraft_core::Failure),
@@ -156,6 +159,7 @@ impl updraft_core::Classify for BlobError {
             BlobError::NotFound { .. } => K::NotFound,
             BlobError::TooLarge { .. } => K::TooLarge,
             BlobError::BadRange { .. } => K::OutOfRange,
+            BlobError::DiskQuota(_) => K::StorageQuota,
             BlobError::Storage(_) => K::Internal,
             BlobError::Unavailable(_) => K::Unavailable,
         }
@@ -169,6 +173,7 @@ impl updraft_core::Classify for BlobError {
             BlobError::BadRange { .. } => "invalid_range",
             BlobError::BadCursor { .. } => "invalid_cursor",
             BlobError::Config(_) => "invalid_config",
+            BlobError::DiskQuota(_) => "tenant_disk_quota",
             BlobError::Storage(_) => "storage",
             BlobError::Unavailable(_) => "unavailable",
         }
@@ -222,6 +227,8 @@ enum Backend {
 pub struct Blobs {
     backend: Backend,
     blob_bytes_max: u64,
+    /// Asked before a write adds data (a tenant's disk quota), once set.
+    gate: std::sync::OnceLock<std::sync::Arc<dyn crate::gate::WriteGate>>,
 }
 
 impl Blobs {
@@ -241,6 +248,7 @@ impl Blobs {
             .map_err(storage)?
             .with_automatic_cleanup(true);
         Ok(Blobs {
+            gate: std::sync::OnceLock::new(),
             backend: Backend::Store(Arc::new(backend)),
             blob_bytes_max,
         })
@@ -254,6 +262,7 @@ impl Blobs {
         blob_bytes_max: u64,
     ) -> Result<Blobs, BlobError> {
         Ok(Blobs {
+            gate: std::sync::OnceLock::new(),
             backend: Backend::Nats(Arc::new(NatsBlobs::new(cluster, scratch)?)),
             blob_bytes_max,
         })
@@ -312,6 +321,7 @@ impl Blobs {
             Arc::new(PrefixStore::new(store, prefix))
         };
         Ok(Blobs {
+            gate: std::sync::OnceLock::new(),
             backend: Backend::Store(backend),
             blob_bytes_max,
         })
@@ -337,6 +347,22 @@ impl Blobs {
             })
     }
 
+    /// Sets what writes that add data ask first (once; later calls are
+    /// ignored).
+    pub fn set_gate(&self, gate: std::sync::Arc<dyn crate::gate::WriteGate>) {
+        let _ = self.gate.set(gate);
+    }
+
+    async fn admit(&self, container: &ContainerId) -> Result<(), BlobError> {
+        match self.gate.get() {
+            Some(gate) => gate
+                .admit(&container.owner)
+                .await
+                .map_err(BlobError::DiskQuota),
+            None => Ok(()),
+        }
+    }
+
     pub async fn put(
         &self,
         container: &ContainerId,
@@ -344,6 +370,7 @@ impl Blobs {
         data: Bytes,
     ) -> Result<(), BlobError> {
         let path = location(container, key)?;
+        self.admit(container).await?;
         if data.len() as u64 > self.blob_bytes_max {
             return Err(BlobError::TooLarge {
                 max: self.blob_bytes_max,
@@ -363,6 +390,7 @@ impl Blobs {
         key: &str,
     ) -> Result<BlobWriter, BlobError> {
         let path = location(container, key)?;
+        self.admit(container).await?;
         let upload = match &self.backend {
             Backend::Store(store) => Upload::Store(WriteMultipart::new(
                 store.put_multipart(&path).await.map_err(storage)?,

@@ -211,6 +211,9 @@ pub enum KvError {
         "invalid store name {0:?}: use 1-63 lowercase letters, digits or '-', starting with a letter"
     )]
     BadStoreName(String),
+    /// The owner's disk quota is used up (507): the message says so.
+    #[error("{0}")]
+    DiskQuota(String),
     /// The disk or the database failed: the detail is in the source.
     #[error("key-value storage failed")]
     Storage(#[from] Failure),
@@ -239,6 +242,7 @@ impl Classify for KvError {
             | KvError::BadStoreName(_) => ErrorKind::Invalid,
             KvError::ValueTooLarge { .. } => ErrorKind::TooLarge,
             KvError::NotAnInteger { .. } | KvError::Overflow { .. } => ErrorKind::Conflict,
+            KvError::DiskQuota(_) => ErrorKind::StorageQuota,
             KvError::Storage(_) => ErrorKind::Internal,
             KvError::Unavailable(_) => ErrorKind::Unavailable,
         }
@@ -253,6 +257,7 @@ impl Classify for KvError {
             KvError::BadStoreName(_) => "invalid_store_name",
             KvError::NotAnInteger { .. } => "not_an_integer",
             KvError::Overflow { .. } => "overflow",
+            KvError::DiskQuota(_) => "tenant_disk_quota",
             KvError::Storage(_) => "storage",
             KvError::Unavailable(_) => "unavailable",
         }
