@@ -270,6 +270,9 @@ pub(crate) struct DiskGate {
     kv: Arc<dyn KvStore>,
     blobs: Arc<Blobs>,
     state: Mutex<DiskState>,
+    /// Held while measuring: the writes that find the measurement stale
+    /// wait for one scan instead of each starting its own.
+    measuring: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -286,6 +289,7 @@ impl DiskGate {
             kv,
             blobs,
             state: Mutex::default(),
+            measuring: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -305,10 +309,20 @@ impl DiskGate {
     }
 
     async fn stored(&self, now: Instant) -> Result<Arc<HashMap<String, u64>>, PlatformError> {
-        if let Some((at, sizes)) = &self.lock().measured
-            && now.saturating_duration_since(*at) < DISK_MEASURE_EVERY
-        {
-            return Ok(sizes.clone());
+        let fresh = |state: &DiskState| {
+            state
+                .measured
+                .as_ref()
+                .filter(|(at, _)| now.saturating_duration_since(*at) < DISK_MEASURE_EVERY)
+                .map(|(_, sizes)| sizes.clone())
+        };
+        if let Some(sizes) = fresh(&self.lock()) {
+            return Ok(sizes);
+        }
+        let _measuring = self.measuring.lock().await;
+        // Measured by another write while this one waited?
+        if let Some(sizes) = fresh(&self.lock()) {
+            return Ok(sizes);
         }
         let mut sizes = self.kv.stored_bytes().await?;
         for (tenant, bytes) in self.blobs.stored_bytes().await? {
