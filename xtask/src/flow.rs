@@ -104,6 +104,7 @@ const CLUSTER_SUITES: &[&str] = &[
     "files",
     "outbound",
     "concurrency",
+    "metrics",
 ];
 
 /// Address `cargo xtask up` serves on.

@@ -1,5 +1,6 @@
 //! The HTTP face of Updraft: the management API under `/v1` (every call
-//! with a tenant's API key, see [`auth`]), `/healthz`, and every function's
+//! with a tenant's API key, see [`auth`]), `/healthz`, `/metrics` for
+//! Prometheus ([`metrics`]), and every function's
 //! route: `/~tenant/...` for tenants other than `local`, or, with a base
 //! domain, `<tenant>.<base_domain>/...` ([`host`]).
 //!
@@ -13,6 +14,7 @@ mod error;
 mod host;
 mod invoke;
 mod kv;
+mod metrics;
 mod queues;
 mod secrets;
 mod server;
@@ -49,16 +51,23 @@ pub struct GatewayConfig {
     /// Requests for `<tenant>.<base_domain>` go to that tenant's routes by
     /// their plain path; without it, and on other hosts, `/~tenant/...`.
     pub base_domain: Option<BaseDomain>,
+    /// A bearer token that may read `/metrics` (besides admin keys), for
+    /// a scraper that should hold no key that can change anything.
+    pub metrics_token: Option<Arc<str>>,
 }
 
 /// The whole router with path routing only (`/~tenant/...`).
 pub fn router(platform: Arc<Platform>) -> Router {
-    router_with(platform, None)
+    router_with(platform, None, None)
 }
 
 /// The whole router: API, health, and the function routes as the fallback,
 /// found by host under `base_domain` when one is given.
-pub fn router_with(platform: Arc<Platform>, base_domain: Option<BaseDomain>) -> Router {
+pub fn router_with(
+    platform: Arc<Platform>,
+    base_domain: Option<BaseDomain>,
+    metrics_token: Option<Arc<str>>,
+) -> Router {
     let hosts = Arc::new(base_domain);
     let api = Router::new()
         .route("/functions", get(api::list))
@@ -74,6 +83,7 @@ pub fn router_with(platform: Arc<Platform>, base_domain: Option<BaseDomain>) -> 
             post(invoke::invoke_api).layer(DefaultBodyLimit::disable()),
         )
         .route("/functions/{name}/logs", get(api::logs))
+        .route("/functions/{name}/metrics", get(metrics::function))
         .route("/functions/{name}/rollback", post(api::rollback))
         .route("/functions/{name}/unload", post(api::unload))
         .route("/functions/{name}/dlq", get(queues::dead_letters))
@@ -128,6 +138,14 @@ pub fn router_with(platform: Arc<Platform>, base_domain: Option<BaseDomain>) -> 
         ));
     Router::new()
         .route("/healthz", get(api::health))
+        .route(
+            "/metrics",
+            get(
+                move |state: State<Arc<Platform>>, headers: http::HeaderMap| {
+                    metrics::scrape(state.0, metrics_token.clone(), headers)
+                },
+            ),
+        )
         .nest("/v1", api)
         .fallback(
             move |state: State<Arc<Platform>>, request: axum::extract::Request| {
@@ -146,7 +164,7 @@ pub async fn serve(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = router_with(platform.clone(), config.base_domain);
+    let router = router_with(platform.clone(), config.base_domain, config.metrics_token);
     server::serve(listener, router, config.limits, shutdown).await;
     platform.shutdown().await;
     Ok(())

@@ -452,6 +452,27 @@ impl Metering {
         Ok(())
     }
 
+    /// The status of every tenant with a budget (the metrics' gauges).
+    pub fn budget_statuses(&self) -> Vec<BudgetStatus> {
+        let tenants: Vec<String> = self
+            .budgets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        tenants.iter().map(|t| self.budget_status(t)).collect()
+    }
+
+    /// Usage records made and not yet in the usage log: a replica's not
+    /// yet published, and those waiting for the writer (or the disk).
+    pub fn pending_records(&self) -> u64 {
+        let outbox = self.outbox.as_ref().map_or(0, |outbox| {
+            outbox.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
+        });
+        outbox + self.store.pending()
+    }
+
     pub fn budget_status(&self, tenant: &str) -> BudgetStatus {
         let budgets = self.budgets.read().unwrap_or_else(|e| e.into_inner());
         let month = month_of(self.now_ms());

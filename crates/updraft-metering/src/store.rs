@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -192,6 +193,8 @@ pub struct UsageStore {
     spans: Spans,
     sender: Mutex<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Records handed over and not yet in the log (the metrics' usage lag).
+    pending: Arc<AtomicU64>,
 }
 
 fn storage(e: impl std::error::Error + Send + Sync + 'static) -> MeteringError {
@@ -256,7 +259,9 @@ impl UsageStore {
         txn.open_table(SPANS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         drop(db);
+        let pending = Arc::new(AtomicU64::new(0));
         let mut writer = Writer::open(file.clone(), dir.clone(), retention, clock)?;
+        writer.pending = pending.clone();
         match replica {
             true => writer.cut_unsummed()?,
             false => writer.replay()?,
@@ -275,6 +280,7 @@ impl UsageStore {
             spans,
             sender: Mutex::new(Some(sender)),
             writer: Mutex::new(Some(thread)),
+            pending,
         })
     }
 
@@ -283,8 +289,17 @@ impl UsageStore {
         if let Ok(sender) = self.sender.lock()
             && let Some(sender) = sender.as_ref()
         {
-            let _ = sender.send(Msg::Record(record));
+            self.pending.fetch_add(1, Ordering::Relaxed);
+            if sender.send(Msg::Record(record)).is_err() {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+            }
         }
+    }
+
+    /// Records handed over that are not in the log yet: waiting for the
+    /// writer's next round, or for a full disk to take them.
+    pub fn pending(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// Queues records read from the cluster's stream, up to `sequence`.
@@ -292,7 +307,11 @@ impl UsageStore {
         if let Ok(sender) = self.sender.lock()
             && let Some(sender) = sender.as_ref()
         {
-            let _ = sender.send(Msg::Ingested(records, sequence));
+            let count = records.len() as u64;
+            self.pending.fetch_add(count, Ordering::Relaxed);
+            if sender.send(Msg::Ingested(records, sequence)).is_err() {
+                self.pending.fetch_sub(count, Ordering::Relaxed);
+            }
         }
     }
 
@@ -464,6 +483,8 @@ struct Writer {
     line: Vec<u8>,
     /// Records not written yet (the disk refused them), oldest first.
     unwritten: Vec<UsageRecord>,
+    /// Shared with the store: records not in the log yet.
+    pending: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -512,6 +533,7 @@ impl Writer {
             synced: true,
             line: Vec::new(),
             unwritten: Vec::new(),
+            pending: Arc::default(),
         })
     }
 
@@ -642,6 +664,8 @@ impl Writer {
                 // The sequence moves only with its records: a replica that
                 // failed to write reads them again after a restart.
                 Ok(()) => {
+                    self.pending
+                        .fetch_sub(records.len() as u64, Ordering::Relaxed);
                     if let Some(sequence) = ingested {
                         self.ingested = sequence;
                         self.ingested_dirty = true;
@@ -660,7 +684,9 @@ impl Writer {
                             "{} usage records dropped: more than {UNWRITTEN_MAX} wait for the disk",
                             records.len() - UNWRITTEN_MAX
                         );
-                        records.drain(..records.len() - UNWRITTEN_MAX);
+                        let dropped = records.len() - UNWRITTEN_MAX;
+                        records.drain(..dropped);
+                        self.pending.fetch_sub(dropped as u64, Ordering::Relaxed);
                     }
                     self.unwritten = records;
                 }

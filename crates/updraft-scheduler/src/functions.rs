@@ -52,6 +52,8 @@ pub struct Loaded {
     /// Its `max_concurrency` slots, when it has one (per node).
     pub(crate) concurrency: Option<Arc<tokio::sync::Semaphore>>,
     last_used_ms: AtomicU64,
+    /// Its counters in the metrics, found on its first invocation.
+    pub(crate) stats: std::sync::OnceLock<Arc<crate::metrics::FunctionStats>>,
 }
 
 impl Loaded {
@@ -77,6 +79,7 @@ impl Loaded {
             loading: tokio::sync::Mutex::new(()),
             concurrency,
             last_used_ms: AtomicU64::new(now_ms()),
+            stats: std::sync::OnceLock::new(),
         })
     }
 
@@ -604,7 +607,7 @@ impl Functions {
     }
 
     /// `Ok` if the tenant has this function.
-    pub(crate) fn require(&self, tenant: &str, name: &str) -> Result<(), PlatformError> {
+    pub fn require(&self, tenant: &str, name: &str) -> Result<(), PlatformError> {
         match self.get(tenant, name) {
             Some(_) => Ok(()),
             None => Err(updraft_state::StateError::FunctionNotFound(name.to_string()).into()),
@@ -711,6 +714,24 @@ impl Functions {
 
     pub fn function_count(&self) -> usize {
         self.table().by_key.len()
+    }
+
+    /// Functions whose compiled code is in memory now.
+    pub fn loaded_count(&self) -> usize {
+        self.table()
+            .by_key
+            .values()
+            .filter(|loaded| loaded.prepared().is_some())
+            .count()
+    }
+
+    /// The tenants that have functions.
+    pub fn tenants(&self) -> std::collections::BTreeSet<String> {
+        self.table()
+            .by_key
+            .values()
+            .map(|loaded| loaded.tenant.to_string())
+            .collect()
     }
 
     /// The last `n` log entries of a function.

@@ -42,6 +42,8 @@ pub struct Invoker {
     /// Invocations this process started (in `/healthz`: in a cluster, what
     /// this node has run).
     started: std::sync::atomic::AtomicU64,
+    /// What each function version did, for `/metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The body of a request handed to a function.
@@ -232,8 +234,10 @@ impl Invoker {
         logs: Arc<Logs>,
         clock: SharedClock,
         kv: Arc<dyn updraft_state::kv::KvStore>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Invoker {
         Invoker {
+            metrics,
             admission: Arc::new(Semaphore::new(sandbox.instances_max() as usize)),
             quotas: crate::quotas::Quotas::new(kv),
             functions,
@@ -254,6 +258,16 @@ impl Invoker {
     pub fn in_flight(&self) -> u32 {
         let free = u32::try_from(self.admission.available_permits()).unwrap_or(u32::MAX);
         self.sandbox.instances_max().saturating_sub(free)
+    }
+
+    /// Instance slots of the node.
+    pub fn slots(&self) -> u32 {
+        self.sandbox.instances_max()
+    }
+
+    /// What each function version did.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// The functions it runs.
@@ -278,11 +292,20 @@ impl Invoker {
             id,
             call,
         } = invocation;
+        let stats = self.count(function);
+        // Refused before the executor ran: counted here (the executors
+        // count what refuses them in `start`, and their runs' reports).
+        let refused = |e: PlatformError| {
+            if let Some(stats) = stats {
+                stats.failed(updraft_core::Classify::code(&e));
+            }
+            Err(e)
+        };
         // Only a payload or an event may go to a handler export.
         let may_take_payload = !matches!(input, Input::Request(_));
         let executor = match self.executor(function, may_take_payload).await {
             Ok(executor) => executor,
-            Err(e) => return (id, Err(e)),
+            Err(e) => return (id, refused(e)),
         };
         // The executors hand the id back: no copy of it per invocation.
         match (executor, input) {
@@ -293,7 +316,7 @@ impl Invoker {
                         .await;
                     (id, response.map(Outcome::Streamed))
                 }
-                Err(e) => (id, Err(e)),
+                Err(e) => (id, refused(e)),
             },
             (Executor::Command, input) => match input_bytes(function, input, &id).await {
                 Ok(stdin) => {
@@ -302,7 +325,7 @@ impl Invoker {
                         .await;
                     (id, stdout.map(|stdout| Outcome::Command { stdout }))
                 }
-                Err(e) => (id, Err(e)),
+                Err(e) => (id, refused(e)),
             },
             (Executor::Handler, input) => match input_bytes(function, input, &id).await {
                 Ok(payload) => {
@@ -314,7 +337,7 @@ impl Invoker {
                         answer.map(|(status, body)| Outcome::Buffered { status, body }),
                     )
                 }
-                Err(e) => (id, Err(e)),
+                Err(e) => (id, refused(e)),
             },
         }
     }
@@ -394,6 +417,18 @@ impl Invoker {
         loaded: &Loaded,
         call: Option<&CallRequest>,
     ) -> Result<Start, PlatformError> {
+        let start = self.admitted(loaded, call).await;
+        if let (Err(e), Some(stats)) = (&start, self.stats(loaded)) {
+            stats.failed(updraft_core::Classify::code(e));
+        }
+        start
+    }
+
+    async fn admitted(
+        &self,
+        loaded: &Loaded,
+        call: Option<&CallRequest>,
+    ) -> Result<Start, PlatformError> {
         self.usage.check_budget(&loaded.tenant)?;
         let start_ms = self.clock.now_ms();
         let prepared = self.functions.ensure_prepared(loaded).await?;
@@ -437,7 +472,11 @@ impl Invoker {
         // Made before the await, so a caller that goes away still releases it.
         let body_part = pending.as_ref().map(PendingUsage::body_part);
         let usage = pending;
+        let stats = self.stats(loaded).cloned();
         let on_done: OnDone = Box::new(move |report| {
+            if let Some(stats) = stats {
+                stats.finished(&report);
+            }
             logs.report(&function.key, &report);
             if let Some(usage) = usage {
                 usage.report(crate::usage::record(
@@ -520,6 +559,9 @@ impl Invoker {
         };
         let ctx = invocation_ctx(loaded, &invocation_id, call, memory_quota);
         let Output { result, report } = run(prepared, ctx).await;
+        if let Some(stats) = self.stats(loaded) {
+            stats.finished(&report);
+        }
         self.logs.report(&loaded.key, &report);
         if self.usage.is_metered() {
             let out = result.as_ref().map_or(0, &bytes_out);

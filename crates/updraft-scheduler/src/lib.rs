@@ -27,6 +27,7 @@ mod events;
 mod functions;
 mod invoker;
 mod logs;
+pub mod metrics;
 mod operator;
 mod platform;
 mod quotas;

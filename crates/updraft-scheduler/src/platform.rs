@@ -90,6 +90,9 @@ pub struct PlatformConfig {
     /// This node's name: in invocation statuses (which node ran it) and in
     /// `/healthz`. A new one each start unless set.
     pub node: String,
+    /// Whether invocations are counted for `/metrics`; off only to measure
+    /// what counting costs.
+    pub metrics: bool,
 }
 
 /// Default interval of storage samples: S3 and DynamoDB also bill stored
@@ -118,6 +121,7 @@ impl PlatformConfig {
             storage_sample: STORAGE_SAMPLE_DEFAULT,
             clock: updraft_core::system_clock(),
             node: format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+            metrics: true,
         }
     }
 }
@@ -397,6 +401,7 @@ impl Platform {
                     logs.clone(),
                     config.clock,
                     quotas_kv,
+                    Arc::new(crate::metrics::Metrics::new(config.metrics)),
                 )
             });
             Events::new(
@@ -552,9 +557,60 @@ impl Platform {
     /// dispatchers and timers stop at their next round.
     pub async fn delete(&self, tenant: &str, name: &str) -> Result<(), PlatformError> {
         let deleted = self.functions.delete(tenant, name).await;
+        if deleted.is_ok() {
+            self.invoker.metrics().forget(tenant, name);
+        }
         // Also after a failure midway: what serves may have changed.
         self.events.refresh_kv_watchers();
         deleted
+    }
+
+    /// The metrics as text: the counters, and the levels read now.
+    pub async fn metrics_text(
+        &self,
+        format: crate::metrics::Format,
+    ) -> Result<String, PlatformError> {
+        let gauges = self.gauges().await?;
+        self.invoker.metrics().encode(gauges, format).map_err(|e| {
+            PlatformError::Task(format!("the metrics could not be written: {e}").into())
+        })
+    }
+
+    /// What the metrics read at a scrape: every tenant's queues (tenants
+    /// with a key or a function), budgets, the node's instances.
+    async fn gauges(&self) -> Result<crate::metrics::Gauges, PlatformError> {
+        let mut tenants = self.functions.tenants();
+        tenants.extend(self.tenants.list(None).into_iter().map(|key| key.tenant));
+        let mut queues = Vec::new();
+        let mut async_queues = Vec::new();
+        for tenant in tenants {
+            let (named, _) = self.events.channel_overview(&tenant).await?;
+            queues.extend(named.into_iter().map(|q| crate::metrics::QueueGauge {
+                tenant: tenant.clone(),
+                queue: q.channel.name,
+                depth: q.depth,
+                in_flight: q.in_flight,
+                oldest_age_ms: q.oldest_age_ms,
+            }));
+            let functions = self.events.function_queues(&tenant).await?;
+            async_queues.extend(functions.into_iter().map(|f| crate::metrics::AsyncGauge {
+                tenant: tenant.clone(),
+                function: f.function,
+                depth: f.depth,
+                oldest_age_ms: f.oldest_age_ms,
+                dead_letters: f.dead_letters,
+            }));
+        }
+        let metering = self.usage.metering();
+        Ok(crate::metrics::Gauges {
+            in_flight: u64::from(self.invoker.in_flight()),
+            slots: u64::from(self.invoker.slots()),
+            loaded: self.functions.loaded_count() as u64,
+            queues,
+            async_queues,
+            budgets: metering.map(|m| m.budget_statuses()).unwrap_or_default(),
+            usage_pending: metering.map(|m| m.pending_records()),
+        })
     }
 
     /// Stops taking async work, lets the runs under way finish (at most

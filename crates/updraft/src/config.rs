@@ -16,6 +16,9 @@
 //!
 //! [http]
 //! base_domain = "functions.example"   # tenant acme at acme.functions.example
+//!
+//! [telemetry]
+//! metrics_token = "…"  # a scraper's bearer token for /metrics (admin keys work too)
 //! ```
 
 use std::path::Path;
@@ -48,6 +51,31 @@ pub struct ServerConfig {
     pub cpu: CpuConfig,
     #[serde(default)]
     pub memory: MemoryConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// Shortest metrics token: 128 bits of hex, so it cannot be guessed.
+const METRICS_TOKEN_LEN_MIN: usize = 32;
+
+/// `[telemetry]`: metrics (docs/server-config.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Count invocations for `/metrics` [default: true]; off only to
+    /// measure what counting costs.
+    pub metrics: bool,
+    /// A bearer token that may read `/metrics` besides admin keys.
+    pub metrics_token: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            metrics: true,
+            metrics_token: None,
+        }
+    }
 }
 
 /// Least memory budget: a few instances and the process itself.
@@ -136,6 +164,7 @@ impl HttpConfig {
                 connections_per_client_max: self.connections_per_client_max,
             },
             base_domain,
+            metrics_token: None,
         })
     }
 }
@@ -225,6 +254,16 @@ impl ServerConfig {
             anyhow::bail!(
                 "the server config {} is not valid: [memory] budget_mb = {mb}: give at least \
                  {MEMORY_BUDGET_MB_MIN} (MiB), or leave it out for 80% of the machine's memory",
+                path.display()
+            );
+        }
+        if let Some(token) = &config.telemetry.metrics_token
+            && (token.len() < METRICS_TOKEN_LEN_MIN || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            anyhow::bail!(
+                "the server config {} is not valid: [telemetry] metrics_token must be at least \
+                 {METRICS_TOKEN_LEN_MIN} visible ASCII characters (make one with \
+                 `openssl rand -hex 16`)",
                 path.display()
             );
         }

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -207,6 +208,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.blobs = file.blobs;
     config.prices = file.prices;
     config.metering = file.metering.enabled;
+    config.metrics = file.telemetry.metrics;
     config.background_threads = match (file.cpu.background_lane, file.cpu.background_threads) {
         (false, _) => 0,
         (true, Some(threads)) => threads,
@@ -257,9 +259,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     std::io::stdout().flush()?;
-    let gateway = http
+    let mut gateway = http
         .gateway()
         .context("the server config's [http] base_domain is not valid")?;
+    gateway.metrics_token = file.telemetry.metrics_token.map(Arc::from);
     updraft_gateway::serve(listener, platform, gateway, shutdown).await?;
     tracing::info!("stopped");
     Ok(())

@@ -1,0 +1,93 @@
+//! What the platform counts, over HTTP: `GET /metrics` for Prometheus
+//! (with an admin key, or the metrics token of the server config, so a
+//! scraper needs no key that could change anything), and
+//! `GET /v1/functions/{name}/metrics`, one function's summary for its
+//! tenant (the console's latency percentiles).
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode, header};
+use updraft_scheduler::Platform;
+use updraft_scheduler::metrics::{Format, FunctionSummary};
+
+use crate::error::ApiError;
+use updraft_scheduler::Caller;
+
+type Shared = State<Arc<Platform>>;
+
+/// `GET /metrics`.
+pub(crate) async fn scrape(
+    platform: Arc<Platform>,
+    token: Option<Arc<str>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let by_token = token.is_some_and(|token| presented(&headers).is_some_and(|p| same(p, &token)));
+    if !by_token {
+        let caller = crate::auth::caller(&platform, &headers)?;
+        if !caller.admin {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_only",
+                "/metrics shows every tenant's functions: scrape it with an admin key, or with \
+                 the token set as [telemetry] metrics_token in the server config",
+            ));
+        }
+    }
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    let text = platform.metrics_text(format).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
+    )
+        .into_response())
+}
+
+/// `GET /v1/functions/{name}/metrics`: what the function did on this node.
+pub(crate) async fn function(
+    State(platform): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionSummary>, ApiError> {
+    platform.functions().require(&caller.tenant, &name)?;
+    Ok(Json(
+        platform.invoker().metrics().summary(&caller.tenant, &name),
+    ))
+}
+
+/// The bearer token of the request, if any.
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Compares in time that depends only on the lengths, so the token cannot
+/// be guessed byte by byte from response times.
+fn same(presented: &str, token: &str) -> bool {
+    let (a, b) = (presented.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_only_whole() {
+        assert!(same("abcdef0123456789", "abcdef0123456789"));
+        assert!(!same("abcdef0123456788", "abcdef0123456789"));
+        assert!(!same("abcdef012345678", "abcdef0123456789"));
+        assert!(!same("", "abcdef0123456789"));
+    }
+}
