@@ -105,6 +105,7 @@ const CLUSTER_SUITES: &[&str] = &[
     "outbound",
     "concurrency",
     "metrics",
+    "traces",
 ];
 
 /// Address `cargo xtask up` serves on.

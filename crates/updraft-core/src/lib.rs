@@ -12,6 +12,7 @@ pub mod log;
 pub mod manifest;
 pub mod outbound;
 pub mod tenant;
+pub mod trace;
 pub mod usage;
 pub mod version;
 pub mod wasm;

@@ -264,7 +264,14 @@ async fn invoke(
     trigger: Trigger,
 ) -> Response {
     let request = request.map(|body| body.map_err(|e| BodyError(e.into())).boxed_unsync());
-    let invocation = Invocation::new(&loaded, Input::Request(request), trigger);
+    // The client's trace, if it sent one (W3C Trace Context).
+    let trace = request
+        .headers()
+        .get(updraft_core::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(updraft_core::trace::TraceParent::parse);
+    let mut invocation = Invocation::new(&loaded, Input::Request(request), trigger);
+    invocation.trace = trace;
     let (id, outcome) = platform.invoker().run(invocation).await;
     let mut response = match outcome {
         Ok(outcome) => outcome.into_response().map(Body::new),

@@ -84,6 +84,7 @@ pub fn router_with(
         )
         .route("/functions/{name}/logs", get(api::logs))
         .route("/functions/{name}/metrics", get(metrics::function))
+        .route("/traces/{id}", get(metrics::trace))
         .route("/functions/{name}/rollback", post(api::rollback))
         .route("/functions/{name}/unload", post(api::unload))
         .route("/functions/{name}/dlq", get(queues::dead_letters))

@@ -2,7 +2,8 @@
 //! (with an admin key, or the metrics token of the server config, so a
 //! scraper needs no key that could change anything), and
 //! `GET /v1/functions/{name}/metrics`, one function's summary for its
-//! tenant (the console's latency percentiles).
+//! tenant (the console's latency percentiles), and
+//! `GET /v1/traces/{id}`, a recent trace's spans.
 
 use std::sync::Arc;
 
@@ -60,6 +61,46 @@ pub(crate) async fn function(
     Ok(Json(
         platform.invoker().metrics().summary(&caller.tenant, &name),
     ))
+}
+
+/// `GET /v1/traces/{id}`: a recent trace, by its id or an invocation's;
+/// the caller's tenant's spans only (an admin's: all).
+pub(crate) async fn trace(
+    State(platform): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let spans: Vec<_> = platform
+        .invoker()
+        .traces()
+        .trace(&id)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|span| {
+            caller.admin
+                || span
+                    .attributes
+                    .get(updraft_scheduler::traces::TENANT)
+                    .map(String::as_str)
+                    == Some(&*caller.tenant)
+        })
+        .collect();
+    let Some(first) = spans.first() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "trace_not_found",
+            format!(
+                "no recent trace {id:?} on this node: give an invocation id (the \
+                 updraft-invocation-id header) or a trace id (32 hex digits); the newest {} \
+                 traces are kept, each on the node that ran it",
+                updraft_scheduler::traces::TRACES_KEPT
+            ),
+        ));
+    };
+    Ok(Json(serde_json::json!({
+        "trace_id": first.trace_id,
+        "spans": spans,
+    })))
 }
 
 /// The bearer token of the request, if any.

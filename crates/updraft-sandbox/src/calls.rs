@@ -47,6 +47,8 @@ pub struct CallRequest {
     pub chain: Arc<[Arc<str>]>,
     /// When the whole chain must be done.
     pub deadline: Instant,
+    /// The caller's place in its trace.
+    pub trace: Option<updraft_core::trace::TraceParent>,
 }
 
 /// Why the platform could not give a response. The scheduler's message in
@@ -149,6 +151,7 @@ impl invoke::Host for Host {
             payload: payload.into(),
             chain,
             deadline: self.deadline,
+            trace: self.trace,
         };
         let call = grant.caller.call(request);
         Ok(match call.await {

@@ -31,6 +31,9 @@ pub(crate) struct Host {
     pub(crate) grants: Grants,
     /// The chain of calls this invocation ends (itself last).
     pub(crate) chain: Arc<[Arc<str>]>,
+    /// Where in its trace the invocation runs (its calls and publishes
+    /// continue from here).
+    pub(crate) trace: Option<updraft_core::trace::TraceParent>,
     /// Host-side notes for this invocation's logs (e.g. a refused store).
     pub(crate) notes: Vec<String>,
     /// State operations of this invocation, for metering.

@@ -56,6 +56,9 @@ pub struct InvocationCtx {
     /// The tenant's memory quota, when an admin set one: its instances'
     /// memory counts against it ([`crate::MemoryBudget`]).
     pub memory_quota: Option<Arc<crate::MemoryBudget>>,
+    /// Where in its trace the guest runs: its calls and publishes continue
+    /// from here (`None` with tracing off).
+    pub trace: Option<updraft_core::trace::TraceParent>,
 }
 
 impl InvocationCtx {
@@ -170,6 +173,7 @@ struct Checkout {
 struct Owner {
     chain: Arc<[Arc<str>]>,
     memory_quota: Option<Arc<crate::MemoryBudget>>,
+    trace: Option<updraft_core::trace::TraceParent>,
 }
 
 impl Owner {
@@ -177,6 +181,7 @@ impl Owner {
         Owner {
             chain: ctx.chain.clone(),
             memory_quota: ctx.memory_quota.clone(),
+            trace: ctx.trace,
         }
     }
 }
@@ -194,6 +199,7 @@ impl Sandbox {
         let Owner {
             chain,
             memory_quota,
+            trace,
         } = owner;
         let pipes = Pipes {
             stdout: CapturePipe::new(stdout_bytes_max),
@@ -233,6 +239,7 @@ impl Sandbox {
             ),
             grants: prepared.grants.clone(),
             chain,
+            trace,
             notes: Vec::new(),
             usage: StateUsage::default(),
             config,
@@ -281,6 +288,7 @@ impl Sandbox {
                 let host = store.data_mut();
                 host.deadline = deadline;
                 host.chain = ctx.chain.clone();
+                host.trace = ctx.trace;
                 host.limiter.reset_for_invocation(deadline);
                 host.notes.clear();
                 host.usage = StateUsage::default();
@@ -562,6 +570,7 @@ impl Sandbox {
         let owner = Owner {
             chain: Arc::new([]),
             memory_quota: None,
+            trace: None,
         };
         let (mut store, _pipes) = self.new_store(
             prepared,

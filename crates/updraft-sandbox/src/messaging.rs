@@ -61,6 +61,7 @@ pub trait Publisher: Send + Sync + 'static {
         channel: String,
         data: Bytes,
         content_type: Option<String>,
+        trace: Option<updraft_core::trace::TraceParent>,
     ) -> BoxFuture<'static, Result<Vec<String>, PublishError>>;
 }
 
@@ -117,6 +118,7 @@ impl messaging::Host for Host {
             channel.clone(),
             data.into(),
             content_type,
+            self.trace,
         );
         Ok(match published.await {
             Ok(ids) => Ok(ids),

@@ -74,6 +74,7 @@ impl Fixture {
             deadline: None,
             inline: false,
             memory_quota: None,
+            trace: None,
         };
         self.sandbox
             .invoke_command(&prepared, Bytes::from_static(stdin), ctx)

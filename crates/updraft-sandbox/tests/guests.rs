@@ -60,6 +60,7 @@ impl Publisher for Channels {
         channel: String,
         data: Bytes,
         _content_type: Option<String>,
+        _trace: Option<updraft_core::trace::TraceParent>,
     ) -> BoxFuture<'static, Result<Vec<String>, PublishError>> {
         self.published.lock().unwrap().push((channel, data));
         Box::pin(async { Ok(vec!["m1".to_string()]) })
@@ -171,6 +172,7 @@ fn ctx() -> InvocationCtx {
         deadline: None,
         inline: false,
         memory_quota: None,
+        trace: None,
     }
 }
 

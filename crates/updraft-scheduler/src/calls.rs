@@ -7,6 +7,8 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use updraft_core::Trigger;
 use updraft_sandbox::{CallError, CallRequest, FunctionCaller, InvokeError};
 
@@ -68,11 +70,27 @@ impl Invoker {
             Trigger::Call,
         );
         invocation.call = Some(&request);
+        // The caller's side of the call, the callee's invocation under it.
+        let mut span = self.traces().start(
+            format!("call {}", loaded.name),
+            SpanKind::Client,
+            request.trace,
+            vec![
+                KeyValue::new("faas.invoked_name", loaded.name.to_string()),
+                KeyValue::new("faas.invoked_provider", "updraft"),
+                KeyValue::new(crate::traces::TENANT, loaded.tenant.to_string()),
+            ],
+        );
+        invocation.trace = span.position();
         let (_, outcome) = self.run(invocation).await;
-        outcome
-            .map_err(call_error)?
-            .collect()
-            .await
-            .map_err(call_error)
+        let answer = match outcome {
+            Ok(outcome) => outcome.collect().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &answer {
+            span.fail(updraft_core::Classify::code(e));
+        }
+        span.end();
+        answer.map_err(call_error)
     }
 }

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use updraft_core::trace::TraceParent;
 use updraft_core::{FunctionKind, SharedClock, Trigger};
 use updraft_sandbox::{
     CallRequest, InvocationCtx, InvokeError, OnDone, Output, Prepared, ResponseBody, Sandbox,
@@ -44,6 +47,8 @@ pub struct Invoker {
     started: std::sync::atomic::AtomicU64,
     /// What each function version did, for `/metrics`.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Spans of invocations, calls and publishes.
+    traces: Arc<crate::traces::Traces>,
 }
 
 /// The body of a request handed to a function.
@@ -123,6 +128,10 @@ pub struct Invocation<'a> {
     pub id: String,
     /// Set for a call from another function: the chain and its deadline.
     pub call: Option<&'a CallRequest>,
+    /// Where the invocation's span goes in its trace: the client's
+    /// `traceparent`, the caller's call, the message's publish (a new
+    /// trace when `None`).
+    pub trace: Option<TraceParent>,
 }
 
 impl<'a> Invocation<'a> {
@@ -134,6 +143,7 @@ impl<'a> Invocation<'a> {
             trigger,
             id: uuid::Uuid::now_v7().to_string(),
             call: None,
+            trace: None,
         }
     }
 }
@@ -234,10 +244,11 @@ impl Invoker {
         logs: Arc<Logs>,
         clock: SharedClock,
         kv: Arc<dyn updraft_state::kv::KvStore>,
-        metrics: Arc<crate::metrics::Metrics>,
+        (metrics, traces): (Arc<crate::metrics::Metrics>, Arc<crate::traces::Traces>),
     ) -> Invoker {
         Invoker {
             metrics,
+            traces,
             admission: Arc::new(Semaphore::new(sandbox.instances_max() as usize)),
             quotas: crate::quotas::Quotas::new(kv),
             functions,
@@ -263,6 +274,11 @@ impl Invoker {
     /// Instance slots of the node.
     pub fn slots(&self) -> u32 {
         self.sandbox.instances_max()
+    }
+
+    /// Spans of invocations, calls and publishes.
+    pub fn traces(&self) -> &Arc<crate::traces::Traces> {
+        &self.traces
     }
 
     /// What each function version did.
@@ -291,53 +307,57 @@ impl Invoker {
             trigger,
             id,
             call,
+            trace,
         } = invocation;
+        let span = self.invocation_span(function, &input, trigger, &id, trace);
         let stats = self.count(function);
         // Refused before the executor ran: counted here (the executors
         // count what refuses them in `start`, and their runs' reports).
-        let refused = |e: PlatformError| {
+        let refused = |e: PlatformError, mut span: Traced| {
             if let Some(stats) = stats {
                 stats.failed(updraft_core::Classify::code(&e));
             }
+            span.invocation.fail(e.to_string());
+            span.invocation.end();
             Err(e)
         };
         // Only a payload or an event may go to a handler export.
         let may_take_payload = !matches!(input, Input::Request(_));
         let executor = match self.executor(function, may_take_payload).await {
             Ok(executor) => executor,
-            Err(e) => return (id, refused(e)),
+            Err(e) => return (id, refused(e, span)),
         };
         // The executors hand the id back: no copy of it per invocation.
         match (executor, input) {
             (Executor::Http, input) => match http_request(input, &id) {
                 Ok(request) => {
                     let (id, response) = self
-                        .invoke_http_as(function, request, trigger, id, call)
+                        .invoke_http_as(function, request, trigger, id, call, span)
                         .await;
                     (id, response.map(Outcome::Streamed))
                 }
-                Err(e) => (id, refused(e)),
+                Err(e) => (id, refused(e, span)),
             },
             (Executor::Command, input) => match input_bytes(function, input, &id).await {
                 Ok(stdin) => {
                     let (id, stdout) = self
-                        .invoke_command_as(function, stdin, trigger, id, call)
+                        .invoke_command_as(function, stdin, trigger, id, call, span)
                         .await;
                     (id, stdout.map(|stdout| Outcome::Command { stdout }))
                 }
-                Err(e) => (id, refused(e)),
+                Err(e) => (id, refused(e, span)),
             },
             (Executor::Handler, input) => match input_bytes(function, input, &id).await {
                 Ok(payload) => {
                     let (id, answer) = self
-                        .invoke_handler_as(function, payload, trigger, id, call)
+                        .invoke_handler_as(function, payload, trigger, id, call, span)
                         .await;
                     (
                         id,
                         answer.map(|(status, body)| Outcome::Buffered { status, body }),
                     )
                 }
-                Err(e) => (id, refused(e)),
+                Err(e) => (id, refused(e, span)),
             },
         }
     }
@@ -416,11 +436,31 @@ impl Invoker {
         &self,
         loaded: &Loaded,
         call: Option<&CallRequest>,
+        span: &mut Traced,
     ) -> Result<Start, PlatformError> {
+        let mut admission = self.traces.start(
+            "admission",
+            SpanKind::Internal,
+            span.invocation.position(),
+            Vec::new(),
+        );
         let start = self.admitted(loaded, call).await;
-        if let (Err(e), Some(stats)) = (&start, self.stats(loaded)) {
-            stats.failed(updraft_core::Classify::code(e));
+        if let Err(e) = &start {
+            if let Some(stats) = self.stats(loaded) {
+                stats.failed(updraft_core::Classify::code(e));
+            }
+            admission.fail(updraft_core::Classify::code(e));
+            span.invocation.fail(e.to_string());
         }
+        admission.end();
+        // The guest's run, instantiation included: its calls and publishes
+        // are its children.
+        span.run = Some(self.traces.start(
+            "run",
+            SpanKind::Internal,
+            span.invocation.position(),
+            Vec::new(),
+        ));
         start
     }
 
@@ -451,21 +491,31 @@ impl Invoker {
     async fn invoke_http_as(
         &self,
         loaded: &Arc<Loaded>,
-        request: http::Request<RequestBody>,
+        mut request: http::Request<RequestBody>,
         trigger: Trigger,
         invocation_id: String,
         call: Option<&CallRequest>,
+        mut span: Traced,
     ) -> (String, Result<http::Response<ResponseBody>, PlatformError>) {
         let Start {
             start_ms,
             prepared,
             permit,
             memory_quota,
-        } = match self.start(loaded, call).await {
+        } = match self.start(loaded, call, &mut span).await {
             Ok(start) => start,
-            Err(e) => return (invocation_id, Err(e)),
+            Err(e) => return (invocation_id, Err(span.refused(e))),
         };
-        let ctx = invocation_ctx(loaded, &invocation_id, call, memory_quota);
+        let ctx = invocation_ctx(loaded, &invocation_id, call, memory_quota, span.position());
+        // The guest sees its own place in the trace: a request it forwards
+        // continues it.
+        if let Some(at) = span.position()
+            && let Ok(value) = http::HeaderValue::from_str(&at.header())
+        {
+            request
+                .headers_mut()
+                .insert(updraft_core::trace::TRACEPARENT, value);
+        }
         let logs = self.logs.clone();
         let function = loaded.clone();
         let pending = self.usage.pending(loaded.key.clone());
@@ -477,6 +527,7 @@ impl Invoker {
             if let Some(stats) = stats {
                 stats.finished(&report);
             }
+            span.finished(&report);
             logs.report(&function.key, &report);
             if let Some(usage) = usage {
                 usage.report(crate::usage::record(
@@ -505,12 +556,13 @@ impl Invoker {
         trigger: Trigger,
         invocation_id: String,
         call: Option<&CallRequest>,
+        span: Traced,
     ) -> (String, Result<Bytes, PlatformError>) {
         let run = |prepared: Arc<Prepared>, ctx| async move {
             self.sandbox.invoke_command(&prepared, stdin, ctx).await
         };
         let bytes_out = |out: &Bytes| out.len() as u64;
-        self.invoke_buffered(loaded, trigger, invocation_id, call, bytes_out, run)
+        self.invoke_buffered(loaded, trigger, invocation_id, call, span, bytes_out, run)
             .await
     }
 
@@ -524,24 +576,28 @@ impl Invoker {
         trigger: Trigger,
         invocation_id: String,
         call: Option<&CallRequest>,
+        span: Traced,
     ) -> (String, Result<(u16, Bytes), PlatformError>) {
         let run = |prepared: Arc<Prepared>, ctx| async move {
             self.sandbox.invoke_handler(&prepared, payload, ctx).await
         };
         let bytes_out = |(_, body): &(u16, Bytes)| body.len() as u64;
-        self.invoke_buffered(loaded, trigger, invocation_id, call, bytes_out, run)
+        self.invoke_buffered(loaded, trigger, invocation_id, call, span, bytes_out, run)
             .await
     }
 
     /// What invocations run to their end before they answer (commands,
     /// direct calls) share: the budget, preparing, an instance slot, then
     /// `run`, whose report goes to the logs and to metering.
+    // Each argument is one part of the invocation the executors share.
+    #[allow(clippy::too_many_arguments)]
     async fn invoke_buffered<T, Fut>(
         &self,
         loaded: &Arc<Loaded>,
         trigger: Trigger,
         invocation_id: String,
         call: Option<&CallRequest>,
+        mut span: Traced,
         bytes_out: impl Fn(&T) -> u64,
         run: impl FnOnce(Arc<Prepared>, InvocationCtx) -> Fut,
     ) -> (String, Result<T, PlatformError>)
@@ -553,15 +609,16 @@ impl Invoker {
             prepared,
             permit: _permit,
             memory_quota,
-        } = match self.start(loaded, call).await {
+        } = match self.start(loaded, call, &mut span).await {
             Ok(start) => start,
-            Err(e) => return (invocation_id, Err(e)),
+            Err(e) => return (invocation_id, Err(span.refused(e))),
         };
-        let ctx = invocation_ctx(loaded, &invocation_id, call, memory_quota);
+        let ctx = invocation_ctx(loaded, &invocation_id, call, memory_quota, span.position());
         let Output { result, report } = run(prepared, ctx).await;
         if let Some(stats) = self.stats(loaded) {
             stats.finished(&report);
         }
+        span.finished(&report);
         self.logs.report(&loaded.key, &report);
         if self.usage.is_metered() {
             let out = result.as_ref().map_or(0, &bytes_out);
@@ -569,6 +626,108 @@ impl Invoker {
             self.usage.meter(&loaded.key, record);
         }
         (invocation_id, result.map_err(PlatformError::from))
+    }
+}
+
+/// An invocation's spans: the invocation itself, and its run once admitted.
+struct Traced {
+    invocation: crate::traces::Span,
+    run: Option<crate::traces::Span>,
+}
+
+impl Traced {
+    /// Where the guest's calls and publishes go: under its run.
+    fn position(&self) -> Option<TraceParent> {
+        self.run
+            .as_ref()
+            .and_then(crate::traces::Span::position)
+            .or_else(|| self.invocation.position())
+    }
+
+    /// Refused before its run: the run span (made at admission) goes too.
+    fn refused(mut self, e: PlatformError) -> PlatformError {
+        if let Some(mut run) = self.run.take() {
+            run.fail("not run");
+            run.end();
+        }
+        self.invocation.end();
+        e
+    }
+
+    /// The run ended as `report` says.
+    fn finished(mut self, report: &updraft_sandbox::Report) {
+        if let Some(mut run) = self.run.take() {
+            if let Err(e) = &report.outcome {
+                run.fail(e.to_string());
+            }
+            run.end();
+        }
+        if let Err(e) = &report.outcome {
+            self.invocation
+                .set(KeyValue::new("error.type", updraft_core::Classify::code(e)));
+            self.invocation.fail(e.to_string());
+        }
+        self.invocation.end();
+    }
+}
+
+impl Invoker {
+    /// The invocation's span, with the FaaS conventions' attributes.
+    fn invocation_span(
+        &self,
+        function: &Loaded,
+        input: &Input,
+        trigger: Trigger,
+        id: &str,
+        parent: Option<TraceParent>,
+    ) -> Traced {
+        if !self.traces.enabled() {
+            return Traced {
+                invocation: self.traces.start("", SpanKind::Internal, None, Vec::new()),
+                run: None,
+            };
+        }
+        let (kind, faas_trigger) = match (trigger, input) {
+            (_, Input::Event { .. }) => (SpanKind::Consumer, "pubsub"),
+            (Trigger::Async, _) => (SpanKind::Consumer, "other"),
+            (Trigger::Http | Trigger::Api, _) => (SpanKind::Server, "http"),
+            _ => (SpanKind::Server, "other"),
+        };
+        let mut attributes = vec![
+            KeyValue::new("faas.trigger", faas_trigger),
+            KeyValue::new(crate::traces::INVOCATION_ID, id.to_string()),
+            KeyValue::new("faas.name", function.name.to_string()),
+            KeyValue::new(
+                "faas.version",
+                function.version.version.to_string() as String,
+            ),
+            KeyValue::new("faas.coldstart", function.prepared().is_none()),
+            KeyValue::new(crate::traces::TENANT, function.tenant.to_string()),
+            KeyValue::new("updraft.trigger", trigger_name(trigger)),
+        ];
+        if let Input::Request(request) = input {
+            attributes.push(KeyValue::new(
+                "http.request.method",
+                request.method().as_str().to_string(),
+            ));
+            attributes.push(KeyValue::new("url.path", request.uri().path().to_string()));
+        }
+        Traced {
+            invocation: self
+                .traces
+                .start(function.name.to_string(), kind, parent, attributes),
+            run: None,
+        }
+    }
+}
+
+fn trigger_name(trigger: Trigger) -> &'static str {
+    match trigger {
+        Trigger::Http => "http",
+        Trigger::Api => "api",
+        Trigger::Async => "async",
+        Trigger::Call => "call",
+        Trigger::Storage => "storage",
     }
 }
 
@@ -609,6 +768,7 @@ fn invocation_ctx(
     id: &str,
     call: Option<&CallRequest>,
     memory_quota: Option<Arc<updraft_sandbox::MemoryBudget>>,
+    trace: Option<TraceParent>,
 ) -> InvocationCtx {
     InvocationCtx {
         invocation_id: id.to_string(),
@@ -620,6 +780,7 @@ fn invocation_ctx(
         deadline: call.map(|c| c.deadline),
         inline: call.is_some(),
         memory_quota,
+        trace,
     }
 }
 

@@ -31,6 +31,7 @@ pub mod metrics;
 mod operator;
 mod platform;
 mod quotas;
+pub mod traces;
 mod usage;
 
 pub use error::PlatformError;

@@ -93,6 +93,8 @@ pub struct PlatformConfig {
     /// Whether invocations are counted for `/metrics`; off only to measure
     /// what counting costs.
     pub metrics: bool,
+    /// Spans: made at all, and sent to an OTLP collector.
+    pub traces: crate::traces::TraceConfig,
 }
 
 /// Default interval of storage samples: S3 and DynamoDB also bill stored
@@ -122,6 +124,10 @@ impl PlatformConfig {
             clock: updraft_core::system_clock(),
             node: format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
             metrics: true,
+            traces: crate::traces::TraceConfig {
+                enabled: true,
+                otlp_endpoint: None,
+            },
         }
     }
 }
@@ -370,6 +376,10 @@ impl Platform {
         blobs.set_gate(disk_gate.clone());
         let (inner_kv, blobs_sampled) = (kv.clone(), blobs.clone());
         let quotas_kv = kv.clone();
+        let traces = Arc::new(
+            crate::traces::Traces::new(&config.traces)
+                .map_err(|e| PlatformError::Task(Box::new(e)))?,
+        );
         // The services, innermost first. A guest's capabilities point back
         // up (a call to the invoker, a publish or a watched write to the
         // events service), weakly, so grants never keep the platform alive.
@@ -401,7 +411,10 @@ impl Platform {
                     logs.clone(),
                     config.clock,
                     quotas_kv,
-                    Arc::new(crate::metrics::Metrics::new(config.metrics)),
+                    (
+                        Arc::new(crate::metrics::Metrics::new(config.metrics)),
+                        traces,
+                    ),
                 )
             });
             Events::new(
@@ -621,5 +634,7 @@ impl Platform {
         self.events.finish_runs().await;
         self.logs.flush().await;
         self.usage.shutdown().await;
+        let traces = self.invoker.traces().clone();
+        let _ = tokio::task::spawn_blocking(move || traces.flush()).await;
     }
 }

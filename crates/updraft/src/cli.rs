@@ -153,6 +153,13 @@ pub enum ClientCommand {
         /// The id `updraft invoke --async` printed.
         id: String,
     },
+    /// Show a recent trace as a tree of spans with their durations: the
+    /// invocation, its calls, publishes and deliveries.
+    Trace {
+        /// An invocation id (the `updraft-invocation-id` header) or a
+        /// trace id (32 hex digits).
+        id: String,
+    },
     /// Dead letters: async invocations that failed every attempt.
     #[command(subcommand)]
     Dlq(DlqCommand),

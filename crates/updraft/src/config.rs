@@ -67,6 +67,10 @@ pub struct TelemetryConfig {
     pub metrics: bool,
     /// A bearer token that may read `/metrics` besides admin keys.
     pub metrics_token: Option<String>,
+    /// Make spans of invocations, calls and publishes [default: true].
+    pub traces: bool,
+    /// An OTLP/HTTP collector's base URL: spans go to `{url}/v1/traces`.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for TelemetryConfig {
@@ -74,6 +78,8 @@ impl Default for TelemetryConfig {
         TelemetryConfig {
             metrics: true,
             metrics_token: None,
+            traces: true,
+            otlp_endpoint: None,
         }
     }
 }
@@ -264,6 +270,15 @@ impl ServerConfig {
                 "the server config {} is not valid: [telemetry] metrics_token must be at least \
                  {METRICS_TOKEN_LEN_MIN} visible ASCII characters (make one with \
                  `openssl rand -hex 16`)",
+                path.display()
+            );
+        }
+        if let Some(url) = &config.telemetry.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            anyhow::bail!(
+                "the server config {} is not valid: [telemetry] otlp_endpoint = {url:?}: give \
+                 the collector's OTLP/HTTP base URL, like \"http://127.0.0.1:4318\"",
                 path.display()
             );
         }

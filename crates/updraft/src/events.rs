@@ -41,6 +41,75 @@ fn time(ms: &Value) -> String {
     }
 }
 
+/// `840 µs`, `12.3 ms`, `4.56 s`.
+fn duration_us(micros: u64) -> String {
+    match micros {
+        0..1_000 => format!("{micros} µs"),
+        1_000..1_000_000 => format!("{:.1} ms", micros as f64 / 1e3),
+        _ => format!("{:.2} s", micros as f64 / 1e6),
+    }
+}
+
+/// `updraft trace ID`: the spans as a tree, each with its duration.
+pub async fn trace(client: &Client, id: &str, json: bool) -> Result<()> {
+    let reply = client.get_value(&["v1", "traces", id], &[]).await?;
+    let mut out = io::stdout().lock();
+    if json {
+        return Ok(output::write_json(&mut out, &reply.raw)?);
+    }
+    let spans = reply.body["spans"].as_array().cloned().unwrap_or_default();
+    writeln!(
+        out,
+        "trace {}",
+        reply.body["trace_id"].as_str().unwrap_or_default()
+    )?;
+    let text =
+        |span: &serde_json::Value, key: &str| span[key].as_str().unwrap_or_default().to_string();
+    let ids: std::collections::HashSet<String> = spans.iter().map(|s| text(s, "span_id")).collect();
+    // Roots: spans whose parent is not here (the client's, or none).
+    let mut stack: Vec<(usize, &serde_json::Value)> = spans
+        .iter()
+        .filter(|s| !ids.contains(&text(s, "parent_span_id")))
+        .rev()
+        .map(|s| (0, s))
+        .collect();
+    while let Some((depth, span)) = stack.pop() {
+        let micros = span["duration_us"].as_u64().unwrap_or(0);
+        let status = text(span, "status");
+        let attributes = &span["attributes"];
+        let mut notes = Vec::new();
+        for key in ["faas.invocation_id", "messaging.message.id"] {
+            if let Some(v) = attributes[key].as_str() {
+                notes.push(v.to_string());
+            }
+        }
+        if status != "ok" {
+            notes.push(status);
+        }
+        writeln!(
+            out,
+            "{:indent$}{} [{}] {}{}",
+            "",
+            text(span, "name"),
+            text(span, "kind"),
+            duration_us(micros),
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", notes.join(", "))
+            },
+            indent = depth * 2
+        )?;
+        let me = text(span, "span_id");
+        let children = spans
+            .iter()
+            .filter(|s| s["parent_span_id"].as_str() == Some(me.as_str()))
+            .rev();
+        stack.extend(children.map(|c| (depth + 1, c)));
+    }
+    Ok(())
+}
+
 pub async fn invocation(client: &Client, id: &str, json: bool) -> Result<()> {
     let reply = client.get_value(&["v1", "invocations", id], &[]).await?;
     let mut out = io::stdout().lock();

@@ -142,6 +142,7 @@ async fn run_client(client: &Client, command: ClientCommand, json: bool) -> Resu
         ClientCommand::Secrets(command) => secrets(client, command, json).await,
         ClientCommand::Cost(command) => money::cost(client, command, json).await,
         ClientCommand::Invocation { id } => events::invocation(client, &id, json).await,
+        ClientCommand::Trace { id } => events::trace(client, &id, json).await,
         ClientCommand::Dlq(command) => events::dlq(client, command, json).await,
         ClientCommand::Queues { command } => events::queues(client, command, json).await,
         ClientCommand::Topics(command) => events::topics(client, command, json).await,

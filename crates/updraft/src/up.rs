@@ -209,6 +209,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.prices = file.prices;
     config.metering = file.metering.enabled;
     config.metrics = file.telemetry.metrics;
+    config.traces = updraft_scheduler::traces::TraceConfig {
+        enabled: file.telemetry.traces,
+        otlp_endpoint: file.telemetry.otlp_endpoint.clone(),
+    };
     config.background_threads = match (file.cpu.background_lane, file.cpu.background_threads) {
         (false, _) => 0,
         (true, Some(threads)) => threads,

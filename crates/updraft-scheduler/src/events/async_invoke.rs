@@ -11,6 +11,7 @@
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use updraft_core::trace::{TRACEPARENT, TraceParent};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -78,6 +79,30 @@ enum Work {
 }
 
 impl Work {
+    /// Where the message's trace is: the request's `traceparent` header,
+    /// or the event's `traceparent` attribute (the CloudEvents
+    /// distributed-tracing extension).
+    fn traceparent(&self) -> Option<TraceParent> {
+        match self {
+            Work::Request(request) => request.traceparent(),
+            Work::Event(event) => match event.attributes.get(TRACEPARENT) {
+                Some(serde_json::Value::String(v)) => TraceParent::parse(v),
+                _ => None,
+            },
+            Work::Json(json) => {
+                #[derive(serde::Deserialize)]
+                struct Traced {
+                    traceparent: Option<String>,
+                }
+                serde_json::from_slice::<Traced>(json)
+                    .ok()?
+                    .traceparent
+                    .as_deref()
+                    .and_then(TraceParent::parse)
+            }
+        }
+    }
+
     fn decode(bytes: Vec<u8>) -> Option<Work> {
         match bytes.split_first()? {
             (&REQUEST_TAG, rest) => AsyncRequest::decode(rest).map(Work::Request),
@@ -99,6 +124,24 @@ pub struct AsyncRequest {
 }
 
 impl AsyncRequest {
+    /// Its `traceparent` header, if it has a valid one.
+    pub(crate) fn traceparent(&self) -> Option<TraceParent> {
+        self.headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(TRACEPARENT))
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+            .and_then(TraceParent::parse)
+    }
+
+    /// Replaces its `traceparent` (and drops a `tracestate` that went with
+    /// the old one only if there was none to keep).
+    pub(crate) fn set_traceparent(&mut self, at: &TraceParent) {
+        self.headers
+            .retain(|(name, _)| !name.eq_ignore_ascii_case(TRACEPARENT));
+        self.headers
+            .push((TRACEPARENT.to_string(), at.header().into_bytes()));
+    }
+
     /// `[u16 len][method][u32 len][path][u16 count]([u16 len][name][u32
     /// len][value])*[body]`, little-endian.
     fn encode(&self) -> Result<Vec<u8>, PlatformError> {
@@ -246,10 +289,29 @@ impl Events {
     pub async fn invoke_async(
         &self,
         loaded: &Arc<Loaded>,
-        request: AsyncRequest,
+        mut request: AsyncRequest,
         idempotency_key: Option<String>,
     ) -> Result<Accepted, PlatformError> {
         self.usage.check_budget(&loaded.tenant)?;
+        // The request keeps where its trace is, so that every attempt (a
+        // retry an hour later too) joins it: under the client's, or a new one.
+        let mut span = self.invoker().traces().start(
+            format!("enqueue {}", loaded.name),
+            opentelemetry::trace::SpanKind::Producer,
+            request.traceparent(),
+            vec![
+                opentelemetry::KeyValue::new("messaging.system", "updraft"),
+                opentelemetry::KeyValue::new("messaging.operation.type", "send"),
+                opentelemetry::KeyValue::new(
+                    "messaging.destination.name",
+                    format!("async:{}", loaded.name),
+                ),
+                opentelemetry::KeyValue::new(crate::traces::TENANT, loaded.tenant.to_string()),
+            ],
+        );
+        if let Some(at) = span.position() {
+            request.set_traceparent(&at);
+        }
         let message = NewMessage {
             payload: request.encode()?,
             idempotency_key,
@@ -261,11 +323,17 @@ impl Events {
             .await
             .map_err(queue_error)?;
         self.ensure_dispatcher(&loaded.tenant, &loaded.name, Source::Function);
-        accepted.into_iter().next().ok_or_else(|| {
+        let accepted = accepted.into_iter().next().ok_or_else(|| {
             PlatformError::Queue(updraft_state::queue::QueueError::storage(
                 "the queue accepted nothing",
             ))
-        })
+        })?;
+        span.set(opentelemetry::KeyValue::new(
+            "messaging.message.id",
+            accepted.id.to_string(),
+        ));
+        span.end();
+        Ok(accepted)
     }
 
     /// Where async invocation `id` of `tenant` is.
@@ -678,6 +746,10 @@ async fn attempt(
     message: &Message,
 ) -> Result<InvocationResult, AttemptError> {
     let enqueued_ms = message.enqueued_ms;
+    let trace = match invoker.traces().enabled() {
+        true => work.traceparent(),
+        false => None,
+    };
     let input = match work {
         Work::Request(request) => Input::Request(request.into_http()?),
         Work::Event(event) => Input::Event {
@@ -695,6 +767,7 @@ async fn attempt(
         trigger: Trigger::Async,
         id: message.id.to_string(),
         call: None,
+        trace,
     };
     let (_, outcome) = invoker.run(invocation).await;
     let (status, body) = outcome?.collect().await?;

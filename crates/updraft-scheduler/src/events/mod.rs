@@ -133,14 +133,39 @@ impl Publisher for EventsPublisher {
         channel: String,
         data: Bytes,
         content_type: Option<String>,
+        trace: Option<updraft_core::trace::TraceParent>,
     ) -> BoxFuture<'static, Result<Vec<String>, PublishError>> {
         let events = self.0.upgrade();
         Box::pin(async move {
             let Some(events) = events else {
                 return Err(PublishError::Other("the platform is shutting down".into()));
             };
-            let event = Event::from_data(format!("/{owner}/{channel}"), content_type, data);
-            match events.publish(&owner, &channel, event).await {
+            let mut event = Event::from_data(format!("/{owner}/{channel}"), content_type, data);
+            // The message carries the publish's place in the trace
+            // (CloudEvents' distributed-tracing extension): its deliveries
+            // and their retries join it.
+            let mut span = events.invoker().traces().start(
+                format!("publish {channel}"),
+                opentelemetry::trace::SpanKind::Producer,
+                trace,
+                vec![
+                    opentelemetry::KeyValue::new("messaging.system", "updraft"),
+                    opentelemetry::KeyValue::new("messaging.operation.type", "send"),
+                    opentelemetry::KeyValue::new("messaging.destination.name", channel.clone()),
+                    opentelemetry::KeyValue::new(crate::traces::TENANT, owner.clone()),
+                ],
+            );
+            if let Some(at) = span.position() {
+                event
+                    .attributes
+                    .insert(updraft_core::trace::TRACEPARENT.into(), at.header().into());
+            }
+            let published = events.publish(&owner, &channel, event).await;
+            if let Err(e) = &published {
+                span.fail(e.to_string());
+            }
+            span.end();
+            match published {
                 Ok(published) => Ok(published.ids),
                 Err(PlatformError::UnknownChannel(_)) => Err(PublishError::NotFound),
                 Err(PlatformError::Queue(QueueError::PayloadTooLarge { .. })) => {

@@ -1,5 +1,6 @@
 //! publisher: publishes its request body to the queue or topic named by
-//! `?to=NAME` (`updraft:platform/messaging`), with the request's
+//! `?to=NAME`, or by `[env] TO` (a call from another function comes as
+//! `POST /`) (`updraft:platform/messaging`), with the request's
 //! `content-type`, and answers the message ids, one per line. A refused or
 //! failed publish answers 500 with the error.
 
@@ -27,7 +28,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Publisher {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path = request.path_with_query().unwrap_or_default();
         let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
-        let to = param(query, "to").unwrap_or("").to_string();
+        let to = match param(query, "to") {
+            Some(to) => to.to_string(),
+            None => wasip2::cli::environment::get_environment()
+                .into_iter()
+                .find_map(|(k, v)| (k == "TO").then_some(v))
+                .unwrap_or_default(),
+        };
         let content_type = request
             .headers()
             .get("content-type")

@@ -1,0 +1,278 @@
+//! One trace through everything: a client's `traceparent` → an http
+//! function → its call to another function → that one's publish → the
+//! queue's delivery → the delivery's retry, each span under the right
+//! parent. Seen twice: by an in-process OTLP/HTTP receiver the server
+//! exports to, and by `updraft trace`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use http_body_util::BodyExt as _;
+use prost::Message as _;
+
+/// A span as the receiver got it: (name, kind, parent span id, attributes).
+#[derive(Debug, Clone)]
+struct Received {
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    name: String,
+    attributes: HashMap<String, String>,
+}
+
+/// An OTLP/HTTP receiver on 127.0.0.1 (`POST /v1/traces`, protobuf);
+/// stops with the test's runtime.
+async fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let kept = spans.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let kept = kept.clone();
+                        async move {
+                            assert_eq!(request.uri().path(), "/v1/traces");
+                            let body = request.into_body().collect().await.unwrap().to_bytes();
+                            let export = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body).unwrap();
+                            let mut kept = kept.lock().unwrap();
+                            for resource in export.resource_spans {
+                                for scope in resource.scope_spans {
+                                    for span in scope.spans {
+                                        kept.push(Received {
+                                            trace_id: hex(&span.trace_id),
+                                            span_id: hex(&span.span_id),
+                                            parent: hex(&span.parent_span_id),
+                                            name: span.name,
+                                            attributes: span
+                                                .attributes
+                                                .into_iter()
+                                                .map(|kv| {
+                                                    (
+                                                        kv.key,
+                                                        format!(
+                                                            "{:?}",
+                                                            kv.value.and_then(|v| v.value)
+                                                        ),
+                                                    )
+                                                })
+                                                .collect(),
+                                        });
+                                    }
+                                }
+                            }
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::new()),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, spans)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_trace_spans_a_request_a_call_a_publish_a_delivery_and_its_retry() {
+    let (otlp, received) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!("[telemetry]\notlp_endpoint = \"{otlp}\"\n"),
+    )
+    .unwrap();
+    let server = Server::start_with(dir.path(), &["--config", config.to_str().unwrap()]);
+    server.cli_ok(&["queues", "create", "orders"]);
+    // The consumer always traps: two attempts, then a dead letter.
+    server.deploy_guest(
+        "sink",
+        "trap",
+        "[[trigger]]\nqueue = \"orders\"\n[retry]\nmax_attempts = 2\nbackoff_ms = 10\nbackoff_max_ms = 20",
+    );
+    server.deploy_guest(
+        "pub",
+        "publisher",
+        "publishes = [\"orders\"]\n[env]\nTO = \"orders\"",
+    );
+    server.deploy_guest(
+        "front",
+        "chain",
+        "route = \"/front\"\ncalls = [\"pub\"]\n[env]\nNAME = \"front\"\nNEXT = \"pub\"",
+    );
+
+    let response = client()
+        .post(server.url("/front"))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .body("order 1")
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["updraft-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    server.wait_for_dead_letter("sink").await;
+
+    // Every span reaches the collector (batched: wait for the last).
+    let spans = wait_until(
+        "the collector has the delivery's two attempts",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let spans = received.lock().unwrap().clone();
+            let attempts = spans.iter().filter(|s| s.name == "sink").count();
+            match attempts {
+                2 => Ok(spans),
+                n => Err(format!("{n} attempts: {spans:?}")),
+            }
+        },
+    )
+    .await;
+    let one = |name: &str| -> Received {
+        let found: Vec<&Received> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(found.len(), 1, "{name}: {spans:#?}");
+        found[0].clone()
+    };
+    let child_of = |parent: &Received, name: &str| -> Received {
+        let found: Vec<&Received> = spans
+            .iter()
+            .filter(|s| s.name == name && s.parent == parent.span_id)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one {name} under {}: {spans:#?}",
+            parent.name
+        );
+        found[0].clone()
+    };
+    assert!(
+        spans.iter().all(|s| s.trace_id == CLIENT_TRACE),
+        "one trace: {spans:#?}"
+    );
+    let front = one("front");
+    assert_eq!(front.parent, CLIENT_SPAN, "under the client's span");
+    assert!(front.attributes["faas.invocation_id"].contains(&id));
+    assert!(front.attributes["faas.trigger"].contains("http"));
+    child_of(&front, "admission");
+    let front_run = child_of(&front, "run");
+    let call = child_of(&front_run, "call pub");
+    assert!(call.attributes["faas.invoked_name"].contains("pub"));
+    let callee = child_of(&call, "pub");
+    let callee_run = child_of(&callee, "run");
+    let publish = child_of(&callee_run, "publish orders");
+    assert!(publish.attributes["messaging.destination.name"].contains("orders"));
+    // Both attempts of the delivery hang under the publish: the retry
+    // joined the trace from the stored message.
+    let attempts: Vec<&Received> = spans
+        .iter()
+        .filter(|s| s.name == "sink" && s.parent == publish.span_id)
+        .collect();
+    assert_eq!(attempts.len(), 2, "{spans:#?}");
+    assert_eq!(
+        attempts[0].attributes["faas.invocation_id"], attempts[1].attributes["faas.invocation_id"],
+        "one message, two attempts"
+    );
+    assert!(attempts[0].attributes["faas.trigger"].contains("pubsub"));
+
+    // The same tree from the server's own store, by the invocation id.
+    let tree = server.cli_ok(&["trace", &id]);
+    assert!(tree.starts_with(&format!("trace {CLIENT_TRACE}")), "{tree}");
+    let lines: Vec<&str> = tree.lines().collect();
+    let depth = |name: &str| -> usize {
+        let line = lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(&format!("{name} [")))
+            .unwrap_or_else(|| panic!("{name} in {tree}"));
+        line.len() - line.trim_start().len()
+    };
+    assert_eq!(depth("front"), 0, "{tree}");
+    assert_eq!(depth("run"), 2, "{tree}");
+    assert_eq!(depth("call pub"), 4, "{tree}");
+    assert_eq!(depth("publish orders"), 10, "{tree}");
+    assert_eq!(depth("sink"), 12, "{tree}");
+    let json: serde_json::Value =
+        serde_json::from_str(&server.cli_ok(&["--json", "trace", CLIENT_TRACE])).unwrap();
+    assert_eq!(json["trace_id"], CLIENT_TRACE);
+    assert!(json["spans"].as_array().unwrap().len() >= 10, "{json}");
+
+    // Another tenant sees none of it.
+    let other = server.cli_ok(&["keys", "create", "--tenant", "acme"]);
+    let hidden = client_with_key(other.trim())
+        .get(server.url(&format!("/v1/traces/{CLIENT_TRACE}")))
+        .send()
+        .await
+        .unwrap();
+    expect_error(hidden, 404, "trace_not_found").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_without_traceparent_starts_a_trace_and_a_bad_one_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest("hello", "hello-rust", "route = \"/hello\"");
+    for header in [None, Some("00-zzz-bad-01")] {
+        let mut request = client().get(server.url("/hello"));
+        if let Some(h) = header {
+            request = request.header("traceparent", h);
+        }
+        let response = request.send().await.unwrap();
+        let id = response.headers()["updraft-invocation-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let trace = wait_until(
+            "the trace is kept",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || async {
+                let response = server
+                    .api()
+                    .get(server.url(&format!("/v1/traces/{id}")))
+                    .send()
+                    .await
+                    .unwrap();
+                match response.status().as_u16() {
+                    200 => Ok(response.json::<serde_json::Value>().await.unwrap()),
+                    s => Err(format!("{s}")),
+                }
+            },
+        )
+        .await;
+        let spans = trace["spans"].as_array().unwrap();
+        let root = spans.iter().find(|s| s["name"] == "hello").unwrap();
+        assert!(root["parent_span_id"].is_null(), "a new trace: {trace}");
+        assert_eq!(trace["trace_id"].as_str().unwrap().len(), 32);
+    }
+    let missing = server
+        .api()
+        .get(server.url("/v1/traces/0123456789abcdef0123456789abcdef"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(missing, 404, "trace_not_found").await;
+}
