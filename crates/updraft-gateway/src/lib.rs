@@ -1,5 +1,6 @@
 //! The HTTP face of Updraft: the management API under `/v1` (every call
-//! with a tenant's API key, see [`auth`]), `/healthz`, and every function's
+//! with a tenant's API key, see [`auth`]), `/healthz`, the web console at
+//! `/ui` ([`ui`], which calls that same API), and every function's
 //! route: `/~tenant/...` for tenants other than `local`, or, with a base
 //! domain, `<tenant>.<base_domain>/...` ([`host`]).
 //!
@@ -16,6 +17,7 @@ mod kv;
 mod queues;
 mod secrets;
 mod server;
+mod ui;
 mod upload;
 mod usage;
 
@@ -35,6 +37,7 @@ pub use server::{
     CONNECTIONS_MAX_DEFAULT, CONNECTIONS_PER_CLIENT_MAX_DEFAULT, HEADER_READ_TIMEOUT_DEFAULT,
     ServeLimits,
 };
+pub use ui::CONSOLE_PATH;
 
 /// Largest upload accepted by deploy (the Wasm plus the manifest). Python and
 /// JavaScript components are 13–20 MB; leave room for bigger runtimes. The
@@ -128,6 +131,7 @@ pub fn router_with(platform: Arc<Platform>, base_domain: Option<BaseDomain>) -> 
         ));
     Router::new()
         .route("/healthz", get(api::health))
+        .merge(ui::routes::<Arc<Platform>>())
         .nest("/v1", api)
         .fallback(
             move |state: State<Arc<Platform>>, request: axum::extract::Request| {
