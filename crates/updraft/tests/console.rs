@@ -1,12 +1,16 @@
 //! The web console at `/ui`, in a real browser: headless Chromium driven
 //! over WebDriver (Debian's `chromium` and `chromium-driver`). It signs in
-//! with the admin key (after a wrong key shows the API's message), sees a
-//! function deployed through the API appear, invokes it from the page,
-//! reads the usage chart's bars, rolls back with a click (checked through
-//! the API), browses a key-value store, and redrives a dead letter (checked
-//! through the usage records: the call ran again). A screenshot of each
-//! page goes to `target/console-screenshots/` for people to look at, one
-//! of them at a phone's width, where nothing may scroll sideways.
+//! with the admin key (after a wrong key shows the API's message, and Tab
+//! finds the skip link first), sees a function deployed through the API
+//! appear, invokes it from the page (sync, then async with its status),
+//! reads the usage chart's bars and the budget gauge, rolls back with a
+//! click (checked through the API), browses a key-value store and a blob
+//! container, sees a queue's depth, redrives a dead letter (checked
+//! through the usage records: the call ran again) and follows logs live.
+//! Then another tenant's key sees none of it, and revoking that key signs
+//! the console out, saying why. A screenshot of each page goes to
+//! `target/console-screenshots/` for people to look at, two of them at a
+//! phone's width, where nothing may scroll sideways.
 //!
 //! The test starts chromedriver itself on a port picked at run time, bound
 //! to 127.0.0.1, in a process group of its own that a guard kills, browser
@@ -88,8 +92,9 @@ impl Driver {
                 .unwrap()
                 .port();
             let child = Command::new(&chromedriver)
+                // No --allowed-ips: with it chromedriver listens on every
+                // interface; without, on the loopback only.
                 .arg(format!("--port={port}"))
-                .arg("--allowed-ips=127.0.0.1")
                 .arg(format!("--log-path={}", log.display()))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -409,6 +414,19 @@ async fn the_console_signs_in_shows_invokes_charts_rolls_back_and_redrives() {
          return o && o.textContent === 'hello from the console';",
     )
     .await;
+    // Async from the same form: its status comes up by itself.
+    page.find("select[name=mode]")
+        .await
+        .select_by_value("async")
+        .await
+        .unwrap();
+    page.click("form button.primary").await;
+    page.until(
+        "the async call's status shows",
+        "const b = [...document.querySelectorAll('.badge')].find(b => b.textContent === 'succeeded' || b.textContent === 'queued' || b.textContent === 'running'); \
+         return !!b;",
+    )
+    .await;
     // A few more, through the API, for the chart.
     for i in 0..4 {
         let response = api
@@ -564,7 +582,27 @@ async fn the_console_signs_in_shows_invokes_charts_rolls_back_and_redrives() {
     page.screenshot("storage").await;
 
     // A dead letter: a function that always fails, one attempt.
-    server.deploy_guest("doomed", "exit3", "[retry]\nmax_attempts = 1");
+    server.deploy_guest(
+        "doomed",
+        "exit3",
+        "blob_containers = [\"files\"]\n[retry]\nmax_attempts = 1",
+    );
+    let response = api
+        .put(server.url("/v1/blobs/files/docs/readme.txt"))
+        .body("a blob, shown as text")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    page.go("#/storage", "Key-value stores and blobs").await;
+    page.click("a[href='#/storage/blobs/files']").await;
+    page.heading("Container files").await;
+    page.click("main table button.link").await;
+    page.until(
+        "the blob shows",
+        "const o = document.querySelector('#detail pre'); return o && o.textContent === 'a blob, shown as text';",
+    )
+    .await;
     let (status, accepted) = {
         let response = api
             .post(server.url("/v1/functions/doomed/invoke?mode=async"))
@@ -585,7 +623,18 @@ async fn the_console_signs_in_shows_invokes_charts_rolls_back_and_redrives() {
             .filter(|r| r["invocation_id"] == id.as_str())
             .count()
     };
-    assert_eq!(attempts().await, 1);
+    wait_until(
+        "the attempt is metered",
+        WAIT_MAX,
+        Duration::from_millis(100),
+        || async {
+            match attempts().await {
+                1 => Ok(()),
+                n => Err(format!("{n} attempts")),
+            }
+        },
+    )
+    .await;
     // A queue with two messages nobody consumes, and a topic.
     for (path, status) in [("/v1/queues/orders", 200), ("/v1/topics/news", 200)] {
         let response = api.put(server.url(path)).send().await.unwrap();
@@ -631,9 +680,26 @@ async fn the_console_signs_in_shows_invokes_charts_rolls_back_and_redrives() {
     server.wait_for_dead_letter("doomed").await;
     page.go("#/functions/doomed", "doomed").await;
     page.find("#redrive:not([disabled])").await;
+    let failures = "return [...document.querySelectorAll('#log-lines li')] \
+        .filter(l => l.textContent.includes('failing on purpose')).length;";
+    let before = page
+        .until(
+            "the logs show the failure",
+            &format!("const n = (() => {{ {failures} }})(); return n > 0 ? n : null;"),
+        )
+        .await;
+    // Followed live: a new failure's line arrives without a reload.
+    page.find("button[aria-pressed=true]").await;
+    let response = api
+        .post(server.url("/v1/functions/doomed/invoke?mode=async"))
+        .body("y")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
     page.until(
-        "the logs show the failure",
-        "const l = document.querySelector('#log-lines'); return l && l.textContent.includes('failing on purpose');",
+        "a new log line arrives live",
+        &format!("const n = (() => {{ {failures} }})(); return n > {before} ? n : null;"),
     )
     .await;
 
@@ -667,6 +733,44 @@ async fn the_console_signs_in_shows_invokes_charts_rolls_back_and_redrives() {
         .await
         .unwrap();
     assert_eq!(stored, Value::Null);
+
+    // Another tenant's key sees only that tenant: nothing of local's.
+    let created: Value = api
+        .post(server.url("/v1/keys"))
+        .body(r#"{"tenant": "acme", "label": "console"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let acme_key = created["key"].as_str().unwrap();
+    page.find("input[name=key]")
+        .await
+        .send_keys(acme_key)
+        .await
+        .unwrap();
+    page.click("form button[type=submit]").await;
+    page.heading("Functions").await;
+    let who = page.find("#who-tenant").await.text().await.unwrap();
+    assert!(who.contains("acme"), "{who}");
+    page.find("main .panel").await;
+    assert!(page.text().await.contains("No functions yet"));
+    // Revoked while signed in: the next call signs the console out, saying why.
+    let id = created["id"].as_str().unwrap();
+    let response = api
+        .delete(server.url(&format!("/v1/keys/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    page.click("main .row button").await;
+    page.find("input[name=key]").await;
+    page.until(
+        "the sign-in page says the key was refused",
+        "return document.querySelector('main').textContent.includes('The server refused the key');",
+    )
+    .await;
 
     let shots = page.shots.clone();
     browser.close().await.unwrap();

@@ -11,6 +11,9 @@ import {
 const LOG_LINES_MAX = 1000;
 /** Recent invocations shown. */
 const RECENT_MAX = 20;
+/** Usage records read per page, and pages per window, for them. */
+const RECORD_PAGE = 2000;
+const RECORD_PAGES_MAX = 5;
 /** Bytes of a response shown; the rest is cut. */
 const OUTPUT_CHARS_MAX = 64 * 1024;
 
@@ -276,7 +279,9 @@ function asyncStatus(signal) {
  */
 async function loadRecent(name, host, status, signal) {
   const now = Date.now();
-  const windows = [10 * 60 * 1000, 60 * 60 * 1000, 24 * 60 * 60 * 1000];
+  // Records come oldest first, a page at a time: the narrowest window that
+  // has enough keeps what a busy server sends small.
+  const windows = [60 * 1000, 10 * 60 * 1000, 60 * 60 * 1000, 24 * 60 * 60 * 1000];
   try {
     let mine = [];
     for (const span of windows) {
@@ -284,8 +289,8 @@ async function loadRecent(name, host, status, signal) {
       let cursor = null;
       mine = [];
       // A few pages at most: the console is not a log search.
-      for (let page = 0; page < 5; page += 1) {
-        const query = `from=${encodeURIComponent(from)}&limit=10000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
+      for (let page = 0; page < RECORD_PAGES_MAX; page += 1) {
+        const query = `from=${encodeURIComponent(from)}&limit=${RECORD_PAGE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
         const { rows, next } = await getNdjson(`/v1/usage/records?${query}`, { signal });
         mine.push(...rows.filter((r) => r.function === name && r.trigger !== "storage"));
         if (!next) break;
