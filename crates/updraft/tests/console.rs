@@ -54,11 +54,13 @@ fn find_program(names: &[&str]) -> Option<PathBuf> {
 }
 
 /// Where screenshots go: `target/console-screenshots`, the target dir
-/// being `CARGO_TARGET_DIR` or the one this test binary was built into
-/// (`target/debug/deps/console-…`).
+/// being `CARGO_TARGET_DIR` when it is absolute (a relative one is relative
+/// to wherever cargo ran, which a test cannot know), else the one this
+/// test binary was built into (`target/debug/deps/console-…`).
 fn screenshot_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
         .or_else(|| {
             let exe = std::env::current_exe().ok()?;
             Some(exe.parent()?.parent()?.parent()?.to_path_buf())
@@ -437,10 +439,34 @@ async fn the_console_signs_in_shows_invokes_charts_rolls_back_and_redrives() {
             .unwrap();
         assert_eq!(response.status(), 200);
     }
-    // Latency: the metrics endpoint is not on this server yet.
+    // Latency: "no data yet" while the server has no metrics endpoint
+    // (a 404); its numbers once it answers, here from a stand-in for it.
     let metrics = page.find("#metrics-empty, dl.stats").await;
     let tag = metrics.tag_name().await.unwrap();
     assert!(tag == "p" || tag == "dl", "{tag}");
+    browser
+        .execute(
+            "window.realFetch = window.fetch; \
+             window.fetch = (url, options) => String(url).endsWith('/metrics') \
+               ? Promise.resolve(new Response(JSON.stringify({requests: 5, errors: 1, cold_starts: 2, \
+                   warm_starts: 3, duration_ms: {p50: 1.5, p90: 4.25, p99: null}}), \
+                   {status: 200, headers: {'content-type': 'application/json'}})) \
+               : window.realFetch(url, options);",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    page.go("#/functions", "Functions").await;
+    page.go("#/functions/hello", "hello").await;
+    let stats = page.find("dl.stats").await.text().await.unwrap();
+    for shown in ["Cold starts\n2", "p90\n4.3 ms", "p99\n–"] {
+        assert!(stats.contains(shown), "{shown:?} in {stats:?}");
+    }
+    page.screenshot("function-metrics").await;
+    browser
+        .execute("window.fetch = window.realFetch;", Vec::new())
+        .await
+        .unwrap();
 
     // Usage: wait until the server has counted the calls, then the chart.
     wait_until(

@@ -76,7 +76,8 @@ export function facts(pairs, className = "facts") {
   const items = [];
   for (const [term, value] of pairs) {
     if (value === undefined || value === null || value === "") continue;
-    items.push(h("dt", {}, term), h("dd", {}, value));
+    // Each pair in a div (valid in a dl), so a grid can lay pairs out.
+    items.push(h("div", {}, h("dt", {}, term), h("dd", {}, value)));
   }
   return h("dl", { className }, items);
 }
