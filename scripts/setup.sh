@@ -15,6 +15,8 @@
 #     - S3 tests:     moto's S3-compatible server, in the same venv
 #     - cluster tests: Debian's nats-server (JetStream), started by the tests
 #     - fuzzing:      cargo-fuzz 0.13.2 (the short fuzz runs; docs/fuzzing.md)
+#     - console test: Debian's chromium and chromium-driver (headless, driven
+#                     over WebDriver by crates/updraft/tests/console.rs)
 #   bench  (bench/, BENCHMARKS.md): test's, and
 #     - wrk (the load generator) and redis-server (the key-value baseline)
 #   all    (the default): everything above
@@ -45,7 +47,7 @@ for arg in "$@"; do
   case $arg in
     up|cluster|test|bench|all) PURPOSE=$arg ;;
     --no-wasmtime) INSTALL_WASMTIME=0 ;;
-    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -59,6 +61,8 @@ INSTALL_BENCH=1
 case $PURPOSE in up|cluster|test) INSTALL_BENCH=0 ;; esac
 INSTALL_FUZZ=1
 case $PURPOSE in up|cluster) INSTALL_FUZZ=0 ;; esac
+INSTALL_BROWSER=1
+case $PURPOSE in up|cluster) INSTALL_BROWSER=0 ;; esac
 
 step() { printf '==> %s\n' "$*"; }
 skip() { printf '    ok: %s\n' "$*"; }
@@ -77,6 +81,9 @@ APT_PACKAGES=(
 )
 if [ $INSTALL_NATS -eq 1 ]; then
   APT_PACKAGES+=(nats-server)  # cluster mode's state (JetStream)
+fi
+if [ $INSTALL_BROWSER -eq 1 ]; then
+  APT_PACKAGES+=(chromium chromium-driver)  # the web console's browser test
 fi
 if [ $INSTALL_BENCH -eq 1 ]; then
   APT_PACKAGES+=(wrk redis-server)  # the benchmark harness's load generator and key-value baseline

@@ -131,6 +131,7 @@ pub fn up(extra: &[String]) -> Result<()> {
          \n  curl {url}/counter\
          \n  curl -T README.md {url}/files/readme && curl {url}/files/\
          \n  {} --server {url} ls\
+         \n  {url}/ui in a browser: the web console (its key: cat .updraft/admin.key)\
          \n\nThe CLI run from this directory uses the admin key in ./.updraft/admin.key.\
          \nCtrl-C stops it; the data stays in ./.updraft.",
         bin.display()

@@ -755,6 +755,17 @@ impl Limits {
 /// Paths the platform itself serves; functions may not take them.
 const RESERVED_PREFIXES: &[&str] = &["/v1", "/healthz"];
 
+/// The web console's path (the gateway serves it on every host). Refused
+/// for new deploys only: a version stored before the console existed still
+/// loads, and the console answers in front of its route.
+const CONSOLE_PREFIX: &str = "/ui";
+
+/// Whether `path` is `prefix` or below it.
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// Longest route: a route is a name for people to type, and this is well
 /// past any of them (URLs over ~2 KB are refused by some clients).
 pub const ROUTE_BYTES_MAX: usize = 256;
@@ -789,6 +800,12 @@ impl Route {
     pub fn parse(route: &str) -> Result<Route, ManifestError> {
         let parsed = Route::parse_stored(route)?;
         Route::check_characters(route)?;
+        if under(parsed.path(), CONSOLE_PREFIX) {
+            return Err(ManifestError::Route {
+                route: route.to_string(),
+                reason: "/ui is reserved for the web console: choose another path".to_string(),
+            });
+        }
         Ok(parsed)
     }
 
@@ -1045,6 +1062,14 @@ mod tests {
         assert!(Route::parse("hello").is_err());
         assert!(Route::parse("/v1/x").is_err());
         assert!(Route::parse("/healthz").is_err());
+        // The console's path, for new deploys; one stored before it loads.
+        for console in ["/ui", "/ui/", "/ui/x", "/ui/..."] {
+            let err = Route::parse(console).unwrap_err().to_string();
+            assert!(err.contains("web console"), "{console}: {err}");
+            assert!(Route::parse_stored(console).is_ok(), "{console}");
+        }
+        assert!(Route::parse("/uix").is_ok());
+        assert!(Route::parse("/api/ui").is_ok());
         assert!(Route::parse("/~acme/x").is_err());
         assert!(Route::parse("/a/.../b").is_err());
         // Nor inside a prefix (found by fuzz/router); a version stored

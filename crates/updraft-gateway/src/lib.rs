@@ -1,6 +1,7 @@
 //! The HTTP face of Updraft: the management API under `/v1` (every call
 //! with a tenant's API key, see [`auth`]), `/healthz`, `/metrics` for
-//! Prometheus ([`metrics`]), and every function's
+//! Prometheus ([`metrics`]), the web console at `/ui` ([`ui`], which calls
+//! that same API), and every function's
 //! route: `/~tenant/...` for tenants other than `local`, or, with a base
 //! domain, `<tenant>.<base_domain>/...` ([`host`]).
 //!
@@ -18,6 +19,7 @@ mod metrics;
 mod queues;
 mod secrets;
 mod server;
+mod ui;
 mod upload;
 mod usage;
 
@@ -37,6 +39,7 @@ pub use server::{
     CONNECTIONS_MAX_DEFAULT, CONNECTIONS_PER_CLIENT_MAX_DEFAULT, HEADER_READ_TIMEOUT_DEFAULT,
     ServeLimits,
 };
+pub use ui::CONSOLE_PATH;
 
 /// Largest upload accepted by deploy (the Wasm plus the manifest). Python and
 /// JavaScript components are 13–20 MB; leave room for bigger runtimes. The
@@ -147,6 +150,7 @@ pub fn router_with(
                 },
             ),
         )
+        .merge(ui::routes::<Arc<Platform>>())
         .nest("/v1", api)
         .fallback(
             move |state: State<Arc<Platform>>, request: axum::extract::Request| {

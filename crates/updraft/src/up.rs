@@ -256,6 +256,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         platform.functions().function_count(),
         platform.functions().compiles()
     );
+    println!(
+        "Web console: http://{addr}{} (sign in with an API key)",
+        updraft_gateway::CONSOLE_PATH
+    );
     if let Some(path) = new_admin_key {
         println!(
             "Created the admin API key in {} (the CLI on this machine reads it from there; keep it secret)",
