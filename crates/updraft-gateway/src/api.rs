@@ -21,6 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::DEPLOY_BYTES_MAX;
 use crate::error::{ApiError, ErrorBody, Query};
 use crate::json::SortedJson;
+use crate::openapi::Binary;
 use crate::upload;
 
 type Shared = State<Arc<Platform>>;
@@ -476,8 +477,8 @@ pub(crate) struct DeployParts {
     params(("name" = String, Path, description = "The function's name"), DeployQuery),
     request_body(content(
         (DeployParts = "multipart/form-data"),
-        (Vec<u8> = "application/wasm"),
-        (Vec<u8> = "application/octet-stream"),
+        (Binary = "application/wasm"),
+        (Binary = "application/octet-stream"),
     )),
     responses(
         (status = 201, description = "Deployed: the function, with `compiled`", body = FunctionInfo),

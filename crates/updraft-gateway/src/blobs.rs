@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ErrorBody, Query};
 use crate::json::SortedJson;
 use crate::kv::ListQuery;
+use crate::openapi::Binary;
 
 type Shared = State<Arc<Platform>>;
 
@@ -82,7 +83,7 @@ pub(crate) async fn list(
         ("key" = String, Path, description = "The blob's key (it may contain `/`)"),
     ),
     responses(
-        (status = 200, description = "The blob", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 200, description = "The blob", body = Binary, content_type = "application/octet-stream"),
         (status = 404, description = "`container_not_found`, `blob_not_found`", body = ErrorBody),
     ),
 )]
@@ -116,7 +117,7 @@ pub(crate) async fn get(
         ("container" = String, Path, description = "The container"),
         ("key" = String, Path, description = "The blob's key (it may contain `/`)"),
     ),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+    request_body(content = Binary, content_type = "application/octet-stream",
         description = "The blob's bytes"),
     responses(
         (status = 201, description = "Stored", body = BlobWritten),

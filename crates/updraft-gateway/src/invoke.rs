@@ -19,6 +19,7 @@ use crate::auth::{caller, carries_api_key};
 use crate::error::{ApiError, ErrorBody, invocation_error, read_body};
 use crate::host::{BaseDomain, HostKind, host_only_cookies, request_host};
 use crate::json::SortedJson;
+use crate::openapi::Binary;
 
 /// Response header carrying the invocation id (also in the logs).
 pub const INVOCATION_ID_HEADER: &str = "updraft-invocation-id";
@@ -166,7 +167,7 @@ pub(crate) struct Accepted {
         ("idempotency-key" = Option<String>, Header,
             description = "Async calls: a retried request with the same key is accepted once"),
     ),
-    request_body(content = Vec<u8>, content_type = "*/*",
+    request_body(content = Binary, content_type = "*/*",
         description = "Any body: the function gets it as it is"),
     responses(
         (status = 200, description = "The function's own response (any status, headers and \

@@ -17,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ErrorBody, Query, read_body};
 use crate::json::SortedJson;
+use crate::openapi::Binary;
 
 type Shared = State<Arc<Platform>>;
 
@@ -104,7 +105,7 @@ pub(crate) async fn list(
         ("key" = String, Path, description = "The key (it may contain `/`)"),
     ),
     responses(
-        (status = 200, description = "The value", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 200, description = "The value", body = Binary, content_type = "application/octet-stream"),
         (status = 400, description = "`invalid_key`", body = ErrorBody),
         (status = 404, description = "`store_not_found`, `key_not_found`", body = ErrorBody),
     ),
@@ -128,7 +129,7 @@ pub(crate) async fn get(
         ("store" = String, Path, description = "The store"),
         ("key" = String, Path, description = "The key (it may contain `/`)"),
     ),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream",
+    request_body(content = Binary, content_type = "application/octet-stream",
         description = "The value (at most 1 MiB)"),
     responses(
         (status = 204, description = "Stored"),

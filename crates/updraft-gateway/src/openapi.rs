@@ -45,7 +45,7 @@ const SCHEME: &str = "api_key";
     ),
     modifiers(&Common),
     security(("api_key" = [])),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, Binary)),
     tags(
         (name = "functions", description = "Deploy, inspect, roll back and remove functions"),
         (name = "invocations", description = "Invoke functions, follow async calls, dead letters"),
@@ -120,6 +120,13 @@ fn error_response(description: &str) -> utoipa::openapi::Response {
         .build()
 }
 
+/// Raw bytes in a body (a deploy's Wasm, a blob, a key-value value): in
+/// OpenAPI 3.1 a string of binary format, not an array of numbers.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)] // A name for the document only.
+pub(crate) struct Binary(Vec<u8>);
+
 /// The document's skeleton: everything but the paths, which the router's
 /// routes bring.
 pub(crate) fn base() -> OpenApi {
@@ -165,10 +172,11 @@ fn add_common(operation: &mut Operation) {
 /// router of this build.
 static DOCUMENT: OnceLock<Option<Bytes>> = OnceLock::new();
 
-/// This description of the API, as JSON. It needs no key: it describes
-/// what any client may call, holds nothing of any tenant's, and a client
-/// (or a code generator) reads it before it has a key, as it does
-/// `/healthz`.
+/// This description of the API (OpenAPI 3.1, JSON): needs no key.
+///
+/// Public because it describes what any client may call, holds nothing of
+/// any tenant's, and a client (or a code generator) reads it before it has
+/// a key, as it does `/healthz`.
 #[utoipa::path(
     get,
     path = "/v1/openapi.json",

@@ -22,6 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::api::Deleted;
 use crate::error::{ApiError, ErrorBody, Query, read_body};
 use crate::json::SortedJson;
+use crate::openapi::Binary;
 
 type Shared = State<Arc<Platform>>;
 
@@ -330,7 +331,7 @@ pub(crate) async fn delete_topic(
     tag = "events",
     params(("name" = String, Path, description = "The queue's or topic's name")),
     request_body(content(
-        (Vec<u8> = "application/octet-stream"),
+        (Binary = "application/octet-stream"),
         (Object = "application/cloudevents+json"),
         (Vec<Object> = "application/cloudevents-batch+json"),
     ), description = "The event's data (any content type, at most 1 MiB), a structured \
