@@ -465,7 +465,9 @@ pub(crate) struct DeployParts {
     files: Option<Vec<u8>>,
 }
 
-/// Deploy a new version: `multipart/form-data` with parts `manifest`
+/// Deploy a new version of a function.
+///
+/// `multipart/form-data` with parts `manifest`
 /// (TOML) and `wasm` (and `files`, a tar archive), or a raw Wasm body with
 /// the manifest's few keys in the query. The Wasm streams to disk as it
 /// arrives; the deploy answers once it is compiled.

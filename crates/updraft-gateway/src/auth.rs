@@ -183,6 +183,8 @@ pub(crate) struct CreateKey {
     label: String,
 }
 
+/// Create an API key.
+///
 /// `POST /v1/keys` with `{"tenant", "admin", "label"}` (all optional): a new
 /// key, shown in this response only.
 #[utoipa::path(

@@ -106,6 +106,8 @@ pub(crate) async fn get(
         .into_response())
 }
 
+/// Store a blob.
+///
 /// `PUT /v1/blobs/{container}/{key}`: the body, streamed into the blob; it
 /// appears only once complete, and not at all if it is too large.
 #[utoipa::path(

@@ -148,6 +148,8 @@ pub(crate) struct Accepted {
     status_url: String,
 }
 
+/// Invoke a function, now or (`mode=async`) soon.
+///
 /// `POST /v1/functions/{name}/invoke`: the body goes to the function as is;
 /// an http function sees a request for `/` (with the query string kept).
 /// With `mode=async` (query or `Updraft-Mode` header) the request is only

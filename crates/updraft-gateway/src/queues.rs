@@ -320,6 +320,8 @@ pub(crate) async fn delete_topic(
     Ok(SortedJson(Deleted { deleted: name }))
 }
 
+/// Publish to a queue or a topic.
+///
 /// `POST /v1/publish/{name}`: the body is the event's data, or with
 /// `Content-Type: application/cloudevents-batch+json` an array of
 /// structured CloudEvents published in one commit, or with

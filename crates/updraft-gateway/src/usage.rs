@@ -226,6 +226,8 @@ pub(crate) struct RecordsQuery {
     cursor: Option<String>,
 }
 
+/// The raw usage records, NDJSON, a page at a time.
+///
 /// `GET /v1/usage/records?from&to&limit&cursor`: the raw records in start
 /// order, NDJSON, a page at a time; `Updraft-Next-Cursor` is set when
 /// more follow.
@@ -466,6 +468,8 @@ pub(crate) async fn quota(
     Ok(SortedJson(platform.quota(tenant).await?))
 }
 
+/// Set a tenant's quota (admin keys only).
+///
 /// `PUT /v1/quota?tenant=T` with `{"max_concurrency": 10,
 /// "requests_per_second": 100}` (either may be left out: no limit of that
 /// kind); admin keys only.
