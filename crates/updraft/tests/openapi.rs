@@ -351,6 +351,11 @@ async fn the_answers_fit_the_documented_schemas() {
     let server = Server::start(dir.path());
     let doc = document(&server).await;
     let check = Checker::new(&server, &doc);
+    // The check can fail: a field the document does not name is refused.
+    let error = check.validator(&json!({ "$ref": "#/components/schemas/ErrorBody" }));
+    assert!(error.is_valid(&json!({ "error": { "code": "x", "message": "m" } })));
+    assert!(!error.is_valid(&json!({ "error": { "code": "x", "message": "m", "extra": 1 } })));
+    assert!(!error.is_valid(&json!({ "error": { "code": "x" } })));
     let wasm = std::fs::read(guest("hello-rust")).unwrap();
     let fd = "/v1/functions/{name}";
 
