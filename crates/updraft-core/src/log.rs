@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 pub const LOG_MESSAGE_BYTES_MAX: usize = 8 * 1024;
 
 /// Where a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogStream {
     Stdout,

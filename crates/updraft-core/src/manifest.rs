@@ -48,7 +48,7 @@ pub const BACKOFF_MAX_MS_DEFAULT: u64 = 60_000;
 pub const BACKOFF_MS_CEILING: u64 = 3_600_000;
 
 /// Who may call a function's route.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteAuth {
     #[default]
@@ -64,7 +64,7 @@ impl RouteAuth {
 }
 
 /// How a function is invoked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FunctionKind {
     /// A component of the `wasi:http/proxy` world: gets the HTTP request, returns a response.
@@ -677,7 +677,7 @@ pub fn validate_name(name: &str) -> Result<(), ManifestError> {
 }
 
 /// Effective limits of one function version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Limits {
     pub memory_mb: u32,
     pub timeout_ms: u64,
@@ -699,7 +699,7 @@ pub struct Limits {
 /// How a failed async invocation is retried: up to `max_attempts` in all,
 /// the n-th retry after about `backoff_ms × 2^(n-1)` (at most
 /// `backoff_max_ms`, with jitter); then it goes to the dead-letter queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub backoff_ms: u64,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 /// What started an invocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     /// The function's public route.
@@ -26,10 +26,12 @@ pub enum Trigger {
 pub const STORAGE_FUNCTION: &str = "(storage)";
 
 /// One finished invocation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UsageRecord {
     // Shared with the loaded function: a record costs no copy of them.
+    #[schema(value_type = String)]
     pub tenant: Arc<str>,
+    #[schema(value_type = String)]
     pub function: Arc<str>,
     pub version: u64,
     pub invocation_id: String,

@@ -1,22 +1,27 @@
 //! The management API: deploy, list, info, delete, rollback, logs, health.
+//! Each handler's body is a typed struct here, and its `#[utoipa::path]`
+//! says what [`crate::openapi`] tells clients about it.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use updraft_core::{LogEntry, Manifest};
-use updraft_scheduler::{Caller, Loaded, Platform, PlatformError};
+use updraft_core::{Digest, FunctionKind, Limits, LogEntry, LogStream, Manifest, RouteAuth};
+use updraft_metering::Aggregate;
+use updraft_scheduler::{Caller, Platform, PlatformError};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::DEPLOY_BYTES_MAX;
-use crate::error::{ApiError, Query};
+use crate::error::{ApiError, ErrorBody, Query};
+use crate::json::SortedJson;
+use crate::openapi::Binary;
 use crate::upload;
 
 type Shared = State<Arc<Platform>>;
@@ -29,18 +34,48 @@ pub(crate) fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-pub(crate) async fn health(State(platform): Shared) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "node": platform.node(),
-        "functions": platform.functions().function_count(),
-        "compiles": platform.functions().compiles(),
-        "invocations": platform.invoker().started(),
-        "in_flight": platform.invoker().in_flight(),
-    }))
+/// `GET /healthz`. Fields are in key order, as in every body written
+/// through [`SortedJson`].
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Health {
+    /// Deploys that compiled code since this process started.
+    compiles: u64,
+    /// Functions deployed (every tenant's).
+    functions: usize,
+    /// Instances running now on this node.
+    in_flight: u32,
+    /// Invocations this process started.
+    invocations: u64,
+    /// This node's name.
+    node: String,
+    /// Always `ok`.
+    status: &'static str,
+    /// The server's version.
+    version: &'static str,
 }
 
+/// Liveness: needs no key.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "health",
+    tag = "health",
+    security(()),
+    responses((status = 200, description = "The server is up", body = Health)),
+)]
+pub(crate) async fn health(State(platform): Shared) -> SortedJson<Health> {
+    SortedJson(Health {
+        compiles: platform.functions().compiles(),
+        functions: platform.functions().function_count(),
+        in_flight: platform.invoker().in_flight(),
+        invocations: platform.invoker().started(),
+        node: platform.node().to_string(),
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// `/v1`'s fallback: 404 `not_found` for any path no endpoint serves.
 pub(crate) async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -49,135 +84,340 @@ pub(crate) async fn not_found() -> ApiError {
     )
 }
 
+/// `GET /v1/functions`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct FunctionList {
+    functions: Vec<FunctionSummary>,
+}
+
+/// A function as listed: its latest version.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct FunctionSummary {
+    kind: FunctionKind,
+    name: String,
+    /// The route it serves (`null`: none, reached by the invoke API only).
+    route: Option<String>,
+    /// RFC 3339, milliseconds.
+    updated_at: String,
+    /// The number of the version `latest` points at.
+    version: u64,
+    /// Versions deployed so far.
+    versions: u64,
+    wasm_bytes: u64,
+}
+
+/// List the caller's tenant's functions.
+#[utoipa::path(
+    get,
+    path = "/functions",
+    operation_id = "listFunctions",
+    tag = "functions",
+    responses((status = 200, description = "The tenant's functions", body = FunctionList)),
+)]
 pub(crate) async fn list(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, ApiError> {
-    let functions: Vec<Value> = platform
+) -> Result<SortedJson<FunctionList>, ApiError> {
+    let functions = platform
         .functions()
         .list(&caller.tenant)
         .await?
         .into_iter()
-        .map(|(record, version)| {
-            json!({
-                "name": record.name,
-                "kind": version.kind,
-                "route": version.manifest.route,
-                "version": version.version,
-                "versions": record.next_version.saturating_sub(1),
-                "wasm_bytes": version.wasm_bytes,
-                "updated_at": rfc3339(record.updated_at_ms),
-            })
+        .map(|(record, version)| FunctionSummary {
+            kind: version.kind,
+            name: record.name,
+            route: version.manifest.route,
+            updated_at: rfc3339(record.updated_at_ms),
+            version: version.version,
+            versions: record.next_version.saturating_sub(1),
+            wasm_bytes: version.wasm_bytes,
         })
         .collect();
-    Ok(Json(json!({ "functions": functions })))
+    Ok(SortedJson(FunctionList { functions }))
 }
 
-fn loaded_json(loaded: &Loaded) -> Value {
-    let v = &loaded.version;
-    json!({
-        "name": &*loaded.name,
-        "tenant": &*loaded.tenant,
-        "kind": v.kind,
-        "route": v.manifest.route,
-        "auth": v.manifest.auth,
-        "version": v.version,
-        "digest": v.digest,
-        "limits": v.limits,
-        "env_keys": v.manifest.env.keys().collect::<Vec<_>>(),
-        "key_value_stores": v.manifest.key_value_stores,
-        "blob_containers": v.manifest.blob_containers,
-        "artifact": match loaded.prepared() {
-            Some(prepared) => json!({
-                "loaded": true,
-                "loaded_from": prepared.loaded_from,
-                "compile_ms": prepared.prepare_ms,
-                "compiled_bytes": prepared.compiled_bytes,
-            }),
-            // Scaled to zero: the code is on disk only.
-            None => json!({ "loaded": false }),
-        },
-    })
+/// Everything about one function (`GET`, and the answer of a deploy or a
+/// rollback). The fields of the loaded version are there only while it is
+/// loaded; a function scaled to zero shows its record and versions.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct FunctionInfo {
+    /// Alias → version number; `latest` is what routes and invokes use.
+    aliases: std::collections::BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifact: Option<Artifact>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<RouteAuth>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blob_containers: Option<Vec<String>>,
+    /// Deploys only: whether this deploy compiled (`false`: the compiled
+    /// code of the same Wasm was in the cache).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compiled: Option<bool>,
+    /// RFC 3339, milliseconds.
+    created_at: String,
+    /// The version's content address (sha256 of the Wasm and the spec),
+    /// `sha256:<hex>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    digest: Option<Digest>,
+    /// Names of the manifest's variables (never their values).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    env_keys: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_value_stores: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<FunctionKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<Limits>,
+    name: String,
+    /// The loaded version's route: `null` when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    route: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
+    /// RFC 3339, milliseconds.
+    updated_at: String,
+    /// Everything this function has used.
+    usage: Aggregate,
+    /// The loaded version's number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    /// Newest first.
+    versions: Vec<VersionInfo>,
 }
 
-async fn details_json(platform: &Platform, tenant: &str, name: &str) -> Result<Value, ApiError> {
+/// The compiled code of the loaded version.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Artifact {
+    /// Milliseconds the compile (or the load from the cache) took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compile_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compiled_bytes: Option<u64>,
+    /// `false`: scaled to zero, the code is on disk only (the other fields
+    /// are then absent).
+    loaded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loaded_from: Option<LoadedFrom>,
+}
+
+/// Where the machine code came from (the sandbox's `LoadedFrom`, named
+/// here so the gateway's description needs nothing of the sandbox).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LoadedFrom {
+    /// Compiled by this process.
+    Compile,
+    /// Mapped from the on-disk artifact cache.
+    Cache,
+}
+
+impl From<updraft_scheduler::LoadedFrom> for LoadedFrom {
+    fn from(from: updraft_scheduler::LoadedFrom) -> LoadedFrom {
+        match from {
+            updraft_scheduler::LoadedFrom::Compile => LoadedFrom::Compile,
+            updraft_scheduler::LoadedFrom::Cache => LoadedFrom::Cache,
+        }
+    }
+}
+
+/// One deployed version.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct VersionInfo {
+    /// RFC 3339, milliseconds.
+    created_at: String,
+    /// `sha256:<hex>`.
+    #[schema(value_type = String)]
+    digest: Digest,
+    kind: FunctionKind,
+    limits: Limits,
+    route: Option<String>,
+    version: u64,
+    wasm_bytes: u64,
+}
+
+async fn details(platform: &Platform, tenant: &str, name: &str) -> Result<FunctionInfo, ApiError> {
     let details = platform.functions().details(tenant, name).await?;
-    let mut out = match &details.loaded {
-        Some(loaded) => loaded_json(loaded),
-        None => json!({ "name": name }),
-    };
-    let versions: Vec<Value> = details
+    let versions = details
         .versions
         .iter()
         .rev()
-        .map(|v| {
-            json!({
-                "version": v.version,
-                "digest": v.digest,
-                "kind": v.kind,
-                "wasm_bytes": v.wasm_bytes,
-                "route": v.manifest.route,
-                "limits": v.limits,
-                "created_at": rfc3339(v.created_at_ms),
-            })
+        .map(|v| VersionInfo {
+            created_at: rfc3339(v.created_at_ms),
+            digest: v.digest,
+            kind: v.kind,
+            limits: v.limits,
+            route: v.manifest.route.clone(),
+            version: v.version,
+            wasm_bytes: v.wasm_bytes,
         })
         .collect();
-    if let Value::Object(map) = &mut out {
-        map.insert("aliases".into(), json!(details.record.aliases));
-        map.insert("versions".into(), json!(versions));
-        map.insert("usage".into(), json!(details.usage));
-        map.insert(
-            "created_at".into(),
-            json!(rfc3339(details.record.created_at_ms)),
-        );
-        map.insert(
-            "updated_at".into(),
-            json!(rfc3339(details.record.updated_at_ms)),
-        );
+    let mut info = FunctionInfo {
+        aliases: details.record.aliases.clone(),
+        artifact: None,
+        auth: None,
+        blob_containers: None,
+        compiled: None,
+        created_at: rfc3339(details.record.created_at_ms),
+        digest: None,
+        env_keys: None,
+        key_value_stores: None,
+        kind: None,
+        limits: None,
+        name: name.to_string(),
+        route: None,
+        tenant: None,
+        updated_at: rfc3339(details.record.updated_at_ms),
+        usage: details.usage,
+        version: None,
+        versions,
+    };
+    if let Some(loaded) = &details.loaded {
+        let v = &loaded.version;
+        info.name = loaded.name.to_string();
+        info.tenant = Some(loaded.tenant.to_string());
+        info.kind = Some(v.kind);
+        info.route = Some(v.manifest.route.clone());
+        info.auth = Some(v.manifest.auth);
+        info.version = Some(v.version);
+        info.digest = Some(v.digest);
+        info.limits = Some(v.limits);
+        info.env_keys = Some(v.manifest.env.keys().cloned().collect());
+        info.key_value_stores = Some(v.manifest.key_value_stores.clone());
+        info.blob_containers = Some(v.manifest.blob_containers.clone());
+        info.artifact = Some(match loaded.prepared() {
+            Some(prepared) => Artifact {
+                compile_ms: Some(prepared.prepare_ms),
+                compiled_bytes: Some(prepared.compiled_bytes),
+                loaded: true,
+                loaded_from: Some(prepared.loaded_from.into()),
+            },
+            // Scaled to zero: the code is on disk only.
+            None => Artifact {
+                compile_ms: None,
+                compiled_bytes: None,
+                loaded: false,
+                loaded_from: None,
+            },
+        });
     }
-    Ok(out)
+    Ok(info)
 }
 
+/// A function: its versions, aliases, limits, kind, sizes, artifact and usage.
+#[utoipa::path(
+    get,
+    path = "/functions/{name}",
+    operation_id = "getFunction",
+    tag = "functions",
+    params(("name" = String, Path, description = "The function's name")),
+    responses(
+        (status = 200, description = "The function", body = FunctionInfo),
+        (status = 404, description = "`function_not_found`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn info(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(details_json(&platform, &caller.tenant, &name).await?))
+) -> Result<SortedJson<FunctionInfo>, ApiError> {
+    Ok(SortedJson(details(&platform, &caller.tenant, &name).await?))
 }
 
-/// `POST /v1/functions/{name}/unload`: drop the compiled code from memory now
-/// (what idling does after `--idle-unload-secs`); the next request maps it back.
+/// `POST /v1/functions/{name}/unload`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Unloaded {
+    /// The function's name.
+    unloaded: String,
+    /// Whether its code was in memory.
+    was_loaded: bool,
+}
+
+/// Drop the compiled code from memory now (what idling does after
+/// `--idle-unload-secs`); the next request maps it back from the disk cache.
+#[utoipa::path(
+    post,
+    path = "/functions/{name}/unload",
+    operation_id = "unloadFunction",
+    tag = "functions",
+    params(("name" = String, Path, description = "The function's name")),
+    responses(
+        (status = 200, description = "Unloaded (or was not loaded)", body = Unloaded),
+        (status = 404, description = "`function_not_found`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn unload(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<Unloaded>, ApiError> {
     let was_loaded = platform.functions().unload(&caller.tenant, &name)?;
-    Ok(Json(json!({ "unloaded": name, "was_loaded": was_loaded })))
+    Ok(SortedJson(Unloaded {
+        unloaded: name,
+        was_loaded,
+    }))
 }
 
+/// `{"deleted": name}`: what a delete of a function, queue or topic answers.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Deleted {
+    /// The name of what was deleted.
+    pub(crate) deleted: String,
+}
+
+/// Remove the function, its versions and its logs.
+#[utoipa::path(
+    delete,
+    path = "/functions/{name}",
+    operation_id = "deleteFunction",
+    tag = "functions",
+    params(("name" = String, Path, description = "The function's name")),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = 404, description = "`function_not_found`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn delete(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<Deleted>, ApiError> {
     platform.delete(&caller.tenant, &name).await?;
-    Ok(Json(json!({ "deleted": name })))
+    Ok(SortedJson(Deleted { deleted: name }))
 }
 
-#[derive(Deserialize, Default)]
+/// Body of a rollback (or none: the version before the current one).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RollbackBody {
+    /// The version `latest` goes back to.
     version: Option<u64>,
 }
 
+/// Point `latest` at an earlier version: the one named, or the previous one.
+#[utoipa::path(
+    post,
+    path = "/functions/{name}/rollback",
+    operation_id = "rollbackFunction",
+    tag = "functions",
+    params(("name" = String, Path, description = "The function's name")),
+    request_body(
+        content = Option<RollbackBody>,
+        description = "`{\"version\": N}`, or empty for the previous version",
+    ),
+    responses(
+        (status = 200, description = "The function after the rollback", body = FunctionInfo),
+        (status = 400, description = "`bad_request`: the body is not such JSON", body = ErrorBody),
+        (status = 404, description = "`function_not_found`, `version_not_found`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn rollback(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<FunctionInfo>, ApiError> {
     let body: RollbackBody = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackBody::default()
     } else {
@@ -191,23 +431,67 @@ pub(crate) async fn rollback(
     platform
         .rollback(&caller.tenant, &name, body.version)
         .await?;
-    Ok(Json(details_json(&platform, &caller.tenant, &name).await?))
+    Ok(SortedJson(details(&platform, &caller.tenant, &name).await?))
 }
 
 /// Query of a raw (non-multipart) deploy: the body is the Wasm.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DeployQuery {
+    /// The route it serves, e.g. `/hello`.
     route: Option<String>,
+    /// `http` or `command` (by default, what the Wasm exports decides).
     kind: Option<String>,
+    /// Requests per instance; 1 is a fresh instance per request.
     instance_reuse_max: Option<u32>,
     /// Comma-separated store names.
     key_value_stores: Option<String>,
 }
 
-/// `PUT /v1/functions/{name}`: multipart with `manifest` (TOML) and `wasm`
-/// parts, or a raw `application/wasm` body with
-/// `?route=&kind=&instance_reuse_max=&key_value_stores=a,b`.
+/// The parts of a multipart deploy.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Read part by part in `read_multipart`; here for its schema.
+pub(crate) struct DeployParts {
+    /// The manifest, `updraft.toml` (TOML, at most 8 MiB). Its `name`, if
+    /// set, must be the URL's.
+    #[schema(content_media_type = "application/toml")]
+    manifest: Option<String>,
+    /// The Wasm: a component or a core module.
+    #[schema(value_type = String, format = Binary, content_media_type = "application/wasm")]
+    wasm: Vec<u8>,
+    /// The function's files, a tar archive.
+    #[schema(value_type = Option<String>, format = Binary, content_media_type = "application/x-tar")]
+    files: Option<Vec<u8>>,
+}
+
+/// Deploy a new version of a function.
+///
+/// `multipart/form-data` with parts `manifest`
+/// (TOML) and `wasm` (and `files`, a tar archive), or a raw Wasm body with
+/// the manifest's few keys in the query. The Wasm streams to disk as it
+/// arrives; the deploy answers once it is compiled.
+#[utoipa::path(
+    put,
+    path = "/functions/{name}",
+    operation_id = "deployFunction",
+    tag = "functions",
+    params(("name" = String, Path, description = "The function's name"), DeployQuery),
+    request_body(content(
+        (DeployParts = "multipart/form-data"),
+        (Binary = "application/wasm"),
+        (Binary = "application/octet-stream"),
+    )),
+    responses(
+        (status = 201, description = "Deployed: the function, with `compiled`", body = FunctionInfo),
+        (status = 400, description = "`not_wasm`, `invalid_wasm`, `wrong_world`, `link_error`, \
+            `invalid_manifest`, `name_mismatch`, `missing_wasm`, `bad_multipart`, `bad_request`, \
+            `invalid_trigger`, `body_read_failed`", body = ErrorBody),
+        (status = 409, description = "`route_conflict`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: over 256 MiB, or a manifest over 8 MiB", body = ErrorBody),
+        (status = 507, description = "`storage_full`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn deploy(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
@@ -279,11 +563,9 @@ pub(crate) async fn deploy(
     let deployed = platform
         .deploy(&caller.tenant, manifest, wasm, files)
         .await?;
-    let mut body = details_json(&platform, &caller.tenant, &name).await?;
-    if let Value::Object(map) = &mut body {
-        map.insert("compiled".into(), json!(deployed.compiled));
-    }
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    let mut body = details(&platform, &caller.tenant, &name).await?;
+    body.compiled = Some(deployed.compiled);
+    Ok((StatusCode::CREATED, SortedJson(body)).into_response())
 }
 
 /// Largest manifest part: room for 256 variables of 16 KiB each, the
@@ -378,19 +660,24 @@ async fn read_field(
     Ok(Bytes::from(bytes))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LogsQuery {
+    /// The last N lines (default 100, at most 10,000).
     tail: Option<usize>,
+    /// Keep the response open and stream new lines as they come.
     #[serde(default)]
     follow: bool,
 }
 
-#[derive(Serialize)]
-struct LogLine<'a> {
+/// One line of `GET /v1/functions/{name}/logs` (NDJSON).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct LogLine<'a> {
+    /// RFC 3339, milliseconds.
     ts: String,
     invocation_id: &'a str,
-    stream: updraft_core::LogStream,
+    stream: LogStream,
     message: &'a str,
 }
 
@@ -406,7 +693,21 @@ fn log_line(entry: &LogEntry) -> Bytes {
     Bytes::from(line)
 }
 
-/// `GET /v1/functions/{name}/logs?tail=N&follow=true`: NDJSON, one entry a line.
+/// The function's log: NDJSON, one entry a line, oldest first; with
+/// `follow=true` the response stays open and new lines follow.
+#[utoipa::path(
+    get,
+    path = "/functions/{name}/logs",
+    operation_id = "getFunctionLogs",
+    tag = "functions",
+    params(("name" = String, Path, description = "The function's name"), LogsQuery),
+    responses(
+        (status = 200, description = "Log lines, one JSON object a line", body = LogLine,
+            content_type = "application/x-ndjson"),
+        (status = 400, description = "`bad_request`: a bad query string", body = ErrorBody),
+        (status = 404, description = "`function_not_found`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn logs(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,

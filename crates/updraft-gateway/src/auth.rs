@@ -6,18 +6,19 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::{Path, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use updraft_scheduler::{Caller, KeyInfo, Platform, PlatformError};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::api::rfc3339;
-use crate::error::{ApiError, Query};
+use crate::error::{ApiError, ErrorBody, Query};
+use crate::json::SortedJson;
 
 /// The caller named by the request's bearer key.
 pub(crate) fn caller(platform: &Platform, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -84,51 +85,120 @@ pub(crate) async fn require_key(
     }
 }
 
-fn key_json(key: &KeyInfo) -> Value {
-    json!({
-        "id": key.id,
-        "tenant": key.tenant,
-        "admin": key.admin,
-        "label": key.label,
-        "created_at": rfc3339(key.created_at_ms),
-    })
+/// An API key as listed: never the key itself.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Key {
+    /// Admin keys also manage other tenants (keys, quotas, usage).
+    admin: bool,
+    /// RFC 3339, milliseconds.
+    created_at: String,
+    /// The key's id, the `{id}` of `upd_{id}_{secret}`.
+    id: String,
+    label: String,
+    tenant: String,
 }
 
-#[derive(Deserialize)]
+impl From<&KeyInfo> for Key {
+    fn from(key: &KeyInfo) -> Key {
+        Key {
+            admin: key.admin,
+            created_at: rfc3339(key.created_at_ms),
+            id: key.id.clone(),
+            label: key.label.clone(),
+            tenant: key.tenant.clone(),
+        }
+    }
+}
+
+/// `POST /v1/keys`: the new key, shown this once.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct NewKey {
+    #[serde(flatten)]
+    info: Key,
+    /// The key, `upd_{id}_{secret}`: send it as `Authorization: Bearer KEY`.
+    key: String,
+}
+
+/// `GET /v1/keys`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Keys {
+    keys: Vec<Key>,
+}
+
+/// `DELETE /v1/keys/{id}`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Revoked {
+    revoked: Key,
+}
+
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct KeysQuery {
+    /// Another tenant's keys (admin keys only; an admin key naming none
+    /// lists every tenant's).
     tenant: Option<String>,
 }
 
 /// `GET /v1/keys[?tenant=T]`: the caller's tenant's keys; an admin key may
 /// name any tenant, or none for all.
+#[utoipa::path(
+    get,
+    path = "/keys",
+    operation_id = "listKeys",
+    tag = "keys",
+    params(KeysQuery),
+    responses(
+        (status = 200, description = "The keys (never the keys themselves)", body = Keys),
+        (status = 403, description = "`forbidden`: another tenant without an admin key", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn list(
     State(platform): State<Arc<Platform>>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<KeysQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<Keys>, ApiError> {
     let tenant = match (caller.admin, query.tenant.as_deref()) {
         (true, tenant) => tenant,
         (false, None) => Some(&*caller.tenant),
         (false, Some(t)) if t == &*caller.tenant => Some(t),
         (false, Some(_)) => return Err(admin_only("list another tenant's keys")),
     };
-    let keys: Vec<Value> = platform.api_keys(tenant).iter().map(key_json).collect();
-    Ok(Json(json!({ "keys": keys })))
+    let keys = platform.api_keys(tenant).iter().map(Key::from).collect();
+    Ok(SortedJson(Keys { keys }))
 }
 
-#[derive(Deserialize, Default)]
+/// Body of `POST /v1/keys` (all optional; an empty body is `{}`).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateKey {
+    /// The key's tenant (default: the caller's; another needs an admin
+    /// key). A key for a new tenant makes the tenant exist.
     tenant: Option<String>,
+    /// An admin key (needs an admin key).
     #[serde(default)]
     admin: bool,
+    /// A note for people.
     #[serde(default)]
     label: String,
 }
 
+/// Create an API key.
+///
 /// `POST /v1/keys` with `{"tenant", "admin", "label"}` (all optional): a new
 /// key, shown in this response only.
+#[utoipa::path(
+    post,
+    path = "/keys",
+    operation_id = "createKey",
+    tag = "keys",
+    request_body(content = Option<CreateKey>, description = "The key's tenant, admin and label, or empty"),
+    responses(
+        (status = 201, description = "The new key, in this response only", body = NewKey),
+        (status = 400, description = "`bad_request`: not such JSON; a bad tenant name or label", body = ErrorBody),
+        (status = 403, description = "`forbidden`: another tenant's or an admin key without an admin key", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn create(
     State(platform): State<Arc<Platform>>,
     Extension(caller): Extension<Caller>,
@@ -155,23 +225,37 @@ pub(crate) async fn create(
     let (info, key) = platform
         .create_api_key(tenant, body.admin, &body.label)
         .await?;
-    let mut out = key_json(&info);
-    if let Value::Object(map) = &mut out {
-        map.insert("key".into(), json!(key));
-    }
-    Ok((StatusCode::CREATED, Json(out)).into_response())
+    let out = NewKey {
+        info: Key::from(&info),
+        key: key.to_string(),
+    };
+    Ok((StatusCode::CREATED, SortedJson(out)).into_response())
 }
 
 /// `DELETE /v1/keys/{id}`: revoked at once. A tenant revokes its own keys;
 /// an admin key, any.
+#[utoipa::path(
+    delete,
+    path = "/keys/{id}",
+    operation_id = "revokeKey",
+    tag = "keys",
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "Revoked", body = Revoked),
+        (status = 404, description = "`api_key_not_found`", body = ErrorBody),
+        (status = 400, description = "`bad_request`: the last admin key cannot be revoked", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn revoke(
     State(platform): State<Arc<Platform>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<Revoked>, ApiError> {
     let scope = (!caller.admin).then_some(&*caller.tenant);
     let info = platform.revoke_api_key(&id, scope).await?;
-    Ok(Json(json!({ "revoked": key_json(&info) })))
+    Ok(SortedJson(Revoked {
+        revoked: Key::from(&info),
+    }))
 }
 
 fn admin_only(what: &str) -> ApiError {

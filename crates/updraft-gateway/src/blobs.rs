@@ -11,24 +11,53 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures::StreamExt;
 use http::{StatusCode, header};
-use serde_json::json;
-use updraft_scheduler::{BLOB_PAGE_MAX, Caller, Platform, PlatformError};
+use serde::Serialize;
+use updraft_scheduler::{BLOB_PAGE_MAX, BlobPage, Caller, Platform, PlatformError};
+use utoipa::ToSchema;
 
-use crate::error::{ApiError, Query};
+use crate::error::{ApiError, ErrorBody, Query};
+use crate::json::SortedJson;
 use crate::kv::ListQuery;
+use crate::openapi::Binary;
 
 type Shared = State<Arc<Platform>>;
 
-/// `GET /v1/blobs`: the containers in use.
+/// `GET /v1/blobs`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Containers {
+    containers: Vec<String>,
+}
+
+/// The blob containers in use (listed by deployed functions).
+#[utoipa::path(
+    get,
+    path = "/blobs",
+    operation_id = "listBlobContainers",
+    tag = "blobs",
+    responses((status = 200, description = "The containers", body = Containers)),
+)]
 pub(crate) async fn containers(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    Json(json!({ "containers": platform.functions().blob_container_names(&caller.tenant) }))
-        .into_response()
+) -> SortedJson<Containers> {
+    SortedJson(Containers {
+        containers: platform.functions().blob_container_names(&caller.tenant),
+    })
 }
 
 /// `GET /v1/blobs/{container}?prefix=&cursor=&limit=`: one page of blobs.
+#[utoipa::path(
+    get,
+    path = "/blobs/{container}",
+    operation_id = "listBlobs",
+    tag = "blobs",
+    params(("container" = String, Path, description = "The container"), ListQuery),
+    responses(
+        (status = 200, description = "One page of blobs in key order", body = BlobPage),
+        (status = 400, description = "`invalid_cursor`, `bad_request`", body = ErrorBody),
+        (status = 404, description = "`container_not_found`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn list(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
@@ -44,6 +73,20 @@ pub(crate) async fn list(
 }
 
 /// `GET /v1/blobs/{container}/{key}`: the blob, streamed.
+#[utoipa::path(
+    get,
+    path = "/blobs/{container}/{key}",
+    operation_id = "getBlob",
+    tag = "blobs",
+    params(
+        ("container" = String, Path, description = "The container"),
+        ("key" = String, Path, description = "The blob's key (it may contain `/`)"),
+    ),
+    responses(
+        (status = 200, description = "The blob", body = Binary, content_type = "application/octet-stream"),
+        (status = 404, description = "`container_not_found`, `blob_not_found`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn get(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
@@ -63,8 +106,29 @@ pub(crate) async fn get(
         .into_response())
 }
 
+/// Store a blob.
+///
 /// `PUT /v1/blobs/{container}/{key}`: the body, streamed into the blob; it
 /// appears only once complete, and not at all if it is too large.
+#[utoipa::path(
+    put,
+    path = "/blobs/{container}/{key}",
+    operation_id = "putBlob",
+    tag = "blobs",
+    params(
+        ("container" = String, Path, description = "The container"),
+        ("key" = String, Path, description = "The blob's key (it may contain `/`)"),
+    ),
+    request_body(content = Binary, content_type = "application/octet-stream",
+        description = "The blob's bytes"),
+    responses(
+        (status = 201, description = "Stored", body = BlobWritten),
+        (status = 400, description = "`bad_request`: a bad key; `body_read_failed`", body = ErrorBody),
+        (status = 404, description = "`container_not_found`", body = ErrorBody),
+        (status = 413, description = "`blob_too_large`", body = ErrorBody),
+        (status = 507, description = "`tenant_disk_quota`, `storage_full`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn put(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
@@ -88,14 +152,32 @@ pub(crate) async fn put(
         }
     }
     let size = writer.finish().await.map_err(PlatformError::from)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "key": key, "size": size })),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, SortedJson(BlobWritten { key, size })).into_response())
+}
+
+/// `PUT /v1/blobs/{container}/{key}`: what was stored.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BlobWritten {
+    key: String,
+    /// Bytes stored.
+    size: u64,
 }
 
 /// `DELETE /v1/blobs/{container}/{key}`: deleting a missing blob is not an error.
+#[utoipa::path(
+    delete,
+    path = "/blobs/{container}/{key}",
+    operation_id = "deleteBlob",
+    tag = "blobs",
+    params(
+        ("container" = String, Path, description = "The container"),
+        ("key" = String, Path, description = "The blob's key (it may contain `/`)"),
+    ),
+    responses(
+        (status = 204, description = "Deleted (or there was none)"),
+        (status = 404, description = "`container_not_found`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn delete(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,

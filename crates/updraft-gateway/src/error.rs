@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
+use serde::{Deserialize, Serialize};
 use updraft_core::{Classify, ErrorKind};
 use updraft_scheduler::PlatformError;
 
@@ -39,22 +40,55 @@ impl ApiError {
     }
 }
 
+/// The body of every error: `{"error": {"code", "message"}}`, plus `id`
+/// on the platform's own failures and `exit_code` and `stdout` when a
+/// command exited non-zero.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong. Fields are in key order: the body's bytes are what
+/// they were when it was a `serde_json` map.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// What went wrong, for programs: `function_not_found`, `bad_request`,
+    /// `missing_key`, `timeout`, … (docs/api.md lists every code with its
+    /// status). The status follows the kind: not found 404, invalid 400,
+    /// conflict 409, too large 413, forbidden 403, budget spent 402, out of
+    /// range 416, a limit reached 429, busy or unavailable 503, timeout
+    /// 504, storage quota or a full disk 507, internal 500.
+    pub code: String,
+    /// A command that exited non-zero: its exit code (also in the
+    /// `updraft-exit-code` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// A failure of the platform itself: the id its log has the detail under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// What went wrong and what to do, for people.
+    pub message: String,
+    /// A command that exited non-zero: what it wrote to stdout (UTF-8,
+    /// invalid sequences replaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
-        if let (Some(id), Some(map)) = (self.error_id, error.as_object_mut()) {
-            map.insert("id".into(), id.into());
-        }
         let exit_code = self.exit.as_ref().map(|(code, _)| *code);
-        if let (Some((code, stdout)), Some(map)) = (self.exit, error.as_object_mut()) {
-            map.insert("exit_code".into(), code.into());
-            map.insert(
-                "stdout".into(),
-                String::from_utf8_lossy(&stdout).into_owned().into(),
-            );
-        }
-        let mut response =
-            (self.status, Json(serde_json::json!({ "error": error }))).into_response();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                exit_code,
+                id: self.error_id,
+                message: self.message,
+                stdout: self
+                    .exit
+                    .map(|(_, stdout)| String::from_utf8_lossy(&stdout).into_owned()),
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if matches!(
             self.status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

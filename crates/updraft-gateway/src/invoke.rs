@@ -16,8 +16,10 @@ use updraft_scheduler::{
 };
 
 use crate::auth::{caller, carries_api_key};
-use crate::error::{ApiError, invocation_error, read_body};
+use crate::error::{ApiError, ErrorBody, invocation_error, read_body};
 use crate::host::{BaseDomain, HostKind, host_only_cookies, request_host};
+use crate::json::SortedJson;
+use crate::openapi::Binary;
 
 /// Response header carrying the invocation id (also in the logs).
 pub const INVOCATION_ID_HEADER: &str = "updraft-invocation-id";
@@ -134,10 +136,61 @@ pub const MODE_HEADER: &str = "updraft-mode";
 /// Header naming an async invocation so a retried request is accepted once.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
+/// `202` of an async invocation: where to ask how it went.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Accepted {
+    /// `true`: an earlier request with the same `Idempotency-Key` was
+    /// accepted, and this is its id; nothing new will run.
+    duplicate: bool,
+    /// The invocation's id.
+    id: String,
+    /// `/v1/invocations/{id}`.
+    status_url: String,
+}
+
+/// Invoke a function, now or (`mode=async`) soon.
+///
 /// `POST /v1/functions/{name}/invoke`: the body goes to the function as is;
 /// an http function sees a request for `/` (with the query string kept).
 /// With `mode=async` (query or `Updraft-Mode` header) the request is only
 /// accepted: `202` with the invocation's id, and it runs soon after.
+#[utoipa::path(
+    post,
+    path = "/functions/{name}/invoke",
+    operation_id = "invokeFunction",
+    tag = "invocations",
+    params(
+        ("name" = String, Path, description = "The function's name"),
+        ("mode" = Option<String>, Query,
+            description = "`async`: accept the call durably and run it soon, with retries \
+                (`sync`, the default: answer with the function's response). Other query \
+                parameters reach the function"),
+        ("updraft-mode" = Option<String>, Header, description = "The same as `mode`"),
+        ("idempotency-key" = Option<String>, Header,
+            description = "Async calls: a retried request with the same key is accepted once"),
+    ),
+    request_body(content = Binary, content_type = "*/*",
+        description = "Any body: the function gets it as it is"),
+    responses(
+        (status = 200, description = "The function's own response (any status, headers and \
+            body; `updraft-invocation-id` names the invocation)", content_type = "*/*"),
+        (status = 202, description = "Async: accepted durably; it runs soon", body = Accepted,
+            headers(("location" = String, description = "The status URL"))),
+        (status = 400, description = "`bad_request`: an invalid mode", body = ErrorBody),
+        (status = 404, description = "`function_not_found`", body = ErrorBody),
+        (status = 413, description = "`request_too_large`, `payload_too_large`", body = ErrorBody),
+        (status = 429, description = "`concurrency_limit`, `tenant_concurrency_limit`, \
+            `tenant_rate_limit`, `tenant_memory_limit`, `overloaded` (with `Retry-After`)",
+            body = ErrorBody),
+        (status = 402, description = "`budget_exceeded`", body = ErrorBody),
+        (status = 500, description = "`trap`, `memory_limit`, `tmp_limit`, `exit_code` (with \
+            `exit_code` and `stdout`), `function_error`, `response_too_large`, `internal`",
+            body = ErrorBody),
+        (status = 503, description = "`busy`, `memory_busy`, `instantiate_failed` (with \
+            `Retry-After`)", body = ErrorBody),
+        (status = 504, description = "`timeout`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn invoke_api(
     State(platform): State<Arc<Platform>>,
     Extension(caller): Extension<Caller>,
@@ -236,11 +289,11 @@ async fn invoke_async(
     let status_url = format!("/v1/invocations/{id}");
     let mut response = (
         StatusCode::ACCEPTED,
-        axum::Json(serde_json::json!({
-            "id": id,
-            "status_url": status_url,
-            "duplicate": accepted.duplicate,
-        })),
+        SortedJson(Accepted {
+            duplicate: accepted.duplicate,
+            id: id.clone(),
+            status_url: status_url.clone(),
+        }),
     )
         .into_response();
     let headers = response.headers_mut();

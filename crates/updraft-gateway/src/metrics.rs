@@ -12,18 +12,38 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
+use serde::Serialize;
 use updraft_scheduler::Platform;
-use updraft_scheduler::metrics::{Format, FunctionSummary};
+use updraft_scheduler::metrics::{Format, FunctionMetrics};
+use updraft_scheduler::traces::SpanRecord;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use updraft_scheduler::Caller;
 
 type Shared = State<Arc<Platform>>;
 
-/// `GET /metrics`.
+/// The token of `[telemetry] metrics_token`, for the scrape's handler.
+#[derive(Clone)]
+pub(crate) struct MetricsToken(pub(crate) Option<Arc<str>>);
+
+/// Every function's counters and the platform's levels, for Prometheus
+/// (docs/observability.md). With an admin key or the server's metrics token.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "observability",
+    responses(
+        (status = 200, description = "The Prometheus text format (OpenMetrics when `Accept` asks for it)",
+            content_type = "text/plain"),
+        (status = 401, description = "`missing_key`, `invalid_key`", body = crate::error::ErrorBody),
+        (status = 403, description = "`admin_only`: a tenant's key", body = crate::error::ErrorBody),
+    ),
+)]
 pub(crate) async fn scrape(
-    platform: Arc<Platform>,
-    token: Option<Arc<str>>,
+    State(platform): Shared,
+    Extension(MetricsToken(token)): Extension<MetricsToken>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let by_token = token.is_some_and(|token| presented(&headers).is_some_and(|p| same(p, &token)));
@@ -51,25 +71,55 @@ pub(crate) async fn scrape(
         .into_response())
 }
 
-/// `GET /v1/functions/{name}/metrics`: what the function did on this node.
+/// What the function did on this node since it started: requests, errors,
+/// cold and warm starts, latency percentiles.
+#[utoipa::path(
+    get,
+    path = "/functions/{name}/metrics",
+    operation_id = "getFunctionMetrics",
+    tag = "observability",
+    params(("name" = String, Path, description = "The function")),
+    responses(
+        (status = 200, description = "The function's counters", body = FunctionMetrics),
+        (status = 404, description = "`function_not_found`", body = crate::error::ErrorBody),
+    ),
+)]
 pub(crate) async fn function(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-) -> Result<Json<FunctionSummary>, ApiError> {
+) -> Result<Json<FunctionMetrics>, ApiError> {
     platform.functions().require(&caller.tenant, &name)?;
     Ok(Json(
         platform.invoker().metrics().summary(&caller.tenant, &name),
     ))
 }
 
-/// `GET /v1/traces/{id}`: a recent trace, by its id or an invocation's;
-/// the caller's tenant's spans only (an admin's: all).
+/// A recent trace: its spans.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Trace {
+    trace_id: String,
+    spans: Vec<SpanRecord>,
+}
+
+/// A recent trace, by its id or an invocation's: the caller's tenant's
+/// spans only (an admin's: all).
+#[utoipa::path(
+    get,
+    path = "/traces/{id}",
+    operation_id = "getTrace",
+    tag = "observability",
+    params(("id" = String, Path, description = "An invocation id (the updraft-invocation-id header) or a trace id (32 hex digits)")),
+    responses(
+        (status = 200, description = "The trace's spans, oldest first", body = Trace),
+        (status = 404, description = "`trace_not_found`: none of it is kept on this node", body = crate::error::ErrorBody),
+    ),
+)]
 pub(crate) async fn trace(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Trace>, ApiError> {
     let spans: Vec<_> = platform
         .invoker()
         .traces()
@@ -97,10 +147,10 @@ pub(crate) async fn trace(
             ),
         ));
     };
-    Ok(Json(serde_json::json!({
-        "trace_id": first.trace_id,
-        "spans": spans,
-    })))
+    Ok(Json(Trace {
+        trace_id: first.trace_id.clone(),
+        spans,
+    }))
 }
 
 /// The bearer token of the request, if any.

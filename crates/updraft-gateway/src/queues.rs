@@ -10,14 +10,19 @@ use axum::extract::{Path, Request, State};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use http::{StatusCode, header};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use updraft_scheduler::Channel;
 use updraft_scheduler::{
-    BATCH_BYTES_MAX, Caller, ChannelKind, Event, InvocationStatus, Outgoing, PAYLOAD_BYTES_MAX,
-    Platform, PlatformError, Published, QueueError,
+    BATCH_BYTES_MAX, Caller, ChannelKind, DeadLetter, Event, FunctionQueues, InvocationStatus,
+    Outgoing, PAYLOAD_BYTES_MAX, Platform, PlatformError, Published, QueueError, QueueOverview,
+    TopicOverview,
 };
+use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{ApiError, Query, read_body};
+use crate::api::Deleted;
+use crate::error::{ApiError, ErrorBody, Query, read_body};
+use crate::json::SortedJson;
+use crate::openapi::Binary;
 
 type Shared = State<Arc<Platform>>;
 
@@ -25,6 +30,19 @@ type Shared = State<Arc<Platform>>;
 const DLQ_PAGE_DEFAULT: usize = 100;
 const DLQ_PAGE_MAX: usize = 10_000;
 
+/// An async invocation: its status, attempts, and its error or result.
+#[utoipa::path(
+    get,
+    path = "/invocations/{id}",
+    operation_id = "getInvocation",
+    tag = "invocations",
+    params(("id" = String, Path, description = "The id an async invoke answered")),
+    responses(
+        (status = 200, description = "The invocation", body = InvocationStatus),
+        (status = 404, description = "`invocation_not_found` (results are kept 24 hours)",
+            body = ErrorBody),
+    ),
+)]
 pub(crate) async fn invocation(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
@@ -42,19 +60,41 @@ pub(crate) async fn invocation(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DlqQuery {
+    /// At most this many (default 100, at most 10,000).
     #[serde(default)]
     limit: Option<usize>,
 }
 
+/// `GET /v1/functions/{name}/dlq`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct DeadLetters {
+    /// Oldest first.
+    dead_letters: Vec<DeadLetter>,
+    function: String,
+}
+
+/// The function's dead letters: async calls that failed every attempt.
+#[utoipa::path(
+    get,
+    path = "/functions/{name}/dlq",
+    operation_id = "listDeadLetters",
+    tag = "invocations",
+    params(("name" = String, Path, description = "The function's name"), DlqQuery),
+    responses(
+        (status = 200, description = "Its dead letters, oldest first", body = DeadLetters),
+        (status = 404, description = "`function_not_found`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn dead_letters(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(query): Query<DlqQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<DeadLetters>, ApiError> {
     let limit = query
         .limit
         .unwrap_or(DLQ_PAGE_DEFAULT)
@@ -63,35 +103,85 @@ pub(crate) async fn dead_letters(
         .events()
         .dead_letters(&caller.tenant, &name, limit)
         .await?;
-    Ok(Json(json!({ "function": name, "dead_letters": dead })))
+    Ok(SortedJson(DeadLetters {
+        dead_letters: dead,
+        function: name,
+    }))
 }
 
+/// `POST /v1/functions/{name}/dlq/redrive`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Redriven {
+    function: String,
+    /// How many dead letters went back to the queue.
+    redriven: usize,
+}
+
+/// Queue the function's dead letters again, their attempts reset.
+#[utoipa::path(
+    post,
+    path = "/functions/{name}/dlq/redrive",
+    operation_id = "redriveDeadLetters",
+    tag = "invocations",
+    params(("name" = String, Path, description = "The function's name")),
+    responses(
+        (status = 200, description = "How many went back", body = Redriven),
+        (status = 404, description = "`function_not_found`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn redrive(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<Redriven>, ApiError> {
     let moved = platform.events().redrive(&caller.tenant, &name).await?;
-    Ok(Json(json!({ "function": name, "redriven": moved })))
+    Ok(SortedJson(Redriven {
+        function: name,
+        redriven: moved,
+    }))
 }
 
+/// `GET /v1/queues`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Queues {
+    /// Each function's async queue.
+    functions: Vec<FunctionQueues>,
+    /// Named queues.
+    queues: Vec<QueueOverview>,
+    topics: Vec<TopicOverview>,
+}
+
+/// Named queues (depth, in flight, oldest age, consumers), topics
+/// (subscribers), and each function's async queue.
+#[utoipa::path(
+    get,
+    path = "/queues",
+    operation_id = "listQueues",
+    tag = "events",
+    responses((status = 200, description = "Queues and topics", body = Queues)),
+)]
 pub(crate) async fn queues(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<Queues>, ApiError> {
     let functions = platform.events().function_queues(&caller.tenant).await?;
     let (queues, topics) = platform.events().channel_overview(&caller.tenant).await?;
-    Ok(Json(
-        json!({ "functions": functions, "queues": queues, "topics": topics }),
-    ))
+    Ok(SortedJson(Queues {
+        functions,
+        queues,
+        topics,
+    }))
 }
 
 /// Body of `PUT /v1/queues/{name}` (all optional; a topic takes none).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ChannelBody {
+    /// How long a consumer has to finish a message before another may get
+    /// it (default 30,000; at most 12 hours).
     #[serde(default)]
     visibility_timeout_ms: Option<u64>,
+    /// Messages a consumer leases at once (default 10, at most 1000).
     #[serde(default)]
     batch_size: Option<u32>,
 }
@@ -102,7 +192,7 @@ async fn put_channel(
     name: &str,
     kind: ChannelKind,
     body: &[u8],
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<Channel>, ApiError> {
     let settings: ChannelBody = if body.iter().all(u8::is_ascii_whitespace) {
         ChannelBody::default()
     } else {
@@ -131,55 +221,130 @@ async fn put_channel(
             settings.batch_size,
         )
         .await?;
-    Ok(Json(serde_json::to_value(channel).unwrap_or_default()))
+    Ok(SortedJson(channel))
 }
 
+/// Create or update a named queue.
+#[utoipa::path(
+    put,
+    path = "/queues/{name}",
+    operation_id = "putQueue",
+    tag = "events",
+    params(("name" = String, Path, description = "The queue's name")),
+    request_body(content = Option<ChannelBody>, description = "Settings, or empty for the defaults"),
+    responses(
+        (status = 200, description = "The queue", body = Channel),
+        (status = 400, description = "`bad_request`: a bad body or name", body = ErrorBody),
+        (status = 409, description = "`channel_conflict`: a topic has the name", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn put_queue(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<Channel>, ApiError> {
     put_channel(&platform, &caller, &name, ChannelKind::Queue, &body).await
 }
 
+/// Create a topic (it takes no settings).
+#[utoipa::path(
+    put,
+    path = "/topics/{name}",
+    operation_id = "putTopic",
+    tag = "events",
+    params(("name" = String, Path, description = "The topic's name")),
+    request_body(content = Option<Object>, description = "Empty (or `{}`)"),
+    responses(
+        (status = 200, description = "The topic", body = Channel),
+        (status = 400, description = "`bad_request`: a bad body or name", body = ErrorBody),
+        (status = 409, description = "`channel_conflict`: a queue has the name", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn put_topic(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<Channel>, ApiError> {
     put_channel(&platform, &caller, &name, ChannelKind::Topic, &body).await
 }
 
+/// Remove a queue and its messages.
+#[utoipa::path(
+    delete,
+    path = "/queues/{name}",
+    operation_id = "deleteQueue",
+    tag = "events",
+    params(("name" = String, Path, description = "The queue's name")),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = 404, description = "`channel_not_found`", body = ErrorBody),
+        (status = 409, description = "`channel_in_use`: a function consumes it", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn delete_queue(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<Deleted>, ApiError> {
     platform
         .events()
         .delete_channel(&caller.tenant, &name, ChannelKind::Queue)
         .await?;
-    Ok(Json(json!({ "deleted": name })))
+    Ok(SortedJson(Deleted { deleted: name }))
 }
 
+/// Remove a topic.
+#[utoipa::path(
+    delete,
+    path = "/topics/{name}",
+    operation_id = "deleteTopic",
+    tag = "events",
+    params(("name" = String, Path, description = "The topic's name")),
+    responses(
+        (status = 200, description = "Deleted", body = Deleted),
+        (status = 404, description = "`channel_not_found`", body = ErrorBody),
+        (status = 409, description = "`channel_in_use`: a function subscribes to it", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn delete_topic(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<Deleted>, ApiError> {
     platform
         .events()
         .delete_channel(&caller.tenant, &name, ChannelKind::Topic)
         .await?;
-    Ok(Json(json!({ "deleted": name })))
+    Ok(SortedJson(Deleted { deleted: name }))
 }
 
+/// Publish to a queue or a topic.
+///
 /// `POST /v1/publish/{name}`: the body is the event's data, or with
 /// `Content-Type: application/cloudevents-batch+json` an array of
 /// structured CloudEvents published in one commit, or with
 /// `Content-Type: application/cloudevents+json` a whole CloudEvent.
+#[utoipa::path(
+    post,
+    path = "/publish/{name}",
+    operation_id = "publish",
+    tag = "events",
+    params(("name" = String, Path, description = "The queue's or topic's name")),
+    request_body(content(
+        (Binary = "application/octet-stream"),
+        (Object = "application/cloudevents+json"),
+        (Vec<Object> = "application/cloudevents-batch+json"),
+    ), description = "The event's data (any content type, at most 1 MiB), a structured \
+        CloudEvent, or an array of up to 1000 published in one commit"),
+    responses(
+        (status = 202, description = "Published", body = Published),
+        (status = 400, description = "`invalid_cloudevent`, `bad_request`", body = ErrorBody),
+        (status = 404, description = "`channel_not_found`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn publish(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,

@@ -7,11 +7,9 @@
 //! shows it fetches from the `/v1` API with the user's own key, like the
 //! CLI: the files themselves are public and hold no data.
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 
@@ -89,19 +87,48 @@ static ASSETS: [Asset; 11] = [
     asset!("js/usage.js", JS),
 ];
 
-/// The console's routes: the page at `/ui` and `/ui/`, its files below.
-pub(crate) fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route(CONSOLE_PATH, get(page))
-        .route("/ui/", get(page))
-        .route("/ui/{*file}", get(file))
-}
-
-async fn page(headers: HeaderMap) -> Response {
+/// The web console: an HTML page that signs in with an API key and calls
+/// `/v1` itself (docs/api.md, "Web console").
+#[utoipa::path(
+    get,
+    path = "/ui",
+    operation_id = "console",
+    tag = "console",
+    security(()),
+    responses((status = 200, description = "The console's page", content_type = "text/html")),
+)]
+pub(crate) async fn page(headers: HeaderMap) -> Response {
     serve(&ASSETS[0], &headers)
 }
 
-async fn file(Path(path): Path<String>, headers: HeaderMap) -> Response {
+/// The web console, at `/ui/` too.
+#[utoipa::path(
+    get,
+    path = "/ui/",
+    operation_id = "consoleSlash",
+    tag = "console",
+    security(()),
+    responses((status = 200, description = "The console's page", content_type = "text/html")),
+)]
+pub(crate) async fn page_slash(headers: HeaderMap) -> Response {
+    serve(&ASSETS[0], &headers)
+}
+
+/// One of the console's files (scripts, styles, icon), embedded in the binary.
+#[utoipa::path(
+    get,
+    path = "/ui/{file}",
+    operation_id = "consoleFile",
+    tag = "console",
+    security(()),
+    params(("file" = String, Path, description = "The file's path below /ui/, e.g. js/app.js")),
+    responses(
+        (status = 200, description = "The file", content_type = "*/*"),
+        (status = 304, description = "Unchanged since the ETag sent in If-None-Match"),
+        (status = 404, description = "`not_found`: the console has no such file", body = crate::error::ErrorBody),
+    ),
+)]
+pub(crate) async fn file(Path(path): Path<String>, headers: HeaderMap) -> Response {
     match ASSETS.iter().find(|asset| asset.path == path) {
         Some(asset) => serve(asset, &headers),
         None => {
@@ -188,6 +215,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use axum::Router;
     use http::Request;
     use tower::ServiceExt;
 
@@ -196,7 +224,10 @@ mod tests {
         if let Some(tag) = if_none_match {
             request = request.header(header::IF_NONE_MATCH, tag);
         }
-        routes::<()>()
+        Router::<()>::new()
+            .route(CONSOLE_PATH, axum::routing::get(page))
+            .route("/ui/", axum::routing::get(page_slash))
+            .route("/ui/{*file}", axum::routing::get(file))
             .oneshot(request.body(Body::empty()).unwrap())
             .await
             .unwrap()

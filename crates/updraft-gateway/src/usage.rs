@@ -4,18 +4,23 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use bytes::Bytes;
 use http::{StatusCode, header};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use updraft_metering::{Aggregate, GroupBy, HOUR_MS, Metering, month_of, month_range};
-use updraft_scheduler::{Caller, Platform, PlatformError};
+use serde::{Deserialize, Serialize};
+use updraft_core::UsageRecord;
+use updraft_metering::prices::{BillLine, PriceSheet};
+use updraft_metering::{
+    Aggregate, BudgetStatus, GroupBy, HOUR_MS, Metering, month_of, month_range,
+};
+use updraft_scheduler::{Caller, Platform, PlatformError, TenantQuota};
+use utoipa::{IntoParams, ToSchema};
 
-use crate::error::{ApiError, Query};
+use crate::error::{ApiError, ErrorBody, Query};
+use crate::json::SortedJson;
 
 type Shared = State<Arc<Platform>>;
 
@@ -76,12 +81,17 @@ pub(crate) fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct UsageQuery {
+    /// `YYYY-MM-DD` or RFC 3339 (default: the start of this month).
     from: Option<String>,
+    /// `YYYY-MM-DD` or RFC 3339, exclusive (default: the end of this hour).
     to: Option<String>,
+    /// `function` (default) or `hour`.
     group_by: Option<String>,
+    /// Another tenant (admin keys only).
     tenant: Option<String>,
 }
 
@@ -111,16 +121,50 @@ fn window(from: Option<&str>, to: Option<&str>, now: u64) -> Result<(u64, u64), 
     Ok((from, to))
 }
 
-fn sums_json(sums: &Aggregate) -> Value {
-    serde_json::to_value(sums).unwrap_or_default()
+/// `GET /v1/usage`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UsageReport {
+    /// RFC 3339, seconds.
+    from: String,
+    /// `function` or `hour`.
+    group_by: &'static str,
+    rows: Vec<UsageRow>,
+    tenant: String,
+    /// RFC 3339, seconds (exclusive).
+    to: String,
+    total: Aggregate,
+    total_cost_cents: u64,
 }
 
-/// `GET /v1/usage?from&to&group_by=function|hour`.
+/// One row of a usage report: the sums of one function or hour.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UsageRow {
+    cost_cents: u64,
+    /// The function, or the hour (RFC 3339) when grouped by hour.
+    key: String,
+    #[serde(flatten)]
+    sums: Aggregate,
+}
+
+/// Usage sums and their cost, by default this month by function.
+#[utoipa::path(
+    get,
+    path = "/usage",
+    operation_id = "getUsage",
+    tag = "usage",
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "The usage report", body = UsageReport),
+        (status = 400, description = "`bad_request`: a bad date or `group_by`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: another tenant without an admin key", body = ErrorBody),
+        (status = 409, description = "`metering_off`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn usage(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Query(query): Query<UsageQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<UsageReport>, ApiError> {
     let tenant = tenant(&caller, query.tenant.as_deref())?;
     let group_by = match query.group_by.as_deref() {
         None | Some("function") => GroupBy::Function,
@@ -136,27 +180,28 @@ pub(crate) async fn usage(
     let (from, to) = query.window(metering.now_ms())?;
     let (rows, total) = tokio::task::block_in_place(|| metering.usage(tenant, from, to, group_by))
         .map_err(PlatformError::from)?;
-    let rows: Vec<Value> = rows
-        .iter()
-        .map(|row| {
-            let mut v = sums_json(&row.sums);
-            if let Value::Object(map) = &mut v {
-                map.insert("key".into(), json!(row.key));
-                map.insert("cost_cents".into(), json!(row.cost_cents));
-            }
-            v
+    let rows = rows
+        .into_iter()
+        .map(|row| UsageRow {
+            cost_cents: row.cost_cents,
+            key: row.key,
+            sums: row.sums,
         })
         .collect();
     let total_cents = updraft_metering::prices::bill(metering.prices(), &total).total_cents;
-    Ok(Json(json!({
-        "tenant": tenant,
-        "from": rfc3339(from),
-        "to": rfc3339(to),
-        "group_by": if group_by == GroupBy::Hour { "hour" } else { "function" },
-        "rows": rows,
-        "total": sums_json(&total),
-        "total_cost_cents": total_cents,
-    })))
+    Ok(SortedJson(UsageReport {
+        from: rfc3339(from),
+        group_by: if group_by == GroupBy::Hour {
+            "hour"
+        } else {
+            "function"
+        },
+        rows,
+        tenant: tenant.to_string(),
+        to: rfc3339(to),
+        total,
+        total_cost_cents: total_cents,
+    }))
 }
 
 /// Records of one page unless `limit` asks for fewer or more.
@@ -165,19 +210,42 @@ const RECORDS_PAGE_MAX: usize = 100_000;
 /// The header carrying the cursor of the next page of records.
 const NEXT_CURSOR: &str = "updraft-next-cursor";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct RecordsQuery {
+    /// `YYYY-MM-DD` or RFC 3339 (default: the start of this month).
     from: Option<String>,
+    /// `YYYY-MM-DD` or RFC 3339, exclusive (default: the end of this hour).
     to: Option<String>,
+    /// Another tenant (admin keys only).
     tenant: Option<String>,
+    /// Records a page (default 10,000, at most 100,000).
     limit: Option<usize>,
+    /// The previous page's `Updraft-Next-Cursor`.
     cursor: Option<String>,
 }
 
+/// The raw usage records, NDJSON, a page at a time.
+///
 /// `GET /v1/usage/records?from&to&limit&cursor`: the raw records in start
 /// order, NDJSON, a page at a time; `Updraft-Next-Cursor` is set when
 /// more follow.
+#[utoipa::path(
+    get,
+    path = "/usage/records",
+    operation_id = "listUsageRecords",
+    tag = "usage",
+    params(RecordsQuery),
+    responses(
+        (status = 200, description = "Usage records and storage samples, one JSON object a line",
+            body = UsageRecord, content_type = "application/x-ndjson",
+            headers(("updraft-next-cursor" = String, description = "Set when more records follow: pass it as `cursor`"))),
+        (status = 400, description = "`bad_request`, `invalid_cursor`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: another tenant without an admin key", body = ErrorBody),
+        (status = 409, description = "`metering_off`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn records(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
@@ -219,21 +287,49 @@ pub(crate) async fn records(
     Ok(response)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct BillQuery {
+    /// `YYYY-MM` (default: this month).
     month: Option<String>,
+    /// Another tenant (admin keys only).
     tenant: Option<String>,
     /// `records`: recompute from every raw record instead of the hourly sums.
     source: Option<String>,
 }
 
-/// `GET /v1/bill?month=YYYY-MM`.
+/// `GET /v1/bill`.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct BillReport {
+    lines: Vec<BillLine>,
+    /// `YYYY-MM`.
+    month: String,
+    prices: PriceSheet,
+    tenant: String,
+    total_cents: u64,
+    usage: Aggregate,
+}
+
+/// The month's bill.
+#[utoipa::path(
+    get,
+    path = "/bill",
+    operation_id = "getBill",
+    tag = "usage",
+    params(BillQuery),
+    responses(
+        (status = 200, description = "The bill", body = BillReport),
+        (status = 400, description = "`bad_request`: a bad month", body = ErrorBody),
+        (status = 403, description = "`forbidden`: another tenant without an admin key", body = ErrorBody),
+        (status = 409, description = "`metering_off`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn bill(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Query(query): Query<BillQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<BillReport>, ApiError> {
     let tenant = tenant(&caller, query.tenant.as_deref())?;
     let metering = metering_now(&platform).await?;
     let month = query.month.unwrap_or_else(|| month_of(metering.now_ms()));
@@ -242,52 +338,92 @@ pub(crate) async fn bill(
         _ => metering.bill(tenant, &month),
     })
     .map_err(PlatformError::from)?;
-    Ok(Json(json!({
-        "tenant": tenant,
-        "month": month,
-        "lines": bill.lines,
-        "total_cents": bill.total_cents,
-        "usage": sums_json(&sums),
-        "prices": metering.prices(),
-    })))
+    Ok(SortedJson(BillReport {
+        lines: bill.lines,
+        month,
+        prices: *metering.prices(),
+        tenant: tenant.to_string(),
+        total_cents: bill.total_cents,
+        usage: sums,
+    }))
 }
 
-/// `GET /v1/prices`.
-pub(crate) async fn prices(State(platform): Shared) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(metering(&platform)?.prices())))
+/// The price sheet, in US dollars.
+#[utoipa::path(
+    get,
+    path = "/prices",
+    operation_id = "getPrices",
+    tag = "usage",
+    responses(
+        (status = 200, description = "The prices", body = PriceSheet),
+        (status = 409, description = "`metering_off`", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn prices(State(platform): Shared) -> Result<SortedJson<PriceSheet>, ApiError> {
+    Ok(SortedJson(*metering(&platform)?.prices()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TenantQuery {
+    /// Another tenant (admin keys only).
     pub(crate) tenant: Option<String>,
 }
 
-/// `GET /v1/budget`.
+/// The monthly budget and what is spent of it.
+#[utoipa::path(
+    get,
+    path = "/budget",
+    operation_id = "getBudget",
+    tag = "usage",
+    params(TenantQuery),
+    responses(
+        (status = 200, description = "The budget", body = BudgetStatus),
+        (status = 403, description = "`forbidden`: another tenant without an admin key", body = ErrorBody),
+        (status = 409, description = "`metering_off`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn budget(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Query(query): Query<TenantQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<BudgetStatus>, ApiError> {
     let tenant = tenant(&caller, query.tenant.as_deref())?;
-    Ok(Json(json!(
-        metering_now(&platform).await?.budget_status(tenant)
-    )))
+    Ok(SortedJson(
+        metering_now(&platform).await?.budget_status(tenant),
+    ))
 }
 
-#[derive(Deserialize)]
+/// Body of `PUT /v1/budget`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SetBudget {
+    /// Dollars a month, 0 to 1,000,000,000.
     monthly_usd: f64,
 }
 
-/// `PUT /v1/budget` with `{"monthly_usd": 25}`.
+/// Set the monthly budget: past it, invocations are refused (402).
+#[utoipa::path(
+    put,
+    path = "/budget",
+    operation_id = "setBudget",
+    tag = "usage",
+    params(TenantQuery),
+    request_body = SetBudget,
+    responses(
+        (status = 200, description = "The budget", body = BudgetStatus),
+        (status = 400, description = "`bad_request`: not such JSON, or out of range", body = ErrorBody),
+        (status = 403, description = "`forbidden`: another tenant without an admin key", body = ErrorBody),
+        (status = 409, description = "`metering_off`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn set_budget(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Query(query): Query<TenantQuery>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<BudgetStatus>, ApiError> {
     let tenant = tenant(&caller, query.tenant.as_deref())?;
     let body: SetBudget = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
@@ -308,30 +444,56 @@ pub(crate) async fn set_budget(
     let cents = (body.monthly_usd * 100.0).round() as u64;
     let metering = metering(&platform)?;
     platform.usage().set_budget(tenant, Some(cents)).await?;
-    Ok(Json(json!(metering.budget_status(tenant))))
+    Ok(SortedJson(metering.budget_status(tenant)))
 }
 
 /// `GET /v1/quota`: the tenant's quota (`{}`: none).
+#[utoipa::path(
+    get,
+    path = "/quota",
+    operation_id = "getQuota",
+    tag = "usage",
+    params(TenantQuery),
+    responses(
+        (status = 200, description = "The quota; a kind left out has no limit", body = TenantQuota),
+        (status = 403, description = "`forbidden`: another tenant without an admin key", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn quota(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Query(query): Query<TenantQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<TenantQuota>, ApiError> {
     let tenant = tenant(&caller, query.tenant.as_deref())?;
-    Ok(Json(json!(platform.quota(tenant).await?)))
+    Ok(SortedJson(platform.quota(tenant).await?))
 }
 
+/// Set a tenant's quota (admin keys only).
+///
 /// `PUT /v1/quota?tenant=T` with `{"max_concurrency": 10,
 /// "requests_per_second": 100}` (either may be left out: no limit of that
 /// kind); admin keys only.
+#[utoipa::path(
+    put,
+    path = "/quota",
+    operation_id = "setQuota",
+    tag = "usage",
+    params(TenantQuery),
+    request_body = TenantQuota,
+    responses(
+        (status = 200, description = "The quota set", body = TenantQuota),
+        (status = 400, description = "`bad_request`: not such JSON, or out of range", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin key", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn set_quota(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Query(query): Query<TenantQuery>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<TenantQuota>, ApiError> {
     let tenant = quota_tenant(&caller, query.tenant.as_deref())?;
-    let quota: updraft_scheduler::TenantQuota = serde_json::from_slice(&body).map_err(|e| {
+    let quota: TenantQuota = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(
             "bad_request",
             format!(
@@ -340,20 +502,32 @@ pub(crate) async fn set_quota(
         )
     })?;
     platform.set_quota(tenant, quota).await?;
-    Ok(Json(json!(quota)))
+    Ok(SortedJson(quota))
 }
 
-/// `DELETE /v1/quota?tenant=T`: no limits; admin keys only.
+/// `DELETE /v1/quota?tenant=T`: no limits; admin keys only. Answers the
+/// empty quota, `{}`.
+#[utoipa::path(
+    delete,
+    path = "/quota",
+    operation_id = "clearQuota",
+    tag = "usage",
+    params(TenantQuery),
+    responses(
+        (status = 200, description = "No quota: `{}`", body = TenantQuota),
+        (status = 403, description = "`forbidden`: not an admin key", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn clear_quota(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Query(query): Query<TenantQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<TenantQuota>, ApiError> {
     let tenant = quota_tenant(&caller, query.tenant.as_deref())?;
-    platform
-        .set_quota(tenant, updraft_scheduler::TenantQuota::default())
-        .await?;
-    Ok(Json(json!({})))
+    let none = TenantQuota::default();
+    platform.set_quota(tenant, none).await?;
+    // Every field of an empty quota is left out: this is `{}`.
+    Ok(SortedJson(none))
 }
 
 /// Quotas bound tenants, so only an admin sets them (for any tenant).
@@ -367,13 +541,25 @@ fn quota_tenant<'a>(caller: &'a Caller, asked: Option<&'a str>) -> Result<&'a st
 }
 
 /// `DELETE /v1/budget`: no cap.
+#[utoipa::path(
+    delete,
+    path = "/budget",
+    operation_id = "clearBudget",
+    tag = "usage",
+    params(TenantQuery),
+    responses(
+        (status = 200, description = "The budget, now none", body = BudgetStatus),
+        (status = 403, description = "`forbidden`: another tenant without an admin key", body = ErrorBody),
+        (status = 409, description = "`metering_off`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn clear_budget(
     State(platform): Shared,
     Extension(caller): Extension<Caller>,
     Query(query): Query<TenantQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<SortedJson<BudgetStatus>, ApiError> {
     let tenant = tenant(&caller, query.tenant.as_deref())?;
     let metering = metering(&platform)?;
     platform.usage().set_budget(tenant, None).await?;
-    Ok(Json(json!(metering.budget_status(tenant))))
+    Ok(SortedJson(metering.budget_status(tenant)))
 }

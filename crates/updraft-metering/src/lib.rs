@@ -144,7 +144,7 @@ struct BudgetState {
 }
 
 /// A tenant's budget and how much of it is spent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct BudgetStatus {
     pub tenant: String,
     pub month: String,

@@ -19,7 +19,7 @@ const PICO_PER_CENT: u128 = 10_000_000_000;
 const GIB: u128 = 1 << 30;
 
 /// `[prices]` of the server config, in US dollars.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PriceSheet {
     /// Per million invocations (Lambda: $0.20).
@@ -94,7 +94,7 @@ fn cents(pico: u128) -> u64 {
     ((pico + PICO_PER_CENT / 2) / PICO_PER_CENT) as u64
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BillLine {
     pub item: String,
     pub quantity: String,

@@ -61,7 +61,7 @@ const PERSIST_EVERY: Duration = Duration::from_secs(1);
 
 /// Sums of usage over some records. Every field is an integer, so a bill
 /// computed from sums is the same however the records were grouped.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Aggregate {
     pub invocations: u64,

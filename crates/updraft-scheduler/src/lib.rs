@@ -55,9 +55,10 @@ pub use updraft_sandbox::{InvokeError, LoadedFrom, ResponseBody};
 pub use usage::Usage;
 // The state types and limits the API speaks in, so that the gateway needs
 // no dependency on the state layer.
-pub use updraft_state::blob::BLOB_PAGE_MAX;
-pub use updraft_state::kv::{KvError, LIST_PAGE_MAX, VALUE_BYTES_MAX};
-pub use updraft_state::queue::{ChannelKind, PAYLOAD_BYTES_MAX, QueueError};
+pub use updraft_state::blob::{BLOB_PAGE_MAX, BlobInfo, BlobPage};
+pub use updraft_state::kv::{KeyPage, KvError, LIST_PAGE_MAX, VALUE_BYTES_MAX};
+pub use updraft_state::queue::{Channel, ChannelKind, PAYLOAD_BYTES_MAX, QueueError};
+pub use updraft_state::secrets::SecretInfo;
 pub use updraft_state::{Caller, KeyInfo};
 
 /// Milliseconds since the Unix epoch, by the system clock (timers,

@@ -166,8 +166,8 @@ impl FunctionStats {
 
 /// What one function did on this node since it started, over all its
 /// versions (`GET /v1/functions/{name}/metrics`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct FunctionSummary {
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct FunctionMetrics {
     pub function: String,
     pub requests: u64,
     pub errors: u64,
@@ -179,7 +179,7 @@ pub struct FunctionSummary {
     pub duration_ms: Percentiles,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Percentiles {
     pub p50: Option<f64>,
     pub p90: Option<f64>,
@@ -227,7 +227,7 @@ impl Metrics {
 
     /// One function's counters summed over its versions (zeros before its
     /// first invocation on this node).
-    pub fn summary(&self, tenant: &str, function: &str) -> FunctionSummary {
+    pub fn summary(&self, tenant: &str, function: &str) -> FunctionMetrics {
         let series = self.lock();
         let mine: Vec<&Arc<FunctionStats>> = series
             .iter()
@@ -250,7 +250,7 @@ impl Metrics {
             }
         }
         let quantile = |q| quantile(q, &buckets).map(|s| s * 1000.0);
-        FunctionSummary {
+        FunctionMetrics {
             function: function.to_string(),
             requests: sum(|s| &s.invocations),
             errors: errors_by_code.values().sum(),

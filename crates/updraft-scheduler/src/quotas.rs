@@ -35,7 +35,7 @@ const KEY: &str = "quota";
 pub const QUOTA_MAX: u32 = 1_000_000;
 
 /// A tenant's quota; `None` is no limit of that kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantQuota {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -196,7 +196,7 @@ impl Span {
 }
 
 /// A finished span as `GET /v1/traces/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SpanRecord {
     pub trace_id: String,
     pub span_id: String,

@@ -75,7 +75,7 @@ impl updraft_core::Classify for SecretError {
 }
 
 /// A listed secret: its name only.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct SecretInfo {
     pub name: String,
 }

@@ -208,7 +208,7 @@ impl AsyncRequest {
 }
 
 /// What `GET /v1/invocations/{id}` shows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvocationStatus {
     pub id: String,
     pub function: String,
@@ -236,7 +236,7 @@ pub struct InvocationStatus {
 }
 
 /// The response of a succeeded async invocation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvocationResult {
     /// The HTTP status (200 for a command).
     pub status: u16,
@@ -247,7 +247,7 @@ pub struct InvocationResult {
 }
 
 /// A message of a dead-letter queue, as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: String,
     pub attempts: u32,
@@ -269,7 +269,7 @@ impl From<MessageInfo> for DeadLetter {
 }
 
 /// The async queues of one function, for `GET /v1/queues`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionQueues {
     pub function: String,
     pub depth: u64,

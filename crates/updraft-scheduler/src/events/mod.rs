@@ -183,7 +183,7 @@ pub(crate) fn channel_queue(tenant: &str, name: &str) -> QueueId {
 }
 
 /// What a publish did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Published {
     pub kind: ChannelKind,
     /// The message ids: one for a queue, one per subscriber for a topic
@@ -195,7 +195,7 @@ pub struct Published {
 }
 
 /// A named queue as `GET /v1/queues` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QueueOverview {
     #[serde(flatten)]
     pub channel: Channel,
@@ -207,7 +207,7 @@ pub struct QueueOverview {
 }
 
 /// A topic as `GET /v1/queues` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TopicOverview {
     #[serde(flatten)]
     pub channel: Channel,

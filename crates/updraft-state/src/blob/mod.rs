@@ -97,7 +97,7 @@ impl ContainerId {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct BlobInfo {
     pub key: String,
     pub size: u64,
@@ -106,7 +106,7 @@ pub struct BlobInfo {
 }
 
 /// One page of blobs in key order.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct BlobPage {
     pub blobs: Vec<BlobInfo>,
     /// Pass it back for the next page; `None` on the last page.

@@ -175,7 +175,7 @@ impl StoreId {
 }
 
 /// One page of keys, in ascending byte order.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct KeyPage {
     pub keys: Vec<String>,
     /// Pass it back to get the next page; `None` on the last page.

@@ -120,7 +120,9 @@ pub struct QueueStats {
 
 /// Named queues (competing consumers) and topics (every subscriber gets
 /// every message) a tenant creates; functions name them in triggers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelKind {
     Queue,
@@ -147,7 +149,7 @@ pub const BATCH_SIZE_MAX: u32 = 1000;
 pub const VISIBILITY_TIMEOUT_MS_MAX: u64 = 12 * 3600 * 1000;
 
 /// A named queue or topic as created.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Channel {
     pub name: String,
     pub kind: ChannelKind,
