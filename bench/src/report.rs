@@ -39,6 +39,9 @@ pub const UPDRAFT: &str = "updraft";
 pub const UPDRAFT_REUSE: &str = "updraft-reuse";
 /// A second Updraft with `[metering] enabled = false`: what metering costs.
 pub const UPDRAFT_UNMETERED: &str = "updraft-unmetered";
+/// A third with `[telemetry] metrics = false` and `traces = false`: what
+/// metrics and tracing cost.
+pub const UPDRAFT_NO_TELEMETRY: &str = "updraft-no-telemetry";
 
 /// How much of everything a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,6 +412,17 @@ pub fn targets(report: &Report) -> Vec<Target> {
         None => push(target, "not measured".to_string(), None),
     }
 
+    // Issue 20: metrics and tracing together cost at most 3%.
+    let target = "metrics and traces cost ≤ 3% of warm req/s (on vs off, Updraft)";
+    match ratio_against(report, UPDRAFT_NO_TELEMETRY) {
+        Some(ratio) => push(
+            target,
+            format!("{:.1}% (ratio {ratio:.3}, c={c})", (1.0 - ratio) * 100.0),
+            Some(ratio >= 0.97),
+        ),
+        None => push(target, "not measured".to_string(), None),
+    }
+
     kv_targets(&report.kv, &mut push);
 
     let memory = &report.memory;
@@ -563,9 +577,15 @@ pub fn targets(report: &Report) -> Vec<Target> {
 /// shared machine's state of that moment, and drift between rounds (the
 /// larger noise here) cancels.
 pub fn metering_ratio(report: &Report) -> Option<f64> {
+    ratio_against(report, UPDRAFT_UNMETERED)
+}
+
+/// The default server over `baseline` (one thing off), as
+/// [`metering_ratio`] measures it.
+pub fn ratio_against(report: &Report, baseline: &str) -> Option<f64> {
     let (metered, unmetered) = (
         metering_result(report, UPDRAFT)?,
-        metering_result(report, UPDRAFT_UNMETERED)?,
+        metering_result(report, baseline)?,
     );
     let ratios: Vec<f64> = metered
         .rounds
@@ -856,8 +876,10 @@ fn metering_markdown(md: &mut String, report: &Report) {
         return;
     }
     md.push_str(
-        "\n### Metering overhead\n\nThe same hello on two Updraft servers, one with \
-         `[metering] enabled = false`, loaded in alternating short rounds at c=64.\n\n\
+        "\n### Metering and telemetry overhead\n\nThe same hello on Updraft servers alike \
+         but for one setting: `updraft` as configured by default, `updraft-unmetered` with \
+         `[metering] enabled = false`, `updraft-no-telemetry` with `[telemetry] metrics = \
+         false` and `traces = false`; loaded in alternating short rounds at c=64.\n\n\
          | server | req/s (median) | rounds |\n| --- | --- | --- |\n",
     );
     for r in &report.metering {
@@ -877,6 +899,14 @@ fn metering_markdown(md: &mut String, report: &Report) {
             md,
             "\nMetered / unmetered, the median of the rounds' ratios: {ratio:.3} ({:.1}% cost). \
              The ratio of the two medians: {of_medians:.3}.",
+            (1.0 - ratio) * 100.0
+        );
+    }
+    if let Some(ratio) = ratio_against(report, UPDRAFT_NO_TELEMETRY) {
+        let _ = writeln!(
+            md,
+            "\nWith metrics and traces / without, the median of the rounds' ratios: \
+             {ratio:.3} ({:.1}% cost).",
             (1.0 - ratio) * 100.0
         );
     }

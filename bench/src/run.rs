@@ -20,7 +20,8 @@ use crate::memory::MemoryPlan;
 use crate::native::HELLO_BODY;
 use crate::outbound::{OutboundPlan, OutboundReport};
 use crate::report::{
-    self, Machine, Mode, NATIVE, Report, Setup, UPDRAFT, UPDRAFT_REUSE, UPDRAFT_UNMETERED,
+    self, Machine, Mode, NATIVE, Report, Setup, UPDRAFT, UPDRAFT_NO_TELEMETRY, UPDRAFT_REUSE,
+    UPDRAFT_UNMETERED,
     WASMTIME, WASMTIME_REUSE,
 };
 use crate::servers::{self, Server};
@@ -404,6 +405,16 @@ fn phases(
         &["--config", &unmetered_config.to_string_lossy()],
     )?;
     let metered = fresh_hello("load-data-metered", &[])?;
+    let untraced_config = scratch.join("untraced.toml");
+    std::fs::write(
+        &untraced_config,
+        "[telemetry]\nmetrics = false\ntraces = false\n",
+    )
+    .context("writing the config without telemetry")?;
+    let untraced = fresh_hello(
+        "load-data-untraced",
+        &["--config", &untraced_config.to_string_lossy()],
+    )?;
     let targets = [
         (NATIVE, &native, "/"),
         (WASMTIME, &wasmtime, "/"),
@@ -443,7 +454,8 @@ fn phases(
     // Metering's cost is a few percent, below the noise between two load
     // points on these machines: short points, alternating, many rounds.
     eprintln!(
-        "==> metering overhead: {} rounds of {} s, metered and unmetered alternating",
+        "==> metering and telemetry overhead: {} rounds of {} s, default, unmetered and \
+         without telemetry alternating",
         plan.metering.rounds, plan.metering.duration_s
     );
     let metering = load::measure(
@@ -458,10 +470,14 @@ fn phases(
                 name: UPDRAFT_UNMETERED,
                 url: unmetered.endpoint.url("/hello"),
             },
+            LoadTarget {
+                name: UPDRAFT_NO_TELEMETRY,
+                url: untraced.endpoint.url("/hello"),
+            },
         ],
         &plan.metering,
     )?;
-    for server in [native, wasmtime, wasmtime_reuse, unmetered, metered] {
+    for server in [native, wasmtime, wasmtime_reuse, unmetered, metered, untraced] {
         server.stop()?;
     }
 

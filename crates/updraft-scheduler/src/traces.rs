@@ -30,6 +30,10 @@ pub const TRACES_KEPT: usize = 2_000;
 /// Spans kept per trace: a fan-out of thousands of calls keeps its first.
 pub const SPANS_PER_TRACE_MAX: usize = 512;
 
+/// Spans kept in all (about 1 KB each): past it the oldest traces go, so
+/// fan-outs cannot make the store hold 2,000 × 512 spans.
+pub const SPANS_KEPT_MAX: usize = 20_000;
+
 /// The traces service.
 pub struct Traces {
     /// `None` with tracing off.
@@ -226,36 +230,44 @@ struct Recent {
 
 #[derive(Debug, Default)]
 struct RecentInner {
-    traces: HashMap<[u8; 16], Vec<SpanRecord>>,
+    /// Kept as the SDK hands them over: made readable only when asked for,
+    /// so keeping a span costs the invocation path no formatting.
+    traces: HashMap<[u8; 16], Vec<SpanData>>,
     /// Oldest first: the first is dropped for a new one past the bound.
     order: VecDeque<[u8; 16]>,
     by_invocation: HashMap<String, [u8; 16]>,
+    /// Spans in `traces`, all told.
+    spans: usize,
 }
 
 impl Recent {
-    fn keep(&self, span: &SpanData) {
+    fn keep(&self, span: SpanData) {
         let trace = span.span_context.trace_id().to_bytes();
-        let record = record(span);
+        let invocation = invocation_id(&span).map(|id| id.to_string());
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = &mut *inner;
         if !inner.traces.contains_key(&trace) {
-            if inner.order.len() >= TRACES_KEPT
-                && let Some(old) = inner.order.pop_front()
-                && let Some(spans) = inner.traces.remove(&old)
-            {
-                for span in spans {
-                    if let Some(id) = span.attributes.get(INVOCATION_ID) {
-                        inner.by_invocation.remove(id);
-                    }
-                }
-            }
             inner.order.push_back(trace);
         }
-        if let Some(id) = record.attributes.get(INVOCATION_ID) {
-            inner.by_invocation.insert(id.clone(), trace);
+        // The oldest traces make room (never the one this span joins).
+        while (inner.order.len() > TRACES_KEPT || inner.spans >= SPANS_KEPT_MAX)
+            && inner.order.front() != Some(&trace)
+            && let Some(old) = inner.order.pop_front()
+        {
+            for span in inner.traces.remove(&old).unwrap_or_default() {
+                inner.spans -= 1;
+                if let Some(id) = invocation_id(&span) {
+                    inner.by_invocation.remove(id.as_str());
+                }
+            }
+        }
+        if let Some(id) = invocation {
+            inner.by_invocation.insert(id, trace);
         }
         let spans = inner.traces.entry(trace).or_default();
         if spans.len() < SPANS_PER_TRACE_MAX {
-            spans.push(record);
+            spans.push(span);
+            inner.spans += 1;
         }
     }
 
@@ -269,10 +281,21 @@ impl Recent {
                 trace
             }
         };
-        let mut spans = inner.traces.get(&trace)?.clone();
+        let mut spans: Vec<SpanRecord> = inner.traces.get(&trace)?.iter().map(record).collect();
         spans.sort_by_key(|s| s.start_us);
         Some(spans)
     }
+}
+
+/// The span's `faas.invocation_id`, if it names an invocation.
+fn invocation_id(span: &SpanData) -> Option<&opentelemetry::StringValue> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == INVOCATION_ID)
+        .and_then(|kv| match &kv.value {
+            opentelemetry::Value::String(id) => Some(id),
+            _ => None,
+        })
 }
 
 fn record(span: &SpanData) -> SpanRecord {
@@ -316,7 +339,7 @@ impl SpanProcessor for Keep {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        self.0.keep(&span);
+        self.0.keep(span);
     }
 
     fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
@@ -406,5 +429,36 @@ mod tests {
         let inner = traces.recent.inner.lock().unwrap();
         assert_eq!(inner.traces.len(), TRACES_KEPT);
         assert_eq!(inner.by_invocation.len(), TRACES_KEPT);
+    }
+
+    #[test]
+    fn wide_traces_are_bounded_by_the_spans_kept_in_all() {
+        let traces = Traces::new(&TraceConfig {
+            enabled: true,
+            otlp_endpoint: None,
+        })
+        .unwrap();
+        // Traces of SPANS_PER_TRACE_MAX spans each, until past the bound.
+        let wide = SPANS_KEPT_MAX / SPANS_PER_TRACE_MAX + 2;
+        for t in 0..wide {
+            let root = traces.start(
+                "fan-out",
+                SpanKind::Server,
+                None,
+                vec![KeyValue::new(INVOCATION_ID, format!("root-{t}"))],
+            );
+            for _ in 0..SPANS_PER_TRACE_MAX - 1 {
+                traces
+                    .start("call", SpanKind::Client, root.position(), Vec::new())
+                    .end();
+            }
+            root.end();
+        }
+        let inner = traces.recent.inner.lock().unwrap();
+        assert!(inner.spans <= SPANS_KEPT_MAX, "{}", inner.spans);
+        assert_eq!(inner.spans, inner.traces.values().map(Vec::len).sum::<usize>());
+        drop(inner);
+        assert!(traces.trace("root-0").is_none(), "the oldest went");
+        assert!(traces.trace(&format!("root-{}", wide - 1)).is_some());
     }
 }
