@@ -21,8 +21,7 @@ use crate::native::HELLO_BODY;
 use crate::outbound::{OutboundPlan, OutboundReport};
 use crate::report::{
     self, Machine, Mode, NATIVE, Report, Setup, UPDRAFT, UPDRAFT_NO_TELEMETRY, UPDRAFT_REUSE,
-    UPDRAFT_UNMETERED,
-    WASMTIME, WASMTIME_REUSE,
+    UPDRAFT_UNMETERED, WASMTIME, WASMTIME_REUSE,
 };
 use crate::servers::{self, Server};
 use crate::{calls, cluster, cold, events, http, kv, load, memory, outbound, updraft, wrk};
@@ -477,7 +476,14 @@ fn phases(
         ],
         &plan.metering,
     )?;
-    for server in [native, wasmtime, wasmtime_reuse, unmetered, metered, untraced] {
+    for server in [
+        native,
+        wasmtime,
+        wasmtime_reuse,
+        unmetered,
+        metered,
+        untraced,
+    ] {
         server.stop()?;
     }
 

@@ -456,7 +456,10 @@ mod tests {
         }
         let inner = traces.recent.inner.lock().unwrap();
         assert!(inner.spans <= SPANS_KEPT_MAX, "{}", inner.spans);
-        assert_eq!(inner.spans, inner.traces.values().map(Vec::len).sum::<usize>());
+        assert_eq!(
+            inner.spans,
+            inner.traces.values().map(Vec::len).sum::<usize>()
+        );
         drop(inner);
         assert!(traces.trace("root-0").is_none(), "the oldest went");
         assert!(traces.trace(&format!("root-{}", wide - 1)).is_some());
