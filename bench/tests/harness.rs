@@ -101,8 +101,8 @@ fn tiny_run_writes_complete_json_and_markdown() {
     }
     // Per concurrency: updraft against 3 peers, updraft-reuse against 2.
     assert_eq!(report.ratios.len(), 10);
-    // Metered and unmetered, alternating.
-    assert_eq!(report.metering.len(), 2);
+    // As configured, unmetered, and without telemetry, alternating.
+    assert_eq!(report.metering.len(), 3);
     assert!(
         report
             .metering
@@ -110,6 +110,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
             .all(|r| r.rps > 0.0 && r.errors.status == 0)
     );
     assert!(report::metering_ratio(&report).is_some_and(|r| r > 0.0));
+    assert!(report::ratio_against(&report, report::UPDRAFT_NO_TELEMETRY).is_some_and(|r| r > 0.0));
     for ratio in &report.ratios {
         assert!(ratio.rps.is_finite() && ratio.rps > 0.0, "{ratio:?}");
         assert!(ratio.p50.is_finite() && ratio.p50 > 0.0, "{ratio:?}");
@@ -218,7 +219,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
         outbound.updraft_p50_ns > 0 && outbound.native_p50_ns > 0 && outbound.ratio_p50 > 0.0,
         "{outbound:?}"
     );
-    assert_eq!(report.targets.len(), 22);
+    assert_eq!(report.targets.len(), 23);
     assert!(
         report
             .targets
