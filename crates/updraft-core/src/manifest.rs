@@ -755,10 +755,14 @@ impl Limits {
 /// Paths the platform itself serves; functions may not take them.
 const RESERVED_PREFIXES: &[&str] = &["/v1", "/healthz"];
 
-/// The web console's path (the gateway serves it on every host). Refused
-/// for new deploys only: a version stored before the console existed still
-/// loads, and the console answers in front of its route.
-const CONSOLE_PREFIX: &str = "/ui";
+/// Paths the gateway serves on every host that came after functions could
+/// have them: the web console and Prometheus metrics. Refused for new
+/// deploys only: a version stored before still loads, and the gateway
+/// answers in front of its route.
+const LATER_RESERVED: &[(&str, &str)] = &[
+    ("/ui", "the web console"),
+    ("/metrics", "Prometheus metrics"),
+];
 
 /// Whether `path` is `prefix` or below it.
 fn under(path: &str, prefix: &str) -> bool {
@@ -800,10 +804,13 @@ impl Route {
     pub fn parse(route: &str) -> Result<Route, ManifestError> {
         let parsed = Route::parse_stored(route)?;
         Route::check_characters(route)?;
-        if under(parsed.path(), CONSOLE_PREFIX) {
+        if let Some((prefix, what)) = LATER_RESERVED
+            .iter()
+            .find(|(prefix, _)| under(parsed.path(), prefix))
+        {
             return Err(ManifestError::Route {
                 route: route.to_string(),
-                reason: "/ui is reserved for the web console: choose another path".to_string(),
+                reason: format!("{prefix} is reserved for {what}: choose another path"),
             });
         }
         Ok(parsed)
@@ -1069,6 +1076,10 @@ mod tests {
             assert!(Route::parse_stored(console).is_ok(), "{console}");
         }
         assert!(Route::parse("/uix").is_ok());
+        let err = Route::parse("/metrics").unwrap_err().to_string();
+        assert!(err.contains("Prometheus"), "{err}");
+        assert!(Route::parse_stored("/metrics").is_ok());
+        assert!(Route::parse("/metricsx").is_ok());
         assert!(Route::parse("/api/ui").is_ok());
         assert!(Route::parse("/~acme/x").is_err());
         assert!(Route::parse("/a/.../b").is_err());
