@@ -18,6 +18,11 @@ pub struct TraceParent {
 /// The header, and the CloudEvents extension attribute, that carry it.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// A version-00 `traceparent`'s length: `00-` 32 `-` 16 `-` 2.
+pub const HEADER_LEN: usize = 55;
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 impl TraceParent {
     /// Parses a `traceparent` value as the spec's processing model says: a
     /// version this code does not know is read by its first four fields
@@ -65,12 +70,27 @@ impl TraceParent {
 
     /// `00-<trace>-<span>-<flags>`.
     pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id_hex(),
-            hex::encode(self.span_id),
-            u8::from(self.sampled)
-        )
+        let bytes = self.header_bytes();
+        // Only hex digits and dashes: always UTF-8.
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// [`TraceParent::header`] on the stack: every invocation hands its
+    /// guest one, so it is made without formatting.
+    pub fn header_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut out = [b'-'; HEADER_LEN];
+        out[..2].copy_from_slice(b"00");
+        // Lower case, as the spec requires.
+        let hex = |bytes: &[u8], into: &mut [u8]| {
+            for (byte, pair) in bytes.iter().zip(into.chunks_exact_mut(2)) {
+                pair[0] = HEX[usize::from(byte >> 4)];
+                pair[1] = HEX[usize::from(byte & 0xf)];
+            }
+        };
+        hex(&self.trace_id, &mut out[3..35]);
+        hex(&self.span_id, &mut out[36..52]);
+        hex(&[u8::from(self.sampled)], &mut out[53..55]);
+        out
     }
 
     pub fn trace_id_hex(&self) -> String {

@@ -22,6 +22,19 @@ pub enum Trigger {
     Storage,
 }
 
+impl Trigger {
+    /// Its name as records and spans write it (its serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::Http => "http",
+            Trigger::Api => "api",
+            Trigger::Async => "async",
+            Trigger::Call => "call",
+            Trigger::Storage => "storage",
+        }
+    }
+}
+
 /// The `function` of a storage sample: no function is named so.
 pub const STORAGE_FUNCTION: &str = "(storage)";
 
@@ -113,4 +126,25 @@ impl UsageRecord {
 /// Billed duration: wall time rounded up to the next millisecond (at least 1).
 pub fn billed_ms(wall_us: u64) -> u64 {
     wall_us.div_ceil(1000).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_triggers_name_is_its_serde_name() {
+        for trigger in [
+            Trigger::Http,
+            Trigger::Api,
+            Trigger::Async,
+            Trigger::Call,
+            Trigger::Storage,
+        ] {
+            let json = serde_json::to_string(&trigger).unwrap();
+            assert_eq!(json, format!("\"{}\"", trigger.name()));
+        }
+    }
 }

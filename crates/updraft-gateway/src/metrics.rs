@@ -142,8 +142,8 @@ pub(crate) async fn trace(
             format!(
                 "no recent trace {id:?} on this node: give an invocation id (the \
                  updraft-invocation-id header) or a trace id (32 hex digits); the newest {} \
-                 traces are kept, each on the node that ran it",
-                updraft_scheduler::traces::TRACES_KEPT
+                 spans are kept, each on the node that ran it",
+                updraft_scheduler::traces::SPANS_KEPT_MAX
             ),
         ));
     };

@@ -41,6 +41,8 @@ pub struct Loaded {
     /// `tenant/name`: the function's key in the registry, logs and meter.
     pub key: Arc<str>,
     pub version: VersionRecord,
+    /// Its version number as text, for spans' `faas.version`.
+    pub version_label: Arc<str>,
     pub route: Option<Route>,
     /// The manifest's triggers, parsed once (dispatchers and timers ask on
     /// every round).
@@ -72,6 +74,7 @@ impl Loaded {
             tenant: Arc::from(tenant),
             name: Arc::from(version.manifest.name.as_str()),
             key: Arc::from(function_key(tenant, &version.manifest.name)),
+            version_label: Arc::from(version.version.to_string()),
             version,
             route,
             triggers,

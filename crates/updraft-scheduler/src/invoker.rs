@@ -311,16 +311,7 @@ impl Invoker {
         } = invocation;
         let span = self.invocation_span(function, &input, trigger, &id, trace);
         let stats = self.count(function);
-        // Refused before the executor ran: counted here (the executors
-        // count what refuses them in `start`, and their runs' reports).
-        let refused = |e: PlatformError, mut span: Traced| {
-            if let Some(stats) = stats {
-                stats.failed(updraft_core::Classify::code(&e));
-            }
-            span.invocation.fail(e.to_string());
-            span.invocation.end();
-            Err(e)
-        };
+        let refused = |e: PlatformError, span: Traced| Err(span.refused(e, stats));
         // Only a payload or an event may go to a handler export.
         let may_take_payload = !matches!(input, Input::Request(_));
         let executor = match self.executor(function, may_take_payload).await {
@@ -446,21 +437,19 @@ impl Invoker {
         );
         let start = self.admitted(loaded, call).await;
         if let Err(e) = &start {
-            if let Some(stats) = self.stats(loaded) {
-                stats.failed(updraft_core::Classify::code(e));
-            }
             admission.fail(updraft_core::Classify::code(e));
-            span.invocation.fail(e.to_string());
         }
         admission.end();
-        // The guest's run, instantiation included: its calls and publishes
-        // are its children.
-        span.run = Some(self.traces.start(
-            "run",
-            SpanKind::Internal,
-            span.invocation.position(),
-            Vec::new(),
-        ));
+        if start.is_ok() {
+            // The guest's run, instantiation included: its calls and
+            // publishes are its children.
+            span.run = Some(self.traces.start(
+                "run",
+                SpanKind::Internal,
+                span.invocation.position(),
+                Vec::new(),
+            ));
+        }
         start
     }
 
@@ -504,13 +493,13 @@ impl Invoker {
             memory_quota,
         } = match self.start(loaded, call, &mut span).await {
             Ok(start) => start,
-            Err(e) => return (invocation_id, Err(span.refused(e))),
+            Err(e) => return (invocation_id, Err(span.refused(e, self.stats(loaded)))),
         };
         let ctx = invocation_ctx(loaded, &invocation_id, call, memory_quota, span.position());
         // The guest sees its own place in the trace: a request it forwards
         // continues it.
         if let Some(at) = span.position()
-            && let Ok(value) = http::HeaderValue::from_str(&at.header())
+            && let Ok(value) = http::HeaderValue::from_bytes(&at.header_bytes())
         {
             request
                 .headers_mut()
@@ -611,7 +600,7 @@ impl Invoker {
             memory_quota,
         } = match self.start(loaded, call, &mut span).await {
             Ok(start) => start,
-            Err(e) => return (invocation_id, Err(span.refused(e))),
+            Err(e) => return (invocation_id, Err(span.refused(e, self.stats(loaded)))),
         };
         let ctx = invocation_ctx(loaded, &invocation_id, call, memory_quota, span.position());
         let Output { result, report } = run(prepared, ctx).await;
@@ -644,12 +633,18 @@ impl Traced {
             .or_else(|| self.invocation.position())
     }
 
-    /// Refused before its run: the run span (made at admission) goes too.
-    fn refused(mut self, e: PlatformError) -> PlatformError {
-        if let Some(mut run) = self.run.take() {
-            run.fail("not run");
-            run.end();
+    /// Refused before its run: counted, and its span ends failed.
+    fn refused(
+        mut self,
+        e: PlatformError,
+        stats: Option<&Arc<crate::metrics::FunctionStats>>,
+    ) -> PlatformError {
+        let code = updraft_core::Classify::code(&e);
+        if let Some(stats) = stats {
+            stats.failed(code);
         }
+        self.invocation.set(KeyValue::new("error.type", code));
+        self.invocation.fail(e.to_string());
         self.invocation.end();
         e
     }
@@ -693,41 +688,34 @@ impl Invoker {
             (Trigger::Http | Trigger::Api, _) => (SpanKind::Server, "http"),
             _ => (SpanKind::Server, "other"),
         };
-        let mut attributes = vec![
-            KeyValue::new("faas.trigger", faas_trigger),
-            KeyValue::new(crate::traces::INVOCATION_ID, id.to_string()),
-            KeyValue::new("faas.name", function.name.to_string()),
-            KeyValue::new(
-                "faas.version",
-                function.version.version.to_string() as String,
-            ),
-            KeyValue::new("faas.coldstart", function.prepared().is_none()),
-            KeyValue::new(crate::traces::TENANT, function.tenant.to_string()),
-            KeyValue::new("updraft.trigger", trigger_name(trigger)),
-        ];
-        if let Input::Request(request) = input {
-            attributes.push(KeyValue::new(
-                "http.request.method",
-                request.method().as_str().to_string(),
-            ));
-            attributes.push(KeyValue::new("url.path", request.uri().path().to_string()));
+        let mut invocation = self
+            .traces
+            .start(function.name.to_string(), kind, parent, Vec::new());
+        // An unsampled trace's spans are never seen: their attributes are
+        // not made.
+        if invocation.recording() {
+            let mut attributes = vec![
+                KeyValue::new("faas.trigger", faas_trigger),
+                KeyValue::new(crate::traces::INVOCATION_ID, id.to_string()),
+                KeyValue::new("faas.name", function.name.clone()),
+                KeyValue::new("faas.version", function.version_label.clone()),
+                KeyValue::new("faas.coldstart", function.prepared().is_none()),
+                KeyValue::new(crate::traces::TENANT, function.tenant.clone()),
+                KeyValue::new("updraft.trigger", trigger.name()),
+            ];
+            if let Input::Request(request) = input {
+                attributes.push(KeyValue::new(
+                    "http.request.method",
+                    request.method().as_str().to_string(),
+                ));
+                attributes.push(KeyValue::new("url.path", request.uri().path().to_string()));
+            }
+            invocation.set_all(attributes);
         }
         Traced {
-            invocation: self
-                .traces
-                .start(function.name.to_string(), kind, parent, attributes),
+            invocation,
             run: None,
         }
-    }
-}
-
-fn trigger_name(trigger: Trigger) -> &'static str {
-    match trigger {
-        Trigger::Http => "http",
-        Trigger::Api => "api",
-        Trigger::Async => "async",
-        Trigger::Call => "call",
-        Trigger::Storage => "storage",
     }
 }
 

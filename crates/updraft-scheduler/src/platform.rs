@@ -124,10 +124,7 @@ impl PlatformConfig {
             clock: updraft_core::system_clock(),
             node: format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
             metrics: true,
-            traces: crate::traces::TraceConfig {
-                enabled: true,
-                otlp_endpoint: None,
-            },
+            traces: crate::traces::TraceConfig::default(),
         }
     }
 }
@@ -377,7 +374,7 @@ impl Platform {
         let (inner_kv, blobs_sampled) = (kv.clone(), blobs.clone());
         let quotas_kv = kv.clone();
         let traces = Arc::new(
-            crate::traces::Traces::new(&config.traces)
+            crate::traces::Traces::new(&config.traces, config.clock.clone())
                 .map_err(|e| PlatformError::Task(Box::new(e)))?,
         );
         // The services, innermost first. A guest's capabilities point back

@@ -11,7 +11,7 @@
 //! collector in batches, off the invocation path. Attributes follow
 //! OpenTelemetry's FaaS and messaging conventions.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -24,30 +24,106 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanProce
 use serde::Serialize;
 use updraft_core::trace::TraceParent;
 
-/// Traces kept for `updraft trace`: the newest, a few MB at most.
-pub const TRACES_KEPT: usize = 2_000;
-
-/// Spans kept per trace: a fan-out of thousands of calls keeps its first.
-pub const SPANS_PER_TRACE_MAX: usize = 512;
-
-/// Spans kept in all (about 1 KB each): past it the oldest traces go, so
-/// fan-outs cannot make the store hold 2,000 × 512 spans.
+/// Spans kept for `updraft trace`, the newest (about 1 KB each, so some
+/// 20 MB): a plain invocation's three spans leave room for about 6,600.
 pub const SPANS_KEPT_MAX: usize = 20_000;
+
+/// Spans shown of one trace: a fan-out of thousands of calls shows its
+/// first.
+pub const SPANS_PER_TRACE_MAX: usize = 512;
 
 /// The traces service.
 pub struct Traces {
     /// `None` with tracing off.
     tracer: Option<(SdkTracerProvider, SdkTracer)>,
+    /// Decides for new traces. The SDK only sees spans of recorded traces:
+    /// an unrecorded one costs two random ids, not a span.
+    reservoir: Reservoir,
     recent: Arc<Recent>,
 }
 
 /// How traces are kept and sent.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TraceConfig {
     pub enabled: bool,
     /// An OTLP/HTTP collector's base URL (`http://host:4318`): spans are
     /// sent to `{endpoint}/v1/traces`.
     pub otlp_endpoint: Option<String>,
+    /// New traces recorded each second, whatever the ratio: every trace
+    /// of a quiet server, a steady sample of a busy one.
+    pub reservoir_per_second: u32,
+    /// The share of new traces recorded past the reservoir, 0 to 1. A trace
+    /// begun elsewhere follows its parent's decision (the `traceparent`
+    /// sampled flag) instead.
+    pub sample_ratio: f64,
+}
+
+/// New traces recorded each second before the ratio applies (AWS X-Ray's
+/// default reservoir is one a second; a hundred keeps every trace of a
+/// developer's or a test's requests).
+pub const RESERVOIR_PER_SECOND_DEFAULT: u32 = 100;
+
+/// The share of new traces recorded past the reservoir: enough to see a
+/// busy function's shape, cheap enough that tracing costs little at 20,000
+/// requests a second (BENCHMARKS.md).
+pub const SAMPLE_RATIO_DEFAULT: f64 = 0.05;
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        TraceConfig {
+            enabled: true,
+            otlp_endpoint: None,
+            reservoir_per_second: RESERVOIR_PER_SECOND_DEFAULT,
+            sample_ratio: SAMPLE_RATIO_DEFAULT,
+        }
+    }
+}
+
+/// Which new traces are recorded: the first `per_second` each second of
+/// the clock, then `ratio` of the rest, at random.
+#[derive(Debug)]
+struct Reservoir {
+    clock: updraft_core::SharedClock,
+    per_second: u32,
+    ratio: f64,
+    /// The second being counted (ms since the epoch / 1000).
+    second: std::sync::atomic::AtomicU64,
+    taken: std::sync::atomic::AtomicU32,
+}
+
+impl Reservoir {
+    fn new(clock: updraft_core::SharedClock, per_second: u32, ratio: f64) -> Reservoir {
+        Reservoir {
+            clock,
+            per_second,
+            ratio,
+            second: Default::default(),
+            taken: Default::default(),
+        }
+    }
+
+    /// Whether a new trace is recorded.
+    fn sample(&self) -> bool {
+        self.take() || (self.ratio > 0.0 && fastrand::f64() < self.ratio)
+    }
+
+    /// Takes one of this second's places, if one is left.
+    fn take(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.clock.now_ms() / 1000;
+        let second = self.second.load(Relaxed);
+        // One thread turns the second over; a few racing ones may take a
+        // place of the old second, which only rounds the count.
+        if now != second
+            && self
+                .second
+                .compare_exchange(second, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            self.taken.store(0, Relaxed);
+        }
+        self.taken.fetch_add(1, Relaxed) < self.per_second
+    }
 }
 
 /// Why tracing could not start.
@@ -60,11 +136,16 @@ pub struct TraceError {
 }
 
 impl Traces {
-    pub fn new(config: &TraceConfig) -> Result<Traces, TraceError> {
+    pub fn new(
+        config: &TraceConfig,
+        clock: updraft_core::SharedClock,
+    ) -> Result<Traces, TraceError> {
         let recent = Arc::new(Recent::default());
+        let reservoir = Reservoir::new(clock, config.reservoir_per_second, config.sample_ratio);
         if !config.enabled {
             return Ok(Traces {
                 tracer: None,
+                reservoir,
                 recent,
             });
         }
@@ -90,6 +171,7 @@ impl Traces {
         let tracer = provider.tracer("updraft");
         Ok(Traces {
             tracer: Some((provider, tracer)),
+            reservoir,
             recent,
         })
     }
@@ -108,15 +190,28 @@ impl Traces {
                 position: None,
             };
         };
+        let recorded = match parent {
+            Some(parent) => parent.sampled,
+            None => self.reservoir.sample(),
+        };
+        if !recorded {
+            // Not recorded, but carried on: its children learn the trace
+            // and that it is not sampled.
+            let root = TraceParent::new_root();
+            return Span {
+                inner: None,
+                position: Some(TraceParent {
+                    trace_id: parent.map_or(root.trace_id, |p| p.trace_id),
+                    span_id: root.span_id,
+                    sampled: false,
+                }),
+            };
+        }
         let parent_cx = match parent {
             Some(parent) => Context::new().with_remote_span_context(SpanContext::new(
                 TraceId::from_bytes(parent.trace_id),
                 SpanId::from_bytes(parent.span_id),
-                if parent.sampled {
-                    TraceFlags::SAMPLED
-                } else {
-                    TraceFlags::default()
-                },
+                TraceFlags::SAMPLED,
                 true,
                 TraceState::default(),
             )),
@@ -178,6 +273,19 @@ impl Span {
         }
     }
 
+    pub fn set_all(&mut self, attributes: Vec<KeyValue>) {
+        if let Some(span) = &mut self.inner {
+            opentelemetry::trace::Span::set_attributes(span, attributes);
+        }
+    }
+
+    /// Whether it will be kept (tracing on, and its trace sampled).
+    pub fn recording(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(opentelemetry::trace::Span::is_recording)
+    }
+
     /// Marks the span failed with `message`.
     pub fn fail(&mut self, message: impl Into<std::borrow::Cow<'static, str>>) {
         if let Some(span) = &mut self.inner {
@@ -222,68 +330,57 @@ pub const INVOCATION_ID: &str = "faas.invocation_id";
 /// The attribute that names a span's tenant: a trace is shown to its tenant.
 pub const TENANT: &str = "updraft.tenant";
 
-/// The newest traces, bounded.
+/// The newest spans, bounded: a ring, so keeping one is a push under a
+/// short lock. Finding a trace scans it, which only a reader pays for.
 #[derive(Debug, Default)]
 struct Recent {
-    inner: Mutex<RecentInner>,
-}
-
-#[derive(Debug, Default)]
-struct RecentInner {
-    /// Kept as the SDK hands them over: made readable only when asked for,
-    /// so keeping a span costs the invocation path no formatting.
-    traces: HashMap<[u8; 16], Vec<SpanData>>,
-    /// Oldest first: the first is dropped for a new one past the bound.
-    order: VecDeque<[u8; 16]>,
-    by_invocation: HashMap<String, [u8; 16]>,
-    /// Spans in `traces`, all told.
-    spans: usize,
+    /// Kept as the SDK hands them over, oldest first: made readable only
+    /// when asked for, so keeping a span costs the invocation path no
+    /// formatting.
+    spans: Mutex<VecDeque<SpanData>>,
 }
 
 impl Recent {
     fn keep(&self, span: SpanData) {
-        let trace = span.span_context.trace_id().to_bytes();
-        let invocation = invocation_id(&span).map(|id| id.to_string());
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let inner = &mut *inner;
-        if !inner.traces.contains_key(&trace) {
-            inner.order.push_back(trace);
-        }
-        // The oldest traces make room (never the one this span joins).
-        while (inner.order.len() > TRACES_KEPT || inner.spans >= SPANS_KEPT_MAX)
-            && inner.order.front() != Some(&trace)
-            && let Some(old) = inner.order.pop_front()
-        {
-            for span in inner.traces.remove(&old).unwrap_or_default() {
-                inner.spans -= 1;
-                if let Some(id) = invocation_id(&span) {
-                    inner.by_invocation.remove(id.as_str());
-                }
-            }
-        }
-        if let Some(id) = invocation {
-            inner.by_invocation.insert(id, trace);
-        }
-        let spans = inner.traces.entry(trace).or_default();
-        if spans.len() < SPANS_PER_TRACE_MAX {
-            spans.push(span);
-            inner.spans += 1;
-        }
+        let oldest = {
+            let mut spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+            let oldest = (spans.len() >= SPANS_KEPT_MAX)
+                .then(|| spans.pop_front())
+                .flatten();
+            spans.push_back(span);
+            oldest
+        };
+        // Freed outside the lock.
+        drop(oldest);
     }
 
     fn trace(&self, id: &str) -> Option<Vec<SpanRecord>> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let trace = match inner.by_invocation.get(id) {
-            Some(trace) => *trace,
+        let spans = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+        let by_invocation = || {
+            spans
+                .iter()
+                .rev()
+                .find(|span| invocation_id(span).map(|i| i.as_str()) == Some(id))
+                .map(|span| span.span_context.trace_id())
+        };
+        let trace = match by_invocation() {
+            Some(trace) => trace,
             None => {
                 let mut trace = [0u8; 16];
                 hex::decode_to_slice(id, &mut trace).ok()?;
-                trace
+                TraceId::from_bytes(trace)
             }
         };
-        let mut spans: Vec<SpanRecord> = inner.traces.get(&trace)?.iter().map(record).collect();
-        spans.sort_by_key(|s| s.start_us);
-        Some(spans)
+        let mut found: Vec<&SpanData> = spans
+            .iter()
+            .filter(|span| span.span_context.trace_id() == trace)
+            .collect();
+        if found.is_empty() {
+            return None;
+        }
+        found.sort_by_key(|span| span.start_time);
+        found.truncate(SPANS_PER_TRACE_MAX);
+        Some(found.into_iter().map(record).collect())
     }
 }
 
@@ -362,13 +459,17 @@ mod tests {
 
     use super::*;
 
+    /// Every trace recorded.
+    fn all() -> TraceConfig {
+        TraceConfig {
+            sample_ratio: 1.0,
+            ..TraceConfig::default()
+        }
+    }
+
     #[test]
     fn children_join_their_parents_trace_and_are_kept() {
-        let traces = Traces::new(&TraceConfig {
-            enabled: true,
-            otlp_endpoint: None,
-        })
-        .unwrap();
+        let traces = Traces::new(&all(), updraft_core::system_clock()).unwrap();
         let client =
             TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         let root = traces.start(
@@ -399,11 +500,7 @@ mod tests {
 
     #[test]
     fn an_unsampled_parent_records_nothing_but_propagates() {
-        let traces = Traces::new(&TraceConfig {
-            enabled: true,
-            otlp_endpoint: None,
-        })
-        .unwrap();
+        let traces = Traces::new(&all(), updraft_core::system_clock()).unwrap();
         let client =
             TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap();
         let span = traces.start("hello", SpanKind::Server, Some(client), Vec::new());
@@ -413,55 +510,88 @@ mod tests {
     }
 
     #[test]
-    fn old_traces_make_room_for_new_ones() {
-        let traces = Traces::new(&TraceConfig {
-            enabled: true,
-            otlp_endpoint: None,
-        })
-        .unwrap();
-        for i in 0..=TRACES_KEPT {
+    fn old_spans_make_room_for_new_ones() {
+        let traces = Traces::new(&all(), updraft_core::system_clock()).unwrap();
+        for i in 0..=SPANS_KEPT_MAX {
             let attributes = vec![KeyValue::new(INVOCATION_ID, format!("inv-{i}"))];
             traces.start("f", SpanKind::Server, None, attributes).end();
         }
         assert!(traces.trace("inv-0").is_none(), "the oldest went");
         assert!(traces.trace("inv-1").is_some());
-        assert!(traces.trace(&format!("inv-{TRACES_KEPT}")).is_some());
-        let inner = traces.recent.inner.lock().unwrap();
-        assert_eq!(inner.traces.len(), TRACES_KEPT);
-        assert_eq!(inner.by_invocation.len(), TRACES_KEPT);
+        assert!(traces.trace(&format!("inv-{SPANS_KEPT_MAX}")).is_some());
+        assert_eq!(traces.recent.spans.lock().unwrap().len(), SPANS_KEPT_MAX);
     }
 
     #[test]
-    fn wide_traces_are_bounded_by_the_spans_kept_in_all() {
-        let traces = Traces::new(&TraceConfig {
-            enabled: true,
-            otlp_endpoint: None,
-        })
-        .unwrap();
-        // Traces of SPANS_PER_TRACE_MAX spans each, until past the bound.
-        let wide = SPANS_KEPT_MAX / SPANS_PER_TRACE_MAX + 2;
-        for t in 0..wide {
-            let root = traces.start(
-                "fan-out",
-                SpanKind::Server,
-                None,
-                vec![KeyValue::new(INVOCATION_ID, format!("root-{t}"))],
-            );
-            for _ in 0..SPANS_PER_TRACE_MAX - 1 {
-                traces
-                    .start("call", SpanKind::Client, root.position(), Vec::new())
-                    .end();
-            }
-            root.end();
-        }
-        let inner = traces.recent.inner.lock().unwrap();
-        assert!(inner.spans <= SPANS_KEPT_MAX, "{}", inner.spans);
-        assert_eq!(
-            inner.spans,
-            inner.traces.values().map(Vec::len).sum::<usize>()
+    fn a_wide_trace_shows_its_first_spans() {
+        let traces = Traces::new(&all(), updraft_core::system_clock()).unwrap();
+        let root = traces.start(
+            "fan-out",
+            SpanKind::Server,
+            None,
+            vec![KeyValue::new(INVOCATION_ID, "root")],
         );
-        drop(inner);
-        assert!(traces.trace("root-0").is_none(), "the oldest went");
-        assert!(traces.trace(&format!("root-{}", wide - 1)).is_some());
+        for _ in 0..SPANS_PER_TRACE_MAX + 10 {
+            traces
+                .start("call", SpanKind::Client, root.position(), Vec::new())
+                .end();
+        }
+        root.end();
+        let spans = traces.trace("root").unwrap();
+        assert_eq!(spans.len(), SPANS_PER_TRACE_MAX);
+        assert!(
+            spans.iter().any(|s| s.name == "fan-out"),
+            "the root started first"
+        );
+        assert!(spans.windows(2).all(|w| w[0].start_us <= w[1].start_us));
+    }
+
+    #[test]
+    fn new_traces_fill_each_seconds_reservoir_then_follow_the_ratio() {
+        let clock = updraft_core::ManualClock::new(5_000);
+        let config = TraceConfig {
+            reservoir_per_second: 3,
+            sample_ratio: 0.0,
+            ..TraceConfig::default()
+        };
+        let traces = Traces::new(&config, clock.clone()).unwrap();
+        let sampled = |parent: Option<TraceParent>| {
+            let span = traces.start("f", SpanKind::Server, parent, Vec::new());
+            let recording = span.recording();
+            assert_eq!(span.position().map(|p| p.sampled), Some(recording));
+            recording
+        };
+        let roots: Vec<bool> = (0..5).map(|_| sampled(None)).collect();
+        assert_eq!(roots, [true, true, true, false, false]);
+        // A parent's decision stands, whatever the reservoir holds.
+        let parent =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert!(sampled(Some(parent)));
+        let unsampled = TraceParent {
+            sampled: false,
+            ..parent
+        };
+        clock.advance(1_000);
+        assert!(!sampled(Some(unsampled)));
+        let next: Vec<bool> = (0..4).map(|_| sampled(None)).collect();
+        assert_eq!(
+            next,
+            [true, true, true, false],
+            "a new second, a new reservoir"
+        );
+        let everything = Traces::new(
+            &TraceConfig {
+                reservoir_per_second: 0,
+                sample_ratio: 1.0,
+                ..TraceConfig::default()
+            },
+            clock,
+        )
+        .unwrap();
+        assert!((0..10).all(|_| {
+            everything
+                .start("f", SpanKind::Server, None, Vec::new())
+                .recording()
+        }));
     }
 }

@@ -71,6 +71,13 @@ pub struct TelemetryConfig {
     pub traces: bool,
     /// An OTLP/HTTP collector's base URL: spans go to `{url}/v1/traces`.
     pub otlp_endpoint: Option<String>,
+    /// New traces recorded each second before the ratio applies
+    /// [default: 100].
+    pub trace_reservoir_per_second: u32,
+    /// The share of new traces recorded past the reservoir, 0 to 1
+    /// [default: 0.05]; a trace begun by a client follows the client's
+    /// sampled flag.
+    pub trace_sample_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
@@ -80,6 +87,8 @@ impl Default for TelemetryConfig {
             metrics_token: None,
             traces: true,
             otlp_endpoint: None,
+            trace_reservoir_per_second: updraft_scheduler::traces::RESERVOIR_PER_SECOND_DEFAULT,
+            trace_sample_ratio: updraft_scheduler::traces::SAMPLE_RATIO_DEFAULT,
         }
     }
 }
@@ -279,6 +288,15 @@ impl ServerConfig {
             anyhow::bail!(
                 "the server config {} is not valid: [telemetry] otlp_endpoint = {url:?}: give \
                  the collector's OTLP/HTTP base URL, like \"http://127.0.0.1:4318\"",
+                path.display()
+            );
+        }
+        let ratio = config.telemetry.trace_sample_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            anyhow::bail!(
+                "the server config {} is not valid: [telemetry] trace_sample_ratio = {ratio}: \
+                 give the share of new traces to record past the reservoir, from 0 (none) to 1 \
+                 (all; the default is 0.05)",
                 path.display()
             );
         }

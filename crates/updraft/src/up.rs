@@ -212,6 +212,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     config.traces = updraft_scheduler::traces::TraceConfig {
         enabled: file.telemetry.traces,
         otlp_endpoint: file.telemetry.otlp_endpoint.clone(),
+        reservoir_per_second: file.telemetry.trace_reservoir_per_second,
+        sample_ratio: file.telemetry.trace_sample_ratio,
     };
     config.background_threads = match (file.cpu.background_lane, file.cpu.background_threads) {
         (false, _) => 0,
