@@ -42,6 +42,9 @@ pub const UPDRAFT_UNMETERED: &str = "updraft-unmetered";
 /// A third with `[telemetry] metrics = false` and `traces = false`: what
 /// metrics and tracing cost.
 pub const UPDRAFT_NO_TELEMETRY: &str = "updraft-no-telemetry";
+/// A fourth that records every trace (`trace_sample_ratio = 1`), where the
+/// default samples: what a recorded trace costs.
+pub const UPDRAFT_TRACES_ALL: &str = "updraft-traces-all";
 
 /// How much of everything a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -583,8 +586,13 @@ pub fn metering_ratio(report: &Report) -> Option<f64> {
 /// The default server over `baseline` (one thing off), as
 /// [`metering_ratio`] measures it.
 pub fn ratio_against(report: &Report, baseline: &str) -> Option<f64> {
+    ratio_between(report, UPDRAFT, baseline)
+}
+
+/// [`ratio_against`] for `server` in place of the default one.
+pub fn ratio_between(report: &Report, server: &str, baseline: &str) -> Option<f64> {
     let (metered, unmetered) = (
-        metering_result(report, UPDRAFT)?,
+        metering_result(report, server)?,
         metering_result(report, baseline)?,
     );
     let ratios: Vec<f64> = metered
@@ -879,7 +887,9 @@ fn metering_markdown(md: &mut String, report: &Report) {
         "\n### Metering and telemetry overhead\n\nThe same hello on Updraft servers alike \
          but for one setting: `updraft` as configured by default, `updraft-unmetered` with \
          `[metering] enabled = false`, `updraft-no-telemetry` with `[telemetry] metrics = \
-         false` and `traces = false`; loaded in alternating short rounds at c=64.\n\n\
+         false` and `traces = false`, `updraft-traces-all` recording every trace \
+         (`trace_sample_ratio = 1`, where the default records 100 new traces a second and \
+         5% of the rest); loaded in alternating short rounds at c=64.\n\n\
          | server | req/s (median) | rounds |\n| --- | --- | --- |\n",
     );
     for r in &report.metering {
@@ -907,6 +917,13 @@ fn metering_markdown(md: &mut String, report: &Report) {
             md,
             "\nWith metrics and traces / without, the median of the rounds' ratios: \
              {ratio:.3} ({:.1}% cost).",
+            (1.0 - ratio) * 100.0
+        );
+    }
+    if let Some(ratio) = ratio_between(report, UPDRAFT_TRACES_ALL, UPDRAFT_NO_TELEMETRY) {
+        let _ = writeln!(
+            md,
+            "\nRecording every trace / without telemetry: {ratio:.3} ({:.1}% cost).",
             (1.0 - ratio) * 100.0
         );
     }

@@ -21,7 +21,7 @@ use crate::native::HELLO_BODY;
 use crate::outbound::{OutboundPlan, OutboundReport};
 use crate::report::{
     self, Machine, Mode, NATIVE, Report, Setup, UPDRAFT, UPDRAFT_NO_TELEMETRY, UPDRAFT_REUSE,
-    UPDRAFT_UNMETERED, WASMTIME, WASMTIME_REUSE,
+    UPDRAFT_TRACES_ALL, UPDRAFT_UNMETERED, WASMTIME, WASMTIME_REUSE,
 };
 use crate::servers::{self, Server};
 use crate::{calls, cluster, cold, events, http, kv, load, memory, outbound, updraft, wrk};
@@ -414,6 +414,13 @@ fn phases(
         "load-data-untraced",
         &["--config", &untraced_config.to_string_lossy()],
     )?;
+    let traced_config = scratch.join("traces-all.toml");
+    std::fs::write(&traced_config, "[telemetry]\ntrace_sample_ratio = 1.0\n")
+        .context("writing the config that records every trace")?;
+    let traced = fresh_hello(
+        "load-data-traces-all",
+        &["--config", &traced_config.to_string_lossy()],
+    )?;
     let targets = [
         (NATIVE, &native, "/"),
         (WASMTIME, &wasmtime, "/"),
@@ -453,8 +460,8 @@ fn phases(
     // Metering's cost is a few percent, below the noise between two load
     // points on these machines: short points, alternating, many rounds.
     eprintln!(
-        "==> metering and telemetry overhead: {} rounds of {} s, default, unmetered and \
-         without telemetry alternating",
+        "==> metering and telemetry overhead: {} rounds of {} s, default, unmetered, \
+         without telemetry and recording every trace, alternating",
         plan.metering.rounds, plan.metering.duration_s
     );
     let metering = load::measure(
@@ -473,6 +480,10 @@ fn phases(
                 name: UPDRAFT_NO_TELEMETRY,
                 url: untraced.endpoint.url("/hello"),
             },
+            LoadTarget {
+                name: UPDRAFT_TRACES_ALL,
+                url: traced.endpoint.url("/hello"),
+            },
         ],
         &plan.metering,
     )?;
@@ -483,6 +494,7 @@ fn phases(
         unmetered,
         metered,
         untraced,
+        traced,
     ] {
         server.stop()?;
     }

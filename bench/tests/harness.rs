@@ -101,8 +101,9 @@ fn tiny_run_writes_complete_json_and_markdown() {
     }
     // Per concurrency: updraft against 3 peers, updraft-reuse against 2.
     assert_eq!(report.ratios.len(), 10);
-    // As configured, unmetered, and without telemetry, alternating.
-    assert_eq!(report.metering.len(), 3);
+    // As configured, unmetered, without telemetry and recording every
+    // trace, alternating.
+    assert_eq!(report.metering.len(), 4);
     assert!(
         report
             .metering
@@ -111,6 +112,14 @@ fn tiny_run_writes_complete_json_and_markdown() {
     );
     assert!(report::metering_ratio(&report).is_some_and(|r| r > 0.0));
     assert!(report::ratio_against(&report, report::UPDRAFT_NO_TELEMETRY).is_some_and(|r| r > 0.0));
+    assert!(
+        report::ratio_between(
+            &report,
+            report::UPDRAFT_TRACES_ALL,
+            report::UPDRAFT_NO_TELEMETRY
+        )
+        .is_some_and(|r| r > 0.0)
+    );
     for ratio in &report.ratios {
         assert!(ratio.rps.is_finite() && ratio.rps > 0.0, "{ratio:?}");
         assert!(ratio.p50.is_finite() && ratio.p50 > 0.0, "{ratio:?}");
