@@ -142,7 +142,9 @@ pub(crate) async fn trace(
             format!(
                 "no recent trace {id:?} on this node: give an invocation id (the \
                  updraft-invocation-id header) or a trace id (32 hex digits); the newest {} \
-                 spans are kept, each on the node that ran it",
+                 spans of recorded traces are kept, each on the node that ran it, and past \
+                 [telemetry] trace_reservoir_per_second new traces a second (100 by \
+                 default) only a sample is recorded",
                 updraft_scheduler::traces::SPANS_KEPT_MAX
             ),
         ));

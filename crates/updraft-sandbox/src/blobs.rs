@@ -13,6 +13,7 @@ use wasmtime::component::{HasSelf, Linker, Resource};
 
 use crate::capability::Backends;
 use crate::host::{Host, refused};
+use crate::spans::traced;
 use updraft_core::Manifest;
 
 mod bindings {
@@ -82,18 +83,31 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     blobs::add_to_linker::<Host, HasSelf<Host>>(linker, |h| h)
 }
 
+/// A span of host work, if the invocation is traced.
+type HostSpan = Box<dyn crate::HostSpan>;
+
 impl Host {
     /// The container behind `container`, and the blobs to ask.
     /// Every container operation comes through here, so this is where it
     /// is counted.
+    /// In a recorded trace the operation is a span (returned with them).
     fn blob_target(
         &mut self,
         container: &Resource<Container>,
-    ) -> wasmtime::Result<(ContainerId, Arc<Blobs>)> {
+        operation: &'static str,
+    ) -> wasmtime::Result<(ContainerId, Arc<Blobs>, Option<HostSpan>)> {
         self.usage.blob_ops += 1;
         let id = self.table.get(container)?.id.clone();
+        let span = self.span(
+            operation,
+            &[
+                ("db.system.name", "updraft.blobs"),
+                ("db.operation.name", operation.trim_start_matches("blob ")),
+                ("db.namespace", &id.name),
+            ],
+        );
         match &self.grants.blobs {
-            Some(grant) => Ok((id, grant.blobs.clone())),
+            Some(grant) => Ok((id, grant.blobs.clone(), span)),
             None => Err(wasmtime::format_err!(
                 "a blob container exists without a grant"
             )),
@@ -130,17 +144,16 @@ impl blobs::HostContainer for Host {
         key: String,
         data: Vec<u8>,
     ) -> Outcome<()> {
-        let (id, blobs) = self.blob_target(&container)?;
+        let (id, blobs, span) = self.blob_target(&container, "blob put")?;
         self.usage.blob_bytes += data.len() as u64;
-        Ok(blobs
-            .put(&id, &key, Bytes::from(data))
+        Ok(traced(span, blobs.put(&id, &key, Bytes::from(data)))
             .await
             .map_err(guest_error))
     }
 
     async fn get(&mut self, container: Resource<Container>, key: String) -> Outcome<Vec<u8>> {
-        let (id, blobs) = self.blob_target(&container)?;
-        let data = blobs.get(&id, &key).await;
+        let (id, blobs, span) = self.blob_target(&container, "blob get")?;
+        let data = traced(span, blobs.get(&id, &key)).await;
         if let Ok(data) = &data {
             self.usage.blob_bytes += data.len() as u64;
         }
@@ -154,14 +167,14 @@ impl blobs::HostContainer for Host {
         offset: u64,
         len: u64,
     ) -> Outcome<Vec<u8>> {
-        let (id, blobs) = self.blob_target(&container)?;
-        let size = match blobs.info(&id, &key).await {
-            Ok(info) => info.size,
-            Err(e) => return Ok(Err(guest_error(e))),
+        let (id, blobs, span) = self.blob_target(&container, "blob read")?;
+        let read = async {
+            let size = blobs.info(&id, &key).await?.size;
+            let start = offset.min(size);
+            let end = offset.saturating_add(len).min(size);
+            blobs.read(&id, &key, start..end).await
         };
-        let start = offset.min(size);
-        let end = offset.saturating_add(len).min(size);
-        let data = blobs.read(&id, &key, start..end).await;
+        let data = traced(span, read).await;
         if let Ok(data) = &data {
             self.usage.blob_bytes += data.len() as u64;
         }
@@ -173,17 +186,18 @@ impl blobs::HostContainer for Host {
         container: Resource<Container>,
         key: String,
     ) -> Outcome<blobs::BlobInfo> {
-        let (id, blobs) = self.blob_target(&container)?;
-        Ok(blobs
-            .info(&id, &key)
+        let (id, blobs, span) = self.blob_target(&container, "blob info")?;
+        Ok(traced(span, blobs.info(&id, &key))
             .await
             .map(guest_info)
             .map_err(guest_error))
     }
 
     async fn delete(&mut self, container: Resource<Container>, key: String) -> Outcome<()> {
-        let (id, blobs) = self.blob_target(&container)?;
-        Ok(blobs.delete(&id, &key).await.map_err(guest_error))
+        let (id, blobs, span) = self.blob_target(&container, "blob delete")?;
+        Ok(traced(span, blobs.delete(&id, &key))
+            .await
+            .map_err(guest_error))
     }
 
     async fn list_blobs(
@@ -192,15 +206,14 @@ impl blobs::HostContainer for Host {
         prefix: String,
         cursor: Option<String>,
     ) -> Outcome<blobs::BlobPage> {
-        let (id, blobs) = self.blob_target(&container)?;
-        let page = blobs
-            .list(
-                &id,
-                &prefix,
-                cursor.as_deref(),
-                updraft_state::blob::BLOB_PAGE_MAX,
-            )
-            .await;
+        let (id, blobs, span) = self.blob_target(&container, "blob list")?;
+        let list = blobs.list(
+            &id,
+            &prefix,
+            cursor.as_deref(),
+            updraft_state::blob::BLOB_PAGE_MAX,
+        );
+        let page = traced(span, list).await;
         Ok(page
             .map(|page| blobs::BlobPage {
                 blobs: page.blobs.into_iter().map(guest_info).collect(),
@@ -214,8 +227,8 @@ impl blobs::HostContainer for Host {
         container: Resource<Container>,
         key: String,
     ) -> Outcome<Resource<Writer>> {
-        let (id, blobs) = self.blob_target(&container)?;
-        match blobs.writer(&id, &key).await {
+        let (id, blobs, span) = self.blob_target(&container, "blob create")?;
+        match traced(span, blobs.writer(&id, &key)).await {
             Ok(writer) => Ok(Ok(self.table.push(Writer { writer })?)),
             Err(e) => Ok(Err(guest_error(e))),
         }

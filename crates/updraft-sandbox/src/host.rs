@@ -34,6 +34,8 @@ pub(crate) struct Host {
     /// Where in its trace the invocation runs (its calls and publishes
     /// continue from here).
     pub(crate) trace: Option<updraft_core::trace::TraceParent>,
+    /// Makes spans of host work, when `trace` is recorded.
+    pub(crate) tracing: Option<crate::Tracing>,
     /// Host-side notes for this invocation's logs (e.g. a refused store).
     pub(crate) notes: Vec<String>,
     /// State operations of this invocation, for metering.
@@ -68,6 +70,17 @@ impl Host {
     pub(crate) fn p1(&mut self) -> &mut WasiP1Ctx {
         self.p1
             .get_or_insert_with(|| Box::new(wasmtime_wasi::WasiCtxBuilder::new().build_p1()))
+    }
+
+    /// A span of host work, when the invocation's trace is recorded.
+    pub(crate) fn span(
+        &self,
+        name: &'static str,
+        attributes: &[(&'static str, &str)],
+    ) -> Option<Box<dyn crate::HostSpan>> {
+        self.tracing
+            .as_ref()
+            .map(|t| t.span(name, crate::HostSpanKind::Internal, attributes))
     }
 
     /// Adds a note for this invocation's logs (the first [`NOTES_MAX`]).

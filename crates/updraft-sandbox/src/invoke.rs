@@ -28,6 +28,7 @@ use crate::error::InvokeError;
 use crate::host::{Host, MemoryLimiter, StateUsage};
 use crate::lanes::{Background, FOREGROUND_CPU_MAX, HEAVY_CPU, History, Share};
 use crate::outbound::Outbound;
+use crate::spans::traced;
 use crate::warm::{Exports, WarmInstance, WarmPool};
 
 /// Guest stdout/stderr kept per invocation for the logs; the rest is dropped.
@@ -59,6 +60,9 @@ pub struct InvocationCtx {
     /// Where in its trace the guest runs: its calls and publishes continue
     /// from here (`None` with tracing off).
     pub trace: Option<updraft_core::trace::TraceParent>,
+    /// What makes spans of its instantiation, state operations and
+    /// outgoing requests (used only when `trace` is sampled).
+    pub tracer: Option<Arc<dyn crate::HostTracer>>,
 }
 
 impl InvocationCtx {
@@ -174,6 +178,7 @@ struct Owner {
     chain: Arc<[Arc<str>]>,
     memory_quota: Option<Arc<crate::MemoryBudget>>,
     trace: Option<updraft_core::trace::TraceParent>,
+    tracing: Option<crate::Tracing>,
 }
 
 impl Owner {
@@ -182,6 +187,7 @@ impl Owner {
             chain: ctx.chain.clone(),
             memory_quota: ctx.memory_quota.clone(),
             trace: ctx.trace,
+            tracing: crate::Tracing::of(ctx.tracer.as_ref(), ctx.trace),
         }
     }
 }
@@ -200,6 +206,7 @@ impl Sandbox {
             chain,
             memory_quota,
             trace,
+            tracing,
         } = owner;
         let pipes = Pipes {
             stdout: CapturePipe::new(stdout_bytes_max),
@@ -215,6 +222,7 @@ impl Sandbox {
         }
         let scratch = self.mount(&prepared.mounts, &mut wasi)?;
         let mut hooks = Outbound::new(prepared.grants.outbound.clone(), deadline);
+        hooks.traced(trace, tracing.clone());
         hooks.grant_sockets(&mut wasi);
         // A core module reads WASI through preview1; the p2 context is unused.
         let (wasi, p1) = match prepared.pre {
@@ -240,6 +248,7 @@ impl Sandbox {
             grants: prepared.grants.clone(),
             chain,
             trace,
+            tracing,
             notes: Vec::new(),
             usage: StateUsage::default(),
             config,
@@ -289,10 +298,12 @@ impl Sandbox {
                 host.deadline = deadline;
                 host.chain = ctx.chain.clone();
                 host.trace = ctx.trace;
+                host.tracing = crate::Tracing::of(ctx.tracer.as_ref(), ctx.trace);
                 host.limiter.reset_for_invocation(deadline);
                 host.notes.clear();
                 host.usage = StateUsage::default();
                 host.hooks.reset(deadline);
+                host.hooks.traced(host.trace, host.tracing.clone());
                 host.config = config;
                 store.set_epoch_deadline(1);
                 Ok(Checkout {
@@ -504,8 +515,8 @@ impl Sandbox {
                 absolute_uri(&mut request);
                 let run = guest.start(store, pipes, uses, move |store: &mut Store<Host>| {
                     Box::pin(async move {
-                        let service = pre
-                            .instantiate_async(&mut *store)
+                        let span = store.data().span("instantiate", &[]);
+                        let service = traced(span, pre.instantiate_async(&mut *store))
                             .await
                             .map_err(Failure::Instantiate)?;
                         store
@@ -571,6 +582,7 @@ impl Sandbox {
             chain: Arc::new([]),
             memory_quota: None,
             trace: None,
+            tracing: None,
         };
         let (mut store, _pipes) = self.new_store(
             prepared,
@@ -634,8 +646,8 @@ impl Sandbox {
             let run = async {
                 match &pre {
                     Pre::Core(pre) => {
-                        let instance = pre
-                            .instantiate_async(&mut store)
+                        let span = store.data().span("instantiate", &[]);
+                        let instance = traced(span, pre.instantiate_async(&mut store))
                             .await
                             .map_err(Failure::Instantiate)?;
                         let start = instance
@@ -645,8 +657,8 @@ impl Sandbox {
                         start.call_async(&mut store, ()).await.map_err(Failure::Run)
                     }
                     Pre::Command(pre) => {
-                        let command = pre
-                            .instantiate_async(&mut store)
+                        let span = store.data().span("instantiate", &[]);
+                        let command = traced(span, pre.instantiate_async(&mut store))
                             .await
                             .map_err(Failure::Instantiate)?;
                         match command.wasi_cli_run().call_run(&mut store).await {
@@ -656,8 +668,8 @@ impl Sandbox {
                         }
                     }
                     Pre::CommandP3(pre) => {
-                        let command = pre
-                            .instantiate_async(&mut store)
+                        let span = store.data().span("instantiate", &[]);
+                        let command = traced(span, pre.instantiate_async(&mut store))
                             .await
                             .map_err(Failure::Instantiate)?;
                         let run = store
@@ -1163,8 +1175,8 @@ fn absolute_uri<B>(request: &mut http::Request<B>) {
 
 /// A fresh instance in `store`.
 async fn instantiate(pre: &InstancePre<Host>, store: &mut Store<Host>) -> Result<Exports, Failure> {
-    let instance = pre
-        .instantiate_async(store)
+    let span = store.data().span("instantiate", &[]);
+    let instance = traced(span, pre.instantiate_async(store))
         .await
         .map_err(Failure::Instantiate)?;
     Ok(Exports::new(instance))

@@ -12,6 +12,7 @@ use wasmtime::component::{HasSelf, Linker, Resource};
 
 use crate::capability::Backends;
 use crate::host::{Host, refused};
+use crate::spans::traced;
 use updraft_core::Manifest;
 
 mod bindings {
@@ -76,10 +77,17 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
 }
 
 impl Host {
-    /// The backend; a bucket exists only if `open` found a grant.
+    /// The backend; a bucket exists only if `open` found a grant. In a
+    /// recorded trace each operation is a span.
     pub(crate) fn backend(&self) -> wasmtime::Result<Arc<dyn KvStore>> {
         match &self.grants.kv {
-            Some(grant) => Ok(grant.backend.clone()),
+            Some(grant) => Ok(match &self.tracing {
+                Some(tracing) => Arc::new(TracedKv {
+                    inner: grant.backend.clone(),
+                    tracing: tracing.clone(),
+                }),
+                None => grant.backend.clone(),
+            }),
             None => Err(wasmtime::format_err!(
                 "a key-value bucket exists without a grant"
             )),
@@ -124,6 +132,116 @@ impl Host {
             self.note(note);
         }
         owner.map(|owner| StoreId::new(owner, identifier))
+    }
+}
+
+/// A backend whose every operation is a span of the invocation's trace
+/// (OpenTelemetry's database conventions; no key is recorded).
+struct TracedKv {
+    inner: Arc<dyn KvStore>,
+    tracing: crate::Tracing,
+}
+
+impl TracedKv {
+    fn span(&self, name: &'static str, store: &StoreId) -> Option<Box<dyn crate::HostSpan>> {
+        let operation = name.trim_start_matches("kv ");
+        Some(self.tracing.span(
+            name,
+            crate::HostSpanKind::Internal,
+            &[
+                ("db.system.name", "updraft.kv"),
+                ("db.operation.name", operation),
+                ("db.namespace", &store.name),
+            ],
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl KvStore for TracedKv {
+    async fn get(&self, store: &StoreId, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        traced(self.span("kv get", store), self.inner.get(store, key)).await
+    }
+
+    async fn get_latest(&self, store: &StoreId, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        traced(
+            self.span("kv get", store),
+            self.inner.get_latest(store, key),
+        )
+        .await
+    }
+
+    async fn set(&self, store: &StoreId, key: &str, value: Vec<u8>) -> Result<(), KvError> {
+        traced(
+            self.span("kv set", store),
+            self.inner.set(store, key, value),
+        )
+        .await
+    }
+
+    async fn delete(&self, store: &StoreId, key: &str) -> Result<(), KvError> {
+        traced(self.span("kv delete", store), self.inner.delete(store, key)).await
+    }
+
+    async fn exists(&self, store: &StoreId, key: &str) -> Result<bool, KvError> {
+        traced(self.span("kv exists", store), self.inner.exists(store, key)).await
+    }
+
+    async fn list(
+        &self,
+        store: &StoreId,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<updraft_state::kv::KeyPage, KvError> {
+        let list = self.inner.list(store, prefix, cursor, limit);
+        traced(self.span("kv list", store), list).await
+    }
+
+    async fn increment(&self, store: &StoreId, key: &str, delta: i64) -> Result<i64, KvError> {
+        let increment = self.inner.increment(store, key, delta);
+        traced(self.span("kv increment", store), increment).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        store: &StoreId,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+    ) -> Result<CasOutcome, KvError> {
+        let swap = self.inner.compare_and_swap(store, key, expected, new);
+        traced(self.span("kv compare-and-swap", store), swap).await
+    }
+
+    async fn get_many(
+        &self,
+        store: &StoreId,
+        keys: Vec<String>,
+    ) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        traced(
+            self.span("kv get-many", store),
+            self.inner.get_many(store, keys),
+        )
+        .await
+    }
+
+    async fn set_many(
+        &self,
+        store: &StoreId,
+        entries: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), KvError> {
+        let set = self.inner.set_many(store, entries);
+        traced(self.span("kv set-many", store), set).await
+    }
+
+    async fn delete_many(&self, store: &StoreId, keys: Vec<String>) -> Result<(), KvError> {
+        let delete = self.inner.delete_many(store, keys);
+        traced(self.span("kv delete-many", store), delete).await
+    }
+
+    async fn stored_bytes(&self) -> Result<std::collections::HashMap<String, u64>, KvError> {
+        self.inner.stored_bytes().await
     }
 }
 

@@ -30,6 +30,7 @@ mod lanes;
 mod messaging;
 mod outbound;
 mod shed;
+mod spans;
 mod warm;
 
 pub use artifact::{LoadedFrom, PrepareSpec, Prepared, WasmSource};
@@ -47,3 +48,4 @@ pub use keyvalue::KvGrant;
 pub use lanes::{FOREGROUND_CPU_MAX, background_threads_default};
 pub use messaging::{PublishError, PublishGrant, Publisher};
 pub use shed::{InFlight, Shed};
+pub use spans::{HostSpan, HostSpanKind, HostTracer, Tracing};

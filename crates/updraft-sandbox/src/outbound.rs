@@ -195,6 +195,10 @@ pub(crate) struct Outbound {
     /// Made at the first outgoing request: most invocations send none,
     /// and the fresh-instance path should not pay for it.
     tally: Option<Arc<Mutex<OutboundTally>>>,
+    /// Where the invocation is in its trace: each request carries it on.
+    trace: Option<updraft_core::trace::TraceParent>,
+    /// Makes each request's client span, when the trace is recorded.
+    tracing: Option<crate::Tracing>,
 }
 
 impl Outbound {
@@ -203,7 +207,19 @@ impl Outbound {
             grant,
             deadline,
             tally: None,
+            trace: None,
+            tracing: None,
         }
+    }
+
+    /// The invocation's place in its trace, for the requests it sends.
+    pub(crate) fn traced(
+        &mut self,
+        trace: Option<updraft_core::trace::TraceParent>,
+        tracing: Option<crate::Tracing>,
+    ) {
+        self.trace = trace;
+        self.tracing = tracing;
     }
 
     /// Starts a new invocation on a reused instance. The tally is kept (its
@@ -301,19 +317,18 @@ fn with_tally(tally: &Mutex<OutboundTally>, f: impl FnOnce(&mut OutboundTally)) 
     }
 }
 
-type OutgoingFuture = Box<
-    dyn Future<
-            Output = wasmtime_wasi_http::Result<(
-                http::Response<WasiBody>,
-                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-            )>,
-        > + Send,
->;
+/// A sent request's response head, and the I/O that finishes it.
+type Sent = wasmtime_wasi_http::Result<(
+    http::Response<WasiBody>,
+    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+)>;
+
+type OutgoingFuture = Box<dyn Future<Output = Sent> + Send>;
 
 impl WasiHttpHooks for Outbound {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _io: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> OutgoingFuture {
@@ -348,32 +363,107 @@ impl WasiHttpHooks for Outbound {
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         let timeouts = Timeouts::new(options, deadline);
+        let mut span = self.tracing.as_ref().map(|tracing| {
+            tracing.span(
+                method_name(request.method()),
+                crate::HostSpanKind::Client,
+                &[
+                    ("http.request.method", request.method().as_str()),
+                    ("server.address", &host),
+                    ("server.port", &port.to_string()),
+                ],
+            )
+        });
+        carry_trace(
+            &mut request,
+            span.as_ref().and_then(|s| s.position()).or(self.trace),
+        );
         Box::new(async move {
-            with_tally(&tally, |t| t.requests += 1);
-            let request = request.map(|body| CountedBody {
-                inner: body,
-                tally: tally.clone(),
-            });
-            let sent = tokio::time::timeout(timeouts.head, grant.client.request(request)).await;
-            let response = match sent {
-                Err(_elapsed) => return Err(HttpError::ConnectionReadTimeout),
-                Ok(Err(e)) => return Err(classify(e, &target, &tally)),
-                Ok(Ok(response)) => response,
-            };
-            let response = response.map(|incoming| {
-                TimedBody {
-                    inner: incoming,
-                    between: timeouts.between,
-                    deadline: timeouts.deadline,
-                    sleep: None,
+            let response = send(grant, request, timeouts, &tally, &target).await;
+            if let Some(mut span) = span.take() {
+                match &response {
+                    Ok((response, _)) => {
+                        span.set(
+                            "http.response.status_code",
+                            response.status().as_u16().into(),
+                        );
+                        span.end(None);
+                    }
+                    Err(e) => span.end(Some(e.to_string())),
                 }
-                .boxed_unsync()
-            });
-            let io: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
-                Box::new(async { Ok(()) });
-            Ok((response, io))
+            }
+            response
         })
     }
+}
+
+/// OpenTelemetry names an HTTP client span by its method, from a known set.
+fn method_name(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "HTTP",
+    }
+}
+
+/// Sets the request's `traceparent` to `at`, so the service it reaches
+/// continues the trace, unless the guest set one of another trace (its
+/// own tracing), which is left as it is.
+fn carry_trace(
+    request: &mut http::Request<WasiBody>,
+    at: Option<updraft_core::trace::TraceParent>,
+) {
+    use updraft_core::trace::{TRACEPARENT, TraceParent};
+    let Some(at) = at else { return };
+    let theirs = request
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    if theirs.is_some_and(|theirs| theirs.trace_id != at.trace_id) {
+        return;
+    }
+    if let Ok(value) = http::HeaderValue::from_bytes(&at.header_bytes()) {
+        request.headers_mut().insert(TRACEPARENT, value);
+    }
+}
+
+/// Sends an allowed request, counted, within its timeouts.
+async fn send(
+    grant: Arc<OutboundGrant>,
+    request: http::Request<WasiBody>,
+    timeouts: Timeouts,
+    tally: &Arc<Mutex<OutboundTally>>,
+    target: &str,
+) -> Sent {
+    with_tally(tally, |t| t.requests += 1);
+    let request = request.map(|body| CountedBody {
+        inner: body,
+        tally: tally.clone(),
+    });
+    let sent = tokio::time::timeout(timeouts.head, grant.client.request(request)).await;
+    let response = match sent {
+        Err(_elapsed) => return Err(HttpError::ConnectionReadTimeout),
+        Ok(Err(e)) => return Err(classify(e, target, tally)),
+        Ok(Ok(response)) => response,
+    };
+    let response = response.map(|incoming| {
+        TimedBody {
+            inner: incoming,
+            between: timeouts.between,
+            deadline: timeouts.deadline,
+            sleep: None,
+        }
+        .boxed_unsync()
+    });
+    let io: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+        Box::new(async { Ok(()) });
+    Ok((response, io))
 }
 
 /// The timeouts of one request, each capped by the invocation's deadline.

@@ -75,6 +75,7 @@ impl Fixture {
             inline: false,
             memory_quota: None,
             trace: None,
+            tracer: None,
         };
         self.sandbox
             .invoke_command(&prepared, Bytes::from_static(stdin), ctx)

@@ -173,6 +173,7 @@ fn ctx() -> InvocationCtx {
         inline: false,
         memory_quota: None,
         trace: None,
+        tracer: None,
     }
 }
 

@@ -495,7 +495,7 @@ impl Invoker {
             Ok(start) => start,
             Err(e) => return (invocation_id, Err(span.refused(e, self.stats(loaded)))),
         };
-        let ctx = invocation_ctx(loaded, &invocation_id, call, memory_quota, span.position());
+        let ctx = self.ctx(loaded, &invocation_id, call, memory_quota, &span);
         // The guest sees its own place in the trace: a request it forwards
         // continues it.
         if let Some(at) = span.position()
@@ -602,7 +602,7 @@ impl Invoker {
             Ok(start) => start,
             Err(e) => return (invocation_id, Err(span.refused(e, self.stats(loaded)))),
         };
-        let ctx = invocation_ctx(loaded, &invocation_id, call, memory_quota, span.position());
+        let ctx = self.ctx(loaded, &invocation_id, call, memory_quota, &span);
         let Output { result, report } = run(prepared, ctx).await;
         if let Some(stats) = self.stats(loaded) {
             stats.finished(&report);
@@ -667,6 +667,34 @@ impl Traced {
 }
 
 impl Invoker {
+    /// What the sandbox needs of an admitted invocation.
+    fn ctx(
+        &self,
+        loaded: &Loaded,
+        id: &str,
+        call: Option<&CallRequest>,
+        memory_quota: Option<Arc<updraft_sandbox::MemoryBudget>>,
+        span: &Traced,
+    ) -> InvocationCtx {
+        let trace = span.position();
+        InvocationCtx {
+            invocation_id: id.to_string(),
+            tenant: loaded.tenant.clone(),
+            chain: match call {
+                Some(call) => call.chain.clone(),
+                None => Arc::new([Arc::from(&*loaded.name)]),
+            },
+            deadline: call.map(|c| c.deadline),
+            inline: call.is_some(),
+            memory_quota,
+            trace,
+            // Only a recorded trace's host work is traced.
+            tracer: trace
+                .is_some_and(|t| t.sampled)
+                .then(|| self.traces.clone() as Arc<dyn updraft_sandbox::HostTracer>),
+        }
+    }
+
     /// The invocation's span, with the FaaS conventions' attributes.
     fn invocation_span(
         &self,
@@ -748,27 +776,6 @@ fn admit_ms(loaded: &Loaded, call: Option<&CallRequest>) -> u64 {
             own.min(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
         }
         None => own,
-    }
-}
-
-fn invocation_ctx(
-    loaded: &Loaded,
-    id: &str,
-    call: Option<&CallRequest>,
-    memory_quota: Option<Arc<updraft_sandbox::MemoryBudget>>,
-    trace: Option<TraceParent>,
-) -> InvocationCtx {
-    InvocationCtx {
-        invocation_id: id.to_string(),
-        tenant: loaded.tenant.clone(),
-        chain: match call {
-            Some(call) => call.chain.clone(),
-            None => Arc::new([Arc::from(&*loaded.name)]),
-        },
-        deadline: call.map(|c| c.deadline),
-        inline: call.is_some(),
-        memory_quota,
-        trace,
     }
 }
 

@@ -348,6 +348,9 @@ pub struct Gauges {
     pub budgets: Vec<updraft_metering::BudgetStatus>,
     /// Usage records not yet in the usage log (`None`: metering is off).
     pub usage_pending: Option<u64>,
+    /// Tenants whose queues could not be read for this scrape: their queue
+    /// gauges are missing, the rest is whole.
+    pub queue_read_failures: u64,
 }
 
 /// A named queue's levels.
@@ -654,6 +657,12 @@ impl Collector for Exposition {
                 let budget = b.budget_cents.filter(|&c| c > 0)?;
                 Some((tenant_labels(b), b.spent_cents as f64 / budget as f64))
             }),
+        )?;
+        gauge(
+            e,
+            "updraft_queue_read_failures",
+            "Tenants whose queues could not be read at this scrape (their queue gauges are missing; the server log says why).",
+            g.queue_read_failures as i64,
         )?;
         if let Some(pending) = g.usage_pending {
             gauge(

@@ -593,8 +593,24 @@ impl Platform {
         tenants.extend(self.tenants.list(None).into_iter().map(|key| key.tenant));
         let mut queues = Vec::new();
         let mut async_queues = Vec::new();
+        let mut queue_read_failures = 0;
         for tenant in tenants {
-            let (named, _) = self.events.channel_overview(&tenant).await?;
+            // One tenant's unreadable store costs its gauges, not the scrape.
+            let read = async {
+                let (named, _) = self.events.channel_overview(&tenant).await?;
+                let functions = self.events.function_queues(&tenant).await?;
+                Ok::<_, PlatformError>((named, functions))
+            };
+            let (named, functions) = match read.await {
+                Ok(read) => read,
+                Err(e) => {
+                    tracing::warn!(
+                        "/metrics: the queues of tenant {tenant} could not be read: {e}"
+                    );
+                    queue_read_failures += 1;
+                    continue;
+                }
+            };
             queues.extend(named.into_iter().map(|q| crate::metrics::QueueGauge {
                 tenant: tenant.clone(),
                 queue: q.channel.name,
@@ -602,7 +618,6 @@ impl Platform {
                 in_flight: q.in_flight,
                 oldest_age_ms: q.oldest_age_ms,
             }));
-            let functions = self.events.function_queues(&tenant).await?;
             async_queues.extend(functions.into_iter().map(|f| crate::metrics::AsyncGauge {
                 tenant: tenant.clone(),
                 function: f.function,
@@ -620,6 +635,7 @@ impl Platform {
             async_queues,
             budgets: metering.map(|m| m.budget_statuses()).unwrap_or_default(),
             usage_pending: metering.map(|m| m.pending_records()),
+            queue_read_failures,
         })
     }
 

@@ -28,11 +28,16 @@ use updraft_core::trace::TraceParent;
 /// 20 MB): a plain invocation's three spans leave room for about 6,600.
 pub const SPANS_KEPT_MAX: usize = 20_000;
 
+/// How long one batch may take to reach the collector: a collector that
+/// hangs costs a batch of spans, and the export thread moves on.
+pub const OTLP_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Spans shown of one trace: a fan-out of thousands of calls shows its
 /// first.
 pub const SPANS_PER_TRACE_MAX: usize = 512;
 
 /// The traces service.
+#[derive(Debug)]
 pub struct Traces {
     /// `None` with tracing off.
     tracer: Option<(SdkTracerProvider, SdkTracer)>,
@@ -162,7 +167,7 @@ impl Traces {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(endpoint.clone())
-                .with_timeout(Duration::from_secs(10))
+                .with_timeout(OTLP_EXPORT_TIMEOUT)
                 .build()
                 .map_err(|source| TraceError { endpoint, source })?;
             builder = builder.with_batch_exporter(exporter);
@@ -304,6 +309,45 @@ impl Span {
         if let Some(mut span) = self.inner.take() {
             opentelemetry::trace::Span::end_with_timestamp(&mut span, at);
         }
+    }
+}
+
+/// The sandbox's spans of host work (instantiation, state operations,
+/// outgoing requests) are made here.
+impl updraft_sandbox::HostTracer for Traces {
+    fn start(
+        &self,
+        name: &'static str,
+        kind: updraft_sandbox::HostSpanKind,
+        parent: TraceParent,
+        attributes: &[(&'static str, &str)],
+    ) -> Box<dyn updraft_sandbox::HostSpan> {
+        let kind = match kind {
+            updraft_sandbox::HostSpanKind::Internal => SpanKind::Internal,
+            updraft_sandbox::HostSpanKind::Client => SpanKind::Client,
+        };
+        let attributes = attributes
+            .iter()
+            .map(|(key, value)| KeyValue::new(*key, value.to_string()))
+            .collect();
+        Box::new(Traces::start(self, name, kind, Some(parent), attributes))
+    }
+}
+
+impl updraft_sandbox::HostSpan for Span {
+    fn position(&self) -> Option<TraceParent> {
+        Span::position(self)
+    }
+
+    fn set(&mut self, key: &'static str, value: i64) {
+        Span::set(self, KeyValue::new(key, value));
+    }
+
+    fn end(mut self: Box<Self>, error: Option<String>) {
+        if let Some(error) = error {
+            self.fail(error);
+        }
+        Span::end(*self);
     }
 }
 

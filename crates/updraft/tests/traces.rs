@@ -245,28 +245,10 @@ async fn a_request_without_traceparent_starts_a_trace_and_a_bad_one_is_replaced(
             .to_str()
             .unwrap()
             .to_string();
-        let trace = wait_until(
-            "the trace is kept",
-            Duration::from_secs(10),
-            Duration::from_millis(20),
-            || async {
-                let response = server
-                    .api()
-                    .get(server.url(&format!("/v1/traces/{id}")))
-                    .send()
-                    .await
-                    .unwrap();
-                match response.status().as_u16() {
-                    200 => Ok(response.json::<serde_json::Value>().await.unwrap()),
-                    s => Err(format!("{s}")),
-                }
-            },
-        )
-        .await;
-        let spans = trace["spans"].as_array().unwrap();
+        let spans = kept_trace(&server, &id, "hello", 1).await;
         let root = spans.iter().find(|s| s["name"] == "hello").unwrap();
-        assert!(root["parent_span_id"].is_null(), "a new trace: {trace}");
-        assert_eq!(trace["trace_id"].as_str().unwrap().len(), 32);
+        assert!(root["parent_span_id"].is_null(), "a new trace: {spans:#?}");
+        assert_eq!(root["trace_id"].as_str().unwrap().len(), 32);
     }
     let missing = server
         .api()
@@ -275,4 +257,121 @@ async fn a_request_without_traceparent_starts_a_trace_and_a_bad_one_is_replaced(
         .await
         .unwrap();
     expect_error(missing, 404, "trace_not_found").await;
+}
+
+/// The spans of a recorded trace, from the server's store, once `count`
+/// spans named `name` are among them (an invocation's own span ends last).
+async fn kept_trace(server: &Server, id: &str, name: &str, count: usize) -> Vec<serde_json::Value> {
+    wait_until(
+        "the trace is kept",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            let response = server
+                .api()
+                .get(server.url(&format!("/v1/traces/{id}")))
+                .send()
+                .await
+                .unwrap();
+            if response.status() != 200 {
+                return Err(format!("{}", response.status()));
+            }
+            let trace: serde_json::Value = response.json().await.unwrap();
+            let spans = trace["spans"].as_array().unwrap().clone();
+            match spans.iter().filter(|s| s["name"] == name).count() {
+                n if n >= count => Ok(spans),
+                n => Err(format!("{n} {name}: {spans:#?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// The one span named `name` whose parent is `parent`.
+fn child<'s>(
+    spans: &'s [serde_json::Value],
+    parent: &serde_json::Value,
+    name: &str,
+) -> &'s serde_json::Value {
+    let found: Vec<&serde_json::Value> = spans
+        .iter()
+        .filter(|s| s["name"] == name && s["parent_span_id"] == parent["span_id"])
+        .collect();
+    assert_eq!(found.len(), 1, "one {name} under {parent}: {spans:#?}");
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_work_is_traced_and_outgoing_requests_carry_the_trace_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest(
+        "counter",
+        "counter-rust",
+        "route = \"/counter\"\nkey_value_stores = [\"default\"]",
+    );
+    server.deploy_guest(
+        "chaos",
+        "http-chaos",
+        &format!(
+            "route = \"/chaos/...\"\nallowed_outbound_hosts = [{:?}]",
+            server.url("")
+        ),
+    );
+
+    // Instantiation and each key-value operation are spans under the run.
+    let response = client().get(server.url("/counter")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["updraft-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let spans = kept_trace(&server, &id, "counter", 1).await;
+    let root = spans.iter().find(|s| s["name"] == "counter").unwrap();
+    let run = child(&spans, root, "run");
+    child(&spans, run, "instantiate");
+    let increment = child(&spans, run, "kv increment");
+    assert_eq!(increment["attributes"]["db.system.name"], "updraft.kv");
+    assert_eq!(increment["attributes"]["db.namespace"], "default");
+    assert_eq!(increment["status"], "ok");
+
+    // An outgoing request is a client span, and carries it on: the
+    // service it reaches (here the same server) continues the trace.
+    let to = server.url("/chaos/headers");
+    let response = client()
+        .get(server.url(&format!(
+            "/chaos/fetch?to={}",
+            to.replace(':', "%3A").replace('/', "%2F")
+        )))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["updraft-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let text = response.text().await.unwrap();
+    assert!(text.starts_with("fetched 200:"), "{text}");
+    // Both invocations, the fetcher's and the one its request reached.
+    let spans = kept_trace(&server, CLIENT_TRACE, "chaos", 2).await;
+    let fetcher = spans
+        .iter()
+        .find(|s| s["attributes"]["faas.invocation_id"] == id.as_str())
+        .unwrap();
+    assert_eq!(fetcher["parent_span_id"], CLIENT_SPAN);
+    let run = child(&spans, fetcher, "run");
+    let get = child(&spans, run, "GET");
+    assert_eq!(get["kind"], "client");
+    assert_eq!(get["attributes"]["http.response.status_code"], "200");
+    assert_eq!(get["attributes"]["server.address"], "127.0.0.1");
+    // The server that answered continued the trace under the request's
+    // span; its guest saw its own run's place, a child of that.
+    let answered = child(&spans, get, "chaos");
+    let answered_run = child(&spans, answered, "run");
+    let seen = format!(
+        "traceparent: 00-{CLIENT_TRACE}-{}-01",
+        answered_run["span_id"].as_str().unwrap()
+    );
+    assert!(text.contains(&seen), "{seen} in {text}");
 }
