@@ -80,7 +80,7 @@ impl Host {
     ) -> Option<Box<dyn crate::HostSpan>> {
         self.tracing
             .as_ref()
-            .map(|t| t.span(name, crate::HostSpanKind::Internal, attributes))
+            .and_then(|t| t.span(name, crate::HostSpanKind::Internal, attributes))
     }
 
     /// Adds a note for this invocation's logs (the first [`NOTES_MAX`]).

@@ -82,11 +82,11 @@ impl Host {
     pub(crate) fn backend(&self) -> wasmtime::Result<Arc<dyn KvStore>> {
         match &self.grants.kv {
             Some(grant) => Ok(match &self.tracing {
-                Some(tracing) => Arc::new(TracedKv {
+                Some(tracing) if tracing.has_room() => Arc::new(TracedKv {
                     inner: grant.backend.clone(),
                     tracing: tracing.clone(),
                 }),
-                None => grant.backend.clone(),
+                _ => grant.backend.clone(),
             }),
             None => Err(wasmtime::format_err!(
                 "a key-value bucket exists without a grant"
@@ -145,7 +145,7 @@ struct TracedKv {
 impl TracedKv {
     fn span(&self, name: &'static str, store: &StoreId) -> Option<Box<dyn crate::HostSpan>> {
         let operation = name.trim_start_matches("kv ");
-        Some(self.tracing.span(
+        self.tracing.span(
             name,
             crate::HostSpanKind::Internal,
             &[
@@ -153,7 +153,7 @@ impl TracedKv {
                 ("db.operation.name", operation),
                 ("db.namespace", &store.name),
             ],
-        ))
+        )
     }
 }
 

@@ -48,4 +48,4 @@ pub use keyvalue::KvGrant;
 pub use lanes::{FOREGROUND_CPU_MAX, background_threads_default};
 pub use messaging::{PublishError, PublishGrant, Publisher};
 pub use shed::{InFlight, Shed};
-pub use spans::{HostSpan, HostSpanKind, HostTracer, Tracing};
+pub use spans::{HOST_SPANS_MAX, HostSpan, HostSpanKind, HostTracer, Tracing};

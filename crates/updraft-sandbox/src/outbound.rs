@@ -363,7 +363,7 @@ impl WasiHttpHooks for Outbound {
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
         let timeouts = Timeouts::new(options, deadline);
-        let mut span = self.tracing.as_ref().map(|tracing| {
+        let mut span = self.tracing.as_ref().and_then(|tracing| {
             tracing.span(
                 method_name(request.method()),
                 crate::HostSpanKind::Client,

@@ -5,6 +5,7 @@
 //! gets a tracer, so an unrecorded one pays nothing here.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use updraft_core::trace::TraceParent;
 
@@ -41,11 +42,20 @@ pub trait HostSpan: Send {
     fn end(self: Box<Self>, error: Option<String>);
 }
 
+/// Spans of host work one invocation makes at most: a guest that reads a
+/// million keys in a recorded trace gets its first operations traced, not
+/// a million spans (which would crowd every other trace out of the store
+/// and cost more than the reads).
+pub const HOST_SPANS_MAX: u32 = 128;
+
 /// An invocation's tracer and where in its trace its guest runs.
 #[derive(Clone)]
 pub struct Tracing {
     pub tracer: Arc<dyn HostTracer>,
     pub parent: TraceParent,
+    /// Spans it may still make (of [`HOST_SPANS_MAX`]), shared by the
+    /// host and its outgoing requests.
+    left: Arc<AtomicU32>,
 }
 
 impl Tracing {
@@ -55,18 +65,32 @@ impl Tracing {
             (Some(tracer), Some(parent)) if parent.sampled => Some(Tracing {
                 tracer: tracer.clone(),
                 parent,
+                left: Arc::new(AtomicU32::new(HOST_SPANS_MAX)),
             }),
             _ => None,
         }
     }
 
+    /// A span, unless the invocation has made its [`HOST_SPANS_MAX`].
     pub fn span(
         &self,
         name: &'static str,
         kind: HostSpanKind,
         attributes: &[(&'static str, &str)],
-    ) -> Box<dyn HostSpan> {
-        self.tracer.start(name, kind, self.parent, attributes)
+    ) -> Option<Box<dyn HostSpan>> {
+        self.take()
+            .then(|| self.tracer.start(name, kind, self.parent, attributes))
+    }
+
+    /// Whether it may make another span.
+    pub fn has_room(&self) -> bool {
+        self.left.load(Ordering::Relaxed) > 0
+    }
+
+    fn take(&self) -> bool {
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 }
 

@@ -375,3 +375,34 @@ async fn host_work_is_traced_and_outgoing_requests_carry_the_trace_on() {
     );
     assert!(text.contains(&seen), "{seen} in {text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_invocation_traces_its_first_host_calls_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    server.deploy_guest(
+        "bench",
+        "kv-bench",
+        "route = \"/bench\"\nkey_value_stores = [\"bench\"]",
+    );
+    // A thousand reads (and the write before them) in one recorded trace.
+    let response = client()
+        .get(server.url("/bench?op=get&n=1000&size=10&key=k"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["updraft-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let spans = kept_trace(&server, &id, "bench", 1).await;
+    let host = spans
+        .iter()
+        .filter(|s| {
+            let name = s["name"].as_str().unwrap();
+            name == "instantiate" || name.starts_with("kv ")
+        })
+        .count();
+    assert_eq!(host, updraft_sandbox::HOST_SPANS_MAX as usize, "{spans:#?}");
+}
