@@ -49,7 +49,7 @@ pub trait HostSpan: Send {
 pub const HOST_SPANS_MAX: u32 = 128;
 
 /// An invocation's tracer and where in its trace its guest runs.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Tracing {
     pub tracer: Arc<dyn HostTracer>,
     pub parent: TraceParent,
@@ -91,14 +91,6 @@ impl Tracing {
         self.left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok()
-    }
-}
-
-impl std::fmt::Debug for Tracing {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tracing")
-            .field("parent", &self.parent)
-            .finish_non_exhaustive()
     }
 }
 

@@ -716,12 +716,11 @@ impl Invoker {
             (Trigger::Http | Trigger::Api, _) => (SpanKind::Server, "http"),
             _ => (SpanKind::Server, "other"),
         };
-        let mut invocation = self
-            .traces
-            .start(function.name.to_string(), kind, parent, Vec::new());
-        // An unsampled trace's spans are never seen: their attributes are
-        // not made.
+        let mut invocation = self.traces.start("invocation", kind, parent, Vec::new());
+        // An unsampled trace's spans are never seen: their name and
+        // attributes are not made.
         if invocation.recording() {
+            invocation.rename(function.name.to_string());
             let mut attributes = vec![
                 KeyValue::new("faas.trigger", faas_trigger),
                 KeyValue::new(crate::traces::INVOCATION_ID, id.to_string()),

@@ -278,6 +278,13 @@ impl Span {
         }
     }
 
+    /// Names it (a name known only to be worth making once recording).
+    pub fn rename(&mut self, name: String) {
+        if let Some(span) = &mut self.inner {
+            opentelemetry::trace::Span::update_name(span, name);
+        }
+    }
+
     pub fn set_all(&mut self, attributes: Vec<KeyValue>) {
         if let Some(span) = &mut self.inner {
             opentelemetry::trace::Span::set_attributes(span, attributes);

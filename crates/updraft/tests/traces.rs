@@ -91,6 +91,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The id of the invocation that answered.
+fn invocation_id(response: &reqwest::Response) -> String {
+    response.headers()["updraft-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
@@ -130,10 +138,7 @@ async fn one_trace_spans_a_request_a_call_a_publish_a_delivery_and_its_retry() {
         .send()
         .await
         .unwrap();
-    let id = response.headers()["updraft-invocation-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = invocation_id(&response);
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     server.wait_for_dead_letter("sink").await;
 
@@ -241,10 +246,7 @@ async fn a_request_without_traceparent_starts_a_trace_and_a_bad_one_is_replaced(
             request = request.header("traceparent", h);
         }
         let response = request.send().await.unwrap();
-        let id = response.headers()["updraft-invocation-id"]
-            .to_str()
-            .unwrap()
-            .to_string();
+        let id = invocation_id(&response);
         let spans = kept_trace(&server, &id, "hello", 1).await;
         let root = spans.iter().find(|s| s["name"] == "hello").unwrap();
         assert!(root["parent_span_id"].is_null(), "a new trace: {spans:#?}");
@@ -322,10 +324,7 @@ async fn host_work_is_traced_and_outgoing_requests_carry_the_trace_on() {
     // Instantiation and each key-value operation are spans under the run.
     let response = client().get(server.url("/counter")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let id = response.headers()["updraft-invocation-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = invocation_id(&response);
     let spans = kept_trace(&server, &id, "counter", 1).await;
     let root = spans.iter().find(|s| s["name"] == "counter").unwrap();
     let run = child(&spans, root, "run");
@@ -347,10 +346,7 @@ async fn host_work_is_traced_and_outgoing_requests_carry_the_trace_on() {
         .send()
         .await
         .unwrap();
-    let id = response.headers()["updraft-invocation-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = invocation_id(&response);
     let text = response.text().await.unwrap();
     assert!(text.starts_with("fetched 200:"), "{text}");
     // Both invocations, the fetcher's and the one its request reached.
@@ -392,10 +388,7 @@ async fn a_busy_invocation_traces_its_first_host_calls_only() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let id = response.headers()["updraft-invocation-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = invocation_id(&response);
     let spans = kept_trace(&server, &id, "bench", 1).await;
     let host = spans
         .iter()
