@@ -17,7 +17,9 @@
 //! [`overload`] another (`updraft-bench overload`): a CPU-costing function
 //! at up to four times the rate the server sustains; [`elasticity`]
 //! another (`updraft-bench elasticity`): demand against supply under a
-//! step and a ramp, with the SPEC RG metrics and a plot.
+//! step and a ramp, with the SPEC RG metrics and a plot; [`languages`]
+//! another (`updraft-bench languages`): hello-python and hello-js on
+//! Updraft against `wasmtime serve`.
 
 pub mod calls;
 pub mod cluster;
@@ -29,6 +31,7 @@ pub mod fairness;
 pub mod http;
 pub mod inflight;
 pub mod kv;
+pub mod languages;
 pub mod load;
 pub mod memory;
 pub mod native;

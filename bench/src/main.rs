@@ -49,6 +49,11 @@ enum Cmd {
     /// running, the SPEC RG metrics and an SVG plot (BENCHMARKS.md,
     /// "Elasticity").
     Elasticity(PhaseArgs),
+    /// Python and JavaScript: hello-python and hello-js on Updraft (with
+    /// and without spare instances) against `wasmtime serve` on the same
+    /// components: deploy → first response, warm load (BENCHMARKS.md,
+    /// "Python and JavaScript").
+    Languages(LanguagesArgs),
     /// Serve the native hello (started by `run`; prints its URL first).
     Native {
         /// Address to listen on; port 0 picks a free port.
@@ -171,6 +176,15 @@ struct FairnessArgs {
 }
 
 #[derive(Args)]
+struct LanguagesArgs {
+    #[command(flatten)]
+    phase: PhaseArgs,
+    /// The wasmtime CLI [default: on PATH, else ~/.cargo/bin].
+    #[arg(long, value_name = "PATH")]
+    wasmtime: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct InFlightArgs {
     #[command(flatten)]
     phase: PhaseArgs,
@@ -188,6 +202,7 @@ fn main() -> ExitCode {
         Cmd::Inflight(args) => inflight_command(args),
         Cmd::Overload(args) => overload_command(args),
         Cmd::Elasticity(args) => elasticity_command(args),
+        Cmd::Languages(args) => languages_command(args),
         Cmd::Native { listen } => updraft_bench::native::serve(&listen),
     };
     match result {
@@ -251,6 +266,20 @@ fn fairness_command(args: FairnessArgs) -> Result<()> {
     let results = fairness::markdown(&report);
     let markers = (fairness::MARKER_START, fairness::MARKER_END);
     args.phase.finish("fairness", &report, &results, markers)
+}
+
+fn languages_command(args: LanguagesArgs) -> Result<()> {
+    use updraft_bench::languages;
+    let report = languages::run(&languages::Options {
+        mode: args.phase.mode(),
+        updraft: args.phase.updraft.clone(),
+        wasmtime: args.wasmtime,
+        guests: args.phase.guests.clone(),
+        command: repeat_command()?,
+    })?;
+    let results = languages::markdown(&report);
+    let markers = (languages::MARKER_START, languages::MARKER_END);
+    args.phase.finish("languages", &report, &results, markers)
 }
 
 fn inflight_command(args: InFlightArgs) -> Result<()> {

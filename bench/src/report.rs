@@ -679,7 +679,7 @@ pub fn us(value: f64) -> String {
 }
 
 /// Whole numbers with thousands separators: `123,456`.
-fn thousands(value: f64) -> String {
+pub fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {

@@ -169,6 +169,22 @@ struct Tools {
     nats: Option<PathBuf>,
 }
 
+/// The wasmtime CLI: `given`, else on PATH, else in ~/.cargo/bin.
+pub fn locate_wasmtime(given: Option<&PathBuf>) -> Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.clone());
+    }
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|home| home.join("bin").join("wasmtime"));
+    servers::find_program("wasmtime", &[])
+        .or_else(|| cargo_bin.filter(|p| p.is_file()))
+        .ok_or_else(|| {
+            anyhow!("wasmtime (48) not found on PATH or in ~/.cargo/bin: install it with scripts/setup.sh, or pass --wasmtime PATH")
+        })
+}
+
 /// The target dir's profile dir (`target/release`) of this executable; a test
 /// binary in `target/debug/deps` maps to `target/debug`.
 pub fn profile_dir() -> Result<PathBuf> {
@@ -219,18 +235,7 @@ impl Tools {
             .and_then(|n| n.to_str())
             .unwrap_or("unknown")
             .to_string();
-        let cargo_bin = std::env::var_os("CARGO_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-            .map(|home| home.join("bin").join("wasmtime"));
-        let wasmtime = match &options.wasmtime {
-            Some(path) => path.clone(),
-            None => servers::find_program("wasmtime", &[])
-                .or_else(|| cargo_bin.filter(|p| p.is_file()))
-                .ok_or_else(|| {
-                    anyhow!("wasmtime (48) not found on PATH or in ~/.cargo/bin: install it with scripts/setup.sh, or pass --wasmtime PATH")
-                })?,
-        };
+        let wasmtime = locate_wasmtime(options.wasmtime.as_ref())?;
         let wrk = match &options.wrk {
             Some(path) => path.clone(),
             None => servers::find_program("wrk", &[]).ok_or_else(|| {

@@ -405,3 +405,46 @@ fn tiny_elasticity_run_measures_both_profiles_and_plots_them() {
         "{text}"
     );
 }
+
+#[test]
+fn tiny_languages_run_compares_three_servers() {
+    let (report, text): (updraft_bench::languages::LanguagesReport, _) = tiny_phase(
+        "languages",
+        (
+            updraft_bench::languages::MARKER_START,
+            updraft_bench::languages::MARKER_END,
+        ),
+    );
+    // A tiny run serves hello-rust in place of Python and JavaScript.
+    assert_eq!(report.languages.len(), 1);
+    let rust = &report.languages[0];
+    assert_eq!(rust.name, "rust");
+    assert!(
+        rust.deploy_ms > 0.0
+            && rust.first_response_ms > 0.0
+            && rust.wasmtime_first_response_ms > 0.0
+    );
+    let points: Vec<(&str, u32)> = rust
+        .load
+        .iter()
+        .map(|r| (r.server.as_str(), r.concurrency))
+        .collect();
+    for server in [
+        "updraft-rust",
+        "updraft-no-spares-rust",
+        "wasmtime-serve-rust",
+    ] {
+        for c in [1, 16] {
+            assert!(points.contains(&(server, c)), "{server} c={c}: {points:?}");
+        }
+    }
+    for point in &rust.load {
+        // A debug build of Updraft may shed at c = 16 on a busy machine.
+        if point.server.starts_with("wasmtime") || point.concurrency == 1 {
+            assert_eq!(point.errors.total(), 0, "{point:?}");
+        }
+        assert!(point.requests > point.errors.total(), "{point:?}");
+    }
+    assert!(text.contains("| rust | updraft-rust | 1 |"), "{text}");
+    assert!(text.contains("Updraft ÷ wasmtime serve"), "{text}");
+}

@@ -101,6 +101,9 @@ pub struct Prepared {
     pub(crate) grants: Grants,
     /// Idle instances kept between requests, in reuse mode only.
     pub(crate) warm: Option<Arc<WarmPool>>,
+    /// Instances made ahead, each for one invocation: http functions
+    /// (WASI 0.2) that do not reuse instances ([`Sandbox::replenish`]).
+    pub(crate) spares: Option<Arc<WarmPool>>,
     /// Which lane its next invocation starts in.
     pub(crate) lane_history: Arc<crate::lanes::History>,
     /// Its invocations in flight and their adaptive limit.
@@ -205,6 +208,8 @@ impl Sandbox {
             ),
             FunctionKind::Command => Pre::Command(CommandPre::new(instance_pre).map_err(link)?),
         };
+        let spares = (!reuse && matches!(pre, Pre::Http { .. }))
+            .then(|| Arc::new(WarmPool::new(self.warm_budget.clone())));
         Ok(Prepared {
             name: spec.name.to_string(),
             kind: detected,
@@ -219,6 +224,7 @@ impl Sandbox {
             pre,
             handler,
             grants: spec.grants,
+            spares,
             warm: reuse.then(|| Arc::new(WarmPool::new(self.warm_budget.clone()))),
             lane_history: Arc::default(),
             load: Arc::new(crate::shed::Load::new(Duration::from_millis(
@@ -272,6 +278,7 @@ impl Sandbox {
             handler: None,
             grants: spec.grants,
             warm: None,
+            spares: None,
             lane_history: Arc::default(),
             load: Arc::new(crate::shed::Load::new(Duration::from_millis(
                 spec.limits.timeout_ms,

@@ -72,6 +72,10 @@ pub struct SandboxConfig {
     /// Refuse invocations past each function's adaptive concurrency limit
     /// ([`crate::shed`]); off only to measure what shedding buys.
     pub shed_load: bool,
+    /// Make fresh instances of recently invoked functions ahead of their
+    /// next invocation ([`Sandbox::replenish`]); off only to measure what
+    /// spares buy.
+    pub spare_instances: bool,
     /// Bytes of linear memory all instances may hold at once
     /// ([`crate::MemoryBudget`]); `None`: no budget.
     pub memory_budget_bytes: Option<usize>,
@@ -87,6 +91,7 @@ impl SandboxConfig {
             pooling: true,
             background_threads: crate::lanes::background_threads_default(),
             shed_load: true,
+            spare_instances: true,
             memory_budget_bytes: None,
         }
     }
@@ -117,6 +122,8 @@ pub struct Sandbox {
     pub(crate) memory_budget: Option<Arc<crate::MemoryBudget>>,
     /// Functions compiled by this process (not loaded from the cache).
     compiles: AtomicU64,
+    /// Spare instances: who makes them, and how many were made and used.
+    pub(crate) spares: crate::warm::Spares,
 }
 
 impl Sandbox {
@@ -196,6 +203,7 @@ impl Sandbox {
             shed_load: config.shed_load,
             memory_budget: config.memory_budget_bytes.map(crate::MemoryBudget::new),
             compiles: AtomicU64::new(0),
+            spares: crate::warm::Spares::new(config.spare_instances),
         }))
     }
 
@@ -206,6 +214,12 @@ impl Sandbox {
 
     pub(crate) fn count_compile(&self) {
         self.compiles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Spare instances made since start, and invocations that took one
+    /// instead of instantiating ([`Sandbox::replenish`]).
+    pub fn spares_made_used(&self) -> (u64, u64) {
+        self.spares.made_used()
     }
 
     /// Invocations run in the background lane since start: moved there past

@@ -34,6 +34,10 @@ use crate::warm::{Exports, WarmInstance, WarmPool};
 /// Guest stdout/stderr kept per invocation for the logs; the rest is dropped.
 pub const LOG_CAPTURE_BYTES_MAX: usize = 256 * 1024;
 
+/// Spare instances kept per version ([`Sandbox::replenish`]): two, so a
+/// sequence of calls or requests finds one while the last is replaced.
+pub const SPARES_PER_VERSION: usize = 2;
+
 /// Response body handed to the gateway.
 pub type ResponseBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -287,7 +291,12 @@ impl Sandbox {
         ctx: &InvocationCtx,
         config: Option<crate::config::Resolved>,
     ) -> Result<Checkout, InvokeError> {
-        match prepared.warm.as_deref().and_then(WarmPool::take) {
+        let kept = match (&prepared.warm, &prepared.spares) {
+            (Some(warm), _) => warm.take(),
+            (None, Some(spares)) => spares.take().inspect(|_| self.spares.count_used()),
+            (None, None) => None,
+        };
+        match kept {
             Some(WarmInstance {
                 mut store,
                 exports,
@@ -330,6 +339,89 @@ impl Sandbox {
                 })
             }
         }
+    }
+
+    /// Tops up the spare instances of `prepared` (a WASI 0.2 http function
+    /// that does not reuse instances) to [`SPARES_PER_VERSION`], after an
+    /// invocation of it took one or found none. They are made by the
+    /// [`SpareMaker`](crate::warm::SpareMaker), with CPU no invocation
+    /// wants: the next invocation skips instantiating, and a loaded server
+    /// works as it would without spares (its invocations instantiate
+    /// inline). Each spare serves one invocation only: isolation is
+    /// unchanged. `memory_quota` is the function's tenant's.
+    pub fn replenish(
+        self: &Arc<Self>,
+        prepared: &Arc<Prepared>,
+        memory_quota: Option<Arc<crate::MemoryBudget>>,
+    ) {
+        let Some(spares) = &prepared.spares else {
+            return;
+        };
+        let Some(maker) = self.spares.maker() else {
+            return;
+        };
+        let Some(filling) = spares.start_filling(SPARES_PER_VERSION) else {
+            return;
+        };
+        let (sandbox, version) = (self.clone(), prepared.clone());
+        let fill = async move {
+            while filling.pool().wants(SPARES_PER_VERSION) {
+                match sandbox.spare(&version, memory_quota.clone()).await {
+                    Ok(spare) => {
+                        if !filling.pool().put(spare) {
+                            break;
+                        }
+                        sandbox.spares.count_made();
+                    }
+                    Err(e) => {
+                        // The invocation that needs it instantiates inline
+                        // and reports the failure, if it is one.
+                        tracing::debug!(function = %version.name, "no spare instance: {e}");
+                        break;
+                    }
+                }
+            }
+        };
+        maker.submit(Box::pin(fill));
+    }
+
+    /// A fresh instance of `prepared` for a later invocation, which sets its
+    /// deadline, call chain, trace and config at checkout. Its memory is
+    /// counted as any instance's, but it never waits for memory: it
+    /// yields to invocations.
+    async fn spare(
+        &self,
+        prepared: &Prepared,
+        memory_quota: Option<Arc<crate::MemoryBudget>>,
+    ) -> Result<WarmInstance, InvokeError> {
+        let Pre::Http { pre, .. } = &prepared.pre else {
+            return Err(InvokeError::Internal(updraft_core::Failure::msg(
+                "spares are made for WASI 0.2 http functions only",
+            )));
+        };
+        let deadline = Instant::now() + Duration::from_millis(prepared.limits.timeout_ms);
+        let owner = Owner {
+            chain: Arc::new([]),
+            memory_quota,
+            trace: None,
+            tracing: None,
+        };
+        let (mut store, pipes) =
+            self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline, owner, None)?;
+        store
+            .data_mut()
+            .limiter
+            .reset_for_invocation(Instant::now());
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(instantiate_error)?;
+        Ok(WarmInstance {
+            store,
+            exports: Exports::new(instance),
+            pipes,
+            uses: 0,
+        })
     }
 
     /// Runs a call from another function through the callee's

@@ -43,7 +43,10 @@ pub use engine::{INSTANCES_MAX_MAX, Sandbox, SandboxConfig};
 pub use error::{InvokeError, PrepareError};
 pub use files::FilesSpec;
 pub use host::StateUsage;
-pub use invoke::{CallOutput, CommandOutput, InvocationCtx, OnDone, Output, Report, ResponseBody};
+pub use invoke::{
+    CallOutput, CommandOutput, InvocationCtx, OnDone, Output, Report, ResponseBody,
+    SPARES_PER_VERSION,
+};
 pub use keyvalue::KvGrant;
 pub use lanes::{FOREGROUND_CPU_MAX, background_threads_default};
 pub use messaging::{PublishError, PublishGrant, Publisher};

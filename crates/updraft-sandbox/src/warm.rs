@@ -2,11 +2,16 @@
 //! instances kept between requests of the same version (like Lambda's warm
 //! environments), each serving at most `instance_reuse_max` requests.
 //!
-//! Idle warm instances hold pool slots, so their number is capped process-wide
-//! by a [`WarmBudget`]; the pool has that many slots on top of the
-//! `instances_max` that may run at once.
+//! Spare instances, for the others: instances of a hot function made ahead
+//! of its next invocation ([`crate::Sandbox::replenish`]), each serving one
+//! invocation and never another, so a fresh instance costs the request
+//! nothing but taking it.
+//!
+//! Idle warm and spare instances hold pool slots, so their number is capped
+//! process-wide by a [`WarmBudget`]; the pool has that many slots on top of
+//! the `instances_max` that may run at once.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use wasmtime::Store;
@@ -83,11 +88,13 @@ impl WarmBudget {
     }
 }
 
-/// The idle warm instances of one version; dropped (with them) when the
-/// version is unloaded or replaced.
+/// The idle warm (or spare) instances of one version; dropped (with them)
+/// when the version is unloaded or replaced.
 pub(crate) struct WarmPool {
     idle: Mutex<Vec<WarmInstance>>,
     budget: Arc<WarmBudget>,
+    /// A task is making spares for it: one at a time.
+    filling: AtomicBool,
 }
 
 impl WarmPool {
@@ -95,7 +102,24 @@ impl WarmPool {
         WarmPool {
             idle: Mutex::new(Vec::new()),
             budget,
+            filling: AtomicBool::new(false),
         }
+    }
+
+    /// Whether another instance would be kept: fewer than `per_version`
+    /// idle here, and room in the process's budget.
+    pub(crate) fn wants(&self, per_version: usize) -> bool {
+        self.lock().len() < per_version
+            && self.budget.idle.load(Ordering::Relaxed) < self.budget.max
+    }
+
+    /// Claims the filling of this pool when it [`wants`](Self::wants) more
+    /// and nobody fills it yet; the claim ends when the [`Filling`] drops.
+    pub(crate) fn start_filling(self: &Arc<Self>, per_version: usize) -> Option<Filling> {
+        if !self.wants(per_version) || self.filling.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(Filling(self.clone()))
     }
 
     /// The most recently used idle instance (its pages are the hottest).
@@ -107,18 +131,36 @@ impl WarmPool {
         warm
     }
 
-    /// Keeps `warm` for a later request, or drops it when the budget is spent.
-    pub(crate) fn put(&self, warm: WarmInstance) {
+    /// Keeps `warm` for a later request, or drops it when the budget is
+    /// spent; whether it was kept.
+    pub(crate) fn put(&self, warm: WarmInstance) -> bool {
         let budget = &self.budget;
         if budget.idle.fetch_add(1, Ordering::Relaxed) >= budget.max {
             budget.idle.fetch_sub(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         self.lock().push(warm);
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<WarmInstance>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The claim of one task to fill a [`WarmPool`] with spares; ends on drop,
+/// also when the task is cancelled or never runs.
+pub(crate) struct Filling(Arc<WarmPool>);
+
+impl Filling {
+    pub(crate) fn pool(&self) -> &WarmPool {
+        &self.0
+    }
+}
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        self.0.filling.store(false, Ordering::Release);
     }
 }
 
@@ -128,5 +170,105 @@ impl Drop for WarmPool {
         self.budget
             .idle
             .fetch_sub(idle.len() as u32, Ordering::Relaxed);
+    }
+}
+
+/// The process's spare instances: their maker, started with the first
+/// spare wanted, and counts for `/metrics`.
+pub(crate) struct Spares {
+    enabled: bool,
+    maker: std::sync::OnceLock<Option<SpareMaker>>,
+    made: AtomicU64,
+    used: AtomicU64,
+}
+
+impl Spares {
+    pub(crate) fn new(enabled: bool) -> Spares {
+        Spares {
+            enabled,
+            maker: std::sync::OnceLock::new(),
+            made: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// The maker; `None` when spares are off or it could not start.
+    pub(crate) fn maker(&self) -> Option<&SpareMaker> {
+        if !self.enabled {
+            return None;
+        }
+        self.maker.get_or_init(SpareMaker::start).as_ref()
+    }
+
+    pub(crate) fn count_made(&self) {
+        self.made.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_used(&self) {
+        self.used.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn made_used(&self) -> (u64, u64) {
+        (
+            self.made.load(Ordering::Relaxed),
+            self.used.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Work for the [`SpareMaker`]: making one version's spares.
+pub(crate) type SpareJob = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Makes spare instances, one version at a time, on a thread of its own
+/// at the kernel's idle priority (`SCHED_IDLE`): it runs only on a core
+/// nothing else wants, so spares never take CPU from invocations, the
+/// background lane's included, and a loaded server makes none.
+pub(crate) struct SpareMaker {
+    jobs: tokio::sync::mpsc::UnboundedSender<SpareJob>,
+}
+
+impl SpareMaker {
+    /// Starts the thread; it ends when this is dropped. `None` when it
+    /// cannot start: no spares then, invocations instantiate inline.
+    pub(crate) fn start() -> Option<SpareMaker> {
+        let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<SpareJob>();
+        // Its own runtime: the guest's instantiation may use tokio's timers.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .inspect_err(|e| tracing::warn!("no spare instances: cannot build their runtime: {e}"))
+            .ok()?;
+        std::thread::Builder::new()
+            .name("updraft-spares".into())
+            .spawn(move || {
+                idle_priority();
+                runtime.block_on(async move {
+                    while let Some(job) = queue.recv().await {
+                        job.await;
+                    }
+                });
+            })
+            .inspect_err(|e| tracing::warn!("no spare instances: cannot start their thread: {e}"))
+            .ok()?;
+        Some(SpareMaker { jobs })
+    }
+
+    pub(crate) fn submit(&self, job: SpareJob) {
+        // The thread only ends with this sender: a failed send drops the job,
+        // and with it the claim to fill.
+        let _ = self.jobs.send(job);
+    }
+}
+
+/// Puts the calling thread under `SCHED_IDLE`.
+// One system call rustix does not wrap.
+#[allow(unsafe_code)]
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads `param` only; 0 is this thread.
+    let set = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if set != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::debug!("the spare-instance thread keeps its priority: {e}");
     }
 }

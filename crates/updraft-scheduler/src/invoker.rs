@@ -276,6 +276,11 @@ impl Invoker {
         self.sandbox.instances_max()
     }
 
+    /// Spare instances made since start, and invocations that took one.
+    pub fn spares_made_used(&self) -> (u64, u64) {
+        self.sandbox.spares_made_used()
+    }
+
     /// Spans of invocations, calls and publishes.
     pub fn traces(&self) -> &Arc<crate::traces::Traces> {
         &self.traces
@@ -495,7 +500,7 @@ impl Invoker {
             Ok(start) => start,
             Err(e) => return (invocation_id, Err(span.refused(e, self.stats(loaded)))),
         };
-        let ctx = self.ctx(loaded, &invocation_id, call, memory_quota, &span);
+        let ctx = self.ctx(loaded, &invocation_id, call, memory_quota.clone(), &span);
         // The guest sees its own place in the trace: a request it forwards
         // continues it.
         if let Some(at) = span.position()
@@ -529,6 +534,7 @@ impl Invoker {
             .sandbox
             .invoke_http(&prepared, request, ctx, on_done)
             .await;
+        self.sandbox.replenish(&prepared, memory_quota);
         let response = match (response, body_part) {
             (Ok(response), Some(part)) => Ok(response.map(|body| part.wrap(body))),
             (response, _) => response,
@@ -602,8 +608,9 @@ impl Invoker {
             Ok(start) => start,
             Err(e) => return (invocation_id, Err(span.refused(e, self.stats(loaded)))),
         };
-        let ctx = self.ctx(loaded, &invocation_id, call, memory_quota, &span);
-        let Output { result, report } = run(prepared, ctx).await;
+        let ctx = self.ctx(loaded, &invocation_id, call, memory_quota.clone(), &span);
+        let Output { result, report } = run(prepared.clone(), ctx).await;
+        self.sandbox.replenish(&prepared, memory_quota);
         if let Some(stats) = self.stats(loaded) {
             stats.finished(&report);
         }

@@ -351,6 +351,9 @@ pub struct Gauges {
     /// Tenants whose queues could not be read for this scrape: their queue
     /// gauges are missing, the rest is whole.
     pub queue_read_failures: u64,
+    /// Spare instances made since start, and invocations that took one.
+    pub spares_made: u64,
+    pub spares_used: u64,
 }
 
 /// A named queue's levels.
@@ -581,6 +584,21 @@ impl Collector for Exposition {
                 ),
             ],
         )?;
+        for (name, help, value) in [
+            (
+                "updraft_spare_instances_made",
+                "Fresh instances made ahead of their invocation, with CPU no request wanted.",
+                g.spares_made,
+            ),
+            (
+                "updraft_spare_instances_used",
+                "Invocations that started in a fresh instance made ahead instead of instantiating.",
+                g.spares_used,
+            ),
+        ] {
+            let metric = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
         gauge(
             e,
             "updraft_functions_loaded",

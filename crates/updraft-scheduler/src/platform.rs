@@ -78,6 +78,9 @@ pub struct PlatformConfig {
     /// Refuse invocations past each function's adaptive concurrency limit
     /// (the sandbox's load shedding); off only to measure what it buys.
     pub shed_load: bool,
+    /// Make fresh instances ahead of invocations with idle CPU (the
+    /// sandbox's spares); off only to measure what they buy.
+    pub spare_instances: bool,
     /// MiB of linear memory all instances may hold at once; `None`: no budget.
     pub memory_budget_mb: Option<u64>,
     /// How long raw usage records are kept.
@@ -118,6 +121,7 @@ impl PlatformConfig {
             metering: true,
             background_threads: updraft_sandbox::background_threads_default(),
             shed_load: true,
+            spare_instances: true,
             memory_budget_mb: None,
             records_retention: updraft_metering::RECORDS_RETENTION_DEFAULT,
             storage_sample: STORAGE_SAMPLE_DEFAULT,
@@ -306,6 +310,7 @@ impl Platform {
         sandbox_config.instances_max = config.instances_max;
         sandbox_config.background_threads = config.background_threads;
         sandbox_config.shed_load = config.shed_load;
+        sandbox_config.spare_instances = config.spare_instances;
         sandbox_config.memory_budget_bytes = config
             .memory_budget_mb
             .map(|mb| usize::try_from(mb << 20).unwrap_or(usize::MAX));
@@ -627,6 +632,7 @@ impl Platform {
             }));
         }
         let metering = self.usage.metering();
+        let (spares_made, spares_used) = self.invoker.spares_made_used();
         Ok(crate::metrics::Gauges {
             in_flight: u64::from(self.invoker.in_flight()),
             slots: u64::from(self.invoker.slots()),
@@ -636,6 +642,8 @@ impl Platform {
             budgets: metering.map(|m| m.budget_statuses()).unwrap_or_default(),
             usage_pending: metering.map(|m| m.pending_records()),
             queue_read_failures,
+            spares_made,
+            spares_used,
         })
     }
 

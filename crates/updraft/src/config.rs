@@ -123,6 +123,10 @@ pub struct CpuConfig {
     /// with 429 when the CPU cannot keep up. Off only to measure what
     /// shedding buys.
     pub shed_load: bool,
+    /// Make fresh instances of recently invoked functions ahead of their
+    /// next invocation, with CPU nothing else wants. Off only to measure
+    /// what spares buy.
+    pub spare_instances: bool,
 }
 
 impl Default for CpuConfig {
@@ -131,6 +135,7 @@ impl Default for CpuConfig {
             background_lane: true,
             background_threads: None,
             shed_load: true,
+            spare_instances: true,
         }
     }
 }

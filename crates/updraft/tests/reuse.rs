@@ -1,6 +1,7 @@
 //! Instance reuse (`instance_reuse_max`): fresh instances by default, bounded
 //! reuse when a function opts in, failed instances never reused, logs kept
-//! per request, and commands refused.
+//! per request, and commands refused; spare instances made ahead are fresh
+//! and serve one request each.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -100,6 +101,53 @@ async fn fresh_by_default_reused_when_asked_and_never_after_a_failure() {
     for task in tasks {
         assert_eq!(task.await.unwrap(), 200);
     }
+}
+
+/// A counter of `/metrics`, 0 when absent.
+async fn counter(server: &Server, name: &str) -> u64 {
+    let text = server.get_text("/metrics").await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+/// Spare instances, made ahead between requests, are as fresh as the ones
+/// made for a request: every request counts 1, however many spares serve
+/// them, and each spare serves one request. Off, none are made.
+#[tokio::test(flavor = "multi_thread")]
+async fn spare_instances_are_fresh_and_serve_one_request_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("on"));
+    server.deploy_guest("fresh", "http-chaos", "route = \"/fresh/...\"");
+    // Spares are made with idle CPU: one at a time until enough served.
+    let deadline = Instant::now() + WAIT_MAX;
+    let mut requests = 0;
+    loop {
+        let (status, body, _) = get(&server, "/fresh/count").await;
+        requests += 1;
+        assert_eq!((status, body.as_str()), (200, "1"), "request {requests}");
+        let used = counter(&server, "updraft_spare_instances_used_total").await;
+        if used >= 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{requests} requests, {used} served by a spare instance"
+        );
+    }
+    let made = counter(&server, "updraft_spare_instances_made_total").await;
+    let used = counter(&server, "updraft_spare_instances_used_total").await;
+    assert!(used <= made && used <= requests, "{used} used, {made} made");
+
+    let config = dir.path().join("no-spares.toml");
+    std::fs::write(&config, "[cpu]\nspare_instances = false\n").unwrap();
+    let off = Server::start_with(
+        &dir.path().join("off"),
+        &["--config", config.to_str().unwrap()],
+    );
+    off.deploy_guest("fresh", "http-chaos", "route = \"/fresh/...\"");
+    assert_eq!(counts(&off, "/fresh/count", 20).await, ["1"; 20]);
+    assert_eq!(counter(&off, "updraft_spare_instances_made_total").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

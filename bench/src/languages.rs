@@ -1,0 +1,314 @@
+//! Python and JavaScript (issue 19): `examples/hello-python` and
+//! `examples/hello-js`, `wasi:http` components of 12–18 MiB built by
+//! componentize-py and componentize-js, on Updraft against `wasmtime serve
+//! -Scli` running the same file, side by side in one run:
+//! - **deploy → first response**: Updraft's `PUT` → 201 (compiling
+//!   included), then its first `GET`; `wasmtime serve`'s launch → first
+//!   answer, which compiles at start too (its cache off);
+//! - **warm load** at c = 1 and 16, the servers alternating: Updraft,
+//!   Updraft without spare instances (`[cpu] spare_instances = false`), and
+//!   `wasmtime serve`. Every request of all three gets a fresh instance.
+//!
+//! `--tiny` (the harness's own test, on a debug build, where compiling
+//! 17 MiB takes minutes) runs hello-rust in place of both: the mechanics,
+//! not the numbers.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::http::{self, Request};
+use crate::load::{self, LoadPlan, LoadTarget};
+use crate::report::{LoadResult, Machine, Mode, thousands, us};
+use crate::run::repo_root;
+use crate::servers::{self, Server};
+use crate::{updraft, wrk};
+
+pub const MARKER_START: &str = "<!-- languages:start -->";
+pub const MARKER_END: &str = "<!-- languages:end -->";
+
+/// The three servers of each language's load points.
+pub const UPDRAFT: &str = "updraft";
+pub const UPDRAFT_NO_SPARES: &str = "updraft-no-spares";
+pub const WASMTIME: &str = "wasmtime-serve";
+
+pub struct Options {
+    pub mode: Mode,
+    pub updraft: Option<PathBuf>,
+    pub wasmtime: Option<PathBuf>,
+    pub guests: Option<PathBuf>,
+    pub command: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LanguagesReport {
+    pub command: String,
+    pub machine: Machine,
+    pub concurrencies: Vec<u32>,
+    pub duration_s: u64,
+    pub rounds: u32,
+    pub languages: Vec<Language>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Language {
+    /// `python`, `javascript` (or `rust` in a tiny run).
+    pub name: String,
+    pub guest: String,
+    pub wasm_bytes: u64,
+    /// Updraft: `PUT` → 201, compiling included.
+    pub deploy_ms: f64,
+    /// Updraft: the first `GET` after the 201.
+    pub first_response_ms: f64,
+    /// `wasmtime serve`: launch → first 200 (probed every 20 ms).
+    pub wasmtime_first_response_ms: f64,
+    pub load: Vec<LoadResult>,
+}
+
+/// One language's component, and what it answers.
+struct Guest {
+    name: &'static str,
+    file: &'static str,
+    body: &'static str,
+    updraft: &'static str,
+    no_spares: &'static str,
+    wasmtime: &'static str,
+}
+
+const PYTHON: Guest = Guest {
+    name: "python",
+    file: "hello-python.wasm",
+    body: "Hello from Updraft (Python)!\n",
+    updraft: "updraft-python",
+    no_spares: "updraft-no-spares-python",
+    wasmtime: "wasmtime-serve-python",
+};
+
+const JAVASCRIPT: Guest = Guest {
+    name: "javascript",
+    file: "hello-js.wasm",
+    body: "Hello from Updraft (JavaScript)!\n",
+    updraft: "updraft-javascript",
+    no_spares: "updraft-no-spares-javascript",
+    wasmtime: "wasmtime-serve-javascript",
+};
+
+const RUST: Guest = Guest {
+    name: "rust",
+    file: "hello-rust.wasm",
+    body: crate::native::HELLO_BODY,
+    updraft: "updraft-rust",
+    no_spares: "updraft-no-spares-rust",
+    wasmtime: "wasmtime-serve-rust",
+};
+
+pub fn run(options: &Options) -> Result<LanguagesReport> {
+    let (bin, guests) = updraft::locate(options.updraft.as_ref(), options.guests.as_ref())?;
+    let wasmtime = crate::run::locate_wasmtime(options.wasmtime.as_ref())?;
+    let wrk_bin = servers::find_program("wrk", &[])
+        .context("wrk not found on PATH: install it with scripts/setup.sh")?;
+    let (plan, languages): (LoadPlan, &[Guest]) = match options.mode {
+        Mode::Full => (plan(5, 1, 3), &[PYTHON, JAVASCRIPT]),
+        Mode::Quick => (plan(3, 1, 1), &[PYTHON, JAVASCRIPT]),
+        Mode::Tiny => (plan(1, 1, 1), &[RUST]),
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("updraft-languages-")
+        .tempdir()
+        .context("cannot create a scratch dir")?;
+    let scratch = scratch.path();
+    let script = scratch.join("report.lua");
+    std::fs::write(&script, wrk::SCRIPT).context("writing the wrk script")?;
+    let no_spares = scratch.join("no-spares.toml");
+    std::fs::write(&no_spares, "[cpu]\nspare_instances = false\n")
+        .context("writing the config without spares")?;
+    let on = updraft::start(&bin, &scratch.join("on"), "127.0.0.1:0", scratch)?.server;
+    let off = updraft::start_with(
+        &bin,
+        &scratch.join("off"),
+        "127.0.0.1:0",
+        scratch,
+        &["--config", &no_spares.to_string_lossy()],
+    )?
+    .server;
+    let mut measured = Vec::new();
+    for guest in languages {
+        let path = guests.join(guest.file);
+        let wasm = updraft::read_guest(&path)?;
+        eprintln!(
+            "==> {}: {} ({} bytes) on Updraft and wasmtime serve",
+            guest.name,
+            guest.file,
+            wasm.len()
+        );
+        let route = format!("/{}", guest.name);
+        let started = Instant::now();
+        updraft::deploy(on.endpoint, guest.name, &route, &wasm)?;
+        let deploy_ms = ms(started);
+        let started = Instant::now();
+        check(&on, &route, guest.body)?;
+        let first_response_ms = ms(started);
+        updraft::deploy(off.endpoint, guest.name, &route, &wasm)?;
+        let started = Instant::now();
+        let peer = start_wasmtime(&wasmtime, scratch, guest, &path)?;
+        let wasmtime_first_response_ms = ms(started);
+        check(&off, &route, guest.body)?;
+        check(&peer, "/", guest.body)?;
+        let targets = [
+            LoadTarget {
+                name: guest.updraft,
+                url: on.endpoint.url(&route),
+            },
+            LoadTarget {
+                name: guest.no_spares,
+                url: off.endpoint.url(&route),
+            },
+            LoadTarget {
+                name: guest.wasmtime,
+                url: peer.endpoint.url("/"),
+            },
+        ];
+        let load = load::measure(&wrk_bin, &script, &targets, &plan)?;
+        peer.stop()?;
+        measured.push(Language {
+            name: guest.name.to_string(),
+            guest: guest.file.to_string(),
+            wasm_bytes: wasm.len() as u64,
+            deploy_ms,
+            first_response_ms,
+            wasmtime_first_response_ms,
+            load,
+        });
+    }
+    on.stop()?;
+    off.stop()?;
+    Ok(LanguagesReport {
+        command: options.command.clone(),
+        machine: Machine::detect(&repo_root()),
+        concurrencies: plan.concurrencies.clone(),
+        duration_s: plan.duration_s,
+        rounds: plan.rounds,
+        languages: measured,
+    })
+}
+
+fn plan(duration_s: u64, warmup_s: u64, rounds: u32) -> LoadPlan {
+    LoadPlan {
+        concurrencies: vec![1, 16],
+        duration_s,
+        warmup_s,
+        rounds,
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// `GET path` must answer 200 with `body`: the servers compared serve the same.
+fn check(server: &Server, path: &str, body: &str) -> Result<()> {
+    let response = http::send(server.endpoint, &Request::get(path), http::CONTROL_TIMEOUT)?;
+    if response.status != 200 || response.text() != body {
+        bail!(
+            "{} answered {} {:?} to GET {path}, not 200 {body:?}",
+            server.name,
+            response.status,
+            response.text()
+        );
+    }
+    Ok(())
+}
+
+/// `wasmtime serve -Scli` on `wasm` (componentize-js and -py import
+/// wasi:cli), its compile cache in a fresh dir: it compiles at start.
+fn start_wasmtime(wasmtime: &Path, scratch: &Path, guest: &Guest, wasm: &Path) -> Result<Server> {
+    let port = servers::free_port()?;
+    let endpoint = http::Endpoint::parse(&format!("http://127.0.0.1:{port}"))?;
+    let mut command = Command::new(wasmtime);
+    command
+        .arg("serve")
+        .args(["--addr", &endpoint.addr.to_string(), "-Scli"])
+        .arg(wasm)
+        .env(
+            "XDG_CACHE_HOME",
+            scratch.join(format!("xdg-{}", guest.name)),
+        );
+    servers::start_probed(
+        guest.wasmtime,
+        command,
+        endpoint,
+        "/",
+        scratch.join(format!("{}.log", guest.wasmtime)),
+    )
+}
+
+/// The section of BENCHMARKS.md.
+pub fn markdown(report: &LanguagesReport) -> String {
+    let mut md = report.machine.run_line(&report.command);
+    md.push_str(
+        "| language | component | Updraft deploy → 201 | Updraft first response after it | \
+         `wasmtime serve` launch → first response |\n| --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for l in &report.languages {
+        md.push_str(&format!(
+            "| {} | {:.1} MiB | {:.0} ms | {:.1} ms | {:.0} ms |\n",
+            l.name,
+            l.wasm_bytes as f64 / (1024.0 * 1024.0),
+            l.deploy_ms,
+            l.first_response_ms,
+            l.wasmtime_first_response_ms
+        ));
+    }
+    md.push_str(&format!(
+        "\nFresh instance per request on all three servers; wrk -t1, {} s per point, \
+         servers alternated, median of {} round(s). Latencies in µs.\n\n\
+         | language | server | c | req/s | p50 | p99 | errors |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
+        report.duration_s, report.rounds
+    ));
+    for l in &report.languages {
+        for r in &l.load {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                l.name,
+                r.server,
+                r.concurrency,
+                thousands(r.rps),
+                us(r.p50_us),
+                us(r.p99_us),
+                r.errors.total()
+            ));
+        }
+    }
+    md.push_str(
+        "\n| language | c | Updraft ÷ wasmtime serve, req/s | p50 | \
+         Updraft ÷ Updraft without spares, req/s | p50 |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for l in &report.languages {
+        for &c in &report.concurrencies {
+            let find = |suffix: &str| {
+                l.load
+                    .iter()
+                    .find(|r| r.concurrency == c && r.server == format!("{suffix}-{}", l.name))
+            };
+            let (Some(u), Some(off), Some(w)) =
+                (find(UPDRAFT), find(UPDRAFT_NO_SPARES), find(WASMTIME))
+            else {
+                continue;
+            };
+            md.push_str(&format!(
+                "| {} | {c} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |\n",
+                l.name,
+                u.rps / w.rps,
+                u.p50_us / w.p50_us,
+                u.rps / off.rps,
+                u.p50_us / off.p50_us
+            ));
+        }
+    }
+    md
+}
