@@ -343,12 +343,12 @@ impl Sandbox {
 
     /// Tops up the spare instances of `prepared` (a WASI 0.2 http function
     /// that does not reuse instances) to [`SPARES_PER_VERSION`], after an
-    /// invocation of it took one or found none. They are made by the
-    /// [`SpareMaker`](crate::warm::SpareMaker), with CPU no invocation
-    /// wants: the next invocation skips instantiating, and a loaded server
-    /// works as it would without spares (its invocations instantiate
-    /// inline). Each spare serves one invocation only: isolation is
-    /// unchanged. `memory_quota` is the function's tenant's.
+    /// invocation of it took one or found none, on the
+    /// [`SpareMaker`](crate::warm::SpareMaker)'s thread: the next invocation
+    /// skips instantiating. The caller asks only while a core is idle, so a
+    /// loaded server works as it would without spares (its invocations
+    /// instantiate inline). Each spare serves one invocation only:
+    /// isolation is unchanged. `memory_quota` is the function's tenant's.
     pub fn replenish(
         self: &Arc<Self>,
         prepared: &Arc<Prepared>,

@@ -219,10 +219,12 @@ impl Spares {
 /// Work for the [`SpareMaker`]: making one version's spares.
 pub(crate) type SpareJob = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// Makes spare instances, one version at a time, on a thread of its own
-/// at the kernel's idle priority (`SCHED_IDLE`): it runs only on a core
-/// nothing else wants, so spares never take CPU from invocations, the
-/// background lane's included, and a loaded server makes none.
+/// Makes spare instances, one version at a time, on a thread of its own.
+/// It keeps the normal priority on purpose: instantiating takes locks that
+/// invocations need too (the pool's, the process's memory map), and a
+/// holder at the kernel's idle priority stalled them for hundreds of
+/// milliseconds on a busy machine. Spares are asked for only while a core
+/// is idle instead ([`crate::Sandbox::replenish`]).
 pub(crate) struct SpareMaker {
     jobs: tokio::sync::mpsc::UnboundedSender<SpareJob>,
 }
@@ -241,7 +243,6 @@ impl SpareMaker {
         std::thread::Builder::new()
             .name("updraft-spares".into())
             .spawn(move || {
-                idle_priority();
                 runtime.block_on(async move {
                     while let Some(job) = queue.recv().await {
                         job.await;
@@ -257,18 +258,5 @@ impl SpareMaker {
         // The thread only ends with this sender: a failed send drops the job,
         // and with it the claim to fill.
         let _ = self.jobs.send(job);
-    }
-}
-
-/// Puts the calling thread under `SCHED_IDLE`.
-// One system call rustix does not wrap.
-#[allow(unsafe_code)]
-fn idle_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler reads `param` only; 0 is this thread.
-    let set = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if set != 0 {
-        let e = std::io::Error::last_os_error();
-        tracing::debug!("the spare-instance thread keeps its priority: {e}");
     }
 }

@@ -49,6 +49,58 @@ pub struct Invoker {
     metrics: Arc<crate::metrics::Metrics>,
     /// Spans of invocations, calls and publishes.
     traces: Arc<crate::traces::Traces>,
+    /// Whether the runtime has time to spare for spare instances.
+    idle: Idleness,
+}
+
+/// How long one reading of the runtime's idleness holds.
+const IDLE_WINDOW: Duration = Duration::from_millis(10);
+/// Workers' time that must have been free over the last window for
+/// spare instances to be made: half a worker, so a core is idle.
+const IDLE_WORKERS_MIN: f64 = 0.5;
+
+/// Whether the tokio workers, which run the gateway and the guests, had
+/// half a worker's time free over the last [`IDLE_WINDOW`]. Counting
+/// invocations in flight does not tell: on a saturated server the workers
+/// run one each while the rest wait unadmitted. Read at each invocation,
+/// measured at most once a window.
+#[derive(Debug)]
+struct Idleness {
+    /// When it was last measured, and the workers' busy time then.
+    last: std::sync::Mutex<(std::time::Instant, Duration)>,
+    idle: std::sync::atomic::AtomicBool,
+}
+
+impl Idleness {
+    fn new() -> Idleness {
+        Idleness {
+            last: std::sync::Mutex::new((std::time::Instant::now(), Duration::ZERO)),
+            idle: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn idle(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Whoever holds the lock measures; the others read the last answer.
+        if let Ok(mut last) = self.last.try_lock()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let now = std::time::Instant::now();
+            let window = now.saturating_duration_since(last.0);
+            if window >= IDLE_WINDOW {
+                let metrics = runtime.metrics();
+                let workers = metrics.num_workers();
+                let busy: Duration = (0..workers)
+                    .map(|w| metrics.worker_total_busy_duration(w))
+                    .sum();
+                let busy_workers = busy.saturating_sub(last.1).as_secs_f64() / window.as_secs_f64();
+                self.idle
+                    .store(workers as f64 - busy_workers >= IDLE_WORKERS_MIN, Relaxed);
+                *last = (now, busy);
+            }
+        }
+        self.idle.load(Relaxed)
+    }
 }
 
 /// The body of a request handed to a function.
@@ -257,6 +309,7 @@ impl Invoker {
             logs,
             clock,
             started: std::sync::atomic::AtomicU64::new(0),
+            idle: Idleness::new(),
         }
     }
 
@@ -279,6 +332,18 @@ impl Invoker {
     /// Spare instances made since start, and invocations that took one.
     pub fn spares_made_used(&self) -> (u64, u64) {
         self.sandbox.spares_made_used()
+    }
+
+    /// Has the sandbox make spare instances of `prepared` while the
+    /// runtime has time to spare ([`Idleness`]). A loaded server makes none.
+    fn replenish(
+        &self,
+        prepared: &Arc<Prepared>,
+        memory_quota: Option<Arc<updraft_sandbox::MemoryBudget>>,
+    ) {
+        if self.idle.idle() {
+            self.sandbox.replenish(prepared, memory_quota);
+        }
     }
 
     /// Spans of invocations, calls and publishes.
@@ -534,7 +599,7 @@ impl Invoker {
             .sandbox
             .invoke_http(&prepared, request, ctx, on_done)
             .await;
-        self.sandbox.replenish(&prepared, memory_quota);
+        self.replenish(&prepared, memory_quota);
         let response = match (response, body_part) {
             (Ok(response), Some(part)) => Ok(response.map(|body| part.wrap(body))),
             (response, _) => response,
@@ -610,7 +675,7 @@ impl Invoker {
         };
         let ctx = self.ctx(loaded, &invocation_id, call, memory_quota.clone(), &span);
         let Output { result, report } = run(prepared.clone(), ctx).await;
-        self.sandbox.replenish(&prepared, memory_quota);
+        self.replenish(&prepared, memory_quota);
         if let Some(stats) = self.stats(loaded) {
             stats.finished(&report);
         }
