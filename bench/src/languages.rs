@@ -108,8 +108,7 @@ const RUST: Guest = Guest {
 pub fn run(options: &Options) -> Result<LanguagesReport> {
     let (bin, guests) = updraft::locate(options.updraft.as_ref(), options.guests.as_ref())?;
     let wasmtime = crate::run::locate_wasmtime(options.wasmtime.as_ref())?;
-    let wrk_bin = servers::find_program("wrk", &[])
-        .context("wrk not found on PATH: install it with scripts/setup.sh")?;
+    let wrk_bin = crate::run::locate_wrk(None)?;
     let (plan, languages): (LoadPlan, &[Guest]) = match options.mode {
         Mode::Full => (plan(5, 1, 3), &[PYTHON, JAVASCRIPT]),
         Mode::Quick => (plan(3, 1, 1), &[PYTHON, JAVASCRIPT]),

@@ -185,6 +185,16 @@ pub fn locate_wasmtime(given: Option<&PathBuf>) -> Result<PathBuf> {
         })
 }
 
+/// The wrk load generator: `given`, else on PATH.
+pub fn locate_wrk(given: Option<&PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(path) => Ok(path.clone()),
+        None => servers::find_program("wrk", &[]).ok_or_else(|| {
+            anyhow!("wrk not found on PATH: install wrk: scripts/setup.sh (or apt-get install wrk)")
+        }),
+    }
+}
+
 /// The target dir's profile dir (`target/release`) of this executable; a test
 /// binary in `target/debug/deps` maps to `target/debug`.
 pub fn profile_dir() -> Result<PathBuf> {
@@ -236,14 +246,7 @@ impl Tools {
             .unwrap_or("unknown")
             .to_string();
         let wasmtime = locate_wasmtime(options.wasmtime.as_ref())?;
-        let wrk = match &options.wrk {
-            Some(path) => path.clone(),
-            None => servers::find_program("wrk", &[]).ok_or_else(|| {
-                anyhow!(
-                    "wrk not found on PATH: install wrk: scripts/setup.sh (or apt-get install wrk)"
-                )
-            })?,
-        };
+        let wrk = locate_wrk(options.wrk.as_ref())?;
         let redis = servers::find_program("redis-server", &[]).ok_or_else(|| {
             anyhow!("redis-server not found on PATH: install it: scripts/setup.sh (or apt-get install redis-server)")
         })?;

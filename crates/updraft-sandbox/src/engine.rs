@@ -216,6 +216,12 @@ impl Sandbox {
         self.compiles.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Whether spare instances of `prepared` are made at all: spares are
+    /// on, and it is a fresh-mode WASI 0.2 http function.
+    pub fn makes_spares(&self, prepared: &crate::Prepared) -> bool {
+        self.spares.enabled() && prepared.spares.is_some()
+    }
+
     /// Spare instances made since start, and invocations that took one
     /// instead of instantiating ([`Sandbox::replenish`]).
     pub fn spares_made_used(&self) -> (u64, u64) {

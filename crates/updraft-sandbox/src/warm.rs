@@ -192,6 +192,10 @@ impl Spares {
         }
     }
 
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The maker; `None` when spares are off or it could not start.
     pub(crate) fn maker(&self) -> Option<&SpareMaker> {
         if !self.enabled {

@@ -335,13 +335,14 @@ impl Invoker {
     }
 
     /// Has the sandbox make spare instances of `prepared` while the
-    /// runtime has time to spare ([`Idleness`]). A loaded server makes none.
+    /// runtime has time to spare ([`Idleness`]). A loaded server makes none;
+    /// a function that takes none costs no measurement.
     fn replenish(
         &self,
         prepared: &Arc<Prepared>,
         memory_quota: Option<Arc<updraft_sandbox::MemoryBudget>>,
     ) {
-        if self.idle.idle() {
+        if self.sandbox.makes_spares(prepared) && self.idle.idle() {
             self.sandbox.replenish(prepared, memory_quota);
         }
     }
