@@ -30,6 +30,10 @@ const BATCH_TIMEOUT: Duration = Duration::from_secs(600);
 pub const VALUE_BYTES: usize = 16;
 /// Concurrent clients for the throughput point (one per core here).
 pub const PARALLEL_CLIENTS: usize = 2;
+/// Concurrent writers for the durable-write throughput point
+/// (`set-parallel`): enough that syncs are shared (group commit) on both
+/// sides, as a busy server's writes are.
+pub const PARALLEL_WRITERS: usize = 16;
 
 /// How many operations each measurement times.
 #[derive(Debug, Clone)]
@@ -53,7 +57,7 @@ pub const REDIS_FSYNC: &str = "redis-fsync";
 pub struct KvPoint {
     /// `updraft-guest` or `redis`.
     pub system: String,
-    /// `get`, `set`, `increment`, or `get-parallel`.
+    /// `get`, `set`, `increment`, `get-parallel` or `set-parallel`.
     pub op: String,
     pub ops: usize,
     pub p50_ns: u64,
@@ -65,6 +69,9 @@ pub struct KvPoint {
 pub struct KvReport {
     pub value_bytes: usize,
     pub parallel_clients: usize,
+    /// Writers of `set-parallel` (0 in reports from before it).
+    #[serde(default)]
+    pub parallel_writers: usize,
     pub redis_version: String,
     pub points: Vec<KvPoint>,
 }
@@ -119,8 +126,15 @@ pub fn measure(
         guest_batch(&server, op, warmup(n))?;
         points.push(guest_batch(&server, op, n)?.point(UPDRAFT_GUEST, op));
     }
-    let batches = parallel(|| guest_batch(&server, "get", plan.get_ops))?;
-    points.push(combine(UPDRAFT_GUEST, &batches));
+    let batches = parallel(PARALLEL_CLIENTS, |_| {
+        guest_batch(&server, "get", plan.get_ops)
+    })?;
+    points.push(combine(UPDRAFT_GUEST, "get-parallel", &batches));
+    // Durable writes from many functions at once, each to its own key.
+    let set_parallel = |i| guest_batch_keyed(&server, "set", plan.write_ops, &writer_key(i));
+    parallel(PARALLEL_WRITERS, set_parallel)?;
+    let batches = parallel(PARALLEL_WRITERS, set_parallel)?;
+    points.push(combine(UPDRAFT_GUEST, "set-parallel", &batches));
     server.stop()?;
 
     // The writes again, acknowledged before the disk sync.
@@ -143,8 +157,10 @@ pub fn measure(
             guest_batch(&server, op, warmup(fewer(n)))?;
             points.push(guest_batch(&server, op, fewer(n))?.point(UPDRAFT_GUEST_NATS, op));
         }
-        let batches = parallel(|| guest_batch(&server, "get", fewer(plan.get_ops)))?;
-        points.push(combine(UPDRAFT_GUEST_NATS, &batches));
+        let batches = parallel(PARALLEL_CLIENTS, |_| {
+            guest_batch(&server, "get", fewer(plan.get_ops))
+        })?;
+        points.push(combine(UPDRAFT_GUEST_NATS, "get-parallel", &batches));
         server.stop()?;
         nats.stop()?;
     }
@@ -160,8 +176,8 @@ pub fn measure(
         redis_batch(addr, op, warmup(n))?;
         points.push(redis_batch(addr, op, n)?.point(REDIS, op));
     }
-    let batches = parallel(|| redis_batch(addr, "get", plan.get_ops))?;
-    points.push(combine(REDIS, &batches));
+    let batches = parallel(PARALLEL_CLIENTS, |_| redis_batch(addr, "get", plan.get_ops))?;
+    points.push(combine(REDIS, "get-parallel", &batches));
     redis.stop()?;
 
     // The same writes when Redis, too, syncs each one to disk.
@@ -170,11 +186,16 @@ pub fn measure(
         redis_batch(addr, op, warmup(*n))?;
         points.push(redis_batch(addr, op, *n)?.point(REDIS_FSYNC, op));
     }
+    let set_parallel = |i| redis_batch_keyed(addr, "set", plan.write_ops, &writer_key(i));
+    parallel(PARALLEL_WRITERS, set_parallel)?;
+    let batches = parallel(PARALLEL_WRITERS, set_parallel)?;
+    points.push(combine(REDIS_FSYNC, "set-parallel", &batches));
     redis.stop()?;
 
     Ok(KvReport {
         value_bytes: VALUE_BYTES,
         parallel_clients: PARALLEL_CLIENTS,
+        parallel_writers: PARALLEL_WRITERS,
         redis_version,
         points,
     })
@@ -234,14 +255,19 @@ fn per_second(n: usize, total_ns: u64) -> f64 {
     }
 }
 
-/// The throughput point: all clients' operations over the slowest client's
-/// time; the latencies are the worst client's.
-fn combine(system: &str, batches: &[Batch]) -> KvPoint {
+/// The key of concurrent writer `i`.
+fn writer_key(i: usize) -> String {
+    format!("bench-writer-{i}")
+}
+
+/// The throughput point `op`: all clients' operations over the slowest
+/// client's time; the latencies are the worst client's.
+fn combine(system: &str, op: &str, batches: &[Batch]) -> KvPoint {
     let ops = batches.iter().map(|b| b.n).sum();
     let slowest = batches.iter().map(|b| b.total_ns).max().unwrap_or(0);
     KvPoint {
         system: system.into(),
-        op: "get-parallel".into(),
+        op: op.into(),
         ops,
         p50_ns: batches.iter().map(|b| b.p50_ns).max().unwrap_or(0),
         p99_ns: batches.iter().map(|b| b.p99_ns).max().unwrap_or(0),
@@ -249,9 +275,11 @@ fn combine(system: &str, batches: &[Batch]) -> KvPoint {
     }
 }
 
-fn parallel<T: Send>(f: impl Fn() -> Result<T> + Sync) -> Result<Vec<T>> {
+/// `f(i)` for `clients` clients at once, each on a thread of its own.
+fn parallel<T: Send>(clients: usize, f: impl Fn(usize) -> Result<T> + Sync) -> Result<Vec<T>> {
     std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..PARALLEL_CLIENTS).map(|_| scope.spawn(&f)).collect();
+        let f = &f;
+        let handles: Vec<_> = (0..clients).map(|i| scope.spawn(move || f(i))).collect();
         handles
             .into_iter()
             .map(|h| {
@@ -264,6 +292,15 @@ fn parallel<T: Send>(f: impl Fn() -> Result<T> + Sync) -> Result<Vec<T>> {
 
 fn guest_batch(server: &Server, op: &str, n: usize) -> Result<Batch> {
     guest_batch_at(server.endpoint, op, n)
+}
+
+/// [`guest_batch`] on `key`.
+fn guest_batch_keyed(server: &Server, op: &str, n: usize, key: &str) -> Result<Batch> {
+    guest_request(
+        server.endpoint,
+        op,
+        &format!("/kvb?op={op}&n={n}&size={VALUE_BYTES}&key={key}"),
+    )
 }
 
 /// One untimed batch of `op` ([`warmup`]), then `n` timed ones, from the
@@ -280,8 +317,15 @@ pub(crate) fn guest_point(
 }
 
 fn guest_batch_at(endpoint: http::Endpoint, op: &str, n: usize) -> Result<Batch> {
-    let path = format!("/kvb?op={op}&n={n}&size={VALUE_BYTES}");
-    let response = http::send(endpoint, &Request::get(&path), BATCH_TIMEOUT)?;
+    guest_request(
+        endpoint,
+        op,
+        &format!("/kvb?op={op}&n={n}&size={VALUE_BYTES}"),
+    )
+}
+
+fn guest_request(endpoint: http::Endpoint, op: &str, path: &str) -> Result<Batch> {
+    let response = http::send(endpoint, &Request::get(path), BATCH_TIMEOUT)?;
     if response.status != 200 {
         bail!(
             "kv-bench {op} answered {}: {}",
@@ -346,18 +390,24 @@ fn start_redis(redis_bin: &Path, scratch: &Path, fsync: bool) -> Result<(Server,
 
 /// `n` operations on one connection, each timed.
 fn redis_batch(addr: SocketAddr, op: &str, n: usize) -> Result<Batch> {
+    redis_batch_keyed(addr, op, n, "bench-key")
+}
+
+/// [`redis_batch`] on `key` (`get` and `set`).
+fn redis_batch_keyed(addr: SocketAddr, op: &str, n: usize, key: &str) -> Result<Batch> {
     let mut client = Resp::connect(addr)?;
     let value = vec![b'v'; VALUE_BYTES];
+    let key = key.as_bytes();
     if op == "get" {
-        client.command(&[b"SET", b"bench-key", &value])?;
+        client.command(&[b"SET", key, &value])?;
     }
     let mut times = Vec::with_capacity(n);
     let started = Instant::now();
     for _ in 0..n {
         let t0 = Instant::now();
         match op {
-            "get" => client.command(&[b"GET", b"bench-key"])?,
-            "set" => client.command(&[b"SET", b"bench-key", &value])?,
+            "get" => client.command(&[b"GET", key])?,
+            "set" => client.command(&[b"SET", key, &value])?,
             _ => client.command(&[b"INCR", b"bench-counter"])?,
         };
         times.push(t0.elapsed().as_nanos() as u64);

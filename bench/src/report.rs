@@ -649,6 +649,44 @@ fn kv_targets(kv: &KvReport, push: &mut impl FnMut(&str, String, Option<bool>)) 
             _ => push(&target, "not measured".into(), None),
         }
     }
+    // Issue 19: durable writes (`disk`) against Redis syncing every write.
+    let target = "durable kv set p50 ≤ redis-fsync p50 (issue 19)";
+    match (
+        kv.point(kv::UPDRAFT_GUEST, "set"),
+        kv.point(kv::REDIS_FSYNC, "set"),
+    ) {
+        (Some(ours), Some(redis)) => push(
+            target,
+            format!(
+                "{} vs {} ({:.2}×)",
+                ns(ours.p50_ns),
+                ns(redis.p50_ns),
+                redis.p50_ns as f64 / ours.p50_ns.max(1) as f64
+            ),
+            Some(ours.p50_ns <= redis.p50_ns),
+        ),
+        _ => push(target, "not measured".into(), None),
+    }
+    let target = "durable kv sets from concurrent writers ≥ 2× redis-fsync ops/s (issue 19)";
+    match (
+        kv.point(kv::UPDRAFT_GUEST, "set-parallel"),
+        kv.point(kv::REDIS_FSYNC, "set-parallel"),
+    ) {
+        (Some(ours), Some(redis)) => {
+            let ratio = divide(ours.ops_per_s, redis.ops_per_s);
+            push(
+                target,
+                format!(
+                    "{ratio:.2}× ({} vs {} ops/s, {} writers)",
+                    thousands(ours.ops_per_s),
+                    thousands(redis.ops_per_s),
+                    kv.parallel_writers
+                ),
+                Some(ratio >= 2.0),
+            );
+        }
+        _ => push(target, "not measured".into(), None),
+    }
     match kv.point(kv::UPDRAFT_GUEST, "get-parallel") {
         Some(p) => push(
             "kv gets ≥ 500k ops/s on 2 cores",
@@ -1177,8 +1215,9 @@ fn kv_markdown(md: &mut String, kv: &KvReport) {
         "\n### Key-value operations\n\n{}-byte values. **updraft-guest**: `tests/guests/kv-bench` \
          times each `wasi:keyvalue` call inside the guest (writes are durable: fsync, group \
          commit). **redis**: {} on loopback as it ships (no fsync), one native client per \
-         connection. `get-parallel`: {} clients at once, ops/s over the slowest one.\n",
-        kv.value_bytes, kv.redis_version, kv.parallel_clients
+         connection. `get-parallel`: {} clients at once, ops/s over the slowest one; \
+         `set-parallel`: {} writers at once, each to its own key.\n",
+        kv.value_bytes, kv.redis_version, kv.parallel_clients, kv.parallel_writers
     );
     kv_table(
         md,
@@ -1189,7 +1228,12 @@ fn kv_markdown(md: &mut String, kv: &KvReport) {
     md.push_str(
         "\nDurable writes on both sides (`redis-fsync`: `appendonly yes`, `appendfsync always`):\n\n",
     );
-    kv_table(md, kv, kv::REDIS_FSYNC, &["set", "increment"]);
+    kv_table(
+        md,
+        kv,
+        kv::REDIS_FSYNC,
+        &["set", "increment", "set-parallel"],
+    );
     if kv.point(kv::UPDRAFT_GUEST_NATS, "get").is_some() {
         md.push_str(
             "\nThe stores in NATS JetStream (`[kv] type = \"nats\"`, cluster mode's; \

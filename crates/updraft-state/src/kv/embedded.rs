@@ -1,27 +1,31 @@
 //! The embedded key-value backend: one redb database, `kv.redb`, in the data
 //! dir. Reads run on the caller's thread against a shared read snapshot,
 //! renewed after each commit (opening a read transaction per get serializes
-//! readers on redb's transaction tracker). Writes go to one
-//! path chosen by the durability level:
-//! - [`Durability::Disk`]: one writer thread commits everything queued so
-//!   far in one transaction (group commit); one fsync serves every write in
-//!   the batch, and each caller is answered after it, so an acknowledged
-//!   write survives a power cut.
-//! - [`Durability::Process`]: the calling task appends the write to the
-//!   [`journal`](super::journal) with one `write` and puts it in an
-//!   in-memory [`Overlay`] in front of redb, then answers: it survives a
-//!   killed process, with no thread hop and no transaction on the way
-//!   (a redb commit, even unsynced, costs more than the rest of a set).
-//!   Every [`SYNC_INTERVAL`] a sync thread commits the overlay to redb in
-//!   one durable transaction and deletes the journal file it covered.
+//! readers on redb's transaction tracker).
+//!
+//! A write is appended to the [`journal`](super::journal) and then put in
+//! an in-memory [`Overlay`] in front of redb, where reads find it; every
+//! [`SYNC_INTERVAL`] a sync thread commits the overlay to redb in one
+//! durable transaction and deletes the journal file it covered. When the
+//! caller is answered depends on the durability level:
+//! - [`Durability::Disk`]: one writer thread takes everything queued so
+//!   far (group commit), appends it to the journal with one `write` and
+//!   one `fdatasync`, and only then shows it and answers each caller, so
+//!   an acknowledged write survives a power cut and no read sees a write
+//!   before it is durable. Appending to one file allocated ahead is the
+//!   cheapest durable write: a redb commit writes several scattered pages
+//!   per sync, which cost twice the latency.
+//! - [`Durability::Process`]: the calling task appends the write with one
+//!   `write` and answers: it survives a killed process, with no thread hop
+//!   and no transaction on the way (a redb commit, even unsynced, costs
+//!   more than the rest of a set).
 //!
 //! Reads ask the overlay first and redb second, so they see every
 //! acknowledged write at either level.
 //!
 //! A failed commit or journal write (a full disk) refuses writes until the
-//! disk takes them again; then the file is reopened ([`RedbFile`]) and, at
-//! `process`, the overlay committed and the journal started afresh. Reads
-//! go on meanwhile.
+//! disk takes them again; then the file is reopened ([`RedbFile`]), the
+//! overlay committed and the journal started afresh. Reads go on meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -58,10 +62,9 @@ pub struct EmbeddedKv {
     /// stops the thread.
     writes: Option<mpsc::Sender<Write>>,
     writer: Option<std::thread::JoinHandle<()>>,
-    /// `process` durability: the journal, locked by one writing task at a
-    /// time (which orders writes).
-    journal: Option<Arc<Mutex<Journal>>>,
-    /// `process` durability: dropping the sender stops the sync thread.
+    /// The journal, locked by one writer at a time (which orders writes).
+    journal: Arc<Mutex<Journal>>,
+    /// Dropping the sender stops the sync thread.
     syncer: Option<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
@@ -71,7 +74,7 @@ struct Shared {
     file: RedbFile,
     /// The data dir, where the journal lives.
     dir: PathBuf,
-    /// `process` writes not yet committed to redb (always empty at `disk`).
+    /// Acknowledged writes not yet committed to redb.
     overlay: RwLock<Overlay>,
     /// Commits so far; a snapshot older than this is renewed before a read.
     generation: AtomicU64,
@@ -91,7 +94,7 @@ type Cell = Option<Vec<u8>>;
 /// Acknowledged writes per store, each key at its final state.
 type Layer = HashMap<StoreId, BTreeMap<String, Cell>>;
 
-/// Acknowledged `process` writes in front of redb.
+/// Acknowledged writes in front of redb.
 #[derive(Default)]
 struct Overlay {
     /// Written since the last sync began.
@@ -194,6 +197,8 @@ impl EmbeddedKv {
         }
         journal::remove_all(data_dir).map_err(storage)?;
         drop(db);
+        let journal = Journal::start(data_dir, durability == Durability::Disk).map_err(storage)?;
+        let journal = Arc::new(Mutex::new(journal));
         let shared = Arc::new(Shared {
             file,
             dir: data_dir.to_path_buf(),
@@ -205,46 +210,44 @@ impl EmbeddedKv {
             shared: shared.clone(),
             writes: None,
             writer: None,
-            journal: None,
+            journal: journal.clone(),
             syncer: None,
         };
-        match durability {
-            Durability::Disk => {
-                let (writes, queue) = mpsc::channel(WRITE_QUEUE_MAX);
-                let writer = std::thread::Builder::new()
-                    .name("updraft-kv-writer".into())
-                    .spawn(move || write_loop(&shared, queue))
-                    .map_err(storage)?;
-                kv.writes = Some(writes);
-                kv.writer = Some(writer);
-            }
-            Durability::Process => {
-                let journal = Arc::new(Mutex::new(Journal::start(data_dir).map_err(storage)?));
-                let (stop, stopped) = std::sync::mpsc::channel();
-                let syncing = journal.clone();
-                let syncer = std::thread::Builder::new()
-                    .name("updraft-kv-sync".into())
-                    .spawn(move || {
-                        // Wakes every interval until the store is dropped.
-                        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                            stopped.recv_timeout(SYNC_INTERVAL)
-                        {
-                            shared.sync(&syncing);
-                        }
-                    })
-                    .map_err(storage)?;
-                kv.journal = Some(journal);
-                kv.syncer = Some((stop, syncer));
-            }
+        if durability == Durability::Disk {
+            let (writes, queue) = mpsc::channel(WRITE_QUEUE_MAX);
+            let (shared, journal) = (shared.clone(), journal.clone());
+            let writer = std::thread::Builder::new()
+                .name("updraft-kv-writer".into())
+                .spawn(move || write_loop(&shared, &journal, queue))
+                .map_err(storage)?;
+            kv.writes = Some(writes);
+            kv.writer = Some(writer);
         }
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let syncer = std::thread::Builder::new()
+            .name("updraft-kv-sync".into())
+            .spawn(move || {
+                // Wakes every interval until the store is dropped.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(SYNC_INTERVAL)
+                {
+                    shared.sync(&journal);
+                }
+            })
+            .map_err(storage)?;
+        kv.syncer = Some((stop, syncer));
         Ok(kv)
     }
 
     async fn write(&self, store: &StoreId, op: Op) -> Result<Done, KvError> {
-        let shared = &self.shared;
-        if let Some(journal) = &self.journal {
-            return shared.write_through_journal(journal, store, &op)?;
-        }
+        let Some(writes) = &self.writes else {
+            // `process`: on the caller's thread, one `write` and no sync.
+            let done = self.shared.write_group(&self.journal, &[(store, &op)])?;
+            return done
+                .into_iter()
+                .next()
+                .ok_or_else(|| KvError::storage("a write had no result"))?;
+        };
         let (reply, done) = oneshot::channel();
         let write = Write {
             store: store.clone(),
@@ -252,7 +255,6 @@ impl EmbeddedKv {
             reply,
         };
         let stopped = || KvError::storage("the key-value writer has stopped");
-        let writes = self.writes.as_ref().ok_or_else(stopped)?;
         writes.send(write).await.map_err(|_| stopped())?;
         done.await.map_err(|_| stopped())?
     }
@@ -360,45 +362,59 @@ impl Shared {
         Ok(sizes)
     }
 
-    /// A `process` write: journal it, then show it in the overlay. The
-    /// outer `Err` is a storage failure, after which writes are refused.
-    fn write_through_journal(
+    /// Writes `ops` in order, each seeing the ones before it: journals
+    /// what they change with one append (synced if the journal is durable),
+    /// then shows it in the overlay. Returns each write's result; the outer
+    /// `Err` is a storage failure (none of them is done), after which
+    /// writes are refused until [`Shared::recover`].
+    fn write_group(
         &self,
         journal: &Mutex<Journal>,
-        store: &StoreId,
-        op: &Op,
-    ) -> Result<Result<Done, KvError>, KvError> {
+        ops: &[(&StoreId, &Op)],
+    ) -> Result<Vec<Result<Done, KvError>>, KvError> {
         let mut journal = lock(journal);
         if self.file.is_failed() {
             self.recover(&mut journal)?;
         }
-        let (result, changes) = self.read(|view| {
+        let (results, changes) = self.read(|view| {
             let mut staged = Staged {
                 view,
-                changes: BTreeMap::new(),
+                changes: Layer::new(),
             };
-            let result = apply(&mut staged, store, op)?;
-            Ok((result, staged.changes))
+            let results = ops
+                .iter()
+                .map(|(store, op)| apply(&mut staged, store, op))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((results, staged.changes))
         })?;
         if changes.is_empty() {
-            return Ok(result);
+            return Ok(results);
         }
-        if let Err(e) = journal.append(
-            store,
-            changes.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
-        ) {
+        let records = changes.iter().flat_map(|(store, keys)| {
+            keys.iter()
+                .map(move |(key, cell)| (store, key.as_str(), cell.as_deref()))
+        });
+        if let Err(e) = journal
+            .append(records)
+            .and_then(|()| match journal.is_durable() {
+                true => journal.sync(),
+                false => Ok(()),
+            })
+        {
             let e = storage(e);
             self.file.failed(&e);
             return Err(e);
         }
         let mut overlay = write(&self.overlay);
-        match overlay.active.get_mut(store) {
-            Some(keys) => keys.extend(changes),
-            None => {
-                overlay.active.insert(store.clone(), changes);
+        for (store, keys) in changes {
+            match overlay.active.get_mut(&store) {
+                Some(known) => known.extend(keys),
+                None => {
+                    overlay.active.insert(store, keys);
+                }
             }
         }
-        Ok(result)
+        Ok(results)
     }
 
     /// Commits the overlay to redb durably and deletes the journal file
@@ -415,7 +431,7 @@ impl Shared {
         }
     }
 
-    /// At `process`, after a failure: once the disk takes writes, reopens
+    /// After a failure: once the disk takes writes, reopens
     /// the file, commits every acknowledged write the overlay holds, and
     /// starts the journal afresh. Writers wait on `journal` meanwhile.
     fn recover(&self, journal: &mut Journal) -> Result<(), KvError> {
@@ -447,7 +463,7 @@ impl Shared {
             self.generation.fetch_add(1, Ordering::Release);
             *write(&self.overlay) = Overlay::default();
             journal::remove_all(&self.dir).map_err(storage)?;
-            *journal = Journal::start(&self.dir).map_err(storage)?;
+            *journal = Journal::start(&self.dir, journal.is_durable()).map_err(storage)?;
             Ok(())
         })();
         if let Err(e) = &mended {
@@ -500,7 +516,10 @@ impl Shared {
         txn.commit().map_err(storage)?;
         self.generation.fetch_add(1, Ordering::Release);
         write(&self.overlay).frozen = None;
-        std::fs::remove_file(covered).map_err(storage)
+        std::fs::remove_file(covered).map_err(storage)?;
+        // Before a later commit: were this file back after a power cut,
+        // replaying it would undo newer writes.
+        journal::sync_dir(&self.dir).map_err(storage)
     }
 }
 
@@ -516,9 +535,7 @@ impl Drop for EmbeddedKv {
             drop(stop);
             let _ = syncer.join();
         }
-        if let Some(journal) = &self.journal {
-            self.shared.sync(journal);
-        }
+        self.shared.sync(&self.journal);
     }
 }
 
@@ -547,39 +564,37 @@ fn put(
     Ok(())
 }
 
-/// Where a write finds and leaves values: a redb table in a write
-/// transaction, or a [`Staged`] write in front of the overlay.
+/// Where a write finds and leaves values.
 trait Cells {
     fn load(&self, store: &StoreId, key: &str) -> Result<Option<Vec<u8>>, KvError>;
     fn store(&mut self, store: &StoreId, key: &str, value: Option<&[u8]>) -> Result<(), KvError>;
 }
 
-impl Cells for KvTable<'_> {
-    fn load(&self, store: &StoreId, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        get_value(self, store, key)
-    }
-    fn store(&mut self, store: &StoreId, key: &str, value: Option<&[u8]>) -> Result<(), KvError> {
-        put(self, store, key, value)
-    }
-}
-
-/// One `process` write of one store, gathering the final state of each key
-/// it changes before they are journaled and shown.
+/// A group of writes, gathering the final state of each key they change
+/// before it is journaled and shown.
 struct Staged<'a> {
     view: &'a View<'a>,
-    changes: BTreeMap<String, Cell>,
+    changes: Layer,
 }
 
 impl Cells for Staged<'_> {
     fn load(&self, store: &StoreId, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        match self.changes.get(key) {
+        match self.changes.get(store).and_then(|keys| keys.get(key)) {
             Some(cell) => Ok(cell.clone()),
             None => self.view.get(store, key),
         }
     }
-    fn store(&mut self, _: &StoreId, key: &str, value: Option<&[u8]>) -> Result<(), KvError> {
-        self.changes
-            .insert(key.to_string(), value.map(<[u8]>::to_vec));
+    fn store(&mut self, store: &StoreId, key: &str, value: Option<&[u8]>) -> Result<(), KvError> {
+        let cell = value.map(<[u8]>::to_vec);
+        match self.changes.get_mut(store) {
+            Some(keys) => {
+                keys.insert(key.to_string(), cell);
+            }
+            None => {
+                let keys = BTreeMap::from([(key.to_string(), cell)]);
+                self.changes.insert(store.clone(), keys);
+            }
+        }
         Ok(())
     }
 }
@@ -742,9 +757,9 @@ impl KvStore for EmbeddedKv {
     }
 }
 
-/// The `disk` writer thread: drains the queue into one durable
-/// transaction per round until the store is dropped.
-fn write_loop(shared: &Shared, mut queue: mpsc::Receiver<Write>) {
+/// The `disk` writer thread: drains the queue into one synced journal
+/// append per round until the store is dropped.
+fn write_loop(shared: &Shared, journal: &Mutex<Journal>, mut queue: mpsc::Receiver<Write>) {
     while let Some(first) = queue.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < GROUP_COMMIT_OPS_MAX {
@@ -754,22 +769,13 @@ fn write_loop(shared: &Shared, mut queue: mpsc::Receiver<Write>) {
             }
         }
         let ops: Vec<(&StoreId, &Op)> = batch.iter().map(|w| (&w.store, &w.op)).collect();
-        let committed = shared
-            .file
-            .writable_after(|| shared.release_snapshot())
-            .map_err(KvError::Storage)
-            .and_then(|writable| commit(&writable.db, &ops));
-        match committed {
+        match shared.write_group(journal, &ops) {
             Ok(results) => {
-                shared.generation.fetch_add(1, Ordering::Release);
                 for (write, result) in batch.into_iter().zip(results) {
                     let _ = write.reply.send(result);
                 }
             }
             Err(e) => {
-                if !shared.file.is_failed() {
-                    shared.file.failed(&e);
-                }
                 for write in batch {
                     let _ = write.reply.send(Err(e.clone()));
                 }
@@ -788,22 +794,6 @@ fn replay(db: &Database, records: &[Record]) -> Result<(), KvError> {
         }
     }
     txn.commit().map_err(storage)
-}
-
-/// Applies `batch` in order in one durable transaction; each write sees the
-/// ones before it. Returns each write's result; an `Err` means nothing was
-/// committed.
-fn commit(db: &Database, batch: &[(&StoreId, &Op)]) -> Result<Vec<Result<Done, KvError>>, KvError> {
-    let txn = db.begin_write().map_err(storage)?;
-    let mut results = Vec::with_capacity(batch.len());
-    {
-        let mut table = txn.open_table(KV).map_err(storage)?;
-        for (store, op) in batch {
-            results.push(apply(&mut table, store, op)?);
-        }
-    }
-    txn.commit().map_err(storage)?;
-    Ok(results)
 }
 
 type KvTable<'t> = Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>;
@@ -879,17 +869,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kv = EmbeddedKv::open(dir.path(), durability).unwrap();
         let store = StoreId::new(model::STORE.0, model::STORE.1);
-        // At `process`, sync at random points, pausing between freezing and
-        // committing, so reads and writes meet every mix of the active
-        // layer, a frozen one and redb (the sync thread also runs).
+        // Sync at random points, pausing between freezing and committing,
+        // so reads and writes meet every mix of the active layer, a frozen
+        // one and redb (the sync thread also runs).
         let journal = kv.journal.clone();
         let mut frozen = None;
         let sync_sometimes = |rng: &mut Rng| {
-            if let Some(journal) = &journal
-                && rng.below(40) == 0
-            {
+            if rng.below(40) == 0 {
                 match frozen.take() {
-                    None => frozen = kv.shared.freeze(journal).unwrap(),
+                    None => frozen = kv.shared.freeze(&journal).unwrap(),
                     Some((layer, covered)) => kv.shared.commit_frozen(&layer, &covered).unwrap(),
                 }
             }
@@ -900,13 +888,11 @@ mod tests {
         // frozen (as by a crash mid-sync) comes back from the journal. The
         // sync thread may have just taken the overlay: write until a layer
         // of our own is frozen.
-        if let Some(journal) = &journal {
-            while frozen.is_none() {
-                let (k, v) = (key(&mut rng), value(&mut rng));
-                kv.set(&store, &k, v.clone()).await.unwrap();
-                model.insert(k, v);
-                frozen = kv.shared.freeze(journal).unwrap();
-            }
+        while frozen.is_none() {
+            let (k, v) = (key(&mut rng), value(&mut rng));
+            kv.set(&store, &k, v.clone()).await.unwrap();
+            model.insert(k, v);
+            frozen = kv.shared.freeze(&journal).unwrap();
         }
         drop(kv);
         let kv = EmbeddedKv::open(dir.path(), durability).unwrap();
@@ -924,11 +910,12 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let kv = Arc::new(EmbeddedKv::open(dir.path(), durability).unwrap());
             let store = StoreId::new("owner", "counters");
-            // At `process`, sync back to back meanwhile, so increments and
-            // reads race every step of a sync.
+            // Sync back to back meanwhile, so increments and reads race
+            // every step of a sync.
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let syncer = kv.journal.clone().map(|journal| {
+            let syncer = {
+                let journal = kv.journal.clone();
                 let (shared, stop, syncs) = (kv.shared.clone(), stop.clone(), syncs.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
@@ -936,7 +923,7 @@ mod tests {
                         syncs.fetch_add(1, Ordering::Relaxed);
                     }
                 })
-            });
+            };
             let tasks: Vec<_> = (0..1000)
                 .map(|_| {
                     let (kv, store) = (kv.clone(), store.clone());
@@ -956,14 +943,12 @@ mod tests {
             // The syncer may not have had a turn on a busy machine: let it
             // sync twice more (one sync after the increments at least) before
             // stopping it, rather than count on the scheduler's luck.
-            if let Some(syncer) = syncer {
-                let target = syncs.load(Ordering::Relaxed) + 2;
-                while syncs.load(Ordering::Relaxed) < target && !syncer.is_finished() {
-                    std::thread::yield_now();
-                }
-                stop.store(true, Ordering::Relaxed);
-                syncer.join().unwrap();
+            let target = syncs.load(Ordering::Relaxed) + 2;
+            while syncs.load(Ordering::Relaxed) < target && !syncer.is_finished() {
+                std::thread::yield_now();
             }
+            stop.store(true, Ordering::Relaxed);
+            syncer.join().unwrap();
             seen.sort_unstable();
             assert_eq!(
                 seen,

@@ -13,7 +13,7 @@ pub(crate) mod model;
 pub mod nats;
 mod replica;
 
-/// The `process` journal's codec, writer and replay, reachable by the fuzz
+/// The key-value journal's codec, writer and replay, reachable by the fuzz
 /// target `kv_journal` (cargo feature `fuzzing`); not an API.
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -43,26 +43,28 @@ pub mod fuzzing {
 
     /// `records` as one journal file holds them.
     pub fn encode(records: &[Record]) -> io::Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        for (owner, name, key, value) in records {
-            journal::encode(&StoreId::new(owner, name), key, value.as_deref(), &mut buf)?;
-        }
-        Ok(buf)
+        let records: Vec<journal::Record> = records
+            .iter()
+            .map(|(owner, name, key, value)| journal::Record {
+                store: StoreId::new(owner, name),
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        journal::encode_file(&records)
     }
 
     /// Writes `files` with the running journal (appends, then a rotation
     /// after each file): `kv.journal.0`, `.1`, … in `dir`.
     pub fn write(dir: &Path, files: &[Vec<Record>]) -> io::Result<()> {
-        let mut journal = Journal::start(dir)?;
+        let mut journal = Journal::start(dir, false)?;
         for (i, records) in files.iter().enumerate() {
             if i > 0 {
                 journal.rotate()?;
             }
             for (owner, name, key, value) in records {
-                journal.append(
-                    &StoreId::new(owner, name),
-                    [(key.as_str(), value.as_deref())],
-                )?;
+                let store = StoreId::new(owner, name);
+                journal.append([(&store, key.as_str(), value.as_deref())])?;
             }
         }
         Ok(())
