@@ -172,6 +172,11 @@ pub struct Manifest {
     /// none when 0 (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmp_mb: Option<u32>,
+    /// Run the component's `wizer-initialize` export once, at deploy, and
+    /// deploy the snapshot of the state it leaves: every instance starts
+    /// initialised (docs/manifest.md, "Pre-initialisation").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preinitialize: Option<bool>,
     /// Settings the guest reads through `wasi:config/store`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub variables: BTreeMap<String, String>,

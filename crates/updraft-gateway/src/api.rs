@@ -447,6 +447,9 @@ pub(crate) struct DeployQuery {
     instance_reuse_max: Option<u32>,
     /// Comma-separated store names.
     key_value_stores: Option<String>,
+    /// Run the component's `wizer-initialize` export at deploy and deploy
+    /// the snapshot of its state.
+    preinitialize: Option<bool>,
 }
 
 /// The parts of a multipart deploy.
@@ -531,6 +534,7 @@ pub(crate) async fn deploy(
             route: query.route,
             kind,
             instance_reuse_max: query.instance_reuse_max,
+            preinitialize: query.preinitialize,
             key_value_stores: query
                 .key_value_stores
                 .map(|stores| stores.split(',').map(str::to_string).collect())

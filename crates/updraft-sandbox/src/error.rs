@@ -35,6 +35,10 @@ pub enum PrepareError {
     NoStart,
     #[error("the function cannot be linked: {0}")]
     Link(String),
+    /// `preinitialize = true`, and the initialisation could not run or
+    /// failed: what to fix is in the message.
+    #[error("pre-initialisation failed: {0}")]
+    Preinit(String),
     #[error(
         "instance_reuse_max is not supported for WASI 0.3 components yet (each request gets a fresh instance): remove it from updraft.toml, or build the function for WASI 0.2"
     )]
@@ -147,6 +151,7 @@ impl Classify for PrepareError {
             | PrepareError::NoStart
             | PrepareError::KindMismatch { .. } => "wrong_world",
             PrepareError::Link(_) => "link_error",
+            PrepareError::Preinit(_) => "preinit_failed",
             PrepareError::ReuseForCommand | PrepareError::ReuseForWasi03 => "invalid_manifest",
             PrepareError::Internal(_) | PrepareError::Pool { .. } => "internal",
         }

@@ -273,6 +273,22 @@ impl Sandbox {
         Ok((store, pipes))
     }
 
+    /// A store for a deploy-time run of `prepared` (pre-initialisation):
+    /// an invocation's limits, no caller, its stderr kept.
+    pub(crate) fn deploy_store(
+        &self,
+        prepared: &Prepared,
+        deadline: Instant,
+    ) -> Result<(Store<Host>, Pipes), InvokeError> {
+        let owner = Owner {
+            chain: Arc::new([]),
+            memory_quota: None,
+            trace: None,
+            tracing: None,
+        };
+        self.new_store(prepared, None, LOG_CAPTURE_BYTES_MAX, deadline, owner, None)
+    }
+
     /// Where the invocation goes once it has used its foreground share.
     fn demote(&self, ctx: &InvocationCtx, prepared: &Prepared) -> Option<Demote> {
         Some(Demote {
@@ -1366,6 +1382,38 @@ enum Failure {
 
 /// Wasmtime's error kept whole as the source (the logs show it), under a
 /// message that names no internals.
+/// Why a deploy-time run stopped, said for the function's author, with the
+/// end of what it wrote to stderr.
+pub(crate) fn deploy_run_failure(
+    e: &wasmtime::Error,
+    store: &Store<Host>,
+    pipes: &Pipes,
+    timeout_ms: u64,
+) -> String {
+    let limiter = &store.data().limiter;
+    let why = if e.downcast_ref::<DeadlineReached>().is_some() {
+        format!(
+            "it did not finish within timeout_ms ({timeout_ms} ms): shorten it or raise timeout_ms"
+        )
+    } else if limiter.hit {
+        format!(
+            "it grew past memory_mb ({} MiB): use less or raise memory_mb",
+            limiter.bytes_max >> 20
+        )
+    } else {
+        format!("it trapped: {e:#}")
+    };
+    let stderr = pipes.stderr.take();
+    let tail = &stderr[stderr.len().saturating_sub(STDERR_TAIL_BYTES)..];
+    match String::from_utf8_lossy(tail).trim() {
+        "" => why,
+        text => format!("{why}; its stderr ends: {text}"),
+    }
+}
+
+/// How much of a failed deploy-time run's stderr its error quotes.
+const STDERR_TAIL_BYTES: usize = 1024;
+
 fn instantiate_error(e: wasmtime::Error) -> InvokeError {
     InvokeError::Instantiate(updraft_core::Failure::boxed(
         "the server's instance pool or memory is exhausted",

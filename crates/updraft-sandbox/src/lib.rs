@@ -29,6 +29,7 @@ mod keyvalue_draft;
 mod lanes;
 mod messaging;
 mod outbound;
+mod preinit;
 mod shed;
 mod spans;
 mod warm;
@@ -50,5 +51,6 @@ pub use invoke::{
 pub use keyvalue::KvGrant;
 pub use lanes::{FOREGROUND_CPU_MAX, background_threads_default};
 pub use messaging::{PublishError, PublishGrant, Publisher};
+pub use preinit::{INIT_EXPORT, InitSpec};
 pub use shed::{InFlight, Shed};
 pub use spans::{HOST_SPANS_MAX, HostSpan, HostSpanKind, HostTracer, Tracing};

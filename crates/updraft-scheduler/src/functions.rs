@@ -19,7 +19,7 @@ use updraft_core::{
     function_key,
 };
 use updraft_metering::Aggregate;
-use updraft_sandbox::{Backends, FilesSpec, Grants, PrepareSpec, Prepared, Sandbox};
+use updraft_sandbox::{Backends, FilesSpec, Grants, InitSpec, PrepareSpec, Prepared, Sandbox};
 use updraft_state::registry::NewVersion;
 use updraft_state::{FunctionRecord, Registry, RegistryChange};
 
@@ -473,8 +473,13 @@ impl Functions {
             // Stored first: a version never names a bundle that is not there.
             self.registry.store_wasm(&digest, bundle.clone()).await?;
         }
-        let (wasm_digest, prepared) = {
+        let (wasm, wasm_digest, prepared) = {
             let _slots = self.compile_slots(tenant).await?;
+            // Pre-initialised first: the snapshot is the version's Wasm.
+            let wasm = match manifest.preinitialize {
+                Some(true) => self.preinitialize(&manifest, limits, wasm).await?,
+                _ => wasm,
+            };
             // Hashed in the compile slot: a big upload (mapped from its
             // spooled file, see the gateway) is read into the page cache
             // one deploy at a time, not all of a burst's at once.
@@ -500,7 +505,7 @@ impl Functions {
                     files.clone(),
                 )
                 .await?;
-            (wasm_digest, prepared)
+            (wasm, wasm_digest, prepared)
         };
         let _guard = self.control.lock().await;
         self.registry.check_route(&key, route.as_ref()).await?;
@@ -529,6 +534,32 @@ impl Functions {
             ),
         );
         Ok(Deployed { loaded, compiled })
+    }
+
+    /// Runs the component's initialisation and returns the snapshot of the
+    /// state it left (`preinitialize = true`).
+    async fn preinitialize(
+        &self,
+        manifest: &Manifest,
+        limits: updraft_core::Limits,
+        wasm: Bytes,
+    ) -> Result<Bytes, PlatformError> {
+        let sandbox = self.sandbox.clone();
+        let spec = InitSpec {
+            name: manifest.name.clone(),
+            env: manifest
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            args: manifest.args.clone(),
+            argv0: manifest.argv0.clone(),
+            limits,
+        };
+        let snapshot = tokio::task::spawn_blocking(move || sandbox.preinitialize(&wasm, spec))
+            .await
+            .map_err(join_error)??;
+        Ok(Bytes::from(snapshot))
     }
 
     /// The tenant's compile slot, then the node's (see `compiles`).

@@ -195,3 +195,100 @@ async fn reuse_is_refused_for_commands_and_out_of_range() {
     }
     assert_eq!(server.cli_ok(&["--json", "ls"]), before);
 }
+
+/// `GET path` → (status, `x-initialised`, body).
+async fn get_initialised(server: &Server, path: &str) -> (u16, String, String) {
+    let response = client().get(server.url(path)).send().await.unwrap();
+    let status = response.status().as_u16();
+    let built = response
+        .headers()
+        .get("x-initialised")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, built, response.text().await.unwrap())
+}
+
+/// Deploy-time pre-initialisation (`preinitialize = true`): the function
+/// answers exactly what it answers without it, but from state built once
+/// at deploy (with the version's `[env]`), not per request; nothing leaks
+/// between fresh instances, reuse counts from 1, and a restart keeps the
+/// snapshot. A component without `wizer-initialize`, and one whose
+/// initialisation traps or never ends, is refused at deploy saying why,
+/// and nothing is deployed.
+#[tokio::test(flavor = "multi_thread")]
+async fn pre_initialisation_answers_the_same_from_a_snapshot_and_leaks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let env = "[env]\nGREETING = \"bonjour\"";
+    server.deploy_guest("plain", "preinit", &format!("route = \"/plain\"\n{env}"));
+    server.deploy_guest(
+        "snap",
+        "preinit",
+        &format!("route = \"/snap\"\npreinitialize = true\n{env}"),
+    );
+    server.deploy_guest(
+        "snap-reused",
+        "preinit",
+        &format!("route = \"/reused\"\npreinitialize = true\ninstance_reuse_max = 3\n{env}"),
+    );
+    let answer = |request: u32| {
+        format!("bonjour primes=148933 sum=142913828922 last=1999993 request={request}\n")
+    };
+    for _ in 0..4 {
+        let plain = get_initialised(&server, "/plain").await;
+        let snap = get_initialised(&server, "/snap").await;
+        assert_eq!(plain, (200, "request".to_string(), answer(1)));
+        assert_eq!(snap, (200, "deploy".to_string(), answer(1)));
+    }
+    for request in [1, 2, 3, 1] {
+        let reused = get_initialised(&server, "/reused").await;
+        assert_eq!(reused, (200, "deploy".to_string(), answer(request)));
+    }
+
+    // The snapshot is the version's Wasm: a restart does not run the
+    // initialisation again, and still starts from it.
+    let before = server.cli_ok(&["--json", "ls"]);
+    drop(server);
+    let server = Server::start(dir.path());
+    assert_eq!(server.cli_ok(&["--json", "ls"]), before);
+    let snap = get_initialised(&server, "/snap").await;
+    assert_eq!(snap, (200, "deploy".to_string(), answer(1)));
+
+    for (name, guest_name, extra, expected) in [
+        (
+            "no-init",
+            "hello-rust",
+            "preinitialize = true",
+            "does not export `wizer-initialize: func()`",
+        ),
+        (
+            "trapping",
+            "preinit",
+            "preinitialize = true\n[env]\nTRAP_INIT = \"1\"",
+            "preinit: failing on purpose",
+        ),
+        (
+            "endless",
+            "preinit",
+            "preinitialize = true\ntimeout_ms = 500\n[env]\nSPIN_INIT = \"1\"",
+            "did not finish within timeout_ms (500 ms)",
+        ),
+        (
+            "command",
+            "echo",
+            "preinitialize = true",
+            "WASI 0.2 components",
+        ),
+    ] {
+        let manifest = server.write_manifest(name, guest_name, extra);
+        let out = server.cli(&["deploy", manifest.to_str().unwrap()]);
+        assert!(!out.status.success(), "{name} was deployed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("pre-initialisation failed"),
+            "{name}: {stderr}"
+        );
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+    assert_eq!(server.cli_ok(&["--json", "ls"]), before);
+}
