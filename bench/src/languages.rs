@@ -9,6 +9,11 @@
 //!   Updraft without spare instances (`[cpu] spare_instances = false`), and
 //!   `wasmtime serve`. Every request of all three gets a fresh instance.
 //!
+//! - **pre-initialisation**: `tests/guests/preinit` (its state, the primes
+//!   below 2,000,000, built by `wizer-initialize`) deployed plain and with
+//!   `preinitialize = true` on the same server: deploy → 201, the first
+//!   response, and warm load at c = 1 and 16. Both answer the same body.
+//!
 //! `--tiny` (the harness's own test, on a debug build, where compiling
 //! 17 MiB takes minutes) runs hello-rust in place of both: the mechanics,
 //! not the numbers.
@@ -34,6 +39,12 @@ pub const MARKER_END: &str = "<!-- languages:end -->";
 pub const UPDRAFT: &str = "updraft";
 pub const UPDRAFT_NO_SPARES: &str = "updraft-no-spares";
 pub const WASMTIME: &str = "wasmtime-serve";
+/// The pre-initialisation points' two deployments of one function.
+pub const PREINIT_PLAIN: &str = "updraft-plain";
+pub const PREINIT_SNAPSHOT: &str = "updraft-preinitialized";
+/// The pre-initialisation guest, and what it answers (`$GREETING` unset).
+const PREINIT_GUEST: &str = "preinit.wasm";
+const PREINIT_BODY: &str = "hello primes=148933 sum=142913828922 last=1999993 request=1\n";
 
 pub struct Options {
     pub mode: Mode,
@@ -51,6 +62,23 @@ pub struct LanguagesReport {
     pub duration_s: u64,
     pub rounds: u32,
     pub languages: Vec<Language>,
+    /// The pre-initialisation points (absent in reports from before them).
+    #[serde(default)]
+    pub preinit: Option<Preinit>,
+}
+
+/// One function deployed plain and pre-initialised, on one server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Preinit {
+    pub guest: String,
+    pub wasm_bytes: u64,
+    /// `PUT` → 201: plain, then pre-initialised (the initialisation and the
+    /// snapshot included).
+    pub deploy_ms: [f64; 2],
+    /// The first `GET` after the 201: plain, then pre-initialised.
+    pub first_response_ms: [f64; 2],
+    /// Servers [`PREINIT_PLAIN`] and [`PREINIT_SNAPSHOT`].
+    pub load: Vec<LoadResult>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,6 +210,7 @@ pub fn run(options: &Options) -> Result<LanguagesReport> {
             load,
         });
     }
+    let preinit = measure_preinit(&on, &guests.join(PREINIT_GUEST), &wrk_bin, &script, &plan)?;
     on.stop()?;
     off.stop()?;
     Ok(LanguagesReport {
@@ -191,6 +220,54 @@ pub fn run(options: &Options) -> Result<LanguagesReport> {
         duration_s: plan.duration_s,
         rounds: plan.rounds,
         languages: measured,
+        preinit: Some(preinit),
+    })
+}
+
+/// The pre-initialisation points on `server`.
+fn measure_preinit(
+    server: &Server,
+    path: &Path,
+    wrk_bin: &Path,
+    script: &Path,
+    plan: &LoadPlan,
+) -> Result<Preinit> {
+    let wasm = updraft::read_guest(path)?;
+    eprintln!("==> pre-initialisation: {PREINIT_GUEST} plain and with preinitialize = true");
+    let mut deploy_ms = [0.0; 2];
+    let mut first_response_ms = [0.0; 2];
+    let mut targets = Vec::new();
+    for (i, (name, query)) in [
+        (PREINIT_PLAIN, ""),
+        (PREINIT_SNAPSHOT, "&preinitialize=true"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let route = format!("/{name}");
+        let started = Instant::now();
+        updraft::deploy_with(
+            server.endpoint,
+            name,
+            &format!("route={route}{query}"),
+            &wasm,
+        )?;
+        deploy_ms[i] = ms(started);
+        let started = Instant::now();
+        check(server, &route, PREINIT_BODY)?;
+        first_response_ms[i] = ms(started);
+        targets.push(LoadTarget {
+            name,
+            url: server.endpoint.url(&route),
+        });
+    }
+    let load = load::measure(wrk_bin, script, &targets, plan)?;
+    Ok(Preinit {
+        guest: PREINIT_GUEST.to_string(),
+        wasm_bytes: wasm.len() as u64,
+        deploy_ms,
+        first_response_ms,
+        load,
     })
 }
 
@@ -309,5 +386,58 @@ pub fn markdown(report: &LanguagesReport) -> String {
             ));
         }
     }
+    if let Some(p) = &report.preinit {
+        preinit_markdown(&mut md, p, &report.concurrencies);
+    }
     md
+}
+
+fn preinit_markdown(md: &mut String, p: &Preinit, concurrencies: &[u32]) {
+    md.push_str(&format!(
+        "\nPre-initialisation: `{}` ({:.0} KiB; its state, the primes below 2,000,000, built by \
+         `wizer-initialize`) deployed plain (the first request of every fresh instance builds \
+         the state) and with `preinitialize = true` (built once at deploy, every instance \
+         starts from the snapshot), on one server; fresh instance per request.\n\n\
+         | deployment | deploy → 201 | first response |",
+        p.guest,
+        p.wasm_bytes as f64 / 1024.0
+    ));
+    for c in concurrencies {
+        md.push_str(&format!(" req/s c={c} | p50 c={c} |"));
+    }
+    md.push_str("\n| --- | ---: | ---: |");
+    for _ in concurrencies {
+        md.push_str(" ---: | ---: |");
+    }
+    md.push('\n');
+    let point = |server: &str, c: u32| {
+        p.load
+            .iter()
+            .find(|r| r.server == server && r.concurrency == c)
+    };
+    for (i, server) in [PREINIT_PLAIN, PREINIT_SNAPSHOT].into_iter().enumerate() {
+        md.push_str(&format!(
+            "| {server} | {:.0} ms | {:.2} ms |",
+            p.deploy_ms[i], p.first_response_ms[i]
+        ));
+        for &c in concurrencies {
+            match point(server, c) {
+                Some(r) => md.push_str(&format!(" {} | {} |", thousands(r.rps), us(r.p50_us))),
+                None => md.push_str(" — | — |"),
+            }
+        }
+        md.push('\n');
+    }
+    md.push_str("| pre-initialised ÷ plain | | |");
+    for &c in concurrencies {
+        match (point(PREINIT_SNAPSHOT, c), point(PREINIT_PLAIN, c)) {
+            (Some(s), Some(plain)) => md.push_str(&format!(
+                " {:.2}× | {:.2}× |",
+                s.rps / plain.rps,
+                s.p50_us / plain.p50_us
+            )),
+            _ => md.push_str(" — | — |"),
+        }
+    }
+    md.push('\n');
 }

@@ -171,9 +171,15 @@ fn tiny_run_writes_complete_json_and_markdown() {
     // Key-value: three single-client ops and the parallel gets for Updraft,
     // for Updraft with its stores in NATS (scripts/setup.sh test installs
     // nats-server) and for Redis, plus the two write ops for Redis with
-    // fsync and for Updraft with process durability.
+    // fsync and for Updraft with process durability, and the concurrent
+    // writers on Updraft and on Redis with fsync.
     let kv = &report.kv;
-    assert_eq!(kv.points.len(), 16, "{kv:?}");
+    assert_eq!(kv.points.len(), 18, "{kv:?}");
+    let writes = kv.point("updraft-guest", "set").expect("set").ops;
+    for system in ["updraft-guest", "redis-fsync"] {
+        let point = kv.point(system, "set-parallel").expect("set-parallel");
+        assert_eq!(point.ops, kv.parallel_writers * writes, "{point:?}");
+    }
     assert!(kv.point("updraft-guest-nats", "get-parallel").is_some());
     for point in &kv.points {
         assert!(point.ops > 0 && point.ops_per_s > 0.0, "{point:?}");
@@ -234,7 +240,7 @@ fn tiny_run_writes_complete_json_and_markdown() {
         outbound.updraft_p50_ns > 0 && outbound.native_p50_ns > 0 && outbound.ratio_p50 > 0.0,
         "{outbound:?}"
     );
-    assert_eq!(report.targets.len(), 23);
+    assert_eq!(report.targets.len(), 25);
     assert!(
         report
             .targets
@@ -447,4 +453,22 @@ fn tiny_languages_run_compares_three_servers() {
     }
     assert!(text.contains("| rust | updraft-rust | 1 |"), "{text}");
     assert!(text.contains("Updraft ÷ wasmtime serve"), "{text}");
+    // The pre-initialisation points: both deployments answered the same
+    // body (checked by the run) and were loaded at both concurrencies.
+    let preinit = report.preinit.as_ref().expect("pre-initialisation points");
+    assert!(preinit.deploy_ms.iter().all(|&ms| ms > 0.0), "{preinit:?}");
+    for server in [
+        updraft_bench::languages::PREINIT_PLAIN,
+        updraft_bench::languages::PREINIT_SNAPSHOT,
+    ] {
+        for c in [1, 16] {
+            let point = preinit
+                .load
+                .iter()
+                .find(|r| r.server == server && r.concurrency == c)
+                .unwrap_or_else(|| panic!("{server} c={c}: {preinit:?}"));
+            assert!(point.requests > point.errors.total(), "{point:?}");
+        }
+    }
+    assert!(text.contains("| pre-initialised ÷ plain |"), "{text}");
 }
