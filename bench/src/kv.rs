@@ -131,9 +131,13 @@ pub fn measure(
     })?;
     points.push(combine(UPDRAFT_GUEST, "get-parallel", &batches));
     // Durable writes from many functions at once, each to its own key.
-    let set_parallel = |i| guest_batch_keyed(&server, "set", plan.write_ops, &writer_key(i));
-    parallel(PARALLEL_WRITERS, set_parallel)?;
-    let batches = parallel(PARALLEL_WRITERS, set_parallel)?;
+    let set_parallel = |n| {
+        parallel(PARALLEL_WRITERS, |i| {
+            guest_batch_keyed(&server, "set", n, &writer_key(i))
+        })
+    };
+    set_parallel(warmup(plan.write_ops))?;
+    let batches = set_parallel(plan.write_ops)?;
     points.push(combine(UPDRAFT_GUEST, "set-parallel", &batches));
     server.stop()?;
 
@@ -186,9 +190,13 @@ pub fn measure(
         redis_batch(addr, op, warmup(*n))?;
         points.push(redis_batch(addr, op, *n)?.point(REDIS_FSYNC, op));
     }
-    let set_parallel = |i| redis_batch_keyed(addr, "set", plan.write_ops, &writer_key(i));
-    parallel(PARALLEL_WRITERS, set_parallel)?;
-    let batches = parallel(PARALLEL_WRITERS, set_parallel)?;
+    let set_parallel = |n| {
+        parallel(PARALLEL_WRITERS, |i| {
+            redis_batch_keyed(addr, "set", n, &writer_key(i))
+        })
+    };
+    set_parallel(warmup(plan.write_ops))?;
+    let batches = set_parallel(plan.write_ops)?;
     points.push(combine(REDIS_FSYNC, "set-parallel", &batches));
     redis.stop()?;
 

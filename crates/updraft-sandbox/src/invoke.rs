@@ -1380,8 +1380,6 @@ enum Failure {
     ExitCode(i32),
 }
 
-/// Wasmtime's error kept whole as the source (the logs show it), under a
-/// message that names no internals.
 /// Why a deploy-time run stopped, said for the function's author, with the
 /// end of what it wrote to stderr.
 pub(crate) fn deploy_run_failure(
@@ -1414,6 +1412,8 @@ pub(crate) fn deploy_run_failure(
 /// How much of a failed deploy-time run's stderr its error quotes.
 const STDERR_TAIL_BYTES: usize = 1024;
 
+/// Wasmtime's error kept whole as the source (the logs show it), under a
+/// message that names no internals.
 fn instantiate_error(e: wasmtime::Error) -> InvokeError {
     InvokeError::Instantiate(updraft_core::Failure::boxed(
         "the server's instance pool or memory is exhausted",

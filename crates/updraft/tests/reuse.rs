@@ -1,7 +1,8 @@
 //! Instance reuse (`instance_reuse_max`): fresh instances by default, bounded
 //! reuse when a function opts in, failed instances never reused, logs kept
 //! per request, and commands refused; spare instances made ahead are fresh
-//! and serve one request each.
+//! and serve one request each; a pre-initialised function starts every
+//! fresh instance from its snapshot.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

@@ -14,7 +14,7 @@
 //!   an acknowledged write survives a power cut and no read sees a write
 //!   before it is durable. Appending to one file allocated ahead is the
 //!   cheapest durable write: a redb commit writes several scattered pages
-//!   per sync, which cost twice the latency.
+//!   per sync, about three times the latency here (BENCHMARKS.md).
 //! - [`Durability::Process`]: the calling task appends the write with one
 //!   `write` and answers: it survives a killed process, with no thread hop
 //!   and no transaction on the way (a redb commit, even unsynced, costs

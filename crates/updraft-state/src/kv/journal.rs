@@ -1,18 +1,3 @@
-//! The journal of the `process` durability level: each write is appended
-//! here with one `write(2)` before its caller is answered, so it survives a
-//! killed Updraft (the kernel has the bytes) without waiting for a disk
-//! sync. Every [`SYNC_INTERVAL`] the sync thread switches to a new journal
-//! file, commits what the old one covers to the database durably, and
-//! deletes it; at start-up, whatever journal files remain are replayed,
-//! oldest first, on top of the last synced state.
-//!
-//! Files are `kv.journal.N`, N rising. A record is the final state of one
-//! key: `[u32 length][payload]`, the payload holding owner, store and key
-//! (each `u16` length + bytes) and the value (`u8` 1 + `u32` length +
-//! bytes) or a deletion (`u8` 0). Replaying a file again, or older files
-//! before newer ones, is harmless. A record cut short at the end (the
-//! process died inside the `write`) was never acknowledged and is dropped.
-
 //! The key-value journal: each write's final key states are appended here
 //! before its caller is answered.
 //! - At `process` durability one `write(2)` per write suffices: the kernel
