@@ -129,11 +129,9 @@ async fn functions_store_and_serve_blobs_within_limits() {
     // A container the manifest does not list does not open.
     let r = get(&server, "/files/x?container=secret").await;
     assert_eq!(r.status(), 403);
-    let logs = server.cli_ok(&["logs", "files"]);
-    assert!(
-        logs.contains("\"secret\" refused") && logs.contains("blob_containers"),
-        "{logs}"
-    );
+    server
+        .wait_for_logs("files", &["\"secret\" refused", "blob_containers"])
+        .await;
 
     // Delete through the function; the blob is gone everywhere.
     let r = client()

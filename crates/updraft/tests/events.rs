@@ -868,11 +868,9 @@ async fn guests_publish_to_the_queues_and_topics_they_list() {
             .unwrap()
             .contains("AccessDenied(\"secret\")")
     );
-    let logs = server.cli_ok(&["logs", "shop"]);
-    assert!(
-        logs.contains("it is not in this function's publishes"),
-        "{logs}"
-    );
+    server
+        .wait_for_logs("shop", &["it is not in this function's publishes"])
+        .await;
     let response = publish("ghost").await.unwrap();
     assert!(
         response

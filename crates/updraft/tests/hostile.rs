@@ -145,21 +145,16 @@ async fn trap_answers_500_and_is_in_the_logs() {
     assert_eq!(response.status(), 500);
     assert_eq!(error_code(&response.text().await.unwrap()), "trap");
 
-    let logs = server.cli_ok(&["logs", "trap"]);
-    assert!(
-        logs.contains("about to trap"),
-        "guest stderr missing: {logs}"
-    );
-    assert!(logs.contains("unreachable"), "trap message missing: {logs}");
-    let logs = server.cli_ok(&["logs", "chaos"]);
-    assert!(
-        logs.contains("chaos: trap requested"),
-        "panic message missing: {logs}"
-    );
+    // The guest's stderr and the trap's message.
+    server
+        .wait_for_logs("trap", &["about to trap", "unreachable"])
+        .await;
+    server
+        .wait_for_logs("chaos", &["chaos: trap requested"])
+        .await;
 
     let out = server.cli(&["invoke", "exit3"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exited with code"));
-    let logs = server.cli_ok(&["logs", "exit3"]);
-    assert!(logs.contains("failing on purpose"), "{logs}");
+    server.wait_for_logs("exit3", &["failing on purpose"]).await;
 }

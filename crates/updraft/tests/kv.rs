@@ -182,11 +182,9 @@ async fn only_listed_stores(server: &Server) {
         assert_eq!(status, 403, "{path}: {body}");
     }
     // The refusal says why, in the function's logs.
-    let logs = server.cli_ok(&["logs", "public"]);
-    assert!(
-        logs.contains("\"secret\" refused") && logs.contains("key_value_stores"),
-        "{logs}"
-    );
+    server
+        .wait_for_logs("public", &["\"secret\" refused", "key_value_stores"])
+        .await;
     let info = server.cli_ok(&["info", "private"]);
     assert!(info.contains("state:     kv secret"), "{info}");
     // The refused calls wrote nothing.

@@ -202,16 +202,13 @@ async fn unlisted_hosts_and_names_of_private_addresses_are_refused() {
     assert_eq!(other.connections.load(Ordering::SeqCst), 0);
     assert_eq!(up.connections.load(Ordering::SeqCst), 0);
 
-    let logs = server.cli_ok(&["logs", "listed"]);
-    assert!(
-        logs.contains(&format!("outgoing request to {target} refused"))
-            && logs.contains("allowed_outbound_hosts"),
-        "{logs}"
-    );
-    assert!(
-        logs.contains("localhost resolves only to addresses that are not public"),
-        "{logs}"
-    );
+    let refused = format!("outgoing request to {target} refused");
+    let lines = [
+        refused.as_str(),
+        "allowed_outbound_hosts",
+        "localhost resolves only to addresses that are not public",
+    ];
+    server.wait_for_logs("listed", &lines).await;
 
     // A wildcard reaches public hosts only: never loopback.
     server.deploy_guest(
@@ -230,8 +227,7 @@ async fn unlisted_hosts_and_names_of_private_addresses_are_refused() {
     )
     .await;
     assert_eq!(text, "refused: ErrorCode::HttpRequestDenied");
-    let logs = server.cli_ok(&["logs", "anywhere"]);
-    assert!(logs.contains("not public"), "{logs}");
+    server.wait_for_logs("anywhere", &["not public"]).await;
 
     // Listing the address as well lets the name reach it.
     server.deploy_guest(
@@ -264,8 +260,9 @@ async fn unlisted_hosts_and_names_of_private_addresses_are_refused() {
     )
     .await;
     assert_eq!(text, "refused: ErrorCode::HttpRequestDenied");
-    let logs = server.cli_ok(&["logs", "closed"]);
-    assert!(logs.contains("allowed_outbound_hosts is empty"), "{logs}");
+    server
+        .wait_for_logs("closed", &["allowed_outbound_hosts is empty"])
+        .await;
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
 }
 

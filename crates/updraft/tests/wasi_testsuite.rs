@@ -464,11 +464,9 @@ async fn wasi_0_3_commands_pass_as_under_wasmtime_run() {
             .unwrap();
         assert_eq!(response.status().as_u16(), 500, "{name}");
         if let Some(note) = note {
-            let logs = server.cli_ok(&["logs", name]);
-            assert!(
-                logs.contains(note) && logs.contains("add \"tcp://127.0.0.1:"),
-                "{logs}"
-            );
+            server
+                .wait_for_logs(name, &[note, "add \"tcp://127.0.0.1:"])
+                .await;
         }
     }
     assert!(failed.is_empty(), "failed:\n{}", failed.join("\n"));

@@ -394,6 +394,21 @@ impl Server {
         .await
     }
 
+    /// Waits until the logs of `function` hold every one of `lines`, and
+    /// returns them. A guest's lines are recorded when its instance finishes,
+    /// which can be after its response has reached the client.
+    pub async fn wait_for_logs(&self, function: &str, lines: &[&str]) -> String {
+        let what = format!("the logs of {function} never held {lines:?}");
+        wait_until(&what, WAIT_MAX, Duration::from_millis(20), || async {
+            let logs = self.cli_ok(&["logs", function]);
+            match lines.iter().all(|line| logs.contains(line)) {
+                true => Ok(logs),
+                false => Err(logs),
+            }
+        })
+        .await
+    }
+
     /// Waits until `key` is in the store `default` (events arrive async).
     pub async fn wait_for_key(&self, key: &str) {
         let what = format!("{key} never came");
