@@ -200,6 +200,41 @@ pub(crate) struct Artifact {
     loaded: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     loaded_from: Option<LoadedFrom>,
+    /// Which compiler's code serves: `baseline` (Winch, while Cranelift
+    /// compiles in the background) or `optimized` (Cranelift).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tier: Option<Tier>,
+}
+
+/// Which compiler made the code that serves (the sandbox's `Tier`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Tier {
+    /// Winch: compiled at the deploy, until Cranelift's code is ready.
+    Baseline,
+    /// Cranelift.
+    Optimized,
+}
+
+impl Artifact {
+    fn of(prepared: &updraft_scheduler::Prepared) -> Artifact {
+        Artifact {
+            compile_ms: Some(prepared.prepare_ms),
+            compiled_bytes: Some(prepared.compiled_bytes),
+            loaded: true,
+            loaded_from: Some(prepared.loaded_from.into()),
+            tier: Some(prepared.tier.into()),
+        }
+    }
+}
+
+impl From<updraft_scheduler::Tier> for Tier {
+    fn from(tier: updraft_scheduler::Tier) -> Tier {
+        match tier {
+            updraft_scheduler::Tier::Baseline => Tier::Baseline,
+            updraft_scheduler::Tier::Optimized => Tier::Optimized,
+        }
+    }
 }
 
 /// Where the machine code came from (the sandbox's `LoadedFrom`, named
@@ -287,18 +322,14 @@ async fn details(platform: &Platform, tenant: &str, name: &str) -> Result<Functi
         info.key_value_stores = Some(v.manifest.key_value_stores.clone());
         info.blob_containers = Some(v.manifest.blob_containers.clone());
         info.artifact = Some(match loaded.prepared() {
-            Some(prepared) => Artifact {
-                compile_ms: Some(prepared.prepare_ms),
-                compiled_bytes: Some(prepared.compiled_bytes),
-                loaded: true,
-                loaded_from: Some(prepared.loaded_from.into()),
-            },
+            Some(prepared) => Artifact::of(&prepared),
             // Scaled to zero: the code is on disk only.
             None => Artifact {
                 compile_ms: None,
                 compiled_bytes: None,
                 loaded: false,
                 loaded_from: None,
+                tier: None,
             },
         });
     }
@@ -569,6 +600,8 @@ pub(crate) async fn deploy(
         .await?;
     let mut body = details(&platform, &caller.tenant, &name).await?;
     body.compiled = Some(deployed.compiled);
+    // What this deploy made, even if optimized code replaced it since.
+    body.artifact = Some(Artifact::of(&deployed.prepared));
     Ok((StatusCode::CREATED, SortedJson(body)).into_response())
 }
 

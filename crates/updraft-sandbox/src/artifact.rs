@@ -4,6 +4,11 @@
 //! implementation) are compiled ahead of time and the artifact is kept in
 //! the cache directory as `<wasm sha256>-<engine hash>.cwasm`, so a restart
 //! maps it back in with `deserialize_file` instead of compiling again.
+//!
+//! A big WASI 0.2 component may be compiled by Winch first, when the caller
+//! allows it ([`PrepareSpec::tiering`]): its artifact is cached under the
+//! Winch engine's hash, and serves until the caller prepares the version
+//! again without tiering, which compiles it with Cranelift.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyIndices;
 
 use crate::calls::{HANDLER_EXPORT, HandlerIndices};
 use crate::capability::Grants;
-use crate::engine::Sandbox;
+use crate::engine::{Sandbox, Tier};
 use crate::error::PrepareError;
 use crate::host::Host;
 use crate::warm::WarmPool;
@@ -73,6 +78,35 @@ impl Pre {
     }
 }
 
+/// The engines whose artifacts are cached, each under its own hash.
+#[derive(Debug, Clone, Copy)]
+enum ArtifactEngine {
+    /// Cranelift: WASI 0.2 components and core modules.
+    Main,
+    /// Cranelift, concurrency on: WASI 0.3 components.
+    P3,
+    /// Winch: big WASI 0.2 components, until Cranelift's code is ready.
+    Baseline,
+}
+
+impl ArtifactEngine {
+    fn tier(self) -> Tier {
+        match self {
+            ArtifactEngine::Main | ArtifactEngine::P3 => Tier::Optimized,
+            ArtifactEngine::Baseline => Tier::Baseline,
+        }
+    }
+}
+
+/// What [`Sandbox::load_or_compile`] found or made.
+struct Artifact {
+    compiled: Compiled,
+    loaded_from: LoadedFrom,
+    /// Bytes of the artifact.
+    bytes: u64,
+    tier: Tier,
+}
+
 /// A compiled binary: a component, or a core module.
 enum Compiled {
     Component(Component),
@@ -86,6 +120,8 @@ pub struct Prepared {
     pub wasm_digest: Digest,
     pub limits: Limits,
     pub loaded_from: LoadedFrom,
+    /// Which compiler made its code.
+    pub tier: Tier,
     /// Time spent compiling or loading.
     pub prepare_ms: u64,
     pub compiled_bytes: u64,
@@ -153,6 +189,11 @@ pub struct PrepareSpec<'a> {
     pub tmp_mb: u32,
     /// Its capabilities ([`Grants::for_function`]).
     pub grants: Grants,
+    /// Whether Winch's code may serve (a big component compiled by Winch
+    /// now, or its Winch artifact in the cache), when Cranelift's is not
+    /// in the cache. The caller then prepares the version again without
+    /// it, in the background.
+    pub tiering: bool,
 }
 
 impl Sandbox {
@@ -162,8 +203,12 @@ impl Sandbox {
         let started = Instant::now();
         let argv = argv(&spec);
         let mounts = self.mounts(&spec)?;
-        let (compiled, loaded_from, compiled_bytes) =
-            self.load_or_compile(spec.wasm, &spec.wasm_digest)?;
+        let Artifact {
+            compiled,
+            loaded_from,
+            bytes: compiled_bytes,
+            tier,
+        } = self.load_or_compile(spec.wasm, &spec.wasm_digest, spec.tiering)?;
         let component = match compiled {
             Compiled::Component(component) => component,
             Compiled::Module(module) => {
@@ -185,7 +230,15 @@ impl Sandbox {
         if reuse && p3 {
             return Err(PrepareError::ReuseForWasi03);
         }
-        let linker = if p3 { &self.p3_linker } else { &self.linker };
+        let linker = match tier {
+            Tier::Baseline => self.baseline().map(|b| &b.linker).ok_or_else(|| {
+                PrepareError::Internal(updraft_core::Failure::msg(
+                    "Winch code without the Winch engine",
+                ))
+            })?,
+            Tier::Optimized if p3 => &self.p3_linker,
+            Tier::Optimized => &self.linker,
+        };
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| PrepareError::Link(link_message(&e)))?;
@@ -216,6 +269,7 @@ impl Sandbox {
             wasm_digest: spec.wasm_digest,
             limits: spec.limits,
             loaded_from,
+            tier,
             prepare_ms: started.elapsed().as_millis() as u64,
             compiled_bytes,
             env: spec.env,
@@ -269,6 +323,7 @@ impl Sandbox {
             wasm_digest: spec.wasm_digest,
             limits: spec.limits,
             loaded_from,
+            tier: Tier::Optimized,
             prepare_ms: started.elapsed().as_millis() as u64,
             compiled_bytes,
             env: spec.env,
@@ -291,48 +346,86 @@ impl Sandbox {
         Ok(updraft_core::wasm::check_bytes(wasm)?)
     }
 
-    /// Where the artifact of this Wasm compiled by the main engine, or by
-    /// the WASI 0.3 one, is cached.
-    fn artifact_path(&self, digest: &Digest, p3: bool) -> PathBuf {
-        let hash = if p3 {
-            &self.p3_engine_hash
-        } else {
-            &self.engine_hash
+    /// Where the artifact of this Wasm compiled by `engine` is cached.
+    fn artifact_path(&self, digest: &Digest, engine: ArtifactEngine) -> Option<PathBuf> {
+        let hash = match engine {
+            ArtifactEngine::Main => &self.engine_hash,
+            ArtifactEngine::P3 => &self.p3_engine_hash,
+            // No Winch engine here: no Winch artifact either.
+            ArtifactEngine::Baseline => &self.baseline()?.hash,
         };
-        self.cache_dir
-            .join(format!("{}-{hash}.cwasm", digest.hex()))
+        Some(
+            self.cache_dir
+                .join(format!("{}-{hash}.cwasm", digest.hex())),
+        )
     }
 
-    /// Whether the compiled artifact of this Wasm is in the cache.
+    /// Whether Cranelift's artifact of this Wasm is in the cache.
     pub fn is_cached(&self, digest: &Digest) -> bool {
-        [false, true]
+        [ArtifactEngine::Main, ArtifactEngine::P3]
             .into_iter()
-            .any(|p3| self.artifact_path(digest, p3).is_file())
+            .filter_map(|engine| self.artifact_path(digest, engine))
+            .any(|path| path.is_file())
+    }
+
+    /// Whether Winch's artifact of this Wasm is in the cache.
+    pub fn has_baseline(&self, digest: &Digest) -> bool {
+        self.tier_up_min_bytes.is_some()
+            && self
+                .artifact_path(digest, ArtifactEngine::Baseline)
+                .is_some_and(|path| path.is_file())
     }
 
     /// Removes a cached artifact, or an unpacked files bundle (when no
     /// version uses it any more).
     pub fn evict(&self, digest: &Digest) {
-        for p3 in [false, true] {
-            let _ = std::fs::remove_file(self.artifact_path(digest, p3));
+        for engine in [ArtifactEngine::Main, ArtifactEngine::P3] {
+            if let Some(path) = self.artifact_path(digest, engine) {
+                let _ = std::fs::remove_file(path);
+            }
         }
+        self.evict_baseline(digest);
         self.evict_files(digest);
     }
 
+    /// Removes Winch's artifact of this Wasm: Cranelift's now serves.
+    pub fn evict_baseline(&self, digest: &Digest) {
+        if self.tier_up_min_bytes.is_some()
+            && let Some(path) = self.artifact_path(digest, ArtifactEngine::Baseline)
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Cranelift's artifact from the cache; with `tiering`, else Winch's;
+    /// else compiles: with Winch if `tiering` and the Wasm is a big enough
+    /// WASI 0.2 component, otherwise with Cranelift.
     fn load_or_compile(
         &self,
         wasm: WasmSource<'_>,
         digest: &Digest,
-    ) -> Result<(Compiled, LoadedFrom, u64), PrepareError> {
-        for p3 in [false, true] {
-            let path = self.artifact_path(digest, p3);
+        tiering: bool,
+    ) -> Result<Artifact, PrepareError> {
+        let mut cached = vec![ArtifactEngine::Main, ArtifactEngine::P3];
+        if tiering && self.tier_up_min_bytes.is_some() {
+            cached.push(ArtifactEngine::Baseline);
+        }
+        for engine in cached {
+            let Some(path) = self.artifact_path(digest, engine) else {
+                continue;
+            };
             if !path.is_file() {
                 continue;
             }
-            match self.load_artifact(&path, p3) {
+            match self.load_artifact(&path, engine) {
                 Ok(compiled) => {
                     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    return Ok((compiled, LoadedFrom::Cache, size));
+                    return Ok(Artifact {
+                        compiled,
+                        loaded_from: LoadedFrom::Cache,
+                        bytes: size,
+                        tier: engine.tier(),
+                    });
                 }
                 // A torn or stale artifact is only a cache miss: compile again.
                 Err(e) => tracing::warn!(
@@ -344,13 +437,29 @@ impl Sandbox {
         let wasm = wasm().map_err(|e| PrepareError::Internal(updraft_core::Failure::msg(e)))?;
         // Refuses a wrong binary in milliseconds, before Cranelift.
         let Shape { component, p3 } = updraft_core::wasm::check(&wasm)?;
-        let path = self.artifact_path(digest, p3);
-        let compiled = if !component {
-            self.engine.precompile_module(&wasm)
-        } else if p3 {
-            self.p3_engine.precompile_component(&wasm)
+        let baseline = tiering
+            && component
+            && !p3
+            && self
+                .tier_up_min_bytes
+                .is_some_and(|min| wasm.len() as u64 >= min);
+        let engine = match (component, p3) {
+            _ if baseline && self.baseline().is_some() => ArtifactEngine::Baseline,
+            (true, true) => ArtifactEngine::P3,
+            _ => ArtifactEngine::Main,
+        };
+        let path = self.artifact_path(digest, engine).ok_or_else(|| {
+            PrepareError::Internal(updraft_core::Failure::msg(
+                "no artifact path for the engine chosen",
+            ))
+        })?;
+        let compiling = self.engine_of(engine).ok_or_else(|| {
+            PrepareError::Internal(updraft_core::Failure::msg("the engine chosen is gone"))
+        })?;
+        let compiled = if component {
+            compiling.precompile_component(&wasm)
         } else {
-            self.engine.precompile_component(&wasm)
+            compiling.precompile_module(&wasm)
         }
         .map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
         self.count_compile();
@@ -360,18 +469,33 @@ impl Sandbox {
                 e,
             ))
         })?;
-        let loaded = self.load_artifact(&path, p3).map_err(|e| {
+        let loaded = self.load_artifact(&path, engine).map_err(|e| {
             PrepareError::Internal(updraft_core::Failure::boxed(
                 "loading the fresh artifact",
                 e.into_boxed_dyn_error(),
             ))
         })?;
-        Ok((loaded, LoadedFrom::Compile, compiled.len() as u64))
+        Ok(Artifact {
+            compiled: loaded,
+            loaded_from: LoadedFrom::Compile,
+            bytes: compiled.len() as u64,
+            tier: engine.tier(),
+        })
+    }
+
+    fn engine_of(&self, engine: ArtifactEngine) -> Option<&wasmtime::Engine> {
+        match engine {
+            ArtifactEngine::Main => Some(&self.engine),
+            ArtifactEngine::P3 => Some(&self.p3_engine),
+            ArtifactEngine::Baseline => self.baseline().map(|b| &b.engine),
+        }
     }
 
     #[allow(unsafe_code)]
-    fn load_artifact(&self, path: &Path, p3: bool) -> wasmtime::Result<Compiled> {
-        let engine = if p3 { &self.p3_engine } else { &self.engine };
+    fn load_artifact(&self, path: &Path, engine: ArtifactEngine) -> wasmtime::Result<Compiled> {
+        let engine = self
+            .engine_of(engine)
+            .ok_or_else(|| wasmtime::format_err!("the Winch engine cannot run here"))?;
         // SAFETY: the file was written by `precompile_component` or
         // `precompile_module` of an engine with the same compatibility hash
         // (it is in the file name), into a directory only Updraft writes, via
@@ -545,6 +669,7 @@ mod tests {
                 files_writable: false,
                 tmp_mb: 0,
                 grants: Grants::default(),
+                tiering: false,
             })
             .err()
             .expect("the deploy must fail");

@@ -2,6 +2,12 @@
 //! images, epoch interruption driven by a ticker thread, and the linkers
 //! every function is linked against.
 //!
+//! Big components are compiled twice (tiered): first by Winch, a single-pass
+//! compiler several times faster than Cranelift, so they answer soon after
+//! their deploy, then by Cranelift in the background, whose code then serves
+//! ([`Tier`]). The Winch engine is made on first use: a restart that only
+//! maps cached artifacts never builds it.
+//!
 //! WASI 0.3 components get an engine of their own: wasmtime's concurrency
 //! support, which they need, sends every call of every component through its
 //! concurrent machinery, and costs the WASI 0.2 fresh path a third of its
@@ -9,12 +15,15 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use wasmtime::component::Linker;
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig,
+    Strategy,
+};
 
 use crate::error::PrepareError;
 use crate::host::Host;
@@ -45,6 +54,11 @@ const TABLE_KEEP_RESIDENT_BYTES: usize = 64 << 10;
 const STACK_KEEP_RESIDENT_BYTES: usize = 128 << 10;
 /// Slots whose memory is returned to the kernel in one batch.
 const DECOMMIT_BATCH_SIZE: usize = 1;
+/// Components at least this big are compiled by Winch first ([`Tier`]):
+/// Cranelift takes about half a second per MiB of Wasm on 2 cores, so
+/// below this it answers within a few hundred milliseconds anyway, and a
+/// second compile would only cost CPU.
+pub const TIER_UP_MIN_BYTES_DEFAULT: u64 = 1 << 20;
 /// What compiled artifacts hold; part of their file names.
 const ARTIFACT_FORMAT: u32 = 2;
 /// How often the epoch advances: the granularity of timeouts and of yields to the runtime.
@@ -79,6 +93,10 @@ pub struct SandboxConfig {
     /// Bytes of linear memory all instances may hold at once
     /// ([`crate::MemoryBudget`]); `None`: no budget.
     pub memory_budget_bytes: Option<usize>,
+    /// WASI 0.2 components at least this big are compiled by Winch first,
+    /// then by Cranelift in the background ([`Tier`]); `None`: always
+    /// Cranelift only.
+    pub tier_up_min_bytes: Option<u64>,
 }
 
 impl SandboxConfig {
@@ -93,8 +111,29 @@ impl SandboxConfig {
             shed_load: true,
             spare_instances: true,
             memory_budget_bytes: None,
+            tier_up_min_bytes: Some(TIER_UP_MIN_BYTES_DEFAULT),
         }
     }
+}
+
+/// Which compiler made a prepared function's machine code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Winch: one pass, several times faster to compile than Cranelift,
+    /// slower code. Serves a big component until its optimized code is
+    /// ready.
+    Baseline,
+    /// Cranelift: optimizing.
+    Optimized,
+}
+
+/// The Winch engine and what it links: WASI 0.2 components only.
+pub(crate) struct Baseline {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<Host>,
+    /// Hex of its compatibility hash; part of its artifacts' file names.
+    pub(crate) hash: String,
 }
 
 /// The engines, linkers and compile cache of one process. Cheap to share (`Arc`).
@@ -124,6 +163,13 @@ pub struct Sandbox {
     compiles: AtomicU64,
     /// Spare instances: who makes them, and how many were made and used.
     pub(crate) spares: crate::warm::Spares,
+    /// See [`SandboxConfig::tier_up_min_bytes`].
+    pub(crate) tier_up_min_bytes: Option<u64>,
+    /// The Winch engine, made on first use; `Err`: it cannot run here (the
+    /// reason was logged once), and everything is compiled by Cranelift.
+    baseline: OnceLock<Result<Baseline, String>>,
+    /// Whose epochs the ticker thread advances.
+    ticked: Arc<Mutex<Vec<EngineWeak>>>,
 }
 
 impl Sandbox {
@@ -133,14 +179,6 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         let mut p3_linker = Linker::new(&p3_engine);
         let mut core_linker = wasmtime::Linker::new(&engine);
-        // The whole of WASI 0.2 (cli, clocks, random, io, filesystem, sockets
-        // denied by default) plus wasi:http: HTTP components built by
-        // componentize-js/py import wasi:cli, commands import it all.
-        let add_p2 = |linker: &mut Linker<Host>| {
-            wasmtime_wasi::p2::add_to_linker_async(linker)
-                .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker))
-                .and_then(|()| crate::capability::add_to_linker(linker))
-        };
         add_p2(&mut linker)
             .and_then(|()| wasmtime_wasi::p1::add_to_linker_async(&mut core_linker, Host::p1))
             // A WASI 0.3 component may import 0.2 interfaces too.
@@ -185,7 +223,8 @@ impl Sandbox {
         }
         let engine_hash = artifact_hash(&engine);
         let p3_engine_hash = artifact_hash(&p3_engine);
-        start_epoch_ticker(&engine, &p3_engine);
+        let ticked = Arc::new(Mutex::new(vec![engine.weak(), p3_engine.weak()]));
+        start_epoch_ticker(&ticked);
         Ok(Arc::new(Sandbox {
             engine,
             linker,
@@ -204,7 +243,28 @@ impl Sandbox {
             memory_budget: config.memory_budget_bytes.map(crate::MemoryBudget::new),
             compiles: AtomicU64::new(0),
             spares: crate::warm::Spares::new(config.spare_instances),
+            tier_up_min_bytes: config.tier_up_min_bytes,
+            baseline: OnceLock::new(),
+            ticked,
         }))
+    }
+
+    /// The Winch engine, made now if this is its first use; `None` if it
+    /// cannot run on this machine.
+    pub(crate) fn baseline(&self) -> Option<&Baseline> {
+        let made = self.baseline.get_or_init(|| {
+            let made = build_baseline();
+            match &made {
+                Ok(baseline) => self
+                    .ticked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(baseline.engine.weak()),
+                Err(e) => tracing::warn!("compiling with Cranelift only: {e}"),
+            }
+            made
+        });
+        made.as_ref().ok()
     }
 
     /// How many functions this process compiled (cache misses).
@@ -268,9 +328,70 @@ fn artifact_hash(engine: &Engine) -> String {
     format!("{:016x}", hasher.finish())
 }
 
+/// Links the whole of WASI 0.2 (cli, clocks, random, io, filesystem, sockets
+/// denied by default) plus wasi:http and Updraft's own interfaces: HTTP
+/// components built by componentize-js/py import wasi:cli, commands import
+/// it all.
+fn add_p2(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)
+        .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker))
+        .and_then(|()| crate::capability::add_to_linker(linker))
+}
+
+/// The Winch engine: the main engine's settings, with instances allocated
+/// on demand, since its code serves only until Cranelift's is ready and a
+/// second pool would reserve as much address space again.
+fn build_baseline() -> Result<Baseline, String> {
+    let mut cfg = engine_config(None, false);
+    cfg.strategy(Strategy::Winch);
+    let engine = Engine::new(&cfg).map_err(|e| format!("Winch cannot run here: {e:#}"))?;
+    let mut linker = Linker::new(&engine);
+    add_p2(&mut linker).map_err(|e| format!("linking the host interfaces for Winch: {e:#}"))?;
+    Ok(Baseline {
+        hash: artifact_hash(&engine),
+        engine,
+        linker,
+    })
+}
+
 /// The main engine (`concurrent` off), or the WASI 0.3 one.
 fn build_engine(config: &SandboxConfig, concurrent: bool) -> Result<Engine, PrepareError> {
     let n = config.instances_max.max(1) + config.warm_instances_max;
+    // WASI 0.3 components are few today: allocated on demand, they
+    // reserve no pool of address space beside the main engine's.
+    let pooled = config.pooling && !concurrent;
+    let cfg = engine_config(pooled.then_some(n), concurrent);
+    Engine::new(&cfg).map_err(|e| {
+        let source = updraft_core::Failure::boxed("creating the engine", e.into_boxed_dyn_error());
+        if pooled {
+            PrepareError::Pool { slots: n, source }
+        } else {
+            PrepareError::Internal(source)
+        }
+    })
+}
+
+/// Every engine's settings: a pool of `pool_slots` instances, or
+/// allocation on demand (`None`).
+fn engine_config(pool_slots: Option<u32>, concurrent: bool) -> Config {
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true)
+        .concurrency_support(concurrent)
+        .epoch_interruption(true)
+        .memory_init_cow(true)
+        .allocation_strategy(match pool_slots {
+            Some(n) => InstanceAllocationStrategy::Pooling(pool_config(n)),
+            None => InstanceAllocationStrategy::OnDemand,
+        });
+    if concurrent {
+        // The async ABI WASI 0.3 is built on.
+        cfg.wasm_component_model_async(true);
+    }
+    cfg
+}
+
+/// The pool of `n` instance slots.
+fn pool_config(n: u32) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(n)
         .total_core_instances(n * CORE_INSTANCES_PER_SLOT)
@@ -294,41 +415,23 @@ fn build_engine(config: &SandboxConfig, concurrent: bool) -> Result<Engine, Prep
         .async_stack_keep_resident(STACK_KEEP_RESIDENT_BYTES)
         .pagemap_scan(Enabled::Auto)
         .decommit_batch_size(DECOMMIT_BATCH_SIZE);
-    let mut cfg = Config::new();
-    cfg.wasm_component_model(true)
-        .concurrency_support(concurrent)
-        .epoch_interruption(true)
-        .memory_init_cow(true)
-        // WASI 0.3 components are few today: allocated on demand, they
-        // reserve no pool of address space beside the main engine's.
-        .allocation_strategy(if config.pooling && !concurrent {
-            InstanceAllocationStrategy::Pooling(pool)
-        } else {
-            InstanceAllocationStrategy::OnDemand
-        });
-    if concurrent {
-        // The async ABI WASI 0.3 is built on.
-        cfg.wasm_component_model_async(true);
-    }
-    let pooled = config.pooling && !concurrent;
-    Engine::new(&cfg).map_err(|e| {
-        let source = updraft_core::Failure::boxed("creating the engine", e.into_boxed_dyn_error());
-        if pooled {
-            PrepareError::Pool { slots: n, source }
-        } else {
-            PrepareError::Internal(source)
-        }
-    })
+    pool
 }
 
-/// Advances both engines' epochs every [`EPOCH_TICK`] until they are dropped.
-fn start_epoch_ticker(engine: &Engine, p3_engine: &Engine) {
-    let weak = [engine.weak(), p3_engine.weak()];
+/// Advances the `ticked` engines' epochs every [`EPOCH_TICK`] until they
+/// are all dropped.
+fn start_epoch_ticker(ticked: &Arc<Mutex<Vec<EngineWeak>>>) {
+    let ticked = ticked.clone();
     std::thread::Builder::new()
         .name("updraft-epoch".into())
         .spawn(move || {
             loop {
-                let engines: Vec<Engine> = weak.iter().filter_map(|w| w.upgrade()).collect();
+                let engines: Vec<Engine> = ticked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .filter_map(|w| w.upgrade())
+                    .collect();
                 if engines.is_empty() {
                     break;
                 }

@@ -74,6 +74,7 @@ impl Sandbox {
             files_writable: false,
             tmp_mb: 0,
             grants: Grants::default(),
+            tiering: false,
         });
         self.evict(&digest);
         let prepared = prepared?;

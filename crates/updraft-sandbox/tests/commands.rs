@@ -62,6 +62,7 @@ impl Fixture {
             files_writable: false,
             tmp_mb: 0,
             grants: Grants::default(),
+            tiering: false,
         })
     }
 

@@ -1,7 +1,9 @@
 //! [`Functions`], the control plane: the registry (functions, versions,
 //! aliases, routes), the sandbox's compiled code, and the in-memory table of
 //! serving versions and routes, kept consistent with each other. Deploy,
-//! rollback, delete, prepare, scale to zero.
+//! rollback, delete, prepare, scale to zero, and tier-up: a big component
+//! compiled by Winch at its deploy serves until Cranelift's code, compiled
+//! in the background, replaces it.
 //!
 //! It knows nothing of triggers: the facade ([`crate::Platform`]) tells the
 //! events service what a change serves. In cluster mode the registry is
@@ -9,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
@@ -19,7 +21,9 @@ use updraft_core::{
     function_key,
 };
 use updraft_metering::Aggregate;
-use updraft_sandbox::{Backends, FilesSpec, Grants, InitSpec, PrepareSpec, Prepared, Sandbox};
+use updraft_sandbox::{
+    Backends, FilesSpec, Grants, InitSpec, PrepareSpec, Prepared, Sandbox, Tier,
+};
 use updraft_state::registry::NewVersion;
 use updraft_state::{FunctionRecord, Registry, RegistryChange};
 
@@ -33,6 +37,9 @@ use crate::usage::Usage;
 const COMPILES_AT_ONCE: usize = 1;
 /// Deploy compiles of one tenant at once: its burst waits on itself.
 const TENANT_COMPILES_AT_ONCE: usize = 1;
+/// Background Cranelift compiles (tier-ups) at once on a node: each already
+/// uses every core, and serving requests comes first.
+const TIER_UPS_AT_ONCE: usize = 1;
 
 /// The version of a function that serves traffic (its `latest` alias).
 pub struct Loaded {
@@ -51,6 +58,8 @@ pub struct Loaded {
     prepared: RwLock<Option<Arc<Prepared>>>,
     /// Serializes reloading so a burst after idle maps the code once.
     loading: tokio::sync::Mutex<()>,
+    /// Whether Cranelift's code is being compiled for it in the background.
+    tiering_up: std::sync::atomic::AtomicBool,
     /// Its `max_concurrency` slots, when it has one (per node).
     pub(crate) concurrency: Option<Arc<tokio::sync::Semaphore>>,
     last_used_ms: AtomicU64,
@@ -80,6 +89,7 @@ impl Loaded {
             triggers,
             prepared: RwLock::new(prepared),
             loading: tokio::sync::Mutex::new(()),
+            tiering_up: std::sync::atomic::AtomicBool::new(false),
             concurrency,
             last_used_ms: AtomicU64::new(now_ms()),
             stats: std::sync::OnceLock::new(),
@@ -103,6 +113,9 @@ impl Loaded {
 pub struct Deployed {
     pub loaded: Arc<Loaded>,
     pub compiled: bool,
+    /// The code the deploy made or loaded (Winch's, for a big component,
+    /// until the tier-up replaces it in `loaded`).
+    pub prepared: Arc<Prepared>,
 }
 
 /// Everything `info` shows about one function.
@@ -133,6 +146,10 @@ pub struct Functions {
     /// most the one compile under way.
     compiles: tokio::sync::Semaphore,
     tenant_compiles: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    /// Background Cranelift compiles (see [`TIER_UPS_AT_ONCE`]).
+    tier_ups: tokio::sync::Semaphore,
+    /// Itself, for the tasks it spawns.
+    me: Weak<Functions>,
 }
 
 #[derive(Default)]
@@ -169,8 +186,8 @@ impl Functions {
         backends: Backends,
         logs: Arc<Logs>,
         usage: Arc<Usage>,
-    ) -> Functions {
-        Functions {
+    ) -> Arc<Functions> {
+        Arc::new_cyclic(|me| Functions {
             sandbox,
             registry,
             backends,
@@ -180,7 +197,9 @@ impl Functions {
             control: tokio::sync::Mutex::new(()),
             compiles: tokio::sync::Semaphore::new(COMPILES_AT_ONCE),
             tenant_compiles: Mutex::default(),
-        }
+            tier_ups: tokio::sync::Semaphore::new(TIER_UPS_AT_ONCE),
+            me: me.clone(),
+        })
     }
 
     /// Serves every deployed function, scaled to zero: the first request
@@ -298,7 +317,8 @@ impl Functions {
         self.table.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Compiles or loads one version off the async threads.
+    /// Compiles or loads one version off the async threads; a big
+    /// component may get Winch's code first (see [`Self::tier_up`]).
     /// `kind` is what the binary must be (`None`: detect it). `wasm` is the
     /// upload at deploy; otherwise the Wasm is read from the registry, and
     /// only if the compiled artifact is not in the cache.
@@ -309,12 +329,13 @@ impl Functions {
         kind: Option<FunctionKind>,
         wasm: Option<Bytes>,
     ) -> Result<Arc<Prepared>, PlatformError> {
-        self.prepare_with(tenant, version, kind, wasm, None).await
+        self.prepare_with(tenant, version, kind, wasm, None, true)
+            .await
     }
 
     /// [`Self::prepare`], with the files bundle when it was just uploaded
     /// (otherwise it is read from the registry if this node has not
-    /// unpacked it yet).
+    /// unpacked it yet), and whether Winch's code may serve (`tiering`).
     async fn prepare_with(
         &self,
         tenant: &str,
@@ -322,6 +343,7 @@ impl Functions {
         kind: Option<FunctionKind>,
         wasm: Option<Bytes>,
         files: Option<Bytes>,
+        tiering: bool,
     ) -> Result<Arc<Prepared>, PlatformError> {
         let sandbox = self.sandbox.clone();
         let files = match version.manifest.files_digest {
@@ -339,11 +361,11 @@ impl Functions {
             }),
         };
         // Read the Wasm only if it must be compiled.
+        let cached = sandbox.is_cached(&version.wasm_digest)
+            || (tiering && sandbox.has_baseline(&version.wasm_digest));
         let wasm = match wasm {
             Some(wasm) => Some(wasm),
-            None if !sandbox.is_cached(&version.wasm_digest) => {
-                Some(self.registry.load_wasm(&version.wasm_digest).await?)
-            }
+            None if !cached => Some(self.registry.load_wasm(&version.wasm_digest).await?),
             None => None,
         };
         let name = version.manifest.name.clone();
@@ -380,6 +402,7 @@ impl Functions {
                 files_writable,
                 tmp_mb,
                 grants,
+                tiering,
             })
         })
         .await
@@ -407,7 +430,97 @@ impl Functions {
             )
             .await?;
         loaded.set_prepared(Some(prepared.clone()));
+        // Only what serves is tiered up: a replaced version's last
+        // invocations finish on the code they have.
+        let serving = self
+            .table()
+            .by_key
+            .get(&loaded.key)
+            .filter(|serving| std::ptr::eq(serving.as_ref(), loaded))
+            .cloned();
+        if let Some(serving) = serving {
+            self.tier_up(&serving, None);
+        }
         Ok(prepared)
+    }
+
+    /// If `loaded` serves Winch's code, compiles it with Cranelift in the
+    /// background and swaps the result in: invocations under way finish on
+    /// the old code, the next ones start on the new. `wasm` is the upload,
+    /// if at hand (otherwise it is read from the registry). If the compile
+    /// fails, Winch's code keeps serving, and the next load tries again.
+    fn tier_up(&self, loaded: &Arc<Loaded>, wasm: Option<Bytes>) {
+        let baseline = loaded
+            .prepared()
+            .is_some_and(|prepared| prepared.tier == Tier::Baseline);
+        if !baseline || loaded.tiering_up.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(functions) = self.me.upgrade() else {
+            return;
+        };
+        let loaded = loaded.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let compiled = match functions.tier_ups.acquire().await {
+                Ok(_slot) => {
+                    functions
+                        .prepare_with(
+                            &loaded.tenant,
+                            &loaded.version,
+                            Some(loaded.version.kind),
+                            wasm,
+                            None,
+                            false,
+                        )
+                        .await
+                }
+                Err(_) => return,
+            };
+            loaded.tiering_up.store(false, Ordering::Release);
+            match compiled {
+                Ok(optimized) => {
+                    // Scaled to zero meanwhile: the next load maps Cranelift's artifact.
+                    if loaded.prepared().is_some() {
+                        loaded.set_prepared(Some(optimized));
+                    }
+                    functions
+                        .sandbox
+                        .evict_baseline(&loaded.version.wasm_digest);
+                    functions.logs.platform(
+                        &loaded.key,
+                        &format!(
+                            "version {}: optimized code serves from now on (compiled by Cranelift in {} ms)",
+                            loaded.version.version,
+                            started.elapsed().as_millis()
+                        ),
+                    );
+                    functions.evict_if_deleted(&loaded).await;
+                }
+                Err(e) => tracing::error!(
+                    "{}: compiling optimized code failed, Winch's keeps serving: {}",
+                    loaded.key,
+                    updraft_core::error::chain(&e)
+                ),
+            }
+        });
+    }
+
+    /// Removes the artifacts of a version whose function was deleted while
+    /// its optimized code was compiled, unless another function serves the
+    /// same Wasm.
+    async fn evict_if_deleted(&self, loaded: &Loaded) {
+        let _guard = self.control.lock().await;
+        let digest = loaded.version.wasm_digest;
+        let deleted = self.get(&loaded.tenant, &loaded.name).is_none();
+        let shared = self
+            .table()
+            .by_key
+            .values()
+            .any(|other| other.version.wasm_digest == digest);
+        if deleted && !shared {
+            self.sandbox.evict(&digest);
+        }
     }
 
     /// Drops a function's compiled code from memory (it stays on disk).
@@ -429,7 +542,9 @@ impl Functions {
         let prepared = self
             .prepare(tenant, &version, Some(version.kind), None)
             .await?;
-        Ok(Arc::new(Loaded::new(tenant, version, Some(prepared))?))
+        let loaded = Arc::new(Loaded::new(tenant, version, Some(prepared))?);
+        self.tier_up(&loaded, None);
+        Ok(loaded)
     }
 
     /// Deploys a new version of `tenant`'s function: validate, compile,
@@ -503,6 +618,7 @@ impl Functions {
                     manifest.kind,
                     Some(wasm.clone()),
                     files.clone(),
+                    true,
                 )
                 .await?;
             (wasm, wasm_digest, prepared)
@@ -524,7 +640,7 @@ impl Functions {
             )
             .await?;
         let compiled = prepared.loaded_from == updraft_sandbox::LoadedFrom::Compile;
-        let loaded = Arc::new(Loaded::new(tenant, version, Some(prepared))?);
+        let loaded = Arc::new(Loaded::new(tenant, version, Some(prepared.clone()))?);
         self.table_mut().insert(loaded.clone());
         self.logs.platform(
             &loaded.key,
@@ -533,7 +649,12 @@ impl Functions {
                 loaded.version.version, loaded.version.kind, loaded.version.digest
             ),
         );
-        Ok(Deployed { loaded, compiled })
+        self.tier_up(&loaded, Some(wasm));
+        Ok(Deployed {
+            loaded,
+            compiled,
+            prepared,
+        })
     }
 
     /// Runs the component's initialisation and returns the snapshot of the

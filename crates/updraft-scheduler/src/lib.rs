@@ -51,7 +51,7 @@ pub use platform::{
     IDLE_UNLOAD_DEFAULT, Platform, PlatformConfig, STORAGE_SAMPLE_DEFAULT, UPLOADS_SCRATCH_DIR,
 };
 pub use quotas::{QUOTA_MAX, TenantQuota};
-pub use updraft_sandbox::{InvokeError, LoadedFrom, ResponseBody};
+pub use updraft_sandbox::{InvokeError, LoadedFrom, Prepared, ResponseBody, Tier};
 pub use usage::Usage;
 // The state types and limits the API speaks in, so that the gateway needs
 // no dependency on the state layer.

@@ -83,6 +83,9 @@ pub struct PlatformConfig {
     pub spare_instances: bool,
     /// MiB of linear memory all instances may hold at once; `None`: no budget.
     pub memory_budget_mb: Option<u64>,
+    /// WASI 0.2 components at least this big are compiled by Winch first
+    /// and by Cranelift in the background; `None`: Cranelift only.
+    pub tier_up_min_bytes: Option<u64>,
     /// How long raw usage records are kept.
     pub records_retention: Duration,
     /// How often what each tenant stores is sampled for its bill.
@@ -123,6 +126,7 @@ impl PlatformConfig {
             shed_load: true,
             spare_instances: true,
             memory_budget_mb: None,
+            tier_up_min_bytes: Some(updraft_sandbox::TIER_UP_MIN_BYTES_DEFAULT),
             records_retention: updraft_metering::RECORDS_RETENTION_DEFAULT,
             storage_sample: STORAGE_SAMPLE_DEFAULT,
             clock: updraft_core::system_clock(),
@@ -311,6 +315,7 @@ impl Platform {
         sandbox_config.background_threads = config.background_threads;
         sandbox_config.shed_load = config.shed_load;
         sandbox_config.spare_instances = config.spare_instances;
+        sandbox_config.tier_up_min_bytes = config.tier_up_min_bytes;
         sandbox_config.memory_budget_bytes = config
             .memory_budget_mb
             .map(|mb| usize::try_from(mb << 20).unwrap_or(usize::MAX));
@@ -399,13 +404,13 @@ impl Platform {
                     publisher: Arc::new(EventsPublisher(events_weak.clone())),
                     secrets: Arc::new(SecretReader(secrets.clone())),
                 };
-                let functions = Arc::new(Functions::new(
+                let functions = Functions::new(
                     sandbox.clone(),
                     registry,
                     backends,
                     logs.clone(),
                     usage.clone(),
-                ));
+                );
                 Invoker::new(
                     functions,
                     sandbox,

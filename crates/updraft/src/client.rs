@@ -254,6 +254,9 @@ pub struct Artifact {
     pub loaded_from: String,
     pub compile_ms: Option<u64>,
     pub compiled_bytes: Option<u64>,
+    /// `baseline` (Winch, until Cranelift's code is ready) or `optimized`;
+    /// absent from servers before tiering.
+    pub tier: Option<String>,
 }
 
 /// One stored version.

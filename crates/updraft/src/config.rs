@@ -14,6 +14,9 @@
 //! type = "local"      # files on this machine; or "s3" with url = "s3://bucket"
 //! dir = "/srv/blobs"  # default: DATA_DIR/blobs
 //!
+//! [compile]
+//! tiered = true       # big components: Winch at deploy, Cranelift in the background
+//!
 //! [http]
 //! base_domain = "functions.example"   # tenant acme at acme.functions.example
 //!
@@ -52,7 +55,32 @@ pub struct ServerConfig {
     #[serde(default)]
     pub memory: MemoryConfig,
     #[serde(default)]
+    pub compile: CompileConfig,
+    #[serde(default)]
     pub telemetry: TelemetryConfig,
+}
+
+/// `[compile]`: how deployed Wasm becomes machine code
+/// (docs/server-config.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompileConfig {
+    /// Compile big components with Winch first, so they answer soon after
+    /// their deploy, and with Cranelift in the background, whose code
+    /// then serves [default: true].
+    pub tiered: bool,
+    /// WASI 0.2 components of at least this many bytes are tiered
+    /// [default: 1 MiB].
+    pub tier_up_min_bytes: u64,
+}
+
+impl Default for CompileConfig {
+    fn default() -> Self {
+        CompileConfig {
+            tiered: true,
+            tier_up_min_bytes: updraft_sandbox::TIER_UP_MIN_BYTES_DEFAULT,
+        }
+    }
 }
 
 /// Shortest metrics token: 128 bits of hex, so it cannot be guessed.

@@ -240,6 +240,9 @@ fn artifact(f: &FunctionDetail) -> String {
     if let Some(bytes) = artifact.compiled_bytes {
         text.push_str(&format!(", {} of machine code", format_bytes(bytes)));
     }
+    if artifact.tier.as_deref() == Some("baseline") {
+        text.push_str(" by Winch; optimized code is being compiled");
+    }
     text
 }
 
@@ -316,6 +319,15 @@ pub fn write_deployed(
         f.latest(),
         format_duration(elapsed)
     )?;
+    if f.artifact
+        .as_ref()
+        .is_some_and(|a| a.tier.as_deref() == Some("baseline"))
+    {
+        writeln!(
+            out,
+            "compiled by Winch; optimized code is being compiled and replaces it in the background"
+        )?;
+    }
     match route {
         Some(route) => writeln!(out, "{}", route_url(route)),
         None => writeln!(out, "invoke it with: updraft invoke {}", f.name),
@@ -493,6 +505,7 @@ mod tests {
                 loaded_from: "compile".into(),
                 compile_ms: Some(1200),
                 compiled_bytes: Some(2 * 1024 * 1024),
+                tier: Some("optimized".into()),
             }),
             versions: (1..=3)
                 .map(|version| VersionInfo {

@@ -222,6 +222,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     config.shed_load = file.cpu.shed_load;
     config.spare_instances = file.cpu.spare_instances;
+    config.tier_up_min_bytes = file
+        .compile
+        .tiered
+        .then_some(file.compile.tier_up_min_bytes);
     config.memory_budget_mb = file.memory.budget_mb.or_else(default_memory_budget_mb);
     config.records_retention =
         Duration::from_secs(u64::from(file.metering.records_retention_days) * 86_400);

@@ -261,3 +261,94 @@ async fn a_guest_whose_client_leaves_runs_to_its_end_and_is_recorded() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A big component (every component, with `tier_up_min_bytes = 0`) answers
+/// from Winch's code right after its deploy, then from Cranelift's,
+/// compiled in the background: both answer the same, Winch's artifact
+/// leaves the cache, and a restart maps Cranelift's without compiling.
+#[tokio::test(flavor = "multi_thread")]
+async fn tiered_compilation_serves_winch_code_then_cranelift_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "[compile]\ntier_up_min_bytes = 0\n").unwrap();
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().unwrap()];
+    let server = Server::start_with(&data, &args);
+    let manifest = server.write_manifest("hello", "hello-rust", "route = \"/hello\"");
+    let deployed: Value =
+        serde_json::from_str(&server.cli_ok(&["--json", "deploy", manifest.to_str().unwrap()]))
+            .unwrap();
+    assert_eq!(deployed["artifact"]["tier"], "baseline", "{deployed}");
+    assert_eq!(deployed["compiled"], true, "{deployed}");
+    let hello = || async {
+        let response = client().get(server.url("/hello")).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    let expected = (200, "Hello from Updraft (Rust)!\n".to_string());
+    assert_eq!(hello().await, expected);
+
+    let info =
+        || serde_json::from_str::<Value>(&server.cli_ok(&["--json", "info", "hello"])).unwrap();
+    wait_until(
+        "Cranelift's code never replaced Winch's",
+        WAIT_MAX,
+        Duration::from_millis(50),
+        || async {
+            let info = info();
+            match info["artifact"]["tier"] == "optimized" {
+                true => Ok(()),
+                false => Err(info.to_string()),
+            }
+        },
+    )
+    .await;
+    server
+        .wait_for_logs("hello", &["version 1: optimized code serves from now on"])
+        .await;
+    assert_eq!(hello().await, expected);
+    let text = server.cli_ok(&["info", "hello"]);
+    assert!(!text.contains("by Winch"), "{text}");
+    let health: Value = server.get_json("/healthz").await;
+    assert_eq!(health["compiles"], 2, "Winch, then Cranelift: {health}");
+    let artifacts = || {
+        std::fs::read_dir(data.join("compiled"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "cwasm")
+            })
+            .count()
+    };
+    assert_eq!(artifacts(), 1, "Winch's artifact is evicted");
+
+    // A restart maps Cranelift's code from the cache.
+    assert!(server.stop().success());
+    let server = Server::start_with(&data, &args);
+    let response = client().get(server.url("/hello")).send().await.unwrap();
+    assert_eq!(
+        response.text().await.unwrap(),
+        "Hello from Updraft (Rust)!\n"
+    );
+    let info: Value = serde_json::from_str(&server.cli_ok(&["--json", "info", "hello"])).unwrap();
+    assert_eq!(info["artifact"]["tier"], "optimized", "{info}");
+    assert_eq!(info["artifact"]["loaded_from"], "cache", "{info}");
+    let health: Value = server.get_json("/healthz").await;
+    assert_eq!(health["compiles"], 0, "{health}");
+
+    // `tiered = false`: Cranelift at the deploy, whatever the size.
+    drop(server);
+    std::fs::write(
+        &config,
+        "[compile]\ntiered = false\ntier_up_min_bytes = 0\n",
+    )
+    .unwrap();
+    let server = Server::start_with(&dir.path().join("untiered"), &args);
+    let manifest = server.write_manifest("hello", "hello-rust", "route = \"/hello\"");
+    let deployed: Value =
+        serde_json::from_str(&server.cli_ok(&["--json", "deploy", manifest.to_str().unwrap()]))
+            .unwrap();
+    assert_eq!(deployed["artifact"]["tier"], "optimized", "{deployed}");
+}
