@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -93,8 +93,33 @@ pub struct Language {
     pub first_response_ms: f64,
     /// `wasmtime serve`: launch → first 200 (probed every 20 ms).
     pub wasmtime_first_response_ms: f64,
+    /// Tiered compilation (absent in reports from before it).
+    #[serde(default)]
+    pub tiers: Option<Tiers>,
     pub load: Vec<LoadResult>,
 }
+
+/// Both tiers of one component on the `updraft-…` server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tiers {
+    /// The code the deploy answered with: `baseline` (Winch) or
+    /// `optimized` (Cranelift).
+    pub deployed: String,
+    /// p50 of [`TIER_PROBES`] sequential GETs right after the first
+    /// response, served by Winch's code while Cranelift compiles on the
+    /// other core; `None` when Winch's code did not serve them all.
+    pub baseline_p50_ms: Option<f64>,
+    /// `PUT` → Cranelift's code serves.
+    pub optimized_ms: f64,
+    /// The same GETs once Cranelift's code serves.
+    pub optimized_p50_ms: f64,
+}
+
+/// Sequential GETs timed on each tier.
+pub const TIER_PROBES: usize = 20;
+/// Longest wait for Cranelift's code: an 18 MiB component compiles in
+/// about 10 s on a busy 2-core machine.
+const TIER_UP_WAIT: Duration = Duration::from_secs(300);
 
 /// One language's component, and what it answers.
 struct Guest {
@@ -152,7 +177,22 @@ pub fn run(options: &Options) -> Result<LanguagesReport> {
     let no_spares = scratch.join("no-spares.toml");
     std::fs::write(&no_spares, "[cpu]\nspare_instances = false\n")
         .context("writing the config without spares")?;
-    let on = updraft::start(&bin, &scratch.join("on"), "127.0.0.1:0", scratch)?.server;
+    // A tiny run's hello-rust is below the size that is tiered: tier it
+    // anyway, so the tiers are measured in every mode.
+    let tiered = scratch.join("tiered.toml");
+    let compile = match options.mode {
+        Mode::Tiny => "[compile]\ntier_up_min_bytes = 0\n",
+        Mode::Full | Mode::Quick => "",
+    };
+    std::fs::write(&tiered, compile).context("writing the server config")?;
+    let on = updraft::start_with(
+        &bin,
+        &scratch.join("on"),
+        "127.0.0.1:0",
+        scratch,
+        &["--config", &tiered.to_string_lossy()],
+    )?
+    .server;
     let off = updraft::start_with(
         &bin,
         &scratch.join("off"),
@@ -172,13 +212,16 @@ pub fn run(options: &Options) -> Result<LanguagesReport> {
             wasm.len()
         );
         let route = format!("/{}", guest.name);
-        let started = Instant::now();
-        updraft::deploy(on.endpoint, guest.name, &route, &wasm)?;
-        let deploy_ms = ms(started);
+        let deploying = Instant::now();
+        let deployed = updraft::deploy(on.endpoint, guest.name, &route, &wasm)?;
+        let deploy_ms = ms(deploying);
         let started = Instant::now();
         check(&on, &route, guest.body)?;
         let first_response_ms = ms(started);
+        let tiers = measure_tiers(&on, guest, &route, deploying, deployed.tier)?;
         updraft::deploy(off.endpoint, guest.name, &route, &wasm)?;
+        // Loads are measured on Cranelift's code only.
+        updraft::wait_optimized(off.endpoint, guest.name, TIER_UP_WAIT)?;
         let started = Instant::now();
         let peer = start_wasmtime(&wasmtime, scratch, guest, &path)?;
         let wasmtime_first_response_ms = ms(started);
@@ -207,6 +250,7 @@ pub fn run(options: &Options) -> Result<LanguagesReport> {
             deploy_ms,
             first_response_ms,
             wasmtime_first_response_ms,
+            tiers: Some(tiers),
             load,
         });
     }
@@ -221,6 +265,39 @@ pub fn run(options: &Options) -> Result<LanguagesReport> {
         rounds: plan.rounds,
         languages: measured,
         preinit: Some(preinit),
+    })
+}
+
+/// Times [`TIER_PROBES`] sequential GETs on the code the deploy made, waits
+/// for Cranelift's code, and times them again. `deploying`: when the `PUT`
+/// was sent.
+fn measure_tiers(
+    server: &Server,
+    guest: &Guest,
+    route: &str,
+    deploying: Instant,
+    deployed: Option<String>,
+) -> Result<Tiers> {
+    let deployed = deployed.unwrap_or_else(|| "optimized".to_string());
+    let probes = || -> Result<f64> {
+        let mut times = Vec::with_capacity(TIER_PROBES);
+        for _ in 0..TIER_PROBES {
+            let started = Instant::now();
+            check(server, route, guest.body)?;
+            times.push(ms(started));
+        }
+        Ok(crate::stats::median(&times))
+    };
+    let first = probes()?;
+    let still_baseline = updraft::tier(server.endpoint, guest.name)?.as_deref() == Some("baseline");
+    let baseline_p50_ms = (deployed == "baseline" && still_baseline).then_some(first);
+    updraft::wait_optimized(server.endpoint, guest.name, TIER_UP_WAIT)?;
+    let optimized_ms = ms(deploying);
+    Ok(Tiers {
+        deployed,
+        baseline_p50_ms,
+        optimized_ms,
+        optimized_p50_ms: probes()?,
     })
 }
 
@@ -338,6 +415,7 @@ pub fn markdown(report: &LanguagesReport) -> String {
             l.wasmtime_first_response_ms
         ));
     }
+    tiers_markdown(&mut md, &report.languages);
     md.push_str(&format!(
         "\nFresh instance per request on all three servers; wrk -t1, {} s per point, \
          servers alternated, median of {} round(s). Latencies in µs.\n\n\
@@ -390,6 +468,31 @@ pub fn markdown(report: &LanguagesReport) -> String {
         preinit_markdown(&mut md, p, &report.concurrencies);
     }
     md
+}
+
+/// The tiers table: Winch's code at the deploy, Cranelift's later.
+fn tiers_markdown(md: &mut String, languages: &[Language]) {
+    if languages.iter().all(|l| l.tiers.is_none()) {
+        return;
+    }
+    md.push_str(&format!(
+        "\nTiered compilation on the Updraft server above: the code the deploy answered with \
+         (`baseline`: Winch), the median of {TIER_PROBES} sequential requests on it right after \
+         the first response (while Cranelift compiles in the background), the time from the \
+         `PUT` until Cranelift's code serves, and the same requests on it.\n\n\
+         | language | deployed | p50 on Winch's code | deploy → Cranelift's code serves | \
+         p50 on Cranelift's code |\n| --- | --- | ---: | ---: | ---: |\n"
+    ));
+    for l in languages {
+        let Some(t) = &l.tiers else { continue };
+        let baseline = t
+            .baseline_p50_ms
+            .map_or_else(|| "—".to_string(), |ms| format!("{ms:.2} ms"));
+        md.push_str(&format!(
+            "| {} | {} | {baseline} | {:.0} ms | {:.2} ms |\n",
+            l.name, t.deployed, t.optimized_ms, t.optimized_p50_ms
+        ));
+    }
 }
 
 fn preinit_markdown(md: &mut String, p: &Preinit, concurrencies: &[u32]) {

@@ -53,6 +53,9 @@ pub struct Deployed {
     pub elapsed: Duration,
     /// Whether the server compiled the Wasm (not found in its artifact cache).
     pub compiled: bool,
+    /// Which code the deploy answered with: `baseline` (Winch) or
+    /// `optimized`; servers before tiered compilation say nothing.
+    pub tier: Option<String>,
 }
 
 /// `PUT /v1/functions/{name}?route={route}` with the raw Wasm; expects 201.
@@ -77,11 +80,54 @@ pub fn deploy_with(endpoint: Endpoint, name: &str, query: &str, wasm: &[u8]) -> 
             response.text()
         );
     }
-    let compiled = serde_json::from_slice::<serde_json::Value>(&response.body)
-        .ok()
+    let details = serde_json::from_slice::<serde_json::Value>(&response.body).ok();
+    let compiled = details
+        .as_ref()
         .and_then(|v| v.get("compiled").and_then(serde_json::Value::as_bool))
         .unwrap_or(false);
-    Ok(Deployed { elapsed, compiled })
+    Ok(Deployed {
+        elapsed,
+        compiled,
+        tier: details.as_ref().and_then(tier_of),
+    })
+}
+
+/// `artifact.tier` of a function's details.
+fn tier_of(details: &serde_json::Value) -> Option<String> {
+    details["artifact"]["tier"].as_str().map(str::to_string)
+}
+
+/// Which code serves `name` now (`artifact.tier`); `None` from servers
+/// before tiered compilation, or while it is scaled to zero.
+pub fn tier(endpoint: Endpoint, name: &str) -> Result<Option<String>> {
+    let path = format!("/v1/functions/{name}");
+    let response = http::send(endpoint, &Request::get(&path), CONTROL_TIMEOUT)?;
+    if response.status != 200 {
+        bail!(
+            "GET {path} answered {}: {}",
+            response.status,
+            response.text()
+        );
+    }
+    let details: serde_json::Value = serde_json::from_slice(&response.body)
+        .with_context(|| format!("GET {path} answered {:?}", response.text()))?;
+    Ok(tier_of(&details))
+}
+
+/// Waits until Cranelift's code serves `name` (probed every 10 ms), at
+/// most `within`.
+pub fn wait_optimized(endpoint: Endpoint, name: &str, within: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match tier(endpoint, name)?.as_deref() {
+            Some("baseline") => {}
+            _ => return Ok(()),
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{name}: Cranelift's code did not replace Winch's within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Deploys with a whole manifest (TOML), as `updraft deploy` does: a

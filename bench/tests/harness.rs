@@ -430,6 +430,15 @@ fn tiny_languages_run_compares_three_servers() {
             && rust.first_response_ms > 0.0
             && rust.wasmtime_first_response_ms > 0.0
     );
+    // The tiny run tiers hello-rust: Winch's code at the deploy, then
+    // Cranelift's.
+    let tiers = rust.tiers.as_ref().expect("the tiers");
+    assert_eq!(tiers.deployed, "baseline", "{tiers:?}");
+    assert!(
+        tiers.optimized_ms >= rust.deploy_ms && tiers.optimized_p50_ms > 0.0,
+        "{tiers:?}"
+    );
+    assert!(text.contains("| rust | baseline |"), "{text}");
     let points: Vec<(&str, u32)> = rust
         .load
         .iter()
