@@ -45,7 +45,7 @@ fn prepare(sandbox: &Sandbox, name: &str) -> Arc<Prepared> {
                 files_writable: false,
                 tmp_mb: 0,
                 grants: updraft_sandbox::Grants::default(),
-                tiering: false,
+                tiering: updraft_sandbox::Tiering::Off,
             })
             .unwrap(),
     )

@@ -8,7 +8,7 @@
 //! A big WASI 0.2 component may be compiled by Winch first, when the caller
 //! allows it ([`PrepareSpec::tiering`]): its artifact is cached under the
 //! Winch engine's hash, and serves until the caller prepares the version
-//! again without tiering, which compiles it with Cranelift.
+//! again for a tier-up, which compiles it with Cranelift at low priority.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyIndices;
 
 use crate::calls::{HANDLER_EXPORT, HandlerIndices};
 use crate::capability::Grants;
-use crate::engine::{Sandbox, Tier};
+use crate::engine::{Sandbox, Tier, Tiering};
 use crate::error::PrepareError;
 use crate::host::Host;
 use crate::warm::WarmPool;
@@ -189,11 +189,9 @@ pub struct PrepareSpec<'a> {
     pub tmp_mb: u32,
     /// Its capabilities ([`Grants::for_function`]).
     pub grants: Grants,
-    /// Whether Winch's code may serve (a big component compiled by Winch
-    /// now, or its Winch artifact in the cache), when Cranelift's is not
-    /// in the cache. The caller then prepares the version again without
-    /// it, in the background.
-    pub tiering: bool,
+    /// Whether Winch's code may serve, and whether Cranelift compiles in
+    /// the background.
+    pub tiering: Tiering,
 }
 
 impl Sandbox {
@@ -397,17 +395,17 @@ impl Sandbox {
         }
     }
 
-    /// Cranelift's artifact from the cache; with `tiering`, else Winch's;
-    /// else compiles: with Winch if `tiering` and the Wasm is a big enough
-    /// WASI 0.2 component, otherwise with Cranelift.
+    /// Cranelift's artifact from the cache; with [`Tiering::Baseline`],
+    /// else Winch's; else compiles: with Winch if tiering and the Wasm is a
+    /// big enough WASI 0.2 component, otherwise with Cranelift.
     fn load_or_compile(
         &self,
         wasm: WasmSource<'_>,
         digest: &Digest,
-        tiering: bool,
+        tiering: Tiering,
     ) -> Result<Artifact, PrepareError> {
         let mut cached = vec![ArtifactEngine::Main, ArtifactEngine::P3];
-        if tiering && self.tier_up_min_bytes.is_some() {
+        if tiering == Tiering::Baseline && self.tier_up_min_bytes.is_some() {
             cached.push(ArtifactEngine::Baseline);
         }
         for engine in cached {
@@ -437,7 +435,7 @@ impl Sandbox {
         let wasm = wasm().map_err(|e| PrepareError::Internal(updraft_core::Failure::msg(e)))?;
         // Refuses a wrong binary in milliseconds, before Cranelift.
         let Shape { component, p3 } = updraft_core::wasm::check(&wasm)?;
-        let baseline = tiering
+        let baseline = tiering == Tiering::Baseline
             && component
             && !p3
             && self
@@ -456,10 +454,16 @@ impl Sandbox {
         let compiling = self.engine_of(engine).ok_or_else(|| {
             PrepareError::Internal(updraft_core::Failure::msg("the engine chosen is gone"))
         })?;
-        let compiled = if component {
-            compiling.precompile_component(&wasm)
-        } else {
-            compiling.precompile_module(&wasm)
+        let compile = || {
+            if component {
+                compiling.precompile_component(&wasm)
+            } else {
+                compiling.precompile_module(&wasm)
+            }
+        };
+        let compiled = match tiering {
+            Tiering::Up => self.in_background(compile),
+            Tiering::Off | Tiering::Baseline => compile(),
         }
         .map_err(|e| PrepareError::Invalid(format!("{e:#}")))?;
         self.count_compile();
@@ -669,7 +673,7 @@ mod tests {
                 files_writable: false,
                 tmp_mb: 0,
                 grants: Grants::default(),
-                tiering: false,
+                tiering: crate::Tiering::Off,
             })
             .err()
             .expect("the deploy must fail");

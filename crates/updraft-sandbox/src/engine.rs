@@ -128,6 +128,20 @@ pub enum Tier {
     Optimized,
 }
 
+/// What code a prepare may make or load ([`crate::PrepareSpec::tiering`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tiering {
+    /// Cranelift's, compiled now if it is not in the cache.
+    Off,
+    /// Winch's may serve: a big WASI 0.2 component is compiled by Winch
+    /// (or Winch's artifact loaded) when Cranelift's is not in the cache.
+    /// The caller then prepares the version again with [`Tiering::Up`].
+    Baseline,
+    /// Cranelift's, compiled in the background: at low priority, so
+    /// invocations keep their cores while it compiles.
+    Up,
+}
+
 /// The Winch engine and what it links: WASI 0.2 components only.
 pub(crate) struct Baseline {
     pub(crate) engine: Engine,
@@ -170,6 +184,10 @@ pub struct Sandbox {
     baseline: OnceLock<Result<Baseline, String>>,
     /// Whose epochs the ticker thread advances.
     ticked: Arc<Mutex<Vec<EngineWeak>>>,
+    /// Where tier-ups compile: one thread per core at nice 19, made on
+    /// first use; `None` if it cannot be made (they compile on the
+    /// caller's pool then).
+    tier_up_pool: OnceLock<Option<rayon::ThreadPool>>,
 }
 
 impl Sandbox {
@@ -246,7 +264,27 @@ impl Sandbox {
             tier_up_min_bytes: config.tier_up_min_bytes,
             baseline: OnceLock::new(),
             ticked,
+            tier_up_pool: OnceLock::new(),
         }))
+    }
+
+    /// Runs `compile` on the low-priority pool of tier-ups: wasmtime's
+    /// parallel compilation runs on the rayon pool it is called from.
+    pub(crate) fn in_background<T: Send>(&self, compile: impl FnOnce() -> T + Send) -> T {
+        let pool = self.tier_up_pool.get_or_init(|| {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("updraft-tier-up-{i}"))
+                .start_handler(|_| crate::lanes::lower_priority())
+                .build()
+                .map_err(|e| tracing::warn!("tier-ups compile at normal priority: {e}"))
+                .ok()
+        });
+        match pool {
+            Some(pool) => pool.install(compile),
+            None => compile(),
+        }
     }
 
     /// The Winch engine, made now if this is its first use; `None` if it

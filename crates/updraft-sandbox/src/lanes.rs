@@ -240,7 +240,7 @@ impl Shared {
 /// wakes takes the core almost at once. (`SCHED_IDLE` was measured too: no
 /// better, since with every core busy the tail is the kernel's wakeup
 /// latency, which a policy does not change; see BENCHMARKS.md.)
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     if let Err(e) =
         rustix::process::setpriority_process(Some(rustix::thread::gettid()), BACKGROUND_NICE)
     {

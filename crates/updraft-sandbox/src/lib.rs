@@ -40,7 +40,9 @@ pub use budget::{MEMORY_WAIT_MAX, MemoryBudget};
 pub use calls::{CALL_DEPTH_MAX, CallError, CallGrant, CallRequest, FunctionCaller};
 pub use capability::{Backends, Grants};
 pub use config::SecretSource;
-pub use engine::{INSTANCES_MAX_MAX, Sandbox, SandboxConfig, TIER_UP_MIN_BYTES_DEFAULT, Tier};
+pub use engine::{
+    INSTANCES_MAX_MAX, Sandbox, SandboxConfig, TIER_UP_MIN_BYTES_DEFAULT, Tier, Tiering,
+};
 pub use error::{InvokeError, PrepareError};
 pub use files::FilesSpec;
 pub use host::StateUsage;

@@ -74,7 +74,7 @@ impl Sandbox {
             files_writable: false,
             tmp_mb: 0,
             grants: Grants::default(),
-            tiering: false,
+            tiering: crate::Tiering::Off,
         });
         self.evict(&digest);
         let prepared = prepared?;

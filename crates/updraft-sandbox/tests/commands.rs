@@ -10,7 +10,7 @@ use bytes::Bytes;
 use updraft_core::{Digest, Limits, LogStream};
 use updraft_sandbox::{
     CommandOutput, Grants, InvocationCtx, InvokeError, PrepareError, PrepareSpec, Prepared,
-    Sandbox, SandboxConfig,
+    Sandbox, SandboxConfig, Tier, Tiering,
 };
 
 /// A wasip1 command: `body` is the `_start` function's body; it may call
@@ -32,17 +32,25 @@ fn command(body: &str) -> Vec<u8> {
 
 struct Fixture {
     sandbox: Arc<Sandbox>,
+    /// Components are compiled by Winch first, whatever their size.
+    tiering: bool,
     _dir: tempfile::TempDir,
 }
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with_tiering(false)
+    }
+
+    fn with_tiering(tiering: bool) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let mut config = SandboxConfig::new(dir.path().join("compiled"));
         config.instances_max = 4;
         config.warm_instances_max = 0;
+        config.tier_up_min_bytes = tiering.then_some(0);
         Fixture {
             sandbox: Sandbox::new(config).unwrap(),
+            tiering,
             _dir: dir,
         }
     }
@@ -62,12 +70,19 @@ impl Fixture {
             files_writable: false,
             tmp_mb: 0,
             grants: Grants::default(),
-            tiering: false,
+            tiering: match self.tiering {
+                true => Tiering::Baseline,
+                false => Tiering::Off,
+            },
         })
     }
 
     async fn run(&self, wasm: Vec<u8>, limits: Limits, stdin: &'static [u8]) -> CommandOutput {
         let prepared = self.prepare(wasm, limits).unwrap();
+        self.invoke(&prepared, stdin).await
+    }
+
+    async fn invoke(&self, prepared: &Prepared, stdin: &'static [u8]) -> CommandOutput {
         let ctx = InvocationCtx {
             invocation_id: "inv-1".into(),
             tenant: Arc::from("tenant"),
@@ -79,7 +94,7 @@ impl Fixture {
             tracer: None,
         };
         self.sandbox
-            .invoke_command(&prepared, Bytes::from_static(stdin), ctx)
+            .invoke_command(prepared, Bytes::from_static(stdin), ctx)
             .await
     }
 }
@@ -194,6 +209,7 @@ async fn with_one_lane_nothing_moves() {
     config.background_threads = 0;
     let f = Fixture {
         sandbox: Sandbox::new(config).unwrap(),
+        tiering: false,
         _dir: dir,
     };
     let limits = Limits {
@@ -317,4 +333,64 @@ async fn a_component_of_no_known_world_is_refused_before_it_is_compiled() {
     // A command is compiled as before.
     f.prepare(p3_command("i32.const 0"), limits()).unwrap();
     assert_eq!(f.sandbox.compiles(), 1);
+}
+
+/// A WASI 0.2 command component whose `run` is `body` (0: ok, 1: error).
+fn p2_command(body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component
+             (core module $m
+               (memory (export "memory") 1)
+               (func (export "run") (result i32) {body}))
+             (core instance $i (instantiate $m))
+             (type $run (func (result (result))))
+             (func $run (type $run) (canon lift (core func $i "run")))
+             (instance $cli (export "run" (func $run)))
+             (export "wasi:cli/run@0.2.0" (instance $cli)))"#
+    ))
+    .unwrap()
+}
+
+/// Winch's code, which serves a big component until Cranelift's is ready,
+/// keeps every limit: a loop is stopped by the timeout (epoch checks), a
+/// memory bomb by the memory limit. Without tiering, the same Wasm gets
+/// Cranelift's code.
+#[tokio::test(flavor = "multi_thread")]
+async fn winch_code_keeps_the_same_limits() {
+    let f = Fixture::with_tiering(true);
+    let prepared = f.prepare(p2_command("i32.const 0"), limits()).unwrap();
+    assert_eq!(prepared.tier, Tier::Baseline);
+    assert!(f.invoke(&prepared, b"").await.result.is_ok());
+    let fails = f.prepare(p2_command("i32.const 1"), limits()).unwrap();
+    assert!(f.invoke(&fails, b"").await.result.is_err());
+    let quick = Limits {
+        timeout_ms: 200,
+        ..limits()
+    };
+    let spin = f
+        .prepare(p2_command("(loop $l (br $l)) i32.const 0"), quick)
+        .unwrap();
+    assert_eq!(spin.tier, Tier::Baseline);
+    assert_eq!(
+        f.invoke(&spin, b"").await.result.unwrap_err(),
+        InvokeError::Timeout { timeout_ms: 200 }
+    );
+    let bomb =
+        "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable";
+    let bomb = f.prepare(p2_command(bomb), limits()).unwrap();
+    assert_eq!(bomb.tier, Tier::Baseline);
+    let out = f.invoke(&bomb, b"").await;
+    assert_eq!(
+        out.result.unwrap_err(),
+        InvokeError::MemoryLimit { memory_mb: 16 }
+    );
+    assert!(out.report.memory_peak_bytes >= 15 << 20, "metered");
+
+    // Cranelift's code, for the same Wasm.
+    let untiered = Fixture::new();
+    let prepared = untiered
+        .prepare(p2_command("i32.const 0"), limits())
+        .unwrap();
+    assert_eq!(prepared.tier, Tier::Optimized);
+    assert!(untiered.invoke(&prepared, b"").await.result.is_ok());
 }

@@ -131,7 +131,7 @@ impl Fixture {
                 files_writable: false,
                 tmp_mb: 0,
                 grants: Grants::for_function("local", &manifest, &self.backends),
-                tiering: false,
+                tiering: updraft_sandbox::Tiering::Off,
             })
             .unwrap()
     }

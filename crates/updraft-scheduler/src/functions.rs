@@ -22,7 +22,7 @@ use updraft_core::{
 };
 use updraft_metering::Aggregate;
 use updraft_sandbox::{
-    Backends, FilesSpec, Grants, InitSpec, PrepareSpec, Prepared, Sandbox, Tier,
+    Backends, FilesSpec, Grants, InitSpec, PrepareSpec, Prepared, Sandbox, Tier, Tiering,
 };
 use updraft_state::registry::NewVersion;
 use updraft_state::{FunctionRecord, Registry, RegistryChange};
@@ -329,13 +329,14 @@ impl Functions {
         kind: Option<FunctionKind>,
         wasm: Option<Bytes>,
     ) -> Result<Arc<Prepared>, PlatformError> {
-        self.prepare_with(tenant, version, kind, wasm, None, true)
+        self.prepare_with(tenant, version, kind, wasm, None, Tiering::Baseline)
             .await
     }
 
     /// [`Self::prepare`], with the files bundle when it was just uploaded
     /// (otherwise it is read from the registry if this node has not
-    /// unpacked it yet), and whether Winch's code may serve (`tiering`).
+    /// unpacked it yet), and whether Winch's code may serve or Cranelift
+    /// compiles in the background (`tiering`).
     async fn prepare_with(
         &self,
         tenant: &str,
@@ -343,7 +344,7 @@ impl Functions {
         kind: Option<FunctionKind>,
         wasm: Option<Bytes>,
         files: Option<Bytes>,
-        tiering: bool,
+        tiering: Tiering,
     ) -> Result<Arc<Prepared>, PlatformError> {
         let sandbox = self.sandbox.clone();
         let files = match version.manifest.files_digest {
@@ -362,7 +363,7 @@ impl Functions {
         };
         // Read the Wasm only if it must be compiled.
         let cached = sandbox.is_cached(&version.wasm_digest)
-            || (tiering && sandbox.has_baseline(&version.wasm_digest));
+            || (tiering == Tiering::Baseline && sandbox.has_baseline(&version.wasm_digest));
         let wasm = match wasm {
             Some(wasm) => Some(wasm),
             None if !cached => Some(self.registry.load_wasm(&version.wasm_digest).await?),
@@ -471,7 +472,7 @@ impl Functions {
                             Some(loaded.version.kind),
                             wasm,
                             None,
-                            false,
+                            Tiering::Up,
                         )
                         .await
                 }
@@ -618,7 +619,7 @@ impl Functions {
                     manifest.kind,
                     Some(wasm.clone()),
                     files.clone(),
-                    true,
+                    Tiering::Baseline,
                 )
                 .await?;
             (wasm, wasm_digest, prepared)
