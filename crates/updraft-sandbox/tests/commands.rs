@@ -268,22 +268,34 @@ async fn a_command_without_start_or_of_the_wrong_kind_is_refused_at_prepare() {
     assert!(!prepared.takes_calls());
 }
 
-/// A WASI 0.3 command: a component exporting `wasi:cli/run@0.3.0`, its
-/// `run` lifted without the async ABI; `body` is `run`'s body and leaves
-/// the result's discriminant (0 is `ok`).
-fn p3_command(body: &str) -> Vec<u8> {
+/// A command component exporting `wasi:cli/run`: WASI 0.3 (`p3`: `run`'s
+/// type is async, lifted without the async ABI) or 0.2. `body` is `run`'s
+/// body and leaves the result's discriminant (0 is `ok`).
+fn command_component(body: &str, p3: bool) -> Vec<u8> {
+    let (asynchronous, version) = match p3 {
+        true => ("async ", "0.3.0"),
+        false => ("", "0.2.0"),
+    };
     wat::parse_str(format!(
         r#"(component
              (core module $m
                (memory (export "memory") 1)
                (func (export "run") (result i32) {body}))
              (core instance $i (instantiate $m))
-             (type $run (func async (result (result))))
+             (type $run (func {asynchronous}(result (result))))
              (func $run (type $run) (canon lift (core func $i "run")))
              (instance $cli (export "run" (func $run)))
-             (export "wasi:cli/run@0.3.0" (instance $cli)))"#
+             (export "wasi:cli/run@{version}" (instance $cli)))"#
     ))
     .unwrap()
+}
+
+fn p3_command(body: &str) -> Vec<u8> {
+    command_component(body, true)
+}
+
+fn p2_command(body: &str) -> Vec<u8> {
+    command_component(body, false)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -333,22 +345,6 @@ async fn a_component_of_no_known_world_is_refused_before_it_is_compiled() {
     // A command is compiled as before.
     f.prepare(p3_command("i32.const 0"), limits()).unwrap();
     assert_eq!(f.sandbox.compiles(), 1);
-}
-
-/// A WASI 0.2 command component whose `run` is `body` (0: ok, 1: error).
-fn p2_command(body: &str) -> Vec<u8> {
-    wat::parse_str(format!(
-        r#"(component
-             (core module $m
-               (memory (export "memory") 1)
-               (func (export "run") (result i32) {body}))
-             (core instance $i (instantiate $m))
-             (type $run (func (result (result))))
-             (func $run (type $run) (canon lift (core func $i "run")))
-             (instance $cli (export "run" (func $run)))
-             (export "wasi:cli/run@0.2.0" (instance $cli)))"#
-    ))
-    .unwrap()
 }
 
 /// Winch's code, which serves a big component until Cranelift's is ready,
