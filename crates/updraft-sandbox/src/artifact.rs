@@ -374,15 +374,22 @@ impl Sandbox {
                 .is_some_and(|path| path.is_file())
     }
 
-    /// Removes a cached artifact, or an unpacked files bundle (when no
-    /// version uses it any more).
+    /// Removes the cached artifacts of this Wasm, and its unpacked files
+    /// bundle (when no version uses it any more).
     pub fn evict(&self, digest: &Digest) {
-        for engine in [ArtifactEngine::Main, ArtifactEngine::P3] {
-            if let Some(path) = self.artifact_path(digest, engine) {
-                let _ = std::fs::remove_file(path);
+        // Every engine's (`<wasm hex>-<engine hash>.cwasm`), found by name:
+        // the Winch engine is not built just to name its artifact, and an
+        // older engine's go too.
+        let prefix = format!("{}-", digest.hex());
+        if let Ok(entries) = std::fs::read_dir(&self.cache_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(&prefix) && name.ends_with(".cwasm") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
-        self.evict_baseline(digest);
         self.evict_files(digest);
     }
 

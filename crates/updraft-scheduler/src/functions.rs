@@ -498,11 +498,21 @@ impl Functions {
                     );
                     functions.evict_if_deleted(&loaded).await;
                 }
-                Err(e) => tracing::error!(
-                    "{}: compiling optimized code failed, Winch's keeps serving: {}",
-                    loaded.key,
-                    updraft_core::error::chain(&e)
-                ),
+                Err(e) => {
+                    let reason = updraft_core::error::chain(&e);
+                    tracing::error!(
+                        "{}: compiling optimized code failed, Winch's keeps serving: {reason}",
+                        loaded.key
+                    );
+                    // The function's author sees why it stays slower.
+                    functions.logs.platform(
+                        &loaded.key,
+                        &format!(
+                            "version {}: compiling optimized code failed, Winch's code keeps serving until the next load: {reason}",
+                            loaded.version.version
+                        ),
+                    );
+                }
             }
         });
     }

@@ -337,6 +337,9 @@ async fn tiered_compilation_serves_winch_code_then_cranelift_code() {
     assert_eq!(info["artifact"]["loaded_from"], "cache", "{info}");
     let health: Value = server.get_json("/healthz").await;
     assert_eq!(health["compiles"], 0, "{health}");
+    // A delete removes the artifact.
+    server.cli_ok(&["rm", "hello"]);
+    assert_eq!(artifacts(), 0, "the artifact outlived its function");
 
     // `tiered = false`: Cranelift at the deploy, whatever the size.
     drop(server);
