@@ -99,7 +99,7 @@ async fn versions_rollback_delete_and_logs() {
         .any(|l: &String| l.contains("chaos wrote to stderr"))
     {
         let line = rx
-            .recv_timeout(Duration::from_secs(10))
+            .recv_timeout(WAIT_MAX)
             .unwrap_or_else(|_| panic!("follow did not show the line; saw {seen:?}"));
         seen.push(line);
     }
@@ -197,7 +197,7 @@ async fn idle_functions_scale_to_zero_and_come_back_from_the_cache() {
     assert_eq!(info(&server)["artifact"]["loaded"], true);
 
     // Idle for longer than the limit: the compiled code is dropped.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = std::time::Instant::now() + WAIT_MAX;
     while info(&server)["artifact"]["loaded"] != false {
         assert!(
             std::time::Instant::now() < deadline,
@@ -243,7 +243,7 @@ async fn a_guest_whose_client_leaves_runs_to_its_end_and_is_recorded() {
     let gone = impatient.get(server.url("/slow/slow?ms=800")).send().await;
     assert!(gone.is_err(), "the client should have given up: {gone:?}");
     // The guest still sleeps its 800 ms and succeeds; its usage is counted.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + WAIT_MAX;
     loop {
         let info: Value = server.get_json("/v1/functions/slow").await;
         if info["usage"]["invocations"] == 1 {

@@ -266,7 +266,7 @@ async fn a_request_without_traceparent_starts_a_trace_and_a_bad_one_is_replaced(
 async fn kept_trace(server: &Server, id: &str, name: &str, count: usize) -> Vec<serde_json::Value> {
     wait_until(
         "the trace is kept",
-        Duration::from_secs(10),
+        WAIT_MAX,
         Duration::from_millis(20),
         || async {
             let response = server
