@@ -599,7 +599,14 @@ fn build_python(guest: &Guest, layout: &Layout, partial: &Path) -> Result<Vec<u8
     ensure_venv(&layout.venv_dir)?;
     let mut cmd = Command::new(layout.venv_dir.join("bin").join(COMPONENTIZE_PY));
     cmd.current_dir(&guest.dir)
-        .args(["-d", "wit", "componentize", "-p", ".", PY_MODULE, "-o"])
+        .args(["-d", "wit", "componentize", "-p", "."]);
+    // componentize-py bundles no symlinked module: a module shared with
+    // another guest is found in the folder it links to.
+    for dir in linked_module_dirs(&guest.dir)? {
+        cmd.arg("-p").arg(dir);
+    }
+    cmd.arg(PY_MODULE)
+        .arg("-o")
         .arg(partial)
         .env("XDG_CACHE_HOME", &layout.cache_dir)
         .env("PYTHONDONTWRITEBYTECODE", "1");
@@ -609,6 +616,23 @@ fn build_python(guest: &Guest, layout: &Layout, partial: &Path) -> Result<Vec<u8
     let _ = fs::remove_dir_all(guest.dir.join("__pycache__"));
     let wasm = fs::read(partial).with_context(|| format!("cannot read {}", partial.display()))?;
     Ok(wasm)
+}
+
+/// The folders that symlinked `.py` files in `dir` point into.
+fn linked_module_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for path in sorted_entries(dir)? {
+        let linked = path.is_symlink() && path.extension().is_some_and(|e| e == "py");
+        if !linked {
+            continue;
+        }
+        let target = fs::canonicalize(&path)
+            .with_context(|| format!("{} links to nothing", path.display()))?;
+        if let Some(parent) = target.parent().filter(|p| !dirs.iter().any(|d| d == p)) {
+            dirs.push(parent.to_path_buf());
+        }
+    }
+    Ok(dirs)
 }
 
 /// Creates the componentize-py venv unless the pinned version is in it.

@@ -1,0 +1,1 @@
+../py-imports/work.py
