@@ -13,6 +13,11 @@
 //!   below 2,000,000, built by `wizer-initialize`) deployed plain and with
 //!   `preinitialize = true` on the same server: deploy → 201, the first
 //!   response, and warm load at c = 1 and 16. Both answer the same body.
+//!   And the same for Python, whose pre-initialisation is componentize-py's
+//!   build-time snapshot: `tests/guests/py-imports` (json, email, decimal,
+//!   … imported at module level, so loaded in the snapshot) against
+//!   `tests/guests/py-imports-lazy` (the same module imported by the
+//!   handler, so loaded by every fresh instance).
 //!
 //! `--tiny` (the harness's own test, on a debug build, where compiling
 //! 17 MiB takes minutes) runs hello-rust in place of both: the mechanics,
@@ -45,6 +50,15 @@ pub const PREINIT_SNAPSHOT: &str = "updraft-preinitialized";
 /// The pre-initialisation guest, and what it answers (`$GREETING` unset).
 const PREINIT_GUEST: &str = "preinit.wasm";
 const PREINIT_BODY: &str = "hello primes=148933 sum=142913828922 last=1999993 request=1\n";
+/// The Python pair's deployments: its libraries loaded per instance, and
+/// loaded in componentize-py's snapshot.
+pub const PYTHON_PLAIN: &str = "updraft-python-imports-per-instance";
+pub const PYTHON_SNAPSHOT: &str = "updraft-python-imports-in-snapshot";
+/// The Python pair's guests, and what both answer to `GET /`.
+const PYTHON_PLAIN_GUEST: &str = "py-imports-lazy.wasm";
+const PYTHON_SNAPSHOT_GUEST: &str = "py-imports.wasm";
+const PYTHON_IMPORTS_BODY: &str = r#"{"close": ["total"], "mean": 2.75, "query": {}, "served": 1, "subject": "totals", "total": "11.00"}
+"#;
 
 pub struct Options {
     pub mode: Mode,
@@ -65,13 +79,20 @@ pub struct LanguagesReport {
     /// The pre-initialisation points (absent in reports from before them).
     #[serde(default)]
     pub preinit: Option<Preinit>,
+    /// The same for Python (absent in tiny runs, and from before them).
+    #[serde(default)]
+    pub python_preinit: Option<Preinit>,
 }
 
 /// One function deployed plain and pre-initialised, on one server.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Preinit {
-    pub guest: String,
-    pub wasm_bytes: u64,
+    /// Plain, then pre-initialised: the same file when Updraft
+    /// pre-initialises it at deploy.
+    pub guests: [String; 2],
+    pub wasm_bytes: [u64; 2],
+    /// The load points' server names, in the same order.
+    pub servers: [String; 2],
     /// `PUT` → 201: plain, then pre-initialised (the initialisation and the
     /// snapshot included).
     pub deploy_ms: [f64; 2],
@@ -254,7 +275,43 @@ pub fn run(options: &Options) -> Result<LanguagesReport> {
             load,
         });
     }
-    let preinit = measure_preinit(&on, &guests.join(PREINIT_GUEST), &wrk_bin, &script, &plan)?;
+    let pair = |plain: &str, snapshot: &str, query, body| Pair {
+        servers: [PREINIT_PLAIN, PREINIT_SNAPSHOT],
+        guests: [plain.to_string(), snapshot.to_string()].map(|g| guests.join(g)),
+        query,
+        body,
+    };
+    eprintln!("==> pre-initialisation: {PREINIT_GUEST} plain and with preinitialize = true");
+    let preinit = measure_preinit(
+        &on,
+        &pair(
+            PREINIT_GUEST,
+            PREINIT_GUEST,
+            "&preinitialize=true",
+            PREINIT_BODY,
+        ),
+        &wrk_bin,
+        &script,
+        &plan,
+    )?;
+    let python_preinit = match options.mode {
+        Mode::Tiny => None,
+        Mode::Full | Mode::Quick => {
+            eprintln!(
+                "==> Python's imports: {PYTHON_PLAIN_GUEST} (per instance) and {PYTHON_SNAPSHOT_GUEST} (in the snapshot)"
+            );
+            let python = Pair {
+                servers: [PYTHON_PLAIN, PYTHON_SNAPSHOT],
+                ..pair(
+                    PYTHON_PLAIN_GUEST,
+                    PYTHON_SNAPSHOT_GUEST,
+                    "",
+                    PYTHON_IMPORTS_BODY,
+                )
+            };
+            Some(measure_preinit(&on, &python, &wrk_bin, &script, &plan)?)
+        }
+    };
     on.stop()?;
     off.stop()?;
     Ok(LanguagesReport {
@@ -265,6 +322,7 @@ pub fn run(options: &Options) -> Result<LanguagesReport> {
         rounds: plan.rounds,
         languages: measured,
         preinit: Some(preinit),
+        python_preinit,
     })
 }
 
@@ -301,26 +359,35 @@ fn measure_tiers(
     })
 }
 
-/// The pre-initialisation points on `server`.
+/// A function deployed plain and pre-initialised.
+struct Pair {
+    /// The load points' server names (and the functions' names).
+    servers: [&'static str; 2],
+    guests: [PathBuf; 2],
+    /// Added to the pre-initialised deploy's query.
+    query: &'static str,
+    /// What both answer.
+    body: &'static str,
+}
+
+/// Both deployments of `pair` on `server`, each on its optimized code,
+/// then their load points.
 fn measure_preinit(
     server: &Server,
-    path: &Path,
+    pair: &Pair,
     wrk_bin: &Path,
     script: &Path,
     plan: &LoadPlan,
 ) -> Result<Preinit> {
-    let wasm = updraft::read_guest(path)?;
-    eprintln!("==> pre-initialisation: {PREINIT_GUEST} plain and with preinitialize = true");
     let mut deploy_ms = [0.0; 2];
     let mut first_response_ms = [0.0; 2];
+    let mut wasm_bytes = [0; 2];
     let mut targets = Vec::new();
-    for (i, (name, query)) in [
-        (PREINIT_PLAIN, ""),
-        (PREINIT_SNAPSHOT, "&preinitialize=true"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for i in 0..2 {
+        let name = pair.servers[i];
+        let query = if i == 1 { pair.query } else { "" };
+        let wasm = updraft::read_guest(&pair.guests[i])?;
+        wasm_bytes[i] = wasm.len() as u64;
         let route = format!("/{name}");
         let started = Instant::now();
         updraft::deploy_with(
@@ -331,8 +398,10 @@ fn measure_preinit(
         )?;
         deploy_ms[i] = ms(started);
         let started = Instant::now();
-        check(server, &route, PREINIT_BODY)?;
+        check(server, &route, pair.body)?;
         first_response_ms[i] = ms(started);
+        // A big component's load is measured on Cranelift's code.
+        updraft::wait_optimized(server.endpoint, name, TIER_UP_WAIT)?;
         targets.push(LoadTarget {
             name,
             url: server.endpoint.url(&route),
@@ -340,8 +409,12 @@ fn measure_preinit(
     }
     let load = load::measure(wrk_bin, script, &targets, plan)?;
     Ok(Preinit {
-        guest: PREINIT_GUEST.to_string(),
-        wasm_bytes: wasm.len() as u64,
+        guests: pair.guests.clone().map(|g| {
+            g.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        }),
+        wasm_bytes,
+        servers: pair.servers.map(str::to_string),
         deploy_ms,
         first_response_ms,
         load,
@@ -465,7 +538,30 @@ pub fn markdown(report: &LanguagesReport) -> String {
         }
     }
     if let Some(p) = &report.preinit {
-        preinit_markdown(&mut md, p, &report.concurrencies);
+        let about = format!(
+            "Pre-initialisation: `{}` ({:.0} KiB; its state, the primes below 2,000,000, built \
+             by `wizer-initialize`) deployed plain (the first request of every fresh instance \
+             builds the state) and with `preinitialize = true` (built once at deploy, every \
+             instance starts from the snapshot), on one server; fresh instance per request.",
+            p.guests[0],
+            p.wasm_bytes[0] as f64 / 1024.0
+        );
+        preinit_markdown(&mut md, p, &about, &report.concurrencies);
+    }
+    if let Some(p) = &report.python_preinit {
+        let about = format!(
+            "Python's pre-initialisation is componentize-py's build-time snapshot. `{}` ({:.1} \
+             MiB) imports json, email, decimal, statistics, difflib and urllib.parse at module \
+             level, so the snapshot holds them loaded; `{}` ({:.1} MiB) is the same function \
+             with the import in its handler, so every fresh instance loads them on its \
+             request. Both answer the same JSON; one server, fresh instance per request, \
+             Cranelift's code.",
+            p.guests[1],
+            p.wasm_bytes[1] as f64 / (1024.0 * 1024.0),
+            p.guests[0],
+            p.wasm_bytes[0] as f64 / (1024.0 * 1024.0),
+        );
+        preinit_markdown(&mut md, p, &about, &report.concurrencies);
     }
     md
 }
@@ -495,15 +591,10 @@ fn tiers_markdown(md: &mut String, languages: &[Language]) {
     }
 }
 
-fn preinit_markdown(md: &mut String, p: &Preinit, concurrencies: &[u32]) {
+/// One [`Preinit`] pair's table, after `about`.
+fn preinit_markdown(md: &mut String, p: &Preinit, about: &str, concurrencies: &[u32]) {
     md.push_str(&format!(
-        "\nPre-initialisation: `{}` ({:.0} KiB; its state, the primes below 2,000,000, built by \
-         `wizer-initialize`) deployed plain (the first request of every fresh instance builds \
-         the state) and with `preinitialize = true` (built once at deploy, every instance \
-         starts from the snapshot), on one server; fresh instance per request.\n\n\
-         | deployment | deploy → 201 | first response |",
-        p.guest,
-        p.wasm_bytes as f64 / 1024.0
+        "\n{about}\n\n| deployment | deploy → 201 | first response |"
     ));
     for c in concurrencies {
         md.push_str(&format!(" req/s c={c} | p50 c={c} |"));
@@ -518,7 +609,7 @@ fn preinit_markdown(md: &mut String, p: &Preinit, concurrencies: &[u32]) {
             .iter()
             .find(|r| r.server == server && r.concurrency == c)
     };
-    for (i, server) in [PREINIT_PLAIN, PREINIT_SNAPSHOT].into_iter().enumerate() {
+    for (i, server) in p.servers.iter().enumerate() {
         md.push_str(&format!(
             "| {server} | {:.0} ms | {:.2} ms |",
             p.deploy_ms[i], p.first_response_ms[i]
@@ -533,7 +624,7 @@ fn preinit_markdown(md: &mut String, p: &Preinit, concurrencies: &[u32]) {
     }
     md.push_str("| pre-initialised ÷ plain | | |");
     for &c in concurrencies {
-        match (point(PREINIT_SNAPSHOT, c), point(PREINIT_PLAIN, c)) {
+        match (point(&p.servers[1], c), point(&p.servers[0], c)) {
             (Some(s), Some(plain)) => md.push_str(&format!(
                 " {:.2}× | {:.2}× |",
                 s.rps / plain.rps,

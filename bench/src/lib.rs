@@ -8,7 +8,7 @@
 //! Modules, in the order a run uses them: [`run`] (locating programs, the
 //! phases), [`servers`] (child processes, RSS), [`updraft`] (its API),
 //! [`native`] (the baseline server), [`wrk`] and [`load`] (warm load),
-//! [`cold`], [`memory`], [`kv`], [`events`], [`calls`], [`outbound`], [`cluster`], then [`report`] (JSON, Markdown, targets) with
+//! [`cold`] with [`instantiate`], [`memory`], [`kv`], [`events`], [`calls`], [`outbound`], [`cluster`], then [`report`] (JSON, Markdown, targets) with
 //! [`stats`]; [`http`] is the tiny client the control requests use.
 //! [`compare`] puts two runs side by side. [`fairness`] is a run of its
 //! own (`updraft-bench fairness`): a light tenant's latency beside another
@@ -30,6 +30,7 @@ pub mod events;
 pub mod fairness;
 pub mod http;
 pub mod inflight;
+pub mod instantiate;
 pub mod kv;
 pub mod languages;
 pub mod load;

@@ -1,6 +1,6 @@
 //! `updraft-bench run`: finds the programs, starts the servers, runs the
 //! phases in order — warm load ([`crate::load`]), cold paths
-//! ([`crate::cold`]), memory ([`crate::memory`]), key-value ([`crate::kv`]),
+//! ([`crate::cold`], [`crate::instantiate`]), memory ([`crate::memory`]), key-value ([`crate::kv`]),
 //! async events ([`crate::events`]), calls ([`crate::calls`]), outgoing HTTP
 //! ([`crate::outbound`]), cluster mode ([`crate::cluster`]) — and assembles
 //! the [`Report`]. Each phase that needs a pristine server gets its own data
@@ -14,6 +14,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::calls::{CallsPlan, CallsReport};
 use crate::cluster::{ClusterPlan, ClusterReport};
 use crate::events::{EventsPlan, EventsReport};
+use crate::instantiate::InstantiatePlan;
 use crate::kv::KvPlan;
 use crate::load::{LoadPlan, LoadTarget};
 use crate::memory::MemoryPlan;
@@ -24,7 +25,9 @@ use crate::report::{
     UPDRAFT_TRACES_ALL, UPDRAFT_UNMETERED, WASMTIME, WASMTIME_REUSE,
 };
 use crate::servers::{self, Server};
-use crate::{calls, cluster, cold, events, http, kv, load, memory, outbound, updraft, wrk};
+use crate::{
+    calls, cluster, cold, events, http, instantiate, kv, load, memory, outbound, updraft, wrk,
+};
 
 /// What the command line asked for.
 #[derive(Debug, Clone)]
@@ -47,6 +50,7 @@ pub struct Plan {
     /// Metered against unmetered Updraft, alternating, at one concurrency.
     pub metering: LoadPlan,
     pub cold_reps: usize,
+    pub instantiate: InstantiatePlan,
     pub memory: MemoryPlan,
     pub kv: KvPlan,
     pub events: EventsPlan,
@@ -100,6 +104,17 @@ impl Plan {
                 },
             },
             cold_reps: reps,
+            instantiate: InstantiatePlan {
+                iterations: match mode {
+                    Mode::Full => 20_000,
+                    Mode::Quick => 5_000,
+                    Mode::Tiny => 20,
+                },
+                rounds: match mode {
+                    Mode::Full => 3,
+                    _ => 1,
+                },
+            },
             memory: MemoryPlan {
                 idle_functions: k,
                 in_flight: m,
@@ -517,7 +532,12 @@ fn phases(
         hello,
         plan.cold_reps,
     )?;
-    let cold = cold::assemble(b_c, d, plan.cold_reps);
+    let mut cold = cold::assemble(b_c, d, plan.cold_reps);
+    eprintln!(
+        "==> instantiation in process: {} round(s) of {} per side",
+        plan.instantiate.rounds, plan.instantiate.iterations
+    );
+    cold.instantiate = instantiate::measure(&plan.instantiate, hello, scratch)?;
 
     eprintln!("==> memory");
     let memory = memory::measure(

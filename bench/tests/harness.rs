@@ -152,6 +152,21 @@ fn tiny_run_writes_complete_json_and_markdown() {
         cold.restart_compiled_at_start, 0,
         "restarts must load artifacts from disk"
     );
+    let instantiate = &cold.instantiate;
+    for side in [&instantiate.updraft, &instantiate.wasmtime] {
+        let s = side.as_ref().expect("both sides instantiated");
+        assert!(
+            s.n == instantiate.iterations && s.p50_us > 0.0,
+            "{instantiate:?}"
+        );
+    }
+    assert!(instantiate.ratio().is_some_and(|r| r > 0.0));
+    let target = report
+        .targets
+        .iter()
+        .find(|t| t.target.starts_with("instantiate p50"))
+        .expect("the instantiate target");
+    assert!(target.met.is_some(), "{target:?}");
     match (&cold.after_unload, &cold.unload_note) {
         (Some(s), None) => assert!(s.n == reps && s.p50_us > 0.0, "{s:?}"),
         (None, Some(note)) => assert!(note.contains("unload"), "{note}"),
