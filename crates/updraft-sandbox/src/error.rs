@@ -82,6 +82,12 @@ pub enum InvokeError {
         "the function did not finish within its timeout of {timeout_ms} ms (raise timeout_ms in updraft.toml if it needs longer)"
     )]
     Timeout { timeout_ms: u64 },
+    /// 504: a call from another function ran into its caller's deadline
+    /// (the first caller's timeout bounds the whole chain) before its own.
+    #[error(
+        "the calling function's deadline passed after {ran_ms} ms, before this function finished; its own timeout_ms is not what stopped it (raise timeout_ms of the first function in the chain if the chain needs longer)"
+    )]
+    CallerDeadline { ran_ms: u64 },
     /// 500: the guest tried to grow its memory past `memory_mb`.
     #[error(
         "the function exceeded its memory limit of {memory_mb} MiB (raise memory_mb in updraft.toml, or use less memory)"
@@ -164,7 +170,7 @@ impl Classify for InvokeError {
     /// and worth a retry for an async invocation.
     fn kind(&self) -> ErrorKind {
         match self {
-            InvokeError::Timeout { .. } => ErrorKind::Timeout,
+            InvokeError::Timeout { .. } | InvokeError::CallerDeadline { .. } => ErrorKind::Timeout,
             InvokeError::RequestTooLarge { .. } => ErrorKind::TooLarge,
             InvokeError::Instantiate(_) => ErrorKind::Unavailable,
             InvokeError::ServerMemoryFull { .. } => ErrorKind::Busy,
@@ -194,7 +200,7 @@ impl InvokeError {
     /// The error's short code, as the API and usage records show it.
     pub fn code(&self) -> &'static str {
         match self {
-            InvokeError::Timeout { .. } => "timeout",
+            InvokeError::Timeout { .. } | InvokeError::CallerDeadline { .. } => "timeout",
             InvokeError::MemoryLimit { .. } => "memory_limit",
             InvokeError::ServerMemoryFull { .. } => "memory_busy",
             InvokeError::TenantMemoryFull { .. } => "tenant_memory_limit",

@@ -79,9 +79,14 @@ impl InvocationCtx {
     }
 
     /// When this invocation must stop, started now with `timeout_ms`.
-    fn deadline(&self, started: Instant, timeout_ms: u64) -> Instant {
+    fn timing(&self, started: Instant, timeout_ms: u64) -> Timing {
         let own = started + Duration::from_millis(timeout_ms);
-        self.deadline.map_or(own, |caller| caller.min(own))
+        let by_caller = self.deadline.is_some_and(|caller| caller < own);
+        Timing {
+            started,
+            deadline: self.deadline.map_or(own, |caller| caller.min(own)),
+            by_caller,
+        }
     }
 }
 
@@ -164,6 +169,8 @@ pub(crate) struct Pipes {
 struct Timing {
     started: Instant,
     deadline: Instant,
+    /// The deadline is its caller's, earlier than its own timeout.
+    by_caller: bool,
 }
 
 /// A store for one invocation: a warm instance's (with its exports), or a
@@ -452,7 +459,8 @@ impl Sandbox {
     ) -> CallOutput {
         let started = Instant::now();
         let limits = prepared.limits;
-        let deadline = ctx.deadline(started, limits.timeout_ms);
+        let timing = ctx.timing(started, limits.timeout_ms);
+        let deadline = timing.deadline;
         let fail = |error| CallOutput::early(&ctx.invocation_id, error, started);
         let Some(indices) = &prepared.handler else {
             return fail(InvokeError::Internal(updraft_core::Failure::msg(
@@ -498,14 +506,7 @@ impl Sandbox {
             let run = crate::files::within_tmp(run, tmp, Failure::Run);
             let result = tokio::time::timeout_at(deadline.into(), run).await;
             let (result, done) = split(result);
-            let report = finish(
-                &store,
-                &pipes,
-                result,
-                Timing { started, deadline },
-                invocation_id,
-                None,
-            );
+            let report = finish(&store, &pipes, result, timing, invocation_id, None);
             // The store ends here, in the invocation's own lane (see
             // `invoke_command`).
             let response = match done {
@@ -573,7 +574,8 @@ impl Sandbox {
         }
         let started = Instant::now();
         let limits = prepared.limits;
-        let deadline = ctx.deadline(started, limits.timeout_ms);
+        let timing = ctx.timing(started, limits.timeout_ms);
+        let deadline = timing.deadline;
         let early_failure = |error: InvokeError, on_done: OnDone| {
             on_done(Report::early(&ctx.invocation_id, error.clone(), started));
             Err(error)
@@ -608,7 +610,7 @@ impl Sandbox {
         };
         let guest = HttpGuest {
             tmp: crate::files::tmp_of(store.data().scratch.as_ref(), &prepared.mounts),
-            timing: Timing { started, deadline },
+            timing: timing,
             invocation_id: ctx.invocation_id.clone(),
             warm: prepared.warm.clone(),
             reuse_max: limits.instance_reuse_max,
@@ -719,7 +721,8 @@ impl Sandbox {
     ) -> CommandOutput {
         let started = Instant::now();
         let limits = prepared.limits;
-        let deadline = ctx.deadline(started, limits.timeout_ms);
+        let timing = ctx.timing(started, limits.timeout_ms);
+        let deadline = timing.deadline;
         let fail = |error| CommandOutput::early(&ctx.invocation_id, error, started);
         if !matches!(
             prepared.pre,
@@ -800,7 +803,7 @@ impl Sandbox {
                 &store,
                 &pipes,
                 result,
-                Timing { started, deadline },
+                timing,
                 invocation_id,
                 Some(limits.response_body_bytes_max),
             );
@@ -1430,13 +1433,21 @@ fn finish(
     invocation_id: String,
     stdout_is_response: Option<u64>,
 ) -> Report {
-    let Timing { started, deadline } = timing;
+    let Timing {
+        started,
+        deadline,
+        by_caller,
+    } = timing;
     let limiter = &store.data().limiter;
     let timeout_ms = deadline.duration_since(started).as_millis() as u64;
+    let timed_out = || match by_caller {
+        true => InvokeError::CallerDeadline { ran_ms: timeout_ms },
+        false => InvokeError::Timeout { timeout_ms },
+    };
     let memory_mb = (limiter.bytes_max >> 20) as u32;
     let mut notes = Vec::new();
     let outcome = match result {
-        Err(_elapsed) => Err(InvokeError::Timeout { timeout_ms }),
+        Err(_elapsed) => Err(timed_out()),
         Ok(Ok(())) => Ok(()),
         Ok(Err(Failure::ExitCode(code))) => Err(InvokeError::Exit {
             code,
@@ -1455,7 +1466,7 @@ fn finish(
                     tmp_mb: (tmp.0 >> 20) as u32,
                 })
             } else if e.is::<DeadlineReached>() || Instant::now() >= deadline {
-                Err(InvokeError::Timeout { timeout_ms })
+                Err(timed_out())
             } else if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 if exit.0 == 0 {
                     Ok(())

@@ -50,7 +50,9 @@ impl FunctionCaller for InvokerCaller {
 
 fn call_error(e: PlatformError) -> CallError {
     match e {
-        PlatformError::Invoke(InvokeError::Timeout { .. }) => CallError::Timeout,
+        PlatformError::Invoke(InvokeError::Timeout { .. } | InvokeError::CallerDeadline { .. }) => {
+            CallError::Timeout
+        }
         other => CallError::Failed(other.for_guest()),
     }
 }
