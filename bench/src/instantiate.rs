@@ -7,8 +7,8 @@
 //!   and platform contexts, memory limiter and epoch deadline, and one
 //!   instance from the pooling allocator (copy-on-write memory images);
 //! - `wasmtime`: bare Wasmtime doing what `wasmtime serve` does per request,
-//!   on an engine with the same pooling allocator and memory images: a
-//!   `Store` with a default WASI and wasi:http context, and
+//!   on an engine with Wasmtime's default pooling settings and memory
+//!   images: a `Store` with a default WASI and wasi:http context, and
 //!   `ProxyPre::instantiate_async`.
 //!
 //! The ratio is Updraft's own cost on top of Wasmtime's.

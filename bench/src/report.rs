@@ -725,7 +725,9 @@ fn kv_targets(kv: &KvReport, push: &mut impl FnMut(&str, String, Option<bool>)) 
 
 /// Microseconds as a person reads them: µs below a millisecond, else ms.
 pub fn us(value: f64) -> String {
-    if value < 1_000.0 {
+    if value < 10.0 {
+        format!("{value:.1} µs")
+    } else if value < 1_000.0 {
         format!("{value:.0} µs")
     } else if value < 1_000_000.0 {
         format!("{:.2} ms", value / 1_000.0)
@@ -858,7 +860,7 @@ pub fn markdown(report: &Report) -> String {
         "n/a",
     );
     row(
-        "(a) instantiate in process, bare Wasmtime as `wasmtime serve`, same pool".to_string(),
+        "(a) instantiate in process, bare Wasmtime as `wasmtime serve`, default pool".to_string(),
         instantiate.wasmtime.as_ref(),
         "n/a",
     );
