@@ -610,7 +610,7 @@ impl Sandbox {
         };
         let guest = HttpGuest {
             tmp: crate::files::tmp_of(store.data().scratch.as_ref(), &prepared.mounts),
-            timing: timing,
+            timing,
             invocation_id: ctx.invocation_id.clone(),
             warm: prepared.warm.clone(),
             reuse_max: limits.instance_reuse_max,
